@@ -1,0 +1,124 @@
+"""One frozen settings object, built once from ``LC_*`` environment variables.
+
+Nothing else in the code base reads ``os.environ``: the CLI calls
+:meth:`Settings.from_env` and passes the result down.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+_DEFAULT_SECRET = "dev-secret-change-me"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """All runtime configuration. Each field maps to ``LC_<FIELD>`` in upper case."""
+
+    redis_url: str = ""  # empty: `livecommerce dev` starts an embedded Redis
+    database_url: str = "sqlite+aiosqlite:///.livecommerce/livecommerce.db"
+    kafka_bootstrap: str = ""  # empty: the durable log is Redis Streams
+    kafka_idempotent: bool = True  # off for the Tansu test broker
+    kafka_partitions: int = 6
+    node_id: str = ""
+    secret: str = field(default=_DEFAULT_SECRET, repr=False)
+    token_ttl_s: int = 24 * 3600
+    key_prefix: str = "lc"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: str = ".livecommerce"
+    # wire and fan-out
+    max_frame_bytes: int = 16 * 1024
+    tick_ms: int = 50
+    heartbeat_s: float = 20.0
+    idle_timeout_s: float = 60.0
+    send_buffer_bytes: int = 256 * 1024  # above this, low-priority frames are shed
+    send_buffer_hard_bytes: int = 4 * 1024 * 1024  # above this, the client must resync
+    slow_grace_s: float = 5.0  # a client behind this long is closed with 1013
+    history_size: int = 1000
+    history_ttl_s: int = 3600
+    recent_ring: int = 512
+    # comments
+    comment_max_len: int = 200
+    comment_rate: float = 2.0  # tokens per second
+    comment_burst: int = 5
+    flood_strikes: int = 10  # rate-limited commands within flood_window_s before close 4429
+    flood_window_s: float = 10.0
+    moderation_words: str = ""  # path to a word list; empty: the packaged list
+    moderation_mode: str = "block"  # block | mask
+    # commands in general
+    command_rate: float = 50.0
+    command_burst: int = 100
+    max_conns_per_ip: int = 2000
+    max_conns_per_user: int = 20
+    allowed_origins: str = ""  # comma separated; empty: any origin
+    log_level: str = "INFO"
+    log_json: bool = True
+    # commerce
+    payment_window_s: int = 900
+    stock_broadcast_ms: int = 250
+    gift_catalogue: str = ""  # path; empty: packaged catalogue
+    level_thresholds: str = "0,100,500,2000,10000,50000"
+    comment_points: int = 1
+    comment_points_daily_cap: int = 20
+    watch_points_per_min: int = 1
+    points_per_coupon_coin: int = 10
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read ``LC_*`` variables, convert them to the field types, apply overrides.
+
+        Raises:
+            ConfigError: a variable does not parse as its field's type.
+        """
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(f"LC_{f.name.upper()}")
+            if raw is None:
+                continue
+            values[f.name] = _convert(f.name, f.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        if not settings.node_id:
+            settings = dataclasses.replace(settings, node_id=f"n{os.getpid()}")
+        return settings
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def secret_is_default(self) -> bool:
+        return self.secret == _DEFAULT_SECRET
+
+    @property
+    def origins(self) -> frozenset[str]:
+        return frozenset(o.strip() for o in self.allowed_origins.split(",") if o.strip())
+
+    @property
+    def levels(self) -> tuple[int, ...]:
+        return tuple(int(x) for x in self.level_thresholds.split(","))
+
+
+def _convert(name: str, type_name: Any, raw: str) -> Any:
+    t = str(type_name)
+    try:
+        if t == "bool":
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if t == "int":
+            return int(raw)
+        if t == "float":
+            return float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"LC_{name.upper()}={raw!r} is not a valid {t}") from exc
+    return raw

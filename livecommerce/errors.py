@@ -1,0 +1,126 @@
+"""The error tree and the one table that maps errors to wire codes.
+
+::
+
+    LiveCommerceError
+    ├── ConfigError        bad LC_* setting (CLI exits with a message)
+    ├── BadFrame           undecodable, unknown or invalid command  -> error frame
+    │   └── FrameTooBig    over LC_MAX_FRAME_BYTES                  -> error frame
+    ├── Unauthorized       bad, expired or missing token            -> close 4401 / HTTP 401
+    ├── Forbidden          role or room does not allow the command  -> error frame / HTTP 403
+    ├── NotFound           unknown room, sale, order ...            -> error frame / HTTP 404
+    ├── Conflict           illegal state transition                 -> error frame / HTTP 409
+    ├── RateLimited        token bucket empty                       -> error frame / HTTP 429
+    │   └── Flooding       kept flooding                            -> close 4429
+    └── Unavailable        Redis, SQL or Kafka unreachable          -> error frame / HTTP 503
+
+Expected business outcomes (``sold_out``, ``limit_reached``...) are *values*, not exceptions:
+see :mod:`livecommerce.flash_sale`. Only the gateway's dispatch catches these exceptions;
+anything else is ``internal``, logged with its traceback and never echoed to the client.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class LiveCommerceError(Exception):
+    """Base class. ``code`` is the wire error code sent to the client."""
+
+    code = "internal"
+
+    def __init__(self, message: str = "", *, code: str | None = None) -> None:
+        super().__init__(message or self.__class__.__name__)
+        if code is not None:
+            self.code = code
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class ConfigError(LiveCommerceError):
+    code = "config"
+
+
+class BadFrame(LiveCommerceError):
+    code = "bad_frame"
+
+
+class FrameTooBig(BadFrame):
+    code = "frame_too_big"
+
+
+class Unauthorized(LiveCommerceError):
+    code = "unauthorized"
+
+
+class Forbidden(LiveCommerceError):
+    code = "forbidden"
+
+
+class NotFound(LiveCommerceError):
+    code = "not_found"
+
+
+class Conflict(LiveCommerceError):
+    code = "conflict"
+
+
+class RateLimited(LiveCommerceError):
+    code = "rate_limited"
+
+
+class Flooding(RateLimited):
+    code = "rate_limited"
+
+
+class Unavailable(LiveCommerceError):
+    code = "unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class WireError:
+    """How one error is shown: the error-frame code, a close code (or None to keep the
+    connection), the HTTP status, and whether the message may be echoed."""
+
+    code: str
+    close: int | None
+    http: int
+    echo: bool = True
+
+
+# Close codes: 4401 bad token, 4429 flooding, 1013 try again later (slow consumer),
+# 1012 service restart (graceful shutdown), 1009 too big (only for frames beyond the
+# transport's hard limit; frames over LC_MAX_FRAME_BYTES get an error frame).
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_FLOODING = 4429
+CLOSE_SLOW = 1013
+CLOSE_RESTART = 1012
+CLOSE_FORBIDDEN = 4403
+
+_TABLE: dict[type[LiveCommerceError], WireError] = {
+    Flooding: WireError("rate_limited", CLOSE_FLOODING, 429),
+    FrameTooBig: WireError("frame_too_big", None, 413),
+    BadFrame: WireError("bad_frame", None, 400),
+    Unauthorized: WireError("unauthorized", CLOSE_UNAUTHORIZED, 401),
+    Forbidden: WireError("forbidden", None, 403),
+    NotFound: WireError("not_found", None, 404),
+    Conflict: WireError("conflict", None, 409),
+    RateLimited: WireError("rate_limited", None, 429),
+    Unavailable: WireError("unavailable", None, 503),
+    ConfigError: WireError("config", None, 500),
+}
+
+INTERNAL = WireError("internal", None, 500, echo=False)
+
+
+def wire_error(exc: BaseException) -> WireError:
+    """Map any exception to how it is shown on the wire (most specific class first)."""
+    for cls in type(exc).__mro__:
+        hit = _TABLE.get(cls)  # type: ignore[arg-type]
+        if hit is not None:
+            # an explicit per-instance code (e.g. BadFrame(code="unknown_type")) wins
+            code = getattr(exc, "code", hit.code)
+            return WireError(code, hit.close, hit.http, hit.echo)
+    return INTERNAL

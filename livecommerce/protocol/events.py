@@ -1,0 +1,88 @@
+"""Server events: the envelope shape and each event type's delivery class.
+
+Every frame is one envelope ``{"t", "room", "seq"?, "ts", "d"}`` or a batch
+``{"t": "batch", "room", "items": [...]}``. ``seq`` is set on room events that go through the
+room history; counters and private replies carry none.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+
+class Priority(enum.IntEnum):
+    """CRITICAL: sent at once, never shed for a slow client (if it cannot be queued the
+    client is told to resync). BATCHED: coalesced into one frame per room per tick; shed
+    first when a client falls behind."""
+
+    CRITICAL = 0
+    BATCHED = 1
+
+
+CRITICAL_TYPES = frozenset(
+    {
+        "welcome",
+        "error",
+        "ack",
+        "pong",
+        "sale.started",
+        "sale.ended",
+        "sale.soldout",
+        "order.reserved",
+        "order.paid",
+        "order.cancelled",
+        "order.refunded",
+        "lottery.started",
+        "lottery.ended",
+        "coupon.dropped",
+        "coupon.claimed",
+        "room.live",
+        "room.ended",
+        "product.pinned",
+        "points",
+        "resync",
+    }
+)
+
+# Counters: on recovery only their latest value matters; the node sends one per tick.
+COUNTER_TYPES = frozenset({"likes", "online", "sale.stock", "leaderboard"})
+
+# Events a reconnecting client may miss without harm when the gap is large.
+SKIPPABLE_TYPES = frozenset({"comment", "gift"})
+
+
+def priority_of(event_type: str) -> Priority:
+    return Priority.CRITICAL if event_type in CRITICAL_TYPES else Priority.BATCHED
+
+
+def envelope(
+    t: str, room: str | None, d: dict[str, Any], *, ts: int, seq: int | None = None
+) -> dict[str, Any]:
+    env: dict[str, Any] = {"t": t, "room": room, "ts": ts, "d": d}
+    if seq is not None:
+        env["seq"] = seq
+    return env
+
+
+def recovery_plan(events: list[dict[str, Any]], *, max_skippable: int = 200) -> list[dict[str, Any]]:
+    """Choose what a reconnecting client gets from the events it missed (in seq order).
+
+    Critical and ordinary events are replayed in full and in order; each counter type is
+    sent once, as its latest value; when the gap holds more than ``max_skippable``
+    skippable events (comments, gifts) only the newest ``max_skippable`` are kept.
+    """
+    latest_counter: dict[str, int] = {}
+    for i, e in enumerate(events):
+        if e["t"] in COUNTER_TYPES:
+            latest_counter[e["t"]] = i
+    skippable = [i for i, e in enumerate(events) if e["t"] in SKIPPABLE_TYPES]
+    drop = set(skippable[:-max_skippable]) if len(skippable) > max_skippable else set()
+    out = []
+    for i, e in enumerate(events):
+        if i in drop:
+            continue
+        if e["t"] in COUNTER_TYPES and latest_counter[e["t"]] != i:
+            continue
+        out.append(e)
+    return out

@@ -1,0 +1,1 @@
+"""Kafka-protocol broker fixtures (filled in by the log work)."""

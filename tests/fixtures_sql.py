@@ -1,0 +1,1 @@
+"""SQL fixtures (filled in by the store work)."""
