@@ -10,7 +10,8 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
 else
   seq = redis.call('INCR', KEYS[1])
 end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'd', ARGV[1])
+local sid = string.format('%.0f', seq)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], sid .. '-0', 'd', ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-redis.call(ARGV[5], KEYS[3], seq .. ':' .. ARGV[1])
+redis.call(ARGV[5], KEYS[3], sid .. ':' .. ARGV[1])
 return seq

@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-_DEFAULT_SECRET = "dev-secret-change-me"
+_DEFAULT_SECRET = "dev-secret-change-me-0123456789abcdef"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,108 @@
+"""Builds the aiohttp application of one gateway node and runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from livecommerce.broker_redis import RedisBroker
+from livecommerce.config import Settings
+from livecommerce.errors import CLOSE_RESTART
+from livecommerce.redis_conn import connect, is_cluster_url
+
+from .core import Gateway
+from .http import error_middleware
+from .ws import ws_handler
+
+log = logging.getLogger("livecommerce.gateway.app")
+
+# Each capability module has setup(gw, app). Order matters only for route conflicts.
+CAPABILITIES = [
+    "gateway.http",
+    "gateway.chat",
+]
+
+
+def build_app(settings: Settings, *, redis: Any = None) -> web.Application:
+    """The gateway application. ``redis`` may be given (tests); else LC_REDIS_URL is used."""
+    own_redis = redis is None
+    if redis is None:
+        redis = connect(settings.redis_url)
+    broker = RedisBroker(
+        redis,
+        _keys(settings),
+        sharded=is_cluster_url(settings.redis_url),
+        history_size=settings.history_size,
+        history_ttl_s=settings.history_ttl_s,
+    )
+    gw = Gateway(settings, redis, broker)
+    app = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024)
+    app["gw"] = gw
+    app.router.add_get("/ws", ws_handler)
+    for name in CAPABILITIES:
+        importlib.import_module(name).setup(gw, app)
+
+    async def on_startup(app: web.Application) -> None:
+        await gw.hub.start()
+        for start in gw.services.get("startup", []):
+            await start()
+        log.info("gateway.started", extra={"node": settings.node_id})
+
+    async def on_shutdown(app: web.Application) -> None:
+        # graceful: stop accepting, tell clients to reconnect elsewhere (1012), drain
+        gw.draining = True
+        conns = [c for room in gw.hub.rooms.values() for c in room.all()]
+        for room in list(gw.hub.rooms.values()):
+            gw.hub.flush(room)
+        await asyncio.gather(
+            *(c.ws.close(code=CLOSE_RESTART, message=b"gateway restarting: reconnect with since=") for c in conns),
+            return_exceptions=True,
+        )
+        log.info("gateway.drained", extra={"node": settings.node_id, "closed": len(conns)})
+
+    async def on_cleanup(app: web.Application) -> None:
+        for stop in gw.services.get("shutdown", []):
+            try:
+                await stop()
+            except Exception:
+                log.exception("gateway.shutdown_hook_failed")
+        for t in gw.bg:
+            t.cancel()
+        await gw.hub.stop()
+        await broker.close()
+        if own_redis:
+            await redis.aclose()
+
+    app.on_startup.append(on_startup)
+    app.on_shutdown.append(on_shutdown)
+    app.on_cleanup.append(on_cleanup)
+    return app
+
+
+def _keys(settings: Settings) -> Any:
+    from livecommerce.keys import Keys
+
+    return Keys(settings.key_prefix)
+
+
+def run(settings: Settings, *, port: int | None = None) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover
+        pass
+    app = build_app(settings)
+    web.run_app(
+        app,
+        host=settings.host,
+        port=port or settings.port,
+        access_log=None,
+        shutdown_timeout=10.0,
+        print=None,
+        handle_signals=True,
+    )

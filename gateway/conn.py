@@ -1,0 +1,140 @@
+"""One client connection: its identity, format, send-buffer policy and counters.
+
+Writes go straight to the transport as pre-built frames (see ``wsframe``). The buffer policy:
+
+* a BATCHED frame is shed (counted in ``drops``) while the transport's write buffer holds
+  more than ``soft`` bytes;
+* a CRITICAL frame is always queued unless the buffer holds more than ``hard`` bytes, in
+  which case the client cannot be kept consistent and is closed with 1013 (reconnect and
+  resync with ``since=``);
+* a client that stays above ``soft`` for longer than the grace period is closed with 1013
+  by the hub's tick, so a stalled reader never slows the room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from livecommerce.auth import Identity
+from livecommerce.comments import FloodGuard, TokenBucket
+from livecommerce.errors import CLOSE_SLOW
+from livecommerce.protocol.codec import Format, encode_bytes
+
+from .wsframe import OP_BINARY, OP_TEXT, close_frame, ws_frame
+
+_ids = itertools.count(1)
+log = logging.getLogger("livecommerce.gateway.conn")
+
+
+class Conn:
+    __slots__ = (
+        "__weakref__",
+        "behind_since",
+        "closed",
+        "cmd_bucket",
+        "drops",
+        "flood",
+        "fmt",
+        "frames_out",
+        "id",
+        "ident",
+        "ip",
+        "joined_ms",
+        "last_seen",
+        "opcode",
+        "room",
+        "skip_seq",
+        "transport",
+        "ws",
+    )
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        transport: asyncio.Transport,
+        ident: Identity,
+        room: str,
+        fmt: Format,
+        *,
+        ip: str,
+        cmd_bucket: TokenBucket,
+        flood: FloodGuard,
+        now: float,
+    ) -> None:
+        self.id = next(_ids)
+        self.ws = ws
+        self.transport = transport
+        self.ident = ident
+        self.room = room
+        self.fmt: Format = fmt
+        self.opcode = OP_BINARY if fmt == "msgpack" else OP_TEXT
+        self.ip = ip
+        self.cmd_bucket = cmd_bucket
+        self.flood = flood
+        self.drops = 0
+        self.frames_out = 0
+        self.behind_since = 0.0
+        self.skip_seq = 0  # batch items with seq <= this were already sent (recovery)
+        self.closed = False
+        self.joined_ms = int(now * 1000)
+        self.last_seen = now
+
+    @property
+    def user(self) -> str:
+        return self.ident.user
+
+    def buffered(self) -> int:
+        return self.transport.get_write_buffer_size()
+
+    def write(self, frame: bytes, *, critical: bool, soft: int, hard: int, now: float) -> int:
+        """Queue one pre-built frame. Returns 1 if written, 0 if shed, -1 if the client
+        must be closed (a critical frame cannot be queued)."""
+        if self.closed:
+            return 0
+        size = self.transport.get_write_buffer_size()
+        if size > soft:
+            if not self.behind_since:
+                self.behind_since = now
+            if not critical:
+                self.drops += 1
+                return 0
+            if size > hard:
+                return -1
+        elif self.behind_since:
+            self.behind_since = 0.0
+        self.transport.write(frame)
+        self.frames_out += 1
+        return 1
+
+    def send(self, obj: dict[str, Any]) -> None:
+        """Encode and write one private frame (replies, welcome). Never shed."""
+        if self.closed or self.transport.is_closing():
+            return
+        self.transport.write(ws_frame(encode_bytes(obj, self.fmt), self.opcode))
+        self.frames_out += 1
+
+    def close_now(self, code: int, reason: str = "") -> None:
+        """Send a close frame and close; used from synchronous fan-out code.
+
+        The kernel still delivers what is buffered; a peer that never reads is aborted
+        after 10 s.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.transport.write(close_frame(code, reason))
+            self.transport.close()
+            loop = asyncio.get_running_loop()
+            loop.call_later(10.0, self.transport.abort)
+        except Exception:  # transport already gone
+            pass
+        log.info("conn.closed", extra={"conn": self.id, "code": code, "reason": reason, "drops": self.drops})
+
+    def close_slow(self) -> None:
+        self.close_now(CLOSE_SLOW, "slow consumer: reconnect with since=")

@@ -1,0 +1,101 @@
+"""The gateway object every handler receives: settings, Redis, broker, hub, registries.
+
+Capabilities plug in through ``setup(gw, app)`` functions (see ``gateway.app.CAPABILITIES``)
+that register WebSocket command handlers (``gw.commands``), HTTP routes, welcome extras
+and background tasks, so each capability lives in one module named after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from livecommerce.auth import Identity, verify_token
+from livecommerce.broker import Broker
+from livecommerce.comments import Moderator
+from livecommerce.config import Settings
+from livecommerce.errors import Unauthorized
+from livecommerce.keys import Keys
+from livecommerce.notify import Notifier
+from livecommerce.protocol.commands import Command
+
+from .conn import Conn
+from .hub import Hub
+from .metrics import Metrics
+
+log = logging.getLogger("livecommerce.gateway")
+
+CommandHandler = Callable[["Gateway", Conn, Any], Awaitable[dict[str, Any] | None]]
+WelcomeExtra = Callable[[str, Identity], Awaitable[dict[str, Any]]]
+
+
+class Gateway:
+    def __init__(self, settings: Settings, redis: Any, broker: Broker) -> None:
+        self.s = settings
+        self.redis = redis
+        self.broker = broker
+        self.keys = Keys(settings.key_prefix)
+        self.metrics = Metrics()
+        self.hub = Hub(settings, broker, redis, self.metrics)
+        self.notifier = Notifier(redis, broker, self.keys)
+        self.moderator = Moderator.from_file(settings.moderation_words)
+        self.commands: dict[str, CommandHandler] = {}
+        self.welcome_extras: list[WelcomeExtra] = []
+        self.level_of: Callable[[str], Awaitable[int]] = _level_zero
+        self.services: dict[str, Any] = {}  # capability objects (sales, wallets ...)
+        self.draining = False
+        self.bg: list[asyncio.Task[Any]] = []
+
+    @staticmethod
+    def now_ms() -> int:
+        return int(time.time() * 1000)
+
+    def command(self, t: str) -> Callable[[CommandHandler], CommandHandler]:
+        def deco(fn: CommandHandler) -> CommandHandler:
+            self.commands[t] = fn
+            return fn
+
+        return deco
+
+    def identify(self, token: str | None) -> Identity:
+        return verify_token(self.s.secret, token, now_s=int(time.time()))
+
+    def identify_request(self, request: web.Request) -> Identity:
+        """Identity of an HTTP request from ``Authorization: Bearer`` (or ``?token=``).
+
+        Raises:
+            Unauthorized: no or bad token.
+        """
+        auth = request.headers.get("Authorization", "")
+        token = auth[7:].strip() if auth.lower().startswith("bearer ") else request.query.get("token")
+        if not token:
+            raise Unauthorized("missing token: send Authorization: Bearer <jwt>")
+        return self.identify(token)
+
+    async def publish(self, room: str, t: str, d: dict[str, Any], *, history: bool = True) -> int:
+        """Publish a room event through the broker (every node's viewers get it)."""
+        now = self.now_ms()
+        return await self.broker.publish_room(room, {"t": t, "room": room, "ts": now, "d": d}, history=history, now_ms=now)
+
+    def spawn(self, coro: Awaitable[Any], name: str) -> None:
+        async def guard() -> None:
+            try:
+                await coro
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("gateway.task_failed", extra={"task": name})
+
+        self.bg.append(asyncio.get_running_loop().create_task(guard(), name=name))
+
+    def reply_for(self, cmd: Command) -> dict[str, Any]:
+        return {"t": "ack", "id": cmd.id, "ts": self.now_ms()}
+
+
+async def _level_zero(user: str) -> int:
+    return 0

@@ -1,0 +1,63 @@
+"""HTTP basics: error middleware (the HTTP side of the one error table), health, metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from livecommerce.errors import LiveCommerceError, wire_error
+
+from .core import Gateway
+
+log = logging.getLogger("livecommerce.gateway.http")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except LiveCommerceError as exc:
+        we = wire_error(exc)
+        return web.json_response(
+            {"error": {"code": we.code, "message": exc.message if we.echo else "internal error"}}, status=we.http
+        )
+    except json.JSONDecodeError:
+        return web.json_response({"error": {"code": "bad_json", "message": "request body is not valid JSON"}}, status=400)
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("http.internal", extra={"path": request.path})
+        return web.json_response({"error": {"code": "internal", "message": "internal error"}}, status=500)
+
+
+def setup(gw: Gateway, app: web.Application) -> None:
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "node": gw.s.node_id})
+
+    async def readyz(request: web.Request) -> web.Response:
+        try:
+            await gw.redis.ping()
+        except Exception as exc:
+            return web.json_response({"ok": False, "redis": repr(exc)}, status=503)
+        if gw.draining:
+            return web.json_response({"ok": False, "draining": True}, status=503)
+        return web.json_response({"ok": True, "redis": "up"})
+
+    async def metrics(request: web.Request) -> web.Response:
+        body = generate_latest(gw.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def room_stats(request: web.Request) -> web.Response:
+        room = request.match_info["room"]
+        return web.json_response({"room": room, "online": await gw.hub.online(room), "seq": await gw.broker.top_seq(room)})
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/api/v1/rooms/{room}/online", room_stats)

@@ -1,0 +1,333 @@
+"""Per-room fan-out on one gateway node.
+
+* One broker subscription per room with local viewers (subscribe on the first, unsubscribe
+  a short linger after the last leaves) plus the node's inbox.
+* A room event is decoded once; CRITICAL events go out at once (after flushing what is
+  pending, so order holds); BATCHED ones are coalesced into one ``batch`` frame per room
+  per tick. Each frame is encoded once per format in use and the same bytes are written to
+  every local connection.
+* Online counts are shared across nodes through a per-room hash and pushed locally about
+  once a second when they change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from livecommerce.broker import Broker, split_room_message
+from livecommerce.config import Settings
+from livecommerce.keys import Keys
+from livecommerce.protocol.codec import FORMATS, Format, encode_batch, encode_bytes, unpack_internal
+from livecommerce.protocol.events import Priority, priority_of
+
+from .conn import Conn
+from .metrics import Metrics
+from .wsframe import OP_BINARY, OP_TEXT, ws_frame
+
+log = logging.getLogger("livecommerce.gateway.hub")
+
+OPCODES = {"msgpack": OP_BINARY, "json": OP_TEXT}
+
+
+class Room:
+    __slots__ = ("conns", "id", "last_seq", "linger", "online", "pending", "recent", "subscribed")
+
+    def __init__(self, room_id: str, ring: int) -> None:
+        self.id = room_id
+        self.conns: dict[Format, set[Conn]] = {f: set() for f in FORMATS}
+        self.pending: list[dict[str, Any]] = []
+        self.recent: deque[dict[str, Any]] = deque(maxlen=ring)  # flushed events with seq
+        self.last_seq = 0
+        self.online = -1
+        self.linger: asyncio.TimerHandle | None = None
+        self.subscribed: asyncio.Future[None] | None = None
+
+    def count(self) -> int:
+        return sum(len(s) for s in self.conns.values())
+
+    def all(self) -> list[Conn]:
+        return [c for s in self.conns.values() for c in s]
+
+
+class Hub:
+    def __init__(self, settings: Settings, broker: Broker, redis: Any, metrics: Metrics) -> None:
+        self.s = settings
+        self.keys = Keys(settings.key_prefix)
+        self.broker = broker
+        self.redis = redis
+        self.metrics = metrics
+        self.node = settings.node_id
+        self.rooms: dict[str, Room] = {}
+        self.by_user: dict[str, set[Conn]] = {}
+        self.by_ip: dict[str, int] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._soft = settings.send_buffer_bytes
+        self._hard = settings.send_buffer_hard_bytes
+        self.inbox_handlers: dict[str, Callable[[dict[str, Any]], Awaitable[None] | None]] = {}
+        self.on_tick: list[Callable[[float], None]] = []
+        self.on_second: list[Callable[[], Awaitable[None]]] = []
+        broker.set_handler(self._on_message)
+
+    # ---- life cycle
+    async def start(self) -> None:
+        await self.broker.subscribe(self.keys.node_inbox(self.node))
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._tick_loop()), loop.create_task(self._second_loop())]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._tasks = []
+
+    # ---- membership
+    async def join(self, conn: Conn) -> Room:
+        """Make sure this node receives the room; the conn is attached by ``attach``."""
+        room = self.rooms.get(conn.room)
+        if room is None:
+            room = self.rooms[conn.room] = Room(conn.room, self.s.recent_ring)
+            self.metrics.rooms.set(len(self.rooms))
+        if room.linger is not None:
+            room.linger.cancel()
+            room.linger = None
+        if room.subscribed is None:
+            room.subscribed = asyncio.get_running_loop().create_future()
+            try:
+                await self.broker.subscribe(self.keys.room_channel(room.id))
+            except BaseException as exc:
+                fut, room.subscribed = room.subscribed, None
+                fut.set_exception(exc)
+                fut.exception()
+                raise
+            room.subscribed.set_result(None)
+        else:
+            await asyncio.shield(room.subscribed)
+        return room
+
+    def attach(self, conn: Conn, room: Room) -> None:
+        room.conns[conn.fmt].add(conn)
+        self.by_user.setdefault(conn.user, set()).add(conn)
+        self.metrics.connections.inc()
+
+    def leave(self, conn: Conn) -> None:
+        room = self.rooms.get(conn.room)
+        if room is not None and conn in room.conns[conn.fmt]:
+            room.conns[conn.fmt].discard(conn)
+            self.metrics.connections.dec()
+            if room.count() == 0 and room.linger is None:
+                room.linger = asyncio.get_running_loop().call_later(2.0, self._drop_room, room.id)
+        mine = self.by_user.get(conn.user)
+        if mine is not None:
+            mine.discard(conn)
+            if not mine:
+                del self.by_user[conn.user]
+
+    def _drop_room(self, room_id: str) -> None:
+        room = self.rooms.get(room_id)
+        if room is None or room.count():
+            return
+        del self.rooms[room_id]
+        self.metrics.rooms.set(len(self.rooms))
+        asyncio.get_running_loop().create_task(self.broker.unsubscribe(self.keys.room_channel(room_id)))
+        asyncio.get_running_loop().create_task(self._clear_online(room_id))
+
+    async def _clear_online(self, room_id: str) -> None:
+        try:
+            await self.redis.hdel(self.keys.room_online(room_id), self.node)
+        except Exception:
+            pass
+
+    # ---- receiving from the broker
+    def _on_message(self, channel: str, data: bytes) -> None:
+        if channel.endswith(":inbox"):
+            self._on_inbox(data)
+            return
+        try:
+            seq, env = split_room_message(data)
+        except Exception:
+            log.error("hub.bad_broker_message", extra={"channel": channel})
+            return
+        room = self.rooms.get(env.get("room") or "")
+        if room is None:
+            return
+        self.metrics.events_in.inc()
+        if seq:
+            if seq <= room.last_seq:
+                return  # duplicate after a resubscribe
+            room.last_seq = seq
+        if priority_of(env["t"]) is Priority.CRITICAL:
+            self.flush(room)
+            self._send_now(room, env)
+            if seq:
+                room.recent.append(env)
+        else:
+            room.pending.append(env)
+
+    def _on_inbox(self, data: bytes) -> None:
+        try:
+            msg = unpack_internal(data)
+        except Exception:
+            log.error("hub.bad_inbox_message")
+            return
+        kind = msg.get("kind", "user")
+        if kind == "user":
+            env = msg["env"]
+            for conn in list(self.by_user.get(msg["user"], ())):
+                if msg.get("room") in (None, conn.room):
+                    conn.send(env)
+        else:
+            handler = self.inbox_handlers.get(kind)
+            if handler is not None:
+                res = handler(msg)
+                if asyncio.iscoroutine(res):
+                    asyncio.get_running_loop().create_task(res)
+
+    # ---- writing
+    def _write_all(self, room: Room, build: Callable[[Format], bytes], *, critical: bool) -> None:
+        now = time.monotonic()
+        written = 0
+        nbytes = 0
+        for fmt, conns in room.conns.items():
+            if not conns:
+                continue
+            frame = ws_frame(build(fmt), OPCODES[fmt])
+            for conn in list(conns):
+                r = conn.write(frame, critical=critical, soft=self._soft, hard=self._hard, now=now)
+                if r > 0:
+                    written += 1
+                    nbytes += len(frame)
+                elif r == 0:
+                    if not conn.closed:
+                        self.metrics.drops.inc()
+                else:
+                    self.metrics.slow_closed.inc()
+                    conn.close_slow()
+        if written:
+            self.metrics.frames_out.inc(written)
+            self.metrics.bytes_out.inc(nbytes)
+
+    def _send_now(self, room: Room, env: dict[str, Any]) -> None:
+        self._observe([env])
+        self._write_all(room, lambda fmt: encode_bytes(env, fmt), critical=True)
+
+    def send_local(self, room_id: str, env: dict[str, Any], *, critical: bool = False) -> None:
+        """Deliver an event to this node's viewers of a room only (counters, presence)."""
+        room = self.rooms.get(room_id)
+        if room is None:
+            return
+        if critical:
+            self.flush(room)
+            self._send_now(room, env)
+        else:
+            room.pending.append(env)
+
+    def flush(self, room: Room) -> None:
+        if not room.pending:
+            return
+        items, room.pending = room.pending, []
+        self._observe(items)
+        seqs = [e["seq"] for e in items if "seq" in e]
+        room.recent.extend(e for e in items if "seq" in e)
+        min_seq = seqs[0] if seqs else 0
+        # connections still recovering must not see events they were already sent
+        special = [c for c in room.all() if c.skip_seq and min_seq and c.skip_seq >= min_seq]
+        for c in special:
+            room.conns[c.fmt].discard(c)
+        try:
+            self._write_all(room, lambda fmt: encode_batch(room.id, items, fmt), critical=False)
+        finally:
+            for c in special:
+                room.conns[c.fmt].add(c)
+        now = time.monotonic()
+        for c in special:
+            mine = [e for e in items if e.get("seq", c.skip_seq + 1) > c.skip_seq]
+            c.skip_seq = 0
+            if mine:
+                frame = ws_frame(encode_batch(room.id, mine, c.fmt), c.opcode)
+                if c.write(frame, critical=False, soft=self._soft, hard=self._hard, now=now) == 0:
+                    self.metrics.drops.inc()
+
+    def _observe(self, items: list[dict[str, Any]]) -> None:
+        now_ms = time.time() * 1000
+        for e in items[:: max(1, len(items) // 8)]:  # sample: a few per flush is enough
+            ts = e.get("ts")
+            if isinstance(ts, (int, float)):
+                self.metrics.fanout_latency.observe(max(0.0, (now_ms - ts) / 1000))
+
+    async def _tick_loop(self) -> None:
+        interval = self.s.tick_ms / 1000
+        grace = self.s.slow_grace_s
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            try:
+                for room in list(self.rooms.values()):
+                    self.flush(room)
+                    for conn in room.all():
+                        if conn.behind_since and not conn.closed:
+                            if conn.buffered() <= self._soft:
+                                conn.behind_since = 0.0
+                            elif now - conn.behind_since > grace:
+                                self.metrics.slow_closed.inc()
+                                conn.close_slow()
+                for cb in self.on_tick:
+                    cb(now)
+            except Exception:
+                log.exception("hub.tick_failed")
+
+    # ---- presence (online counts across nodes)
+    async def _second_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self.sync_online()
+                for cb in self.on_second:
+                    await cb()
+            except Exception as exc:
+                log.warning("hub.second_loop_failed", extra={"err": repr(exc)})
+
+    async def sync_online(self) -> None:
+        rooms = list(self.rooms.values())
+        if not rooms:
+            return
+        now_ms = int(time.time() * 1000)
+        pipe = self.redis.pipeline(transaction=False)
+        for room in rooms:
+            key = self.keys.room_online(room.id)
+            pipe.hset(key, self.node, f"{room.count()}:{now_ms}")
+            pipe.expire(key, 60)
+            pipe.hgetall(key)
+        res = await pipe.execute()
+        for i, room in enumerate(rooms):
+            total = 0
+            stale = []
+            for node, val in res[i * 3 + 2].items():
+                cnt, _, ts = val.decode().partition(":")
+                if now_ms - int(ts) > 5000:
+                    stale.append(node)
+                else:
+                    total += int(cnt)
+            if stale:
+                await self.redis.hdel(self.keys.room_online(room.id), *stale)
+            if total != room.online:
+                room.online = total
+                self.send_local(room.id, {"t": "online", "room": room.id, "ts": now_ms, "d": {"count": total}})
+
+    async def online(self, room_id: str) -> int:
+        now_ms = int(time.time() * 1000)
+        vals = await self.redis.hgetall(self.keys.room_online(room_id))
+        total = 0
+        for v in vals.values():
+            cnt, _, ts = v.decode().partition(":")
+            if now_ms - int(ts) <= 5000:
+                total += int(cnt)
+        return total

@@ -1,0 +1,223 @@
+"""``GET /ws?room=&token=&format=&since=``: the WebSocket endpoint and command dispatch.
+
+Dispatch is the one place that catches :mod:`livecommerce.errors` exceptions and turns them
+into error frames or close codes (``errors.wire_error``); anything else is ``internal``,
+logged with its traceback and never echoed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from livecommerce.auth import Identity
+from livecommerce.comments import FloodGuard, TokenBucket
+from livecommerce.errors import (
+    BadFrame,
+    Flooding,
+    Forbidden,
+    LiveCommerceError,
+    RateLimited,
+    Unauthorized,
+    wire_error,
+)
+from livecommerce.protocol.codec import Format, decode_frame
+from livecommerce.protocol.commands import ROLES, parse_command
+
+from .conn import Conn
+from .core import Gateway
+
+log = logging.getLogger("livecommerce.gateway.ws")
+
+
+def _valid_room(room: str) -> bool:
+    return 0 < len(room) <= 64 and all(c.isalnum() or c in "-_." for c in room)
+
+
+async def ws_handler(request: web.Request) -> web.StreamResponse:
+    gw: Gateway = request.app["gw"]
+    origins = gw.s.origins
+    if origins and request.headers.get("Origin", "") not in origins:
+        raise web.HTTPForbidden(text="origin not allowed")
+    if gw.draining:
+        raise web.HTTPServiceUnavailable(text="gateway is draining; connect to another node")
+    q = request.query
+    room_id = q.get("room", "")
+    fmt_raw = q.get("format", "msgpack")
+    since_raw = q.get("since")
+    ip = request.remote or "?"
+    if not _valid_room(room_id):
+        raise web.HTTPBadRequest(text="room must be 1..64 characters of letters, digits, - _ .")
+    if fmt_raw not in ("msgpack", "json"):
+        raise web.HTTPBadRequest(text="format must be msgpack or json")
+    fmt: Format = fmt_raw  # type: ignore[assignment]
+    since: int | None = None
+    if since_raw is not None:
+        try:
+            since = int(since_raw)
+            if since < 0:
+                raise ValueError
+        except ValueError:
+            raise web.HTTPBadRequest(text="since must be a non-negative integer seq") from None
+    if gw.hub.by_ip.get(ip, 0) >= gw.s.max_conns_per_ip:
+        raise web.HTTPTooManyRequests(text="too many connections from this address")
+
+    ws = web.WebSocketResponse(
+        heartbeat=gw.s.heartbeat_s,
+        compress=False,
+        max_msg_size=max(gw.s.max_frame_bytes * 4, 64 * 1024),
+        autoping=True,
+    )
+    await ws.prepare(request)
+    transport = request.transport
+    assert transport is not None
+
+    # authenticate after the upgrade so that browsers see the close code and reason
+    try:
+        ident = gw.identify(q.get("token"))
+    except Unauthorized as exc:
+        gw.metrics.errors.labels("unauthorized").inc()
+        await ws.send_json({"t": "error", "d": {"code": "unauthorized", "message": exc.message}}) if fmt == "json" else await ws.send_bytes(_packed_error("unauthorized", exc.message))
+        await ws.close(code=4401, message=b"unauthorized")
+        return ws
+    if len(gw.hub.by_user.get(ident.user, ())) >= gw.s.max_conns_per_user:
+        await ws.close(code=4429, message=b"too many connections for this user")
+        return ws
+
+    now = time.monotonic()
+    conn = Conn(
+        ws,
+        transport,  # type: ignore[arg-type]
+        ident,
+        room_id,
+        fmt,
+        ip=ip,
+        cmd_bucket=TokenBucket(gw.s.command_rate, gw.s.command_burst),
+        flood=FloodGuard(gw.s.flood_strikes, gw.s.flood_window_s),
+        now=now,
+    )
+    gw.hub.by_ip[ip] = gw.hub.by_ip.get(ip, 0) + 1
+    attached = False
+    try:
+        room = await gw.hub.join(conn)
+        hist = await gw.broker.history(room_id, since, limit=gw.s.history_size)
+        extras: dict[str, Any] = {}
+        for extra in gw.welcome_extras:
+            extras.update(await extra(room_id, ident))
+        # from here to attach nothing awaits, so no broadcast can slip between
+        gw.hub.flush(room)
+        top = max(hist.top, room.last_seq)
+        replay = list(hist.events)
+        last = replay[-1]["seq"] if replay else (since or 0)
+        if since is not None:
+            replay.extend(e for e in room.recent if e["seq"] > last)
+        from livecommerce.protocol.events import recovery_plan
+
+        conn.send(
+            {
+                "t": "welcome",
+                "room": room_id,
+                "ts": gw.now_ms(),
+                "d": {
+                    "node": gw.s.node_id,
+                    "seq": top,
+                    "recovered": hist.recovered if since is not None else False,
+                    "user": ident.user,
+                    "role": ident.role,
+                    "conn": conn.id,
+                    **extras,
+                },
+            }
+        )
+        if replay:
+            items = recovery_plan(replay)
+            conn.send({"t": "batch", "room": room_id, "items": items})
+            conn.skip_seq = replay[-1]["seq"]
+        else:
+            conn.skip_seq = top
+        gw.hub.attach(conn, room)
+        attached = True
+        await gw.notifier.user_connected(ident.user, gw.s.node_id, +1)
+        log.info("conn.open", extra={"conn": conn.id, "room": room_id, "user": ident.user, "fmt": fmt, "since": since})
+        await _receive_loop(gw, conn, ws)
+    except LiveCommerceError as exc:
+        we = wire_error(exc)
+        conn.send({"t": "error", "d": {"code": we.code, "message": exc.message}})
+        await ws.close(code=1011 if we.close is None else we.close, message=we.code.encode())
+    finally:
+        gw.hub.by_ip[ip] -= 1
+        if not gw.hub.by_ip[ip]:
+            del gw.hub.by_ip[ip]
+        if attached:
+            gw.hub.leave(conn)
+            try:
+                await gw.notifier.user_connected(ident.user, gw.s.node_id, -1)
+            except Exception:
+                pass
+        conn.closed = True
+        log.info("conn.close", extra={"conn": conn.id, "room": room_id, "drops": conn.drops, "code": ws.close_code})
+    return ws
+
+
+def _packed_error(code: str, message: str) -> bytes:
+    from livecommerce.protocol.codec import pack_internal
+
+    return pack_internal({"t": "error", "d": {"code": code, "message": message}})
+
+
+async def _receive_loop(gw: Gateway, conn: Conn, ws: web.WebSocketResponse) -> None:
+    while True:
+        msg = await ws.receive()
+        if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+            gw.metrics.frames_in.inc()
+            conn.last_seen = time.monotonic()
+            if conn.closed:
+                continue
+            await handle_frame(gw, conn, msg.data)
+        elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+            return
+        elif msg.type == WSMsgType.ERROR:
+            # aiohttp closes with 1009 for frames over max_msg_size, 1002 for protocol errors
+            log.info("conn.protocol_error", extra={"conn": conn.id, "err": repr(ws.exception())})
+            return
+
+
+async def handle_frame(gw: Gateway, conn: Conn, data: bytes | str) -> None:
+    cid: Any = None
+    try:
+        frame = decode_frame(data, conn.fmt, max_bytes=gw.s.max_frame_bytes)
+        cid = frame.get("id") if isinstance(frame.get("id"), (str, int)) else None
+        cmd = parse_command(frame)
+        t = frame["t"]
+        if conn.ident.role not in ROLES[t]:
+            raise Forbidden(f"{conn.ident.role} may not send {t}")
+        if not conn.cmd_bucket.take(time.monotonic()):
+            raise RateLimited("too many commands; slow down")
+        handler = gw.commands.get(t)
+        if handler is None:
+            raise BadFrame(f"command {t!r} is not served by this gateway", code="unknown_type")
+        gw.metrics.commands.labels(t).inc()
+        reply = await handler(gw, conn, cmd)
+        conn.send(reply if reply is not None else {"t": "ack", "id": cid})
+    except LiveCommerceError as exc:
+        we = wire_error(exc)
+        gw.metrics.errors.labels(we.code).inc()
+        if isinstance(exc, RateLimited) and conn.flood.strike(time.monotonic()):
+            exc = Flooding("kept flooding after rate_limited errors; closing")
+            we = wire_error(exc)
+        conn.send({"t": "error", "id": cid, "d": {"code": we.code, "message": exc.message if we.echo else "internal error"}})
+        if we.close is not None:
+            conn.closed = True
+            asyncio.get_running_loop().create_task(conn.ws.close(code=we.close, message=we.code.encode()))
+    except Exception:
+        gw.metrics.errors.labels("internal").inc()
+        log.exception("dispatch.internal", extra={"conn": conn.id, "room": conn.room})
+        conn.send({"t": "error", "id": cid, "d": {"code": "internal", "message": "internal error"}})
+
+
+def identity_of(conn: Conn) -> Identity:
+    return conn.ident

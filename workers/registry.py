@@ -1,0 +1,10 @@
+"""Worker kinds by name: ``livecommerce worker NAME`` and ``livecommerce dev`` start these.
+
+Each value is ``"module:function"``; the function is
+``async def run(settings: Settings, stop: asyncio.Event) -> None`` and returns when ``stop``
+is set, after finishing (or releasing) its current batch.
+"""
+
+from __future__ import annotations
+
+WORKERS: dict[str, str] = {}
