@@ -1,0 +1,376 @@
+"""Redis adapter for flash sales: stock, per-user limits, reservations, payment and release,
+each one atomic Lua call (EVALSHA) over the keys of one sale.
+
+Every key of a sale shares the hash tag ``{sale:ID}`` (``Keys.sale(id, part)``), so each
+script touches one Redis Cluster slot. Keys (``<prefix>:{sale:ID}:<part>``):
+
+=============  =====  ===================================================================
+part           type   holds
+=============  =====  ===================================================================
+``meta``       hash   the definition (``def``), current window, price, limit, ``state``
+``stock``      str    remaining units
+``buyers``     hash   user -> units held (reserved + paid); a user at 0 is removed
+``req``        hash   user-scoped request id -> order id (the idempotency record)
+``orders``     hash   order id -> JSON ``{u, q, s, p, r}`` (user, qty, state, pay-by, request)
+``deadlines``  zset   reserved order ids by pay-by ms (the time-out worker's queue)
+``counts``     hash   reserved / paid units, reserved / paid / cancelled orders
+=============  =====  ===================================================================
+
+Invariant at every moment (each script keeps it in one step):
+``meta.stock == stock + counts.reserved + counts.paid`` and ``stock >= 0``.
+
+Driver errors (connection lost, failover, cluster down) become
+:class:`~livecommerce.errors.Unavailable`; nothing above sees a ``redis`` exception.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from importlib.resources import files
+from typing import Any, cast
+
+import redis.exceptions
+
+from .errors import BadFrame, Conflict, NotFound, Unavailable
+from .flash_sale import (
+    REJECTS,
+    Hold,
+    HoldState,
+    PayOutcome,
+    Reject,
+    ReleaseOutcome,
+    Reserved,
+    Sale,
+    SaleState,
+    SaleStats,
+    check_ident,
+)
+from .keys import Keys
+from .redis_conn import DRIVER_ERRORS
+
+_LUA = files("livecommerce")
+CREATE = (_LUA / "flash_sale_create.lua").read_text()
+STATE = (_LUA / "flash_sale_state.lua").read_text()
+RESERVE = (_LUA / "flash_sale_reserve.lua").read_text()
+RELEASE = (_LUA / "flash_sale_release.lua").read_text()
+PAY = (_LUA / "flash_sale_pay.lua").read_text()
+STATS = (_LUA / "flash_sale_stats.lua").read_text()
+
+PARTS = ("meta", "stock", "buyers", "req", "orders", "deadlines", "counts")
+
+_UNAVAILABLE = (
+    *DRIVER_ERRORS,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.ReadOnlyError,  # a failed-over primary answering as a replica
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.MasterDownError,
+)
+
+MAX_QTY = 1000
+
+
+@contextlib.asynccontextmanager
+async def _guarded() -> AsyncIterator[None]:
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        raise Unavailable(f"redis unreachable: {exc.__class__.__name__}") from exc
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+class RedisFlashSale:
+    """Atomic flash-sale stock in Redis: the twin of :func:`flash_sale.decide_reserve`.
+
+    The gateway may run ``decide_reserve`` first on broadcast state to answer late buyers
+    locally; this adapter re-checks state, window, stock, the user's limit and the request
+    id in one script, answering in :data:`~livecommerce.flash_sale.Reject` codes.
+
+    Works with ``redis.asyncio.Redis`` and ``RedisCluster`` clients.
+    """
+
+    def __init__(self, redis: Any, keys: Keys) -> None:
+        self.keys = keys
+        self._redis = redis
+        self._create = redis.register_script(CREATE)
+        self._state = redis.register_script(STATE)
+        self._reserve = redis.register_script(RESERVE)
+        self._release = redis.register_script(RELEASE)
+        self._pay = redis.register_script(PAY)
+        self._stats = redis.register_script(STATS)
+
+    def sale_keys(self, sale_id: str) -> list[str]:
+        """All keys of one sale, in the order every script takes them (one slot)."""
+        check_ident(sale_id, "sale_id")
+        return [self.keys.sale(sale_id, part) for part in PARTS]
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def create(self, sale: Sale) -> bool:
+        """Store a new sale in state ``scheduled`` with its full stock.
+
+        Idempotent: creating the same definition again returns False and changes nothing.
+
+        Raises:
+            BadFrame: the sale's id is unusable, or its numbers are out of range.
+            Conflict: another definition already uses this id.
+            Unavailable: Redis unreachable.
+        """
+        if sale.stock < 1 or sale.per_user_limit < 1 or sale.price < 0:
+            raise BadFrame("stock and per_user_limit must be >= 1, price >= 0", code="invalid")
+        if sale.ends_ms <= sale.starts_ms or sale.payment_window_s < 1:
+            raise BadFrame("ends_ms must be after starts_ms; payment_window_s >= 1", code="invalid")
+        definition = json.dumps(sale.to_dict(), sort_keys=True, separators=(",", ":"))
+        args = [
+            definition,
+            sale.id,
+            sale.room,
+            sale.product_id,
+            sale.price,
+            sale.stock,
+            sale.per_user_limit,
+            sale.starts_ms,
+            sale.ends_ms,
+            sale.payment_window_s,
+            int(sale.restock_on_refund),
+        ]
+        async with _guarded():
+            res = await self._create(keys=self.sale_keys(sale.id), args=args)
+        if int(res) < 0:
+            raise Conflict(f"sale {sale.id} exists with another definition", code="sale_exists")
+        return int(res) == 1
+
+    async def start(self, sale_id: str, now_ms: int) -> SaleState:
+        """Open the sale (``scheduled -> live``, or ``sold_out`` with no stock). A host may
+        start a prepared sale early: the window then starts at ``now_ms``. Idempotent: a live
+        or sold-out sale stays as it is. Returns the state after the call.
+
+        Raises:
+            NotFound: no such sale.
+            Conflict: the sale has ended, or its window closed already (``now_ms >= ends_ms``).
+            Unavailable: Redis unreachable.
+        """
+        return await self._step(sale_id, "start", now_ms)
+
+    async def end(self, sale_id: str, now_ms: int) -> SaleState:
+        """Close the sale (any state -> ``ended``); stopped early, the window ends at
+        ``now_ms``. Idempotent. Reservations stay; they are paid or released as usual.
+
+        Raises:
+            NotFound: no such sale.
+            Unavailable: Redis unreachable.
+        """
+        return await self._step(sale_id, "end", now_ms)
+
+    async def _step(self, sale_id: str, step: str, now_ms: int) -> SaleState:
+        async with _guarded():
+            outcome, state = await self._state(
+                keys=self.sale_keys(sale_id)[:2], args=[step, now_ms]
+            )
+        outcome, st = _s(outcome), _s(state)
+        if outcome == "no_sale":
+            raise NotFound(f"no sale {sale_id}", code="not_found")
+        if outcome == "illegal":
+            raise Conflict(f"sale {sale_id} cannot {step} when {st}", code="illegal_transition")
+        if outcome == "late":
+            raise Conflict(f"sale {sale_id}'s window is over", code="illegal_transition")
+        return cast(SaleState, st)
+
+    async def get(self, sale_id: str) -> Sale:
+        """The sale with its current window (moved by an early start or stop).
+
+        Raises:
+            NotFound: no such sale.
+            Unavailable: Redis unreachable.
+        """
+        async with _guarded():
+            m = await self._redis.hgetall(self.keys.sale(check_ident(sale_id, "sale_id"), "meta"))
+        if not m:
+            raise NotFound(f"no sale {sale_id}", code="not_found")
+        d = {_s(k): _s(v) for k, v in m.items()}
+        return Sale(
+            id=d["id"],
+            room=d["room"],
+            product_id=d["product_id"],
+            price=int(d["price"]),
+            stock=int(d["stock"]),
+            per_user_limit=int(d["per_user_limit"]),
+            starts_ms=int(d["starts_ms"]),
+            ends_ms=int(d["ends_ms"]),
+            payment_window_s=int(d["payment_window_s"]),
+            restock_on_refund=d["restock_on_refund"] == "1",
+        )
+
+    # ------------------------------------------------------------------ the money path
+
+    async def reserve(
+        self, sale_id: str, user: str, qty: int, request_id: str, now_ms: int, order_id: str
+    ) -> Reserved | Reject:
+        """Reserve ``qty`` units for ``user`` as order ``order_id``, in one EVALSHA.
+
+        Checks, in order: a repeated ``request_id`` of this user (answers with the first
+        order, ``duplicate=True``, no stock moves, whatever the sale's state now); state and
+        window (``not_started``, ``ended``); stock (``sold_out``); the user's limit over units
+        reserved and paid (``limit_reached``). On success the units leave stock, the order is
+        ``reserved`` until ``pay_by_ms = now_ms + payment_window_s * 1000``, and the sale goes
+        ``sold_out`` if it took the last unit (``last_unit=True``).
+
+        ``request_id`` is scoped to the user: another user's equal id is another request.
+
+        Returns:
+            :class:`Reserved`, or a :data:`Reject` code (a ``str``).
+
+        Raises:
+            BadFrame: qty outside 1..1000 or an unusable id.
+            NotFound: no such sale.
+            Conflict: ``order_id`` is already used by another reservation of this sale.
+            Unavailable: Redis unreachable.
+        """
+        if isinstance(qty, bool) or not isinstance(qty, int) or not 1 <= qty <= MAX_QTY:
+            raise BadFrame(f"qty must be an integer in 1..{MAX_QTY}", code="invalid")
+        for value, name in ((user, "user"), (request_id, "request_id"), (order_id, "order_id")):
+            if not isinstance(value, str) or not value or len(value) > 128:
+                raise BadFrame(f"'{name}' must be a string of 1-128 characters", code="invalid")
+        rkey = f"{len(user)}:{user}:{request_id}"
+        async with _guarded():
+            r = await self._reserve(
+                keys=self.sale_keys(sale_id), args=[user, qty, rkey, now_ms, order_id, request_id]
+            )
+        code = _s(r[0])
+        if code in ("ok", "dup"):
+            return Reserved(
+                sale_id=sale_id,
+                order_id=_s(r[1]),
+                user=user,
+                qty=int(r[2]),
+                pay_by_ms=int(r[3]),
+                remaining=int(r[4]),
+                bought=int(r[5]),
+                unit_price=int(r[6]),
+                duplicate=code == "dup",
+                last_unit=int(r[7]) == 1,
+            )
+        if code in REJECTS:
+            return cast(Reject, code)
+        if code == "no_sale":
+            raise NotFound(f"no sale {sale_id}", code="not_found")
+        raise Conflict(f"order id {order_id} is taken in sale {sale_id}", code="order_exists")
+
+    async def release(self, sale_id: str, order_id: str) -> ReleaseOutcome:
+        """Cancel a reserved order (buyer cancel or payment time-out): its units go back to
+        stock and the user's count drops, exactly once; a ``sold_out`` sale becomes ``live``
+        again. Idempotent per order id (``already_released``). A paid order is left alone
+        (``already_paid``): the time-out lost the race to the payment.
+
+        Raises:
+            NotFound: no such order in this sale.
+            Unavailable: Redis unreachable.
+        """
+        async with _guarded():
+            r = await self._release(keys=self.sale_keys(sale_id), args=[order_id])
+        code = _s(r[0])
+        if code == "unknown":
+            raise NotFound(f"no order {order_id} in sale {sale_id}", code="not_found")
+        return cast(ReleaseOutcome, code)
+
+    async def mark_paid(self, sale_id: str, order_id: str, now_ms: int | None = None) -> PayOutcome:
+        """Move a reserved order's units from reserved to paid, exactly once (idempotent:
+        ``already_paid``). A released order stays released (``already_cancelled``: refund the
+        payment). With ``now_ms``, a payment at or after the deadline changes nothing
+        (``expired``) and the time-out releases the order.
+
+        Raises:
+            NotFound: no such order in this sale.
+            Unavailable: Redis unreachable.
+        """
+        async with _guarded():
+            r = await self._pay(
+                keys=self.sale_keys(sale_id), args=[order_id, "" if now_ms is None else now_ms]
+            )
+        code = _s(r[0])
+        if code == "unknown":
+            raise NotFound(f"no order {order_id} in sale {sale_id}", code="not_found")
+        return cast(PayOutcome, code)
+
+    # ------------------------------------------------------------------ reads
+
+    async def stats(self, sale_id: str) -> SaleStats:
+        """One atomic snapshot (``SaleStats.conserved`` always holds).
+
+        Raises:
+            NotFound: no such sale.
+            Unavailable: Redis unreachable.
+        """
+        async with _guarded():
+            r = await self._stats(keys=self.sale_keys(sale_id), args=[])
+        if not r:
+            raise NotFound(f"no sale {sale_id}", code="not_found")
+        return SaleStats(
+            sale_id=sale_id,
+            state=cast(SaleState, _s(r[0])),
+            initial=int(r[1]),
+            remaining=int(r[2]),
+            reserved=int(r[3]),
+            paid=int(r[4]),
+            buyers=int(r[5]),
+            reserved_orders=int(r[6]),
+            paid_orders=int(r[7]),
+            cancelled_orders=int(r[8]),
+        )
+
+    async def hold(self, sale_id: str, order_id: str) -> Hold | None:
+        """What Redis holds for one order, or None if this sale has no such order.
+
+        Raises:
+            Unavailable: Redis unreachable.
+        """
+        async with _guarded():
+            raw = await self._redis.hget(
+                self.keys.sale(check_ident(sale_id, "sale_id"), "orders"), order_id
+            )
+        if raw is None:
+            return None
+        o = json.loads(raw)
+        return Hold(
+            sale_id=sale_id,
+            order_id=order_id,
+            user=o["u"],
+            qty=int(o["q"]),
+            state=cast(HoldState, o["s"]),
+            pay_by_ms=int(o["p"]),
+            request_id=o["r"],
+        )
+
+    async def bought(self, sale_id: str, user: str) -> int:
+        """Units ``user`` holds in the sale (reserved + paid).
+
+        Raises:
+            Unavailable: Redis unreachable.
+        """
+        async with _guarded():
+            v = await self._redis.hget(
+                self.keys.sale(check_ident(sale_id, "sale_id"), "buyers"), user
+            )
+        return int(v or 0)
+
+    async def due(self, sale_id: str, now_ms: int, limit: int = 100) -> list[str]:
+        """Ids of reserved orders whose deadline is at or before ``now_ms``, oldest first:
+        the time-out worker releases them.
+
+        Raises:
+            Unavailable: Redis unreachable.
+        """
+        async with _guarded():
+            ids = await self._redis.zrangebyscore(
+                self.keys.sale(check_ident(sale_id, "sale_id"), "deadlines"),
+                "-inf",
+                now_ms,
+                start=0,
+                num=limit,
+            )
+        return [_s(i) for i in ids]
