@@ -122,7 +122,7 @@ class Conn:
         """Send a close frame and close; used from synchronous fan-out code.
 
         The kernel still delivers what is buffered; a peer that never reads is aborted
-        after 10 s.
+        after 30 s.
         """
         if self.closed:
             return
@@ -131,7 +131,7 @@ class Conn:
             self.transport.write(close_frame(code, reason))
             self.transport.close()
             loop = asyncio.get_running_loop()
-            loop.call_later(10.0, self.transport.abort)
+            loop.call_later(30.0, self.transport.abort)
         except Exception:  # transport already gone
             pass
         log.info("conn.closed", extra={"conn": self.id, "code": code, "reason": reason, "drops": self.drops})

@@ -51,7 +51,7 @@ def decode_frame(data: bytes | str, fmt: Format, *, max_bytes: int) -> dict[str,
         if isinstance(data, str):
             obj = json.loads(data)
         elif fmt == "msgpack":
-            obj = msgpack.unpackb(data, raw=False, strict_map_key=True, max_buffer_size=max_bytes)
+            obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
         else:
             obj = json.loads(data.decode("utf-8"))
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, UnicodeDecodeError) as exc:

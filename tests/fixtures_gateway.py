@@ -1,0 +1,65 @@
+"""Real gateway nodes on free loopback ports, and token helpers.
+
+``gateway_factory(**overrides)`` starts one node (its own Redis client, shared Redis
+server, the test's key prefix) and returns its base URL; everything it starts is stopped
+at the end of the test.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from livecommerce.auth import issue_token
+from livecommerce.config import Settings
+
+
+@dataclass
+class Node:
+    url: str  # http://127.0.0.1:PORT
+    ws: str  # ws://127.0.0.1:PORT/ws
+    app: web.Application
+    settings: Settings
+
+    @property
+    def gw(self) -> Any:
+        return self.app["gw"]
+
+
+GatewayFactory = Callable[..., Awaitable[Node]]
+
+
+@pytest.fixture
+async def gateway_factory(settings: Settings) -> AsyncIterator[GatewayFactory]:
+    from gateway.app import build_app
+
+    runners: list[web.AppRunner] = []
+
+    async def make(**overrides: Any) -> Node:
+        s = settings.replace(node_id=overrides.pop("node_id", f"node-{uuid.uuid4().hex[:6]}"), **overrides)
+        app = build_app(s)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return Node(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/ws", app, s)
+
+    yield make
+    for r in reversed(runners):
+        await r.cleanup()
+
+
+@pytest.fixture
+def token(settings: Settings) -> Callable[..., str]:
+    def make(user: str = "u1", role: str = "viewer", rooms: tuple[str, ...] = (), ttl: int = 3600, secret: str | None = None) -> str:
+        return issue_token(secret or settings.secret, user=user, role=role, rooms=rooms, now_s=int(time.time()), ttl_s=ttl)
+
+    return make
