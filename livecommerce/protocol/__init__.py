@@ -2,7 +2,7 @@
 
 from .codec import Format, decode_frame, encode, encode_batch
 from .commands import COMMANDS, Command, parse_command
-from .events import CRITICAL_TYPES, COUNTER_TYPES, Priority, envelope, priority_of
+from .events import COUNTER_TYPES, CRITICAL_TYPES, Priority, envelope, priority_of
 
 __all__ = [
     "COMMANDS",
