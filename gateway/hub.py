@@ -71,6 +71,8 @@ class Hub:
         self.inbox_handlers: dict[str, Callable[[dict[str, Any]], Awaitable[None] | None]] = {}
         self.on_tick: list[Callable[[float], None]] = []
         self.on_second: list[Callable[[], Awaitable[None]]] = []
+        # called with every room event this node receives (e.g. sale state for local answers)
+        self.observers: list[Callable[[dict[str, Any]], None]] = []
         broker.set_handler(self._on_message)
 
     # ---- life cycle
@@ -160,6 +162,11 @@ class Hub:
         if room is None:
             return
         self.metrics.events_in.inc()
+        for observe in self.observers:
+            try:
+                observe(env)
+            except Exception:
+                log.exception("hub.observer_failed", extra={"t": env.get("t")})
         if seq:
             if seq <= room.last_seq:
                 return  # duplicate after a resubscribe
