@@ -1,23 +1,50 @@
 """The ``Log`` port: the durable plane (at-least-once), and its in-memory twin.
 
-Contract (both backends, checked by ``tests/test_log_contract.py``):
+Contract (every backend, checked by ``tests/test_log_contract.py``):
 
 * ``append(topic, key, type, data)`` stores an event durably before returning its event id.
   Events with the same ``key`` keep their order (one partition per key).
-* A consumer group sees every event at least once. An event handed to a consumer stays
-  pending until ``ack``; if that consumer dies, the event is redelivered to another
-  consumer of the group (Redis: XAUTOCLAIM after ``claim_idle_ms``; Kafka: rebalance and
-  the last committed offset).
+* A consumer group sees every event appended to the topic, from the first one kept, at least
+  once. Groups are independent: each group sees every event.
+* Within one group each event is handed to one consumer at a time. An event handed to a
+  consumer stays pending until ``ack``; if that consumer dies, the event is redelivered to
+  another consumer of the group (Redis and memory: claimed once it has been pending longer
+  than ``claim_idle_ms``; Kafka: rebalance, and reading resumes at the last committed offset).
+  ``close`` without ``ack`` hands the event back to the group at once.
+* ``nack`` gives deliveries back: they come back from the same consumer's next ``fetch``
+  before new events (Kafka rewinds the partition, so the events after them come back too).
 * Effects must be idempotent on ``LogEvent.id``: that is how at-least-once delivery becomes
   exactly-once effects (see ``livecommerce.store``: ``applied_events``).
+
+Backends: :class:`MemoryLog` here (tests, single-process runs),
+:class:`livecommerce.log_redis.RedisLog` (default, Redis Streams) and
+:class:`livecommerce.log_kafka.KafkaLog` (scale-out); :func:`open_log` picks one from the
+settings.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Protocol
+import asyncio
+import re
+import time
+import uuid
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import msgpack
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 TOPICS = ("orders", "gifts", "points", "lottery", "activity")
+
+DEFAULT_CLAIM_IDLE_MS = 5000
+
+_TOPIC_NAME = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,18 +64,321 @@ class Delivery:
 
 
 class Consumer(Protocol):
-    async def fetch(self, *, max_events: int = 100, timeout_ms: int = 1000) -> list[Delivery]: ...
+    """One member of a consumer group, reading one topic.
 
-    async def ack(self, deliveries: list[Delivery]) -> None: ...
+    A consumer object is used by one task at a time (fetch, handle, ack, fetch ...).
+    """
 
-    async def close(self) -> None: ...
+    async def fetch(self, *, max_events: int = 100, timeout_ms: int = 1000) -> list[Delivery]:
+        """Up to ``max_events`` deliveries: redeliveries first, then new events.
+
+        Waits up to ``timeout_ms`` for something to arrive; an empty list means nothing came.
+
+        Raises:
+            Unavailable: the backend cannot be reached.
+        """
+        ...
+
+    async def ack(self, deliveries: list[Delivery]) -> None:
+        """Mark deliveries done; the group will not hand them out again.
+
+        An ack that is lost (the consumer lost its Kafka partition meanwhile) is not an
+        error: the event is redelivered and the idempotent effect absorbs it.
+
+        Raises:
+            Unavailable: the backend cannot be reached (the events stay pending).
+        """
+        ...
+
+    async def nack(self, deliveries: list[Delivery]) -> None:
+        """Give deliveries back unprocessed: the next ``fetch`` returns them again.
+
+        Raises:
+            Unavailable: the backend cannot be reached.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Leave the group; deliveries not acked are handed back to the group."""
+        ...
 
 
 class Log(Protocol):
     async def append(
         self, topic: str, key: str, type: str, data: dict[str, Any], *, event_id: str | None = None, ts: int | None = None
-    ) -> str: ...
+    ) -> str:
+        """Store one event durably and return its id (``event_id`` or a new uuid4 hex).
 
-    async def consumer(self, topic: str, group: str, name: str) -> Consumer: ...
+        Raises:
+            ValueError: the topic name is not ``[A-Za-z0-9_-]{1,100}``.
+            Unavailable: the backend cannot be reached; the event may or may not be stored.
+        """
+        ...
+
+    async def consumer(self, topic: str, group: str, name: str) -> Consumer:
+        """Join ``group`` on ``topic`` as ``name`` (unique among the live members).
+
+        Raises:
+            ValueError: the topic name is not valid.
+            Unavailable: the backend cannot be reached.
+        """
+        ...
 
     async def close(self) -> None: ...
+
+
+# ---------------------------------------------------------------- shared by the backends
+def check_topic(topic: str) -> str:
+    """Topic names are the same on every backend: letters, digits, ``_`` and ``-``.
+
+    Raises:
+        ValueError: the name has other characters or is empty.
+    """
+    if not _TOPIC_NAME.match(topic):
+        raise ValueError(f"bad topic name {topic!r}: use [A-Za-z0-9_-]{{1,100}}")
+    return topic
+
+
+def new_event(
+    topic: str, key: str, type: str, data: dict[str, Any], event_id: str | None, ts: int | None
+) -> LogEvent:
+    """The event ``append`` stores: a fresh uuid4 id and the wall clock unless given."""
+    return LogEvent(
+        id=event_id or uuid.uuid4().hex,
+        topic=check_topic(topic),
+        key=key,
+        type=type,
+        data=data,
+        ts=int(time.time() * 1000) if ts is None else ts,
+    )
+
+
+def partition_for(key: str, partitions: int) -> int:
+    """Stable partition of ``key`` (crc32, the same in every process and run)."""
+    return zlib.crc32(key.encode()) % partitions
+
+
+def encode_event(event: LogEvent) -> bytes:
+    """msgpack of the event's fields, the value stored by the Redis and Kafka backends."""
+    return msgpack.packb(
+        {"id": event.id, "topic": event.topic, "key": event.key, "type": event.type, "data": event.data, "ts": event.ts},
+        use_bin_type=True,
+    )
+
+
+def decode_event(raw: bytes) -> LogEvent:
+    """Inverse of :func:`encode_event`.
+
+    Raises:
+        ValueError: ``raw`` is not an encoded event.
+    """
+    try:
+        d = msgpack.unpackb(raw, raw=False)
+        return LogEvent(id=d["id"], topic=d["topic"], key=d["key"], type=d["type"], data=d["data"], ts=d["ts"])
+    except (KeyError, TypeError, ValueError, msgpack.UnpackException) as exc:
+        raise ValueError(f"not a log event: {exc!r}") from exc
+
+
+# ---------------------------------------------------------------- memory twin
+@dataclass(slots=True)
+class _Pending:
+    consumer: str
+    since: float  # clock() when handed out; -inf: claimable now
+
+
+@dataclass(slots=True)
+class _MemGroup:
+    cursors: list[int]  # next index to hand out, per partition
+    # (partition, index) -> who holds it; insertion order = delivery order
+    pending: dict[tuple[int, int], _Pending] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _MemTopic:
+    parts: list[list[LogEvent]]
+    groups: dict[str, _MemGroup] = field(default_factory=dict)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+
+class MemoryLog:
+    """In-process twin of the Redis Streams log, with the same delivery semantics.
+
+    ``partitions`` partitions per topic (a key's partition is :func:`partition_for`); a
+    pending event is claimable by any member of its group after ``claim_idle_ms`` on
+    ``clock`` (seconds, monotonic), like XAUTOCLAIM. Nothing survives the process.
+    """
+
+    def __init__(
+        self,
+        *,
+        partitions: int = 1,
+        claim_idle_ms: int = DEFAULT_CLAIM_IDLE_MS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if partitions < 1:
+            raise ConfigError("a log needs at least one partition")
+        self.partitions = partitions
+        self.claim_idle_ms = claim_idle_ms
+        self._clock = clock
+        self._topics: dict[str, _MemTopic] = {}
+
+    def _topic(self, topic: str) -> _MemTopic:
+        t = self._topics.get(check_topic(topic))
+        if t is None:
+            t = self._topics[topic] = _MemTopic(parts=[[] for _ in range(self.partitions)])
+        return t
+
+    async def append(
+        self, topic: str, key: str, type: str, data: dict[str, Any], *, event_id: str | None = None, ts: int | None = None
+    ) -> str:
+        """See :meth:`Log.append`. Raises: ValueError: bad topic name."""
+        event = new_event(topic, key, type, data, event_id, ts)
+        t = self._topic(topic)
+        t.parts[partition_for(key, self.partitions)].append(event)
+        t.notify()
+        return event.id
+
+    async def consumer(self, topic: str, group: str, name: str) -> MemoryConsumer:
+        """See :meth:`Log.consumer`; a new group starts at the first event. Raises: ValueError."""
+        t = self._topic(topic)
+        g = t.groups.get(group)
+        if g is None:
+            g = t.groups[group] = _MemGroup(cursors=[0] * self.partitions)
+        return MemoryConsumer(self, t, g, name)
+
+    async def close(self) -> None:
+        """Nothing to release; the events stay readable while the object lives."""
+
+
+class MemoryConsumer:
+    """A group member of :class:`MemoryLog`; tokens are ``(partition, index)``."""
+
+    def __init__(self, log: MemoryLog, topic: _MemTopic, group: _MemGroup, name: str) -> None:
+        self._log = log
+        self._topic = topic
+        self._group = group
+        self.name = name
+        self._retry: list[tuple[int, int]] = []
+        self._first = True  # the first fetch takes back what this name held before
+        self._closed = False
+
+    def _deliver(self, pos: tuple[int, int], now: float) -> Delivery:
+        self._group.pending[pos] = _Pending(self.name, now)
+        return Delivery(self._topic.parts[pos[0]][pos[1]], pos)
+
+    def _take(self, max_events: int) -> list[Delivery]:
+        g, now = self._group, self._log._clock()
+        idle_s = self._log.claim_idle_ms / 1000
+        out: list[Delivery] = []
+        if self._first:
+            self._retry[:0] = [pos for pos, p in g.pending.items() if p.consumer == self.name]
+            self._first = False
+        while self._retry and len(out) < max_events:
+            pos = self._retry.pop(0)
+            p = g.pending.get(pos)
+            if p is not None and p.consumer == self.name:
+                out.append(self._deliver(pos, now))
+        for pos, p in list(g.pending.items()):
+            if len(out) >= max_events:
+                break
+            if now - p.since >= idle_s:
+                del g.pending[pos]  # re-inserted at the end: the oldest claim goes first
+                out.append(self._deliver(pos, now))
+        parts = self._topic.parts
+        for part in range(len(parts)):
+            while len(out) < max_events and g.cursors[part] < len(parts[part]):
+                out.append(self._deliver((part, g.cursors[part]), now))
+                g.cursors[part] += 1
+        return out
+
+    def _next_claim_in(self) -> float:
+        """Seconds until a pending event becomes claimable (inf: none pending)."""
+        idle_s = self._log.claim_idle_ms / 1000
+        now = self._log._clock()
+        return min((p.since + idle_s - now for p in self._group.pending.values()), default=float("inf"))
+
+    async def fetch(self, *, max_events: int = 100, timeout_ms: int = 1000) -> list[Delivery]:
+        """See :meth:`Consumer.fetch`."""
+        deadline = time.monotonic() + timeout_ms / 1000
+        while True:
+            changed = self._topic.changed
+            out = self._take(max_events)
+            left = deadline - time.monotonic()
+            if out or left <= 0:
+                return out
+            wait = min(left, max(self._next_claim_in(), 0.001))
+            try:
+                await asyncio.wait_for(changed.wait(), wait)
+            except TimeoutError:
+                pass
+
+    async def ack(self, deliveries: list[Delivery]) -> None:
+        """See :meth:`Consumer.ack`; an ack for an event claimed by another member is lost."""
+        for d in deliveries:
+            p = self._group.pending.get(d.token)
+            if p is not None and p.consumer == self.name:
+                del self._group.pending[d.token]
+
+    async def nack(self, deliveries: list[Delivery]) -> None:
+        """See :meth:`Consumer.nack`."""
+        self._retry.extend(d.token for d in deliveries)
+
+    async def close(self) -> None:
+        """Hand what this member holds back to the group, claimable at once."""
+        if self._closed:
+            return
+        self._closed = True
+        for p in self._group.pending.values():
+            if p.consumer == self.name:
+                p.since = float("-inf")
+        self._topic.notify()
+
+
+# ---------------------------------------------------------------- factory
+def open_log(
+    settings: Settings,
+    redis: Any = None,
+    *,
+    partitions: int | None = None,
+    claim_idle_ms: int = DEFAULT_CLAIM_IDLE_MS,
+    **kafka_options: Any,
+) -> Log:
+    """The configured log: Kafka when ``settings.kafka_bootstrap`` is set, else Redis Streams.
+
+    Redis uses ``redis`` (a ``redis.asyncio.Redis`` or ``RedisCluster``, left open on close)
+    or else a client of its own for ``settings.redis_url`` (closed on close), with
+    ``partitions`` streams per topic (default 1) and ``claim_idle_ms``. Kafka uses
+    ``settings.kafka_partitions`` (or ``partitions``), ``settings.kafka_idempotent`` and
+    ``kafka_options`` (see :class:`~livecommerce.log_kafka.KafkaLog`).
+
+    Raises:
+        ConfigError: neither Kafka nor Redis is configured, or a partition count below 1.
+    """
+    if settings.kafka_bootstrap:
+        from .log_kafka import KafkaLog
+
+        return KafkaLog(
+            settings.kafka_bootstrap,
+            prefix=settings.key_prefix,
+            partitions=partitions or settings.kafka_partitions,
+            idempotent=settings.kafka_idempotent,
+            client_id=settings.node_id or "livecommerce",
+            **kafka_options,
+        )
+    from .keys import Keys
+    from .log_redis import RedisLog
+
+    owned = redis is None
+    if owned:
+        if not settings.redis_url:
+            raise ConfigError("the durable log needs LC_REDIS_URL or LC_KAFKA_BOOTSTRAP")
+        from .redis_conn import connect
+
+        redis = connect(settings.redis_url)
+    return RedisLog(
+        redis, Keys(settings.key_prefix), partitions=partitions or 1, claim_idle_ms=claim_idle_ms, owns_client=owned
+    )

@@ -1,0 +1,356 @@
+"""The durable log on Redis Streams: the default ``Log`` backend.
+
+Layout: each topic has ``partitions`` streams, ``Keys.stream(f"{topic}:{p}")`` (for example
+``lc:{log:orders:0}``), so every partition has its own hash tag and every command below
+touches one stream, hence one slot: the same code runs on one Redis and on Redis Cluster
+(``redis.asyncio.Redis`` or ``redis.asyncio.cluster.RedisCluster``). A key's partition is
+:func:`~livecommerce.log.partition_for`; each entry is one field ``e``, the msgpack of the
+event (:func:`~livecommerce.log.encode_event`).
+
+Delivery (the contract is in :mod:`livecommerce.log`):
+
+* a group is created on each partition stream at ``0`` (XGROUP CREATE MKSTREAM, BUSYGROUP
+  ignored), so a new group reads the stream from its first entry;
+* ``fetch`` returns, in this order: what this consumer name still held when its previous
+  incarnation stopped (XREADGROUP ``0``, once), nacked entries (XCLAIM to itself), entries
+  pending longer than ``claim_idle_ms`` in the group (XAUTOCLAIM, at most every
+  ``claim_idle_ms / 2``), then new entries (XREADGROUP ``>``, blocking);
+* ``ack`` is XACK; ``close`` marks held entries idle (XCLAIM ... IDLE) so that a live member
+  claims them at its next XAUTOCLAIM instead of waiting ``claim_idle_ms``.
+
+Entries trimmed by ``maxlen`` before being acked are acked and skipped. Driver errors become
+:class:`~livecommerce.errors.Unavailable`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import redis.exceptions
+
+from .errors import ConfigError, Unavailable
+from .keys import Keys
+from .log import (
+    DEFAULT_CLAIM_IDLE_MS,
+    Delivery,
+    check_topic,
+    decode_event,
+    encode_event,
+    new_event,
+    partition_for,
+)
+from .redis_conn import DRIVER_ERRORS
+
+log = logging.getLogger("livecommerce.log.redis")
+
+_FIELD = b"e"
+_UNREACHABLE = (*DRIVER_ERRORS, redis.exceptions.ClusterError, redis.exceptions.RedisClusterException)
+_POLL_MS = 100  # with several partitions, blocking reads are sliced so no partition waits long
+
+
+@contextlib.asynccontextmanager
+async def _guard() -> AsyncIterator[None]:
+    try:
+        yield
+    except _UNREACHABLE as exc:
+        raise Unavailable(f"redis unreachable: {exc.__class__.__name__}") from exc
+
+
+def _sid(x: Any) -> bytes:
+    return x if isinstance(x, bytes) else str(x).encode()
+
+
+class RedisLog:
+    """``Log`` on Redis Streams.
+
+    Args:
+        redis: a ``redis.asyncio.Redis`` or ``RedisCluster`` (``decode_responses=False``).
+        keys: key names (the prefix isolates tenants and tests).
+        partitions: streams per topic; keys spread over them, so members of a group can
+            work in parallel while each key keeps its order. 1 is right for one Redis.
+        claim_idle_ms: how long an entry may stay pending with a silent member before
+            another member takes it over. Longer than the slowest batch, or batches run twice.
+        maxlen: approximate cap of each stream (None: unbounded). Keep it far above what
+            consumers can lag, or unread events are lost.
+        owns_client: close ``redis`` on :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        redis: Any,
+        keys: Keys,
+        *,
+        partitions: int = 1,
+        claim_idle_ms: int = DEFAULT_CLAIM_IDLE_MS,
+        maxlen: int | None = None,
+        owns_client: bool = False,
+    ) -> None:
+        if partitions < 1:
+            raise ConfigError("a log needs at least one partition")
+        self.redis = redis
+        self.keys = keys
+        self.partitions = partitions
+        self.claim_idle_ms = claim_idle_ms
+        self.maxlen = maxlen
+        self._owns = owns_client
+
+    def stream(self, topic: str, partition: int) -> str:
+        return self.keys.stream(f"{topic}:{partition}")
+
+    async def append(
+        self, topic: str, key: str, type: str, data: dict[str, Any], *, event_id: str | None = None, ts: int | None = None
+    ) -> str:
+        """XADD to the key's partition stream. See :meth:`livecommerce.log.Log.append`.
+
+        Raises:
+            ValueError: bad topic name.
+            Unavailable: Redis unreachable.
+        """
+        event = new_event(topic, key, type, data, event_id, ts)
+        stream = self.stream(topic, partition_for(key, self.partitions))
+        async with _guard():
+            await self.redis.xadd(stream, {_FIELD: encode_event(event)}, maxlen=self.maxlen, approximate=True)
+        return event.id
+
+    async def consumer(self, topic: str, group: str, name: str) -> RedisConsumer:
+        """Create the group on every partition stream (idempotent) and return a member.
+
+        Raises:
+            ValueError: bad topic name.
+            Unavailable: Redis unreachable.
+        """
+        check_topic(topic)
+        c = RedisConsumer(self, topic, group, name)
+        for p in range(self.partitions):
+            await c.create_group(p)
+        return c
+
+    async def close(self) -> None:
+        """Close the client if this log opened it."""
+        if self._owns:
+            with contextlib.suppress(*_UNREACHABLE):
+                await self.redis.aclose()
+
+
+class RedisConsumer:
+    """A member of a Redis Streams consumer group; tokens are ``(partition, stream id)``."""
+
+    def __init__(self, log: RedisLog, topic: str, group: str, name: str) -> None:
+        self._log = log
+        self._r = log.redis
+        self.topic = topic
+        self.group = group
+        self.name = name
+        n = log.partitions
+        self._streams = [log.stream(topic, p) for p in range(n)]
+        self._history: list[bytes | None] = [b"0"] * n  # own pending left to re-read; None: done
+        self._claim_cursor: list[bytes] = [b"0-0"] * n
+        self._next_claim = 0.0  # monotonic time of the next XAUTOCLAIM sweep
+        self._retry: dict[int, list[bytes]] = {}
+        self._held: list[set[bytes]] = [set() for _ in range(n)]
+        self._start = 0  # partition the next read starts at (round robin)
+
+    async def create_group(self, partition: int) -> None:
+        """XGROUP CREATE ... 0 MKSTREAM, ignoring BUSYGROUP.
+
+        Raises:
+            Unavailable: Redis unreachable.
+        """
+        async with _guard():
+            try:
+                await self._r.xgroup_create(self._streams[partition], self.group, id="0", mkstream=True)
+            except redis.exceptions.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    # -------------------------------------------------------------- fetch
+    async def fetch(self, *, max_events: int = 100, timeout_ms: int = 1000) -> list[Delivery]:
+        """See :meth:`livecommerce.log.Consumer.fetch`.
+
+        Raises:
+            Unavailable: Redis unreachable.
+        """
+        deadline = time.monotonic() + timeout_ms / 1000
+        out: list[Delivery] = []
+        async with _guard():
+            while True:
+                await self._read_history(out, max_events)
+                await self._claim_retries(out, max_events)
+                if len(out) < max_events and time.monotonic() >= self._next_claim:
+                    await self._autoclaim(out, max_events)
+                if len(out) < max_events:
+                    await self._read_new(out, max_events, block_ms=0)
+                now = time.monotonic()
+                if out or now >= deadline:
+                    return out
+                # nothing yet: block on new entries until the deadline or the next claim sweep
+                wait_ms = int((min(deadline, self._next_claim) - now) * 1000)
+                if wait_ms > 0:
+                    await self._read_new(out, max_events, block_ms=wait_ms)
+                    if out:
+                        return out
+
+    def _accept(self, partition: int, entries: list[Any], out: list[Delivery], gone: list[bytes]) -> None:
+        for sid, fields in entries:
+            sid = _sid(sid)
+            raw = fields.get(_FIELD) if fields else None
+            if raw is None:  # trimmed before it was acked: nothing left to deliver
+                gone.append(sid)
+                continue
+            try:
+                event = decode_event(raw)
+            except ValueError:
+                log.error("log.bad_entry", extra={"stream": self._streams[partition], "id": sid.decode()})
+                gone.append(sid)
+                continue
+            self._held[partition].add(sid)
+            out.append(Delivery(event, (partition, sid)))
+
+    async def _drop(self, partition: int, gone: list[bytes]) -> None:
+        if gone:
+            await self._r.xack(self._streams[partition], self.group, *gone)
+
+    async def _xreadgroup(self, partition: int, start: bytes | str, count: int, block: int | None) -> list[Any]:
+        stream = self._streams[partition]
+        try:
+            reply = await self._r.xreadgroup(self.group, self.name, {stream: start}, count=count, block=block)
+        except redis.exceptions.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self.create_group(partition)  # the stream was deleted under us
+            return []
+        if not reply:
+            return []
+        if isinstance(reply, dict):  # RESP3
+            return list(reply.get(stream.encode(), reply.get(stream, [[]]))[0])
+        return list(reply[0][1])
+
+    async def _read_history(self, out: list[Delivery], max_events: int) -> None:
+        """Entries this consumer name still held from a previous run (XREADGROUP 0)."""
+        for p, after in enumerate(self._history):
+            while after is not None and len(out) < max_events:
+                entries = await self._xreadgroup(p, after, max_events - len(out), None)
+                if not entries:
+                    after = None
+                    break
+                after = _sid(entries[-1][0])
+                gone: list[bytes] = []
+                self._accept(p, entries, out, gone)
+                await self._drop(p, gone)
+            self._history[p] = after
+
+    async def _claim_retries(self, out: list[Delivery], max_events: int) -> None:
+        """Nacked entries, claimed back by this member (they come back first)."""
+        for p in list(self._retry):
+            ids = self._retry[p]
+            take, rest = ids[: max_events - len(out)], ids[max_events - len(out) :]
+            if not take:
+                break
+            if rest:
+                self._retry[p] = rest
+            else:
+                del self._retry[p]
+            entries = await self._r.xclaim(self._streams[p], self.group, self.name, 0, take)
+            by_id = {_sid(sid): (sid, fields) for sid, fields in entries}
+            ordered = [by_id[i] for i in take if i in by_id]  # nack order, not stream order
+            gone: list[bytes] = []
+            self._accept(p, ordered, out, gone)
+            await self._drop(p, gone)
+
+    async def _autoclaim(self, out: list[Delivery], max_events: int) -> None:
+        """XAUTOCLAIM entries idle for ``claim_idle_ms`` in the group (a dead member's)."""
+        self._next_claim = time.monotonic() + max(self._log.claim_idle_ms / 2000, 0.05)
+        for p in range(len(self._streams)):
+            if len(out) >= max_events:
+                return
+            reply = await self._r.xautoclaim(
+                self._streams[p], self.group, self.name, self._log.claim_idle_ms,
+                start_id=self._claim_cursor[p], count=max_events - len(out),
+            )
+            self._claim_cursor[p] = _sid(reply[0])
+            gone: list[bytes] = []
+            self._accept(p, list(reply[1]), out, gone)
+            await self._drop(p, gone)
+
+    async def _read_new(self, out: list[Delivery], max_events: int, *, block_ms: int) -> None:
+        """XREADGROUP ``>`` on each partition stream, one command per stream."""
+        n = len(self._streams)
+        order = [(self._start + i) % n for i in range(n)]
+        self._start = (self._start + 1) % n
+        if block_ms <= 0:
+            for p in order:
+                if len(out) >= max_events:
+                    return
+                gone: list[bytes] = []
+                self._accept(p, await self._xreadgroup(p, ">", max_events - len(out), None), out, gone)
+                await self._drop(p, gone)
+            return
+        if n == 1:
+            gone = []
+            self._accept(0, await self._xreadgroup(0, ">", max_events - len(out), block_ms), out, gone)
+            await self._drop(0, gone)
+            return
+        # several streams, several slots: no multi-key read, so poll them in short slices
+        deadline = time.monotonic() + block_ms / 1000
+        while not out:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                return
+            slice_ms = min(left_ms, _POLL_MS)
+            per = max(1, (max_events - len(out)) // n)
+            for p in order:
+                gone = []
+                # block only on the first stream of the round; the rest are checked at once
+                block = slice_ms if p == order[0] else None
+                self._accept(p, await self._xreadgroup(p, ">", per, block), out, gone)
+                await self._drop(p, gone)
+                if out:
+                    break
+
+    # -------------------------------------------------------------- ack, nack, close
+    def _by_partition(self, deliveries: list[Delivery]) -> dict[int, list[bytes]]:
+        groups: dict[int, list[bytes]] = {}
+        for d in deliveries:
+            p, sid = d.token
+            groups.setdefault(p, []).append(sid)
+        return groups
+
+    async def ack(self, deliveries: list[Delivery]) -> None:
+        """XACK per partition stream. See :meth:`livecommerce.log.Consumer.ack`.
+
+        Raises:
+            Unavailable: Redis unreachable (the entries stay pending).
+        """
+        async with _guard():
+            for p, ids in self._by_partition(deliveries).items():
+                await self._r.xack(self._streams[p], self.group, *ids)
+                self._held[p].difference_update(ids)
+
+    async def nack(self, deliveries: list[Delivery]) -> None:
+        """Queue the entries to be claimed back by the next fetch (no Redis call)."""
+        for p, ids in self._by_partition(deliveries).items():
+            self._held[p].difference_update(ids)
+            queued = self._retry.setdefault(p, [])
+            queued.extend(i for i in ids if i not in queued)
+
+    async def close(self) -> None:
+        """Mark held entries idle so live members claim them at once; best effort.
+
+        Raises:
+            Unavailable: Redis unreachable (the entries are then claimed after
+                ``claim_idle_ms`` as for a dead member).
+        """
+        async with _guard():
+            for p in range(len(self._streams)):
+                ids = sorted(self._held[p] | set(self._retry.get(p, [])))
+                if ids:
+                    await self._r.xclaim(
+                        self._streams[p], self.group, self.name, 0, ids,
+                        idle=self._log.claim_idle_ms, justid=True,
+                    )
+                self._held[p].clear()
+            self._retry.clear()
