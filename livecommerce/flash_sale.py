@@ -464,7 +464,7 @@ def _int_field(v: Any, name: str, *, lo: int, hi: int, unit: str = "") -> int:
             raise InvalidCampaign(name, f"must be {what}, got {v!r}")
     if not lo <= v <= hi:
         raise InvalidCampaign(name, f"must be between {lo} and {hi}, got {v}")
-    return v
+    return int(v)
 
 
 def _time_field(data: Mapping[str, Any], ms_name: str, at_name: str, where: str) -> int | None:

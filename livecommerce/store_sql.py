@@ -54,7 +54,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from .errors import BadFrame, ConfigError, Conflict, NotFound, Unavailable
 from .flash_sale import Sale, SaleState
 from .orders import Order, OrderEvent, OrderState, TransitionResult, apply_transition
-from .store import OrderTotals, PointsEntry, PointsRole, SaleRecord, WalletEntry
+from .store import OrderTotals, PointsEntry, PointsRole, SaleRecord, Store, WalletEntry
 
 # ---------------------------------------------------------------------------------- schema
 
@@ -285,7 +285,9 @@ def make_engine(url: str, **kw: Any) -> AsyncEngine:
     if u.get_backend_name() == "sqlite":
         db = u.database or ""
         if db and db != ":memory:" and not db.startswith("file:"):
-            Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            # best effort: if it cannot be made, connecting fails with Unavailable
+            with contextlib.suppress(OSError):
+                Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(u, **kw)
         _sqlite_setup(engine)
         return engine
@@ -895,3 +897,7 @@ class SqlStore:
                 "run `livecommerce db upgrade`"
             )
         return version
+
+
+def _implements_store(s: SqlStore) -> Store:  # mypy checks SqlStore against the port
+    return s
