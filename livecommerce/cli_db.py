@@ -1,7 +1,8 @@
 """``livecommerce db upgrade`` and ``livecommerce db status``.
 
 The main CLI adds these with ``cli_db.register(subparsers)``; each sub-command sets
-``args.func`` to a callable ``func(args) -> int`` (the exit code). Also runnable alone:
+``args.func`` to ``func(args, settings=None) -> int`` (the exit code). The URL is
+``--database-url``, else ``settings.database_url`` (``LC_DATABASE_URL``). Also runnable alone:
 ``python -m livecommerce.cli_db db upgrade``.
 """
 
@@ -71,8 +72,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     return db
 
 
-def _url(args: argparse.Namespace) -> str:
-    return args.database_url or Settings.from_env().database_url
+def _url(args: argparse.Namespace, settings: Settings | None) -> str:
+    if args.database_url:
+        return str(args.database_url)
+    return (settings or Settings.from_env()).database_url
 
 
 def _shown(url: str) -> str:
@@ -82,10 +85,10 @@ def _shown(url: str) -> str:
         return "<unparsable url>"
 
 
-def cmd_upgrade(args: argparse.Namespace) -> int:
+def cmd_upgrade(args: argparse.Namespace, settings: Settings | None = None) -> int:
     """Run ``db upgrade``; 0 on success, 1 when the database fails, 2 on bad configuration."""
     try:
-        url = _url(args)
+        url = _url(args, settings)
         before = asyncio.run(migrations.status(url)).current
         after = asyncio.run(migrations.upgrade(url, target=args.target))
     except ConfigError as exc:
@@ -101,10 +104,10 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def cmd_status(args: argparse.Namespace, settings: Settings | None = None) -> int:
     """Run ``db status``; 0 when up to date, 3 when steps are pending, 1/2 on errors."""
     try:
-        url = _url(args)
+        url = _url(args, settings)
         st = asyncio.run(migrations.status(url))
     except ConfigError as exc:
         print(f"db status: {exc.message}", file=sys.stderr)
