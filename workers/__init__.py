@@ -1,0 +1,1 @@
+"""Long-running consumers of the durable log; :mod:`workers.runner` is the shared loop."""

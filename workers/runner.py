@@ -1,0 +1,154 @@
+"""The generic consumer loop every log worker runs: fetch a batch, handle it, ack it.
+
+At-least-once in, exactly-once effects out: ``handle`` stores its effects idempotently on
+``LogEvent.id`` (``INSERT ... ON CONFLICT DO NOTHING`` on an applied-events table, or the
+same in one Redis script), and the batch is acked only after ``handle`` returned. A crash
+between the two redelivers the batch and the idempotent store absorbs it.
+
+``burst=True`` is the drain mode of arq: take what is there, return how many events were
+handled. Tests await it instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from livecommerce.errors import Unavailable
+from livecommerce.log import Consumer, Delivery, Log, LogEvent
+
+logger = logging.getLogger("livecommerce.workers.runner")
+
+Handler = Callable[[list[LogEvent]], Awaitable[None]]
+
+BACKOFF_FIRST_S = 0.1
+BACKOFF_MAX_S = 5.0
+
+
+class _Backoff:
+    """Exponential delays: 0.1 s, 0.2 s ... up to ``BACKOFF_MAX_S``; ``reset`` after a success."""
+
+    def __init__(self, first_s: float, max_s: float) -> None:
+        self.first_s, self.max_s = first_s, max_s
+        self.next_s = first_s
+
+    def step(self) -> float:
+        delay, self.next_s = self.next_s, min(self.next_s * 2, self.max_s)
+        return delay
+
+    def reset(self) -> None:
+        self.next_s = self.first_s
+
+
+async def _pause(delay_s: float, stop: asyncio.Event | None) -> None:
+    """Sleep ``delay_s``, or less if ``stop`` is set meanwhile."""
+    if stop is None:
+        await asyncio.sleep(delay_s)
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), delay_s)
+
+
+async def _release(consumer: Consumer, batch: list[Delivery], fields: dict[str, object]) -> None:
+    """Nack a batch that was not handled; if even that fails, redelivery waits for a claim."""
+    try:
+        await consumer.nack(batch)
+    except Unavailable as exc:
+        logger.warning("worker.nack_failed", extra={**fields, "err": exc.message})
+
+
+async def run_consumer(
+    log: Log,
+    topic: str,
+    group: str,
+    name: str,
+    handle: Handler,
+    *,
+    burst: bool = False,
+    stop: asyncio.Event | None = None,
+    batch: int = 100,
+    fetch_timeout_ms: int = 1000,
+    backoff_first_s: float = BACKOFF_FIRST_S,
+    backoff_max_s: float = BACKOFF_MAX_S,
+) -> int:
+    """Consume ``topic`` as member ``name`` of ``group`` until stopped; return events handled.
+
+    Each round fetches up to ``batch`` events, awaits ``handle(events)`` and acks them.
+    ``handle`` must make its effects idempotent on ``LogEvent.id``: a batch may come again
+    after a crash, a failed ack or a rebalance.
+
+    * ``burst=True``: return as soon as a fetch (waiting ``fetch_timeout_ms``) comes back
+      empty, with the number of events acked.
+    * ``stop``: when set, the current batch is finished (handled and acked), then the
+      consumer leaves the group and the count is returned. A fetch in progress ends within
+      ``fetch_timeout_ms``.
+    * ``Unavailable`` from the log or from ``handle``: the batch (if any) is given back,
+      ``worker.backoff`` is logged, and the loop retries after an exponential backoff
+      (``backoff_first_s`` doubling up to ``backoff_max_s``).
+    * any other exception from ``handle``: the batch is given back unacked (so it is
+      redelivered) and ``worker.handler_failed`` is logged with the traceback; a long-running
+      loop retries after the backoff, a burst re-raises it.
+
+    Raises:
+        Exception: in burst mode, whatever ``handle`` raised (other than ``Unavailable``).
+    """
+    fields: dict[str, object] = {"topic": topic, "group": group, "worker": name}
+    backoff = _Backoff(backoff_first_s, backoff_max_s)
+    consumer: Consumer | None = None
+    handled = 0
+
+    def stopped() -> bool:
+        return stop is not None and stop.is_set()
+
+    async def back_off(stage: str, exc: BaseException) -> None:
+        delay = backoff.step()
+        err = exc.message if isinstance(exc, Unavailable) else repr(exc)
+        logger.warning("worker.backoff", extra={**fields, "stage": stage, "delay_s": delay, "err": err})
+        await _pause(delay, stop)
+
+    try:
+        while not stopped():
+            try:
+                if consumer is None:
+                    consumer = await log.consumer(topic, group, name)
+                    logger.info("worker.started", extra=fields)
+                deliveries = await consumer.fetch(max_events=batch, timeout_ms=fetch_timeout_ms)
+            except Unavailable as exc:
+                await back_off("fetch", exc)
+                continue
+            if not deliveries:
+                if burst:
+                    break
+                continue
+            try:
+                await handle([d.event for d in deliveries])
+            except Unavailable as exc:
+                await _release(consumer, deliveries, fields)
+                await back_off("handle", exc)
+                continue
+            except Exception:
+                logger.exception("worker.handler_failed", extra={**fields, "events": len(deliveries),
+                                                              "first": deliveries[0].event.id})
+                await _release(consumer, deliveries, fields)
+                if burst:
+                    raise
+                await _pause(backoff.step(), stop)
+                continue
+            try:
+                await consumer.ack(deliveries)
+            except Unavailable as exc:
+                # effects are stored; the events come back and the idempotent store absorbs them
+                await back_off("ack", exc)
+                continue
+            handled += len(deliveries)
+            backoff.reset()
+    finally:
+        if consumer is not None:
+            try:
+                await consumer.close()
+            except Unavailable as exc:
+                logger.warning("worker.close_failed", extra={**fields, "err": exc.message})
+            logger.info("worker.stopped", extra={**fields, "handled": handled})
+    return handled
