@@ -160,10 +160,11 @@ def partition_for(key: str, partitions: int) -> int:
 
 def encode_event(event: LogEvent) -> bytes:
     """msgpack of the event's fields, the value stored by the Redis and Kafka backends."""
-    return msgpack.packb(
+    packed: bytes = msgpack.packb(
         {"id": event.id, "topic": event.topic, "key": event.key, "type": event.type, "data": event.data, "ts": event.ts},
         use_bin_type=True,
     )
+    return packed
 
 
 def decode_event(raw: bytes) -> LogEvent:

@@ -63,6 +63,8 @@ class KafkaLog:
             about half the session timeout, so tests use 2000/300.
         rebalance_timeout_ms: how long the coordinator waits for members to rejoin.
         request_timeout_ms: per request to the broker.
+        replication_factor: replicas of a topic this log creates (1 suits one broker; use
+            3 on a production cluster, or create the topics beforehand).
     """
 
     def __init__(
@@ -77,6 +79,7 @@ class KafkaLog:
         heartbeat_interval_ms: int = 3_000,
         rebalance_timeout_ms: int | None = None,
         request_timeout_ms: int = 30_000,
+        replication_factor: int = 1,
     ) -> None:
         if partitions < 1:
             raise ConfigError("a log needs at least one partition")
@@ -89,6 +92,7 @@ class KafkaLog:
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.rebalance_timeout_ms = rebalance_timeout_ms or session_timeout_ms
         self.request_timeout_ms = request_timeout_ms
+        self.replication_factor = replication_factor
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
         self._ready_topics: set[str] = set()
@@ -121,7 +125,7 @@ class KafkaLog:
                 await admin.start()
                 try:
                     resp = await admin.create_topics(
-                        [NewTopic(name, num_partitions=self.partitions, replication_factor=1)]
+                        [NewTopic(name, num_partitions=self.partitions, replication_factor=self.replication_factor)]
                     )
                 finally:
                     await admin.close()

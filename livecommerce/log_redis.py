@@ -225,8 +225,9 @@ class RedisConsumer:
             return []
         if not reply:
             return []
-        if isinstance(reply, dict):  # RESP3
-            return list(reply.get(stream.encode(), reply.get(stream, [[]]))[0])
+        if isinstance(reply, dict):  # RESP3: {stream: [entries]}
+            (entries,) = reply.values()
+            return list(entries[0])
         return list(reply[0][1])
 
     async def _read_history(self, out: list[Delivery], max_events: int) -> None:

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import sqlite3
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from livecommerce.keys import Keys
 from livecommerce.log import Log, LogEvent
@@ -25,7 +26,7 @@ from workers.runner import run_consumer
 
 TOPIC, GROUP = "orders", "settle"
 CLAIM_IDLE_MS = 300
-KAFKA_TIMING = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 300}
+KAFKA_TIMING: dict[str, Any] = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 300}
 
 
 def open_db(path: str) -> sqlite3.Connection:

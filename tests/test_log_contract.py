@@ -1,4 +1,5 @@
-"""One contract for the ``Log`` port, run against memory, Redis Streams and Kafka (Tansu).
+"""One contract for the ``Log`` port, run against memory, Redis Streams (one server and a
+local 3-node Redis Cluster) and Kafka (Tansu).
 
 Each test gets its own key prefix (Redis keys ``<prefix>:{log:...}``, Kafka topics
 ``<prefix>.<topic>``), so tests share one Redis and one broker without seeing each other.
@@ -7,12 +8,19 @@ Each test gets its own key prefix (Redis keys ``<prefix>:{log:...}``, Kafka topi
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import socket
+import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
+import redis as sync_redis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -30,10 +38,11 @@ from livecommerce.log import (
 )
 from livecommerce.log_kafka import KafkaLog
 from livecommerce.log_redis import RedisLog
+from livecommerce.redis_conn import connect
 
 CLAIM_IDLE_MS = 300
 PARTITIONS = 4
-KAFKA_TIMING = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 300}
+KAFKA_TIMING: dict[str, Any] = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 300}
 
 
 @dataclass
@@ -42,8 +51,81 @@ class Backend:
     log: Log
 
 
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A 3-master Redis Cluster of local ``redis-server`` processes (no replicas).
+
+    ``LC_TEST_REDIS_CLUSTER_URL`` (``redis+cluster://host:port,...``) uses a running one.
+    Slots are assigned with CLUSTER ADDSLOTSRANGE and the nodes meet directly, which is
+    faster than ``redis-cli --cluster create``.
+    """
+    external = os.environ.get("LC_TEST_REDIS_CLUSTER_URL")
+    if external:
+        yield external
+        return
+    server_bin = shutil.which("redis-server")
+    if server_bin is None:
+        pytest.skip("needs redis-server for a local Redis Cluster")
+    ports = _free_ports(3)
+    procs = []
+    try:
+        for port in ports:
+            d = tmp_path_factory.mktemp(f"cluster{port}")
+            procs.append(subprocess.Popen(
+                [server_bin, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                 "--cluster-config-file", str(d / "nodes.conf"), "--save", "", "--appendonly", "no",
+                 "--dir", str(d)],
+                stdout=subprocess.DEVNULL,
+            ))
+        nodes = [sync_redis.Redis(port=p) for p in ports]
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                for n in nodes:
+                    n.ping()
+                break
+            except sync_redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        step = 16384 // len(ports)
+        for i, n in enumerate(nodes):
+            last = 16383 if i == len(nodes) - 1 else (i + 1) * step - 1
+            n.execute_command("CLUSTER", "ADDSLOTSRANGE", i * step, last)
+        for p in ports[1:]:
+            nodes[0].execute_command("CLUSTER", "MEET", "127.0.0.1", p)
+        while not all(n.cluster("INFO")["cluster_state"] == "ok" and n.cluster("INFO")["cluster_known_nodes"] == "3"
+                      for n in nodes):
+            if time.monotonic() > deadline:
+                pytest.fail("local Redis Cluster did not converge in 10 s")
+            time.sleep(0.05)
+        for n in nodes:
+            n.close()
+        yield "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports)
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.fixture(
-    params=["memory", "redis", pytest.param("kafka", marks=pytest.mark.kafka)],
+    params=[
+        "memory",
+        "redis",
+        pytest.param("redis-cluster", marks=pytest.mark.cluster),
+        pytest.param("kafka", marks=pytest.mark.kafka),
+    ],
 )
 async def backend(request: pytest.FixtureRequest, prefix: str, redis: aioredis.Redis) -> AsyncIterator[Backend]:
     log: Log
@@ -51,6 +133,10 @@ async def backend(request: pytest.FixtureRequest, prefix: str, redis: aioredis.R
         log = MemoryLog(partitions=PARTITIONS, claim_idle_ms=CLAIM_IDLE_MS)
     elif request.param == "redis":
         log = RedisLog(redis, Keys(prefix), partitions=PARTITIONS, claim_idle_ms=CLAIM_IDLE_MS)
+    elif request.param == "redis-cluster":
+        client = connect(request.getfixturevalue("redis_cluster_url"))
+        assert isinstance(client, RedisCluster)
+        log = RedisLog(client, Keys(prefix), partitions=PARTITIONS, claim_idle_ms=CLAIM_IDLE_MS, owns_client=True)
     else:
         bootstrap = request.getfixturevalue("kafka_bootstrap")
         log = KafkaLog(bootstrap, prefix=prefix, partitions=PARTITIONS, idempotent=False, **KAFKA_TIMING)
@@ -181,7 +267,7 @@ def test_event_encoding_round_trips() -> None:
         decode_event(b"\x93\x01\x02\x03")
 
 
-async def test_bad_topic_names_are_refused(prefix: str) -> None:
+async def test_bad_topic_names_are_refused() -> None:
     with pytest.raises(ValueError):
         await MemoryLog().append("orders.x", "k", "t", {})
 
