@@ -24,6 +24,10 @@ log = logging.getLogger("livecommerce.gateway.app")
 CAPABILITIES = [
     "gateway.http",
     "gateway.chat",
+    "gateway.commerce",
+    "gateway.rooms",
+    "gateway.likes",
+    "gateway.lottery",
 ]
 
 

@@ -1,0 +1,98 @@
+"""``like {count}`` over WebSocket: aggregated per node, one ``likes {total}`` per room per second.
+
+Each ``like`` only adds to this node's in-memory tally. The hub's once-a-second callback
+(:meth:`Likes.on_second`) adds every room's tally to ``{room:ID}:likes`` with INCRBY (a
+GET for local rooms without new likes, so other nodes' likes show up too) in one pipeline,
+then pushes ``likes {total}`` (the exact total read back from Redis) to this node's viewers
+of each room whose total changed, through ``hub.send_local`` (a counter: coalesced into
+the tick's batch, shed first for slow clients). Late joiners get ``likes`` in ``welcome``.
+
+Services: ``gw.services["likes"]`` is the :class:`Likes` object (``await flush()`` adds
+the pending tally now, e.g. before a show's summary is taken).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from livecommerce.auth import Identity
+from livecommerce.likes import LikeTally, PushGate
+from livecommerce.protocol.commands import Like
+from livecommerce.redis_conn import guarded
+
+from .conn import Conn
+from .core import Gateway
+
+log = logging.getLogger("livecommerce.gateway.likes")
+
+
+class Likes:
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.tally = LikeTally()
+        self.gate = PushGate()
+
+    async def flush(self) -> dict[str, int]:
+        """Add the pending tally to Redis; return the exact total of every room that had
+        likes or has local viewers. On a Redis error the tally is kept for the next try.
+
+        Raises:
+            Unavailable: Redis unreachable.
+        """
+        deltas = self.tally.take()
+        rooms = list(deltas.keys() | self.gw.hub.rooms.keys())
+        if not rooms:
+            return {}
+        pipe = self.gw.redis.pipeline(transaction=False)
+        for room in rooms:
+            key = self.gw.keys.room_likes(room)
+            if deltas.get(room):
+                pipe.incrby(key, deltas[room])
+            else:
+                pipe.get(key)
+        try:
+            async with guarded():
+                res = await pipe.execute()
+        except BaseException:
+            self.tally.restore(deltas)
+            raise
+        return {room: int(v or 0) for room, v in zip(rooms, res, strict=True)}
+
+    async def on_second(self) -> None:
+        totals = await self.flush()
+        now = self.gw.now_ms()
+        local = self.gw.hub.rooms
+        for room, total in totals.items():
+            if room in local and self.gate.changed(room, total):
+                self.gw.hub.send_local(room, {"t": "likes", "room": room, "ts": now, "d": {"total": total}})
+        self.gate.keep_only(local.keys())
+
+    async def total(self, room: str) -> int:
+        async with guarded():
+            v = await self.gw.redis.get(self.gw.keys.room_likes(room))
+        return int(v or 0) + self.tally.pending(room)
+
+
+def setup(gw: Gateway, app: web.Application) -> None:
+    likes = Likes(gw)
+    gw.services["likes"] = likes
+    gw.hub.on_second.append(likes.on_second)
+
+    @gw.command("like")
+    async def like(gw: Gateway, conn: Conn, cmd: Like) -> dict[str, Any] | None:
+        likes.tally.add(conn.room, cmd.count)
+        return None
+
+    async def welcome(room: str, ident: Identity) -> dict[str, Any]:
+        return {"likes": await likes.total(room)}
+
+    gw.welcome_extras.append(welcome)
+
+    async def get_likes(request: web.Request) -> web.Response:
+        room = request.match_info["room"]
+        return web.json_response({"room": room, "likes": await likes.total(room)})
+
+    app.router.add_get("/api/v1/rooms/{room}/likes", get_likes)

@@ -1,0 +1,190 @@
+"""Lotteries at the edge: start (host), enter (viewers), and the public record.
+
+* ``POST /api/v1/rooms/{room}/lotteries`` (host of the room or ops) and the WebSocket host
+  action ``lottery.start``: body ``{prize: {kind, id}, winners, duration_s, rule,
+  keyword? | min_gift_value?, title?}`` (see :func:`livecommerce.lottery.new_lottery`).
+  A secret seed is drawn here; ``lottery.started`` carries only its sha256 (``seed_hash``).
+* ``lottery.enter {lottery_id}``: explicit entry (``enter`` lotteries; ``gift`` lotteries
+  once the user's gifts reached the minimum). Reply ``ack`` with ``d.entered``; errors
+  ``not_found``, ``closed``, ``rule_not_met``, ``host_may_not_enter``.
+* Keyword entry: a ``comment_hooks`` entry enters the commenter into each open keyword
+  lottery of the room whose keyword the comment contains; the commenter gets a private
+  ``lottery.entered {id, position}``.
+* Gift entry: ``gw.services["on_gift"]`` holds ``async (room, user, value) -> None``; the
+  gift code calls it after a successful gift with its value (same unit as
+  ``min_gift_value``); the user enters once their gifts in the lottery reach the minimum.
+* ``GET /api/v1/lotteries/{id}`` (public): before the draw the definition, ``seed_hash``,
+  state and entrant count; after it the full record that ``livecommerce lottery verify``
+  checks. ``GET /api/v1/rooms/{room}/lotteries``: the room's open lotteries.
+* ``welcome`` carries ``lotteries``: the room's open lotteries, for late joiners.
+
+The draw itself is the worker's (``workers/lottery.py``). Each node caches a room's open
+lotteries for :data:`CACHE_S` to keep comment handling cheap; a lottery started on another
+node is seen by this node's keyword comments within that time.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from typing import Any
+
+from aiohttp import web
+
+from livecommerce.auth import Identity
+from livecommerce.errors import BadFrame, Conflict, NotFound
+from livecommerce.lottery import (
+    EnterResult,
+    EntryReject,
+    Lottery,
+    entry_reject,
+    new_lottery,
+    new_seed,
+)
+from livecommerce.lottery_redis import RedisLotteries
+from livecommerce.protocol.commands import HostAction, LotteryEnter
+
+from .conn import Conn
+from .core import Gateway
+
+log = logging.getLogger("livecommerce.gateway.lottery")
+
+CACHE_S = 1.0
+
+_MESSAGES: dict[str, str] = {
+    "not_found": "no such lottery in this room",
+    "closed": "the lottery is closed",
+    "rule_not_met": "the entry rule of this lottery is not met",
+    "host_may_not_enter": "the room's host cannot enter its own lottery",
+}
+
+
+def _reject(code: EntryReject | EnterResult, lot: Lottery | None = None) -> Exception:
+    msg = _MESSAGES.get(code, code)
+    if code == "rule_not_met" and lot is not None:
+        if lot.rule == "keyword":
+            msg = f"comment the keyword {lot.keyword!r} to enter"
+        elif lot.rule == "gift":
+            msg = f"send gifts worth at least {lot.min_gift_value} to enter"
+    if code == "not_found":
+        return NotFound(msg)
+    return Conflict(msg, code=code)
+
+
+class LotteryService:
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.store = RedisLotteries(gw.redis, gw.keys)
+        self._open: dict[str, tuple[float, list[Lottery]]] = {}
+
+    async def open_in(self, room: str) -> list[Lottery]:
+        """The room's open lotteries (cached for ``CACHE_S``)."""
+        now = time.monotonic()
+        hit = self._open.get(room)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        lots = await self.store.open_in_room(room, now_ms=self.gw.now_ms())
+        if len(self._open) > 10_000:
+            self._open.clear()
+        self._open[room] = (now + CACHE_S, lots)
+        return lots
+
+    async def start(self, room: str, ident: Identity, body: dict[str, Any]) -> dict[str, Any]:
+        """Validate, store and announce a new lottery; returns its public view.
+
+        Raises:
+            Forbidden: not the room's host (nor ops). BadFrame: invalid body.
+        """
+        ident.require_host(room)
+        seed = new_seed(secrets.token_bytes(32))
+        lot = new_lottery(body, id=secrets.token_hex(8), room=room, host=ident.user, now_ms=self.gw.now_ms(), seed=seed)
+        await self.store.create(lot, seed)
+        self._open.pop(room, None)
+        seq = await self.gw.publish(room, "lottery.started", lot.public())
+        log.info("lottery.started", extra={"lottery": lot.id, "room": room, "rule": lot.rule, "k": lot.winners_k})
+        return {**lot.public(), "state": "open", "seq": seq}
+
+    async def enter(self, lot: Lottery, user: str, *, gift_value: int = 0) -> tuple[EnterResult, int]:
+        return await self.store.enter(lot.id, user, now_ms=self.gw.now_ms(), gift_value=gift_value)
+
+    async def on_comment(self, conn: Conn, d: dict[str, Any]) -> None:
+        """comment_hooks entry: keyword comments enter open keyword lotteries."""
+        if conn.ident.may_host(conn.room):
+            return
+        now = self.gw.now_ms()
+        for lot in await self.open_in(conn.room):
+            if entry_reject(lot, via="comment", now_ms=now, is_host=False, text=d.get("text", "")) is None:
+                res, n = await self.enter(lot, conn.user)
+                if res == "ok":
+                    conn.send({"t": "lottery.entered", "room": conn.room, "ts": now, "d": {"id": lot.id, "position": n}})
+
+    async def on_gift(self, room: str, user: str, value: int) -> None:
+        """on_gift entry: a gift of ``value`` counts toward the room's open gift lotteries.
+        Never raises into the gift path: failures are logged."""
+        try:
+            now = self.gw.now_ms()
+            for lot in await self.open_in(room):
+                if entry_reject(lot, via="gift", now_ms=now, is_host=False) is None and lot.host != user:
+                    res, n = await self.enter(lot, user, gift_value=value)
+                    if res == "ok":
+                        await self.gw.notifier.to_user(
+                            user, {"t": "lottery.entered", "room": room, "ts": now, "d": {"id": lot.id, "position": n}}, room=room
+                        )
+        except Exception:
+            log.exception("lottery.on_gift_failed", extra={"room": room, "user": user})
+
+
+def setup(gw: Gateway, app: web.Application) -> None:
+    svc = LotteryService(gw)
+    gw.services["lotteries"] = svc
+    gw.services.setdefault("comment_hooks", []).append(svc.on_comment)
+    gw.services.setdefault("on_gift", []).append(svc.on_gift)
+
+    @gw.command("lottery.start")
+    async def ws_start(gw: Gateway, conn: Conn, cmd: HostAction) -> dict[str, Any]:
+        return {"t": "ack", "id": cmd.id, "ts": gw.now_ms(), "d": await svc.start(conn.room, conn.ident, cmd.d)}
+
+    @gw.command("lottery.enter")
+    async def ws_enter(gw: Gateway, conn: Conn, cmd: LotteryEnter) -> dict[str, Any]:
+        st = await svc.store.get(cmd.lottery_id)
+        lot = st.lottery if st is not None and st.lottery.room == conn.room else None
+        rej = entry_reject(lot, via="enter", now_ms=gw.now_ms(), is_host=conn.ident.may_host(conn.room))
+        if rej is not None:
+            raise _reject(rej, lot)
+        assert lot is not None
+        res, n = await svc.enter(lot, conn.user)
+        if res not in ("ok", "already_entered"):
+            raise _reject(res, lot)
+        d = {"lottery_id": lot.id, "entered": True, "already": res == "already_entered"}
+        if res == "ok":
+            d["position"] = n
+        return {"t": "ack", "id": cmd.id, "ts": gw.now_ms(), "d": d}
+
+    async def welcome(room: str, ident: Identity) -> dict[str, Any]:
+        return {"lotteries": [lot.public() for lot in await svc.open_in(room)]}
+
+    gw.welcome_extras.append(welcome)
+
+    async def http_start(request: web.Request) -> web.Response:
+        ident = gw.identify_request(request)
+        body = await request.json()
+        if not isinstance(body, dict):
+            raise BadFrame("body must be a JSON object", code="invalid")
+        return web.json_response(await svc.start(request.match_info["room"], ident, body), status=201)
+
+    async def http_get(request: web.Request) -> web.Response:
+        lid = request.match_info["id"]
+        ok = 0 < len(lid) <= 64 and all(c.isalnum() or c in "-_." for c in lid)
+        rec = await svc.store.public(lid) if ok else None
+        if rec is None:
+            raise NotFound("no such lottery")
+        return web.json_response(rec)
+
+    async def http_room(request: web.Request) -> web.Response:
+        lots = await svc.store.open_in_room(request.match_info["room"], now_ms=gw.now_ms())
+        return web.json_response({"lotteries": [lot.public() for lot in lots]})
+
+    app.router.add_post("/api/v1/rooms/{room}/lotteries", http_start)
+    app.router.add_get("/api/v1/rooms/{room}/lotteries", http_room)
+    app.router.add_get("/api/v1/lotteries/{id}", http_get)

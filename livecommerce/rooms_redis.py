@@ -1,0 +1,69 @@
+"""Redis adapter for rooms: the meta hash ``{room:ID}:meta`` and its life-cycle steps.
+
+Every script touches the room's slot only (``meta`` and the ``likes`` counter). Contracts:
+
+* :meth:`create` creates the room once (False when it exists).
+* :meth:`transition` is a compare-and-set of ``state`` that records the show statistics in
+  the same step (likes counter at ``go_live`` and ``end``, reset of comments and peak), so
+  two hosts pressing "end" at once end the show once with one summary.
+* :meth:`tick` adds one gateway's comments and online count to live shows only.
+
+Driver errors become :class:`~livecommerce.errors.Unavailable`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib.resources import files
+from typing import Any
+
+from .keys import Keys
+from .redis_conn import guarded
+from .rooms import RoomInfo, RoomState
+
+CREATE = (files("livecommerce") / "rooms_create.lua").read_text()
+STEP = (files("livecommerce") / "rooms_step.lua").read_text()
+TICK = (files("livecommerce") / "rooms_tick.lua").read_text()
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+class RedisRooms:
+    def __init__(self, redis: Any, keys: Keys) -> None:
+        self._r = redis
+        self.keys = keys
+        self._create = redis.register_script(CREATE)
+        self._step = redis.register_script(STEP)
+        self._tick = redis.register_script(TICK)
+
+    async def create(self, info: RoomInfo) -> bool:
+        """Store a new room as ``created``; False when the id is taken."""
+        args = ["id", info.id, "title", info.title, "host", info.host, "created_ms", info.created_ms, "state", "created"]
+        async with guarded():
+            return bool(await self._create(keys=[self.keys.room_meta(info.id)], args=args))
+
+    async def get(self, room: str) -> dict[str, str] | None:
+        """The room's meta fields, or None for a room never created."""
+        async with guarded():
+            raw = await self._r.hgetall(self.keys.room_meta(room))
+        return {_s(k): _s(v) for k, v in raw.items()} if raw else None
+
+    async def transition(self, room: str, expected: RoomState, new: RoomState, *, now_ms: int, online: int) -> tuple[bool, str]:
+        """Compare-and-set ``expected -> new`` (``live`` or ``ended``) with the statistics.
+        Returns ``(applied, state now)``."""
+        keys = [self.keys.room_meta(room), self.keys.room_likes(room)]
+        async with guarded():
+            ok, state = await self._step(keys=keys, args=[expected, new, now_ms, online])
+        return bool(int(ok)), _s(state)
+
+    async def tick(self, rows: Sequence[tuple[str, int, int]]) -> None:
+        """``rows`` of ``(room, online, new comments)``, one pipelined script call each."""
+        if not rows:
+            return
+        pipe = self._r.pipeline(transaction=False)
+        for room, online, comments in rows:
+            await self._tick(keys=[self.keys.room_meta(room)], args=[online, comments], client=pipe)
+        async with guarded():
+            await pipe.execute()

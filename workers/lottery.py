@@ -1,0 +1,194 @@
+"""The lottery draw worker: at each lottery's deadline, close, draw, commit, announce.
+
+``run(settings, stop)`` polls the ``lottery:due`` sorted set (deadline order) a few times a
+second; :meth:`LotteryDrawer.drain` is the burst mode tests await.
+
+Exactly once, whatever the number of workers and crashes (see
+:mod:`livecommerce.lottery_redis`):
+
+1. ``open -> closed`` (compare-and-set): entries stop, so the entrant list is frozen.
+2. Any worker may compute the draw: it is a deterministic function of the stored seed and
+   the frozen list, so racing workers compute the same winners.
+3. ``closed -> drawn`` with the record is a compare-and-set: one worker commits and holds
+   the announcer lease; only it publishes ``lottery.ended``.
+4. A worker that finds a ``drawn`` lottery (its announcer crashed, or failed a hook) takes
+   the lease when it is its own (restarted with the same ``LC_NODE_ID``) or expired, and
+   republishes the *stored* record: never a new draw.
+5. After publishing, winners get a private ``lottery.won``, the prize hooks run, and the
+   lottery becomes ``announced``.
+
+Prize hooks (the seam for SQL persistence and prize payout as zero-price orders or granted
+coupons): ``async def hook(record: dict) -> None``, listed as ``"module:function"`` in
+:data:`PRIZE_HOOKS` (or passed to :class:`LotteryDrawer`). A hook may be called more than
+once for one lottery (after a crash), so it must be idempotent on ``record["id"]``, e.g.
+append ``lottery.ended`` to the durable log with ``event_id=f"lottery.ended:{id}"``. A hook
+that raises leaves the lottery ``drawn``; it is retried (with a republish) after the lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from livecommerce.broker_redis import RedisBroker
+from livecommerce.config import Settings
+from livecommerce.keys import Keys
+from livecommerce.lottery import build_record, ended_event
+from livecommerce.lottery_redis import RedisLotteries
+from livecommerce.notify import Notifier
+from livecommerce.redis_conn import connect, is_cluster_url
+
+log = logging.getLogger("livecommerce.workers.lottery")
+
+DrawnHook = Callable[[dict[str, Any]], Awaitable[None]]
+
+# "module:function" prize hooks run after each announcement (see the module docstring).
+PRIZE_HOOKS: list[str] = []
+
+POLL_S = 0.25
+LEASE_MS = 30_000
+
+Action = Literal["drawn", "republished", "skipped", "missing"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one :meth:`LotteryDrawer.process` call did: ``drawn`` (this worker committed
+    and announced), ``republished`` (announced a record committed earlier), ``skipped``
+    (another worker holds it, or it is done), ``missing`` (unknown id, unindexed)."""
+
+    lottery_id: str
+    action: Action
+    winners: list[str] = field(default_factory=list)
+
+
+def load_hooks(specs: Sequence[str]) -> list[DrawnHook]:
+    """Import ``"module:function"`` hooks."""
+    hooks = []
+    for spec in specs:
+        mod, _, fn = spec.partition(":")
+        hooks.append(getattr(importlib.import_module(mod), fn))
+    return hooks
+
+
+class LotteryDrawer:
+    """Draws due lotteries. One per worker process; ``worker`` names it for the lease."""
+
+    def __init__(
+        self,
+        store: RedisLotteries,
+        broker: Any,
+        notifier: Notifier,
+        *,
+        worker: str,
+        lease_ms: int = LEASE_MS,
+        hooks: Sequence[DrawnHook] = (),
+    ) -> None:
+        self.store = store
+        self.broker = broker
+        self.notifier = notifier
+        self.worker = worker
+        self.lease_ms = lease_ms
+        self.hooks = list(hooks)
+        self._backoff: dict[str, int] = {}  # lottery id -> ms before retrying a failed announce
+
+    @classmethod
+    def for_redis(cls, redis: Any, keys: Keys, *, worker: str, sharded: bool = False, **kw: Any) -> LotteryDrawer:
+        broker = RedisBroker(redis, keys, sharded=sharded)
+        return cls(RedisLotteries(redis, keys), broker, Notifier(redis, broker, keys), worker=worker, **kw)
+
+    async def drain(self, *, now_ms: int | None = None, limit: int = 100) -> list[Outcome]:
+        """Process every lottery due at ``now_ms`` (default: now) once; return what was done."""
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        out = []
+        for lid in await self.store.due(now_ms=now, limit=limit):
+            if self._backoff.get(lid, 0) > now:
+                continue
+            try:
+                out.append(await self.process(lid, now_ms=now))
+            except Exception:
+                self._backoff[lid] = now + self.lease_ms
+                log.exception("lottery.process_failed", extra={"lottery": lid})
+        return out
+
+    async def process(self, lottery_id: str, *, now_ms: int) -> Outcome:
+        """Move one due lottery as far as it goes (module docstring, steps 1-5).
+
+        Raises:
+            Unavailable: Redis unreachable (nothing half-done: every step is a CAS).
+            Exception: from a prize hook; the lottery stays ``drawn`` and is retried.
+        """
+        st = await self.store.get(lottery_id)
+        if st is None:
+            await self.store.forget(lottery_id)
+            return Outcome(lottery_id, "missing")
+        lot = st.lottery
+        state: str = st.state
+        if state == "open":
+            if now_ms < lot.deadline_ms:
+                return Outcome(lottery_id, "skipped")
+            _, state = await self.store.transition(lottery_id, "open", "closed", {"closed_ms": now_ms})
+            await self.store.unindex_room(lottery_id, lot.room)
+        if state == "closed":
+            entrants = await self.store.entrants(lottery_id)
+            record = build_record(lot, seed=st.seed, entrants=entrants, drawn_ms=now_ms)
+            if await self.store.commit(lottery_id, record, worker=self.worker, now_ms=now_ms, lease_ms=self.lease_ms):
+                log.info("lottery.drawn", extra={"lottery": lottery_id, "entrants": len(entrants), "winners": len(record["winners"])})
+                await self._announce(record, now_ms=now_ms)
+                return Outcome(lottery_id, "drawn", record["winners"])
+            again = await self.store.get(lottery_id)
+            if again is None:
+                return Outcome(lottery_id, "missing")
+            st, state = again, again.state
+        if state == "drawn":
+            if not await self.store.take_lease(lottery_id, worker=self.worker, now_ms=now_ms, lease_ms=self.lease_ms):
+                return Outcome(lottery_id, "skipped")
+            fresh = await self.store.get(lottery_id)
+            if fresh is None or fresh.record is None:
+                return Outcome(lottery_id, "missing")
+            log.info("lottery.republish", extra={"lottery": lottery_id})
+            await self._announce(fresh.record, now_ms=now_ms)
+            return Outcome(lottery_id, "republished", fresh.record["winners"])
+        if state == "announced":
+            await self.store.mark_announced(lottery_id, lot.room, now_ms=now_ms)  # re-drops the index
+        return Outcome(lottery_id, "skipped")
+
+    async def _announce(self, record: dict[str, Any], *, now_ms: int) -> None:
+        room = record["room"]
+        d = ended_event(record)
+        await self.broker.publish_room(room, {"t": "lottery.ended", "room": room, "ts": now_ms, "d": d}, history=True, now_ms=now_ms)
+        won = {"id": record["id"], "title": record.get("title", ""), "prize": record["prize"], "record_url": d["record_url"]}
+        for w in record["winners"]:
+            await self.notifier.to_user(w, {"t": "lottery.won", "room": room, "ts": now_ms, "d": won})
+        for hook in self.hooks:
+            await hook(record)
+        await self.store.mark_announced(record["id"], room, now_ms=now_ms)
+        self._backoff.pop(record["id"], None)
+
+
+async def run(settings: Settings, stop: asyncio.Event) -> None:
+    """Poll due lotteries until ``stop`` is set."""
+    redis = connect(settings.redis_url)
+    keys = Keys(settings.key_prefix)
+    drawer = LotteryDrawer.for_redis(
+        redis, keys, worker=settings.node_id, sharded=is_cluster_url(settings.redis_url), hooks=load_hooks(PRIZE_HOOKS)
+    )
+    log.info("lottery.worker_started", extra={"worker": settings.node_id})
+    try:
+        while not stop.is_set():
+            try:
+                await drawer.drain()
+            except Exception as exc:  # Redis down: keep polling, the CAS steps resume
+                log.warning("lottery.poll_failed", extra={"err": repr(exc)})
+            try:
+                await asyncio.wait_for(stop.wait(), POLL_S)
+            except TimeoutError:
+                pass
+    finally:
+        await drawer.broker.close()
+        await redis.aclose()
