@@ -31,16 +31,22 @@ def is_cluster_url(url: str) -> bool:
     return url.startswith(("redis+cluster://", "rediss+cluster://"))
 
 
-def connect(url: str, **kw: Any) -> Any:
-    """Return a ``redis.asyncio.Redis`` or ``RedisCluster`` client for ``url``."""
+def connect(url: str, *, max_connections: int = 128, **kw: Any) -> Any:
+    """Return a ``redis.asyncio.Redis`` or ``RedisCluster`` client for ``url``.
+
+    A single server gets a *blocking* pool: past ``max_connections`` concurrent commands
+    a caller waits (up to 10 s) for a free connection instead of failing, which is the
+    backpressure a rush needs.
+    """
     if is_cluster_url(url):
         rest = url.split("://", 1)[1].split("/", 1)[0]
         nodes = []
         for part in rest.split(","):
             host, _, port = part.rpartition(":")
             nodes.append(ClusterNode(host or "127.0.0.1", int(port or 6379)))
-        return RedisCluster(startup_nodes=nodes, **kw)
-    return aioredis.Redis.from_url(url, **kw)
+        return RedisCluster(startup_nodes=nodes, max_connections=max_connections, **kw)
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=10, **kw)
+    return aioredis.Redis(connection_pool=pool)
 
 
 async def unavailable(aw: Awaitable[T]) -> T:

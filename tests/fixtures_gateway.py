@@ -43,6 +43,9 @@ async def gateway_factory(settings: Settings) -> AsyncIterator[GatewayFactory]:
 
     async def make(**overrides: Any) -> Node:
         s = settings.replace(node_id=overrides.pop("node_id", f"node-{uuid.uuid4().hex[:6]}"), **overrides)
+        from livecommerce.migrations import upgrade
+
+        await upgrade(s.database_url)
         app = build_app(s)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
         await runner.setup()

@@ -1,0 +1,271 @@
+"""The money path's orchestration: reserve, pay, cancel, time out, schedule.
+
+Redis (through :class:`~livecommerce.flash_sale_redis.RedisFlashSale`) is the source of truth
+for stock and holds; every state change is then appended to the durable log
+(``orders`` topic, keyed by order id) with a deterministic event id
+(``<order_id>:reserved|paid|cancelled``), so a retry after a crash appends the same event
+again and the workers' effects stay exactly once.
+
+Failure order and why it is safe:
+
+* reserve succeeds, the log append fails: the client gets an error and retries with the same
+  ``request_id``; the script answers the same order (``duplicate``) and the append is retried.
+  If the client never retries, the hold still times out from Redis (:meth:`expire_due`), and
+  the cancellation's event carries the whole order, so SQL learns of it then.
+* pay succeeds in Redis, the append fails: the caller retries the payment (idempotent
+  ``already_paid``), which appends again.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .errors import BadFrame, Conflict, NotFound
+from .flash_sale import Reject, Reserved, Sale
+from .flash_sale_redis import RedisFlashSale
+from .keys import Keys
+from .log import Log
+
+log = logging.getLogger("livecommerce.checkout")
+
+
+class CouponService(Protocol):
+    async def lock_for_order(self, user: str, coupon_id: str, order_id: str, amount: int) -> int: ...
+
+    async def consume(self, order_id: str) -> None: ...
+
+    async def restore(self, order_id: str) -> None: ...
+
+
+def new_order_id(sale_id: str, now_ms: int) -> str:
+    """``<sale_id>.<time><random>``: the sale is recoverable from the id (rsplit on '.')."""
+    return f"{sale_id}.{now_ms:x}{secrets.token_hex(5)}"
+
+
+def sale_of(order_id: str) -> str:
+    if "." not in order_id:
+        raise NotFound(f"no order {order_id}", code="not_found")
+    return order_id.rsplit(".", 1)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class PayResult:
+    order_id: str
+    outcome: str  # paid | already_paid | already_cancelled | expired
+    amount: int
+    discount: int
+
+
+class Checkout:
+    def __init__(self, redis: Any, keys: Keys, log: Log, *, coupons: CouponService | None = None) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.sales = RedisFlashSale(redis, keys)
+        self.log = log
+        self.coupons = coupons
+        self._sale_cache: dict[str, Sale] = {}
+
+    # ------------------------------------------------------------------ campaigns
+    async def create_sale(self, sale: Sale) -> bool:
+        """Store the sale in Redis and put it on the schedule (start and end times)."""
+        created = await self.sales.create(sale)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zadd(self.keys.global_key("sched:start"), {sale.id: sale.starts_ms})
+        pipe.zadd(self.keys.global_key("sched:end"), {sale.id: sale.ends_ms})
+        pipe.sadd(self.keys.global_key("sales:active"), sale.id)
+        await pipe.execute()
+        return created
+
+    async def sale(self, sale_id: str) -> Sale:
+        s = self._sale_cache.get(sale_id)
+        if s is None:
+            s = await self.sales.get(sale_id)
+            if len(self._sale_cache) > 10_000:
+                self._sale_cache.clear()
+            self._sale_cache[sale_id] = s
+        return s
+
+    async def due_transitions(self, now_ms: int) -> tuple[list[str], list[str]]:
+        """Sale ids whose start / end time has come (still on the schedule)."""
+        starts = await self.redis.zrangebyscore(self.keys.global_key("sched:start"), "-inf", now_ms, start=0, num=100)
+        ends = await self.redis.zrangebyscore(self.keys.global_key("sched:end"), "-inf", now_ms, start=0, num=100)
+        return [_s(x) for x in starts], [_s(x) for x in ends]
+
+    async def claim_announcement(self, sale_id: str, what: str) -> bool:
+        """True for exactly one caller per (sale, what): who broadcasts sale.started/ended."""
+        return bool(await self.redis.set(self.keys.sale(sale_id, f"ann:{what}"), "1", nx=True, ex=7 * 86400))
+
+    async def unschedule(self, sale_id: str, what: str) -> None:
+        await self.redis.zrem(self.keys.global_key(f"sched:{what}"), sale_id)
+
+    # ------------------------------------------------------------------ reserve
+    async def buy(self, *, user: str, sale_id: str, qty: int, request_id: str, now_ms: int) -> Reserved | Reject:
+        order_id = new_order_id(sale_id, now_ms)
+        r = await self.sales.reserve(sale_id, user, qty, request_id, now_ms, order_id)
+        if isinstance(r, str):
+            return r
+        sale = await self.sale(sale_id)
+        await self.log.append(
+            "orders",
+            r.order_id,
+            "order.reserved",
+            {
+                "order_id": r.order_id,
+                "sale_id": sale_id,
+                "room_id": sale.room,
+                "user_id": user,
+                "qty": r.qty,
+                "unit_price": r.unit_price,
+                "pay_by_ms": r.pay_by_ms,
+                "payment_window_s": sale.payment_window_s,
+                "request_id": request_id,
+                "reserved_ms": r.pay_by_ms - sale.payment_window_s * 1000,
+            },
+            event_id=f"{r.order_id}:reserved",
+            ts=now_ms,
+        )
+        return r
+
+    # ------------------------------------------------------------------ pay / cancel
+    async def pay(self, *, order_id: str, user: str | None, now_ms: int, coupon_id: str | None = None) -> PayResult:
+        """Simulated payment: mark the hold paid in Redis (exactly once), then log it.
+
+        ``user`` (when given) must own the order. A coupon is locked for the order first
+        and consumed when the payment succeeds, restored when it does not.
+
+        Raises:
+            NotFound: no such order. Forbidden-like Conflict: the order belongs to another user.
+        """
+        sale_id = sale_of(order_id)
+        hold = await self.sales.hold(sale_id, order_id)
+        if hold is None:
+            raise NotFound(f"no order {order_id}", code="not_found")
+        if user is not None and hold.user != user:
+            raise NotFound(f"no order {order_id}", code="not_found")  # do not reveal others' orders
+        sale = await self.sale(sale_id)
+        gross = hold.qty * sale.price
+        discount = 0
+        if coupon_id:
+            if self.coupons is None:
+                raise BadFrame("coupons are not enabled on this node", code="coupon_not_usable")
+            discount = min(gross, await self.coupons.lock_for_order(hold.user, coupon_id, order_id, gross))
+        outcome = await self.sales.mark_paid(sale_id, order_id, now_ms)
+        if outcome in ("paid", "already_paid"):
+            if coupon_id and self.coupons is not None:
+                await self.coupons.consume(order_id)
+            await self.log.append(
+                "orders",
+                order_id,
+                "order.paid",
+                {
+                    "order_id": order_id,
+                    "sale_id": sale_id,
+                    "room_id": sale.room,
+                    "user_id": hold.user,
+                    "qty": hold.qty,
+                    "unit_price": sale.price,
+                    "amount": gross - discount,
+                    "discount": discount,
+                    "coupon_id": coupon_id,
+                    "paid_ms": now_ms,
+                    "pay_by_ms": hold.pay_by_ms,
+                    "payment_window_s": sale.payment_window_s,
+                    "request_id": hold.request_id,
+                },
+                event_id=f"{order_id}:paid",
+                ts=now_ms,
+            )
+        else:
+            if coupon_id and self.coupons is not None:
+                await self.coupons.restore(order_id)
+            if outcome == "expired":
+                await self.cancel(order_id=order_id, user=None, now_ms=now_ms, reason="timeout")
+        return PayResult(order_id, outcome, gross - discount, discount)
+
+    async def cancel(self, *, order_id: str, user: str | None, now_ms: int, reason: str) -> str:
+        """Release a reserved order (buyer cancel or payment time-out), exactly once.
+
+        Returns ``released``, ``already_released`` or ``already_paid``.
+
+        Raises:
+            NotFound: no such order (or not the user's).
+        """
+        sale_id = sale_of(order_id)
+        hold = await self.sales.hold(sale_id, order_id)
+        if hold is None or (user is not None and hold.user != user):
+            raise NotFound(f"no order {order_id}", code="not_found")
+        outcome = await self.sales.release(sale_id, order_id)
+        if outcome == "already_paid":
+            if reason != "timeout":
+                raise Conflict("the order is paid; ask for a refund instead", code="already_paid")
+            return outcome
+        sale = await self.sale(sale_id)
+        if self.coupons is not None:
+            await self.coupons.restore(order_id)
+        await self.log.append(
+            "orders",
+            order_id,
+            "order.cancelled",
+            {
+                "order_id": order_id,
+                "sale_id": sale_id,
+                "room_id": sale.room,
+                "user_id": hold.user,
+                "qty": hold.qty,
+                "unit_price": sale.price,
+                "pay_by_ms": hold.pay_by_ms,
+                "payment_window_s": sale.payment_window_s,
+                "request_id": hold.request_id,
+                "reason": reason,
+                "cancelled_ms": now_ms,
+            },
+            event_id=f"{order_id}:cancelled",
+            ts=now_ms,
+        )
+        return outcome
+
+    async def expire_due(self, now_ms: int, *, limit: int = 500) -> list[tuple[str, str]]:
+        """Cancel every hold whose payment deadline passed, in every active sale.
+
+        Returns ``(order_id, outcome)`` pairs. Sales that ended with nothing reserved leave
+        the active set.
+        """
+        done: list[tuple[str, str]] = []
+        active = [_s(x) for x in await self.redis.smembers(self.keys.global_key("sales:active"))]
+        for sale_id in active:
+            try:
+                due = await self.sales.due(sale_id, now_ms, limit)
+            except NotFound:
+                continue
+            for order_id in due:
+                try:
+                    done.append((order_id, await self.cancel(order_id=order_id, user=None, now_ms=now_ms, reason="timeout")))
+                except NotFound:
+                    continue
+            if not due:
+                st = await self.sales.stats(sale_id)
+                if st.state == "ended" and st.reserved == 0:
+                    await self.redis.srem(self.keys.global_key("sales:active"), sale_id)
+        return done
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def sale_started_data(sale: Sale, remaining: int) -> dict[str, Any]:
+    """The ``sale.started`` event body (also what late joiners need to render the sale)."""
+    return {
+        "sale_id": sale.id,
+        "product_id": sale.product_id,
+        "price": sale.price,
+        "stock": sale.stock,
+        "remaining": remaining,
+        "per_user_limit": sale.per_user_limit,
+        "starts_ms": sale.starts_ms,
+        "ends_ms": sale.ends_ms,
+        "payment_window_s": sale.payment_window_s,
+    }

@@ -1,0 +1,201 @@
+"""``livecommerce worker orders``: settle orders from the log, time out unpaid ones, run the
+sale schedule.
+
+Three loops in one process:
+
+* **settle**: consume topic ``orders`` (group ``orders``): ``order.reserved`` inserts the
+  order, ``order.paid`` / ``order.cancelled`` move it, each inside ``store.apply`` so a
+  redelivered event changes nothing; after the commit the buyer is told (``order.paid``,
+  ``order.cancelled``) through the node inboxes.
+* **time-out**: every second, holds past their payment deadline are released in Redis
+  (stock back, exactly once) and ``order.cancelled`` is appended.
+* **schedule**: sales whose start or end time came are started / ended in Redis and
+  ``sale.started`` / ``sale.ended`` is broadcast once (an announcement claim in Redis), so
+  several worker processes may run this loop safely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from livecommerce.broker_redis import RedisBroker
+from livecommerce.checkout import Checkout, sale_of, sale_started_data
+from livecommerce.config import Settings
+from livecommerce.errors import Conflict, LiveCommerceError, NotFound
+from livecommerce.keys import Keys
+from livecommerce.log import Log, LogEvent, open_log
+from livecommerce.notify import Notifier
+from livecommerce.orders import new_order
+from livecommerce.redis_conn import connect
+from livecommerce.store_sql import SqlStore
+
+from .runner import run_consumer
+
+log = logging.getLogger("livecommerce.workers.orders")
+CONSUMER = "orders"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class OrderSettler:
+    def __init__(self, store: SqlStore, notifier: Notifier | None) -> None:
+        self.store = store
+        self.notifier = notifier
+
+    def _order(self, d: dict[str, Any]) -> Any:
+        window = int(d.get("payment_window_s", 900))
+        reserved_ms = int(d.get("reserved_ms") or (int(d.get("pay_by_ms", 0)) - window * 1000))
+        return new_order(
+            order_id=d["order_id"],
+            sale_id=d["sale_id"],
+            room_id=d["room_id"],
+            user_id=d["user_id"],
+            qty=int(d["qty"]),
+            unit_price=int(d["unit_price"]),
+            now_ms=reserved_ms,
+            payment_window_s=window,
+            request_id=d.get("request_id"),
+        )
+
+    async def handle(self, events: list[LogEvent]) -> None:
+        pushes: list[tuple[str, dict[str, Any]]] = []
+        for ev in events:
+            d = ev.data
+            async with self.store.apply(CONSUMER, ev.id, now_ms=ev.ts) as tx:
+                if tx is None:
+                    continue  # applied before: a redelivery
+                if ev.type == "order.reserved":
+                    await tx.insert_reserved(self._order(d), ev.id)
+                    continue
+                if ev.type in ("order.paid", "order.cancelled"):
+                    if await tx.get_order(d["order_id"]) is None:
+                        # the reserve event never made it (a failed append): the order is
+                        # rebuilt from this event, which carries the whole order
+                        await tx.insert_reserved(self._order(d), f"{d['order_id']}:reserved")
+                    to = "paid" if ev.type == "order.paid" else "cancelled"
+                    try:
+                        res = await tx.transition(d["order_id"], to, ev.id, now_ms=ev.ts, reason=d.get("reason"))
+                    except Conflict as exc:
+                        # Redis decided first (it is the source of truth for holds); a late or
+                        # impossible transition is recorded as skipped, not retried forever
+                        log.warning("orders.transition_refused", extra={"order": d["order_id"], "to": to, "err": exc.message})
+                        continue
+                    if res.changed:
+                        env = {"t": ev.type, "room": d.get("room_id"), "ts": ev.ts, "d": {k: d[k] for k in ("order_id", "sale_id", "qty") if k in d} | {"amount": d.get("amount", int(d.get("qty", 0)) * int(d.get("unit_price", 0))), "reason": d.get("reason")}}
+                        pushes.append((d["user_id"], env))
+                else:
+                    log.info("orders.ignored", extra={"type": ev.type, "event": ev.id})
+        if self.notifier is not None:
+            for user, env in pushes:
+                try:
+                    await self.notifier.to_user(user, env)
+                except LiveCommerceError as exc:
+                    log.warning("orders.push_failed", extra={"user": user, "err": exc.message})
+
+
+async def schedule_tick(checkout: Checkout, broker: RedisBroker, store: SqlStore | None, now_ms: int) -> None:
+    """Start and end the sales whose time came; broadcast each transition once."""
+    starts, ends = await checkout.due_transitions(now_ms)
+    for sid in starts:
+        try:
+            sale = await checkout.sales.get(sid)
+            if now_ms < sale.ends_ms:
+                state = await checkout.sales.start(sid, now_ms)
+                st = await checkout.sales.stats(sid)
+                if await checkout.claim_announcement(sid, "started"):
+                    env = {"t": "sale.started", "room": sale.room, "ts": now_ms, "d": sale_started_data(sale, st.remaining)}
+                    await broker.publish_room(sale.room, env, now_ms=now_ms)
+                    log.info("sale.started", extra={"sale": sid, "room": sale.room})
+                if store is not None:
+                    await store.put_sale(sale, state=state, now_ms=now_ms)
+        except (NotFound, Conflict) as exc:
+            log.info("schedule.start_skipped", extra={"sale": sid, "err": exc.message})
+        await checkout.unschedule(sid, "start")
+    for sid in ends:
+        try:
+            state = await checkout.sales.end(sid, now_ms)
+            sale = await checkout.sale(sid)
+            if await checkout.claim_announcement(sid, "ended"):
+                env = {"t": "sale.ended", "room": sale.room, "ts": now_ms, "d": {"sale_id": sid}}
+                await broker.publish_room(sale.room, env, now_ms=now_ms)
+                log.info("sale.ended", extra={"sale": sid, "room": sale.room})
+            if store is not None:
+                await store.put_sale(sale, state=state, now_ms=now_ms)
+        except (NotFound, Conflict) as exc:
+            log.info("schedule.end_skipped", extra={"sale": sid, "err": exc.message})
+        await checkout.unschedule(sid, "end")
+
+
+async def timeout_tick(checkout: Checkout, broker: RedisBroker, now_ms: int) -> int:
+    """Release overdue holds; broadcast the new stock of each sale that got some back."""
+    done = await checkout.expire_due(now_ms)
+    touched = {sale_of(oid) for oid, outcome in done if outcome == "released"}
+    for sid in touched:
+        st = await checkout.sales.stats(sid)
+        sale = await checkout.sale(sid)
+        await broker.publish_room(sale.room, {"t": "sale.stock", "room": sale.room, "ts": now_ms, "d": {"sale_id": sid, "remaining": st.remaining}}, now_ms=now_ms)
+    if done:
+        log.info("orders.timed_out", extra={"count": len(done)})
+    return len(done)
+
+
+class OrdersWorker:
+    """Everything the worker holds; ``drain`` is the burst mode used by tests."""
+
+    def __init__(self, settings: Settings, *, redis: Any = None, durable: Log | None = None) -> None:
+        self.s = settings
+        self.keys = Keys(settings.key_prefix)
+        self._own_redis = redis is None
+        self.redis = redis if redis is not None else connect(settings.redis_url)
+        self._own_log = durable is None
+        self.log = durable if durable is not None else open_log(settings, self.redis)
+        self.store = SqlStore(settings.database_url)
+        self.broker = RedisBroker(self.redis, self.keys)
+        self.notifier = Notifier(self.redis, self.broker, self.keys)
+        self.checkout = Checkout(self.redis, self.keys, self.log)
+        self.settler = OrderSettler(self.store, self.notifier)
+
+    async def drain(self) -> int:
+        return await run_consumer(self.log, "orders", CONSUMER, self.s.node_id, self.settler.handle, burst=True, fetch_timeout_ms=300)
+
+    async def consume(self, stop: asyncio.Event) -> None:
+        await run_consumer(self.log, "orders", CONSUMER, self.s.node_id, self.settler.handle, stop=stop)
+
+    async def clock(self, stop: asyncio.Event) -> None:
+        tick = 0
+        while not stop.is_set():
+            try:
+                now = _now_ms()
+                await schedule_tick(self.checkout, self.broker, self.store, now)
+                if tick % 4 == 0:
+                    await timeout_tick(self.checkout, self.broker, now)
+            except LiveCommerceError as exc:
+                log.warning("orders.clock_failed", extra={"err": exc.message})
+            except Exception:
+                log.exception("orders.clock_crashed")
+            tick += 1
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.25)
+
+    async def close(self) -> None:
+        if self._own_log:
+            await self.log.close()
+        await self.store.close()
+        if self._own_redis:
+            await self.redis.aclose()
+
+
+async def run(settings: Settings, stop: asyncio.Event) -> None:
+    w = OrdersWorker(settings)
+    await w.store.check_schema()
+    log.info("worker.started", extra={"worker": "orders", "node": settings.node_id})
+    try:
+        await asyncio.gather(w.consume(stop), w.clock(stop))
+    finally:
+        await w.close()
