@@ -19,8 +19,9 @@
 * ``welcome`` carries ``lotteries``: the room's open lotteries, for late joiners.
 
 The draw itself is the worker's (``workers/lottery.py``). Each node caches a room's open
-lotteries for :data:`CACHE_S` to keep comment handling cheap; a lottery started on another
-node is seen by this node's keyword comments within that time.
+lotteries to keep comment handling cheap: the cache of a room is dropped when this node
+receives the room's ``lottery.started`` or ``lottery.ended`` (a hub observer), and expires
+after :data:`CACHE_S` in case such an event was lost (pub/sub is at most once).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from .core import Gateway
 
 log = logging.getLogger("livecommerce.gateway.lottery")
 
-CACHE_S = 1.0
+CACHE_S = 5.0
 
 _MESSAGES: dict[str, str] = {
     "not_found": "no such lottery in this room",
@@ -90,6 +91,11 @@ class LotteryService:
         self._open[room] = (now + CACHE_S, lots)
         return lots
 
+    def observe(self, env: dict[str, Any]) -> None:
+        """Hub observer: a lottery started or ended in a room; re-read its open lotteries."""
+        if env.get("t") in ("lottery.started", "lottery.ended"):
+            self._open.pop(env.get("room") or "", None)
+
     async def start(self, room: str, ident: Identity, body: dict[str, Any]) -> dict[str, Any]:
         """Validate, store and announce a new lottery; returns its public view.
 
@@ -109,15 +115,19 @@ class LotteryService:
         return await self.store.enter(lot.id, user, now_ms=self.gw.now_ms(), gift_value=gift_value)
 
     async def on_comment(self, conn: Conn, d: dict[str, Any]) -> None:
-        """comment_hooks entry: keyword comments enter open keyword lotteries."""
+        """comment_hooks entry: keyword comments enter open keyword lotteries. Never fails
+        the comment: a lottery error is logged and the comment goes out."""
         if conn.ident.may_host(conn.room):
             return
         now = self.gw.now_ms()
-        for lot in await self.open_in(conn.room):
-            if entry_reject(lot, via="comment", now_ms=now, is_host=False, text=d.get("text", "")) is None:
-                res, n = await self.enter(lot, conn.user)
-                if res == "ok":
-                    conn.send({"t": "lottery.entered", "room": conn.room, "ts": now, "d": {"id": lot.id, "position": n}})
+        try:
+            for lot in await self.open_in(conn.room):
+                if entry_reject(lot, via="comment", now_ms=now, is_host=False, text=d.get("text", "")) is None:
+                    res, n = await self.enter(lot, conn.user)
+                    if res == "ok":
+                        conn.send({"t": "lottery.entered", "room": conn.room, "ts": now, "d": {"id": lot.id, "position": n}})
+        except Exception:
+            log.exception("lottery.on_comment_failed", extra={"room": conn.room, "user": conn.user})
 
     async def on_gift(self, room: str, user: str, value: int) -> None:
         """on_gift entry: a gift of ``value`` counts toward the room's open gift lotteries.
@@ -140,6 +150,7 @@ def setup(gw: Gateway, app: web.Application) -> None:
     gw.services["lotteries"] = svc
     gw.services.setdefault("comment_hooks", []).append(svc.on_comment)
     gw.services.setdefault("on_gift", []).append(svc.on_gift)
+    gw.hub.observers.append(svc.observe)
 
     @gw.command("lottery.start")
     async def ws_start(gw: Gateway, conn: Conn, cmd: HostAction) -> dict[str, Any]:

@@ -341,3 +341,14 @@ async def test_a_lottery_with_no_entrants_ends_with_no_winners(redis, keys, rule
     assert [(o.action, o.winners) for o in outs] == [("drawn", [])]
     rec = await store.public(lot.id)
     assert rec is not None and rec["winners"] == [] and verify_record(rec).ok
+
+
+async def test_a_keyword_lottery_started_on_another_node_takes_entries_at_once(gateway_factory, token):
+    a, b = await gateway_factory(), await gateway_factory()
+    fan = await Client.connect(a.ws, "r8", token("fan"))
+    await fan.request("comment", text="lucky before any lottery")  # node A caches: no lottery
+    host = await Client.connect(b.ws, "r8", token("h", "host", ("r8",)))
+    lid = (await host.request("lottery.start", prize=PRIZE, duration_s=30, rule="keyword", keyword="lucky"))["d"]["id"]
+    await next_of(fan, "lottery.started")  # node A dropped its cache on this event
+    await fan.request("comment", text="lucky me")
+    assert (await next_of(fan, "lottery.entered", within=2))["d"]["id"] == lid

@@ -52,6 +52,7 @@ PRIZE_HOOKS: list[str] = []
 
 POLL_S = 0.25
 LEASE_MS = 30_000
+RETRY_MS = 1_000
 
 Action = Literal["drawn", "republished", "skipped", "missing"]
 
@@ -112,7 +113,9 @@ class LotteryDrawer:
             try:
                 out.append(await self.process(lid, now_ms=now))
             except Exception:
-                self._backoff[lid] = now + self.lease_ms
+                # after a publish (failed hook): wait out the lease, so the announcement is
+                # not repeated every poll; before it (Redis blip): retry soon
+                self._backoff.setdefault(lid, now + RETRY_MS)
                 log.exception("lottery.process_failed", extra={"lottery": lid})
         return out
 
@@ -165,8 +168,12 @@ class LotteryDrawer:
         won = {"id": record["id"], "title": record.get("title", ""), "prize": record["prize"], "record_url": d["record_url"]}
         for w in record["winners"]:
             await self.notifier.to_user(w, {"t": "lottery.won", "room": room, "ts": now_ms, "d": won})
-        for hook in self.hooks:
-            await hook(record)
+        try:
+            for hook in self.hooks:
+                await hook(record)
+        except Exception:
+            self._backoff[record["id"]] = now_ms + self.lease_ms
+            raise
         await self.store.mark_announced(record["id"], room, now_ms=now_ms)
         self._backoff.pop(record["id"], None)
 
