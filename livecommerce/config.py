@@ -26,6 +26,9 @@ class Settings:
     kafka_bootstrap: str = ""  # empty: the durable log is Redis Streams
     kafka_idempotent: bool = True  # off for the Tansu test broker
     kafka_partitions: int = 6
+    kafka_session_timeout_ms: int = 10_000
+    log_partitions: int = 1  # Redis Streams partitions per topic (one stream each)
+    log_claim_idle_ms: int = 5_000  # a pending entry idle this long goes to another consumer
     node_id: str = ""
     secret: str = field(default=_DEFAULT_SECRET, repr=False)
     token_ttl_s: int = 24 * 3600

@@ -345,7 +345,7 @@ def open_log(
     redis: Any = None,
     *,
     partitions: int | None = None,
-    claim_idle_ms: int = DEFAULT_CLAIM_IDLE_MS,
+    claim_idle_ms: int | None = None,
     **kafka_options: Any,
 ) -> Log:
     """The configured log: Kafka when ``settings.kafka_bootstrap`` is set, else Redis Streams.
@@ -359,9 +359,13 @@ def open_log(
     Raises:
         ConfigError: neither Kafka nor Redis is configured, or a partition count below 1.
     """
+    if claim_idle_ms is None:
+        claim_idle_ms = settings.log_claim_idle_ms
     if settings.kafka_bootstrap:
         from .log_kafka import KafkaLog
 
+        kafka_options.setdefault("session_timeout_ms", settings.kafka_session_timeout_ms)
+        kafka_options.setdefault("heartbeat_interval_ms", max(100, settings.kafka_session_timeout_ms // 5))
         return KafkaLog(
             settings.kafka_bootstrap,
             prefix=settings.key_prefix,
@@ -381,5 +385,5 @@ def open_log(
 
         redis = connect(settings.redis_url)
     return RedisLog(
-        redis, Keys(settings.key_prefix), partitions=partitions or 1, claim_idle_ms=claim_idle_ms, owns_client=owned
+        redis, Keys(settings.key_prefix), partitions=partitions or settings.log_partitions, claim_idle_ms=claim_idle_ms, owns_client=owned
     )

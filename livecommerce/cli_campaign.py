@@ -1,0 +1,117 @@
+"""``livecommerce campaign load FILE`` / ``campaign list``: flash-sale campaigns from a file.
+
+The file is YAML or JSON (see :mod:`livecommerce.flash_sale` for the fields). Loading writes
+each sale into Redis (stock, window, schedule) and its row into SQL, exactly as
+``POST /api/v1/campaigns`` does; loading the same file twice changes nothing. A campaign
+whose start time has passed is opened at once and announced to its room.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from typing import Any
+
+from .config import Settings
+from .errors import LiveCommerceError
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "campaign",
+        help="load flash-sale campaigns from a YAML/JSON file, or list them",
+        description="Flash-sale campaigns. Needs LC_REDIS_URL and LC_DATABASE_URL (the same as the gateways).",
+    )
+    sub = p.add_subparsers(dest="campaign_cmd", metavar="ACTION", required=True)
+    load = sub.add_parser(
+        "load",
+        help="validate a campaign file and create its sales",
+        description="Validate FILE (errors name the bad field, e.g. campaigns[2].stock) and create each sale. "
+        "Use --check to validate only.",
+    )
+    load.add_argument("file", help="a .yaml, .yml or .json file")
+    load.add_argument("--check", action="store_true", help="validate only; write nothing")
+    load.set_defaults(func=_load)
+    ls = sub.add_parser("list", help="list campaigns with live stock", description="List campaigns (newest first).")
+    ls.add_argument("--room", help="only this room")
+    ls.set_defaults(func=_list)
+    return p
+
+
+def _load(args: argparse.Namespace, settings: Settings) -> int:
+    from .flash_sale import load_campaign_file, sale_from_campaign
+
+    try:
+        camps = load_campaign_file(args.file, default_payment_window_s=settings.payment_window_s)
+    except LiveCommerceError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    if args.check:
+        print(f"{args.file}: {len(camps)} campaign(s) valid")
+        return 0
+    if not settings.redis_url:
+        print("error: LC_REDIS_URL is not set (point it at the gateways' Redis)", file=sys.stderr)
+        return 2
+
+    async def main() -> int:
+        from .broker_redis import RedisBroker
+        from .checkout import Checkout, sale_started_data
+        from .keys import Keys
+        from .log import open_log
+        from .redis_conn import connect
+        from .store_sql import SqlStore
+
+        redis = connect(settings.redis_url)
+        keys = Keys(settings.key_prefix)
+        durable = open_log(settings, redis)
+        store = SqlStore(settings.database_url)
+        try:
+            await store.check_schema()
+            checkout = Checkout(redis, keys, durable)
+            broker = RedisBroker(redis, keys)
+            now = int(time.time() * 1000)
+            for i, camp in enumerate(camps, 1):
+                sale = sale_from_campaign(camp, sale_id=camp.get("id") or f"s{now:x}{i}")
+                created = await checkout.create_sale(sale)
+                state = "scheduled"
+                if sale.starts_ms <= now < sale.ends_ms:
+                    state = await checkout.sales.start(sale.id, now)
+                    await checkout.unschedule(sale.id, "start")
+                    if await checkout.claim_announcement(sale.id, "started"):
+                        st = await checkout.sales.stats(sale.id)
+                        env = {"t": "sale.started", "room": sale.room, "ts": now, "d": sale_started_data(sale, st.remaining)}
+                        await broker.publish_room(sale.room, env, now_ms=now)
+                await store.put_sale(sale, state=state, now_ms=now, product_name=camp.get("product_name"))
+                print(f"[{i}/{len(camps)}] {sale.id}: room {sale.room}, {sale.stock} units at {sale.price} cents, "
+                      f"{'created' if created else 'already there'}, {state}", flush=True)
+            return 0
+        except LiveCommerceError as exc:
+            print(f"error: {exc.message}", file=sys.stderr)
+            return 1
+        finally:
+            await store.close()
+            await durable.close()
+            await redis.aclose()
+
+    return asyncio.run(main())
+
+
+def _list(args: argparse.Namespace, settings: Settings) -> int:
+    async def main() -> int:
+        from .store_sql import SqlStore
+
+        store = SqlStore(settings.database_url)
+        try:
+            recs = await store.list_sales(room_id=args.room)
+        finally:
+            await store.close()
+        print(f"{'sale':<20} {'room':<12} {'state':<10} {'stock':>6} {'price':>8}  window")
+        for r in recs:
+            s = r.sale
+            print(f"{s.id:<20} {s.room:<12} {r.state:<10} {s.stock:>6} {s.price:>8}  "
+                  f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(s.starts_ms / 1000))}..{time.strftime('%H:%M', time.gmtime(s.ends_ms / 1000))} UTC")
+        return 0
+
+    return asyncio.run(main())
