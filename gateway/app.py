@@ -28,6 +28,7 @@ CAPABILITIES = [
     "gateway.rooms",
     "gateway.likes",
     "gateway.lottery",
+    "gateway.wallet", "gateway.gifts",
 ]
 
 

@@ -202,6 +202,11 @@ class Store(Tx, Protocol):
         """The user's points entries, newest first."""
         ...
 
+    async def points_entry(self, ref_event_id: str, user_id: str, reason: str) -> PointsEntry | None:
+        """The points entry ``ref_event_id`` made for ``user_id`` with ``reason``, or None
+        (e.g. whether a redemption was accepted)."""
+        ...
+
     async def put_sale(
         self, sale: Sale, *, state: SaleState, now_ms: int, product_name: str | None = None
     ) -> None:

@@ -843,6 +843,21 @@ class SqlStore:
                 for r in await tx.conn.execute(q)
             ]
 
+    async def points_entry(self, ref_event_id: str, user_id: str, reason: str) -> PointsEntry | None:
+        """The points entry an event made for ``user_id`` with ``reason``, or None."""
+        q = select(points_ledger).where(
+            points_ledger.c.ref_event_id == ref_event_id,
+            points_ledger.c.user_id == user_id,
+            points_ledger.c.reason == reason,
+        )
+        async with self._read() as tx:
+            r = (await tx.conn.execute(q)).first()
+        if r is None:
+            return None
+        return PointsEntry(
+            r.id, r.user_id, cast(PointsRole, r.role), r.delta, r.reason, r.ref_event_id, r.ts_ms
+        )
+
     # -------------------------------------------------------------- campaigns
 
     async def put_sale(

@@ -7,4 +7,5 @@ is set, after finishing (or releasing) its current batch.
 
 from __future__ import annotations
 
-WORKERS: dict[str, str] = {"orders": "workers.orders:run", "inventory": "workers.inventory:run", "lottery": "workers.lottery:run"}
+WORKERS: dict[str, str] = {"orders": "workers.orders:run", "inventory": "workers.inventory:run", "lottery": "workers.lottery:run",
+                             "wallet": "workers.wallet:run"}

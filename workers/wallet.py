@@ -1,0 +1,88 @@
+"""The wallet ledger worker: ``wallet.topup`` and ``gift.sent`` into ``wallet_ledger``.
+
+Consumes topic ``gifts`` as group ``wallet``. Each event that moves coins
+(:func:`livecommerce.wallet.ledger_delta`) becomes one ledger row inside
+``store.apply("wallet", event.id)``, so redelivery (a crash before the ack, a rebalance, a
+duplicate append from the outbox sweeper) writes nothing twice. The worker also sweeps the
+wallet outbox every :data:`SWEEP_S` seconds (:meth:`RedisWallet.sweep`): events debited in
+Redis whose gateway died before appending them reach the log, and then the ledger.
+
+Invariant checked by the tests: after a drain, every wallet's Redis balance equals the sum
+of its ledger rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from livecommerce.config import Settings
+from livecommerce.errors import Unavailable
+from livecommerce.keys import Keys
+from livecommerce.log import Log, LogEvent, open_log
+from livecommerce.redis_conn import connect
+from livecommerce.store import Store
+from livecommerce.store_sql import SqlStore
+from livecommerce.wallet import TOPIC, ledger_delta
+from livecommerce.wallet_redis import RedisWallet
+from workers.runner import run_consumer
+
+log = logging.getLogger("livecommerce.workers.wallet")
+
+CONSUMER = "wallet"  # the store's exactly-once consumer name and the log group
+SWEEP_S = 2.0
+
+
+class WalletLedger:
+    """The batch handler: one ledger row per coin-moving event, exactly once."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.written = 0
+
+    async def __call__(self, events: list[LogEvent]) -> None:
+        """Raises: Unavailable: the database is unreachable (the batch comes back)."""
+        for e in events:
+            row = ledger_delta(e.type, e.data)
+            if row is None:
+                continue
+            user, delta, reason = row
+            async with self.store.apply(CONSUMER, e.id) as tx:
+                if tx is not None and await tx.add_wallet_entry(user, delta, reason, e.id, e.ts):
+                    self.written += 1
+
+
+async def drain(log_: Log, store: Store, *, name: str = "wallet-1", fetch_timeout_ms: int = 500) -> int:
+    """Burst mode: apply what the log holds now; return the number of events handled."""
+    return await run_consumer(log_, TOPIC, CONSUMER, name, WalletLedger(store), burst=True, fetch_timeout_ms=fetch_timeout_ms)
+
+
+async def sweep_loop(wallet: RedisWallet, log_: Log, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            n = await wallet.sweep(log_, now_ms=int(time.time() * 1000))
+            if n:
+                log.info("wallet.outbox_swept", extra={"events": n})
+        except Unavailable as exc:
+            log.warning("wallet.sweep_failed", extra={"err": exc.message})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), SWEEP_S)
+
+
+async def run(settings: Settings, stop: asyncio.Event) -> None:
+    """Consume ``gifts`` and sweep the outbox until ``stop`` is set."""
+    redis = connect(settings.redis_url)
+    log_ = open_log(settings, redis)
+    store = SqlStore(settings.database_url)
+    wallet = RedisWallet(redis, Keys(settings.key_prefix))
+    try:
+        await asyncio.gather(
+            run_consumer(log_, TOPIC, CONSUMER, settings.node_id, WalletLedger(store), stop=stop),
+            sweep_loop(wallet, log_, stop),
+        )
+    finally:
+        await log_.close()
+        await store.close()
+        await redis.aclose()
