@@ -205,8 +205,21 @@ def lc_env(ctx: dict[str, Any]) -> dict[str, str]:
         LC_LOG_LEVEL="WARNING",
         LC_HOST="127.0.0.1",
     )
+    env["LC_DATABASE_URL"] = f"sqlite+aiosqlite:///{Path(ctx['workdir']) / 'bench.db'}"
     if ctx["tick_ms"]:
         env["LC_TICK_MS"] = str(ctx["tick_ms"])
+    return env
+
+
+def prepare_lc(ctx: dict[str, Any]) -> dict[str, str]:
+    """The gateway's environment, with its (throw-away SQLite) schema in place."""
+    env = lc_env(ctx)
+    if not ctx.get("db_ready"):
+        res = subprocess.run([sys.executable, "-m", "livecommerce.cli", "db", "upgrade"], env=env,
+                             cwd=str(REPO), capture_output=True, text=True, timeout=120)
+        if res.returncode not in (0,) and "invalid choice" not in res.stderr:
+            raise RuntimeError(f"livecommerce db upgrade failed: {res.stdout}{res.stderr}")
+        ctx["db_ready"] = True
     return env
 
 
@@ -216,7 +229,7 @@ def start_server(name: str, ctx: dict[str, Any]) -> Server:
     out = log.open("wb")
     if name == "livecommerce":
         cmd = [sys.executable, "-m", "livecommerce.cli", "gateway", "--port", str(port)]
-        env = lc_env(ctx)
+        env = prepare_lc(ctx)
     else:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--serve", name, "--port", str(port),
                "--redis", ctx["redis"], "--channel", ctx["channel"]]
@@ -350,7 +363,7 @@ def pad_for(size: int, room: str) -> str:
 
 # ====================================================================== clients
 class Clients:
-    def __init__(self, name: str, server: Server, ctx: dict[str, Any]) -> None:
+    def __init__(self, name: str, server: Server, ctx: dict[str, Any], kind: str | None = None) -> None:
         self.name = name
         n, procs = ctx["clients"], max(1, min(ctx["procs"], ctx["clients"]))
         mpc = mp.get_context("spawn")
@@ -362,7 +375,7 @@ class Clients:
         for p in range(procs):
             count = n // procs + (1 if p < n % procs else 0)
             spec = {
-                "kind": KIND[name], "host": "127.0.0.1", "port": server.port, "room": ctx["room"],
+                "kind": kind or KIND[name], "host": "127.0.0.1", "port": server.port, "room": ctx["room"],
                 "first": first, "count": count, "local_ips": ips, "secret": ctx["secret"],
                 "concurrency": ctx["connect_concurrency"], "decode_frac": ctx["decode_frac"],
             }

@@ -1,0 +1,309 @@
+"""Locust users for livecommerce, speaking the real WebSocket wire contract.
+
+Run (against ``livecommerce dev``; see loadtests/README.md)::
+
+    locust -f loadtests/locustfile.py --headless -u 200 -r 50 -t 30s \\
+        --host http://127.0.0.1:8080 --html reports/locust.html --csv reports/locust
+
+Users (each with its own token, minted here with ``LC_SECRET``):
+
+* ``Viewer``: joins the room, receives, now and then comments and likes;
+* ``GiftSender``: a viewer who sends gifts (``gift {gift_id, count, combo_id}``);
+* ``FlashSaleRusher``: waits for ``sale.started`` and sends ``buy`` at once;
+* ``LotteryEntrant``: waits for ``lottery.started`` and enters (``lottery.enter``);
+* ``Host``: the room's host (one per run): announces over HTTP, pins products, and in the
+  sale and lottery scenarios creates and starts flash sales and lotteries.
+
+Scenarios (``LC_SCENARIO``) set which users run and how hard they push:
+
+* ``mixed`` (default): mostly viewers, some gift senders and rushers, one host;
+* ``comment_storm``: every viewer comments about once a second (the server allows 2/s
+  with a burst of 5 per user: ``rate_limited`` replies are failures);
+* ``flash_sale``: rushers; the host starts a sale every ``LC_SALE_EVERY_S`` (default 10 s,
+  stock ``LC_SALE_STOCK``, default 50);
+* ``gift_rain``: gift senders sending about twice a second each;
+* ``lottery``: entrants; the host starts a lottery every ``LC_LOTTERY_EVERY_S`` (default 15 s).
+
+``LC_SHAPE=rush`` adds a load shape (idle room, then every user at once, like a sale going
+live; ``LC_SHAPE_USERS``, ``LC_SHAPE_S``); without it ``-u/-r/-t`` drive the run.
+Commands the gateway does not serve yet answer ``unknown_type`` and count as failures.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import gevent
+import gevent.queue
+from locust import HttpUser, LoadTestShape, User, between, events, task
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import lcws
+
+SCENARIO = os.environ.get("LC_SCENARIO", "mixed")
+SCENARIOS: dict[str, dict[str, int]] = {
+    # user class -> weight; "Host" is a fixed count
+    "mixed": {"Viewer": 80, "GiftSender": 10, "FlashSaleRusher": 10, "Host": 1},
+    "comment_storm": {"Viewer": 100, "Host": 1},
+    "flash_sale": {"FlashSaleRusher": 95, "Viewer": 5, "Host": 1},
+    "gift_rain": {"GiftSender": 90, "Viewer": 10, "Host": 1},
+    "lottery": {"LotteryEntrant": 95, "Viewer": 5, "Host": 1},
+}
+if SCENARIO not in SCENARIOS:
+    raise SystemExit(f"LC_SCENARIO={SCENARIO!r}: choose one of {', '.join(SCENARIOS)}")
+MIX = SCENARIOS[SCENARIO]
+ROOM = lcws.ROOM
+RUN = secrets.token_hex(3)
+_users = itertools.count(1)
+GIFTS = ["rose", "heart", "lollipop", "applause"]
+
+
+def in_scenario(cls: type) -> type:
+    """Weights from the scenario table; classes not in it are abstract (not run)."""
+    n = MIX.get(cls.__name__)
+    if not n:
+        cls.abstract = True
+    elif cls.__name__ == "Host":
+        cls.fixed_count = n
+    else:
+        cls.weight = n
+    return cls
+
+
+class LiveUser(User):
+    """Base: one WebSocket per user, opened on start, closed on stop."""
+
+    abstract = True
+    role = "viewer"
+    sock: lcws.LiveSocket
+
+    def on_start(self) -> None:
+        self.user_id = f"lt{RUN}-{next(_users)}"
+        self.token = lcws.mint(self.user_id, self.role)
+        self.sock = lcws.LiveSocket(self.environment, self.host, self.token)
+        self.setup_handlers()
+        if not self.sock.connect():
+            gevent.sleep(1.0)  # avoid a hot reconnect loop; the next task reconnects
+
+    def setup_handlers(self) -> None:
+        pass
+
+    def ensure(self) -> bool:
+        if self.sock.closed.is_set():
+            self.sock = lcws.LiveSocket(self.environment, self.host, self.token)
+            self.setup_handlers()
+            if not self.sock.connect():
+                gevent.sleep(1.0)
+                return False
+        return True
+
+    def on_stop(self) -> None:
+        self.sock.close()
+
+
+@in_scenario
+class Viewer(LiveUser):
+    """Watches; comments and likes now and then (about once a second in a comment storm)."""
+
+    wait_time = between(0.5, 1.5) if SCENARIO == "comment_storm" else between(3, 10)
+
+    @task(5 if SCENARIO == "comment_storm" else 2)
+    def comment(self) -> None:
+        if self.ensure():
+            self.sock.send("comment", {"text": random.choice(["hello", "nice!", "how much?", "666", "wow", "link?"])})
+
+    @task(3)
+    def like(self) -> None:
+        if self.ensure():
+            self.sock.send("like", {"count": random.randint(1, 5)})
+
+    @task(1)
+    def ping(self) -> None:
+        if self.ensure():
+            self.sock.send("ping")
+
+
+@in_scenario
+class GiftSender(LiveUser):
+    """Sends gifts, combos of the same gift now and then."""
+
+    wait_time = between(0.3, 0.7) if SCENARIO == "gift_rain" else between(2, 6)
+
+    @task
+    def gift(self) -> None:
+        if not self.ensure():
+            return
+        gift = random.choice(GIFTS)
+        combo = f"c{secrets.token_hex(4)}" if random.random() < 0.3 else None
+        d: dict[str, Any] = {"gift_id": gift, "count": 1}
+        if combo:
+            d["combo_id"] = combo
+        self.sock.send("gift", d)
+        if combo:
+            for _ in range(random.randint(1, 4)):
+                gevent.sleep(0.2)
+                self.sock.send("gift", dict(d, count=1), name="gift (combo)")
+
+
+@in_scenario
+class FlashSaleRusher(LiveUser):
+    """Waits for ``sale.started`` and buys at once (one request_id per sale, retried once
+    with the same id to exercise idempotency)."""
+
+    wait_time = between(0.0, 0.1)
+    wait_s = float(os.environ.get("LC_SALE_WAIT_S", "30"))
+
+    def setup_handlers(self) -> None:
+        self.started: gevent.queue.Queue[str] = gevent.queue.Queue()
+        self.sock.on("sale.started", lambda e: self.started.put((e.get("d") or {}).get("sale_id", "")))
+        # a sale already running when we join shows up in the welcome
+        self.seen: set[str] = set()
+
+    @task
+    def rush(self) -> None:
+        if not self.ensure():
+            return
+        start = time.perf_counter()
+        try:
+            sale_id = self.started.get(timeout=self.wait_s)
+        except gevent.queue.Empty:
+            self.environment.events.request.fire(
+                request_type="WAIT", name="sale.started", response_time=(time.perf_counter() - start) * 1000,
+                response_length=0, exception=TimeoutError(f"no sale.started within {self.wait_s:g}s"), context={},
+            )
+            return
+        if not sale_id or sale_id in self.seen:
+            return
+        self.seen.add(sale_id)
+        rid = f"{self.user_id}-{sale_id}"
+        reply = self.sock.send("buy", {"sale_id": sale_id, "qty": 1, "request_id": rid})
+        if reply is not None and reply.get("t") == "order.reserved":
+            self.sock.send("buy", {"sale_id": sale_id, "qty": 1, "request_id": rid}, name="buy (retry, same request_id)")
+
+
+@in_scenario
+class LotteryEntrant(LiveUser):
+    """Waits for ``lottery.started`` and enters."""
+
+    wait_time = between(0.0, 0.2)
+
+    def setup_handlers(self) -> None:
+        self.started: gevent.queue.Queue[str] = gevent.queue.Queue()
+        self.sock.on("lottery.started", lambda e: self.started.put((e.get("d") or {}).get("id", "")))
+
+    @task
+    def enter(self) -> None:
+        if not self.ensure():
+            return
+        try:
+            lid = self.started.get(timeout=30)
+        except gevent.queue.Empty:
+            return
+        if lid:
+            gevent.sleep(random.random() * 0.5)
+            self.sock.send("lottery.enter", {"lottery_id": lid})
+
+
+@in_scenario
+class Host(HttpUser):
+    """The room's host: announcements over HTTP, pins over the WebSocket, and in the sale
+    and lottery scenarios the sales and lotteries the other users react to."""
+
+    wait_time = between(1, 3)
+    sale_every = float(os.environ.get("LC_SALE_EVERY_S", "10"))
+    lottery_every = float(os.environ.get("LC_LOTTERY_EVERY_S", "15"))
+
+    def on_start(self) -> None:
+        self.user_id = f"host-{RUN}"
+        self.token = lcws.mint(self.user_id, "host", rooms=(ROOM,))
+        self.auth = {"Authorization": f"Bearer {self.token}"}
+        self.sock = lcws.LiveSocket(self.environment, self.host, self.token)
+        self.sock.connect()
+        self.last_sale = 0.0
+        self.last_lottery = 0.0
+        # the room, its products and going live: "already there" (409) is fine
+        self._post("/api/v1/rooms", {"id": ROOM, "title": "Load test room"}, "/api/v1/rooms", ok=(409,))
+        for i in range(1, 6):
+            self._post("/api/v1/products", {"id": f"p{i}", "name": f"Load test item {i}", "price": 100 * i},
+                       "/api/v1/products", ok=(409,))
+        self._post(f"/api/v1/rooms/{ROOM}/live", {}, "/api/v1/rooms/[room]/live", ok=(409,))
+
+    def _post(self, path: str, body: dict[str, Any], name: str, ok: tuple[int, ...] = ()) -> Any:
+        with self.client.post(path, json=body, headers=self.auth, name=name, catch_response=True) as resp:
+            if resp.status_code >= 300 and resp.status_code not in ok:
+                resp.failure(f"HTTP {resp.status_code}: {resp.text[:200]}")
+            else:
+                resp.success()
+            return resp
+
+    def on_stop(self) -> None:
+        self.sock.close()
+
+    @task(3)
+    def announce(self) -> None:
+        self.client.post(f"/api/v1/rooms/{ROOM}/announce", json={"text": f"announcement at {time.strftime('%X')}"},
+                         headers=self.auth, name="/api/v1/rooms/[room]/announce")
+
+    @task(1)
+    def pin(self) -> None:
+        if not self.sock.closed.is_set():
+            self.sock.send("pin", {"product_id": f"p{random.randint(1, 5)}"})
+
+    @task(2)
+    def sale(self) -> None:
+        if SCENARIO not in ("flash_sale", "mixed") or time.monotonic() - self.last_sale < self.sale_every:
+            return
+        self.last_sale = time.monotonic()
+        sale_id = f"s{RUN}-{int(time.time())}"
+        now_ms = int(time.time() * 1000)
+        resp = self._post(
+            "/api/v1/campaigns",
+            {"id": sale_id, "room": ROOM, "product_id": "p1", "product_name": "Load test item", "price": 100,
+             "stock": int(os.environ.get("LC_SALE_STOCK", "50")), "per_user_limit": 1,
+             "starts_ms": now_ms + 60_000, "duration_s": 120},
+            "/api/v1/campaigns",
+        )
+        if resp.status_code < 300 and not self.sock.closed.is_set():
+            self.sock.send("sale.start", {"sale_id": sale_id})
+
+    @task(2)
+    def lottery(self) -> None:
+        if SCENARIO != "lottery" or time.monotonic() - self.last_lottery < self.lottery_every:
+            return
+        self.last_lottery = time.monotonic()
+        if not self.sock.closed.is_set():
+            self.sock.send("lottery.start", {"prize": {"kind": "product", "id": "p1"}, "winners": 3,
+                                             "duration_s": 10, "rule": "enter", "title": "load test"})
+
+
+if os.environ.get("LC_SHAPE") == "rush":
+
+    class RushShape(LoadTestShape):
+        """A quiet room, then everyone at once (a sale going live), held, then gone."""
+
+        users = int(os.environ.get("LC_SHAPE_USERS", "200"))
+        total_s = float(os.environ.get("LC_SHAPE_S", "60"))
+        stages: ClassVar[list[tuple[float, int, float]]] = []
+
+        def tick(self) -> tuple[int, float] | None:
+            t = self.get_run_time()
+            if t < self.total_s * 0.2:
+                return (max(2, self.users // 20), 10.0)
+            if t < self.total_s * 0.8:
+                return (self.users, float(self.users))  # all at once
+            if t < self.total_s:
+                return (max(2, self.users // 20), float(self.users))
+            return None
+
+
+@events.init.add_listener
+def _describe(environment: Any, **_: Any) -> None:
+    print(f"livecommerce locust: scenario {SCENARIO} ({', '.join(f'{k}={v}' for k, v in MIX.items())}), room {ROOM}, "
+          f"format {lcws.FORMAT}, event sample {lcws.EVENT_SAMPLE:g}", file=sys.stderr)
