@@ -88,7 +88,7 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
                  "--dir", str(d)],
                 stdout=subprocess.DEVNULL,
             ))
-        nodes = [sync_redis.Redis(port=p) for p in ports]
+        nodes = [sync_redis.Redis(host="127.0.0.1", port=p) for p in ports]
         deadline = time.monotonic() + 10
         while True:
             try:
