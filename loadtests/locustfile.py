@@ -136,6 +136,13 @@ class GiftSender(LiveUser):
 
     wait_time = between(0.3, 0.7) if SCENARIO == "gift_rain" else between(2, 6)
 
+    def on_start(self) -> None:
+        super().on_start()
+        # test credit: the user's own simulated payment (idempotent on the key)
+        lcws.http_post(self.environment, self.host, f"/api/v1/wallets/{self.user_id}/topup",
+                       {"amount": 100_000, "idempotency_key": f"{self.user_id}-topup"}, self.token,
+                       name="/api/v1/wallets/[user]/topup")
+
     @task
     def gift(self) -> None:
         if not self.ensure():

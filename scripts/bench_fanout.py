@@ -56,6 +56,11 @@ import _wsload
 
 REPO = Path(__file__).resolve().parent.parent
 SERVERS = ("livecommerce", "socketio", "relay")
+
+
+def base(name: str) -> str:
+    """``livecommerce@100`` is livecommerce with LC_TICK_MS=100 (an A/B variant)."""
+    return name.split("@", 1)[0]
 KIND = {"livecommerce": "lc", "socketio": "sio", "relay": "relay"}
 
 
@@ -195,7 +200,7 @@ def wait_port(server: Server, timeout: float = 30.0) -> None:
     raise RuntimeError(f"{server.name} did not listen on {server.port} within {timeout}s:\n{server.tail()}")
 
 
-def lc_env(ctx: dict[str, Any]) -> dict[str, str]:
+def lc_env(ctx: dict[str, Any], tick_ms: int = 0) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         LC_REDIS_URL=ctx["redis"],
@@ -206,14 +211,14 @@ def lc_env(ctx: dict[str, Any]) -> dict[str, str]:
         LC_HOST="127.0.0.1",
     )
     env["LC_DATABASE_URL"] = f"sqlite+aiosqlite:///{Path(ctx['workdir']) / 'bench.db'}"
-    if ctx["tick_ms"]:
-        env["LC_TICK_MS"] = str(ctx["tick_ms"])
+    if tick_ms or ctx["tick_ms"]:
+        env["LC_TICK_MS"] = str(tick_ms or ctx["tick_ms"])
     return env
 
 
-def prepare_lc(ctx: dict[str, Any]) -> dict[str, str]:
+def prepare_lc(ctx: dict[str, Any], tick_ms: int = 0) -> dict[str, str]:
     """The gateway's environment, with its (throw-away SQLite) schema in place."""
-    env = lc_env(ctx)
+    env = lc_env(ctx, tick_ms)
     if not ctx.get("db_ready"):
         res = subprocess.run([sys.executable, "-m", "livecommerce.cli", "db", "upgrade"], env=env,
                              cwd=str(REPO), capture_output=True, text=True, timeout=120)
@@ -227,9 +232,9 @@ def start_server(name: str, ctx: dict[str, Any]) -> Server:
     port = free_port()
     log = Path(ctx["workdir"]) / f"{name}.log"
     out = log.open("wb")
-    if name == "livecommerce":
+    if base(name) == "livecommerce":
         cmd = [sys.executable, "-m", "livecommerce.cli", "gateway", "--port", str(port)]
-        env = prepare_lc(ctx)
+        env = prepare_lc(ctx, int(name.split("@", 1)[1]) if "@" in name else 0)
     else:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--serve", name, "--port", str(port),
                "--redis", ctx["redis"], "--channel", ctx["channel"]]
@@ -342,7 +347,7 @@ class RelayPublisher(Publisher):
 
 def make_publisher(name: str, server: Server, ctx: dict[str, Any]) -> Publisher:
     room = ctx["room"]
-    if name == "livecommerce":
+    if base(name) == "livecommerce":
         if ctx["lc_publish"] == "redis":
             return LcRedisPublisher(ctx["redis"], ctx["prefix"], room)
         from livecommerce.auth import issue_token
@@ -375,7 +380,7 @@ class Clients:
         for p in range(procs):
             count = n // procs + (1 if p < n % procs else 0)
             spec = {
-                "kind": kind or KIND[name], "host": "127.0.0.1", "port": server.port, "room": ctx["room"],
+                "kind": kind or KIND[base(name)], "host": "127.0.0.1", "port": server.port, "room": ctx["room"],
                 "first": first, "count": count, "local_ips": ips, "secret": ctx["secret"],
                 "concurrency": ctx["connect_concurrency"], "decode_frac": ctx["decode_frac"],
             }
@@ -676,7 +681,7 @@ async def setup_run(run: Run, ctx: dict[str, Any], prog: Progress) -> None:
         await run.pub.publish({"text": ctx["pad"], "bs": -1, "bi": i, "bt": time.time()})
     await asyncio.sleep(0.5)
     await clients.collect(-1)
-    if ctx["py_spy"] and (name == "livecommerce" or "{server}" in ctx["py_spy"]):
+    if ctx["py_spy"] and (base(name) == "livecommerce" or "{server}" in ctx["py_spy"]):
         run.py_spy = start_py_spy(server.proc.pid, ctx["py_spy"].replace("{server}", name))
     run.active = True
 
@@ -865,7 +870,7 @@ def plot(report: dict[str, Any], path: str) -> None:
         steps = [s for s in res["steps"] if s["received"]]
         if not steps:
             continue
-        c = colors.get(res["server"], None)
+        c = colors.get(res["server"], None)  # variants get the next free colour
         x = [s["deliveries_s"] for s in steps]
         ax1.plot(x, [s["p99_ms"] for s in steps], "o-", color=c, label=f"{res['server']} p99")
         ax1.plot(x, [s["p50_ms"] for s in steps], "x--", color=c, alpha=0.6, label=f"{res['server']} p50")
@@ -914,8 +919,10 @@ def machine() -> dict[str, Any]:
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     rates = [float(r) for r in str(args.rate).split(",") if r.strip()]
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    if len(set(servers)) != len(servers):
+        raise SystemExit("a server is listed twice in --servers")
     for s in servers:
-        if s not in SERVERS:
+        if base(s) not in SERVERS or ("@" in s and (base(s) != "livecommerce" or not s.split("@")[1].isdigit())):
             raise SystemExit(f"unknown server {s!r}; choose from {', '.join(SERVERS)}")
     nofile = _wsload.raise_nofile()
     per_proc = args.clients / max(1, args.procs)
@@ -977,6 +984,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     by = {r["server"]: r for r in report["results"]}
     if "livecommerce" in by:
         report["ratios"] = {p: ratios(by["livecommerce"], by[p]) for p in by if p != "livecommerce"}
+
     return report
 
 
@@ -1010,7 +1018,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after a step, wait at most this long for late messages; what has not arrived "
                         "by then counts as loss (default 3)")
     p.add_argument("--servers", default=",".join(SERVERS),
-                   help="which servers to run, in order, comma separated: livecommerce, socketio, relay (default all)")
+                   help="which servers to run, in order, comma separated: livecommerce, socketio, relay (default all); "
+                        "livecommerce@TICK adds a livecommerce variant run with LC_TICK_MS=TICK (A/B in one run)")
     p.add_argument("--payload", type=int, default=100, help="approximate bytes of one event, msgpack-encoded (default 100)")
     p.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="Redis URL for every server (default redis://127.0.0.1:6379/0)")
     p.add_argument("--lc-publish", choices=("http", "redis"), default="http",
