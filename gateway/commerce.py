@@ -97,6 +97,12 @@ def setup(gw: Gateway, app: web.Application) -> None:
 
     gw.hub.observers.append(observe)
 
+    async def mark_buyer(conn: Conn, d: dict[str, Any]) -> None:
+        if await gw.redis.sismember(gw.keys.room(conn.room, "payers"), conn.user):
+            d["buyer"] = True
+
+    gw.services.setdefault("comment_hooks", []).append(mark_buyer)
+
     def local_answer(sale_id: str, user: str) -> str | None:
         view = views.get(sale_id)
         if view is None or view.buyers is None or user in view.buyers:

@@ -35,7 +35,7 @@ OPCODES = {"msgpack": OP_BINARY, "json": OP_TEXT}
 
 
 class Room:
-    __slots__ = ("conns", "id", "last_seq", "linger", "online", "pending", "recent", "subscribed")
+    __slots__ = ("allowance", "conns", "id", "last_seq", "linger", "online", "pending", "recent", "subscribed")
 
     def __init__(self, room_id: str, ring: int) -> None:
         self.id = room_id
@@ -46,6 +46,7 @@ class Room:
         self.online = -1
         self.linger: asyncio.TimerHandle | None = None
         self.subscribed: asyncio.Future[None] | None = None
+        self.allowance = -1.0  # comment budget tokens (hot rooms)
 
     def count(self) -> int:
         return sum(len(s) for s in self.conns.values())
@@ -74,6 +75,12 @@ class Hub:
         # called with every room event this node receives (e.g. sale state for local answers)
         self.observers: list[Callable[[dict[str, Any]], None]] = []
         broker.set_handler(self._on_message)
+        # rooms whose missed events are being read back from the history: what arrives
+        # meanwhile waits here, in arrival order
+        self._repairs: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+        add_listener = getattr(broker, "add_resubscribe_listener", None)
+        if add_listener is not None:
+            add_listener(self._on_resubscribed)
 
     # ---- life cycle
     async def start(self) -> None:
@@ -162,14 +169,26 @@ class Hub:
         if room is None:
             return
         self.metrics.events_in.inc()
+        if seq:
+            waiting = self._repairs.get(room.id)
+            if waiting is not None:
+                waiting.append((seq, env))
+                return
+            if seq <= room.last_seq:
+                return  # duplicate after a resubscribe
+            if room.last_seq and seq > room.last_seq + 1:
+                # pub/sub lost events (a failover, a dropped connection): the history has them
+                self._start_repair(room, [(seq, env)])
+                return
+        self._deliver(room, seq, env)
+
+    def _deliver(self, room: Room, seq: int, env: dict[str, Any]) -> None:
         for observe in self.observers:
             try:
                 observe(env)
             except Exception:
                 log.exception("hub.observer_failed", extra={"t": env.get("t")})
         if seq:
-            if seq <= room.last_seq:
-                return  # duplicate after a resubscribe
             room.last_seq = seq
         if priority_of(env["t"]) is Priority.CRITICAL:
             self.flush(room)
@@ -178,6 +197,46 @@ class Hub:
                 room.recent.append(env)
         else:
             room.pending.append(env)
+
+    # ---- gaps: read missed room events back from the history
+    def _on_resubscribed(self, channels: set[str]) -> None:
+        for room in list(self.rooms.values()):
+            if room.last_seq and room.id not in self._repairs and self.keys.room_channel(room.id) in channels:
+                self._start_repair(room, [])
+
+    def _start_repair(self, room: Room, waiting: list[tuple[int, dict[str, Any]]]) -> None:
+        self._repairs[room.id] = waiting
+        asyncio.get_running_loop().create_task(self._repair(room))
+
+    async def _repair(self, room: Room) -> None:
+        """Deliver, in seq order, the events after ``room.last_seq`` that this node missed
+        (from the history), then those that arrived meanwhile; Redis being unreachable is
+        retried for about 10 s, after which the gap is left (clients resync with since=)."""
+        events: list[tuple[int, dict[str, Any]]] = []
+        try:
+            for attempt in range(20):
+                try:
+                    hist = await self.broker.history(room.id, room.last_seq, limit=self.s.history_size)
+                except Exception as exc:
+                    if attempt == 19 or len(self._repairs.get(room.id, ())) > 10 * self.s.history_size:
+                        log.warning("hub.gap_not_repaired", extra={"room": room.id, "err": repr(exc)})
+                        break
+                    await asyncio.sleep(0.5)
+                    continue
+                events = [(e["seq"], e) for e in hist.events]
+                if not hist.recovered:
+                    log.warning("hub.gap_beyond_history", extra={"room": room.id, "since": room.last_seq})
+                break
+        finally:
+            waiting = self._repairs.pop(room.id, [])
+        if self.rooms.get(room.id) is not room:
+            return
+        repaired = 0
+        for seq, env in sorted(events + waiting, key=lambda p: p[0]):
+            if seq > room.last_seq:
+                repaired += seq <= (events[-1][0] if events else 0)
+                self._deliver(room, seq, env)
+        log.info("hub.gap_repaired", extra={"room": room.id, "events": repaired, "upto": room.last_seq})
 
     def _on_inbox(self, data: bytes) -> None:
         try:
@@ -237,13 +296,44 @@ class Hub:
         else:
             room.pending.append(env)
 
+    def _budget(self, room: Room, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Hot rooms: past ``LC_ROOM_COMMENT_BUDGET`` comments/s (more than a person can
+        read), keep the host's and ops' comments, then the highest levels, in their order;
+        the rest are shed for this node's viewers (they stay in the history)."""
+        rate = self.s.room_comment_budget
+        if rate <= 0:
+            return items
+        if room.allowance < 0:
+            room.allowance = float(rate)
+        ncomments = sum(1 for e in items if e["t"] == "comment")
+        room.allowance = min(float(rate), room.allowance + rate * self.s.tick_ms / 1000)
+        if ncomments <= room.allowance:
+            room.allowance -= ncomments
+            return items
+        keep = int(room.allowance)
+        room.allowance -= keep
+        comments = [(i, e) for i, e in enumerate(items) if e["t"] == "comment"]
+
+        def rank(pair: tuple[int, dict[str, Any]]) -> tuple[int, int, int]:
+            d = pair[1].get("d") or {}
+            staff = 0 if d.get("role") in ("host", "ops") else 1
+            paid = 0 if d.get("buyer") else 1
+            return (staff, paid, -int(d.get("level") or 0))
+
+        kept = {i for i, _ in sorted(comments, key=rank)[:keep]}
+        self.metrics.comments_shed.inc(len(comments) - len(kept))
+        return [e for i, e in enumerate(items) if e["t"] != "comment" or i in kept]
+
     def flush(self, room: Room) -> None:
         if not room.pending:
             return
         items, room.pending = room.pending, []
+        room.recent.extend(e for e in items if "seq" in e)
+        items = self._budget(room, items)
+        if not items:
+            return
         self._observe(items)
         seqs = [e["seq"] for e in items if "seq" in e]
-        room.recent.extend(e for e in items if "seq" in e)
         min_seq = seqs[0] if seqs else 0
         # connections still recovering must not see events they were already sent
         special = [c for c in room.all() if c.skip_seq and min_seq and c.skip_seq >= min_seq]

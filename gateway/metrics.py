@@ -16,6 +16,7 @@ class Metrics:
         self.events_in = Counter("lc_room_events_total", "Room events received from the broker", registry=r)
         self.drops = Counter("lc_dropped_frames_total", "Low-priority frames shed for slow clients", registry=r)
         self.slow_closed = Counter("lc_slow_closed_total", "Clients closed with 1013 for staying behind", registry=r)
+        self.comments_shed = Counter("lc_comments_shed_total", "Comments not shown in hot rooms (over the room comment budget)", registry=r)
         self.errors = Counter("lc_error_frames_total", "Error frames sent, by code", ["code"], registry=r)
         self.commands = Counter("lc_commands_total", "Commands handled, by type", ["t"], registry=r)
         self.fanout_latency = Histogram(

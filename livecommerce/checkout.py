@@ -156,6 +156,8 @@ class Checkout:
         if outcome in ("paid", "already_paid"):
             if coupon_id and self.coupons is not None:
                 await self.coupons.consume(order_id)
+            # paying viewers' comments are kept first in hot rooms
+            await self.redis.sadd(self.keys.room(sale.room, "payers"), hold.user)
             await self.log.append(
                 "orders",
                 order_id,

@@ -53,6 +53,7 @@ class Settings:
     comment_burst: int = 5
     flood_strikes: int = 10  # rate-limited commands within flood_window_s before close 4429
     flood_window_s: float = 10.0
+    room_comment_budget: int = 60  # comments/s a room shows before hot-room ranking (0: off)
     moderation_words: str = ""  # path to a word list; empty: the packaged list
     moderation_mode: str = "block"  # block | mask
     # commands in general

@@ -205,3 +205,30 @@ async def test_health_ready_and_metrics(gateway_factory, token):
         assert r.status == 200
     assert (await c.next_event())["d"]["text"] == "metrics please"
     assert (await c.next_event())["t"] == "notice"
+
+
+async def test_a_hot_room_keeps_staff_buyers_and_high_levels_first(gateway_factory, token):
+    node = await gateway_factory(room_comment_budget=20, tick_ms=200)
+    v = await Client.connect(node.ws, "hot", token("watcher"))
+    await asyncio.sleep(0.3)
+    # one tick's worth of comments, far over the budget of 20/s (4 per 200 ms tick)
+    sent = []
+    for i in range(40):
+        d = {"user": f"u{i}", "text": f"c{i}", "role": "viewer", "level": i % 5}
+        if i in (7, 23):
+            d["role"] = "host"
+        if i == 31:
+            d["buyer"] = True
+        sent.append(d)
+    await asyncio.gather(*(node.gw.publish("hot", "comment", d) for d in sent))
+    got, seqs = [], []
+    with pytest.raises(asyncio.TimeoutError):
+        while True:
+            e = await v.next_event(1.0)
+            got.append(e["d"]["text"])
+            seqs.append(e["seq"])
+    assert {"c7", "c23", "c31"} <= set(got)
+    assert len(got) < 40
+    assert node.gw.metrics.comments_shed._value.get() == 40 - len(got)
+    # what was kept keeps its order
+    assert seqs == sorted(seqs)
