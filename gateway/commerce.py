@@ -203,7 +203,7 @@ def setup(gw: Gateway, app: web.Application) -> None:
         out = []
         now = gw.now_ms()
         for i, item in enumerate(items):
-            camp = validate_campaign(item, default_payment_window_s=gw.s.payment_window_s)
+            camp = validate_campaign(item, default_payment_window_s=gw.s.payment_window_s, now_ms=now)
             if ident.role != "ops":
                 ident.require_host(camp["room"])
             sale = sale_from_campaign(camp, sale_id=camp.get("id") or f"s{now:x}{i}")

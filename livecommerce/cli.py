@@ -40,6 +40,11 @@ def _settings(args: argparse.Namespace) -> Settings:
         over["port"] = args.port
     if getattr(args, "host", None):
         over["host"] = args.host
+    if getattr(args, "command", None) == "dev":
+        # dev writes .livecommerce/dev.env itself; a stale one from a killed run must not count.
+        # Logs are plain text for a person at a terminal unless LC_LOG_JSON says otherwise.
+        env = {"LC_LOG_JSON": "0", **os.environ}
+        return Settings.from_env(env, **over)
     return Settings.from_env(**over)
 
 
@@ -137,9 +142,15 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
             secret_file.write_text(os.urandom(24).hex())
         settings = settings.replace(secret=secret_file.read_text().strip())
     _logs(settings)
-    with contextlib.suppress(ModuleNotFoundError):
-        mig = importlib.import_module("livecommerce.migrations")
-        asyncio.run(mig.upgrade(settings.database_url))
+    dev_env = data / "dev.env"
+    dev_env.write_text(
+        "# written by `livecommerce dev`: other livecommerce commands run in this directory use it\n"
+        f"LC_REDIS_URL={settings.redis_url}\nLC_DATABASE_URL={settings.database_url}\nLC_SECRET={settings.secret}\n"
+    )
+    dev_env.chmod(0o600)
+    from .migrations import upgrade
+
+    asyncio.run(upgrade(settings.database_url))
     from .auth import issue_token
 
     now = int(time.time())
@@ -199,6 +210,7 @@ livecommerce dev is running (node {settings.node_id})
     try:
         web.run_app(app, host=settings.host, port=settings.port, access_log=None, print=None, shutdown_timeout=10.0)
     finally:
+        dev_env.unlink(missing_ok=True)
         if embedded is not None:
             embedded.shutdown()
     return 0

@@ -44,7 +44,7 @@ def _load(args: argparse.Namespace, settings: Settings) -> int:
     from .flash_sale import load_campaign_file, sale_from_campaign
 
     try:
-        camps = load_campaign_file(args.file, default_payment_window_s=settings.payment_window_s)
+        camps = load_campaign_file(args.file, default_payment_window_s=settings.payment_window_s, now_ms=int(time.time() * 1000))
     except LiveCommerceError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1

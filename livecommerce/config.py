@@ -81,7 +81,8 @@ class Settings:
         Raises:
             ConfigError: a variable does not parse as its field's type.
         """
-        env = os.environ if env is None else env
+        if env is None:
+            env = {**_dev_env(os.environ.get("LC_DATA_DIR", ".livecommerce")), **os.environ}
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             raw = env.get(f"LC_{f.name.upper()}")
@@ -108,6 +109,28 @@ class Settings:
     @property
     def levels(self) -> tuple[int, ...]:
         return tuple(int(x) for x in self.level_thresholds.split(","))
+
+
+DEV_ENV_FILE = "dev.env"
+
+
+def _dev_env(data_dir: str) -> dict[str, str]:
+    """``LC_*`` values that a running ``livecommerce dev`` wrote into its data directory
+    (its embedded Redis socket, SQLite file and secret), so that other commands started in
+    the same directory (``token``, ``campaign load``, ``worker``) reach the same services.
+    Real environment variables win."""
+    path = os.path.join(data_dir, DEV_ENV_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return {}
+    out = {}
+    for line in lines:
+        k, sep, v = line.partition("=")
+        if sep and k.startswith("LC_"):
+            out[k.strip()] = v.strip()
+    return out
 
 
 def _convert(name: str, type_name: Any, raw: str) -> Any:

@@ -276,8 +276,11 @@ def validate_campaign(
     *,
     default_payment_window_s: int = 900,
     where: str = "",
+    now_ms: int | None = None,
 ) -> dict[str, Any]:
     """Check one campaign definition; return it normalised.
+
+    With ``now_ms``, a definition without a start time starts at ``now_ms`` ("open it now").
 
     The result has exactly these keys: ``id`` (str or None), ``room``, ``product_id``,
     ``product_name`` (str or None), ``price``, ``stock``, ``per_user_limit``, ``starts_ms``,
@@ -331,6 +334,8 @@ def validate_campaign(
         raise InvalidCampaign(f("restock_on_refund"), "must be true or false")
 
     starts_ms = _time_field(data, "starts_ms", "starts_at", where)
+    if starts_ms is None and now_ms is not None:
+        starts_ms = now_ms
     if starts_ms is None:
         raise InvalidCampaign(f("starts_at"), "is required (or starts_ms)")
     ends_ms = _time_field(data, "ends_ms", "ends_at", where)
@@ -388,7 +393,11 @@ def sale_from_campaign(campaign: Mapping[str, Any], *, sale_id: str | None = Non
 
 
 def parse_campaigns(
-    text: str, *, fmt: Literal["yaml", "json"] = "yaml", default_payment_window_s: int = 900
+    text: str,
+    *,
+    fmt: Literal["yaml", "json"] = "yaml",
+    default_payment_window_s: int = 900,
+    now_ms: int | None = None,
 ) -> list[dict[str, Any]]:
     """Parse and validate a campaign document (YAML is a superset of JSON).
 
@@ -418,7 +427,7 @@ def parse_campaigns(
     seen: set[str] = set()
     for i, item in enumerate(items):
         where = f"campaigns[{i}]."
-        c = validate_campaign(item, default_payment_window_s=default_payment_window_s, where=where)
+        c = validate_campaign(item, default_payment_window_s=default_payment_window_s, where=where, now_ms=now_ms)
         if c["id"] is not None:
             if c["id"] in seen:
                 raise InvalidCampaign(where + "id", f"duplicate id {c['id']!r} in this file")
@@ -428,7 +437,7 @@ def parse_campaigns(
 
 
 def load_campaign_file(
-    path: str | Path, *, default_payment_window_s: int = 900
+    path: str | Path, *, default_payment_window_s: int = 900, now_ms: int | None = None
 ) -> list[dict[str, Any]]:
     """Read a ``.yaml``/``.yml``/``.json`` campaign file; return its validated definitions
     (see :func:`validate_campaign` for each dict's keys).
@@ -443,7 +452,7 @@ def load_campaign_file(
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidCampaign("file", f"cannot read {str(p)!r}: {exc}") from exc
     fmt: Literal["yaml", "json"] = "json" if p.suffix.lower() == ".json" else "yaml"
-    return parse_campaigns(text, fmt=fmt, default_payment_window_s=default_payment_window_s)
+    return parse_campaigns(text, fmt=fmt, default_payment_window_s=default_payment_window_s, now_ms=now_ms)
 
 
 def _campaign_ident(v: Any, name: str) -> str:
