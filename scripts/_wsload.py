@@ -399,7 +399,7 @@ async def _client_main(pidx: int, spec: dict[str, Any], pipe: Any, progress: Any
                 return
             cmd = msg[0]
             if cmd == "step":
-                tot.cur = tot.step(msg[1])
+                tot.cur = tot.steps[msg[1]] = StepStats()  # fresh: nothing early counts
                 tot.cur.first = time.time()
                 tot.marker = step_marker(msg[1]).encode()
             elif cmd == "collect":

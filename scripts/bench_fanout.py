@@ -59,8 +59,18 @@ SERVERS = ("livecommerce", "socketio", "relay")
 
 
 def base(name: str) -> str:
-    """``livecommerce@100`` is livecommerce with LC_TICK_MS=100 (an A/B variant)."""
-    return name.split("@", 1)[0]
+    """Variants: ``livecommerce@100`` runs with LC_TICK_MS=100; ``livecommerce*2`` runs two
+    gateway nodes (processes) with the clients split between them; both combine
+    (``livecommerce*2@100``)."""
+    return name.split("@", 1)[0].split("*", 1)[0]
+
+
+def variant(name: str) -> tuple[int, int]:
+    """(nodes, tick_ms) of a server name; tick 0 means the gateway's default."""
+    rest = name[len(base(name)):]
+    tick = int(rest.split("@", 1)[1]) if "@" in rest else 0
+    nodes = int(rest.split("@", 1)[0][1:]) if rest.startswith("*") else 1
+    return nodes, tick
 KIND = {"livecommerce": "lc", "socketio": "sio", "relay": "relay"}
 
 
@@ -161,17 +171,26 @@ class Server:
         self.port = port
         self.log = log
         self.ps = psutil.Process(proc.pid)
+        self.extra: list[Server] = []  # more nodes of a multi-node variant
+
+    @property
+    def ports(self) -> list[int]:
+        return [self.port] + [s.port for s in self.extra]
 
     def cpu(self) -> float:
         t = self.ps.cpu_times()
-        return t.user + t.system
+        return t.user + t.system + sum(s.cpu() for s in self.extra)
 
     def cpu_split(self) -> tuple[float, float]:
         t = self.ps.cpu_times()
-        return t.user, t.system
+        u, s_ = t.user, t.system
+        for s in self.extra:
+            eu, es = s.cpu_split()
+            u, s_ = u + eu, s_ + es
+        return u, s_
 
     def rss(self) -> int:
-        return int(self.ps.memory_info().rss)
+        return int(self.ps.memory_info().rss) + sum(s.rss() for s in self.extra)
 
     def tail(self, n: int = 30) -> str:
         try:
@@ -180,6 +199,8 @@ class Server:
             return ""
 
     def stop(self) -> None:
+        for s in self.extra:
+            s.stop()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:
@@ -200,13 +221,13 @@ def wait_port(server: Server, timeout: float = 30.0) -> None:
     raise RuntimeError(f"{server.name} did not listen on {server.port} within {timeout}s:\n{server.tail()}")
 
 
-def lc_env(ctx: dict[str, Any], tick_ms: int = 0) -> dict[str, str]:
+def lc_env(ctx: dict[str, Any], tick_ms: int = 0, node: int = 0) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         LC_REDIS_URL=ctx["redis"],
         LC_SECRET=ctx["secret"],
         LC_KEY_PREFIX=ctx["prefix"],
-        LC_NODE_ID=f"bench{os.getpid()}",
+        LC_NODE_ID=f"bench{os.getpid()}-{node}",
         LC_LOG_LEVEL="WARNING",
         LC_HOST="127.0.0.1",
     )
@@ -216,9 +237,9 @@ def lc_env(ctx: dict[str, Any], tick_ms: int = 0) -> dict[str, str]:
     return env
 
 
-def prepare_lc(ctx: dict[str, Any], tick_ms: int = 0) -> dict[str, str]:
+def prepare_lc(ctx: dict[str, Any], tick_ms: int = 0, node: int = 0) -> dict[str, str]:
     """The gateway's environment, with its (throw-away SQLite) schema in place."""
-    env = lc_env(ctx, tick_ms)
+    env = lc_env(ctx, tick_ms, node)
     if not ctx.get("db_ready"):
         res = subprocess.run([sys.executable, "-m", "livecommerce.cli", "db", "upgrade"], env=env,
                              cwd=str(REPO), capture_output=True, text=True, timeout=120)
@@ -228,13 +249,19 @@ def prepare_lc(ctx: dict[str, Any], tick_ms: int = 0) -> dict[str, str]:
     return env
 
 
-def start_server(name: str, ctx: dict[str, Any]) -> Server:
+def start_server(name: str, ctx: dict[str, Any], node: int = 0) -> Server:
+    nodes, tick = variant(name)
+    if node == 0 and nodes > 1:
+        first = start_server(name, ctx, node=-1)
+        first.extra = [start_server(name, ctx, node=i) for i in range(1, nodes)]
+        return first
+    node = max(node, 0)
     port = free_port()
-    log = Path(ctx["workdir"]) / f"{name}.log"
+    log = Path(ctx["workdir"]) / f"{name}-{node}.log"
     out = log.open("wb")
     if base(name) == "livecommerce":
         cmd = [sys.executable, "-m", "livecommerce.cli", "gateway", "--port", str(port)]
-        env = prepare_lc(ctx, int(name.split("@", 1)[1]) if "@" in name else 0)
+        env = prepare_lc(ctx, tick, node)
     else:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--serve", name, "--port", str(port),
                "--redis", ctx["redis"], "--channel", ctx["channel"]]
@@ -371,6 +398,8 @@ class Clients:
     def __init__(self, name: str, server: Server, ctx: dict[str, Any], kind: str | None = None) -> None:
         self.name = name
         n, procs = ctx["clients"], max(1, min(ctx["procs"], ctx["clients"]))
+        ports = server.ports
+        procs = max(procs, len(ports))  # every node gets its own load processes
         mpc = mp.get_context("spawn")
         self.progress = mpc.RawArray("q", procs * _wsload.PROGRESS_SLOTS)
         self.pipes: list[Any] = []
@@ -380,7 +409,7 @@ class Clients:
         for p in range(procs):
             count = n // procs + (1 if p < n % procs else 0)
             spec = {
-                "kind": kind or KIND[base(name)], "host": "127.0.0.1", "port": server.port, "room": ctx["room"],
+                "kind": kind or KIND[base(name)], "host": "127.0.0.1", "port": ports[p % len(ports)], "room": ctx["room"],
                 "first": first, "count": count, "local_ips": ips, "secret": ctx["secret"],
                 "concurrency": ctx["connect_concurrency"], "decode_frac": ctx["decode_frac"],
             }
@@ -642,9 +671,10 @@ async def run_step(name: str, si: int, rate: float, ctx: dict[str, Any], server:
 class Run:
     """One server under test: its process, clients, publisher, results."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, room: str) -> None:
         self.name = name
-        self.out: dict[str, Any] = {"server": name, "steps": []}
+        self.room = room
+        self.out: dict[str, Any] = {"server": name, "steps": [], "room": room}
         self.server: Server | None = None
         self.clients: Clients | None = None
         self.pub: Publisher | None = None
@@ -654,6 +684,7 @@ class Run:
 
 async def setup_run(run: Run, ctx: dict[str, Any], prog: Progress) -> None:
     name, out = run.name, run.out
+    ctx = dict(ctx, room=run.room)  # a room (and so a channel) of its own: servers are up together
     print(f"== {name}: starting server", file=sys.stderr)
     server = run.server = start_server(name, ctx)
     await asyncio.sleep(0.5)
@@ -827,14 +858,15 @@ def print_report(report: dict[str, Any]) -> None:
             print(f"   {res['server']:<12} stopped {res['stopped']}")
     print()
     names = [r["server"] for r in results]
-    head = f"{'':34}" + "".join(f"{n:>16}" for n in names)
+    w = max([16, *(len(n) + 2 for n in names)])
+    head = f"{'':34}" + "".join(f"{n:>{w}}" for n in names)
     print(head)
 
     def line(label: str, key: str, fmt: str) -> None:
         cells = []
         for r in results:
             v = r["summary"].get(key)
-            cells.append(f"{'-' if v is None else format(v, fmt):>16}")
+            cells.append(f"{'-' if v is None else format(v, fmt):>{w}}")
         print(f"{label:34}" + "".join(cells))
 
     line("best rate with p99 < 100 ms (msg/s)", "best_rate_p99_lt_100ms", "g")
@@ -922,7 +954,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     if len(set(servers)) != len(servers):
         raise SystemExit("a server is listed twice in --servers")
     for s in servers:
-        if base(s) not in SERVERS or ("@" in s and (base(s) != "livecommerce" or not s.split("@")[1].isdigit())):
+        try:
+            nodes, _ = variant(s)
+        except ValueError:
+            nodes = 0
+        if base(s) not in SERVERS or nodes < 1 or (s != base(s) and base(s) != "livecommerce"):
             raise SystemExit(f"unknown server {s!r}; choose from {', '.join(SERVERS)}")
     nofile = _wsload.raise_nofile()
     per_proc = args.clients / max(1, args.procs)
@@ -950,7 +986,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     }
     prog = Progress()
     t_start = time.monotonic()
-    runs = [Run(name) for name in servers]
+    runs = [Run(name, f"{ctx['room']}-{i}") for i, name in enumerate(servers)]
     try:
         if args.sequential:
             for run in runs:
@@ -1019,7 +1055,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "by then counts as loss (default 3)")
     p.add_argument("--servers", default=",".join(SERVERS),
                    help="which servers to run, in order, comma separated: livecommerce, socketio, relay (default all); "
-                        "livecommerce@TICK adds a livecommerce variant run with LC_TICK_MS=TICK (A/B in one run)")
+                        "livecommerce@TICK adds a livecommerce variant run with LC_TICK_MS=TICK, livecommerce*N one "
+                        "with N gateway nodes (processes) sharing the clients; they combine: livecommerce*2@100 "
+                        "(A/B in one run)")
     p.add_argument("--payload", type=int, default=100, help="approximate bytes of one event, msgpack-encoded (default 100)")
     p.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="Redis URL for every server (default redis://127.0.0.1:6379/0)")
     p.add_argument("--lc-publish", choices=("http", "redis"), default="http",
