@@ -28,7 +28,7 @@ CAPABILITIES = [
     "gateway.rooms",
     "gateway.likes",
     "gateway.lottery",
-    "gateway.wallet", "gateway.gifts",
+    "gateway.wallet", "gateway.gifts", "gateway.coupons", "gateway.points",
 ]
 
 

@@ -39,20 +39,20 @@ log = logging.getLogger("livecommerce.gateway.wallet")
 
 def durable_log(gw: Gateway) -> Log:
     """The node's durable log (``gw.services["log"]``), opened on first use."""
-    lg = gw.services.get("log")
+    lg: Log | None = gw.services.get("log")
     if lg is None:
         lg = gw.services["log"] = open_log(gw.s, gw.redis)
         gw.services.setdefault("shutdown", []).append(lg.close)
-    return lg  # type: ignore[no-any-return]
+    return lg
 
 
 def sql_store(gw: Gateway) -> SqlStore:
     """The node's SQL store (``gw.services["store"]``), opened on first use."""
-    st = gw.services.get("store")
+    st: SqlStore | None = gw.services.get("store")
     if st is None:
         st = gw.services["store"] = SqlStore(gw.s.database_url)
         gw.services.setdefault("shutdown", []).append(st.close)
-    return st  # type: ignore[no-any-return]
+    return st
 
 
 def require_self_or_ops(ident: Identity, user: str) -> None:

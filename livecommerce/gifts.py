@@ -96,7 +96,7 @@ def parse_catalogue(text: str, *, source: str = "gift catalogue") -> Catalogue:
         if not isinstance(g, dict):
             raise ConfigError(f"{where} must be a map with id, name, price, tier")
         gid, name, price, tier = g.get("id"), g.get("name"), g.get("price"), g.get("tier", 1)
-        if not _valid_id(gid):
+        if not isinstance(gid, str) or not _valid_id(gid):
             raise ConfigError(f"{where}.id must be 1..64 letters, digits, - _ .")
         if gid in seen:
             raise ConfigError(f"{where}.id {gid!r} is listed twice")

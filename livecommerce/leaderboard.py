@@ -35,8 +35,9 @@ class BoardTally:
 
     def add_gift(self, *, room: str, host: str, user: str, value: int) -> None:
         """Count one gift of ``value`` coins from ``user`` in ``room`` run by ``host``."""
-        for inc in (("room", room, user), ("host", host, user), ("hosts", "", host)):
-            self._pending[inc] = self._pending.get(inc, 0) + value  # type: ignore[index]
+        incs: tuple[Increment, ...] = (("room", room, user), ("host", host, user), ("hosts", "", host))
+        for inc in incs:
+            self._pending[inc] = self._pending.get(inc, 0) + value
 
     def take(self) -> dict[Increment, int]:
         out, self._pending = self._pending, {}

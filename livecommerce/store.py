@@ -29,6 +29,7 @@ Reads outside ``apply`` see committed data only.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -155,6 +156,20 @@ class Tx(Protocol):
 
     async def points_balance(self, user_id: str, role: PointsRole | None = None) -> int: ...
 
+    async def add_wallet_entries(self, rows: Sequence[tuple[str, int, str, str, int]]) -> int:
+        """``add_wallet_entry`` for many ``(user_id, delta, reason, ref_event_id, ts_ms)``
+        rows in one statement; returns how many were new."""
+        ...
+
+    async def add_points_entries(self, rows: Sequence[tuple[str, PointsRole, int, str, str, int]]) -> int:
+        """``add_points_entry`` for many ``(user_id, role, delta, reason, ref_event_id,
+        ts_ms)`` rows in one statement; returns how many were new.
+
+        Raises:
+            BadFrame: a role is not viewer or host.
+        """
+        ...
+
 
 class Store(Tx, Protocol):
     """Orders, history and ledgers (each ``Tx`` method also runs alone in its own
@@ -166,6 +181,20 @@ class Store(Tx, Protocol):
         ...
 
     async def was_applied(self, consumer: str, event_id: str) -> bool: ...
+
+    def apply_batch(
+        self, consumer: str, event_ids: Sequence[str]
+    ) -> AbstractAsyncContextManager[tuple[Tx, set[str]]]:
+        """``apply`` for a whole batch in one transaction: yield the transaction and the
+        ids among ``event_ids`` that ``consumer`` had not applied (each claimed now,
+        committed with the body's writes; nothing commits if the body raises). The caller
+        writes effects for those ids only, once each (an id may be listed twice).
+        Claims are taken in sorted order, so concurrent overlapping batches cannot deadlock."""
+        ...
+
+    async def points_balances(self, user_ids: Sequence[str]) -> dict[str, dict[PointsRole, int]]:
+        """Viewer and host balances of several users in one query (0 when no entries)."""
+        ...
 
     async def list_orders(
         self,

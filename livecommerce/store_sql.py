@@ -610,6 +610,40 @@ class SqlTx:
             q = q.where(points_ledger.c.role == role)
         return int((await self.conn.execute(q)).scalar_one())
 
+    async def add_wallet_entries(self, rows: Sequence[tuple[str, int, str, str, int]]) -> int:
+        """Append ``(user_id, delta, reason, ref_event_id, ts_ms)`` rows in one statement;
+        return how many were new (duplicates of a recorded ``ref_event_id`` are skipped)."""
+        if not rows:
+            return 0
+        stmt = (
+            self._insert(wallet_ledger)
+            .values([{"user_id": u, "delta": d, "reason": r, "ref_event_id": e, "ts_ms": t} for u, d, r, e, t in rows])
+            .on_conflict_do_nothing(index_elements=["ref_event_id"])
+        )
+        return int((await self.conn.execute(stmt)).rowcount)
+
+    async def add_points_entries(self, rows: Sequence[tuple[str, PointsRole, int, str, str, int]]) -> int:
+        """Append ``(user_id, role, delta, reason, ref_event_id, ts_ms)`` rows in one
+        statement; return how many were new (recorded ``(ref_event_id, user_id, reason)``
+        are skipped).
+
+        Raises:
+            BadFrame: a role is not viewer or host.
+        """
+        if not rows:
+            return 0
+        if any(r[1] not in ("viewer", "host") for r in rows):
+            raise BadFrame("points role must be viewer or host", code="invalid")
+        stmt = (
+            self._insert(points_ledger)
+            .values([
+                {"user_id": u, "role": ro, "delta": d, "reason": r, "ref_event_id": e, "ts_ms": t}
+                for u, ro, d, r, e, t in rows
+            ])
+            .on_conflict_do_nothing(index_elements=["ref_event_id", "user_id", "reason"])
+        )
+        return int((await self.conn.execute(stmt)).rowcount)
+
 
 # ---------------------------------------------------------------------------------- store
 
@@ -656,6 +690,38 @@ class SqlStore:
                 yield None
                 return
             yield tx
+
+    @contextlib.asynccontextmanager
+    async def apply_batch(
+        self, consumer: str, event_ids: Sequence[str], *, now_ms: int | None = None
+    ) -> AsyncIterator[tuple[SqlTx, set[str]]]:
+        """See :meth:`livecommerce.store.Store.apply_batch`."""
+        async with self._write() as tx:
+            fresh: set[str] = set()
+            ids = sorted(set(event_ids))
+            for i in range(0, len(ids), 500):  # one statement per 500 ids, claimed in order
+                stmt = (
+                    tx._insert(applied_events)
+                    .values([{"consumer": consumer, "event_id": e, "applied_ms": now_ms} for e in ids[i : i + 500]])
+                    .on_conflict_do_nothing(index_elements=["consumer", "event_id"])
+                    .returning(applied_events.c.event_id)
+                )
+                fresh.update(r[0] for r in await tx.conn.execute(stmt))
+            yield tx, fresh
+
+    async def points_balances(self, user_ids: Sequence[str]) -> dict[str, dict[PointsRole, int]]:
+        out: dict[str, dict[PointsRole, int]] = {u: {"viewer": 0, "host": 0} for u in user_ids}
+        if not out:
+            return out
+        q = (
+            select(points_ledger.c.user_id, points_ledger.c.role, func.sum(points_ledger.c.delta))
+            .where(points_ledger.c.user_id.in_(list(out)))
+            .group_by(points_ledger.c.user_id, points_ledger.c.role)
+        )
+        async with self._read() as tx:
+            for user, role, total in await tx.conn.execute(q):
+                out[user][cast(PointsRole, role)] = int(total or 0)
+        return out
 
     async def was_applied(self, consumer: str, event_id: str) -> bool:
         async with self._read() as tx:
@@ -709,6 +775,14 @@ class SqlStore:
     ) -> bool:
         async with self._write() as tx:
             return await tx.add_points_entry(user_id, role, delta, reason, ref_event_id, ts_ms)
+
+    async def add_wallet_entries(self, rows: Sequence[tuple[str, int, str, str, int]]) -> int:
+        async with self._write() as tx:
+            return await tx.add_wallet_entries(rows)
+
+    async def add_points_entries(self, rows: Sequence[tuple[str, PointsRole, int, str, str, int]]) -> int:
+        async with self._write() as tx:
+            return await tx.add_points_entries(rows)
 
     async def get_order(self, order_id: str) -> Order | None:
         async with self._read() as tx:

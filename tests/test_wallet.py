@@ -85,7 +85,7 @@ async def test_concurrent_gift_spam_never_overdraws_and_the_ledger_equals_the_ba
     await w.publish(log, [r.event for r in sent])
     await w.publish(log, [(await w.topup(user="spammer", amount=1, idempotency_key="k2", by="ops", now_ms=5)).event])
     assert await w.pending() == []
-    assert await drain(log, store) == 35
+    assert await drain(log, store, fetch_timeout_ms=100) == 35
     assert await store.wallet_balance("spammer") == await w.balance("spammer") == 2
     assert len(await store.wallet_ledger("spammer")) == 35
 
@@ -100,7 +100,7 @@ async def test_events_left_in_the_outbox_are_swept_into_the_log(redis: aioredis.
     assert await w.sweep(log, now_ms=int(time.time() * 1000), grace_ms=60_000) == 0  # too young: left to the gateway
     assert await w.sweep(log, now_ms=int(time.time() * 1000) + 10_000, grace_ms=5_000) == 2
     await log.append(r.event.topic, r.event.key, r.event.type, r.event.data, event_id=r.event.id)  # the gateway woke up
-    assert await drain(log, store) == 3
+    assert await drain(log, store, fetch_timeout_ms=100) == 3
     assert await store.wallet_balance("v") == await w.balance("v") == 4
 
 
@@ -144,8 +144,24 @@ async def test_gifts_over_websockets_from_many_connections_share_one_wallet_exac
         await c.close()
     log: Log = node.gw.services["log"]
     await node.gw.services["wallet_outbox"].flush()
-    assert await drain(log, store) == 101
+    assert await drain(log, store, fetch_timeout_ms=100) == 101
     async with aiohttp.ClientSession() as s:
         status, body = await _http(s, "GET", f"{node.url}/api/v1/wallets/fan/ledger?limit=500", token("fan"))
     assert status == 200 and body["balance"] == body["ledger_balance"] == 0
     assert len(body["entries"]) == 101 and body["entries"][-1]["reason"] == "topup"
+
+
+async def test_a_batch_claims_each_event_once_and_commits_nothing_when_it_fails(store: SqlStore) -> None:
+    with pytest.raises(RuntimeError):
+        async with store.apply_batch("wallet", ["e2", "e1", "e2"]) as (tx, fresh):
+            assert fresh == {"e1", "e2"}
+            await tx.add_wallet_entries([("u", 5, "topup", "e1", 1)])
+            raise RuntimeError("crash before the commit")
+    assert await store.wallet_balance("u") == 0 and not await store.was_applied("wallet", "e1")
+    async with store.apply_batch("wallet", ["e1"]) as (tx, fresh):
+        assert fresh == {"e1"}
+        assert await tx.add_wallet_entries([("u", 5, "topup", "e1", 1), ("u", 5, "topup", "e1", 1)]) == 1
+    async with store.apply_batch("wallet", ["e1", "e3"]) as (tx, fresh):
+        assert fresh == {"e3"}
+    assert await store.wallet_balance("u") == 5
+    assert await store.points_balances(["u", "nobody"]) == {"u": {"viewer": 0, "host": 0}, "nobody": {"viewer": 0, "host": 0}}

@@ -1,8 +1,9 @@
 """The wallet ledger worker: ``wallet.topup`` and ``gift.sent`` into ``wallet_ledger``.
 
 Consumes topic ``gifts`` as group ``wallet``. Each event that moves coins
-(:func:`livecommerce.wallet.ledger_delta`) becomes one ledger row inside
-``store.apply("wallet", event.id)``, so redelivery (a crash before the ack, a rebalance, a
+(:func:`livecommerce.wallet.ledger_delta`) becomes one ledger row, written with the
+batch's exactly-once claims (``store.apply_batch("wallet", ids)``: one transaction per
+batch, each event id claimed once), so redelivery (a crash before the ack, a rebalance, a
 duplicate append from the outbox sweeper) writes nothing twice. The worker also sweeps the
 wallet outbox every :data:`SWEEP_S` seconds (:meth:`RedisWallet.sweep`): events debited in
 Redis whose gateway died before appending them reach the log, and then the ledger.
@@ -43,15 +44,22 @@ class WalletLedger:
         self.written = 0
 
     async def __call__(self, events: list[LogEvent]) -> None:
-        """Raises: Unavailable: the database is unreachable (the batch comes back)."""
-        for e in events:
-            row = ledger_delta(e.type, e.data)
-            if row is None:
-                continue
-            user, delta, reason = row
-            async with self.store.apply(CONSUMER, e.id) as tx:
-                if tx is not None and await tx.add_wallet_entry(user, delta, reason, e.id, e.ts):
-                    self.written += 1
+        """Write the batch's rows in one transaction (events applied before are skipped).
+
+        Raises:
+            Unavailable: the database is unreachable (the batch comes back).
+        """
+        rows = [(e, r) for e in events if (r := ledger_delta(e.type, e.data)) is not None]
+        if not rows:
+            return
+        async with self.store.apply_batch(CONSUMER, [e.id for e, _ in rows]) as (tx, fresh):
+            new = []
+            for e, (user, delta, reason) in rows:
+                if e.id in fresh:
+                    fresh.discard(e.id)  # an id twice in one batch is written once
+                    new.append((user, delta, reason, e.id, e.ts))
+            written = await tx.add_wallet_entries(new)
+        self.written += written
 
 
 async def drain(log_: Log, store: Store, *, name: str = "wallet-1", fetch_timeout_ms: int = 500) -> int:

@@ -1,0 +1,153 @@
+"""Coupon drops and claims over WebSocket and HTTP; the coupon service orders use.
+
+* ``coupon.drop {kind, threshold?, value, quantity, expires_in_s?|expires_ms?, drop_id?}``
+  (host action, host of the room or ops) and ``POST /api/v1/rooms/{room}/coupons`` (same
+  body): create a drop and broadcast ``coupon.dropped {drop_id, kind, threshold, value,
+  quantity, remaining, expires_ms, by}``. Reply / 201: the drop.
+* ``coupon.claim {drop_id}``: atomic claim; the reply is ``coupon.claimed`` (with the
+  command's ``id``) ``{coupon_id, drop_id, kind, threshold, value, expires_ms, state,
+  remaining}``; errors ``sold_out``, ``already_claimed``, ``expired``, ``not_found``.
+  HTTP twin: ``POST /api/v1/coupons/{drop}/claim``.
+* ``GET /api/v1/coupons/{drop}``: the drop and ``remaining / claimed / used`` (public).
+* ``GET /api/v1/rooms/{room}/coupons``: the room's live drops (public); ``welcome`` carries
+  them as ``coupons``.
+* ``GET /api/v1/users/{user}/coupons``: the user's coupons (the user or ops).
+
+Services provided: ``gw.services["coupons"]``, a
+:class:`~livecommerce.coupons_redis.CouponsRedis`, which implements
+:class:`~livecommerce.coupons.CouponService` (``lock_for_order`` / ``consume`` /
+``restore``) for order payment.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from aiohttp import web
+
+from livecommerce.auth import Identity
+from livecommerce.coupons import CLAIM_MESSAGES, CouponDrop, dropped_event, new_drop
+from livecommerce.coupons_redis import Claimed, CouponsRedis
+from livecommerce.errors import BadFrame, Conflict, NotFound
+from livecommerce.protocol.commands import CouponClaim, HostAction
+
+from .conn import Conn
+from .core import Gateway
+from .wallet import require_self_or_ops
+
+WELCOME_DROPS = 5
+
+
+class Coupons:
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.store = CouponsRedis(gw.redis, gw.keys)
+
+    async def drop(self, room: str, body: dict[str, Any], ident: Identity) -> dict[str, Any]:
+        """Create and broadcast a drop.
+
+        Raises:
+            Forbidden: not the room's host or ops. BadFrame: bad body. Conflict: the id exists.
+        """
+        ident.require_host(room)
+        d = new_drop(body, room=room, by=ident.user, now_ms=self.gw.now_ms(), default_id=f"cd{secrets.token_hex(6)}")
+        if not await self.store.create_drop(d):
+            raise Conflict(f"coupon drop {d.id!r} already exists")
+        ev = dropped_event(d, d.quantity)
+        seq = await self.gw.publish(room, "coupon.dropped", ev)
+        return {**ev, "room": room, "seq": seq}
+
+    async def claim(self, drop_id: str, user: str) -> dict[str, Any]:
+        """Claim; the ``coupon.claimed`` data.
+
+        Raises:
+            NotFound / Conflict: with the claim's code (``not_found``, ``expired``,
+            ``already_claimed``, ``sold_out``).
+        """
+        r = await self.store.claim(drop_id, user, now_ms=self.gw.now_ms())
+        if not isinstance(r, Claimed):
+            cls = NotFound if r == "not_found" else Conflict
+            raise cls(CLAIM_MESSAGES[r], code=r)
+        return {**r.coupon, "remaining": r.remaining}
+
+    async def state(self, drop_id: str) -> dict[str, Any]:
+        got = await self.store.get_drop(drop_id)
+        if got is None:
+            raise NotFound(f"no coupon drop {drop_id!r}")
+        drop, counts = got
+        return {**_public(drop), **counts}
+
+    async def room_drops(self, room: str, limit: int = 50) -> list[dict[str, Any]]:
+        out = []
+        for did in (await self.store.room_drops(room, now_ms=self.gw.now_ms()))[:limit]:
+            got = await self.store.get_drop(did)
+            if got is not None:
+                out.append({**_public(got[0]), **got[1]})
+        return out
+
+    async def welcome(self, room: str, ident: Identity) -> dict[str, Any]:
+        return {"coupons": [d for d in await self.room_drops(room, WELCOME_DROPS) if d["remaining"] > 0]}
+
+
+def _public(d: CouponDrop) -> dict[str, Any]:
+    return {
+        "drop_id": d.id,
+        "room": d.room,
+        "kind": d.kind,
+        "threshold": d.threshold,
+        "value": d.value,
+        "quantity": d.quantity,
+        "expires_ms": d.expires_ms,
+        "by": d.created_by,
+    }
+
+
+async def _json(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    body = await request.json()
+    if not isinstance(body, dict):
+        raise BadFrame("body must be a JSON object", code="invalid")
+    return body
+
+
+def setup(gw: Gateway, app: web.Application) -> None:
+    svc = Coupons(gw)
+    gw.services["coupons"] = svc.store
+    gw.welcome_extras.append(svc.welcome)
+
+    @gw.command("coupon.drop")
+    async def ws_drop(gw: Gateway, conn: Conn, cmd: HostAction) -> dict[str, Any]:
+        return {"t": "ack", "id": cmd.id, "ts": gw.now_ms(), "d": await svc.drop(conn.room, cmd.d, conn.ident)}
+
+    @gw.command("coupon.claim")
+    async def ws_claim(gw: Gateway, conn: Conn, cmd: CouponClaim) -> dict[str, Any]:
+        return {"t": "coupon.claimed", "id": cmd.id, "ts": gw.now_ms(), "d": await svc.claim(cmd.drop_id, conn.user)}
+
+    async def http_drop(request: web.Request) -> web.Response:
+        ident = gw.identify_request(request)
+        return web.json_response(await svc.drop(request.match_info["room"], await _json(request), ident), status=201)
+
+    async def http_claim(request: web.Request) -> web.Response:
+        ident = gw.identify_request(request)
+        return web.json_response(await svc.claim(request.match_info["drop"], ident.user), status=201)
+
+    async def http_state(request: web.Request) -> web.Response:
+        return web.json_response(await svc.state(request.match_info["drop"]))
+
+    async def http_room(request: web.Request) -> web.Response:
+        room = request.match_info["room"]
+        return web.json_response({"room": room, "drops": await svc.room_drops(room)})
+
+    async def http_user(request: web.Request) -> web.Response:
+        ident = gw.identify_request(request)
+        user = request.match_info["user"]
+        require_self_or_ops(ident, user)
+        return web.json_response({"user": user, "coupons": await svc.store.user_coupons(user, now_ms=gw.now_ms())})
+
+    app.router.add_post("/api/v1/rooms/{room}/coupons", http_drop)
+    app.router.add_get("/api/v1/rooms/{room}/coupons", http_room)
+    app.router.add_get("/api/v1/coupons/{drop}", http_state)
+    app.router.add_post("/api/v1/coupons/{drop}/claim", http_claim)
+    app.router.add_get("/api/v1/users/{user}/coupons", http_user)

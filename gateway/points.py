@@ -1,0 +1,227 @@
+"""Points at the edge: levels on comments, activity events, points over HTTP.
+
+* ``gw.level_of(user)`` (the level shown on comments) reads the level the points worker
+  caches in ``{user:ID}:points`` (field ``level``), cached on this node for
+  :data:`LEVEL_CACHE_S` seconds: one Redis read per commenting user per few seconds.
+* Comments: a ``comment_hooks`` entry counts the user's comments of the UTC day in Redis
+  (``{user:ID}:cmt:<day>``); only the first ``comment_points_daily_cap`` produce an
+  ``activity.comment {user, room, day, n}`` event (id ``comment:<user>:<day>:<n>``, so a
+  retry is one event); past the cap this node stops asking Redis for that user and day.
+* Watch time: a viewer's session in a room on this node starts at ``welcome`` and ends
+  when their last connection to the room here closes; ``activity.watch {user, room,
+  session, minutes, total_min}`` is appended for the whole minutes watched every
+  :data:`WATCH_FLUSH_S` seconds and at the end (ids ``watch:<session>:<n>``). Only the
+  ``viewer`` role earns watch points.
+* Activity appends run in the background (topic ``activity``, key the user): they never
+  slow a comment down; a failed append is logged and dropped (activity points are not
+  money).
+
+HTTP (the user or ops):
+
+* ``GET /api/v1/points/{user}``: ``{user, viewer, host, level, host_level}`` from the
+  SQL ledger (the truth; the worker applies events within moments).
+* ``GET /api/v1/points/{user}/ledger?role=&limit=&offset=``: the entries, newest first.
+* ``POST /api/v1/points/{user}/redeem {value, request_id}``: ask for a coupon worth
+  ``value`` cents for ``value * points_per_coupon_coin`` points. 202 ``{event_id,
+  coupon_id, cost}``; the points worker decides against the ledger (409
+  ``insufficient_points`` here when the ledger already says no), grants the coupon and
+  pushes ``coupon.claimed`` to the user. Repeating ``request_id`` is one redemption.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+from livecommerce.auth import Identity
+from livecommerce.coupons import coupon_id
+from livecommerce.errors import BadFrame, Conflict, Forbidden, LiveCommerceError
+from livecommerce.points import (
+    COMMENT,
+    REDEEM,
+    WATCH,
+    Rules,
+    WatchSession,
+    comment_event_id,
+    level_for,
+    parse_redeem,
+    redeem_cost,
+    redeem_drop_id,
+    redeem_event_id,
+    utc_day,
+)
+from livecommerce.redis_conn import guarded
+
+from .conn import Conn
+from .core import Gateway
+from .wallet import durable_log, page, require_self_or_ops, sql_store
+
+log = logging.getLogger("livecommerce.gateway.points")
+
+LEVEL_CACHE_S = 5.0
+WATCH_FLUSH_S = 180.0
+WATCH_CHECK_S = 5.0
+ACTIVITY = "activity"
+
+
+class Points:
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.rules = Rules.from_settings(gw.s)
+        self._levels: dict[str, tuple[int, float]] = {}
+        self._capped: set[tuple[str, int]] = set()  # (user, day) past the comment cap
+        self._capped_day = -1
+        self.sessions: dict[tuple[str, str], WatchSession] = {}
+        self._next_check = 0.0
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # ---- levels
+    async def level_of(self, user: str) -> int:
+        """The user's viewer level: this node's copy if younger than LEVEL_CACHE_S, else
+        the worker's cached value in Redis (0 when unknown or Redis is unreachable)."""
+        now = time.monotonic()
+        hit = self._levels.get(user)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        try:
+            async with guarded():
+                v = await self.gw.redis.hget(self.gw.keys.user(user, "points"), "level")
+            level = int(v or 0)
+        except LiveCommerceError:
+            level = hit[0] if hit is not None else 0
+        if len(self._levels) > 100_000:
+            self._levels.clear()
+        self._levels[user] = (level, now + LEVEL_CACHE_S)
+        return level
+
+    # ---- activity
+    def _append(self, key: str, type_: str, data: dict[str, Any], event_id: str) -> None:
+        async def go() -> None:
+            try:
+                await durable_log(self.gw).append(ACTIVITY, key, type_, data, event_id=event_id)
+            except Exception as exc:
+                log.warning("points.activity_dropped", extra={"event": event_id, "err": repr(exc)})
+
+        task = asyncio.get_running_loop().create_task(go())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def on_comment(self, conn: Conn, d: dict[str, Any]) -> None:
+        day = utc_day(self.gw.now_ms())
+        if day != self._capped_day:
+            self._capped, self._capped_day = set(), day
+        user = conn.user
+        if (user, day) in self._capped or self.rules.comment_points <= 0:
+            return
+        key = self.gw.keys.user(user, f"cmt:{day}")
+        pipe = self.gw.redis.pipeline(transaction=False)
+        pipe.incr(key)
+        pipe.expire(key, 2 * 86400)
+        try:
+            async with guarded():
+                n, _ = await pipe.execute()
+        except LiveCommerceError:
+            return  # the comment goes out; its point is lost (activity is not money)
+        if n > self.rules.comment_daily_cap:
+            self._capped.add((user, day))
+            return
+        self._append(user, COMMENT, {"user": user, "room": conn.room, "day": day, "n": n}, comment_event_id(user, day, n))
+
+    async def on_welcome(self, room: str, ident: Identity) -> dict[str, Any]:
+        if ident.role == "viewer" and (ident.user, room) not in self.sessions:
+            sid = f"{self.gw.s.node_id}-{int(time.time() * 1000)}-{len(self.sessions)}-{ident.user}"[:120]
+            now = self.gw.now_ms()
+            self.sessions[(ident.user, room)] = WatchSession(sid, ident.user, room, now, last_emit_ms=now)
+        return {}
+
+    async def on_second(self) -> None:
+        now = time.monotonic()
+        if now < self._next_check:
+            return
+        self._next_check = now + WATCH_CHECK_S
+        self.check_sessions(self.gw.now_ms())
+
+    def check_sessions(self, now_ms: int, *, final: bool = False) -> None:
+        """Emit watch minutes for sessions that ended or are due (all of them if ``final``)."""
+        by_user = self.gw.hub.by_user
+        for key, s in list(self.sessions.items()):
+            live = not final and any(c.room == s.room and not c.closed for c in by_user.get(s.user, ()))
+            if live and now_ms - s.last_emit_ms < WATCH_FLUSH_S * 1000:
+                continue
+            got = s.take(now_ms)
+            if not live:
+                del self.sessions[key]
+            if got is not None:
+                eid, data = got
+                self._append(s.user, WATCH, data, eid)
+
+    async def stop(self) -> None:
+        self.check_sessions(self.gw.now_ms(), final=True)
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def setup(gw: Gateway, app: web.Application) -> None:
+    pts = Points(gw)
+    gw.services["points"] = pts
+    gw.level_of = pts.level_of
+    gw.services.setdefault("comment_hooks", []).append(pts.on_comment)
+    gw.welcome_extras.append(pts.on_welcome)
+    gw.hub.on_second.append(pts.on_second)
+    gw.services.setdefault("shutdown", []).insert(0, pts.stop)
+
+    async def balance(request: web.Request) -> web.Response:
+        ident = gw.identify_request(request)
+        user = request.match_info["user"]
+        require_self_or_ops(ident, user)
+        store = sql_store(gw)
+        viewer = await store.points_balance(user, "viewer")
+        host = await store.points_balance(user, "host")
+        levels = pts.rules.levels
+        return web.json_response(
+            {"user": user, "viewer": viewer, "host": host, "level": level_for(viewer, levels), "host_level": level_for(host, levels)}
+        )
+
+    async def ledger(request: web.Request) -> web.Response:
+        ident = gw.identify_request(request)
+        user = request.match_info["user"]
+        require_self_or_ops(ident, user)
+        role = request.query.get("role")
+        if role not in (None, "viewer", "host"):
+            raise BadFrame("role must be viewer or host", code="invalid")
+        limit, offset = page(request)
+        entries = await sql_store(gw).points_ledger(user, role=role, limit=limit, offset=offset)  # type: ignore[arg-type]
+        return web.json_response(
+            {
+                "user": user,
+                "entries": [
+                    {"id": e.id, "role": e.role, "delta": e.delta, "reason": e.reason, "ref_event_id": e.ref_event_id, "ts": e.ts_ms}
+                    for e in entries
+                ],
+            }
+        )
+
+    async def redeem(request: web.Request) -> web.Response:
+        ident = gw.identify_request(request)
+        user = request.match_info["user"]
+        if ident.user != user:
+            raise Forbidden("users redeem their own points")
+        body = await request.json() if request.can_read_body else {}
+        r = parse_redeem(body)
+        cost = redeem_cost(r.value, pts.rules)
+        if await sql_store(gw).points_balance(user, "viewer") < cost:
+            raise Conflict(f"a coupon worth {r.value} costs {cost} points", code="insufficient_points")
+        eid = redeem_event_id(user, r.request_id)
+        data = {"user": user, "value": r.value, "cost": cost, "request_id": r.request_id}
+        await durable_log(gw).append("points", user, REDEEM, data, event_id=eid)
+        return web.json_response(
+            {"event_id": eid, "coupon_id": coupon_id(redeem_drop_id(eid), user), "cost": cost, "value": r.value}, status=202
+        )
+
+    app.router.add_get("/api/v1/points/{user}", balance)
+    app.router.add_get("/api/v1/points/{user}/ledger", ledger)
+    app.router.add_post("/api/v1/points/{user}/redeem", redeem)

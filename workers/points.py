@@ -1,0 +1,197 @@
+"""The points worker: host and viewer points from the durable log, exactly once.
+
+Consumes, as group ``points``: ``gifts`` (``gift.sent``), ``orders`` (``order.paid``),
+``activity`` (``activity.comment``, ``activity.watch``) and ``points``
+(``points.redeem``). The rules are :func:`livecommerce.points.awards_for`. A batch is one
+transaction (``store.apply_batch("points", ids)``): each event id is claimed once and its
+rows, every one referencing the event id, commit with the claim, so an event is applied
+once however often it is delivered (a crash before the ack, a rebalance, a duplicate
+append), and a worker killed mid-batch leaves nothing of that batch behind.
+
+After each batch, for every user the batch touched (applied or already applied: a
+restart after a crash between the commit and this step repairs it), the worker reads the
+balances from SQL, caches ``{viewer, host, level, host_level}`` in ``{user:ID}:points``
+(what ``gw.level_of`` reads) and pushes ``points {balance, level, host_balance,
+host_level}`` to the user's connections.
+
+Redemptions (``points.redeem {user, value, cost, request_id}``): in the same
+transaction the worker writes ``-cost`` (``coupon.redeem``) only if the viewer
+balance covers it. A user's redemptions share the user's partition of topic ``points``, so
+one consumer handles them in order and two cannot overdraw together. Then, whether this
+delivery or an earlier one wrote it, a written debit means the coupon is granted
+(idempotently: a private one-coupon drop named from the event id) and ``coupon.claimed``
+is pushed; a refused one pushes ``points.redeem {ok: false, code: insufficient_points}``.
+
+Host of an ``order.paid`` room: the ``host`` field of the event if any, else the room's
+meta (``{room:ID}:meta`` ``host``), else ``room:<id>`` (see :mod:`livecommerce.points`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from livecommerce.broker_redis import RedisBroker
+from livecommerce.config import Settings
+from livecommerce.coupons import REDEEMED_TTL_S, CouponDrop
+from livecommerce.coupons_redis import CouponsRedis
+from livecommerce.keys import Keys
+from livecommerce.log import Log, LogEvent, open_log
+from livecommerce.notify import Notifier
+from livecommerce.points import REDEEM, Award, Rules, awards_for, level_for, redeem_drop_id, room_of
+from livecommerce.redis_conn import connect, guarded, is_cluster_url
+from livecommerce.store import PointsRole, Store
+from workers.runner import run_consumer
+
+log = logging.getLogger("livecommerce.workers.points")
+
+CONSUMER = "points"  # the store's exactly-once consumer name and the log group
+TOPICS = ("gifts", "orders", "activity", "points")
+
+
+class PointsWorker:
+    """The batch handler (one per process; safe for the four topic loops to share)."""
+
+    def __init__(self, store: Store, redis: Any, keys: Keys, rules: Rules, *, notifier: Notifier | None = None) -> None:
+        self.store = store
+        self.redis = redis
+        self.keys = keys
+        self.rules = rules
+        self.notifier = notifier
+        self.coupons = CouponsRedis(redis, keys)
+        self.applied = 0  # events whose rows this process wrote
+
+    async def __call__(self, events: list[LogEvent]) -> None:
+        """Apply a batch in one transaction, then refresh the touched users' cache and
+        push their points.
+
+        Raises:
+            Unavailable: SQL or Redis unreachable (the batch comes back; events applied
+                before are skipped then).
+        """
+        touched: set[str] = set()
+        plans: list[tuple[LogEvent, list[Award] | None]] = []  # None: a redemption
+        for e in events:
+            if e.type == REDEEM:
+                plans.append((e, None))
+                touched.add(str(e.data["user"]))
+                continue
+            awards = awards_for(e.type, e.data, host=await self._host(e), rules=self.rules)
+            if awards:
+                plans.append((e, awards))
+                touched.update(a.user for a in awards)
+        applied = 0
+        if plans:
+            async with self.store.apply_batch(CONSUMER, [e.id for e, _ in plans]) as (tx, fresh):
+                rows: list[tuple[str, PointsRole, int, str, str, int]] = []
+                for e, plan in plans:
+                    if e.id not in fresh:
+                        continue
+                    fresh.discard(e.id)  # an id twice in one batch is applied once
+                    applied += 1
+                    if plan is None:  # a redemption sees every award written before it
+                        await tx.add_points_entries(rows)
+                        rows = []
+                        user, cost = str(e.data["user"]), int(e.data["cost"])
+                        if await tx.points_balance(user, "viewer") >= cost:
+                            await tx.add_points_entry(user, "viewer", -cost, "coupon.redeem", e.id, e.ts)
+                        continue
+                    rows.extend((a.user, a.role, a.delta, a.reason, e.id, e.ts) for a in plan)
+                await tx.add_points_entries(rows)
+            self.applied += applied
+            for e, plan in plans:
+                if plan is None:
+                    await self._grant(e)
+        await self.refresh(sorted(touched))
+
+    async def _host(self, e: LogEvent) -> str | None:
+        room = room_of(e.type, e.data)
+        if room is None:
+            return None
+        async with guarded():
+            v = await self.redis.hget(self.keys.room_meta(room), "host")
+        return (v.decode() if isinstance(v, bytes) else v) if v else None
+
+    async def _grant(self, e: LogEvent) -> None:
+        """After the commit: grant the coupon of an accepted redemption (idempotently),
+        or tell the user it was refused."""
+        user, cost = str(e.data["user"]), int(e.data["cost"])
+        if await self.store.points_entry(e.id, user, "coupon.redeem") is None:
+            await self._push(user, {"t": "points.redeem", "ts": _now(), "d": {
+                "ok": False, "code": "insufficient_points", "request_id": e.data.get("request_id"), "cost": cost}})
+            return
+        drop = CouponDrop(
+            id=redeem_drop_id(e.id),
+            room="",
+            kind="full_reduction",
+            threshold=0,
+            value=int(e.data["value"]),
+            quantity=1,
+            expires_ms=e.ts + REDEEMED_TTL_S * 1000,
+            created_by="points",
+            created_ms=e.ts,
+        )
+        coupon = await self.coupons.grant(user, drop, now_ms=e.ts)
+        if coupon is not None:
+            await self._push(user, {"t": "coupon.claimed", "ts": _now(), "d": {**coupon, "via": "points",
+                                                                                "request_id": e.data.get("request_id")}})
+
+    async def refresh(self, users: list[str]) -> dict[str, dict[str, int]]:
+        """Cache the users' balances and levels in Redis and push ``points`` to each."""
+        if not users:
+            return {}
+        levels = self.rules.levels
+        states: dict[str, dict[str, int]] = {}
+        pipe = self.redis.pipeline(transaction=False)
+        for user, b in (await self.store.points_balances(users)).items():
+            viewer, host = b["viewer"], b["host"]
+            states[user] = {"viewer": viewer, "host": host, "level": level_for(viewer, levels), "host_level": level_for(host, levels)}
+            pipe.hset(self.keys.user(user, "points"), mapping=states[user])
+        async with guarded():
+            await pipe.execute()
+        for user, st in states.items():
+            await self._push(user, {"t": "points", "ts": _now(), "d": {
+                "balance": st["viewer"], "level": st["level"], "host_balance": st["host"], "host_level": st["host_level"]}})
+        return states
+
+    async def _push(self, user: str, env: dict[str, Any]) -> None:
+        if self.notifier is None:
+            return
+        try:
+            await self.notifier.to_user(user, env)
+        except Exception as exc:  # a lossy push: the balance is in the ledger and the cache
+            log.warning("points.push_failed", extra={"user": user, "err": repr(exc)})
+
+
+def _now() -> int:
+    return int(time.time() * 1000)
+
+
+async def drain(log_: Log, worker: PointsWorker, *, name: str = "points-1", fetch_timeout_ms: int = 500) -> int:
+    """Burst mode over the four topics; return the number of events handled."""
+    n = 0
+    for topic in TOPICS:
+        n += await run_consumer(log_, topic, CONSUMER, name, worker, burst=True, fetch_timeout_ms=fetch_timeout_ms)
+    return n
+
+
+async def run(settings: Settings, stop: asyncio.Event) -> None:
+    """Consume the four topics until ``stop`` is set."""
+    from livecommerce.store_sql import SqlStore
+
+    redis = connect(settings.redis_url)
+    keys = Keys(settings.key_prefix)
+    broker = RedisBroker(redis, keys, sharded=is_cluster_url(settings.redis_url))
+    log_ = open_log(settings, redis)
+    store = SqlStore(settings.database_url)
+    worker = PointsWorker(store, redis, keys, Rules.from_settings(settings), notifier=Notifier(redis, broker, keys))
+    log.info("points.worker_started", extra={"worker": settings.node_id})
+    try:
+        await asyncio.gather(*(run_consumer(log_, t, CONSUMER, settings.node_id, worker, stop=stop) for t in TOPICS))
+    finally:
+        await log_.close()
+        await store.close()
+        await broker.close()
+        await redis.aclose()
