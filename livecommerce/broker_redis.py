@@ -2,31 +2,94 @@
 
 One server: PUBLISH/SUBSCRIBE. Redis Cluster: sharded SPUBLISH/SSUBSCRIBE, with the room's
 channel, seq counter and history stream in the room's slot (``{room:ID}``), so the publish
-script touches one slot only.
+script touches one slot only (Redis 7.0 accepts SPUBLISH inside a script when the channel
+is one of its KEYS, in the slot of the other keys).
 
-The subscriber is one pub/sub connection per node, read by one task. When the connection
-drops (Redis restart, failover) the task reconnects with backoff and resubscribes every
-channel; clients recover what they missed with ``since=``.
+Subscriber side, one server: one pub/sub connection per node, read by one task. When the
+connection drops (Redis restart) the task reconnects with backoff and resubscribes every
+channel.
+
+Subscriber side, cluster: one pub/sub connection per cluster node that owns subscribed
+channels, each read by its own task (a shared round-robin reader would make a busy shard
+wait for an idle shard's read timeout). A watch task refreshes the slot map every
+``topology_check_s`` and after any reader error or server-side ``sunsubscribe``; every
+channel whose slot owner changed (failover: a replica promoted, or a slot migrated) is
+subscribed again on its new owner, without a restart.
+
+After channels were subscribed again, the listeners registered with
+:meth:`RedisBroker.add_resubscribe_listener` are called with those channels, so the gateway
+hub reads what it missed from the room history.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+from collections.abc import Callable
 from importlib.resources import files
 from typing import Any
+
+import redis.exceptions
 
 from .broker import Handler, History
 from .errors import Unavailable
 from .keys import Keys
 from .protocol.codec import pack_internal, unpack_internal
-from .redis_conn import DRIVER_ERRORS, is_cluster_url
+from .redis_conn import DRIVER_ERRORS, is_cluster_client, is_cluster_url
 
 log = logging.getLogger("livecommerce.broker")
 
 PUBLISH = (files("livecommerce") / "broker_publish.lua").read_text()
 HISTORY = (files("livecommerce") / "broker_history.lua").read_text()
+
+# what a cluster throws while a master fails over (no owner yet, stale slot map, ...)
+_CLUSTER_ERRORS = (
+    *DRIVER_ERRORS,
+    redis.exceptions.ClusterError,
+    redis.exceptions.RedisClusterException,
+    redis.exceptions.ResponseError,
+)
+
+# a failing-over cluster answers with these until a replica is promoted and the map refreshed
+_UNAVAILABLE = (
+    *DRIVER_ERRORS,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.MasterDownError,
+    redis.exceptions.SlotNotCoveredError,
+)
+
+ResubscribeListener = Callable[[set[str]], None]
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+class _Shard:
+    """One pub/sub connection to one cluster node, and the task reading it."""
+
+    __slots__ = ("broken", "client", "name", "pubsub", "task")
+
+    def __init__(self, name: str, client: Any) -> None:
+        self.name = name
+        self.client = client
+        self.pubsub = client.pubsub()
+        self.task: asyncio.Task[None] | None = None
+        self.broken = False
+
+    async def close(self) -> None:
+        if self.task is not None and self.task is not asyncio.current_task():
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+        with contextlib.suppress(Exception):
+            await self.pubsub.aclose()
+        with contextlib.suppress(Exception):
+            await self.client.aclose()
 
 
 class RedisBroker:
@@ -38,10 +101,11 @@ class RedisBroker:
         sharded: bool | None = None,
         history_size: int = 1000,
         history_ttl_s: int = 3600,
+        topology_check_s: float = 1.0,
     ) -> None:
         self.keys = keys
         self._redis = redis
-        self._sharded = sharded if sharded is not None else _is_cluster_client(redis)
+        self._sharded = sharded if sharded is not None else is_cluster_client(redis)
         self._publish = redis.register_script(PUBLISH)
         self._history = redis.register_script(HISTORY)
         self._size = history_size
@@ -51,8 +115,16 @@ class RedisBroker:
         self._pubsub: Any = None
         self._reader: asyncio.Task[None] | None = None
         self._closed = False
+        self._listeners: list[ResubscribeListener] = []
         self.reconnects = 0
         self.connected = asyncio.Event()
+        # cluster: node name -> shard connection; channel -> node it is subscribed on
+        self._shards: dict[str, _Shard] = {}
+        self._where: dict[str, str] = {}
+        self._check_s = topology_check_s
+        self._dirty = asyncio.Event()
+        self._sync_lock = asyncio.Lock()
+        self._watch: asyncio.Task[None] | None = None
 
     @classmethod
     def from_url(cls, url: str, keys: Keys, **kw: Any) -> RedisBroker:
@@ -63,24 +135,29 @@ class RedisBroker:
     def set_handler(self, handler: Handler) -> None:
         self._handler = handler
 
+    def add_resubscribe_listener(self, listener: ResubscribeListener) -> None:
+        """Call ``listener(channels)`` after ``channels`` were subscribed again (reconnect,
+        failover): messages published meanwhile were not delivered."""
+        self._listeners.append(listener)
+
+    def _resubscribed(self, channels: set[str]) -> None:
+        self.reconnects += 1
+        for listener in self._listeners:
+            try:
+                listener(channels)
+            except Exception:
+                log.exception("broker.resubscribe_listener_failed")
+
     # ---- subscriber side
-    def _new_pubsub(self) -> Any:
-        return self._redis.pubsub(ignore_subscribe_messages=True)
-
-    async def _sub(self, channels: list[str]) -> None:
-        if not channels:
-            return
-        if self._sharded:
-            await self._pubsub.ssubscribe(*channels)
-        else:
-            await self._pubsub.subscribe(*channels)
-
     async def subscribe(self, channel: str) -> None:
         self._channels.add(channel)
+        if self._sharded:
+            await self._subscribe_sharded(channel)
+            return
         if self._pubsub is None:
             self._pubsub = self._new_pubsub()
         try:
-            await self._sub([channel])
+            await self._pubsub.subscribe(channel)
         except DRIVER_ERRORS as exc:
             # the reader task reconnects and resubscribes everything in self._channels
             log.warning("broker.subscribe_failed", extra={"channel": channel, "err": repr(exc)})
@@ -89,33 +166,35 @@ class RedisBroker:
 
     async def unsubscribe(self, channel: str) -> None:
         self._channels.discard(channel)
+        if self._sharded:
+            name = self._where.pop(channel, None)
+            shard = self._shards.get(name) if name else None
+            if shard is not None and not shard.broken:
+                with contextlib.suppress(*_CLUSTER_ERRORS):
+                    await shard.pubsub.sunsubscribe(channel)
+            return
         if self._pubsub is None:
             return
-        try:
-            if self._sharded:
-                await self._pubsub.sunsubscribe(channel)
-            else:
-                await self._pubsub.unsubscribe(channel)
-        except DRIVER_ERRORS:
-            pass
+        with contextlib.suppress(*DRIVER_ERRORS):
+            await self._pubsub.unsubscribe(channel)
+
+    # ---- one server
+    def _new_pubsub(self) -> Any:
+        return self._redis.pubsub(ignore_subscribe_messages=True)
 
     async def _read_loop(self) -> None:
         delay = 0.05
         while not self._closed:
             try:
-                if self._sharded:
-                    msg = await self._pubsub.get_sharded_message(timeout=1.0)
-                else:
-                    msg = await self._pubsub.get_message(timeout=1.0)
+                msg = await self._pubsub.get_message(timeout=1.0)
                 delay = 0.05
                 self.connected.set()
                 if msg is None:
                     if not self._channels:
                         await asyncio.sleep(0.05)
                     continue
-                if msg["type"] in ("message", "smessage") and self._handler is not None:
-                    ch = msg["channel"]
-                    self._handler(ch.decode() if isinstance(ch, bytes) else ch, msg["data"])
+                if msg["type"] == "message" and self._handler is not None:
+                    self._handler(_text(msg["channel"]), msg["data"])
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -130,16 +209,123 @@ class RedisBroker:
     async def _reconnect(self) -> None:
         old = self._pubsub
         self._pubsub = self._new_pubsub()
-        try:
+        with contextlib.suppress(Exception):
             await old.aclose()
-        except Exception:
-            pass
         try:
-            await self._sub(sorted(self._channels))
-            self.reconnects += 1
-            log.info("broker.resubscribed", extra={"channels": len(self._channels)})
+            channels = sorted(self._channels)
+            if channels:
+                await self._pubsub.subscribe(*channels)
+            log.info("broker.resubscribed", extra={"channels": len(channels)})
+            self._resubscribed(set(channels))
         except Exception as exc:
             log.warning("broker.resubscribe_failed", extra={"err": repr(exc)})
+
+    # ---- cluster: one connection per shard, re-routed on failover
+    async def _subscribe_sharded(self, channel: str) -> None:
+        try:
+            await self._redis.initialize()  # the slot map (no-op once known)
+            node = self._redis.get_node_from_key(channel)
+            shard = self._shard(node)
+            self._where[channel] = node.name
+            await shard.pubsub.ssubscribe(channel)
+        except _CLUSTER_ERRORS as exc:
+            # the watch task subscribes it on whoever owns its slot once the cluster answers
+            self._where.pop(channel, None)
+            self._dirty.set()
+            log.warning("broker.subscribe_failed", extra={"channel": channel, "err": repr(exc)})
+        if self._watch is None or self._watch.done():
+            self._watch = asyncio.get_running_loop().create_task(self._watch_loop())
+
+    def _shard(self, node: Any) -> _Shard:
+        shard = self._shards.get(node.name)
+        if shard is None or shard.broken:
+            import redis.asyncio as aioredis
+
+            pool = aioredis.ConnectionPool(connection_class=node.connection_class, max_connections=4, **node.connection_kwargs)
+            shard = self._shards[node.name] = _Shard(node.name, aioredis.Redis(connection_pool=pool))
+            shard.task = asyncio.get_running_loop().create_task(self._read_shard(shard))
+        return shard
+
+    async def _read_shard(self, shard: _Shard) -> None:
+        while not self._closed:
+            try:
+                if not shard.pubsub.subscribed:
+                    await asyncio.sleep(0.05)
+                    continue
+                msg = await shard.pubsub.get_message(timeout=1.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._closed:
+                    return
+                shard.broken = True
+                self.connected.clear()
+                log.warning("broker.shard_lost", extra={"node": shard.name, "err": repr(exc)})
+                self._dirty.set()
+                return
+            self.connected.set()
+            if msg is None:
+                continue
+            kind = msg["type"]
+            if kind == "smessage":
+                if self._handler is not None:
+                    self._handler(_text(msg["channel"]), msg["data"])
+            elif kind == "sunsubscribe":
+                ch = _text(msg["channel"])
+                if ch in self._channels and self._where.get(ch) == shard.name:
+                    # the server dropped it (its slot moved away): subscribe on the new owner
+                    self._where.pop(ch, None)
+                    self._dirty.set()
+
+    async def _watch_loop(self) -> None:
+        delay = 0.05
+        while not self._closed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dirty.wait(), self._check_s)
+            if self._closed:
+                return
+            if not self._channels and not self._shards:
+                self._dirty.clear()
+                continue
+            try:
+                await self._sync_shards()
+                delay = 0.05
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the cluster is failing over: try again soon
+                log.warning("broker.resync_failed", extra={"err": repr(exc), "delay_s": delay})
+                self._dirty.set()
+                await asyncio.sleep(delay + random.random() * delay)
+                delay = min(delay * 2, 1.0)
+
+    async def _sync_shards(self) -> None:
+        """Refresh the slot map; subscribe every channel not subscribed on its slot's owner."""
+        async with self._sync_lock:
+            self._dirty.clear()
+            await self._redis.nodes_manager.initialize()
+            owners = {ch: self._redis.get_node_from_key(ch) for ch in sorted(self._channels)}
+            live = {n.name for n in owners.values()}
+            for name, shard in list(self._shards.items()):
+                if shard.broken or name not in live:
+                    del self._shards[name]
+                    await shard.close()
+            moved: set[str] = set()
+            for ch, node in owners.items():
+                if self._where.get(ch) == node.name and node.name in self._shards:
+                    continue
+                old = self._shards.get(self._where.get(ch, ""))
+                if old is not None:
+                    with contextlib.suppress(*_CLUSTER_ERRORS):
+                        await old.pubsub.sunsubscribe(ch)
+                shard = self._shard(node)
+                await shard.pubsub.ssubscribe(ch)
+                self._where[ch] = node.name
+                moved.add(ch)
+            for ch in set(self._where) - set(owners):
+                del self._where[ch]
+        if moved:
+            log.info("broker.resubscribed", extra={"channels": len(moved), "shards": sorted(self._shards)})
+            self._resubscribed(moved)
 
     # ---- publisher side
     async def publish_room(self, room: str, env: dict[str, Any], *, history: bool = True, now_ms: int) -> int:
@@ -156,7 +342,7 @@ class RedisBroker:
                 keys=[self.keys.room_seq(room), self.keys.room_hist(room), ch],
                 args=[body, self._size, self._ttl, now_ms, "SPUBLISH" if self._sharded else "PUBLISH"],
             )
-        except DRIVER_ERRORS as exc:
+        except _UNAVAILABLE as exc:
             raise Unavailable(f"redis unreachable: {exc.__class__.__name__}") from exc
         return int(seq)
 
@@ -167,7 +353,7 @@ class RedisBroker:
                 await self._redis.spublish(ch, body)
             else:
                 await self._redis.publish(ch, body)
-        except DRIVER_ERRORS as exc:
+        except _UNAVAILABLE as exc:
             raise Unavailable(f"redis unreachable: {exc.__class__.__name__}") from exc
 
     async def history(self, room: str, since: int | None, *, limit: int = 1000) -> History:
@@ -177,12 +363,12 @@ class RedisBroker:
             raw = await self._history(
                 keys=[self.keys.room_seq(room), self.keys.room_hist(room)], args=[since, limit + 1]
             )
-        except DRIVER_ERRORS as exc:
+        except _UNAVAILABLE as exc:
             raise Unavailable(f"redis unreachable: {exc.__class__.__name__}") from exc
         top, first = int(raw[0]), int(raw[1])
         events = []
         for i in range(2, len(raw), 2):
-            rid = raw[i].decode() if isinstance(raw[i], bytes) else raw[i]
+            rid = _text(raw[i])
             env = unpack_internal(raw[i + 1])
             env["seq"] = int(rid.split("-", 1)[0])
             events.append(env)
@@ -195,26 +381,20 @@ class RedisBroker:
     async def top_seq(self, room: str) -> int:
         try:
             v = await self._redis.get(self.keys.room_seq(room))
-        except DRIVER_ERRORS as exc:
+        except _UNAVAILABLE as exc:
             raise Unavailable(f"redis unreachable: {exc.__class__.__name__}") from exc
         return int(v or 0)
 
     async def close(self) -> None:
         self._closed = True
-        if self._reader is not None:
-            self._reader.cancel()
-            try:
-                await self._reader
-            except (asyncio.CancelledError, Exception):
-                pass
+        for task in (self._reader, self._watch):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         if self._pubsub is not None:
-            try:
+            with contextlib.suppress(Exception):
                 await self._pubsub.aclose()
-            except Exception:
-                pass
-
-
-def _is_cluster_client(redis: Any) -> bool:
-    from redis.asyncio.cluster import RedisCluster
-
-    return isinstance(redis, RedisCluster)
+        for shard in list(self._shards.values()):
+            await shard.close()
+        self._shards.clear()

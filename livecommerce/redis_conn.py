@@ -31,6 +31,11 @@ def is_cluster_url(url: str) -> bool:
     return url.startswith(("redis+cluster://", "rediss+cluster://"))
 
 
+def is_cluster_client(client: Any) -> bool:
+    """True for a ``RedisCluster`` (no multi-slot scripts, no EVALSHA in pipelines)."""
+    return isinstance(client, RedisCluster)
+
+
 def connect(url: str, *, max_connections: int = 128, **kw: Any) -> Any:
     """Return a ``redis.asyncio.Redis`` or ``RedisCluster`` client for ``url``.
 

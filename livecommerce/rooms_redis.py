@@ -13,12 +13,13 @@ Driver errors become :class:`~livecommerce.errors.Unavailable`.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from importlib.resources import files
 from typing import Any
 
 from .keys import Keys
-from .redis_conn import guarded
+from .redis_conn import guarded, is_cluster_client
 from .rooms import RoomInfo, RoomState
 
 CREATE = (files("livecommerce") / "rooms_create.lua").read_text()
@@ -61,6 +62,12 @@ class RedisRooms:
     async def tick(self, rows: Sequence[tuple[str, int, int]]) -> None:
         """``rows`` of ``(room, online, new comments)``, one pipelined script call each."""
         if not rows:
+            return
+        if is_cluster_client(self._r):
+            # redis-py refuses EVALSHA in a cluster pipeline: one call per room, concurrently
+            async with guarded():
+                await asyncio.gather(*(self._tick(keys=[self.keys.room_meta(room)], args=[online, comments])
+                                       for room, online, comments in rows))
             return
         pipe = self._r.pipeline(transaction=False)
         for room, online, comments in rows:

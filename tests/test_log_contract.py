@@ -1,5 +1,6 @@
 """One contract for the ``Log`` port, run against memory, Redis Streams (one server and a
-local 3-node Redis Cluster) and Kafka (Tansu).
+local 3-node Redis Cluster, ``redis_cluster_url`` from ``tests/fixtures_cluster.py``) and
+Kafka (Tansu).
 
 Each test gets its own key prefix (Redis keys ``<prefix>:{log:...}``, Kafka topics
 ``<prefix>.<topic>``), so tests share one Redis and one broker without seeing each other.
@@ -8,17 +9,12 @@ Each test gets its own key prefix (Redis keys ``<prefix>:{log:...}``, Kafka topi
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import socket
-import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import redis as sync_redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
@@ -49,74 +45,6 @@ KAFKA_TIMING: dict[str, Any] = {"session_timeout_ms": 2000, "heartbeat_interval_
 class Backend:
     name: str
     log: Log
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-@pytest.fixture(scope="session")
-def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A 3-master Redis Cluster of local ``redis-server`` processes (no replicas).
-
-    ``LC_TEST_REDIS_CLUSTER_URL`` (``redis+cluster://host:port,...``) uses a running one.
-    Slots are assigned with CLUSTER ADDSLOTSRANGE and the nodes meet directly, which is
-    faster than ``redis-cli --cluster create``.
-    """
-    external = os.environ.get("LC_TEST_REDIS_CLUSTER_URL")
-    if external:
-        yield external
-        return
-    server_bin = shutil.which("redis-server")
-    if server_bin is None:
-        pytest.skip("needs redis-server for a local Redis Cluster")
-    ports = _free_ports(3)
-    procs = []
-    try:
-        for port in ports:
-            d = tmp_path_factory.mktemp(f"cluster{port}")
-            procs.append(subprocess.Popen(
-                [server_bin, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-                 "--cluster-config-file", str(d / "nodes.conf"), "--save", "", "--appendonly", "no",
-                 "--dir", str(d)],
-                stdout=subprocess.DEVNULL,
-            ))
-        nodes = [sync_redis.Redis(host="127.0.0.1", port=p) for p in ports]
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                for n in nodes:
-                    n.ping()
-                break
-            except sync_redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        step = 16384 // len(ports)
-        for i, n in enumerate(nodes):
-            last = 16383 if i == len(nodes) - 1 else (i + 1) * step - 1
-            n.execute_command("CLUSTER", "ADDSLOTSRANGE", i * step, last)
-        for p in ports[1:]:
-            nodes[0].execute_command("CLUSTER", "MEET", "127.0.0.1", p)
-        while not all(n.cluster("INFO")["cluster_state"] == "ok" and n.cluster("INFO")["cluster_known_nodes"] == "3"
-                      for n in nodes):
-            if time.monotonic() > deadline:
-                pytest.fail("local Redis Cluster did not converge in 10 s")
-            time.sleep(0.05)
-        for n in nodes:
-            n.close()
-        yield "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports)
-    finally:
-        for proc in procs:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(
