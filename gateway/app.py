@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import signal
 from typing import Any
 
 from aiohttp import web
@@ -19,6 +20,11 @@ from .http import error_middleware
 from .ws import ws_handler
 
 log = logging.getLogger("livecommerce.gateway.app")
+
+# After SIGTERM the node keeps listening this long: /readyz answers 503 and /ws refuses new
+# connections (503) so that load balancers take it out, while its clients are closed with
+# 1012 (reconnect elsewhere); then the listener closes and the shutdown hooks run.
+DRAIN_GRACE_S = 2.0
 
 # Each capability module has setup(gw, app). Order matters only for route conflicts.
 CAPABILITIES = [
@@ -59,15 +65,8 @@ def build_app(settings: Settings, *, redis: Any = None) -> web.Application:
 
     async def on_shutdown(app: web.Application) -> None:
         # graceful: stop accepting, tell clients to reconnect elsewhere (1012), drain
-        gw.draining = True
-        conns = [c for room in gw.hub.rooms.values() for c in room.all()]
-        for room in list(gw.hub.rooms.values()):
-            gw.hub.flush(room)
-        await asyncio.gather(
-            *(c.ws.close(code=CLOSE_RESTART, message=b"gateway restarting: reconnect with since=") for c in conns),
-            return_exceptions=True,
-        )
-        log.info("gateway.drained", extra={"node": settings.node_id, "closed": len(conns)})
+        closed = await close_clients(gw)
+        log.info("gateway.drained", extra={"node": settings.node_id, "closed": closed})
 
     async def on_cleanup(app: web.Application) -> None:
         for stop in gw.services.get("shutdown", []):
@@ -88,6 +87,44 @@ def build_app(settings: Settings, *, redis: Any = None) -> web.Application:
     return app
 
 
+async def close_clients(gw: Gateway) -> int:
+    """Mark the node draining, flush what is pending and close every client with 1012."""
+    gw.draining = True
+    conns = [c for room in gw.hub.rooms.values() for c in room.all() if not c.ws.closed]
+    for room in list(gw.hub.rooms.values()):
+        gw.hub.flush(room)
+    await asyncio.gather(
+        *(c.ws.close(code=CLOSE_RESTART, message=b"gateway restarting: reconnect with since=") for c in conns),
+        return_exceptions=True,
+    )
+    return len(conns)
+
+
+def drain_on_sigterm(grace_s: float) -> Any:
+    """An ``on_startup`` hook replacing aiohttp's SIGTERM handler (immediate exit) with a
+    drain: draining at once (clients closed with 1012, /readyz 503, new /ws refused), exit
+    after ``grace_s``. A second SIGTERM exits at once."""
+
+    async def install(app: web.Application) -> None:
+        gw: Gateway = app["gw"]
+        loop = asyncio.get_running_loop()
+
+        def exit_now() -> None:
+            raise web.GracefulExit()
+
+        def on_term() -> None:
+            if gw.draining:
+                exit_now()
+            gw.draining = True
+            log.info("gateway.draining", extra={"node": gw.s.node_id, "grace_s": grace_s})
+            gw.spawn(close_clients(gw), "drain")
+            loop.call_later(grace_s, exit_now)
+
+        loop.add_signal_handler(signal.SIGTERM, on_term)
+
+    return install
+
+
 def _keys(settings: Settings) -> Any:
     from livecommerce.keys import Keys
 
@@ -102,6 +139,7 @@ def run(settings: Settings, *, port: int | None = None) -> None:
     except ImportError:  # pragma: no cover
         pass
     app = build_app(settings)
+    app.on_startup.append(drain_on_sigterm(DRAIN_GRACE_S))  # after aiohttp installed its own
     web.run_app(
         app,
         host=settings.host,
