@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from typing import Any
 
 from aiohttp import web
@@ -133,7 +134,7 @@ class Points:
 
     async def on_welcome(self, room: str, ident: Identity) -> dict[str, Any]:
         if ident.role == "viewer" and (ident.user, room) not in self.sessions:
-            sid = f"{self.gw.s.node_id}-{int(time.time() * 1000)}-{len(self.sessions)}-{ident.user}"[:120]
+            sid = uuid.uuid4().hex  # event ids stay short: watch:<32 hex>:<n>
             now = self.gw.now_ms()
             self.sessions[(ident.user, room)] = WatchSession(sid, ident.user, room, now, last_emit_ms=now)
         return {}

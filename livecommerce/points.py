@@ -151,8 +151,8 @@ def parse_redeem(body: Mapping[str, Any]) -> Redeem:
     value, rid = body.get("value"), body.get("request_id")
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_REDEEM_VALUE:
         raise BadFrame(f"'value' must be the coupon value in cents, 1..{MAX_REDEEM_VALUE}", code="invalid")
-    if not isinstance(rid, str) or not 0 < len(rid) <= 64 or not all(c.isalnum() or c in "-_." for c in rid):
-        raise BadFrame("'request_id' must be 1..64 letters, digits, - _ .", code="invalid")
+    if not isinstance(rid, str) or not 0 < len(rid) <= 48 or not all(c.isalnum() or c in "-_." for c in rid):
+        raise BadFrame("'request_id' must be 1..48 letters, digits, - _ .", code="invalid")
     return Redeem(value, rid)
 
 

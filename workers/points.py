@@ -49,6 +49,7 @@ log = logging.getLogger("livecommerce.workers.points")
 
 CONSUMER = "points"  # the store's exactly-once consumer name and the log group
 TOPICS = ("gifts", "orders", "activity", "points")
+PUSH_CONCURRENCY = 32
 
 
 class PointsWorker:
@@ -151,9 +152,14 @@ class PointsWorker:
             pipe.hset(self.keys.user(user, "points"), mapping=states[user])
         async with guarded():
             await pipe.execute()
-        for user, st in states.items():
-            await self._push(user, {"t": "points", "ts": _now(), "d": {
+        now = _now()
+        pushes = [
+            (user, {"t": "points", "ts": now, "d": {
                 "balance": st["viewer"], "level": st["level"], "host_balance": st["host"], "host_level": st["host_level"]}})
+            for user, st in states.items()
+        ]
+        for i in range(0, len(pushes), PUSH_CONCURRENCY):
+            await asyncio.gather(*(self._push(u, env) for u, env in pushes[i : i + PUSH_CONCURRENCY]))
         return states
 
     async def _push(self, user: str, env: dict[str, Any]) -> None:
