@@ -283,7 +283,7 @@ async def open_clients(
     local_ips: list[str],
     tot: Totals,
     concurrency: int = 64,
-    limit_s: float = 30.0,
+    limit_s: float = 60.0,
     full: list[bool] | None = None,
 ) -> list[WsClient]:
     """Connect every path (one client each), ``concurrency`` handshakes at a time.
@@ -295,6 +295,7 @@ async def open_clients(
     async def one(i: int, path: str) -> None:
         async with sem:
             ip = local_ips[i % len(local_ips)] if local_ips else None
+            proto: WsClient | None = None
             try:
                 _, proto = await asyncio.wait_for(
                     loop.create_connection(
@@ -307,6 +308,8 @@ async def open_clients(
                 )
                 ok = await asyncio.wait_for(asyncio.shield(proto.ready), limit_s)
             except (TimeoutError, OSError) as exc:
+                if proto is not None:  # a late handshake must not join the room behind our back
+                    proto.close()
                 tot.failed += 1
                 key = "connect:" + exc.__class__.__name__
                 tot.other[key] = tot.other.get(key, 0) + 1

@@ -795,6 +795,7 @@ def fmt_row(r: dict[str, Any]) -> str:
         f"loss {r['loss']:,}  srv cpu {r['server_cpu_pct']:.0f}% "
         f"({'-' if cpu is None else f'{cpu:.2f}'} us/deliv, sys {r['server_sys_s'] / max(1e-9, r['server_cpu_s']):.0%})  "
         f"gen {r['loadgen_cpu_pct']:.0f}% pub {r['publisher_cpu_pct']:.0f}% other {r['other_cpu_pct']:.0f}%"
+        + (f"  PUBLISHER-BOUND: {r['achieved_rate']:g} msg/s published" if r["achieved_rate"] < 0.9 * r["rate"] else "")
     )
 
 
@@ -813,6 +814,7 @@ def summarize(res: dict[str, Any]) -> dict[str, Any]:
         "p50_ms_at_max": top["p50_ms"] if top else None,
         "p99_ms_at_max": top["p99_ms"] if top else None,
         "cpu_us_per_delivery_at_max": top["cpu_us_per_delivery"] if top else None,
+        "achieved_rate_at_max": top["achieved_rate"] if top else None,
         "min_cpu_us_per_delivery": min((s["cpu_us_per_delivery"] for s in steps), default=None),
         "rss_per_conn_kib": (
             (res["rss_connected_bytes"] - res["rss_idle_bytes"]) / 1024 / res["connect"]["ready"]
@@ -876,6 +878,7 @@ def print_report(report: dict[str, Any]) -> None:
     line("  p50 there (ms)", "p50_ms_at_max", ".1f")
     line("  p99 there (ms)", "p99_ms_at_max", ".1f")
     line("  server CPU us/delivery there", "cpu_us_per_delivery_at_max", ".2f")
+    line("  published msg/s there", "achieved_rate_at_max", "g")
     line("lowest server CPU us/delivery", "min_cpu_us_per_delivery", ".2f")
     line("server RSS per connection (KiB)", "rss_per_conn_kib", ".1f")
     if report.get("ratios"):
