@@ -209,3 +209,46 @@ async def test_hosts_drop_and_viewers_claim_over_websockets(gateway_factory: Any
     assert [d["drop_id"] for d in late.welcome["d"]["coupons"]] == [pct]  # only drops with coupons left
     for c in (host, late, *viewers):
         await c.close()
+
+
+async def test_a_coupon_pays_part_of_an_order_and_comes_back_when_the_payment_fails(
+    gateway_factory: Any, token: Callable[..., str]
+) -> None:
+    """Through the gateway's own pay path (gateway.commerce + livecommerce.checkout)."""
+    node = await gateway_factory()
+    ops = {"Authorization": f"Bearer {token('ops', role='ops')}"}
+    now = int(time.time() * 1000)
+    async with aiohttp.ClientSession() as s:
+
+        async def call(method: str, path: str, user: str | None = None, **kw: Any) -> tuple[int, Any]:
+            headers = ops if user is None else {"Authorization": f"Bearer {token(user)}"}
+            async with s.request(method, node.url + path, headers=headers, **kw) as resp:
+                return resp.status, await resp.json()
+
+        st, _ = await call("POST", "/api/v1/campaigns", json={
+            "id": "tea", "room": "shop", "product_id": "p1", "product_name": "Tea", "price": 1999, "stock": 5,
+            "per_user_limit": 1, "starts_ms": now - 1000, "duration_s": 600})
+        assert st == 201
+        assert (await call("POST", "/api/v1/sales/tea/start"))[0] == 200
+        await call("POST", "/api/v1/rooms/shop/coupons", json={"drop_id": "save3", "kind": "full_reduction",
+                                                               "threshold": 1000, "value": 300, "quantity": 5})
+        for u in ("b1", "b2"):
+            assert (await call("POST", "/api/v1/coupons/save3/claim", u))[0] == 201
+        orders = {}
+        for u in ("b1", "b2"):
+            st, body = await call("POST", "/api/v1/sales/tea/buy", u, json={"qty": 1, "request_id": f"r-{u}"})
+            assert st == 201, body
+            orders[u] = body["order_id"]
+        st, body = await call("POST", f"/api/v1/orders/{orders['b1']}/pay", "b1", json={"coupon_id": "save3:b2"})
+        assert (st, body["error"]["code"]) == (409, "coupon_not_usable")  # not b1's coupon
+        st, body = await call("POST", f"/api/v1/orders/{orders['b1']}/pay", "b1", json={"coupon_id": "save3:b1"})
+        assert (st, body["amount"], body["discount"]) == (200, 1699, 300)
+        # b2 cancels, then a late payment with the coupon fails: the coupon goes back unused
+        assert (await call("POST", f"/api/v1/orders/{orders['b2']}/cancel", "b2"))[1]["outcome"] == "released"
+        st, body = await call("POST", f"/api/v1/orders/{orders['b2']}/pay", "b2", json={"coupon_id": "save3:b2"})
+        assert st == 409
+        st, body = await call("GET", "/api/v1/users/b2/coupons", "b2")
+        assert [(c["coupon_id"], c["state"]) for c in body["coupons"]] == [("save3:b2", "claimed")]
+        st, body = await call("GET", "/api/v1/users/b1/coupons", "b1")
+        assert [(c["state"], c["order_id"]) for c in body["coupons"]] == [("used", orders["b1"])]
+        assert (await call("GET", "/api/v1/coupons/save3"))[1]["used"] == 1
