@@ -35,6 +35,7 @@ CAPABILITIES = [
     "gateway.likes",
     "gateway.lottery",
     "gateway.wallet", "gateway.gifts", "gateway.coupons", "gateway.points",
+    "gateway.ops", "gateway.pages", "gateway.openapi",
 ]
 
 

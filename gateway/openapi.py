@@ -1,0 +1,418 @@
+"""The HTTP API as an OpenAPI 3.1 document: ``GET /api/v1/openapi.json``, ``GET /api/v1/docs``.
+
+The document is data built here, next to nothing else, so one file shows the whole API.
+``tests/test_openapi.py`` holds it to the routes the gateway really registers (every
+``/api/v1`` route documented, every documented path served, methods equal) and validates
+real responses against the schemas, so a new route without its entry fails CI.
+
+Conventions of the API: JSON bodies; money in integer cents (flash-sale prices, order
+amounts, coupon values of ``full_reduction`` drops); coins (gifts, wallets) are whole
+coins; times are epoch milliseconds (``*_ms``); errors are ``{"error": {"code",
+"message"}}`` with the status from the one error table (``livecommerce/errors.py``).
+The WebSocket protocol (``/ws``) is described in ``README.md``, not here: OpenAPI has no
+words for it.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from aiohttp import web
+
+from .core import Gateway
+from .pages import STATIC_DIR
+
+J = dict[str, Any]
+
+INT: J = {"type": "integer"}
+NUM: J = {"type": "number"}
+STR: J = {"type": "string"}
+BOOL: J = {"type": "boolean"}
+MS: J = {"type": "integer", "description": "epoch milliseconds"}
+CENTS: J = {"type": "integer", "minimum": 0, "description": "integer cents"}
+ID: J = {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,64}$"}
+
+
+def obj(props: J, required: list[str] | None = None, *, extra: bool = True, desc: str | None = None) -> J:
+    out: J = {"type": "object", "properties": props}
+    if required:
+        out["required"] = required
+    if not extra:
+        out["additionalProperties"] = False
+    if desc:
+        out["description"] = desc
+    return out
+
+
+def arr(items: J) -> J:
+    return {"type": "array", "items": items}
+
+
+def ref(name: str) -> J:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def nullable(s: J) -> J:
+    return {"oneOf": [s, {"type": "null"}]}
+
+
+COUNTS: J = {"type": "object", "additionalProperties": {"type": "integer"}}
+
+SCHEMAS: dict[str, J] = {
+    "Error": obj({"error": obj({"code": STR, "message": STR}, ["code", "message"])}, ["error"],
+                 desc="Every error: `code` is the wire code (`invalid`, `forbidden`, `not_found`, `sold_out` ...)."),
+    "ShowSummary": obj({"live_ms": MS, "ended_ms": MS, "duration_s": NUM, "peak_online": INT, "comments": INT, "likes": INT},
+                       ["live_ms", "ended_ms", "duration_s", "peak_online", "comments", "likes"]),
+    "Room": obj({
+        "id": ID, "title": STR, "host": STR, "state": {"enum": ["created", "live", "ended"]}, "created_ms": MS,
+        "live_ms": MS, "summary": ref("ShowSummary"),
+    }, ["id", "title", "host", "state", "created_ms"]),
+    "RoomCreate": obj({"id": ID, "title": {"type": "string", "maxLength": 200}, "host": {**STR, "description": "ops only: the host user"}}, ["id"]),
+    "Product": obj({"id": ID, "name": STR, "price": CENTS, "image": STR}, ["id", "name", "price"]),
+    "ProductCreate": obj({"id": ID, "name": {"type": "string", "maxLength": 200}, "price": CENTS, "image": STR}, ["name", "price"]),
+    "Pin": obj({
+        "product_id": ID, "name": STR, "price": CENTS, "image": STR, "sale": nullable({"type": "object"}),
+        "stock_left": nullable(INT), "pinned_by": STR, "pinned_ms": MS, "seq": INT,
+    }, ["product_id", "name", "price", "pinned_by", "pinned_ms"]),
+    "Sale": obj({
+        "id": ID, "room": ID, "product_id": ID, "price": CENTS, "stock": INT, "per_user_limit": INT,
+        "starts_ms": MS, "ends_ms": MS, "payment_window_s": INT, "restock_on_refund": BOOL,
+    }, ["id", "room", "product_id", "price", "stock", "per_user_limit", "starts_ms", "ends_ms"]),
+    "CampaignCreate": obj({
+        "id": ID, "room": ID, "product_id": ID, "product_name": STR, "price": CENTS, "stock": {"type": "integer", "minimum": 1},
+        "per_user_limit": {"type": "integer", "minimum": 1}, "starts_ms": MS, "starts_at": {**STR, "format": "date-time"},
+        "ends_ms": MS, "ends_at": {**STR, "format": "date-time"}, "duration_s": INT, "payment_window_s": INT,
+        "restock_on_refund": BOOL,
+    }, ["room", "product_id", "price", "stock"], extra=False,
+        desc="Give the start as `starts_ms` or `starts_at`, the end as `ends_ms`, `ends_at` or `duration_s`. "
+             "A campaign whose window has begun opens at once."),
+    "SaleState": obj({"sale_id": ID, "state": {"enum": ["scheduled", "live", "sold_out", "ended"]}}, ["sale_id", "state"]),
+    "SaleStats": obj({
+        "sale_id": ID, "room": ID, "state": STR, "stock": INT, "remaining": INT, "reserved": INT, "paid": INT,
+        "buyers": INT, "conserved": BOOL, "gmv": CENTS,
+        "sql": obj({"orders": COUNTS, "units": COUNTS, "buyers": INT, "refunded": INT}, ["orders", "units", "buyers", "refunded"]),
+    }, ["sale_id", "room", "state", "stock", "remaining", "reserved", "paid", "conserved", "gmv", "sql"]),
+    "BuyRequest": obj({"qty": {"type": "integer", "minimum": 1, "maximum": 1000}, "request_id": ID}, ["request_id"]),
+    "Reserved": obj({
+        "order_id": STR, "sale_id": ID, "qty": INT, "unit_price": CENTS, "amount": CENTS, "pay_by_ms": MS, "duplicate": BOOL,
+    }, ["order_id", "sale_id", "qty", "unit_price", "amount", "pay_by_ms", "duplicate"]),
+    "Order": obj({
+        "id": STR, "sale_id": ID, "room_id": ID, "user_id": STR, "qty": INT, "unit_price": CENTS, "amount": CENTS,
+        "state": {"enum": ["reserved", "paid", "cancelled", "refund_requested", "refunded"]}, "pay_by_ms": MS,
+        "created_ms": MS, "updated_ms": MS, "coupon_id": nullable(STR), "discount": INT, "refunded_qty": INT,
+        "refunded_amount": INT, "request_id": nullable(STR),
+    }, ["id", "sale_id", "room_id", "user_id", "qty", "unit_price", "amount", "state", "pay_by_ms"]),
+    "Hold": obj({"sale_id": ID, "order_id": STR, "user": STR, "qty": INT, "state": STR, "pay_by_ms": MS, "request_id": STR},
+                ["sale_id", "order_id", "user", "qty", "state", "pay_by_ms"]),
+    "OrderEvent": obj({
+        "order_id": STR, "event_id": STR, "from_state": nullable(STR), "to_state": STR, "ts_ms": MS,
+        "refund_qty": INT, "refund_amount": INT, "reason": nullable(STR),
+    }, ["order_id", "event_id", "to_state", "ts_ms"]),
+    "PayResult": obj({"order_id": STR, "outcome": {"enum": ["paid", "already_paid"]}, "amount": CENTS, "discount": CENTS},
+                     ["order_id", "outcome", "amount", "discount"]),
+    "LotteryPublic": obj({
+        "id": ID, "room": ID, "title": STR, "prize": obj({"kind": {"enum": ["product", "coupon"]}, "id": ID}, ["kind", "id"]),
+        "winners_k": INT, "rule": obj({"kind": {"enum": ["enter", "keyword", "gift"]}, "keyword": STR, "min_gift_value": INT}, ["kind"]),
+        "started_ms": MS, "deadline_ms": MS, "seed_hash": {**STR, "description": "sha256 of the secret seed, published at start"},
+        "algorithm": STR, "state": STR, "entrant_count": INT, "seq": INT,
+    }, ["id", "room", "prize", "winners_k", "rule", "started_ms", "deadline_ms", "seed_hash", "algorithm"]),
+    "LotteryRecord": {
+        "allOf": [ref("LotteryPublic")],
+        "type": "object",
+        "properties": {
+            "state": STR, "drawn_ms": MS, "seed": STR, "winners": arr(STR),
+            "proof": obj({"algorithm": STR, "entrants": nullable(arr(STR)), "entrant_count": INT, "entrants_sha256": STR},
+                         ["algorithm", "entrant_count", "entrants_sha256"]),
+        },
+        "description": "Before the draw: the definition, `seed_hash`, `state` and `entrant_count`. After it: the full "
+                       "record (`seed`, ordered entrants, `winners`) that `livecommerce lottery verify URL` recomputes.",
+    },
+    "LotteryStart": obj({
+        "prize": obj({"kind": {"enum": ["product", "coupon"]}, "id": ID}, ["kind", "id"]),
+        "winners": {"type": "integer", "minimum": 1, "maximum": 1000}, "duration_s": {"type": "integer", "minimum": 1},
+        "rule": {"enum": ["enter", "keyword", "gift"]}, "keyword": STR, "min_gift_value": INT, "title": STR,
+    }, ["prize", "duration_s"]),
+    "Wallet": obj({"user": STR, "balance": INT}, ["user", "balance"]),
+    "Topup": obj({"amount": {"type": "integer", "minimum": 1}, "idempotency_key": STR}, ["amount"],
+                 desc="The key may come in the `Idempotency-Key` header instead."),
+    "TopupResult": obj({"user": STR, "balance": INT, "event_id": STR, "duplicate": BOOL}, ["user", "balance", "event_id", "duplicate"]),
+    "LedgerEntry": obj({"id": INT, "delta": INT, "reason": STR, "ref_event_id": STR, "ts": MS}, ["id", "delta", "reason", "ref_event_id", "ts"]),
+    "WalletLedger": obj({"user": STR, "balance": INT, "ledger_balance": INT, "entries": arr(ref("LedgerEntry"))},
+                        ["user", "balance", "ledger_balance", "entries"]),
+    "Gift": obj({"id": ID, "name": STR, "price": INT, "tier": {"type": "integer", "minimum": 1, "maximum": 4}}, ["id", "name", "price", "tier"]),
+    "Leaderboard": obj({"room": STR, "host": STR, "top": arr(obj({"rank": INT, "id": STR, "score": INT}, ["rank", "id", "score"]))}, ["top"]),
+    "CouponDropCreate": obj({
+        "id": STR, "kind": {"enum": ["full_reduction", "percent"]}, "threshold": CENTS,
+        "value": {"type": "integer", "minimum": 1, "description": "cents off (full_reduction) or percent (percent)"},
+        "quantity": {"type": "integer", "minimum": 1}, "expires_in_s": INT, "expires_ms": MS,
+    }, ["kind", "value", "quantity"]),
+    "CouponDrop": obj({
+        "drop_id": STR, "room": STR, "kind": {"enum": ["full_reduction", "percent"]}, "threshold": INT, "value": INT,
+        "quantity": INT, "remaining": INT, "claimed": INT, "used": INT, "expires_ms": MS, "by": STR, "seq": INT,
+    }, ["drop_id", "kind", "threshold", "value", "quantity", "expires_ms"]),
+    "Coupon": obj({
+        "coupon_id": STR, "drop_id": STR, "room": STR, "kind": STR, "threshold": INT, "value": INT, "expires_ms": MS,
+        "state": {"enum": ["claimed", "locked", "used", "expired"]}, "claimed_ms": MS, "order_id": STR, "discount": INT,
+        "used_ms": MS, "remaining": INT,
+    }, ["coupon_id", "drop_id", "kind", "value", "expires_ms", "state"]),
+    "Points": obj({"user": STR, "viewer": INT, "host": INT, "level": INT, "host_level": INT}, ["user", "viewer", "host", "level", "host_level"]),
+    "PointsLedger": obj({"user": STR, "entries": arr(obj({
+        "id": INT, "role": {"enum": ["viewer", "host"]}, "delta": INT, "reason": STR, "ref_event_id": STR, "ts": MS,
+    }, ["id", "role", "delta", "reason", "ref_event_id", "ts"]))}, ["user", "entries"]),
+    "Redeem": obj({"value": {"type": "integer", "minimum": 1}, "request_id": ID}, ["value", "request_id"]),
+    "RedeemAccepted": obj({"event_id": STR, "coupon_id": STR, "cost": INT, "value": INT}, ["event_id", "coupon_id", "cost", "value"]),
+    "Alert": obj({
+        "alert": {"enum": ["online_drop", "error_rate", "stock_drift", "payment_timeouts"]}, "help": STR, "active": BOOL,
+        "since_ms": nullable(MS), "value": NUM, "threshold": NUM, "message": STR,
+    }, ["alert", "active", "value", "threshold", "message"]),
+    "Funnel": obj({"viewers": INT, "buyers": INT, "paid": INT}, ["viewers", "buyers", "paid"]),
+    "OpsRoom": obj({
+        "room": STR, "title": STR, "host": STR, "state": STR, "online": INT, "peak_online": INT, "comments_per_s": NUM,
+        "gifts_per_s": NUM, "gift_coins_per_s": NUM, "gmv": CENTS, "orders": COUNTS, "funnel": ref("Funnel"),
+    }, ["room", "state", "online", "comments_per_s", "gifts_per_s", "gmv", "orders", "funnel"]),
+    "OpsCampaign": obj({
+        "sale_id": STR, "room": STR, "product_id": STR, "product_name": nullable(STR), "price": CENTS, "stock": INT,
+        "state": STR, "remaining": nullable(INT), "reserved": INT, "paid": INT, "conserved": BOOL, "gmv": CENTS,
+        "buyers": INT, "orders": COUNTS, "sql": obj({"reserved": INT, "paid": INT}), "drift_units": INT,
+        "starts_ms": MS, "ends_ms": MS,
+    }, ["sale_id", "room", "stock", "state", "reserved", "paid", "gmv", "drift_units"]),
+    "OpsOverview": obj({
+        "ts": MS, "node": STR, "sampling": BOOL, "nodes": INT,
+        "totals": obj({
+            "online": INT, "comments_per_s": NUM, "gifts_per_s": NUM, "gift_coins_per_s": NUM, "errors_per_s": NUM,
+            "requests_per_s": NUM, "gmv": CENTS, "orders": COUNTS, "funnel": ref("Funnel"), "timeouts_last_min": INT,
+        }, ["online", "comments_per_s", "gifts_per_s", "errors_per_s", "gmv", "orders", "funnel", "timeouts_last_min"]),
+        "rooms": arr(ref("OpsRoom")), "campaigns": arr(ref("OpsCampaign")), "commerce_ts": nullable(MS),
+        "alerts": arr(ref("Alert")),
+    }, ["ts", "node", "totals", "rooms", "campaigns", "alerts"]),
+    "OpsSeries": obj({
+        "fast": arr(obj({
+            "ts": MS, "online": INT, "comments_per_s": NUM, "gifts_per_s": NUM, "gift_coins_per_s": NUM,
+            "errors_per_s": NUM, "requests_per_s": NUM, "nodes": INT, "rooms": {"type": "object"},
+        }, ["ts", "online", "comments_per_s", "gifts_per_s", "errors_per_s"])),
+        "commerce": arr(obj({
+            "ts": MS, "gmv": CENTS, "orders": COUNTS, "paid": INT, "buyers": INT, "timeouts_last_min": INT,
+            "remaining": COUNTS,
+        }, ["ts", "gmv", "orders", "paid", "timeouts_last_min", "remaining"])),
+    }, ["fast", "commerce"]),
+    "InventoryReport": obj({
+        "sale_id": STR, "conserved": BOOL, "redis": COUNTS, "sql": COUNTS,
+        "drift": arr(obj({"order_id": STR, "redis": STR, "sql": nullable(STR)})), "repaired": INT,
+    }, ["sale_id", "conserved", "redis", "sql", "drift", "repaired"]),
+}
+
+# ------------------------------------------------------------------------------ operations
+P_ROOM = {"name": "room", "in": "path", "required": True, "schema": ID}
+P_SALE = {"name": "sale", "in": "path", "required": True, "schema": ID}
+P_ORDER = {"name": "order", "in": "path", "required": True, "schema": STR}
+P_USER = {"name": "user", "in": "path", "required": True, "schema": STR}
+P_DROP = {"name": "drop", "in": "path", "required": True, "schema": STR}
+Q_LIMIT = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}}
+Q_OFFSET = {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}}
+Q_N = {"name": "n", "in": "query", "schema": {"type": "integer", "minimum": 1}, "description": "how many (top N)"}
+H_IDEM = {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "maxLength": 128},
+          "description": "one answer per key: a retried request returns the first result"}
+
+ERRORS = {
+    "400": "invalid body or parameters (`invalid`, `bad_json`)",
+    "401": "missing or bad token (`unauthorized`)",
+    "403": "the token's role or room does not allow this (`forbidden`)",
+    "404": "no such resource (`not_found`)",
+    "409": "conflicts with the current state (the code says which)",
+}
+
+
+def op(summary: str, *, tag: str, auth: str | None, ok: tuple[str, J | None, str] = ("200", None, "OK"),
+       body: J | None = None, params: list[J] | None = None, errors: tuple[int, ...] = (), desc: str = "") -> J:
+    """One operation. ``auth`` is None for public endpoints, else who may call it;
+    ``errors`` adds error statuses beyond 400 (and 401/403 for signed-in calls)."""
+    status, schema, what = ok
+    out: J = {"summary": summary, "tags": [tag], "responses": {}}
+    if desc or auth:
+        out["description"] = " ".join(x for x in (desc, f"Who: {auth}." if auth else "") if x)
+    out["security"] = [{"bearer": []}] if auth else []
+    if params:
+        out["parameters"] = params
+    if body is not None:
+        out["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    resp: J = {"description": what}
+    if schema is not None:
+        resp["content"] = {"application/json": {"schema": schema}}
+    out["responses"][status] = resp
+    codes = {"400"} | ({"401", "403"} if auth else set()) | {str(c) for c in errors}
+    for code in sorted(codes):
+        out["responses"][code] = {"description": ERRORS[code], "content": {"application/json": {"schema": ref("Error")}}}
+    return out
+
+
+HOST = "the room's host (token role `host` listing the room) or ops"
+SELF = "the user themself or ops"
+OPS = "ops"
+ANYONE_SIGNED = "any signed-in user"
+
+PATHS: dict[str, dict[str, J]] = {
+    "/healthz": {"get": op("Liveness", tag="ops", auth=None, ok=("200", obj({"ok": BOOL, "node": STR}, ["ok"]), "the process answers"))},
+    "/readyz": {"get": op("Readiness (Redis reachable, not draining)", tag="ops", auth=None,
+                          ok=("200", obj({"ok": BOOL}, ["ok"]), "ready; 503 while Redis is unreachable or the node drains on SIGTERM"))},
+    "/metrics": {"get": {**op("Prometheus metrics", tag="ops", auth=None, ok=("200", None, "text exposition format")),
+                         "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": STR}}}}}},
+    "/api/v1/openapi.json": {"get": op("This document", tag="docs", auth=None, ok=("200", {"type": "object"}, "OpenAPI 3.1"))},
+    "/api/v1/docs": {"get": {**op("Human-readable API docs", tag="docs", auth=None),
+                             "responses": {"200": {"description": "HTML page", "content": {"text/html": {"schema": STR}}}}}},
+    # rooms
+    "/api/v1/rooms": {"post": op("Create a room", tag="rooms", auth="a host (for a room its token lists) or ops", body=ref("RoomCreate"),
+                                 ok=("201", ref("Room"), "created"), errors=(409,))},
+    "/api/v1/rooms/{room}": {"get": op("A room, its state and the last show's summary", tag="rooms", auth=None, params=[P_ROOM],
+                                       ok=("200", ref("Room"), "the room"), errors=(404,))},
+    "/api/v1/rooms/{room}/live": {"post": op("Go live (`room.live` to viewers)", tag="rooms", auth=HOST, params=[P_ROOM],
+                                             ok=("200", ref("Room"), "live"), errors=(404, 409))},
+    "/api/v1/rooms/{room}/end": {"post": op("End the show (`room.ended` with the summary)", tag="rooms", auth=HOST, params=[P_ROOM],
+                                            ok=("200", ref("Room"), "ended"), errors=(404, 409))},
+    "/api/v1/rooms/{room}/online": {"get": op("Viewers online now (all nodes)", tag="rooms", auth=None, params=[P_ROOM],
+                                              ok=("200", obj({"room": STR, "online": INT, "seq": INT}, ["room", "online", "seq"]), "count"))},
+    "/api/v1/rooms/{room}/likes": {"get": op("Likes total", tag="rooms", auth=None, params=[P_ROOM],
+                                             ok=("200", obj({"room": STR, "likes": INT}, ["room", "likes"]), "total"))},
+    "/api/v1/rooms/{room}/announce": {"post": op("Announce to the room (`notice` event)", tag="rooms", auth=HOST, params=[P_ROOM],
+                                                 body=obj({"text": {"type": "string", "minLength": 1, "maxLength": 1000}, "data": {"type": "object"}}, ["text"]),
+                                                 ok=("200", obj({"seq": INT}, ["seq"]), "published"))},
+    "/api/v1/rooms/{room}/pin": {
+        "post": op("Pin a product (`product.pinned`)", tag="rooms", auth=HOST, params=[P_ROOM], body=obj({"product_id": ID}, ["product_id"]),
+                   ok=("200", ref("Pin"), "pinned"), errors=(404,)),
+        "delete": op("Unpin (`product.unpinned`)", tag="rooms", auth=HOST, params=[P_ROOM],
+                     ok=("200", obj({"unpinned": BOOL}, ["unpinned"]), "whether a pin was removed")),
+    },
+    "/api/v1/products": {"post": op("Create a product", tag="rooms", auth="hosts and ops", body=ref("ProductCreate"),
+                                    ok=("201", ref("Product"), "created"))},
+    "/api/v1/products/{product}": {"get": op("A product", tag="rooms", auth=None,
+                                             params=[{"name": "product", "in": "path", "required": True, "schema": ID}],
+                                             ok=("200", ref("Product"), "the product"), errors=(404,))},
+    # flash sales and orders
+    "/api/v1/campaigns": {
+        "post": op("Create flash-sale campaigns (one object, a list, or {campaigns: [...]})", tag="sales", auth=HOST,
+                   body={"oneOf": [ref("CampaignCreate"), arr(ref("CampaignCreate")), obj({"campaigns": arr(ref("CampaignCreate"))}, ["campaigns"])]},
+                   ok=("201", obj({"campaigns": arr({"allOf": [ref("Sale")], "type": "object",
+                                                      "properties": {"sale_id": ID, "created": BOOL, "state": STR}, "required": ["sale_id", "created", "state"]})}, ["campaigns"]), "created")),
+        "get": op("List campaigns with live stock figures", tag="sales", auth="ops (all rooms) or a host with ?room=",
+                  params=[{"name": "room", "in": "query", "schema": ID}, Q_LIMIT],
+                  ok=("200", obj({"campaigns": arr({"allOf": [ref("Sale")], "type": "object",
+                                                     "properties": {"product_name": nullable(STR), "state": STR, "remaining": INT, "reserved": INT, "paid": INT}})}, ["campaigns"]), "campaigns")),
+    },
+    "/api/v1/sales/{sale}/start": {"post": op("Open a prepared sale now (`sale.started`)", tag="sales", auth=HOST, params=[P_SALE],
+                                              ok=("200", ref("SaleState"), "live (or sold_out)"), errors=(404, 409))},
+    "/api/v1/sales/{sale}/stop": {"post": op("End a sale now (`sale.ended`)", tag="sales", auth=HOST, params=[P_SALE],
+                                             ok=("200", ref("SaleState"), "ended"), errors=(404,))},
+    "/api/v1/sales/{sale}/stats": {"get": op("Stock conservation and SQL order totals of a sale", tag="sales", auth=HOST, params=[P_SALE],
+                                             ok=("200", ref("SaleStats"), "figures"), errors=(404,))},
+    "/api/v1/sales/{sale}/buy": {"post": op("Reserve units (HTTP twin of the `buy` command)", tag="sales", auth=ANYONE_SIGNED, params=[P_SALE],
+                                            body=ref("BuyRequest"), ok=("201", ref("Reserved"), "reserved (200 with duplicate=true for a repeated request_id)"),
+                                            errors=(409,), desc="409 codes: `sold_out`, `limit_reached`, `not_started`, `ended`.")},
+    "/api/v1/orders": {"get": op("List orders (your own; ops: anyone's)", tag="orders", auth="signed-in users (own orders) or ops",
+                                 params=[{"name": "user", "in": "query", "schema": STR}, {"name": "sale", "in": "query", "schema": ID},
+                                         {"name": "room", "in": "query", "schema": ID},
+                                         {"name": "state", "in": "query", "schema": {"enum": ["reserved", "paid", "cancelled", "refund_requested", "refunded"]}},
+                                         Q_LIMIT, Q_OFFSET],
+                                 ok=("200", obj({"orders": arr(ref("Order"))}, ["orders"]), "orders, newest first"))},
+    "/api/v1/orders/{order}": {"get": op("One order: SQL row, Redis hold and history", tag="orders", auth="the buyer or ops", params=[P_ORDER],
+                                         ok=("200", obj({"order": nullable(ref("Order")), "hold": nullable(ref("Hold")), "history": arr(ref("OrderEvent"))},
+                                                        ["order", "hold", "history"]), "the order"), errors=(404,))},
+    "/api/v1/orders/{order}/pay": {"post": op("Pay a reserved order (simulated payment provider)", tag="orders", auth="the buyer or ops",
+                                              params=[P_ORDER, H_IDEM], body=obj({"coupon_id": STR}),
+                                              ok=("200", ref("PayResult"), "paid"), errors=(404, 409),
+                                              desc="409 `expired` / `already_cancelled`: no payment taken. The body is optional.")},
+    "/api/v1/orders/{order}/cancel": {"post": op("Cancel a reserved order (stock released)", tag="orders", auth="the buyer or ops", params=[P_ORDER],
+                                                 ok=("200", obj({"order_id": STR, "outcome": {"enum": ["released", "already_released", "already_paid"]}},
+                                                                ["order_id", "outcome"]), "outcome"), errors=(404, 409))},
+    # lotteries
+    "/api/v1/rooms/{room}/lotteries": {
+        "post": op("Start a lottery (`lottery.started` with the seed hash)", tag="lotteries", auth=HOST, params=[P_ROOM],
+                   body=ref("LotteryStart"), ok=("201", ref("LotteryPublic"), "started")),
+        "get": op("The room's open lotteries", tag="lotteries", auth=None, params=[P_ROOM],
+                  ok=("200", obj({"lotteries": arr(ref("LotteryPublic"))}, ["lotteries"]), "open lotteries")),
+    },
+    "/api/v1/lotteries/{id}": {"get": op("A lottery's public, verifiable record", tag="lotteries", auth=None,
+                                         params=[{"name": "id", "in": "path", "required": True, "schema": ID}],
+                                         ok=("200", ref("LotteryRecord"), "record"), errors=(404,))},
+    # gifts, wallets, points, coupons
+    "/api/v1/gifts": {"get": op("The gift catalogue, cheapest first", tag="gifts", auth=None,
+                                ok=("200", obj({"gifts": arr(ref("Gift"))}, ["gifts"]), "catalogue"))},
+    "/api/v1/rooms/{room}/leaderboard": {"get": op("Top gifters of a room", tag="gifts", auth=None, params=[P_ROOM, Q_N],
+                                                   ok=("200", ref("Leaderboard"), "board"))},
+    "/api/v1/hosts/{host}/leaderboard": {"get": op("A host's top fans", tag="gifts", auth=None,
+                                                   params=[{"name": "host", "in": "path", "required": True, "schema": STR}, Q_N],
+                                                   ok=("200", ref("Leaderboard"), "board"))},
+    "/api/v1/leaderboards/hosts": {"get": op("Hosts by gifts received", tag="gifts", auth=None, params=[Q_N],
+                                             ok=("200", ref("Leaderboard"), "board"))},
+    "/api/v1/wallets/{user}": {"get": op("Wallet balance (coins)", tag="wallets", auth=SELF, params=[P_USER],
+                                         ok=("200", ref("Wallet"), "balance"))},
+    "/api/v1/wallets/{user}/topup": {"post": op("Top up test coins (idempotent on the key)", tag="wallets", auth=SELF, params=[P_USER, H_IDEM],
+                                                body=ref("Topup"), ok=("201", ref("TopupResult"), "credited (200 with duplicate=true for a repeated key)"),
+                                                errors=(409,))},
+    "/api/v1/wallets/{user}/ledger": {"get": op("Wallet ledger (SQL), newest first", tag="wallets", auth=SELF, params=[P_USER, Q_LIMIT, Q_OFFSET],
+                                                ok=("200", ref("WalletLedger"), "entries"))},
+    "/api/v1/points/{user}": {"get": op("Points balances and levels", tag="points", auth=SELF, params=[P_USER],
+                                        ok=("200", ref("Points"), "balances"))},
+    "/api/v1/points/{user}/ledger": {"get": op("Points ledger, newest first", tag="points", auth=SELF,
+                                               params=[P_USER, {"name": "role", "in": "query", "schema": {"enum": ["viewer", "host"]}}, Q_LIMIT, Q_OFFSET],
+                                               ok=("200", ref("PointsLedger"), "entries"))},
+    "/api/v1/points/{user}/redeem": {"post": op("Redeem points for a coupon", tag="points", auth="the user themself", params=[P_USER],
+                                                body=ref("Redeem"), ok=("202", ref("RedeemAccepted"), "accepted: the points worker decides"), errors=(409,))},
+    "/api/v1/rooms/{room}/coupons": {
+        "post": op("Drop coupons in a room (`coupon.dropped`)", tag="coupons", auth=HOST, params=[P_ROOM], body=ref("CouponDropCreate"),
+                   ok=("201", ref("CouponDrop"), "dropped"), errors=(409,)),
+        "get": op("The room's live coupon drops", tag="coupons", auth=None, params=[P_ROOM],
+                  ok=("200", obj({"room": STR, "drops": arr(ref("CouponDrop"))}, ["room", "drops"]), "drops")),
+    },
+    "/api/v1/coupons/{drop}": {"get": op("A coupon drop and its counts", tag="coupons", auth=None, params=[P_DROP],
+                                         ok=("200", ref("CouponDrop"), "drop"), errors=(404,))},
+    "/api/v1/coupons/{drop}/claim": {"post": op("Claim one coupon of a drop", tag="coupons", auth=ANYONE_SIGNED, params=[P_DROP],
+                                                ok=("201", ref("Coupon"), "claimed"), errors=(404, 409),
+                                                desc="409 codes: `sold_out`, `already_claimed`, `expired`.")},
+    "/api/v1/users/{user}/coupons": {"get": op("A user's coupons", tag="coupons", auth=SELF, params=[P_USER],
+                                               ok=("200", obj({"user": STR, "coupons": arr(ref("Coupon"))}, ["user", "coupons"]), "coupons"))},
+    # ops
+    "/api/v1/ops/overview": {"get": op("Live rooms, rates, orders, funnel, campaigns and alerts (whole cluster)", tag="ops", auth=OPS,
+                                       ok=("200", ref("OpsOverview"), "snapshot"))},
+    "/api/v1/ops/series": {"get": op("Time series the dashboard charts draw", tag="ops", auth=OPS,
+                                     params=[{"name": "since", "in": "query", "schema": MS, "description": "only samples after this time"}],
+                                     ok=("200", ref("OpsSeries"), "samples"))},
+    "/api/v1/ops/alerts": {"get": op("Alert states (also Prometheus `lc_alert_active{alert}`)", tag="ops", auth=OPS,
+                                     ok=("200", obj({"alerts": arr(ref("Alert"))}, ["alerts"]), "alerts"))},
+    "/api/v1/ops/inventory/{sale}": {"get": op("Per-order Redis vs SQL check of a sale (report only)", tag="ops", auth=OPS, params=[P_SALE],
+                                               ok=("200", ref("InventoryReport"), "report"), errors=(404,))},
+}
+
+
+def document(server_url: str | None = None) -> J:
+    """The OpenAPI 3.1 document (a fresh copy each call)."""
+    doc: J = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "livecommerce HTTP API",
+            "version": "1",
+            "description": (
+                "Host, ops and viewer endpoints of the livecommerce gateway. Amounts are integer cents, coins are "
+                "whole coins, times are epoch ms. Errors are `{\"error\": {\"code\", \"message\"}}`. Tokens are HS256 "
+                "JWTs (`livecommerce token`), sent as `Authorization: Bearer <jwt>`. The WebSocket protocol "
+                "(`GET /ws?room=&token=&format=json`) is described in README.md."
+            ),
+        },
+        "servers": [{"url": server_url or "/"}],
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+            "schemas": copy.deepcopy(SCHEMAS),
+        },
+        "paths": copy.deepcopy(PATHS),
+    }
+    return doc
+
+
+def setup(gw: Gateway, app: web.Application) -> None:
+    async def openapi_json(request: web.Request) -> web.Response:
+        return web.json_response(document(), headers={"Access-Control-Allow-Origin": "*"})
+
+    async def docs(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC_DIR / "docs.html", headers={"Cache-Control": "no-cache"})
+
+    app.router.add_get("/api/v1/openapi.json", openapi_json)
+    app.router.add_get("/api/v1/docs", docs)

@@ -1,0 +1,420 @@
+// Host console: /static/host.html?room=ROOM&token=HOST_JWT
+//
+// Runs a show with a mouse: create the room, go live, end; create a product and pin it;
+// create a flash-sale campaign (POST /api/v1/campaigns) and start it (`sale.start` over the
+// WebSocket); drop coupons (`coupon.drop`); start a lottery (`lottery.start`); announce
+// (POST /api/v1/rooms/{room}/announce); and watch live stats (online, comments/s, likes,
+// orders, stock, GMV). User text is rendered through text nodes only.
+
+import { sparkline } from "./charts.js";
+import { $, api, ApiError, countdown, fill, fmtInt, h, Live, money, params, timeOf, toast } from "./common.js";
+
+const room = params.get("room") || "demo";
+const token = params.get("token") || "";
+const PRODUCTS_KEY = `lc.products.${room}`;
+
+const S = {
+  me: null,
+  show: null,
+  pin: null,
+  products: JSON.parse(localStorage.getItem(PRODUCTS_KEY) || "[]"), // [{id, name, price}]
+  campaigns: [],
+  lotteries: new Map(),
+  commentTimes: [],
+  cpsHistory: [],
+  gifts: 0,
+};
+
+document.getElementById("room-name").textContent = room;
+const live = new Live(room, token, { onEvent, onStatus, history: true });
+
+function setText(id, v) {
+  const el = document.getElementById(id);
+  if (el) el.textContent = v;
+}
+
+function fail(what) {
+  return (e) => toast(`${what}: ${e.code || ""} ${e.message || e}`, "error", 6000);
+}
+
+// ------------------------------------------------------------------ connection, feed
+function onStatus(status, env) {
+  if (status === "live") {
+    S.me = env.d.user;
+    setText("me", `${env.d.role}: ${S.me}`);
+    if (env.d.show) S.show = env.d.show;
+    if (env.d.pin !== undefined) setPin(env.d.pin);
+    if (typeof env.d.likes === "number") setText("st-likes", fmtInt(env.d.likes));
+    for (const l of env.d.lotteries || []) S.lotteries.set(l.id, { ...l, state: "open" });
+    renderLotteries();
+    loadRoom();
+    return;
+  }
+  const pill = $("#room-state");
+  pill.className = "pill warn";
+  pill.textContent = status === "unauthorized" ? "bad or expired token" : `${status}…`;
+}
+
+function feed(text) {
+  const ul = $("#feed");
+  ul.prepend(h("li", {}, `${timeOf(Date.now())}  ${text}`));
+  while (ul.childElementCount > 80) ul.lastElementChild.remove();
+}
+
+function onEvent(env, { replay }) {
+  const d = env.d || {};
+  switch (env.t) {
+    case "comment":
+      if (!replay) {
+        S.commentTimes.push(Date.now());
+        feed(`💬 ${d.name || d.user}: ${d.text}`);
+      }
+      return;
+    case "online": return setText("st-online", fmtInt(d.count));
+    case "likes": return setText("st-likes", fmtInt(d.total));
+    case "gift":
+      if (!replay) {
+        S.gifts += d.value || 0;
+        setText("st-gifts", fmtInt(S.gifts));
+        feed(`🎁 ${d.name || d.user} sent ${d.gift_name || d.gift_id} ×${d.count} (combo ${d.total})`);
+      }
+      return;
+    case "notice": return replay ? null : feed(`📢 ${d.text}`);
+    case "room.live":
+      S.show = { ...(S.show || {}), state: "live" };
+      renderShow();
+      return replay ? null : feed("● the show is live");
+    case "room.ended":
+      S.show = { ...(S.show || {}), state: "ended" };
+      renderShow();
+      setText("summary", `Last show: ${d.duration_s ?? "?"} s · peak ${d.peak_online ?? "?"} online · ${d.comments ?? 0} comments · ${d.likes ?? 0} likes`);
+      return replay ? null : feed("■ the show ended");
+    case "product.pinned": return setPin(d);
+    case "product.unpinned": return setPin(null);
+    case "sale.started":
+    case "sale.ended":
+    case "sale.soldout":
+      if (!replay) feed(`⚡ ${env.t} ${d.sale_id}`);
+      return loadCampaigns();
+    case "sale.stock": {
+      const c = S.campaigns.find((x) => x.id === d.sale_id);
+      if (c) {
+        c.remaining = d.remaining;
+        renderCampaigns();
+      }
+      return;
+    }
+    case "coupon.dropped":
+      if (!replay) feed(`🎟️ coupon drop ${d.drop_id}: ${d.quantity}`);
+      return loadDrops();
+    case "lottery.started":
+      S.lotteries.set(d.id, { ...d, state: "open" });
+      if (!replay) feed(`🎁 lottery ${d.id} started`);
+      return renderLotteries();
+    case "lottery.ended":
+      S.lotteries.set(d.id, { ...(S.lotteries.get(d.id) || {}), ...d, state: "ended" });
+      if (!replay) feed(`🎁 lottery ${d.id} drawn: ${(d.winners || []).join(", ") || "no entrants"}`);
+      return renderLotteries();
+    case "error":
+      if (!replay) toast(`${d.code}: ${d.message}`, "error");
+      return;
+    default:
+      return;
+  }
+}
+
+// ------------------------------------------------------------------ show life-cycle
+async function loadRoom() {
+  try {
+    S.show = await api(`/api/v1/rooms/${encodeURIComponent(room)}`);
+    $("#create-row").hidden = true;
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 404) {
+      S.show = null;
+      $("#create-row").hidden = false;
+    } else fail("room")(e);
+  }
+  renderShow();
+}
+
+function renderShow() {
+  const state = S.show ? S.show.state : "not created";
+  const pill = $("#room-state");
+  pill.textContent = state === "live" ? "LIVE" : state;
+  pill.className = `pill ${state === "live" ? "live" : ""}`;
+  setText("show-title", S.show && S.show.title ? S.show.title : "–");
+  $("#go-live").disabled = !S.show || state === "live";
+  $("#end-show").disabled = state !== "live";
+}
+
+$("#create-room").addEventListener("click", async () => {
+  try {
+    await api("/api/v1/rooms", { method: "POST", body: { id: room, title: $("#new-title").value || `${room} live` } });
+    toast("Room created", "ok");
+  } catch (e) {
+    if (e.status !== 409) return fail("create room")(e);
+  }
+  loadRoom();
+});
+
+$("#go-live").addEventListener("click", async () => {
+  try {
+    S.show = await api(`/api/v1/rooms/${encodeURIComponent(room)}/live`, { method: "POST" });
+    renderShow();
+  } catch (e) {
+    fail("go live")(e);
+  }
+});
+
+$("#end-show").addEventListener("click", async () => {
+  try {
+    S.show = await api(`/api/v1/rooms/${encodeURIComponent(room)}/end`, { method: "POST" });
+    renderShow();
+  } catch (e) {
+    fail("end")(e);
+  }
+});
+
+// ------------------------------------------------------------------ products, pin
+function dollarsToCents(v) {
+  return Math.round(Number(v) * 100);
+}
+
+function saveProducts() {
+  localStorage.setItem(PRODUCTS_KEY, JSON.stringify(S.products.slice(-30)));
+}
+
+function setPin(pin) {
+  S.pin = pin;
+  if (pin && !S.products.find((p) => p.id === pin.product_id)) {
+    S.products.push({ id: pin.product_id, name: pin.name, price: pin.price });
+    saveProducts();
+  }
+  setText("pinned", pin ? `${pin.name} (${money(pin.price)})` : "nothing");
+  renderProducts();
+}
+
+function renderProducts() {
+  fill($("#products"), S.products.slice().reverse().map((p) =>
+    h("li", { class: "row" },
+      h("span", { class: "grow" }, h("b", {}, p.name), ` · ${money(p.price)} · `, h("code", {}, p.id)),
+      h("button", { onclick: () => pin(p.id), disabled: S.pin && S.pin.product_id === p.id }, S.pin && S.pin.product_id === p.id ? "Pinned" : "Pin"))));
+  const sel = $("#s-product");
+  const prev = sel.value;
+  fill(sel, S.products.slice().reverse().map((p) => h("option", { value: p.id }, `${p.name} (${money(p.price)})`)));
+  if (prev && S.products.find((p) => p.id === prev)) sel.value = prev;
+  else if (S.pin) sel.value = S.pin.product_id;
+  const prize = $("#l-prize-id");
+  if (!prize.value && S.pin) prize.value = S.pin.product_id;
+}
+
+async function pin(productId) {
+  try {
+    await live.request("pin", { product_id: productId });
+  } catch (e) {
+    fail("pin")(e);
+  }
+}
+
+$("#product-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  try {
+    const p = await api("/api/v1/products", { method: "POST", body: { name: $("#p-name").value, price: dollarsToCents($("#p-price").value) } });
+    S.products.push({ id: p.id, name: p.name, price: p.price });
+    saveProducts();
+    renderProducts();
+    await pin(p.id);
+    toast(`Pinned ${p.name}`, "ok");
+  } catch (e) {
+    fail("product")(e);
+  }
+});
+
+// ------------------------------------------------------------------ flash sales
+$("#sale-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const pid = $("#s-product").value;
+  const product = S.products.find((p) => p.id === pid);
+  if (!pid) return toast("Create a product first", "error");
+  const starts = Date.now() + 5 * 60 * 1000;
+  const body = {
+    room,
+    product_id: pid,
+    product_name: product ? product.name : undefined,
+    price: dollarsToCents($("#s-price").value),
+    stock: Number($("#s-stock").value),
+    per_user_limit: Number($("#s-limit").value),
+    starts_ms: starts,
+    ends_ms: starts + Number($("#s-duration").value) * 60 * 1000,
+    payment_window_s: Number($("#s-window").value),
+  };
+  try {
+    const r = await api("/api/v1/campaigns", { method: "POST", body });
+    toast(`Campaign ${r.campaigns[0].sale_id} created`, "ok");
+    loadCampaigns();
+  } catch (e) {
+    fail("campaign")(e);
+  }
+});
+
+let loadingCampaigns = false;
+async function loadCampaigns() {
+  if (loadingCampaigns) return;
+  loadingCampaigns = true;
+  try {
+    const r = await api(`/api/v1/campaigns?room=${encodeURIComponent(room)}&limit=20`);
+    S.campaigns = r.campaigns;
+    const recent = S.campaigns.filter((c) => c.state !== "scheduled").slice(0, 8);
+    const stats = await Promise.allSettled(recent.map((c) => api(`/api/v1/sales/${encodeURIComponent(c.id)}/stats`)));
+    let gmv = 0;
+    for (const s of stats) if (s.status === "fulfilled") gmv += s.value.gmv || 0;
+    setText("st-gmv", money(gmv));
+  } catch (e) {
+    if (e.status !== 403) console.warn(e);
+  } finally {
+    loadingCampaigns = false;
+  }
+  renderCampaigns();
+}
+
+function renderCampaigns() {
+  let reserved = 0, paid = 0, left = null;
+  for (const c of S.campaigns) {
+    reserved += c.reserved || 0;
+    paid += c.paid || 0;
+    if (c.state === "live" || c.state === "sold_out") left = (left || 0) + (c.remaining || 0);
+  }
+  setText("st-reserved", fmtInt(reserved));
+  setText("st-paid", fmtInt(paid));
+  setText("st-stock", left === null ? "–" : fmtInt(left));
+  fill($("#campaigns"), S.campaigns.map((c) => h("tr", { dataset: { sale: c.id } },
+    h("td", {}, h("code", {}, c.id), h("div", { class: "small muted" }, `${c.product_name || c.product_id} · ${money(c.price)}`)),
+    h("td", {}, h("span", { class: `pill ${c.state === "live" ? "live" : c.state === "sold_out" ? "bad" : ""}` }, c.state)),
+    h("td", { class: "num" }, `${fmtInt(c.remaining)}/${fmtInt(c.stock)}`),
+    h("td", { class: "num" }, fmtInt(c.reserved)),
+    h("td", { class: "num" }, fmtInt(c.paid)),
+    h("td", {},
+      c.state === "scheduled" ? h("button", { class: "primary", onclick: () => startSale(c.id) }, "Start") : null,
+      c.state === "live" || c.state === "sold_out" || c.state === "scheduled" ? h("button", { onclick: () => stopSale(c.id) }, "Stop") : null))));
+}
+
+async function startSale(id) {
+  try {
+    await live.request("sale.start", { sale_id: id });
+    toast(`Sale ${id} is live`, "ok");
+  } catch (e) {
+    fail("start sale")(e);
+  }
+  loadCampaigns();
+}
+
+async function stopSale(id) {
+  try {
+    await api(`/api/v1/sales/${encodeURIComponent(id)}/stop`, { method: "POST" });
+  } catch (e) {
+    fail("stop sale")(e);
+  }
+  loadCampaigns();
+}
+
+// ------------------------------------------------------------------ coupons
+$("#c-kind").addEventListener("change", () => {
+  $("#c-value").value = $("#c-kind").value === "percent" ? "10" : "2";
+});
+
+$("#coupon-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const kind = $("#c-kind").value;
+  const body = {
+    kind,
+    threshold: dollarsToCents($("#c-threshold").value || 0),
+    value: kind === "percent" ? Math.round(Number($("#c-value").value)) : dollarsToCents($("#c-value").value),
+    quantity: Number($("#c-qty").value),
+    expires_in_s: Number($("#c-ttl").value),
+  };
+  try {
+    const r = await live.request("coupon.drop", body);
+    toast(`Dropped ${r.d.quantity} coupons (${r.d.drop_id})`, "ok");
+    loadDrops();
+  } catch (e) {
+    fail("coupon drop")(e);
+  }
+});
+
+async function loadDrops() {
+  try {
+    const r = await api(`/api/v1/rooms/${encodeURIComponent(room)}/coupons`);
+    fill($("#drops"), (r.drops || []).map((d) => h("li", {},
+      h("code", {}, d.drop_id), ` · ${d.kind === "percent" ? `${d.value}% off` : `${money(d.value)} off`}`,
+      d.threshold ? ` over ${money(d.threshold)}` : "",
+      ` · ${fmtInt(d.remaining)} of ${fmtInt(d.quantity)} left · ${fmtInt(d.used || 0)} used · expires in ${countdown(d.expires_ms)}`)));
+  } catch {
+    // coupons not served by this gateway
+  }
+}
+
+// ------------------------------------------------------------------ lottery
+$("#l-prize-kind").addEventListener("change", () => {
+  $("#l-prize-id").placeholder = $("#l-prize-kind").value === "coupon" ? "coupon drop id" : "product id";
+});
+
+$("#lottery-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const rule = $("#l-rule").value;
+  const body = {
+    title: $("#l-title").value,
+    prize: { kind: $("#l-prize-kind").value, id: $("#l-prize-id").value },
+    winners: Number($("#l-winners").value),
+    duration_s: Number($("#l-duration").value),
+    rule,
+  };
+  if (rule === "keyword") body.keyword = $("#l-arg").value;
+  if (rule === "gift") body.min_gift_value = Number($("#l-arg").value);
+  try {
+    const r = await live.request("lottery.start", body);
+    toast(`Lottery ${r.d.id} started`, "ok");
+  } catch (e) {
+    fail("lottery")(e);
+  }
+});
+
+function renderLotteries() {
+  const lots = [...S.lotteries.values()].sort((a, b) => (b.started_ms || 0) - (a.started_ms || 0)).slice(0, 4);
+  fill($("#lotteries"), lots.map((l) => h("div", { class: "small" },
+    h("b", {}, l.title || l.id), ` · ${l.winners_k} winner(s) · `,
+    l.state === "ended"
+      ? [`winners: ${(l.winners || []).join(", ") || "none"} · `, h("a", { href: l.record_url || `/api/v1/lotteries/${l.id}`, target: "_blank", rel: "noopener" }, "record")]
+      : h("span", { class: "cd", dataset: { deadline: String(l.deadline_ms) } }, countdown(l.deadline_ms)))));
+}
+
+// ------------------------------------------------------------------ announce
+$("#announce-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const text = $("#a-text").value.trim();
+  if (!text) return;
+  try {
+    await api(`/api/v1/rooms/${encodeURIComponent(room)}/announce`, { method: "POST", body: { text } });
+    $("#a-text").value = "";
+  } catch (e) {
+    fail("announce")(e);
+  }
+});
+
+// ------------------------------------------------------------------ clocks
+setInterval(() => {
+  const now = Date.now();
+  S.commentTimes = S.commentTimes.filter((t) => t > now - 5000);
+  const cps = S.commentTimes.length / 5;
+  setText("st-cps", cps.toFixed(1));
+  S.cpsHistory.push(cps);
+  if (S.cpsHistory.length > 120) S.cpsHistory.shift();
+  sparkline($("#cps-spark"), S.cpsHistory);
+  for (const el of document.querySelectorAll(".cd")) el.textContent = countdown(Number(el.dataset.deadline));
+}, 1000);
+setInterval(loadCampaigns, 2000);
+setInterval(loadDrops, 3000);
+
+renderProducts();
+loadCampaigns();
+loadDrops();
+live.connect();

@@ -1,0 +1,153 @@
+// Ops dashboard: /static/ops.html?token=OPS_JWT
+//
+// Polls GET /api/v1/ops/overview and /api/v1/ops/series (ops role) once a second and draws
+// live canvas charts (online, comments/s and gifts/s, GMV, errors/s, orders by state, the
+// conversion funnel, stock burn-down per campaign), the rooms and campaigns tables and the
+// alerts. The same alerts are Prometheus gauges (lc_alert_active{alert}) on /metrics.
+
+import { BarChart, LineChart } from "./charts.js";
+import { $, api, fill, fmtInt, h, money, timeOf, toast } from "./common.js";
+
+const WINDOW = 10 * 60 * 1000;
+const charts = {
+  online: new LineChart($("#c-online"), { title: "online", series: [{ name: "total" }], windowMs: WINDOW }),
+  rates: new LineChart($("#c-rates"), { title: "per second", series: [{ name: "comments" }, { name: "gifts" }], windowMs: WINDOW }),
+  gmv: new LineChart($("#c-gmv"), { title: "GMV ($)", series: [{ name: "gmv", color: "#81c784" }], windowMs: WINDOW }),
+  errors: new LineChart($("#c-errors"), { title: "errors/s · pay time-outs/min", series: [{ name: "errors", color: "#e57373" }, { name: "timeouts", color: "#ffb74d" }], windowMs: WINDOW }),
+  orders: new BarChart($("#c-orders"), { title: "orders by state (recent campaigns)" }),
+  funnel: new BarChart($("#c-funnel"), { title: "conversion funnel", colors: ["#4fc3f7", "#ffb74d", "#81c784"] }),
+  burn: new LineChart($("#c-burn"), { title: "stock burn-down (units left per campaign)", series: [], windowMs: WINDOW, stepped: true }),
+};
+
+let since = 0;
+let failures = 0;
+
+function setText(id, v) {
+  document.getElementById(id).textContent = v;
+}
+
+function addFast(points) {
+  for (const p of points) {
+    const top = {};
+    for (const [room, r] of Object.entries(p.rooms || {})) {
+      top[room] = r.online;
+      charts.online.ensureSeries(room);
+    }
+    charts.online.points.push([p.ts, { total: p.online, ...top }]);
+    charts.rates.points.push([p.ts, { comments: p.comments_per_s, gifts: p.gifts_per_s }]);
+    charts.errors.points.push([p.ts, { errors: p.errors_per_s }]);
+    since = Math.max(since, p.ts);
+  }
+}
+
+function addCommerce(points) {
+  for (const p of points) {
+    charts.gmv.points.push([p.ts, { gmv: p.gmv / 100 }]);
+    charts.errors.points.push([p.ts, { timeouts: p.timeouts_last_min }]);
+    for (const sale of Object.keys(p.remaining || {})) charts.burn.ensureSeries(sale);
+    charts.burn.points.push([p.ts, p.remaining || {}]);
+    since = Math.max(since, p.ts);
+  }
+}
+
+function trim(chart) {
+  const cut = Date.now() - chart.windowMs;
+  while (chart.points.length > 2 && chart.points[0][0] < cut) chart.points.shift();
+  chart.points.sort((a, b) => a[0] - b[0]);
+  chart.draw();
+}
+
+function renderAlerts(alerts) {
+  fill($("#alerts"), alerts.map((a) => h("div", { class: `alert ${a.active ? "active" : ""}`, dataset: { alert: a.alert } },
+    h("div", { class: "title" }, `${a.active ? "🔴" : "🟢"} ${a.alert}`),
+    h("div", { class: "small" }, a.message),
+    h("div", { class: "small muted" }, a.active && a.since_ms ? `firing since ${timeOf(a.since_ms)} · ` : "", a.help))));
+}
+
+function orderText(orders) {
+  const o = orders || {};
+  return ["reserved", "paid", "cancelled"].map((s) => `${s[0].toUpperCase()}${o[s] || 0}`).join(" · ");
+}
+
+function renderRooms(rooms) {
+  fill($("#rooms"), rooms.length ? rooms.map((r) => h("tr", { dataset: { room: r.room } },
+    h("td", {}, h("b", {}, r.room), r.title ? h("div", { class: "small muted" }, r.title) : null),
+    h("td", {}, h("span", { class: `pill ${r.state === "live" ? "live" : ""}` }, r.state)),
+    h("td", { class: "num" }, fmtInt(r.online)),
+    h("td", { class: "num" }, fmtInt(r.peak_online)),
+    h("td", { class: "num" }, r.comments_per_s.toFixed(1)),
+    h("td", { class: "num" }, r.gifts_per_s.toFixed(1)),
+    h("td", { class: "num" }, money(r.gmv)),
+    h("td", { class: "small" }, orderText(r.orders)),
+    h("td", { class: "small" }, `${fmtInt(r.funnel.viewers)} → ${fmtInt(r.funnel.buyers)} → ${fmtInt(r.funnel.paid)}`)))
+    : h("tr", {}, h("td", { colspan: "9", class: "muted" }, "No rooms seen in the last 15 minutes.")));
+}
+
+function renderCampaigns(campaigns) {
+  fill($("#campaigns"), campaigns.length ? campaigns.map((c) => {
+    const rem = c.remaining ?? 0;
+    const pct = c.stock ? (100 * rem) / c.stock : 0;
+    return h("tr", { dataset: { sale: c.sale_id } },
+      h("td", {}, h("code", {}, c.sale_id), h("div", { class: "small muted" }, c.product_name || c.product_id)),
+      h("td", {}, c.room),
+      h("td", {}, h("span", { class: `pill ${c.state === "live" ? "live" : c.state === "sold_out" ? "bad" : ""}` }, c.state)),
+      h("td", {}, h("div", { class: "stockbar", style: { width: "120px", margin: "0" } }, h("div", { style: { width: `${pct}%` } })),
+        h("span", { class: "small" }, `${fmtInt(c.remaining)} / ${fmtInt(c.stock)}`)),
+      h("td", { class: "num" }, fmtInt(c.reserved)),
+      h("td", { class: "num" }, fmtInt(c.paid)),
+      h("td", { class: "num" }, c.sql ? `${fmtInt(c.sql.reserved)} / ${fmtInt(c.sql.paid)}` : "–"),
+      h("td", { class: "num" }, c.drift_units ? h("span", { class: "pill warn" }, fmtInt(c.drift_units)) : "0"),
+      h("td", { class: "num" }, money(c.gmv)),
+      h("td", {}, h("button", { class: "small", onclick: () => inventory(c.sale_id) }, "Check orders")));
+  }) : h("tr", {}, h("td", { colspan: "10", class: "muted" }, "No campaigns yet.")));
+}
+
+async function inventory(sale) {
+  const pre = $("#inventory");
+  pre.hidden = false;
+  try {
+    const r = await api(`/api/v1/ops/inventory/${encodeURIComponent(sale)}`);
+    pre.textContent = `${sale}: conserved=${r.conserved} redis=${JSON.stringify(r.redis)} sql=${JSON.stringify(r.sql)}\n` +
+      (r.drift.length ? r.drift.map((d) => `  ${d.order_id}: redis ${d.redis} / sql ${d.sql}`).join("\n") : "  every Redis hold has its SQL order");
+  } catch (e) {
+    pre.textContent = `${sale}: ${e.code} ${e.message}`;
+  }
+}
+
+async function poll() {
+  try {
+    const [ov, series] = await Promise.all([api("/api/v1/ops/overview"), api(`/api/v1/ops/series?since=${since}`)]);
+    failures = 0;
+    addFast(series.fast);
+    addCommerce(series.commerce);
+    Object.values(charts).forEach((c) => (c instanceof LineChart ? trim(c) : null));
+    const t = ov.totals;
+    setText("t-online", fmtInt(t.online));
+    setText("t-cps", t.comments_per_s.toFixed(1));
+    setText("t-gps", t.gifts_per_s.toFixed(1));
+    setText("t-gmv", money(t.gmv));
+    setText("t-eps", t.errors_per_s.toFixed(2));
+    setText("t-timeouts", fmtInt(t.timeouts_last_min));
+    setText("nodes", `${ov.nodes} gateway node(s) · served by ${ov.node} · ${timeOf(ov.ts)}`);
+    const firing = ov.alerts.filter((a) => a.active).length;
+    const st = $("#status");
+    st.textContent = firing ? `${firing} alert(s) firing` : "all normal";
+    st.className = `pill ${firing ? "bad" : "ok"}`;
+    renderAlerts(ov.alerts);
+    renderRooms(ov.rooms);
+    renderCampaigns(ov.campaigns);
+    const o = t.orders || {};
+    charts.orders.set(["reserved", "paid", "cancelled", "refunded"].map((s) => ({ label: s, value: o[s] || 0 })));
+    charts.funnel.set([{ label: "viewers", value: t.funnel.viewers }, { label: "buyers", value: t.funnel.buyers }, { label: "paid", value: t.funnel.paid }]);
+  } catch (e) {
+    failures += 1;
+    const st = $("#status");
+    st.textContent = e.status === 403 || e.status === 401 ? "needs an ops token" : `error: ${e.message}`;
+    st.className = "pill bad";
+    if (failures === 1) toast(`ops data: ${e.code} ${e.message}`, "error");
+  } finally {
+    setTimeout(poll, failures ? Math.min(10000, 1000 * 2 ** failures) : 1000);
+  }
+}
+
+poll();

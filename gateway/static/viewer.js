@@ -1,0 +1,657 @@
+// Viewer page: /static/viewer.html?room=ROOM&token=JWT
+//
+// Joins the room over /ws?format=json and renders: flying bullet comments (danmaku lanes),
+// gift banners with combos, the pinned product with a live stock bar and a Buy button
+// during a flash sale, orders with Pay, coupon drops with Claim, lotteries with Enter and
+// their verifiable result, likes, online count, and the viewer's own points and level.
+// All user text goes through text nodes (h(), fill(), textContent), never innerHTML.
+
+import { $, api, countdown, fill, fmtInt, h, Live, money, newId, params, toast } from "./common.js";
+
+const room = params.get("room") || "demo";
+const token = params.get("token") || "";
+
+const GIFT_ICONS = {
+  rose: "🌹", heart: "❤️", lollipop: "🍭", applause: "👏", cake: "🎂",
+  fireworks: "🎆", "sports-car": "🏎️", rocket: "🚀", castle: "🏰",
+};
+const giftIcon = (id) => GIFT_ICONS[id] || "🎁";
+
+const S = {
+  me: null,
+  role: null,
+  show: null,
+  pin: null,
+  sales: new Map(), // sale_id -> {sale_id, product_id, price, stock, remaining, ends_ms, state}
+  orders: new Map(), // order_id -> {order, state, payKey, note}
+  drops: new Map(), // drop_id -> drop + {claimed, note}
+  myCoupons: new Map(), // coupon_id -> coupon view
+  lotteries: new Map(), // id -> lottery + {state, entered, position, result}
+  combo: null, // {gift_id, combo_id, until}
+  likesPending: 0,
+  likesTotal: 0,
+};
+
+const live = new Live(room, token, { onEvent, onStatus });
+
+// ------------------------------------------------------------------ header
+function setText(id, v) {
+  const el = document.getElementById(id);
+  if (el) el.textContent = v;
+}
+
+function onStatus(status, env) {
+  const pill = $("#room-state");
+  if (status === "live") {
+    S.me = env.d.user;
+    S.role = env.d.role;
+    setText("me", `${S.role}: ${S.me}`);
+    welcome(env.d);
+    return;
+  }
+  pill.className = "pill warn";
+  pill.textContent = status === "unauthorized" ? "bad or expired token" : `${status}…`;
+  if (status === "unauthorized") toast("The token was refused (4401). Use the URL printed by `livecommerce dev`.", "error", 10000);
+}
+
+function renderShow() {
+  const show = S.show;
+  const pill = $("#room-state");
+  const badge = $("#live-badge");
+  const state = show ? show.state : "no show";
+  setText("title", show && show.title ? show.title : `Room ${room}`);
+  pill.textContent = state === "live" ? "LIVE" : state;
+  pill.className = `pill ${state === "live" ? "live" : ""}`;
+  badge.textContent = state === "live" ? "● LIVE" : state === "ended" ? "ENDED" : "OFFLINE";
+  badge.className = `badge pill ${state === "live" ? "live" : ""}`;
+  setText("host-line", show && show.host ? `host: ${show.host}` : "waiting for the host…");
+}
+
+async function welcome(d) {
+  S.show = d.show || S.show;
+  renderShow();
+  if (d.pin !== undefined) setPin(d.pin);
+  if (typeof d.likes === "number") setLikes(d.likes);
+  if (Array.isArray(d.leaderboard)) renderBoard(d.leaderboard);
+  for (const lot of d.lotteries || []) addLottery(lot);
+  for (const c of d.coupons || []) addDrop(c);
+  renderLotteries();
+  renderDrops();
+  refreshMine();
+}
+
+async function refreshMine() {
+  if (!S.me) return;
+  const [points, wallet, coupons] = await Promise.allSettled([
+    api(`/api/v1/points/${encodeURIComponent(S.me)}`),
+    api(`/api/v1/wallets/${encodeURIComponent(S.me)}`),
+    api(`/api/v1/users/${encodeURIComponent(S.me)}/coupons`),
+  ]);
+  if (points.status === "fulfilled") setPoints(points.value.viewer, points.value.level);
+  if (wallet.status === "fulfilled") setText("coins", fmtInt(wallet.value.balance));
+  if (coupons.status === "fulfilled") {
+    for (const c of coupons.value.coupons || []) {
+      S.myCoupons.set(c.coupon_id, c);
+      const drop = S.drops.get(c.drop_id);
+      if (drop) drop.claimed = c;
+    }
+    renderDrops();
+    renderOrders();
+  }
+}
+
+function setPoints(balance, level) {
+  setText("points", fmtInt(balance));
+  setText("level", `Lv ${level ?? 0}`);
+}
+
+function setLikes(total) {
+  S.likesTotal = Math.max(total, 0);
+  setText("likes", fmtInt(S.likesTotal));
+}
+
+$("#topup").addEventListener("click", async () => {
+  if (!S.me) return;
+  try {
+    const r = await api(`/api/v1/wallets/${encodeURIComponent(S.me)}/topup`, {
+      method: "POST",
+      body: { amount: 1000 },
+      headers: { "Idempotency-Key": newId("topup-") },
+    });
+    setText("coins", fmtInt(r.balance));
+    toast("1000 test coins added", "ok");
+  } catch (e) {
+    toast(`top-up failed: ${e.message}`, "error");
+  }
+});
+
+// ------------------------------------------------------------------ events
+function onEvent(env, { replay }) {
+  const d = env.d || {};
+  switch (env.t) {
+    case "comment": return onComment(d, replay);
+    case "notice": return onNotice(d, replay);
+    case "likes": return setLikes(d.total);
+    case "online": return setText("online", fmtInt(d.count));
+    case "gift": return replay ? null : onGift(d);
+    case "leaderboard": return renderBoard(d.top || []);
+    case "room.live":
+      S.show = { ...(S.show || {}), state: "live", title: d.title, host: d.host };
+      return renderShow();
+    case "room.ended":
+      S.show = { ...(S.show || {}), state: "ended" };
+      renderShow();
+      if (!replay) chatLine("📺", `Show ended · peak ${d.peak_online ?? "–"} online · ${d.comments ?? 0} comments · ${d.likes ?? 0} likes`, "host");
+      return;
+    case "product.pinned": return setPin(d);
+    case "product.unpinned": return setPin(null);
+    case "sale.started":
+      S.sales.set(d.sale_id, { ...d, state: "live" });
+      return renderProduct();
+    case "sale.stock": {
+      const s = S.sales.get(d.sale_id);
+      if (s) {
+        s.remaining = d.remaining;
+        if (s.state === "sold_out" && d.remaining > 0) s.state = "live";
+      }
+      return renderProduct();
+    }
+    case "sale.soldout": return saleState(d.sale_id, "sold_out");
+    case "sale.ended": return saleState(d.sale_id, "ended");
+    case "order.reserved": return addOrder(d);
+    case "order.paid": return orderState(d.order_id, "paid", d);
+    case "order.cancelled": return orderState(d.order_id, "cancelled", d);
+    case "coupon.dropped":
+      addDrop(d);
+      return renderDrops();
+    case "coupon.claimed": return onClaimed(d);
+    case "lottery.started":
+      addLottery(d);
+      return renderLotteries();
+    case "lottery.entered": {
+      const lot = S.lotteries.get(d.id);
+      if (lot) Object.assign(lot, { entered: true, position: d.position });
+      return renderLotteries();
+    }
+    case "lottery.ended": return onLotteryEnded(d, replay);
+    case "lottery.won":
+      if (!replay) toast(`🎉 You won the lucky bag “${d.title || d.id}”!`, "ok", 8000);
+      return;
+    case "points": return setPoints(d.balance, d.level);
+    case "error":
+      if (!replay) toast(`${d.code}: ${d.message}`, "error");
+      return;
+    default:
+      return;
+  }
+}
+
+// ------------------------------------------------------------------ comments (danmaku)
+const LANE_H = 30;
+const SPEED = 140; // px per second
+const MAX_FLYING = 80;
+const laneFreeAt = [];
+
+function onComment(d, replay) {
+  chatLine(d.name || d.user, d.text, d.role === "host" ? "host" : "", d.level);
+  if (!replay) fly(d);
+}
+
+function fly(d) {
+  const layer = $("#danmaku");
+  if (layer.childElementCount >= MAX_FLYING) return; // a hot room: shed, the chat keeps it
+  const el = h(
+    "span",
+    { class: `dm ${d.user === S.me ? "mine" : ""} ${d.role === "host" ? "host" : ""}` },
+    d.level ? h("span", { class: "lv" }, `Lv${d.level}`) : null,
+    d.text,
+  );
+  el.dataset.user = d.user || "";
+  layer.append(el);
+  const width = layer.clientWidth;
+  const lanes = Math.max(1, Math.floor(layer.clientHeight / LANE_H));
+  const now = performance.now();
+  let lane = 0;
+  let best = Infinity;
+  for (let i = 0; i < lanes; i++) {
+    const free = laneFreeAt[i] || 0;
+    if (free <= now) { lane = i; best = -1; break; }
+    if (free < best) { best = free; lane = i; }
+  }
+  const w = el.offsetWidth;
+  laneFreeAt[lane] = now + ((w + 40) / SPEED) * 1000;
+  el.style.top = `${lane * LANE_H + 4}px`;
+  const distance = width + w + 20;
+  const anim = el.animate(
+    [{ transform: "translateX(0)" }, { transform: `translateX(${-distance}px)` }],
+    { duration: (distance / SPEED) * 1000, easing: "linear" },
+  );
+  anim.onfinish = () => el.remove();
+}
+
+function chatLine(who, text, cls = "", level = 0) {
+  const list = $("#chat");
+  const li = h("li", { class: cls }, h("span", { class: "who" }, level ? `${who} · Lv${level}` : who), h("span", { class: "text" }, text));
+  list.append(li);
+  while (list.childElementCount > 120) list.firstElementChild.remove();
+  list.scrollTop = list.scrollHeight;
+}
+
+function onNotice(d, replay) {
+  chatLine("📢", d.text, "host");
+  if (replay) return;
+  const stage = $("#stage");
+  stage.querySelectorAll(".notice").forEach((n) => n.remove());
+  const n = h("div", { class: "notice", role: "status" }, `📢 ${d.text}`);
+  stage.append(n);
+  setTimeout(() => n.remove(), 7000);
+}
+
+$("#composer").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const input = $("#comment-text");
+  const text = input.value.trim();
+  if (!text) return;
+  input.value = "";
+  try {
+    await live.request("comment", { text });
+  } catch (e) {
+    input.value = text;
+    toast(e.code === "rate_limited" ? "Slow down: comment rate limit" : `${e.code}: ${e.message}`, "error");
+  }
+});
+
+// ------------------------------------------------------------------ likes
+let likeTimer = null;
+$("#like").addEventListener("click", () => {
+  S.likesPending += 1;
+  setLikes(S.likesTotal + 1); // optimistic; the room's `likes` total corrects it
+  const heart = h("span", { class: "heart", style: { left: `${Math.random() * 30}px` } }, "♥");
+  heart.style.color = ["#ff4f6d", "#ffb74d", "#4fc3f7", "#81c784"][Math.floor(Math.random() * 4)];
+  $("#hearts").append(heart);
+  setTimeout(() => heart.remove(), 1700);
+  if (!likeTimer) {
+    likeTimer = setTimeout(() => {
+      const n = S.likesPending;
+      S.likesPending = 0;
+      likeTimer = null;
+      if (n) live.send("like", { count: Math.min(n, 1000) });
+    }, 250);
+  }
+});
+
+// ------------------------------------------------------------------ gifts
+async function loadCatalogue() {
+  try {
+    const { gifts } = await api("/api/v1/gifts");
+    const bar = $("#gift-bar");
+    fill(bar);
+    for (const g of gifts.slice(0, 9)) {
+      bar.append(
+        h("button", { type: "button", title: `${g.name}: ${g.price} coins`, onclick: () => sendGift(g), dataset: { gift: g.id } },
+          h("span", { class: "icon" }, giftIcon(g.id)),
+          h("span", { class: "small" }, g.name),
+          h("span", { class: "small muted" }, `${g.price} 🪙`)),
+      );
+    }
+  } catch {
+    // gifts not served by this gateway: no gift bar
+  }
+}
+
+async function sendGift(g) {
+  const now = Date.now();
+  const combo = S.combo && S.combo.gift_id === g.id && S.combo.until > now ? S.combo.combo_id : undefined;
+  try {
+    const r = await live.request("gift", { gift_id: g.id, count: 1, ...(combo ? { combo_id: combo } : {}) });
+    S.combo = { gift_id: g.id, combo_id: r.d.combo_id, until: Date.now() + 3000 };
+    setText("coins", fmtInt(r.d.balance));
+  } catch (e) {
+    toast(e.code === "insufficient_funds" ? `Not enough coins for ${g.name}: top up first` : `${e.code}: ${e.message}`, "error");
+  }
+}
+
+const banners = new Map(); // combo_id -> {el, timer}
+function onGift(d) {
+  const lane = $("#gift-lane");
+  let b = banners.get(d.combo_id);
+  if (!b) {
+    const el = h("div", { class: "gift-banner", dataset: { combo: d.combo_id } },
+      h("span", { class: "icon" }, giftIcon(d.gift_id)),
+      h("span", {}, h("b", {}, d.name || d.user), " sent ", d.gift_name || d.gift_id),
+      h("span", { class: "combo" }, ""));
+    lane.append(el);
+    while (lane.childElementCount > 4) {
+      const old = lane.firstElementChild;
+      banners.delete(old.dataset.combo);
+      old.remove();
+    }
+    b = { el, timer: null };
+    banners.set(d.combo_id, b);
+  }
+  b.el.querySelector(".combo").textContent = `×${d.total}`;
+  b.el.classList.remove("bump");
+  void b.el.offsetWidth;
+  b.el.classList.add("bump");
+  clearTimeout(b.timer);
+  b.timer = setTimeout(() => { b.el.remove(); banners.delete(d.combo_id); }, 4000);
+  if ((d.tier || 1) >= 3) {
+    const big = h("div", { class: "gift-big" }, giftIcon(d.gift_id), h("div", { class: "who" }, `${d.name || d.user} · ${d.gift_name || d.gift_id}`));
+    $("#stage").append(big);
+    setTimeout(() => big.remove(), 2500);
+  }
+}
+
+function renderBoard(top) {
+  const ol = $("#leaderboard");
+  fill(ol, top.length ? top.map((r) => h("li", {}, `#${r.rank} `, h("b", {}, r.id), ` · ${fmtInt(r.score)} 🪙`)) : h("li", { class: "muted" }, "No gifts yet."));
+}
+
+// ------------------------------------------------------------------ product, sale, buy
+function setPin(pin) {
+  S.pin = pin;
+  if (pin && pin.sale && pin.sale.sale_id && !S.sales.has(pin.sale.sale_id)) {
+    S.sales.set(pin.sale.sale_id, { state: "live", ...pin.sale });
+  }
+  renderProduct();
+}
+
+function saleState(id, state) {
+  const s = S.sales.get(id);
+  if (s) {
+    s.state = state;
+    if (state === "sold_out") s.remaining = 0;
+  }
+  renderProduct();
+}
+
+function currentSale() {
+  const sales = [...S.sales.values()];
+  const pid = S.pin && S.pin.product_id;
+  const rank = (s) => (s.state === "live" ? 3 : s.state === "sold_out" ? 2 : 1);
+  const mine = sales.filter((s) => !pid || s.product_id === pid);
+  const pool = mine.length ? mine : sales.filter((s) => s.state === "live");
+  pool.sort((a, b) => rank(b) - rank(a) || (b.starts_ms || 0) - (a.starts_ms || 0));
+  return pool[0] || null;
+}
+
+let buyMsg = "";
+function renderProduct() {
+  const box = $("#product");
+  const pin = S.pin;
+  const sale = currentSale();
+  if (!pin && !sale) {
+    fill(box, h("span", { class: "muted" }, "Nothing pinned yet."));
+    return;
+  }
+  const name = pin ? pin.name : `Product ${sale.product_id}`;
+  const listPrice = pin ? pin.price : null;
+  const parts = [];
+  parts.push(h("div", { class: "name", id: "product-name" }, name));
+  if (sale) {
+    parts.push(h("div", {}, h("span", { class: "price-now" }, money(sale.price)), listPrice && listPrice !== sale.price ? h("span", { class: "price-was" }, money(listPrice)) : null));
+    const stock = Math.max(1, sale.stock || 1);
+    const rem = Math.max(0, sale.remaining ?? stock);
+    parts.push(h("div", { class: "stockbar", title: "stock left" }, h("div", { style: { width: `${(100 * rem) / stock}%` } })));
+    parts.push(h("div", { class: "small", id: "stock-text" }, sale.state === "sold_out" || rem === 0 ? "Sold out" : `${fmtInt(rem)} of ${fmtInt(sale.stock)} left`));
+    const stateText = sale.state === "live"
+      ? ["⚡ Flash sale live", sale.ends_ms ? [" · ends in ", cd(sale.ends_ms)] : "", ` · limit ${sale.per_user_limit ?? 1} per person`]
+      : sale.state === "sold_out" ? "⚡ Flash sale sold out" : sale.state === "ended" ? "Flash sale ended" : `Flash sale ${sale.state}`;
+    parts.push(h("div", { class: "small muted", id: "sale-state" }, stateText));
+    const canBuy = sale.state === "live" && rem > 0;
+    parts.push(h("div", { class: "row", style: { marginTop: "6px" } },
+      h("button", { class: "primary", id: "buy", disabled: !canBuy, onclick: () => buy(sale) }, canBuy ? "Buy now" : sale.state === "live" ? "Sold out" : "Buy"),
+      h("span", { class: "small", id: "buy-msg" }, buyMsg)));
+  } else {
+    parts.push(h("div", {}, h("span", { class: "price-now" }, money(listPrice))));
+    parts.push(h("div", { class: "small muted" }, "No flash sale on this product right now."));
+  }
+  fill(box, h("div", { class: "product-card" }, h("div", { class: "thumb" }, "🛍️"), h("div", { class: "grow" }, parts)));
+}
+
+const BUY_ERRORS = {
+  sold_out: "Sold out — too late this time.",
+  limit_reached: "You reached the per-person limit for this sale.",
+  not_started: "The sale has not started yet.",
+  ended: "The sale has ended.",
+};
+
+async function buy(sale) {
+  const btn = $("#buy");
+  btn.disabled = true;
+  buyMsg = "Reserving…";
+  setText("buy-msg", buyMsg);
+  try {
+    // a fresh request_id per click; the server answers a repeated one with the first order
+    const r = await live.request("buy", { sale_id: sale.sale_id, qty: 1, request_id: newId("r") });
+    addOrder(r.d);
+    buyMsg = r.d.duplicate ? "Already reserved: see My orders." : "Reserved! Pay in My orders before the timer runs out.";
+  } catch (e) {
+    buyMsg = BUY_ERRORS[e.code] || `${e.code}: ${e.message}`;
+  }
+  renderProduct();
+}
+
+// ------------------------------------------------------------------ orders, pay
+function addOrder(d) {
+  if (!d || !d.order_id) return;
+  const o = S.orders.get(d.order_id);
+  if (o) return;
+  S.orders.set(d.order_id, { ...d, state: "reserved", payKey: newId("pay-"), note: "" });
+  renderOrders();
+}
+
+function orderState(id, state, d) {
+  const o = S.orders.get(id);
+  if (!o) {
+    S.orders.set(id, { ...d, order_id: id, state, payKey: newId("pay-"), note: "" });
+  } else if (o.state === "reserved") {
+    o.state = state;
+    if (d && d.amount !== undefined) o.paid_amount = d.amount;
+    if (state === "cancelled" && d && d.reason) o.note = d.reason === "timeout" ? "payment time-out: stock released" : `cancelled (${d.reason})`;
+  }
+  renderOrders();
+}
+
+function usableCoupons(o) {
+  return [...S.myCoupons.values()].filter((c) => c.state === "claimed" && (!c.threshold || o.amount >= c.threshold));
+}
+
+function renderOrders() {
+  const box = $("#orders");
+  const orders = [...S.orders.values()].reverse();
+  if (!orders.length) {
+    fill(box, h("span", { class: "muted" }, "No orders yet."));
+    return;
+  }
+  fill(box, orders.map((o) => {
+    const status = o.state === "paid"
+      ? h("span", { class: "pill ok" }, `Paid ✓ ${money(o.paid_amount ?? o.amount)}`)
+      : o.state === "cancelled" ? h("span", { class: "pill bad" }, "Cancelled")
+      : h("span", { class: "pill warn" }, "Reserved · pay within ", cd(o.pay_by_ms));
+    const actions = [];
+    if (o.state === "reserved") {
+      const coupons = usableCoupons(o);
+      if (coupons.length) {
+        actions.push(h("select", { class: "coupon-select", "aria-label": "coupon" },
+          h("option", { value: "" }, "no coupon"),
+          coupons.map((c) => h("option", { value: c.coupon_id }, couponText(c)))));
+      }
+      actions.push(h("button", { class: "ok pay", onclick: (ev) => pay(o, ev.target) }, `Pay ${money(o.amount)}`));
+      actions.push(h("button", { class: "cancel", onclick: () => cancelOrder(o) }, "Cancel"));
+    }
+    return h("div", { class: "order", dataset: { order: o.order_id } },
+      h("div", {}, `${o.qty} × ${money(o.unit_price)} = `, h("b", {}, money(o.amount))),
+      h("div", { class: "small muted" }, `order ${o.order_id}`),
+      h("div", { class: "row" }, status, ...actions),
+      o.note ? h("div", { class: "small" }, o.note) : null);
+  }));
+}
+
+async function pay(o, btn) {
+  btn.disabled = true;
+  const sel = btn.parentElement.querySelector(".coupon-select");
+  const coupon = sel && sel.value ? sel.value : undefined;
+  try {
+    const r = await api(`/api/v1/orders/${encodeURIComponent(o.order_id)}/pay`, {
+      method: "POST",
+      body: coupon ? { coupon_id: coupon } : {},
+      headers: { "Idempotency-Key": o.payKey }, // one key per order: a retried click pays once
+    });
+    if (r.outcome === "paid" || r.outcome === "already_paid") {
+      o.state = "paid";
+      o.paid_amount = r.amount;
+      o.note = r.discount ? `coupon saved ${money(r.discount)}` : "";
+      if (coupon && S.myCoupons.has(coupon)) S.myCoupons.get(coupon).state = "used";
+    }
+  } catch (e) {
+    o.note = e.code === "expired" || e.code === "already_cancelled" ? "Too late: the payment window closed." : `${e.code}: ${e.message}`;
+    if (e.code === "expired" || e.code === "already_cancelled") o.state = "cancelled";
+  }
+  renderOrders();
+}
+
+async function cancelOrder(o) {
+  try {
+    await api(`/api/v1/orders/${encodeURIComponent(o.order_id)}/cancel`, { method: "POST" });
+    o.state = "cancelled";
+    o.note = "cancelled by you";
+  } catch (e) {
+    o.note = `${e.code}: ${e.message}`;
+  }
+  renderOrders();
+}
+
+// ------------------------------------------------------------------ coupons
+function couponText(c) {
+  if (c.kind === "percent") return `${c.value}% off${c.threshold ? ` over ${money(c.threshold)}` : ""}`;
+  return c.threshold ? `${money(c.value)} off ${money(c.threshold)}+` : `${money(c.value)} off`;
+}
+
+function addDrop(d) {
+  const old = S.drops.get(d.drop_id) || {};
+  S.drops.set(d.drop_id, { ...old, ...d, claimed: old.claimed || null, note: old.note || "" });
+}
+
+function onClaimed(d) {
+  if (!d.drop_id) return;
+  S.myCoupons.set(d.coupon_id, { ...d, state: d.state || "claimed" });
+  const drop = S.drops.get(d.drop_id);
+  if (drop) {
+    drop.claimed = d;
+    if (typeof d.remaining === "number") drop.remaining = d.remaining;
+  } else {
+    S.drops.set(d.drop_id, { ...d, claimed: d, note: d.via === "points" ? "redeemed with points" : "" });
+  }
+  renderDrops();
+  renderOrders();
+}
+
+function renderDrops() {
+  const box = $("#coupons");
+  const now = Date.now();
+  const drops = [...S.drops.values()].filter((d) => d.claimed || d.expires_ms > now);
+  if (!drops.length) {
+    fill(box, h("span", { class: "muted" }, "No coupon drops right now."));
+    return;
+  }
+  fill(box, drops.map((d) => {
+    const left = typeof d.remaining === "number" ? `${fmtInt(d.remaining)} of ${fmtInt(d.quantity)} left` : "";
+    let action;
+    if (d.claimed) action = h("span", { class: "pill ok claimed" }, "Claimed ✓");
+    else if (d.remaining === 0) action = h("span", { class: "pill bad" }, "All claimed");
+    else action = h("button", { class: "primary claim", onclick: (ev) => claim(d, ev.target) }, "Claim");
+    return h("div", { class: "coupon", dataset: { drop: d.drop_id } },
+      h("span", { class: "value" }, couponText(d)),
+      h("span", { class: "grow small muted" }, left, d.expires_ms ? [" · expires in ", cd(d.expires_ms)] : ""),
+      action,
+      d.note ? h("div", { class: "small" }, d.note) : null);
+  }));
+}
+
+async function claim(d, btn) {
+  btn.disabled = true;
+  try {
+    const r = await live.request("coupon.claim", { drop_id: d.drop_id });
+    onClaimed(r.d);
+    toast(`Coupon claimed: ${couponText(r.d)}`, "ok");
+  } catch (e) {
+    if (e.code === "already_claimed") d.claimed = { drop_id: d.drop_id };
+    else if (e.code === "sold_out") d.remaining = 0;
+    d.note = e.message || e.code;
+    renderDrops();
+  }
+}
+
+// ------------------------------------------------------------------ lottery
+function addLottery(l) {
+  const old = S.lotteries.get(l.id) || {};
+  S.lotteries.set(l.id, { state: "open", entered: false, ...old, ...l });
+}
+
+function onLotteryEnded(d, replay) {
+  const old = S.lotteries.get(d.id) || {};
+  S.lotteries.set(d.id, { ...old, ...d, state: "ended", result: d });
+  renderLotteries(); // a winner also gets the private `lottery.won` (a toast)
+}
+
+function ruleText(l) {
+  const r = l.rule || {};
+  if (r.kind === "keyword") return `comment “${r.keyword}” to enter`;
+  if (r.kind === "gift") return `send gifts worth ${fmtInt(r.min_gift_value)} coins to enter`;
+  return "press Enter to join";
+}
+
+function renderLotteries() {
+  const box = $("#lottery");
+  const lots = [...S.lotteries.values()].sort((a, b) => (b.started_ms || 0) - (a.started_ms || 0)).slice(0, 3);
+  if (!lots.length) {
+    fill(box, h("span", { class: "muted" }, "No lottery running."));
+    return;
+  }
+  fill(box, lots.map((l) => {
+    const prize = l.prize ? `${l.prize.kind} ${l.prize.id}` : "";
+    const head = h("div", {}, h("b", {}, `🎁 ${l.title || "Lucky bag"}`), h("span", { class: "small muted" }, ` · ${l.winners_k} winner(s) · prize: ${prize}`));
+    if (l.state === "ended") {
+      const winners = l.winners || [];
+      const won = S.me && winners.includes(S.me);
+      return h("div", { class: "stack lottery", dataset: { lottery: l.id } }, head,
+        h("div", { class: won ? "pill ok" : "pill" }, won ? "🎉 You won!" : "Drawn"),
+        h("div", { class: "small lottery-winners" }, winners.length ? `Winners: ${winners.join(", ")}` : "No entrants, no winners."),
+        h("div", { class: "small muted" }, `${l.proof ? l.proof.entrant_count : "?"} entrants · seed ${String(l.seed || "").slice(0, 16)}…`),
+        h("a", { href: l.record_url || `/api/v1/lotteries/${encodeURIComponent(l.id)}`, target: "_blank", rel: "noopener", class: "small verify" }, "Verify the draw (public record)"));
+    }
+    const enterBtn = (l.rule || {}).kind === "keyword"
+      ? h("button", { class: "primary enter", onclick: () => live.request("comment", { text: l.rule.keyword }).catch((e) => toast(e.message, "error")) }, `Comment “${l.rule.keyword}”`)
+      : h("button", { class: "primary enter", disabled: l.entered, onclick: (ev) => enter(l, ev.target) }, l.entered ? "Entered ✓" : "Enter");
+    return h("div", { class: "stack lottery", dataset: { lottery: l.id } }, head,
+      h("div", { class: "small" }, `${ruleText(l)} · draw in `, cd(l.deadline_ms)),
+      h("div", { class: "row" }, enterBtn, l.entered ? h("span", { class: "small entered" }, `You're in${l.position ? ` (#${l.position})` : ""}. Good luck!`) : null),
+      h("div", { class: "small muted" }, `seed hash ${String(l.seed_hash || "").slice(0, 16)}… (committed before entries)`));
+  }));
+}
+
+async function enter(l, btn) {
+  btn.disabled = true;
+  try {
+    const r = await live.request("lottery.enter", { lottery_id: l.id });
+    l.entered = true;
+    l.position = r.d.position || l.position;
+  } catch (e) {
+    toast(`${e.code}: ${e.message}`, "error");
+  }
+  renderLotteries();
+}
+
+// ------------------------------------------------------------------ clocks
+// countdowns tick in place (no re-render, so a chosen coupon or a focused button stays)
+function cd(deadlineMs) {
+  return h("span", { class: "cd", dataset: { deadline: String(deadlineMs) } }, countdown(deadlineMs));
+}
+
+setInterval(() => {
+  for (const el of document.querySelectorAll(".cd")) el.textContent = countdown(Number(el.dataset.deadline));
+}, 1000);
+
+loadCatalogue();
+live.connect();

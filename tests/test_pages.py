@@ -1,0 +1,385 @@
+"""The demo pages in a real browser against a real ``livecommerce dev``.
+
+Headless Debian chromium driven by Playwright (``executable_path=/usr/bin/chromium``; the
+Playwright browser download is never used). One ``livecommerce dev`` process is spawned
+from a clean temporary directory with no ``LC_*`` variables, exactly as a newcomer runs
+it; the tests open the URLs it prints and use the pages with clicks, asserting the text a
+person would see. Screenshots go to ``reports/screenshots/``.
+
+Without chromium (or the playwright package) the tests skip with the reason, except under
+``CI=1`` where they fail: CI installs chromium from Debian's packages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHOTS = ROOT / "reports" / "screenshots"
+CHROMIUM = os.environ.get("LC_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+TIMEOUT_MS = 15_000
+
+pytestmark = pytest.mark.slow
+
+
+def _unavailable() -> str | None:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright package is not installed (pip install -e '.[dev]')"
+    if not Path(CHROMIUM).exists():
+        return f"chromium not found at {CHROMIUM} (apt-get install chromium)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    reason = _unavailable()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"browser tests must run in CI: {reason}")
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@dataclass
+class Dev:
+    base: str
+    viewer: str
+    host: str
+    ops: str
+    cwd: Path
+    proc: subprocess.Popen[str]
+
+    def token(self, role: str, user: str, room: str | None = None) -> str:
+        """Another token from the dev process's secret (``livecommerce token`` in its directory)."""
+        cmd = [str(Path(sys.executable).with_name("livecommerce")), "token", "--role", role, "--user", user]
+        if room:
+            cmd += ["--room", room]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LC_")}
+        return subprocess.run(cmd, cwd=self.cwd, env=env, capture_output=True, text=True, check=True).stdout.strip()
+
+    def get(self, path: str, token: str | None = None) -> Any:
+        req = urllib.request.Request(self.base + path, headers={"Authorization": f"Bearer {token}"} if token else {})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory: pytest.TempPathFactory, browser: Any) -> Iterator[Dev]:
+    exe = Path(sys.executable).with_name("livecommerce")
+    cwd = tmp_path_factory.mktemp("dev")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LC_")}
+    env["LC_LOG_JSON"] = "0"
+    proc = subprocess.Popen(
+        [str(exe), "dev", "--port", str(port), "--room", "demo"],
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    assert proc.stdout is not None
+    out = ""
+    urls: dict[str, str] = {}
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(urls) < 3:
+        line = proc.stdout.readline()
+        if not line:
+            proc.wait(5)
+            pytest.fail(f"livecommerce dev exited early:\n{out}")
+        out += line
+        for name in ("viewer page", "host console", "ops dashboard"):
+            m = re.match(rf"\s+{name}:\s+(\S+)", line)
+            if m:
+                urls[name] = m.group(1)
+    assert len(urls) == 3, f"the page URLs were not printed:\n{out}"
+    base = re.match(r"(http://[^/]+)", urls["viewer page"]).group(1)  # type: ignore[union-attr]
+    # drain the log so the process never blocks on a full pipe; keep it for failures
+    log_path = cwd / "dev.log"
+    drain = subprocess.Popen(["cat"], stdin=proc.stdout, stdout=log_path.open("w"))
+    for _ in range(100):
+        try:
+            with urllib.request.urlopen(base + "/readyz", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.2)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    d = Dev(base, urls["viewer page"], urls["host console"], urls["ops dashboard"], cwd, proc)
+    try:
+        yield d
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        drain.wait(5)
+
+
+def _page(browser: Any, url: str, errors: list[str], ctx: Any = None) -> Any:
+    ctx = ctx or browser.new_context(viewport={"width": 1360, "height": 900})
+    page = ctx.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.on("pageerror", lambda e: errors.append(f"{url.split('?')[0]}: {e}"))
+    page.goto(url)
+    return page
+
+
+@pytest.fixture(scope="module")
+def ops_page(browser: Any, dev: Dev) -> Iterator[tuple[Any, list[str]]]:
+    """The ops dashboard, opened before the show so its charts record it."""
+    errors: list[str] = []
+    page = _page(browser, dev.ops, errors)
+    yield page, errors
+    page.context.close()
+
+
+def _colored_pixels_above_zero(page: Any, canvas_id: str, rgb: tuple[int, int, int]) -> int:
+    """Pixels of a series colour above the chart's zero line and below its legend row:
+    a line that left zero was drawn."""
+    return int(page.evaluate(
+        """([id, [r, g, b]]) => { const c = document.getElementById(id), dpr = window.devicePixelRatio || 1;
+             const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+             let n = 0;
+             for (let y = Math.ceil(22 * dpr); y < c.height - 22 * dpr; y++)
+               for (let x = Math.ceil(44 * dpr); x < c.width; x++) {
+                 const i = (y * c.width + x) * 4;
+                 if (Math.abs(d[i] - r) < 40 && Math.abs(d[i + 1] - g) < 40 && Math.abs(d[i + 2] - b) < 40) n++;
+               }
+             return n; }""",
+        [canvas_id, list(rgb)],
+    ))
+
+
+def _expect() -> Any:
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    return expect
+
+
+def test_host_runs_a_whole_show_and_the_viewer_sees_each_step(browser: Any, dev: Dev, ops_page: Any) -> None:
+    expect = _expect()
+    expect(ops_page[0].locator("#status")).to_have_text("all normal")
+    errors: list[str] = []
+    host = _page(browser, dev.host, errors)
+    viewer = _page(browser, dev.viewer, errors, host.context)
+
+    # the room does not exist yet: the host creates it and goes live
+    expect(host.locator("#create-room")).to_be_visible()
+    host.fill("#new-title", "Scarves & more")
+    host.click("#create-room")
+    expect(host.locator("#show-title")).to_have_text("Scarves & more")
+    host.click("#go-live")
+    expect(host.locator("#room-state")).to_have_text("LIVE")
+    expect(viewer.locator("#live-badge")).to_have_text("● LIVE")
+    expect(viewer.locator("#title")).to_have_text("Scarves & more")
+    expect(viewer.locator("#online")).to_have_text("2")  # the viewer and the host console
+
+    # comments fly across the stream and land in the chat; markup is shown as text
+    viewer.fill("#comment-text", "hello from the browser")
+    viewer.click("#send")
+    expect(viewer.locator("#danmaku .dm", has_text="hello from the browser")).to_be_visible()
+    expect(viewer.locator("#chat")).to_contain_text("hello from the browser")
+    evil = '<img src=x onerror="window.__xss=1">'
+    viewer.fill("#comment-text", evil)
+    viewer.click("#send")
+    expect(viewer.locator("#chat li .text").last).to_have_text(evil)
+    expect(host.locator("#feed")).to_contain_text(evil)
+    assert viewer.locator("#chat img, #danmaku img").count() == 0
+    assert host.locator("#feed img").count() == 0
+    assert viewer.evaluate("window.__xss") is None and host.evaluate("window.__xss") is None
+
+    # likes: the button counts at once, the room's total comes back from the server
+    for _ in range(3):
+        viewer.click("#like")
+    expect(viewer.locator("#likes")).to_have_text("3")
+    expect(host.locator("#st-likes")).to_have_text("3")
+
+    # product: create and pin; the viewer's card shows it
+    host.fill("#p-name", "Silk scarf")
+    host.fill("#p-price", "39.90")
+    host.click("#product-form button[type=submit]")
+    expect(viewer.locator("#product-name")).to_have_text("Silk scarf")
+    expect(host.locator("#pinned")).to_contain_text("Silk scarf")
+
+    # flash sale: create the campaign, start it; the viewer sees the price, stock and Buy
+    host.fill("#s-price", "9.90")
+    host.fill("#s-stock", "3")
+    host.fill("#s-limit", "2")
+    host.click("#sale-form button[type=submit]")
+    row = host.locator("#campaigns tr").first
+    expect(row).to_contain_text("scheduled")
+    row.get_by_role("button", name="Start").click()
+    expect(row).to_contain_text("live")
+    expect(viewer.locator("#sale-state")).to_contain_text("Flash sale live")
+    expect(viewer.locator("#stock-text")).to_have_text("3 of 3 left")
+    expect(viewer.locator("#product")).to_contain_text("$9.90")
+    viewer.screenshot(path=str(SHOTS / "viewer-sale-live.png"), animations="disabled")
+
+    # buy: the reply is shown, the order waits for payment, the stock bar moves
+    viewer.click("#buy")
+    expect(viewer.locator("#buy-msg")).to_contain_text("Reserved!")
+    order = viewer.locator("#orders .order").first
+    expect(order).to_contain_text("1 \u00d7 $9.90 = $9.90")
+    expect(order).to_contain_text("Reserved · pay within")
+    expect(viewer.locator("#stock-text")).to_have_text("2 of 3 left")
+
+    # pay with an Idempotency-Key: paid
+    order.get_by_role("button", name="Pay $9.90").click()
+    expect(order).to_contain_text("Paid ✓ $9.90")
+    expect(host.locator("#st-paid")).to_have_text("1")
+    expect(host.locator("#st-gmv")).to_have_text("$9.90")
+
+    # coupons: the host drops, the viewer claims
+    host.fill("#c-value", "2")
+    host.fill("#c-qty", "5")
+    host.click("#coupon-form button[type=submit]")
+    coupon = viewer.locator("#coupons .coupon").first
+    expect(coupon).to_contain_text("$2.00 off")
+    expect(coupon).to_contain_text("5 of 5 left")
+    coupon.get_by_role("button", name="Claim").click()
+    expect(coupon).to_contain_text("Claimed ✓")
+
+    # gifts: top up test coins, send a rose; the banner and the leaderboard show it
+    viewer.click("#topup")
+    expect(viewer.locator("#coins")).to_have_text("1,000")
+    viewer.click("#gift-bar button[data-gift=rose]")
+    expect(viewer.locator("#gift-lane .gift-banner")).to_contain_text("sent Rose")
+    expect(viewer.locator("#coins")).to_have_text("999")
+    expect(viewer.locator("#leaderboard")).to_contain_text("viewer1")
+
+    # announcement
+    host.fill("#a-text", "Next drop in 5 minutes!")
+    host.click("#announce-form button[type=submit]")
+    expect(viewer.locator("#stage .notice")).to_have_text("📢 Next drop in 5 minutes!")
+
+    # lottery: the host starts a short one, the viewer enters and sees the verifiable result
+    host.fill("#l-title", "Scarf lucky bag")
+    host.fill("#l-duration", "3")
+    host.click("#lottery-form button[type=submit]")
+    lot = viewer.locator("#lottery .lottery").first
+    expect(lot).to_contain_text("Scarf lucky bag")
+    lot.get_by_role("button", name="Enter").click()
+    expect(lot).to_contain_text("You're in")
+    expect(lot).to_contain_text("Winners: viewer1", timeout=20_000)
+    expect(lot).to_contain_text("You won!")
+    link = lot.get_by_role("link", name="Verify the draw (public record)")
+    href = link.get_attribute("href")
+    assert href and href.startswith("/api/v1/lotteries/")
+    record = dev.get(href)
+    assert record["winners"] == ["viewer1"] and record["seed"] and record["proof"]["entrants"] == ["viewer1"]
+
+    # the viewer's own points and level (awarded by the points worker for the paid order)
+    expect(viewer.locator("#level")).to_contain_text("Lv")
+    expect(viewer.locator("#points")).not_to_have_text(re.compile("^(\u2013|0)$"))  # a dash until known
+
+    # live stats on the host console
+    expect(host.locator("#st-online")).to_have_text("2")
+    expect(host.locator("#st-stock")).to_have_text("2")
+
+    viewer.screenshot(path=str(SHOTS / "viewer.png"), animations="disabled")
+    host.screenshot(path=str(SHOTS / "host.png"), full_page=True, animations="disabled")
+
+    # the host ends the show; the viewer sees it
+    host.click("#end-show")
+    expect(viewer.locator("#live-badge")).to_have_text("ENDED")
+    expect(host.locator("#summary")).to_contain_text("comments")
+    assert not errors, errors
+    host.context.close()
+
+
+def test_sold_out_is_shown_to_a_late_buyer(browser: Any, dev: Dev) -> None:
+    """A second viewer joins late (the sale is on), buys the last units, and the Buy button
+    turns into Sold out."""
+    expect = _expect()
+    errors: list[str] = []
+    tok = dev.token("viewer", "bob")
+    viewer = _page(browser, f"{dev.base}/static/viewer.html?room=demo&token={tok}", errors)
+    expect(viewer.locator("#sale-state")).to_contain_text("Flash sale live")
+    expect(viewer.locator("#stock-text")).to_have_text("2 of 3 left")
+    viewer.click("#buy")
+    expect(viewer.locator("#orders .order")).to_have_count(1)
+    viewer.click("#buy")
+    expect(viewer.locator("#orders .order")).to_have_count(2)
+    expect(viewer.locator("#stock-text")).to_have_text("Sold out")
+    expect(viewer.locator("#buy")).to_be_disabled()
+    viewer.screenshot(path=str(SHOTS / "viewer-sold-out.png"), animations="disabled")
+    assert not errors, errors
+    viewer.context.close()
+
+
+def test_ops_dashboard_shows_rooms_campaigns_charts_and_alerts(dev: Dev, ops_page: Any) -> None:
+    """The dashboard was open during the show: its charts drew it."""
+    expect = _expect()
+    ops, errors = ops_page
+    expect(ops.locator("#status")).to_have_text("all normal")
+    room = ops.locator("#rooms tr[data-room=demo]")
+    expect(room).to_contain_text("Scarves & more")
+    expect(room).to_contain_text("2 → 2 → 1")  # funnel: viewers (peak) → buyers → paid
+    camp = ops.locator("#campaigns tr").first
+    expect(camp).to_contain_text("sold_out")
+    expect(camp).to_contain_text("0 / 3")
+    expect(ops.locator("#t-gmv")).to_have_text("$9.90")
+    expect(ops.locator("#alerts .alert")).to_have_count(4)
+    expect(ops.locator("#alerts")).to_contain_text("Redis and SQL agree")
+    # live charts: online rose above zero, gifts and comments were counted, stock burnt down
+    blue, orange, green = (0x4F, 0xC3, 0xF7), (0xFF, 0xB7, 0x4D), (0x81, 0xC7, 0x84)
+    assert _colored_pixels_above_zero(ops, "c-online", blue) > 20, "online chart shows no viewers"
+    assert _colored_pixels_above_zero(ops, "c-rates", blue) > 20, "comments/s chart is flat"
+    assert _colored_pixels_above_zero(ops, "c-rates", orange) > 20, "gifts/s chart is flat"
+    assert _colored_pixels_above_zero(ops, "c-gmv", green) > 20, "GMV chart is flat"
+    assert _colored_pixels_above_zero(ops, "c-burn", blue) > 20, "burn-down shows no stock"
+    assert _colored_pixels_above_zero(ops, "c-funnel", green) > 20, "funnel has no paid bar"
+    camp.get_by_role("button", name="Check orders").click()
+    expect(ops.locator("#inventory")).to_contain_text("conserved=true")
+    ops.screenshot(path=str(SHOTS / "ops.png"), full_page=True, animations="disabled")
+    # the same alerts are Prometheus gauges
+    with urllib.request.urlopen(dev.base + "/metrics", timeout=5) as r:
+        metrics = r.read().decode()
+    assert 'lc_alert_active{alert="stock_drift"} 0.0' in metrics
+    assert not errors, errors
+
+
+def test_api_docs_page_lists_the_operations(browser: Any, dev: Dev) -> None:
+    expect = _expect()
+    errors: list[str] = []
+    page = _page(browser, dev.base + "/api/v1/docs", errors)
+    op = page.locator("details.op", has_text="/api/v1/orders/{order}/pay")
+    expect(op).to_contain_text("Pay a reserved order")
+    op.locator("summary").click()
+    expect(op).to_contain_text("Idempotency-Key")
+    page.fill("#filter", "lotteries")
+    expect(page.locator("details.op")).to_have_count(3)
+    page.screenshot(path=str(SHOTS / "api-docs.png"), animations="disabled")
+    page.goto(dev.base + "/")
+    expect(page.locator("h1")).to_have_text("livecommerce")
+    assert not errors, errors
+    page.context.close()
