@@ -16,6 +16,7 @@ words for it.
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 from aiohttp import web
@@ -251,140 +252,294 @@ SELF = "the user themself or ops"
 OPS = "ops"
 ANYONE_SIGNED = "any signed-in user"
 
-PATHS: dict[str, dict[str, J]] = {
-    "/healthz": {"get": op("Liveness", tag="ops", auth=None, ok=("200", obj({"ok": BOOL, "node": STR}, ["ok"]), "the process answers"))},
-    "/readyz": {"get": op("Readiness (Redis reachable, not draining)", tag="ops", auth=None,
-                          ok=("200", obj({"ok": BOOL}, ["ok"]), "ready; 503 while Redis is unreachable or the node drains on SIGTERM"))},
-    "/metrics": {"get": {**op("Prometheus metrics", tag="ops", auth=None, ok=("200", None, "text exposition format")),
-                         "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": STR}}}}}},
-    "/api/v1/openapi.json": {"get": op("This document", tag="docs", auth=None, ok=("200", {"type": "object"}, "OpenAPI 3.1"))},
-    "/api/v1/docs": {"get": {**op("Human-readable API docs", tag="docs", auth=None),
-                             "responses": {"200": {"description": "HTML page", "content": {"text/html": {"schema": STR}}}}}},
-    # rooms
-    "/api/v1/rooms": {"post": op("Create a room", tag="rooms", auth="a host (for a room its token lists) or ops", body=ref("RoomCreate"),
-                                 ok=("201", ref("Room"), "created"), errors=(409,))},
-    "/api/v1/rooms/{room}": {"get": op("A room, its state and the last show's summary", tag="rooms", auth=None, params=[P_ROOM],
-                                       ok=("200", ref("Room"), "the room"), errors=(404,))},
-    "/api/v1/rooms/{room}/live": {"post": op("Go live (`room.live` to viewers)", tag="rooms", auth=HOST, params=[P_ROOM],
-                                             ok=("200", ref("Room"), "live"), errors=(404, 409))},
-    "/api/v1/rooms/{room}/end": {"post": op("End the show (`room.ended` with the summary)", tag="rooms", auth=HOST, params=[P_ROOM],
-                                            ok=("200", ref("Room"), "ended"), errors=(404, 409))},
-    "/api/v1/rooms/{room}/online": {"get": op("Viewers online now (all nodes)", tag="rooms", auth=None, params=[P_ROOM],
-                                              ok=("200", obj({"room": STR, "online": INT, "seq": INT}, ["room", "online", "seq"]), "count"))},
-    "/api/v1/rooms/{room}/likes": {"get": op("Likes total", tag="rooms", auth=None, params=[P_ROOM],
-                                             ok=("200", obj({"room": STR, "likes": INT}, ["room", "likes"]), "total"))},
-    "/api/v1/rooms/{room}/announce": {"post": op("Announce to the room (`notice` event)", tag="rooms", auth=HOST, params=[P_ROOM],
-                                                 body=obj({"text": {"type": "string", "minLength": 1, "maxLength": 1000}, "data": {"type": "object"}}, ["text"]),
-                                                 ok=("200", obj({"seq": INT}, ["seq"]), "published"))},
-    "/api/v1/rooms/{room}/pin": {
-        "post": op("Pin a product (`product.pinned`)", tag="rooms", auth=HOST, params=[P_ROOM], body=obj({"product_id": ID}, ["product_id"]),
-                   ok=("200", ref("Pin"), "pinned"), errors=(404,)),
-        "delete": op("Unpin (`product.unpinned`)", tag="rooms", auth=HOST, params=[P_ROOM],
-                     ok=("200", obj({"unpinned": BOOL}, ["unpinned"]), "whether a pin was removed")),
+# Each capability module's paths, merged into the document when the module is served
+# (``gateway.app.CAPABILITIES``); a module may also export ``OPENAPI_PATHS`` (and
+# ``OPENAPI_SCHEMAS``) itself, which take precedence.
+PATHS_BY_MODULE: dict[str, dict[str, dict[str, J]]] = {
+    "gateway.http": {
+        "/healthz": {"get": op("Liveness", tag="ops", auth=None, ok=("200", obj({"ok": BOOL, "node": STR}, ["ok"]), "the process answers"))},
+        "/readyz": {"get": op("Readiness (Redis reachable, not draining)", tag="ops", auth=None,
+                              ok=("200", obj({"ok": BOOL}, ["ok"]), "ready; 503 while Redis is unreachable or the node drains on SIGTERM"))},
+        "/metrics": {"get": {**op("Prometheus metrics", tag="ops", auth=None, ok=("200", None, "text exposition format")),
+                             "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": STR}}}}}},
+        "/api/v1/rooms/{room}/online": {"get": op("Viewers online now (all nodes)", tag="rooms", auth=None, params=[P_ROOM],
+                                                  ok=("200", obj({"room": STR, "online": INT, "seq": INT}, ["room", "online", "seq"]), "count"))},
     },
-    "/api/v1/products": {"post": op("Create a product", tag="rooms", auth="hosts and ops", body=ref("ProductCreate"),
-                                    ok=("201", ref("Product"), "created"))},
-    "/api/v1/products/{product}": {"get": op("A product", tag="rooms", auth=None,
-                                             params=[{"name": "product", "in": "path", "required": True, "schema": ID}],
-                                             ok=("200", ref("Product"), "the product"), errors=(404,))},
-    # flash sales and orders
-    "/api/v1/campaigns": {
-        "post": op("Create flash-sale campaigns (one object, a list, or {campaigns: [...]})", tag="sales", auth=HOST,
-                   body={"oneOf": [ref("CampaignCreate"), arr(ref("CampaignCreate")), obj({"campaigns": arr(ref("CampaignCreate"))}, ["campaigns"])]},
-                   ok=("201", obj({"campaigns": arr({"allOf": [ref("Sale")], "type": "object",
-                                                      "properties": {"sale_id": ID, "created": BOOL, "state": STR}, "required": ["sale_id", "created", "state"]})}, ["campaigns"]), "created")),
-        "get": op("List campaigns with live stock figures", tag="sales", auth="ops (all rooms) or a host with ?room=",
-                  params=[{"name": "room", "in": "query", "schema": ID}, Q_LIMIT],
-                  ok=("200", obj({"campaigns": arr({"allOf": [ref("Sale")], "type": "object",
-                                                     "properties": {"product_name": nullable(STR), "state": STR, "remaining": INT, "reserved": INT, "paid": INT}})}, ["campaigns"]), "campaigns")),
+    "gateway.chat": {
+        "/api/v1/rooms/{room}/announce": {"post": op("Announce to the room (`notice` event)", tag="rooms", auth=HOST, params=[P_ROOM],
+                                                     body=obj({"text": {"type": "string", "minLength": 1, "maxLength": 1000}, "data": {"type": "object"}}, ["text"]),
+                                                     ok=("200", obj({"seq": INT}, ["seq"]), "published"))},
     },
-    "/api/v1/sales/{sale}/start": {"post": op("Open a prepared sale now (`sale.started`)", tag="sales", auth=HOST, params=[P_SALE],
-                                              ok=("200", ref("SaleState"), "live (or sold_out)"), errors=(404, 409))},
-    "/api/v1/sales/{sale}/stop": {"post": op("End a sale now (`sale.ended`)", tag="sales", auth=HOST, params=[P_SALE],
-                                             ok=("200", ref("SaleState"), "ended"), errors=(404,))},
-    "/api/v1/sales/{sale}/stats": {"get": op("Stock conservation and SQL order totals of a sale", tag="sales", auth=HOST, params=[P_SALE],
-                                             ok=("200", ref("SaleStats"), "figures"), errors=(404,))},
-    "/api/v1/sales/{sale}/buy": {"post": op("Reserve units (HTTP twin of the `buy` command)", tag="sales", auth=ANYONE_SIGNED, params=[P_SALE],
-                                            body=ref("BuyRequest"), ok=("201", ref("Reserved"), "reserved (200 with duplicate=true for a repeated request_id)"),
-                                            errors=(409,), desc="409 codes: `sold_out`, `limit_reached`, `not_started`, `ended`.")},
-    "/api/v1/orders": {"get": op("List orders (your own; ops: anyone's)", tag="orders", auth="signed-in users (own orders) or ops",
-                                 params=[{"name": "user", "in": "query", "schema": STR}, {"name": "sale", "in": "query", "schema": ID},
-                                         {"name": "room", "in": "query", "schema": ID},
-                                         {"name": "state", "in": "query", "schema": {"enum": ["reserved", "paid", "cancelled", "refund_requested", "refunded"]}},
-                                         Q_LIMIT, Q_OFFSET],
-                                 ok=("200", obj({"orders": arr(ref("Order"))}, ["orders"]), "orders, newest first"))},
-    "/api/v1/orders/{order}": {"get": op("One order: SQL row, Redis hold and history", tag="orders", auth="the buyer or ops", params=[P_ORDER],
-                                         ok=("200", obj({"order": nullable(ref("Order")), "hold": nullable(ref("Hold")), "history": arr(ref("OrderEvent"))},
-                                                        ["order", "hold", "history"]), "the order"), errors=(404,))},
-    "/api/v1/orders/{order}/pay": {"post": op("Pay a reserved order (simulated payment provider)", tag="orders", auth="the buyer or ops",
-                                              params=[P_ORDER, H_IDEM], body=obj({"coupon_id": STR}),
-                                              ok=("200", ref("PayResult"), "paid"), errors=(404, 409),
-                                              desc="409 `expired` / `already_cancelled`: no payment taken. The body is optional.")},
-    "/api/v1/orders/{order}/cancel": {"post": op("Cancel a reserved order (stock released)", tag="orders", auth="the buyer or ops", params=[P_ORDER],
-                                                 ok=("200", obj({"order_id": STR, "outcome": {"enum": ["released", "already_released", "already_paid"]}},
-                                                                ["order_id", "outcome"]), "outcome"), errors=(404, 409))},
-    # lotteries
-    "/api/v1/rooms/{room}/lotteries": {
-        "post": op("Start a lottery (`lottery.started` with the seed hash)", tag="lotteries", auth=HOST, params=[P_ROOM],
-                   body=ref("LotteryStart"), ok=("201", ref("LotteryPublic"), "started")),
-        "get": op("The room's open lotteries", tag="lotteries", auth=None, params=[P_ROOM],
-                  ok=("200", obj({"lotteries": arr(ref("LotteryPublic"))}, ["lotteries"]), "open lotteries")),
+    "gateway.commerce": {
+        "/api/v1/campaigns": {
+            "post": op("Create flash-sale campaigns (one object, a list, or {campaigns: [...]})", tag="sales", auth=HOST,
+                       body={"oneOf": [ref("CampaignCreate"), arr(ref("CampaignCreate")), obj({"campaigns": arr(ref("CampaignCreate"))}, ["campaigns"])]},
+                       ok=("201", obj({"campaigns": arr({"allOf": [ref("Sale")], "type": "object",
+                                                          "properties": {"sale_id": ID, "created": BOOL, "state": STR}, "required": ["sale_id", "created", "state"]})}, ["campaigns"]), "created")),
+            "get": op("List campaigns with live stock figures", tag="sales", auth="ops (all rooms) or a host with ?room=",
+                      params=[{"name": "room", "in": "query", "schema": ID}, Q_LIMIT],
+                      ok=("200", obj({"campaigns": arr({"allOf": [ref("Sale")], "type": "object",
+                                                         "properties": {"product_name": nullable(STR), "state": STR, "remaining": INT, "reserved": INT, "paid": INT}})}, ["campaigns"]), "campaigns")),
+        },
+        "/api/v1/sales/{sale}/start": {"post": op("Open a prepared sale now (`sale.started`)", tag="sales", auth=HOST, params=[P_SALE],
+                                                  ok=("200", ref("SaleState"), "live (or sold_out)"), errors=(404, 409))},
+        "/api/v1/sales/{sale}/stop": {"post": op("End a sale now (`sale.ended`)", tag="sales", auth=HOST, params=[P_SALE],
+                                                 ok=("200", ref("SaleState"), "ended"), errors=(404,))},
+        "/api/v1/sales/{sale}/stats": {"get": op("Stock conservation and SQL order totals of a sale", tag="sales", auth=HOST, params=[P_SALE],
+                                                 ok=("200", ref("SaleStats"), "figures"), errors=(404,))},
+        "/api/v1/sales/{sale}/buy": {"post": op("Reserve units (HTTP twin of the `buy` command)", tag="sales", auth=ANYONE_SIGNED, params=[P_SALE],
+                                                body=ref("BuyRequest"), ok=("201", ref("Reserved"), "reserved (200 with duplicate=true for a repeated request_id)"),
+                                                errors=(409,), desc="409 codes: `sold_out`, `limit_reached`, `not_started`, `ended`.")},
+        "/api/v1/orders": {"get": op("List orders (your own; ops: anyone's)", tag="orders", auth="signed-in users (own orders) or ops",
+                                     params=[{"name": "user", "in": "query", "schema": STR}, {"name": "sale", "in": "query", "schema": ID},
+                                             {"name": "room", "in": "query", "schema": ID},
+                                             {"name": "state", "in": "query", "schema": {"enum": ["reserved", "paid", "cancelled", "refund_requested", "refunded"]}},
+                                             Q_LIMIT, Q_OFFSET],
+                                     ok=("200", obj({"orders": arr(ref("Order"))}, ["orders"]), "orders, newest first"))},
+        "/api/v1/orders/{order}": {"get": op("One order: SQL row, Redis hold and history", tag="orders", auth="the buyer or ops", params=[P_ORDER],
+                                             ok=("200", obj({"order": nullable(ref("Order")), "hold": nullable(ref("Hold")), "history": arr(ref("OrderEvent"))},
+                                                            ["order", "hold", "history"]), "the order"), errors=(404,))},
+        "/api/v1/orders/{order}/pay": {"post": op("Pay a reserved order (simulated payment provider)", tag="orders", auth="the buyer or ops",
+                                                  params=[P_ORDER, H_IDEM], body=obj({"coupon_id": STR}),
+                                                  ok=("200", ref("PayResult"), "paid"), errors=(404, 409),
+                                                  desc="409 `expired` / `already_cancelled`: no payment taken. The body is optional.")},
+        "/api/v1/orders/{order}/cancel": {"post": op("Cancel a reserved order (stock released)", tag="orders", auth="the buyer or ops", params=[P_ORDER],
+                                                     ok=("200", obj({"order_id": STR, "outcome": {"enum": ["released", "already_released", "already_paid"]}},
+                                                                    ["order_id", "outcome"]), "outcome"), errors=(404, 409))},
     },
-    "/api/v1/lotteries/{id}": {"get": op("A lottery's public, verifiable record", tag="lotteries", auth=None,
-                                         params=[{"name": "id", "in": "path", "required": True, "schema": ID}],
-                                         ok=("200", ref("LotteryRecord"), "record"), errors=(404,))},
-    # gifts, wallets, points, coupons
-    "/api/v1/gifts": {"get": op("The gift catalogue, cheapest first", tag="gifts", auth=None,
-                                ok=("200", obj({"gifts": arr(ref("Gift"))}, ["gifts"]), "catalogue"))},
-    "/api/v1/rooms/{room}/leaderboard": {"get": op("Top gifters of a room", tag="gifts", auth=None, params=[P_ROOM, Q_N],
-                                                   ok=("200", ref("Leaderboard"), "board"))},
-    "/api/v1/hosts/{host}/leaderboard": {"get": op("A host's top fans", tag="gifts", auth=None,
-                                                   params=[{"name": "host", "in": "path", "required": True, "schema": STR}, Q_N],
-                                                   ok=("200", ref("Leaderboard"), "board"))},
-    "/api/v1/leaderboards/hosts": {"get": op("Hosts by gifts received", tag="gifts", auth=None, params=[Q_N],
-                                             ok=("200", ref("Leaderboard"), "board"))},
-    "/api/v1/wallets/{user}": {"get": op("Wallet balance (coins)", tag="wallets", auth=SELF, params=[P_USER],
-                                         ok=("200", ref("Wallet"), "balance"))},
-    "/api/v1/wallets/{user}/topup": {"post": op("Top up test coins (idempotent on the key)", tag="wallets", auth=SELF, params=[P_USER, H_IDEM],
-                                                body=ref("Topup"), ok=("201", ref("TopupResult"), "credited (200 with duplicate=true for a repeated key)"),
-                                                errors=(409,))},
-    "/api/v1/wallets/{user}/ledger": {"get": op("Wallet ledger (SQL), newest first", tag="wallets", auth=SELF, params=[P_USER, Q_LIMIT, Q_OFFSET],
-                                                ok=("200", ref("WalletLedger"), "entries"))},
-    "/api/v1/points/{user}": {"get": op("Points balances and levels", tag="points", auth=SELF, params=[P_USER],
-                                        ok=("200", ref("Points"), "balances"))},
-    "/api/v1/points/{user}/ledger": {"get": op("Points ledger, newest first", tag="points", auth=SELF,
-                                               params=[P_USER, {"name": "role", "in": "query", "schema": {"enum": ["viewer", "host"]}}, Q_LIMIT, Q_OFFSET],
-                                               ok=("200", ref("PointsLedger"), "entries"))},
-    "/api/v1/points/{user}/redeem": {"post": op("Redeem points for a coupon", tag="points", auth="the user themself", params=[P_USER],
-                                                body=ref("Redeem"), ok=("202", ref("RedeemAccepted"), "accepted: the points worker decides"), errors=(409,))},
-    "/api/v1/rooms/{room}/coupons": {
-        "post": op("Drop coupons in a room (`coupon.dropped`)", tag="coupons", auth=HOST, params=[P_ROOM], body=ref("CouponDropCreate"),
-                   ok=("201", ref("CouponDrop"), "dropped"), errors=(409,)),
-        "get": op("The room's live coupon drops", tag="coupons", auth=None, params=[P_ROOM],
-                  ok=("200", obj({"room": STR, "drops": arr(ref("CouponDrop"))}, ["room", "drops"]), "drops")),
+    "gateway.rooms": {
+        "/api/v1/rooms": {"post": op("Create a room", tag="rooms", auth="a host (for a room its token lists) or ops", body=ref("RoomCreate"),
+                                     ok=("201", ref("Room"), "created"), errors=(409,))},
+        "/api/v1/rooms/{room}": {"get": op("A room, its state and the last show's summary", tag="rooms", auth=None, params=[P_ROOM],
+                                           ok=("200", ref("Room"), "the room"), errors=(404,))},
+        "/api/v1/rooms/{room}/live": {"post": op("Go live (`room.live` to viewers)", tag="rooms", auth=HOST, params=[P_ROOM],
+                                                 ok=("200", ref("Room"), "live"), errors=(404, 409))},
+        "/api/v1/rooms/{room}/end": {"post": op("End the show (`room.ended` with the summary)", tag="rooms", auth=HOST, params=[P_ROOM],
+                                                ok=("200", ref("Room"), "ended"), errors=(404, 409))},
+        "/api/v1/rooms/{room}/pin": {
+            "post": op("Pin a product (`product.pinned`)", tag="rooms", auth=HOST, params=[P_ROOM], body=obj({"product_id": ID}, ["product_id"]),
+                       ok=("200", ref("Pin"), "pinned"), errors=(404,)),
+            "delete": op("Unpin (`product.unpinned`)", tag="rooms", auth=HOST, params=[P_ROOM],
+                         ok=("200", obj({"unpinned": BOOL}, ["unpinned"]), "whether a pin was removed")),
+        },
+        "/api/v1/products": {"post": op("Create a product", tag="rooms", auth="hosts and ops", body=ref("ProductCreate"),
+                                        ok=("201", ref("Product"), "created"))},
+        "/api/v1/products/{product}": {"get": op("A product", tag="rooms", auth=None,
+                                                 params=[{"name": "product", "in": "path", "required": True, "schema": ID}],
+                                                 ok=("200", ref("Product"), "the product"), errors=(404,))},
     },
-    "/api/v1/coupons/{drop}": {"get": op("A coupon drop and its counts", tag="coupons", auth=None, params=[P_DROP],
-                                         ok=("200", ref("CouponDrop"), "drop"), errors=(404,))},
-    "/api/v1/coupons/{drop}/claim": {"post": op("Claim one coupon of a drop", tag="coupons", auth=ANYONE_SIGNED, params=[P_DROP],
-                                                ok=("201", ref("Coupon"), "claimed"), errors=(404, 409),
-                                                desc="409 codes: `sold_out`, `already_claimed`, `expired`.")},
-    "/api/v1/users/{user}/coupons": {"get": op("A user's coupons", tag="coupons", auth=SELF, params=[P_USER],
-                                               ok=("200", obj({"user": STR, "coupons": arr(ref("Coupon"))}, ["user", "coupons"]), "coupons"))},
-    # ops
-    "/api/v1/ops/overview": {"get": op("Live rooms, rates, orders, funnel, campaigns and alerts (whole cluster)", tag="ops", auth=OPS,
-                                       ok=("200", ref("OpsOverview"), "snapshot"))},
-    "/api/v1/ops/series": {"get": op("Time series the dashboard charts draw", tag="ops", auth=OPS,
-                                     params=[{"name": "since", "in": "query", "schema": MS, "description": "only samples after this time"}],
-                                     ok=("200", ref("OpsSeries"), "samples"))},
-    "/api/v1/ops/alerts": {"get": op("Alert states (also Prometheus `lc_alert_active{alert}`)", tag="ops", auth=OPS,
-                                     ok=("200", obj({"alerts": arr(ref("Alert"))}, ["alerts"]), "alerts"))},
-    "/api/v1/ops/inventory/{sale}": {"get": op("Per-order Redis vs SQL check of a sale (report only)", tag="ops", auth=OPS, params=[P_SALE],
-                                               ok=("200", ref("InventoryReport"), "report"), errors=(404,))},
+    "gateway.likes": {
+        "/api/v1/rooms/{room}/likes": {"get": op("Likes total", tag="rooms", auth=None, params=[P_ROOM],
+                                                 ok=("200", obj({"room": STR, "likes": INT}, ["room", "likes"]), "total"))},
+    },
+    "gateway.lottery": {
+        "/api/v1/rooms/{room}/lotteries": {
+            "post": op("Start a lottery (`lottery.started` with the seed hash)", tag="lotteries", auth=HOST, params=[P_ROOM],
+                       body=ref("LotteryStart"), ok=("201", ref("LotteryPublic"), "started")),
+            "get": op("The room's open lotteries", tag="lotteries", auth=None, params=[P_ROOM],
+                      ok=("200", obj({"lotteries": arr(ref("LotteryPublic"))}, ["lotteries"]), "open lotteries")),
+        },
+        "/api/v1/lotteries/{id}": {"get": op("A lottery's public, verifiable record", tag="lotteries", auth=None,
+                                             params=[{"name": "id", "in": "path", "required": True, "schema": ID}],
+                                             ok=("200", ref("LotteryRecord"), "record"), errors=(404,))},
+    },
+    "gateway.wallet": {
+        "/api/v1/wallets/{user}": {"get": op("Wallet balance (coins)", tag="wallets", auth=SELF, params=[P_USER],
+                                             ok=("200", ref("Wallet"), "balance"))},
+        "/api/v1/wallets/{user}/topup": {"post": op("Top up test coins (idempotent on the key)", tag="wallets", auth=SELF, params=[P_USER, H_IDEM],
+                                                    body=ref("Topup"), ok=("201", ref("TopupResult"), "credited (200 with duplicate=true for a repeated key)"),
+                                                    errors=(409,))},
+        "/api/v1/wallets/{user}/ledger": {"get": op("Wallet ledger (SQL), newest first", tag="wallets", auth=SELF, params=[P_USER, Q_LIMIT, Q_OFFSET],
+                                                    ok=("200", ref("WalletLedger"), "entries"))},
+    },
+    "gateway.gifts": {
+        "/api/v1/gifts": {"get": op("The gift catalogue, cheapest first", tag="gifts", auth=None,
+                                    ok=("200", obj({"gifts": arr(ref("Gift"))}, ["gifts"]), "catalogue"))},
+        "/api/v1/rooms/{room}/leaderboard": {"get": op("Top gifters of a room", tag="gifts", auth=None, params=[P_ROOM, Q_N],
+                                                       ok=("200", ref("Leaderboard"), "board"))},
+        "/api/v1/hosts/{host}/leaderboard": {"get": op("A host's top fans", tag="gifts", auth=None,
+                                                       params=[{"name": "host", "in": "path", "required": True, "schema": STR}, Q_N],
+                                                       ok=("200", ref("Leaderboard"), "board"))},
+        "/api/v1/leaderboards/hosts": {"get": op("Hosts by gifts received", tag="gifts", auth=None, params=[Q_N],
+                                                 ok=("200", ref("Leaderboard"), "board"))},
+    },
+    "gateway.coupons": {
+        "/api/v1/rooms/{room}/coupons": {
+            "post": op("Drop coupons in a room (`coupon.dropped`)", tag="coupons", auth=HOST, params=[P_ROOM], body=ref("CouponDropCreate"),
+                       ok=("201", ref("CouponDrop"), "dropped"), errors=(409,)),
+            "get": op("The room's live coupon drops", tag="coupons", auth=None, params=[P_ROOM],
+                      ok=("200", obj({"room": STR, "drops": arr(ref("CouponDrop"))}, ["room", "drops"]), "drops")),
+        },
+        "/api/v1/coupons/{drop}": {"get": op("A coupon drop and its counts", tag="coupons", auth=None, params=[P_DROP],
+                                             ok=("200", ref("CouponDrop"), "drop"), errors=(404,))},
+        "/api/v1/coupons/{drop}/claim": {"post": op("Claim one coupon of a drop", tag="coupons", auth=ANYONE_SIGNED, params=[P_DROP],
+                                                    ok=("201", ref("Coupon"), "claimed"), errors=(404, 409),
+                                                    desc="409 codes: `sold_out`, `already_claimed`, `expired`.")},
+        "/api/v1/users/{user}/coupons": {"get": op("A user's coupons", tag="coupons", auth=SELF, params=[P_USER],
+                                                   ok=("200", obj({"user": STR, "coupons": arr(ref("Coupon"))}, ["user", "coupons"]), "coupons"))},
+    },
+    "gateway.points": {
+        "/api/v1/points/{user}": {"get": op("Points balances and levels", tag="points", auth=SELF, params=[P_USER],
+                                            ok=("200", ref("Points"), "balances"))},
+        "/api/v1/points/{user}/ledger": {"get": op("Points ledger, newest first", tag="points", auth=SELF,
+                                                   params=[P_USER, {"name": "role", "in": "query", "schema": {"enum": ["viewer", "host"]}}, Q_LIMIT, Q_OFFSET],
+                                                   ok=("200", ref("PointsLedger"), "entries"))},
+        "/api/v1/points/{user}/redeem": {"post": op("Redeem points for a coupon", tag="points", auth="the user themself", params=[P_USER],
+                                                    body=ref("Redeem"), ok=("202", ref("RedeemAccepted"), "accepted: the points worker decides"), errors=(409,))},
+    },
+    "gateway.ops": {
+        "/api/v1/ops/overview": {"get": op("Live rooms, rates, orders, funnel, campaigns and alerts (whole cluster)", tag="ops", auth=OPS,
+                                           ok=("200", ref("OpsOverview"), "snapshot"))},
+        "/api/v1/ops/series": {"get": op("Time series the dashboard charts draw", tag="ops", auth=OPS,
+                                         params=[{"name": "since", "in": "query", "schema": MS, "description": "only samples after this time"}],
+                                         ok=("200", ref("OpsSeries"), "samples"))},
+        "/api/v1/ops/alerts": {"get": op("Alert states (also Prometheus `lc_alert_active{alert}`)", tag="ops", auth=OPS,
+                                         ok=("200", obj({"alerts": arr(ref("Alert"))}, ["alerts"]), "alerts"))},
+        "/api/v1/ops/inventory/{sale}": {"get": op("Per-order Redis vs SQL check of a sale (report only)", tag="ops", auth=OPS, params=[P_SALE],
+                                                   ok=("200", ref("InventoryReport"), "report"), errors=(404,))},
+    },
+    "gateway.openapi": {
+        "/api/v1/openapi.json": {"get": op("This document", tag="docs", auth=None, ok=("200", {"type": "object"}, "OpenAPI 3.1"))},
+        "/api/v1/docs": {"get": {**op("Human-readable API docs", tag="docs", auth=None),
+                                 "responses": {"200": {"description": "HTML page", "content": {"text/html": {"schema": STR}}}}}},
+    },
 }
 
+# Capabilities added after the first document; their schemas stay loose (``object`` with
+# the fields clients rely on) until their owners tighten them.
+P_REFUND = {"name": "refund", "in": "path", "required": True, "schema": STR}
+P_TICKET = {"name": "ticket", "in": "path", "required": True, "schema": STR}
+P_HOST = {"name": "host", "in": "path", "required": True, "schema": STR}
+P_SEGMENT = {"name": "segment", "in": "path", "required": True, "schema": STR}
+ANY_OBJ: J = {"type": "object"}
+REFUND: J = obj({"refund_id": STR, "order_id": STR, "qty": INT, "amount": CENTS, "state": STR, "reason": STR}, ["refund_id"])
+TICKET: J = obj({"id": STR, "user_id": STR, "kind": STR, "priority": STR, "subject": STR, "status": STR,
+                 "created_ms": MS, "sla": {"type": "object"}}, ["id", "status"])
+SEGMENT_RULE: J = {"type": "object", "description": "the rule language of livecommerce/segments.py"}
+TARGET: J = obj({"target_id": STR, "drop_id": STR, "members": INT, "delivered": INT}, ["target_id"])
+FUNNEL: J = obj({"kind": STR, "id": STR, "room": nullable(STR), "gmv": CENTS, "orders": COUNTS}, ["kind", "id"])
 
-def document(server_url: str | None = None) -> J:
-    """The OpenAPI 3.1 document (a fresh copy each call)."""
+PATHS_BY_MODULE.update({
+    "gateway.refunds": {
+        "/api/v1/orders/{order}/refunds": {
+            "post": op("Ask for a refund of a paid order", tag="after-sales", auth="the buyer", params=[P_ORDER],
+                       body=obj({"qty": INT, "reason": STR, "note": STR}, ["reason"]),
+                       ok=("202", REFUND, "requested (200 with duplicate=true when repeated while open)"), errors=(404, 409)),
+            "get": op("The order's refunds", tag="after-sales", auth="the buyer, ops or the room's host", params=[P_ORDER],
+                      ok=("200", obj({"order_id": STR, "refunds": arr(REFUND)}, ["order_id", "refunds"]), "refunds"), errors=(404,)),
+        },
+        "/api/v1/orders/{order}/history": {"get": op("The order's whole history (states and refunds), oldest first", tag="after-sales",
+                                                     auth="the buyer, ops or the room's host", params=[P_ORDER],
+                                                     ok=("200", obj({"order_id": STR, "state": STR, "history": arr(ANY_OBJ)}, ["order_id", "history"]), "history"),
+                                                     errors=(404,))},
+        "/api/v1/refunds": {"get": op("List refunds", tag="after-sales", auth="ops (all), a host (?room=), a viewer (own)",
+                                      params=[{"name": "state", "in": "query", "schema": {"enum": ["requested", "approved", "rejected", "refunded"]}},
+                                              {"name": "room", "in": "query", "schema": ID}, {"name": "user", "in": "query", "schema": STR}, Q_LIMIT, Q_OFFSET],
+                                      ok=("200", obj({"refunds": arr(REFUND)}, ["refunds"]), "refunds"))},
+        "/api/v1/refunds/{refund}/approve": {"post": op("Approve a refund", tag="after-sales", auth=HOST, params=[P_REFUND],
+                                                        body=obj({"note": STR}), ok=("200", REFUND, "decided"), errors=(404, 409))},
+        "/api/v1/refunds/{refund}/reject": {"post": op("Reject a refund", tag="after-sales", auth=HOST, params=[P_REFUND],
+                                                       body=obj({"note": STR}), ok=("200", REFUND, "decided"), errors=(404, 409))},
+        "/api/v1/tickets": {
+            "post": op("Open a support ticket", tag="after-sales", auth=ANYONE_SIGNED,
+                       body=obj({"subject": STR, "text": STR, "kind": STR, "priority": STR, "order_id": STR, "room_id": STR}, ["subject", "text"]),
+                       ok=("201", TICKET, "opened with its SLA"), errors=(404,)),
+            "get": op("List tickets, most urgent SLA first", tag="after-sales", auth="ops (all) or the owner (own)",
+                      params=[{"name": "status", "in": "query", "schema": {"enum": ["open", "in_progress", "resolved", "closed"]}},
+                              {"name": "breached", "in": "query", "schema": STR}, Q_LIMIT, Q_OFFSET],
+                      ok=("200", obj({"tickets": arr(TICKET), "now_ms": MS}, ["tickets"]), "tickets")),
+        },
+        "/api/v1/tickets/{ticket}": {"get": op("A ticket, its SLA timer and history", tag="after-sales", auth="the owner or ops",
+                                               params=[P_TICKET], ok=("200", TICKET, "ticket"), errors=(404,))},
+        "/api/v1/tickets/{ticket}/status": {"post": op("Move a ticket", tag="after-sales", auth="ops; the owner may close or reopen",
+                                                       params=[P_TICKET], body=obj({"status": STR, "note": STR, "assignee": STR}, ["status"]),
+                                                       ok=("200", TICKET, "moved"), errors=(404, 409))},
+    },
+    "gateway.fanclub": {
+        "/api/v1/hosts/{host}/follow": {
+            "post": op("Follow a host", tag="fans", auth=ANYONE_SIGNED, params=[P_HOST],
+                       ok=("202", obj({"host": STR, "following": BOOL, "v": INT}, ["host", "following"]), "accepted")),
+            "delete": op("Unfollow a host", tag="fans", auth=ANYONE_SIGNED, params=[P_HOST],
+                         ok=("202", obj({"host": STR, "following": BOOL, "v": INT}, ["host", "following"]), "accepted")),
+        },
+        "/api/v1/hosts/{host}/fanclub": {
+            "post": op("Join a host's fan club (also follows)", tag="fans", auth=ANYONE_SIGNED, params=[P_HOST],
+                       ok=("202", obj({"host": STR, "member": BOOL, "v": INT}, ["host", "member"]), "accepted")),
+            "delete": op("Leave a host's fan club", tag="fans", auth=ANYONE_SIGNED, params=[P_HOST],
+                         ok=("202", obj({"host": STR, "member": BOOL, "v": INT}, ["host", "member"]), "accepted")),
+        },
+        "/api/v1/hosts/{host}/fans": {"get": op("A host's fan leaderboard by intimacy", tag="fans", auth=None, params=[P_HOST, Q_N],
+                                                ok=("200", obj({"host": STR, "members": INT, "followers": INT, "top": arr(ANY_OBJ)}, ["host", "top"]), "board"))},
+        "/api/v1/me/fanclubs": {"get": op("My follows and fan-club memberships", tag="fans", auth=ANYONE_SIGNED,
+                                          ok=("200", obj({"user": STR, "fanclubs": arr(ANY_OBJ)}, ["user", "fanclubs"]), "memberships"))},
+    },
+    "gateway.profiles": {
+        "/api/v1/users/{user}/profile": {"get": op("A viewer's profile (RFM, lifecycle, interests)", tag="profiles", auth=OPS, params=[P_USER],
+                                                   ok=("200", ANY_OBJ, "profile"), errors=(404,))},
+        "/api/v1/me/profile": {"get": op("My profile", tag="profiles", auth=ANYONE_SIGNED, ok=("200", ANY_OBJ, "profile"), errors=(404,))},
+        "/api/v1/me/data": {
+            "get": op("Export everything kept about me", tag="profiles", auth=ANYONE_SIGNED, ok=("200", ANY_OBJ, "export")),
+            "delete": op("Erase my personal data (ledgers stay balanced under a pseudonym)", tag="profiles", auth=ANYONE_SIGNED,
+                         ok=("200", obj({"erased": BOOL, "pseudonym": STR}, ["erased"]), "erased"), errors=(409,)),
+        },
+    },
+    "gateway.segments": {
+        "/api/v1/segments": {
+            "post": op("Define a segment", tag="segments", auth=OPS, body=obj({"id": STR, "name": STR, "rule": SEGMENT_RULE}, ["name", "rule"]),
+                       ok=("201", obj({"segment": ANY_OBJ, "size": INT}, ["segment", "size"]), "created")),
+            "get": op("List segments", tag="segments", auth=OPS, ok=("200", obj({"segments": arr(ANY_OBJ)}, ["segments"]), "segments")),
+        },
+        "/api/v1/segments/preview": {"post": op("Preview a rule's members", tag="segments", auth=OPS, body=obj({"rule": SEGMENT_RULE}, ["rule"]),
+                                                ok=("200", obj({"size": INT, "sample": arr(STR)}, ["size", "sample"]), "preview"))},
+        "/api/v1/segments/{segment}": {
+            "get": op("A segment and its targets", tag="segments", auth=OPS, params=[P_SEGMENT],
+                      ok=("200", obj({"segment": ANY_OBJ, "targets": arr(ANY_OBJ)}, ["segment"]), "segment"), errors=(404,)),
+            "put": op("Replace a segment's name and rule", tag="segments", auth=OPS, params=[P_SEGMENT],
+                      body=obj({"name": STR, "rule": SEGMENT_RULE}, ["rule"]),
+                      ok=("200", obj({"segment": ANY_OBJ, "size": INT}, ["segment", "size"]), "replaced"), errors=(404,)),
+        },
+        "/api/v1/segments/{segment}/preview": {"get": op("Preview a segment's members", tag="segments", auth=OPS, params=[P_SEGMENT],
+                                                         ok=("200", obj({"size": INT, "sample": arr(STR)}, ["size", "sample"]), "preview"), errors=(404,))},
+        "/api/v1/segments/{segment}/coupons": {"post": op("A coupon drop only the segment's members can claim", tag="segments", auth=OPS,
+                                                          params=[P_SEGMENT], body=ANY_OBJ, ok=("201", TARGET, "targeted"), errors=(404,))},
+        "/api/v1/segments/{segment}/push": {"post": op("A notice to the segment's online members", tag="segments", auth=OPS, params=[P_SEGMENT],
+                                                       body=obj({"text": STR, "drop_id": STR, "sale_id": STR}, ["text"]),
+                                                       ok=("201", TARGET, "pushed"), errors=(404,))},
+        "/api/v1/segments/{segment}/targets": {"get": op("Each target's members, delivered and redeemed", tag="segments", auth=OPS,
+                                                         params=[P_SEGMENT], ok=("200", obj({"segment_id": STR, "targets": arr(ANY_OBJ)}, ["targets"]), "targets"))},
+    },
+    "gateway.funnel": {
+        "/api/v1/sales/{sale}/funnel": {"get": op("A flash sale's funnel (viewers, saw, tried, reserved, paid) and GMV", tag="sales", auth=HOST,
+                                                  params=[P_SALE], ok=("200", FUNNEL, "funnel"), errors=(404,))},
+        "/api/v1/coupons/{drop}/funnel": {"get": op("A coupon drop's funnel", tag="coupons", auth=HOST, params=[P_DROP],
+                                                    ok=("200", FUNNEL, "funnel"), errors=(404,))},
+    },
+})
+
+
+def _served_modules() -> list[str]:
+    from .app import CAPABILITIES  # late: gateway.app loads this module by name
+
+    return list(CAPABILITIES)
+
+
+def document(modules: list[str] | None = None, server_url: str | None = None) -> J:
+    """The OpenAPI 3.1 document of the capability ``modules`` (default: what
+    ``gateway.app.CAPABILITIES`` serves), a fresh copy each call."""
+    import importlib
+
+    paths: dict[str, dict[str, J]] = {}
+    schemas = copy.deepcopy(SCHEMAS)
+    for name in modules if modules is not None else _served_modules():
+        own = PATHS_BY_MODULE.get(name, {})
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            mod = None
+        own = {**own, **getattr(mod, "OPENAPI_PATHS", {})}
+        schemas.update(getattr(mod, "OPENAPI_SCHEMAS", {}))
+        for path, ops in own.items():
+            paths.setdefault(path, {}).update(copy.deepcopy(ops))
     doc: J = {
         "openapi": "3.1.0",
         "info": {
@@ -400,16 +555,20 @@ def document(server_url: str | None = None) -> J:
         "servers": [{"url": server_url or "/"}],
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
-            "schemas": copy.deepcopy(SCHEMAS),
+            "schemas": schemas,
         },
-        "paths": copy.deepcopy(PATHS),
+        "paths": paths,
     }
     return doc
 
 
 def setup(gw: Gateway, app: web.Application) -> None:
+    cache: list[bytes] = []
+
     async def openapi_json(request: web.Request) -> web.Response:
-        return web.json_response(document(), headers={"Access-Control-Allow-Origin": "*"})
+        if not cache:
+            cache.append(json.dumps(document()).encode())
+        return web.Response(body=cache[0], content_type="application/json", headers={"Access-Control-Allow-Origin": "*"})
 
     async def docs(request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC_DIR / "docs.html", headers={"Cache-Control": "no-cache"})

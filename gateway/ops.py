@@ -147,8 +147,8 @@ def error_rate(samples: Sequence[Sample], *, now_ms: int, recent_s: float = 10, 
     """Active when errors/s over the last ``recent_s`` exceed max(``floor``, ``factor`` x
     the mean of the ``baseline_s`` before)."""
     cut = now_ms - int(recent_s * 1000)
-    recent = _window(samples, cut, now_ms + 1)
-    base = _window(samples, cut - int(baseline_s * 1000), cut)
+    recent = _window(samples, cut + 1, now_ms + 1)  # (cut, now]
+    base = _window(samples, cut - int(baseline_s * 1000) + 1, cut + 1)
     cur = statistics.fmean(s.errors for s in recent) if recent else 0.0
     baseline = statistics.fmean(s.errors for s in base) if base else 0.0
     threshold = max(floor, factor * baseline)
@@ -266,6 +266,7 @@ class Ops:
         self.latest_rooms: dict[str, dict[str, Any]] = {}
         self.alerts = AlertState()
         self.drifting: dict[str, int] = {}
+        self.drift_grace_s = 20.0  # the orders worker's normal lag, at most
         self.timeouts_by_minute: deque[tuple[int, int]] = deque(maxlen=30)
         self._next_commerce = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -306,6 +307,9 @@ class Ops:
         self.c_http.labels(f"{response.status // 100}xx").inc()
         if response.status >= 500:
             self.http_errors += 1
+        room = request.match_info.get("room") if response.status < 400 else None
+        if room and request.path.startswith("/api/v1/rooms/"):  # a room run over HTTP only
+            self.room_seen[room] = time.monotonic()
 
     # ---- the loop
     def start(self) -> None:
@@ -335,7 +339,7 @@ class Ops:
             await self.sample_fast()
             if force or time.monotonic() >= self._next_commerce:
                 self._next_commerce = time.monotonic() + COMMERCE_EVERY_S
-                await self.sample_commerce()
+                await self.sample_commerce(force=force)
 
     def node_totals(self) -> dict[str, Any]:
         m = self.gw.metrics
@@ -359,7 +363,7 @@ class Ops:
         pipe = self.gw.redis.pipeline(transaction=False)
         pipe.hset(k.global_key("ops:nodes"), self.gw.s.node_id, json.dumps(self.node_totals()))
         pipe.expire(k.global_key("ops:nodes"), 3600)
-        rooms = {r: now_ms for r in set(self.gw.hub.rooms) | set(self.totals)}
+        rooms = {r: now_ms for r in set(self.gw.hub.rooms) | set(self.room_seen)}
         if rooms:
             pipe.zadd(k.global_key("ops:rooms"), rooms)
             pipe.zremrangebyscore(k.global_key("ops:rooms"), 0, now_ms - 86_400_000)
@@ -448,10 +452,13 @@ class Ops:
             out[room] = total
         return out
 
-    async def sample_commerce(self) -> None:
-        """Campaign figures: computed by one node per interval (a Redis lock), read by all."""
+    async def sample_commerce(self, *, force: bool = False) -> None:
+        """Campaign figures: computed by one node per interval (a Redis lock), read by all;
+        ``force`` computes them here and now."""
         k = self.gw.keys
-        lock = await self.gw.redis.set(k.global_key("ops:commerce:lock"), self.gw.s.node_id, nx=True, px=int(COMMERCE_EVERY_S * 1000) - 200)
+        lock = force or await self.gw.redis.set(
+            k.global_key("ops:commerce:lock"), self.gw.s.node_id, nx=True, px=int(COMMERCE_EVERY_S * 1000) - 200
+        )
         if lock:
             snap = await self.compute_commerce()
             await self.gw.redis.set(k.global_key("ops:commerce"), json.dumps(snap), ex=60)
@@ -466,7 +473,7 @@ class Ops:
         now_ms = self.gw.now_ms()
         checks = [SaleCheck(c["sale_id"], c["reserved"], c["paid"], c["sql"]["reserved"], c["sql"]["paid"], c["conserved"])
                   for c in snap["campaigns"] if "sql" in c]
-        f, self.drifting = stock_drift(checks, self.drifting, now_ms=now_ms)
+        f, self.drifting = stock_drift(checks, self.drifting, now_ms=now_ms, grace_s=self.drift_grace_s)
         self._record(f, now_ms)
         minute = now_ms // 60_000
         if not self.timeouts_by_minute or self.timeouts_by_minute[-1][0] != minute:
@@ -539,7 +546,7 @@ class Ops:
 
     def _record(self, f: Finding, now_ms: int) -> None:
         if self.alerts.update(f, now_ms):
-            log.warning("ops.alert", extra={"alert": f.alert, "value": f.value, "threshold": f.threshold, "msg": f.message})
+            log.warning("ops.alert", extra={"alert": f.alert, "value": f.value, "threshold": f.threshold, "detail": f.message})
         self.g_active.labels(f.alert).set(1 if f.active else 0)
         self.g_value.labels(f.alert).set(f.value)
         self.g_threshold.labels(f.alert).set(f.threshold)

@@ -1,0 +1,216 @@
+"""Ops alerting: the band rules as values, then the real pipeline on a real gateway.
+
+The rules (``gateway.ops``) are pure functions of samples; the integration cases drive a
+gateway with real Redis, SQLite and the Redis Streams log, with the orders worker drained
+by hand so that SQL lags Redis exactly when the test wants it to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import aiohttp
+
+from gateway.ops import (
+    AlertState,
+    Finding,
+    SaleCheck,
+    Sample,
+    error_rate,
+    online_drop,
+    payment_timeouts,
+    rates,
+    stock_drift,
+)
+
+
+def samples(values: list[tuple[int, float]], *, start_ms: int = 0, field: str = "online") -> list[Sample]:
+    out = []
+    for i, (online, errors) in enumerate(values):
+        out.append(Sample(start_ms + i * 1000, online if field == "online" else 0, 0, 0, 0, errors, 10))
+    return out
+
+
+# ----------------------------------------------------------------------------- rules
+def test_online_drop_fires_when_online_falls_below_half_of_the_recent_peak() -> None:
+    s = samples([(100, 0)] * 50 + [(40, 0)] * 5)
+    f = online_drop(s, now_ms=s[-1].ts_ms)
+    assert f.active and f.value == 40 and f.threshold == 50
+
+
+def test_online_drop_ignores_small_rooms_and_gentle_declines() -> None:
+    small = samples([(8, 0)] * 50 + [(1, 0)] * 5)
+    assert not online_drop(small, now_ms=small[-1].ts_ms).active
+    gentle = samples([(100 - i // 2, 0) for i in range(55)])  # 100 -> 73 in a minute
+    assert not online_drop(gentle, now_ms=gentle[-1].ts_ms).active
+
+
+def test_error_rate_fires_on_a_spike_above_its_baseline_band() -> None:
+    s = samples([(0, 0.5)] * 300 + [(0, 6.0)] * 10)
+    f = error_rate(s, now_ms=s[-1].ts_ms)
+    assert f.active and f.value == 6.0 and f.threshold == 2.0
+
+
+def test_error_rate_follows_a_steady_baseline() -> None:
+    s = samples([(0, 3.0)] * 310)
+    assert not error_rate(s, now_ms=s[-1].ts_ms).active  # 3/s is this system's normal
+    quiet = samples([(0, 0.0)] * 300 + [(0, 0.8)] * 10)
+    assert not error_rate(quiet, now_ms=quiet[-1].ts_ms).active  # below the 1/s floor
+
+
+def test_stock_drift_waits_for_the_workers_normal_lag_then_fires() -> None:
+    late = [SaleCheck("s1", redis_reserved=2, redis_paid=1, sql_reserved=1, sql_paid=1, conserved=True)]
+    f, since = stock_drift(late, {}, now_ms=1_000, grace_s=20)
+    assert not f.active and since == {"s1": 1_000}
+    f, since = stock_drift(late, since, now_ms=21_000, grace_s=20)
+    assert f.active and f.value == 1
+    caught_up = [SaleCheck("s1", 2, 1, 2, 1, True)]
+    f, since = stock_drift(caught_up, since, now_ms=22_000, grace_s=20)
+    assert not f.active and since == {}
+
+
+def test_stock_drift_fires_at_once_when_redis_breaks_conservation() -> None:
+    f, _ = stock_drift([SaleCheck("s1", 0, 0, 0, 0, conserved=False)], {}, now_ms=0)
+    assert f.active and "not conserved" in f.message
+
+
+def test_payment_timeouts_band_has_a_floor_and_follows_the_previous_minutes() -> None:
+    assert payment_timeouts(5, []).active
+    assert not payment_timeouts(4, []).active
+    assert not payment_timeouts(20, [8, 9, 7]).active  # busy show: 20 < 3 x 8
+    assert payment_timeouts(30, [8, 9, 7]).active
+
+
+def test_rates_come_from_successive_cumulative_readings_of_a_node() -> None:
+    a = {"start": 1, "ts": 10_000, "errors": 4, "requests": 100, "rooms": {"r": [10, 2, 20]}}
+    b = {"start": 1, "ts": 12_000, "errors": 8, "requests": 160, "rooms": {"r": [30, 4, 60], "q": [2, 0, 0]}}
+    r = rates(a, b)
+    assert r == {"errors": 2.0, "requests": 30.0, "rooms": {"r": [10.0, 1.0, 20.0], "q": [1.0, 0.0, 0.0]}}
+    assert rates(None, b) is None
+    assert rates({**a, "start": 0}, b) is None  # the node restarted: its counters did too
+
+
+def test_alert_state_remembers_since_when_an_alert_fires() -> None:
+    st = AlertState()
+    assert st.update(Finding("error_rate", True, 5, 1, "m"), 1_000)
+    assert not st.update(Finding("error_rate", True, 6, 1, "m"), 2_000)
+    assert {a["alert"]: a["since_ms"] for a in st.as_list()}["error_rate"] == 1_000
+    st.update(Finding("error_rate", False, 0, 1, "m"), 3_000)
+    assert {a["alert"]: a["active"] for a in st.as_list()} == {
+        "online_drop": False, "error_rate": False, "stock_drift": False, "payment_timeouts": False}
+
+
+# ----------------------------------------------------------------------------- pipeline
+async def _json(http: aiohttp.ClientSession, method: str, url: str, token: str, body: Any = None, status: int = 200) -> Any:
+    async with http.request(method, url, json=body, headers={"Authorization": f"Bearer {token}"}) as r:
+        data = await r.json()
+        assert r.status == status, data
+        return data
+
+
+async def _sale(http: aiohttp.ClientSession, base: str, host: str, *, stock: int, window_s: int = 900) -> str:
+    await _json(http, "POST", base + "/api/v1/rooms", host, {"id": "r1"}, status=201)
+    await _json(http, "POST", base + "/api/v1/rooms/r1/live", host)
+    now = int(time.time() * 1000)
+    body = {"room": "r1", "product_id": "p1", "price": 500, "stock": stock, "per_user_limit": 1,
+            "starts_ms": now - 1000, "duration_s": 600, "payment_window_s": window_s}
+    created = await _json(http, "POST", base + "/api/v1/campaigns", host, body, status=201)
+    return str(created["campaigns"][0]["sale_id"])
+
+
+async def _metric(http: aiohttp.ClientSession, base: str, line: str) -> bool:
+    async with http.get(base + "/metrics") as r:
+        return line in await r.text()
+
+
+async def test_stock_drift_alert_fires_while_sql_lags_and_clears_once_the_worker_catches_up(
+    gateway_factory: Any, token: Any, settings: Any
+) -> None:
+    from workers.orders import OrdersWorker
+
+    node = await gateway_factory()
+    ops = node.gw.services["ops"]
+    ops.drift_grace_s = 0.5
+    host, ops_tok = token("h1", "host", rooms=("r1",)), token("o1", "ops")
+    async with aiohttp.ClientSession() as http:
+        sale = await _sale(http, node.url, host, stock=5)
+        for u in ("a", "b"):
+            await _json(http, "POST", f"{node.url}/api/v1/sales/{sale}/buy", token(u), {"qty": 1, "request_id": f"q-{u}"}, status=201)
+        # no orders worker runs: Redis holds two reservations SQL has never heard of
+        await ops.tick(force=True)
+        await asyncio.sleep(0.6)
+        await ops.tick(force=True)
+        alerts = {a["alert"]: a for a in (await _json(http, "GET", node.url + "/api/v1/ops/alerts", ops_tok))["alerts"]}
+        assert alerts["stock_drift"]["active"], alerts["stock_drift"]
+        assert alerts["stock_drift"]["value"] == 2
+        assert await _metric(http, node.url, 'lc_alert_active{alert="stock_drift"} 1.0')
+        camp = (await _json(http, "GET", node.url + "/api/v1/ops/overview", ops_tok))["campaigns"][0]
+        assert (camp["reserved"], camp["sql"]["reserved"], camp["drift_units"]) == (2, 0, 2)
+
+        worker = OrdersWorker(settings)
+        try:
+            assert await worker.drain() >= 2
+        finally:
+            await worker.close()
+        await ops.tick(force=True)
+        alerts = {a["alert"]: a for a in (await _json(http, "GET", node.url + "/api/v1/ops/alerts", ops_tok))["alerts"]}
+        assert not alerts["stock_drift"]["active"], alerts["stock_drift"]
+        assert await _metric(http, node.url, 'lc_alert_active{alert="stock_drift"} 0.0')
+
+
+async def test_a_wave_of_payment_timeouts_fires_the_surge_alert(gateway_factory: Any, token: Any, settings: Any) -> None:
+    from workers.orders import OrdersWorker
+
+    node = await gateway_factory()
+    ops = node.gw.services["ops"]
+    host, ops_tok = token("h1", "host", rooms=("r1",)), token("o1", "ops")
+    async with aiohttp.ClientSession() as http:
+        sale = await _sale(http, node.url, host, stock=10, window_s=1)
+        for i in range(6):
+            await _json(http, "POST", f"{node.url}/api/v1/sales/{sale}/buy", token(f"u{i}"), {"qty": 1, "request_id": f"q{i}"}, status=201)
+        await asyncio.sleep(1.2)  # nobody pays within the 1 s window
+        worker = OrdersWorker(settings)
+        try:
+            expired = await worker.checkout.expire_due(int(time.time() * 1000))
+            assert len(expired) == 6
+            await worker.drain()
+        finally:
+            await worker.close()
+        await ops.tick(force=True)
+        ov = await _json(http, "GET", node.url + "/api/v1/ops/overview", ops_tok)
+        alerts = {a["alert"]: a for a in ov["alerts"]}
+        assert ov["totals"]["timeouts_last_min"] == 6
+        assert alerts["payment_timeouts"]["active"], alerts["payment_timeouts"]
+        assert ov["totals"]["orders"] == {"cancelled": 6}
+        assert await _metric(http, node.url, 'lc_alert_active{alert="payment_timeouts"} 1.0')
+
+
+async def test_comments_and_errors_are_counted_per_second_across_the_cluster(gateway_factory: Any, token: Any) -> None:
+    """Two nodes: comments accepted on each are summed, not counted once per subscriber."""
+    from tests.wsclient import Client
+
+    a, b = await gateway_factory(), await gateway_factory()
+    viewers = [await Client.connect(a.ws, "r9", token("v1"), fmt="json"), await Client.connect(b.ws, "r9", token("v2"), fmt="json")]
+    ops_a = a.gw.services["ops"]
+    try:
+        for i in range(4):
+            for c in viewers:
+                await c.send("comment", text=f"hi {i}")
+            await asyncio.sleep(0.3)
+        await viewers[0].send("nope")  # unknown_type: an error frame
+        await asyncio.sleep(2.5)  # both nodes' samplers write and read a few times
+        raw = await a.gw.redis.hgetall(a.gw.keys.global_key("ops:nodes"))
+        totals = {k.decode(): json.loads(v) for k, v in raw.items()}
+        assert sorted(t["rooms"]["r9"][0] for t in totals.values()) == [4, 4]
+        assert totals[a.settings.node_id]["errors"] >= 1
+        seen = list(ops_a.fast)[-6:]
+        assert max(x["comments_per_s"] for x in seen) >= 1.0, seen
+        assert 4 <= sum(x["comments_per_s"] for x in seen) <= 16, seen  # ~8 comments, one reading a second
+        assert max(x["errors_per_s"] for x in seen) > 0
+        assert seen[-1]["rooms"]["r9"]["online"] == 2 and seen[-1]["nodes"] == 2
+    finally:
+        for c in viewers:
+            await c.close()
