@@ -181,11 +181,12 @@ class Buyer:
                 async with http.post(f"{self.state.lb_url}/api/v1/orders/{order_id}/pay", json={},
                                      headers={**auth(self.token), "Idempotency-Key": f"pay-{order_id}"},
                                      timeout=aiohttp.ClientTimeout(total=10)) as r:
-                    body = await r.json(content_type=None)
+                    # anything else (HAProxy's 502/503 page while a gateway dies, 503
+                    # unavailable during a failover) is retried with the same key
                     if r.status == 200:
-                        return str(body["outcome"])
+                        return str((await r.json())["outcome"])
                     if r.status in (404, 409):
-                        return str(body["error"]["code"])
+                        return str((await r.json())["error"]["code"])
             await asyncio.sleep(0.2)
         raise AssertionError(f"{self.user}: payment of {order_id} not definitive within {within}s")
 
