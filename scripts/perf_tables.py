@@ -68,6 +68,9 @@ def conns(r: dict[str, Any]) -> None:
     print("| server | connections | connect time (s) | connects/s | RSS before (MiB) | RSS after (MiB) | RSS KiB/conn | USS KiB/conn | traced KiB/conn |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for x in r["results"]:
+        if x.get("error"):
+            print(f"| {x['server']} (tracemalloc) | failed: {x['error']} | | | | | | | |")
+            continue
         traced = f"{x['traced_per_conn_bytes'] / 1024:.1f}" if x.get("traced_per_conn_bytes") else "-"
         rss = "(inflated by tracing)" if x.get("tracemalloc") else f"{x['rss_per_conn_kib']:.1f}"
         uss = "" if x.get("tracemalloc") else f"{x['uss_per_conn_kib']:.1f}"
@@ -75,7 +78,7 @@ def conns(r: dict[str, Any]) -> None:
               f"{f(x['connect_per_s'], ',.0f')} | {x['rss_before'] / 2**20:.1f} | {x['rss_after'] / 2**20:.1f} | {rss} | {uss} | {traced} |")
     print()
     for x in r["results"]:
-        if not x.get("tracemalloc"):
+        if not x.get("tracemalloc") or x.get("error"):
             continue
         print(f"Top allocation sites per connection, {x['server']} ({x['ready']:,} connections):\n")
         print("| bytes/conn | blocks/conn | where |")
