@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from livecommerce.errors import LiveCommerceError, wire_error
+from livecommerce.errors import FrameTooBig, LiveCommerceError, wire_error
 
 from .core import Gateway
 
@@ -17,10 +17,14 @@ log = logging.getLogger("livecommerce.gateway.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+MAX_BODY_BYTES = 64 * 1024  # the application's client_max_size
+
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
+        if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+            raise FrameTooBig(f"request body of {request.content_length} bytes is over the {MAX_BODY_BYTES} byte limit")
         return await handler(request)
     except LiveCommerceError as exc:
         we = wire_error(exc)
@@ -29,6 +33,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         )
     except json.JSONDecodeError:
         return web.json_response({"error": {"code": "bad_json", "message": "request body is not valid JSON"}}, status=400)
+    except web.HTTPRequestEntityTooLarge:  # a body without Content-Length, cut off while read
+        return web.json_response(
+            {"error": {"code": "frame_too_big", "message": f"request body is over the {MAX_BODY_BYTES} byte limit"}}, status=413
+        )
     except web.HTTPException:
         raise
     except Exception:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -65,7 +66,27 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
             raise web.HTTPBadRequest(text="since must be a non-negative integer seq") from None
     if gw.hub.by_ip.get(ip, 0) >= gw.s.max_conns_per_ip:
         raise web.HTTPTooManyRequests(text="too many connections from this address")
+    # the slot is taken before the first await, so handshakes racing each other all count
+    gw.hub.by_ip[ip] = gw.hub.by_ip.get(ip, 0) + 1
+    try:
+        return await _accept(gw, request, room_id, fmt, since, ip)
+    finally:
+        gw.hub.by_ip[ip] -= 1
+        if not gw.hub.by_ip[ip]:
+            del gw.hub.by_ip[ip]
 
+
+def _user_slots(gw: Gateway) -> Counter[str]:
+    """Connections per user on this node, counted from authentication to close (not from
+    ``attach``), so that connections racing through the welcome all count."""
+    slots: Counter[str] | None = gw.services.get("user_slots")
+    if slots is None:
+        slots = gw.services["user_slots"] = Counter()
+    return slots
+
+
+async def _accept(gw: Gateway, request: web.Request, room_id: str, fmt: Format, since: int | None, ip: str) -> web.StreamResponse:
+    q = request.query
     ws = web.WebSocketResponse(
         heartbeat=gw.s.heartbeat_s,
         compress=False,
@@ -84,9 +105,11 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
         await ws.send_json({"t": "error", "d": {"code": "unauthorized", "message": exc.message}}) if fmt == "json" else await ws.send_bytes(_packed_error("unauthorized", exc.message))
         await ws.close(code=4401, message=b"unauthorized")
         return ws
-    if len(gw.hub.by_user.get(ident.user, ())) >= gw.s.max_conns_per_user:
+    slots = _user_slots(gw)
+    if slots[ident.user] >= gw.s.max_conns_per_user:
         await ws.close(code=4429, message=b"too many connections for this user")
         return ws
+    slots[ident.user] += 1
 
     now = time.monotonic()
     conn = Conn(
@@ -100,7 +123,6 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
         flood=FloodGuard(gw.s.flood_strikes, gw.s.flood_window_s),
         now=now,
     )
-    gw.hub.by_ip[ip] = gw.hub.by_ip.get(ip, 0) + 1
     attached = False
     try:
         room = await gw.hub.join(conn)
@@ -149,9 +171,9 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
         conn.send({"t": "error", "d": {"code": we.code, "message": exc.message}})
         await ws.close(code=1011 if we.close is None else we.close, message=we.code.encode())
     finally:
-        gw.hub.by_ip[ip] -= 1
-        if not gw.hub.by_ip[ip]:
-            del gw.hub.by_ip[ip]
+        slots[ident.user] -= 1
+        if not slots[ident.user]:
+            del slots[ident.user]
         if attached:
             gw.hub.leave(conn)
             try:
