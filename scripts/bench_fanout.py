@@ -900,12 +900,14 @@ def plot(report: dict[str, Any], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
-    colors = {"livecommerce": "tab:blue", "socketio": "tab:red", "relay": "tab:green"}
+    fixed = {"livecommerce": "tab:blue", "socketio": "tab:red", "relay": "tab:green"}
+    spare = iter(["tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray"])
+    colors = {res["server"]: fixed.get(res["server"]) or next(spare, "black") for res in report["results"]}
     for res in report["results"]:
         steps = [s for s in res["steps"] if s["received"]]
         if not steps:
             continue
-        c = colors.get(res["server"], None)  # variants get the next free colour
+        c = colors[res["server"]]
         x = [s["deliveries_s"] for s in steps]
         ax1.plot(x, [s["p99_ms"] for s in steps], "o-", color=c, label=f"{res['server']} p99")
         ax1.plot(x, [s["p50_ms"] for s in steps], "x--", color=c, alpha=0.6, label=f"{res['server']} p50")
@@ -914,8 +916,11 @@ def plot(report: dict[str, Any], path: str) -> None:
                          textcoords="offset points", xytext=(3, 3))
         ax2.plot([s["rate"] for s in steps], [s["cpu_us_per_delivery"] for s in steps], "o-", color=c,
                  label=res["server"])
+    from matplotlib.ticker import NullFormatter
+
     ax1.set_xscale("log")
     ax1.set_yscale("log")
+    ax1.xaxis.set_minor_formatter(NullFormatter())
     ax1.axhline(100, color="grey", lw=0.8, ls=":")
     ax1.set_xlabel("delivered messages/s (all clients)")
     ax1.set_ylabel("publish-to-receive latency (ms)")
@@ -1090,6 +1095,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sequential", action="store_true",
                    help="run the servers one after another (all steps of one, then the next) instead of "
                         "interleaved (all servers connected at once, each rate run on each server in turn)")
+    p.add_argument("--from-json", metavar="FILE", default="",
+                   help="run nothing: print the report of an earlier JSON result and redraw its plot (--plot)")
     p.add_argument("--keep-logs", action="store_true", help="keep the servers' logs (their temp folder is printed)")
     p.add_argument("--serve", choices=("socketio", "relay"), help="internal: run one embedded peer server and exit")
     p.add_argument("--port", type=int, default=0, help="internal, with --serve: port to listen on")
@@ -1099,6 +1106,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main() -> int:
     args = build_parser().parse_args()
+    if args.from_json:
+        finish(json.loads(Path(args.from_json).read_text()), argparse.Namespace(**dict(vars(args), out="")))
+        return 0
     if args.serve:
         serve(args.serve, args.port, args.redis, args.channel)
         return 0
