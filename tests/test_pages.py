@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "reports" / "screenshots"
 CHROMIUM = os.environ.get("LC_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-TIMEOUT_MS = 15_000
+TIMEOUT_MS = 20_000  # generous: CI machines may be busy
 
 pytestmark = pytest.mark.slow
 
@@ -143,8 +143,15 @@ def dev(tmp_path_factory: pytest.TempPathFactory, browser: Any) -> Iterator[Dev]
         drain.wait(5)
 
 
-def _page(browser: Any, url: str, errors: list[str], ctx: Any = None) -> Any:
-    ctx = ctx or browser.new_context(viewport={"width": 1360, "height": 900})
+@pytest.fixture(scope="module")
+def ctx(browser: Any) -> Iterator[Any]:
+    """One browser context for the module's pages (each page has its own token in its URL)."""
+    c = browser.new_context(viewport={"width": 1360, "height": 900})
+    yield c
+    c.close()
+
+
+def _page(ctx: Any, url: str, errors: list[str]) -> Any:
     page = ctx.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     page.on("pageerror", lambda e: errors.append(f"{url.split('?')[0]}: {e}"))
@@ -153,12 +160,12 @@ def _page(browser: Any, url: str, errors: list[str], ctx: Any = None) -> Any:
 
 
 @pytest.fixture(scope="module")
-def ops_page(browser: Any, dev: Dev) -> Iterator[tuple[Any, list[str]]]:
+def ops_page(ctx: Any, dev: Dev) -> Iterator[tuple[Any, list[str]]]:
     """The ops dashboard, opened before the show so its charts record it."""
     errors: list[str] = []
-    page = _page(browser, dev.ops, errors)
+    page = _page(ctx, dev.ops, errors)
     yield page, errors
-    page.context.close()
+    page.close()
 
 
 def _colored_pixels_above_zero(page: Any, canvas_id: str, rgb: tuple[int, int, int]) -> int:
@@ -185,12 +192,12 @@ def _expect() -> Any:
     return expect
 
 
-def test_host_runs_a_whole_show_and_the_viewer_sees_each_step(browser: Any, dev: Dev, ops_page: Any) -> None:
+def test_host_runs_a_whole_show_and_the_viewer_sees_each_step(ctx: Any, dev: Dev, ops_page: Any) -> None:
     expect = _expect()
     expect(ops_page[0].locator("#status")).to_have_text("all normal")
     errors: list[str] = []
-    host = _page(browser, dev.host, errors)
-    viewer = _page(browser, dev.viewer, errors, host.context)
+    host = _page(ctx, dev.host, errors)
+    viewer = _page(ctx, dev.viewer, errors)
 
     # the room does not exist yet: the host creates it and goes live
     expect(host.locator("#create-room")).to_be_visible()
@@ -313,16 +320,17 @@ def test_host_runs_a_whole_show_and_the_viewer_sees_each_step(browser: Any, dev:
     expect(viewer.locator("#live-badge")).to_have_text("ENDED")
     expect(host.locator("#summary")).to_contain_text("comments")
     assert not errors, errors
-    host.context.close()
+    host.close()
+    viewer.close()
 
 
-def test_sold_out_is_shown_to_a_late_buyer(browser: Any, dev: Dev) -> None:
+def test_sold_out_is_shown_to_a_late_buyer(ctx: Any, dev: Dev) -> None:
     """A second viewer joins late (the sale is on), buys the last units, and the Buy button
     turns into Sold out."""
     expect = _expect()
     errors: list[str] = []
     tok = dev.token("viewer", "bob")
-    viewer = _page(browser, f"{dev.base}/static/viewer.html?room=demo&token={tok}", errors)
+    viewer = _page(ctx, f"{dev.base}/static/viewer.html?room=demo&token={tok}", errors)
     expect(viewer.locator("#sale-state")).to_contain_text("Flash sale live")
     expect(viewer.locator("#stock-text")).to_have_text("2 of 3 left")
     viewer.click("#buy")
@@ -333,7 +341,7 @@ def test_sold_out_is_shown_to_a_late_buyer(browser: Any, dev: Dev) -> None:
     expect(viewer.locator("#buy")).to_be_disabled()
     viewer.screenshot(path=str(SHOTS / "viewer-sold-out.png"), animations="disabled")
     assert not errors, errors
-    viewer.context.close()
+    viewer.close()
 
 
 def test_ops_dashboard_shows_rooms_campaigns_charts_and_alerts(dev: Dev, ops_page: Any) -> None:
@@ -368,10 +376,10 @@ def test_ops_dashboard_shows_rooms_campaigns_charts_and_alerts(dev: Dev, ops_pag
     assert not errors, errors
 
 
-def test_api_docs_page_lists_the_operations(browser: Any, dev: Dev) -> None:
+def test_api_docs_page_lists_the_operations(ctx: Any, dev: Dev) -> None:
     expect = _expect()
     errors: list[str] = []
-    page = _page(browser, dev.base + "/api/v1/docs", errors)
+    page = _page(ctx, dev.base + "/api/v1/docs", errors)
     op = page.locator("details.op", has_text="/api/v1/orders/{order}/pay")
     expect(op).to_contain_text("Pay a reserved order")
     op.locator("summary").click()
@@ -382,4 +390,4 @@ def test_api_docs_page_lists_the_operations(browser: Any, dev: Dev) -> None:
     page.goto(dev.base + "/")
     expect(page.locator("h1")).to_have_text("livecommerce")
     assert not errors, errors
-    page.context.close()
+    page.close()
