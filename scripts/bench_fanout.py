@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """Fan-out benchmark: one room, N WebSocket clients, one publisher at a target rate.
 
-Runs three servers one after another in the same run, with the same clients, rates and
-payloads, and prints them side by side:
+Runs three servers in the same run, with the same clients, rates and payloads, and prints
+them side by side. They run interleaved: all are started and connected first, then each rate
+runs on each server in turn (after every server has gone quiet), so that noise from other
+work on the machine hits them alike (``--sequential``: one server after the other).
 
 * ``livecommerce``: ``python -m livecommerce.cli gateway`` (a subprocess, Redis broker,
   tick batching); published through ``POST /api/v1/rooms/{room}/announce`` (one aiohttp
@@ -26,7 +28,10 @@ load generator's CPU. A server stops stepping up once p99 passes ``--stop-p99-ms
 passes ``--stop-loss``. Results go to a JSON file and a PNG plot (latency against load).
 
 Example: ``python scripts/bench_fanout.py`` (defaults: 2,000 clients, rates 2,10,40,160,320
-msgs/s, 5 s each, all three servers: under 3 minutes on 2 cores).
+msgs/s, 5 s each, all three servers: about 1.5 to 2 minutes on a quiet 2-core machine).
+Each step row also shows the load generator's, the publisher's and the rest of the machine's
+CPU ("other", Redis included), to tell a slow server from a busy machine. Results:
+docs/performance.md.
 """
 
 from __future__ import annotations
