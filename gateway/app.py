@@ -35,6 +35,7 @@ CAPABILITIES = [
     "gateway.likes",
     "gateway.lottery",
     "gateway.wallet", "gateway.gifts", "gateway.coupons", "gateway.points",
+    "gateway.refunds", "gateway.fanclub", "gateway.profiles", "gateway.segments", "gateway.funnel",
     "gateway.ops", "gateway.pages", "gateway.openapi",
 ]
 

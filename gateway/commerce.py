@@ -257,7 +257,8 @@ def setup(gw: Gateway, app: web.Application) -> None:
                 "reserved": st.reserved,
                 "paid": st.paid,
                 "buyers": st.buyers,
-                "conserved": st.initial == st.remaining + st.reserved + st.paid,
+                "conserved": st.conserved,
+                "refunded_kept": st.refunded_kept,
                 "gmv": sql.gmv,
                 "sql": {"orders": sql.orders, "units": sql.units, "buyers": sql.buyers, "refunded": sql.refunded},
             }

@@ -30,6 +30,7 @@ CLI_MODULES = [
     "livecommerce.cli_campaign",
     "livecommerce.cli_lottery",
     "livecommerce.cli_cluster",
+    "livecommerce.cli_profiles",
 ]
 
 

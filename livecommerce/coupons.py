@@ -35,7 +35,7 @@ CouponKind = Literal["full_reduction", "percent"]
 KINDS: tuple[CouponKind, ...] = ("full_reduction", "percent")
 CouponState = Literal["claimed", "locked", "used"]
 CouponStep = Literal["lock", "consume", "restore"]
-ClaimReject = Literal["not_found", "expired", "already_claimed", "sold_out"]
+ClaimReject = Literal["not_found", "not_eligible", "expired", "already_claimed", "sold_out"]
 
 COUPON_TRANSITIONS: dict[tuple[CouponState, CouponStep], CouponState] = {
     ("claimed", "lock"): "locked",
@@ -51,6 +51,7 @@ REDEEMED_TTL_S = 30 * 24 * 3600
 
 CLAIM_MESSAGES: dict[str, str] = {
     "not_found": "no such coupon drop",
+    "not_eligible": "this coupon drop is for a segment of viewers you are not in",
     "expired": "this coupon drop has expired",
     "already_claimed": "you already claimed a coupon from this drop",
     "sold_out": "all coupons of this drop are claimed",

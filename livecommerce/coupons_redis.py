@@ -3,7 +3,10 @@
 Keys (each drop's keys share its ``{coupon:ID}`` slot, so each script touches one slot):
 
 * ``{coupon:ID}:meta``    hash: the drop (:class:`~livecommerce.coupons.CouponDrop`
-  fields), ``only_user`` for a private drop (points redemptions), ``used`` counter
+  fields), ``only_user`` for a private drop (points redemptions), ``segment`` for a drop
+  only a segment's members may claim (issue 11), ``used`` counter
+* ``{coupon:ID}:members`` set: a segment drop's eligible users (the segment's members when
+  it dropped; ``claim`` answers ``not_eligible`` to anyone else)
 * ``{coupon:ID}:left``    coupons not yet claimed
 * ``{coupon:ID}:owners``  hash user -> the user's coupon (JSON: ``state``, ``claimed_ms``,
   ``order``, ``discount``, ``used_ms``)
@@ -84,8 +87,17 @@ class CouponsRedis:
         return self.keys.entity("coupon", drop_id, part)
 
     # ------------------------------------------------------------ drops
-    async def create_drop(self, drop: CouponDrop, *, only_user: str | None = None) -> bool:
-        """Store a new drop (False when the id exists: nothing changed).
+    async def create_drop(
+        self,
+        drop: CouponDrop,
+        *,
+        only_user: str | None = None,
+        segment: str | None = None,
+        members: list[str] | None = None,
+    ) -> bool:
+        """Store a new drop (False when the id exists: nothing changed). With ``segment``,
+        only ``members`` may claim it (they are stored first, so no member is refused
+        while the drop appears).
 
         Raises:
             Unavailable: Redis unreachable.
@@ -95,6 +107,15 @@ class CouponsRedis:
             args += [k, v]
         if only_user:
             args += ["only_user", only_user]
+        if segment:
+            args += ["segment", segment]
+            async with guarded():
+                if await self._r.exists(self._k(drop.id, "meta")):
+                    return False
+                mk = self._k(drop.id, "members")
+                for i in range(0, len(members or ()), 1000):
+                    await self._r.sadd(mk, *(members or [])[i : i + 1000])
+                await self._r.pexpireat(mk, drop.expires_ms + RETAIN_MS)
         async with guarded():
             created = bool(await self._drop(keys=[self._k(drop.id, "meta"), self._k(drop.id, "left")], args=args))
             if created and drop.room:
@@ -117,6 +138,11 @@ class CouponsRedis:
         remaining = int(left or 0)
         return drop, {"remaining": remaining, "claimed": drop.quantity - remaining, "used": int(f.get("used") or 0)}
 
+    async def members_count(self, drop_id: str) -> int:
+        """How many users a segment drop admits (0 for other drops)."""
+        async with guarded():
+            return int(await self._r.scard(self._k(drop_id, "members")))
+
     async def room_drops(self, room: str, *, now_ms: int) -> list[str]:
         """Ids of the room's drops that have not expired, soonest expiry first."""
         async with guarded():
@@ -130,7 +156,7 @@ class CouponsRedis:
         Raises:
             Unavailable: Redis unreachable.
         """
-        keys = [self._k(drop_id, "meta"), self._k(drop_id, "left"), self._k(drop_id, "owners")]
+        keys = [self._k(drop_id, "meta"), self._k(drop_id, "left"), self._k(drop_id, "owners"), self._k(drop_id, "members")]
         async with guarded():
             code, left = await self._claim(keys=keys, args=[user, now_ms, RETAIN_MS])
             code = _s(code)

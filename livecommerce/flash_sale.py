@@ -124,7 +124,9 @@ class Reserved:
 class SaleStats:
     """A consistent snapshot of one sale's stock, in units.
 
-    Conservation: ``initial == remaining + reserved + paid`` at every moment.
+    Conservation: ``initial == remaining + reserved + paid + refunded_kept`` at every
+    moment (refunded units leave ``paid``: back to ``remaining`` when the campaign restocks
+    on refund, else into ``refunded_kept``; ``restocked`` counts the former).
     ``buyers`` counts users holding at least one reserved or paid unit.
     """
 
@@ -138,10 +140,12 @@ class SaleStats:
     reserved_orders: int
     paid_orders: int
     cancelled_orders: int
+    refunded_kept: int = 0
+    restocked: int = 0
 
     @property
     def conserved(self) -> bool:
-        return self.initial == self.remaining + self.reserved + self.paid
+        return self.initial == self.remaining + self.reserved + self.paid + self.refunded_kept
 
 
 ReleaseOutcome = Literal["released", "already_released", "already_paid"]

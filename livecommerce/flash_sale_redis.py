@@ -13,11 +13,14 @@ part           type   holds
 ``req``        hash   user-scoped request id -> order id (the idempotency record)
 ``orders``     hash   order id -> JSON ``{u, q, s, p, r}`` (user, qty, state, pay-by, request)
 ``deadlines``  zset   reserved order ids by pay-by ms (the time-out worker's queue)
-``counts``     hash   reserved / paid units, reserved / paid / cancelled orders
+``counts``     hash   reserved / paid units, reserved / paid / cancelled orders,
+                      refunded units kept (``refunded_kept``) and ``restocked``
+``refunds``    hash   refund id -> ``"qty|restocked"`` (settled refunds, idempotency)
 =============  =====  ===================================================================
 
 Invariant at every moment (each script keeps it in one step):
-``meta.stock == stock + counts.reserved + counts.paid`` and ``stock >= 0``.
+``meta.stock == stock + counts.reserved + counts.paid + counts.refunded_kept`` and
+``stock >= 0``.
 
 Driver errors (connection lost, failover, cluster down) become
 :class:`~livecommerce.errors.Unavailable`; nothing above sees a ``redis`` exception.
@@ -57,6 +60,7 @@ RESERVE = (_LUA / "flash_sale_reserve.lua").read_text()
 RELEASE = (_LUA / "flash_sale_release.lua").read_text()
 PAY = (_LUA / "flash_sale_pay.lua").read_text()
 STATS = (_LUA / "flash_sale_stats.lua").read_text()
+REFUND = (_LUA / "flash_sale_refund.lua").read_text()
 
 PARTS = ("meta", "stock", "buyers", "req", "orders", "deadlines", "counts")
 
@@ -103,6 +107,7 @@ class RedisFlashSale:
         self._release = redis.register_script(RELEASE)
         self._pay = redis.register_script(PAY)
         self._stats = redis.register_script(STATS)
+        self._refund = redis.register_script(REFUND)
 
     def sale_keys(self, sale_id: str) -> list[str]:
         """All keys of one sale, in the order every script takes them (one slot)."""
@@ -321,6 +326,8 @@ class RedisFlashSale:
             reserved_orders=int(r[6]),
             paid_orders=int(r[7]),
             cancelled_orders=int(r[8]),
+            refunded_kept=int(r[9]) if len(r) > 9 else 0,
+            restocked=int(r[10]) if len(r) > 10 else 0,
         )
 
     async def hold(self, sale_id: str, order_id: str) -> Hold | None:
@@ -374,3 +381,32 @@ class RedisFlashSale:
                 num=limit,
             )
         return [_s(i) for i in ids]
+
+    # ------------------------------------------------------------------ refunds
+
+    async def refund(self, sale_id: str, order_id: str, refund_id: str, qty: int) -> tuple[str, bool, int]:
+        """Settle a refund of ``qty`` paid units of ``order_id``, exactly once per
+        ``refund_id`` (``flash_sale_refund.lua``): the units leave ``paid`` and the buyer's
+        held units; with the sale's ``restock_on_refund`` they go back to stock (a sold-out
+        sale is live again), else they are counted in ``refunded_kept``.
+
+        Returns ``(outcome, restocked, remaining)``; outcome ``ok`` (done now) or
+        ``already`` (this refund was settled before: nothing changed).
+
+        Raises:
+            NotFound: no such order in this sale.
+            Conflict: the order is not paid (``not_paid``), or more units than are left
+                unrefunded (``too_many_units``).
+            Unavailable: Redis unreachable.
+        """
+        keys = [*self.sale_keys(sale_id), self.keys.sale(sale_id, "refunds")]
+        async with _guarded():
+            r = await self._refund(keys=keys, args=[order_id, refund_id, qty])
+        code = _s(r[0])
+        if code == "unknown":
+            raise NotFound(f"no order {order_id} in sale {sale_id}", code="not_found")
+        if code == "not_paid":
+            raise Conflict(f"order {order_id} is not paid", code="not_paid")
+        if code == "too_many":
+            raise Conflict(f"only {int(r[1])} unit(s) of order {order_id} are left to refund", code="too_many_units")
+        return code, int(r[1]) == 1, int(r[2])

@@ -67,12 +67,25 @@ def _v1(conn: Connection) -> None:
     store_sql.metadata.create_all(conn, tables=tables, checkfirst=True)
 
 
+def _v2_aftersales(conn: Connection) -> None:
+    """Issue 11: refund columns, tickets, profiles, fan clubs, erasures, segments."""
+    from . import profiles_sql, refunds_sql, segments_sql, tickets_sql
+
+    have = {c["name"] for c in inspect(conn).get_columns("refunds")}
+    for name, ddl in refunds_sql.V2_COLUMNS:
+        if name not in have:
+            conn.execute(text(f"ALTER TABLE refunds ADD COLUMN {name} {ddl}"))
+    for meta in (tickets_sql.meta, profiles_sql.meta, segments_sql.meta):
+        meta.create_all(conn, checkfirst=True)
+
+
 STEPS: list[tuple[int, str, Step]] = [
     (
         1,
         "rooms, products, sales, orders + history, refunds, ledgers, applied events, coupons, lotteries",
         _v1,
     ),
+    (2, "after-sales: refund columns, tickets, profiles, fan clubs, erasures, segments", _v2_aftersales),
 ]
 LATEST = STEPS[-1][0]
 

@@ -27,9 +27,13 @@ class Product:
     name: str
     price: int
     image: str = ""
+    category: str = ""  # optional; viewer profiles count what each category sells (issue 11)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not self.category:
+            del d["category"]
+        return d
 
 
 def _ident(v: Any, name: str) -> str:
@@ -41,7 +45,7 @@ def _ident(v: Any, name: str) -> str:
 
 
 def new_product(body: Mapping[str, Any], *, default_id: str) -> Product:
-    """Validate ``POST /api/v1/products`` ``{id?, name, price, image?}``.
+    """Validate ``POST /api/v1/products`` ``{id?, name, price, image?, category?}``.
 
     Raises:
         BadFrame: (``invalid``) a missing or malformed field.
@@ -57,8 +61,11 @@ def new_product(body: Mapping[str, Any], *, default_id: str) -> Product:
     image = body.get("image", "")
     if not isinstance(image, str) or len(image) > 500:
         raise BadFrame("'image' must be a URL of at most 500 characters", code="invalid")
+    category = body.get("category", "")
+    if not isinstance(category, str) or len(category) > 64:
+        raise BadFrame("'category' must be text of at most 64 characters", code="invalid")
     pid = _ident(body["id"], "id") if body.get("id") is not None else default_id
-    return Product(pid, name.strip(), price, image)
+    return Product(pid, name.strip(), price, image, category.strip().lower())
 
 
 def pin_payload(product: Product, *, by: str, now_ms: int, sale: Mapping[str, Any] | None = None) -> dict[str, Any]:

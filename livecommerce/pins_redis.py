@@ -1,6 +1,6 @@
 """Redis adapter for the product catalogue and each room's current pin.
 
-Keys: ``{product:ID}:meta`` (hash: id, name, price, image) and ``{room:ID}:pin`` (the
+Keys: ``{product:ID}:meta`` (hash: id, name, price, image, category) and ``{room:ID}:pin`` (the
 current ``product.pinned`` data as JSON). Driver errors become
 :class:`~livecommerce.errors.Unavailable`.
 """
@@ -30,7 +30,10 @@ class RedisPins:
     async def put_product(self, p: Product) -> None:
         """Create or replace a product."""
         async with guarded():
-            await self._r.hset(self._product_key(p.id), mapping={"id": p.id, "name": p.name, "price": p.price, "image": p.image})
+            await self._r.hset(
+                self._product_key(p.id),
+                mapping={"id": p.id, "name": p.name, "price": p.price, "image": p.image, "category": p.category},
+            )
 
     async def get_product(self, product_id: str) -> Product | None:
         async with guarded():
@@ -38,7 +41,7 @@ class RedisPins:
         if not raw:
             return None
         h = {_s(k): _s(v) for k, v in raw.items()}
-        return Product(h["id"], h["name"], int(h["price"]), h.get("image", ""))
+        return Product(h["id"], h["name"], int(h["price"]), h.get("image", ""), h.get("category", ""))
 
     async def set_pin(self, room: str, pin: dict[str, Any]) -> None:
         async with guarded():

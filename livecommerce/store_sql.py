@@ -678,6 +678,16 @@ class SqlStore:
         async with guarded(), self.engine.connect() as conn:
             yield SqlTx(conn)
 
+    def write(self) -> contextlib.AbstractAsyncContextManager[SqlTx]:
+        """One write transaction (committed when the block ends, rolled back if it raises),
+        for capability adapters with tables of their own (``refunds_sql``, ``profiles_sql``
+        ...). Driver errors become ``Unavailable``."""
+        return self._write()
+
+    def read(self) -> contextlib.AbstractAsyncContextManager[SqlTx]:
+        """One read-only connection (committed data only); see :meth:`write`."""
+        return self._read()
+
     # -------------------------------------------------------------- exactly once
 
     @contextlib.asynccontextmanager

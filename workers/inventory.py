@@ -54,7 +54,7 @@ async def reconcile(checkout: Checkout, store: SqlStore, sale_id: str, *, repair
     sale = await checkout.sale(sale_id)
     report = SaleReport(
         sale_id,
-        conserved=st.initial == st.remaining + st.reserved + st.paid,
+        conserved=st.conserved,
         redis={"initial": st.initial, "remaining": st.remaining, "reserved": st.reserved, "paid": st.paid},
         sql={k: int(v) for k, v in sql.units.items()},
     )

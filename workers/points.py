@@ -24,6 +24,12 @@ is pushed; a refused one pushes ``points.redeem {ok: false, code: insufficient_p
 
 Host of an ``order.paid`` room: the ``host`` field of the event if any, else the room's
 meta (``{room:ID}:meta`` ``host``), else ``room:<id>`` (see :mod:`livecommerce.points`).
+
+Refunds (``order.refunded``, issue 11): reversing rows for the refunded share of the
+order's awards, ``order.refunded`` (buyer, viewer) and ``order.unsold`` (the host the event
+names, resolved like ``order.paid``'s), both negative and written even when the balance no
+longer covers them (balances may go negative; levels are recomputed from the new balance):
+see :func:`livecommerce.refunds.clawback_awards`.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from livecommerce.log import Log, LogEvent, open_log
 from livecommerce.notify import Notifier
 from livecommerce.points import REDEEM, Award, Rules, awards_for, level_for, redeem_drop_id, room_of
 from livecommerce.redis_conn import connect, guarded, is_cluster_url
+from livecommerce.refunds import ORDER_REFUNDED, clawback_awards
 from livecommerce.store import PointsRole, Store
 from workers.runner import run_consumer
 
@@ -79,7 +86,10 @@ class PointsWorker:
                 plans.append((e, None))
                 touched.add(str(e.data["user"]))
                 continue
-            awards = awards_for(e.type, e.data, host=await self._host(e), rules=self.rules)
+            if e.type == ORDER_REFUNDED:  # reversing rows for the order's awards (issue 11)
+                awards = clawback_awards(e.data)
+            else:
+                awards = awards_for(e.type, e.data, host=await self._host(e), rules=self.rules)
             if awards:
                 plans.append((e, awards))
                 touched.update(a.user for a in awards)

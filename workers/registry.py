@@ -8,4 +8,5 @@ is set, after finishing (or releasing) its current batch.
 from __future__ import annotations
 
 WORKERS: dict[str, str] = {"orders": "workers.orders:run", "inventory": "workers.inventory:run", "lottery": "workers.lottery:run",
-                             "wallet": "workers.wallet:run", "points": "workers.points:run"}
+                             "wallet": "workers.wallet:run", "points": "workers.points:run",
+                             "refunds": "workers.refunds:run", "profiles": "workers.profiles:run"}

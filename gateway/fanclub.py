@@ -1,0 +1,158 @@
+"""Fan clubs at the edge: follow, join, badges on comments, fan leaderboards.
+
+The rules are :mod:`livecommerce.fanclub`. Follows and memberships are events on the log
+(``fan.follow`` / ``fan.club``, topic ``activity``, each with a per-user version so the last
+change wins); the profiles worker applies them with the intimacy, and refreshes the Redis
+cache this module reads.
+
+HTTP (signed in; the caller follows / joins for themself):
+
+* ``POST /api/v1/hosts/{host}/follow``, ``DELETE`` the same: follow / unfollow -> 202
+  ``{host, following, v}``.
+* ``POST /api/v1/hosts/{host}/fanclub``, ``DELETE`` the same: join / leave the host's fan
+  club (joining also follows) -> 202 ``{host, member, v}``.
+* ``GET /api/v1/hosts/{host}/fans?n=`` (public): the fan leaderboard, members by intimacy
+  ``[{rank, user, name, intimacy, level}]``, with ``members`` and ``followers`` counts.
+* ``GET /api/v1/me/fanclubs``: the caller's follows and memberships with intimacy and level.
+
+Badge: a ``comment_hooks`` entry adds ``fan {host, level}`` to a comment when its author is
+a member of the room host's club. The room's host and the author's level are cached on the
+node for :data:`BADGE_CACHE_S` seconds: one Redis read per (author, host) per period.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+from livecommerce import profiles_sql
+from livecommerce.errors import Forbidden, LiveCommerceError
+from livecommerce.fanclub import (
+    CLUB,
+    FOLLOW,
+    MAX_LEADERBOARD,
+    badge,
+    check_host,
+    fan_event,
+    fan_event_id,
+    fan_level,
+    leaderboard_entry,
+)
+from livecommerce.fanclub_redis import FanclubRedis
+
+from .conn import Conn
+from .core import Gateway
+from .refunds import host_of
+from .wallet import durable_log, sql_store
+
+log = logging.getLogger("livecommerce.gateway.fanclub")
+
+BADGE_CACHE_S = 10.0
+ACTIVITY = "activity"
+
+
+class Fanclub:
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.fans = FanclubRedis(gw.redis, gw.keys)
+        self._levels: dict[tuple[str, str], tuple[int | None, float]] = {}
+        self._hosts: dict[str, tuple[str, float]] = {}
+
+    async def change(self, user: str, host: str, kind: str, on: bool) -> int:
+        """Append a follow / membership change; return its version.
+
+        Raises:
+            Unavailable: Redis or the log unreachable.
+        """
+        v = await self.fans.next_version(user)
+        await durable_log(self.gw).append(ACTIVITY, user, kind, fan_event(user, host, on=on, v=v), event_id=fan_event_id(user, v))
+        return v
+
+    async def _host(self, room: str) -> str:
+        now = time.monotonic()
+        hit = self._hosts.get(room)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        host = await host_of(self.gw, room)
+        if len(self._hosts) > 50_000:
+            self._hosts.clear()
+        self._hosts[room] = (host, now + BADGE_CACHE_S)
+        return host
+
+    async def on_comment(self, conn: Conn, d: dict[str, Any]) -> None:
+        """Add the author's fan badge for the room's host (never fails the comment)."""
+        try:
+            host = await self._host(conn.room)
+            if host == conn.user:
+                return
+            key, now = (conn.user, host), time.monotonic()
+            hit = self._levels.get(key)
+            if hit is None or hit[1] <= now:
+                if len(self._levels) > 200_000:
+                    self._levels.clear()
+                hit = (await self.fans.level(host, conn.user), now + BADGE_CACHE_S)
+                self._levels[key] = hit
+            if hit[0] is not None:
+                d["fan"] = badge(host, hit[0])
+        except LiveCommerceError as exc:
+            log.info("fanclub.badge_skipped", extra={"user": conn.user, "err": exc.message})
+
+
+def setup(gw: Gateway, app: web.Application) -> None:
+    fc = Fanclub(gw)
+    gw.services["fanclub"] = fc
+    gw.services.setdefault("comment_hooks", []).append(fc.on_comment)
+
+    def viewer_of(request: web.Request) -> tuple[Any, str]:
+        ident = gw.identify_request(request)
+        host = check_host(request.match_info["host"])
+        if host == ident.user:
+            raise Forbidden("hosts do not follow or join their own club")
+        return ident, host
+
+    async def follow(request: web.Request) -> web.Response:
+        ident, host = viewer_of(request)
+        on = request.method == "POST"
+        v = await fc.change(ident.user, host, FOLLOW, on)
+        return web.json_response({"host": host, "following": on, "v": v}, status=202)
+
+    async def club(request: web.Request) -> web.Response:
+        ident, host = viewer_of(request)
+        on = request.method == "POST"
+        if on:
+            await fc.change(ident.user, host, FOLLOW, True)
+            if ident.name:
+                await profiles_sql.set_display_name(sql_store(gw), ident.user, ident.name, now_ms=gw.now_ms())
+        v = await fc.change(ident.user, host, CLUB, on)
+        return web.json_response({"host": host, "member": on, "v": v}, status=202)
+
+    async def fans(request: web.Request) -> web.Response:
+        host = check_host(request.match_info["host"])
+        try:
+            n = max(1, min(MAX_LEADERBOARD, int(request.query.get("n", "20"))))
+        except ValueError:
+            n = 20
+        top = await fc.fans.top(host, n)
+        store = sql_store(gw)
+        names: dict[str, str | None] = {}
+        if top:
+            names = {u: name for u, _, name in await profiles_sql.fan_board(store, host, n)}
+        board = [leaderboard_entry(i + 1, u, pts, names.get(u)) for i, (u, pts) in enumerate(top)]
+        return web.json_response({"host": host, **await profiles_sql.fan_counts(store, host), "top": board})
+
+    async def mine(request: web.Request) -> web.Response:
+        ident = gw.identify_request(request)
+        rows = await profiles_sql.memberships(sql_store(gw), ident.user)
+        return web.json_response({"user": ident.user, "fanclubs": [
+            {**r, "level": fan_level(r["intimacy"]) if r["member"] else None} for r in rows]})
+
+    r = app.router
+    r.add_post("/api/v1/hosts/{host}/follow", follow)
+    r.add_delete("/api/v1/hosts/{host}/follow", follow)
+    r.add_post("/api/v1/hosts/{host}/fanclub", club)
+    r.add_delete("/api/v1/hosts/{host}/fanclub", club)
+    r.add_get("/api/v1/hosts/{host}/fans", fans)
+    r.add_get("/api/v1/me/fanclubs", mine)

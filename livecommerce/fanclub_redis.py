@@ -1,0 +1,91 @@
+"""Redis side of fan clubs: the badge cache, the fan leaderboards and the version counter.
+
+Keys:
+
+* ``{fan:HOST}:badges``  hash member -> fan level (what the comment hook reads: one HGET)
+* ``{fan:HOST}:board``   sorted set member -> intimacy (``GET /api/v1/hosts/{host}/fans``)
+* ``{user:ID}:fanv``     counter: the version of the user's next follow / membership change
+  (the last-writer-wins order, see :mod:`livecommerce.fanclub`)
+
+The profiles worker writes the first two after each batch from the SQL projection
+(``fan_members``), so they are a cache: a lost write is repaired by the pair's next event,
+and ``livecommerce profiles rebuild`` rewrites them all. Driver errors become
+:class:`~livecommerce.errors.Unavailable`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .fanclub import fan_level
+from .keys import Keys
+from .redis_conn import guarded
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+class FanclubRedis:
+    def __init__(self, redis: Any, keys: Keys) -> None:
+        self._r = redis
+        self.keys = keys
+
+    def _k(self, host: str, part: str) -> str:
+        return self.keys.entity("fan", host, part)
+
+    async def next_version(self, user: str) -> int:
+        async with guarded():
+            return int(await self._r.incr(self.keys.user(user, "fanv")))
+
+    async def put(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Cache ``fan_members`` rows: members get their level and board score, others
+        leave both."""
+        pipe = self._r.pipeline(transaction=False)
+        n = 0
+        for r in rows:
+            host, user = str(r["host_id"]), str(r["user_id"])
+            if r["member"]:
+                pipe.hset(self._k(host, "badges"), user, fan_level(int(r["intimacy"])))
+                pipe.zadd(self._k(host, "board"), {user: int(r["intimacy"])})
+            else:
+                pipe.hdel(self._k(host, "badges"), user)
+                pipe.zrem(self._k(host, "board"), user)
+            n += 1
+        if n:
+            async with guarded():
+                await pipe.execute()
+
+    async def level(self, host: str, user: str) -> int | None:
+        """The member's cached fan level in ``host``'s club (None: not a member)."""
+        async with guarded():
+            v = await self._r.hget(self._k(host, "badges"), user)
+        return None if v is None else int(v)
+
+    async def top(self, host: str, n: int) -> list[tuple[str, int]]:
+        async with guarded():
+            pairs = await self._r.zrevrange(self._k(host, "board"), 0, max(0, n - 1), withscores=True)
+        return [(_s(u), int(s)) for u, s in pairs]
+
+    async def forget(self, user: str, hosts: Iterable[str]) -> None:
+        """Drop ``user`` from the given hosts' badges and boards (data erasure)."""
+        pipe = self._r.pipeline(transaction=False)
+        for h in hosts:
+            pipe.hdel(self._k(h, "badges"), user)
+            pipe.zrem(self._k(h, "board"), user)
+        pipe.delete(self.keys.user(user, "fanv"))
+        async with guarded():
+            await pipe.execute()
+
+    async def clear(self, hosts: Iterable[str]) -> None:
+        """Drop the hosts' caches (before a rebuild rewrites them)."""
+        pipe = self._r.pipeline(transaction=False)
+        n = 0
+        for h in hosts:
+            pipe.delete(self._k(h, "badges"))
+            pipe.delete(self._k(h, "board"))
+            n += 1
+        if n:
+            async with guarded():
+                await pipe.execute()

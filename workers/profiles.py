@@ -1,0 +1,233 @@
+"""``livecommerce worker profiles``: viewer profiles and fan intimacy from the log, exactly once;
+and ``rebuild``, which recomputes every profile from the log.
+
+Live: consumes ``orders``, ``gifts`` and ``activity`` as group ``profiles``. A batch is one
+transaction: take the shared profiles lock, claim the batch's event ids (``applied_events``
+under consumer ``profiles``), fold each fresh event's contributions
+(:func:`livecommerce.profiles.contributions`) into its user's stored profile, and project the
+touched (viewer, host) pairs into ``fan_members``. After the commit the fan badge and
+leaderboard cache in Redis is refreshed for those pairs.
+
+Rebuild strategy (``livecommerce profiles rebuild``): read the log **from the beginning in a
+fresh consumer group** per topic (``profiles-rebuild-<ms>``), fold every event once (ids
+deduplicated) with the same pure function, then, in one transaction holding the profiles
+lock exclusively (live batches wait), read what was appended meanwhile (a catch-up pass in
+the same groups), claim every folded id for ``profiles`` (so the live worker does not apply
+them again) and replace every profile and the fan projection. Because the fold is a
+commutative monoid, the result equals what the live worker computed from the same events.
+It needs the log's whole history: Redis Streams keep it unless a ``maxlen`` trims them;
+Kafka topics need a retention that keeps it (``retention.ms=-1``), else the rebuild
+recomputes from what is retained. The rebuild's groups are left behind (Redis: an idle
+group per stream; Kafka: committed offsets, which expire).
+
+Resolved at application time (Redis, cached per process): a room's host (``{room:ID}:meta``
+``host``) and a sale's product category (``{sale:ID}:meta`` ``product_id`` ->
+``{product:ID}:meta`` ``category``). Erased users: events of a user whose pseudonym is in
+``erasures`` are folded under the pseudonym.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from livecommerce import profiles_sql
+from livecommerce.config import Settings
+from livecommerce.fanclub_redis import FanclubRedis
+from livecommerce.keys import Keys
+from livecommerce.log import Log, LogEvent, open_log
+from livecommerce.profiles import TOPICS, Context, Profile, contributions, merge, pseudonym
+from livecommerce.redis_conn import connect, guarded
+from livecommerce.store_sql import SqlStore
+
+from .runner import run_consumer
+
+log = logging.getLogger("livecommerce.workers.profiles")
+
+CONSUMER = "profiles"
+RELEVANT = frozenset({
+    "activity.watch", "activity.comment", "gift.sent", "wallet.topup", "order.reserved", "order.cancelled",
+    "order.paid", "refund.requested", "order.refunded", "fan.follow", "fan.club",
+})
+_USER_FIELDS = ("user", "user_id")
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+class Resolver:
+    """Rooms' hosts and sales' product categories from Redis, cached in the process."""
+
+    def __init__(self, redis: Any, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.hosts: dict[str, str | None] = {}
+        self.categories: dict[str, str | None] = {}
+
+    async def prepare(self, events: Iterable[LogEvent]) -> None:
+        rooms: set[str] = set()
+        sales: set[str] = set()
+        for e in events:
+            room = e.data.get("room") or e.data.get("room_id")
+            if room and str(room) not in self.hosts:
+                rooms.add(str(room))
+            sale = e.data.get("sale_id")
+            if e.type in ("order.paid", "order.refunded") and sale and str(sale) not in self.categories:
+                sales.add(str(sale))
+        if not rooms and not sales:
+            return
+        rl, sl = sorted(rooms), sorted(sales)
+        pipe = self.redis.pipeline(transaction=False)
+        for room in rl:
+            pipe.hget(self.keys.room_meta(room), "host")
+        for sale in sl:
+            pipe.hget(self.keys.sale(sale, "meta"), "product_id")
+        async with guarded():
+            got = await pipe.execute()
+        for room, v in zip(rl, got[: len(rl)], strict=True):
+            self.hosts[room] = _s(v) if v else None
+        products = {sale: _s(v) for sale, v in zip(sl, got[len(rl) :], strict=True) if v}
+        if products:
+            pipe = self.redis.pipeline(transaction=False)
+            for pid in products.values():
+                pipe.hget(self.keys.entity("product", pid, "meta"), "category")
+            async with guarded():
+                cats = await pipe.execute()
+            by_product = {pid: (_s(c) if c else None) for pid, c in zip(products.values(), cats, strict=True)}
+            for sale in sl:
+                self.categories[sale] = by_product.get(products[sale]) if sale in products else None
+        for sale in sl:
+            self.categories.setdefault(sale, None)
+
+    def host_of(self, room: str) -> str | None:
+        return self.hosts.get(room)
+
+    def category_of(self, sale: str) -> str | None:
+        return self.categories.get(sale)
+
+
+def _users(events: Iterable[LogEvent]) -> set[str]:
+    return {str(e.data[f]) for e in events for f in _USER_FIELDS if e.data.get(f)}
+
+
+class ProfilesWorker:
+    """The batch handler (shared by the three topic loops)."""
+
+    def __init__(self, store: SqlStore, redis: Any, keys: Keys, *, secret: str) -> None:
+        self.store = store
+        self.secret = secret
+        self.resolver = Resolver(redis, keys)
+        self.fans = FanclubRedis(redis, keys)
+        self.applied = 0
+
+    async def __call__(self, events: list[LogEvent]) -> None:
+        """Fold the batch's fresh events into profiles in one transaction, then refresh the
+        fan cache.
+
+        Raises:
+            Unavailable: SQL or Redis unreachable (the batch comes back).
+        """
+        mine = [e for e in events if e.type in RELEVANT]
+        if not mine:
+            return
+        await self.resolver.prepare(mine)
+        now = int(time.time() * 1000)
+        aliases = {pseudonym(self.secret, u): u for u in _users(mine)}
+        fan_rows: list[dict[str, Any]] = []
+        async with self.store.write() as tx:
+            await profiles_sql.lock(tx.conn, exclusive=False)
+            fresh = await profiles_sql.claim(tx.conn, CONSUMER, [e.id for e in mine], now_ms=now)
+            erased = await profiles_sql.erased_among(tx.conn, aliases)
+            gone = {aliases[p]: p for p in erased}
+            ctx = Context(self.resolver.host_of, self.resolver.category_of, lambda u: gone.get(u, u))
+            partials: dict[str, Profile] = {}
+            for e in mine:
+                if e.id not in fresh:
+                    continue
+                fresh.discard(e.id)  # an id twice in one batch is folded once
+                self.applied += 1
+                for user, part in contributions(e.type, e.data, e.ts, ctx):
+                    partials[user] = merge(partials.get(user, {}), part)
+            new = await profiles_sql.apply_partials(tx.conn, partials, erased=set(erased), now_ms=now)
+            for user, part in partials.items():
+                hosts = set(part.get("hosts", {})) | set(part.get("follows", {})) | set(part.get("clubs", {}))
+                fan_rows.extend(profiles_sql.fan_rows(user, new[user], hosts, now))
+        await self.fans.put(fan_rows)
+
+
+async def drain(durable: Log, worker: ProfilesWorker, *, name: str = "profiles-1", fetch_timeout_ms: int = 300) -> int:
+    """Burst mode over the three topics; return the number of events handled."""
+    n = 0
+    for topic in TOPICS:
+        n += await run_consumer(durable, topic, CONSUMER, name, worker, burst=True, fetch_timeout_ms=fetch_timeout_ms)
+    return n
+
+
+async def rebuild(store: SqlStore, redis: Any, keys: Keys, durable: Log, *, secret: str, group: str | None = None,
+                  fetch_timeout_ms: int = 300) -> dict[str, int]:
+    """Recompute every profile and the fan projection from the log (see the module
+    docstring); return ``{events, profiles}``."""
+    now = int(time.time() * 1000)
+    group = group or f"profiles-rebuild-{now:x}"
+    resolver = Resolver(redis, keys)
+    raw: dict[str, Profile] = {}  # by user id as the events name them
+    seen: set[str] = set()
+    ident = Context(resolver.host_of, resolver.category_of, lambda u: u)
+
+    async def fold(events: list[LogEvent]) -> None:
+        mine = [e for e in events if e.type in RELEVANT and e.id not in seen]
+        await resolver.prepare(mine)
+        for e in mine:
+            if e.id in seen:
+                continue
+            seen.add(e.id)
+            for user, part in contributions(e.type, e.data, e.ts, ident):
+                raw[user] = merge(raw.get(user, {}), part)
+
+    async def read_all() -> None:
+        for topic in TOPICS:
+            await run_consumer(durable, topic, group, "rebuild", fold, burst=True, fetch_timeout_ms=fetch_timeout_ms)
+
+    await read_all()
+    old_hosts: set[str] = set()
+    async with store.write() as tx:
+        await profiles_sql.lock(tx.conn, exclusive=True)
+        await read_all()  # what was appended meanwhile; live batches wait on the lock
+        aliases = {pseudonym(secret, u): u for u in raw}
+        erased = await profiles_sql.erased_among(tx.conn, aliases)
+        gone = {aliases[p]: p for p in erased}
+        rebuilt: dict[str, Profile] = {}
+        for user, p in raw.items():
+            key = gone.get(user, user)
+            rebuilt[key] = merge(rebuilt.get(key, {}), p)
+        await profiles_sql.claim(tx.conn, CONSUMER, seen, now_ms=now)
+        old_hosts = await profiles_sql.fan_hosts(tx.conn)
+        n = await profiles_sql.replace_all(tx.conn, rebuilt, erased=set(erased), now_ms=now)
+    fans = FanclubRedis(redis, keys)
+    rows = [r for u, p in rebuilt.items()
+            for r in profiles_sql.fan_rows(u, p, set(p.get("hosts", {})) | set(p.get("clubs", {})), now)]
+    await fans.clear(old_hosts | {r["host_id"] for r in rows})
+    await fans.put(rows)
+    log.info("profiles.rebuilt", extra={"events": len(seen), "profiles": n, "group": group})
+    return {"events": len(seen), "profiles": n}
+
+
+async def run(settings: Settings, stop: asyncio.Event) -> None:
+    """Consume the three topics until ``stop`` is set."""
+    redis = connect(settings.redis_url)
+    keys = Keys(settings.key_prefix)
+    durable = open_log(settings, redis)
+    store = SqlStore(settings.database_url)
+    worker = ProfilesWorker(store, redis, keys, secret=settings.secret)
+    await store.check_schema()
+    log.info("worker.started", extra={"worker": "profiles", "node": settings.node_id})
+    try:
+        await asyncio.gather(*(run_consumer(durable, t, CONSUMER, settings.node_id, worker, stop=stop) for t in TOPICS))
+    finally:
+        await durable.close()
+        await store.close()
+        await redis.aclose()
