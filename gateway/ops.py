@@ -406,15 +406,16 @@ class Ops:
         recent = await self.gw.redis.zrangebyscore(k.global_key("ops:rooms"), now_ms - ROOM_RECENT_MS, "+inf")
         room_ids = sorted({_s(x) for x in recent} | set(per_room))[:MAX_ROOMS]
         online = await self._online(room_ids, now_ms)
-        rooms = {
-            r: {"online": online.get(r, 0), "comments_per_s": round(per_room.get(r, [0, 0, 0])[0], 2),
-                "gifts_per_s": round(per_room.get(r, [0, 0, 0])[1], 2), "gift_coins_per_s": round(per_room.get(r, [0, 0, 0])[2], 2)}
+        zero = [0.0, 0.0, 0.0]
+        rooms: dict[str, dict[str, Any]] = {
+            r: {"online": online.get(r, 0), "comments_per_s": round(per_room.get(r, zero)[0], 2),
+                "gifts_per_s": round(per_room.get(r, zero)[1], 2), "gift_coins_per_s": round(per_room.get(r, zero)[2], 2)}
             for r in room_ids
         }
         self.latest_rooms = rooms
         s = Sample(
             ts_ms=now_ms,
-            online=sum(v["online"] for v in rooms.values()),
+            online=int(sum(v["online"] for v in rooms.values())),
             comments=sum(v[0] for v in per_room.values()),
             gifts=sum(v[1] for v in per_room.values()),
             gift_coins=sum(v[2] for v in per_room.values()),

@@ -48,21 +48,6 @@ def _unavailable() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    reason = _unavailable()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"browser tests must run in CI: {reason}")
-        pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        yield b
-        b.close()
-
-
 @dataclass
 class Dev:
     base: str
@@ -93,16 +78,53 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def dev(tmp_path_factory: pytest.TempPathFactory, browser: Any) -> Iterator[Dev]:
+def dev_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+    """``livecommerce dev`` spawned from a clean directory (the browser starts meanwhile)."""
+    reason = _unavailable()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"browser tests must run in CI: {reason}")
+        pytest.skip(reason)
     exe = Path(sys.executable).with_name("livecommerce")
     cwd = tmp_path_factory.mktemp("dev")
-    port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LC_")}
     env["LC_LOG_JSON"] = "0"
     proc = subprocess.Popen(
-        [str(exe), "dev", "--port", str(port), "--room", "demo"],
+        [str(exe), "dev", "--port", str(_free_port()), "--room", "demo"],
         cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
+    try:
+        yield proc, cwd
+    finally:
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    """Ctrl-C, as a person stops it (the embedded Redis goes with it); kill if it hangs."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def browser(dev_proc: Any) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def dev(dev_proc: tuple[subprocess.Popen[str], Path], browser: Any) -> Iterator[Dev]:
+    """The running dev process: the URLs it printed, once it answers /readyz."""
+    proc, cwd = dev_proc
     assert proc.stdout is not None
     out = ""
     urls: dict[str, str] = {}
@@ -119,10 +141,9 @@ def dev(tmp_path_factory: pytest.TempPathFactory, browser: Any) -> Iterator[Dev]
                 urls[name] = m.group(1)
     assert len(urls) == 3, f"the page URLs were not printed:\n{out}"
     base = re.match(r"(http://[^/]+)", urls["viewer page"]).group(1)  # type: ignore[union-attr]
-    # drain the log so the process never blocks on a full pipe; keep it for failures
-    log_path = cwd / "dev.log"
-    drain = subprocess.Popen(["cat"], stdin=proc.stdout, stdout=log_path.open("w"))
-    for _ in range(100):
+    # drain the log so the process never blocks on a full pipe; it stays in the tmp dir
+    drain = subprocess.Popen(["cat"], stdin=proc.stdout, stdout=(cwd / "dev.log").open("w"))
+    for _ in range(150):
         try:
             with urllib.request.urlopen(base + "/readyz", timeout=2) as r:
                 if r.status == 200:
@@ -130,17 +151,9 @@ def dev(tmp_path_factory: pytest.TempPathFactory, browser: Any) -> Iterator[Dev]
         except OSError:
             time.sleep(0.2)
     SHOTS.mkdir(parents=True, exist_ok=True)
-    d = Dev(base, urls["viewer page"], urls["host console"], urls["ops dashboard"], cwd, proc)
-    try:
-        yield d
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        drain.wait(5)
+    yield Dev(base, urls["viewer page"], urls["host console"], urls["ops dashboard"], cwd, proc)
+    _stop(proc)
+    drain.wait(5)
 
 
 @pytest.fixture(scope="module")
@@ -280,7 +293,10 @@ def test_host_runs_a_whole_show_and_the_viewer_sees_each_step(ctx: Any, dev: Dev
     expect(viewer.locator("#coins")).to_have_text("1,000")
     viewer.click("#gift-bar button[data-gift=rose]")
     expect(viewer.locator("#gift-lane .gift-banner")).to_contain_text("sent Rose")
-    expect(viewer.locator("#coins")).to_have_text("999")
+    viewer.click("#gift-bar button[data-gift=rose]")  # again within the combo window: one growing combo
+    expect(viewer.locator("#gift-lane .gift-banner .combo")).to_have_text("\u00d72")
+    expect(viewer.locator("#gift-lane .gift-banner")).to_have_count(1)
+    expect(viewer.locator("#coins")).to_have_text("998")
     expect(viewer.locator("#leaderboard")).to_contain_text("viewer1")
 
     # announcement
