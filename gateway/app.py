@@ -36,6 +36,7 @@ CAPABILITIES = [
     "gateway.lottery",
     "gateway.wallet", "gateway.gifts", "gateway.coupons", "gateway.points",
     "gateway.refunds", "gateway.fanclub", "gateway.profiles", "gateway.segments", "gateway.funnel",
+    "gateway.experiments", "gateway.feed", "gateway.growth", "gateway.referrals",
     "gateway.ops", "gateway.pages", "gateway.openapi",
 ]
 

@@ -79,6 +79,13 @@ def _v2_aftersales(conn: Connection) -> None:
         meta.create_all(conn, checkfirst=True)
 
 
+def _v3_growth(conn: Connection) -> None:
+    """Issue 12: growth facts, active days, per-viewer growth rows, experiment exposures."""
+    from . import growth_sql
+
+    growth_sql.meta.create_all(conn, checkfirst=True)
+
+
 STEPS: list[tuple[int, str, Step]] = [
     (
         1,
@@ -86,6 +93,7 @@ STEPS: list[tuple[int, str, Step]] = [
         _v1,
     ),
     (2, "after-sales: refund columns, tickets, profiles, fan clubs, erasures, segments", _v2_aftersales),
+    (3, "growth: facts, active days, viewers' growth rows, experiment exposures", _v3_growth),
 ]
 LATEST = STEPS[-1][0]
 

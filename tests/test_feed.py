@@ -129,3 +129,10 @@ def test_rates_follow_the_counters_within_the_window() -> None:
 
 def test_online_counts_only_fresh_nodes() -> None:
     assert online_total({b"n1": b"5:9990000", b"n2": f"7:{NOW}".encode(), "n3": "bad"}, NOW) == 7
+
+
+def test_the_feed_experiment_growth_and_referral_cores_do_no_io() -> None:
+    from tests.test_architecture import IO_LIBS, ROOT, imports_of
+
+    for rel in ("feed.py", "experiments.py", "stats.py", "growth.py", "referrals.py"):
+        assert not imports_of(ROOT / rel) & IO_LIBS, rel

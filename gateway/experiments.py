@@ -1,0 +1,199 @@
+"""Experiments at the edge: ops define them, every node reads their flags, exposures go to
+the durable log, results come from SQL.
+
+HTTP (ops unless noted; JSON):
+
+* ``POST /api/v1/experiments`` (:func:`livecommerce.experiments.parse_experiment`) -> 201
+  the definition (with its ``split``); 409 when the id exists or a running experiment
+  already controls one of its flags.
+* ``GET /api/v1/experiments``, ``GET /api/v1/experiments/{id}``.
+* ``POST /api/v1/experiments/{id}/start``, ``.../stop``: the life-cycle steps.
+* ``GET /api/v1/experiments/{id}/results[?confidence=0.95]``: per arm exposures,
+  conversion rate with its interval, GMV per viewer with its interval, buy, gift and
+  watch rates, the z-test against the control and the sample-ratio-mismatch check
+  (:func:`livecommerce.experiments.results`), from the growth worker's tables.
+* ``GET /api/v1/me/flags`` (any signed-in user): the caller's flags and arms.
+
+Flags: ``gw.services["experiments"].flag(user, name, default)`` answers from this node's
+cached book (reloaded within 2 s of a change, no Redis call per read) and records the
+exposure: the first time this node shows a user an experiment, ``experiment.exposure``
+goes to the log in the background (topic ``growth``, id ``exp:<id>:<user>``, so other
+nodes' and later repeats are the same event). ``welcome`` carries ``flags`` (every known
+flag: ``feed.ranker``, ``coupon.amount``, ``countdown.style`` ... with the user's values)
+and ``experiments`` (``{id: arm}``) for the client to use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections import OrderedDict
+from typing import Any
+
+from aiohttp import web
+
+from livecommerce import growth_sql
+from livecommerce.auth import Identity
+from livecommerce.errors import BadFrame, LiveCommerceError
+from livecommerce.experiments import (
+    EXPOSURE,
+    FLAG_DEFAULTS,
+    Book,
+    Experiment,
+    Exposure,
+    arms_from_rows,
+    exposure_data,
+    exposure_event_id,
+    parse_experiment,
+    results,
+    step,
+)
+from livecommerce.experiments_redis import ExperimentCache, ExperimentsRedis
+from livecommerce.growth import TOPIC
+
+from .core import Gateway
+from .wallet import durable_log, sql_store
+
+log = logging.getLogger("livecommerce.gateway.experiments")
+
+SEEN_MAX = 200_000  # (experiment, user) pairs this node remembers having logged
+
+
+class ExperimentsService:
+    """Flags from the cached book; exposures logged once per node and pair."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.store = ExperimentsRedis(gw.redis, gw.keys)
+        self.cache = ExperimentCache(self.store)
+        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def book(self) -> Book:
+        return self.cache.book
+
+    def flag(self, user: str, name: str, default: Any = None, *, expose: bool = True) -> Any:
+        """The value of flag ``name`` for ``user`` (``default`` outside an experiment,
+        falling back on :data:`FLAG_DEFAULTS`); records the exposure unless ``expose`` is
+        False."""
+        value, exp = self.book.resolve(user, name, FLAG_DEFAULTS.get(name) if default is None else default)
+        if exp is not None and expose:
+            self.expose(user, exp)
+        return value
+
+    def arm(self, user: str, name: str) -> Exposure | None:
+        """Which experiment and arm decide ``name`` for ``user`` (no exposure recorded)."""
+        return self.book.resolve(user, name, None)[1]
+
+    def flags_for(self, user: str) -> tuple[dict[str, Any], dict[str, str]]:
+        """All flags of ``user`` and their arms ``{experiment: arm}``; records exposures."""
+        flags, exps = self.book.flags_for(user)
+        for e in exps:
+            self.expose(user, e)
+        return flags, {e.exp: e.variant for e in exps}
+
+    def expose(self, user: str, e: Exposure) -> None:
+        key = (e.exp, user)
+        if key in self._seen:
+            return
+        self._seen[key] = None
+        if len(self._seen) > SEEN_MAX:
+            self._seen.popitem(last=False)
+        now = self.gw.now_ms()
+
+        async def go() -> None:
+            try:
+                await durable_log(self.gw).append(TOPIC, user, EXPOSURE, exposure_data(e.exp, e.variant, user),
+                                                  event_id=exposure_event_id(e.exp, user), ts=now)
+            except Exception as exc:  # the next read on any node logs it again
+                self._seen.pop(key, None)
+                log.warning("experiments.exposure_dropped", extra={"exp": e.exp, "user": user, "err": repr(exc)})
+
+        task = asyncio.get_running_loop().create_task(go())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def on_second(self) -> None:
+        try:
+            await self.cache.refresh()
+        except LiveCommerceError as exc:
+            log.warning("experiments.refresh_failed", extra={"err": exc.message})
+
+    async def stop(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def welcome(self, room: str, ident: Identity) -> dict[str, Any]:
+        flags, arms = self.flags_for(ident.user)
+        return {"flags": flags, "experiments": arms}
+
+
+def _confidence(request: web.Request) -> float:
+    try:
+        c = float(request.query.get("confidence", "0.95"))
+    except ValueError:
+        raise BadFrame("'confidence' must be a number", code="invalid") from None
+    if not 0.5 <= c <= 0.999:
+        raise BadFrame("'confidence' must be in [0.5, 0.999]", code="invalid")
+    return c
+
+
+def setup(gw: Gateway, app: web.Application) -> None:
+    svc = ExperimentsService(gw)
+    gw.services["experiments"] = svc
+    gw.hub.on_second.append(svc.on_second)
+    gw.welcome_extras.append(svc.welcome)
+    gw.services.setdefault("startup", []).append(svc.on_second)
+    gw.services.setdefault("shutdown", []).insert(0, svc.stop)
+
+    async def changed(e: Experiment) -> Experiment:
+        await svc.cache.refresh(force=True)  # this node answers with the change at once
+        log.info("experiment.changed", extra={"exp": e.id, "state": e.state})
+        return e
+
+    async def create(request: web.Request) -> web.Response:
+        ident = gw.identify_request(request)
+        ident.require_ops()
+        body = await request.json() if request.can_read_body else None
+        exp = parse_experiment(body, created_by=ident.user, now_ms=gw.now_ms(), default_salt=secrets.token_hex(8))
+        return web.json_response((await changed(await svc.store.create(exp))).to_dict(), status=201)
+
+    async def list_all(request: web.Request) -> web.Response:
+        gw.identify_request(request).require_ops()
+        _, exps = await svc.store.load()
+        return web.json_response({"experiments": [e.to_dict() for e in sorted(exps.values(), key=lambda e: (-e.created_ms, e.id))]})
+
+    async def get_one(request: web.Request) -> web.Response:
+        gw.identify_request(request).require_ops()
+        return web.json_response((await svc.store.get(request.match_info["id"])).to_dict())
+
+    def stepper(s: str) -> Any:
+        async def handler(request: web.Request) -> web.Response:
+            gw.identify_request(request).require_ops()
+            now = gw.now_ms()
+            e = await svc.store.update(request.match_info["id"], lambda old: step(old, s, now_ms=now))  # type: ignore[arg-type]
+            return web.json_response((await changed(e)).to_dict())
+
+        return handler
+
+    async def get_results(request: web.Request) -> web.Response:
+        gw.identify_request(request).require_ops()
+        conf = _confidence(request)
+        e = await svc.store.get(request.match_info["id"])
+        rows = await growth_sql.experiment_arms(sql_store(gw), e.id, until_ms=e.stopped_ms)
+        return web.json_response(results(e, arms_from_rows(rows), confidence=conf, now_ms=gw.now_ms()))
+
+    async def my_flags(request: web.Request) -> web.Response:
+        ident = gw.identify_request(request)
+        flags, arms = svc.flags_for(ident.user)
+        return web.json_response({"user": ident.user, "flags": flags, "experiments": arms})
+
+    app.router.add_post("/api/v1/experiments", create)
+    app.router.add_get("/api/v1/experiments", list_all)
+    app.router.add_get("/api/v1/experiments/{id}", get_one)
+    app.router.add_post("/api/v1/experiments/{id}/start", stepper("start"))
+    app.router.add_post("/api/v1/experiments/{id}/stop", stepper("stop"))
+    app.router.add_get("/api/v1/experiments/{id}/results", get_results)
+    app.router.add_get("/api/v1/me/flags", my_flags)

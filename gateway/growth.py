@@ -1,0 +1,173 @@
+"""Growth at the edge: visits and acquisitions to the log, analytics for ops.
+
+* Visits: ``welcome`` of a viewer appends ``growth.visit {user, room, day}`` (topic
+  ``growth``, id ``visit:<user>:<day>``) once per user and day on this node, in the
+  background (a lost visit is a lost analytics point, never a lost connection).
+* ``POST /api/v1/growth/acquire {channel?, invite_code?}`` (the signed-in viewer, once,
+  e.g. on the app's first start): how they came. With an ``invite_code`` the channel is
+  ``invite`` and the code's owner is the referrer (404 ``unknown_code``, 409 ``own_code``);
+  else ``channel`` (default ``organic``). The first report wins: 201 the acquisition, or
+  200 with ``first: false`` and the one recorded before. Appends ``growth.acquired``
+  (id ``acq:<user>``).
+
+Ops (JSON the dashboard charts; ``?days=N&until=YYYY-MM-DD``, default the last 30 days):
+
+* ``GET /api/v1/growth/daily``: per day ``{day, active, new, returning, revenue, paying}``.
+* ``GET /api/v1/growth/retention``: per first-active cohort ``{cohort, size, d1, d1_rate,
+  d7, d7_rate}`` (rates None until the day has come) and the size-weighted means.
+* ``GET /api/v1/growth/funnel?by=channel|invite``: per channel (or invite code)
+  acquired -> activated -> retained day 1 -> retained day 7 -> paying -> referring, with
+  rates over acquired, revenue and invitees.
+* ``GET /api/v1/growth/users/{user}``: one viewer's growth row (first seen, channel,
+  referral state).
+
+Definitions: :mod:`livecommerce.growth`; tables: :mod:`livecommerce.growth_sql`, filled by
+``livecommerce worker growth``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from livecommerce import growth_sql
+from livecommerce.auth import Identity
+from livecommerce.errors import BadFrame, NotFound
+from livecommerce.growth import (
+    ACQUIRED,
+    INVITE,
+    ORGANIC,
+    TOPIC,
+    VISIT,
+    acquired_event_id,
+    check_channel,
+    daily_json,
+    day_of,
+    funnel_json,
+    retention_json,
+    visit_event_id,
+    window,
+)
+from livecommerce.referrals import check_code, check_referral
+from livecommerce.referrals_redis import ReferralsRedis
+
+from .core import Gateway
+from .wallet import durable_log, require_self_or_ops, sql_store
+
+log = logging.getLogger("livecommerce.gateway.growth")
+
+SEEN_MAX = 200_000
+
+
+class Growth:
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.referrals = ReferralsRedis(gw.redis, gw.keys)
+        self._visited: set[tuple[str, int]] = set()
+        self._day = -1
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def _append(self, key: str, type_: str, data: dict[str, Any], event_id: str, ts: int) -> None:
+        async def go() -> None:
+            try:
+                await durable_log(self.gw).append(TOPIC, key, type_, data, event_id=event_id, ts=ts)
+            except Exception as exc:
+                log.warning("growth.event_dropped", extra={"event": event_id, "err": repr(exc)})
+
+        task = asyncio.get_running_loop().create_task(go())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def welcome(self, room: str, ident: Identity) -> dict[str, Any]:
+        if ident.role != "viewer":
+            return {}
+        now = self.gw.now_ms()
+        day = day_of(now)
+        if day != self._day:
+            self._visited, self._day = set(), day
+        if (ident.user, day) not in self._visited and len(self._visited) < SEEN_MAX:
+            self._visited.add((ident.user, day))
+            self._append(ident.user, VISIT, {"user": ident.user, "room": room, "day": day}, visit_event_id(ident.user, day), now)
+        return {}
+
+    async def acquire(self, user: str, body: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+        """Record how ``user`` came (see the module docstring): ``(first, acquisition)``.
+
+        Raises:
+            BadFrame: bad channel or code. Conflict: unknown or own code.
+        """
+        code = body.get("invite_code")
+        record: dict[str, Any]
+        if code is not None:
+            code = check_code(code)
+            referrer = check_referral(user, await self.referrals.owner(code))
+            record = {"user": user, "channel": INVITE, "invite_code": code, "referrer": referrer}
+        else:
+            record = {"user": user, "channel": check_channel(body.get("channel", ORGANIC))}
+        now = self.gw.now_ms()
+        record["ts"] = now
+        first, held = await self.referrals.acquire(user, record)
+        # appended on every report: a crash after the Redis write must not lose the event,
+        # and the log event id is the user's, so repeats are the same event
+        data = {k: v for k, v in held.items() if k != "ts"}
+        await durable_log(self.gw).append(TOPIC, user, ACQUIRED, data, event_id=acquired_event_id(user), ts=int(held.get("ts", now)))
+        return first, held
+
+    async def stop(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def setup(gw: Gateway, app: web.Application) -> None:
+    g = Growth(gw)
+    gw.services["growth"] = g
+    gw.welcome_extras.append(g.welcome)
+    gw.services.setdefault("shutdown", []).insert(0, g.stop)
+
+    def today() -> int:
+        return day_of(gw.now_ms())
+
+    async def acquire(request: web.Request) -> web.Response:
+        ident = gw.identify_request(request)
+        body = await request.json() if request.can_read_body else {}
+        if not isinstance(body, dict):
+            raise BadFrame("body must be a JSON object", code="invalid")
+        first, held = await g.acquire(ident.user, body)
+        return web.json_response({**held, "first": first}, status=201 if first else 200)
+
+    async def daily(request: web.Request) -> web.Response:
+        gw.identify_request(request).require_ops()
+        first, last = window(request.query, today=today())
+        active, money = await growth_sql.daily(sql_store(gw), first, last)
+        return web.json_response(daily_json(first, last, active, money))
+
+    async def retention(request: web.Request) -> web.Response:
+        gw.identify_request(request).require_ops()
+        first, last = window(request.query, today=today())
+        return web.json_response(retention_json(first, last, today(), await growth_sql.retention(sql_store(gw), first, last)))
+
+    async def funnel(request: web.Request) -> web.Response:
+        gw.identify_request(request).require_ops()
+        by = request.query.get("by", "channel")
+        if by not in ("channel", "invite"):
+            raise BadFrame("'by' must be channel or invite", code="invalid")
+        first, last = window(request.query, today=today())
+        return web.json_response(funnel_json(first, last, by, await growth_sql.funnel(sql_store(gw), first, last, by=by)))
+
+    async def user(request: web.Request) -> web.Response:
+        ident = gw.identify_request(request)
+        uid = request.match_info["user"]
+        require_self_or_ops(ident, uid)
+        row = await growth_sql.user_row(sql_store(gw), uid)
+        if row is None:
+            raise NotFound(f"no growth record for {uid!r} yet")
+        return web.json_response(row)
+
+    app.router.add_post("/api/v1/growth/acquire", acquire)
+    app.router.add_get("/api/v1/growth/daily", daily)
+    app.router.add_get("/api/v1/growth/retention", retention)
+    app.router.add_get("/api/v1/growth/funnel", funnel)
+    app.router.add_get("/api/v1/growth/users/{user}", user)

@@ -1,0 +1,68 @@
+"""Invite codes and referral status over HTTP (:mod:`livecommerce.referrals`).
+
+* ``POST /api/v1/invites`` (any signed-in user): the caller's invite code (created once,
+  the same code afterwards) and what an invite earns: ``{code, user, referrer_points,
+  invitee_points}``. ``referrer_points`` is the caller's ``referral.referrer_points`` flag
+  (this read records the exposure when an experiment varies it).
+* ``GET /api/v1/referrals/{user}`` (the user or ops): their code, the viewers they invited
+  with each one's progress (activated, paid, rewarded) and the points their referrals
+  earned them (from the points ledger).
+
+Newcomers use a code with ``POST /api/v1/growth/acquire {invite_code}``
+(``gateway/growth.py``); the growth worker awards both sides once the invitee's first
+paid order is applied.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from aiohttp import web
+
+from livecommerce import growth_sql
+from livecommerce.referrals import (
+    INVITEE_POINTS,
+    REASON_REFERRER,
+    REFERRER_FLAG,
+    REFERRER_POINTS,
+    referrer_points,
+)
+from livecommerce.referrals_redis import ReferralsRedis
+
+from .core import Gateway
+from .wallet import require_self_or_ops, sql_store
+
+
+def setup(gw: Gateway, app: web.Application) -> None:
+    refs = ReferralsRedis(gw.redis, gw.keys)
+
+    def points_for(user: str) -> int:
+        exps = gw.services.get("experiments")
+        return referrer_points(exps.flag(user, REFERRER_FLAG, REFERRER_POINTS) if exps is not None else REFERRER_POINTS)
+
+    async def invite(request: web.Request) -> web.Response:
+        ident = gw.identify_request(request)
+        code = await refs.ensure_code(ident.user, secrets.token_bytes)
+        return web.json_response({"code": code, "user": ident.user, "referrer_points": points_for(ident.user),
+                                  "invitee_points": INVITEE_POINTS})
+
+    async def status(request: web.Request) -> web.Response:
+        ident = gw.identify_request(request)
+        user = request.match_info["user"]
+        require_self_or_ops(ident, user)
+        store = sql_store(gw)
+        invitees = await growth_sql.referrals_of(store, user)
+        earned = await growth_sql.points_by_reason(store, user, REASON_REFERRER)
+        return web.json_response({
+            "user": user,
+            "code": await refs.code_of(user),
+            "invited": len(invitees),
+            "activated": sum(1 for i in invitees if i["activated"]),
+            "paid": sum(1 for i in invitees if i["paid"]),
+            "rewarded": sum(1 for i in invitees if i["rewarded"]),
+            "points_earned": earned,
+            "invitees": invitees,
+        })
+
+    app.router.add_post("/api/v1/invites", invite)
+    app.router.add_get("/api/v1/referrals/{user}", status)
