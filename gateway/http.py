@@ -33,6 +33,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         )
     except json.JSONDecodeError:
         return web.json_response({"error": {"code": "bad_json", "message": "request body is not valid JSON"}}, status=400)
+    except UnicodeError:  # a body that is not UTF-8, or whose \ud800-style escape reached an encoder
+        log.info("http.bad_unicode", extra={"path": request.path})
+        return web.json_response(
+            {"error": {"code": "bad_json", "message": "request body must be UTF-8 JSON with valid Unicode strings"}}, status=400
+        )
+    except ValueError as exc:  # e.g. a 5,000-digit JSON number, ?limit=abc: malformed input, not our fault
+        log.warning("http.bad_value", extra={"path": request.path, "err": repr(exc)[:200]})
+        return web.json_response({"error": {"code": "invalid", "message": "a value in the request is malformed"}}, status=400)
     except web.HTTPRequestEntityTooLarge:  # a body without Content-Length, cut off while read
         return web.json_response(
             {"error": {"code": "frame_too_big", "message": f"request body is over the {MAX_BODY_BYTES} byte limit"}}, status=413

@@ -199,7 +199,13 @@ async def _receive_loop(gw: Gateway, conn: Conn, ws: web.WebSocketResponse) -> N
             conn.last_seen = time.monotonic()
             if conn.closed:
                 continue
-            await handle_frame(gw, conn, msg.data)
+            try:
+                await handle_frame(gw, conn, msg.data)
+            except Exception:  # a reply that cannot be sent: close with a code, never drop silently
+                log.exception("dispatch.internal", extra={"conn": conn.id, "room": conn.room})
+                conn.closed = True
+                await ws.close(code=1011, message=b"internal error")
+                return
         elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
             return
         elif msg.type == WSMsgType.ERROR:
@@ -212,6 +218,8 @@ async def handle_frame(gw: Gateway, conn: Conn, data: bytes | str) -> None:
     cid: Any = None
     try:
         frame = decode_frame(data, conn.fmt, max_bytes=gw.s.max_frame_bytes)
+        if _escapes(data) and _has_lone_surrogate(frame):
+            raise BadFrame("strings must be valid Unicode (a lone surrogate escape was sent)", code="bad_frame")
         cid = frame.get("id") if isinstance(frame.get("id"), (str, int)) else None
         cmd = parse_command(frame)
         t = frame["t"]
@@ -239,6 +247,31 @@ async def handle_frame(gw: Gateway, conn: Conn, data: bytes | str) -> None:
         gw.metrics.errors.labels("internal").inc()
         log.exception("dispatch.internal", extra={"conn": conn.id, "room": conn.room})
         conn.send({"t": "error", "id": cid, "d": {"code": "internal", "message": "internal error"}})
+
+
+def _escapes(data: bytes | str) -> bool:
+    """Only JSON ``\\u`` escapes can smuggle lone surrogates in (msgpack strings are
+    checked UTF-8): the cheap test that keeps the walk off the hot path."""
+    return ("\\u" in data) if isinstance(data, str) else (b"\\u" in data)
+
+
+def _has_lone_surrogate(obj: Any) -> bool:
+    """True when a string (key or value) of a decoded frame cannot be encoded as UTF-8;
+    such a string would fail later, when a reply or a broadcast is encoded."""
+    stack = [obj]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, str):
+            try:
+                x.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(x, dict):
+            stack.extend(x.keys())
+            stack.extend(x.values())
+        elif isinstance(x, list):
+            stack.extend(x)
+    return False
 
 
 def identity_of(conn: Conn) -> Identity:

@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import contextlib
+import ctypes
 import dataclasses
 import json
 import os
@@ -66,8 +68,24 @@ def lc_exe() -> str:
     return str(cand) if cand.exists() else (shutil.which("livecommerce") or "livecommerce")
 
 
+_LIVE: set[Proc] = set()
+
+
+def _die_with_parent() -> None:  # pragma: no cover (runs in the child)
+    """Linux: the child gets SIGKILL when the harness dies, so no process outlives a run."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for p in list(_LIVE):
+        p.kill9()
+
+
 class Proc:
-    """One child process with its log file; can be killed -9 and started again."""
+    """One child process with its log file; can be killed -9 and started again. Whatever is
+    still running when the interpreter exits is killed."""
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
         self.name = name
@@ -89,14 +107,17 @@ class Proc:
         out = open(self.log_path, "ab")
         out.write(f"\n===== start #{self.starts} {time.strftime('%H:%M:%S')}\n".encode())
         out.flush()
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=str(ROOT))
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=str(ROOT),
+                                     preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         out.close()
+        _LIVE.add(self)
 
     def kill9(self) -> None:
         if self.alive():
             assert self.proc is not None
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
+        _LIVE.discard(self)
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM, wait; SIGKILL past the timeout. Returns the exit code."""
@@ -109,6 +130,7 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        _LIVE.discard(self)
         return self.proc.returncode
 
 
