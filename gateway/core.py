@@ -49,6 +49,7 @@ class Gateway:
         self.level_of: Callable[[str], Awaitable[int]] = _level_zero
         self.services: dict[str, Any] = {}  # capability objects (sales, wallets ...)
         self.draining = False
+        self._token_cache: dict[str, tuple[int, Identity]] = {}
         self.bg: list[asyncio.Task[Any]] = []
 
     @staticmethod
@@ -63,7 +64,20 @@ class Gateway:
         return deco
 
     def identify(self, token: str | None) -> Identity:
-        return verify_token(self.s.secret, token, now_s=int(time.time()))
+        """Verify a token, with a small cache of verified tokens (HS256 verification showed
+        up at 2-3 % of gateway CPU in profiles); a cached entry still honours ``exp``."""
+        now = int(time.time())
+        if token:
+            hit = self._token_cache.get(token)
+            if hit is not None and hit[0] > now:
+                return hit[1]
+        ident = verify_token(self.s.secret, token, now_s=now)
+        if token:
+            if len(self._token_cache) >= 10_000:
+                self._token_cache.clear()
+            exp = _exp_of(token)
+            self._token_cache[token] = (min(exp, now + 300), ident)
+        return ident
 
     def identify_request(self, request: web.Request) -> Identity:
         """Identity of an HTTP request from ``Authorization: Bearer`` (or ``?token=``).
@@ -95,6 +109,12 @@ class Gateway:
 
     def reply_for(self, cmd: Command) -> dict[str, Any]:
         return {"t": "ack", "id": cmd.id, "ts": self.now_ms()}
+
+
+def _exp_of(token: str) -> int:
+    import jwt
+
+    return int(jwt.decode(token, options={"verify_signature": False}).get("exp", 0))
 
 
 async def _level_zero(user: str) -> int:
