@@ -61,16 +61,28 @@ def setup(gw: Gateway, app: web.Application) -> None:
         seq = await gw.publish(conn.room, "comment", d)
         return {"t": "ack", "id": cmd.id, "ts": gw.now_ms(), "d": {"seq": seq}}
 
+    def notice(body: Any, ident: Any, where: str) -> dict[str, Any]:
+        text = body.get("text") if isinstance(body, dict) else None
+        if not isinstance(text, str) or not 0 < len(text) <= 1000:
+            raise BadFrame(f"{where} must be {{\"text\": \"1..1000 characters\"}}", code="invalid")
+        extra = body.get("data") if isinstance(body.get("data"), dict) else {}
+        return {"text": text, "by": ident.user, **extra}
+
     async def announce(request: web.Request) -> web.Response:
+        """``{"text", "data"?}`` publishes one ``notice``; ``{"items": [...]}`` (up to 100)
+        publishes several in order with one request (benchmarks and bulk tools)."""
         ident = gw.identify_request(request)
         room = request.match_info["room"]
         ident.require_host(room)
         body = await request.json()
-        text = body.get("text") if isinstance(body, dict) else None
-        if not isinstance(text, str) or not 0 < len(text) <= 1000:
-            raise BadFrame("body must be {\"text\": \"1..1000 characters\"}", code="invalid")
-        extra = body.get("data") if isinstance(body.get("data"), dict) else {}
-        seq = await gw.publish(room, "notice", {"text": text, "by": ident.user, **extra})
+        if isinstance(body, dict) and "items" in body:
+            items = body["items"]
+            if not isinstance(items, list) or not 0 < len(items) <= 100:
+                raise BadFrame("'items' must be a list of 1..100 notices", code="invalid")
+            ds = [notice(it, ident, f"items[{i}]") for i, it in enumerate(items)]
+            seqs = [await gw.publish(room, "notice", d) for d in ds]
+            return web.json_response({"seqs": seqs})
+        seq = await gw.publish(room, "notice", notice(body, ident, "body"))
         return web.json_response({"seq": seq})
 
     app.router.add_post("/api/v1/rooms/{room}/announce", announce)

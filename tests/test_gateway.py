@@ -232,3 +232,17 @@ async def test_a_hot_room_keeps_staff_buyers_and_high_levels_first(gateway_facto
     assert node.gw.metrics.comments_shed._value.get() == 40 - len(got)
     # what was kept keeps its order
     assert seqs == sorted(seqs)
+
+
+async def test_announce_takes_a_batch_of_notices_in_order(gateway_factory, token):
+    import aiohttp
+
+    node = await gateway_factory()
+    v = await Client.connect(node.ws, "ann", token("v"))
+    hdr = {"Authorization": "Bearer " + token("o", "ops")}
+    async with aiohttp.ClientSession() as s:
+        r = await s.post(node.url + "/api/v1/rooms/ann/announce", json={"items": [{"text": f"n{i}"} for i in range(5)]}, headers=hdr)
+        assert r.status == 200 and len((await r.json())["seqs"]) == 5
+        bad = await s.post(node.url + "/api/v1/rooms/ann/announce", json={"items": [{"text": "ok"}, {"text": ""}]}, headers=hdr)
+        assert bad.status == 400 and "items[1]" in (await bad.json())["error"]["message"]
+    assert [e["d"]["text"] for e in await v.events(5)] == [f"n{i}" for i in range(5)]
