@@ -96,6 +96,9 @@ class Conn:
         must be closed (a critical frame cannot be queued)."""
         if self.closed:
             return 0
+        if self.transport.is_closing():  # the peer is gone; the handler cleans up soon
+            self.closed = True
+            return 0
         size = self.transport.get_write_buffer_size()
         if size > soft:
             if not self.behind_since:

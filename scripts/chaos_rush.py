@@ -542,6 +542,8 @@ class Rush:
             elif status == 409 and outcome in ("expired", "already_cancelled"):
                 self.seen.not_paid.add(oid)
             else:
+                if outcome in ("expired", "already_cancelled"):  # not paid, whatever the status said
+                    self.seen.not_paid.add(oid)
                 self.seen.note_error(f"pay {oid}: HTTP {status} {data}")
         elif roll < self.stack.opt.pay + self.stack.opt.cancel:
             await asyncio.sleep(self.rng.random() * self.stack.opt.window * 0.5)

@@ -164,3 +164,36 @@ async def test_worker_on_sigterm_finishes_or_releases_its_batch(log: str, settin
     finally:
         await store.close()
         w.kill9()
+
+
+def test_a_write_to_a_client_that_just_vanished_is_shed_not_raised() -> None:
+    """Found by the chaos run: under uvloop a write to a transport whose peer is gone raises,
+    which aborted the hub's tick for every room, and the welcome of a client joining then."""
+    uvloop = pytest.importorskip("uvloop")
+    from aiohttp import web
+
+    from gateway.conn import Conn
+    from livecommerce.auth import Identity
+    from livecommerce.comments import FloodGuard, TokenBucket
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        transport, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+        conn = Conn(web.WebSocketResponse(), transport, Identity("gone", "viewer"), "room", "json", ip="127.0.0.1",  # type: ignore[arg-type]
+                    cmd_bucket=TokenBucket(1, 1), flood=FloodGuard(1, 1), now=0.0)
+        assert conn.write(b"\x81\x00", critical=False, soft=1 << 20, hard=1 << 22, now=0.0) == 1
+        transport.close()
+        await asyncio.sleep(0.05)
+        with pytest.raises(RuntimeError):
+            transport.write(b"x")  # what the hub used to hit
+        assert conn.write(b"\x81\x00", critical=False, soft=1 << 20, hard=1 << 22, now=0.0) == 0
+        assert conn.write(b"\x81\x00", critical=True, soft=1 << 20, hard=1 << 22, now=0.0) == 0
+        assert conn.closed
+        conn.send({"t": "pong"})  # replies to a vanished client are dropped quietly too
+        server.close()
+        await server.wait_closed()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
