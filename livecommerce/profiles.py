@@ -39,8 +39,9 @@ a rebuild resolves it again, so re-categorising a product re-categorises past or
 after a rebuild.
 
 Erased users (``DELETE /api/v1/me/data``): their profile moves to a pseudonymous key
-(:func:`pseudonym`), and events of theirs met later (a lagging worker, a rebuild) are
-folded under that key, never under the user id.
+(:func:`pseudonym`), and their events dated up to the erasure that are met later (a lagging
+worker, a rebuild) are folded under that key, never under the user id; what the account
+does after its erasure starts a new profile under its id (:func:`erased_key`).
 """
 
 from __future__ import annotations
@@ -73,18 +74,25 @@ Profile = dict[str, Any]
 @dataclass(frozen=True, slots=True)
 class Context:
     """What the fold needs beyond the event, resolved by the caller: the host of a room,
-    the category of a sale's product, and the key a user's data is kept under (the user id,
-    or its pseudonym once erased)."""
+    the category of a sale's product, and the key a user's event at a time is kept under
+    (the user id, or its pseudonym for events up to the user's erasure)."""
 
     host_of: Callable[[str], str | None]
     category_of: Callable[[str], str | None]
-    key_of: Callable[[str], str]
+    key_of: Callable[[str, int], str]
 
 
 def pseudonym(secret: str, user: str) -> str:
     """The pseudonymous key of an erased user: keyed by the deployment secret, stable (so
     erasing twice is idempotent), not reversible without the secret."""
     return "anon-" + hmac.new(secret.encode(), user.encode(), hashlib.sha256).hexdigest()[:24]
+
+
+def erased_key(user: str, ts: int, erasures: Mapping[str, tuple[str, int]]) -> str:
+    """The key an event of ``user`` at ``ts`` is folded under, given ``erasures`` (user ->
+    ``(pseudonym, erased_ms)``): the pseudonym for events up to the erasure."""
+    hit = erasures.get(user)
+    return hit[0] if hit is not None and ts <= hit[1] else user
 
 
 def _active(ts: int) -> Profile:
@@ -106,7 +114,7 @@ def contributions(event_type: str, d: Mapping[str, Any], ts: int, ctx: Context) 
         p: Profile = {}
         for part in parts:
             p = merge(p, part)
-        out.append((ctx.key_of(str(user)), p))
+        out.append((ctx.key_of(str(user), ts), p))
 
     if event_type == "activity.watch":
         m = int(d.get("minutes", 0))

@@ -7,8 +7,9 @@
 * ``fan_members(host_id, user_id, following, member, intimacy, updated_ms)``: a projection
   of the profiles (the follow and membership registers, and the intimacy of each pair) for
   per-host queries: fan leaderboards, follower counts.
-* ``erasures(pseudonym, erased_ms)``: the pseudonyms of erased users (no user ids), so
-  events of theirs met later are folded under the pseudonym.
+* ``erasures(pseudonym, erased_ms)``: the pseudonyms of erased users (no user ids) and
+  when they were (last) erased, so their events up to then met later are folded, and
+  their points awarded, under the pseudonym.
 
 Concurrency: a batch locks its users' rows in user-id order (PostgreSQL ``FOR UPDATE``;
 SQLite has one writer), after taking the shared profiles lock (a PostgreSQL advisory lock);
@@ -95,13 +96,27 @@ async def lock(conn: AsyncConnection, *, exclusive: bool) -> None:
         await conn.execute(text(f"SELECT {fn}(:k)"), {"k": _LOCK})
 
 
-async def erased_among(conn: AsyncConnection, pseudonyms: Iterable[str]) -> set[str]:
+async def erased_among(conn: AsyncConnection, pseudonyms: Iterable[str]) -> dict[str, int]:
+    """Which of ``pseudonyms`` are erased users, with the time of their (last) erasure."""
     ps = sorted(set(pseudonyms))
-    out: set[str] = set()
+    out: dict[str, int] = {}
     for i in range(0, len(ps), CHUNK):
-        q = select(erasures.c.pseudonym).where(erasures.c.pseudonym.in_(ps[i : i + CHUNK]))
-        out.update(r[0] for r in await conn.execute(q))
+        q = select(erasures.c.pseudonym, erasures.c.erased_ms).where(erasures.c.pseudonym.in_(ps[i : i + CHUNK]))
+        out.update((r[0], int(r[1])) for r in await conn.execute(q))
     return out
+
+
+async def all_erasures(conn: AsyncConnection) -> dict[str, tuple[str, int]]:
+    """Every erasure: ``pseudonym -> (pseudonym, erased_ms)``."""
+    return {r[0]: (r[0], int(r[1])) for r in await conn.execute(select(erasures.c.pseudonym, erasures.c.erased_ms))}
+
+
+async def erasure_map(conn: AsyncConnection, secret: str, users: Iterable[str]) -> dict[str, tuple[str, int]]:
+    """``user -> (pseudonym, erased_ms)`` for the erased ones among ``users``."""
+    from .profiles import pseudonym
+
+    aliases = {pseudonym(secret, u): u for u in users}
+    return {aliases[p]: (p, ms) for p, ms in (await erased_among(conn, aliases)).items()}
 
 
 async def claim(conn: AsyncConnection, consumer: str, event_ids: Iterable[str], *, now_ms: int) -> set[str]:
@@ -301,7 +316,8 @@ async def erase_user(store: SqlStore, user: str, alias: str, *, now_ms: int) -> 
     async with store.write() as tx:
         conn = tx.conn
         await lock(conn, exclusive=True)
-        await conn.execute(_insert(conn, erasures).values(pseudonym=alias, erased_ms=now_ms).on_conflict_do_nothing(index_elements=["pseudonym"]))
+        stmt = _insert(conn, erasures).values(pseudonym=alias, erased_ms=now_ms)
+        await conn.execute(stmt.on_conflict_do_update(index_elements=["pseudonym"], set_={"erased_ms": now_ms}))
         mine = (await conn.execute(select(profiles).where(profiles.c.user_id.in_([user, alias])))).all()
         merged: Profile = {}
         for r in mine:

@@ -130,6 +130,13 @@ class Tx(Protocol):
 
     async def get_order(self, order_id: str) -> Order | None: ...
 
+    async def record_payment(self, order_id: str, *, amount: int, discount: int, coupon_id: str | None) -> bool:
+        """Record what was paid for an order (the net ``amount`` after the coupon's
+        ``discount``, and the coupon): ``order.paid`` carries it, the reserve does not know
+        it. Refunds and GMV are computed from it. Idempotent; False (nothing written) when
+        there is no such order or a refund has already been taken from it."""
+        ...
+
     async def add_wallet_entry(
         self, user_id: str, delta: int, reason: str, ref_event_id: str, ts_ms: int
     ) -> bool:

@@ -459,6 +459,15 @@ class SqlTx:
         row = (await self.conn.execute(q)).first()
         return None if row is None else _order(row)
 
+    async def record_payment(self, order_id: str, *, amount: int, discount: int, coupon_id: str | None) -> bool:
+        """See :meth:`livecommerce.store.Tx.record_payment`."""
+        res = await self.conn.execute(
+            update(orders)
+            .where(orders.c.id == order_id, orders.c.refunded_amount == 0)
+            .values(amount=max(0, amount), discount=max(0, discount), coupon_id=coupon_id)
+        )
+        return bool(res.rowcount)
+
     async def insert_reserved(self, order: Order, event_id: str) -> bool:
         if order.state != "reserved":
             raise BadFrame(
@@ -797,6 +806,10 @@ class SqlStore:
     async def get_order(self, order_id: str) -> Order | None:
         async with self._read() as tx:
             return await tx.get_order(order_id)
+
+    async def record_payment(self, order_id: str, *, amount: int, discount: int, coupon_id: str | None) -> bool:
+        async with self._write() as tx:
+            return await tx.record_payment(order_id, amount=amount, discount=discount, coupon_id=coupon_id)
 
     async def wallet_balance(self, user_id: str) -> int:
         async with self._read() as tx:

@@ -86,6 +86,9 @@ class OrderSettler:
                         # impossible transition is recorded as skipped, not retried forever
                         log.warning("orders.transition_refused", extra={"order": d["order_id"], "to": to, "err": exc.message})
                         continue
+                    if ev.type == "order.paid" and "amount" in d:  # what was paid, after the coupon
+                        await tx.record_payment(d["order_id"], amount=int(d["amount"]), discount=int(d.get("discount") or 0),
+                                                coupon_id=d.get("coupon_id"))
                     if res.changed:
                         env = {"t": ev.type, "room": d.get("room_id"), "ts": ev.ts, "d": {k: d[k] for k in ("order_id", "sale_id", "qty") if k in d} | {"amount": d.get("amount", int(d.get("qty", 0)) * int(d.get("unit_price", 0))), "reason": d.get("reason")}}
                         pushes.append((d["user_id"], env))

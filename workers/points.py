@@ -29,12 +29,15 @@ Refunds (``order.refunded``, issue 11): reversing rows for the refunded share of
 order's awards, ``order.refunded`` (buyer, viewer) and ``order.unsold`` (the host the event
 names, resolved like ``order.paid``'s), both negative and written even when the balance no
 longer covers them (balances may go negative; levels are recomputed from the new balance):
-see :func:`livecommerce.refunds.clawback_awards`.
+see :func:`livecommerce.refunds.clawback_awards`. Erased viewers (``DELETE /api/v1/me/data``):
+with the deployment secret, the rows of their events dated up to the erasure go to their
+pseudonym (:mod:`livecommerce.profiles_sql` ``erasures``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -62,8 +65,10 @@ PUSH_CONCURRENCY = 32
 class PointsWorker:
     """The batch handler (one per process; safe for the four topic loops to share)."""
 
-    def __init__(self, store: Store, redis: Any, keys: Keys, rules: Rules, *, notifier: Notifier | None = None) -> None:
+    def __init__(self, store: Store, redis: Any, keys: Keys, rules: Rules, *, notifier: Notifier | None = None,
+                 secret: str | None = None) -> None:
         self.store = store
+        self.secret = secret  # with it, awards of erased users go to their pseudonym (issue 11)
         self.redis = redis
         self.keys = keys
         self.rules = rules
@@ -93,6 +98,9 @@ class PointsWorker:
             if awards:
                 plans.append((e, awards))
                 touched.update(a.user for a in awards)
+        if self.secret is not None and plans:
+            plans = await self._pseudonymise(plans)
+            touched = {a.user for _, plan in plans if plan for a in plan} | {str(e.data["user"]) for e, plan in plans if plan is None}
         applied = 0
         if plans:
             async with self.store.apply_batch(CONSUMER, [e.id for e, _ in plans]) as (tx, fresh):
@@ -116,6 +124,23 @@ class PointsWorker:
                 if plan is None:
                     await self._grant(e)
         await self.refresh(sorted(touched))
+
+    async def _pseudonymise(self, plans: list[tuple[LogEvent, list[Award] | None]]) -> list[tuple[LogEvent, list[Award] | None]]:
+        """Awards of an erased viewer's events dated up to the erasure go to the pseudonym
+        (a worker lagging behind a ``DELETE /api/v1/me/data`` writes no row under the id)."""
+        from livecommerce.profiles_sql import erasure_map
+        from livecommerce.store_sql import SqlStore
+
+        if not isinstance(self.store, SqlStore) or self.secret is None:
+            return plans
+        users = {a.user for _, plan in plans if plan for a in plan}
+        async with self.store.read() as tx:
+            gone = await erasure_map(tx.conn, self.secret, users)
+        if not gone:
+            return plans
+        return [(e, None if plan is None else [
+            dataclasses.replace(a, user=gone[a.user][0]) if a.user in gone and e.ts <= gone[a.user][1] else a for a in plan])
+            for e, plan in plans]
 
     async def _host(self, e: LogEvent) -> str | None:
         room = room_of(e.type, e.data)
@@ -202,7 +227,8 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     broker = RedisBroker(redis, keys, sharded=is_cluster_url(settings.redis_url))
     log_ = open_log(settings, redis)
     store = SqlStore(settings.database_url)
-    worker = PointsWorker(store, redis, keys, Rules.from_settings(settings), notifier=Notifier(redis, broker, keys))
+    worker = PointsWorker(store, redis, keys, Rules.from_settings(settings), notifier=Notifier(redis, broker, keys),
+                          secret=settings.secret)
     log.info("points.worker_started", extra={"worker": settings.node_id})
     try:
         await asyncio.gather(*(run_consumer(log_, t, CONSUMER, settings.node_id, worker, stop=stop) for t in TOPICS))

@@ -23,7 +23,7 @@ group per stream; Kafka: committed offsets, which expire).
 Resolved at application time (Redis, cached per process): a room's host (``{room:ID}:meta``
 ``host``) and a sale's product category (``{sale:ID}:meta`` ``product_id`` ->
 ``{product:ID}:meta`` ``category``). Erased users: events of a user whose pseudonym is in
-``erasures`` are folded under the pseudonym.
+``erasures``, dated up to the erasure, are folded under the pseudonym.
 """
 
 from __future__ import annotations
@@ -36,10 +36,19 @@ from typing import Any
 
 from livecommerce import profiles_sql
 from livecommerce.config import Settings
+from livecommerce.errors import Unavailable
 from livecommerce.fanclub_redis import FanclubRedis
 from livecommerce.keys import Keys
 from livecommerce.log import Log, LogEvent, open_log
-from livecommerce.profiles import TOPICS, Context, Profile, contributions, merge, pseudonym
+from livecommerce.profiles import (
+    TOPICS,
+    Context,
+    Profile,
+    contributions,
+    erased_key,
+    merge,
+    pseudonym,
+)
 from livecommerce.redis_conn import connect, guarded
 from livecommerce.store_sql import SqlStore
 
@@ -136,14 +145,13 @@ class ProfilesWorker:
             return
         await self.resolver.prepare(mine)
         now = int(time.time() * 1000)
-        aliases = {pseudonym(self.secret, u): u for u in _users(mine)}
         fan_rows: list[dict[str, Any]] = []
         async with self.store.write() as tx:
             await profiles_sql.lock(tx.conn, exclusive=False)
             fresh = await profiles_sql.claim(tx.conn, CONSUMER, [e.id for e in mine], now_ms=now)
-            erased = await profiles_sql.erased_among(tx.conn, aliases)
-            gone = {aliases[p]: p for p in erased}
-            ctx = Context(self.resolver.host_of, self.resolver.category_of, lambda u: gone.get(u, u))
+            gone = await profiles_sql.erasure_map(tx.conn, self.secret, _users(mine))
+            erased = {p for p, _ in gone.values()}
+            ctx = Context(self.resolver.host_of, self.resolver.category_of, lambda u, ts: erased_key(u, ts, gone))
             partials: dict[str, Profile] = {}
             for e in mine:
                 if e.id not in fresh:
@@ -152,7 +160,7 @@ class ProfilesWorker:
                 self.applied += 1
                 for user, part in contributions(e.type, e.data, e.ts, ctx):
                     partials[user] = merge(partials.get(user, {}), part)
-            new = await profiles_sql.apply_partials(tx.conn, partials, erased=set(erased), now_ms=now)
+            new = await profiles_sql.apply_partials(tx.conn, partials, erased=erased, now_ms=now)
             for user, part in partials.items():
                 hosts = set(part.get("hosts", {})) | set(part.get("follows", {})) | set(part.get("clubs", {}))
                 fan_rows.extend(profiles_sql.fan_rows(user, new[user], hosts, now))
@@ -167,53 +175,73 @@ async def drain(durable: Log, worker: ProfilesWorker, *, name: str = "profiles-1
     return n
 
 
+class _Fold:
+    """One rebuild pass: every relevant event of the log, once, folded per key."""
+
+    def __init__(self, redis: Any, keys: Keys, secret: str, erasures: dict[str, tuple[str, int]]) -> None:
+        self.resolver = Resolver(redis, keys)
+        self.secret = secret
+        self.erasures = erasures
+        self.rebuilt: dict[str, Profile] = {}
+        self.seen: set[str] = set()
+        self.erased: set[str] = set()
+        self.ctx = Context(self.resolver.host_of, self.resolver.category_of, self.key_of)
+
+    def key_of(self, user: str, ts: int) -> str:
+        hit = self.erasures.get(pseudonym(self.secret, user))
+        if hit is not None:
+            self.erased.add(hit[0])
+        return hit[0] if hit is not None and ts <= hit[1] else user
+
+    async def __call__(self, events: list[LogEvent]) -> None:
+        mine = [e for e in events if e.type in RELEVANT and e.id not in self.seen]
+        await self.resolver.prepare(mine)
+        for e in mine:
+            if e.id in self.seen:
+                continue
+            self.seen.add(e.id)
+            for user, part in contributions(e.type, e.data, e.ts, self.ctx):
+                self.rebuilt[user] = merge(self.rebuilt.get(user, {}), part)
+
+    async def read(self, durable: Log, group: str, fetch_timeout_ms: int) -> None:
+        for topic in TOPICS:
+            await run_consumer(durable, topic, group, "rebuild", self, burst=True, fetch_timeout_ms=fetch_timeout_ms)
+
+
 async def rebuild(store: SqlStore, redis: Any, keys: Keys, durable: Log, *, secret: str, group: str | None = None,
                   fetch_timeout_ms: int = 300) -> dict[str, int]:
     """Recompute every profile and the fan projection from the log (see the module
-    docstring); return ``{events, profiles}``."""
+    docstring); return ``{events, profiles}``.
+
+    Raises:
+        Unavailable: SQL, Redis or the log unreachable, or users kept being erased while it
+            ran (three attempts).
+    """
     now = int(time.time() * 1000)
-    group = group or f"profiles-rebuild-{now:x}"
-    resolver = Resolver(redis, keys)
-    raw: dict[str, Profile] = {}  # by user id as the events name them
-    seen: set[str] = set()
-    ident = Context(resolver.host_of, resolver.category_of, lambda u: u)
-
-    async def fold(events: list[LogEvent]) -> None:
-        mine = [e for e in events if e.type in RELEVANT and e.id not in seen]
-        await resolver.prepare(mine)
-        for e in mine:
-            if e.id in seen:
+    async with store.read() as tx:
+        erasures = await profiles_sql.all_erasures(tx.conn)
+    for attempt in range(3):
+        g = f"{group or f'profiles-rebuild-{now:x}'}-{attempt}"
+        f = _Fold(redis, keys, secret, erasures)
+        await f.read(durable, g, fetch_timeout_ms)
+        async with store.write() as tx:
+            await profiles_sql.lock(tx.conn, exclusive=True)
+            await f.read(durable, g, fetch_timeout_ms)  # what was appended meanwhile; live batches wait on the lock
+            latest = await profiles_sql.all_erasures(tx.conn)
+            if latest != erasures:  # someone was erased meanwhile: fold again with the new map
+                erasures = latest
                 continue
-            seen.add(e.id)
-            for user, part in contributions(e.type, e.data, e.ts, ident):
-                raw[user] = merge(raw.get(user, {}), part)
-
-    async def read_all() -> None:
-        for topic in TOPICS:
-            await run_consumer(durable, topic, group, "rebuild", fold, burst=True, fetch_timeout_ms=fetch_timeout_ms)
-
-    await read_all()
-    old_hosts: set[str] = set()
-    async with store.write() as tx:
-        await profiles_sql.lock(tx.conn, exclusive=True)
-        await read_all()  # what was appended meanwhile; live batches wait on the lock
-        aliases = {pseudonym(secret, u): u for u in raw}
-        erased = await profiles_sql.erased_among(tx.conn, aliases)
-        gone = {aliases[p]: p for p in erased}
-        rebuilt: dict[str, Profile] = {}
-        for user, p in raw.items():
-            key = gone.get(user, user)
-            rebuilt[key] = merge(rebuilt.get(key, {}), p)
-        await profiles_sql.claim(tx.conn, CONSUMER, seen, now_ms=now)
-        old_hosts = await profiles_sql.fan_hosts(tx.conn)
-        n = await profiles_sql.replace_all(tx.conn, rebuilt, erased=set(erased), now_ms=now)
-    fans = FanclubRedis(redis, keys)
-    rows = [r for u, p in rebuilt.items()
-            for r in profiles_sql.fan_rows(u, p, set(p.get("hosts", {})) | set(p.get("clubs", {})), now)]
-    await fans.clear(old_hosts | {r["host_id"] for r in rows})
-    await fans.put(rows)
-    log.info("profiles.rebuilt", extra={"events": len(seen), "profiles": n, "group": group})
-    return {"events": len(seen), "profiles": n}
+            await profiles_sql.claim(tx.conn, CONSUMER, f.seen, now_ms=now)
+            old_hosts = await profiles_sql.fan_hosts(tx.conn)
+            n = await profiles_sql.replace_all(tx.conn, f.rebuilt, erased=f.erased, now_ms=now)
+        rows = [r for u, p in f.rebuilt.items()
+                for r in profiles_sql.fan_rows(u, p, set(p.get("hosts", {})) | set(p.get("clubs", {})), now)]
+        fans = FanclubRedis(redis, keys)
+        await fans.clear(old_hosts | {r["host_id"] for r in rows})
+        await fans.put(rows)
+        log.info("profiles.rebuilt", extra={"events": len(f.seen), "profiles": n, "group": g})
+        return {"events": len(f.seen), "profiles": n}
+    raise Unavailable("users kept being erased during the rebuild: run it again")
 
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:
