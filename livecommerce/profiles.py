@@ -74,12 +74,17 @@ Profile = dict[str, Any]
 @dataclass(frozen=True, slots=True)
 class Context:
     """What the fold needs beyond the event, resolved by the caller: the host of a room,
-    the category of a sale's product, and the key a user's event at a time is kept under
-    (the user id, or its pseudonym for events up to the user's erasure)."""
+    the category of a sale's product, and the key a user's data is kept under:
+    ``key_at(user, ts)`` when given (the pseudonym for events up to the user's erasure, see
+    :func:`erased_key`), else ``key_of(user)``."""
 
     host_of: Callable[[str], str | None]
     category_of: Callable[[str], str | None]
-    key_of: Callable[[str, int], str]
+    key_of: Callable[[str], str] = str
+    key_at: Callable[[str, int], str] | None = None
+
+    def key(self, user: str, ts: int) -> str:
+        return self.key_at(user, ts) if self.key_at is not None else self.key_of(user)
 
 
 def pseudonym(secret: str, user: str) -> str:
@@ -114,7 +119,7 @@ def contributions(event_type: str, d: Mapping[str, Any], ts: int, ctx: Context) 
         p: Profile = {}
         for part in parts:
             p = merge(p, part)
-        out.append((ctx.key_of(str(user), ts), p))
+        out.append((ctx.key(str(user), ts), p))
 
     if event_type == "activity.watch":
         m = int(d.get("minutes", 0))

@@ -24,7 +24,7 @@ from workers.profiles import drain as profiles_drain
 from workers.runner import run_consumer
 
 NOW = 1_700_000_000_000
-CTX = Context(lambda room: {"r1": "h1", "r2": "h2"}.get(room), lambda sale: {"s1": "tea", "s2": "toys"}.get(sale), lambda u, ts: u)
+CTX = Context(lambda room: {"r1": "h1", "r2": "h2"}.get(room), lambda sale: {"s1": "tea", "s2": "toys"}.get(sale))
 
 
 def _events(rng: random.Random, n: int, users: tuple[str, ...] = ("a", "b", "c")) -> list[tuple[str, str, str, dict[str, Any], int]]:

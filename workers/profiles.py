@@ -151,7 +151,7 @@ class ProfilesWorker:
             fresh = await profiles_sql.claim(tx.conn, CONSUMER, [e.id for e in mine], now_ms=now)
             gone = await profiles_sql.erasure_map(tx.conn, self.secret, _users(mine))
             erased = {p for p, _ in gone.values()}
-            ctx = Context(self.resolver.host_of, self.resolver.category_of, lambda u, ts: erased_key(u, ts, gone))
+            ctx = Context(self.resolver.host_of, self.resolver.category_of, key_at=lambda u, ts: erased_key(u, ts, gone))
             partials: dict[str, Profile] = {}
             for e in mine:
                 if e.id not in fresh:
@@ -185,7 +185,7 @@ class _Fold:
         self.rebuilt: dict[str, Profile] = {}
         self.seen: set[str] = set()
         self.erased: set[str] = set()
-        self.ctx = Context(self.resolver.host_of, self.resolver.category_of, self.key_of)
+        self.ctx = Context(self.resolver.host_of, self.resolver.category_of, key_at=self.key_of)
 
     def key_of(self, user: str, ts: int) -> str:
         hit = self.erasures.get(pseudonym(self.secret, user))
