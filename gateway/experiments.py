@@ -53,6 +53,7 @@ from livecommerce.experiments_redis import ExperimentCache, ExperimentsRedis
 from livecommerce.growth import TOPIC
 
 from .core import Gateway
+from .openapi import ANYONE_SIGNED, BOOL, INT, MS, NUM, OPS, STR, J, arr, nullable, obj, op, ref
 from .wallet import durable_log, sql_store
 
 log = logging.getLogger("livecommerce.gateway.experiments")
@@ -128,6 +129,61 @@ class ExperimentsService:
     async def welcome(self, room: str, ident: Identity) -> dict[str, Any]:
         flags, arms = self.flags_for(ident.user)
         return {"flags": flags, "experiments": arms}
+
+
+P_EXP: J = {"name": "id", "in": "path", "required": True, "schema": STR}
+_FLAGS: J = {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}}
+_INTERVAL: J = arr(NUM)
+OPENAPI_SCHEMAS: dict[str, J] = {
+    "Experiment": obj({
+        "id": STR, "salt": STR, "holdout": NUM, "state": {"enum": ["draft", "running", "stopped"]}, "description": STR,
+        "created_by": STR, "created_ms": MS, "started_ms": nullable(MS), "stopped_ms": nullable(MS),
+        "variants": arr(obj({"name": STR, "weight": NUM, "flags": _FLAGS}, ["name", "weight", "flags"])),
+        "split": {"type": "object", "additionalProperties": NUM}, "flags": arr(STR),
+    }, ["id", "salt", "variants", "holdout", "state", "split", "flags"]),
+    "ExperimentCreate": obj({
+        "id": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,48}$"}, "description": STR, "salt": STR, "start": BOOL,
+        "holdout": {"type": "number", "minimum": 0, "maximum": 0.5},
+        "variants": {"oneOf": [arr(obj({"name": STR, "weight": NUM, "flags": _FLAGS}, ["name"])),
+                               {"type": "object", "additionalProperties": NUM}]},
+        "flags": {"type": "object", "additionalProperties": _FLAGS},
+    }, ["id", "variants"], desc="The first variant is the control. Weights are relative."),
+    "ExperimentResults": obj({
+        "experiment": ref("Experiment"), "confidence": NUM, "primary": STR, "computed_ms": nullable(MS),
+        "arms": arr(obj({
+            "arm": STR, "control": BOOL, "exposed": INT, "share": NUM, "expected_share": NUM,
+            "conversion": obj({"converted": INT, "rate": NUM, "ci": _INTERVAL}, ["converted", "rate", "ci"]),
+            "gmv": INT, "gmv_per_viewer": obj({"mean": NUM, "sd": NUM, "ci": _INTERVAL}, ["mean", "sd", "ci"]),
+            "buy_rate": NUM, "gift_rate": NUM, "watch_rate": NUM, "watch_min_per_viewer": NUM,
+            "vs_control": nullable(obj({"conversion": {"type": "object"}, "gmv_per_viewer": {"type": "object"}, "significant": BOOL},
+                                       ["conversion", "gmv_per_viewer", "significant"])),
+        }, ["arm", "control", "exposed", "conversion", "gmv_per_viewer", "vs_control"])),
+        "srm": obj({"observed": arr(INT), "expected": arr(NUM), "stat": NUM, "df": INT, "p_value": NUM, "mismatch": BOOL},
+                   ["observed", "expected", "stat", "df", "p_value", "mismatch"]),
+        "winner": nullable(STR),
+    }, ["experiment", "confidence", "arms", "srm", "winner"]),
+}
+OPENAPI_PATHS: dict[str, dict[str, J]] = {
+    "/api/v1/experiments": {
+        "post": op("Create an experiment (variants, split, holdout, flags)", tag="experiments", auth=OPS, body=ref("ExperimentCreate"),
+                   ok=("201", ref("Experiment"), "created"), errors=(409,),
+                   desc="409: the id exists, or a running experiment controls one of its flags."),
+        "get": op("List experiments", tag="experiments", auth=OPS, ok=("200", obj({"experiments": arr(ref("Experiment"))}, ["experiments"]), "all")),
+    },
+    "/api/v1/experiments/{id}": {"get": op("One experiment", tag="experiments", auth=OPS, params=[P_EXP],
+                                           ok=("200", ref("Experiment"), "definition"), errors=(404,))},
+    "/api/v1/experiments/{id}/start": {"post": op("Start a draft experiment", tag="experiments", auth=OPS, params=[P_EXP],
+                                                  ok=("200", ref("Experiment"), "running"), errors=(404, 409))},
+    "/api/v1/experiments/{id}/stop": {"post": op("Stop an experiment (flags fall back to defaults)", tag="experiments", auth=OPS,
+                                                 params=[P_EXP], ok=("200", ref("Experiment"), "stopped"), errors=(404, 409))},
+    "/api/v1/experiments/{id}/results": {"get": op(
+        "Results per arm: conversion, GMV per viewer, intervals, z-test against the control, sample-ratio check",
+        tag="experiments", auth=OPS, params=[P_EXP, {"name": "confidence", "in": "query", "schema": {"type": "number", "minimum": 0.5, "maximum": 0.999}}],
+        ok=("200", ref("ExperimentResults"), "results"), errors=(404,))},
+    "/api/v1/me/flags": {"get": op("My experiment flags and arms (records exposures)", tag="experiments", auth=ANYONE_SIGNED,
+                                   ok=("200", obj({"user": STR, "flags": _FLAGS, "experiments": {"type": "object", "additionalProperties": STR}},
+                                                  ["user", "flags", "experiments"]), "flags"))},
+}
 
 
 def _confidence(request: web.Request) -> float:

@@ -56,6 +56,23 @@ from livecommerce.pins_redis import RedisPins
 from livecommerce.rooms import valid_room_id
 
 from .core import Gateway
+from .openapi import (
+    ANYONE_SIGNED,
+    BOOL,
+    HOST,
+    INT,
+    MS,
+    NUM,
+    OPS,
+    P_ROOM,
+    STR,
+    J,
+    arr,
+    nullable,
+    obj,
+    op,
+    ref,
+)
 
 log = logging.getLogger("livecommerce.gateway.feed")
 
@@ -245,6 +262,34 @@ class FeedService:
     async def stop(self) -> None:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+_ROOM_SIGNALS: J = {"room": STR, "title": STR, "host": STR, "category": nullable(STR), "online": INT, "comments_per_min": NUM,
+                    "likes_per_min": NUM, "gmv_per_min": NUM, "minutes_live": NUM}
+OPENAPI_SCHEMAS: dict[str, J] = {
+    "FeedItem": obj({**_ROOM_SIGNALS, "position": INT, "score": NUM, "reasons": arr(STR), "why": STR},
+                    ["position", "room", "host", "online", "score", "reasons", "why"]),
+    "Feed": obj({
+        "ranker": {"enum": ["popularity", "personalised"]}, "experiment": nullable(obj({"id": STR, "arm": STR}, ["id", "arm"])),
+        "cold_start": BOOL, "page": INT, "limit": INT, "pages": INT, "total_live": INT, "items": arr(ref("FeedItem")),
+        "signals_age_ms": INT, "generated_ms": MS,
+    }, ["ranker", "experiment", "cold_start", "page", "limit", "pages", "total_live", "items", "generated_ms"]),
+}
+OPENAPI_PATHS: dict[str, dict[str, J]] = {
+    "/api/v1/feed": {"get": op(
+        "Live rooms ranked for me (no host twice on a page, categories spread, never an ended room)", tag="feed", auth=ANYONE_SIGNED,
+        params=[{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}},
+                {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+                {"name": "ranker", "in": "query", "schema": {"enum": list(RANKERS)}, "description": "ops only"}],
+        ok=("200", ref("Feed"), "a page of the feed"),
+        desc="The ranker is the viewer's `feed.ranker` flag (an experiment may switch it).")},
+    "/api/v1/feed/rooms": {"get": op("Feed candidates and their live signals", tag="feed", auth=OPS,
+                                     ok=("200", obj({"rooms": arr(obj(_ROOM_SIGNALS, ["room", "host", "online"])), "sampled_ms": MS},
+                                                    ["rooms"]), "live rooms"))},
+    "/api/v1/rooms/{room}/category": {"put": op("Set the room's category for the feed", tag="feed", auth=HOST, params=[P_ROOM],
+                                                body=obj({"category": {"type": "string", "maxLength": 64}}, ["category"]),
+                                                ok=("200", obj({"room": STR, "category": nullable(STR)}, ["room", "category"]), "set"))},
+}
 
 
 def _int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:

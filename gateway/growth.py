@@ -55,6 +55,21 @@ from livecommerce.referrals import check_code, check_referral
 from livecommerce.referrals_redis import ReferralsRedis
 
 from .core import Gateway
+from .openapi import (
+    ANYONE_SIGNED,
+    BOOL,
+    INT,
+    NUM,
+    OPS,
+    P_USER,
+    SELF,
+    STR,
+    J,
+    arr,
+    nullable,
+    obj,
+    op,
+)
 from .wallet import durable_log, require_self_or_ops, sql_store
 
 log = logging.getLogger("livecommerce.gateway.growth")
@@ -119,6 +134,38 @@ class Growth:
     async def stop(self) -> None:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+_WINDOW: list[J] = [{"name": "days", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 400}},
+                    {"name": "until", "in": "query", "schema": {"type": "string", "format": "date"}}]
+_STEP: J = obj({"step": STR, "count": INT, "rate": NUM}, ["step", "count", "rate"])
+_ACQUIRED: J = obj({"user": STR, "channel": STR, "invite_code": STR, "referrer": STR, "ts": INT, "first": BOOL}, ["user", "channel", "first"])
+_ACQUIRE: J = op("Report how I came (channel or invite code); the first report wins", tag="growth", auth=ANYONE_SIGNED,
+                 body=obj({"channel": {"type": "string", "pattern": "^[a-z0-9_-]{1,32}$"}, "invite_code": STR}),
+                 ok=("201", _ACQUIRED, "recorded"), errors=(404, 409), desc="404 `unknown_code`, 409 `own_code`.")
+_ACQUIRE["responses"]["200"] = {"description": "already recorded: `first` is false and the earlier acquisition holds",
+                                "content": {"application/json": {"schema": _ACQUIRED}}}
+OPENAPI_PATHS: dict[str, dict[str, J]] = {
+    "/api/v1/growth/acquire": {"post": _ACQUIRE},
+    "/api/v1/growth/daily": {"get": op("Daily active viewers, new and returning, revenue", tag="growth", auth=OPS, params=_WINDOW,
+                                       ok=("200", obj({"from": STR, "to": STR, "days": arr(obj(
+                                           {"day": STR, "active": INT, "new": INT, "returning": INT, "revenue": INT, "paying": INT},
+                                           ["day", "active", "new", "returning", "revenue", "paying"]))}, ["from", "to", "days"]), "series"))},
+    "/api/v1/growth/retention": {"get": op("Day-1 and day-7 retention by first-active cohort", tag="growth", auth=OPS, params=_WINDOW,
+                                           ok=("200", obj({"from": STR, "to": STR, "d1_rate": nullable(NUM), "d7_rate": nullable(NUM),
+                                                           "cohorts": arr(obj({"cohort": STR, "size": INT, "d1": nullable(INT), "d1_rate": nullable(NUM),
+                                                                               "d7": nullable(INT), "d7_rate": nullable(NUM)}, ["cohort", "size"]))},
+                                                          ["from", "to", "cohorts"]), "cohorts"))},
+    "/api/v1/growth/funnel": {"get": op(
+        "Acquisition funnel per channel or invite code: acquired, activated, retained, paying, referring", tag="growth", auth=OPS,
+        params=[*_WINDOW, {"name": "by", "in": "query", "schema": {"enum": ["channel", "invite"]}}],
+        ok=("200", obj({"from": STR, "to": STR, "by": STR, "steps": arr(STR), "total": {"type": "object", "additionalProperties": INT},
+                        "rows": arr(obj({"steps": arr(_STEP), "counts": {"type": "object", "additionalProperties": INT}, "revenue": INT,
+                                         "revenue_per_user": NUM, "invitees": INT}, ["steps", "counts", "revenue"]))},
+                       ["from", "to", "by", "steps", "total", "rows"]), "funnels"))},
+    "/api/v1/growth/users/{user}": {"get": op("One viewer's growth record", tag="growth", auth=SELF, params=[P_USER],
+                                              ok=("200", {"type": "object"}, "record"), errors=(404,))},
+}
 
 
 def setup(gw: Gateway, app: web.Application) -> None:

@@ -30,7 +30,20 @@ from livecommerce.referrals import (
 from livecommerce.referrals_redis import ReferralsRedis
 
 from .core import Gateway
+from .openapi import ANYONE_SIGNED, BOOL, INT, MS, P_USER, SELF, STR, J, arr, nullable, obj, op
 from .wallet import require_self_or_ops, sql_store
+
+OPENAPI_PATHS: dict[str, dict[str, J]] = {
+    "/api/v1/invites": {"post": op("My invite code and what an invite earns", tag="growth", auth=ANYONE_SIGNED,
+                                   ok=("200", obj({"code": STR, "user": STR, "referrer_points": INT, "invitee_points": INT},
+                                                  ["code", "user", "referrer_points", "invitee_points"]), "the code"))},
+    "/api/v1/referrals/{user}": {"get": op(
+        "A user's invitees, their progress and the referral points earned", tag="growth", auth=SELF, params=[P_USER],
+        ok=("200", obj({"user": STR, "code": nullable(STR), "invited": INT, "activated": INT, "paid": INT, "rewarded": INT,
+                        "points_earned": INT, "invitees": arr(obj({"user": STR, "invite_code": nullable(STR), "acquired_ms": nullable(MS),
+                                                                   "activated": BOOL, "paid": BOOL, "rewarded": BOOL}, ["user", "rewarded"]))},
+                       ["user", "invited", "rewarded", "points_earned", "invitees"]), "status"))},
+}
 
 
 def setup(gw: Gateway, app: web.Application) -> None:

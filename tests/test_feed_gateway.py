@@ -6,6 +6,7 @@ personalised ranker fed by the real profiles worker."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,11 +14,13 @@ from typing import Any
 import aiohttp
 import redis.asyncio as aioredis
 
+from gateway.openapi import document
 from livecommerce.experiments import Experiment, Variant
 from livecommerce.keys import Keys
 from livecommerce.log import open_log
 from livecommerce.store_sql import SqlStore
 from tests.fixtures_gateway import GatewayFactory
+from tests.test_openapi import validate
 from tests.wsclient import Client
 from workers.growth import GrowthWorker
 from workers.growth import drain as growth_drain
@@ -27,9 +30,17 @@ from workers.profiles import drain as profiles_drain
 ROOMS = {"fa": ("ha", "tea"), "fb": ("hb", "beauty"), "fc": ("hc", "tea"), "fd": ("ha", "toys"), "fe": ("he", "food")}
 
 
+DOC = document()
+
+
 async def _call(s: aiohttp.ClientSession, method: str, url: str, token: str, **kw: Any) -> tuple[int, Any]:
+    """Call and check the answer against its OpenAPI schema (the documented status)."""
     async with s.request(method, url, headers={"Authorization": f"Bearer {token}"}, **kw) as r:
-        return r.status, await r.json()
+        data = await r.json()
+        template = next(p for p in DOC["paths"] if re.fullmatch(re.sub(r"{\w+}", "[^/]+", p), r.url.path))
+        resp = DOC["paths"][template][method.lower()]["responses"][str(r.status)]
+        assert not validate(data, resp["content"]["application/json"]["schema"], DOC), (template, data)
+        return r.status, data
 
 
 async def _until(pred: Callable[[], Any], wait_s: float = 30.0) -> Any:

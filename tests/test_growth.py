@@ -6,6 +6,7 @@ visits from ``welcome``, the funnel by invite code and the referral status."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable
 
@@ -13,6 +14,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from gateway.openapi import document
 from livecommerce.errors import BadFrame
 from livecommerce.growth import (
     DAY_MS,
@@ -29,6 +31,7 @@ from livecommerce.log import open_log
 from livecommerce.log_redis import RedisLog
 from livecommerce.store_sql import SqlStore
 from tests.fixtures_gateway import GatewayFactory
+from tests.test_openapi import validate
 from tests.wsclient import Client
 from workers.growth import GrowthWorker
 from workers.growth import drain as growth_drain
@@ -107,9 +110,17 @@ async def test_daily_retention_and_funnel_match_the_log(redis: aioredis.Redis, k
     assert (await growth_sql.user_row(store, "u3"))["referral_event"] == "o3:paid"  # type: ignore[index]
 
 
+DOC = document()
+
+
 async def _json(s: aiohttp.ClientSession, method: str, url: str, token: str, **kw: object) -> tuple[int, dict]:
+    """Call and check the answer against its OpenAPI schema (the documented status)."""
     async with s.request(method, url, headers={"Authorization": f"Bearer {token}"}, **kw) as r:  # type: ignore[arg-type]
-        return r.status, await r.json()
+        data = await r.json()
+        template = next(p for p in DOC["paths"] if re.fullmatch(re.sub(r"{\w+}", "[^/]+", p), r.url.path))
+        resp = DOC["paths"][template][method.lower()]["responses"][str(r.status)]
+        assert not validate(data, resp["content"]["application/json"]["schema"], DOC), (template, data)
+        return r.status, data
 
 
 async def test_invite_acquire_visit_and_the_ops_endpoints(
