@@ -34,7 +34,7 @@ async def _rebuild(settings: Settings) -> dict[str, int]:
     try:
         await store.check_schema()
         out: dict[str, int] = await worker.rebuild(store, redis, Keys(settings.key_prefix), durable, secret=settings.secret,
-                                                   fetch_timeout_ms=1500 if settings.kafka_bootstrap else 300)
+                                                   fetch_timeout_ms=1500 if settings.kafka_bootstrap else 100)
         return out
     finally:
         await durable.close()

@@ -182,3 +182,39 @@ async def test_a_profile_equals_its_rebuild_from_the_log(redis: aioredis.Redis, 
     assert after != live and a.applied + b.applied == 400
     await rebuild(store, redis, keys, log, secret=secret, fetch_timeout_ms=50)
     assert await _snapshot(store) == after
+
+
+def test_the_cli_rebuilds_every_profile_and_shows_one(settings: Any, monkeypatch: Any, capsys: Any) -> None:
+    import asyncio
+    import json
+
+    from livecommerce.cli import main
+    from livecommerce.migrations import upgrade
+
+    for k, v in {"LC_REDIS_URL": settings.redis_url, "LC_DATABASE_URL": settings.database_url, "LC_KEY_PREFIX": settings.key_prefix,
+                 "LC_SECRET": "cli-secret-0123456789abcdef0123456789"}.items():
+        monkeypatch.setenv(k, v)
+
+    async def seed() -> None:
+        await upgrade(settings.database_url)
+        r = aioredis.Redis.from_url(settings.redis_url)
+        log = RedisLog(r, Keys(settings.key_prefix))
+        await log.append("activity", "v1", "activity.watch", {"user": "v1", "room": "r", "minutes": 12}, event_id="watch:cli:1")
+        await r.aclose()
+
+    async def cleanup() -> None:
+        r = aioredis.Redis.from_url(settings.redis_url)
+        async for key in r.scan_iter(match=f"{settings.key_prefix}:*"):
+            await r.delete(key)
+        await r.aclose()
+
+    asyncio.run(seed())
+    try:
+        assert main(["profiles", "rebuild"]) == 0
+        assert json.loads(capsys.readouterr().out) == {"events": 1, "profiles": 1}
+        assert main(["profiles", "show", "v1"]) == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert (shown["user_id"], shown["watch_min"], shown["stage"]) == ("v1", 12, "new")
+        assert main(["profiles", "show", "nobody"]) == 1
+    finally:
+        asyncio.run(cleanup())
