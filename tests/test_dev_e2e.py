@@ -42,7 +42,7 @@ async def test_dev_starts_with_no_services_and_a_viewer_sees_its_own_comment(tmp
         while time.monotonic() < deadline and url is None:
             try:
                 line = await asyncio.wait_for(proc.stdout.readline(), 5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             if not line:
                 pytest.fail(f"livecommerce dev exited early:\n{out}")

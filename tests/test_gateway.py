@@ -54,7 +54,7 @@ async def test_too_old_since_says_not_recovered(gateway_factory, token):
     host = await Client.connect(node.ws, "r3", token("h", "host", ("r3",)))
     seqs = []
     for i in range(40):
-        seqs.append((await node.gw.publish("r3", "notice", {"text": str(i)})))
+        seqs.append(await node.gw.publish("r3", "notice", {"text": str(i)}))
     v = await Client.connect(node.ws, "r3", token("v"), since=seqs[0])
     assert v.welcome["d"]["recovered"] is False
     assert v.welcome["d"]["seq"] == seqs[-1]

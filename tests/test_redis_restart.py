@@ -139,7 +139,7 @@ async def test_gateway_resubscribes_after_a_redis_restart_and_clients_recover(
 
         # the gateway reconnects and resubscribes without help; events flow again
         deadline = time.monotonic() + 20
-        while broker.reconnects == reconnects and time.monotonic() < deadline:  # noqa: ASYNC110 (polls a counter)
+        while broker.reconnects == reconnects and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         assert broker.reconnects > reconnects, "the pub/sub reader never resubscribed"
         got = None
