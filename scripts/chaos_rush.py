@@ -340,9 +340,9 @@ class Stack:
         return p
 
     async def stop(self) -> dict[str, int | None]:
-        codes: dict[str, int | None] = {}
-        for name, p in [*self.gateways.items(), *self.workers.items()]:
-            codes[name] = await asyncio.to_thread(p.stop)
+        procs = [*self.gateways.items(), *self.workers.items()]
+        results = await asyncio.gather(*(asyncio.to_thread(p.stop) for _, p in procs))  # SIGTERM all at once
+        codes: dict[str, int | None] = {name: rc for (name, _), rc in zip(procs, results, strict=True)}
         if self.tansu is not None:
             self.tansu.kill9()
         self.redis.stop()

@@ -41,6 +41,7 @@ from workers.orders import OrdersWorker
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # about 45 s on an idle machine; gateway restarts slow down under load
 @pytest.mark.parametrize("log", ["redis", pytest.param("kafka", marks=pytest.mark.kafka)])
 async def test_chaos_rush_keeps_every_invariant_across_kills(log: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     if log == "kafka":
