@@ -220,7 +220,10 @@ async def handle_frame(gw: Gateway, conn: Conn, data: bytes | str) -> None:
         frame = decode_frame(data, conn.fmt, max_bytes=gw.s.max_frame_bytes)
         if _escapes(data) and _has_lone_surrogate(frame):
             raise BadFrame("strings must be valid Unicode (a lone surrogate escape was sent)", code="bad_frame")
-        cid = frame.get("id") if isinstance(frame.get("id"), (str, int)) else None
+        raw_id = frame.get("id")
+        if isinstance(raw_id, int) and not -(2**63) <= raw_id < 2**63:  # would not encode in msgpack
+            raise BadFrame("'id' must be a string or a 64-bit integer", code="invalid")
+        cid = raw_id if isinstance(raw_id, (str, int)) else None
         cmd = parse_command(frame)
         t = frame["t"]
         if conn.ident.role not in ROLES[t]:

@@ -165,11 +165,12 @@ def frames(draw: st.DrawFn) -> Frame:
         return Frame(kind, opener * (depth // len(opener)) + b"\xc0", "msgpack")
     if kind == "huge-number":
         num = draw(st.sampled_from(["1" * 5000, "-" + "9" * 4301, "1e999999", "-1e-999999", "NaN", "Infinity", "-Infinity",
+                                    str(2**64), str(2**63), str(-(2**63) - 1), str(2**64 - 1), "-0",
                                     "1" * 400 + ".5", "0x10", "1_000"]))
         key = draw(st.sampled_from(["qty", "count", "id", "sale_id", "text"]))
         t = draw(st.sampled_from(["buy", "like", "gift", "comment", "ping"]))
         return Frame(kind, f'{{"t":"{t}","id":{num},"d":{{"{key}":{num},"sale_id":"s1","request_id":"r1","gift_id":"rose"}}}}',
-                     "json")
+                     draw(st.sampled_from(["json", "msgpack"])))
     if kind == "escapes":  # strings JSON can carry and UTF-8 cannot (lone surrogates), NULs, controls
         text = draw(st.sampled_from(["\\ud800", "\\udfff\\ud800", "a\\u0000b", "\\u202e\\u200b", "\\ud83d\\ude00",
                                      "\\u001b[31m", "%s%n", "\\\\", "\\/"]))
@@ -350,7 +351,17 @@ def check_answers(f: Frame, got: list[dict[str, Any]], code: int | None, seen: C
         seen[f"close:{code}"] += 1
 
 
+def errors_logged_since(live: Live, offset: int) -> list[str]:
+    """ERROR lines (unhandled exceptions, ``dispatch.internal``) the process logged after ``offset``."""
+    with open(live.proc.log_path, "rb") as f:
+        f.seek(offset)
+        text = f.read().decode(errors="replace")
+    return [line for line in text.splitlines() if '"level": "error"' in line or '"level": "critical"' in line
+            or "dispatch.internal" in line or line.startswith("Traceback")]
+
+
 def test_live_gateway_answers_every_fuzzed_frame_per_the_contract(live: Live) -> None:
+    offset = live.proc.log_path.stat().st_size
     peers = {fmt: Peer(live, fmt) for fmt in ("msgpack", "json")}
     neighbour = Peer(live, "json")
     neighbour.ensure()
@@ -371,14 +382,37 @@ def test_live_gateway_answers_every_fuzzed_frame_per_the_contract(live: Live) ->
     _, ncode = neighbour.exchange(json.dumps({"t": "ping", "id": "last"}))
     assert ncode is None
     assert live.proc.alive(), "the gateway process exited"
-    log = live.proc.log_path.read_text(errors="replace")
-    bad = [line for line in log.splitlines() if '"level": "error"' in line or '"level": "critical"' in line
-           or "dispatch.internal" in line or line.startswith("Traceback")]
+    bad = errors_logged_since(live, offset)
     assert not bad, bad[:3]
     n = seen["cases"]
     print(f"\nlive fuzz: {n} cases, {sum(p.opens for p in peers.values())} connections opened: "
           f"{dict(sorted(seen.items()))}")
     assert n >= min(EXAMPLES or 200, 200) * 0.9
+
+
+# frames the fuzzer found that once broke a connection or answered ``internal``
+REGRESSIONS = [
+    Frame("escapes", '{"t":"ping","id":"\\ud800"}', "json"),  # the echoed id could not be encoded: connection dropped
+    Frame("escapes", '{"t":"ping","id":"\\ud800"}', "msgpack"),
+    Frame("escapes", '{"t":"comment","id":1,"d":{"text":"\\udc00"}}', "json"),  # internal error on broadcast
+    Frame("huge-number", '{"t":"buy","id":18446744073709551616,"d":{}}', "msgpack"),  # id past msgpack's range
+    Frame("huge-number", '{"t":"ping","id":-9223372036854775809}', "msgpack"),
+    Frame("huge-number", '{"t":"ping","id":' + "9" * 5000 + "}", "json"),
+]
+
+
+def test_live_gateway_answers_the_frames_that_once_broke_it(live: Live) -> None:
+    offset = live.proc.log_path.stat().st_size
+    seen: Counter[str] = Counter()
+    for f in REGRESSIONS:
+        peer = Peer(live, f.fmt)
+        got, code = peer.exchange(f.data)
+        assert code is None, f"{f} closed the connection with {code}"
+        check_answers(f, got, code, seen)
+        assert [g["d"]["code"] for g in got if g["t"] == "error"] in (["bad_frame"], ["invalid"]), (f, got)
+        assert peer.conn is not None
+        peer.conn.close()
+    assert not errors_logged_since(live, offset)
 
 
 # ============================================================================ HTTP bodies
@@ -408,6 +442,7 @@ def test_live_http_api_answers_every_fuzzed_body_per_the_contract(live: Live) ->
     import urllib.error
     import urllib.request
 
+    offset = live.proc.log_path.stat().st_size
     ops = issue_token(live.secret, user="fuzzer", role="ops", now_s=int(time.time()), ttl_s=7200)
     base = live.ws.replace("ws://", "http://").removesuffix("/ws")
     seen: Counter[str] = Counter()
@@ -434,7 +469,6 @@ def test_live_http_api_answers_every_fuzzed_body_per_the_contract(live: Live) ->
 
     one()
     assert live.proc.alive(), "the gateway process exited"
-    log = live.proc.log_path.read_text(errors="replace")
-    bad = [line for line in log.splitlines() if '"level": "error"' in line or line.startswith("Traceback")]
+    bad = errors_logged_since(live, offset)
     assert not bad, bad[:3]
     print(f"\nhttp fuzz: {seen['cases']} cases: {dict(sorted(seen.items()))}")
