@@ -103,7 +103,9 @@ class Growth:
         day = day_of(now)
         if day != self._day:
             self._visited, self._day = set(), day
-        if (ident.user, day) not in self._visited and len(self._visited) < SEEN_MAX:
+        if (ident.user, day) not in self._visited:
+            if len(self._visited) >= SEEN_MAX:
+                self._visited.clear()  # repeats are the same log event (id per user and day)
             self._visited.add((ident.user, day))
             self._append(ident.user, VISIT, {"user": ident.user, "room": room, "day": day}, visit_event_id(ident.user, day), now)
         return {}

@@ -191,7 +191,8 @@ async def _upsert_rollups(conn: AsyncConnection, rolls: Mapping[str, UserRollup]
 
 async def claim_rewards(conn: AsyncConnection, users: Iterable[str], *, now_ms: int) -> list[Reward]:
     """Claim the referral reward of each of ``users`` whose invite and first paid order
-    are both known and whose reward is unclaimed; return the claims made here. A claim is
+    are both known, whose first paid order is not older than the invite, and whose reward
+    is unclaimed; return the claims made here. A claim is
     a conditional update (``referral_event IS NULL``), so it succeeds once per invitee
     whatever runs concurrently."""
     us = sorted(set(users))
@@ -199,7 +200,8 @@ async def claim_rewards(conn: AsyncConnection, users: Iterable[str], *, now_ms: 
     t = growth_users.c
     for i in range(0, len(us), CHUNK):
         q = select(t.user_id, t.referrer, t.first_paid_event, t.first_paid_ms).where(
-            t.user_id.in_(us[i : i + CHUNK]), t.referrer.isnot(None), t.referral_event.is_(None), t.first_paid_event.isnot(None)
+            t.user_id.in_(us[i : i + CHUNK]), t.referrer.isnot(None), t.referral_event.is_(None), t.first_paid_event.isnot(None),
+            t.first_paid_ms >= t.acquired_ms,  # a customer who paid before the invite was not brought by it
         ).order_by(t.user_id)
         for row in list(await conn.execute(q)):
             res = await conn.execute(

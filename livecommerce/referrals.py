@@ -8,7 +8,9 @@ its owner, refuses one's own code, and appends ``growth.acquired {user, channel:
 :mod:`livecommerce.growth`).
 
 **Reward rule.** Once the invitee's first paid order is settled (the growth worker has
-applied its ``order.paid``) *and* the invite is known, both sides earn viewer points:
+applied its ``order.paid``) *and* the invite is known, both sides earn viewer points,
+provided that order was paid at or after the invite was reported (a customer who had
+already bought was not brought by the invite, so claiming a code later earns nothing):
 
 ======================  =========================================  ===================
 who                     points                                      reason

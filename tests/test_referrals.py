@@ -82,10 +82,12 @@ async def _rows(store: SqlStore, user: str) -> list[tuple[str, int, str]]:
 async def test_rewards_are_awarded_once_under_redelivery(redis: aioredis.Redis, keys: Keys, store: SqlStore) -> None:
     log = RedisLog(redis, keys, claim_idle_ms=50)
     t = now_ms() - 60_000
-    # invitee b (referrer a) pays twice; c (referrer a) pays before its invite is applied;
-    # d pays without an invite; every event is appended twice with the same id
+    # invitee b (referrer a) pays twice; c (referrer a) pays after its invite but the order
+    # is applied first; d pays without an invite; e had paid before claiming a's code;
+    # every event is appended twice with the same id
     events = [_acquired("b", "a", t), _paid("o1", "b", 5_000, t + 10), _paid("o2", "b", 7_000, t + 20),
-              _paid("o3", "c", 3_000, t + 30), _paid("o4", "d", 3_000, t + 40), _acquired("c", "a", t + 50)]
+              _paid("o3", "c", 3_000, t + 30), _paid("o4", "d", 3_000, t + 40), _acquired("c", "a", t + 25),
+              _paid("o6", "e", 2_000, t + 5), _acquired("e", "a", t + 60)]
     for e in events + events:
         await log.append(e.topic, e.key, e.type, e.data, event_id=e.id, ts=e.ts)
     worker = GrowthWorker(store, redis, keys)
@@ -108,7 +110,7 @@ async def test_rewards_are_awarded_once_under_redelivery(redis: aioredis.Redis, 
     assert await _rows(store, "a") == want_a
     assert await _rows(store, "b") == [(REASON_INVITEE, INVITEE_POINTS, "o1:paid")]
     assert await _rows(store, "c") == [(REASON_INVITEE, INVITEE_POINTS, "o3:paid")]
-    assert await _rows(store, "d") == []
+    assert await _rows(store, "d") == [] and await _rows(store, "e") == []
     assert await store.points_balance("a", "viewer") == 2 * REFERRER_POINTS
     assert (await redis.hgetall(keys.user("a", "points")))[b"viewer"] == str(2 * REFERRER_POINTS).encode()  # re-cached
     # the whole log again through a fresh group, and a second worker process: nothing moves

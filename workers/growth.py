@@ -12,9 +12,10 @@ ledger rows whose ``ref_event_id`` is the paid order's event id) commit together
 event is applied once however often it is delivered.
 
 After the commit, for the events this delivery applied: each paid order's amount is
-added to its room's GMV counters in Redis (the feed's "GMV per minute"; a crash between
-the commit and this step loses that bit of signal, never money), and the rewarded users'
-points are re-cached and pushed (as the points worker does).
+added to its room's GMV counters in Redis (the feed's "GMV per minute"), and the rewarded
+users' points are re-cached and pushed (as the points worker does). Both are best effort:
+a crash or a Redis error between the commit and this step loses that bit of signal or
+leaves the points cache stale until the user's next award, never a ledger row.
 
 The referrer's reward is the experiment flag ``referral.referrer_points`` of the referrer
 (read from the experiments the gateways see, without recording an exposure: the invite
@@ -31,6 +32,7 @@ from typing import Any
 from livecommerce import growth_sql
 from livecommerce.broker_redis import RedisBroker
 from livecommerce.config import Settings
+from livecommerce.errors import LiveCommerceError
 from livecommerce.experiments import EXPOSURE, Exposure
 from livecommerce.experiments_redis import ExperimentCache, ExperimentsRedis
 from livecommerce.feed_redis import FeedRedis
@@ -110,9 +112,12 @@ class GrowthWorker:
         self.rewards.extend(rewards)
         for r in rewards:
             log.info("referral.rewarded", extra={"invitee": r.invitee, "referrer": r.referrer, "event": r.event_id})
-        await self.feed.add_gmv([(str(f.room), f.amount, f.ts) for f in facts if f.kind == "pay" and f.room and f.amount])
-        if rewards:
-            await self.points.refresh(sorted({u for r in rewards for u in (r.invitee, r.referrer)}))
+        try:  # best effort: the ledger is committed, these are signals and caches
+            await self.feed.add_gmv([(str(f.room), f.amount, f.ts) for f in facts if f.kind == "pay" and f.room and f.amount])
+            if rewards:
+                await self.points.refresh(sorted({u for r in rewards for u in (r.invitee, r.referrer)}))
+        except LiveCommerceError as exc:
+            log.warning("growth.after_commit_failed", extra={"err": exc.message, "rewards": len(rewards)})
 
 
 def _now() -> int:
