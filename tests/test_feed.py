@@ -47,7 +47,7 @@ affinity_st = st.builds(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(rooms_st, affinity_st, st.sampled_from(["popularity", "personalised"]), st.integers(1, 12))
 def test_pages_keep_the_diversity_rules_and_never_list_a_room_that_is_not_live(
     rooms: list[LiveRoom], affinity: Affinity, ranker: str, size: int
