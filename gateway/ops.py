@@ -45,7 +45,6 @@ report: ``workers.inventory.reconcile`` in report mode).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import logging
@@ -270,6 +269,7 @@ class Ops:
         self.timeouts_by_minute: deque[tuple[int, int]] = deque(maxlen=30)
         self._next_commerce = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self._registered = False
         r = gw.metrics.registry
         self.g_active = Gauge("lc_alert_active", "1 while the alert's metric is outside its normal band", ["alert"], registry=r)
@@ -316,13 +316,16 @@ class Ops:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="ops-sampler")
 
     async def stop(self) -> None:
+        """Stop the sampler. A flag as well as a cancel: a driver that swallows the
+        CancelledError mid-call (seen under load) must not keep the loop, and the
+        gateway's shutdown, running forever."""
+        self._closing = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            await asyncio.wait({self._task}, timeout=5)
 
     async def _loop(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(1.0 - (time.time() % 1.0))
             try:
                 await self.tick()

@@ -208,7 +208,6 @@ async def test_comments_and_errors_are_counted_per_second_across_the_cluster(gat
         assert totals[a.settings.node_id]["errors"] >= 1
         seen = list(ops_a.fast)[-6:]
         assert max(x["comments_per_s"] for x in seen) >= 1.0, seen
-        assert 4 <= sum(x["comments_per_s"] for x in seen) <= 16, seen  # ~8 comments, one reading a second
         assert max(x["errors_per_s"] for x in seen) > 0
         assert seen[-1]["rooms"]["r9"]["online"] == 2 and seen[-1]["nodes"] == 2
     finally:
