@@ -35,7 +35,8 @@ CHROMIUM = os.environ.get("LC_TEST_CHROMIUM") or shutil.which("chromium") or "/u
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 TIMEOUT_MS = 20_000  # generous: CI machines may be busy
 
-pytestmark = pytest.mark.slow
+# a whole show in one test, on machines that may be busy: more than the suite's 120 s
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def _unavailable() -> str | None:
