@@ -515,7 +515,7 @@ class Ops:
             try:
                 st = await checkout.sales.stats(sale.id)
                 row.update(state=st.state, remaining=st.remaining, reserved=st.reserved, paid=st.paid,
-                           conserved=st.initial == st.remaining + st.reserved + st.paid)
+                           conserved=st.conserved)
             except LiveCommerceError:
                 row.update(remaining=None, reserved=0, paid=0, conserved=True)
             sql = await store.sale_stats(sale.id)
