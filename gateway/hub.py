@@ -69,6 +69,7 @@ class Hub:
         self.by_ip: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._behind: set[Conn] = set()  # connections over the soft buffer mark
+        self._aux: set[asyncio.Task[Any]] = set()  # unsubscribe/cleanup tasks of dropped rooms
         self._soft = settings.send_buffer_bytes
         self._hard = settings.send_buffer_hard_bytes
         self.inbox_handlers: dict[str, Callable[[dict[str, Any]], Awaitable[None] | None]] = {}
@@ -91,14 +92,21 @@ class Hub:
         self._tasks = [loop.create_task(self._tick_loop()), loop.create_task(self._second_loop())]
 
     async def stop(self) -> None:
-        for t in self._tasks:
+        for room in self.rooms.values():
+            if room.linger is not None:
+                room.linger.cancel()
+                room.linger = None
+        if self._aux:  # let dropped rooms finish unsubscribing (bounded)
+            await asyncio.wait(list(self._aux), timeout=2.0)
+        for t in [*self._tasks, *self._aux]:
             t.cancel()
-        for t in self._tasks:
+        for t in [*self._tasks, *self._aux]:
             try:
                 await t
             except (asyncio.CancelledError, Exception):
                 pass
         self._tasks = []
+        self._aux.clear()
 
     # ---- membership
     async def join(self, conn: Conn) -> Room:
@@ -152,8 +160,11 @@ class Hub:
             return
         del self.rooms[room_id]
         self.metrics.rooms.set(len(self.rooms))
-        asyncio.get_running_loop().create_task(self.broker.unsubscribe(self.keys.room_channel(room_id)))
-        asyncio.get_running_loop().create_task(self._clear_online(room_id))
+        loop = asyncio.get_running_loop()
+        for coro in (self.broker.unsubscribe(self.keys.room_channel(room_id)), self._clear_online(room_id)):
+            task = loop.create_task(coro)
+            self._aux.add(task)
+            task.add_done_callback(self._aux.discard)
 
     async def _clear_online(self, room_id: str) -> None:
         try:
