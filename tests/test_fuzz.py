@@ -291,7 +291,8 @@ class Peer:
 
     def ensure(self) -> ClientConnection:
         if self.conn is None:
-            self.conn = connect(self.live.url(self.fmt, f"fuzzer-{self.fmt}"), max_size=None, open_timeout=10)
+            self.conn = connect(self.live.url(self.fmt, f"fuzzer-{self.fmt}"), max_size=None, open_timeout=10,
+                                ping_interval=None)  # its keepalive pings would draw from the global random
             self.opens += 1
             assert self.decode(self.conn.recv(10))["t"] == "welcome"
         return self.conn
