@@ -70,7 +70,7 @@ def world(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     db = f"sqlite+aiosqlite:///{work}/sec.db"
     aio.run(upgrade(db))
     prefix = f"sec{uuid.uuid4().hex[:8]}"
-    secret = "sec-" + secrets.token_hex(24)
+    secret = "sec-" + secrets.token_hex(32)  # >= 64 bytes: the HS512 case signs with it too
     port = free_port()
     env = lc_env(redis_url=redis_url, key_prefix=prefix, database_url=db, secret=secret, log_json="1", log_level="DEBUG")
     proc = gateway_proc("gw-sec", port, env, work)
