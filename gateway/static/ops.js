@@ -16,6 +16,8 @@ const charts = {
   errors: new LineChart($("#c-errors"), { title: "errors/s · pay time-outs/min", series: [{ name: "errors", color: "#e57373" }, { name: "timeouts", color: "#ffb74d" }], windowMs: WINDOW }),
   orders: new BarChart($("#c-orders"), { title: "orders by state (recent campaigns)" }),
   funnel: new BarChart($("#c-funnel"), { title: "conversion funnel", colors: ["#4fc3f7", "#ffb74d", "#81c784"] }),
+  dau: new BarChart($("#c-dau"), { title: "daily active viewers (14 days)" }),
+  acq: new BarChart($("#c-acq"), { title: "growth funnel (all channels, 30 days)" }),
   burn: new LineChart($("#c-burn"), { title: "stock burn-down (units left per campaign)", series: [], windowMs: WINDOW, stepped: true }),
 };
 
@@ -150,4 +152,19 @@ async function poll() {
   }
 }
 
+// growth analytics (issue 10): slower data, refreshed every 30 s; a failure here never
+// disturbs the live charts above
+async function pollGrowth() {
+  try {
+    const [daily, funnel] = await Promise.all([api("/api/v1/growth/daily?days=14"), api("/api/v1/growth/funnel")]);
+    charts.dau.set(daily.days.map((d) => ({ label: d.day.slice(5), value: d.active })));
+    charts.acq.set(funnel.steps.map((step) => ({ label: step.replace("_", " "), value: funnel.total[step] || 0 })));
+  } catch (e) {
+    // the growth worker may not run in this deployment; the live dashboard goes on
+  } finally {
+    setTimeout(pollGrowth, 30000);
+  }
+}
+
 poll();
+pollGrowth();
