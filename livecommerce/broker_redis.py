@@ -215,6 +215,10 @@ class RedisBroker:
             channels = sorted(self._channels)
             if channels:
                 await self._pubsub.subscribe(*channels)
+            # the pool's idle command connections died with the old server too: drop them now,
+            # or each fails one command (Unavailable) before it reconnects
+            with contextlib.suppress(Exception):
+                await self._redis.connection_pool.disconnect(inuse_connections=False)
             log.info("broker.resubscribed", extra={"channels": len(channels)})
             self._resubscribed(set(channels))
         except Exception as exc:
