@@ -24,11 +24,13 @@ class Notifier:
     async def user_connected(self, user: str, node: str, delta: int) -> None:
         key = self._keys.user_nodes(user)
         async with guarded():
-            n = await self._redis.hincrby(key, node, delta)
+            # one round trip on the connect path (a rush connects thousands at once)
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.hincrby(key, node, delta)
+            pipe.expire(key, 24 * 3600)
+            n, _ = await pipe.execute()
             if n <= 0:
                 await self._redis.hdel(key, node)
-            else:
-                await self._redis.expire(key, 24 * 3600)
 
     async def to_user(self, user: str, env: dict[str, Any], *, room: str | None = None) -> int:
         """Send ``env`` to every connection of ``user`` (only those in ``room`` if given).

@@ -13,12 +13,13 @@ with :func:`unavailable`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 import redis.exceptions
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.commands.core import AsyncScript
 
 from .errors import Unavailable
 
@@ -31,6 +32,33 @@ def is_cluster_url(url: str) -> bool:
     return url.startswith(("redis+cluster://", "rediss+cluster://"))
 
 
+class _FailoverSafeScript(AsyncScript):
+    """A Lua script that keeps working across a Redis Cluster failover.
+
+    The promoted replica starts with an empty script cache, and redis-py's reload on NOSCRIPT
+    (SCRIPT LOAD to the primaries of its slot map) can reach the old primaries while its
+    retried EVALSHA goes to the new one, failing again. EVAL with the source goes to the
+    owner of the keys and caches the script there.
+    """
+
+    async def __call__(
+        self, keys: Sequence[Any] | None = None, args: Iterable[Any] | None = None, client: Any = None
+    ) -> Any:
+        keys, argv = list(keys or []), list(args or [])
+        try:
+            return await super().__call__(keys, argv, client)
+        except redis.exceptions.NoScriptError:
+            source = self.script if isinstance(self.script, str) else bytes(self.script).decode()
+            return await (client or self.registered_client).eval(source, len(keys), *keys, *argv)
+
+
+class LcRedisCluster(RedisCluster):
+    """``RedisCluster`` whose registered scripts survive failovers (see ``_FailoverSafeScript``)."""
+
+    def register_script(self, script: Any) -> AsyncScript:  # type: ignore[override]
+        return _FailoverSafeScript(self, script)
+
+
 def is_cluster_client(client: Any) -> bool:
     """True for a ``RedisCluster`` (no multi-slot scripts, no EVALSHA in pipelines)."""
     return isinstance(client, RedisCluster)
@@ -40,8 +68,8 @@ def connect(url: str, *, max_connections: int = 128, **kw: Any) -> Any:
     """Return a ``redis.asyncio.Redis`` or ``RedisCluster`` client for ``url``.
 
     A single server gets a *blocking* pool: past ``max_connections`` concurrent commands
-    a caller waits (up to 10 s) for a free connection instead of failing, which is the
-    backpressure a rush needs.
+    a caller waits (up to 30 s) for a free connection instead of failing, which is the
+    backpressure a rush needs (30 s: a rush answers late rather than ``unavailable``).
     """
     if is_cluster_url(url):
         rest = url.split("://", 1)[1].split("/", 1)[0]
@@ -49,8 +77,8 @@ def connect(url: str, *, max_connections: int = 128, **kw: Any) -> Any:
         for part in rest.split(","):
             host, _, port = part.rpartition(":")
             nodes.append(ClusterNode(host or "127.0.0.1", int(port or 6379)))
-        return RedisCluster(startup_nodes=nodes, max_connections=max_connections, **kw)
-    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=10, **kw)
+        return LcRedisCluster(startup_nodes=nodes, max_connections=max_connections, **kw)
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=30, **kw)
     return aioredis.Redis(connection_pool=pool)
 
 
