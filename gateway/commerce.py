@@ -338,7 +338,10 @@ def setup(gw: Gateway, app: web.Application) -> None:
         if rkey:
             prev = await gw.redis.get(rkey)
             if prev is not None:
-                return web.json_response(json.loads(prev))
+                out = json.loads(prev)
+                if out.get("outcome") in ("already_cancelled", "expired"):  # a refusal stays a refusal
+                    raise Conflict(f"order {oid} is {out['outcome'].replace('already_', '')}: no payment taken", code=out["outcome"])
+                return web.json_response(out)
         res = await checkout.pay(order_id=oid, user=None if ident.role == "ops" else ident.user, now_ms=gw.now_ms(), coupon_id=coupon)
         out = {"order_id": oid, "outcome": res.outcome, "amount": res.amount, "discount": res.discount}
         if rkey:

@@ -183,7 +183,9 @@ class Checkout:
         else:
             if coupon_id and self.coupons is not None:
                 await self.coupons.restore(order_id)
-            if outcome == "expired":
+            if outcome in ("expired", "already_cancelled"):
+                # the hold is (or was) released: make sure the cancellation reached the log,
+                # also when the process that released it died before appending (idempotent)
                 await self.cancel(order_id=order_id, user=None, now_ms=now_ms, reason="timeout")
         return PayResult(order_id, outcome, gross - discount, discount)
 

@@ -228,3 +228,24 @@ async def test_the_schedule_starts_and_ends_sales_once(settings, redis, keys):
     await broker.close()
     await durable.close()
     _ = Keys
+
+
+async def test_a_late_payment_is_refused_every_time_and_the_order_ends_cancelled_in_sql(gateway_factory, token, http, redis):
+    node = await gateway_factory()
+    sid = await create_campaign(http, node, token("ops1", "ops"), stock=5, per_user_limit=1, starts_ms=now_ms() - 1000, payment_window_s=1)
+    buyer = bearer(token("late"))
+    r = await http.post(f"{node.url}/api/v1/sales/{sid}/buy", json={"qty": 1, "request_id": "l1"}, headers=buyer)
+    oid = (await r.json())["order_id"]
+    await asyncio.sleep(1.3)
+    for _ in range(2):  # the retry with the same key is refused too, never a 200
+        p = await http.post(f"{node.url}/api/v1/orders/{oid}/pay", json={}, headers={**buyer, "Idempotency-Key": "late-k"})
+        assert p.status == 409 and (await p.json())["error"]["code"] in ("expired", "already_cancelled")
+    worker = OrdersWorker(node.settings, redis=redis)
+    try:
+        await worker.drain()
+        order = await worker.store.get_order(oid)
+    finally:
+        await worker.close()
+    assert order is not None and order.state == "cancelled"
+    st = await node.gw.services["checkout"].sales.stats(sid)
+    assert (st.remaining, st.reserved, st.paid) == (5, 0, 0)
