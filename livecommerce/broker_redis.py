@@ -11,10 +11,12 @@ channel.
 
 Subscriber side, cluster: one pub/sub connection per cluster node that owns subscribed
 channels, each read by its own task (a shared round-robin reader would make a busy shard
-wait for an idle shard's read timeout). A watch task refreshes the slot map every
-``topology_check_s`` and after any reader error or server-side ``sunsubscribe``; every
-channel whose slot owner changed (failover: a replica promoted, or a slot migrated) is
-subscribed again on its new owner, without a restart.
+wait for an idle shard's read timeout). A watch task checks the slot owners every
+``topology_check_s`` (CLUSTER SLOTS on one of its own connections) and after any reader error
+or server-side ``sunsubscribe``; when a channel's slot owner changed (failover: a replica
+promoted, or a slot migrated) it refreshes redis-py's slot map and subscribes the channel again
+on its new owner, without a restart. (The slot map is not refreshed on a timer: each refresh
+makes redis-py reconnect every connection of the shared client.)
 
 After channels were subscribed again, the listeners registered with
 :meth:`RedisBroker.add_resubscribe_listener` are called with those channels, so the gateway
@@ -32,6 +34,7 @@ from importlib.resources import files
 from typing import Any
 
 import redis.exceptions
+from redis.crc import key_slot
 
 from .broker import Handler, History
 from .errors import Unavailable
@@ -288,10 +291,11 @@ class RedisBroker:
                 await asyncio.wait_for(self._dirty.wait(), self._check_s)
             if self._closed:
                 return
-            if not self._channels and not self._shards:
-                self._dirty.clear()
-                continue
             try:
+                if not self._dirty.is_set():
+                    await self._drop_idle_shards()
+                    if not self._channels or await self._routes_current():
+                        continue
                 await self._sync_shards()
                 delay = 0.05
             except asyncio.CancelledError:
@@ -301,6 +305,46 @@ class RedisBroker:
                 self._dirty.set()
                 await asyncio.sleep(delay + random.random() * delay)
                 delay = min(delay * 2, 1.0)
+
+    async def _routes_current(self) -> bool:
+        """Whether every channel is subscribed on its slot's master now.
+
+        Asks CLUSTER SLOTS on one of the broker's own shard connections: refreshing redis-py's
+        slot map instead (``nodes_manager.initialize``) would mark every connection of the
+        shared client for reconnect, each time.
+        """
+        raw = None
+        for shard in list(self._shards.values()):
+            if shard.broken:
+                continue
+            try:
+                raw = await shard.client.execute_command("CLUSTER", "SLOTS")
+                break
+            except Exception:
+                continue
+        if raw is None:
+            return False
+        remap = self._redis.nodes_manager.remap_host_port
+        ranges = []
+        for row in raw:
+            host, port = _text(row[2][0]), int(row[2][1])
+            if not host:
+                return False  # a node that does not know its address: let redis-py sort it out
+            host, port = remap(host, port)
+            ranges.append((int(row[0]), int(row[1]), f"{host}:{port}"))
+        for ch in self._channels:
+            slot = key_slot(ch.encode())
+            owner = next((name for lo, hi, name in ranges if lo <= slot <= hi), None)
+            if owner is None or self._where.get(ch) != owner or owner not in self._shards:
+                return False
+        return True
+
+    async def _drop_idle_shards(self) -> None:
+        used = set(self._where.values())
+        for name, shard in list(self._shards.items()):
+            if name not in used and not shard.pubsub.subscribed:
+                del self._shards[name]
+                await shard.close()
 
     async def _sync_shards(self) -> None:
         """Refresh the slot map; subscribe every channel not subscribed on its slot's owner."""

@@ -164,15 +164,29 @@ class Proc:
 _children: dict[int, subprocess.Popen[bytes]] = {}
 
 
+# True in test processes: what they start dies with them, even when they are killed -9
+DIE_WITH_PARENT = False
+
+
+def _die_with_parent() -> None:  # pragma: no cover (runs in the child, before exec)
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def spawn(name: str, kind: str, argv: list[str], *, log_dir: Path, env: dict[str, str] | None = None,
           port: int | None = None, cwd: Path | None = None) -> Proc:
-    """Start ``argv`` in a session of its own (it outlives the command that started it),
-    output appended to ``<log_dir>/<name>.log``."""
+    """Start ``argv`` in a session of its own (it outlives the command that started it,
+    unless :data:`DIE_WITH_PARENT` is set, as the test fixtures do), output appended to
+    ``<log_dir>/<name>.log``."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
+    tie = DIE_WITH_PARENT and sys.platform == "linux"
     with open(log_path, "ab") as out:
         p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             env=env, cwd=cwd, start_new_session=True)
+                             env=env, cwd=cwd, start_new_session=True,
+                             preexec_fn=_die_with_parent if tie else None)
     _children[p.pid] = p
     return Proc(name, kind, p.pid, argv, str(log_path), port, _start_ticks(p.pid))
 

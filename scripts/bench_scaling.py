@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _wsload
 from bench_fanout import Clients, LcRedisPublisher, Progress, fmt_row, machine, pad_for, run_step
 
+import livecommerce.topology as _topology
 from livecommerce.topology import (
     Options,
     Proc,
@@ -59,6 +60,7 @@ from livecommerce.topology import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
+_topology.DIE_WITH_PARENT = True  # a killed benchmark leaves no Redis, gateway or HAProxy behind
 
 
 def log(msg: str) -> None:

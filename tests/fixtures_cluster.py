@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
+from livecommerce import topology as _topology
 from livecommerce.config import Settings
 from livecommerce.redis_conn import connect
 from livecommerce.topology import (
@@ -35,6 +36,9 @@ from livecommerce.topology import (
     free_cluster_ports,
 )
 from workers.registry import WORKERS
+
+# a test session killed with SIGKILL must not leave Redis nodes, gateways or HAProxy behind
+_topology.DIE_WITH_PARENT = True
 
 # worker kinds the topology tests run (2 processes each, when registered); every kind would
 # only cost start-up time
