@@ -73,6 +73,13 @@ class Settings:
     comment_points_daily_cap: int = 20
     watch_points_per_min: int = 1
     points_per_coupon_coin: int = 10
+    # retention (docs/retention.md): nothing in Redis, the log or SQLite's WAL grows forever
+    sale_retention_s: int = 30 * 86400  # a settled sale's Redis keys live this long (refunds: 15 days)
+    room_retention_s: int = 7 * 86400  # a room's counters and caches after their last write
+    user_cache_ttl_s: int = 30 * 86400  # per-user caches (points level), refreshed on write
+    log_retain_s: int = 86400  # log entries every group has passed are kept this long
+    log_max_age_s: int = 30 * 86400  # hard cap: older entries go even if a group lags (0: none)
+    retention_interval_s: float = 60.0  # the retention worker's period
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
