@@ -36,6 +36,7 @@ from livecommerce.refunds import (
     refund_step,
 )
 from livecommerce.store_sql import SqlStore
+from tests.waiting import wait_until
 from workers.orders import OrdersWorker
 from workers.points import PointsWorker
 from workers.points import drain as points_drain
@@ -176,16 +177,6 @@ class World:
             self.handled[group] = self.handled.get(group, 0) + len(events)
 
         return counted
-
-    async def until(self, what: str, check: Any, timeout_s: float = 60.0) -> Any:
-        """Poll ``check()`` until it returns something truthy (no fixed sleeps)."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            got = await check()
-            if got:
-                return got
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            await asyncio.sleep(0.1)
 
     async def close(self) -> None:
         if self.opened:
@@ -358,7 +349,7 @@ async def test_refunds_racing_buys_and_each_other_keep_stock_conserved_and_ledge
             states = [o.state if (o := await w.store.get_order(oid)) else None for oid, _ in owners]
             return all(s == "paid" for s in states)
 
-        await w.until("the payments in SQL", all_paid)
+        await wait_until(all_paid, timeout=60, what="the payments in SQL")
 
         async def refund(oid: str, user: str) -> str | None:
             r = await w.http.post(f"{w.node.url}/api/v1/orders/{oid}/refunds", json={"qty": 1, "reason": "damaged"},
@@ -387,7 +378,7 @@ async def test_refunds_racing_buys_and_each_other_keep_stock_conserved_and_ledge
             done = [(r or {}).get("d") == 1 for r in [await records.record(rid) for rid in rids]]
             return all(o.state in ("paid", "refunded", "cancelled") for o in rows) and all(done)
 
-        await w.until("every refund settled", settled)
+        await wait_until(settled, timeout=60, what="every refund settled")
         users = first + late
 
         async def snapshot() -> tuple[Any, ...]:
@@ -403,14 +394,31 @@ async def test_refunds_racing_buys_and_each_other_keep_stock_conserved_and_ledge
         n_back = len(approved) - n_keep
         n_late = sum(1 for b in bought if b)
 
+        # what every worker has to have written before the snapshot below is final: each order
+        # in SQL and out of ``reserved`` (the orders worker lags the synchronous pay), and each
+        # user's wallet and points (a matching sum can hide one user behind and another ahead)
+        price = {keep: 1000, back: 700}
+        owner = dict(owners) | {oid: late[i % len(late)] for i, oid in enumerate(bought) if oid}
+        sale_of = {oid: keep if oid.startswith(keep) else back for oid in owner}
+        refunded_oids = [rid.rsplit(".", 1)[0] for rid in approved]
+        want_wallet = {u: sum(price[sale_of[o]] for o in refunded_oids if owner[o] == u) for u in users}
+        want_user_pts = {u: sum(2 * price[sale_of[o]] // 100 if u in first else price[sale_of[o]] // 100
+                                for o in owner if owner[o] == u) - (want_wallet[u] // 100) for u in users}
+        want_orders = {sid: sum(1 for o in owner if sale_of[o] == sid) for sid in (keep, back)}
+
         async def balanced() -> Any:
             snap = await snapshot()
-            wallets, pts = snap[1], snap[2]
-            ok = all(hot == sql for hot, sql in wallets.values()) and sum(h for h, _ in wallets.values()) == n_keep * 1000 + n_back * 700
-            want_pts = sum(2 * p // 100 for p in (1000, 700)) * 6 + n_late * 7 - (n_keep * 10 + n_back * 7)
-            return snap if ok and sum(pts[u] for u in users) == want_pts else None
+            redis_view, wallets, pts, totals = snap
+            for sid, (_, _, by_state) in totals.items():
+                assert sum(by_state.values()) == want_orders[sid] and not {"reserved", "refund_requested"} & set(by_state), \
+                    (f"orders of {sid} in SQL", by_state, want_orders[sid])
+            assert all(s.reserved == 0 for s in redis_view.values()), ("reserved in Redis", redis_view)
+            assert {u: hot for u, (hot, _) in wallets.items()} == want_wallet, ("hot wallets", wallets, want_wallet)
+            assert all(hot == sql for hot, sql in wallets.values()), ("wallets in SQL", wallets)
+            assert {u: pts[u] for u in users} == want_user_pts, ("points", pts, want_user_pts)
+            return snap
 
-        st, wallets, pts, sql = await w.until("the ledgers caught up", balanced)
+        st, wallets, pts, sql = await wait_until(balanced, timeout=60, what="the ledgers caught up")
         for s in st.values():
             assert s.conserved and s.remaining >= 0 and s.reserved == 0, s
         assert st[keep].refunded_kept == n_keep and st[keep].restocked == 0 and st[keep].remaining == 0
@@ -440,7 +448,7 @@ async def test_refunds_racing_buys_and_each_other_keep_stock_conserved_and_ledge
             return w.handled.get("refunds", 0) - before.get("refunds", 0) >= len(seen) and \
                 w.handled.get("points", 0) - before.get("points", 0) >= len(seen)
 
-        await w.until("the live workers saw the duplicates", absorbed)
+        await wait_until(absorbed, timeout=60, what="the live workers saw the duplicates")
         assert replay.applied == 0 and replay.effects == 0
         assert await snapshot() == (st, wallets, pts, sql)
     finally:
