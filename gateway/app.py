@@ -16,7 +16,8 @@ from livecommerce.errors import CLOSE_RESTART
 from livecommerce.redis_conn import connect, is_cluster_url
 
 from .core import Gateway
-from .http import MAX_BODY_BYTES, error_middleware
+from .http import error_middleware
+from .validation import MAX_BODY_BYTES, RequestRules, validation_middleware
 from .ws import ws_handler
 
 log = logging.getLogger("livecommerce.gateway.app")
@@ -54,7 +55,16 @@ def build_app(settings: Settings, *, redis: Any = None) -> web.Application:
         history_ttl_s=settings.history_ttl_s,
     )
     gw = Gateway(settings, redis, broker)
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
+    rules: list[RequestRules] = []
+
+    def request_rules() -> RequestRules:  # the served OpenAPI document, compiled on first use
+        if not rules:
+            from .openapi import document
+
+            rules.append(RequestRules(document()))
+        return rules[0]
+
+    app = web.Application(middlewares=[error_middleware, validation_middleware(request_rules)], client_max_size=MAX_BODY_BYTES)
     app["gw"] = gw
     app.router.add_get("/ws", ws_handler)
     for name in CAPABILITIES:

@@ -19,6 +19,7 @@ from livecommerce.protocol.commands import Comment, Ping
 
 from .conn import Conn
 from .core import Gateway
+from .validation import read_json
 
 REJECT_MESSAGES = {
     "too_long": "comment is longer than the limit",
@@ -74,7 +75,7 @@ def setup(gw: Gateway, app: web.Application) -> None:
         ident = gw.identify_request(request)
         room = request.match_info["room"]
         ident.require_host(room)
-        body = await request.json()
+        body = await read_json(request)
         if isinstance(body, dict) and "items" in body:
             items = body["items"]
             if not isinstance(items, list) or not 0 < len(items) <= 100:

@@ -26,6 +26,7 @@ from livecommerce.store_sql import SqlStore
 
 from .conn import Conn
 from .core import Gateway
+from .validation import read_json, read_object
 
 log = logging.getLogger("livecommerce.gateway.commerce")
 
@@ -189,14 +190,9 @@ def setup(gw: Gateway, app: web.Application) -> None:
     gw.command("sale.start")(host_sale_start)
 
     # ---- HTTP
-    async def body(request: web.Request) -> Any:
-        if request.content_length and request.content_length > 256 * 1024:
-            raise BadFrame("request body too large", code="too_large")
-        return await request.json()
-
     async def create_campaigns(request: web.Request) -> web.Response:
         ident = gw.identify_request(request)
-        data = await body(request)
+        data = await read_json(request)
         items = data if isinstance(data, list) else (data.get("campaigns") if isinstance(data, dict) and "campaigns" in data else [data])
         if not isinstance(items, list) or not items:
             raise BadFrame("body must be a campaign object or a list of them", code="invalid_campaign")
@@ -266,7 +262,7 @@ def setup(gw: Gateway, app: web.Application) -> None:
 
     async def http_buy(request: web.Request) -> web.Response:
         ident = gw.identify_request(request)
-        data = await body(request)
+        data = await read_json(request)
         if not isinstance(data, dict):
             raise BadFrame("body must be {\"qty\", \"request_id\"}", code="invalid")
         from livecommerce.protocol.commands import parse_command
@@ -324,9 +320,7 @@ def setup(gw: Gateway, app: web.Application) -> None:
     async def pay_order(request: web.Request) -> web.Response:
         ident = gw.identify_request(request)
         oid = request.match_info["order"]
-        data = await body(request) if request.can_read_body else {}
-        if not isinstance(data, dict):
-            raise BadFrame("body must be an object", code="invalid")
+        data = await read_object(request)
         key = request.headers.get("Idempotency-Key")
         if key is not None and (len(key) > 128 or not key):
             raise BadFrame("Idempotency-Key must be 1..128 characters", code="invalid")

@@ -29,11 +29,12 @@ from aiohttp import web
 from livecommerce.auth import Identity
 from livecommerce.coupons import CLAIM_MESSAGES, CouponDrop, dropped_event, new_drop
 from livecommerce.coupons_redis import Claimed, CouponsRedis
-from livecommerce.errors import BadFrame, Conflict, NotFound
+from livecommerce.errors import Conflict, NotFound
 from livecommerce.protocol.commands import CouponClaim, HostAction
 
 from .conn import Conn
 from .core import Gateway
+from .validation import read_object
 from .wallet import require_self_or_ops
 
 WELCOME_DROPS = 5
@@ -103,15 +104,6 @@ def _public(d: CouponDrop) -> dict[str, Any]:
     }
 
 
-async def _json(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    body = await request.json()
-    if not isinstance(body, dict):
-        raise BadFrame("body must be a JSON object", code="invalid")
-    return body
-
-
 def setup(gw: Gateway, app: web.Application) -> None:
     svc = Coupons(gw)
     gw.services["coupons"] = svc.store
@@ -127,7 +119,7 @@ def setup(gw: Gateway, app: web.Application) -> None:
 
     async def http_drop(request: web.Request) -> web.Response:
         ident = gw.identify_request(request)
-        return web.json_response(await svc.drop(request.match_info["room"], await _json(request), ident), status=201)
+        return web.json_response(await svc.drop(request.match_info["room"], await read_object(request), ident), status=201)
 
     async def http_claim(request: web.Request) -> web.Response:
         ident = gw.identify_request(request)

@@ -54,6 +54,7 @@ from livecommerce.growth import TOPIC
 
 from .core import Gateway
 from .openapi import ANYONE_SIGNED, BOOL, INT, MS, NUM, OPS, STR, J, arr, nullable, obj, op, ref
+from .validation import read_json
 from .wallet import durable_log, sql_store
 
 log = logging.getLogger("livecommerce.gateway.experiments")
@@ -212,7 +213,7 @@ def setup(gw: Gateway, app: web.Application) -> None:
     async def create(request: web.Request) -> web.Response:
         ident = gw.identify_request(request)
         ident.require_ops()
-        body = await request.json() if request.can_read_body else None
+        body = await read_json(request, default=None)
         exp = parse_experiment(body, created_by=ident.user, now_ms=gw.now_ms(), default_salt=secrets.token_hex(8))
         return web.json_response((await changed(await svc.store.create(exp))).to_dict(), status=201)
 

@@ -73,6 +73,7 @@ from .openapi import (
     op,
     ref,
 )
+from .validation import read_json
 
 log = logging.getLogger("livecommerce.gateway.feed")
 
@@ -328,7 +329,7 @@ def setup(gw: Gateway, app: web.Application) -> None:
         if not valid_room_id(room):
             raise BadFrame("bad room id", code="invalid")
         ident.require_host(room)
-        body = await request.json() if request.can_read_body else {}
+        body = await read_json(request, default={})
         cat = body.get("category") if isinstance(body, dict) else None
         if not isinstance(cat, str) or len(cat.strip()) > 64:
             raise BadFrame("body must be {\"category\": text of at most 64 characters}", code="invalid")

@@ -70,6 +70,7 @@ from .openapi import (
     obj,
     op,
 )
+from .validation import read_object
 from .wallet import durable_log, require_self_or_ops, sql_store
 
 log = logging.getLogger("livecommerce.gateway.growth")
@@ -181,9 +182,7 @@ def setup(gw: Gateway, app: web.Application) -> None:
 
     async def acquire(request: web.Request) -> web.Response:
         ident = gw.identify_request(request)
-        body = await request.json() if request.can_read_body else {}
-        if not isinstance(body, dict):
-            raise BadFrame("body must be a JSON object", code="invalid")
+        body = await read_object(request)
         first, held = await g.acquire(ident.user, body)
         return web.json_response({**held, "first": first}, status=201 if first else 200)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -12,12 +13,38 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from livecommerce.errors import FrameTooBig, LiveCommerceError, wire_error
 
 from .core import Gateway
+from .validation import MAX_BODY_BYTES
 
 log = logging.getLogger("livecommerce.gateway.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-MAX_BODY_BYTES = 64 * 1024  # the application's client_max_size
+# aiohttp's own refusals (no route, wrong method, body over client_max_size ...) as the
+# documented error body, with a code a client can switch on
+_HTTP_CODES = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+    408: "timeout", 411: "length_required", 413: "frame_too_big", 414: "uri_too_long", 415: "unsupported_media_type",
+    429: "rate_limited", 431: "headers_too_large",
+}
+
+
+def error_body(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+def http_exception_body(exc: web.HTTPException) -> web.Response:
+    """An aiohttp HTTP error (4xx/5xx) as the documented JSON error, its headers kept
+    (``Allow`` of a 405)."""
+    status = exc.status
+    code = _HTTP_CODES.get(status, "internal" if status >= 500 else "bad_request")
+    message = {404: "no such route: see /api/v1/openapi.json", 413: f"request body is over the {MAX_BODY_BYTES} byte limit"}.get(
+        status, exc.reason or code
+    )
+    resp = error_body(status, code, message)
+    for h in ("Allow", "Retry-After"):
+        if h in exc.headers:
+            resp.headers[h] = exc.headers[h]
+    return resp
 
 
 @web.middleware
@@ -28,28 +55,52 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except LiveCommerceError as exc:
         we = wire_error(exc)
-        return web.json_response(
-            {"error": {"code": we.code, "message": exc.message if we.echo else "internal error"}}, status=we.http
-        )
+        return error_body(we.http, we.code, exc.message if we.echo else "internal error")
     except json.JSONDecodeError:
-        return web.json_response({"error": {"code": "bad_json", "message": "request body is not valid JSON"}}, status=400)
+        return error_body(400, "bad_json", "request body is not valid JSON")
     except UnicodeError:  # a body that is not UTF-8, or whose \ud800-style escape reached an encoder
         log.info("http.bad_unicode", extra={"path": request.path})
-        return web.json_response(
-            {"error": {"code": "bad_json", "message": "request body must be UTF-8 JSON with valid Unicode strings"}}, status=400
-        )
+        return error_body(400, "bad_json", "request body must be UTF-8 JSON with valid Unicode strings")
+    except RecursionError:  # a structure too deep for the encoder or a recursive rule
+        log.warning("http.too_deep", extra={"path": request.path})
+        return error_body(400, "bad_request", "a value in the request is nested too deeply")
     except ValueError as exc:  # e.g. a 5,000-digit JSON number, ?limit=abc: malformed input, not our fault
         log.warning("http.bad_value", extra={"path": request.path, "err": repr(exc)[:200]})
-        return web.json_response({"error": {"code": "invalid", "message": "a value in the request is malformed"}}, status=400)
-    except web.HTTPRequestEntityTooLarge:  # a body without Content-Length, cut off while read
-        return web.json_response(
-            {"error": {"code": "frame_too_big", "message": f"request body is over the {MAX_BODY_BYTES} byte limit"}}, status=413
-        )
-    except web.HTTPException:
-        raise
+        return error_body(400, "invalid", "a value in the request is malformed")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return http_exception_body(exc)
     except Exception:
         log.exception("http.internal", extra={"path": request.path})
-        return web.json_response({"error": {"code": "internal", "message": "internal error"}}, status=500)
+        return error_body(500, "internal", "internal error")
+
+
+def _json_protocol_errors() -> None:
+    """aiohttp answers requests it cannot parse (bad request line, bad headers) before any
+    middleware runs, in text/plain: give those the documented JSON error body too."""
+    from aiohttp import web_protocol
+
+    original = web_protocol.RequestHandler.handle_error
+    if getattr(original, "_lc_json", False):
+        return
+
+    def handle_error(self: Any, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        resp = original(self, request, status, exc, message)
+        if isinstance(resp, web.Response) and resp.content_type != "application/json":
+            code = _HTTP_CODES.get(status, "internal" if status >= 500 else "bad_request")
+            text = "internal error" if status >= 500 else (str(exc) if exc is not None else (message or code)).splitlines()[0][:200]
+            out = error_body(status, code, text)
+            out.force_close()
+            return out
+        return resp
+
+    handle_error._lc_json = True  # type: ignore[attr-defined]
+    web_protocol.RequestHandler.handle_error = handle_error  # type: ignore[method-assign]
+
+
+_json_protocol_errors()
 
 
 def setup(gw: Gateway, app: web.Application) -> None:

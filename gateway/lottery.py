@@ -34,7 +34,7 @@ from typing import Any
 from aiohttp import web
 
 from livecommerce.auth import Identity
-from livecommerce.errors import BadFrame, Conflict, NotFound
+from livecommerce.errors import Conflict, NotFound
 from livecommerce.lottery import (
     EnterResult,
     EntryReject,
@@ -48,6 +48,7 @@ from livecommerce.protocol.commands import HostAction, LotteryEnter
 
 from .conn import Conn
 from .core import Gateway
+from .validation import read_object
 
 log = logging.getLogger("livecommerce.gateway.lottery")
 
@@ -179,9 +180,7 @@ def setup(gw: Gateway, app: web.Application) -> None:
 
     async def http_start(request: web.Request) -> web.Response:
         ident = gw.identify_request(request)
-        body = await request.json()
-        if not isinstance(body, dict):
-            raise BadFrame("body must be a JSON object", code="invalid")
+        body = await read_object(request, required=True)
         return web.json_response(await svc.start(request.match_info["room"], ident, body), status=201)
 
     async def http_get(request: web.Request) -> web.Response:

@@ -33,6 +33,9 @@ BOOL: J = {"type": "boolean"}
 MS: J = {"type": "integer", "description": "epoch milliseconds"}
 CENTS: J = {"type": "integer", "minimum": 0, "description": "integer cents"}
 ID: J = {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,64}$"}
+USER: J = {"type": "string", "pattern": "^[A-Za-z0-9_@:-][A-Za-z0-9_.@:-]{0,63}$",
+           "description": "a user id: 1..64 letters, digits and `_ @ : - .` (not starting with a dot)"}
+REF: J = {"type": "string", "pattern": "^[A-Za-z0-9_.:@|-]{1,200}$", "description": "a composite id (order, drop, refund ...)"}
 
 
 def obj(props: J, required: list[str] | None = None, *, extra: bool = True, desc: str | None = None) -> J:
@@ -206,21 +209,24 @@ SCHEMAS: dict[str, J] = {
 # ------------------------------------------------------------------------------ operations
 P_ROOM = {"name": "room", "in": "path", "required": True, "schema": ID}
 P_SALE = {"name": "sale", "in": "path", "required": True, "schema": ID}
-P_ORDER = {"name": "order", "in": "path", "required": True, "schema": STR}
-P_USER = {"name": "user", "in": "path", "required": True, "schema": STR}
-P_DROP = {"name": "drop", "in": "path", "required": True, "schema": STR}
+P_ORDER = {"name": "order", "in": "path", "required": True, "schema": REF}
+P_USER = {"name": "user", "in": "path", "required": True, "schema": USER}
+P_DROP = {"name": "drop", "in": "path", "required": True, "schema": REF}
 Q_LIMIT = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}}
 Q_OFFSET = {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}}
 Q_N = {"name": "n", "in": "query", "schema": {"type": "integer", "minimum": 1}, "description": "how many (top N)"}
-H_IDEM = {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "maxLength": 128},
-          "description": "one answer per key: a retried request returns the first result"}
+H_IDEM = {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "pattern": "^[!-~]{1,128}$"},
+          "description": "one answer per key and caller: a retry with the same request returns the first answer; "
+                         "the key reused for another route, target or body is 422 `idempotency_conflict`"}
 
 ERRORS = {
-    "400": "invalid body or parameters (`invalid`, `bad_json`)",
+    "400": "invalid body or parameters (`invalid` names the parameter; `bad_json`; `bad_request`: nested deeper than 32)",
     "401": "missing or bad token (`unauthorized`)",
     "403": "the token's role or room does not allow this (`forbidden`)",
     "404": "no such resource (`not_found`)",
     "409": "conflicts with the current state (the code says which)",
+    "413": "request body over 64 KiB (`frame_too_big`)",
+    "422": "an idempotency key reused for another request (`idempotency_conflict`)",
 }
 
 
@@ -358,7 +364,7 @@ PATHS_BY_MODULE: dict[str, dict[str, dict[str, J]]] = {
         "/api/v1/rooms/{room}/leaderboard": {"get": op("Top gifters of a room", tag="gifts", auth=None, params=[P_ROOM, Q_N],
                                                        ok=("200", ref("Leaderboard"), "board"))},
         "/api/v1/hosts/{host}/leaderboard": {"get": op("A host's top fans", tag="gifts", auth=None,
-                                                       params=[{"name": "host", "in": "path", "required": True, "schema": STR}, Q_N],
+                                                       params=[{"name": "host", "in": "path", "required": True, "schema": USER}, Q_N],
                                                        ok=("200", ref("Leaderboard"), "board"))},
         "/api/v1/leaderboards/hosts": {"get": op("Hosts by gifts received", tag="gifts", auth=None, params=[Q_N],
                                                  ok=("200", ref("Leaderboard"), "board"))},
@@ -407,10 +413,10 @@ PATHS_BY_MODULE: dict[str, dict[str, dict[str, J]]] = {
 
 # Capabilities added after the first document; their schemas stay loose (``object`` with
 # the fields clients rely on) until their owners tighten them.
-P_REFUND = {"name": "refund", "in": "path", "required": True, "schema": STR}
-P_TICKET = {"name": "ticket", "in": "path", "required": True, "schema": STR}
-P_HOST = {"name": "host", "in": "path", "required": True, "schema": STR}
-P_SEGMENT = {"name": "segment", "in": "path", "required": True, "schema": STR}
+P_REFUND = {"name": "refund", "in": "path", "required": True, "schema": REF}
+P_TICKET = {"name": "ticket", "in": "path", "required": True, "schema": REF}
+P_HOST = {"name": "host", "in": "path", "required": True, "schema": USER}
+P_SEGMENT = {"name": "segment", "in": "path", "required": True, "schema": REF}
 ANY_OBJ: J = {"type": "object"}
 REFUND: J = obj({"refund_id": STR, "order_id": STR, "qty": INT, "amount": CENTS, "state": STR, "reason": STR}, ["refund_id"])
 TICKET: J = obj({"id": STR, "user_id": STR, "kind": STR, "priority": STR, "subject": STR, "status": STR,

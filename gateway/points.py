@@ -59,6 +59,7 @@ from livecommerce.redis_conn import guarded
 
 from .conn import Conn
 from .core import Gateway
+from .validation import read_json
 from .wallet import durable_log, page, require_self_or_ops, sql_store
 
 log = logging.getLogger("livecommerce.gateway.points")
@@ -211,7 +212,7 @@ def setup(gw: Gateway, app: web.Application) -> None:
         user = request.match_info["user"]
         if ident.user != user:
             raise Forbidden("users redeem their own points")
-        body = await request.json() if request.can_read_body else {}
+        body = await read_json(request, default={})
         r = parse_redeem(body)
         cost = redeem_cost(r.value, pts.rules)
         if await sql_store(gw).points_balance(user, "viewer") < cost:

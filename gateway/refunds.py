@@ -64,25 +64,10 @@ from livecommerce.tickets import TOPIC as SUPPORT
 from livecommerce.tickets import Ticket, parse_ticket, ticket_view
 
 from .core import Gateway
+from .validation import read_object
 from .wallet import durable_log, page, sql_store
 
 log = logging.getLogger("livecommerce.gateway.refunds")
-
-
-async def body_of(request: web.Request) -> dict[str, Any]:
-    """The JSON object body ({} when there is none).
-
-    Raises:
-        BadFrame: not a JSON object, or over 64 KiB.
-    """
-    if not request.can_read_body:
-        return {}
-    if request.content_length and request.content_length > 64 * 1024:
-        raise BadFrame("request body too large", code="too_large")
-    body = await request.json()
-    if not isinstance(body, dict):
-        raise BadFrame("body must be a JSON object", code="invalid")
-    return body
 
 
 async def host_of(gw: Gateway, room: str) -> str:
@@ -239,14 +224,14 @@ def setup(gw: Gateway, app: web.Application) -> None:
 
     async def ask(request: web.Request) -> web.Response:
         ident = gw.identify_request(request)
-        refund, dup = await svc.ask(ident, request.match_info["order"], await body_of(request))
+        refund, dup = await svc.ask(ident, request.match_info["order"], await read_object(request))
         return web.json_response({**refund, "duplicate": dup}, status=200 if dup else 202)
 
     async def approve(request: web.Request) -> web.Response:
-        return web.json_response(await svc.decide(gw.identify_request(request), request.match_info["refund"], True, await body_of(request)))
+        return web.json_response(await svc.decide(gw.identify_request(request), request.match_info["refund"], True, await read_object(request)))
 
     async def reject(request: web.Request) -> web.Response:
-        return web.json_response(await svc.decide(gw.identify_request(request), request.match_info["refund"], False, await body_of(request)))
+        return web.json_response(await svc.decide(gw.identify_request(request), request.match_info["refund"], False, await read_object(request)))
 
     async def list_refunds(request: web.Request) -> web.Response:
         ident = gw.identify_request(request)
@@ -276,7 +261,7 @@ def setup(gw: Gateway, app: web.Application) -> None:
         return web.json_response(await svc.history(gw.identify_request(request), request.match_info["order"]))
 
     async def open_ticket(request: web.Request) -> web.Response:
-        return web.json_response(await svc.open_ticket(gw.identify_request(request), await body_of(request)), status=201)
+        return web.json_response(await svc.open_ticket(gw.identify_request(request), await read_object(request)), status=201)
 
     async def list_tickets(request: web.Request) -> web.Response:
         ident = gw.identify_request(request)
@@ -303,7 +288,7 @@ def setup(gw: Gateway, app: web.Application) -> None:
 
     async def move_ticket(request: web.Request) -> web.Response:
         ident = gw.identify_request(request)
-        body = await body_of(request)
+        body = await read_object(request)
         tid = request.match_info["ticket"]
         got = await tickets_sql.get(sql_store(gw), tid)
         if got is None or (ident.role != "ops" and got[0].user_id != ident.user):

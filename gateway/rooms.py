@@ -49,6 +49,7 @@ from livecommerce.rooms_redis import RedisRooms
 
 from .conn import Conn
 from .core import Gateway
+from .validation import read_object
 
 log = logging.getLogger("livecommerce.gateway.rooms")
 
@@ -178,15 +179,6 @@ class RoomsService:
         return out
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    body = await request.json()
-    if not isinstance(body, dict):
-        raise BadFrame("body must be a JSON object", code="invalid")
-    return body
-
-
 def _ack(cmd: Any, gw: Gateway, d: dict[str, Any]) -> dict[str, Any]:
     return {"t": "ack", "id": cmd.id, "ts": gw.now_ms(), "d": d}
 
@@ -220,7 +212,7 @@ def setup(gw: Gateway, app: web.Application) -> None:
         ident = gw.identify_request(request)
         if ident.role not in ("host", "ops"):
             raise Forbidden("rooms are created by hosts and ops")
-        info = new_room(await _body(request), creator=ident.user, creator_role=ident.role, now_ms=gw.now_ms())
+        info = new_room(await read_object(request), creator=ident.user, creator_role=ident.role, now_ms=gw.now_ms())
         ident.require_host(info.id)
         if not await svc.rooms.create(info):
             raise Conflict(f"room {info.id!r} already exists")
@@ -248,7 +240,7 @@ def setup(gw: Gateway, app: web.Application) -> None:
         ident = gw.identify_request(request)
         if ident.role not in ("host", "ops"):
             raise Forbidden("products are created by hosts and ops")
-        product = new_product(await _body(request), default_id=secrets.token_hex(6))
+        product = new_product(await read_object(request), default_id=secrets.token_hex(6))
         await svc.pins.put_product(product)
         return web.json_response(product.to_dict(), status=201)
 
@@ -262,7 +254,7 @@ def setup(gw: Gateway, app: web.Application) -> None:
         ident = gw.identify_request(request)
         room = request.match_info["room"]
         ident.require_host(room)
-        pid = (await _body(request)).get("product_id")
+        pid = (await read_object(request)).get("product_id")
         if isinstance(pid, int) and not isinstance(pid, bool):
             pid = str(pid)
         if not isinstance(pid, str) or not pid:

@@ -47,7 +47,7 @@ from livecommerce.redis_conn import guarded
 from livecommerce.segments import RuleError, evaluate, parse_rule, parse_segment
 
 from .core import Gateway
-from .refunds import body_of
+from .validation import read_object
 from .wallet import durable_log, sql_store
 
 SAMPLE = 10
@@ -195,7 +195,7 @@ def setup(gw: Gateway, app: web.Application) -> None:
 
     async def put(request: web.Request) -> web.Response:
         ident = ops(request)
-        body = await body_of(request)
+        body = await read_object(request)
         replace = request.method == "PUT"
         if replace:
             body = {**body, "id": request.match_info["segment"]}
@@ -220,7 +220,7 @@ def setup(gw: Gateway, app: web.Application) -> None:
     async def preview(request: web.Request) -> web.Response:
         ops(request)
         if request.method == "POST":
-            body = await body_of(request)
+            body = await read_object(request)
             if "rule" not in body:
                 return rule_error(RuleError("", "missing 'rule'"))
             rule = body["rule"]
@@ -234,11 +234,11 @@ def setup(gw: Gateway, app: web.Application) -> None:
 
     async def coupon(request: web.Request) -> web.Response:
         ident = ops(request)
-        return web.json_response(await svc.target(request.match_info["segment"], "coupon", await body_of(request), ident.user), status=201)
+        return web.json_response(await svc.target(request.match_info["segment"], "coupon", await read_object(request), ident.user), status=201)
 
     async def push(request: web.Request) -> web.Response:
         ident = ops(request)
-        return web.json_response(await svc.target(request.match_info["segment"], "push", await body_of(request), ident.user), status=201)
+        return web.json_response(await svc.target(request.match_info["segment"], "push", await read_object(request), ident.user), status=201)
 
     async def targets(request: web.Request) -> web.Response:
         ops(request)

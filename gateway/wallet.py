@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 from aiohttp import web
 
@@ -33,6 +32,7 @@ from livecommerce.wallet import parse_topup
 from livecommerce.wallet_redis import RedisWallet
 
 from .core import Gateway
+from .validation import read_object
 
 log = logging.getLogger("livecommerce.gateway.wallet")
 
@@ -118,15 +118,6 @@ class Outbox:
             await self.wallet.clear(batch)
 
 
-async def _json(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    body = await request.json()
-    if not isinstance(body, dict):
-        raise BadFrame("body must be a JSON object", code="invalid")
-    return body
-
-
 def setup(gw: Gateway, app: web.Application) -> None:
     wallet = RedisWallet(gw.redis, gw.keys)
     outbox = Outbox(gw, wallet)
@@ -139,7 +130,7 @@ def setup(gw: Gateway, app: web.Application) -> None:
         ident = gw.identify_request(request)
         user = request.match_info["user"]
         require_self_or_ops(ident, user)
-        t = parse_topup(await _json(request), request.headers.get("Idempotency-Key"))
+        t = parse_topup(await read_object(request), request.headers.get("Idempotency-Key"))
         r = await wallet.topup(user=user, amount=t.amount, idempotency_key=t.idempotency_key, by=ident.user, now_ms=gw.now_ms())
         if not r.duplicate:
             await outbox.emit(r.event)

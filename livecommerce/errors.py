@@ -10,6 +10,7 @@
     ├── Forbidden          role or room does not allow the command  -> error frame / HTTP 403
     ├── NotFound           unknown room, sale, order ...            -> error frame / HTTP 404
     ├── Conflict           illegal state transition                 -> error frame / HTTP 409
+    │   └── IdempotencyConflict  a key reused for another request   -> HTTP 422
     ├── RateLimited        token bucket empty                       -> error frame / HTTP 429
     │   └── Flooding       kept flooding                            -> close 4429
     └── Unavailable        Redis, SQL or Kafka unreachable          -> error frame / HTTP 503
@@ -67,6 +68,13 @@ class Conflict(LiveCommerceError):
     code = "conflict"
 
 
+class IdempotencyConflict(Conflict):
+    """An idempotency key (``Idempotency-Key``, ``request_id``, a campaign id) was used
+    before for a different request: another route, target or body. Nothing changed."""
+
+    code = "idempotency_conflict"
+
+
 class RateLimited(LiveCommerceError):
     code = "rate_limited"
 
@@ -106,6 +114,7 @@ _TABLE: dict[type[LiveCommerceError], WireError] = {
     Unauthorized: WireError("unauthorized", CLOSE_UNAUTHORIZED, 401),
     Forbidden: WireError("forbidden", None, 403),
     NotFound: WireError("not_found", None, 404),
+    IdempotencyConflict: WireError("idempotency_conflict", None, 422),
     Conflict: WireError("conflict", None, 409),
     RateLimited: WireError("rate_limited", None, 429),
     Unavailable: WireError("unavailable", None, 503),
