@@ -76,4 +76,5 @@ def settings(redis_url: str, prefix: str, tmp_path) -> Settings:  # type: ignore
         data_dir=str(tmp_path),
         database_url=f"sqlite+aiosqlite:///{tmp_path}/lc.db",
         log_json=False,
+        secret=f"test-secret-{uuid.uuid4().hex}",  # 44 bytes: no secret is built in
     )
