@@ -10,7 +10,8 @@
     ├── Forbidden          role or room does not allow the command  -> error frame / HTTP 403
     ├── NotFound           unknown room, sale, order ...            -> error frame / HTTP 404
     ├── Conflict           illegal state transition                 -> error frame / HTTP 409
-    │   └── IdempotencyConflict  a key reused for another request   -> HTTP 422
+    │   ├── IdempotencyConflict  a key reused for another request   -> HTTP 422
+    │   └── RoomEnded      the room's show has ended                -> error frame / HTTP 409
     ├── RateLimited        token bucket empty                       -> error frame / HTTP 429
     │   └── Flooding       kept flooding                            -> close 4429
     └── Unavailable        Redis, SQL or Kafka unreachable          -> error frame / HTTP 503
@@ -75,6 +76,13 @@ class IdempotencyConflict(Conflict):
     code = "idempotency_conflict"
 
 
+class RoomEnded(Conflict):
+    """A buy, claim, lottery entry, comment (or a new lottery or coupon drop) in a room
+    whose show has ended; ending the show closed what belonged to it."""
+
+    code = "room_ended"
+
+
 class RateLimited(LiveCommerceError):
     code = "rate_limited"
 
@@ -115,6 +123,7 @@ _TABLE: dict[type[LiveCommerceError], WireError] = {
     Forbidden: WireError("forbidden", None, 403),
     NotFound: WireError("not_found", None, 404),
     IdempotencyConflict: WireError("idempotency_conflict", None, 422),
+    RoomEnded: WireError("room_ended", None, 409),
     Conflict: WireError("conflict", None, 409),
     RateLimited: WireError("rate_limited", None, 429),
     Unavailable: WireError("unavailable", None, 503),
