@@ -5,9 +5,7 @@ personalised ranker fed by the real profiles worker."""
 
 from __future__ import annotations
 
-import asyncio
 import re
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +19,7 @@ from livecommerce.log import open_log
 from livecommerce.store_sql import SqlStore
 from tests.fixtures_gateway import GatewayFactory
 from tests.test_openapi import validate
+from tests.waiting import wait_until
 from tests.wsclient import Client
 from workers.growth import GrowthWorker
 from workers.growth import drain as growth_drain
@@ -41,16 +40,6 @@ async def _call(s: aiohttp.ClientSession, method: str, url: str, token: str, **k
         resp = DOC["paths"][template][method.lower()]["responses"][str(r.status)]
         assert not validate(data, resp["content"]["application/json"]["schema"], DOC), (template, data)
         return r.status, data
-
-
-async def _until(pred: Callable[[], Any], wait_s: float = 30.0) -> Any:
-    """Poll an async predicate until it returns something truthy (generous: loaded CI)."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        got = await pred()
-        if got or time.monotonic() > deadline:
-            return got
-        await asyncio.sleep(0.3)
 
 
 async def test_the_feed_lists_live_rooms_with_diversity_and_never_an_ended_one(
@@ -82,7 +71,7 @@ async def test_the_feed_lists_live_rooms_with_diversity_and_never_an_ended_one(
             got = [(await _call(s, "GET", f"{n.url}/api/v1/feed", token("v0")))[1] for n in (n1, n2)]
             return all(g["items"][0]["room"] == "fc" and g["items"][0]["online"] == 3 for g in got)
 
-        assert await _until(fc_first)
+        await wait_until(fc_first, timeout=30, interval=0.2, what="fc on top of the feed with 3 online, on both nodes")
 
         # fc ends on n1: neither node lists it, at once
         assert (await _call(s, "POST", f"{n1.url}/api/v1/rooms/fc/end", ops))[0] == 200
@@ -126,7 +115,7 @@ async def test_an_experiment_switches_a_viewer_to_the_personalised_feed(
                 _, f = await _call(s, "GET", f"{node.url}/api/v1/feed", token(other))
                 return f if f["items"][0]["room"] == "fa" else None
 
-            pop = await _until(fa_first)
+            pop = await wait_until(fa_first, timeout=30, interval=0.2, what="fa on top of the popularity feed")
             assert pop["ranker"] == "popularity" and pop["experiment"] == {"id": "feed-rank", "arm": "control"}
             st, mine = await _call(s, "GET", f"{node.url}/api/v1/feed", token(fan))
             assert mine["ranker"] == "personalised" and mine["experiment"] == {"id": "feed-rank", "arm": "personal"}
@@ -139,7 +128,7 @@ async def test_an_experiment_switches_a_viewer_to_the_personalised_feed(
             # every viewer shown a flag (the feed's readers, and the crowd's welcome) is exposed once
             seen = [fan, other, "w0", "w1"]
             worker = GrowthWorker(store, redis, keys)
-            await _until(lambda: _drained(durable, worker, len(seen)), wait_s=10)
+            await wait_until(lambda: _drained(durable, worker, len(seen)), timeout=10, interval=0.2, what="the growth worker applied every exposure")
             st, res = await _call(s, "GET", f"{node.url}/api/v1/experiments/feed-rank/results", ops)
             want = {"control": 0, "personal": 0}
             for u in seen:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import aiohttp
@@ -11,6 +12,7 @@ import pytest
 from livecommerce.errors import BadFrame, Conflict
 from livecommerce.pins import new_product
 from livecommerce.rooms import new_room, step, summarize
+from tests.waiting import wait_until
 from tests.wsclient import Client
 
 
@@ -87,7 +89,7 @@ async def test_only_the_rooms_host_or_ops_create_rooms(gateway_factory, token):
             assert r.status == 404
 
 
-async def test_a_show_goes_live_and_ends_with_its_summary_for_every_viewer(gateway_factory, token):
+async def test_a_show_goes_live_and_ends_with_its_summary_for_every_viewer(gateway_factory, token, redis, keys):
     a, b = await gateway_factory(), await gateway_factory()
     room = "show1"
     async with aiohttp.ClientSession() as http:
@@ -96,8 +98,9 @@ async def test_a_show_goes_live_and_ends_with_its_summary_for_every_viewer(gatew
         host = await Client.connect(a.ws, room, token("h", "host", (room,)))
         viewers = [await Client.connect(n.ws, room, token(f"v{i}")) for i, n in enumerate((a, a, b))]
         assert viewers[0].welcome["d"]["show"]["state"] == "created"
-        await asyncio.sleep(1.2)  # online counts reach Redis
+        await wait_until(lambda: a.gw.hub.online(room), until=lambda n: n == 4, what="the 4 online (2 nodes) in Redis")
         live = await host.request("room.live")
+        went_live = time.monotonic()
         assert live["t"] == "ack" and live["d"]["state"] == "live"
         for v in viewers:
             e = await next_of(v, "room.live")
@@ -108,7 +111,13 @@ async def test_a_show_goes_live_and_ends_with_its_summary_for_every_viewer(gatew
             await v.request("comment", text=f"hello {i}")
             await v.request("like", count=10 + i)
         await host.request("comment", text="welcome all")
-        await asyncio.sleep(1.3)  # each node's once-a-second tick
+
+        async def counted() -> tuple[int, int]:  # each node's once-a-second tick adds its share
+            meta = await a.gw.services["rooms"].rooms.get(room)
+            return int(meta.get("comments") or 0), int(await redis.get(keys.room_likes(room)) or 0)
+
+        await wait_until(counted, until=lambda got: got == (4, 33), what="the comments and likes of both nodes in Redis")
+        await asyncio.sleep(max(0.0, went_live + 1.3 - time.monotonic()))  # the show lasts 1.3 s at least
         end = await host.request("room.end")
         assert end["t"] == "ack", end
         for v in viewers:
@@ -126,8 +135,7 @@ async def test_a_show_goes_live_and_ends_with_its_summary_for_every_viewer(gatew
         assert stored["state"] == "ended" and stored["summary"] == end["d"]["summary"]
         # the next show in the same room starts from zero
         await host.request("room.live")
-        await host.request("comment", text="round two")
-        await asyncio.sleep(0.1)
+        await host.request("comment", text="round two")  # counted before the ack; room.end adds it
         second = await host.request("room.end")
         assert second["d"]["summary"]["likes"] == 0 and second["d"]["summary"]["comments"] == 1
 

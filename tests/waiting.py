@@ -1,23 +1,22 @@
 """Waiting on a condition instead of sleeping: the suite's one poll-until helper.
 
-``check`` is a plain function or a coroutine function, called every ``interval`` seconds. A
-truthy result ends the wait and is returned; a falsy result, or an ``AssertionError`` raised by
-``check``, means "not yet". On timeout an ``AssertionError`` names what was awaited and the
-last thing ``check`` saw (its last result, or its last assertion message), so a failure says
-how far things got::
+``check`` is a plain function or a coroutine function, called every ``interval`` seconds
+until its result holds: truthy, or accepted by ``until`` when given. That result is returned.
+An ``AssertionError`` raised by ``check`` means "not yet" too. On timeout an
+``AssertionError`` names what was awaited and the last thing ``check`` saw (its last result,
+or its last assertion message), so a failure says how far things got::
 
     order = await wait_until(lambda: store.get_order(oid), what="the order in SQL")
+    await wait_until(lambda: hub.online("r1"), until=lambda n: n == 4, what="4 online in r1")
 
-With ``asserts=True``, ``check`` is an assertion block: it holds when it returns ``None``
-without raising, and the message of its last failed assertion is reported::
+    async def caught_up() -> bool:
+        assert await store.points_balance("u1") == 20, "u1's points"  # reported on timeout
+        return True
 
-    async def caught_up() -> None:
-        assert await store.points_balance("u1") == 20, "u1's points"
+    await wait_until(caught_up, what="the points worker")
 
-    await wait_until(caught_up, asserts=True, what="the points worker")
-
-Wait on the condition the next assertion needs, never on "enough time"; sleeps that remain in
-tests make time pass on purpose (a window closing, a clock ticking, pacing).
+Wait on the condition the next assertion needs, never on "enough time"; the sleeps left in
+tests make time pass on purpose (a window closing, a clock ticking, pacing a producer).
 """
 
 from __future__ import annotations
@@ -32,55 +31,59 @@ TIMEOUT_S = 10.0
 INTERVAL_S = 0.05
 
 
-def _timed_out(what: str, timeout: float, last: Any) -> AssertionError:
-    seen = str(last) if isinstance(last, AssertionError) else repr(last)
-    return AssertionError(f"timed out after {timeout:g}s waiting for {what}; last observed: {seen}")
+class _Poll:
+    """One ``check`` against one deadline: ``step()`` says whether it holds yet."""
+
+    def __init__(self, until: Callable[[Any], Any] | None, timeout: float, what: str) -> None:
+        self.until = until or bool
+        self.timeout, self.what = timeout, what
+        self.deadline = time.monotonic() + timeout
+        self.last: Any = None
+
+    def held(self, got: Any) -> bool:
+        self.last = got
+        return bool(self.until(got))
+
+    def failed(self, exc: AssertionError) -> None:
+        self.last = exc
+
+    def give_up(self) -> None:
+        if time.monotonic() >= self.deadline:
+            seen = str(self.last) if isinstance(self.last, AssertionError) else repr(self.last)
+            raise AssertionError(f"timed out after {self.timeout:g}s waiting for {self.what}; last observed: {seen}")
 
 
-def _done(got: Any, asserts: bool) -> bool:
-    return got is None if asserts else bool(got)
+async def wait_until(check: Callable[[], Any], *, until: Callable[[Any], Any] | None = None, timeout: float = TIMEOUT_S,
+                     interval: float = INTERVAL_S, what: str = "the condition") -> Any:
+    """Call ``check()`` every ``interval`` seconds until its result holds; return that result.
 
-
-async def wait_until(check: Callable[[], Any], *, timeout: float = TIMEOUT_S, interval: float = INTERVAL_S,
-                     what: str = "the condition", asserts: bool = False) -> Any:
-    """Call ``check()`` every ``interval`` seconds until it holds; return its last result.
-
-    ``asserts=True``: ``check`` is an assertion block (returns ``None`` when it holds).
     Raises:
         AssertionError: not within ``timeout`` seconds (``what`` and the last observation).
     """
-    deadline = time.monotonic() + timeout
+    poll = _Poll(until, timeout, what)
     while True:
         try:
             got = check()
             if inspect.isawaitable(got):
                 got = await got
+            if poll.held(got):
+                return got
         except AssertionError as exc:
-            got, last = None, exc
-            held = False
-        else:
-            last, held = got, _done(got, asserts)
-        if held:
-            return got
-        if time.monotonic() >= deadline:
-            raise _timed_out(what, timeout, last)
+            poll.failed(exc)
+        poll.give_up()
         await asyncio.sleep(interval)
 
 
-def wait_until_sync(check: Callable[[], Any], *, timeout: float = TIMEOUT_S, interval: float = INTERVAL_S,
-                    what: str = "the condition", asserts: bool = False) -> Any:
-    """``wait_until`` for code with no running event loop (blocks the thread)."""
-    deadline = time.monotonic() + timeout
+def wait_until_sync(check: Callable[[], Any], *, until: Callable[[Any], Any] | None = None, timeout: float = TIMEOUT_S,
+                    interval: float = INTERVAL_S, what: str = "the condition") -> Any:
+    """:func:`wait_until` for code with no event loop of its own (it blocks the thread)."""
+    poll = _Poll(until, timeout, what)
     while True:
         try:
             got = check()
+            if poll.held(got):
+                return got
         except AssertionError as exc:
-            got, last = None, exc
-            held = False
-        else:
-            last, held = got, _done(got, asserts)
-        if held:
-            return got
-        if time.monotonic() >= deadline:
-            raise _timed_out(what, timeout, last)
+            poll.failed(exc)
+        poll.give_up()
         time.sleep(interval)
