@@ -10,7 +10,6 @@ to Redis and get their first order back.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from livecommerce.checkout import Checkout, sale_of, sale_started_data
-from livecommerce.errors import BadFrame, Conflict, Forbidden, NotFound
+from livecommerce.errors import BadFrame, Conflict, Forbidden, IdempotencyConflict, NotFound
 from livecommerce.flash_sale import Reserved, sale_from_campaign, validate_campaign
 from livecommerce.log import open_log
 from livecommerce.protocol.commands import Buy, HostAction
@@ -26,9 +25,34 @@ from livecommerce.store_sql import SqlStore
 
 from .conn import Conn
 from .core import Gateway
+from .idempotency import header_key, idempotent
 from .validation import read_json, read_object
 
 log = logging.getLogger("livecommerce.gateway.commerce")
+
+# what a campaign id binds: a repeated definition must agree on these (and on the window
+# when the repeat gives one; a definition without a start time means "now")
+_CAMPAIGN_BOUND = ("room", "product_id", "price", "stock", "per_user_limit", "payment_window_s", "restock_on_refund")
+
+
+def campaign_differs(existing: Any, new: Any, item: Any) -> bool:
+    """Whether a campaign posted again under an existing id defines another sale."""
+    fields = list(_CAMPAIGN_BOUND)
+    if isinstance(item, dict) and any(k in item for k in ("starts_ms", "starts_at", "ends_ms", "ends_at")):
+        fields += ["starts_ms", "ends_ms"]
+    return any(getattr(existing, f) != getattr(new, f) for f in fields)
+
+
+def check_same_buy(r: Reserved, qty: int) -> None:
+    """A repeated ``request_id`` answers its first order, so it must ask for the same.
+
+    Raises:
+        IdempotencyConflict: the first order of this request id was for another quantity.
+    """
+    if r.duplicate and r.qty != qty:
+        raise IdempotencyConflict(
+            f"request_id was used for an order of {r.qty} unit(s), not {qty}: use a new request_id for a new order"
+        )
 
 REJECT_MESSAGES = {
     "sold_out": "sold out",
@@ -153,6 +177,7 @@ def setup(gw: Gateway, app: web.Application) -> None:
         r = await do_buy(conn.user, cmd.sale_id, cmd.qty, cmd.request_id)
         if isinstance(r, str):
             return {"t": "error", "id": cmd.id, "d": {"code": r, "message": REJECT_MESSAGES.get(r, r), "sale_id": cmd.sale_id}}
+        check_same_buy(r, cmd.qty)
         return {"t": "order.reserved", "id": cmd.id, "room": conn.room, "ts": gw.now_ms(), "d": reserved_body(r)}
 
     async def start_sale(sale_id: str, ident: Any) -> dict[str, Any]:
@@ -196,20 +221,39 @@ def setup(gw: Gateway, app: web.Application) -> None:
         items = data if isinstance(data, list) else (data.get("campaigns") if isinstance(data, dict) and "campaigns" in data else [data])
         if not isinstance(items, list) or not items:
             raise BadFrame("body must be a campaign object or a list of them", code="invalid_campaign")
-        out = []
-        now = gw.now_ms()
-        for i, item in enumerate(items):
-            camp = validate_campaign(item, default_payment_window_s=gw.s.payment_window_s, now_ms=now)
-            if ident.role != "ops":
-                ident.require_host(camp["room"])
-            sale = sale_from_campaign(camp, sale_id=camp.get("id") or f"s{now:x}{i}")
-            created = await checkout.create_sale(sale)
-            await store.put_sale(sale, state="scheduled", now_ms=now, product_name=camp.get("product_name"))
-            state = "scheduled"
-            if sale.starts_ms <= now < sale.ends_ms:  # already due: open it now
-                state = (await start_sale(sale.id, ident))["state"]
-            out.append({"sale_id": sale.id, "created": created, "state": state, **dataclasses.asdict(sale)})
-        return web.json_response({"campaigns": out}, status=201)
+
+        async def run() -> web.Response:
+            now = gw.now_ms()
+            plans: list[tuple[dict[str, Any], Any, Any]] = []
+            for i, item in enumerate(items):  # every check before any change: all or nothing
+                camp = validate_campaign(item, default_payment_window_s=gw.s.payment_window_s, now_ms=now)
+                if ident.role != "ops":
+                    ident.require_host(camp["room"])
+                sale = sale_from_campaign(camp, sale_id=camp.get("id") or f"s{now:x}{i}")
+                try:
+                    existing = await checkout.sales.get(sale.id)
+                except NotFound:
+                    existing = None
+                if existing is not None and campaign_differs(existing, sale, item):
+                    raise IdempotencyConflict(
+                        f"campaign {sale.id!r} exists with another definition: give the new campaign a new id"
+                    )
+                plans.append((camp, sale, existing))
+            out = []
+            for camp, sale, existing in plans:
+                if existing is not None:  # a repeated definition: the stored sale, unchanged
+                    st = await checkout.sales.stats(sale.id)
+                    out.append({"sale_id": sale.id, "created": False, "state": st.state, **dataclasses.asdict(existing)})
+                    continue
+                created = await checkout.create_sale(sale)
+                await store.put_sale(sale, state="scheduled", now_ms=now, product_name=camp.get("product_name"))
+                state = "scheduled"
+                if sale.starts_ms <= now < sale.ends_ms:  # already due: open it now
+                    state = (await start_sale(sale.id, ident))["state"]
+                out.append({"sale_id": sale.id, "created": created, "state": state, **dataclasses.asdict(sale)})
+            return web.json_response({"campaigns": out}, status=201)
+
+        return await idempotent(gw, request, ident, key=header_key(request), target="", body=data, run=run)
 
     async def list_campaigns(request: web.Request) -> web.Response:
         ident = gw.identify_request(request)
@@ -272,6 +316,7 @@ def setup(gw: Gateway, app: web.Application) -> None:
         r = await do_buy(ident.user, cmd.sale_id, cmd.qty, cmd.request_id)
         if isinstance(r, str):
             return web.json_response({"error": {"code": r, "message": REJECT_MESSAGES.get(r, r)}}, status=409)
+        check_same_buy(r, cmd.qty)
         return web.json_response(reserved_body(r), status=200 if r.duplicate else 201)
 
     def order_json(o: Any) -> dict[str, Any]:
@@ -321,28 +366,18 @@ def setup(gw: Gateway, app: web.Application) -> None:
         ident = gw.identify_request(request)
         oid = request.match_info["order"]
         data = await read_object(request)
-        key = request.headers.get("Idempotency-Key")
-        if key is not None and (len(key) > 128 or not key):
-            raise BadFrame("Idempotency-Key must be 1..128 characters", code="invalid")
         coupon = data.get("coupon_id")
         if coupon is not None and not isinstance(coupon, str):
             raise BadFrame("'coupon_id' must be a string", code="invalid")
-        # the simulated payment provider: one answer per idempotency key
-        rkey = gw.keys.global_key(f"paykey:{ident.user}:{key}") if key else None
-        if rkey:
-            prev = await gw.redis.get(rkey)
-            if prev is not None:
-                out = json.loads(prev)
-                if out.get("outcome") in ("already_cancelled", "expired"):  # a refusal stays a refusal
-                    raise Conflict(f"order {oid} is {out['outcome'].replace('already_', '')}: no payment taken", code=out["outcome"])
-                return web.json_response(out)
-        res = await checkout.pay(order_id=oid, user=None if ident.role == "ops" else ident.user, now_ms=gw.now_ms(), coupon_id=coupon)
-        out = {"order_id": oid, "outcome": res.outcome, "amount": res.amount, "discount": res.discount}
-        if rkey:
-            await gw.redis.set(rkey, json.dumps(out), ex=86400)
-        if res.outcome in ("already_cancelled", "expired"):
-            raise Conflict(f"order {oid} is {res.outcome.replace('already_', '')}: no payment taken", code=res.outcome)
-        return web.json_response(out)
+
+        async def run() -> web.Response:
+            res = await checkout.pay(order_id=oid, user=None if ident.role == "ops" else ident.user, now_ms=gw.now_ms(), coupon_id=coupon)
+            if res.outcome in ("already_cancelled", "expired"):  # a refusal: replayed as one for its key
+                raise Conflict(f"order {oid} is {res.outcome.replace('already_', '')}: no payment taken", code=res.outcome)
+            return web.json_response({"order_id": oid, "outcome": res.outcome, "amount": res.amount, "discount": res.discount})
+
+        # the simulated payment provider: one answer per key, bound to this order and body
+        return await idempotent(gw, request, ident, key=header_key(request), target=oid, body=data, run=run)
 
     async def cancel_order(request: web.Request) -> web.Response:
         ident = gw.identify_request(request)

@@ -20,6 +20,8 @@ from livecommerce.broker import Broker
 from livecommerce.comments import Moderator
 from livecommerce.config import Settings
 from livecommerce.errors import Unauthorized
+from livecommerce.idempotency import IdempotencyStore
+from livecommerce.idempotency_redis import RedisIdempotency
 from livecommerce.keys import Keys
 from livecommerce.notify import Notifier
 from livecommerce.protocol.commands import Command
@@ -43,6 +45,7 @@ class Gateway:
         self.metrics = Metrics()
         self.hub = Hub(settings, broker, redis, self.metrics)
         self.notifier = Notifier(redis, broker, self.keys)
+        self.idempotency: IdempotencyStore = RedisIdempotency(redis, self.keys)
         self.moderator = Moderator.from_file(settings.moderation_words)
         self.commands: dict[str, CommandHandler] = {}
         self.welcome_extras: list[WelcomeExtra] = []

@@ -34,6 +34,7 @@ from livecommerce.protocol.commands import CouponClaim, HostAction
 
 from .conn import Conn
 from .core import Gateway
+from .idempotency import header_key, idempotent
 from .validation import read_object
 from .wallet import require_self_or_ops
 
@@ -123,7 +124,12 @@ def setup(gw: Gateway, app: web.Application) -> None:
 
     async def http_claim(request: web.Request) -> web.Response:
         ident = gw.identify_request(request)
-        return web.json_response(await svc.claim(request.match_info["drop"], ident.user), status=201)
+        drop = request.match_info["drop"]
+
+        async def run() -> web.Response:
+            return web.json_response(await svc.claim(drop, ident.user), status=201)
+
+        return await idempotent(gw, request, ident, key=header_key(request), target=drop, body=None, run=run)
 
     async def http_state(request: web.Request) -> web.Response:
         return web.json_response(await svc.state(request.match_info["drop"]))

@@ -48,6 +48,7 @@ from livecommerce.protocol.commands import HostAction, LotteryEnter
 
 from .conn import Conn
 from .core import Gateway
+from .idempotency import header_key, idempotent
 from .validation import read_object
 
 log = logging.getLogger("livecommerce.gateway.lottery")
@@ -180,8 +181,14 @@ def setup(gw: Gateway, app: web.Application) -> None:
 
     async def http_start(request: web.Request) -> web.Response:
         ident = gw.identify_request(request)
+        room = request.match_info["room"]
         body = await read_object(request, required=True)
-        return web.json_response(await svc.start(request.match_info["room"], ident, body), status=201)
+
+        async def run() -> web.Response:
+            return web.json_response(await svc.start(room, ident, body), status=201)
+
+        # each start draws a new lottery: a retried start with its key gets the first one
+        return await idempotent(gw, request, ident, key=header_key(request), target=room, body=body, run=run)
 
     async def http_get(request: web.Request) -> web.Response:
         lid = request.match_info["id"]

@@ -257,6 +257,7 @@ HOST = "the room's host (token role `host` listing the room) or ops"
 SELF = "the user themself or ops"
 OPS = "ops"
 ANYONE_SIGNED = "any signed-in user"
+NOTICE = obj({"text": {"type": "string", "minLength": 1, "maxLength": 1000}, "data": {"type": "object"}}, ["text"])
 
 # Each capability module's paths, merged into the document when the module is served
 # (``gateway.app.CAPABILITIES``); a module may also export ``OPENAPI_PATHS`` (and
@@ -273,8 +274,9 @@ PATHS_BY_MODULE: dict[str, dict[str, dict[str, J]]] = {
     },
     "gateway.chat": {
         "/api/v1/rooms/{room}/announce": {"post": op("Announce to the room (`notice` event)", tag="rooms", auth=HOST, params=[P_ROOM],
-                                                     body=obj({"text": {"type": "string", "minLength": 1, "maxLength": 1000}, "data": {"type": "object"}}, ["text"]),
-                                                     ok=("200", obj({"seq": INT}, ["seq"]), "published"))},
+                                                     body={"anyOf": [NOTICE, obj({"items": {**arr(NOTICE), "minItems": 1, "maxItems": 100}}, ["items"])]},
+                                                     ok=("200", {"anyOf": [obj({"seq": INT}, ["seq"]), obj({"seqs": arr(INT)}, ["seqs"])]},
+                                                         "published (`seqs` for a batch of `items`)"))},
     },
     "gateway.commerce": {
         "/api/v1/campaigns": {
@@ -523,6 +525,29 @@ PATHS_BY_MODULE.update({
 })
 
 
+# Operations that take an ``Idempotency-Key`` header (gateway/idempotency.py), and those
+# whose body carries a key of its own (``request_id``, ``idempotency_key``, a campaign id):
+# both answer 422 ``idempotency_conflict`` for a key reused with another request.
+IDEMPOTENT_BY_HEADER = {
+    ("post", "/api/v1/orders/{order}/pay"), ("post", "/api/v1/wallets/{user}/topup"),
+    ("post", "/api/v1/orders/{order}/refunds"), ("post", "/api/v1/coupons/{drop}/claim"),
+    ("post", "/api/v1/rooms/{room}/lotteries"), ("post", "/api/v1/campaigns"),
+}
+IDEMPOTENT_BY_BODY = {("post", "/api/v1/points/{user}/redeem"), ("post", "/api/v1/sales/{sale}/buy")}
+
+
+def _mark_idempotent(paths: dict[str, dict[str, J]]) -> None:
+    err = {"description": ERRORS["422"], "content": {"application/json": {"schema": ref("Error")}}}
+    for method, path in IDEMPOTENT_BY_HEADER | IDEMPOTENT_BY_BODY:
+        spec = paths.get(path, {}).get(method)
+        if spec is None:
+            continue
+        spec["responses"].setdefault("422", err)
+        params = spec.setdefault("parameters", [])
+        if (method, path) in IDEMPOTENT_BY_HEADER and not any(p.get("name") == "Idempotency-Key" for p in params):
+            params.append(copy.deepcopy(H_IDEM))
+
+
 def _served_modules() -> list[str]:
     from .app import CAPABILITIES  # late: gateway.app loads this module by name
 
@@ -546,6 +571,7 @@ def document(modules: list[str] | None = None, server_url: str | None = None) ->
         schemas.update(getattr(mod, "OPENAPI_SCHEMAS", {}))
         for path, ops in own.items():
             paths.setdefault(path, {}).update(copy.deepcopy(ops))
+    _mark_idempotent(paths)
     doc: J = {
         "openapi": "3.1.0",
         "info": {

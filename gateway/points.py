@@ -59,6 +59,7 @@ from livecommerce.redis_conn import guarded
 
 from .conn import Conn
 from .core import Gateway
+from .idempotency import idempotent
 from .validation import read_json
 from .wallet import durable_log, page, require_self_or_ops, sql_store
 
@@ -215,14 +216,21 @@ def setup(gw: Gateway, app: web.Application) -> None:
         body = await read_json(request, default={})
         r = parse_redeem(body)
         cost = redeem_cost(r.value, pts.rules)
-        if await sql_store(gw).points_balance(user, "viewer") < cost:
-            raise Conflict(f"a coupon worth {r.value} costs {cost} points", code="insufficient_points")
-        eid = redeem_event_id(user, r.request_id)
-        data = {"user": user, "value": r.value, "cost": cost, "request_id": r.request_id}
-        await durable_log(gw).append("points", user, REDEEM, data, event_id=eid)
-        return web.json_response(
-            {"event_id": eid, "coupon_id": coupon_id(redeem_drop_id(eid), user), "cost": cost, "value": r.value}, status=202
-        )
+
+        async def run() -> web.Response:
+            if await sql_store(gw).points_balance(user, "viewer") < cost:
+                raise Conflict(f"a coupon worth {r.value} costs {cost} points", code="insufficient_points")
+            eid = redeem_event_id(user, r.request_id)
+            data = {"user": user, "value": r.value, "cost": cost, "request_id": r.request_id}
+            await durable_log(gw).append("points", user, REDEEM, data, event_id=eid)
+            return web.json_response(
+                {"event_id": eid, "coupon_id": coupon_id(redeem_drop_id(eid), user), "cost": cost, "value": r.value}, status=202
+            )
+
+        # the request id is the redemption's event id: it binds the value (a reuse for
+        # another value would otherwise answer 202 while the worker keeps the first)
+        return await idempotent(gw, request, ident, key=r.request_id, target=user, body={"value": r.value}, run=run,
+                                namespace="redeem")
 
     app.router.add_get("/api/v1/points/{user}", balance)
     app.router.add_get("/api/v1/points/{user}/ledger", ledger)

@@ -64,6 +64,7 @@ from livecommerce.tickets import TOPIC as SUPPORT
 from livecommerce.tickets import Ticket, parse_ticket, ticket_view
 
 from .core import Gateway
+from .idempotency import header_key, idempotent
 from .validation import read_object
 from .wallet import durable_log, page, sql_store
 
@@ -224,8 +225,14 @@ def setup(gw: Gateway, app: web.Application) -> None:
 
     async def ask(request: web.Request) -> web.Response:
         ident = gw.identify_request(request)
-        refund, dup = await svc.ask(ident, request.match_info["order"], await read_object(request))
-        return web.json_response({**refund, "duplicate": dup}, status=200 if dup else 202)
+        oid = request.match_info["order"]
+        body = await read_object(request)
+
+        async def run() -> web.Response:
+            refund, dup = await svc.ask(ident, oid, body)
+            return web.json_response({**refund, "duplicate": dup}, status=200 if dup else 202)
+
+        return await idempotent(gw, request, ident, key=header_key(request), target=oid, body=body, run=run)
 
     async def approve(request: web.Request) -> web.Response:
         return web.json_response(await svc.decide(gw.identify_request(request), request.match_info["refund"], True, await read_object(request)))

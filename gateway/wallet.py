@@ -3,9 +3,11 @@
 HTTP (JSON; the wallet's user or ops):
 
 * ``POST /api/v1/wallets/{user}/topup {amount, idempotency_key}`` (or an
-  ``Idempotency-Key`` header): credit test coins (ops), or the user's own simulated
-  payment. A repeated key credits nothing and answers the same balance with
-  ``duplicate: true``; the same key with another amount is 409 ``idempotency_conflict``.
+  ``Idempotency-Key`` header): credit coins (ops), or, with test coins on
+  (``LC_TEST_COINS=1``, as in ``livecommerce dev``), the user's own simulated payment;
+  without them a viewer's own top-up is 403 ``test_coins_disabled``. A repeated key
+  credits nothing and answers the same balance with ``duplicate: true``; the same key
+  with another amount is 409 ``idempotency_conflict``.
 * ``GET /api/v1/wallets/{user}``: ``{user, balance}`` (the hot Redis balance).
 * ``GET /api/v1/wallets/{user}/ledger?limit=&offset=``: the SQL ledger, newest first, with
   ``ledger_balance`` (the sum of every entry; equals ``balance`` once the wallet worker
@@ -32,6 +34,7 @@ from livecommerce.wallet import parse_topup
 from livecommerce.wallet_redis import RedisWallet
 
 from .core import Gateway
+from .idempotency import idempotent
 from .validation import read_object
 
 log = logging.getLogger("livecommerce.gateway.wallet")
@@ -130,15 +133,24 @@ def setup(gw: Gateway, app: web.Application) -> None:
         ident = gw.identify_request(request)
         user = request.match_info["user"]
         require_self_or_ops(ident, user)
+        if ident.role != "ops" and not gw.s.test_coins:
+            raise Forbidden("only ops top up wallets here: a viewer's own top-up is test coins, off unless LC_TEST_COINS=1 "
+                            "(on in `livecommerce dev`)", code="test_coins_disabled")
         t = parse_topup(await read_object(request), request.headers.get("Idempotency-Key"))
-        r = await wallet.topup(user=user, amount=t.amount, idempotency_key=t.idempotency_key, by=ident.user, now_ms=gw.now_ms())
-        if not r.duplicate:
-            await outbox.emit(r.event)
-            log.info("wallet.topup", extra={"user": user, "amount": t.amount, "by": ident.user})
-        return web.json_response(
-            {"user": user, "balance": r.balance, "event_id": r.event.id, "duplicate": r.duplicate},
-            status=200 if r.duplicate else 201,
-        )
+
+        async def run() -> web.Response:
+            r = await wallet.topup(user=user, amount=t.amount, idempotency_key=t.idempotency_key, by=ident.user, now_ms=gw.now_ms())
+            if not r.duplicate:
+                await outbox.emit(r.event)
+                log.info("wallet.topup", extra={"user": user, "amount": t.amount, "by": ident.user})
+            return web.json_response(
+                {"user": user, "balance": r.balance, "event_id": r.event.id, "duplicate": r.duplicate},
+                status=200 if r.duplicate else 201,
+            )
+
+        # the key binds (caller, this wallet, amount); the wallet's own record binds (user, amount)
+        return await idempotent(gw, request, ident, key=t.idempotency_key, target=user, body={"amount": t.amount}, run=run,
+                                namespace="topup")
 
     async def balance(request: web.Request) -> web.Response:
         ident = gw.identify_request(request)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
 
-from .errors import Conflict
+from .errors import IdempotencyConflict
 from .gifts import COMBO_WINDOW_MS, Combo, GiftSpec
 from .keys import Keys
 from .log import Log, LogEvent, decode_event, encode_event, new_event
@@ -133,7 +133,7 @@ class RedisWallet:
         """Credit ``amount`` coins once per ``(user, idempotency_key)``.
 
         Raises:
-            Conflict: (``idempotency_conflict``) the key was used for another amount.
+            IdempotencyConflict: the key was used for another amount.
             Unavailable: Redis unreachable.
         """
         eid = topup_event_id(user, idempotency_key)
@@ -143,7 +143,7 @@ class RedisWallet:
         async with guarded():
             code, bal = await self._topup(keys=keys, args=[user, amount, f"{idempotency_key}|{user}", eid, encode_event(event)])
         if int(code) < 0:
-            raise Conflict(f"idempotency key {idempotency_key!r} was used for another amount", code="idempotency_conflict")
+            raise IdempotencyConflict(f"idempotency key {idempotency_key!r} was used for another amount: use a new key")
         return ToppedUp(event, int(bal), duplicate=int(code) == 0)
 
     async def publish(self, log: Log, events: Iterable[LogEvent]) -> None:

@@ -1,0 +1,79 @@
+"""``Idempotency-Key`` (and body-level request ids) for HTTP routes.
+
+:func:`idempotent` runs a handler's effect once per (caller, key) and binds the key to the
+request it was first used for (:mod:`livecommerce.idempotency`): the same request again gets
+the first answer (status and body, with ``Idempotent-Replayed: true``); the key reused for
+another route, target or body is 422 ``idempotency_conflict`` and nothing runs; a retry
+while the first is still running is 409 ``idempotency_in_flight``. Refusals (4xx) are
+answers too and replay as such; "try again" answers (5xx, 429) release the key.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from livecommerce.auth import Identity
+from livecommerce.errors import Conflict, IdempotencyConflict, LiveCommerceError, wire_error
+from livecommerce.idempotency import Stored, check_key, fingerprint, storable
+
+from .core import Gateway
+
+REPLAYED = "Idempotent-Replayed"
+
+
+def header_key(request: web.Request) -> str | None:
+    """The request's ``Idempotency-Key`` header, checked (None when absent)."""
+    key = request.headers.get("Idempotency-Key")
+    return None if key is None else check_key(key)
+
+
+async def idempotent(
+    gw: Gateway,
+    request: web.Request,
+    ident: Identity,
+    *,
+    key: str | None,
+    target: str,
+    body: Any,
+    run: Callable[[], Awaitable[web.Response]],
+    namespace: str = "http",
+) -> web.Response:
+    """``run()`` once per ``(ident.user, namespace, key)``; see the module docstring.
+    Without a key, ``run()`` runs as is."""
+    if key is None:
+        return await run()
+    route = request.match_info.route.resource
+    fp = fingerprint(request.method, route.canonical if route is not None else request.path, target, body)
+    scope = f"{ident.user}:{namespace}:{key}"
+    begun = await gw.idempotency.begin(scope, fp)
+    if begun.outcome == "conflict":
+        raise IdempotencyConflict(
+            f"the key {key!r} was used for a different request (route, target or body): use a new key for a new request"
+        )
+    if begun.outcome == "in_flight":
+        raise Conflict(f"a request with the key {key!r} is still running: retry in a moment", code="idempotency_in_flight")
+    if begun.outcome == "replay" and begun.answer is not None:
+        return web.Response(status=begun.answer.status, text=begun.answer.body, content_type="application/json",
+                            headers={REPLAYED: "true"})
+    try:
+        resp = await run()
+    except LiveCommerceError as exc:
+        we = wire_error(exc)
+        if storable(we.http):
+            text = json.dumps({"error": {"code": we.code, "message": exc.message if we.echo else "internal error"}})
+            await gw.idempotency.finish(scope, fp, Stored(we.http, text))
+        else:
+            await gw.idempotency.release(scope, fp)
+        raise
+    except BaseException:
+        await gw.idempotency.release(scope, fp)
+        raise
+    if storable(resp.status) and resp.text is not None:
+        await gw.idempotency.finish(scope, fp, Stored(resp.status, resp.text))
+    else:
+        await gw.idempotency.release(scope, fp)
+    return resp
