@@ -36,6 +36,7 @@ import websockets
 
 from livecommerce.auth import issue_token
 from scripts.chaos_rush import Proc, free_port, gateway_proc, lc_env, wait_ready
+from tests.waiting import wait_until
 from tests.wsclient import Client
 
 
@@ -407,7 +408,7 @@ async def test_connections_per_ip_are_limited_even_when_they_race(gateway_factor
     assert results.count("welcome") == 3 and results.count(429) == 7, results
     for ws in opened:
         await ws.close()
-    await asyncio.sleep(0.2)
+    await wait_until(lambda: dict(node.gw.hub.by_ip), until=lambda by_ip: not by_ip, what="the gateway to free every per-IP slot")
     assert await one(urls[0]) == "welcome"  # a freed slot can be used again
     for ws in opened:
         await ws.close()
@@ -486,7 +487,17 @@ async def test_no_secret_or_token_reaches_the_logs(world: World) -> None:
             await call(world, "GET", "/api/v1/orders", tok)
         assert case
     await call(world, "POST", "/api/v1/campaigns", good, {"bad": True})
-    await asyncio.sleep(0.5)  # let the process flush its log lines
+
+    def closed_logged() -> tuple[list[int], set[int]]:  # the last line this test makes the process write
+        events = []
+        for line in world.proc.log_path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                events.append(json.loads(line))
+        events = [e for e in events if isinstance(e, dict)]
+        opened = [e["conn"] for e in events if e.get("event") == "conn.open" and e.get("user") == "logged-user"]
+        return opened, {e["conn"] for e in events if e.get("event") == "conn.close"}
+
+    await wait_until(closed_logged, until=lambda got: got[0] and set(got[0]) <= got[1], what="conn.close of logged-user's connection in the log")
     text = world.proc.log_path.read_text(errors="replace")
     assert '"level": "debug"' in text or '"level": "info"' in text, "the gateway logged nothing: the check would be void"
     assert world.secret not in text
