@@ -11,6 +11,7 @@ import pytest
 import websockets
 
 from livecommerce.likes import LikeTally, PushGate
+from tests.waiting import wait_until
 
 CLIENTS = 50
 RATE = 10_000  # likes per second over all clients
@@ -44,9 +45,8 @@ class Liker:
     """One real WebSocket client sending ``like`` frames on a fixed schedule and recording
     every ``likes`` event it receives with its arrival time."""
 
-    def __init__(self, ws: Any, progress: asyncio.Event) -> None:
+    def __init__(self, ws: Any) -> None:
         self.ws = ws
-        self.progress = progress  # set whenever any liker receives something
         self.acked = 0
         self.errors: list[dict[str, Any]] = []
         self.likes: list[tuple[float, int]] = []
@@ -65,14 +65,6 @@ class Liker:
                     self.likes.append((time.monotonic(), e["d"]["total"]))
                 elif e["t"] == "welcome":
                     self.welcome = e
-            self.progress.set()
-
-    async def until(self, done: Any, within: float) -> None:
-        """Wait until ``done()`` holds (re-checked whenever a frame arrives)."""
-        async with asyncio.timeout(within):
-            while not done():
-                self.progress.clear()
-                await self.progress.wait()
 
     async def send_likes(self, start: float, frames: int, interval: float) -> None:
         for i in range(frames):
@@ -85,11 +77,10 @@ class Liker:
 async def test_ten_thousand_likes_a_second_give_about_one_likes_event_per_second_with_the_exact_total(gateway_factory, token, redis, keys):
     nodes = [await gateway_factory(), await gateway_factory()]  # likes are aggregated per node
     room = "hot"
-    progress = asyncio.Event()
     likers = []
     for i in range(CLIENTS):
         ws = await websockets.connect(f"{nodes[i % 2].ws}?room={room}&token={token(f'fan{i}')}&format=json", max_size=None)
-        likers.append(Liker(ws, progress))
+        likers.append(Liker(ws))
     frames = int(RATE * SECONDS / PER_FRAME / CLIENTS)  # per client
     interval = SECONDS / frames
     t0 = time.monotonic() + 0.1
@@ -97,10 +88,11 @@ async def test_ten_thousand_likes_a_second_give_about_one_likes_event_per_second
     send_s = time.monotonic() - t0
     sent = CLIENTS * frames * PER_FRAME
     # every like was accepted, and the counter is exact
-    await likers[0].until(lambda: sum(c.acked for c in likers) >= CLIENTS * frames, 10)
+    await wait_until(lambda: sum(c.acked for c in likers), until=lambda n: n >= CLIENTS * frames, what="every like frame acked")
     assert not [e for c in likers for e in c.errors]
     assert sum(c.acked for c in likers) == CLIENTS * frames
-    await asyncio.sleep(2.3)  # the last flush and push
+    await wait_until(lambda: [c.likes[-1][1] if c.likes else None for c in likers], until=lambda last: last == [sent] * CLIENTS,
+                     what="the last flush and push: the exact total at every liker")
     observed_s = time.monotonic() - t0
     assert int(await redis.get(keys.room_likes(room))) == sent == RATE * SECONDS
     counts = []
@@ -124,9 +116,9 @@ async def test_a_late_joiner_gets_the_likes_total_in_welcome(gateway_factory, to
     node = await gateway_factory()
     await redis.set(keys.room_likes("r1"), 41)
     ws = await websockets.connect(f"{node.ws}?room=r1&token={token('v')}&format=json")
-    c = Liker(ws, asyncio.Event())
+    c = Liker(ws)
     await ws.send(json.dumps({"t": "like", "id": 1, "d": {"count": 1}}))
-    await c.until(lambda: bool(c.likes) and c.likes[-1][1] == 42, 4)
+    await wait_until(lambda: c.likes and c.likes[-1][1], until=lambda total: total == 42, timeout=4, what="likes 42 pushed")
     assert c.welcome["d"]["likes"] in (41, 42)
     assert c.likes[-1][1] == 42
     await ws.close()
