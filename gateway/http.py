@@ -87,14 +87,14 @@ def _json_protocol_errors() -> None:
 
     def handle_error(self: Any, request: Any, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
-        resp = original(self, request, status, exc, message)
-        if isinstance(resp, web.Response) and resp.content_type != "application/json":
-            code = _HTTP_CODES.get(status, "internal" if status >= 500 else "bad_request")
-            text = "internal error" if status >= 500 else (str(exc) if exc is not None else (message or code)).splitlines()[0][:200]
-            out = error_body(status, code, text)
-            out.force_close()
-            return out
-        return resp
+        if status >= 500 or request.writer.output_size > 0:
+            return original(self, request, status, exc, message)
+        # a client's malformed request: one line in the log, no traceback
+        text = (str(exc) if exc is not None else (message or "")).splitlines()[0][:200] if (exc or message) else "bad request"
+        log.info("http.unparsable", extra={"status": status, "err": text})
+        out = error_body(status, _HTTP_CODES.get(status, "bad_request"), text or "bad request")
+        out.force_close()
+        return out
 
     handle_error._lc_json = True  # type: ignore[attr-defined]
     web_protocol.RequestHandler.handle_error = handle_error  # type: ignore[method-assign]
