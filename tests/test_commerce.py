@@ -13,6 +13,7 @@ import pytest
 from livecommerce.checkout import Checkout
 from livecommerce.keys import Keys
 from livecommerce.log import open_log
+from tests.waiting import wait_until
 from tests.wsclient import Client
 from workers.orders import OrdersWorker, schedule_tick, timeout_tick
 
@@ -140,7 +141,8 @@ async def test_late_buyers_are_answered_by_the_gateway_without_redis(gateway_fac
     assert r["t"] == "order.reserved"
     while (await late[0].next_event())["t"] != "sale.soldout":
         pass
-    await asyncio.sleep(0.2)  # the node fetches the buyers once
+    await wait_until(lambda: [t.done() for t in node.gw.bg if t.get_name() == f"buyers-{sid}"], until=lambda got: got and all(got),
+                     what="the node's one fetch of the sale's buyers")
     checkout = node.gw.services["checkout"]
     calls = 0
     real = checkout.sales.reserve
@@ -179,7 +181,7 @@ async def test_stock_is_conserved_after_pays_and_time_outs_in_redis_and_sql(sett
     paid = [o for i, o in enumerate(orders) if i % 3 == 0]
     for o in paid:
         assert (await checkout.pay(order_id=o.order_id, user=None, now_ms=now_ms())).outcome == "paid"
-    await asyncio.sleep(1.2)
+    await asyncio.sleep(1.2)  # past the 1 s payment window
     from livecommerce.broker_redis import RedisBroker
 
     broker = RedisBroker(redis, keys)
@@ -220,9 +222,10 @@ async def test_the_schedule_starts_and_ends_sales_once(settings, redis, keys):
     assert (await checkout.sales.stats("sch")).state == "live"
     await schedule_tick(checkout, broker, None, t0 + 700)
     assert (await checkout.sales.stats("sch")).state == "ended"
-    await asyncio.sleep(0.2)
     from livecommerce.broker import split_room_message
 
+    # one channel delivers in order: a second sale.started would come before sale.ended
+    await wait_until(lambda: len(got), until=lambda n: n >= 2, what="two broadcasts on the room's channel")
     types = [split_room_message(d)[1]["t"] for d in got]
     assert types == ["sale.started", "sale.ended"]
     await broker.close()
@@ -236,7 +239,7 @@ async def test_a_late_payment_is_refused_every_time_and_the_order_ends_cancelled
     buyer = bearer(token("late"))
     r = await http.post(f"{node.url}/api/v1/sales/{sid}/buy", json={"qty": 1, "request_id": "l1"}, headers=buyer)
     oid = (await r.json())["order_id"]
-    await asyncio.sleep(1.3)
+    await asyncio.sleep(1.3)  # past the 1 s payment window
     for _ in range(2):  # the retry with the same key is refused too, never a 200
         p = await http.post(f"{node.url}/api/v1/orders/{oid}/pay", json={}, headers={**buyer, "Idempotency-Key": "late-k"})
         assert p.status == 409 and (await p.json())["error"]["code"] in ("expired", "already_cancelled")
