@@ -3,7 +3,7 @@
 Comments: length limit, per-user token bucket shared by the user's connections on this
 node (``rate_limited``; close 4429 when flooding persists), moderation (``moderated``, or
 masked with ``LC_MODERATION_MODE=mask``), broadcast as ``comment`` with user id, display
-name and level.
+name and level. In a room whose show has ended comments answer ``room_ended``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from livecommerce.protocol.commands import Comment, Ping
 
 from .conn import Conn
 from .core import Gateway
+from .rooms import refuse_if_ended
 from .validation import read_json
 
 REJECT_MESSAGES = {
@@ -37,6 +38,7 @@ def setup(gw: Gateway, app: web.Application) -> None:
 
     @gw.command("comment")
     async def comment(gw: Gateway, conn: Conn, cmd: Comment) -> dict[str, Any] | None:
+        await refuse_if_ended(gw, conn.room)  # RoomEnded: the show is over
         bucket = buckets.get(conn.user)
         if bucket is None:
             if len(buckets) > 100_000:

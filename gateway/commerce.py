@@ -59,6 +59,7 @@ REJECT_MESSAGES = {
     "limit_reached": "per-user limit reached for this sale",
     "not_started": "the sale has not started",
     "ended": "the sale has ended",
+    "room_ended": "the show this sale belongs to has ended",
 }
 
 
@@ -116,7 +117,7 @@ def setup(gw: Gateway, app: web.Application) -> None:
             if view.remaining > 0 and view.state == "sold_out":
                 view.state, view.buyers = "live", None
         elif t in ("sale.soldout", "sale.ended"):
-            view.state = "sold_out" if t == "sale.soldout" else "ended"
+            view.state = "sold_out" if t == "sale.soldout" else "room_ended" if d.get("reason") == "room_ended" else "ended"
             view.buyers = None
             gw.spawn(fetch_buyers(sid, view), f"buyers-{sid}")
 
@@ -132,7 +133,7 @@ def setup(gw: Gateway, app: web.Application) -> None:
         view = views.get(sale_id)
         if view is None or view.buyers is None or user in view.buyers:
             return None
-        return view.state if view.state in ("sold_out", "ended") else None
+        return view.state if view.state in ("sold_out", "ended", "room_ended") else None
 
     async def publish_stock(sale_id: str, remaining: int, *, final: bool) -> None:
         now = time.monotonic()

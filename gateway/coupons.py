@@ -35,6 +35,7 @@ from livecommerce.protocol.commands import CouponClaim, HostAction
 from .conn import Conn
 from .core import Gateway
 from .idempotency import header_key, idempotent
+from .rooms import refuse_if_ended
 from .validation import read_object
 from .wallet import require_self_or_ops
 
@@ -53,6 +54,7 @@ class Coupons:
             Forbidden: not the room's host or ops. BadFrame: bad body. Conflict: the id exists.
         """
         ident.require_host(room)
+        await refuse_if_ended(self.gw, room)  # RoomEnded
         d = new_drop(body, room=room, by=ident.user, now_ms=self.gw.now_ms(), default_id=f"cd{secrets.token_hex(6)}")
         if not await self.store.create_drop(d):
             raise Conflict(f"coupon drop {d.id!r} already exists")
@@ -116,6 +118,7 @@ def setup(gw: Gateway, app: web.Application) -> None:
 
     @gw.command("coupon.claim")
     async def ws_claim(gw: Gateway, conn: Conn, cmd: CouponClaim) -> dict[str, Any]:
+        await refuse_if_ended(gw, conn.room)  # RoomEnded; a drop the end closed refuses in its script too
         return {"t": "coupon.claimed", "id": cmd.id, "ts": gw.now_ms(), "d": await svc.claim(cmd.drop_id, conn.user)}
 
     async def http_drop(request: web.Request) -> web.Response:

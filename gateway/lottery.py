@@ -49,6 +49,7 @@ from livecommerce.protocol.commands import HostAction, LotteryEnter
 from .conn import Conn
 from .core import Gateway
 from .idempotency import header_key, idempotent
+from .rooms import refuse_if_ended
 from .validation import read_object
 
 log = logging.getLogger("livecommerce.gateway.lottery")
@@ -58,6 +59,7 @@ CACHE_S = 5.0
 _MESSAGES: dict[str, str] = {
     "not_found": "no such lottery in this room",
     "closed": "the lottery is closed",
+    "room_ended": "the show this lottery belongs to has ended",
     "rule_not_met": "the entry rule of this lottery is not met",
     "host_may_not_enter": "the room's host cannot enter its own lottery",
 }
@@ -95,7 +97,7 @@ class LotteryService:
 
     def observe(self, env: dict[str, Any]) -> None:
         """Hub observer: a lottery started or ended in a room; re-read its open lotteries."""
-        if env.get("t") in ("lottery.started", "lottery.ended"):
+        if env.get("t") in ("lottery.started", "lottery.ended", "room.ended"):
             self._open.pop(env.get("room") or "", None)
 
     async def start(self, room: str, ident: Identity, body: dict[str, Any]) -> dict[str, Any]:
@@ -105,6 +107,7 @@ class LotteryService:
             Forbidden: not the room's host (nor ops). BadFrame: invalid body.
         """
         ident.require_host(room)
+        await refuse_if_ended(self.gw, room)  # RoomEnded
         seed = new_seed(secrets.token_bytes(32))
         lot = new_lottery(body, id=secrets.token_hex(8), room=room, host=ident.user, now_ms=self.gw.now_ms(), seed=seed)
         await self.store.create(lot, seed)
@@ -160,6 +163,7 @@ def setup(gw: Gateway, app: web.Application) -> None:
 
     @gw.command("lottery.enter")
     async def ws_enter(gw: Gateway, conn: Conn, cmd: LotteryEnter) -> dict[str, Any]:
+        await refuse_if_ended(gw, conn.room)  # RoomEnded
         st = await svc.store.get(cmd.lottery_id)
         lot = st.lottery if st is not None and st.lottery.room == conn.room else None
         rej = entry_reject(lot, via="enter", now_ms=gw.now_ms(), is_host=conn.ident.may_host(conn.room))

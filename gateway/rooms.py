@@ -5,9 +5,19 @@ HTTP (JSON; host of the room or ops unless noted):
 * ``POST /api/v1/rooms {id, title?, host?}``: create (host or ops; a host's token must list
   the room) -> 201 room; 409 when the id is taken.
 * ``GET /api/v1/rooms/{room}``: the room, its state and, once ended, the summary (public).
-* ``POST /api/v1/rooms/{room}/live``, ``POST /api/v1/rooms/{room}/end``: the life-cycle
-  steps; the WebSocket twins are the host actions ``room.live`` and ``room.end``.
-  Viewers get ``room.live`` and ``room.ended {duration_s, peak_online, comments, likes, ...}``.
+* ``POST /api/v1/rooms/{room}/live``, ``POST /api/v1/rooms/{room}/end {lotteries?}``: the
+  life-cycle steps; the WebSocket twins are the host actions ``room.live`` and ``room.end``.
+  Viewers get ``room.live`` and ``room.ended {duration_s, peak_online, comments, likes, ...,
+  closed}``.
+* Ending a show closes its commerce in the same call (:meth:`RoomsService.end`): open sales
+  end (``sale.ended {sale_id, reason: "room_ended"}``; holds keep their pay window), pending
+  lotteries draw at once (``lotteries: "draw"``, the default: the draw worker draws them from
+  the entrants they have) or are cancelled (``"cancel"``), coupon drops close. ``closed
+  {sales, lotteries, drops, lottery_action}`` says what; repeating ``end`` answers the same.
+* Then buys, claims, lottery entries and comments in the room answer ``room_ended``
+  (:class:`RoomGate`: a node-local cache kept by ``room.ended`` / ``room.live`` on the
+  room's channel, at most :data:`GATE_TTL_S` old, else the room's state in Redis; and the
+  sale, drop and lottery scripts refuse what the end stamped, for a node that missed both).
 * ``POST /api/v1/products {id?, name, price, image?}`` (host or ops), ``GET
   /api/v1/products/{id}`` (public): the minimal catalogue pins show.
 * ``POST /api/v1/rooms/{room}/pin {product_id}`` (WebSocket: ``pin {product_id}``):
@@ -20,25 +30,35 @@ shows (``rooms_tick.lua``).
 
 Hooks used: ``gw.services["sale_for_product"]`` (optional, from the flash-sale code):
 ``async (room, product_id) -> dict | None``, the active sale with ``remaining`` stock.
-Services provided: ``gw.services["rooms"]`` (:class:`RoomsService`).
+Services used when ending a show: ``checkout`` and ``store`` (the room's sales),
+``lotteries``, ``coupons``. Services provided: ``gw.services["rooms"]``
+(:class:`RoomsService`) and ``gw.services["room_gate"]`` (:class:`RoomGate`; other modules
+call :func:`refuse_if_ended`); the gate is also ``checkout.room_gate``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import secrets
+import time
 from typing import Any
 
 from aiohttp import web
 
 from livecommerce.auth import Identity
-from livecommerce.errors import BadFrame, Conflict, Forbidden, NotFound
+from livecommerce.errors import BadFrame, Conflict, Forbidden, NotFound, RoomEnded
 from livecommerce.pins import new_product, pin_payload, with_sale
 from livecommerce.pins_redis import RedisPins
 from livecommerce.protocol.commands import HostAction, Pin
 from livecommerce.rooms import (
+    Closed,
+    LotteryAction,
     RoomState,
     RoomStep,
+    close_marker,
+    end_options,
     new_room,
     public_room,
     step,
@@ -49,11 +69,97 @@ from livecommerce.rooms_redis import RedisRooms
 
 from .conn import Conn
 from .core import Gateway
+from .openapi import HOST, ID, P_ROOM, J, arr, obj, op, ref
 from .validation import read_object
 
 log = logging.getLogger("livecommerce.gateway.rooms")
 
 CAS_RETRIES = 5
+GATE_TTL_S = 1.0  # how old this node's idea of a room's state may be
+MAX_ROOM_SALES = 1000  # sales of one room looked at when its show ends
+
+
+class RoomGate:
+    """Which rooms' shows have ended, as this node knows it: the answer to "may this buy,
+    claim, entry or comment go ahead?".
+
+    A node-local cache, updated at once by ``room.ended`` / ``room.live`` on the room's
+    channel (a hub observer) and otherwise at most ``ttl_s`` old: past that the room's state
+    is read from Redis again (one read per room at a time). A node that missed the event
+    therefore refuses within ``ttl_s``; the sales, drops and lotteries the end closed are
+    refused by their own scripts at once. Rooms never created are open.
+    """
+
+    def __init__(self, rooms: RedisRooms, *, ttl_s: float = GATE_TTL_S) -> None:
+        self.rooms = rooms
+        self.ttl_s = ttl_s
+        self._known: dict[str, tuple[float, str]] = {}  # room -> (valid until, state)
+        self._reads: dict[str, asyncio.Future[str]] = {}
+
+    def observe(self, env: dict[str, Any]) -> None:
+        """Hub observer: the room's own channel says the show ended or went live."""
+        t = env.get("t")
+        room = env.get("room")
+        if t in ("room.ended", "room.live") and isinstance(room, str):
+            self.remember(room, "ended" if t == "room.ended" else "live")
+
+    def remember(self, room: str, state: str) -> None:
+        if len(self._known) > 10_000:
+            self._known.clear()
+        self._known[room] = (time.monotonic() + self.ttl_s, state)
+
+    def forget(self, room: str) -> None:
+        self._known.pop(room, None)
+
+    async def state(self, room: str) -> str:
+        """``created``, ``live``, ``ended`` or ``''`` (never created).
+
+        Raises:
+            Unavailable: Redis unreachable (and nothing fresh is known).
+        """
+        hit = self._known.get(room)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        pending = self._reads.get(room)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._reads[room] = fut
+        try:
+            st = await self.rooms.state(room)
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
+        except Exception as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: waiters re-raise it
+            raise
+        finally:
+            self._reads.pop(room, None)
+        fut.set_result(st)
+        self.remember(room, st)
+        return st
+
+    async def ended(self, room: str) -> bool:
+        return await self.state(room) == "ended"
+
+    async def check(self, room: str) -> None:
+        """Raises:
+        RoomEnded: the room's show has ended.
+        """
+        if await self.ended(room):
+            raise RoomEnded(f"the show in room {room!r} has ended")
+
+
+async def refuse_if_ended(gw: Gateway, room: str) -> None:
+    """For other capabilities: refuse a command in a room whose show has ended.
+
+    Raises:
+        RoomEnded: it has.
+    """
+    gate: RoomGate | None = gw.services.get("room_gate")
+    if gate is not None:
+        await gate.check(room)
 
 
 class RoomsService:
@@ -62,7 +168,8 @@ class RoomsService:
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
         self.rooms = RedisRooms(gw.redis, gw.keys)
-        self.pins = RedisPins(gw.redis, gw.keys)
+        self.gate = RoomGate(self.rooms)
+        self.pins = RedisPins(gw.redis, gw.keys, pin_ttl_s=gw.s.room_retention_s)
         self.comments: dict[str, int] = {}  # room -> comments since the last tick (this node)
 
     async def _step(self, room: str, s: RoomStep) -> tuple[dict[str, str], bool]:
@@ -102,25 +209,81 @@ class RoomsService:
             log.info("room.live", extra={"room": room, "by": ident.user})
         return pub
 
-    async def end(self, room: str, ident: Identity) -> dict[str, Any]:
-        """``live -> ended``; broadcast ``room.ended`` with the summary (stored in the room's
-        meta hash; ``GET /api/v1/rooms/{room}`` shows it).
+    async def end(self, room: str, ident: Identity, lotteries: LotteryAction = "draw") -> dict[str, Any]:
+        """``live -> ended``, closing the show's commerce (module docstring); broadcast
+        ``room.ended`` with the summary and ``closed`` (both stored in the room's meta hash;
+        ``GET /api/v1/rooms/{room}`` shows them). Idempotent: a repeated call changes
+        nothing and answers the same; one that finds the closing unfinished (a crashed
+        node) finishes it, and whoever records ``closed`` publishes ``room.ended``.
 
         Raises:
-            Forbidden, NotFound, Conflict (the room is not live).
+            Forbidden, NotFound, Conflict (the room is not live), Unavailable.
         """
         ident.require_host(room)
         await self.tick(only=room)  # this node's last comments count too
         likes = self.gw.services.get("likes")
         if likes is not None:
             await likes.flush()
-        meta, changed = await self._step(room, "end")
-        pub = public_room(meta)
-        if changed:
+        meta, _ = await self._step(room, "end")
+        self.gate.remember(room, "ended")
+        if meta.get("closed"):
+            await self._unlist(room, json.loads(meta["closed"]))
+            return public_room(meta)
+        closed = await self._close_show(room, meta, lotteries)
+        won, stored = await self.rooms.record_closed(room, meta["ended_ms"], json.dumps(closed.to_dict(), separators=(",", ":")))
+        if won:
+            pub = public_room(meta)
             summary = summarize(meta).to_dict()
-            await self.gw.publish(room, "room.ended", {"title": pub["title"], "host": pub["host"], "by": ident.user, **summary})
-            log.info("room.ended", extra={"room": room, **summary})
-        return pub
+            await self.gw.publish(
+                room, "room.ended", {"title": pub["title"], "host": pub["host"], "by": ident.user, **summary, "closed": closed.to_dict()}
+            )
+            log.info("room.ended", extra={"room": room, **summary, "closed": closed.to_dict()})
+        if stored:
+            await self._unlist(room, json.loads(stored))
+        return public_room(await self.rooms.get(room) or meta)
+
+    async def _close_show(self, room: str, meta: dict[str, str], lotteries: LotteryAction) -> Closed:
+        """Close what belongs to the show that ended, each item stamped with the show's
+        :func:`~livecommerce.rooms.close_marker` in its own slot (so repeating finds the same
+        items). Open sales end, pending lotteries are closed for the draw (due now) or
+        cancelled, coupon drops close."""
+        marker = close_marker(meta)
+        now = self.gw.now_ms()
+        sales: list[str] = []
+        checkout, store = self.gw.services.get("checkout"), self.gw.services.get("store")
+        if checkout is not None and store is not None:
+            ids = sorted({rec.sale.id for rec in await store.list_sales(room_id=room, limit=MAX_ROOM_SALES)})
+            sales = await checkout.close_for_room(ids, marker=marker, now_ms=now)
+            for sid in sales:
+                sale = await checkout.sale(sid)
+                if await checkout.claim_announcement(sid, "ended"):
+                    await self.gw.publish(room, "sale.ended", {"sale_id": sid, "reason": "room_ended"})
+                await store.put_sale(sale, state="ended", now_ms=now)
+        lots: list[str] = []
+        lottery_svc = self.gw.services.get("lotteries")
+        if lottery_svc is not None:
+            for lid in await lottery_svc.store.room_lottery_ids(room):
+                if await lottery_svc.store.close_for_room(lid, room, marker=marker, draw=lotteries == "draw", now_ms=now):
+                    lots.append(lid)
+        drops: list[str] = []
+        coupons = self.gw.services.get("coupons")
+        if coupons is not None:
+            for did in await coupons.room_drops(room, now_ms=now):
+                if await coupons.close_for_room(did, marker=marker, now_ms=now):
+                    drops.append(did)
+        return Closed(tuple(sales), tuple(lots), tuple(drops), lotteries)
+
+    async def _unlist(self, room: str, closed: dict[str, Any]) -> None:
+        """Take what the show's end closed off the room's listings (welcome, GET); after
+        ``closed`` is recorded, so a repeated end still finds every item to report."""
+        lottery_svc = self.gw.services.get("lotteries")
+        if lottery_svc is not None:
+            for lid in closed.get("lotteries", []):
+                await lottery_svc.store.unindex_room(lid, room)
+        coupons = self.gw.services.get("coupons")
+        if coupons is not None:
+            for did in closed.get("drops", []):
+                await coupons.unlist(did, room)
 
     async def pin(self, room: str, product_id: str, ident: Identity) -> dict[str, Any]:
         """Broadcast ``product.pinned`` and remember it for late joiners.
@@ -179,6 +342,25 @@ class RoomsService:
         return out
 
 
+OPENAPI_SCHEMAS: dict[str, J] = {
+    "RoomClosed": obj({
+        "sales": arr(ID), "lotteries": arr(ID), "drops": arr(ID), "lottery_action": {"enum": ["draw", "cancel"]},
+    }, ["sales", "lotteries", "drops", "lottery_action"], desc="what ending the show closed"),
+}
+OPENAPI_PATHS: dict[str, dict[str, J]] = {
+    "/api/v1/rooms/{room}/end": {"post": {
+        **op("End the show (`room.ended` with the summary and what closed)", tag="rooms", auth=HOST, params=[P_ROOM],
+             ok=("200", {"allOf": [ref("Room")], "type": "object", "properties": {"closed": ref("RoomClosed")}}, "ended"),
+             errors=(404, 409),
+             desc="Closes the show's commerce: open sales end (holds keep their pay window), pending lotteries draw at once "
+                  "(`lotteries: \"draw\"`, the default) or are cancelled (`\"cancel\"`), coupon drops close; then buys, claims, "
+                  "entries and comments in the room answer `room_ended`. Ending again changes nothing and answers the same."),
+        "requestBody": {"required": False, "content": {"application/json": {"schema": obj(
+            {"lotteries": {"enum": ["draw", "cancel"], "description": "what happens to pending lotteries (default draw)"}})}}},
+    }},
+}
+
+
 def _ack(cmd: Any, gw: Gateway, d: dict[str, Any]) -> dict[str, Any]:
     return {"t": "ack", "id": cmd.id, "ts": gw.now_ms(), "d": d}
 
@@ -186,8 +368,17 @@ def _ack(cmd: Any, gw: Gateway, d: dict[str, Any]) -> dict[str, Any]:
 def setup(gw: Gateway, app: web.Application) -> None:
     svc = RoomsService(gw)
     gw.services["rooms"] = svc
+    gw.services["room_gate"] = svc.gate
+    gw.hub.observers.append(svc.gate.observe)
     gw.hub.on_second.append(svc.tick)
     gw.welcome_extras.append(svc.welcome)
+
+    async def gate_checkout() -> None:
+        checkout = gw.services.get("checkout")
+        if checkout is not None:
+            checkout.room_gate = svc.gate
+
+    gw.services.setdefault("startup", []).append(gate_checkout)
 
     async def count_comment(conn: Conn, d: dict[str, Any]) -> None:
         svc.comments[conn.room] = svc.comments.get(conn.room, 0) + 1
@@ -201,7 +392,7 @@ def setup(gw: Gateway, app: web.Application) -> None:
 
     @gw.command("room.end")
     async def ws_end(gw: Gateway, conn: Conn, cmd: HostAction) -> dict[str, Any]:
-        return _ack(cmd, gw, await svc.end(conn.room, conn.ident))
+        return _ack(cmd, gw, await svc.end(conn.room, conn.ident, end_options(cmd.d)))
 
     @gw.command("pin")
     async def ws_pin(gw: Gateway, conn: Conn, cmd: Pin) -> dict[str, Any]:
@@ -234,7 +425,8 @@ def setup(gw: Gateway, app: web.Application) -> None:
 
     async def end(request: web.Request) -> web.Response:
         ident = gw.identify_request(request)
-        return web.json_response(await svc.end(request.match_info["room"], ident))
+        lotteries = end_options(await read_object(request))
+        return web.json_response(await svc.end(request.match_info["room"], ident, lotteries))
 
     async def create_product(request: web.Request) -> web.Response:
         ident = gw.identify_request(request)

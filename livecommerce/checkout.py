@@ -40,6 +40,13 @@ class CouponService(Protocol):
     async def restore(self, order_id: str) -> None: ...
 
 
+class RoomGate(Protocol):
+    """Whether a room's show has ended (gateways answer from a node-local cache kept by the
+    room's broadcast, falling back to the room's state in Redis)."""
+
+    async def ended(self, room: str) -> bool: ...
+
+
 def new_order_id(sale_id: str, now_ms: int) -> str:
     """``<sale_id>.<time><random>``: the sale is recoverable from the id (rsplit on '.')."""
     return f"{sale_id}.{now_ms:x}{secrets.token_hex(5)}"
@@ -60,6 +67,9 @@ class PayResult:
 
 
 class Checkout:
+    # set by the gateway: a buy in a room whose show has ended answers ``room_ended``
+    room_gate: RoomGate | None = None
+
     def __init__(self, redis: Any, keys: Keys, log: Log, *, coupons: CouponService | None = None) -> None:
         self.redis = redis
         self.keys = keys
@@ -101,8 +111,34 @@ class Checkout:
     async def unschedule(self, sale_id: str, what: str) -> None:
         await self.redis.zrem(self.keys.global_key(f"sched:{what}"), sale_id)
 
+    async def close_for_room(self, sale_ids: list[str], *, marker: str, now_ms: int) -> list[str]:
+        """The room's show ended: end its open (live or sold-out) sales, stamped with the
+        show's ``marker``, and take them off the schedule. Scheduled sales are left for a
+        later show. Returns the ids closed by this ``marker``, in the given order (the same
+        list when repeated). Holds keep their pay window.
+
+        Raises:
+            Unavailable: Redis unreachable.
+        """
+        closed = []
+        for sale_id in sale_ids:
+            try:
+                if not await self.sales.close_for_room(sale_id, now_ms, marker):
+                    continue
+            except NotFound:  # its keys expired long ago
+                continue
+            self._sale_cache.pop(sale_id, None)  # the window moved
+            await self.unschedule(sale_id, "end")
+            closed.append(sale_id)
+        return closed
+
     # ------------------------------------------------------------------ reserve
     async def buy(self, *, user: str, sale_id: str, qty: int, request_id: str, now_ms: int) -> Reserved | Reject:
+        """Reserve in Redis, then append ``order.reserved``. In a room whose show has ended
+        the answer is ``room_ended``: from :attr:`room_gate` first, and from the reserve
+        script for the sales the room's end closed (a node whose gate missed the end)."""
+        if self.room_gate is not None and await self.room_gate.ended((await self.sale(sale_id)).room):
+            return "room_ended"
         order_id = new_order_id(sale_id, now_ms)
         r = await self.sales.reserve(sale_id, user, qty, request_id, now_ms, order_id)
         if isinstance(r, str):

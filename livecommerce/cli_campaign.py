@@ -4,6 +4,9 @@ The file is YAML or JSON (see :mod:`livecommerce.flash_sale` for the fields). Lo
 each sale into Redis (stock, window, schedule) and its row into SQL, exactly as
 ``POST /api/v1/campaigns`` does; loading the same file twice changes nothing. A campaign
 whose start time has passed is opened at once and announced to its room.
+
+``campaign list`` shows each sale's live state and remaining stock from Redis (as
+``GET /api/v1/sales/{id}/stats`` does), beside the configured stock and price from SQL.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import time
 from typing import Any
 
 from .config import Settings
-from .errors import LiveCommerceError
+from .errors import LiveCommerceError, NotFound
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -34,7 +37,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     load.add_argument("file", help="a .yaml, .yml or .json file")
     load.add_argument("--check", action="store_true", help="validate only; write nothing")
     load.set_defaults(func=_load)
-    ls = sub.add_parser("list", help="list campaigns with live stock", description="List campaigns (newest first).")
+    ls = sub.add_parser("list", help="list campaigns with live state and stock",
+                        description="List campaigns (newest first): state and remaining stock live from Redis, "
+                        "stock and price as configured.")
     ls.add_argument("--room", help="only this room")
     ls.set_defaults(func=_list)
     return p
@@ -51,9 +56,9 @@ def _load(args: argparse.Namespace, settings: Settings) -> int:
     if args.check:
         print(f"{args.file}: {len(camps)} campaign(s) valid")
         return 0
-    if not settings.redis_url:
-        print("error: LC_REDIS_URL is not set (point it at the gateways' Redis)", file=sys.stderr)
-        return 2
+    from .cli import require_services
+
+    require_services(settings)
 
     async def main() -> int:
         from .broker_redis import RedisBroker
@@ -99,19 +104,39 @@ def _load(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _list(args: argparse.Namespace, settings: Settings) -> int:
+    from .cli import require_services
+
+    require_services(settings)
+
     async def main() -> int:
+        from .flash_sale_redis import RedisFlashSale
+        from .keys import Keys
+        from .redis_conn import connect
         from .store_sql import SqlStore
 
         store = SqlStore(settings.database_url)
+        redis = connect(settings.redis_url)
         try:
             recs = await store.list_sales(room_id=args.room)
+            sales = RedisFlashSale(redis, Keys(settings.key_prefix))
+            rows = []
+            for r in recs:
+                try:
+                    st = await sales.stats(r.sale.id)
+                    state, remaining = str(st.state), str(st.remaining)
+                except NotFound:  # in SQL only (its Redis keys are gone): SQL's last word
+                    state, remaining = f"{r.state}*", "?"
+                rows.append((r, state, remaining))
         finally:
             await store.close()
-        print(f"{'sale':<20} {'room':<12} {'state':<10} {'stock':>6} {'price':>8}  window")
-        for r in recs:
+            await redis.aclose()
+        print(f"{'sale':<20} {'room':<12} {'state':<10} {'stock':>6} {'left':>6} {'price':>8}  window")
+        for r, state, remaining in rows:
             s = r.sale
-            print(f"{s.id:<20} {s.room:<12} {r.state:<10} {s.stock:>6} {s.price:>8}  "
+            print(f"{s.id:<20} {s.room:<12} {state:<10} {s.stock:>6} {remaining:>6} {s.price:>8}  "
                   f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(s.starts_ms / 1000))}..{time.strftime('%H:%M', time.gmtime(s.ends_ms / 1000))} UTC")
+        if any(state.endswith("*") for _, state, _ in rows):
+            print("* not in Redis any more: the state SQL recorded last", file=sys.stderr)
         return 0
 
     return asyncio.run(main())

@@ -59,14 +59,17 @@ async def _show(settings: Settings, user: str) -> dict[str, Any] | None:
 
 
 def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
-    if not settings.redis_url:
-        print("error: LC_REDIS_URL is not set (the log and the catalogue live in Redis)", file=sys.stderr)
-        return 2
+    from .cli import require_services
+
+    require_services(settings)  # the log and the catalogue live in Redis
     print(json.dumps(asyncio.run(_rebuild(settings))))
     return 0
 
 
 def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
+    from .cli import require_services
+
+    require_services(settings, redis=False)
     v = asyncio.run(_show(settings, args.user))
     if v is None:
         print(f"no profile for {args.user!r}", file=sys.stderr)
@@ -82,7 +85,7 @@ def register(subparsers: Any) -> None:
     r = sub.add_parser("rebuild", help="recompute every profile from the log (a fresh consumer group)",
                        description="Read orders, gifts and activity from the beginning and replace every profile "
                        "and the fan projection. Safe while the profiles worker runs.")
-    r.set_defaults(func=cmd_rebuild)
+    r.set_defaults(func=cmd_rebuild, needs_secret=True)  # erased users' pseudonyms are keyed by LC_SECRET
     s = sub.add_parser("show", help="print one profile view as JSON")
     s.add_argument("user")
     s.set_defaults(func=cmd_show)

@@ -10,11 +10,17 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
 
-_DEFAULT_SECRET = "dev-secret-change-me-0123456789abcdef"
+# HS256 keys shorter than the hash are weak (RFC 7518 section 3.2).
+MIN_SECRET_BYTES = 32
+# Secrets that were ever written in this repository (the built-in default of earlier
+# versions): public, so no process but `livecommerce dev` accepts them.
+_PUBLISHED_SECRETS = frozenset({"dev-secret-change-me-0123456789abcdef"})
+_SECRET_HINT = "python3 -c 'import secrets; print(secrets.token_hex(32))'"
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +36,7 @@ class Settings:
     log_partitions: int = 1  # Redis Streams partitions per topic (one stream each)
     log_claim_idle_ms: int = 5_000  # a pending entry idle this long goes to another consumer
     node_id: str = ""
-    secret: str = field(default=_DEFAULT_SECRET, repr=False)
+    secret: str = field(default="", repr=False)  # none built in: `dev` makes one, everything else needs LC_SECRET
     token_ttl_s: int = 24 * 3600
     key_prefix: str = "lc"
     host: str = "127.0.0.1"
@@ -73,6 +79,7 @@ class Settings:
     comment_points_daily_cap: int = 20
     watch_points_per_min: int = 1
     points_per_coupon_coin: int = 10
+    test_coins: bool = False  # a viewer may top up its own wallet (dev and demos); otherwise ops only
     # retention (docs/retention.md): nothing in Redis, the log or SQLite's WAL grows forever
     sale_retention_s: int = 30 * 86400  # a settled sale's Redis keys live this long (refunds: 15 days)
     room_retention_s: int = 7 * 86400  # a room's counters and caches after their last write
@@ -105,9 +112,24 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
-    @property
-    def secret_is_default(self) -> bool:
-        return self.secret == _DEFAULT_SECRET
+    def check_production(self) -> None:
+        """Refuse a secret no real deployment may run on. Every process but ``livecommerce
+        dev`` calls this at start (the CLI does), so tests may build Settings freely.
+
+        Raises:
+            ConfigError: ``secret`` is empty, shorter than :data:`MIN_SECRET_BYTES` bytes, or
+                one that was published in this repository.
+        """
+        n = len(self.secret.encode())
+        if not self.secret:
+            raise ConfigError(
+                "LC_SECRET is not set: every gateway and worker needs the same secret of at least "
+                f"{MIN_SECRET_BYTES} bytes, e.g. export LC_SECRET=$({_SECRET_HINT}) (or try it all with `livecommerce dev`)"
+            )
+        if self.secret in _PUBLISHED_SECRETS:
+            raise ConfigError(f"LC_SECRET is a development secret published in livecommerce's source: generate your own with {_SECRET_HINT}")
+        if n < MIN_SECRET_BYTES:
+            raise ConfigError(f"LC_SECRET is {n} bytes, it must be at least {MIN_SECRET_BYTES}: generate one with {_SECRET_HINT}")
 
     @property
     def origins(self) -> frozenset[str]:
@@ -121,23 +143,95 @@ class Settings:
 DEV_ENV_FILE = "dev.env"
 
 
-def _dev_env(data_dir: str) -> dict[str, str]:
-    """``LC_*`` values that a running ``livecommerce dev`` wrote into its data directory
-    (its embedded Redis socket, SQLite file and secret), so that other commands started in
-    the same directory (``token``, ``campaign load``, ``worker``) reach the same services.
-    Real environment variables win."""
+@dataclass(frozen=True, slots=True)
+class DevEnv:
+    """A ``dev.env`` file: what a running ``livecommerce dev`` wrote into its data directory
+    (its embedded Redis socket, SQLite file, secret and URL) for the other commands started
+    in the same directory. It belongs to the process that wrote it: ``pid`` (and its kernel
+    start time, which tells it from a reused pid) is inside; a file whose process is gone is
+    stale and counts for nothing."""
+
+    path: str
+    values: dict[str, str]  # the LC_* lines
+    pid: int | None
+    pid_start: int | None
+    url: str
+
+    @property
+    def alive(self) -> bool:
+        return self.pid is not None and pid_alive(self.pid, self.pid_start)
+
+
+def read_dev_env(data_dir: str) -> DevEnv | None:
+    """The ``dev.env`` of ``data_dir``, live or stale; None if there is none."""
     path = os.path.join(data_dir, DEV_ENV_FILE)
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
     except OSError:
-        return {}
-    out = {}
+        return None
+    raw: dict[str, str] = {}
     for line in lines:
         k, sep, v = line.partition("=")
-        if sep and k.startswith("LC_"):
-            out[k.strip()] = v.strip()
-    return out
+        if sep and not k.startswith("#"):
+            raw[k.strip()] = v.strip()
+
+    def num(key: str) -> int | None:
+        try:
+            return int(raw[key])
+        except (KeyError, ValueError):
+            return None
+
+    return DevEnv(path, {k: v for k, v in raw.items() if k.startswith("LC_")}, num("DEV_PID"), num("DEV_PID_START"),
+                  raw.get("DEV_URL", ""))
+
+
+def start_ticks(pid: int) -> int | None:
+    """The kernel's start time of ``pid`` (clock ticks since boot); None if it is gone, a
+    zombie, or this is not Linux."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":
+        return None
+    return int(fields[19])
+
+
+def pid_alive(pid: int, started: int | None = None) -> bool:
+    """Whether process ``pid`` runs (and, given ``started``, is the one that started then)."""
+    if Path("/proc").is_dir():
+        ticks = start_ticks(pid)
+        return ticks is not None and (started is None or ticks == started)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _dev_env(data_dir: str) -> dict[str, str]:
+    """``LC_*`` values of the live ``dev.env`` of ``data_dir`` (none if stale or absent).
+    Real environment variables win over them."""
+    dev = read_dev_env(data_dir)
+    return dict(dev.values) if dev is not None and dev.alive else {}
+
+
+def secret_source(env: Mapping[str, str] | None = None) -> tuple[str, DevEnv | None]:
+    """Where :meth:`Settings.from_env` (without an explicit ``env``) takes the secret from:
+    ``("env", dev)`` for ``LC_SECRET``, ``("dev.env", dev)`` for the live ``dev.env`` of the
+    data directory, ``("", dev)`` for nowhere. ``dev`` is that directory's ``dev.env``
+    (live or stale, or None), for messages."""
+    env = os.environ if env is None else env
+    dev = read_dev_env(env.get("LC_DATA_DIR", ".livecommerce"))
+    if "LC_SECRET" in env:  # even empty: it hides dev.env's
+        return "env", dev
+    if dev is not None and dev.alive and dev.values.get("LC_SECRET"):
+        return "dev.env", dev
+    return "", dev
 
 
 def _convert(name: str, type_name: Any, raw: str) -> Any:

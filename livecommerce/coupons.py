@@ -35,7 +35,7 @@ CouponKind = Literal["full_reduction", "percent"]
 KINDS: tuple[CouponKind, ...] = ("full_reduction", "percent")
 CouponState = Literal["claimed", "locked", "used"]
 CouponStep = Literal["lock", "consume", "restore"]
-ClaimReject = Literal["not_found", "not_eligible", "expired", "already_claimed", "sold_out"]
+ClaimReject = Literal["not_found", "not_eligible", "expired", "already_claimed", "sold_out", "room_ended"]
 
 COUPON_TRANSITIONS: dict[tuple[CouponState, CouponStep], CouponState] = {
     ("claimed", "lock"): "locked",
@@ -55,6 +55,7 @@ CLAIM_MESSAGES: dict[str, str] = {
     "expired": "this coupon drop has expired",
     "already_claimed": "you already claimed a coupon from this drop",
     "sold_out": "all coupons of this drop are claimed",
+    "room_ended": "the show this coupon drop belongs to has ended",
 }
 
 

@@ -4,10 +4,11 @@
 -- KEYS[4] members set (a segment drop: the segment's members when it dropped)
 -- ARGV[1] user, ARGV[2] now_ms, ARGV[3] retention ms after expiry (then the keys expire)
 -- Returns {code, remaining}: 'ok', 'not_found', 'not_eligible', 'expired', 'already_claimed',
--- 'sold_out'.
-local m = redis.call('HMGET', KEYS[1], 'expires_ms', 'only_user', 'segment')
+-- 'sold_out', 'room_ended' (the drop was closed when its room's show ended).
+local m = redis.call('HMGET', KEYS[1], 'expires_ms', 'only_user', 'segment', 'closed_by')
 if not m[1] then return {'not_found', 0} end
 if m[2] and m[2] ~= '' and m[2] ~= ARGV[1] then return {'not_found', 0} end
+if m[4] and string.sub(m[4], 1, 5) == 'room:' then return {'room_ended', 0} end
 if m[3] and m[3] ~= '' and (not KEYS[4] or redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 0) then
   return {'not_eligible', 0}
 end

@@ -4,7 +4,8 @@ Keys (each drop's keys share its ``{coupon:ID}`` slot, so each script touches on
 
 * ``{coupon:ID}:meta``    hash: the drop (:class:`~livecommerce.coupons.CouponDrop`
   fields), ``only_user`` for a private drop (points redemptions), ``segment`` for a drop
-  only a segment's members may claim (issue 11), ``used`` counter
+  only a segment's members may claim (issue 11), ``used`` counter, ``closed_by`` /
+  ``closed_ms`` once its room's show ended (claims answer ``room_ended``)
 * ``{coupon:ID}:members`` set: a segment drop's eligible users (the segment's members when
   it dropped; ``claim`` answers ``not_eligible`` to anyone else)
 * ``{coupon:ID}:left``    coupons not yet claimed
@@ -50,6 +51,7 @@ CLAIM = (files("livecommerce") / "coupons_claim.lua").read_text()
 USE = (files("livecommerce") / "coupons_use.lua").read_text()
 
 RETAIN_MS = 30 * 24 * 3600 * 1000
+CLOSE = (files("livecommerce") / "coupons_close.lua").read_text()
 ORDER_LINK_TTL_S = 30 * 24 * 3600
 
 LOCK_MESSAGES = {
@@ -85,6 +87,7 @@ class CouponsRedis:
 
     def _k(self, drop_id: str, part: str) -> str:
         return self.keys.entity("coupon", drop_id, part)
+        self._close = redis.register_script(CLOSE)
 
     # ------------------------------------------------------------ drops
     async def create_drop(
@@ -152,6 +155,23 @@ class CouponsRedis:
     # ------------------------------------------------------------ claims
     async def claim(self, drop_id: str, user: str, *, now_ms: int) -> Claimed | ClaimReject:
         """Claim one coupon of ``drop_id`` for ``user``, atomically.
+    async def close_for_room(self, drop_id: str, *, marker: str, now_ms: int) -> bool:
+        """The room's show ended: stamp the drop ``closed_by = marker`` (claims answer
+        ``room_ended``; claimed coupons stay usable). True when the drop is closed by this
+        ``marker`` (now, or by an earlier call). It stays in the room's listing until the
+        caller has recorded what closed (:meth:`unlist`).
+
+        Raises:
+            Unavailable: Redis unreachable.
+        """
+        async with guarded():
+            return bool(await self._close(keys=[self._k(drop_id, "meta")], args=[marker, now_ms]))
+
+    async def unlist(self, drop_id: str, room: str) -> None:
+        """Drop a closed drop from the room's live drops (welcome, ``GET .../coupons``)."""
+        async with guarded():
+            await self._r.zrem(self.keys.room(room, "coupons"), drop_id)
+
 
         Raises:
             Unavailable: Redis unreachable.

@@ -48,7 +48,7 @@ import yaml
 
 from .errors import BadFrame, Conflict
 
-Reject = Literal["not_started", "ended", "sold_out", "limit_reached"]
+Reject = Literal["not_started", "ended", "sold_out", "limit_reached", "room_ended"]
 REJECTS: frozenset[str] = frozenset(get_args(Reject))
 
 SaleState = Literal["scheduled", "live", "sold_out", "ended"]

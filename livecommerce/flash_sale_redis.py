@@ -181,6 +181,23 @@ class RedisFlashSale:
         if outcome == "no_sale":
             raise NotFound(f"no sale {sale_id}", code="not_found")
         if outcome == "illegal":
+    async def close_for_room(self, sale_id: str, now_ms: int, marker: str) -> bool:
+        """The room's show ended: a ``live`` or ``sold_out`` sale ends now, stamped with the
+        show's ``marker``, after which ``reserve`` answers ``room_ended`` (holds keep their
+        pay window). True when the sale is closed by this ``marker`` (now, or by an earlier
+        call: repeating is a no-op); False for a sale left alone (scheduled, or ended before).
+
+        Raises:
+            NotFound: no such sale.
+            Unavailable: Redis unreachable.
+        """
+        async with _guarded():
+            outcome, _ = await self._state(keys=self.sale_keys(sale_id)[:2], args=["close", now_ms, marker])
+        outcome = _s(outcome)
+        if outcome == "no_sale":
+            raise NotFound(f"no sale {sale_id}", code="not_found")
+        return outcome in ("ok", "noop")
+
             raise Conflict(f"sale {sale_id} cannot {step} when {st}", code="illegal_transition")
         if outcome == "late":
             raise Conflict(f"sale {sale_id}'s window is over", code="illegal_transition")

@@ -6,10 +6,11 @@
 --   {'ok',  order_id, qty, pay_by, remaining, bought, price, last_unit}
 --   {'dup', order_id, qty, pay_by, remaining, bought, price, 0}   request seen before
 --   {reject, remaining, bought}  reject: not_started | ended | sold_out | limit_reached
+--                                | room_ended (the room's end closed the sale: closed_by)
 --   {'no_sale'} | {'order_exists'}
 local user, qty, rkey, now, oid = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local m = redis.call('HMGET', KEYS[1], 'state', 'starts_ms', 'ends_ms', 'per_user_limit',
-  'payment_window_s', 'price')
+  'payment_window_s', 'price', 'closed_by')
 if not m[1] then return {'no_sale'} end
 local stock = tonumber(redis.call('GET', KEYS[2]))
 local bought = tonumber(redis.call('HGET', KEYS[3], user) or '0')
@@ -23,6 +24,7 @@ end
 
 -- time and state first, then stock, then the user's limit (as decide_reserve)
 local state = m[1]
+if state == 'ended' and m[7] and string.sub(m[7], 1, 5) == 'room:' then return {'room_ended', stock, bought} end
 if state == 'scheduled' or now < tonumber(m[2]) then return {'not_started', stock, bought} end
 if state == 'ended' or now >= tonumber(m[3]) then return {'ended', stock, bought} end
 if qty > stock then return {'sold_out', stock, bought} end

@@ -8,12 +8,19 @@ No I/O here: the clock, ids and the secret seed are arguments. The Redis adapter
 Life-cycle (all transition logic lives in :data:`LOTTERY_TRANSITIONS`)::
 
     open --close--> closed --commit--> drawn --announce--> announced
+      |
+      +--cancel--> cancelled      (the host ended the show with {"lotteries": "cancel"})
 
 * ``open``: entries accepted until ``deadline_ms``.
 * ``closed``: the deadline passed and a worker froze the entrant list (no entry after).
 * ``drawn``: one worker committed the record (seed, entrants, winners); only that worker
   (or, after its lease expired, a restarted one) publishes ``lottery.ended``.
 * ``announced``: published and prize hooks done.
+* ``cancelled``: closed without a draw when the room's show ended; no winners, no record.
+
+A lottery closed (or cancelled) because its room's show ended carries the show's stamp
+(``closed_by``, see :func:`livecommerce.rooms.close_marker`); entries then answer
+``room_ended`` instead of ``closed``.
 
 Verifiable fairness. At start a secret ``seed`` (64 hex characters) is drawn and only
 ``seed_hash = sha256(seed as ASCII).hexdigest()`` is published (``lottery.started``). At the
@@ -49,14 +56,14 @@ from .errors import BadFrame, Conflict
 
 ALGORITHM = "lc-draw-v1"
 
-LotteryState = Literal["open", "closed", "drawn", "announced"]
-LotteryStep = Literal["close", "commit", "announce"]
+LotteryState = Literal["open", "closed", "drawn", "announced", "cancelled"]
+LotteryStep = Literal["close", "commit", "announce", "cancel"]
 Rule = Literal["keyword", "gift", "enter"]
 PrizeKind = Literal["product", "coupon"]
 Via = Literal["enter", "comment", "gift"]
 # Expected entry outcomes are values; each string is the wire error code.
 EntryReject = Literal["not_found", "closed", "rule_not_met", "host_may_not_enter"]
-EnterResult = Literal["ok", "already_entered", "not_found", "closed", "rule_not_met"]
+EnterResult = Literal["ok", "already_entered", "not_found", "closed", "rule_not_met", "room_ended"]
 
 RULES: frozenset[str] = frozenset(get_args(Rule))
 PRIZE_KINDS: frozenset[str] = frozenset(get_args(PrizeKind))
@@ -65,6 +72,7 @@ LOTTERY_TRANSITIONS: dict[tuple[LotteryState, LotteryStep], LotteryState] = {
     ("open", "close"): "closed",
     ("closed", "commit"): "drawn",
     ("drawn", "announce"): "announced",
+    ("open", "cancel"): "cancelled",
 }
 
 # A step whose effect already holds: re-applying it changes nothing (a racing worker).
@@ -75,6 +83,7 @@ _ALREADY: dict[tuple[LotteryState, LotteryStep], LotteryState] = {
     ("drawn", "commit"): "drawn",
     ("announced", "commit"): "announced",
     ("announced", "announce"): "announced",
+    ("cancelled", "cancel"): "cancelled",
 }
 
 MAX_WINNERS = 1000

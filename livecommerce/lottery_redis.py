@@ -3,7 +3,8 @@
 Keys (every per-lottery key shares the ``{lottery:ID}`` slot, so each script touches one slot):
 
 * ``{lottery:ID}:meta``     hash: the definition, ``seed`` (secret until drawn), ``state``,
-  ``record`` (JSON, once drawn), ``drawn_ms``, ``lease_owner``, ``lease_until``
+  ``record`` (JSON, once drawn), ``drawn_ms``, ``lease_owner``, ``lease_until``,
+  ``closed_by`` (the show's stamp when the room's end closed it)
 * ``{lottery:ID}:members``  set of entrants (each user once)
 * ``{lottery:ID}:entrants`` list of entrants in entry order (the published order)
 * ``{lottery:ID}:gifts``    hash user -> gift value so far (gift lotteries)
@@ -31,7 +32,7 @@ from importlib.resources import files
 from typing import Any, cast
 
 from .keys import Keys
-from .lottery import EnterResult, Lottery, LotteryState, Prize, Rule
+from .lottery import EnterResult, Lottery, LotteryState, Prize, Rule, step
 from .redis_conn import guarded
 
 ENTER = (files("livecommerce") / "lottery_enter.lua").read_text()
@@ -187,6 +188,28 @@ class RedisLotteries:
                 await self._r.expire(self.k(lottery_id, part), RECORD_TTL_S)
         return ok
 
+    async def close_for_room(self, lottery_id: str, room: str, *, marker: str, draw: bool, now_ms: int) -> bool:
+        """The room's show ended: an ``open`` lottery stops taking entries, stamped with
+        ``marker``. With ``draw`` it is ``closed`` and due now (a draw worker draws it from
+        the entrants it has); otherwise ``cancelled`` and never drawn. True when the lottery
+        is closed by this ``marker`` (now, or by an earlier call: repeating is a no-op);
+        False for a lottery that was not open (drawn, closed by its deadline, gone). The
+        room's index keeps it until the caller has recorded what closed (:meth:`unindex_room`).
+        """
+        new, _ = step("open", "close" if draw else "cancel")
+        ok, state = await self.transition(lottery_id, "open", new, {"closed_ms": now_ms, "closed_by": marker})
+        if not ok:
+            async with guarded():
+                stamp = await self._r.hget(self.k(lottery_id, "meta"), "closed_by")
+            if stamp is None or _s(stamp) != marker:
+                return False
+        async with guarded():
+            if state == "closed":  # due now; XX: never re-adds one already announced
+                await self._r.zadd(self.due_key, {lottery_id: now_ms}, xx=True)
+            elif state == "cancelled":
+                await self._r.zrem(self.due_key, lottery_id)
+        return True
+
     async def forget(self, lottery_id: str) -> None:
         """Drop an id from the due set (its meta hash is gone)."""
         async with guarded():
@@ -213,6 +236,12 @@ class RedisLotteries:
     async def entrant_count(self, lottery_id: str) -> int:
         async with guarded():
             return int(await self._r.llen(self.k(lottery_id, "entrants")))
+
+    async def room_lottery_ids(self, room: str) -> list[str]:
+        """Every id in the room's index (open lotteries, by deadline; also those past their
+        deadline that no worker has closed yet)."""
+        async with guarded():
+            return [_s(i) for i in await self._r.zrange(self.room_key(room), 0, -1)]
 
     async def open_in_room(self, room: str, *, now_ms: int) -> list[Lottery]:
         """The room's lotteries whose deadline is still ahead (entries may still come)."""

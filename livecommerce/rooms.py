@@ -9,6 +9,13 @@ Life-cycle (all transition logic lives in :data:`ROOM_TRANSITIONS`)::
 Re-applying a step whose effect holds (``go_live`` on a live room, ``end`` on an ended one)
 is a no-op; any other missing pair is illegal and raises :class:`~livecommerce.errors.Conflict`.
 
+Ending a show closes the room's commerce with it (``gateway/rooms.py`` drives the steps):
+open sales end, pending lotteries draw at once or are cancelled (:func:`end_options`),
+coupon drops close. Each closed item is stamped with the show's :func:`close_marker` in its
+own hash slot, so the item's own script answers ``room_ended`` (a node that missed the
+broadcast still refuses), and the first complete list of what closed is stored in the meta
+hash (``closed``), so ending twice answers the same.
+
 Show statistics are kept in the room's meta hash by the Redis adapter
 (:mod:`livecommerce.rooms_redis`): at ``go_live`` the likes counter's value is remembered
 (``likes_base``) and the comment count and peak online are reset; gateways add their
@@ -18,14 +25,17 @@ comments and online counts about once a second; at ``end`` the likes counter is 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from .errors import BadFrame, Conflict
 
 RoomState = Literal["created", "live", "ended"]
 RoomStep = Literal["go_live", "end"]
+LotteryAction = Literal["draw", "cancel"]
+LOTTERY_ACTIONS: frozenset[str] = frozenset(get_args(LotteryAction))
 
 ROOM_TRANSITIONS: dict[tuple[RoomState, RoomStep], RoomState] = {
     ("created", "go_live"): "live",
@@ -135,6 +145,52 @@ def summarize(meta: Mapping[str, str]) -> ShowSummary:
     )
 
 
+def end_options(body: Mapping[str, Any]) -> LotteryAction:
+    """Validate the ``end`` body ``{lotteries?: "draw" | "cancel"}`` (default ``draw``): what
+    happens to the room's pending lotteries.
+
+    Raises:
+        BadFrame: (``invalid``) not an object, or another ``lotteries`` value.
+    """
+    if not isinstance(body, Mapping):
+        raise BadFrame("body must be a JSON object", code="invalid")
+    action = body.get("lotteries", "draw")
+    if action not in LOTTERY_ACTIONS:
+        raise BadFrame("'lotteries' must be \"draw\" or \"cancel\"", code="invalid")
+    return action  # type: ignore[no-any-return]
+
+
+def close_marker(meta: Mapping[str, str]) -> str:
+    """The stamp an ended show puts on what it closed: ``room:<ended_ms>``, one per show, so
+    a repeated close recognises its own items (and not a previous show's).
+
+    Raises:
+        Conflict: the room has not ended.
+    """
+    if meta.get("state") != "ended" or not meta.get("ended_ms"):
+        raise Conflict("the room has not ended", code="conflict")
+    return f"room:{meta['ended_ms']}"
+
+
+def closed_by_room(stamp: str | None) -> bool:
+    """True for a :func:`close_marker` stamp (the Lua scripts test the same prefix)."""
+    return bool(stamp) and str(stamp).startswith("room:")
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """What ending a show closed: sale, lottery and coupon drop ids, and what the pending
+    lotteries were told (``draw`` or ``cancel``). ``room.ended`` carries it as ``closed``."""
+
+    sales: tuple[str, ...]
+    lotteries: tuple[str, ...]
+    drops: tuple[str, ...]
+    lottery_action: LotteryAction
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sales": list(self.sales), "lotteries": list(self.lotteries), "drops": list(self.drops), "lottery_action": self.lottery_action}
+
+
 def public_room(meta: Mapping[str, str]) -> dict[str, Any]:
     """The room as the HTTP API and ``welcome`` show it."""
     out: dict[str, Any] = {
@@ -148,4 +204,6 @@ def public_room(meta: Mapping[str, str]) -> dict[str, Any]:
         out["live_ms"] = int(meta["live_ms"])
     if meta.get("state") == "ended":
         out["summary"] = summarize(meta).to_dict()
+        if meta.get("closed"):
+            out["closed"] = json.loads(meta["closed"])
     return out

@@ -7,6 +7,8 @@ Every script touches the room's slot only (``meta`` and the ``likes`` counter). 
   the same step (likes counter at ``go_live`` and ``end``, reset of comments and peak), so
   two hosts pressing "end" at once end the show once with one summary.
 * :meth:`tick` adds one gateway's comments and online count to live shows only.
+* :meth:`record_closed` stores what ending a show closed, once per show (``closed``; the
+  next ``go_live`` clears it).
 
 Driver errors become :class:`~livecommerce.errors.Unavailable`.
 """
@@ -25,6 +27,7 @@ from .rooms import RoomInfo, RoomState
 CREATE = (files("livecommerce") / "rooms_create.lua").read_text()
 STEP = (files("livecommerce") / "rooms_step.lua").read_text()
 TICK = (files("livecommerce") / "rooms_tick.lua").read_text()
+CLOSED = (files("livecommerce") / "rooms_closed.lua").read_text()
 
 
 def _s(v: Any) -> str:
@@ -38,6 +41,7 @@ class RedisRooms:
         self._create = redis.register_script(CREATE)
         self._step = redis.register_script(STEP)
         self._tick = redis.register_script(TICK)
+        self._closed = redis.register_script(CLOSED)
 
     async def create(self, info: RoomInfo) -> bool:
         """Store a new room as ``created``; False when the id is taken."""
@@ -50,6 +54,21 @@ class RedisRooms:
         async with guarded():
             raw = await self._r.hgetall(self.keys.room_meta(room))
         return {_s(k): _s(v) for k, v in raw.items()} if raw else None
+
+    async def state(self, room: str) -> str:
+        """The room's state (``created``, ``live``, ``ended``), or ``''`` for a room never
+        created: the authoritative answer node-local caches fall back to."""
+        async with guarded():
+            v = await self._r.hget(self.keys.room_meta(room), "state")
+        return "" if v is None else _s(v)
+
+    async def record_closed(self, room: str, ended_ms: str, closed: str) -> tuple[bool, str]:
+        """Store ``closed`` (JSON) for the show that ended at ``ended_ms`` unless one is
+        stored already. Returns ``(stored now, the stored JSON)``; ``(False, '')`` when the
+        room is no longer that ended show (it went live again)."""
+        async with guarded():
+            won, stored = await self._closed(keys=[self.keys.room_meta(room)], args=[ended_ms, closed])
+        return bool(int(won)), _s(stored)
 
     async def transition(self, room: str, expected: RoomState, new: RoomState, *, now_ms: int, online: int) -> tuple[bool, str]:
         """Compare-and-set ``expected -> new`` (``live`` or ``ended``) with the statistics.

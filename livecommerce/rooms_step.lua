@@ -8,6 +8,7 @@ local likes = tonumber(redis.call('GET', KEYS[2]) or '0')
 if ARGV[2] == 'live' then
   redis.call('HSET', KEYS[1], 'state', 'live', 'live_ms', ARGV[3], 'ended_ms', '',
     'likes_base', likes, 'likes_end', '', 'comments', 0, 'peak_online', ARGV[4])
+  redis.call('HDEL', KEYS[1], 'closed')  -- what the previous show's end closed
 elseif ARGV[2] == 'ended' then
   local peak = tonumber(redis.call('HGET', KEYS[1], 'peak_online') or '0')
   if tonumber(ARGV[4]) > peak then peak = tonumber(ARGV[4]) end

@@ -77,4 +77,5 @@ def settings(redis_url: str, prefix: str, tmp_path) -> Settings:  # type: ignore
         database_url=f"sqlite+aiosqlite:///{tmp_path}/lc.db",
         log_json=False,
         secret=f"test-secret-{uuid.uuid4().hex}",  # 44 bytes: no secret is built in
+        test_coins=True,  # viewers top up their own wallets, as in `livecommerce dev` (off in production)
     )

@@ -159,6 +159,8 @@ class LotteryDrawer:
             return Outcome(lottery_id, "republished", fresh.record["winners"])
         if state == "announced":
             await self.store.mark_announced(lottery_id, lot.room, now_ms=now_ms)  # re-drops the index
+        elif state == "cancelled":  # its room's show ended with {"lotteries": "cancel"}
+            await self.store.forget(lottery_id)
         return Outcome(lottery_id, "skipped")
 
     async def _announce(self, record: dict[str, Any], *, now_ms: int) -> None:

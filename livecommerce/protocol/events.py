@@ -45,7 +45,9 @@ CRITICAL_TYPES = frozenset(
     }
 )
 
-# Counters: on recovery only their latest value matters; the node sends one per tick.
+# Counters (gauges): a later value supersedes an earlier one, so they are BATCHED (shed
+# first for a slow client) and recovery sends only the latest value of each, per sale for
+# ``sale.stock``. A sale's state changes (started, soldout, ended) are CRITICAL.
 COUNTER_TYPES = frozenset({"likes", "online", "sale.stock", "leaderboard"})
 
 # Events a reconnecting client may miss without harm when the gap is large.
@@ -68,21 +70,29 @@ def envelope(
 def recovery_plan(events: list[dict[str, Any]], *, max_skippable: int = 200) -> list[dict[str, Any]]:
     """Choose what a reconnecting client gets from the events it missed (in seq order).
 
-    Critical and ordinary events are replayed in full and in order; each counter type is
-    sent once, as its latest value; when the gap holds more than ``max_skippable``
-    skippable events (comments, gifts) only the newest ``max_skippable`` are kept.
+    Critical and ordinary events are replayed in full and in order; each counter is sent
+    once, as its latest value (one per type, and per sale for ``sale.stock``); when the gap
+    holds more than ``max_skippable`` skippable events (comments, gifts) only the newest
+    ``max_skippable`` are kept.
     """
-    latest_counter: dict[str, int] = {}
+    latest_counter: dict[tuple[str, Any], int] = {}
     for i, e in enumerate(events):
         if e["t"] in COUNTER_TYPES:
-            latest_counter[e["t"]] = i
+            latest_counter[_counter_key(e)] = i
     skippable = [i for i, e in enumerate(events) if e["t"] in SKIPPABLE_TYPES]
     drop = set(skippable[:-max_skippable]) if len(skippable) > max_skippable else set()
     out = []
     for i, e in enumerate(events):
         if i in drop:
             continue
-        if e["t"] in COUNTER_TYPES and latest_counter[e["t"]] != i:
+        if e["t"] in COUNTER_TYPES and latest_counter[_counter_key(e)] != i:
             continue
         out.append(e)
     return out
+
+
+def _counter_key(e: dict[str, Any]) -> tuple[str, Any]:
+    """Which gauge a counter event sets: its type, and its sale for ``sale.stock``."""
+    d = e.get("d")
+    sid = d.get("sale_id") if isinstance(d, dict) else None
+    return e["t"], sid if isinstance(sid, str) else None
