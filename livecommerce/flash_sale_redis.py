@@ -172,6 +172,23 @@ class RedisFlashSale:
         """
         return await self._step(sale_id, "end", now_ms)
 
+    async def close_for_room(self, sale_id: str, now_ms: int, marker: str) -> bool:
+        """The room's show ended: a ``live`` or ``sold_out`` sale ends now, stamped with the
+        show's ``marker``, after which ``reserve`` answers ``room_ended`` (holds keep their
+        pay window). True when the sale is closed by this ``marker`` (now, or by an earlier
+        call: repeating is a no-op); False for a sale left alone (scheduled, or ended before).
+
+        Raises:
+            NotFound: no such sale.
+            Unavailable: Redis unreachable.
+        """
+        async with _guarded():
+            outcome, _ = await self._state(keys=self.sale_keys(sale_id)[:2], args=["close", now_ms, marker])
+        outcome = _s(outcome)
+        if outcome == "no_sale":
+            raise NotFound(f"no sale {sale_id}", code="not_found")
+        return outcome in ("ok", "noop")
+
     async def _step(self, sale_id: str, step: str, now_ms: int) -> SaleState:
         async with _guarded():
             outcome, state = await self._state(

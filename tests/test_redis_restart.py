@@ -14,7 +14,6 @@ import contextlib
 import json
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import pytest
 import redis as sync_redis
 import websockets
 
+from tests.waiting import wait_until, wait_until_sync
 from tests.wsclient import Client
 
 ROOM = "restart"
@@ -54,16 +54,17 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        proc = self.proc
+
+        def answers() -> bool:
             try:
-                sync_redis.Redis(port=self.port, socket_connect_timeout=0.2).ping()
-                return
+                return bool(sync_redis.Redis(port=self.port, socket_connect_timeout=0.2).ping())
             except sync_redis.ConnectionError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"redis-server exited with {self.proc.returncode}") from None
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server on {self.port} did not answer within {timeout}s")
+                if proc.poll() is not None:
+                    raise RuntimeError(f"redis-server exited with {proc.returncode}") from None
+                return False
+
+        wait_until_sync(answers, timeout=timeout, what=f"redis-server on {self.port} to answer")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -127,7 +128,7 @@ async def test_gateway_resubscribes_after_a_redis_restart_and_clients_recover(
 
         reconnects = broker.reconnects
         private_redis.stop()
-        await asyncio.sleep(1.0)  # the reader fails and backs off while Redis is down
+        await wait_until(lambda: not broker.connected.is_set(), what="the pub/sub reader to notice Redis is down")
         down = await announce(http, node.url, ops, "while-down")
         assert down is None, "publishing without Redis must answer 503, not pretend"
         r = await http.get(node.url + "/readyz")
@@ -144,20 +145,20 @@ async def test_gateway_resubscribes_after_a_redis_restart_and_clients_recover(
         private_redis.start()
 
         # the gateway reconnects and resubscribes without help; events flow again
-        deadline = time.monotonic() + 20
-        while broker.reconnects == reconnects and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
+        await wait_until(lambda: broker.reconnects, until=lambda n: n > reconnects, timeout=20, what="the pub/sub reader to resubscribe")
         assert broker.reconnects > reconnects, "the pub/sub reader never resubscribed"
-        got = None
-        i = 0
-        while got is None and time.monotonic() < deadline:
-            seq = await announce(http, node.url, ops, f"after-{i}")
-            i += 1
-            if seq is None:
-                await asyncio.sleep(0.2)
-                continue
-            with contextlib.suppress(asyncio.TimeoutError):
-                got = await next_notice(stay, 1.0)
+        sent = 0
+
+        async def heard() -> dict | None:  # publish (503 until Redis is back), then listen
+            nonlocal sent
+            seq = await announce(http, node.url, ops, f"after-{sent}")
+            sent += 1
+            if seq is not None:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    return await next_notice(stay, 1.0)
+            return None
+
+        got = await wait_until(heard, timeout=20, interval=0.2, what="an announcement after the restart, heard by the client that stayed")
         assert got is not None and got["d"]["text"].startswith("after-"), got
         assert got["seq"] > last_seen, "seqs must keep rising after a restart that lost the counter"
         after_seq = got["seq"]
