@@ -155,6 +155,7 @@ async def test_workers_joining_dying_and_leaving_apply_every_order_event_once(
         "LC_DATABASE_URL": db_url,
         "LC_LOG_JSON": "1",
         "LC_LOG_LEVEL": "INFO",
+        "LC_SECRET": "kafka-test-secret-" + uuid.uuid4().hex,
     }
     workers: dict[str, Worker] = {}
     sent = 0

@@ -49,7 +49,7 @@ async def test_orders_worker_killed_mid_stream_loses_and_duplicates_nothing(back
     db = f"sqlite+aiosqlite:///{tmp_path}/kill.db"
     await upgrade(db)
     env = {k: v for k, v in os.environ.items() if not k.startswith("LC_")}
-    env.update(LC_REDIS_URL=settings.redis_url, LC_KEY_PREFIX=settings.key_prefix, LC_DATABASE_URL=db, LC_LOG_JSON="0",
+    env.update(LC_REDIS_URL=settings.redis_url, LC_KEY_PREFIX=settings.key_prefix, LC_DATABASE_URL=db, LC_LOG_JSON="0", LC_SECRET=settings.secret,
                LC_LOG_CLAIM_IDLE_MS="1000", LC_KAFKA_SESSION_TIMEOUT_MS="2000", LC_KAFKA_IDEMPOTENT="0",
                LC_KAFKA_PARTITIONS="3")
     s = settings.replace(database_url=db, log_claim_idle_ms=1000, kafka_session_timeout_ms=2000, kafka_idempotent=False, kafka_partitions=3)
