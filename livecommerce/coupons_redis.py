@@ -13,7 +13,8 @@ Keys (each drop's keys share its ``{coupon:ID}`` slot, so each script touches on
   ``order``, ``discount``, ``used_ms``)
 * ``{order:ID}:coupon``   the coupon id locked for an order (consume/restore get only the
   order id)
-* ``{user:ID}:coupons``   set of the user's coupon ids (listing)
+* ``{user:ID}:coupons``   set of the user's coupon ids (listing; expires
+  :data:`USER_INDEX_TTL_MS` after the user's last claim, when every drop in it is gone)
 * ``{room:ID}:coupons``   sorted set drop id -> expiry, the room's drops (welcome, listing)
 
 Drop keys expire :data:`RETAIN_MS` after the drop does.
@@ -35,6 +36,7 @@ from importlib.resources import files
 from typing import Any
 
 from .coupons import (
+    MAX_TTL_S,
     ClaimReject,
     CouponDrop,
     CouponNotUsable,
@@ -49,9 +51,10 @@ from .redis_conn import guarded
 DROP = (files("livecommerce") / "coupons_drop.lua").read_text()
 CLAIM = (files("livecommerce") / "coupons_claim.lua").read_text()
 USE = (files("livecommerce") / "coupons_use.lua").read_text()
+CLOSE = (files("livecommerce") / "coupons_close.lua").read_text()
 
 RETAIN_MS = 30 * 24 * 3600 * 1000
-CLOSE = (files("livecommerce") / "coupons_close.lua").read_text()
+USER_INDEX_TTL_MS = MAX_TTL_S * 1000 + RETAIN_MS  # {user:ID}:coupons after the user's last claim
 ORDER_LINK_TTL_S = 30 * 24 * 3600
 
 LOCK_MESSAGES = {
@@ -84,10 +87,10 @@ class CouponsRedis:
         self._drop = redis.register_script(DROP)
         self._claim = redis.register_script(CLAIM)
         self._use = redis.register_script(USE)
+        self._close = redis.register_script(CLOSE)
 
     def _k(self, drop_id: str, part: str) -> str:
         return self.keys.entity("coupon", drop_id, part)
-        self._close = redis.register_script(CLOSE)
 
     # ------------------------------------------------------------ drops
     async def create_drop(
@@ -152,9 +155,6 @@ class CouponsRedis:
             raw = await self._r.zrangebyscore(self.keys.room(room, "coupons"), now_ms + 1, "+inf")
         return [_s(x) for x in raw]
 
-    # ------------------------------------------------------------ claims
-    async def claim(self, drop_id: str, user: str, *, now_ms: int) -> Claimed | ClaimReject:
-        """Claim one coupon of ``drop_id`` for ``user``, atomically.
     async def close_for_room(self, drop_id: str, *, marker: str, now_ms: int) -> bool:
         """The room's show ended: stamp the drop ``closed_by = marker`` (claims answer
         ``room_ended``; claimed coupons stay usable). True when the drop is closed by this
@@ -172,6 +172,9 @@ class CouponsRedis:
         async with guarded():
             await self._r.zrem(self.keys.room(room, "coupons"), drop_id)
 
+    # ------------------------------------------------------------ claims
+    async def claim(self, drop_id: str, user: str, *, now_ms: int) -> Claimed | ClaimReject:
+        """Claim one coupon of ``drop_id`` for ``user``, atomically.
 
         Raises:
             Unavailable: Redis unreachable.
@@ -182,8 +185,12 @@ class CouponsRedis:
             code = _s(code)
             if code in ("ok", "already_claimed"):
                 # the listing index; re-added on already_claimed, so a claim whose index write
-                # was lost is listed after the retry
-                await self._r.sadd(self.keys.user(user, "coupons"), coupon_id(drop_id, user))
+                # was lost is listed after the retry. It outlives every drop claimed so far
+                # (a drop ends within MAX_TTL_S and its keys RETAIN_MS later)
+                pipe = self._r.pipeline(transaction=False)
+                pipe.sadd(self.keys.user(user, "coupons"), coupon_id(drop_id, user))
+                pipe.pexpire(self.keys.user(user, "coupons"), USER_INDEX_TTL_MS)
+                await pipe.execute()
         if code != "ok":
             return code  # type: ignore[return-value]
         view = await self.coupon(user, coupon_id(drop_id, user), now_ms=now_ms)
