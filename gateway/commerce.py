@@ -76,7 +76,7 @@ class SaleView:
 
 def setup(gw: Gateway, app: web.Application) -> None:
     durable = open_log(gw.s, gw.redis)
-    checkout = Checkout(gw.redis, gw.keys, durable)
+    checkout = Checkout(gw.redis, gw.keys, durable, sale_retention_s=gw.s.sale_retention_s, room_retention_s=gw.s.room_retention_s)
     store = SqlStore(gw.s.database_url)
     gw.services["checkout"] = checkout
     gw.services["store"] = store

@@ -57,7 +57,7 @@ ACTIVITY = "activity"
 class Fanclub:
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
-        self.fans = FanclubRedis(gw.redis, gw.keys)
+        self.fans = FanclubRedis(gw.redis, gw.keys, ttl_s=gw.s.user_cache_ttl_s)
         self._levels: dict[tuple[str, str], tuple[int | None, float]] = {}
         self._hosts: dict[str, tuple[str, float]] = {}
 

@@ -92,7 +92,7 @@ class ProfileSource(Protocol):
 class FeedService:
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
-        self.redis = FeedRedis(gw.redis, gw.keys)
+        self.redis = FeedRedis(gw.redis, gw.keys, ttl_s=gw.s.room_retention_s)
         self.window = SignalWindow()
         self.rooms: dict[str, LiveRoom] = {}
         self.sampled_ms = 0

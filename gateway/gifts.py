@@ -58,7 +58,7 @@ class Gifts:
         self.wallet = wallet
         self.outbox = outbox
         self.catalogue = load_catalogue(gw.s.gift_catalogue)
-        self.boards = RedisLeaderboards(gw.redis, gw.keys)
+        self.boards = RedisLeaderboards(gw.redis, gw.keys, room_ttl_s=gw.s.room_retention_s)
         self.tally = GiftTally()
         self.board_tally = BoardTally()
         self.gate = BoardGate()

@@ -51,6 +51,8 @@ class Likes:
             key = self.gw.keys.room_likes(room)
             if deltas.get(room):
                 pipe.incrby(key, deltas[room])
+                # the counter lives LC_ROOM_RETENTION_S after its last like (docs/retention.md)
+                pipe.expire(key, self.gw.s.room_retention_s)
             else:
                 pipe.get(key)
         try:
@@ -59,7 +61,12 @@ class Likes:
         except BaseException:
             self.tally.restore(deltas)
             raise
-        return {room: int(v or 0) for room, v in zip(rooms, res, strict=True)}
+        out: dict[str, int] = {}
+        i = 0
+        for room in rooms:
+            out[room] = int(res[i] or 0)
+            i += 2 if deltas.get(room) else 1
+        return out
 
     async def on_second(self) -> None:
         totals = await self.flush()

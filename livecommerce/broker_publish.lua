@@ -13,5 +13,8 @@ end
 local sid = string.format('%.0f', seq)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], sid .. '-0', 'd', ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
+-- the counter goes with its history: a room quiet that long (ended) leaves nothing behind,
+-- and its next event seeds the seq from the clock again, above every seq it gave out
+redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call(ARGV[5], KEYS[3], sid .. ':' .. ARGV[1])
 return seq

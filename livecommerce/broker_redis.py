@@ -3,7 +3,8 @@
 One server: PUBLISH/SUBSCRIBE. Redis Cluster: sharded SPUBLISH/SSUBSCRIBE, with the room's
 channel, seq counter and history stream in the room's slot (``{room:ID}``), so the publish
 script touches one slot only (Redis 7.0 accepts SPUBLISH inside a script when the channel
-is one of its KEYS, in the slot of the other keys).
+is one of its KEYS, in the slot of the other keys). The seq counter and the history expire
+together ``history_ttl_s`` after the room's last event (``LC_HISTORY_TTL_S``).
 
 Subscriber side, one server: one pub/sub connection per node, read by one task. When the
 connection drops (Redis restart) the task reconnects with backoff and resubscribes every

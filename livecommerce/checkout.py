@@ -28,6 +28,7 @@ from .flash_sale import Reject, Reserved, Sale
 from .flash_sale_redis import RedisFlashSale
 from .keys import Keys
 from .log import Log
+from .retention import ROOM_RETENTION_S, SALE_RETENTION_S
 
 log = logging.getLogger("livecommerce.checkout")
 
@@ -70,12 +71,15 @@ class Checkout:
     # set by the gateway: a buy in a room whose show has ended answers ``room_ended``
     room_gate: RoomGate | None = None
 
-    def __init__(self, redis: Any, keys: Keys, log: Log, *, coupons: CouponService | None = None) -> None:
+    def __init__(self, redis: Any, keys: Keys, log: Log, *, coupons: CouponService | None = None,
+                 sale_retention_s: int = SALE_RETENTION_S, room_retention_s: int = ROOM_RETENTION_S) -> None:
         self.redis = redis
         self.keys = keys
         self.sales = RedisFlashSale(redis, keys)
         self.log = log
         self.coupons = coupons
+        self.sale_retention_s = sale_retention_s  # a settled sale's keys (docs/retention.md)
+        self.room_retention_s = room_retention_s  # the room's payers set after the last payment
         self._sale_cache: dict[str, Sale] = {}
 
     # ------------------------------------------------------------------ campaigns
@@ -193,7 +197,10 @@ class Checkout:
             if coupon_id and self.coupons is not None:
                 await self.coupons.consume(order_id)
             # paying viewers' comments are kept first in hot rooms
-            await self.redis.sadd(self.keys.room(sale.room, "payers"), hold.user)
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.sadd(self.keys.room(sale.room, "payers"), hold.user)
+            pipe.expire(self.keys.room(sale.room, "payers"), self.room_retention_s)
+            await pipe.execute()
             await self.log.append(
                 "orders",
                 order_id,
@@ -270,8 +277,9 @@ class Checkout:
     async def expire_due(self, now_ms: int, *, limit: int = 500) -> list[tuple[str, str]]:
         """Cancel every hold whose payment deadline passed, in every active sale.
 
-        Returns ``(order_id, outcome)`` pairs. Sales that ended with nothing reserved leave
-        the active set.
+        Returns ``(order_id, outcome)`` pairs. Sales that ended with nothing reserved are
+        settled: their keys get their lifetime (``sale_retention_s``) and they leave the
+        active set.
         """
         done: list[tuple[str, str]] = []
         active = [_s(x) for x in await self.redis.smembers(self.keys.global_key("sales:active"))]
@@ -286,9 +294,15 @@ class Checkout:
                 except NotFound:
                     continue
             if not due:
-                st = await self.sales.stats(sale_id)
-                if st.state == "ended" and st.reserved == 0:
+                try:
+                    st = await self.sales.stats(sale_id)
+                except NotFound:  # its keys are gone: nothing left to time out
                     await self.redis.srem(self.keys.global_key("sales:active"), sale_id)
+                    continue
+                if st.state == "ended" and st.reserved == 0 and await self.sales.settle(sale_id, self.sale_retention_s * 1000):
+                    await self.redis.srem(self.keys.global_key("sales:active"), sale_id)
+                    self._sale_cache.pop(sale_id, None)
+                    log.info("sale.settled", extra={"sale": sale_id, "expires_s": self.sale_retention_s})
         return done
 
 

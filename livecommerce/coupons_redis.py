@@ -13,7 +13,8 @@ Keys (each drop's keys share its ``{coupon:ID}`` slot, so each script touches on
   ``order``, ``discount``, ``used_ms``)
 * ``{order:ID}:coupon``   the coupon id locked for an order (consume/restore get only the
   order id)
-* ``{user:ID}:coupons``   set of the user's coupon ids (listing)
+* ``{user:ID}:coupons``   set of the user's coupon ids (listing; expires
+  :data:`USER_INDEX_TTL_MS` after the user's last claim, when every drop in it is gone)
 * ``{room:ID}:coupons``   sorted set drop id -> expiry, the room's drops (welcome, listing)
 
 Drop keys expire :data:`RETAIN_MS` after the drop does.
@@ -35,6 +36,7 @@ from importlib.resources import files
 from typing import Any
 
 from .coupons import (
+    MAX_TTL_S,
     ClaimReject,
     CouponDrop,
     CouponNotUsable,
@@ -52,6 +54,7 @@ USE = (files("livecommerce") / "coupons_use.lua").read_text()
 CLOSE = (files("livecommerce") / "coupons_close.lua").read_text()
 
 RETAIN_MS = 30 * 24 * 3600 * 1000
+USER_INDEX_TTL_MS = MAX_TTL_S * 1000 + RETAIN_MS  # {user:ID}:coupons after the user's last claim
 ORDER_LINK_TTL_S = 30 * 24 * 3600
 
 LOCK_MESSAGES = {
@@ -182,8 +185,12 @@ class CouponsRedis:
             code = _s(code)
             if code in ("ok", "already_claimed"):
                 # the listing index; re-added on already_claimed, so a claim whose index write
-                # was lost is listed after the retry
-                await self._r.sadd(self.keys.user(user, "coupons"), coupon_id(drop_id, user))
+                # was lost is listed after the retry. It outlives every drop claimed so far
+                # (a drop ends within MAX_TTL_S and its keys RETAIN_MS later)
+                pipe = self._r.pipeline(transaction=False)
+                pipe.sadd(self.keys.user(user, "coupons"), coupon_id(drop_id, user))
+                pipe.pexpire(self.keys.user(user, "coupons"), USER_INDEX_TTL_MS)
+                await pipe.execute()
         if code != "ok":
             return code  # type: ignore[return-value]
         view = await self.coupon(user, coupon_id(drop_id, user), now_ms=now_ms)

@@ -5,7 +5,8 @@ Keys:
 * ``{fan:HOST}:badges``  hash member -> fan level (what the comment hook reads: one HGET)
 * ``{fan:HOST}:board``   sorted set member -> intimacy (``GET /api/v1/hosts/{host}/fans``)
 * ``{user:ID}:fanv``     counter: the version of the user's next follow / membership change
-  (the last-writer-wins order, see :mod:`livecommerce.fanclub`)
+  (the last-writer-wins order, see :mod:`livecommerce.fanclub`); it expires after
+  ``ttl_s`` unused and restarts from the clock
 
 The profiles worker writes the first two after each batch from the SQL projection
 (``fan_members``), so they are a cache: a lost write is repaired by the pair's next event,
@@ -21,23 +22,44 @@ from typing import Any
 from .fanclub import fan_level
 from .keys import Keys
 from .redis_conn import guarded
+from .retention import USER_CACHE_TTL_S
 
 
 def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
+VERSION = """
+-- KEYS[1] the user's fan version counter; ARGV[1] lifetime (s). Returns the next version.
+local v
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  local t = redis.call('TIME')
+  v = string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2]))
+  redis.call('SET', KEYS[1], v)
+else
+  v = redis.call('INCR', KEYS[1])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return tonumber(v)
+"""
+
+
 class FanclubRedis:
-    def __init__(self, redis: Any, keys: Keys) -> None:
+    def __init__(self, redis: Any, keys: Keys, *, ttl_s: int = USER_CACHE_TTL_S) -> None:
         self._r = redis
         self.keys = keys
+        self.ttl_s = ttl_s
+        self._version = redis.register_script(VERSION)
 
     def _k(self, host: str, part: str) -> str:
         return self.keys.entity("fan", host, part)
 
     async def next_version(self, user: str) -> int:
+        """The version of the user's next follow / membership change. The counter expires
+        ``ttl_s`` after its last use and then starts again from the clock (microseconds),
+        above every version it gave out, so last-writer-wins still holds."""
         async with guarded():
-            return int(await self._r.incr(self.keys.user(user, "fanv")))
+            return int(await self._version(keys=[self.keys.user(user, "fanv")], args=[self.ttl_s]))
 
     async def put(self, rows: Iterable[Mapping[str, Any]]) -> None:
         """Cache ``fan_members`` rows: members get their level and board score, others

@@ -9,7 +9,7 @@ Keys:
 * ``{room:ID}:feed``  hash: ``category`` (set by the host or ops), ``pin_category`` (the
   category of the product pinned last), ``gmv`` (cents paid in the room, ever),
   ``show`` / ``show_gmv`` (the ``live_ms`` of the show the GMV counter belongs to, and
-  the cents paid during it)
+  the cents paid during it); it expires ``ttl_s`` after its last write or go-live
 
 The other signals are the rooms' own counters: ``{room:ID}:meta`` (``state``, ``host``,
 ``title``, ``live_ms``, ``comments`` of the show, ``likes_base``), ``{room:ID}:likes``
@@ -25,11 +25,14 @@ from typing import Any
 from .feed import LiveRoom, online_total
 from .keys import Keys
 from .redis_conn import guarded, is_cluster_client
+from .retention import ROOM_RETENTION_S
 
 ADD_GMV = """
--- KEYS[1] room meta, KEYS[2] room feed hash (one slot); ARGV[1] cents, ARGV[2] paid ms
+-- KEYS[1] room meta, KEYS[2] room feed hash (one slot); ARGV[1] cents, ARGV[2] paid ms,
+-- ARGV[3] the feed hash's lifetime (s)
 local live = redis.call('HGET', KEYS[1], 'live_ms') or ''
 redis.call('HINCRBY', KEYS[2], 'gmv', ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
 if live == '' or tonumber(ARGV[2]) < tonumber(live) then return 0 end
 if redis.call('HGET', KEYS[2], 'show') ~= live then
   redis.call('HSET', KEYS[2], 'show', live, 'show_gmv', 0)
@@ -63,9 +66,10 @@ class RoomCounters:
 
 
 class FeedRedis:
-    def __init__(self, redis: Any, keys: Keys) -> None:
+    def __init__(self, redis: Any, keys: Keys, *, ttl_s: int = ROOM_RETENTION_S) -> None:
         self._r = redis
         self.keys = keys
+        self.ttl_s = ttl_s  # a room's feed hash lives this long after its last write or go-live
         self.live_key = keys.global_key("{feed}:live")
         self._add_gmv = redis.register_script(ADD_GMV)
 
@@ -75,6 +79,7 @@ class FeedRedis:
     async def index(self, room: str, live_ms: int) -> None:
         async with guarded():
             await self._r.zadd(self.live_key, {room: live_ms})
+            await self._r.expire(self._feed(room), self.ttl_s)  # a live room keeps its category
 
     async def unindex(self, rooms: Iterable[str]) -> None:
         rs = list(rooms)
@@ -91,6 +96,7 @@ class FeedRedis:
         async with guarded():
             if category:
                 await self._r.hset(self._feed(room), field, category)
+                await self._r.expire(self._feed(room), self.ttl_s)
             else:
                 await self._r.hdel(self._feed(room), field)
 
@@ -101,11 +107,11 @@ class FeedRedis:
         if is_cluster_client(self._r):
             async with guarded():
                 for room, cents, ts in rows:
-                    await self._add_gmv(keys=[self.keys.room_meta(room), self._feed(room)], args=[cents, ts])
+                    await self._add_gmv(keys=[self.keys.room_meta(room), self._feed(room)], args=[cents, ts, self.ttl_s])
             return
         pipe = self._r.pipeline(transaction=False)
         for room, cents, ts in rows:
-            await self._add_gmv(keys=[self.keys.room_meta(room), self._feed(room)], args=[cents, ts], client=pipe)
+            await self._add_gmv(keys=[self.keys.room_meta(room), self._feed(room)], args=[cents, ts, self.ttl_s], client=pipe)
         async with guarded():
             await pipe.execute()
 

@@ -18,6 +18,11 @@ part           type   holds
 ``refunds``    hash   refund id -> ``"qty|restocked"`` (settled refunds, idempotency)
 =============  =====  ===================================================================
 
+Lifetime: none while the sale can still take orders or holds wait for payment; once it is
+*settled* (ended, nothing reserved) :meth:`RedisFlashSale.settle` gives every key of the sale
+(the above, the announcement claims and the funnel counters) one expiry, longer than the
+refund window (``LC_SALE_RETENTION_S``, docs/retention.md).
+
 Invariant at every moment (each script keeps it in one step):
 ``meta.stock == stock + counts.reserved + counts.paid + counts.refunded_kept`` and
 ``stock >= 0``.
@@ -61,8 +66,11 @@ RELEASE = (_LUA / "flash_sale_release.lua").read_text()
 PAY = (_LUA / "flash_sale_pay.lua").read_text()
 STATS = (_LUA / "flash_sale_stats.lua").read_text()
 REFUND = (_LUA / "flash_sale_refund.lua").read_text()
+SETTLE = (_LUA / "flash_sale_settle.lua").read_text()
 
 PARTS = ("meta", "stock", "buyers", "req", "orders", "deadlines", "counts")
+# the sale's other keys (same slot), which expire with it once it is settled
+OTHER_PARTS = ("refunds", "ann:started", "ann:ended", "stockpub", "f:viewers", "f:saw", "f:tried")
 
 _UNAVAILABLE = (
     *DRIVER_ERRORS,
@@ -108,6 +116,7 @@ class RedisFlashSale:
         self._pay = redis.register_script(PAY)
         self._stats = redis.register_script(STATS)
         self._refund = redis.register_script(REFUND)
+        self._settle = redis.register_script(SETTLE)
 
     def sale_keys(self, sale_id: str) -> list[str]:
         """All keys of one sale, in the order every script takes them (one slot)."""
@@ -227,6 +236,20 @@ class RedisFlashSale:
             payment_window_s=int(d["payment_window_s"]),
             restock_on_refund=d["restock_on_refund"] == "1",
         )
+
+    async def settle(self, sale_id: str, lifetime_ms: int) -> bool:
+        """Give every key of a settled sale (ended, no hold waiting for payment) the same
+        expiry, ``lifetime_ms`` from now; True when done, False when the sale is not
+        settled (or gone). Repeating it moves the expiry. Paid holds stay readable for the
+        lifetime, so keep it longer than the refund window.
+
+        Raises:
+            Unavailable: Redis unreachable.
+        """
+        keys = [*self.sale_keys(sale_id), *(self.keys.sale(sale_id, p) for p in OTHER_PARTS)]
+        async with _guarded():
+            r = await self._settle(keys=keys, args=[int(lifetime_ms)])
+        return _s(r[0]) == "ok"
 
     # ------------------------------------------------------------------ the money path
 
@@ -411,7 +434,8 @@ class RedisFlashSale:
         ``already`` (this refund was settled before: nothing changed).
 
         Raises:
-            NotFound: no such order in this sale.
+            NotFound: no such order in this sale, or (``sale_expired``) the sale was settled
+                long ago and its keys expired (nothing to restock).
             Conflict: the order is not paid (``not_paid``), or more units than are left
                 unrefunded (``too_many_units``).
             Unavailable: Redis unreachable.
@@ -420,6 +444,8 @@ class RedisFlashSale:
         async with _guarded():
             r = await self._refund(keys=keys, args=[order_id, refund_id, qty])
         code = _s(r[0])
+        if code == "no_sale":
+            raise NotFound(f"sale {sale_id} was settled and its keys expired", code="sale_expired")
         if code == "unknown":
             raise NotFound(f"no order {order_id} in sale {sale_id}", code="not_found")
         if code == "not_paid":

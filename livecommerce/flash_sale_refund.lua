@@ -9,7 +9,8 @@
 --   meta.stock == stock + counts.reserved + counts.paid + counts.refunded_kept
 -- The hold keeps state 'paid' with rq (units refunded so far).
 -- Returns {'ok', restocked, remaining} | {'already', restocked, remaining}
---       | {'not_paid'} | {'too_many', left} | {'unknown'}
+--       | {'not_paid'} | {'too_many', left} | {'unknown'} | {'no_sale'} (its keys expired)
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'no_sale'} end  -- settled and expired
 local prev = redis.call('HGET', KEYS[8], ARGV[2])
 if prev then
   local restocked = tonumber(string.match(prev, '|(%d+)$'))
@@ -40,4 +41,7 @@ else
 end
 if redis.call('HINCRBY', KEYS[3], o.u, -qty) <= 0 then redis.call('HDEL', KEYS[3], o.u) end
 redis.call('HSET', KEYS[8], ARGV[2], qty .. '|' .. restocked)
+-- a settled sale's keys expire (flash_sale_settle.lua): the record goes with them
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[8], ttl) end
 return {'ok', restocked, remaining}

@@ -1,7 +1,8 @@
 """Redis sorted sets behind the gift leaderboards (see :mod:`livecommerce.leaderboard`).
 
-Keys: ``{room:ID}:lb`` (the room's gifters, in the room's slot), ``{host:ID}:lb`` (a
-host's fans), ``lb:hosts`` (hosts by gifts received). Scores are coins. Driver errors
+Keys: ``{room:ID}:lb`` (the room's gifters, in the room's slot; it expires ``room_ttl_s``
+after the room's last gift), ``{host:ID}:lb`` (a host's fans), ``lb:hosts`` (hosts by gifts
+received). Scores are coins. Driver errors
 become :class:`~livecommerce.errors.Unavailable`.
 """
 
@@ -12,12 +13,14 @@ from typing import Any
 from .keys import Keys
 from .leaderboard import BoardKind, Increment
 from .redis_conn import guarded
+from .retention import ROOM_RETENTION_S
 
 
 class RedisLeaderboards:
-    def __init__(self, redis: Any, keys: Keys) -> None:
+    def __init__(self, redis: Any, keys: Keys, *, room_ttl_s: int = ROOM_RETENTION_S) -> None:
         self._r = redis
         self.keys = keys
+        self.room_ttl_s = room_ttl_s
 
     def key(self, kind: BoardKind, board: str) -> str:
         if kind == "room":
@@ -35,8 +38,13 @@ class RedisLeaderboards:
         if not incs:
             return
         pipe = self._r.pipeline(transaction=False)
+        rooms: set[str] = set()
         for (kind, board, member), v in incs.items():
             pipe.zincrby(self.key(kind, board), v, member)
+            if kind == "room":
+                rooms.add(board)
+        for room in rooms:  # a room's board lives room_ttl_s after its last gift
+            pipe.expire(self.key("room", room), self.room_ttl_s)
         async with guarded():
             await pipe.execute()
 

@@ -1,7 +1,8 @@
 """Redis adapter for the product catalogue and each room's current pin.
 
 Keys: ``{product:ID}:meta`` (hash: id, name, price, image, category) and ``{room:ID}:pin`` (the
-current ``product.pinned`` data as JSON). Driver errors become
+current ``product.pinned`` data as JSON; it expires ``pin_ttl_s`` after the pin, so an
+ended room's pin does not stay forever). Driver errors become
 :class:`~livecommerce.errors.Unavailable`.
 """
 
@@ -13,6 +14,7 @@ from typing import Any
 from .keys import Keys
 from .pins import Product
 from .redis_conn import guarded
+from .retention import ROOM_RETENTION_S
 
 
 def _s(v: Any) -> str:
@@ -20,9 +22,10 @@ def _s(v: Any) -> str:
 
 
 class RedisPins:
-    def __init__(self, redis: Any, keys: Keys) -> None:
+    def __init__(self, redis: Any, keys: Keys, *, pin_ttl_s: int = ROOM_RETENTION_S) -> None:
         self._r = redis
         self.keys = keys
+        self.pin_ttl_s = pin_ttl_s
 
     def _product_key(self, product_id: str) -> str:
         return self.keys.entity("product", product_id, "meta")
@@ -45,7 +48,7 @@ class RedisPins:
 
     async def set_pin(self, room: str, pin: dict[str, Any]) -> None:
         async with guarded():
-            await self._r.set(self.keys.room(room, "pin"), json.dumps(pin, separators=(",", ":")))
+            await self._r.set(self.keys.room(room, "pin"), json.dumps(pin, separators=(",", ":")), ex=self.pin_ttl_s)
 
     async def get_pin(self, room: str) -> dict[str, Any] | None:
         async with guarded():

@@ -5,7 +5,9 @@
 --     -> {'ok'} | {'pending', n} | {'changed'}
 --   decide n state by ts: requested -> approved | rejected
 --     -> {'ok'} | {'already'} | {'illegal', state} | {'unknown'}
---   settle n: the worker applied the refund's last step: d = 1 (approved -> refunded)
+--   settle n [lifetime_ms]: the worker applied the refund's last step: d = 1 (approved ->
+--     refunded); once every refund of the order is done the record expires after
+--     lifetime_ms (past the refund window; a new request makes it persistent again)
 --     -> {'ok'} | {'unknown'}
 local step = ARGV[1]
 if step == 'request' then
@@ -19,6 +21,7 @@ if step == 'request' then
   end
   if n ~= top + 1 or taken ~= tonumber(ARGV[4]) then return {'changed'} end
   redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+  redis.call('PERSIST', KEYS[1])  -- an open refund: kept until it is settled
   return {'ok'}
 end
 local raw = redis.call('HGET', KEYS[1], ARGV[2])
@@ -35,4 +38,10 @@ end
 r.d = 1
 if r.s == 'approved' then r.s = 'refunded' end
 redis.call('HSET', KEYS[1], ARGV[2], cjson.encode(r))
+if ARGV[3] and tonumber(ARGV[3]) > 0 then
+  for _, raw in ipairs(redis.call('HVALS', KEYS[1])) do
+    if tonumber(cjson.decode(raw).d) ~= 1 then return {'ok'} end
+  end
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
 return {'ok'}

@@ -14,6 +14,10 @@ one script (``refunds_record.lua``) per step:
 * ``settle``: the refunds worker applied the refund's last step in SQL (``done``), which
   opens the order to its next request.
 
+Lifetime: an order with an open refund keeps its record; once every refund of the order is
+done the record expires after :data:`RECORD_RETENTION_S` (or the caller's lifetime), past
+the refund window, so no request can need it any more (docs/retention.md).
+
 Driver errors become :class:`~livecommerce.errors.Unavailable`.
 """
 
@@ -29,6 +33,7 @@ from .redis_conn import guarded
 from .refunds import PriorRefund, Refund, RefundState, order_of
 
 RECORD = (files("livecommerce") / "refunds_record.lua").read_text()
+RECORD_RETENTION_S = 30 * 86400  # after the order's last refund is done; the window is 15 days
 
 
 def _s(v: Any) -> str:
@@ -102,8 +107,9 @@ class RefundsRedis:
             raise Conflict(f"refund {rid} is {_s(res[1])} already", code="illegal_transition")
         return code == "ok"
 
-    async def settle(self, rid: str) -> None:
-        """Mark the refund done (the worker applied its last step). Idempotent."""
+    async def settle(self, rid: str, *, retention_s: int = RECORD_RETENTION_S) -> None:
+        """Mark the refund done (the worker applied its last step). Idempotent. When no
+        refund of the order is open any more, the record expires after ``retention_s``."""
         oid, n = order_of(rid)
         async with guarded():
-            await self._record(keys=[self._key(oid)], args=["settle", n])
+            await self._record(keys=[self._key(oid)], args=["settle", n, int(retention_s) * 1000])

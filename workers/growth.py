@@ -49,6 +49,7 @@ from livecommerce.referrals import (
     referrer_points,
     reward_rows,
 )
+from livecommerce.retention import ROOM_RETENTION_S, USER_CACHE_TTL_S
 from livecommerce.store import PointsRole
 from livecommerce.store_sql import SqlStore
 from workers.points import PointsWorker
@@ -63,11 +64,12 @@ class GrowthWorker:
     """The batch handler (one per process; the four topic loops share it)."""
 
     def __init__(self, store: SqlStore, redis: Any, keys: Keys, *, rules: Rules | None = None,
-                 notifier: Notifier | None = None, experiments: ExperimentCache | None = None) -> None:
+                 notifier: Notifier | None = None, experiments: ExperimentCache | None = None,
+                 room_retention_s: int = ROOM_RETENTION_S, cache_ttl_s: int = USER_CACHE_TTL_S) -> None:
         self.store = store
-        self.feed = FeedRedis(redis, keys)
+        self.feed = FeedRedis(redis, keys, ttl_s=room_retention_s)
         self.experiments = experiments if experiments is not None else ExperimentCache(ExperimentsRedis(redis, keys))
-        self.points = PointsWorker(store, redis, keys, rules or Rules(), notifier=notifier)
+        self.points = PointsWorker(store, redis, keys, rules or Rules(), notifier=notifier, cache_ttl_s=cache_ttl_s)
         self.applied = 0
         self.rewards: list[Reward] = []  # claimed by this process (tests, logs)
 
@@ -139,7 +141,8 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     broker = RedisBroker(redis, keys, sharded=is_cluster_url(settings.redis_url))
     log_ = open_log(settings, redis)
     store = SqlStore(settings.database_url)
-    worker = GrowthWorker(store, redis, keys, rules=Rules.from_settings(settings), notifier=Notifier(redis, broker, keys))
+    worker = GrowthWorker(store, redis, keys, rules=Rules.from_settings(settings), notifier=Notifier(redis, broker, keys),
+                          room_retention_s=settings.room_retention_s, cache_ttl_s=settings.user_cache_ttl_s)
     log.info("growth.worker_started", extra={"worker": settings.node_id})
     try:
         await asyncio.gather(*(run_consumer(log_, t, CONSUMER, settings.node_id, worker, stop=stop) for t in TOPICS))

@@ -8,7 +8,8 @@ Three loops in one process:
   redelivered event changes nothing; after the commit the buyer is told (``order.paid``,
   ``order.cancelled``) through the node inboxes.
 * **time-out**: every second, holds past their payment deadline are released in Redis
-  (stock back, exactly once) and ``order.cancelled`` is appended.
+  (stock back, exactly once) and ``order.cancelled`` is appended; an ended sale with no
+  hold left is settled: its keys expire after ``LC_SALE_RETENTION_S`` (docs/retention.md).
 * **schedule**: sales whose start or end time came are started / ended in Redis and
   ``sale.started`` / ``sale.ended`` is broadcast once (an announcement claim in Redis), so
   several worker processes may run this loop safely.
@@ -161,7 +162,7 @@ class OrdersWorker:
         self.store = SqlStore(settings.database_url)
         self.broker = RedisBroker(self.redis, self.keys)
         self.notifier = Notifier(self.redis, self.broker, self.keys)
-        self.checkout = Checkout(self.redis, self.keys, self.log)
+        self.checkout = Checkout(self.redis, self.keys, self.log, sale_retention_s=settings.sale_retention_s)
         self.settler = OrderSettler(self.store, self.notifier)
 
     async def drain(self) -> int:

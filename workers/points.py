@@ -11,7 +11,8 @@ append), and a worker killed mid-batch leaves nothing of that batch behind.
 After each batch, for every user the batch touched (applied or already applied: a
 restart after a crash between the commit and this step repairs it), the worker reads the
 balances from SQL, caches ``{viewer, host, level, host_level}`` in ``{user:ID}:points``
-(what ``gw.level_of`` reads) and pushes ``points {balance, level, host_balance,
+(what ``gw.level_of`` reads; it expires ``LC_USER_CACHE_TTL_S`` after its last write, and a
+returning user's level comes back with their next point) and pushes ``points {balance, level, host_balance,
 host_level}`` to the user's connections.
 
 Redemptions (``points.redeem {user, value, cost, request_id}``): in the same
@@ -52,6 +53,7 @@ from livecommerce.notify import Notifier
 from livecommerce.points import REDEEM, Award, Rules, awards_for, level_for, redeem_drop_id, room_of
 from livecommerce.redis_conn import connect, guarded, is_cluster_url
 from livecommerce.refunds import ORDER_REFUNDED, clawback_awards
+from livecommerce.retention import USER_CACHE_TTL_S
 from livecommerce.store import PointsRole, Store
 from workers.runner import run_consumer
 
@@ -66,12 +68,13 @@ class PointsWorker:
     """The batch handler (one per process; safe for the four topic loops to share)."""
 
     def __init__(self, store: Store, redis: Any, keys: Keys, rules: Rules, *, notifier: Notifier | None = None,
-                 secret: str | None = None) -> None:
+                 secret: str | None = None, cache_ttl_s: int = USER_CACHE_TTL_S) -> None:
         self.store = store
         self.secret = secret  # with it, awards of erased users go to their pseudonym (issue 11)
         self.redis = redis
         self.keys = keys
         self.rules = rules
+        self.cache_ttl_s = cache_ttl_s  # the {user:ID}:points cache's lifetime after each write
         self.notifier = notifier
         self.coupons = CouponsRedis(redis, keys)
         self.applied = 0  # events whose rows this process wrote
@@ -185,6 +188,7 @@ class PointsWorker:
             viewer, host = b["viewer"], b["host"]
             states[user] = {"viewer": viewer, "host": host, "level": level_for(viewer, levels), "host_level": level_for(host, levels)}
             pipe.hset(self.keys.user(user, "points"), mapping=states[user])
+            pipe.expire(self.keys.user(user, "points"), self.cache_ttl_s)  # SQL holds the truth
         async with guarded():
             await pipe.execute()
         now = _now()
@@ -228,7 +232,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     log_ = open_log(settings, redis)
     store = SqlStore(settings.database_url)
     worker = PointsWorker(store, redis, keys, Rules.from_settings(settings), notifier=Notifier(redis, broker, keys),
-                          secret=settings.secret)
+                          secret=settings.secret, cache_ttl_s=settings.user_cache_ttl_s)
     log.info("points.worker_started", extra={"worker": settings.node_id})
     try:
         await asyncio.gather(*(run_consumer(log_, t, CONSUMER, settings.node_id, worker, stop=stop) for t in TOPICS))

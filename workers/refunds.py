@@ -55,7 +55,7 @@ from livecommerce.refunds import (
     refund_from_event,
     settlement,
 )
-from livecommerce.refunds_redis import RefundsRedis
+from livecommerce.refunds_redis import RECORD_RETENTION_S, RefundsRedis
 from livecommerce.refunds_sql import decide, ensure, settle
 from livecommerce.store_sql import SqlStore, SqlTx
 from livecommerce.wallet_redis import RedisWallet
@@ -71,7 +71,7 @@ class RefundsWorker:
     """The batch handler; ``effects`` counts refunds whose Redis effects ran now."""
 
     def __init__(self, store: SqlStore, redis: Any, keys: Keys, durable: Log, *, notifier: Notifier | None = None,
-                 broker: RedisBroker | None = None) -> None:
+                 broker: RedisBroker | None = None, retention_s: int = RECORD_RETENTION_S) -> None:
         self.store = store
         self.log = durable
         self.sales = RedisFlashSale(redis, keys)
@@ -79,6 +79,7 @@ class RefundsWorker:
         self.records = RefundsRedis(redis, keys)
         self.notifier = notifier
         self.broker = broker
+        self.retention_s = retention_s  # the refund records' lifetime once the order has none open
         self.effects = 0
         self.applied = 0
 
@@ -104,7 +105,7 @@ class RefundsWorker:
         if fresh:
             self.applied += 1
         if e.type in (REJECTED, ORDER_REFUNDED):
-            await self.records.settle(r.id)  # the order may take its next request
+            await self.records.settle(r.id, retention_s=self.retention_s)  # the order may take its next request
         if fresh:
             await self._push(e, r)
 
@@ -147,7 +148,9 @@ class RefundsWorker:
             outcome, restocked, remaining = await self.sales.refund(r.sale_id, r.order_id, r.id, r.qty)
             first = outcome == "ok"
         except (NotFound, Conflict) as exc:
-            log.error("refunds.stock_not_moved", extra={"refund": r.id, "err": exc.message})
+            # a sale settled long ago has no stock to move any more (docs/retention.md)
+            level = logging.INFO if exc.code == "sale_expired" else logging.ERROR
+            log.log(level, "refunds.stock_not_moved", extra={"refund": r.id, "err": exc.message})
         credited = credited_coins(r.amount)
         if credited > 0:
             up = await self.wallet.topup(user=r.user_id, amount=credited, idempotency_key=credit_key(r.id), by=f"refund:{r.id}", now_ms=e.ts)
@@ -198,7 +201,8 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     broker = RedisBroker(redis, keys, sharded=is_cluster_url(settings.redis_url))
     durable = open_log(settings, redis)
     store = SqlStore(settings.database_url)
-    worker = RefundsWorker(store, redis, keys, durable, notifier=Notifier(redis, broker, keys), broker=broker)
+    worker = RefundsWorker(store, redis, keys, durable, notifier=Notifier(redis, broker, keys), broker=broker,
+                           retention_s=settings.sale_retention_s)
     await store.check_schema()
     log.info("worker.started", extra={"worker": "refunds", "node": settings.node_id})
     try:
