@@ -536,8 +536,28 @@ IDEMPOTENT_BY_HEADER = {
 IDEMPOTENT_BY_BODY = {("post", "/api/v1/points/{user}/redeem"), ("post", "/api/v1/sales/{sale}/buy")}
 
 
+def _error(code: str) -> J:
+    return {"description": ERRORS[code], "content": {"application/json": {"schema": ref("Error")}}}
+
+
+def _mark_common_errors(paths: dict[str, dict[str, J]]) -> None:
+    """What every operation of a kind may answer: 404 where a path names a resource that may
+    not exist, 413 where a body may be too large, 409 where a change meets a state that
+    refuses it (e.g. `room_ended` in a room whose show is over)."""
+    for path, methods in paths.items():
+        for method, spec in methods.items():
+            if not isinstance(spec, dict) or "responses" not in spec:
+                continue
+            if "{" in path and path.startswith("/api/"):
+                spec["responses"].setdefault("404", _error("404"))
+            if "requestBody" in spec:
+                spec["responses"].setdefault("413", _error("413"))
+            if method in ("post", "put", "delete") and path.startswith("/api/"):
+                spec["responses"].setdefault("409", _error("409"))
+
+
 def _mark_idempotent(paths: dict[str, dict[str, J]]) -> None:
-    err = {"description": ERRORS["422"], "content": {"application/json": {"schema": ref("Error")}}}
+    err = _error("422")
     for method, path in IDEMPOTENT_BY_HEADER | IDEMPOTENT_BY_BODY:
         spec = paths.get(path, {}).get(method)
         if spec is None:
@@ -572,6 +592,7 @@ def document(modules: list[str] | None = None, server_url: str | None = None) ->
         for path, ops in own.items():
             paths.setdefault(path, {}).update(copy.deepcopy(ops))
     _mark_idempotent(paths)
+    _mark_common_errors(paths)
     doc: J = {
         "openapi": "3.1.0",
         "info": {
