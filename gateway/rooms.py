@@ -203,6 +203,7 @@ class RoomsService:
         """
         ident.require_host(room)
         meta, changed = await self._step(room, "go_live")
+        self.gate.remember(room, "live")
         pub = public_room(meta)
         if changed:
             await self.gw.publish(room, "room.live", {"title": pub["title"], "host": pub["host"], "live_ms": pub["live_ms"], "by": ident.user})
