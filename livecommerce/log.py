@@ -365,6 +365,8 @@ def open_log(
         from .log_kafka import KafkaLog
 
         kafka_options.setdefault("session_timeout_ms", settings.kafka_session_timeout_ms)
+        if settings.log_max_age_s > 0:  # the broker's retention is the log's hard cap
+            kafka_options.setdefault("retention_ms", settings.log_max_age_s * 1000)
         kafka_options.setdefault("heartbeat_interval_ms", max(100, settings.kafka_session_timeout_ms // 5))
         return KafkaLog(
             settings.kafka_bootstrap,

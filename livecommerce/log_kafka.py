@@ -1,7 +1,8 @@
 """The durable log on Kafka (through aiokafka): the scale-out ``Log`` backend.
 
 Layout: topic ``<prefix>.<topic>`` with ``partitions`` partitions, created with the admin
-client the first time this process uses it (an existing topic is kept as it is). Messages
+client the first time this process uses it (an existing topic is kept as it is), with
+``retention.ms`` when ``retention_ms`` is given: retention is the broker's (docs/retention.md). Messages
 are keyed by the event key (Kafka's murmur2 partitioner keeps each key in one partition, so
 its order holds); the value is :func:`~livecommerce.log.encode_event`. The producer waits for
 ``acks=all``; idempotence is on unless ``idempotent=False`` (``LC_KAFKA_IDEMPOTENT``; the
@@ -65,6 +66,9 @@ class KafkaLog:
         request_timeout_ms: per request to the broker.
         replication_factor: replicas of a topic this log creates (1 suits one broker; use
             3 on a production cluster, or create the topics beforehand).
+        retention_ms: ``retention.ms`` of the topics this log creates (``LC_LOG_MAX_AGE_S``;
+            None: the broker's default). The broker deletes older segments whatever the
+            groups' offsets, so keep it above the longest lag a group may have.
     """
 
     def __init__(
@@ -80,6 +84,7 @@ class KafkaLog:
         rebalance_timeout_ms: int | None = None,
         request_timeout_ms: int = 30_000,
         replication_factor: int = 1,
+        retention_ms: int | None = None,
     ) -> None:
         if partitions < 1:
             raise ConfigError("a log needs at least one partition")
@@ -93,10 +98,14 @@ class KafkaLog:
         self.rebalance_timeout_ms = rebalance_timeout_ms or session_timeout_ms
         self.request_timeout_ms = request_timeout_ms
         self.replication_factor = replication_factor
+        self.retention_ms = retention_ms
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
         self._ready_topics: set[str] = set()
         self._consumers: set[KafkaConsumer] = set()
+
+    def _topic_configs(self) -> dict[str, str]:
+        return {} if self.retention_ms is None else {"retention.ms": str(self.retention_ms)}
 
     def topic_name(self, topic: str) -> str:
         return f"{self.prefix}.{check_topic(topic)}"
@@ -125,7 +134,8 @@ class KafkaLog:
                 await admin.start()
                 try:
                     resp = await admin.create_topics(
-                        [NewTopic(name, num_partitions=self.partitions, replication_factor=self.replication_factor)]
+                        [NewTopic(name, num_partitions=self.partitions, replication_factor=self.replication_factor,
+                                  topic_configs=self._topic_configs())]
                     )
                 finally:
                     await admin.close()

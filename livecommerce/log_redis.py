@@ -20,6 +20,12 @@ Delivery (the contract is in :mod:`livecommerce.log`):
 
 Entries trimmed by ``maxlen`` before being acked are acked and skipped. Driver errors become
 :class:`~livecommerce.errors.Unavailable`.
+
+Retention (:meth:`RedisLog.trim`, run by ``livecommerce worker retention``): an entry is
+removed once every group of its stream has read past it and holds it no more (XINFO GROUPS,
+XPENDING) and it is older than ``retain_ms``, with a hard cap ``max_age_ms`` whatever the
+groups (:func:`livecommerce.retention.trim_point`; XTRIM MINID). A group that a finished
+job left behind blocks trimming until the cap: drop it with :meth:`RedisLog.drop_group`.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import redis.exceptions
@@ -37,6 +43,7 @@ from .keys import Keys
 from .log import (
     DEFAULT_CLAIM_IDLE_MS,
     Delivery,
+    LogEvent,
     check_topic,
     decode_event,
     encode_event,
@@ -44,6 +51,7 @@ from .log import (
     partition_for,
 )
 from .redis_conn import DRIVER_ERRORS
+from .retention import GroupPosition, parse_id, trim_point
 
 log = logging.getLogger("livecommerce.log.redis")
 
@@ -62,6 +70,10 @@ async def _guard() -> AsyncIterator[None]:
 
 def _sid(x: Any) -> bytes:
     return x if isinstance(x, bytes) else str(x).encode()
+
+
+def _text(x: Any) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)
 
 
 class RedisLog:
@@ -128,6 +140,108 @@ class RedisLog:
         for p in range(self.partitions):
             await c.create_group(p)
         return c
+
+    async def streams(self) -> list[tuple[str, int]]:
+        """``(topic, partition)`` of every log stream under this prefix (SCAN).
+
+        Raises:
+            Unavailable: Redis unreachable.
+        """
+        head = self.keys.stream("")[:-1]  # "<prefix>:{log:"
+        out: set[tuple[str, int]] = set()
+        async with _guard():
+            async for raw in self.redis.scan_iter(match=head + "*}", count=1000):  # braces are literal in globs
+                name = raw.decode() if isinstance(raw, bytes) else str(raw)
+                topic, _, p = name[len(head) : -1].rpartition(":")
+                if topic and p.isdigit():
+                    out.add((topic, int(p)))
+        return sorted(out)
+
+    async def positions(self, topic: str, partition: int) -> list[GroupPosition]:
+        """Where each consumer group of one partition stream is: its last delivered id and
+        the oldest entry it still holds (XINFO GROUPS, XPENDING). Empty for no stream.
+
+        Raises:
+            Unavailable: Redis unreachable.
+        """
+        stream = self.stream(topic, partition)
+        out: list[GroupPosition] = []
+        async with _guard():
+            try:
+                groups = await self.redis.xinfo_groups(stream)
+            except redis.exceptions.ResponseError:  # no such stream
+                return []
+            for g in groups:
+                name = _text(g["name"])
+                oldest = None
+                if int(g["pending"]):
+                    summary = await self.redis.xpending(stream, name)
+                    if summary and summary.get("min") is not None:
+                        oldest = _text(summary["min"])
+                out.append(GroupPosition(name, _text(g["last-delivered-id"]), oldest))
+        return out
+
+    async def trim(
+        self, topic: str, *, now_ms: int, retain_ms: int, max_age_ms: int = 0,
+        before: Callable[[list[LogEvent]], Awaitable[None]] | None = None, chunk: int = 500,
+    ) -> int:
+        """Remove what no group needs any more from each partition of ``topic`` (see the
+        module docstring); return the number of entries removed. ``before`` gets the events
+        about to go, in chunks, and they go only once it returned (a snapshot of what the
+        log will no longer hold: profiles' base).
+
+        Raises:
+            Unavailable: Redis unreachable.
+            Exception: whatever ``before`` raised (that partition is not trimmed).
+        """
+        removed = 0
+        for p in range(self.partitions):
+            groups = await self.positions(topic, p)
+            ms, seq = trim_point(groups, now_ms=now_ms, retain_ms=retain_ms, max_age_ms=max_age_ms)
+            if ms <= 0:
+                continue
+            if before is not None:
+                await self._replay_before(self.stream(topic, p), f"{ms}-{seq}", before, chunk)
+            if max_age_ms > 0:
+                behind = [g.name for g in groups if min(parse_id(g.last_delivered), parse_id(g.oldest_pending or g.last_delivered)) < (ms, seq)]
+                if behind:
+                    log.error("log.group_lost_entries", extra={"topic": topic, "partition": p, "groups": behind,
+                                                               "max_age_s": max_age_ms // 1000})
+            async with _guard():
+                removed += int(await self.redis.xtrim(self.stream(topic, p), minid=f"{ms}-{seq}", approximate=False))
+        return removed
+
+    async def _replay_before(self, stream: str, minid: str, before: Callable[[list[LogEvent]], Awaitable[None]], chunk: int) -> None:
+        start = "-"
+        while True:
+            async with _guard():
+                rows = await self.redis.xrange(stream, start, f"({minid}", count=chunk)
+            if not rows:
+                return
+            events = []
+            for _, fields in rows:
+                raw = fields.get(_FIELD) if fields else None
+                if raw is None:
+                    continue
+                with contextlib.suppress(ValueError):
+                    events.append(decode_event(raw))
+            if events:
+                await before(events)
+            if len(rows) < chunk:
+                return
+            start = "(" + _text(rows[-1][0])
+
+    async def drop_group(self, topic: str, group: str) -> None:
+        """Delete a consumer group from every partition stream (a finished rebuild's), so
+        it no longer holds back trimming. Idempotent.
+
+        Raises:
+            Unavailable: Redis unreachable.
+        """
+        async with _guard():
+            for p in range(self.partitions):
+                with contextlib.suppress(redis.exceptions.ResponseError):
+                    await self.redis.xgroup_destroy(self.stream(topic, p), group)
 
     async def close(self) -> None:
         """Close the client if this log opened it."""

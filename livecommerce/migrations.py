@@ -86,6 +86,13 @@ def _v3_growth(conn: Connection) -> None:
     growth_sql.meta.create_all(conn, checkfirst=True)
 
 
+def _v4_retention(conn: Connection) -> None:
+    """M2 retention: ``profiles_base``, the fold of the log entries retention trimmed."""
+    from . import profiles_sql
+
+    profiles_sql.base_meta.create_all(conn, checkfirst=True)
+
+
 STEPS: list[tuple[int, str, Step]] = [
     (
         1,
@@ -94,6 +101,7 @@ STEPS: list[tuple[int, str, Step]] = [
     ),
     (2, "after-sales: refund columns, tickets, profiles, fan clubs, erasures, segments", _v2_aftersales),
     (3, "growth: facts, active days, viewers' growth rows, experiment exposures", _v3_growth),
+    (4, "retention: profiles_base (the fold of the log entries retention trimmed)", _v4_retention),
 ]
 LATEST = STEPS[-1][0]
 

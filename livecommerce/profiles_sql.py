@@ -10,6 +10,9 @@
 * ``erasures(pseudonym, erased_ms)``: the pseudonyms of erased users (no user ids) and
   when they were (last) erased, so their events up to then met later are folded, and
   their points awarded, under the pseudonym.
+* ``profiles_base(user_id, data, updated_ms)``: the fold of the events that log retention
+  trimmed (claimed under :data:`BASE_CONSUMER`); a rebuild starts from it
+  (docs/retention.md).
 
 Concurrency: a batch locks its users' rows in user-id order (PostgreSQL ``FOR UPDATE``;
 SQLite has one writer), after taking the shared profiles lock (a PostgreSQL advisory lock);
@@ -80,6 +83,17 @@ erasures = Table(
     Column("pseudonym", String(ID), primary_key=True),
     Column("erased_ms", BigInteger, nullable=False),
 )
+
+# migration step 4 (retention): the part of the log that retention trimmed, folded
+base_meta = MetaData()
+profiles_base = Table(
+    "profiles_base",
+    base_meta,
+    Column("user_id", String(ID), primary_key=True),
+    Column("data", JSON, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+)
+BASE_CONSUMER = "profiles-base"  # the applied_events claims of the events folded into the base
 
 _LOCK = 0x6C63_7072  # "lcpr": batches share it, a rebuild or an erasure holds it alone
 CHUNK = 500
@@ -221,6 +235,39 @@ async def replace_all(conn: AsyncConnection, rebuilt: Mapping[str, Profile], *, 
     return len(users)
 
 
+async def fold_into_base(conn: AsyncConnection, partials: Mapping[str, Profile], *, now_ms: int) -> None:
+    """Merge each user's partial into ``profiles_base``: the fold of the events the log no
+    longer holds, which a rebuild starts from. Call inside a transaction that holds the
+    shared lock and has claimed the events for :data:`BASE_CONSUMER`."""
+    users = sorted(partials)
+    for i in range(0, len(users), CHUNK):
+        part = users[i : i + CHUNK]
+        rows = [{"user_id": u, "data": {}, "updated_ms": now_ms} for u in part]
+        await conn.execute(_insert(conn, profiles_base).values(rows).on_conflict_do_nothing(index_elements=["user_id"]))
+        q = select(profiles_base.c.user_id, profiles_base.c.data).where(profiles_base.c.user_id.in_(part)).order_by(profiles_base.c.user_id)
+        if conn.dialect.name == "postgresql":
+            q = q.with_for_update()
+        stored = {r.user_id: _data(r.data) for r in await conn.execute(q)}
+        stmt = update(profiles_base).where(profiles_base.c.user_id == bindparam("uid")).values(data=bindparam("d"), updated_ms=bindparam("ts"))
+        await conn.execute(stmt, [{"uid": u, "d": merge(stored.get(u, {}), partials[u]), "ts": now_ms} for u in part])
+
+
+async def load_base(conn: AsyncConnection) -> dict[str, Profile]:
+    """Every row of ``profiles_base``."""
+    return {r.user_id: _data(r.data) for r in await conn.execute(select(profiles_base.c.user_id, profiles_base.c.data))}
+
+
+async def claimed_among(conn: AsyncConnection, consumer: str, event_ids: Iterable[str]) -> set[str]:
+    """Which of ``event_ids`` ``consumer`` has claimed (``applied_events``)."""
+    ids = sorted(set(event_ids))
+    table = store_sql.applied_events
+    out: set[str] = set()
+    for i in range(0, len(ids), CHUNK):
+        q = select(table.c.event_id).where(table.c.consumer == consumer, table.c.event_id.in_(ids[i : i + CHUNK]))
+        out.update(r[0] for r in await conn.execute(q))
+    return out
+
+
 async def fan_hosts(conn: AsyncConnection) -> set[str]:
     """Every host with a row in the fan projection."""
     return {r[0] for r in await conn.execute(select(fan_members.c.host_id).distinct())}
@@ -325,6 +372,14 @@ async def erase_user(store: SqlStore, user: str, alias: str, *, now_ms: int) -> 
         await conn.execute(delete(profiles).where(profiles.c.user_id.in_([user, alias])))
         await conn.execute(profiles.insert().values(user_id=alias, display_name=None, data=merged, erased=True, updated_ms=now_ms))
         done["profiles"] = len(mine)
+        based = (await conn.execute(select(profiles_base).where(profiles_base.c.user_id.in_([user, alias])))).all()
+        if based:  # the folded, trimmed part of the log moves to the pseudonym too
+            base: Profile = {}
+            for r in based:
+                base = merge(base, _data(r.data))
+            await conn.execute(delete(profiles_base).where(profiles_base.c.user_id.in_([user, alias])))
+            await conn.execute(profiles_base.insert().values(user_id=alias, data=base, updated_ms=now_ms))
+        done["profiles_base"] = len(based)
         res = await conn.execute(delete(fan_members).where(fan_members.c.user_id.in_([user, alias])))
         done["fan_members"] = int(res.rowcount)
         hosts = set(merged.get("hosts", {})) | set(merged.get("follows", {})) | set(merged.get("clubs", {}))

@@ -13,7 +13,9 @@ How each backend keeps the contract:
 
 * SQLite runs in WAL mode with a busy timeout (readers never block the writer); every write
   transaction starts with ``BEGIN IMMEDIATE``, so writers queue instead of failing with
-  "database is locked" when a read transaction tries to upgrade.
+  "database is locked" when a read transaction tries to upgrade. The WAL is truncated by
+  :meth:`SqlStore.checkpoint` (the retention worker, every minute) and capped at
+  ``SQLITE_WAL_LIMIT_BYTES`` after each checkpoint that resets it.
 * PostgreSQL: ``applied_events`` and order rows are claimed with ``INSERT .. ON CONFLICT DO
   NOTHING`` and ``SELECT .. FOR UPDATE``; a concurrent duplicate waits for the first
   transaction and then sees its row.
@@ -304,6 +306,7 @@ def make_engine(url: str, **kw: Any) -> AsyncEngine:
 
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+SQLITE_WAL_LIMIT_BYTES = 16 * 1024 * 1024
 
 
 def _sqlite_setup(engine: AsyncEngine) -> None:
@@ -315,6 +318,8 @@ def _sqlite_setup(engine: AsyncEngine) -> None:
         cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
         cur.execute("PRAGMA journal_mode = WAL")
         cur.execute("PRAGMA synchronous = NORMAL")
+        # a checkpoint that resets the WAL truncates the file to this (docs/retention.md)
+        cur.execute(f"PRAGMA journal_size_limit = {SQLITE_WAL_LIMIT_BYTES}")
         cur.execute("PRAGMA foreign_keys = ON")
         cur.close()
 
@@ -676,6 +681,27 @@ class SqlStore:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+    async def checkpoint(self) -> tuple[int, int, int] | None:
+        """SQLite: ``PRAGMA wal_checkpoint(TRUNCATE)``: copy the WAL into the database and
+        truncate it to zero bytes, so it does not grow while readers keep the automatic
+        (passive) checkpoints from finishing. Waits for readers up to the busy timeout.
+        Returns SQLite's ``(busy, wal pages, pages checkpointed)`` (busy 1: readers held it
+        back, try later); None on PostgreSQL, which manages its own WAL.
+
+        Raises:
+            Unavailable: the database is unreachable.
+        """
+        if self.dialect != "sqlite":
+            return None
+        async with guarded(), self.engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver = raw.driver_connection  # aiosqlite: outside any transaction, as the pragma needs
+            assert driver is not None
+            cur = await driver.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            row = await cur.fetchone()
+            await cur.close()
+        return (int(row[0]), int(row[1]), int(row[2])) if row else None
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[SqlTx]:
