@@ -37,6 +37,7 @@ from scripts.chaos_rush import (
     wait_ready,
     worker_proc,
 )
+from tests.waiting import wait_until
 from workers.orders import OrdersWorker
 
 
@@ -118,7 +119,7 @@ async def test_worker_on_sigterm_finishes_or_releases_its_batch(log: str, settin
     await upgrade(db)
     s = settings.replace(database_url=db, log_claim_idle_ms=30_000, kafka_session_timeout_ms=2000, kafka_idempotent=False,
                          kafka_partitions=2)
-    lc = dict(redis_url=s.redis_url, key_prefix=s.key_prefix, database_url=db, log_json="1", log_claim_idle_ms="30000",
+    lc = dict(redis_url=s.redis_url, key_prefix=s.key_prefix, database_url=db, secret=s.secret, log_json="1", log_claim_idle_ms="30000",
               kafka_session_timeout_ms="2000", kafka_idempotent="0", kafka_partitions="2")
     if log == "kafka":
         boot = request.getfixturevalue("kafka_bootstrap")
@@ -137,11 +138,10 @@ async def test_worker_on_sigterm_finishes_or_releases_its_batch(log: str, settin
     w.start()
     store = SqlStore(db)
     try:
-        deadline = time.monotonic() + 60
-        seen = 0
-        while time.monotonic() < deadline and seen < 100:
-            seen = len(await store.list_orders(sale_id=sale, limit=10 * N_EVENTS))
-            await asyncio.sleep(0.05)
+        async def applied() -> int:
+            return len(await store.list_orders(sale_id=sale, limit=10 * N_EVENTS))
+
+        seen = await wait_until(applied, until=lambda n: n >= 100, timeout=60, what="the worker mid-stream (100 orders in SQL)")
         assert 0 < seen < N_EVENTS, f"SIGTERM must land mid-stream (saw {seen})"
         assert w.proc is not None
         w.proc.send_signal(signal.SIGTERM)
@@ -181,12 +181,18 @@ def test_a_write_to_a_client_that_just_vanished_is_shed_not_raised() -> None:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        transport, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+        lost = asyncio.Event()
+
+        class Peer(asyncio.Protocol):
+            def connection_lost(self, exc: Exception | None) -> None:
+                lost.set()
+
+        transport, _ = await loop.create_connection(Peer, "127.0.0.1", port)
         conn = Conn(web.WebSocketResponse(), transport, Identity("gone", "viewer"), "room", "json", ip="127.0.0.1",  # type: ignore[arg-type]
                     cmd_bucket=TokenBucket(1, 1), flood=FloodGuard(1, 1), now=0.0)
         assert conn.write(b"\x81\x00", critical=False, soft=1 << 20, hard=1 << 22, now=0.0) == 1
         transport.close()
-        await asyncio.sleep(0.05)
+        await wait_until(lost.is_set, what="the closed transport's connection_lost")
         with pytest.raises(RuntimeError):
             transport.write(b"x")  # what the hub used to hit
         assert conn.write(b"\x81\x00", critical=False, soft=1 << 20, hard=1 << 22, now=0.0) == 0
