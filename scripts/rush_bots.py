@@ -4,13 +4,16 @@
 Each bot joins the room, waits for ``sale.started`` (or buys at once if the sale is already
 live), sends ``buy`` with its own ``request_id`` (and one retry with the same id, which must
 return the same order), pays a share of its orders over HTTP and lets the rest time out.
-At the end it prints what the bots saw beside the gateway's sale stats and checks the
-invariants: nothing oversold, stock conserved, one order per request id.
+At the end it waits (bounded, with progress) until the orders worker has written the
+sale's orders into SQL, so the GMV it prints counts every paid order, then prints what the
+bots saw beside the gateway's sale stats and checks the invariants: nothing oversold, stock
+conserved, one order per request id, SQL caught up.
 
     livecommerce campaign load examples/campaign.yaml
     python scripts/rush_bots.py --sale tea-rush --room demo --bots 100
 
-Tokens are signed with LC_SECRET, or the secret `livecommerce dev` keeps in ./.livecommerce/secret.
+Tokens are signed with --secret, LC_SECRET, or the secret of the `livecommerce dev` running
+in this directory (./.livecommerce/dev.env, which also gives the default --url).
 """
 
 from __future__ import annotations
@@ -22,22 +25,58 @@ import os
 import sys
 import time
 import uuid
-from pathlib import Path
+from typing import Any
 
 import aiohttp
 
 from livecommerce.auth import issue_token
+from livecommerce.config import Settings, read_dev_env, secret_source
+
+SOLD = ("paid", "refund_requested")  # SQL order states whose units Redis counts as paid
 
 
 def secret(args: argparse.Namespace) -> str:
     if args.secret:
-        return args.secret
-    if os.environ.get("LC_SECRET"):
-        return os.environ["LC_SECRET"]
-    f = Path(args.data_dir) / "secret"
-    if f.exists():
-        return f.read_text().strip()
-    sys.exit("no secret: set LC_SECRET or run from the directory where `livecommerce dev` runs")
+        return str(args.secret)
+    source, dev = secret_source()
+    key = Settings.from_env().secret
+    if not key:
+        sys.exit("error: no secret: pass --secret, set LC_SECRET, or run this in the directory where `livecommerce dev` runs")
+    print("tokens signed with " + ("LC_SECRET" if source == "env" else f"the secret in {dev.path if dev else 'dev.env'}"),
+          file=sys.stderr)
+    return key
+
+
+def default_url() -> str:
+    dev = read_dev_env(os.environ.get("LC_DATA_DIR", ".livecommerce"))
+    return dev.url if dev is not None and dev.alive and dev.url else "http://127.0.0.1:8080"
+
+
+def sql_behind(stats: dict[str, Any]) -> str:
+    """Why SQL does not yet hold what Redis holds for the sale ('' when it does): the orders
+    worker writes each reservation and payment after Redis decided it."""
+    units = stats.get("sql", {}).get("units", {})
+    sql_paid, sql_reserved = sum(int(units.get(k, 0)) for k in SOLD), int(units.get("reserved", 0))
+    if sql_paid == stats["paid"] and sql_reserved == stats["reserved"]:
+        return ""
+    return (f"SQL has {sql_paid} paid and {sql_reserved} reserved units, Redis {stats['paid']} paid and "
+            f"{stats['reserved']} reserved")
+
+
+async def wait_for_sql(http: aiohttp.ClientSession, url: str, headers: dict[str, str], wait_s: float) -> tuple[dict[str, Any], str]:
+    """Poll the sale's stats until SQL has caught up with Redis or ``wait_s`` passed; the
+    last stats and what is still behind ('' when nothing)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        stats = await (await http.get(url, headers=headers)).json()
+        behind = sql_behind(stats)
+        if not behind or time.monotonic() >= deadline:
+            if behind:
+                print()
+            return stats, behind
+        left = deadline - time.monotonic()
+        print(f"\r  waiting for the orders worker to write the sale into SQL ({left:.0f} s left): {behind}", end="", flush=True)
+        await asyncio.sleep(min(0.2, max(left, 0)))
 
 
 async def bot(i: int, args: argparse.Namespace, key: str, http: aiohttp.ClientSession, out: dict, started: asyncio.Event) -> None:
@@ -113,18 +152,22 @@ async def main(args: argparse.Namespace) -> int:
             print(f"\r  bots done {done}/{args.bots}  reserved {len(out['reserved'])}  paid {len(out['paid'])}", end="", flush=True)
         elapsed = time.perf_counter() - t_start
         print()
-        after = await (await http.get(stats_url, headers={"Authorization": f"Bearer {ops}"})).json()
+        after, behind = await wait_for_sql(http, stats_url, {"Authorization": f"Bearer {ops}"}, args.sql_wait)
     lat = sorted(out["latency"])
     pct = (lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1000) if lat else (lambda p: float("nan"))
     print(json.dumps({"bots": args.bots, "reserved": len(out["reserved"]), "paid": len(out["paid"]),
                       "rejected": out["rejected"], "buys_per_s": round(args.bots / elapsed, 1),
                       "reply_ms": {"p50": round(pct(0.5), 1), "p99": round(pct(0.99), 1)}}, indent=2))
     print("sale stats:", json.dumps({k: after[k] for k in ("state", "stock", "remaining", "reserved", "paid", "buyers", "conserved", "gmv")}))
+    if behind:
+        print(f"SQL is not caught up after {args.sql_wait:g} s: {behind}; the gmv above counts only what SQL has. "
+              "Is the orders worker running (`livecommerce dev` runs it; else `livecommerce worker orders`)?")
     checks = {
         "not oversold": len(out["reserved"]) <= after["stock"],
         "stock conserved": after["conserved"],
         "retries got the same order": out["retry_mismatch"] == 0,
         "orders unique": len(set(out["reserved"])) == len(out["reserved"]),
+        "SQL caught up (gmv counts every paid order)": not behind,
     }
     for name, ok in checks.items():
         print(f"  {'PASS' if ok else 'FAIL'}  {name}")
@@ -133,12 +176,14 @@ async def main(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--url", default="http://127.0.0.1:8080", help="gateway base URL (default %(default)s)")
+    ap.add_argument("--url", default=default_url(),
+                    help="gateway base URL (default: the `livecommerce dev` of this directory, else http://127.0.0.1:8080)")
     ap.add_argument("--room", default="demo", help="room of the sale (default %(default)s)")
     ap.add_argument("--sale", required=True, help="sale id to rush")
     ap.add_argument("--bots", type=int, default=100, help="number of viewer bots (default %(default)s)")
     ap.add_argument("--pay-percent", type=int, default=50, help="share of reserved orders the bots pay (default %(default)s)")
     ap.add_argument("--now", action="store_true", help="buy at once instead of waiting for sale.started")
-    ap.add_argument("--secret", help="token secret (default LC_SECRET or ./.livecommerce/secret)")
-    ap.add_argument("--data-dir", default=".livecommerce", help="where `livecommerce dev` keeps its secret")
+    ap.add_argument("--secret", help="token secret (default LC_SECRET, or the secret of the `livecommerce dev` of this directory)")
+    ap.add_argument("--sql-wait", type=float, default=30.0,
+                    help="seconds to wait for the orders worker to write the sale into SQL (default %(default)s)")
     sys.exit(asyncio.run(main(ap.parse_args())))
