@@ -22,6 +22,7 @@ from typing import Any
 
 from aiohttp import web
 from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
 
 from livecommerce.errors import BadFrame, FrameTooBig
 
@@ -144,11 +145,20 @@ def _coerce(raw: str, schema: dict[str, Any]) -> Any:
     return raw
 
 
+def _where(path: Any) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
 def _first_error(v: Draft202012Validator, value: Any) -> str | None:
-    err = next(iter(sorted(v.iter_errors(value), key=lambda e: [str(p) for p in e.path])), None)
+    """The most relevant violation (``best_match`` looks inside anyOf/oneOf), as
+    ``field 'items[1].text': ...``; None when ``value`` is valid."""
+    err = best_match(v.iter_errors(value))
     if err is None:
         return None
-    where = "/".join(str(p) for p in err.absolute_path)
+    where = _where(err.absolute_path)
     msg = err.message if len(err.message) <= 200 else err.message[:200] + "..."
     return f"field {where!r}: {msg}" if where else msg
 
