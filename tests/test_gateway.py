@@ -19,7 +19,7 @@ async def test_comment_on_node_a_reaches_viewers_on_node_b_once_each_in_order(ga
     viewers = [await Client.connect(b.ws if i % 2 else a.ws, "r1", token(f"v{i}"), fmt="json" if i % 3 == 0 else "msgpack") for i in range(6)]
     for i in range(20):
         await sender.send("comment", text=f"hello {i}")
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # pacing: a conversation, not one burst
     for v in viewers:
         events = [e for e in await v.events(20) if e["t"] == "comment"]
         assert [e["d"]["text"] for e in events] == [f"hello {i}" for i in range(20)]
@@ -209,8 +209,7 @@ async def test_health_ready_and_metrics(gateway_factory, token):
 
 async def test_a_hot_room_keeps_staff_buyers_and_high_levels_first(gateway_factory, token):
     node = await gateway_factory(room_comment_budget=20, tick_ms=200)
-    v = await Client.connect(node.ws, "hot", token("watcher"))
-    await asyncio.sleep(0.3)
+    v = await Client.connect(node.ws, "hot", token("watcher"))  # the node subscribed to the room before the welcome
     # one tick's worth of comments, far over the budget of 20/s (4 per 200 ms tick)
     sent = []
     for i in range(40):

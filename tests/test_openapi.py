@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from typing import Any
@@ -19,6 +18,7 @@ import aiohttp
 import pytest
 
 from gateway.openapi import document
+from tests.waiting import wait_until
 
 Json = Any
 
@@ -222,11 +222,12 @@ async def test_real_responses_match_their_documented_schemas(gateway_factory: An
         await api.call("GET", "/api/v1/rooms/r1/likes", "/api/v1/rooms/{room}/likes")
         await api.call("GET", "/api/v1/rooms/r1/online", "/api/v1/rooms/{room}/online")
         await api.call("GET", "/api/v1/ops/overview", "/api/v1/ops/overview", token=viewer, status=403)
-        for _ in range(50):  # the commerce figures are sampled every few seconds
+
+        async def sampled() -> dict | None:  # the commerce figures are sampled every few seconds
             ov = await api.call("GET", "/api/v1/ops/overview", "/api/v1/ops/overview", token=ops)
-            if ov["campaigns"] and ov["rooms"]:
-                break
-            await asyncio.sleep(0.2)
+            return ov if ov["campaigns"] and ov["rooms"] else None
+
+        ov = await wait_until(sampled, interval=0.2, what="the sale and the room in the ops overview")
         assert [c["sale_id"] for c in ov["campaigns"]] == [sale]
         assert [r["room"] for r in ov["rooms"]] == ["r1"]
         await api.call("GET", "/api/v1/ops/series?since=0", "/api/v1/ops/series", token=ops)

@@ -40,6 +40,7 @@ from livecommerce.points import (
 )
 from livecommerce.store_sql import SqlStore
 from livecommerce.wallet_redis import RedisWallet, SentGift
+from tests.waiting import wait_until
 from tests.wsclient import Client
 from workers.points import CONSUMER, PointsWorker
 from workers.points import drain as points_drain
@@ -225,11 +226,8 @@ async def test_the_points_worker_killed_mid_batch_loses_and_duplicates_nothing(
     proc = await asyncio.create_subprocess_exec(exe, "worker", "points", env=env, stdout=asyncio.subprocess.DEVNULL,
                                                 stderr=asyncio.subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
-        seen = 0
-        while time.monotonic() < deadline and seen == 0:  # kill right after the first batches commit
-            seen = _applied(path)
-            await asyncio.sleep(0.005)
+        # kill right after the first batches commit
+        await wait_until(lambda: _applied(path), timeout=30, interval=0.005, what="the worker's first committed batch")
         proc.send_signal(signal.SIGKILL)
         assert await asyncio.wait_for(proc.wait(), 10) == -signal.SIGKILL
     finally:
@@ -288,11 +286,15 @@ async def test_points_reach_the_user_show_on_comments_and_buy_coupons(
         sess.started_ms -= 150_000
         sess.last_emit_ms = sess.started_ms
         await fan.close()
-        for _ in range(100):
-            if ("fan", "live1") not in gw.services["points"].sessions:
-                break
-            gw.services["points"].check_sessions(gw.now_ms())
-            await asyncio.sleep(0.02)
+
+        def session_closed() -> bool:
+            points = gw.services["points"]
+            if ("fan", "live1") not in points.sessions:
+                return True
+            points.check_sessions(gw.now_ms())
+            return False
+
+        await wait_until(session_closed, interval=0.02, what="the fan's watch session closed")
         await gw.services["points"].stop()  # waits for the background appends
         await points_drain(log, worker, fetch_timeout_ms=100)
         assert await store.points_balance("fan", "viewer") == 495 + 2 + 2  # two capped comments, two minutes
