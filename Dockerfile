@@ -2,6 +2,9 @@
 # livecommerce: one image for every process (gateway, workers, migrations).
 #
 #   docker build -t livecommerce .
+#   # lc.env: LC_REDIS_URL, LC_DATABASE_URL, LC_SECRET (the same >= 32 bytes everywhere, e.g.
+#   # `python3 -c 'import secrets; print(secrets.token_hex(32))'`); no secret is built in, and
+#   # the gateway and workers exit with code 2 and a one-line error without one
 #   docker run --rm --env-file lc.env livecommerce livecommerce db upgrade     # once per deploy
 #   docker run -d --env-file lc.env -e LC_NODE_ID=gw1 -p 8080:8080 livecommerce  # a gateway
 #   docker run -d --env-file lc.env livecommerce livecommerce worker orders       # a worker
@@ -40,6 +43,8 @@ USER lc
 WORKDIR /home/lc
 # LC_HOST 0.0.0.0: reachable from the load balancer; LC_NODE_ID must be unique per gateway
 # (set it per container; the default n<pid> collides across containers, every pid being 1).
+# No LC_SECRET here (never bake one into an image) and no LC_TEST_COINS (viewers do not top
+# up their own wallets in production).
 ENV LC_HOST=0.0.0.0 LC_PORT=8080 LC_LOG_JSON=true
 EXPOSE 8080
 # Liveness of the process. Load balancers use /readyz instead (503 while Redis is

@@ -46,7 +46,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace, settings: Settings) -> int:
-    from .flash_sale import load_campaign_file, sale_from_campaign
+    from .flash_sale import SaleState, load_campaign_file, sale_from_campaign
 
     try:
         camps = load_campaign_file(args.file, default_payment_window_s=settings.payment_window_s, now_ms=int(time.time() * 1000))
@@ -80,7 +80,7 @@ def _load(args: argparse.Namespace, settings: Settings) -> int:
             for i, camp in enumerate(camps, 1):
                 sale = sale_from_campaign(camp, sale_id=camp.get("id") or f"s{now:x}{i}")
                 created = await checkout.create_sale(sale)
-                state = "scheduled"
+                state: SaleState = "scheduled"
                 if sale.starts_ms <= now < sale.ends_ms:
                     state = await checkout.sales.start(sale.id, now)
                     await checkout.unschedule(sale.id, "start")
