@@ -140,9 +140,12 @@ class Checkout:
     async def buy(self, *, user: str, sale_id: str, qty: int, request_id: str, now_ms: int) -> Reserved | Reject:
         """Reserve in Redis, then append ``order.reserved``. In a room whose show has ended
         the answer is ``room_ended``: from :attr:`room_gate` first, and from the reserve
-        script for the sales the room's end closed (a node whose gate missed the end)."""
+        script for the sales the room's end closed (a node whose gate missed the end); a
+        retried ``request_id`` of a reservation made before the end gets its first order."""
         if self.room_gate is not None and await self.room_gate.ended((await self.sale(sale_id)).room):
-            return "room_ended"
+            # a retry of a reservation made before the end still gets its order
+            if not await self.sales.known_request(sale_id, user, request_id):
+                return "room_ended"
         order_id = new_order_id(sale_id, now_ms)
         r = await self.sales.reserve(sale_id, user, qty, request_id, now_ms, order_id)
         if isinstance(r, str):

@@ -253,6 +253,13 @@ class RedisFlashSale:
 
     # ------------------------------------------------------------------ the money path
 
+    async def known_request(self, sale_id: str, user: str, request_id: str) -> bool:
+        """Whether ``user`` reserved with ``request_id`` in this sale before (a retry the
+        reserve script answers with the first order, whatever the sale's state now)."""
+        async with _guarded():
+            return bool(await self._redis.hexists(self.keys.sale(check_ident(sale_id, "sale_id"), "req"),
+                                                  f"{len(user)}:{user}:{request_id}"))
+
     async def reserve(
         self, sale_id: str, user: str, qty: int, request_id: str, now_ms: int, order_id: str
     ) -> Reserved | Reject:

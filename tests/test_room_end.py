@@ -258,3 +258,23 @@ async def test_since_recovery_sends_the_latest_stock_of_every_sale(gateway_facto
     got = [(e["d"]["sale_id"], e["d"]["remaining"]) for e in frame["items"] if e["t"] == "sale.stock"]
     assert got == [("A", 3), ("B", 8)]
     await back.close()
+
+
+async def test_a_buyer_retrying_after_the_end_gets_the_order_made_before_it(gateway_factory, token, http):
+    node = await gateway_factory()
+    room = f"r{uuid.uuid4().hex[:6]}"
+    ops, host, buyer = token("ops1", "ops"), token("h", "host", (room,)), token("b1")
+    ids = await live_show(http, node.url, room, ops)
+    buy = f"{node.url}/api/v1/sales/{ids['sale']}/buy"
+    first = await post(http, buy, buyer, {"qty": 1, "request_id": "before-end"}, 201)
+    await post(http, f"{node.url}/api/v1/rooms/{room}/end", host, {}, 200)
+    # the reply was lost; the retry after the end answers the same order, not room_ended
+    again = await post(http, buy, buyer, {"qty": 1, "request_id": "before-end"}, 200)
+    assert again["order_id"] == first["order_id"] and again["duplicate"] is True
+    fresh = await post(http, buy, buyer, {"qty": 1, "request_id": "after-end"}, 409)
+    assert fresh["error"]["code"] == "room_ended"
+    # the same through the WebSocket of a node that does not hold the sale's view yet
+    viewer = await Client.connect(node.ws, room, buyer)
+    reply = await viewer.request("buy", sale_id=ids["sale"], qty=1, request_id="before-end")
+    assert reply["t"] == "order.reserved" and reply["d"]["order_id"] == first["order_id"], reply
+    await viewer.close()
