@@ -297,7 +297,7 @@ PATHS_BY_MODULE: dict[str, dict[str, dict[str, J]]] = {
                                                  ok=("200", ref("SaleStats"), "figures"), errors=(404,))},
         "/api/v1/sales/{sale}/buy": {"post": op("Reserve units (HTTP twin of the `buy` command)", tag="sales", auth=ANYONE_SIGNED, params=[P_SALE],
                                                 body=ref("BuyRequest"), ok=("201", ref("Reserved"), "reserved (200 with duplicate=true for a repeated request_id)"),
-                                                errors=(409,), desc="409 codes: `sold_out`, `limit_reached`, `not_started`, `ended`.")},
+                                                errors=(409,), desc="409 codes: `sold_out`, `limit_reached`, `not_started`, `ended`, `room_ended`; 422 `idempotency_conflict`: the request_id was used for another quantity.")},
         "/api/v1/orders": {"get": op("List orders (your own; ops: anyone's)", tag="orders", auth="signed-in users (own orders) or ops",
                                      params=[{"name": "user", "in": "query", "schema": STR}, {"name": "sale", "in": "query", "schema": ID},
                                              {"name": "room", "in": "query", "schema": ID},
