@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.waiting import wait_until
 from tests.wsclient import Client
 
 
@@ -54,13 +55,14 @@ async def test_dev_starts_with_no_services_and_a_viewer_sees_its_own_comment(tmp
         drain = asyncio.ensure_future(proc.stdout.read())
         token = re.search(r"token=([\w.-]+)", url).group(1)  # type: ignore[union-attr]
         base = url.split("?")[0]
-        c = None
-        for _ in range(50):  # the server may still be binding
+
+        async def connected() -> Client | None:  # the server may still be binding
             try:
-                c = await Client.connect(base, "demo", token, fmt="json")
-                break
+                return await Client.connect(base, "demo", token, fmt="json")
             except OSError:
-                await asyncio.sleep(0.2)
+                return None
+
+        c = await wait_until(connected, interval=0.2, what="a WebSocket connection to `livecommerce dev`")
         assert c is not None
         assert c.welcome["d"]["user"] == "viewer1"
         await c.send("comment", text="hello from a newcomer")

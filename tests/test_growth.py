@@ -5,7 +5,6 @@ visits from ``welcome``, the funnel by invite code and the referral status."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from livecommerce.log_redis import RedisLog
 from livecommerce.store_sql import SqlStore
 from tests.fixtures_gateway import GatewayFactory
 from tests.test_openapi import validate
+from tests.waiting import wait_until
 from tests.wsclient import Client
 from workers.growth import GrowthWorker
 from workers.growth import drain as growth_drain
@@ -150,11 +150,12 @@ async def test_invite_acquire_visit_and_the_ops_endpoints(
         store = SqlStore(node.settings.database_url)
         try:
             worker = GrowthWorker(store, redis, keys)
-            for _ in range(20):  # the visit and acquisition are appended in the background
+
+            async def applied() -> int:  # the visit and acquisition are appended in the background
                 await growth_drain(durable, worker, fetch_timeout_ms=100)
-                if worker.applied >= 3:
-                    break
-                await asyncio.sleep(0.1)
+                return worker.applied
+
+            await wait_until(applied, until=lambda n: n >= 3, interval=0.1, what="the visit, the acquisition and the payment applied")
         finally:
             await store.close()
             await durable.close()

@@ -29,6 +29,8 @@ from typing import Any
 
 import pytest
 
+from tests.waiting import wait_until_sync
+
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "reports" / "screenshots"
 CHROMIUM = os.environ.get("LC_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -144,13 +146,15 @@ def dev(dev_proc: tuple[subprocess.Popen[str], Path], browser: Any) -> Iterator[
     base = re.match(r"(http://[^/]+)", urls["viewer page"]).group(1)  # type: ignore[union-attr]
     # drain the log so the process never blocks on a full pipe; it stays in the tmp dir
     drain = subprocess.Popen(["cat"], stdin=proc.stdout, stdout=(cwd / "dev.log").open("w"))
-    for _ in range(150):
+
+    def ready() -> bool:
         try:
             with urllib.request.urlopen(base + "/readyz", timeout=2) as r:
-                if r.status == 200:
-                    break
+                return bool(r.status == 200)
         except OSError:
-            time.sleep(0.2)
+            return False
+
+    wait_until_sync(ready, timeout=60, interval=0.2, what="/readyz of `livecommerce dev` to answer 200")
     SHOTS.mkdir(parents=True, exist_ok=True)
     yield Dev(base, urls["viewer page"], urls["host console"], urls["ops dashboard"], cwd, proc)
     _stop(proc)
