@@ -84,10 +84,17 @@ def require_services(settings: Settings, *, redis: bool = True, sql: bool = True
     """
     if redis and not settings.redis_url:
         raise ConfigError(f"LC_REDIS_URL is not set and no `livecommerce dev` runs here: {services_hint(settings)}")
-    if sql and settings.database_url.startswith("sqlite") and ":///" in settings.database_url:
-        path = settings.database_url.split(":///", 1)[1].split("?", 1)[0]
-        if path and path != ":memory:" and not path.startswith("file:") and not Path(path).expanduser().exists():
-            raise ConfigError(f"no database at {path}: {services_hint(settings)}")
+    path = sqlite_file(settings.database_url) if sql else None
+    if path is not None and not Path(path).expanduser().exists():
+        raise ConfigError(f"no database at {path}: {services_hint(settings)}")
+
+
+def sqlite_file(url: str) -> str | None:
+    """The file of a SQLite URL (None: not SQLite, or in memory)."""
+    if not url.startswith("sqlite") or ":///" not in url:
+        return None
+    path = url.split(":///", 1)[1].split("?", 1)[0]
+    return path if path and path != ":memory:" and not path.startswith("file:") else None
 
 
 def _logs(settings: Settings) -> None:

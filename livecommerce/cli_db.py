@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import make_url
@@ -106,8 +107,15 @@ def cmd_upgrade(args: argparse.Namespace, settings: Settings | None = None) -> i
 
 def cmd_status(args: argparse.Namespace, settings: Settings | None = None) -> int:
     """Run ``db status``; 0 when up to date, 3 when steps are pending, 1/2 on errors."""
+    from .cli import sqlite_file
+
     try:
         url = _url(args, settings)
+        path = sqlite_file(url)
+        if path is not None and not Path(path).expanduser().exists():  # do not create it here
+            print(f"{_shown(url)}: no database yet (latest schema version {migrations.LATEST}); "
+                  "run `livecommerce db upgrade` to create it")
+            return 3
         st = asyncio.run(migrations.status(url))
     except ConfigError as exc:
         print(f"db status: {exc.message}", file=sys.stderr)

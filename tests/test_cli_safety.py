@@ -309,6 +309,9 @@ def test_campaign_commands_without_services_say_so_in_one_line_and_leave_nothing
         assert r.stdout == "" and len(lines(r.stderr)) == 1 and r.stderr.startswith("error: "), (args, r.stderr)
         assert "livecommerce dev" in r.stderr and "LC_" in r.stderr, r.stderr  # the fix
         assert not (tmp_path / ".livecommerce").exists(), args
+    r = cli("db", "status", cwd=tmp_path)  # says there is none yet instead of creating an empty one
+    assert r.returncode == 3 and len(lines(r.stdout)) == 1 and "livecommerce db upgrade" in r.stdout, r
+    assert not (tmp_path / ".livecommerce").exists()
     r = cli("--debug", "campaign", "list", cwd=tmp_path)
     assert r.returncode != 0 and "Traceback" in r.stderr
     r = cli("campaign", "list", "--debug", cwd=tmp_path)
