@@ -3,7 +3,6 @@ inventory check that finds and repairs drift between Redis holds and SQL orders.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -18,6 +17,7 @@ from livecommerce.flash_sale import Sale
 from livecommerce.log import open_log
 from livecommerce.migrations import upgrade
 from livecommerce.store_sql import SqlStore
+from tests.waiting import wait_until
 from workers.inventory import reconcile
 from workers.orders import OrdersWorker
 
@@ -69,21 +69,13 @@ async def test_orders_worker_killed_mid_stream_loses_and_duplicates_nothing(back
 
     proc = start("w1")
     try:
-        deadline = time.monotonic() + 60
-        seen = 0
-        while time.monotonic() < deadline:
-            seen = await count_orders(db)
-            if seen >= 50:
-                break
-            await asyncio.sleep(0.05)
+        seen = await wait_until(lambda: count_orders(db), until=lambda n: n >= 50, timeout=60, what="50 orders in SQL")
         assert 0 < seen < N, f"the worker must be killed mid-stream (saw {seen})"
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         at_kill = await count_orders(db)
         proc = start("w2")  # another member of the group takes over (claim / rebalance)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and await count_orders(db) < N:
-            await asyncio.sleep(0.25)
+        await wait_until(lambda: count_orders(db), until=lambda n: n >= N, timeout=90, interval=0.25, what=f"all {N} orders in SQL")
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -26,6 +26,7 @@ from livecommerce.keys import Keys
 from livecommerce.log import Log, LogEvent, MemoryLog
 from livecommerce.log_redis import RedisLog
 from tests.log_worker_proc import GROUP, TOPIC, open_db, open_test_log, store_handler
+from tests.waiting import wait_until
 from workers.runner import run_consumer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,7 +137,8 @@ async def test_an_unreachable_log_is_retried_with_backoff_until_it_comes_back(
     task = asyncio.create_task(
         run_consumer(log, TOPIC, GROUP, "w1", rec, stop=stop, fetch_timeout_ms=100, backoff_first_s=0.05, backoff_max_s=0.2)
     )
-    await asyncio.sleep(0.5)  # Redis is down: the runner backs off
+    await wait_until(lambda: [r for r in caplog.records if r.msg == "worker.backoff"], until=lambda backoffs: len(backoffs) >= 2,
+                     what="the runner to back off twice while Redis is down")
     with pytest.raises(Unavailable):
         await log.append(TOPIC, "k", "t", {})
     server = await asyncio.create_subprocess_exec(
@@ -144,16 +146,15 @@ async def test_an_unreachable_log_is_retried_with_backoff_until_it_comes_back(
         "--dir", str(tmp_path), stdout=asyncio.subprocess.DEVNULL,
     )
     try:
-        for _ in range(100):
+
+        async def appended() -> str | None:
             try:
-                eid = await log.append(TOPIC, "k", "order.paid", {})
-                break
+                return await log.append(TOPIC, "k", "order.paid", {})
             except Unavailable:
-                await asyncio.sleep(0.05)
-        for _ in range(100):
-            if rec.seen:
-                break
-            await asyncio.sleep(0.05)
+                return None
+
+        eid = await wait_until(appended, what="an append once redis-server is up")
+        await wait_until(lambda: rec.seen, what="the runner to deliver the event")
         stop.set()
         assert await asyncio.wait_for(task, 5) == 1
         assert rec.seen == [eid]
