@@ -41,9 +41,12 @@ async def idempotent(
     body: Any,
     run: Callable[[], Awaitable[web.Response]],
     namespace: str = "http",
+    rerun: bool = False,
 ) -> web.Response:
     """``run()`` once per ``(ident.user, namespace, key)``; see the module docstring.
-    Without a key, ``run()`` runs as is."""
+    Without a key, ``run()`` runs as is. ``rerun``: the operation is idempotent by itself
+    (a top-up's own record): a matching retry runs it again, so it answers in its own words
+    (``duplicate: true``) instead of the stored first answer; the binding still holds."""
     if key is None:
         return await run()
     route = request.match_info.route.resource
@@ -56,6 +59,8 @@ async def idempotent(
         )
     if begun.outcome == "in_flight":
         raise Conflict(f"a request with the key {key!r} is still running: retry in a moment", code="idempotency_in_flight")
+    if begun.outcome == "replay" and rerun:
+        return await run()
     if begun.outcome == "replay" and begun.answer is not None:
         return web.Response(status=begun.answer.status, text=begun.answer.body, content_type="application/json",
                             headers={REPLAYED: "true"})

@@ -150,7 +150,7 @@ def setup(gw: Gateway, app: web.Application) -> None:
 
         # the key binds (caller, this wallet, amount); the wallet's own record binds (user, amount)
         return await idempotent(gw, request, ident, key=t.idempotency_key, target=user, body={"amount": t.amount}, run=run,
-                                namespace="topup")
+                                namespace="topup", rerun=True)
 
     async def balance(request: web.Request) -> web.Response:
         ident = gw.identify_request(request)
