@@ -16,8 +16,8 @@ What is reported to locust (request events):
   was published) to its arrival here, for a sample (``LC_EVENT_SAMPLE``, default 1.0) of
   the room events received (items of ``batch`` frames count one by one).
 
-Configuration (environment): ``LC_SECRET`` (or ``.livecommerce/secret`` as written by
-``livecommerce dev``), ``LC_ROOM`` (default ``demo``), ``LC_FORMAT`` (``msgpack`` or
+Configuration (environment): ``LC_SECRET`` (or the ``dev.env`` of the ``livecommerce dev``
+running in this directory), ``LC_ROOM`` (default ``demo``), ``LC_FORMAT`` (``msgpack`` or
 ``json``, default msgpack), ``LC_EVENT_SAMPLE``, ``LC_REPLY_TIMEOUT_S`` (default 10).
 """
 
@@ -29,7 +29,6 @@ import os
 import random
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import gevent
@@ -52,16 +51,16 @@ _ids = itertools.count(1)
 
 
 def secret() -> str:
-    """LC_SECRET, or the secret ``livecommerce dev`` wrote under ``.livecommerce/``."""
-    env = os.environ.get("LC_SECRET")
-    if env:
-        return env
-    data = Path(os.environ.get("LC_DATA_DIR", ".livecommerce")) / "secret"
-    if data.exists():
-        return data.read_text().strip()
-    from livecommerce.config import Settings
+    """``LC_SECRET``, or the secret of the ``livecommerce dev`` running in this directory
+    (its ``dev.env``). There is no built-in secret: without either this says what to do."""
+    from livecommerce.config import Settings, secret_source
 
-    return Settings().secret  # the built-in development secret
+    source, dev = secret_source()
+    if source:
+        return Settings.from_env().secret
+    hint = f" ({dev.path} is stale: its dev is gone)" if dev is not None else ""
+    raise SystemExit("lcws: no secret to sign tokens with: set LC_SECRET to the gateway's, "
+                     f"or run this where `livecommerce dev` runs{hint}")
 
 
 def mint(user: str, role: str = "viewer", rooms: tuple[str, ...] = (), ttl_s: int = 3600) -> str:
