@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -10,6 +9,7 @@ import pytest
 from livecommerce.broker import MemoryBroker, split_room_message
 from livecommerce.broker_redis import RedisBroker
 from livecommerce.keys import Keys
+from tests.waiting import wait_until
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -34,30 +34,35 @@ def env(room: str, i: int, t: str = "comment") -> dict:
     return {"t": t, "room": room, "ts": 1, "d": {"i": i}}
 
 
-async def collect(broker, channel: str) -> list:
+async def subscribers(redis, channel: str) -> int:
+    return int(dict(await redis.pubsub_numsub(channel)).get(channel.encode(), 0))
+
+
+async def change_subscription(broker, redis, channel: str, *, subscribe: bool) -> None:
+    """(Un)subscribe and wait until Redis has taken it: redis-py sends the command without
+    waiting for its answer. The in-memory twin's take effect at once."""
+    before = await subscribers(redis, channel)
+    await (broker.subscribe if subscribe else broker.unsubscribe)(channel)
+    if isinstance(broker, RedisBroker):
+        want = before + 1 if subscribe else before - 1
+        await wait_until(lambda: subscribers(redis, channel), until=lambda n: n == want,
+                         what=f"Redis to count {want} subscriber(s) of {channel}")
+
+
+async def collect(broker, redis, channel: str) -> list:
     got: list = []
     broker.set_handler(lambda ch, data: got.append((ch, data)))
-    await broker.subscribe(channel)
-    await asyncio.sleep(0.05)
+    await change_subscription(broker, redis, channel, subscribe=True)
     return got
 
 
-async def wait_for(pred, timeout: float = 3.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not pred():
-        if loop.time() > end:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
-
-
-async def test_published_room_events_reach_every_subscriber_in_seq_order(make_broker, keys):
+async def test_published_room_events_reach_every_subscriber_in_seq_order(make_broker, redis, keys):
     pub, s1, s2 = make_broker(), make_broker(), make_broker()
-    g1 = await collect(s1, keys.room_channel("r"))
-    g2 = await collect(s2, keys.room_channel("r"))
+    g1 = await collect(s1, redis, keys.room_channel("r"))
+    g2 = await collect(s2, redis, keys.room_channel("r"))
     seqs = [await pub.publish_room("r", env("r", i), now_ms=1000) for i in range(10)]
     assert seqs == sorted(seqs) and len(set(seqs)) == 10
-    await wait_for(lambda: len(g1) == 10 and len(g2) == 10)
+    await wait_until(lambda: (len(g1), len(g2)), until=lambda n: n == (10, 10), what="10 events at each subscriber")
     for got in (g1, g2):
         decoded = [split_room_message(data) for _, data in got]
         assert [s for s, _ in decoded] == seqs
@@ -83,11 +88,11 @@ async def test_history_says_not_recovered_for_a_gap_or_a_future_since(make_broke
     assert not (await b.history("g", seqs[-1] + 5)).recovered
 
 
-async def test_events_without_history_carry_no_seq(make_broker, keys):
+async def test_events_without_history_carry_no_seq(make_broker, redis, keys):
     b = make_broker()
-    got = await collect(b, keys.room_channel("c"))
+    got = await collect(b, redis, keys.room_channel("c"))
     assert await b.publish_room("c", env("c", 1, "likes"), history=False, now_ms=1000) == 0
-    await wait_for(lambda: len(got) == 1)
+    await wait_until(lambda: len(got), until=lambda n: n == 1, what="the event")
     seq, e = split_room_message(got[0][1])
     assert seq == 0 and "seq" not in e
     assert (await b.history("c", 0)).events == []
@@ -103,21 +108,24 @@ async def test_seqs_are_seeded_from_the_clock_so_they_rise_after_a_reset(make_br
         assert again > first
 
 
-async def test_node_inbox_gets_raw_bodies(make_broker, keys):
+async def test_node_inbox_gets_raw_bodies(make_broker, redis, keys):
     b = make_broker()
-    got = await collect(b, keys.node_inbox("n1"))
+    got = await collect(b, redis, keys.node_inbox("n1"))
     await b.publish_node("n1", b"hello")
-    await wait_for(lambda: got == [(keys.node_inbox("n1"), b"hello")])
+    await wait_until(lambda: list(got), until=lambda g: g == [(keys.node_inbox("n1"), b"hello")], what="the raw body in the inbox")
 
 
-async def test_unsubscribed_channels_get_nothing(make_broker, keys):
+async def test_unsubscribed_channels_get_nothing(make_broker, redis, keys):
     b = make_broker()
-    got = await collect(b, keys.room_channel("u"))
-    await b.unsubscribe(keys.room_channel("u"))
-    await asyncio.sleep(0.05)
+    got = await collect(b, redis, keys.room_channel("u"))
+    await change_subscription(b, redis, keys.room_channel("u"), subscribe=False)
     await b.publish_room("u", env("u", 1), now_ms=1000)
-    await asyncio.sleep(0.2)
-    assert got == []
+    # a barrier, not a pause: one subscriber gets a channel's messages in publish order, so
+    # the marker published after the room event arrives after it, had it been delivered
+    await change_subscription(b, redis, keys.node_inbox("marker"), subscribe=True)
+    await b.publish_node("marker", b"after")
+    await wait_until(lambda: list(got), until=lambda g: (keys.node_inbox("marker"), b"after") in g, what="the marker")
+    assert [(ch, data) for ch, data in got if ch != keys.node_inbox("marker")] == []
 
 
 def test_room_keys_share_one_hash_slot():
