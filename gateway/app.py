@@ -15,6 +15,7 @@ from livecommerce.config import Settings
 from livecommerce.errors import CLOSE_RESTART
 from livecommerce.redis_conn import connect, is_cluster_url
 
+from . import routes, wiring
 from .core import Gateway
 from .http import error_middleware
 from .validation import MAX_BODY_BYTES, RequestRules, validation_middleware
@@ -27,19 +28,20 @@ log = logging.getLogger("livecommerce.gateway.app")
 # 1012 (reconnect elsewhere); then the listener closes and the shutdown hooks run.
 DRAIN_GRACE_S = 2.0
 
-# Each capability module has setup(gw, app). Order matters only for route conflicts.
-CAPABILITIES = [
+# Capability modules not yet moved into gateway.wiring: each has setup(gw, app), run in
+# this order before wiring.build. The moved ones are served from gateway.routes.
+LEGACY = [
     "gateway.http",
-    "gateway.chat",
     "gateway.commerce",
     "gateway.rooms",
-    "gateway.likes",
     "gateway.lottery",
     "gateway.wallet", "gateway.gifts", "gateway.coupons", "gateway.points",
     "gateway.refunds", "gateway.fanclub", "gateway.profiles", "gateway.segments", "gateway.funnel",
     "gateway.experiments", "gateway.feed", "gateway.growth", "gateway.referrals",
     "gateway.ops", "gateway.pages", "gateway.openapi",
 ]
+# every module that serves part of the API (the OpenAPI document is assembled from these)
+CAPABILITIES = [*LEGACY, "gateway.chat", "gateway.likes"]
 
 
 def build_app(settings: Settings, *, redis: Any = None) -> web.Application:
@@ -67,8 +69,14 @@ def build_app(settings: Settings, *, redis: Any = None) -> web.Application:
     app = web.Application(middlewares=[error_middleware, validation_middleware(request_rules)], client_max_size=MAX_BODY_BYTES)
     app["gw"] = gw
     app.router.add_get("/ws", ws_handler)
-    for name in CAPABILITIES:
+    for name in LEGACY:
         importlib.import_module(name).setup(gw, app)
+    services = wiring.build(gw)
+    app["services"] = services
+    for route in routes.http_routes(services):
+        app.router.add_route(route.method, route.path, route.handler)
+    for t, handler in routes.ws_commands(services).items():
+        gw.commands[t] = _legacy_command(handler)
 
     async def on_startup(app: web.Application) -> None:
         await gw.hub.start()
@@ -136,6 +144,13 @@ def drain_on_sigterm(grace_s: float) -> Any:
         loop.add_signal_handler(signal.SIGTERM, on_term)
 
     return install
+
+
+def _legacy_command(handler: Any) -> Any:
+    async def call(gw: Gateway, conn: Any, cmd: Any) -> Any:
+        return await handler(conn, cmd)
+
+    return call
 
 
 def _keys(settings: Settings) -> Any:

@@ -13,13 +13,15 @@ from typing import Any
 
 from aiohttp import web
 
+from livecommerce.auth import Identity
 from livecommerce.comments import TokenBucket, judge_comment
 from livecommerce.errors import BadFrame, RateLimited
 from livecommerce.protocol.commands import Comment, Ping
 
 from .conn import Conn
 from .core import Gateway
-from .rooms import refuse_if_ended
+from .hooks import CommentHook
+from .rooms import RoomGate
 from .validation import read_json
 
 REJECT_MESSAGES = {
@@ -29,21 +31,26 @@ REJECT_MESSAGES = {
 }
 
 
-def setup(gw: Gateway, app: web.Application) -> None:
-    buckets: dict[str, TokenBucket] = {}
+class Chat:
+    """``ping`` and ``comment`` over WebSocket, ``announce`` over HTTP."""
 
-    @gw.command("ping")
-    async def ping(gw: Gateway, conn: Conn, cmd: Ping) -> dict[str, Any]:
-        return {"t": "pong", "id": cmd.id, "ts": gw.now_ms()}
+    def __init__(self, gw: Gateway, gate: RoomGate, hooks: list[CommentHook]) -> None:
+        self.gw = gw
+        self.gate = gate
+        self.hooks = hooks  # the comment hooks (levels, badges, lottery keywords, counters)
+        self.buckets: dict[str, TokenBucket] = {}
 
-    @gw.command("comment")
-    async def comment(gw: Gateway, conn: Conn, cmd: Comment) -> dict[str, Any] | None:
-        await refuse_if_ended(gw, conn.room)  # RoomEnded: the show is over
-        bucket = buckets.get(conn.user)
+    async def ping(self, conn: Conn, cmd: Ping) -> dict[str, Any]:
+        return {"t": "pong", "id": cmd.id, "ts": self.gw.now_ms()}
+
+    async def comment(self, conn: Conn, cmd: Comment) -> dict[str, Any] | None:
+        gw = self.gw
+        await self.gate.check(conn.room)  # RoomEnded: the show is over
+        bucket = self.buckets.get(conn.user)
         if bucket is None:
-            if len(buckets) > 100_000:
-                buckets.clear()
-            bucket = buckets[conn.user] = TokenBucket(gw.s.comment_rate, gw.s.comment_burst)
+            if len(self.buckets) > 100_000:
+                self.buckets.clear()
+            bucket = self.buckets[conn.user] = TokenBucket(gw.s.comment_rate, gw.s.comment_burst)
         verdict, text = judge_comment(
             cmd.text, max_len=gw.s.comment_max_len, moderator=gw.moderator, mode=gw.s.moderation_mode
         )
@@ -59,21 +66,15 @@ def setup(gw: Gateway, app: web.Application) -> None:
             "role": conn.ident.role,
             "text": text,
         }
-        for hook in gw.services.get("comment_hooks", []):
+        for hook in self.hooks:
             await hook(conn, d)
         seq = await gw.publish(conn.room, "comment", d)
         return {"t": "ack", "id": cmd.id, "ts": gw.now_ms(), "d": {"seq": seq}}
 
-    def notice(body: Any, ident: Any, where: str) -> dict[str, Any]:
-        text = body.get("text") if isinstance(body, dict) else None
-        if not isinstance(text, str) or not 0 < len(text) <= 1000:
-            raise BadFrame(f"{where} must be {{\"text\": \"1..1000 characters\"}}", code="invalid")
-        extra = body.get("data") if isinstance(body.get("data"), dict) else {}
-        return {"text": text, "by": ident.user, **extra}
-
-    async def announce(request: web.Request) -> web.Response:
+    async def announce(self, request: web.Request) -> web.Response:
         """``{"text", "data"?}`` publishes one ``notice``; ``{"items": [...]}`` (up to 100)
         publishes several in order with one request (benchmarks and bulk tools)."""
+        gw = self.gw
         ident = gw.identify_request(request)
         room = request.match_info["room"]
         ident.require_host(room)
@@ -88,4 +89,10 @@ def setup(gw: Gateway, app: web.Application) -> None:
         seq = await gw.publish(room, "notice", notice(body, ident, "body"))
         return web.json_response({"seq": seq})
 
-    app.router.add_post("/api/v1/rooms/{room}/announce", announce)
+
+def notice(body: Any, ident: Identity, where: str) -> dict[str, Any]:
+    text = body.get("text") if isinstance(body, dict) else None
+    if not isinstance(text, str) or not 0 < len(text) <= 1000:
+        raise BadFrame(f"{where} must be {{\"text\": \"1..1000 characters\"}}", code="invalid")
+    extra = body.get("data") if isinstance(body.get("data"), dict) else {}
+    return {"text": text, "by": ident.user, **extra}

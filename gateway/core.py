@@ -27,6 +27,7 @@ from livecommerce.notify import Notifier
 from livecommerce.protocol.commands import Command
 
 from .conn import Conn
+from .hooks import Hooks
 from .hub import Hub
 from .metrics import Metrics
 
@@ -48,9 +49,13 @@ class Gateway:
         self.idempotency: IdempotencyStore = RedisIdempotency(redis, self.keys)
         self.moderator = Moderator.from_file(settings.moderation_words)
         self.commands: dict[str, CommandHandler] = {}
-        self.welcome_extras: list[WelcomeExtra] = []
+        self.hooks = Hooks()
+        self.welcome_extras: list[WelcomeExtra] = self.hooks.welcome
         self.level_of: Callable[[str], Awaitable[int]] = _level_zero
-        self.services: dict[str, Any] = {}  # capability objects (sales, wallets ...)
+        # legacy string-keyed lookups, being replaced by gateway.wiring's typed Services; the
+        # hook lists are the typed ones under their old names
+        self.services: dict[str, Any] = {"comment_hooks": self.hooks.comment, "on_gift": self.hooks.gift,
+                                         "startup": self.hooks.start, "shutdown": self.hooks.stop}
         self.draining = False
         self._token_cache: dict[str, tuple[int, Identity]] = {}
         self.bg: list[asyncio.Task[Any]] = []

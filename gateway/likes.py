@@ -7,8 +7,8 @@ then pushes ``likes {total}`` (the exact total read back from Redis) to this nod
 of each room whose total changed, through ``hub.send_local`` (a counter: coalesced into
 the tick's batch, shed first for slow clients). Late joiners get ``likes`` in ``welcome``.
 
-Services: ``gw.services["likes"]`` is the :class:`Likes` object (``await flush()`` adds
-the pending tally now, e.g. before a show's summary is taken).
+:class:`Likes` is built by ``gateway.wiring`` (``await flush()`` adds the pending tally
+now, e.g. before a show's summary is taken).
 """
 
 from __future__ import annotations
@@ -82,24 +82,14 @@ class Likes:
             v = await self.gw.redis.get(self.gw.keys.room_likes(room))
         return int(v or 0) + self.tally.pending(room)
 
-
-def setup(gw: Gateway, app: web.Application) -> None:
-    likes = Likes(gw)
-    gw.services["likes"] = likes
-    gw.hub.on_second.append(likes.on_second)
-
-    @gw.command("like")
-    async def like(gw: Gateway, conn: Conn, cmd: Like) -> dict[str, Any] | None:
-        likes.tally.add(conn.room, cmd.count)
+    # ---- handlers (gateway.routes)
+    async def like(self, conn: Conn, cmd: Like) -> dict[str, Any] | None:
+        self.tally.add(conn.room, cmd.count)
         return None
 
-    async def welcome(room: str, ident: Identity) -> dict[str, Any]:
-        return {"likes": await likes.total(room)}
+    async def welcome(self, room: str, ident: Identity) -> dict[str, Any]:
+        return {"likes": await self.total(room)}
 
-    gw.welcome_extras.append(welcome)
-
-    async def get_likes(request: web.Request) -> web.Response:
+    async def get_likes(self, request: web.Request) -> web.Response:
         room = request.match_info["room"]
-        return web.json_response({"room": room, "likes": await likes.total(room)})
-
-    app.router.add_get("/api/v1/rooms/{room}/likes", get_likes)
+        return web.json_response({"room": room, "likes": await self.total(room)})

@@ -1,0 +1,54 @@
+"""The gateway's typed seams: hook lists, HTTP routes and WebSocket command handlers.
+
+Capabilities do not look each other up by name. ``gateway.wiring`` builds every capability
+object in one visible order and passes each its dependencies; what one capability offers to
+all the others goes through these typed hook lists, and ``gateway.routes`` lists every HTTP
+route and WebSocket command in one table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from livecommerce.auth import Identity
+
+if TYPE_CHECKING:
+    from .conn import Conn
+
+Json = dict[str, Any]
+
+#: ``(conn, d)`` before a comment is published: may add fields to ``d`` (level, badges)
+CommentHook = Callable[["Conn", Json], Awaitable[None]]
+#: ``(room, user, value)`` after a gift was debited (lottery gift entries, ops counters)
+GiftHook = Callable[[str, str, int], Awaitable[None]]
+#: ``(room, identity)`` -> fields merged into the ``welcome`` frame
+WelcomeHook = Callable[[str, Identity], Awaitable[Json]]
+#: start-up and shutdown tasks of a capability
+Task = Callable[[], Awaitable[None]]
+#: an HTTP handler
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: a WebSocket command handler: ``(conn, parsed command)`` -> the reply frame or None
+CommandHandler = Callable[["Conn", Any], Awaitable[Json | None]]
+
+
+@dataclass
+class Hooks:
+    """Hook lists, filled by ``gateway.wiring`` in the order the capabilities are built."""
+
+    comment: list[CommentHook] = field(default_factory=list)
+    gift: list[GiftHook] = field(default_factory=list)
+    welcome: list[WelcomeHook] = field(default_factory=list)
+    start: list[Task] = field(default_factory=list)
+    #: run in order at shutdown (flushes first, then the engines they write to)
+    stop: list[Task] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
