@@ -21,6 +21,7 @@ from livecommerce.keys import Keys
 from livecommerce.log_redis import RedisLog
 from livecommerce.redis_conn import connect
 from livecommerce.topology import RedisClusterNodes
+from tests.waiting import wait_until
 from tests.wsclient import Client
 from workers.orders import OrdersWorker
 
@@ -35,12 +36,19 @@ def auth(tok: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {tok}"}
 
 
-async def until(pred: Any, within: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + within
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {within}s")
-        await asyncio.sleep(0.02)
+async def shard_subscribers(client: Any, channel: str) -> int:
+    """How many connections the owner of ``channel``'s slot has SSUBSCRIBEd to it."""
+    got = await client.pubsub_shardnumsub(channel, target_nodes=client.get_node_from_key(channel))
+    return sum(int(n) for _, n in got)
+
+
+async def shard_subscribed(client: Any, channels: list[str]) -> None:
+    """Until every channel's owner counts a subscriber: the broker sends SSUBSCRIBE without
+    waiting for the answer."""
+    async def counts() -> list[int]:
+        return [await shard_subscribers(client, ch) for ch in channels]
+
+    await wait_until(counts, until=lambda n: all(n), what=f"a shard subscriber of each of {channels}")
 
 
 async def next_of(c: Client, t: str, within: float = 5.0) -> dict[str, Any]:
@@ -90,7 +98,7 @@ async def test_publish_script_spublishes_in_the_rooms_slot_and_history_recovers(
     seqs = [await pub.publish_room(room, {"t": "notice", "room": room, "ts": 1, "d": {"i": i}}, now_ms=now_ms())
             for i in range(20)]
     assert seqs == sorted(seqs) and len(set(seqs)) == 20
-    await until(lambda: len(got_a) == 20 and len(got_b) == 20, what="20 deliveries to each subscriber")
+    await wait_until(lambda: (len(got_a), len(got_b)), until=lambda n: n == (20, 20), what="20 deliveries to each subscriber")
     for got in (got_a, got_b):
         assert [s for s, _ in got] == seqs and [e["d"]["i"] for _, e in got] == list(range(20))
     hist = await pub.history(room, seqs[9])
@@ -113,11 +121,11 @@ async def test_a_node_reads_rooms_on_every_shard_at_once(cluster_redis, keys) ->
     sub.set_handler(handler)
     for room in rooms:
         await sub.subscribe(keys.room_channel(room))
-    await asyncio.sleep(0.2)
+    await shard_subscribed(cluster_redis, [keys.room_channel(room) for room in rooms])
     for _ in range(30):  # only the first room speaks: the other shards' readers stay idle
         await pub.publish_room(rooms[0], {"t": "notice", "room": rooms[0], "ts": time.time() * 1000, "d": {}}, now_ms=now_ms())
-        await asyncio.sleep(0.03)
-    await until(lambda: len(latency) == 30, what="30 deliveries")
+        await asyncio.sleep(0.03)  # pacing: the idle shards' reads time out in between
+    await wait_until(lambda: len(latency), until=lambda n: n == 30, what="30 deliveries")
     assert sorted(latency)[-2] < 250, f"deliveries waited on idle shards: {sorted(latency)[-5:]} ms"
     await sub.close()
     await pub.close()
@@ -134,9 +142,12 @@ async def test_a_show_runs_across_two_gateways_on_the_cluster(gateway_factory, t
             assert r.status == 201, await r.text()
         host = await Client.connect(a.ws, room, host_tok)
         viewers = [await Client.connect((a, b)[i % 2].ws, room, token(f"v{i}"), fmt=("json", "msgpack")[i % 2]) for i in range(4)]
-        await asyncio.sleep(1.3)  # presence: each node writes its count once a second
-        async with http.get(f"{b.url}/api/v1/rooms/{room}/online") as r:
-            assert (await r.json())["online"] == 5
+
+        async def online() -> int:  # presence: each node writes its count once a second
+            async with http.get(f"{b.url}/api/v1/rooms/{room}/online") as r:
+                return int((await r.json())["online"])
+
+        assert await wait_until(online, until=lambda n: n == 5, what="5 online across both gateways") == 5
         assert (await host.request("room.live"))["d"]["state"] == "live"
         for i in range(10):
             await host.request("comment", text=f"c{i}")
@@ -144,7 +155,10 @@ async def test_a_show_runs_across_two_gateways_on_the_cluster(gateway_factory, t
             assert (await next_of(v, "room.live"))["d"]["title"] == "Tea"
             comments = [e for e in await v.events(10) if e["t"] == "comment"]
             assert [e["d"]["text"] for e in comments] == [f"c{i}" for i in range(10)]
-        await asyncio.sleep(1.2)  # the rooms tick (a script per room on a cluster) adds comments
+        # the rooms tick (a script per room on a cluster) adds comments: all of them before the end
+        # (one popped by a tick still in flight when the room ends would not count)
+        await wait_until(lambda: a.gw.services["rooms"].rooms.get(room), until=lambda meta: int(meta["comments"]) == 10,
+                         what="the 10 comments in the room's stored statistics")
         end = await host.request("room.end")
         assert end["t"] == "ack" and end["d"]["summary"]["comments"] == 10, end
         # a viewer comes back to the other gateway with since=: exactly what it missed
@@ -233,12 +247,12 @@ async def test_a_killed_master_fails_over_and_viewers_miss_nothing(ha_cluster: R
     stop = asyncio.Event()
     async with aiohttp.ClientSession() as http:
         loop = asyncio.create_task(announce_loop(http, a.url, ops, room, stop, published))
-        await until(lambda: len(published) >= 10, what="10 announcements")
+        await wait_until(lambda: len(published), until=lambda n: n >= 10, what="10 announcements")
         victim = ha_cluster.master_of(keys.room_channel(room))
         # pause, let the replica catch up (replication is asynchronous), then kill -9 the master
         stop.set()
         await loop
-        await until(lambda: replicas_caught_up(ha_cluster, victim), what="replica caught up")
+        await wait_until(lambda: replicas_caught_up(ha_cluster, victim), what="replica caught up")
         before = len(published)
         leaver = viewers.pop()
         left_at = published[-1][0]
@@ -247,7 +261,7 @@ async def test_a_killed_master_fails_over_and_viewers_miss_nothing(ha_cluster: R
         loop = asyncio.create_task(announce_loop(http, a.url, ops, room, stop, published))
         ha_cluster.kill9(victim)
         promoted = await asyncio.to_thread(ha_cluster.wait_owner_change, keys.room_channel(room), victim)
-        await until(lambda: len(published) >= before + 20, within=30, what="20 announcements after the failover")
+        await wait_until(lambda: len(published), until=lambda n: n >= before + 20, timeout=30, what="20 announcements after the failover")
         stop.set()
         await loop
     assert promoted != victim
@@ -274,7 +288,7 @@ async def test_a_graceful_failover_reroutes_a_subscriber_that_never_publishes(ha
     sub.set_handler(lambda ch, data: got.append(split_room_message(data)[0]))
     room = "quiet"
     await sub.subscribe(keys.room_channel(room))
-    await asyncio.sleep(0.2)
+    await shard_subscribed(sub_client, [keys.room_channel(room)])
     old = ha_cluster.master_of(keys.room_channel(room))
     replica = next(n["port"] for n in ha_cluster.nodes()
                    if n["role"] == "replica" and n["master"] == next(m["id"] for m in ha_cluster.nodes() if m["port"] == old))
@@ -282,11 +296,15 @@ async def test_a_graceful_failover_reroutes_a_subscriber_that_never_publishes(ha
         r.execute_command("CLUSTER", "FAILOVER")
     await asyncio.to_thread(ha_cluster.wait_owner_change, keys.room_channel(room), old)
     seqs = []
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not (seqs and seqs[-1] in got):
+
+    async def heard() -> bool:  # publish until the subscriber hears the last one
+        if seqs and seqs[-1] in got:
+            return True
         with contextlib.suppress(Exception):
             seqs.append(await pub.publish_room(room, {"t": "notice", "room": room, "ts": 1, "d": {}}, now_ms=now_ms()))
-        await asyncio.sleep(0.1)
+        return False
+
+    await wait_until(heard, interval=0.1, what="the subscriber to hear a notice after the failover (not stay on the demoted master)")
     assert seqs and seqs[-1] in got, "the subscriber stayed on the demoted master"
     assert sub.reconnects >= 1
     for br, c in ((sub, sub_client), (pub, pub_client)):
