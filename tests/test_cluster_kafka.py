@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from sqlalchemy import text
 from livecommerce import migrations
 from livecommerce.log_kafka import KafkaLog
 from livecommerce.store_sql import SqlStore, make_engine
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.kafka]
 
@@ -124,19 +124,6 @@ async def applied_count(url: str) -> int:
     return int(n or 0)
 
 
-async def wait_for(pred: Any, within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        res = pred()
-        if asyncio.iscoroutine(res):
-            res = await res
-        if res:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {within}s")
-        await asyncio.sleep(0.2)
-
-
 async def test_workers_joining_dying_and_leaving_apply_every_order_event_once(
     kafka_bootstrap: str, redis_url: str, prefix: str, db_url: str, tmp_path: Path
 ) -> None:
@@ -166,16 +153,16 @@ async def test_workers_joining_dying_and_leaving_apply_every_order_event_once(
             key, kind, d, eid = events[sent]
             await log.append("orders", key, kind, d, event_id=eid)
             sent += 1
-            await asyncio.sleep(1 / per_s)
+            await asyncio.sleep(1 / per_s)  # pacing: a steady stream while members come and go
 
     try:
         workers["wA"] = Worker("wA", env, tmp_path)
         await produce(len(events) // 5)
-        await wait_for(lambda: applied_count(db_url), 30, "worker A applied nothing")
+        await wait_until(lambda: applied_count(db_url), timeout=30, interval=0.2, what="worker A to apply something")
         workers["wB"] = Worker("wB", env, tmp_path)
         workers["wC"] = Worker("wC", env, tmp_path)
-        joined = asyncio.create_task(wait_for(lambda: workers["wB"].assignments() and workers["wC"].assignments(), 30,
-                                              "B and C never got partitions"))
+        joined = asyncio.create_task(wait_until(lambda: (workers["wB"].assignments(), workers["wC"].assignments()),
+                                                until=all, timeout=30, interval=0.2, what="B and C to get partitions"))
         await produce(len(events) * 2 // 5)
         await joined
         # A dies in the middle of the stream: its partitions move after the session timeout,
@@ -185,7 +172,8 @@ async def test_workers_joining_dying_and_leaving_apply_every_order_event_once(
         # B leaves cleanly
         assert workers["wB"].stop(signal.SIGTERM) == 0
         await produce(len(events))
-        await wait_for(lambda: _eq(applied_count(db_url), len(events)), 60, "not every event applied")
+        await wait_until(lambda: applied_count(db_url), until=lambda n: n == len(events), timeout=60, interval=0.2,
+                         what="every event applied")
     finally:
         for w in workers.values():
             w.stop()
@@ -212,6 +200,3 @@ async def test_workers_joining_dying_and_leaving_apply_every_order_event_once(
     finally:
         await store.close()
 
-
-async def _eq(aw: Any, n: int) -> bool:
-    return bool(await aw == n)
