@@ -35,6 +35,7 @@ from livecommerce.protocol.events import COUNTER_TYPES, SKIPPABLE_TYPES
 from livecommerce.redis_conn import connect
 from livecommerce.store_sql import SqlStore
 from livecommerce.topology import RedisClusterNodes, State, kill9
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
@@ -83,7 +84,7 @@ class Viewer:
                             continue
                         self._frame(msgpack.unpackb(raw, raw=False))
             except (OSError, websockets.WebSocketException, TimeoutError):
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.1)  # pacing: reconnect attempts
 
     def _frame(self, f: dict[str, Any]) -> None:
         if f["t"] == "welcome":
@@ -105,19 +106,6 @@ class Viewer:
         await self.task
 
 
-async def wait_until(pred: Any, within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        res = pred()
-        if asyncio.iscoroutine(res):
-            res = await res
-        if res:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {within}s")
-        await asyncio.sleep(0.2)
-
-
 async def announce(http: aiohttp.ClientSession, state: State, ops: str, room: str, text: str, *, retry_s: float = 0) -> int | None:
     """Publish a notice through the load balancer; its seq, or None if it was refused."""
     deadline = time.monotonic() + retry_s
@@ -129,7 +117,7 @@ async def announce(http: aiohttp.ClientSession, state: State, ops: str, room: st
                     return int((await r.json())["seq"])
         if time.monotonic() >= deadline:
             return None
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # pacing: retries while a gateway or a master is down
 
 
 async def create_sale(http: aiohttp.ClientSession, state: State, room: str, stock: int, limit: int) -> str:
@@ -171,7 +159,7 @@ class Buyer:
                         break  # unavailable / internal: try again
             except (OSError, websockets.WebSocketException, TimeoutError):
                 pass
-            await asyncio.sleep(0.2 + random.random() * 0.2)
+            await asyncio.sleep(0.2 + random.random() * 0.2)  # pacing: retries with jitter
         raise AssertionError(f"{self.user}: no definitive answer to buy {request_id} within {within}s")
 
     async def pay(self, http: aiohttp.ClientSession, order_id: str, *, within: float = 60) -> str:
@@ -187,18 +175,21 @@ class Buyer:
                         return str((await r.json())["outcome"])
                     if r.status in (404, 409):
                         return str((await r.json())["error"]["code"])
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2)  # pacing: retries with the same key
         raise AssertionError(f"{self.user}: payment of {order_id} not definitive within {within}s")
 
 
 async def sale_stats(http: aiohttp.ClientSession, state: State, sid: str) -> dict[str, Any]:
-    while True:
+    async def answered() -> dict[str, Any] | None:
         with contextlib.suppress(aiohttp.ClientError, TimeoutError):
             async with http.get(f"{state.lb_url}/api/v1/sales/{sid}/stats", headers=auth(tok(state, "ops1", "ops")),
                                 timeout=aiohttp.ClientTimeout(total=5)) as r:
                 if r.status == 200:
                     return dict(await r.json())
-        await asyncio.sleep(0.2)
+        return None
+
+    stats: dict[str, Any] = await wait_until(answered, timeout=60, interval=0.2, what=f"the stats of {sid} through the LB")
+    return stats
 
 
 async def check_invariants(http: aiohttp.ClientSession, state: State, sid: str, stock: int, limit: int,
@@ -211,7 +202,7 @@ async def check_invariants(http: aiohttp.ClientSession, state: State, sid: str, 
         units = st["sql"]["units"]
         return bool(units.get("paid", 0) == st["paid"] and units.get("reserved", 0) == st["reserved"])
 
-    await wait_until(settled, 60, "SQL never caught up with Redis (orders workers)")
+    await wait_until(settled, timeout=60, interval=0.2, what="SQL to catch up with Redis (orders workers)")
     st = await sale_stats(http, state, sid)
     assert st["conserved"], st
     assert st["stock"] == stock == st["remaining"] + st["reserved"] + st["paid"], st
@@ -248,7 +239,7 @@ async def check_invariants(http: aiohttp.ClientSession, state: State, sid: str, 
                     return False
             return True
 
-        await wait_until(awarded, 60, "points never awarded for some paid orders")
+        await wait_until(awarded, timeout=60, interval=0.2, what="points awarded for every paid order")
         for user in {o.user_id for o in paid_orders}:
             ledger = await store.points_ledger(user, role="viewer", limit=1000)
             refs = [e.ref_event_id for e in ledger if e.reason == "order.paid"]
@@ -289,11 +280,18 @@ async def test_viewers_on_three_gateways_see_the_room_exactly_once_in_order(topo
     assert all(s is not None for s in seqs)
     by_seq = dict(zip(seqs, (f"m{i}" for i in range(150)), strict=True))
     want = [by_seq[s] for s in sorted(by_seq)]  # the room's order is the seq order
-    await wait_until(lambda: all(len(v.events) >= 150 for v in viewers), 20, "not every viewer got 150 events")
-    await asyncio.sleep(0.5)
+    await wait_until(lambda: min(len(v.events) for v in viewers), until=lambda n: n >= 150, timeout=20, interval=0.2,
+                     what="150 events at every viewer")
+    # a barrier, not a pause: one more notice after the 150 reaches each viewer after anything
+    # still on its way (a room's events reach a viewer in seq order)
+    async with aiohttp.ClientSession() as http:
+        end = await announce(http, topology, ops, room, "end", retry_s=5)
+    assert end is not None
+    await wait_until(lambda: [v.last_seq or 0 for v in viewers], until=lambda last: min(last) >= end, timeout=20, interval=0.2,
+                     what="the closing notice at every viewer")
     for v in viewers:
         await v.close()
-        got = [e for e in v.events if e["t"] == "notice"]
+        got = [e for e in v.events if e["t"] == "notice" and e["seq"] != end]
         assert [e["d"]["text"] for e in got] == want, f"{v.nodes}: out of order or not exactly once"
         assert [e["seq"] for e in got] == sorted(by_seq)
 
@@ -356,7 +354,7 @@ async def test_kill9_a_gateway_and_a_redis_master_during_a_rush(topology: State)
                 if seq is not None:
                     published.append(seq)
                 i += 1
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.05)  # pacing: a steady stream of announcements
 
         buyers = [Buyer(topology, room, f"cb{i}") for i in range(110)]
         paid: dict[str, str] = {}
@@ -368,9 +366,9 @@ async def test_kill9_a_gateway_and_a_redis_master_during_a_rush(topology: State)
                 paid[r["d"]["order_id"]] = await b.pay(http, r["d"]["order_id"])
 
         async def chaos() -> tuple[int, int]:
-            await asyncio.sleep(1.5)
+            await asyncio.sleep(1.5)  # into the rush
             kill9(topology.proc("gw2"))
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # one failure at a time
             victim = await asyncio.to_thread(redis_nodes.master_of, keys.sale(sid, "stock"))
             redis_nodes.kill9(victim)
             promoted = await asyncio.to_thread(redis_nodes.wait_owner_change, keys.sale(sid, "stock"), victim)
@@ -378,11 +376,12 @@ async def test_kill9_a_gateway_and_a_redis_master_during_a_rush(topology: State)
 
         ann = asyncio.create_task(announcer())
         (victim, promoted), *_ = await asyncio.gather(chaos(), *(shopper(b, i) for i, b in enumerate(buyers)))
-        await wait_until(lambda: len(published) >= 20, 30, "announcements")
-        await asyncio.sleep(1.0)
+        await wait_until(lambda: len(published), until=lambda n: n >= 20, timeout=30, interval=0.2, what="20 announcements")
+        await asyncio.sleep(1.0)  # a second more of announcements after the failover
         stop.set()
         await ann
-        await asyncio.sleep(1.5)  # the last events reach everyone
+        await wait_until(lambda: [v.last_seq or 0 for v in viewers], until=lambda last: min(last) >= max(published), timeout=30,
+                         interval=0.2, what="the last announcement at every viewer")
         for v in viewers:
             await v.close()
 
