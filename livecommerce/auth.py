@@ -23,17 +23,37 @@ class Identity:
     name: str = ""
     jti: str = ""
 
+    @property
+    def is_ops(self) -> bool:
+        """The ops role: may act for any user and in any room."""
+        return self.role == "ops"
+
     def may_host(self, room: str) -> bool:
         """Ops may act in any room; a host only in the rooms of the token."""
-        return self.role == "ops" or (self.role == "host" and room in self.rooms)
+        return self.is_ops or (self.role == "host" and room in self.rooms)
 
     def require_host(self, room: str) -> None:
+        """Raises:
+        Forbidden: neither ops nor a host of ``room``.
+        """
         if not self.may_host(room):
             raise Forbidden(f"{self.role} {self.user!r} may not run room {room!r}")
 
     def require_ops(self) -> None:
-        if self.role != "ops":
+        """Raises:
+        Forbidden: not ops.
+        """
+        if not self.is_ops:
             raise Forbidden("this endpoint is for the ops role")
+
+    def require_self_or_ops(self, user: str) -> None:
+        """For what belongs to one user (wallet, points, referrals): that user or ops.
+
+        Raises:
+            Forbidden: neither ``user`` nor ops.
+        """
+        if self.user != user and not self.is_ops:
+            raise Forbidden("only the user themself or ops may do this")
 
 
 def issue_token(
