@@ -22,11 +22,12 @@ import os
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.waiting import wait_until_sync
 
 TANSU_START_TIMEOUT_S = 20.0
 
@@ -56,20 +57,22 @@ async def _probe(bootstrap: str) -> None:
 
 
 def _wait_ready(bootstrap: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + TANSU_START_TIMEOUT_S
-    last: BaseException | None = None
-    while time.monotonic() < deadline:
+    def answers() -> bool | Exception:
         if proc.poll() is not None:
             _cannot_start(f"tansu exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
         try:
             # in a thread of its own: this fixture may be set up while a test's loop runs
             with concurrent.futures.ThreadPoolExecutor(1) as pool:
                 pool.submit(asyncio.run, _probe(bootstrap)).result()
-            return
+            return True
         except Exception as exc:  # not up yet
-            last = exc
-            time.sleep(0.1)
-    _cannot_start(f"tansu at {bootstrap} did not answer within {TANSU_START_TIMEOUT_S}s ({last!r})")
+            return exc
+
+    try:
+        wait_until_sync(answers, until=lambda got: got is True, timeout=TANSU_START_TIMEOUT_S, interval=0.1,
+                        what=f"tansu at {bootstrap} to answer")
+    except AssertionError as exc:
+        _cannot_start(str(exc))
 
 
 @pytest.fixture(scope="session")

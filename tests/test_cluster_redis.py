@@ -226,7 +226,7 @@ async def announce_loop(http: aiohttp.ClientSession, url: str, tok: str, room: s
                                  timeout=aiohttp.ClientTimeout(total=5)) as r:
                 if r.status == 200:
                     published.append(((await r.json())["seq"], text))
-        await asyncio.sleep(every_s)
+        await asyncio.sleep(every_s)  # pacing
 
 
 def replicas_caught_up(ha: RedisClusterNodes, port: int) -> bool:

@@ -163,7 +163,7 @@ async def test_mixed_pays_and_timeouts_conserve_stock_at_every_moment(wide, keys
     async def sample() -> None:
         while not done.is_set():
             snapshots.append((await fs.stats("s1")).conserved)
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # a turn for the buyers between samples
 
     sampler = asyncio.create_task(sample())
     reserved: list[Reserved] = []

@@ -70,7 +70,7 @@ class Liker:
         for i in range(frames):
             delay = start + i * interval - time.monotonic()
             if delay > 0:
-                await asyncio.sleep(delay)
+                await asyncio.sleep(delay)  # pacing: frames on a fixed schedule
             await self.ws.send(json.dumps({"t": "like", "id": i, "d": {"count": PER_FRAME}}))
 
 

@@ -170,7 +170,7 @@ async def test_members_of_one_group_split_the_events_without_overlap(backend: Ba
             batch = await c.fetch(max_events=5, timeout_ms=100)
             await c.ack(batch)
             into += batch
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # the other member's turn
 
     await asyncio.gather(drain(a, got_a), drain(b, got_b))
     assert sorted(ids(got_a) + ids(got_b)) == sorted(appended)

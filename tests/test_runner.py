@@ -110,7 +110,7 @@ async def test_stop_finishes_the_current_batch_then_returns(log: Log) -> None:
 
     async def handle(events: list[LogEvent]) -> None:
         stop.set()  # asked to stop while a batch is in hand
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # the batch takes a while: the stop arrives in the middle of it
 
     assert await run_consumer(log, TOPIC, GROUP, "w1", handle, stop=stop, batch=4) == 4
     assert await run_consumer(log, TOPIC, GROUP, "w1", Recorder(), burst=True, fetch_timeout_ms=200) == 6
