@@ -1,6 +1,6 @@
 """SQL side of growth analytics, experiments and referrals.
 
-Tables (created by migration step "growth"):
+Tables (declared in :mod:`livecommerce.schema`, created by migration step "growth"):
 
 * ``growth_facts(event_id, user_id, kind, ts_ms, day, amount, room_id)``: one row per
   (event, user), :class:`livecommerce.growth.Fact`; insert-or-ignore, so a redelivered
@@ -25,14 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
-    Column,
     Float,
-    Index,
-    Integer,
-    MetaData,
-    PrimaryKeyConstraint,
-    String,
     Table,
     and_,
     case,
@@ -48,64 +41,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from .experiments import Exposure
 from .growth import ACTIVE_KINDS, ORGANIC, Acquisition, Fact, UserRollup, day_of, rollup
 from .referrals import Reward
-from .store_sql import ID, SqlStore, points_ledger
-
-meta = MetaData()
-
-growth_facts = Table(
-    "growth_facts",
-    meta,
-    Column("event_id", String(ID), nullable=False),
-    Column("user_id", String(ID), nullable=False),
-    Column("kind", String(16), nullable=False),
-    Column("ts_ms", BigInteger, nullable=False),
-    Column("day", Integer, nullable=False),
-    Column("amount", BigInteger, nullable=False, default=0),
-    Column("room_id", String(ID), nullable=True),
-    PrimaryKeyConstraint("event_id", "user_id", name="pk_growth_facts"),
-    Index("ix_growth_facts_user", "user_id", "ts_ms"),
-    Index("ix_growth_facts_day", "day", "kind"),
-)
-
-growth_days = Table(
-    "growth_days",
-    meta,
-    Column("user_id", String(ID), nullable=False),
-    Column("day", Integer, nullable=False),
-    PrimaryKeyConstraint("user_id", "day", name="pk_growth_days"),
-    Index("ix_growth_days_day", "day"),
-)
-
-growth_users = Table(
-    "growth_users",
-    meta,
-    Column("user_id", String(ID), primary_key=True),
-    Column("first_ms", BigInteger, nullable=True),
-    Column("first_day", Integer, nullable=True),
-    Column("activated_ms", BigInteger, nullable=True),
-    Column("first_paid_ms", BigInteger, nullable=True),
-    Column("first_paid_event", String(ID), nullable=True),
-    Column("channel", String(32), nullable=False, default=ORGANIC),
-    Column("invite_code", String(16), nullable=True),
-    Column("referrer", String(ID), nullable=True),
-    Column("acquired_ms", BigInteger, nullable=True),
-    Column("acquired_day", Integer, nullable=True),
-    Column("referral_event", String(ID), nullable=True),
-    Column("referral_ms", BigInteger, nullable=True),
-    Index("ix_growth_users_first_day", "first_day"),
-    Index("ix_growth_users_acquired_day", "acquired_day"),
-    Index("ix_growth_users_referrer", "referrer"),
-)
-
-exp_exposures = Table(
-    "exp_exposures",
-    meta,
-    Column("exp_id", String(64), nullable=False),
-    Column("user_id", String(ID), nullable=False),
-    Column("arm", String(32), nullable=False),
-    Column("first_ms", BigInteger, nullable=False),
-    PrimaryKeyConstraint("exp_id", "user_id", name="pk_exp_exposures"),
-)
+from .schema import exp_exposures, growth_days, growth_facts, growth_users, points_ledger
+from .store_sql import SqlStore
 
 CHUNK = 500
 

@@ -8,14 +8,14 @@ is a no-op.
 
 Adding a step: append ``(N, "what it does", function)`` to :data:`STEPS`; the function gets
 a synchronous SQLAlchemy ``Connection`` inside the transaction and issues explicit DDL
-(``ALTER TABLE ...``, ``op``-style). Step 1 creates the tables from
-:data:`livecommerce.store_sql.metadata`; when a later step changes a table, freeze step 1 by
-giving it a copy of that table's version-1 definition first.
+(``ALTER TABLE ...``, ``op``-style), or creates the step's new tables from
+:data:`livecommerce.schema.metadata` (which holds every table's *current* shape). When a
+later step changes a table, the step that created it gets a frozen copy of the older shape
+first, as step 1 has for ``refunds`` (:func:`_refunds_v1`).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,26 +23,20 @@ from sqlalchemy import (
     BigInteger,
     Column,
     Connection,
+    ForeignKey,
     Integer,
     MetaData,
     String,
     Table,
+    Text,
     inspect,
     select,
     text,
 )
 
-from . import store_sql
-from .store_sql import guarded, make_engine, split_url, writer
-
-_meta = MetaData()
-schema_version = Table(
-    "schema_version",
-    _meta,
-    Column("version", Integer, primary_key=True),
-    Column("description", String(200), nullable=False),
-    Column("applied_ms", BigInteger, nullable=False),
-)
+from .clock import now_ms
+from .schema import ID, metadata, schema_version
+from .sql_conn import guarded, make_engine, split_url, writer
 
 Step = Callable[[Connection], None]
 
@@ -62,35 +56,72 @@ V1_TABLES = (
 )
 
 
+V2_TABLES = ("tickets", "ticket_events", "profiles", "fan_members", "erasures", "segments", "segment_targets")
+V3_TABLES = ("growth_facts", "growth_days", "growth_users", "exp_exposures")
+V4_TABLES = ("profiles_base",)
+
+# the columns step 2 added to ``refunds`` (the request's core columns came with step 1)
+REFUNDS_V2_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("note", "TEXT"),
+    ("room_id", "VARCHAR(128)"),
+    ("sale_id", "VARCHAR(128)"),
+    ("decision_note", "TEXT"),
+    ("settled_ms", "BIGINT"),
+    ("restocked", "BOOLEAN"),
+    ("credited", "BIGINT"),
+)
+
+
+def _create(conn: Connection, names: tuple[str, ...]) -> None:
+    metadata.create_all(conn, tables=[metadata.tables[n] for n in names], checkfirst=True)
+
+
+def _refunds_v1(meta: MetaData) -> Table:
+    """``refunds`` as step 1 created it (frozen: step 2 added :data:`REFUNDS_V2_COLUMNS`)."""
+    return Table(
+        "refunds",
+        meta,
+        Column("id", String(ID), primary_key=True),
+        Column("order_id", String(ID), ForeignKey("orders.id"), nullable=False, index=True),
+        Column("user_id", String(ID), nullable=False, index=True),
+        Column("qty", Integer, nullable=False),
+        Column("amount", BigInteger, nullable=False),
+        Column("reason", Text, nullable=True),
+        Column("state", String(16), nullable=False),  # requested | approved | rejected
+        Column("decided_by", String(ID), nullable=True),
+        Column("requested_ms", BigInteger, nullable=False),
+        Column("decided_ms", BigInteger, nullable=True),
+    )
+
+
 def _v1(conn: Connection) -> None:
-    tables = [store_sql.metadata.tables[name] for name in V1_TABLES]
-    store_sql.metadata.create_all(conn, tables=tables, checkfirst=True)
+    # the step's DDL only: the unchanged version-1 tables copied from the schema, and the
+    # frozen refunds, on a MetaData that lives for this call
+    frozen = MetaData()
+    for name in V1_TABLES:
+        if name != "refunds":
+            metadata.tables[name].to_metadata(frozen)
+    _refunds_v1(frozen)
+    frozen.create_all(conn, checkfirst=True)
 
 
 def _v2_aftersales(conn: Connection) -> None:
     """Issue 11: refund columns, tickets, profiles, fan clubs, erasures, segments."""
-    from . import profiles_sql, refunds_sql, segments_sql, tickets_sql
-
     have = {c["name"] for c in inspect(conn).get_columns("refunds")}
-    for name, ddl in refunds_sql.V2_COLUMNS:
+    for name, ddl in REFUNDS_V2_COLUMNS:
         if name not in have:
             conn.execute(text(f"ALTER TABLE refunds ADD COLUMN {name} {ddl}"))
-    for meta in (tickets_sql.meta, profiles_sql.meta, segments_sql.meta):
-        meta.create_all(conn, checkfirst=True)
+    _create(conn, V2_TABLES)
 
 
 def _v3_growth(conn: Connection) -> None:
     """Issue 12: growth facts, active days, per-viewer growth rows, experiment exposures."""
-    from . import growth_sql
-
-    growth_sql.meta.create_all(conn, checkfirst=True)
+    _create(conn, V3_TABLES)
 
 
 def _v4_retention(conn: Connection) -> None:
     """M2 retention: ``profiles_base``, the fold of the log entries retention trimmed."""
-    from . import profiles_sql
-
-    profiles_sql.base_meta.create_all(conn, checkfirst=True)
+    _create(conn, V4_TABLES)
 
 
 STEPS: list[tuple[int, str, Step]] = [
@@ -130,14 +161,14 @@ def current_version(conn: Connection) -> int:
 
 
 def _upgrade(conn: Connection, target: int) -> int:
-    _meta.create_all(conn, checkfirst=True)
+    _create(conn, ("schema_version",))
     current = current_version(conn)
     for version, description, step in STEPS:
         if current < version <= target:
             step(conn)
             conn.execute(
                 schema_version.insert().values(
-                    version=version, description=description, applied_ms=int(time.time() * 1000)
+                    version=version, description=description, applied_ms=now_ms()
                 )
             )
             current = version

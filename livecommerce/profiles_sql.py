@@ -26,14 +26,6 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Boolean,
-    Column,
-    Index,
-    MetaData,
-    PrimaryKeyConstraint,
-    String,
     Table,
     bindparam,
     case,
@@ -46,53 +38,21 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from . import store_sql
 from .fanclub import intimacy
 from .profiles import Profile, merge
-from .store_sql import ID, SqlStore
-
-meta = MetaData()
-
-profiles = Table(
-    "profiles",
-    meta,
-    Column("user_id", String(ID), primary_key=True),
-    Column("display_name", String(200), nullable=True),
-    Column("data", JSON, nullable=False),
-    Column("erased", Boolean, nullable=False, default=False),
-    Column("updated_ms", BigInteger, nullable=False),
+from .schema import (
+    applied_events,
+    coupon_claims,
+    erasures,
+    orders,
+    points_ledger,
+    profiles_base,
+    wallet_ledger,
 )
+from .schema import fan_members as fan_members
+from .schema import profiles as profiles
+from .store_sql import SqlStore
 
-fan_members = Table(
-    "fan_members",
-    meta,
-    Column("host_id", String(ID), nullable=False),
-    Column("user_id", String(ID), nullable=False),
-    Column("following", Boolean, nullable=False, default=False),
-    Column("member", Boolean, nullable=False, default=False),
-    Column("intimacy", BigInteger, nullable=False, default=0),
-    Column("updated_ms", BigInteger, nullable=False),
-    PrimaryKeyConstraint("host_id", "user_id", name="pk_fan_members"),
-    Index("ix_fan_members_board", "host_id", "member", "intimacy"),
-    Index("ix_fan_members_user", "user_id"),
-)
-
-erasures = Table(
-    "erasures",
-    meta,
-    Column("pseudonym", String(ID), primary_key=True),
-    Column("erased_ms", BigInteger, nullable=False),
-)
-
-# migration step 4 (retention): the part of the log that retention trimmed, folded
-base_meta = MetaData()
-profiles_base = Table(
-    "profiles_base",
-    base_meta,
-    Column("user_id", String(ID), primary_key=True),
-    Column("data", JSON, nullable=False),
-    Column("updated_ms", BigInteger, nullable=False),
-)
 BASE_CONSUMER = "profiles-base"  # the applied_events claims of the events folded into the base
 
 _LOCK = 0x6C63_7072  # "lcpr": batches share it, a rebuild or an erasure holds it alone
@@ -139,7 +99,7 @@ async def claim(conn: AsyncConnection, consumer: str, event_ids: Iterable[str], 
     always lock in the same order); returns the ids not claimed before."""
     ids = sorted(set(event_ids))
     fresh: set[str] = set()
-    table = store_sql.applied_events
+    table = applied_events
     for i in range(0, len(ids), CHUNK):
         stmt = (
             _insert(conn, table)
@@ -260,7 +220,7 @@ async def load_base(conn: AsyncConnection) -> dict[str, Profile]:
 async def claimed_among(conn: AsyncConnection, consumer: str, event_ids: Iterable[str]) -> set[str]:
     """Which of ``event_ids`` ``consumer`` has claimed (``applied_events``)."""
     ids = sorted(set(event_ids))
-    table = store_sql.applied_events
+    table = applied_events
     out: set[str] = set()
     for i in range(0, len(ids), CHUNK):
         q = select(table.c.event_id).where(table.c.consumer == consumer, table.c.event_id.in_(ids[i : i + CHUNK]))
@@ -384,7 +344,7 @@ async def erase_user(store: SqlStore, user: str, alias: str, *, now_ms: int) -> 
         done["fan_members"] = int(res.rowcount)
         hosts = set(merged.get("hosts", {})) | set(merged.get("follows", {})) | set(merged.get("clubs", {}))
         await project_fans(conn, {alias: (merged, hosts)}, now_ms=now_ms)
-        for table in (store_sql.wallet_ledger, store_sql.points_ledger):
+        for table in (wallet_ledger, points_ledger):
             rows = (await conn.execute(select(table.c.id, table.c.ref_event_id).where(table.c.user_id == user))).all()
             if rows:
                 await conn.execute(
@@ -392,7 +352,7 @@ async def erase_user(store: SqlStore, user: str, alias: str, *, now_ms: int) -> 
                     [{"rid": r.id, "ref": _rekey(r.ref_event_id, user, alias)} for r in rows],
                 )
             done[str(table.name)] = len(rows)
-        for table in (store_sql.orders, store_sql.coupon_claims):
+        for table in (orders, coupon_claims):
             res = await conn.execute(update(table).where(table.c.user_id == user).values(user_id=alias))
             done[str(table.name)] = int(res.rowcount)
         res = await conn.execute(update(refunds).where(refunds.c.user_id == user).values(user_id=alias, note=None, decision_note=None))

@@ -2,9 +2,8 @@
 
 The table was created in schema version 1 with the request's core columns; version 2
 (:mod:`livecommerce.migrations`) added ``note``, ``room_id``, ``sale_id``, ``decision_note``,
-``settled_ms``, ``restocked`` and ``credited``. :data:`refunds` describes the full shape
-for queries (on a private ``MetaData``; the version-1 definition in ``store_sql`` stays
-frozen for step 1).
+``settled_ms``, ``restocked`` and ``credited``. :data:`livecommerce.schema.refunds` is the
+full shape, for queries (step 1 keeps its frozen version-1 copy in ``migrations``).
 
 Every write is idempotent and order-tolerant, because the worker may see a refund's steps
 out of order (several consumers, redelivery): :func:`ensure` inserts the row from whatever
@@ -18,14 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    Column,
-    Integer,
-    MetaData,
-    String,
     Table,
-    Text,
     select,
     update,
 )
@@ -33,42 +25,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .refunds import Refund
-from .store_sql import ID, SqlStore
-
-meta = MetaData()
-
-refunds = Table(
-    "refunds",
-    meta,
-    Column("id", String(ID), primary_key=True),
-    Column("order_id", String(ID), nullable=False),
-    Column("user_id", String(ID), nullable=False),
-    Column("qty", Integer, nullable=False),
-    Column("amount", BigInteger, nullable=False),
-    Column("reason", Text, nullable=True),  # the reason code (refunds.REASONS)
-    Column("state", String(16), nullable=False),  # requested | approved | rejected | refunded
-    Column("decided_by", String(ID), nullable=True),
-    Column("requested_ms", BigInteger, nullable=False),
-    Column("decided_ms", BigInteger, nullable=True),
-    # version 2
-    Column("note", Text, nullable=True),  # the viewer's words (personal: erased on request)
-    Column("room_id", String(ID), nullable=True),
-    Column("sale_id", String(ID), nullable=True),
-    Column("decision_note", Text, nullable=True),
-    Column("settled_ms", BigInteger, nullable=True),
-    Column("restocked", Boolean, nullable=True),
-    Column("credited", BigInteger, nullable=True),
-)
-
-V2_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("note", "TEXT"),
-    ("room_id", "VARCHAR(128)"),
-    ("sale_id", "VARCHAR(128)"),
-    ("decision_note", "TEXT"),
-    ("settled_ms", "BIGINT"),
-    ("restocked", "BOOLEAN"),
-    ("credited", "BIGINT"),
-)
+from .schema import refunds as refunds
+from .store_sql import SqlStore
 
 
 def _insert(conn: AsyncConnection, table: Table) -> Any:

@@ -6,49 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Column,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
     select,
     update,
 )
 
 from .errors import Conflict
+from .schema import segment_targets, segments
 from .segments import SegmentDef
-from .store_sql import ID, SqlStore
-
-meta = MetaData()
-
-segments = Table(
-    "segments",
-    meta,
-    Column("id", String(ID), primary_key=True),
-    Column("name", String(200), nullable=False),
-    Column("rule", JSON, nullable=False),
-    Column("created_by", String(ID), nullable=False),
-    Column("created_ms", BigInteger, nullable=False),
-    Column("updated_ms", BigInteger, nullable=False),
-)
-
-segment_targets = Table(
-    "segment_targets",
-    meta,
-    Column("id", String(ID), primary_key=True),
-    Column("segment_id", String(ID), nullable=False, index=True),
-    Column("kind", String(16), nullable=False),  # coupon | push
-    Column("drop_id", String(ID), nullable=True),
-    Column("sale_id", String(ID), nullable=True),
-    Column("text", Text, nullable=True),
-    Column("members", Integer, nullable=False),
-    Column("delivered", Integer, nullable=False),
-    Column("created_by", String(ID), nullable=False),
-    Column("created_ms", BigInteger, nullable=False),
-)
+from .store_sql import SqlStore
 
 
 def _seg(r: Any) -> dict[str, Any]:

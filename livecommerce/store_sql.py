@@ -1,19 +1,15 @@
 """SQL implementation of the :class:`~livecommerce.store.Store` port (SQLAlchemy 2 Core,
 async): SQLite through aiosqlite (the embedded default) and PostgreSQL through asyncpg.
 
-The tables are declared here (``metadata``) and created only by
-:func:`livecommerce.migrations.upgrade` (``livecommerce db upgrade``); importing this module
-creates nothing.
-
-URLs: ``sqlite+aiosqlite:///path/to/file.db`` or ``postgresql+asyncpg://user@host/db``.
-A ``?schema=NAME`` query parameter on a PostgreSQL URL puts every table in that schema
-(through the connections' ``search_path``): tenants and tests share one database that way.
+The tables are declared in :mod:`livecommerce.schema` and created only by
+:func:`livecommerce.migrations.upgrade` (``livecommerce db upgrade``); engines, SQLite's
+write transactions and the driver-error guard are :mod:`livecommerce.sql_conn`'s. Importing
+this module creates nothing.
 
 How each backend keeps the contract:
 
-* SQLite runs in WAL mode with a busy timeout (readers never block the writer); every write
-  transaction starts with ``BEGIN IMMEDIATE``, so writers queue instead of failing with
-  "database is locked" when a read transaction tries to upgrade. The WAL is truncated by
+* SQLite: every write transaction starts with ``BEGIN IMMEDIATE`` (:func:`writer`), so
+  writers queue instead of failing with "database is locked". The WAL is truncated by
   :meth:`SqlStore.checkpoint` (the retention worker, every minute) and capped at
   ``SQLITE_WAL_LIMIT_BYTES`` after each checkpoint that resets it.
 * PostgreSQL: ``applied_events`` and order rows are claimed with ``INSERT .. ON CONFLICT DO
@@ -24,351 +20,41 @@ How each backend keeps the contract:
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
 from typing import Any, cast
 
-import sqlalchemy.exc as sa_exc
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Boolean,
-    Column,
-    ForeignKey,
-    Index,
-    Integer,
-    MetaData,
-    PrimaryKeyConstraint,
-    String,
-    Table,
-    Text,
-    UniqueConstraint,
-    event,
-    func,
-    select,
-    update,
-)
+from sqlalchemy import Table, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .errors import BadFrame, ConfigError, Conflict, NotFound, Unavailable
+from .errors import BadFrame, ConfigError, Conflict, NotFound
 from .flash_sale import Sale, SaleState
+from .migrations import LATEST, current_version
 from .orders import Order, OrderEvent, OrderState, TransitionResult, apply_transition
+
+# the tables and the engine helpers, re-exported for the adapters and callers that reach them here
+from .schema import ID as ID
+from .schema import BigId as BigId
+from .schema import applied_events as applied_events
+from .schema import coupon_claims as coupon_claims
+from .schema import coupon_drops as coupon_drops
+from .schema import lotteries as lotteries
+from .schema import metadata as metadata
+from .schema import order_events as order_events
+from .schema import orders as orders
+from .schema import points_ledger as points_ledger
+from .schema import products as products
+from .schema import refunds as refunds
+from .schema import rooms as rooms
+from .schema import sales as sales
+from .schema import wallet_ledger as wallet_ledger
+from .sql_conn import SQLITE_BUSY_TIMEOUT_MS as SQLITE_BUSY_TIMEOUT_MS
+from .sql_conn import SQLITE_WAL_LIMIT_BYTES as SQLITE_WAL_LIMIT_BYTES
+from .sql_conn import guarded as guarded
+from .sql_conn import make_engine as make_engine
+from .sql_conn import split_url as split_url
+from .sql_conn import writer as writer
 from .store import OrderTotals, PointsEntry, PointsRole, SaleRecord, Store, WalletEntry
-
-# ---------------------------------------------------------------------------------- schema
-
-metadata = MetaData()
-
-# An auto-increment 64-bit key: SQLite only auto-increments INTEGER PRIMARY KEY.
-BigId = BigInteger().with_variant(Integer(), "sqlite")
-ID = 128  # length of ids: ours are at most 64, external ones (payment ids) may be longer
-
-rooms = Table(
-    "rooms",
-    metadata,
-    Column("id", String(ID), primary_key=True),
-    Column("host_id", String(ID), nullable=False, index=True),
-    Column("title", String(200), nullable=False, default=""),
-    Column("state", String(16), nullable=False, default="created"),  # created | live | ended
-    Column("created_ms", BigInteger, nullable=False),
-    Column("updated_ms", BigInteger, nullable=False),
-)
-
-products = Table(
-    "products",
-    metadata,
-    Column("id", String(ID), primary_key=True),
-    Column("name", String(200), nullable=False),
-    Column("price", BigInteger, nullable=False),  # list price, cents
-    Column("room_id", String(ID), nullable=True, index=True),
-    Column("data", JSON, nullable=True),
-    Column("created_ms", BigInteger, nullable=False),
-    Column("updated_ms", BigInteger, nullable=False),
-)
-
-sales = Table(
-    "sales",
-    metadata,
-    Column("id", String(ID), primary_key=True),
-    Column("room_id", String(ID), nullable=False, index=True),
-    Column("product_id", String(ID), nullable=False, index=True),
-    Column("product_name", String(200), nullable=True),
-    Column("price", BigInteger, nullable=False),
-    Column("stock", Integer, nullable=False),  # initial stock
-    Column("per_user_limit", Integer, nullable=False),
-    Column("starts_ms", BigInteger, nullable=False),
-    Column("ends_ms", BigInteger, nullable=False),
-    Column("payment_window_s", Integer, nullable=False),
-    Column("restock_on_refund", Boolean, nullable=False, default=False),
-    Column("state", String(16), nullable=False),  # flash_sale.SaleState
-    Column("created_ms", BigInteger, nullable=False),
-    Column("updated_ms", BigInteger, nullable=False),
-)
-
-orders = Table(
-    "orders",
-    metadata,
-    Column("id", String(ID), primary_key=True),
-    Column("sale_id", String(ID), nullable=False),
-    Column("room_id", String(ID), nullable=False),
-    Column("user_id", String(ID), nullable=False),
-    Column("qty", Integer, nullable=False),
-    Column("unit_price", BigInteger, nullable=False),
-    Column("amount", BigInteger, nullable=False),  # qty * unit_price - discount
-    Column("discount", BigInteger, nullable=False, default=0),
-    Column("coupon_id", String(ID), nullable=True),
-    Column("state", String(24), nullable=False),  # orders.OrderState
-    Column("pay_by_ms", BigInteger, nullable=False),
-    Column("refunded_qty", Integer, nullable=False, default=0),
-    Column("refunded_amount", BigInteger, nullable=False, default=0),
-    Column("request_id", String(ID), nullable=True),
-    Column("created_ms", BigInteger, nullable=False),
-    Column("updated_ms", BigInteger, nullable=False),
-    Index("ix_orders_user", "user_id", "created_ms"),
-    Index("ix_orders_sale_state", "sale_id", "state"),
-    Index("ix_orders_room", "room_id", "created_ms"),
-    Index("ix_orders_state_pay_by", "state", "pay_by_ms"),
-)
-
-order_events = Table(
-    "order_events",
-    metadata,
-    Column("id", BigId, primary_key=True, autoincrement=True),
-    Column("event_id", String(ID), nullable=False, unique=True),  # the log event id
-    Column("order_id", String(ID), ForeignKey("orders.id"), nullable=False, index=True),
-    Column("from_state", String(24), nullable=True),
-    Column("to_state", String(24), nullable=False),
-    Column("refund_qty", Integer, nullable=False, default=0),
-    Column("refund_amount", BigInteger, nullable=False, default=0),
-    Column("reason", Text, nullable=True),
-    Column("ts_ms", BigInteger, nullable=False),
-)
-
-refunds = Table(
-    "refunds",
-    metadata,
-    Column("id", String(ID), primary_key=True),
-    Column("order_id", String(ID), ForeignKey("orders.id"), nullable=False, index=True),
-    Column("user_id", String(ID), nullable=False, index=True),
-    Column("qty", Integer, nullable=False),
-    Column("amount", BigInteger, nullable=False),
-    Column("reason", Text, nullable=True),
-    Column("state", String(16), nullable=False),  # requested | approved | rejected
-    Column("decided_by", String(ID), nullable=True),
-    Column("requested_ms", BigInteger, nullable=False),
-    Column("decided_ms", BigInteger, nullable=True),
-)
-
-wallet_ledger = Table(
-    "wallet_ledger",
-    metadata,
-    Column("id", BigId, primary_key=True, autoincrement=True),
-    Column("user_id", String(ID), nullable=False),
-    Column("delta", BigInteger, nullable=False),
-    Column("reason", String(64), nullable=False),
-    Column("ref_event_id", String(ID), nullable=False, unique=True),
-    Column("ts_ms", BigInteger, nullable=False),
-    Index("ix_wallet_user", "user_id", "id"),
-)
-
-points_ledger = Table(
-    "points_ledger",
-    metadata,
-    Column("id", BigId, primary_key=True, autoincrement=True),
-    Column("user_id", String(ID), nullable=False),
-    Column("role", String(8), nullable=False),  # viewer | host
-    Column("delta", BigInteger, nullable=False),
-    Column("reason", String(64), nullable=False),
-    Column("ref_event_id", String(ID), nullable=False),
-    Column("ts_ms", BigInteger, nullable=False),
-    UniqueConstraint("ref_event_id", "user_id", "reason", name="uq_points_ref_user_reason"),
-    Index("ix_points_user", "user_id", "role", "id"),
-)
-
-applied_events = Table(
-    "applied_events",
-    metadata,
-    Column("consumer", String(64), nullable=False),
-    Column("event_id", String(ID), nullable=False),
-    Column("applied_ms", BigInteger, nullable=True),
-    PrimaryKeyConstraint("consumer", "event_id", name="pk_applied_events"),
-)
-
-coupon_drops = Table(
-    "coupon_drops",
-    metadata,
-    Column("id", String(ID), primary_key=True),
-    Column("room_id", String(ID), nullable=False, index=True),
-    Column("kind", String(16), nullable=False),  # full_reduction | percent
-    Column("threshold", BigInteger, nullable=False, default=0),  # spend X (cents)
-    Column("value", BigInteger, nullable=False),  # save Y (cents) or percent off
-    Column("quantity", Integer, nullable=False),
-    Column("per_user", Integer, nullable=False, default=1),
-    Column("expires_ms", BigInteger, nullable=False),
-    Column("segment_id", String(ID), nullable=True),  # targeted drops (issue 11)
-    Column("created_by", String(ID), nullable=False),
-    Column("created_ms", BigInteger, nullable=False),
-)
-
-coupon_claims = Table(
-    "coupon_claims",
-    metadata,
-    Column("id", String(ID), primary_key=True),  # the coupon id
-    Column("drop_id", String(ID), ForeignKey("coupon_drops.id"), nullable=False),
-    Column("user_id", String(ID), nullable=False),
-    Column("state", String(16), nullable=False),  # claimed | used | expired
-    Column("order_id", String(ID), nullable=True),
-    Column("claimed_ms", BigInteger, nullable=False),
-    Column("used_ms", BigInteger, nullable=True),
-    Index("ix_coupon_claims_drop_user", "drop_id", "user_id"),
-    Index("ix_coupon_claims_user", "user_id", "state"),
-)
-
-lotteries = Table(
-    "lotteries",
-    metadata,
-    Column("id", String(ID), primary_key=True),
-    Column("room_id", String(ID), nullable=False, index=True),
-    Column("prize", String(200), nullable=False),
-    Column("winners_count", Integer, nullable=False),
-    Column("rule", JSON, nullable=True),  # entry rule: keyword | gift | follow
-    Column("state", String(16), nullable=False),  # open | drawn
-    Column("seed_hash", String(128), nullable=False),  # published when it opens
-    Column("seed", String(128), nullable=True),  # revealed with the draw
-    Column("entrants", JSON, nullable=True),
-    Column("winners", JSON, nullable=True),
-    Column("created_ms", BigInteger, nullable=False),
-    Column("drawn_ms", BigInteger, nullable=True),
-)
-
-# ---------------------------------------------------------------------------------- engine
-
-_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-
-
-def split_url(url: str) -> tuple[URL, str | None]:
-    """Parse a database URL; return it without our ``schema`` parameter, and that schema.
-
-    Raises:
-        ConfigError: unparsable URL, an unsupported driver, or a bad schema name.
-    """
-    try:
-        u = make_url(url)
-    except sa_exc.ArgumentError as exc:
-        raise ConfigError(f"bad database URL: {exc}") from exc
-    if u.drivername not in ("sqlite+aiosqlite", "postgresql+asyncpg"):
-        raise ConfigError(
-            f"database URL driver {u.drivername!r}: use sqlite+aiosqlite:// or postgresql+asyncpg://"
-        )
-    schema = u.query.get("schema")
-    if isinstance(schema, tuple):
-        schema = schema[-1]
-    if schema is not None:
-        if u.get_backend_name() != "postgresql":
-            raise ConfigError("the ?schema= URL parameter is for PostgreSQL only")
-        if not _SCHEMA_NAME.match(schema):
-            raise ConfigError(f"bad schema name {schema!r}: lower-case letters, digits, _")
-        u = u.difference_update_query(["schema"])
-    return u, schema
-
-
-def make_engine(url: str, **kw: Any) -> AsyncEngine:
-    """An async engine set up as the module docstring says (SQLite pragmas and
-    ``BEGIN IMMEDIATE`` for writes, PostgreSQL ``search_path``). Creates the directory of a
-    SQLite file, nothing else.
-
-    Raises:
-        ConfigError: see :func:`split_url`.
-    """
-    u, schema = split_url(url)
-    if u.get_backend_name() == "sqlite":
-        db = u.database or ""
-        if db and db != ":memory:" and not db.startswith("file:"):
-            # best effort: if it cannot be made, connecting fails with Unavailable
-            with contextlib.suppress(OSError):
-                Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(u, **kw)
-        _sqlite_setup(engine)
-        return engine
-    connect_args: dict[str, Any] = dict(kw.pop("connect_args", {}))
-    if schema is not None:
-        settings = dict(connect_args.get("server_settings", {}))
-        settings["search_path"] = schema
-        connect_args["server_settings"] = settings
-    connect_args.setdefault("timeout", 10)
-    kw.setdefault("pool_size", 10)
-    kw.setdefault("max_overflow", 20)
-    kw.setdefault("pool_pre_ping", True)
-    return create_async_engine(u, connect_args=connect_args, **kw)
-
-
-SQLITE_BUSY_TIMEOUT_MS = 30_000
-SQLITE_WAL_LIMIT_BYTES = 16 * 1024 * 1024
-
-
-def _sqlite_setup(engine: AsyncEngine) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
-    def _connect(dbapi_conn: Any, _record: Any) -> None:
-        # we emit BEGIN ourselves (below): pysqlite's implicit BEGIN is always DEFERRED
-        dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        cur.execute("PRAGMA journal_mode = WAL")
-        cur.execute("PRAGMA synchronous = NORMAL")
-        # a checkpoint that resets the WAL truncates the file to this (docs/retention.md)
-        cur.execute(f"PRAGMA journal_size_limit = {SQLITE_WAL_LIMIT_BYTES}")
-        cur.execute("PRAGMA foreign_keys = ON")
-        cur.close()
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def _begin(conn: Any) -> None:
-        mode = conn.get_execution_options().get("lc_begin", "DEFERRED")
-        conn.exec_driver_sql(f"BEGIN {mode}")
-
-
-def writer(engine: AsyncEngine) -> AsyncEngine:
-    """The same engine (same pool) whose transactions are SQLite write transactions
-    (``BEGIN IMMEDIATE``); on PostgreSQL the engine itself."""
-    if engine.dialect.name == "sqlite":
-        return engine.execution_options(lc_begin="IMMEDIATE")
-    return engine
-
-
-def _missing_schema(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return (
-        "no such table" in text
-        or "undefinedtable" in text
-        or ("relation" in text and "does not exist" in text)
-    )
-
-
-@contextlib.asynccontextmanager
-async def guarded() -> AsyncIterator[None]:
-    """Turn driver failures into ``Unavailable`` and unexpected duplicates into
-    ``Conflict``. Our own errors pass through."""
-    try:
-        yield
-    except sa_exc.IntegrityError as exc:
-        raise Conflict(
-            f"conflicting write: {exc.orig.__class__.__name__}", code="conflict"
-        ) from exc
-    except (sa_exc.OperationalError, sa_exc.ProgrammingError) as exc:
-        if _missing_schema(exc):
-            raise Unavailable("database schema missing: run `livecommerce db upgrade`") from exc
-        if isinstance(exc, sa_exc.ProgrammingError):
-            raise
-        raise Unavailable(f"database unavailable: {exc.orig.__class__.__name__}") from exc
-    except sa_exc.DBAPIError as exc:
-        if exc.connection_invalidated or isinstance(exc, sa_exc.InterfaceError):
-            raise Unavailable(f"database unavailable: {exc.orig.__class__.__name__}") from exc
-        raise
-    except (sa_exc.TimeoutError, OSError, TimeoutError, ConnectionError) as exc:
-        raise Unavailable(f"database unavailable: {exc.__class__.__name__}") from exc
-
 
 # ---------------------------------------------------------------------------------- rows
 
@@ -1025,8 +711,12 @@ class SqlStore:
     # -------------------------------------------------------------- schema
 
     async def check_schema(self) -> int:
-        from .migrations import LATEST, current_version
+        """The schema version, when it is the one this code needs.
 
+        Raises:
+            ConfigError: the database is at another version (run ``livecommerce db upgrade``).
+            Unavailable: the database is unreachable.
+        """
         async with self._read() as tx:
             version = await tx.conn.run_sync(current_version)
         if version != LATEST:

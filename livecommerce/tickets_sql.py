@@ -11,58 +11,15 @@ from __future__ import annotations
 from typing import Any, cast
 
 from sqlalchemy import (
-    BigInteger,
-    Column,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
     func,
     select,
     update,
 )
 
 from .errors import NotFound
-from .store_sql import ID, BigId, SqlStore
+from .schema import ticket_events, tickets
+from .store_sql import SqlStore
 from .tickets import Priority, Ticket, TicketStatus, check_move, may_move, stamps_after
-
-meta = MetaData()
-
-tickets = Table(
-    "tickets",
-    meta,
-    Column("id", String(ID), primary_key=True),
-    Column("user_id", String(ID), nullable=False),
-    Column("kind", String(16), nullable=False),
-    Column("priority", String(8), nullable=False),
-    Column("subject", String(200), nullable=False),
-    Column("text", Text, nullable=False),
-    Column("status", String(16), nullable=False),
-    Column("order_id", String(ID), nullable=True),
-    Column("room_id", String(ID), nullable=True),
-    Column("assignee", String(ID), nullable=True),
-    Column("created_ms", BigInteger, nullable=False),
-    Column("updated_ms", BigInteger, nullable=False),
-    Column("first_response_ms", BigInteger, nullable=True),
-    Column("resolved_ms", BigInteger, nullable=True),
-    Index("ix_tickets_status", "status", "created_ms"),
-    Index("ix_tickets_user", "user_id", "created_ms"),
-)
-
-ticket_events = Table(
-    "ticket_events",
-    meta,
-    Column("id", BigId, primary_key=True, autoincrement=True),
-    Column("ticket_id", String(ID), nullable=False, index=True),
-    Column("seq", Integer, nullable=False),
-    Column("from_status", String(16), nullable=True),
-    Column("to_status", String(16), nullable=False),
-    Column("by_user", String(ID), nullable=False),
-    Column("note", Text, nullable=True),
-    Column("ts_ms", BigInteger, nullable=False),
-)
 
 
 def _ticket(r: Any) -> Ticket:

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import String, Text, select
 
-from livecommerce import profiles_sql, refunds_sql, segments_sql, store_sql, tickets_sql
+from livecommerce import migrations, profiles_sql, refunds_sql, schema
 from livecommerce.auth import issue_token
 from livecommerce.profiles import pseudonym
 from tests.test_refunds import World, http  # noqa: F401  (fixture)
@@ -17,7 +17,7 @@ from tests.wsclient import Client
 from workers.profiles import rebuild
 
 SECRETS = ("alice", "Alice Liddell", "555-0100", "Baker St")
-TABLES = [t for m in (store_sql.metadata, tickets_sql.meta, profiles_sql.meta, segments_sql.meta) for t in m.sorted_tables] + [refunds_sql.refunds]
+TABLES = [schema.metadata.tables[n] for n in (*migrations.V1_TABLES, *migrations.V2_TABLES)]
 NOT_REWRITTEN = {"applied_events", "lotteries"}  # exactly-once claims and published draw proofs (documented)
 
 
