@@ -64,7 +64,7 @@ def _load(args: argparse.Namespace, settings: Settings) -> int:
         from .broker_redis import RedisBroker
         from .checkout import Checkout, sale_started_data
         from .keys import Keys
-        from .log import open_log
+        from .log_open import open_log
         from .redis_conn import connect
         from .store_sql import SqlStore
 

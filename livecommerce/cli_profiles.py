@@ -23,7 +23,7 @@ from .config import Settings
 
 async def _rebuild(settings: Settings) -> dict[str, int]:
     from .keys import Keys
-    from .log import open_log
+    from .log_open import open_log
     from .redis_conn import connect
     from .store_sql import SqlStore
 

@@ -18,8 +18,8 @@ Contract (every backend, checked by ``tests/test_log_contract.py``):
 
 Backends: :class:`MemoryLog` here (tests, single-process runs),
 :class:`livecommerce.log_redis.RedisLog` (default, Redis Streams) and
-:class:`livecommerce.log_kafka.KafkaLog` (scale-out); :func:`open_log` picks one from the
-settings.
+:class:`livecommerce.log_kafka.KafkaLog` (scale-out); :func:`livecommerce.log_open.open_log`
+picks one from the settings.
 """
 
 from __future__ import annotations
@@ -31,14 +31,12 @@ import uuid
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import msgpack
 
+from .clock import now_ms
 from .errors import ConfigError
-
-if TYPE_CHECKING:
-    from .config import Settings
 
 TOPICS = ("orders", "gifts", "points", "lottery", "activity")
 
@@ -149,7 +147,7 @@ def new_event(
         key=key,
         type=type,
         data=data,
-        ts=int(time.time() * 1000) if ts is None else ts,
+        ts=now_ms() if ts is None else ts,
     )
 
 
@@ -337,55 +335,3 @@ class MemoryConsumer:
             if p.consumer == self.name:
                 p.since = float("-inf")
         self._topic.notify()
-
-
-# ---------------------------------------------------------------- factory
-def open_log(
-    settings: Settings,
-    redis: Any = None,
-    *,
-    partitions: int | None = None,
-    claim_idle_ms: int | None = None,
-    **kafka_options: Any,
-) -> Log:
-    """The configured log: Kafka when ``settings.kafka_bootstrap`` is set, else Redis Streams.
-
-    Redis uses ``redis`` (a ``redis.asyncio.Redis`` or ``RedisCluster``, left open on close)
-    or else a client of its own for ``settings.redis_url`` (closed on close), with
-    ``partitions`` streams per topic (default 1) and ``claim_idle_ms``. Kafka uses
-    ``settings.kafka_partitions`` (or ``partitions``), ``settings.kafka_idempotent`` and
-    ``kafka_options`` (see :class:`~livecommerce.log_kafka.KafkaLog`).
-
-    Raises:
-        ConfigError: neither Kafka nor Redis is configured, or a partition count below 1.
-    """
-    if claim_idle_ms is None:
-        claim_idle_ms = settings.log_claim_idle_ms
-    if settings.kafka_bootstrap:
-        from .log_kafka import KafkaLog
-
-        kafka_options.setdefault("session_timeout_ms", settings.kafka_session_timeout_ms)
-        if settings.log_max_age_s > 0:  # the broker's retention is the log's hard cap
-            kafka_options.setdefault("retention_ms", settings.log_max_age_s * 1000)
-        kafka_options.setdefault("heartbeat_interval_ms", max(100, settings.kafka_session_timeout_ms // 5))
-        return KafkaLog(
-            settings.kafka_bootstrap,
-            prefix=settings.key_prefix,
-            partitions=partitions or settings.kafka_partitions,
-            idempotent=settings.kafka_idempotent,
-            client_id=settings.node_id or "livecommerce",
-            **kafka_options,
-        )
-    from .keys import Keys
-    from .log_redis import RedisLog
-
-    owned = redis is None
-    if owned:
-        if not settings.redis_url:
-            raise ConfigError("the durable log needs LC_REDIS_URL or LC_KAFKA_BOOTSTRAP")
-        from .redis_conn import connect
-
-        redis = connect(settings.redis_url)
-    return RedisLog(
-        redis, Keys(settings.key_prefix), partitions=partitions or settings.log_partitions, claim_idle_ms=claim_idle_ms, owns_client=owned
-    )

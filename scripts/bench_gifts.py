@@ -32,7 +32,7 @@ import websockets
 from livecommerce.auth import issue_token
 from livecommerce.config import Settings
 from livecommerce.keys import Keys
-from livecommerce.log import open_log
+from livecommerce.log_open import open_log
 from livecommerce.migrations import upgrade
 from livecommerce.points import Rules
 from livecommerce.redis_conn import connect

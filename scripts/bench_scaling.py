@@ -329,7 +329,7 @@ async def workers(state: State, args: argparse.Namespace, kafka: str | None) -> 
     from sqlalchemy import text
 
     from livecommerce.config import Settings
-    from livecommerce.log import open_log
+    from livecommerce.log_open import open_log
     from livecommerce.store_sql import make_engine
 
     rows = []

@@ -24,7 +24,7 @@ import aiohttp
 import pytest
 import websockets
 
-from livecommerce.log import open_log
+from livecommerce.log_open import open_log
 from livecommerce.migrations import upgrade
 from livecommerce.store_sql import SqlStore
 from scripts.chaos_rush import (

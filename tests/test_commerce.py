@@ -12,7 +12,7 @@ import pytest
 
 from livecommerce.checkout import Checkout
 from livecommerce.keys import Keys
-from livecommerce.log import open_log
+from livecommerce.log_open import open_log
 from tests.waiting import wait_until
 from tests.wsclient import Client
 from workers.orders import OrdersWorker, schedule_tick, timeout_tick

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from gateway.openapi import document
 from livecommerce.experiments import Experiment, Variant
 from livecommerce.keys import Keys
-from livecommerce.log import open_log
+from livecommerce.log_open import open_log
 from livecommerce.store_sql import SqlStore
 from tests.fixtures_gateway import GatewayFactory
 from tests.test_openapi import validate

@@ -26,7 +26,7 @@ from livecommerce.growth import (
     window,
 )
 from livecommerce.keys import Keys
-from livecommerce.log import open_log
+from livecommerce.log_open import open_log
 from livecommerce.log_redis import RedisLog
 from livecommerce.store_sql import SqlStore
 from tests.fixtures_gateway import GatewayFactory

@@ -30,9 +30,9 @@ from livecommerce.log import (
     MemoryLog,
     decode_event,
     encode_event,
-    open_log,
 )
 from livecommerce.log_kafka import KafkaLog
+from livecommerce.log_open import open_log
 from livecommerce.log_redis import RedisLog
 from livecommerce.redis_conn import connect
 

@@ -14,7 +14,7 @@ import pytest
 
 from livecommerce.checkout import Checkout
 from livecommerce.flash_sale import Sale
-from livecommerce.log import open_log
+from livecommerce.log_open import open_log
 from livecommerce.migrations import upgrade
 from livecommerce.store_sql import SqlStore
 from tests.waiting import wait_until

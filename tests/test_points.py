@@ -25,7 +25,8 @@ from livecommerce.config import Settings
 from livecommerce.errors import BadFrame
 from livecommerce.gifts import GiftSpec
 from livecommerce.keys import Keys
-from livecommerce.log import Log, LogEvent, open_log
+from livecommerce.log import Log, LogEvent
+from livecommerce.log_open import open_log
 from livecommerce.log_redis import RedisLog
 from livecommerce.migrations import upgrade
 from livecommerce.notify import Notifier

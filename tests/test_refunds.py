@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 
 from livecommerce.errors import Conflict, NotFound
 from livecommerce.keys import Keys
-from livecommerce.log import Log, open_log
+from livecommerce.log import Log
+from livecommerce.log_open import open_log
 from livecommerce.points import CENTS_PER_POINT, Rules
 from livecommerce.refunds import (
     EVENT_TYPES,

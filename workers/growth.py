@@ -38,7 +38,8 @@ from livecommerce.experiments_redis import ExperimentCache, ExperimentsRedis
 from livecommerce.feed_redis import FeedRedis
 from livecommerce.growth import ACQUIRED, TOPICS, Acquisition, Fact, acquisition_of, facts_for
 from livecommerce.keys import Keys
-from livecommerce.log import Log, LogEvent, open_log
+from livecommerce.log import Log, LogEvent
+from livecommerce.log_open import open_log
 from livecommerce.notify import Notifier
 from livecommerce.points import Rules
 from livecommerce.redis_conn import connect, is_cluster_url

@@ -27,7 +27,7 @@ from typing import Any
 from livecommerce.checkout import Checkout
 from livecommerce.config import Settings
 from livecommerce.keys import Keys
-from livecommerce.log import open_log
+from livecommerce.log_open import open_log
 from livecommerce.redis_conn import connect
 from livecommerce.store_sql import SqlStore
 

@@ -28,7 +28,8 @@ from livecommerce.checkout import Checkout, sale_of, sale_started_data
 from livecommerce.config import Settings
 from livecommerce.errors import Conflict, LiveCommerceError, NotFound
 from livecommerce.keys import Keys
-from livecommerce.log import Log, LogEvent, open_log
+from livecommerce.log import Log, LogEvent
+from livecommerce.log_open import open_log
 from livecommerce.notify import Notifier
 from livecommerce.orders import new_order
 from livecommerce.redis_conn import connect

@@ -48,7 +48,8 @@ from livecommerce.config import Settings
 from livecommerce.coupons import REDEEMED_TTL_S, CouponDrop
 from livecommerce.coupons_redis import CouponsRedis
 from livecommerce.keys import Keys
-from livecommerce.log import Log, LogEvent, open_log
+from livecommerce.log import Log, LogEvent
+from livecommerce.log_open import open_log
 from livecommerce.notify import Notifier
 from livecommerce.points import REDEEM, Award, Rules, awards_for, level_for, redeem_drop_id, room_of
 from livecommerce.redis_conn import connect, guarded, is_cluster_url

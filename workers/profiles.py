@@ -45,7 +45,8 @@ from livecommerce.config import Settings
 from livecommerce.errors import Unavailable
 from livecommerce.fanclub_redis import FanclubRedis
 from livecommerce.keys import Keys
-from livecommerce.log import Log, LogEvent, open_log
+from livecommerce.log import Log, LogEvent
+from livecommerce.log_open import open_log
 from livecommerce.profiles import (
     TOPICS,
     Context,

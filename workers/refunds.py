@@ -38,7 +38,8 @@ from livecommerce.config import Settings
 from livecommerce.errors import Conflict, LiveCommerceError, NotFound, Unavailable
 from livecommerce.flash_sale_redis import RedisFlashSale
 from livecommerce.keys import Keys
-from livecommerce.log import Log, LogEvent, open_log
+from livecommerce.log import Log, LogEvent
+from livecommerce.log_open import open_log
 from livecommerce.notify import Notifier
 from livecommerce.redis_conn import connect, is_cluster_url
 from livecommerce.refunds import (

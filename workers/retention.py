@@ -29,7 +29,8 @@ from livecommerce.config import Settings
 from livecommerce.errors import LiveCommerceError
 from livecommerce.flash_sale_redis import RedisFlashSale
 from livecommerce.keys import Keys
-from livecommerce.log import Log, open_log
+from livecommerce.log import Log
+from livecommerce.log_open import open_log
 from livecommerce.redis_conn import connect, guarded
 from livecommerce.store_sql import SqlStore
 

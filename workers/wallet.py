@@ -22,7 +22,8 @@ import time
 from livecommerce.config import Settings
 from livecommerce.errors import Unavailable
 from livecommerce.keys import Keys
-from livecommerce.log import Log, LogEvent, open_log
+from livecommerce.log import Log, LogEvent
+from livecommerce.log_open import open_log
 from livecommerce.redis_conn import connect
 from livecommerce.store import Store
 from livecommerce.store_sql import SqlStore
