@@ -39,6 +39,7 @@ class Chat:
         self.gate = gate
         self.hooks = hooks  # the comment hooks (levels, badges, lottery keywords, counters)
         self.buckets: dict[str, TokenBucket] = {}
+        self._purge_at = 0.0
 
     async def ping(self, conn: Conn, cmd: Ping) -> dict[str, Any]:
         return {"t": "pong", "id": cmd.id, "ts": self.gw.now_ms()}
@@ -48,8 +49,13 @@ class Chat:
         await self.gate.check(conn.room)  # RoomEnded: the show is over
         bucket = self.buckets.get(conn.user)
         if bucket is None:
+            now = time.monotonic()
             if len(self.buckets) > 100_000:
                 self.buckets.clear()
+            elif len(self.buckets) >= 256 and now >= self._purge_at:
+                # a refilled bucket is a new one: churned users' buckets go (an idle node holds none)
+                self.buckets = {u: b for u, b in self.buckets.items() if not b.full(now)}
+                self._purge_at = now + 60
             bucket = self.buckets[conn.user] = TokenBucket(gw.s.comment_rate, gw.s.comment_burst)
         verdict, text = judge_comment(
             cmd.text, max_len=gw.s.comment_max_len, moderator=gw.moderator, mode=gw.s.moderation_mode

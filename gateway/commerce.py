@@ -66,12 +66,16 @@ REJECT_MESSAGES = {
 class SaleView:
     """What this node knows of a sale from the broadcast."""
 
-    __slots__ = ("buyers", "remaining", "state")
+    __slots__ = ("buyers", "closed_at", "remaining", "state")
 
     def __init__(self) -> None:
         self.state = "unknown"
         self.remaining = -1
         self.buyers: set[str] | None = None  # fetched when the sale closes
+        self.closed_at = 0.0  # monotonic time it ended (views of ended sales go VIEW_KEEP_S later)
+
+
+VIEW_KEEP_S = 600.0  # an ended sale's view, buyer set included, is kept this long on each node
 
 
 def setup(gw: Gateway, app: web.Application) -> None:
@@ -101,6 +105,17 @@ def setup(gw: Gateway, app: web.Application) -> None:
         raw = await gw.redis.hkeys(gw.keys.sale(sale_id, "buyers"))
         view.buyers = {b.decode() if isinstance(b, bytes) else b for b in raw}
 
+    purge_at = [0.0]
+
+    def forget_ended(now: float) -> None:
+        """Views of sales ended VIEW_KEEP_S ago and old throttle marks go (late buyers then
+        hear it from Redis), so a node does not keep every sale's buyers forever."""
+        purge_at[0] = now + 60
+        for sid in [sid for sid, v in views.items() if v.closed_at and now - v.closed_at > VIEW_KEEP_S]:
+            del views[sid]
+        for sid in [sid for sid, at in last_stock_pub.items() if now - at > 60]:
+            del last_stock_pub[sid]
+
     def observe(env: dict[str, Any]) -> None:
         t = env.get("t", "")
         if not t.startswith("sale."):
@@ -109,6 +124,9 @@ def setup(gw: Gateway, app: web.Application) -> None:
         sid = d.get("sale_id")
         if not isinstance(sid, str):
             return
+        now = time.monotonic()
+        if now >= purge_at[0]:
+            forget_ended(now)
         view = views.setdefault(sid, SaleView())
         if t == "sale.started":
             view.state, view.remaining, view.buyers = "live", int(d.get("remaining", -1)), None
@@ -118,6 +136,7 @@ def setup(gw: Gateway, app: web.Application) -> None:
                 view.state, view.buyers = "live", None
         elif t in ("sale.soldout", "sale.ended"):
             view.state = "sold_out" if t == "sale.soldout" else "room_ended" if d.get("reason") == "room_ended" else "ended"
+            view.closed_at = 0.0 if view.state == "sold_out" else now
             view.buyers = None
             gw.spawn(fetch_buyers(sid, view), f"buyers-{sid}")
 

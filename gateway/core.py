@@ -33,6 +33,8 @@ from .metrics import Metrics
 
 log = logging.getLogger("livecommerce.gateway")
 
+BG_PRUNE_AT = 256  # background tasks kept before the finished ones are dropped
+
 CommandHandler = Callable[["Gateway", Conn, Any], Awaitable[dict[str, Any] | None]]
 WelcomeExtra = Callable[[str, Identity], Awaitable[dict[str, Any]]]
 
@@ -58,6 +60,7 @@ class Gateway:
                                          "startup": self.hooks.start, "shutdown": self.hooks.stop}
         self.draining = False
         self._token_cache: dict[str, tuple[int, Identity]] = {}
+        self._token_purge_s = 0
         self.bg: list[asyncio.Task[Any]] = []
 
     @staticmethod
@@ -83,6 +86,10 @@ class Gateway:
         if token:
             if len(self._token_cache) >= 10_000:
                 self._token_cache.clear()
+            elif len(self._token_cache) >= 256 and now >= self._token_purge_s:
+                # churned users' tokens go once stale, so an idle node does not hold them
+                self._token_cache = {k: v for k, v in self._token_cache.items() if v[0] > now}
+                self._token_purge_s = now + 60
             exp = _exp_of(token)
             self._token_cache[token] = (min(exp, now + 300), ident)
         return ident
@@ -113,6 +120,8 @@ class Gateway:
             except Exception:
                 log.exception("gateway.task_failed", extra={"task": name})
 
+        if len(self.bg) >= BG_PRUNE_AT:  # a task per buy / stock broadcast: forget the finished ones
+            self.bg = [t for t in self.bg if not t.done()]
         self.bg.append(asyncio.get_running_loop().create_task(guard(), name=name))
 
     def reply_for(self, cmd: Command) -> dict[str, Any]:

@@ -59,6 +59,7 @@ class Fanclub:
         self.gw = gw
         self.fans = FanclubRedis(gw.redis, gw.keys, ttl_s=gw.s.user_cache_ttl_s)
         self._levels: dict[tuple[str, str], tuple[int | None, float]] = {}
+        self._levels_purge = 0.0
         self._hosts: dict[str, tuple[str, float]] = {}
 
     async def change(self, user: str, host: str, kind: str, on: bool) -> int:
@@ -93,6 +94,9 @@ class Fanclub:
             if hit is None or hit[1] <= now:
                 if len(self._levels) > 200_000:
                     self._levels.clear()
+                elif len(self._levels) >= 256 and now >= self._levels_purge:  # churned viewers' entries go once stale
+                    self._levels = {k: v for k, v in self._levels.items() if v[1] > now}
+                    self._levels_purge = now + 60
                 hit = (await self.fans.level(host, conn.user), now + BADGE_CACHE_S)
                 self._levels[key] = hit
             if hit[0] is not None:

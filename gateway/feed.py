@@ -98,6 +98,7 @@ class FeedService:
         self.sampled_ms = 0
         self._next = 0.0
         self._profiles: dict[str, tuple[dict[str, Any] | None, float]] = {}
+        self._profiles_purge = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sampling: asyncio.Lock = asyncio.Lock()
 
@@ -210,6 +211,9 @@ class FeedService:
                 view = hit[0] if hit is not None else None
         if len(self._profiles) > 100_000:
             self._profiles.clear()
+        elif len(self._profiles) >= 256 and now >= self._profiles_purge:  # churned viewers' profiles go once stale
+            self._profiles = {u: hit for u, hit in self._profiles.items() if hit[1] > now}
+            self._profiles_purge = now + 60
         self._profiles[user] = (view, now + PROFILE_CACHE_S)
         return view
 

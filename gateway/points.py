@@ -76,6 +76,7 @@ class Points:
         self.gw = gw
         self.rules = Rules.from_settings(gw.s)
         self._levels: dict[str, tuple[int, float]] = {}
+        self._levels_purge = 0.0
         self._capped: set[tuple[str, int]] = set()  # (user, day) past the comment cap
         self._capped_day = -1
         self.sessions: dict[tuple[str, str], WatchSession] = {}
@@ -98,6 +99,9 @@ class Points:
             level = hit[0] if hit is not None else 0
         if len(self._levels) > 100_000:
             self._levels.clear()
+        elif len(self._levels) >= 256 and now >= self._levels_purge:  # churned viewers' entries go once stale
+            self._levels = {u: hit for u, hit in self._levels.items() if hit[1] > now}
+            self._levels_purge = now + 60
         self._levels[user] = (level, now + LEVEL_CACHE_S)
         return level
 

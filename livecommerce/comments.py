@@ -24,6 +24,11 @@ class TokenBucket:
     tokens: float = -1.0
     at: float = 0.0
 
+    def full(self, now: float) -> bool:
+        """True when the bucket has refilled to ``burst``: it is then the same as a new one
+        (so a cache of buckets may drop it)."""
+        return self.tokens < 0 or self.tokens + (now - self.at) * self.rate >= self.burst
+
     def take(self, now: float, n: float = 1.0) -> bool:
         if self.tokens < 0:
             self.tokens, self.at = self.burst, now

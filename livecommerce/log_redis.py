@@ -202,13 +202,19 @@ class RedisLog:
                 continue
             if before is not None:
                 await self._replay_before(self.stream(topic, p), f"{ms}-{seq}", before, chunk)
-            if max_age_ms > 0:
-                behind = [g.name for g in groups if min(parse_id(g.last_delivered), parse_id(g.oldest_pending or g.last_delivered)) < (ms, seq)]
-                if behind:
-                    log.error("log.group_lost_entries", extra={"topic": topic, "partition": p, "groups": behind,
-                                                               "max_age_s": max_age_ms // 1000})
+            stream = self.stream(topic, p)
+            free = trim_point(groups, now_ms=now_ms, retain_ms=retain_ms)  # what every group let go
             async with _guard():
-                removed += int(await self.redis.xtrim(self.stream(topic, p), minid=f"{ms}-{seq}", approximate=False))
+                last_lost = await self.redis.xrevrange(stream, f"({ms}-{seq}", "-", count=1) if (ms, seq) > free else []
+                if (ms, seq) > free and free > (0, 0):
+                    removed += int(await self.redis.xtrim(stream, minid=f"{free[0]}-{free[1]}", approximate=False))
+                lost = int(await self.redis.xtrim(stream, minid=f"{ms}-{seq}", approximate=False))
+            removed += lost
+            if lost and (ms, seq) > free:  # the hard cap took entries some group still needed
+                last = parse_id(_text(last_lost[0][0])) if last_lost else (ms, seq)
+                behind = [g.name for g in groups if trim_point([g], now_ms=now_ms, retain_ms=0) <= last]
+                log.error("log.group_lost_entries", extra={"topic": topic, "partition": p, "groups": behind, "entries": lost,
+                                                           "max_age_s": max_age_ms // 1000})
         return removed
 
     async def _replay_before(self, stream: str, minid: str, before: Callable[[list[LogEvent]], Awaitable[None]], chunk: int) -> None:

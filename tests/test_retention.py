@@ -246,7 +246,8 @@ async def test_a_stream_is_trimmed_below_what_every_group_has_passed(redis: aior
     assert await log.trim("orders", now_ms=later, retain_ms=0) == 4
 
 
-async def test_trimming_stops_at_a_lagging_groups_pending_entry(redis: aioredis.Redis, keys: Keys) -> None:
+async def test_trimming_stops_at_a_lagging_groups_pending_entry(redis: aioredis.Redis, keys: Keys,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
     log = RedisLog(redis, keys)
     await _fill(log, 10)
     lag, done = await log.consumer("orders", "lag", "c1"), await log.consumer("orders", "done", "c1")
@@ -257,10 +258,13 @@ async def test_trimming_stops_at_a_lagging_groups_pending_entry(redis: aioredis.
     # the pending entry is still there and comes back to the group
     rest = [d.event.id for d in await (await log.consumer("orders", "lag", "c1")).fetch(max_events=10, timeout_ms=100)]
     assert rest[0] == got[2].event.id
-    # a group that never read holds everything; the hard cap does not
+    # a group that never read holds everything; the hard cap does not, and says who lost what
     await log.consumer("orders", "idle", "c1")
-    assert await log.trim("orders", now_ms=_now() + 10, retain_ms=0) == 0
+    assert await log.trim("orders", now_ms=_now() + 10, retain_ms=0, max_age_ms=3_600_000) == 0
+    assert not [r for r in caplog.records if r.getMessage() == "log.group_lost_entries"]
     assert await log.trim("orders", now_ms=_now() + 10, retain_ms=0, max_age_ms=1) == 8
+    lost = [r for r in caplog.records if r.getMessage() == "log.group_lost_entries"]
+    assert len(lost) == 1 and set(lost[0].groups) == {"idle", "lag"}  # type: ignore[attr-defined]
     assert await redis.xlen(log.stream("orders", 0)) == 0
 
 
@@ -363,8 +367,8 @@ async def test_kafka_topics_are_created_with_the_logs_retention(kafka_bootstrap:
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from aiokafka.admin import AIOKafkaAdminClient
 
-    from livecommerce.log import open_log
     from livecommerce.log_kafka import KafkaLog
+    from livecommerce.log_open import open_log
 
     sent: list[Any] = []
     real = AIOKafkaAdminClient.create_topics
