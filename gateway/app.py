@@ -16,6 +16,7 @@ from livecommerce.errors import CLOSE_RESTART
 from livecommerce.redis_conn import connect, is_cluster_url
 
 from . import routes, wiring
+from .capabilities import CAPABILITIES as CAPABILITIES  # every module that serves part of the API
 from .core import Gateway
 from .http import error_middleware
 from .validation import MAX_BODY_BYTES, RequestRules, validation_middleware
@@ -30,18 +31,7 @@ DRAIN_GRACE_S = 2.0
 
 # Capability modules not yet moved into gateway.wiring: each has setup(gw, app), run in
 # this order before wiring.build. The moved ones are served from gateway.routes.
-LEGACY = [
-    "gateway.http",
-    "gateway.commerce",
-    "gateway.rooms",
-    "gateway.lottery",
-    "gateway.wallet", "gateway.gifts", "gateway.coupons", "gateway.points",
-    "gateway.refunds", "gateway.fanclub", "gateway.profiles", "gateway.segments", "gateway.funnel",
-    "gateway.experiments", "gateway.feed", "gateway.growth", "gateway.referrals",
-    "gateway.ops", "gateway.pages", "gateway.openapi",
-]
-# every module that serves part of the API (the OpenAPI document is assembled from these)
-CAPABILITIES = [*LEGACY, "gateway.chat", "gateway.likes"]
+LEGACY: list[str] = []
 
 
 def build_app(settings: Settings, *, redis: Any = None) -> web.Application:
@@ -75,7 +65,12 @@ def build_app(settings: Settings, *, redis: Any = None) -> web.Application:
     app["services"] = services
     for route in routes.http_routes(services):
         app.router.add_route(route.method, route.path, route.handler)
-    for t, handler in routes.ws_commands(services).items():
+    for static in routes.static_routes():
+        app.router.add_static(static.prefix, static.directory, name=static.name, append_version=False)
+    for hook in gw.hooks.response:
+        app.on_response_prepare.append(hook)
+    commands = routes.ws_commands(services)
+    for t, handler in commands.items():
         gw.commands[t] = _legacy_command(handler)
 
     async def on_startup(app: web.Application) -> None:

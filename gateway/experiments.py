@@ -14,7 +14,7 @@ HTTP (ops unless noted; JSON):
   (:func:`livecommerce.experiments.results`), from the growth worker's tables.
 * ``GET /api/v1/me/flags`` (any signed-in user): the caller's flags and arms.
 
-Flags: ``gw.services["experiments"].flag(user, name, default)`` answers from this node's
+Flags: :meth:`Experiments.flag` ``(user, name, default)`` answers from this node's
 cached book (reloaded within 2 s of a change, no Redis call per read) and records the
 exposure: the first time this node shows a user an experiment, ``experiment.exposure``
 goes to the log in the background (topic ``growth``, id ``exp:<id>:<user>``, so other
@@ -42,6 +42,7 @@ from livecommerce.experiments import (
     Book,
     Experiment,
     Exposure,
+    ExpStep,
     arms_from_rows,
     exposure_data,
     exposure_event_id,
@@ -51,24 +52,27 @@ from livecommerce.experiments import (
 )
 from livecommerce.experiments_redis import ExperimentCache, ExperimentsRedis
 from livecommerce.growth import TOPIC
+from livecommerce.log import Log
+from livecommerce.store_sql import SqlStore
 
 from .core import Gateway
 from .openapi import ANYONE_SIGNED, BOOL, INT, MS, NUM, OPS, STR, J, arr, nullable, obj, op, ref
 from .validation import read_json
-from .wallet import durable_log, sql_store
 
 log = logging.getLogger("livecommerce.gateway.experiments")
 
 SEEN_MAX = 200_000  # (experiment, user) pairs this node remembers having logged
 
 
-class ExperimentsService:
-    """Flags from the cached book; exposures logged once per node and pair."""
+class Experiments:
+    """Flags from the cached book; exposures logged once per node and pair; the ops API."""
 
-    def __init__(self, gw: Gateway) -> None:
-        self.gw = gw
-        self.store = ExperimentsRedis(gw.redis, gw.keys)
-        self.cache = ExperimentCache(self.store)
+    def __init__(self, gw: Gateway, store: ExperimentsRedis, durable: Log, sql: SqlStore) -> None:
+        self.gw = gw  # the clock and the callers' identities
+        self.store = store
+        self.cache = ExperimentCache(store)
+        self.durable = durable  # exposures go to the log
+        self.sql = sql
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -107,8 +111,8 @@ class ExperimentsService:
 
         async def go() -> None:
             try:
-                await durable_log(self.gw).append(TOPIC, user, EXPOSURE, exposure_data(e.exp, e.variant, user),
-                                                  event_id=exposure_event_id(e.exp, user), ts=now)
+                await self.durable.append(TOPIC, user, EXPOSURE, exposure_data(e.exp, e.variant, user),
+                                          event_id=exposure_event_id(e.exp, user), ts=now)
             except Exception as exc:  # the next read on any node logs it again
                 self._seen.pop(key, None)
                 log.warning("experiments.exposure_dropped", extra={"exp": e.exp, "user": user, "err": repr(exc)})
@@ -130,6 +134,52 @@ class ExperimentsService:
     async def welcome(self, room: str, ident: Identity) -> dict[str, Any]:
         flags, arms = self.flags_for(ident.user)
         return {"flags": flags, "experiments": arms}
+
+    # ---- HTTP (gateway.routes)
+    async def _changed(self, e: Experiment) -> Experiment:
+        await self.cache.refresh(force=True)  # this node answers with the change at once
+        log.info("experiment.changed", extra={"exp": e.id, "state": e.state})
+        return e
+
+    async def create(self, request: web.Request) -> web.Response:
+        ident = self.gw.identify_request(request)
+        ident.require_ops()
+        body = await read_json(request, default=None)
+        exp = parse_experiment(body, created_by=ident.user, now_ms=self.gw.now_ms(), default_salt=secrets.token_hex(8))
+        return web.json_response((await self._changed(await self.store.create(exp))).to_dict(), status=201)
+
+    async def list_all(self, request: web.Request) -> web.Response:
+        self.gw.identify_request(request).require_ops()
+        _, exps = await self.store.load()
+        return web.json_response({"experiments": [e.to_dict() for e in sorted(exps.values(), key=lambda e: (-e.created_ms, e.id))]})
+
+    async def get_one(self, request: web.Request) -> web.Response:
+        self.gw.identify_request(request).require_ops()
+        return web.json_response((await self.store.get(request.match_info["id"])).to_dict())
+
+    async def start_one(self, request: web.Request) -> web.Response:
+        return await self._step(request, "start")
+
+    async def stop_one(self, request: web.Request) -> web.Response:
+        return await self._step(request, "stop")
+
+    async def _step(self, request: web.Request, s: ExpStep) -> web.Response:
+        self.gw.identify_request(request).require_ops()
+        now = self.gw.now_ms()
+        e = await self.store.update(request.match_info["id"], lambda old: step(old, s, now_ms=now))
+        return web.json_response((await self._changed(e)).to_dict())
+
+    async def get_results(self, request: web.Request) -> web.Response:
+        self.gw.identify_request(request).require_ops()
+        conf = _confidence(request)
+        e = await self.store.get(request.match_info["id"])
+        rows = await growth_sql.experiment_arms(self.sql, e.id, until_ms=e.stopped_ms)
+        return web.json_response(results(e, arms_from_rows(rows), confidence=conf, now_ms=self.gw.now_ms()))
+
+    async def my_flags(self, request: web.Request) -> web.Response:
+        ident = self.gw.identify_request(request)
+        flags, arms = self.flags_for(ident.user)
+        return web.json_response({"user": ident.user, "flags": flags, "experiments": arms})
 
 
 P_EXP: J = {"name": "id", "in": "path", "required": True, "schema": STR}
@@ -195,62 +245,3 @@ def _confidence(request: web.Request) -> float:
     if not 0.5 <= c <= 0.999:
         raise BadFrame("'confidence' must be in [0.5, 0.999]", code="invalid")
     return c
-
-
-def setup(gw: Gateway, app: web.Application) -> None:
-    svc = ExperimentsService(gw)
-    gw.services["experiments"] = svc
-    gw.hub.on_second.append(svc.on_second)
-    gw.welcome_extras.append(svc.welcome)
-    gw.services.setdefault("startup", []).append(svc.on_second)
-    gw.services.setdefault("shutdown", []).insert(0, svc.stop)
-
-    async def changed(e: Experiment) -> Experiment:
-        await svc.cache.refresh(force=True)  # this node answers with the change at once
-        log.info("experiment.changed", extra={"exp": e.id, "state": e.state})
-        return e
-
-    async def create(request: web.Request) -> web.Response:
-        ident = gw.identify_request(request)
-        ident.require_ops()
-        body = await read_json(request, default=None)
-        exp = parse_experiment(body, created_by=ident.user, now_ms=gw.now_ms(), default_salt=secrets.token_hex(8))
-        return web.json_response((await changed(await svc.store.create(exp))).to_dict(), status=201)
-
-    async def list_all(request: web.Request) -> web.Response:
-        gw.identify_request(request).require_ops()
-        _, exps = await svc.store.load()
-        return web.json_response({"experiments": [e.to_dict() for e in sorted(exps.values(), key=lambda e: (-e.created_ms, e.id))]})
-
-    async def get_one(request: web.Request) -> web.Response:
-        gw.identify_request(request).require_ops()
-        return web.json_response((await svc.store.get(request.match_info["id"])).to_dict())
-
-    def stepper(s: str) -> Any:
-        async def handler(request: web.Request) -> web.Response:
-            gw.identify_request(request).require_ops()
-            now = gw.now_ms()
-            e = await svc.store.update(request.match_info["id"], lambda old: step(old, s, now_ms=now))  # type: ignore[arg-type]
-            return web.json_response((await changed(e)).to_dict())
-
-        return handler
-
-    async def get_results(request: web.Request) -> web.Response:
-        gw.identify_request(request).require_ops()
-        conf = _confidence(request)
-        e = await svc.store.get(request.match_info["id"])
-        rows = await growth_sql.experiment_arms(sql_store(gw), e.id, until_ms=e.stopped_ms)
-        return web.json_response(results(e, arms_from_rows(rows), confidence=conf, now_ms=gw.now_ms()))
-
-    async def my_flags(request: web.Request) -> web.Response:
-        ident = gw.identify_request(request)
-        flags, arms = svc.flags_for(ident.user)
-        return web.json_response({"user": ident.user, "flags": flags, "experiments": arms})
-
-    app.router.add_post("/api/v1/experiments", create)
-    app.router.add_get("/api/v1/experiments", list_all)
-    app.router.add_get("/api/v1/experiments/{id}", get_one)
-    app.router.add_post("/api/v1/experiments/{id}/start", stepper("start"))
-    app.router.add_post("/api/v1/experiments/{id}/stop", stepper("stop"))
-    app.router.add_get("/api/v1/experiments/{id}/results", get_results)
-    app.router.add_get("/api/v1/me/flags", my_flags)

@@ -25,9 +25,9 @@ Never an ended room: candidates are filtered by their state at the last sample, 
 rooms are checked against their state in Redis *now*; a room found ended is removed and
 the page is arranged again.
 
-Profiles: ``gw.services["profiles"].view_of(user)`` (issue 11's profiles, any object
-with that coroutine, :class:`ProfileSource`), cached here :data:`PROFILE_CACHE_S`
-seconds; without a source every viewer is cold-start (popularity).
+Profiles: ``profiles.view_of(user)`` (issue 11's profiles, any object with that
+coroutine, :class:`ProfileSource`, given to :class:`Feed`), cached here
+:data:`PROFILE_CACHE_S` seconds; without a source every viewer is cold-start (popularity).
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ from livecommerce.pins_redis import RedisPins
 from livecommerce.rooms import valid_room_id
 
 from .core import Gateway
+from .experiments import Experiments
 from .openapi import (
     ANYONE_SIGNED,
     BOOL,
@@ -89,10 +90,16 @@ class ProfileSource(Protocol):
     async def view_of(self, user: str) -> dict[str, Any] | None: ...
 
 
-class FeedService:
-    def __init__(self, gw: Gateway) -> None:
-        self.gw = gw
-        self.redis = FeedRedis(gw.redis, gw.keys, ttl_s=gw.s.room_retention_s)
+class Feed:
+    """The viewer's feed, the index of live rooms and its samples; the feed's HTTP API."""
+
+    def __init__(self, gw: Gateway, redis: FeedRedis, pins: RedisPins, experiments: Experiments,
+                 profiles: ProfileSource | None) -> None:
+        self.gw = gw  # the clock, the callers' identities, this node's rooms
+        self.redis = redis
+        self.pins = pins
+        self.experiments = experiments  # the viewer's ``feed.ranker`` flag
+        self.profiles = profiles
         self.window = SignalWindow()
         self.rooms: dict[str, LiveRoom] = {}
         self.sampled_ms = 0
@@ -131,7 +138,7 @@ class FeedService:
                 self._spawn(self._pin_category(room, str(pid)), "pin_category")
 
     async def _pin_category(self, room: str, product_id: str) -> None:
-        product = await RedisPins(self.gw.redis, self.gw.keys).get_product(product_id)
+        product = await self.pins.get_product(product_id)
         cat = getattr(product, "category", "") if product is not None else ""
         if cat:
             await self.redis.set_category(room, cat, field="pin_category")
@@ -201,9 +208,9 @@ class FeedService:
         hit = self._profiles.get(user)
         if hit is not None and hit[1] > now:
             return hit[0]
-        src: ProfileSource | None = self.gw.services.get("profiles")
+        src = self.profiles
         view = None
-        if src is not None and hasattr(src, "view_of"):
+        if src is not None:
             try:
                 view = await src.view_of(user)
             except LiveCommerceError as exc:  # no profile beats no feed
@@ -226,11 +233,11 @@ class FeedService:
         """
         if not self.sampled_ms or self.gw.now_ms() - self.sampled_ms > 3 * SAMPLE_S * 1000:
             await self.sample()
-        exps = self.gw.services.get("experiments")
+        exps = self.experiments
         experiment = None
         if ranker is None:
-            ranker = exps.flag(user, "feed.ranker", "popularity") if exps is not None else "popularity"
-            arm = exps.arm(user, "feed.ranker") if exps is not None else None
+            ranker = exps.flag(user, "feed.ranker", "popularity")
+            arm = exps.arm(user, "feed.ranker")
             experiment = {"id": arm.exp, "arm": arm.variant} if arm is not None else None
         if ranker not in RANKERS:
             ranker = "popularity"
@@ -267,6 +274,44 @@ class FeedService:
     async def stop(self) -> None:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # ---- HTTP (gateway.routes)
+    async def get_feed(self, request: web.Request) -> web.Response:
+        ident = self.gw.identify_request(request)
+        limit = _int(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
+        page = _int(request, "page", 1, 1, 1000)
+        ranker = request.query.get("ranker")
+        if ranker is not None:
+            if ident.role != "ops":
+                raise Forbidden("only ops may choose the ranker; viewers get their flag's")
+            if ranker not in RANKERS:
+                raise BadFrame(f"'ranker' must be one of {', '.join(RANKERS)}", code="invalid")
+        return web.json_response(await self.feed(ident.user, limit=limit, page=page, ranker=ranker))
+
+    async def put_category(self, request: web.Request) -> web.Response:
+        ident = self.gw.identify_request(request)
+        room = request.match_info["room"]
+        if not valid_room_id(room):
+            raise BadFrame("bad room id", code="invalid")
+        ident.require_host(room)
+        body = await read_json(request, default={})
+        cat = body.get("category") if isinstance(body, dict) else None
+        if not isinstance(cat, str) or len(cat.strip()) > 64:
+            raise BadFrame("body must be {\"category\": text of at most 64 characters}", code="invalid")
+        cat = cat.strip().lower()
+        await self.redis.set_category(room, cat)
+        return web.json_response({"room": room, "category": cat or None})
+
+    async def list_rooms(self, request: web.Request) -> web.Response:
+        self.gw.identify_request(request).require_ops()
+        live = await self.sample()
+        now = self.gw.now_ms()
+        rows = sorted(live.values(), key=lambda r: (-r.online, r.id))
+        return web.json_response({"rooms": [
+            {"room": r.id, "host": r.host, "title": r.title, "category": r.category, "online": r.online,
+             "comments_per_min": round(r.comments_pm, 2), "likes_per_min": round(r.likes_pm, 2),
+             "gmv_per_min": round(r.gmv_pm, 2), "minutes_live": round(r.minutes_live(now), 1)} for r in rows],
+            "sampled_ms": self.sampled_ms})
 
 
 _ROOM_SIGNALS: J = {"room": STR, "title": STR, "host": STR, "category": nullable(STR), "online": INT, "comments_per_min": NUM,
@@ -305,54 +350,3 @@ def _int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int
     if not lo <= v <= hi:
         raise BadFrame(f"'{name}' must be {lo}..{hi}", code="invalid")
     return v
-
-
-def setup(gw: Gateway, app: web.Application) -> None:
-    svc = FeedService(gw)
-    gw.services["feed"] = svc
-    gw.hub.observers.append(svc.observe)
-    gw.hub.on_second.append(svc.on_second)
-    gw.services.setdefault("shutdown", []).insert(0, svc.stop)
-    app.on_response_prepare.append(svc.on_response)
-
-    async def get_feed(request: web.Request) -> web.Response:
-        ident = gw.identify_request(request)
-        limit = _int(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
-        page = _int(request, "page", 1, 1, 1000)
-        ranker = request.query.get("ranker")
-        if ranker is not None:
-            if ident.role != "ops":
-                raise Forbidden("only ops may choose the ranker; viewers get their flag's")
-            if ranker not in RANKERS:
-                raise BadFrame(f"'ranker' must be one of {', '.join(RANKERS)}", code="invalid")
-        return web.json_response(await svc.feed(ident.user, limit=limit, page=page, ranker=ranker))
-
-    async def put_category(request: web.Request) -> web.Response:
-        ident = gw.identify_request(request)
-        room = request.match_info["room"]
-        if not valid_room_id(room):
-            raise BadFrame("bad room id", code="invalid")
-        ident.require_host(room)
-        body = await read_json(request, default={})
-        cat = body.get("category") if isinstance(body, dict) else None
-        if not isinstance(cat, str) or len(cat.strip()) > 64:
-            raise BadFrame("body must be {\"category\": text of at most 64 characters}", code="invalid")
-        cat = cat.strip().lower()
-        await svc.redis.set_category(room, cat)
-        return web.json_response({"room": room, "category": cat or None})
-
-    async def list_rooms(request: web.Request) -> web.Response:
-        gw.identify_request(request).require_ops()
-        live = await svc.sample()
-        now = gw.now_ms()
-        rows = sorted(live.values(), key=lambda r: (-r.online, r.id))
-        return web.json_response({"rooms": [
-            {"room": r.id, "host": r.host, "title": r.title, "category": r.category, "online": r.online,
-             "comments_per_min": round(r.comments_pm, 2), "likes_per_min": round(r.likes_pm, 2),
-             "gmv_per_min": round(r.gmv_pm, 2), "minutes_live": round(r.minutes_live(now), 1)} for r in rows],
-            "sampled_ms": svc.sampled_ms})
-
-    app.router.add_get("/api/v1/feed", get_feed)
-    app.router.add_get("/api/v1/feed/rooms", list_rooms)
-    app.router.add_put("/api/v1/rooms/{room}/category", put_category)
-

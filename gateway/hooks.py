@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from livecommerce.auth import Identity
+from livecommerce.funnel import Kind
 
 if TYPE_CHECKING:
     from .conn import Conn
@@ -27,12 +29,21 @@ CommentHook = Callable[["Conn", Json], Awaitable[None]]
 GiftHook = Callable[[str, str, int], Awaitable[None]]
 #: ``(room, identity)`` -> fields merged into the ``welcome`` frame
 WelcomeHook = Callable[[str, Identity], Awaitable[Json]]
+#: ``(kind, campaign id, user)`` as a user tries to take a campaign's offer, whatever the
+#: answer: ``buy`` in a sale, ``coupon.claim`` of a drop (the funnel's "tried" step)
+TriedHook = Callable[[Kind, str, str], None]
 #: start-up and shutdown tasks of a capability
 Task = Callable[[], Awaitable[None]]
 #: an HTTP handler
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: a WebSocket command handler: ``(conn, parsed command)`` -> the reply frame or None
 CommandHandler = Callable[["Conn", Any], Awaitable[Json | None]]
+#: ``room`` -> the room's host (``room:<id>`` when it has none): whom a gift or a sale in
+#: the room credits (``Gifts.host_of``, cached; refunds and fan badges ask it too)
+HostOf = Callable[[str], Awaitable[str]]
+#: ``(request, response)`` as a response is prepared (aiohttp's ``on_response_prepare``):
+#: counters, indexes and headers that follow what the node served
+ResponseHook = Callable[[web.Request, web.StreamResponse], Awaitable[None]]
 
 
 @dataclass
@@ -45,6 +56,10 @@ class Hooks:
     start: list[Task] = field(default_factory=list)
     #: run in order at shutdown (flushes first, then the engines they write to)
     stop: list[Task] = field(default_factory=list)
+    #: called by the ``buy`` and ``coupon.claim`` handlers before they answer
+    tried: list[TriedHook] = field(default_factory=list)
+    #: every HTTP response this node prepares, in order
+    response: list[ResponseHook] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,3 +67,12 @@ class Route:
     method: str
     path: str
     handler: Handler
+
+
+@dataclass(frozen=True, slots=True)
+class StaticRoute:
+    """Files of ``directory`` served under ``prefix`` (aiohttp's ``add_static``)."""
+
+    prefix: str
+    directory: Path
+    name: str

@@ -1,4 +1,5 @@
-"""HTTP basics: error middleware (the HTTP side of the one error table), health, metrics."""
+"""HTTP basics: error middleware (the HTTP side of the one error table), health, metrics
+(:class:`Health`, served from the ``gateway.routes`` table)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from livecommerce.errors import FrameTooBig, LiveCommerceError, wire_error
+from livecommerce.ops_redis import OpsRedis
 
 from .core import Gateway
 from .validation import MAX_BODY_BYTES
@@ -103,28 +105,29 @@ def _json_protocol_errors() -> None:
 _json_protocol_errors()
 
 
-def setup(gw: Gateway, app: web.Application) -> None:
-    async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"ok": True, "node": gw.s.node_id})
+class Health:
+    """``/healthz``, ``/readyz``, ``/metrics`` and a room's online count."""
 
-    async def readyz(request: web.Request) -> web.Response:
+    def __init__(self, gw: Gateway, ops_redis: OpsRedis) -> None:
+        self.gw = gw  # node id, the draining flag, metrics, hub and broker
+        self.ops_redis = ops_redis
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "node": self.gw.s.node_id})
+
+    async def readyz(self, request: web.Request) -> web.Response:
         try:
-            await gw.redis.ping()
+            await self.ops_redis.ping()
         except Exception as exc:
-            return web.json_response({"ok": False, "redis": repr(exc)}, status=503)
-        if gw.draining:
+            return web.json_response({"ok": False, "redis": repr(exc.__cause__ or exc)}, status=503)
+        if self.gw.draining:
             return web.json_response({"ok": False, "draining": True}, status=503)
         return web.json_response({"ok": True, "redis": "up"})
 
-    async def metrics(request: web.Request) -> web.Response:
-        body = generate_latest(gw.metrics.registry)
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.gw.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def room_stats(request: web.Request) -> web.Response:
+    async def room_stats(self, request: web.Request) -> web.Response:
         room = request.match_info["room"]
-        return web.json_response({"room": room, "online": await gw.hub.online(room), "seq": await gw.broker.top_seq(room)})
-
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/api/v1/rooms/{room}/online", room_stats)
+        return web.json_response({"room": room, "online": await self.gw.hub.online(room), "seq": await self.gw.broker.top_seq(room)})

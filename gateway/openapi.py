@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
 
-from .core import Gateway
+from .capabilities import CAPABILITIES
 from .pages import STATIC_DIR
 
 J = dict[str, Any]
@@ -260,7 +261,7 @@ ANYONE_SIGNED = "any signed-in user"
 NOTICE = obj({"text": {"type": "string", "minLength": 1, "maxLength": 1000}, "data": {"type": "object"}}, ["text"])
 
 # Each capability module's paths, merged into the document when the module is served
-# (``gateway.app.CAPABILITIES``); a module may also export ``OPENAPI_PATHS`` (and
+# (``gateway.capabilities.CAPABILITIES``); a module may also export ``OPENAPI_PATHS`` (and
 # ``OPENAPI_SCHEMAS``) itself, which take precedence.
 PATHS_BY_MODULE: dict[str, dict[str, dict[str, J]]] = {
     "gateway.http": {
@@ -568,20 +569,14 @@ def _mark_idempotent(paths: dict[str, dict[str, J]]) -> None:
             params.append(copy.deepcopy(H_IDEM))
 
 
-def _served_modules() -> list[str]:
-    from .app import CAPABILITIES  # late: gateway.app loads this module by name
-
-    return list(CAPABILITIES)
-
-
 def document(modules: list[str] | None = None, server_url: str | None = None) -> J:
     """The OpenAPI 3.1 document of the capability ``modules`` (default: what
-    ``gateway.app.CAPABILITIES`` serves), a fresh copy each call."""
+    ``gateway.capabilities.CAPABILITIES`` serves), a fresh copy each call."""
     import importlib
 
     paths: dict[str, dict[str, J]] = {}
     schemas = copy.deepcopy(SCHEMAS)
-    for name in modules if modules is not None else _served_modules():
+    for name in modules if modules is not None else CAPABILITIES:
         own = PATHS_BY_MODULE.get(name, {})
         try:
             mod = importlib.import_module(name)
@@ -615,16 +610,18 @@ def document(modules: list[str] | None = None, server_url: str | None = None) ->
     return doc
 
 
-def setup(gw: Gateway, app: web.Application) -> None:
-    cache: list[bytes] = []
+class OpenApi:
+    """``GET /api/v1/openapi.json`` (the document of ``modules``, built once) and
+    ``GET /api/v1/docs`` (the page that renders it)."""
 
-    async def openapi_json(request: web.Request) -> web.Response:
-        if not cache:
-            cache.append(json.dumps(document()).encode())
-        return web.Response(body=cache[0], content_type="application/json", headers={"Access-Control-Allow-Origin": "*"})
+    def __init__(self, modules: Sequence[str]) -> None:
+        self.modules = list(modules)
+        self._body: bytes | None = None
 
-    async def docs(request: web.Request) -> web.FileResponse:
+    async def openapi_json(self, request: web.Request) -> web.Response:
+        if self._body is None:
+            self._body = json.dumps(document(self.modules)).encode()
+        return web.Response(body=self._body, content_type="application/json", headers={"Access-Control-Allow-Origin": "*"})
+
+    async def docs(self, request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC_DIR / "docs.html", headers={"Cache-Control": "no-cache"})
-
-    app.router.add_get("/api/v1/openapi.json", openapi_json)
-    app.router.add_get("/api/v1/docs", docs)

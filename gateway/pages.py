@@ -1,8 +1,9 @@
 """The demo pages people use: ``/static/*`` (viewer, host console, ops dashboard) and ``/``.
 
-Plain HTML, CSS and ES modules from ``gateway/static/`` with no build step and no CDN, so
-they work offline. ``GET /`` redirects to ``/static/index.html``, which says where the
-tokens come from (``livecommerce dev`` prints ready-made URLs).
+Plain HTML, CSS and ES modules from ``gateway/static/`` (:data:`STATIC_DIR`, served from
+the ``gateway.routes`` table) with no build step and no CDN, so they work offline.
+``GET /`` redirects to ``/static/index.html``, which says where the tokens come from
+(``livecommerce dev`` prints ready-made URLs).
 
 Every response under ``/static/`` carries a strict Content-Security-Policy (scripts and
 styles from this origin only, no inline script, WebSockets to this host): the pages render
@@ -17,8 +18,6 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .core import Gateway
-
 STATIC_DIR = Path(__file__).with_name("static")
 
 CSP = (
@@ -27,18 +26,15 @@ CSP = (
 )
 
 
-async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
-    if request.path.startswith("/static/") or request.path == "/api/v1/docs":
-        response.headers["Content-Security-Policy"] = CSP
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"  # tokens ride in page URLs
-        response.headers.setdefault("Cache-Control", "no-cache")
+class Pages:
+    """``GET /`` and the security headers of every page response (a response hook)."""
 
-
-def setup(gw: Gateway, app: web.Application) -> None:
-    async def index(request: web.Request) -> web.StreamResponse:
+    async def index(self, request: web.Request) -> web.StreamResponse:
         raise web.HTTPFound("/static/index.html")
 
-    app.router.add_get("/", index)
-    app.router.add_static("/static/", STATIC_DIR, name="static", append_version=False)
-    app.on_response_prepare.append(_security_headers)
+    async def security_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        if request.path.startswith("/static/") or request.path == "/api/v1/docs":
+            response.headers["Content-Security-Policy"] = CSP
+            response.headers["X-Content-Type-Options"] = "nosniff"
+            response.headers["Referrer-Policy"] = "no-referrer"  # tokens ride in page URLs
+            response.headers.setdefault("Cache-Control", "no-cache")

@@ -6,16 +6,132 @@ objects). ``tests/test_openapi.py`` holds the HTTP table to the OpenAPI document
 
 from __future__ import annotations
 
-from .hooks import CommandHandler, Route
+from .hooks import CommandHandler, Route, StaticRoute
+from .pages import STATIC_DIR
 from .wiring import Services
 
 
 def http_routes(s: Services) -> list[Route]:
     return [
+        # health and metrics
+        Route("GET", "/healthz", s.health.healthz),
+        Route("GET", "/readyz", s.health.readyz),
+        Route("GET", "/metrics", s.health.metrics),
+        Route("GET", "/api/v1/rooms/{room}/online", s.health.room_stats),
         # rooms: chat and likes
         Route("POST", "/api/v1/rooms/{room}/announce", s.chat.announce),
         Route("GET", "/api/v1/rooms/{room}/likes", s.likes.get_likes),
+        # rooms: life cycle, products, the pin
+        Route("POST", "/api/v1/rooms", s.rooms.http_create),
+        Route("GET", "/api/v1/rooms/{room}", s.rooms.http_get),
+        Route("POST", "/api/v1/rooms/{room}/live", s.rooms.http_live),
+        Route("POST", "/api/v1/rooms/{room}/end", s.rooms.http_end),
+        Route("POST", "/api/v1/products", s.rooms.http_create_product),
+        Route("GET", "/api/v1/products/{product}", s.rooms.http_get_product),
+        Route("POST", "/api/v1/rooms/{room}/pin", s.rooms.http_pin),
+        Route("DELETE", "/api/v1/rooms/{room}/pin", s.rooms.http_unpin),
+        # flash sales: campaigns, the sale lifecycle, buy; orders; campaign funnels
+        Route("POST", "/api/v1/campaigns", s.sales.create_campaigns),
+        Route("GET", "/api/v1/campaigns", s.sales.list_campaigns),
+        Route("POST", "/api/v1/sales/{sale}/start", s.sales.sale_start),
+        Route("POST", "/api/v1/sales/{sale}/stop", s.sales.sale_stop),
+        Route("GET", "/api/v1/sales/{sale}/stats", s.sales.sale_stats),
+        Route("POST", "/api/v1/sales/{sale}/buy", s.sales.http_buy),
+        Route("GET", "/api/v1/orders", s.orders.list_orders),
+        Route("GET", "/api/v1/orders/{order}", s.orders.get_order),
+        Route("POST", "/api/v1/orders/{order}/pay", s.orders.pay_order),
+        Route("POST", "/api/v1/orders/{order}/cancel", s.orders.cancel_order),
+        Route("GET", "/api/v1/sales/{sale}/funnel", s.funnel.sale_funnel),
+        Route("GET", "/api/v1/coupons/{drop}/funnel", s.funnel.drop_funnel),
+        # lotteries
+        Route("POST", "/api/v1/rooms/{room}/lotteries", s.lotteries.http_start),
+        Route("GET", "/api/v1/rooms/{room}/lotteries", s.lotteries.http_room),
+        Route("GET", "/api/v1/lotteries/{id}", s.lotteries.http_get),
+        # coupons
+        Route("POST", "/api/v1/rooms/{room}/coupons", s.coupons.http_drop),
+        Route("GET", "/api/v1/rooms/{room}/coupons", s.coupons.http_room),
+        Route("GET", "/api/v1/coupons/{drop}", s.coupons.http_state),
+        Route("POST", "/api/v1/coupons/{drop}/claim", s.coupons.http_claim),
+        Route("GET", "/api/v1/users/{user}/coupons", s.coupons.http_user),
+        # wallets, gifts and their leaderboards
+        Route("POST", "/api/v1/wallets/{user}/topup", s.wallets.topup),
+        Route("GET", "/api/v1/wallets/{user}", s.wallets.balance),
+        Route("GET", "/api/v1/wallets/{user}/ledger", s.wallets.ledger),
+        Route("GET", "/api/v1/gifts", s.gifts.get_catalogue),
+        Route("GET", "/api/v1/rooms/{room}/leaderboard", s.gifts.room_board),
+        Route("GET", "/api/v1/hosts/{host}/leaderboard", s.gifts.host_board),
+        Route("GET", "/api/v1/leaderboards/hosts", s.gifts.hosts_board),
+        # points
+        Route("GET", "/api/v1/points/{user}", s.points.balance),
+        Route("GET", "/api/v1/points/{user}/ledger", s.points.ledger),
+        Route("POST", "/api/v1/points/{user}/redeem", s.points.redeem),
+        # after-sales: refunds, order history, tickets
+        Route("POST", "/api/v1/orders/{order}/refunds", s.aftersales.post_refund),
+        Route("GET", "/api/v1/orders/{order}/refunds", s.aftersales.order_refunds),
+        Route("GET", "/api/v1/orders/{order}/history", s.aftersales.order_history),
+        Route("GET", "/api/v1/refunds", s.aftersales.list_refunds),
+        Route("POST", "/api/v1/refunds/{refund}/approve", s.aftersales.approve),
+        Route("POST", "/api/v1/refunds/{refund}/reject", s.aftersales.reject),
+        Route("POST", "/api/v1/tickets", s.tickets.post_ticket),
+        Route("GET", "/api/v1/tickets", s.tickets.list_tickets),
+        Route("GET", "/api/v1/tickets/{ticket}", s.tickets.get_ticket),
+        Route("POST", "/api/v1/tickets/{ticket}/status", s.tickets.move_ticket),
+        # fans and profiles
+        Route("POST", "/api/v1/hosts/{host}/follow", s.fanclub.follow),
+        Route("DELETE", "/api/v1/hosts/{host}/follow", s.fanclub.follow),
+        Route("POST", "/api/v1/hosts/{host}/fanclub", s.fanclub.club),
+        Route("DELETE", "/api/v1/hosts/{host}/fanclub", s.fanclub.club),
+        Route("GET", "/api/v1/hosts/{host}/fans", s.fanclub.fans_board),
+        Route("GET", "/api/v1/me/fanclubs", s.fanclub.mine),
+        Route("GET", "/api/v1/users/{user}/profile", s.profiles.profile),
+        Route("GET", "/api/v1/me/profile", s.profiles.my_profile),
+        Route("GET", "/api/v1/me/data", s.profiles.my_data),
+        Route("DELETE", "/api/v1/me/data", s.profiles.my_data),
+        # growth and referrals
+        Route("POST", "/api/v1/growth/acquire", s.growth.post_acquire),
+        Route("GET", "/api/v1/growth/daily", s.growth.daily),
+        Route("GET", "/api/v1/growth/retention", s.growth.retention),
+        Route("GET", "/api/v1/growth/funnel", s.growth.funnel),
+        Route("GET", "/api/v1/growth/users/{user}", s.growth.user),
+        Route("POST", "/api/v1/invites", s.referrals.invite),
+        Route("GET", "/api/v1/referrals/{user}", s.referrals.status),
+        # segments (ops)
+        Route("POST", "/api/v1/segments", s.segments.put),
+        Route("GET", "/api/v1/segments", s.segments.listing),
+        Route("POST", "/api/v1/segments/preview", s.segments.preview),
+        Route("GET", "/api/v1/segments/{segment}", s.segments.get),
+        Route("PUT", "/api/v1/segments/{segment}", s.segments.put),
+        Route("GET", "/api/v1/segments/{segment}/preview", s.segments.preview),
+        Route("POST", "/api/v1/segments/{segment}/coupons", s.segments.coupon),
+        Route("POST", "/api/v1/segments/{segment}/push", s.segments.push_notice),
+        Route("GET", "/api/v1/segments/{segment}/targets", s.segments.get_targets),
+        # experiments
+        Route("POST", "/api/v1/experiments", s.experiments.create),
+        Route("GET", "/api/v1/experiments", s.experiments.list_all),
+        Route("GET", "/api/v1/experiments/{id}", s.experiments.get_one),
+        Route("POST", "/api/v1/experiments/{id}/start", s.experiments.start_one),
+        Route("POST", "/api/v1/experiments/{id}/stop", s.experiments.stop_one),
+        Route("GET", "/api/v1/experiments/{id}/results", s.experiments.get_results),
+        Route("GET", "/api/v1/me/flags", s.experiments.my_flags),
+        # feed
+        Route("GET", "/api/v1/feed", s.feed.get_feed),
+        Route("GET", "/api/v1/feed/rooms", s.feed.list_rooms),
+        Route("PUT", "/api/v1/rooms/{room}/category", s.feed.put_category),
+        # ops dashboard
+        Route("GET", "/api/v1/ops/overview", s.ops.get_overview),
+        Route("GET", "/api/v1/ops/series", s.ops.get_series),
+        Route("GET", "/api/v1/ops/alerts", s.ops.get_alerts),
+        Route("GET", "/api/v1/ops/inventory/{sale}", s.ops.get_inventory),
+        # pages and the API document
+        Route("GET", "/", s.pages.index),
+        Route("GET", "/api/v1/openapi.json", s.openapi.openapi_json),
+        Route("GET", "/api/v1/docs", s.openapi.docs),
     ]
+
+
+def static_routes() -> list[StaticRoute]:
+    """Directories served as files: the demo pages (``gateway.pages``)."""
+    return [StaticRoute("/static/", STATIC_DIR, "static")]
 
 
 def ws_commands(s: Services) -> dict[str, CommandHandler]:
@@ -23,4 +139,14 @@ def ws_commands(s: Services) -> dict[str, CommandHandler]:
         "ping": s.chat.ping,
         "comment": s.chat.comment,
         "like": s.likes.like,
+        "buy": s.sales.buy,
+        "sale.start": s.sales.host_start,
+        "room.live": s.rooms.ws_live,
+        "room.end": s.rooms.ws_end,
+        "pin": s.rooms.ws_pin,
+        "lottery.start": s.lotteries.ws_start,
+        "lottery.enter": s.lotteries.ws_enter,
+        "coupon.drop": s.coupons.ws_drop,
+        "coupon.claim": s.coupons.ws_claim,
+        "gift": s.gifts.gift,
     }

@@ -35,32 +35,36 @@ import secrets
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import select
 
-from livecommerce import segments_sql, store_sql
+from livecommerce import segments_sql
+from livecommerce.auth import Identity
 from livecommerce.coupons import CouponDrop, coupon_id, new_drop
+from livecommerce.coupons_redis import CouponsRedis
 from livecommerce.errors import BadFrame, Conflict, NotFound
+from livecommerce.log import Log
 from livecommerce.profiles import view
 from livecommerce.profiles_sql import iter_profiles
 from livecommerce.protocol.codec import pack_internal
-from livecommerce.redis_conn import guarded
 from livecommerce.segments import RuleError, evaluate, parse_rule, parse_segment
+from livecommerce.segments_redis import SegmentsRedis
+from livecommerce.store_sql import SqlStore
 
 from .core import Gateway
 from .validation import read_object
-from .wallet import durable_log, sql_store
 
 SAMPLE = 10
 CHUNK = 500
 
 
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
 class Segments:
-    def __init__(self, gw: Gateway) -> None:
-        self.gw = gw
+    """Segment definitions, their members now, and targeting them; the ops HTTP API."""
+
+    def __init__(self, gw: Gateway, redis: SegmentsRedis, sql: SqlStore, durable: Log, coupons: CouponsRedis) -> None:
+        self.gw = gw  # the clock, the broker (node inboxes), the callers' identities
+        self.redis = redis
+        self.sql = sql
+        self.durable = durable  # segment.targeted
+        self.coupons = coupons
 
     async def members(self, rule_json: Any) -> list[str]:
         """Users whose profile satisfies the rule now (erased profiles excluded).
@@ -71,19 +75,16 @@ class Segments:
         rule = parse_rule(rule_json)
         now = self.gw.now_ms()
         out = []
-        async for user, data, name, erased in iter_profiles(sql_store(self.gw)):
+        async for user, data, name, erased in iter_profiles(self.sql):
             if not erased and evaluate(rule, view(user, data, now, display_name=name)):
                 out.append(user)
         return out
 
     async def segment(self, sid: str) -> dict[str, Any]:
-        seg = await segments_sql.get_segment(sql_store(self.gw), sid)
+        seg = await segments_sql.get_segment(self.sql, sid)
         if seg is None:
             raise NotFound(f"no segment {sid!r}")
         return seg
-
-    def _pushed_key(self, target: str) -> str:
-        return self.gw.keys.entity("push", target, "users")
 
     async def push(self, users: list[str], env: dict[str, Any], target: str) -> int:
         """Send ``env`` to the online ``users`` through their nodes' inboxes; remember who
@@ -91,25 +92,14 @@ class Segments:
         reached: list[str] = []
         for i in range(0, len(users), CHUNK):
             part = users[i : i + CHUNK]
-            pipe = self.gw.redis.pipeline(transaction=False)
-            for u in part:
-                pipe.hgetall(self.gw.keys.user_nodes(u))
-            async with guarded():
-                got = await pipe.execute()
-            for u, nodes in zip(part, got, strict=True):
-                live = [_s(n) for n, c in (nodes or {}).items() if int(c) > 0]
+            for u, live in (await self.redis.nodes_of(part)).items():
                 if not live:
                     continue
                 body = pack_internal({"kind": "user", "user": u, "room": None, "env": env})
                 for node in live:
                     await self.gw.broker.publish_node(node, body)
                 reached.append(u)
-        if reached:
-            key = self._pushed_key(target)
-            async with guarded():
-                for i in range(0, len(reached), 1000):
-                    await self.gw.redis.sadd(key, *reached[i : i + 1000])
-                await self.gw.redis.expire(key, 30 * 86400)
+        await self.redis.remember_pushed(target, reached)
         return len(reached)
 
     async def target(self, sid: str, kind: str, body: dict[str, Any], by: str) -> dict[str, Any]:
@@ -125,8 +115,7 @@ class Segments:
             spec = {k: v for k, v in body.items() if k not in ("text", "sale_id")}
             spec.setdefault("quantity", max(1, len(members)))
             drop = new_drop(spec, room="", by=by, now_ms=now, default_id=f"sd{secrets.token_hex(6)}")
-            coupons = self.gw.services["coupons"]
-            if not await coupons.create_drop(drop, segment=sid, members=members):
+            if not await self.coupons.create_drop(drop, segment=sid, members=members):
                 raise Conflict(f"coupon drop {drop.id!r} already exists")
             drop_id, text = drop.id, text or _offer(drop)
         else:
@@ -139,24 +128,23 @@ class Segments:
         delivered = await self.push(members, env, tid)
         row = {"id": tid, "segment_id": sid, "kind": kind, "drop_id": drop_id, "sale_id": sale_id, "text": text,
                "members": len(members), "delivered": delivered, "created_by": by, "created_ms": now}
-        await segments_sql.add_target(sql_store(self.gw), **row)
-        await durable_log(self.gw).append("activity", sid, "segment.targeted", {"target_id": tid, "segment_id": sid, "kind": kind,
-                                          "drop_id": drop_id, "sale_id": sale_id, "members": len(members), "delivered": delivered},
-                                          event_id=f"target:{tid}", ts=now)
+        await segments_sql.add_target(self.sql, **row)
+        await self.durable.append("activity", sid, "segment.targeted", {"target_id": tid, "segment_id": sid, "kind": kind,
+                                  "drop_id": drop_id, "sale_id": sale_id, "members": len(members), "delivered": delivered},
+                                  event_id=f"target:{tid}", ts=now)
         return {"target_id": tid, "segment_id": sid, "kind": kind, "drop_id": drop_id, "sale_id": sale_id,
                 "members": len(members), "delivered": delivered}
 
     async def counts(self, t: dict[str, Any]) -> dict[str, Any]:
         """A target with its redeemed (and, for a drop, claimed) counts."""
         out = {k: t[k] for k in ("id", "segment_id", "kind", "drop_id", "sale_id", "text", "members", "delivered", "created_ms")}
-        coupons = self.gw.services["coupons"]
+        coupons = self.coupons
         if t["kind"] == "coupon" and t["drop_id"]:
             got = await coupons.get_drop(t["drop_id"])
             out["claimed"] = got[1]["claimed"] if got else 0
             out["redeemed"] = got[1]["used"] if got else 0
             return out
-        async with guarded():
-            pushed = sorted(_s(u) for u in await self.gw.redis.smembers(self._pushed_key(t["id"])))
+        pushed = await self.redis.pushed(t["id"])
         if t["drop_id"]:
             n = 0
             for u in pushed:
@@ -164,14 +152,70 @@ class Segments:
                 n += bool(c and c["state"] == "used")
             out["redeemed"] = n
         elif t["sale_id"]:
-            o = store_sql.orders
-            q = select(o.c.user_id).distinct().where(o.c.sale_id == t["sale_id"], o.c.state.in_(("paid", "refund_requested", "refunded")))
-            async with sql_store(self.gw).read() as tx:
-                payers = {r[0] for r in await tx.conn.execute(q)}
-            out["redeemed"] = len(payers & set(pushed))
+            out["redeemed"] = len(await segments_sql.payers(self.sql, t["sale_id"]) & set(pushed))
         else:
             out["redeemed"] = None
         return out
+
+    # ---- HTTP (gateway.routes)
+    def _ops(self, request: web.Request) -> Identity:
+        ident = self.gw.identify_request(request)
+        ident.require_ops()
+        return ident
+
+    async def put(self, request: web.Request) -> web.Response:
+        """``POST /api/v1/segments`` creates, ``PUT /api/v1/segments/{segment}`` replaces."""
+        ident = self._ops(request)
+        body = await read_object(request)
+        replace = request.method == "PUT"
+        if replace:
+            body = {**body, "id": request.match_info["segment"]}
+        try:
+            seg = parse_segment(body, default_id=f"sg{secrets.token_hex(5)}")
+            members = await self.members(seg.rule)
+        except RuleError as exc:
+            return rule_error(exc)
+        row = await segments_sql.put_segment(self.sql, seg, by=ident.user, now_ms=self.gw.now_ms(), replace=replace)
+        return web.json_response({"segment": row, "size": len(members)}, status=200 if replace else 201)
+
+    async def listing(self, request: web.Request) -> web.Response:
+        self._ops(request)
+        return web.json_response({"segments": await segments_sql.list_segments(self.sql)})
+
+    async def get(self, request: web.Request) -> web.Response:
+        self._ops(request)
+        seg = await self.segment(request.match_info["segment"])
+        ts = [await self.counts(t) for t in await segments_sql.targets(self.sql, seg["id"])]
+        return web.json_response({"segment": seg, "targets": ts})
+
+    async def preview(self, request: web.Request) -> web.Response:
+        """``POST /api/v1/segments/preview {rule}`` or ``GET .../{segment}/preview``."""
+        self._ops(request)
+        if request.method == "POST":
+            body = await read_object(request)
+            if "rule" not in body:
+                return rule_error(RuleError("", "missing 'rule'"))
+            rule = body["rule"]
+        else:
+            rule = (await self.segment(request.match_info["segment"]))["rule"]
+        try:
+            members = await self.members(rule)
+        except RuleError as exc:
+            return rule_error(exc)
+        return web.json_response({"size": len(members), "sample": members[:SAMPLE], "rule": json.loads(json.dumps(rule))})
+
+    async def coupon(self, request: web.Request) -> web.Response:
+        ident = self._ops(request)
+        return web.json_response(await self.target(request.match_info["segment"], "coupon", await read_object(request), ident.user), status=201)
+
+    async def push_notice(self, request: web.Request) -> web.Response:
+        ident = self._ops(request)
+        return web.json_response(await self.target(request.match_info["segment"], "push", await read_object(request), ident.user), status=201)
+
+    async def get_targets(self, request: web.Request) -> web.Response:
+        self._ops(request)
+        sid = (await self.segment(request.match_info["segment"]))["id"]
+        return web.json_response({"segment_id": sid, "targets": [await self.counts(t) for t in await segments_sql.targets(self.sql, sid)]})
 
 
 def _offer(d: CouponDrop) -> str:
@@ -182,76 +226,3 @@ def _offer(d: CouponDrop) -> str:
 
 def rule_error(exc: RuleError) -> web.Response:
     return web.json_response({"error": {"code": exc.code, "message": exc.message, "pointer": exc.pointer}}, status=400)
-
-
-def setup(gw: Gateway, app: web.Application) -> None:
-    svc = Segments(gw)
-    gw.services["segments"] = svc
-
-    def ops(request: web.Request) -> Any:
-        ident = gw.identify_request(request)
-        ident.require_ops()
-        return ident
-
-    async def put(request: web.Request) -> web.Response:
-        ident = ops(request)
-        body = await read_object(request)
-        replace = request.method == "PUT"
-        if replace:
-            body = {**body, "id": request.match_info["segment"]}
-        try:
-            seg = parse_segment(body, default_id=f"sg{secrets.token_hex(5)}")
-            members = await svc.members(seg.rule)
-        except RuleError as exc:
-            return rule_error(exc)
-        row = await segments_sql.put_segment(sql_store(gw), seg, by=ident.user, now_ms=gw.now_ms(), replace=replace)
-        return web.json_response({"segment": row, "size": len(members)}, status=200 if replace else 201)
-
-    async def listing(request: web.Request) -> web.Response:
-        ops(request)
-        return web.json_response({"segments": await segments_sql.list_segments(sql_store(gw))})
-
-    async def get(request: web.Request) -> web.Response:
-        ops(request)
-        seg = await svc.segment(request.match_info["segment"])
-        ts = [await svc.counts(t) for t in await segments_sql.targets(sql_store(gw), seg["id"])]
-        return web.json_response({"segment": seg, "targets": ts})
-
-    async def preview(request: web.Request) -> web.Response:
-        ops(request)
-        if request.method == "POST":
-            body = await read_object(request)
-            if "rule" not in body:
-                return rule_error(RuleError("", "missing 'rule'"))
-            rule = body["rule"]
-        else:
-            rule = (await svc.segment(request.match_info["segment"]))["rule"]
-        try:
-            members = await svc.members(rule)
-        except RuleError as exc:
-            return rule_error(exc)
-        return web.json_response({"size": len(members), "sample": members[:SAMPLE], "rule": json.loads(json.dumps(rule))})
-
-    async def coupon(request: web.Request) -> web.Response:
-        ident = ops(request)
-        return web.json_response(await svc.target(request.match_info["segment"], "coupon", await read_object(request), ident.user), status=201)
-
-    async def push(request: web.Request) -> web.Response:
-        ident = ops(request)
-        return web.json_response(await svc.target(request.match_info["segment"], "push", await read_object(request), ident.user), status=201)
-
-    async def targets(request: web.Request) -> web.Response:
-        ops(request)
-        sid = (await svc.segment(request.match_info["segment"]))["id"]
-        return web.json_response({"segment_id": sid, "targets": [await svc.counts(t) for t in await segments_sql.targets(sql_store(gw), sid)]})
-
-    r = app.router
-    r.add_post("/api/v1/segments", put)
-    r.add_get("/api/v1/segments", listing)
-    r.add_post("/api/v1/segments/preview", preview)
-    r.add_get("/api/v1/segments/{segment}", get)
-    r.add_put("/api/v1/segments/{segment}", put)
-    r.add_get("/api/v1/segments/{segment}/preview", preview)
-    r.add_post("/api/v1/segments/{segment}/coupons", coupon)
-    r.add_post("/api/v1/segments/{segment}/push", push)
-    r.add_get("/api/v1/segments/{segment}/targets", targets)

@@ -12,24 +12,113 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, cast
 
+from livecommerce.checkout import Checkout
+from livecommerce.coupons_redis import CouponsRedis
+from livecommerce.experiments_redis import ExperimentsRedis
+from livecommerce.fanclub_redis import FanclubRedis
+from livecommerce.feed_redis import FeedRedis
+from livecommerce.funnel_redis import FunnelRedis
+from livecommerce.leaderboard_redis import RedisLeaderboards
+from livecommerce.log import Log
+from livecommerce.log_open import open_log
+from livecommerce.lottery_redis import RedisLotteries
+from livecommerce.ops_redis import OpsRedis
+from livecommerce.pins_redis import RedisPins
+from livecommerce.points_redis import PointsRedis
+from livecommerce.profiles_redis import ErasureRedis
+from livecommerce.referrals_redis import ReferralsRedis
+from livecommerce.refunds_redis import RefundsRedis
+from livecommerce.rooms_redis import RedisRooms
+from livecommerce.segments_redis import SegmentsRedis
+from livecommerce.store_sql import SqlStore
+from livecommerce.wallet_redis import RedisWallet
+
+from .capabilities import CAPABILITIES
 from .chat import Chat
+from .commerce import FlashSales, Orders
 from .core import Gateway
+from .coupons import Coupons
+from .experiments import Experiments
+from .fanclub import Fanclub
+from .feed import Feed
+from .funnel import Funnel
+from .gifts import Gifts
+from .growth import Growth
+from .http import Health
 from .likes import Likes
-from .rooms import RoomGate
+from .lottery import LotteryService
+from .openapi import OpenApi
+from .ops import Ops
+from .pages import Pages
+from .points import Points
+from .profiles import Profiles
+from .referrals import Referrals
+from .refunds import AfterSales
+from .rooms import RoomGate, RoomsService
+from .segments import Segments
+from .tickets import Tickets
+from .wallet import Outbox, Wallets
 
 
 @dataclass
 class Services:
     """The capability objects of one node (typed: no string-keyed lookups)."""
 
+    # engines
+    store: SqlStore
+    log: Log
+    # money, points and after-sales
+    wallet: RedisWallet
+    wallet_outbox: Outbox
+    wallets: Wallets
+    gifts: Gifts
+    points: Points
+    aftersales: AfterSales
+    tickets: Tickets
+    # fans, profiles, growth
+    fanclub: Fanclub
+    profiles: Profiles
+    growth: Growth
+    referrals: Referrals
     likes: Likes
     chat: Chat
+    room_gate: RoomGate
+    lotteries: LotteryService
+    coupons: Coupons
+    rooms: RoomsService
+    health: Health
+    ops: Ops
+    pages: Pages
+    openapi: OpenApi
+    experiments: Experiments
+    feed: Feed
+    segments: Segments
+    # flash sales, orders, campaign funnels
+    checkout: Checkout
+    sales: FlashSales
+    orders: Orders
+    funnel: Funnel
 
 
 def build(gw: Gateway) -> Services:
     """Construct the node's capabilities in dependency order and register their hooks."""
     legacy: dict[str, Any] = gw.services  # capabilities not yet moved here (gateway.app.LEGACY)
-    gate = cast(RoomGate, legacy["room_gate"])
+
+    # engines, opened once and passed to whoever needs them; closed after every flush (the
+    # flushes are inserted at the front of the stop hooks). The same SQL store serves every
+    # capability.
+    store = cast("SqlStore | None", legacy.get("store"))
+    if store is None:
+        store = legacy["store"] = SqlStore(gw.s.database_url)
+        gw.hooks.stop.append(store.close)
+    durable = open_log(gw.s, gw.redis)
+    gw.hooks.stop.append(durable.close)
+    legacy["log"] = durable  # gateway.wallet.durable_log, for the modules not yet moved
+
+    # has this room's show ended? asked by chat, buys, coupons and lotteries
+    room_store = RedisRooms(gw.redis, gw.keys)
+    gate = RoomGate(room_store)
+    gw.hub.observers.append(gate.observe)
 
     likes = Likes(gw)
     gw.hub.on_second.append(likes.on_second)
@@ -38,4 +127,115 @@ def build(gw: Gateway) -> Services:
 
     chat = Chat(gw, gate, gw.hooks.comment)
 
-    return Services(likes=likes, chat=chat)
+    lotteries = LotteryService(gw, RedisLotteries(gw.redis, gw.keys), gate)
+    gw.hooks.comment.append(lotteries.on_comment)
+    gw.hooks.gift.append(lotteries.on_gift)
+    gw.hooks.welcome.append(lotteries.welcome)
+    gw.hub.observers.append(lotteries.observe)
+
+    coupons = Coupons(gw, CouponsRedis(gw.redis, gw.keys), gate, gw.hooks.tried)
+    gw.hooks.welcome.append(coupons.welcome)
+    legacy["coupons"] = coupons.store  # the adapter: commerce, profiles, segments and funnel (legacy)
+
+    # flash sales and orders: the checkout (Redis stock and holds, the orders log), the node's
+    # view of every sale (its local answers to late buyers), campaigns, orders
+    checkout = Checkout(gw.redis, gw.keys, durable, coupons=coupons.store, sale_retention_s=gw.s.sale_retention_s,
+                        room_retention_s=gw.s.room_retention_s)
+    checkout.room_gate = gate  # buys in an ended show answer room_ended
+    legacy["checkout"] = checkout  # for the modules not yet moved
+    sales = FlashSales(gw, checkout, store, gw.hooks.tried)
+    gw.hooks.start.insert(0, sales.check_schema)  # before anything reads SQL: says `livecommerce db upgrade`
+    gw.hub.observers.append(sales.observe)
+    gw.hooks.comment.append(sales.mark_buyer)
+    orders = Orders(gw, checkout, store, sales)
+
+    rooms = RoomsService(
+        gw,
+        room_store,
+        gate,
+        RedisPins(gw.redis, gw.keys, pin_ttl_s=gw.s.room_retention_s),
+        likes=likes,
+        lotteries=lotteries.store,
+        coupons=coupons.store,
+        checkout=checkout,
+        store=store,
+    )
+    gw.hooks.comment.append(rooms.count_comment)
+    gw.hooks.welcome.append(rooms.welcome)
+    gw.hub.on_second.append(rooms.tick)
+
+    # money: the wallet and its outbox (the gift path's too), gifts, points, after-sales
+    wallet = RedisWallet(gw.redis, gw.keys)
+    outbox = Outbox(durable, wallet)
+    gw.hub.on_tick.append(outbox.on_tick)
+    gw.hooks.stop.insert(0, outbox.flush)
+    legacy["wallet"] = wallet  # tests/test_segments.py reads it
+    wallets = Wallets(gw, wallet, outbox, store)
+    gifts = Gifts(gw, wallet, outbox, RedisLeaderboards(gw.redis, gw.keys, room_ttl_s=gw.s.room_retention_s), room_store,
+                  gw.hooks.gift)
+    gw.hub.on_tick.append(gifts.on_tick)
+    gw.hub.on_second.append(gifts.on_second)
+    gw.hub.observers.append(gifts.observe)
+    gw.hooks.welcome.append(gifts.welcome)
+    gw.hooks.stop.insert(0, gifts.stop)
+    points = Points(gw, PointsRedis(gw.redis, gw.keys), durable, store)
+    gw.level_of = points.level_of
+    gw.hooks.comment.append(points.on_comment)
+    gw.hooks.welcome.append(points.on_welcome)
+    gw.hub.on_second.append(points.on_second)
+    gw.hooks.stop.insert(0, points.stop)
+    aftersales = AfterSales(gw, RefundsRedis(gw.redis, gw.keys), store, durable, gifts.host_of)
+    tickets = Tickets(gw, store, durable)
+
+    # fans and profiles (the feed reads profiles)
+    fanclub = Fanclub(gw, FanclubRedis(gw.redis, gw.keys, ttl_s=gw.s.user_cache_ttl_s), store, durable, gifts.host_of)
+    gw.hooks.comment.append(fanclub.on_comment)
+    profiles = Profiles(gw, ErasureRedis(gw.redis, gw.keys), store, durable, coupons.store)
+
+    # ops plane: health, the dashboard's sampler and its alerts, the pages, the API document
+    ops_redis = OpsRedis(gw.redis, gw.keys)
+    health = Health(gw, ops_redis)
+    ops = Ops(gw, ops_redis, store, checkout)
+    gw.hooks.comment.append(ops.on_comment)
+    gw.hooks.gift.append(ops.on_gift)
+    gw.hooks.response.append(ops.on_response)
+    gw.hooks.start.append(ops.start)
+    gw.hooks.stop.insert(0, ops.stop)  # the sampler stops before the engines it reads
+    pages = Pages()
+    gw.hooks.response.append(pages.security_headers)
+    openapi = OpenApi(CAPABILITIES)
+
+    # growth: experiment flags (the feed's ranker, referrals' points), the feed, segments
+    experiments = Experiments(gw, ExperimentsRedis(gw.redis, gw.keys), durable, store)
+    gw.hub.on_second.append(experiments.on_second)
+    gw.hooks.welcome.append(experiments.welcome)
+    gw.hooks.start.append(experiments.on_second)
+    gw.hooks.stop.insert(0, experiments.stop)
+    feed = Feed(gw, FeedRedis(gw.redis, gw.keys, ttl_s=gw.s.room_retention_s), RedisPins(gw.redis, gw.keys), experiments,
+                profiles)
+    gw.hub.observers.append(feed.observe)
+    gw.hub.on_second.append(feed.on_second)
+    gw.hooks.response.append(feed.on_response)
+    gw.hooks.stop.insert(0, feed.stop)
+    segments = Segments(gw, SegmentsRedis(gw.redis, gw.keys), store, durable, coupons.store)
+    referrals_redis = ReferralsRedis(gw.redis, gw.keys)
+    growth = Growth(gw, referrals_redis, store, durable)
+    gw.hooks.welcome.append(growth.welcome)
+    gw.hooks.stop.insert(0, growth.stop)
+    referrals = Referrals(gw, referrals_redis, store, experiments)
+
+    # campaign funnels: who was there, saw and tried each sale and coupon drop (buy and
+    # coupon.claim call the tried hooks; the HTTP buy and claim count from the response)
+    funnel = Funnel(gw, FunnelRedis(gw.redis, gw.keys), checkout, store, coupons.store)
+    gw.hub.observers.append(funnel.observe)
+    gw.hooks.welcome.append(funnel.welcome)
+    gw.hub.on_second.append(funnel.on_second)
+    gw.hooks.tried.append(funnel.tried)
+    gw.hooks.response.append(funnel.on_response)
+    gw.hooks.stop.insert(0, funnel.flush)
+
+    return Services(checkout=checkout, sales=sales, orders=orders, funnel=funnel, likes=likes, chat=chat, room_gate=gate, lotteries=lotteries, coupons=coupons, rooms=rooms,
+                    health=health, ops=ops, pages=pages, openapi=openapi, experiments=experiments, feed=feed, segments=segments,
+                    store=store, log=durable, wallet=wallet, wallet_outbox=outbox, wallets=wallets, gifts=gifts, points=points,
+                    aftersales=aftersales, tickets=tickets, fanclub=fanclub, profiles=profiles, growth=growth,
+                    referrals=referrals)

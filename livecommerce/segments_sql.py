@@ -11,7 +11,7 @@ from sqlalchemy import (
 )
 
 from .errors import Conflict
-from .schema import segment_targets, segments
+from .schema import orders, segment_targets, segments
 from .segments import SegmentDef
 from .store_sql import SqlStore
 
@@ -64,3 +64,11 @@ async def get_target(store: SqlStore, target_id: str) -> dict[str, Any] | None:
     async with store.read() as tx:
         r = (await tx.conn.execute(select(segment_targets).where(segment_targets.c.id == target_id))).first()
     return None if r is None else dict(r._mapping)
+
+
+async def payers(store: SqlStore, sale_id: str) -> set[str]:
+    """Users with an order of ``sale_id`` that was paid (refunded or not): what a push
+    with that ``sale_id`` counts as redeemed."""
+    q = select(orders.c.user_id).distinct().where(orders.c.sale_id == sale_id, orders.c.state.in_(("paid", "refund_requested", "refunded")))
+    async with store.read() as tx:
+        return {r[0] for r in await tx.conn.execute(q)}

@@ -14,6 +14,8 @@ ROOT = Path(__file__).resolve().parents[1] / "livecommerce"
 IO_LIBS = {"asyncio", "redis", "sqlalchemy", "aiohttp", "aiokafka", "websockets", "socket", "aiosqlite", "asyncpg"}
 PURE = ["protocol/codec.py", "protocol/commands.py", "protocol/events.py", "comments.py", "auth.py", "errors.py", "keys.py"]
 PURE += [p for p in ("flash_sale.py", "orders.py", "lottery.py", "points.py", "wallet.py", "coupons.py", "gifts.py", "likes.py", "rooms.py") if (ROOT / p).exists()]
+PURE += ["hot_room.py", "presence.py"]
+PURE += ["alerts.py"]  # the ops alert rules (gateway.ops samples, livecommerce.ops_redis stores)
 
 
 def imports_of(path: Path) -> set[str]:
