@@ -118,7 +118,8 @@ FAMILIES: tuple[Family, ...] = (
     Family("feed index", r"\{feed\}:live$", "live rooms", "cleanup", "rooms removed when they end", "feed_redis.py"),
     Family("experiments", r"\{exp\}:(defs|v)$", "experiment definitions", "kept", "for good (a few definitions)",
            "experiments_redis.py"),
-    Family("idempotency", r"idem:.+$", "HTTP Idempotency-Key answers", "ttl", "its TTL", "idempotency_redis.py"),
+    Family("idempotency", r"\{user:[^}]+\}:idem:.+$", "HTTP Idempotency-Key answers", "ttl", "24 h (IDEMPOTENCY_TTL_S)",
+           "idempotency_redis.py"),
     # the durable log
     Family("log stream", r"\{log:[^}]+\}$", "durable log partitions (events with user ids)", "capped",
            "trimmed once every group passed and LC_LOG_RETAIN_S old; LC_LOG_MAX_AGE_S hard cap", "workers/retention.py"),
