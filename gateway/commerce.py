@@ -1,30 +1,53 @@
 """Flash sales and orders at the edge: ``buy`` over WebSocket and HTTP, campaigns, orders.
 
+Two capabilities, built by ``gateway.wiring`` and served from ``gateway.routes``:
+
+* :class:`FlashSales`: campaigns (create, list, start, stop, stats), ``buy`` (WebSocket and
+  ``POST /api/v1/sales/{sale}/buy``), the ``sale.start`` host action, the stock broadcast,
+  and this node's view of every sale;
+* :class:`Orders`: list, get, pay (the simulated payment provider) and cancel.
+
 Sale-aware answers: the node follows ``sale.started`` / ``sale.stock`` / ``sale.soldout`` /
-``sale.ended`` from the broadcast. Once a sale is sold out or ended, a ``buy`` from a user
-who holds nothing in it is answered here (``sold_out`` / ``ended``) without reaching Redis;
-the sale's buyers are fetched once per node at that moment so that their retries still go
-to Redis and get their first order back.
+``sale.ended`` from the broadcast into a :class:`SaleView` per sale, whose lifecycle steps
+are :func:`~livecommerce.flash_sale.sale_step`'s. Once a sale is sold out or ended, a
+``buy`` from a user who holds nothing in it is answered here by
+:func:`~livecommerce.flash_sale.decide_reserve` on that view (``sold_out`` / ``ended`` /
+``room_ended``) without reaching Redis; the sale's buyers are fetched once per node at that
+moment so that their retries still go to Redis and get their first order back.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
+from livecommerce.auth import Identity
 from livecommerce.checkout import Checkout, sale_of, sale_started_data
 from livecommerce.errors import BadFrame, Conflict, Forbidden, IdempotencyConflict, NotFound
-from livecommerce.flash_sale import Reserved, sale_from_campaign, validate_campaign
-from livecommerce.log import open_log
-from livecommerce.protocol.commands import Buy, HostAction
+from livecommerce.flash_sale import (
+    SALE_TRANSITIONS,
+    Reject,
+    Reserved,
+    Sale,
+    SaleState,
+    SaleStep,
+    decide_reserve,
+    sale_from_campaign,
+    sale_step,
+    validate_campaign,
+)
+from livecommerce.orders import OrderState
+from livecommerce.protocol.commands import Buy, HostAction, parse_command
 from livecommerce.store_sql import SqlStore
 
 from .conn import Conn
 from .core import Gateway
+from .hooks import TriedHook
 from .idempotency import header_key, idempotent
 from .validation import read_json, read_object
 
@@ -62,61 +85,107 @@ REJECT_MESSAGES = {
     "room_ended": "the show this sale belongs to has ended",
 }
 
-
-class SaleView:
-    """What this node knows of a sale from the broadcast."""
-
-    __slots__ = ("buyers", "closed_at", "remaining", "state")
-
-    def __init__(self) -> None:
-        self.state = "unknown"
-        self.remaining = -1
-        self.buyers: set[str] | None = None  # fetched when the sale closes
-        self.closed_at = 0.0  # monotonic time it ended (views of ended sales go VIEW_KEEP_S later)
-
-
+# the state a step leads to, whatever the state before: a node that heard nothing of a sale
+# before (it joined later) takes the broadcast's word
+_AFTER: dict[SaleStep, SaleState] = {step: after for (_, step), after in SALE_TRANSITIONS.items()}
+# the local answers: what the reserve script would say to a user holding nothing
+_LOCAL: frozenset[Reject] = frozenset({"sold_out", "ended", "room_ended"})
 VIEW_KEEP_S = 600.0  # an ended sale's view, buyer set included, is kept this long on each node
 
 
-def setup(gw: Gateway, app: web.Application) -> None:
-    durable = open_log(gw.s, gw.redis)
-    checkout = Checkout(gw.redis, gw.keys, durable, sale_retention_s=gw.s.sale_retention_s, room_retention_s=gw.s.room_retention_s)
-    store = SqlStore(gw.s.database_url)
-    gw.services["checkout"] = checkout
-    gw.services["store"] = store
-    views: dict[str, SaleView] = {}
-    last_stock_pub: dict[str, float] = {}
+class SaleView:
+    """What this node knows of one sale from the broadcast (no I/O).
 
-    async def on_start() -> None:
-        await store.check_schema()  # ConfigError tells the operator to run `livecommerce db upgrade`
-        coupons = gw.services.get("coupons")
-        if coupons is not None:
-            checkout.coupons = coupons
+    ``state`` moves by :func:`~livecommerce.flash_sale.sale_step` (None until a sale event
+    was heard); a step that is illegal from what the node knows is a stale event and changes
+    nothing. ``sale`` is the sale as ``sale.started`` announced it (its window), ``buyers``
+    who held units when it last closed (None until fetched).
+    """
 
-    async def on_stop() -> None:
-        await durable.close()
-        await store.close()
+    __slots__ = ("buyers", "closed_at", "remaining", "room_closed", "sale", "state")
 
-    gw.services.setdefault("startup", []).append(on_start)
-    gw.services.setdefault("shutdown", []).append(on_stop)
+    def __init__(self) -> None:
+        self.state: SaleState | None = None
+        self.sale: Sale | None = None
+        self.remaining = -1
+        self.room_closed = False
+        self.buyers: set[str] | None = None  # fetched when the sale closes
+        self.closed_at = 0.0  # monotonic time it ended (views of ended sales go VIEW_KEEP_S later)
+
+    def step(self, step: SaleStep) -> bool:
+        """Apply a lifecycle step heard from the broadcast; True when the state moved."""
+        if self.state is None:
+            self.state = _AFTER[step]
+            return True
+        try:
+            after = sale_step(self.state, step)
+        except Conflict:  # e.g. sell_out after end: an older event arriving late
+            return False
+        if after is None:  # it happened already
+            return False
+        self.state = after
+        return True
+
+    @property
+    def closed(self) -> bool:
+        return self.state in ("sold_out", "ended")
+
+    def answer(self, sale: Sale, user: str, qty: int, now_ms: int) -> Reject | None:
+        """The answer this node gives without Redis, or None (ask Redis): only once the sale
+        closed and its buyers are known, to a user who holds nothing in it, and only what
+        :func:`~livecommerce.flash_sale.decide_reserve` says of a closed sale."""
+        if self.state is None or not self.closed or self.buyers is None or user in self.buyers:
+            return None
+        got = decide_reserve(sale, now_ms=now_ms, remaining=max(self.remaining, 0), bought=0, qty=qty,
+                             state=self.state, room_closed=self.room_closed)
+        return got if got in _LOCAL else None
+
+
+def announced_sale(room: str, d: dict[str, Any]) -> Sale | None:
+    """The sale a ``sale.started`` event describes (None when it does not say enough)."""
+    try:
+        return Sale(id=str(d["sale_id"]), room=room, product_id=str(d["product_id"]), price=int(d["price"]),
+                    stock=int(d["stock"]), per_user_limit=int(d["per_user_limit"]), starts_ms=int(d["starts_ms"]),
+                    ends_ms=int(d["ends_ms"]), payment_window_s=int(d.get("payment_window_s") or 900))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def reserved_body(r: Reserved) -> dict[str, Any]:
+    return {
+        "order_id": r.order_id,
+        "sale_id": r.sale_id,
+        "qty": r.qty,
+        "unit_price": r.unit_price,
+        "amount": r.amount,
+        "pay_by_ms": r.pay_by_ms,
+        "duplicate": r.duplicate,
+    }
+
+
+class FlashSales:
+    """Campaigns, the sale lifecycle, ``buy`` and the node's view of every sale.
+
+    ``tried`` (the typed hook list ``gw.hooks.tried``) is called with ``("sale", sale_id,
+    user)`` by the WebSocket ``buy`` before it answers.
+    """
+
+    def __init__(self, gw: Gateway, checkout: Checkout, store: SqlStore, tried: list[TriedHook]) -> None:
+        self.gw = gw
+        self.checkout = checkout
+        self.store = store
+        self.tried = tried
+        self.views: dict[str, SaleView] = {}
+        self.last_stock_pub: dict[str, float] = {}
+        self._purge_at = 0.0
+
+    async def check_schema(self) -> None:
+        """Start hook: a ConfigError tells the operator to run ``livecommerce db upgrade``."""
+        await self.store.check_schema()
 
     # ---- the broadcast tells every node the sale's state
-    async def fetch_buyers(sale_id: str, view: SaleView) -> None:
-        raw = await gw.redis.hkeys(gw.keys.sale(sale_id, "buyers"))
-        view.buyers = {b.decode() if isinstance(b, bytes) else b for b in raw}
-
-    purge_at = [0.0]
-
-    def forget_ended(now: float) -> None:
-        """Views of sales ended VIEW_KEEP_S ago and old throttle marks go (late buyers then
-        hear it from Redis), so a node does not keep every sale's buyers forever."""
-        purge_at[0] = now + 60
-        for sid in [sid for sid, v in views.items() if v.closed_at and now - v.closed_at > VIEW_KEEP_S]:
-            del views[sid]
-        for sid in [sid for sid, at in last_stock_pub.items() if now - at > 60]:
-            del last_stock_pub[sid]
-
-    def observe(env: dict[str, Any]) -> None:
+    def observe(self, env: dict[str, Any]) -> None:
+        """Hub observer: keep the view of each sale the node's rooms hear of."""
         t = env.get("t", "")
         if not t.startswith("sale."):
             return
@@ -125,188 +194,198 @@ def setup(gw: Gateway, app: web.Application) -> None:
         if not isinstance(sid, str):
             return
         now = time.monotonic()
-        if now >= purge_at[0]:
-            forget_ended(now)
-        view = views.setdefault(sid, SaleView())
+        if now >= self._purge_at:
+            self._forget_ended(now)
+        view = self.views.setdefault(sid, SaleView())
         if t == "sale.started":
-            view.state, view.remaining, view.buyers = "live", int(d.get("remaining", -1)), None
+            view.sale = announced_sale(str(env.get("room") or ""), d) or view.sale
+            if view.step("start"):
+                view.remaining, view.buyers = int(d.get("remaining", -1)), None
         elif t == "sale.stock":
             view.remaining = int(d.get("remaining", -1))
-            if view.remaining > 0 and view.state == "sold_out":
-                view.state, view.buyers = "live", None
+            if view.remaining > 0 and view.step("restock"):
+                view.buyers = None
         elif t in ("sale.soldout", "sale.ended"):
-            view.state = "sold_out" if t == "sale.soldout" else "room_ended" if d.get("reason") == "room_ended" else "ended"
-            view.closed_at = 0.0 if view.state == "sold_out" else now
-            view.buyers = None
-            gw.spawn(fetch_buyers(sid, view), f"buyers-{sid}")
+            if t == "sale.soldout":
+                view.step("sell_out")
+                view.remaining = 0
+            else:
+                view.step("end")
+                view.room_closed = d.get("reason") == "room_ended"
+            view.closed_at = now if view.state == "ended" else 0.0
+            view.buyers = None  # who holds units now: fetched once
+            self.gw.spawn(self._fetch_buyers(sid, view), f"buyers-{sid}")
 
-    gw.hub.observers.append(observe)
+    def _forget_ended(self, now: float) -> None:
+        """Views of sales ended VIEW_KEEP_S ago and old throttle marks go (late buyers then
+        hear it from Redis), so a node does not keep every sale's buyers forever."""
+        self._purge_at = now + 60
+        for sid in [sid for sid, v in self.views.items() if v.closed_at and now - v.closed_at > VIEW_KEEP_S]:
+            del self.views[sid]
+        for sid in [sid for sid, at in self.last_stock_pub.items() if now - at > 60]:
+            del self.last_stock_pub[sid]
 
-    async def mark_buyer(conn: Conn, d: dict[str, Any]) -> None:
-        if await gw.redis.sismember(gw.keys.room(conn.room, "payers"), conn.user):
+    async def _fetch_buyers(self, sale_id: str, view: SaleView) -> None:
+        view.buyers = await self.checkout.sales.buyers(sale_id)
+
+    async def mark_buyer(self, conn: Conn, d: dict[str, Any]) -> None:
+        """Comment hook: a payer's comments carry ``buyer: true`` (kept first in hot rooms)."""
+        if await self.checkout.is_payer(conn.room, conn.user):
             d["buyer"] = True
 
-    gw.services.setdefault("comment_hooks", []).append(mark_buyer)
+    async def _local_answer(self, sale_id: str, user: str, qty: int) -> Reject | None:
+        view = self.views.get(sale_id)
+        if view is None or not view.closed or view.buyers is None or user in view.buyers:
+            return None  # no answer without Redis: spare the sale's read too
+        sale = view.sale or await self.checkout.sale(sale_id)
+        return view.answer(sale, user, qty, self.gw.now_ms())
 
-    def local_answer(sale_id: str, user: str) -> str | None:
-        view = views.get(sale_id)
-        if view is None or view.buyers is None or user in view.buyers:
-            return None
-        return view.state if view.state in ("sold_out", "ended", "room_ended") else None
-
-    async def publish_stock(sale_id: str, remaining: int, *, final: bool) -> None:
+    async def publish_stock(self, sale_id: str, remaining: int, *, final: bool) -> None:
+        """Broadcast the sale's stock (one node per window of ``LC_STOCK_BROADCAST_MS``),
+        and ``sale.soldout`` after the last unit (always)."""
         now = time.monotonic()
+        window_ms = self.gw.s.stock_broadcast_ms
         if not final:
-            if now - last_stock_pub.get(sale_id, 0.0) < gw.s.stock_broadcast_ms / 1000:
+            if now - self.last_stock_pub.get(sale_id, 0.0) < window_ms / 1000:
                 return
-            # one node per window broadcasts the figure
-            ok = await gw.redis.set(gw.keys.sale(sale_id, "stockpub"), "1", nx=True, px=gw.s.stock_broadcast_ms)
-            if not ok:
+            if not await self.checkout.sales.claim_stock_broadcast(sale_id, window_ms):
                 return
-        last_stock_pub[sale_id] = now
-        sale = await checkout.sale(sale_id)
-        await gw.publish(sale.room, "sale.stock", {"sale_id": sale_id, "remaining": remaining}, history=True)
+        self.last_stock_pub[sale_id] = now
+        sale = await self.checkout.sale(sale_id)
+        await self.gw.publish(sale.room, "sale.stock", {"sale_id": sale_id, "remaining": remaining}, history=True)
         if final:
-            await gw.publish(sale.room, "sale.soldout", {"sale_id": sale_id})
+            await self.gw.publish(sale.room, "sale.soldout", {"sale_id": sale_id})
 
-    async def do_buy(user: str, sale_id: str, qty: int, request_id: str) -> Reserved | str:
-        early = local_answer(sale_id, user)
+    async def reserve(self, user: str, sale_id: str, qty: int, request_id: str) -> Reserved | Reject:
+        """The node's answer first (a closed sale), else the reserve script."""
+        early = await self._local_answer(sale_id, user, qty)
         if early is not None:
             return early
-        r = await checkout.buy(user=user, sale_id=sale_id, qty=qty, request_id=request_id, now_ms=gw.now_ms())
+        r = await self.checkout.buy(user=user, sale_id=sale_id, qty=qty, request_id=request_id, now_ms=self.gw.now_ms())
         if isinstance(r, Reserved) and not r.duplicate:
             if r.last_unit:
-                gw.spawn(publish_stock(sale_id, 0, final=True), "stock-final")
+                self.gw.spawn(self.publish_stock(sale_id, 0, final=True), "stock-final")
             else:
-                gw.spawn(publish_stock(sale_id, r.remaining, final=False), "stock")
+                self.gw.spawn(self.publish_stock(sale_id, r.remaining, final=False), "stock")
         return r
 
-    def reserved_body(r: Reserved) -> dict[str, Any]:
-        return {
-            "order_id": r.order_id,
-            "sale_id": r.sale_id,
-            "qty": r.qty,
-            "unit_price": r.unit_price,
-            "amount": r.amount,
-            "pay_by_ms": r.pay_by_ms,
-            "duplicate": r.duplicate,
-        }
+    async def start(self, sale_id: str, ident: Identity) -> dict[str, Any]:
+        """Raises:
+        Forbidden: not the sale's host. NotFound, Conflict: see :meth:`Checkout.start`.
+        """
+        sale = await self.checkout.sale(sale_id)
+        ident.require_host(sale.room)
+        opened = await self.checkout.start(sale_id, self.gw.now_ms())
+        if await self.checkout.claim_announcement(sale_id, "started"):
+            await self.gw.publish(opened.sale.room, "sale.started", sale_started_data(opened.sale, opened.remaining))
+        await self.store.put_sale(opened.sale, state=opened.state, now_ms=self.gw.now_ms())
+        return {"sale_id": sale_id, "state": opened.state}
 
-    @gw.command("buy")
-    async def buy(gw: Gateway, conn: Conn, cmd: Buy) -> dict[str, Any]:
-        r = await do_buy(conn.user, cmd.sale_id, cmd.qty, cmd.request_id)
+    async def stop(self, sale_id: str, ident: Identity) -> dict[str, Any]:
+        """Raises:
+        Forbidden: not the sale's host. NotFound: no such sale.
+        """
+        sale = await self.checkout.sale(sale_id)
+        ident.require_host(sale.room)
+        state = await self.checkout.sales.end(sale_id, self.gw.now_ms())
+        await self.checkout.unschedule(sale_id, "end")
+        await self.checkout.unschedule(sale_id, "start")
+        if await self.checkout.claim_announcement(sale_id, "ended"):
+            await self.gw.publish(sale.room, "sale.ended", {"sale_id": sale_id})
+        await self.store.put_sale(sale, state=state, now_ms=self.gw.now_ms())
+        return {"sale_id": sale_id, "state": state}
+
+    # ---- WebSocket (gateway.routes)
+    async def buy(self, conn: Conn, cmd: Buy) -> dict[str, Any]:
+        for hook in self.tried:
+            hook("sale", cmd.sale_id, conn.user)
+        r = await self.reserve(conn.user, cmd.sale_id, cmd.qty, cmd.request_id)
         if isinstance(r, str):
             return {"t": "error", "id": cmd.id, "d": {"code": r, "message": REJECT_MESSAGES.get(r, r), "sale_id": cmd.sale_id}}
         check_same_buy(r, cmd.qty)
-        return {"t": "order.reserved", "id": cmd.id, "room": conn.room, "ts": gw.now_ms(), "d": reserved_body(r)}
+        return {"t": "order.reserved", "id": cmd.id, "room": conn.room, "ts": self.gw.now_ms(), "d": reserved_body(r)}
 
-    async def start_sale(sale_id: str, ident: Any) -> dict[str, Any]:
-        sale = await checkout.sale(sale_id)
-        ident.require_host(sale.room)
-        state = await checkout.sales.start(sale_id, gw.now_ms())
-        st = await checkout.sales.stats(sale_id)
-        sale = await checkout.sales.get(sale_id)  # the window may have moved
-        checkout._sale_cache[sale_id] = sale
-        await checkout.unschedule(sale_id, "start")
-        await gw.redis.zadd(gw.keys.global_key("sched:end"), {sale_id: sale.ends_ms})
-        if await checkout.claim_announcement(sale_id, "started"):
-            await gw.publish(sale.room, "sale.started", sale_started_data(sale, st.remaining))
-        await store.put_sale(sale, state=state, now_ms=gw.now_ms())
-        return {"sale_id": sale_id, "state": state}
-
-    async def stop_sale(sale_id: str, ident: Any) -> dict[str, Any]:
-        sale = await checkout.sale(sale_id)
-        ident.require_host(sale.room)
-        state = await checkout.sales.end(sale_id, gw.now_ms())
-        await checkout.unschedule(sale_id, "end")
-        await checkout.unschedule(sale_id, "start")
-        if await checkout.claim_announcement(sale_id, "ended"):
-            await gw.publish(sale.room, "sale.ended", {"sale_id": sale_id})
-        await store.put_sale(sale, state=state, now_ms=gw.now_ms())
-        return {"sale_id": sale_id, "state": state}
-
-    async def host_sale_start(gw: Gateway, conn: Conn, cmd: HostAction) -> dict[str, Any]:
+    async def host_start(self, conn: Conn, cmd: HostAction) -> dict[str, Any]:
+        """``sale.start {sale_id}`` (host action)."""
         sale_id = cmd.d.get("sale_id")
         if not isinstance(sale_id, str):
             raise BadFrame("'sale_id' is required", code="invalid")
-        res = await start_sale(sale_id, conn.ident)
-        return {"t": "ack", "id": cmd.id, "d": res}
+        return {"t": "ack", "id": cmd.id, "d": await self.start(sale_id, conn.ident)}
 
-    gw.command("sale.start")(host_sale_start)
-
-    # ---- HTTP
-    async def create_campaigns(request: web.Request) -> web.Response:
-        ident = gw.identify_request(request)
+    # ---- HTTP (gateway.routes)
+    async def create_campaigns(self, request: web.Request) -> web.Response:
+        ident = self.gw.identify_request(request)
         data = await read_json(request)
         items = data if isinstance(data, list) else (data.get("campaigns") if isinstance(data, dict) and "campaigns" in data else [data])
         if not isinstance(items, list) or not items:
             raise BadFrame("body must be a campaign object or a list of them", code="invalid_campaign")
+        run = functools.partial(self._create_campaigns, ident, items)
+        return await idempotent(self.gw, request, ident, key=header_key(request), target="", body=data, run=run)
 
-        async def run() -> web.Response:
-            now = gw.now_ms()
-            plans: list[tuple[dict[str, Any], Any, Any]] = []
-            for i, item in enumerate(items):  # every check before any change: all or nothing
-                camp = validate_campaign(item, default_payment_window_s=gw.s.payment_window_s, now_ms=now)
-                if ident.role != "ops":
-                    ident.require_host(camp["room"])
-                sale = sale_from_campaign(camp, sale_id=camp.get("id") or f"s{now:x}{i}")
-                try:
-                    existing = await checkout.sales.get(sale.id)
-                except NotFound:
-                    existing = None
-                if existing is not None and campaign_differs(existing, sale, item):
-                    raise IdempotencyConflict(
-                        f"campaign {sale.id!r} exists with another definition: give the new campaign a new id"
-                    )
-                plans.append((camp, sale, existing))
-            out = []
-            for camp, sale, existing in plans:
-                if existing is not None:  # a repeated definition: the stored sale, unchanged
-                    st = await checkout.sales.stats(sale.id)
-                    out.append({"sale_id": sale.id, "created": False, "state": st.state, **dataclasses.asdict(existing)})
-                    continue
-                created = await checkout.create_sale(sale)
-                await store.put_sale(sale, state="scheduled", now_ms=now, product_name=camp.get("product_name"))
-                state = "scheduled"
-                if sale.starts_ms <= now < sale.ends_ms:  # already due: open it now
-                    state = (await start_sale(sale.id, ident))["state"]
-                out.append({"sale_id": sale.id, "created": created, "state": state, **dataclasses.asdict(sale)})
-            return web.json_response({"campaigns": out}, status=201)
+    async def _create_campaigns(self, ident: Identity, items: list[Any]) -> web.Response:
+        now = self.gw.now_ms()
+        plans: list[tuple[dict[str, Any], Sale, Sale | None]] = []
+        for i, item in enumerate(items):  # every check before any change: all or nothing
+            camp = validate_campaign(item, default_payment_window_s=self.gw.s.payment_window_s, now_ms=now)
+            if not ident.is_ops:
+                ident.require_host(camp["room"])
+            sale = sale_from_campaign(camp, sale_id=camp.get("id") or f"s{now:x}{i}")
+            try:
+                existing: Sale | None = await self.checkout.sales.get(sale.id)
+            except NotFound:
+                existing = None
+            if existing is not None and campaign_differs(existing, sale, item):
+                raise IdempotencyConflict(
+                    f"campaign {sale.id!r} exists with another definition: give the new campaign a new id"
+                )
+            plans.append((camp, sale, existing))
+        out = []
+        for camp, sale, existing in plans:
+            if existing is not None:  # a repeated definition: the stored sale, unchanged
+                st = await self.checkout.sales.stats(sale.id)
+                out.append({"sale_id": sale.id, "created": False, "state": st.state, **dataclasses.asdict(existing)})
+                continue
+            created = await self.checkout.create_sale(sale)
+            await self.store.put_sale(sale, state="scheduled", now_ms=now, product_name=camp.get("product_name"))
+            state = "scheduled"
+            if sale.starts_ms <= now < sale.ends_ms:  # already due: open it now
+                state = (await self.start(sale.id, ident))["state"]
+            out.append({"sale_id": sale.id, "created": created, "state": state, **dataclasses.asdict(sale)})
+        return web.json_response({"campaigns": out}, status=201)
 
-        return await idempotent(gw, request, ident, key=header_key(request), target="", body=data, run=run)
-
-    async def list_campaigns(request: web.Request) -> web.Response:
-        ident = gw.identify_request(request)
+    async def list_campaigns(self, request: web.Request) -> web.Response:
+        ident = self.gw.identify_request(request)
         room = request.query.get("room")
-        if ident.role != "ops":
+        if not ident.is_ops:
             if not room:
                 raise Forbidden("hosts list the campaigns of one of their rooms: ?room=")
             ident.require_host(room)
-        recs = await store.list_sales(room_id=room, limit=int(request.query.get("limit", "100")))
+        recs = await self.store.list_sales(room_id=room, limit=int(request.query.get("limit", "100")))
         out = []
         for rec in recs:
+            live: dict[str, Any]
             try:
-                st = await checkout.sales.stats(rec.sale.id)
+                st = await self.checkout.sales.stats(rec.sale.id)
                 live = {"state": st.state, "remaining": st.remaining, "reserved": st.reserved, "paid": st.paid}
             except NotFound:
                 live = {"state": rec.state}
             out.append({**dataclasses.asdict(rec.sale), "product_name": rec.product_name, **live})
         return web.json_response({"campaigns": out})
 
-    async def sale_start(request: web.Request) -> web.Response:
-        return web.json_response(await start_sale(request.match_info["sale"], gw.identify_request(request)))
+    async def sale_start(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.start(request.match_info["sale"], self.gw.identify_request(request)))
 
-    async def sale_stop(request: web.Request) -> web.Response:
-        return web.json_response(await stop_sale(request.match_info["sale"], gw.identify_request(request)))
+    async def sale_stop(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.stop(request.match_info["sale"], self.gw.identify_request(request)))
 
-    async def sale_stats(request: web.Request) -> web.Response:
-        ident = gw.identify_request(request)
+    async def sale_stats(self, request: web.Request) -> web.Response:
+        ident = self.gw.identify_request(request)
         sale_id = request.match_info["sale"]
-        sale = await checkout.sale(sale_id)
-        if ident.role != "ops":
+        sale = await self.checkout.sale(sale_id)
+        if not ident.is_ops:
             ident.require_host(sale.room)
-        st = await checkout.sales.stats(sale_id)
-        sql = await store.sale_stats(sale_id)
+        st = await self.checkout.sales.stats(sale_id)
+        sql = await self.store.sale_stats(sale_id)
         return web.json_response(
             {
                 "sale_id": sale_id,
@@ -324,29 +403,39 @@ def setup(gw: Gateway, app: web.Application) -> None:
             }
         )
 
-    async def http_buy(request: web.Request) -> web.Response:
-        ident = gw.identify_request(request)
+    async def http_buy(self, request: web.Request) -> web.Response:
+        """``POST /api/v1/sales/{sale}/buy``; the funnel counts it from the response
+        (``Funnel.on_response``), whatever the answer."""
+        ident = self.gw.identify_request(request)
         data = await read_json(request)
         if not isinstance(data, dict):
             raise BadFrame("body must be {\"qty\", \"request_id\"}", code="invalid")
-        from livecommerce.protocol.commands import parse_command
-
         cmd = parse_command({"t": "buy", "d": {**data, "sale_id": request.match_info["sale"]}})
         assert isinstance(cmd, Buy)
-        r = await do_buy(ident.user, cmd.sale_id, cmd.qty, cmd.request_id)
+        r = await self.reserve(ident.user, cmd.sale_id, cmd.qty, cmd.request_id)
         if isinstance(r, str):
             return web.json_response({"error": {"code": r, "message": REJECT_MESSAGES.get(r, r)}}, status=409)
         check_same_buy(r, cmd.qty)
         return web.json_response(reserved_body(r), status=200 if r.duplicate else 201)
 
-    def order_json(o: Any) -> dict[str, Any]:
-        return dataclasses.asdict(o)
 
-    async def list_orders(request: web.Request) -> web.Response:
-        ident = gw.identify_request(request)
+ORDER_STATES = ("reserved", "paid", "cancelled", "refund_requested", "refunded")
+
+
+class Orders:
+    """Orders over HTTP: list, get, pay (the simulated payment provider), cancel."""
+
+    def __init__(self, gw: Gateway, checkout: Checkout, store: SqlStore, sales: FlashSales) -> None:
+        self.gw = gw
+        self.checkout = checkout
+        self.store = store
+        self.sales = sales  # a cancelled order's units go back on sale: the stock broadcast
+
+    async def list_orders(self, request: web.Request) -> web.Response:
+        ident = self.gw.identify_request(request)
         q = request.query
         user = q.get("user")
-        if ident.role != "ops":
+        if not ident.is_ops:
             if user not in (None, ident.user):
                 raise Forbidden("you may list only your own orders")
             user = ident.user
@@ -356,67 +445,56 @@ def setup(gw: Gateway, app: web.Application) -> None:
         except ValueError:
             raise BadFrame("limit and offset must be integers", code="invalid") from None
         state = q.get("state")
-        if state is not None and state not in ("reserved", "paid", "cancelled", "refund_requested", "refunded"):
+        if state is not None and state not in ORDER_STATES:
             raise BadFrame(f"unknown state {state!r}", code="invalid")
-        orders = await store.list_orders(user_id=user, sale_id=q.get("sale"), room_id=q.get("room"), state=state, limit=limit, offset=offset)  # type: ignore[arg-type]
-        return web.json_response({"orders": [order_json(o) for o in orders]})
+        orders = await self.store.list_orders(user_id=user, sale_id=q.get("sale"), room_id=q.get("room"),
+                                              state=cast(OrderState | None, state), limit=limit, offset=offset)
+        return web.json_response({"orders": [dataclasses.asdict(o) for o in orders]})
 
-    async def get_order(request: web.Request) -> web.Response:
-        ident = gw.identify_request(request)
+    async def get_order(self, request: web.Request) -> web.Response:
+        ident = self.gw.identify_request(request)
         oid = request.match_info["order"]
-        o = await store.get_order(oid)
-        hold = None
+        o = await self.store.get_order(oid)
         try:
-            hold = await checkout.sales.hold(sale_of(oid), oid)
+            hold = await self.checkout.sales.hold(sale_of(oid), oid)
         except (NotFound, BadFrame):
             hold = None
         owner = o.user_id if o is not None else (hold.user if hold is not None else None)
-        if owner is None or (ident.role != "ops" and owner != ident.user):
+        if owner is None or (not ident.is_ops and owner != ident.user):
             raise NotFound(f"no order {oid}")
-        hist = await store.order_history(oid)
+        hist = await self.store.order_history(oid)
         return web.json_response(
             {
-                "order": order_json(o) if o is not None else None,
+                "order": dataclasses.asdict(o) if o is not None else None,
                 "hold": dataclasses.asdict(hold) if hold is not None else None,
                 "history": [dataclasses.asdict(h) for h in hist],
             }
         )
 
-    async def pay_order(request: web.Request) -> web.Response:
-        ident = gw.identify_request(request)
+    async def pay_order(self, request: web.Request) -> web.Response:
+        ident = self.gw.identify_request(request)
         oid = request.match_info["order"]
         data = await read_object(request)
         coupon = data.get("coupon_id")
         if coupon is not None and not isinstance(coupon, str):
             raise BadFrame("'coupon_id' must be a string", code="invalid")
-
-        async def run() -> web.Response:
-            res = await checkout.pay(order_id=oid, user=None if ident.role == "ops" else ident.user, now_ms=gw.now_ms(), coupon_id=coupon)
-            if res.outcome in ("already_cancelled", "expired"):  # a refusal: replayed as one for its key
-                raise Conflict(f"order {oid} is {res.outcome.replace('already_', '')}: no payment taken", code=res.outcome)
-            return web.json_response({"order_id": oid, "outcome": res.outcome, "amount": res.amount, "discount": res.discount})
-
         # the simulated payment provider: one answer per key, bound to this order and body
-        return await idempotent(gw, request, ident, key=header_key(request), target=oid, body=data, run=run)
+        run = functools.partial(self._pay, ident, oid, coupon)
+        return await idempotent(self.gw, request, ident, key=header_key(request), target=oid, body=data, run=run)
 
-    async def cancel_order(request: web.Request) -> web.Response:
-        ident = gw.identify_request(request)
+    async def _pay(self, ident: Identity, oid: str, coupon: str | None) -> web.Response:
+        res = await self.checkout.pay(order_id=oid, user=None if ident.is_ops else ident.user, now_ms=self.gw.now_ms(), coupon_id=coupon)
+        if res.outcome in ("already_cancelled", "expired"):  # a refusal: replayed as one for its key
+            raise Conflict(f"order {oid} is {res.outcome.replace('already_', '')}: no payment taken", code=res.outcome)
+        return web.json_response({"order_id": oid, "outcome": res.outcome, "amount": res.amount, "discount": res.discount})
+
+    async def cancel_order(self, request: web.Request) -> web.Response:
+        ident = self.gw.identify_request(request)
         oid = request.match_info["order"]
-        outcome = await checkout.cancel(order_id=oid, user=None if ident.role == "ops" else ident.user, now_ms=gw.now_ms(), reason="buyer" if ident.role != "ops" else "ops")
-        sale = await checkout.sale(sale_of(oid))
+        outcome = await self.checkout.cancel(order_id=oid, user=None if ident.is_ops else ident.user, now_ms=self.gw.now_ms(),
+                                             reason="buyer" if not ident.is_ops else "ops")
+        sale = await self.checkout.sale(sale_of(oid))
         if outcome == "released":
-            st = await checkout.sales.stats(sale.id)
-            gw.spawn(publish_stock(sale.id, st.remaining, final=False), "stock")
+            st = await self.checkout.sales.stats(sale.id)
+            self.gw.spawn(self.sales.publish_stock(sale.id, st.remaining, final=False), "stock")
         return web.json_response({"order_id": oid, "outcome": outcome})
-
-    r = app.router
-    r.add_post("/api/v1/campaigns", create_campaigns)
-    r.add_get("/api/v1/campaigns", list_campaigns)
-    r.add_post("/api/v1/sales/{sale}/start", sale_start)
-    r.add_post("/api/v1/sales/{sale}/stop", sale_stop)
-    r.add_get("/api/v1/sales/{sale}/stats", sale_stats)
-    r.add_post("/api/v1/sales/{sale}/buy", http_buy)
-    r.add_get("/api/v1/orders", list_orders)
-    r.add_get("/api/v1/orders/{order}", get_order)
-    r.add_post("/api/v1/orders/{order}/pay", pay_order)
-    r.add_post("/api/v1/orders/{order}/cancel", cancel_order)

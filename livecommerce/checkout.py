@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .errors import BadFrame, Conflict, NotFound
-from .flash_sale import Reject, Reserved, Sale
+from .flash_sale import Reject, Reserved, Sale, SaleState
 from .flash_sale_redis import RedisFlashSale
 from .keys import Keys
 from .log import Log
+from .redis_conn import guarded
 from .retention import ROOM_RETENTION_S, SALE_RETENTION_S
 
 log = logging.getLogger("livecommerce.checkout")
@@ -57,6 +58,16 @@ def sale_of(order_id: str) -> str:
     if "." not in order_id:
         raise NotFound(f"no order {order_id}", code="not_found")
     return order_id.rsplit(".", 1)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A sale opened by :meth:`Checkout.start`: its state after the call, the sale with its
+    current window (an early start moves it) and the units left."""
+
+    state: SaleState
+    sale: Sale
+    remaining: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +122,31 @@ class Checkout:
     async def claim_announcement(self, sale_id: str, what: str) -> bool:
         """True for exactly one caller per (sale, what): who broadcasts sale.started/ended."""
         return bool(await self.redis.set(self.keys.sale(sale_id, f"ann:{what}"), "1", nx=True, ex=7 * 86400))
+
+    async def start(self, sale_id: str, now_ms: int) -> Opened:
+        """Open the sale now (idempotent: a live or sold-out sale stays as it is), take it off
+        the start schedule and put its end, which an early start may have moved, on the end
+        schedule. Announcing it is the caller's (:meth:`claim_announcement`).
+
+        Raises:
+            NotFound: no such sale.
+            Conflict: the sale has ended, or its window closed already.
+            Unavailable: Redis unreachable.
+        """
+        state = await self.sales.start(sale_id, now_ms)
+        st = await self.sales.stats(sale_id)
+        sale = await self.sales.get(sale_id)  # the window may have moved
+        self._sale_cache[sale_id] = sale
+        await self.unschedule(sale_id, "start")
+        async with guarded():
+            await self.redis.zadd(self.keys.global_key("sched:end"), {sale_id: sale.ends_ms})
+        return Opened(state, sale, st.remaining)
+
+    async def is_payer(self, room: str, user: str) -> bool:
+        """Whether ``user`` paid an order in ``room`` lately (the room's payers, kept
+        ``room_retention_s`` after the last payment): hot rooms keep their comments first."""
+        async with guarded():
+            return bool(await self.redis.sismember(self.keys.room(room, "payers"), user))
 
     async def unschedule(self, sale_id: str, what: str) -> None:
         await self.redis.zrem(self.keys.global_key(f"sched:{what}"), sale_id)
@@ -276,6 +312,16 @@ class Checkout:
             ts=now_ms,
         )
         return outcome
+
+    async def active_sales(self) -> list[str]:
+        """The sales not yet settled (created and not timed out and expired), sorted."""
+        async with guarded():
+            return sorted(_s(x) for x in await self.redis.smembers(self.keys.global_key("sales:active")))
+
+    async def forget_active(self, sale_id: str) -> None:
+        """Take a settled sale out of :meth:`active_sales`."""
+        async with guarded():
+            await self.redis.srem(self.keys.global_key("sales:active"), sale_id)
 
     async def expire_due(self, now_ms: int, *, limit: int = 500) -> list[tuple[str, str]]:
         """Cancel every hold whose payment deadline passed, in every active sale.

@@ -180,11 +180,29 @@ def new_drop(body: Mapping[str, Any], *, room: str, by: str, now_ms: int, defaul
     return CouponDrop(did, room, kind, threshold, value, quantity, expires, by, now_ms)
 
 
-def decide_claim(drop: CouponDrop | None, *, now_ms: int, left: int, already: bool) -> ClaimReject | None:
-    """None means claim. Judged in this order: unknown, expired, already claimed, sold out
-    (a user who has one hears ``already_claimed`` even once the drop is gone)."""
-    if drop is None:
+def decide_claim(
+    drop: CouponDrop | None,
+    *,
+    now_ms: int,
+    left: int,
+    already: bool,
+    user: str = "",
+    only_user: str | None = None,
+    closed_by: str | None = None,
+    segment: str | None = None,
+    member: bool = False,
+) -> ClaimReject | None:
+    """None means claim. Judged in this order (``coupons_claim.lua``'s): unknown (a private
+    drop, ``only_user``, is unknown to everyone else), closed by its room's show ending
+    (``closed_by`` a ``room:`` stamp), a segment drop and ``user`` not a ``member``,
+    expired, already claimed, sold out (a user who has one hears ``already_claimed`` even
+    once the drop is gone)."""
+    if drop is None or (only_user and only_user != user):
         return "not_found"
+    if closed_by is not None and closed_by.startswith("room:"):
+        return "room_ended"
+    if segment and not member:
+        return "not_eligible"
     if now_ms >= drop.expires_ms:
         return "expired"
     if already:

@@ -1,5 +1,5 @@
 -- Claim one coupon of a drop for one user. All keys in the drop's {coupon:ID} slot.
--- Twin of livecommerce.coupons.decide_claim (same order of checks).
+-- Twin of livecommerce.coupons.decide_claim (same order of checks; tests/test_rule_parity.py).
 -- KEYS[1] meta hash, KEYS[2] remaining counter, KEYS[3] owners hash (user -> coupon JSON),
 -- KEYS[4] members set (a segment drop: the segment's members when it dropped)
 -- ARGV[1] user, ARGV[2] now_ms, ARGV[3] retention ms after expiry (then the keys expire)

@@ -194,13 +194,17 @@ def decide_reserve(
     bought: int,
     qty: int,
     state: SaleState = "live",
+    room_closed: bool = False,
 ) -> Reject | None:
     """None means reserve. Time and state are judged before stock, so a late buyer hears
     ``ended`` (the answer gateways give from broadcast state); stock is judged before the
     user's limit. ``bought`` is what the user holds (reserved + paid) in this sale.
+    ``room_closed``: the sale was ended by its room's show ending (``room_ended``).
 
     The Lua twin in ``flash_sale_reserve.lua`` applies the same order of checks.
     """
+    if state == "ended" and room_closed:
+        return "room_ended"
     if state == "scheduled" or now_ms < sale.starts_ms:
         return "not_started"
     if state == "ended" or now_ms >= sale.ends_ms:

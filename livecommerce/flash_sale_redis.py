@@ -400,6 +400,32 @@ class RedisFlashSale:
             request_id=o["r"],
         )
 
+    async def holds(self, sale_id: str) -> list[Hold]:
+        """Every order the sale holds, in any state (reserved, paid, cancelled): what the
+        inventory check compares with SQL.
+
+        Raises:
+            Unavailable: Redis unreachable.
+        """
+        async with _guarded():
+            raw = await self._redis.hgetall(self.keys.sale(check_ident(sale_id, "sale_id"), "orders"))
+        out = []
+        for oid, v in raw.items():
+            o = json.loads(v)
+            out.append(Hold(sale_id=sale_id, order_id=_s(oid), user=o["u"], qty=int(o["q"]),
+                            state=cast(HoldState, o["s"]), pay_by_ms=int(o["p"]), request_id=o.get("r") or ""))
+        return out
+
+    async def lifetime_left_ms(self, sale_id: str) -> int:
+        """How long the sale's keys have left (PTTL of its meta): -1 while they have no expiry
+        (the sale is not settled), -2 when they are gone.
+
+        Raises:
+            Unavailable: Redis unreachable.
+        """
+        async with _guarded():
+            return int(await self._redis.pttl(self.keys.sale(check_ident(sale_id, "sale_id"), "meta")))
+
     async def bought(self, sale_id: str, user: str) -> int:
         """Units ``user`` holds in the sale (reserved + paid).
 
@@ -411,6 +437,28 @@ class RedisFlashSale:
                 self.keys.sale(check_ident(sale_id, "sale_id"), "buyers"), user
             )
         return int(v or 0)
+
+    async def buyers(self, sale_id: str) -> set[str]:
+        """Users holding at least one unit of the sale (reserved or paid): a gateway fetches
+        them once when the sale closes, so their retries still reach the reserve script.
+
+        Raises:
+            Unavailable: Redis unreachable.
+        """
+        async with _guarded():
+            raw = await self._redis.hkeys(self.keys.sale(check_ident(sale_id, "sale_id"), "buyers"))
+        return {_s(b) for b in raw}
+
+    async def claim_stock_broadcast(self, sale_id: str, window_ms: int) -> bool:
+        """True for one caller per ``window_ms`` per sale (every node asks): the one that
+        broadcasts the sale's stock figure for this window (``stockpub``, SET NX PX).
+
+        Raises:
+            Unavailable: Redis unreachable.
+        """
+        async with _guarded():
+            return bool(await self._redis.set(self.keys.sale(check_ident(sale_id, "sale_id"), "stockpub"), "1",
+                                              nx=True, px=window_ms))
 
     async def due(self, sale_id: str, now_ms: int, limit: int = 100) -> list[str]:
         """Ids of reserved orders whose deadline is at or before ``now_ms``, oldest first:

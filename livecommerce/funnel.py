@@ -39,8 +39,10 @@ The JSON (``GET /api/v1/sales/{id}/funnel``, ``GET /api/v1/coupons/{drop}/funnel
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
+#: the two kinds of campaign
+Kind = Literal["sale", "coupon"]
 STEPS = ("viewers", "saw", "tried", "reserved", "paid", "refunded")
 
 

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Any
 
+from .funnel import Kind as Kind
 from .keys import Keys
 from .redis_conn import guarded
 
-Kind = Literal["sale", "coupon"]
 STEPS = ("viewers", "saw", "tried")
 TTL_S = 30 * 86400
 

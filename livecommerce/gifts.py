@@ -143,11 +143,12 @@ def next_combo(prev: Combo | None, *, count: int, requested: str | None, new_id:
     """The combo a send of ``count`` units joins.
 
     ``prev`` is the user's running combo of this gift in this room, or None when there is
-    none within the window. Without a ``requested`` id, or with the running one, the send
-    extends ``prev``; a different ``requested`` id starts a new combo with that id, and
-    with no ``prev`` a new combo gets ``requested`` or ``new_id``.
+    none within the window. Without a ``requested`` id (None or ``""``, as the script
+    reads it), or with the running one, the send extends ``prev``; a different
+    ``requested`` id starts a new combo with that id, and with no ``prev`` a new combo gets
+    ``requested`` or ``new_id``.
     """
-    if prev is not None and (requested is None or requested == prev.id):
+    if prev is not None and (not requested or requested == prev.id):
         return Combo(prev.id, prev.total + count)
     return Combo(requested or new_id, count)
 

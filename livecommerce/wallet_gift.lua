@@ -10,7 +10,7 @@
 local bal = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
 local cost = tonumber(ARGV[2])
 if cost > bal then return {0, bal, '', 0} end
-bal = redis.call('HINCRBY', KEYS[1], ARGV[1], -cost)
+bal = redis.call('HINCRBY', KEYS[1], ARGV[1], 0 - cost)  -- not -cost: -0 is no integer to Redis
 redis.call('HSET', KEYS[2], ARGV[7], ARGV[8])
 local count = tonumber(ARGV[3])
 local cid, total
