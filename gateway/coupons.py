@@ -13,10 +13,13 @@
   them as ``coupons``.
 * ``GET /api/v1/users/{user}/coupons``: the user's coupons (the user or ops).
 
-Services provided: ``gw.services["coupons"]``, a
+Built by ``gateway.wiring`` with the drops adapter (a
 :class:`~livecommerce.coupons_redis.CouponsRedis`, which implements
-:class:`~livecommerce.coupons.CouponService` (``lock_for_order`` / ``consume`` /
-``restore``) for order payment.
+:class:`~livecommerce.coupons.CouponService`, ``lock_for_order`` / ``consume`` / ``restore``,
+for order payment; wiring hands the same adapter to the modules that need it), the room
+gate (drops and claims in a room whose show ended answer ``room_ended``) and the ``tried``
+hooks (a WebSocket claim calls them first, whatever its answer: the funnel's "tried" step);
+routes in ``gateway.routes``.
 """
 
 from __future__ import annotations
@@ -34,18 +37,20 @@ from livecommerce.protocol.commands import CouponClaim, HostAction
 
 from .conn import Conn
 from .core import Gateway
+from .hooks import TriedHook
 from .idempotency import header_key, idempotent
-from .rooms import refuse_if_ended
+from .rooms import RoomGate
 from .validation import read_object
-from .wallet import require_self_or_ops
 
 WELCOME_DROPS = 5
 
 
 class Coupons:
-    def __init__(self, gw: Gateway) -> None:
+    def __init__(self, gw: Gateway, store: CouponsRedis, gate: RoomGate, tried: list[TriedHook]) -> None:
         self.gw = gw
-        self.store = CouponsRedis(gw.redis, gw.keys)
+        self.store = store
+        self.gate = gate
+        self.tried = tried  # gw.hooks.tried: the funnel counts every claim, whatever the answer
 
     async def drop(self, room: str, body: dict[str, Any], ident: Identity) -> dict[str, Any]:
         """Create and broadcast a drop.
@@ -54,7 +59,7 @@ class Coupons:
             Forbidden: not the room's host or ops. BadFrame: bad body. Conflict: the id exists.
         """
         ident.require_host(room)
-        await refuse_if_ended(self.gw, room)  # RoomEnded
+        await self.gate.check(room)  # RoomEnded
         d = new_drop(body, room=room, by=ident.user, now_ms=self.gw.now_ms(), default_id=f"cd{secrets.token_hex(6)}")
         if not await self.store.create_drop(d):
             raise Conflict(f"coupon drop {d.id!r} already exists")
@@ -93,6 +98,43 @@ class Coupons:
     async def welcome(self, room: str, ident: Identity) -> dict[str, Any]:
         return {"coupons": [d for d in await self.room_drops(room, WELCOME_DROPS) if d["remaining"] > 0]}
 
+    # ---- WebSocket (gateway.routes)
+    async def ws_drop(self, conn: Conn, cmd: HostAction) -> dict[str, Any]:
+        return {"t": "ack", "id": cmd.id, "ts": self.gw.now_ms(), "d": await self.drop(conn.room, cmd.d, conn.ident)}
+
+    async def ws_claim(self, conn: Conn, cmd: CouponClaim) -> dict[str, Any]:
+        for hook in self.tried:
+            hook("coupon", cmd.drop_id, conn.user)
+        await self.gate.check(conn.room)  # RoomEnded; a drop the end closed refuses in its script too
+        return {"t": "coupon.claimed", "id": cmd.id, "ts": self.gw.now_ms(), "d": await self.claim(cmd.drop_id, conn.user)}
+
+    # ---- HTTP (gateway.routes)
+    async def http_drop(self, request: web.Request) -> web.Response:
+        ident = self.gw.identify_request(request)
+        return web.json_response(await self.drop(request.match_info["room"], await read_object(request), ident), status=201)
+
+    async def http_claim(self, request: web.Request) -> web.Response:
+        ident = self.gw.identify_request(request)
+        drop = request.match_info["drop"]
+
+        async def run() -> web.Response:
+            return web.json_response(await self.claim(drop, ident.user), status=201)
+
+        return await idempotent(self.gw, request, ident, key=header_key(request), target=drop, body=None, run=run)
+
+    async def http_state(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.state(request.match_info["drop"]))
+
+    async def http_room(self, request: web.Request) -> web.Response:
+        room = request.match_info["room"]
+        return web.json_response({"room": room, "drops": await self.room_drops(room)})
+
+    async def http_user(self, request: web.Request) -> web.Response:
+        ident = self.gw.identify_request(request)
+        user = request.match_info["user"]
+        ident.require_self_or_ops(user)
+        return web.json_response({"user": user, "coupons": await self.store.user_coupons(user, now_ms=self.gw.now_ms())})
+
 
 def _public(d: CouponDrop) -> dict[str, Any]:
     return {
@@ -106,49 +148,3 @@ def _public(d: CouponDrop) -> dict[str, Any]:
         "by": d.created_by,
     }
 
-
-def setup(gw: Gateway, app: web.Application) -> None:
-    svc = Coupons(gw)
-    gw.services["coupons"] = svc.store
-    gw.welcome_extras.append(svc.welcome)
-
-    @gw.command("coupon.drop")
-    async def ws_drop(gw: Gateway, conn: Conn, cmd: HostAction) -> dict[str, Any]:
-        return {"t": "ack", "id": cmd.id, "ts": gw.now_ms(), "d": await svc.drop(conn.room, cmd.d, conn.ident)}
-
-    @gw.command("coupon.claim")
-    async def ws_claim(gw: Gateway, conn: Conn, cmd: CouponClaim) -> dict[str, Any]:
-        await refuse_if_ended(gw, conn.room)  # RoomEnded; a drop the end closed refuses in its script too
-        return {"t": "coupon.claimed", "id": cmd.id, "ts": gw.now_ms(), "d": await svc.claim(cmd.drop_id, conn.user)}
-
-    async def http_drop(request: web.Request) -> web.Response:
-        ident = gw.identify_request(request)
-        return web.json_response(await svc.drop(request.match_info["room"], await read_object(request), ident), status=201)
-
-    async def http_claim(request: web.Request) -> web.Response:
-        ident = gw.identify_request(request)
-        drop = request.match_info["drop"]
-
-        async def run() -> web.Response:
-            return web.json_response(await svc.claim(drop, ident.user), status=201)
-
-        return await idempotent(gw, request, ident, key=header_key(request), target=drop, body=None, run=run)
-
-    async def http_state(request: web.Request) -> web.Response:
-        return web.json_response(await svc.state(request.match_info["drop"]))
-
-    async def http_room(request: web.Request) -> web.Response:
-        room = request.match_info["room"]
-        return web.json_response({"room": room, "drops": await svc.room_drops(room)})
-
-    async def http_user(request: web.Request) -> web.Response:
-        ident = gw.identify_request(request)
-        user = request.match_info["user"]
-        require_self_or_ops(ident, user)
-        return web.json_response({"user": user, "coupons": await svc.store.user_coupons(user, now_ms=gw.now_ms())})
-
-    app.router.add_post("/api/v1/rooms/{room}/coupons", http_drop)
-    app.router.add_get("/api/v1/rooms/{room}/coupons", http_room)
-    app.router.add_get("/api/v1/coupons/{drop}", http_state)
-    app.router.add_post("/api/v1/coupons/{drop}/claim", http_claim)
-    app.router.add_get("/api/v1/users/{user}/coupons", http_user)

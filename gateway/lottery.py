@@ -7,17 +7,19 @@
 * ``lottery.enter {lottery_id}``: explicit entry (``enter`` lotteries; ``gift`` lotteries
   once the user's gifts reached the minimum). Reply ``ack`` with ``d.entered``; errors
   ``not_found``, ``closed``, ``rule_not_met``, ``host_may_not_enter``.
-* Keyword entry: a ``comment_hooks`` entry enters the commenter into each open keyword
+* Keyword entry: a comment hook (:meth:`LotteryService.on_comment`) enters the commenter into each open keyword
   lottery of the room whose keyword the comment contains; the commenter gets a private
   ``lottery.entered {id, position}``.
-* Gift entry: ``gw.services["on_gift"]`` holds ``async (room, user, value) -> None``; the
-  gift code calls it after a successful gift with its value (same unit as
+* Gift entry: a gift hook (:meth:`LotteryService.on_gift`, ``async (room, user, value)``);
+  the gift code calls it after a successful gift with its value (same unit as
   ``min_gift_value``); the user enters once their gifts in the lottery reach the minimum.
 * ``GET /api/v1/lotteries/{id}`` (public): before the draw the definition, ``seed_hash``,
   state and entrant count; after it the full record that ``livecommerce lottery verify``
   checks. ``GET /api/v1/rooms/{room}/lotteries``: the room's open lotteries.
 * ``welcome`` carries ``lotteries``: the room's open lotteries, for late joiners.
 
+Built by ``gateway.wiring`` with the lotteries adapter and the room gate (starts and
+entries in a room whose show ended answer ``room_ended``); routes in ``gateway.routes``.
 The draw itself is the worker's (``workers/lottery.py``). Each node caches a room's open
 lotteries to keep comment handling cheap: the cache of a room is dropped when this node
 receives the room's ``lottery.started`` or ``lottery.ended`` (a hub observer), and expires
@@ -49,7 +51,7 @@ from livecommerce.protocol.commands import HostAction, LotteryEnter
 from .conn import Conn
 from .core import Gateway
 from .idempotency import header_key, idempotent
-from .rooms import refuse_if_ended
+from .rooms import RoomGate
 from .validation import read_object
 
 log = logging.getLogger("livecommerce.gateway.lottery")
@@ -78,9 +80,10 @@ def _reject(code: EntryReject | EnterResult, lot: Lottery | None = None) -> Exce
 
 
 class LotteryService:
-    def __init__(self, gw: Gateway) -> None:
+    def __init__(self, gw: Gateway, store: RedisLotteries, gate: RoomGate) -> None:
         self.gw = gw
-        self.store = RedisLotteries(gw.redis, gw.keys)
+        self.store = store
+        self.gate = gate
         self._open: dict[str, tuple[float, list[Lottery]]] = {}
 
     async def open_in(self, room: str) -> list[Lottery]:
@@ -107,7 +110,7 @@ class LotteryService:
             Forbidden: not the room's host (nor ops). BadFrame: invalid body.
         """
         ident.require_host(room)
-        await refuse_if_ended(self.gw, room)  # RoomEnded
+        await self.gate.check(room)  # RoomEnded
         seed = new_seed(secrets.token_bytes(32))
         lot = new_lottery(body, id=secrets.token_hex(8), room=room, host=ident.user, now_ms=self.gw.now_ms(), seed=seed)
         await self.store.create(lot, seed)
@@ -120,7 +123,7 @@ class LotteryService:
         return await self.store.enter(lot.id, user, now_ms=self.gw.now_ms(), gift_value=gift_value)
 
     async def on_comment(self, conn: Conn, d: dict[str, Any]) -> None:
-        """comment_hooks entry: keyword comments enter open keyword lotteries. Never fails
+        """Comment hook: keyword comments enter open keyword lotteries. Never fails
         the comment: a lottery error is logged and the comment goes out."""
         if conn.ident.may_host(conn.room):
             return
@@ -135,7 +138,7 @@ class LotteryService:
             log.exception("lottery.on_comment_failed", extra={"room": conn.room, "user": conn.user})
 
     async def on_gift(self, room: str, user: str, value: int) -> None:
-        """on_gift entry: a gift of ``value`` counts toward the room's open gift lotteries.
+        """Gift hook: a gift of ``value`` counts toward the room's open gift lotteries.
         Never raises into the gift path: failures are logged."""
         try:
             now = self.gw.now_ms()
@@ -150,62 +153,49 @@ class LotteryService:
             log.exception("lottery.on_gift_failed", extra={"room": room, "user": user})
 
 
-def setup(gw: Gateway, app: web.Application) -> None:
-    svc = LotteryService(gw)
-    gw.services["lotteries"] = svc
-    gw.services.setdefault("comment_hooks", []).append(svc.on_comment)
-    gw.services.setdefault("on_gift", []).append(svc.on_gift)
-    gw.hub.observers.append(svc.observe)
+    async def welcome(self, room: str, ident: Identity) -> dict[str, Any]:
+        return {"lotteries": [lot.public() for lot in await self.open_in(room)]}
 
-    @gw.command("lottery.start")
-    async def ws_start(gw: Gateway, conn: Conn, cmd: HostAction) -> dict[str, Any]:
-        return {"t": "ack", "id": cmd.id, "ts": gw.now_ms(), "d": await svc.start(conn.room, conn.ident, cmd.d)}
+    # ---- WebSocket (gateway.routes)
+    async def ws_start(self, conn: Conn, cmd: HostAction) -> dict[str, Any]:
+        return {"t": "ack", "id": cmd.id, "ts": self.gw.now_ms(), "d": await self.start(conn.room, conn.ident, cmd.d)}
 
-    @gw.command("lottery.enter")
-    async def ws_enter(gw: Gateway, conn: Conn, cmd: LotteryEnter) -> dict[str, Any]:
-        await refuse_if_ended(gw, conn.room)  # RoomEnded
-        st = await svc.store.get(cmd.lottery_id)
+    async def ws_enter(self, conn: Conn, cmd: LotteryEnter) -> dict[str, Any]:
+        await self.gate.check(conn.room)  # RoomEnded
+        st = await self.store.get(cmd.lottery_id)
         lot = st.lottery if st is not None and st.lottery.room == conn.room else None
-        rej = entry_reject(lot, via="enter", now_ms=gw.now_ms(), is_host=conn.ident.may_host(conn.room))
+        rej = entry_reject(lot, via="enter", now_ms=self.gw.now_ms(), is_host=conn.ident.may_host(conn.room))
         if rej is not None:
             raise _reject(rej, lot)
         assert lot is not None
-        res, n = await svc.enter(lot, conn.user)
+        res, n = await self.enter(lot, conn.user)
         if res not in ("ok", "already_entered"):
             raise _reject(res, lot)
         d = {"lottery_id": lot.id, "entered": True, "already": res == "already_entered"}
         if res == "ok":
             d["position"] = n
-        return {"t": "ack", "id": cmd.id, "ts": gw.now_ms(), "d": d}
+        return {"t": "ack", "id": cmd.id, "ts": self.gw.now_ms(), "d": d}
 
-    async def welcome(room: str, ident: Identity) -> dict[str, Any]:
-        return {"lotteries": [lot.public() for lot in await svc.open_in(room)]}
-
-    gw.welcome_extras.append(welcome)
-
-    async def http_start(request: web.Request) -> web.Response:
-        ident = gw.identify_request(request)
+    # ---- HTTP (gateway.routes)
+    async def http_start(self, request: web.Request) -> web.Response:
+        ident = self.gw.identify_request(request)
         room = request.match_info["room"]
         body = await read_object(request, required=True)
 
         async def run() -> web.Response:
-            return web.json_response(await svc.start(room, ident, body), status=201)
+            return web.json_response(await self.start(room, ident, body), status=201)
 
         # each start draws a new lottery: a retried start with its key gets the first one
-        return await idempotent(gw, request, ident, key=header_key(request), target=room, body=body, run=run)
+        return await idempotent(self.gw, request, ident, key=header_key(request), target=room, body=body, run=run)
 
-    async def http_get(request: web.Request) -> web.Response:
+    async def http_get(self, request: web.Request) -> web.Response:
         lid = request.match_info["id"]
         ok = 0 < len(lid) <= 64 and all(c.isalnum() or c in "-_." for c in lid)
-        rec = await svc.store.public(lid) if ok else None
+        rec = await self.store.public(lid) if ok else None
         if rec is None:
             raise NotFound("no such lottery")
         return web.json_response(rec)
 
-    async def http_room(request: web.Request) -> web.Response:
-        lots = await svc.store.open_in_room(request.match_info["room"], now_ms=gw.now_ms())
+    async def http_room(self, request: web.Request) -> web.Response:
+        lots = await self.store.open_in_room(request.match_info["room"], now_ms=self.gw.now_ms())
         return web.json_response({"lotteries": [lot.public() for lot in lots]})
-
-    app.router.add_post("/api/v1/rooms/{room}/lotteries", http_start)
-    app.router.add_get("/api/v1/rooms/{room}/lotteries", http_room)
-    app.router.add_get("/api/v1/lotteries/{id}", http_get)

@@ -28,12 +28,13 @@ None), so late joiners see both. Show statistics: this module counts comments (a
 ``comment_hooks`` entry) and, once a second, adds them and the room's online count to live
 shows (``rooms_tick.lua``).
 
-Hooks used: ``gw.services["sale_for_product"]`` (optional, from the flash-sale code):
-``async (room, product_id) -> dict | None``, the active sale with ``remaining`` stock.
-Services used when ending a show: ``checkout`` and ``store`` (the room's sales),
-``lotteries``, ``coupons``. Services provided: ``gw.services["rooms"]``
-(:class:`RoomsService`) and ``gw.services["room_gate"]`` (:class:`RoomGate`; other modules
-call :func:`refuse_if_ended`); the gate is also ``checkout.room_gate``.
+Built by ``gateway.wiring`` (routes in ``gateway.routes``): :class:`RoomGate` first, since
+chat, buys (``checkout.room_gate``), coupons and lotteries take it as a constructor argument;
+then :class:`RoomsService`, given the engines it closes when a show ends (the room's sales
+through ``checkout`` and ``store``, the lotteries and coupon drops adapters) and the likes
+capability (flushed before the summary is taken). :attr:`RoomsService.sale_for_product`
+(optional, from the flash-sale code): ``async (room, product_id) -> dict | None``, the
+active sale with ``remaining`` stock, shown with the pin.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ import json
 import logging
 import secrets
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -72,7 +74,18 @@ from .core import Gateway
 from .openapi import HOST, ID, P_ROOM, J, arr, obj, op, ref
 from .validation import read_object
 
+if TYPE_CHECKING:
+    from livecommerce.checkout import Checkout
+    from livecommerce.coupons_redis import CouponsRedis
+    from livecommerce.lottery_redis import RedisLotteries
+    from livecommerce.store import Store
+
+    from .likes import Likes
+
 log = logging.getLogger("livecommerce.gateway.rooms")
+
+#: ``(room, product_id)`` -> the product's active sale in the room (with ``remaining``) or None
+SaleForProduct = Callable[[str, str], Awaitable[Mapping[str, Any] | None]]
 
 CAS_RETRIES = 5
 GATE_TTL_S = 1.0  # how old this node's idea of a room's state may be
@@ -151,25 +164,33 @@ class RoomGate:
             raise RoomEnded(f"the show in room {room!r} has ended")
 
 
-async def refuse_if_ended(gw: Gateway, room: str) -> None:
-    """For other capabilities: refuse a command in a room whose show has ended.
-
-    Raises:
-        RoomEnded: it has.
-    """
-    gate: RoomGate | None = gw.services.get("room_gate")
-    if gate is not None:
-        await gate.check(room)
-
-
 class RoomsService:
-    """The room operations shared by the HTTP and WebSocket handlers."""
+    """The room operations, their HTTP and WebSocket handlers, the show statistics."""
 
-    def __init__(self, gw: Gateway) -> None:
+    def __init__(
+        self,
+        gw: Gateway,
+        rooms: RedisRooms,
+        gate: RoomGate,
+        pins: RedisPins,
+        *,
+        likes: Likes | None = None,
+        lotteries: RedisLotteries | None = None,
+        coupons: CouponsRedis | None = None,
+        checkout: Checkout | None = None,
+        store: Store | None = None,
+    ) -> None:
         self.gw = gw
-        self.rooms = RedisRooms(gw.redis, gw.keys)
-        self.gate = RoomGate(self.rooms)
-        self.pins = RedisPins(gw.redis, gw.keys, pin_ttl_s=gw.s.room_retention_s)
+        self.rooms = rooms
+        self.gate = gate
+        self.pins = pins
+        self.likes = likes  # flushed before the summary is taken
+        # what a show's end closes (each None when this node does not serve it)
+        self.lotteries = lotteries
+        self.coupons = coupons
+        self.checkout = checkout
+        self.store = store
+        self.sale_for_product: SaleForProduct | None = None
         self.comments: dict[str, int] = {}  # room -> comments since the last tick (this node)
 
     async def _step(self, room: str, s: RoomStep) -> tuple[dict[str, str], bool]:
@@ -222,9 +243,8 @@ class RoomsService:
         """
         ident.require_host(room)
         await self.tick(only=room)  # this node's last comments count too
-        likes = self.gw.services.get("likes")
-        if likes is not None:
-            await likes.flush()
+        if self.likes is not None:
+            await self.likes.flush()
         meta, _ = await self._step(room, "end")
         self.gate.remember(room, "ended")
         if meta.get("closed"):
@@ -251,7 +271,7 @@ class RoomsService:
         marker = close_marker(meta)
         now = self.gw.now_ms()
         sales: list[str] = []
-        checkout, store = self.gw.services.get("checkout"), self.gw.services.get("store")
+        checkout, store = self.checkout, self.store
         if checkout is not None and store is not None:
             ids = sorted({rec.sale.id for rec in await store.list_sales(room_id=room, limit=MAX_ROOM_SALES)})
             sales = await checkout.close_for_room(ids, marker=marker, now_ms=now)
@@ -261,13 +281,12 @@ class RoomsService:
                     await self.gw.publish(room, "sale.ended", {"sale_id": sid, "reason": "room_ended"})
                 await store.put_sale(sale, state="ended", now_ms=now)
         lots: list[str] = []
-        lottery_svc = self.gw.services.get("lotteries")
-        if lottery_svc is not None:
-            for lid in await lottery_svc.store.room_lottery_ids(room):
-                if await lottery_svc.store.close_for_room(lid, room, marker=marker, draw=lotteries == "draw", now_ms=now):
+        if self.lotteries is not None:
+            for lid in await self.lotteries.room_lottery_ids(room):
+                if await self.lotteries.close_for_room(lid, room, marker=marker, draw=lotteries == "draw", now_ms=now):
                     lots.append(lid)
         drops: list[str] = []
-        coupons = self.gw.services.get("coupons")
+        coupons = self.coupons
         if coupons is not None:
             for did in await coupons.room_drops(room, now_ms=now):
                 if await coupons.close_for_room(did, marker=marker, now_ms=now):
@@ -277,14 +296,12 @@ class RoomsService:
     async def _unlist(self, room: str, closed: dict[str, Any]) -> None:
         """Take what the show's end closed off the room's listings (welcome, GET); after
         ``closed`` is recorded, so a repeated end still finds every item to report."""
-        lottery_svc = self.gw.services.get("lotteries")
-        if lottery_svc is not None:
+        if self.lotteries is not None:
             for lid in closed.get("lotteries", []):
-                await lottery_svc.store.unindex_room(lid, room)
-        coupons = self.gw.services.get("coupons")
-        if coupons is not None:
+                await self.lotteries.unindex_room(lid, room)
+        if self.coupons is not None:
             for did in closed.get("drops", []):
-                await coupons.unlist(did, room)
+                await self.coupons.unlist(did, room)
 
     async def pin(self, room: str, product_id: str, ident: Identity) -> dict[str, Any]:
         """Broadcast ``product.pinned`` and remember it for late joiners.
@@ -310,10 +327,9 @@ class RoomsService:
         return removed
 
     async def _sale(self, room: str, product_id: str) -> dict[str, Any] | None:
-        hook = self.gw.services.get("sale_for_product")
-        if hook is None:
+        if self.sale_for_product is None:
             return None
-        sale = await hook(room, product_id)
+        sale = await self.sale_for_product(room, product_id)
         return dict(sale) if sale else None
 
     async def tick(self, only: str | None = None) -> None:
@@ -335,12 +351,89 @@ class RoomsService:
     async def welcome(self, room: str, ident: Identity) -> dict[str, Any]:
         meta = await self.rooms.get(room)
         pin = await self.pins.get_pin(room)
-        if pin is not None and self.gw.services.get("sale_for_product") is not None:
+        if pin is not None and self.sale_for_product is not None:
             pin = with_sale(pin, await self._sale(room, pin["product_id"]))
         out: dict[str, Any] = {"pin": pin}
         if meta is not None:
             out["show"] = public_room(meta)
         return out
+
+
+    async def count_comment(self, conn: Conn, d: dict[str, Any]) -> None:
+        """Comment hook: the comment counts toward the show's statistics."""
+        self.comments[conn.room] = self.comments.get(conn.room, 0) + 1
+
+    # ---- WebSocket host actions (gateway.routes; dispatch already refused viewers: ROLES)
+    async def ws_live(self, conn: Conn, cmd: HostAction) -> dict[str, Any]:
+        return self._ack(cmd, await self.go_live(conn.room, conn.ident))
+
+    async def ws_end(self, conn: Conn, cmd: HostAction) -> dict[str, Any]:
+        return self._ack(cmd, await self.end(conn.room, conn.ident, end_options(cmd.d)))
+
+    async def ws_pin(self, conn: Conn, cmd: Pin) -> dict[str, Any]:
+        return self._ack(cmd, await self.pin(conn.room, cmd.product_id, conn.ident))
+
+    def _ack(self, cmd: HostAction | Pin, d: dict[str, Any]) -> dict[str, Any]:
+        return {"t": "ack", "id": cmd.id, "ts": self.gw.now_ms(), "d": d}
+
+    # ---- HTTP (gateway.routes)
+    async def http_create(self, request: web.Request) -> web.Response:
+        ident = self.gw.identify_request(request)
+        if ident.role not in ("host", "ops"):
+            raise Forbidden("rooms are created by hosts and ops")
+        info = new_room(await read_object(request), creator=ident.user, creator_role=ident.role, now_ms=self.gw.now_ms())
+        ident.require_host(info.id)
+        if not await self.rooms.create(info):
+            raise Conflict(f"room {info.id!r} already exists")
+        meta = await self.rooms.get(info.id)
+        assert meta is not None
+        log.info("room.created", extra={"room": info.id, "by": ident.user})
+        return web.json_response(public_room(meta), status=201)
+
+    async def http_get(self, request: web.Request) -> web.Response:
+        room = request.match_info["room"]
+        meta = await self.rooms.get(room) if valid_room_id(room) else None
+        if meta is None:
+            raise NotFound(f"room {room!r} does not exist")
+        return web.json_response(public_room(meta))
+
+    async def http_live(self, request: web.Request) -> web.Response:
+        ident = self.gw.identify_request(request)
+        return web.json_response(await self.go_live(request.match_info["room"], ident))
+
+    async def http_end(self, request: web.Request) -> web.Response:
+        ident = self.gw.identify_request(request)
+        lotteries = end_options(await read_object(request))
+        return web.json_response(await self.end(request.match_info["room"], ident, lotteries))
+
+    async def http_create_product(self, request: web.Request) -> web.Response:
+        ident = self.gw.identify_request(request)
+        if ident.role not in ("host", "ops"):
+            raise Forbidden("products are created by hosts and ops")
+        product = new_product(await read_object(request), default_id=secrets.token_hex(6))
+        await self.pins.put_product(product)
+        return web.json_response(product.to_dict(), status=201)
+
+    async def http_get_product(self, request: web.Request) -> web.Response:
+        p = await self.pins.get_product(request.match_info["product"])
+        if p is None:
+            raise NotFound("no such product")
+        return web.json_response(p.to_dict())
+
+    async def http_pin(self, request: web.Request) -> web.Response:
+        ident = self.gw.identify_request(request)
+        room = request.match_info["room"]
+        ident.require_host(room)
+        pid = (await read_object(request)).get("product_id")
+        if isinstance(pid, int) and not isinstance(pid, bool):
+            pid = str(pid)
+        if not isinstance(pid, str) or not pid:
+            raise BadFrame("body must be {\"product_id\": ...}", code="invalid")
+        return web.json_response(await self.pin(room, pid, ident))
+
+    async def http_unpin(self, request: web.Request) -> web.Response:
+        ident = self.gw.identify_request(request)
+        return web.json_response({"unpinned": await self.unpin(request.match_info["room"], ident)})
 
 
 OPENAPI_SCHEMAS: dict[str, J] = {
@@ -361,108 +454,3 @@ OPENAPI_PATHS: dict[str, dict[str, J]] = {
     }},
 }
 
-
-def _ack(cmd: Any, gw: Gateway, d: dict[str, Any]) -> dict[str, Any]:
-    return {"t": "ack", "id": cmd.id, "ts": gw.now_ms(), "d": d}
-
-
-def setup(gw: Gateway, app: web.Application) -> None:
-    svc = RoomsService(gw)
-    gw.services["rooms"] = svc
-    gw.services["room_gate"] = svc.gate
-    gw.hub.observers.append(svc.gate.observe)
-    gw.hub.on_second.append(svc.tick)
-    gw.welcome_extras.append(svc.welcome)
-
-    async def gate_checkout() -> None:
-        checkout = gw.services.get("checkout")
-        if checkout is not None:
-            checkout.room_gate = svc.gate
-
-    gw.services.setdefault("startup", []).append(gate_checkout)
-
-    async def count_comment(conn: Conn, d: dict[str, Any]) -> None:
-        svc.comments[conn.room] = svc.comments.get(conn.room, 0) + 1
-
-    gw.services.setdefault("comment_hooks", []).append(count_comment)
-
-    # ---- WebSocket host actions (dispatch already refused viewers: ROLES)
-    @gw.command("room.live")
-    async def ws_live(gw: Gateway, conn: Conn, cmd: HostAction) -> dict[str, Any]:
-        return _ack(cmd, gw, await svc.go_live(conn.room, conn.ident))
-
-    @gw.command("room.end")
-    async def ws_end(gw: Gateway, conn: Conn, cmd: HostAction) -> dict[str, Any]:
-        return _ack(cmd, gw, await svc.end(conn.room, conn.ident, end_options(cmd.d)))
-
-    @gw.command("pin")
-    async def ws_pin(gw: Gateway, conn: Conn, cmd: Pin) -> dict[str, Any]:
-        return _ack(cmd, gw, await svc.pin(conn.room, cmd.product_id, conn.ident))
-
-    # ---- HTTP
-    async def create_room(request: web.Request) -> web.Response:
-        ident = gw.identify_request(request)
-        if ident.role not in ("host", "ops"):
-            raise Forbidden("rooms are created by hosts and ops")
-        info = new_room(await read_object(request), creator=ident.user, creator_role=ident.role, now_ms=gw.now_ms())
-        ident.require_host(info.id)
-        if not await svc.rooms.create(info):
-            raise Conflict(f"room {info.id!r} already exists")
-        meta = await svc.rooms.get(info.id)
-        assert meta is not None
-        log.info("room.created", extra={"room": info.id, "by": ident.user})
-        return web.json_response(public_room(meta), status=201)
-
-    async def get_room(request: web.Request) -> web.Response:
-        room = request.match_info["room"]
-        meta = await svc.rooms.get(room) if valid_room_id(room) else None
-        if meta is None:
-            raise NotFound(f"room {room!r} does not exist")
-        return web.json_response(public_room(meta))
-
-    async def live(request: web.Request) -> web.Response:
-        ident = gw.identify_request(request)
-        return web.json_response(await svc.go_live(request.match_info["room"], ident))
-
-    async def end(request: web.Request) -> web.Response:
-        ident = gw.identify_request(request)
-        lotteries = end_options(await read_object(request))
-        return web.json_response(await svc.end(request.match_info["room"], ident, lotteries))
-
-    async def create_product(request: web.Request) -> web.Response:
-        ident = gw.identify_request(request)
-        if ident.role not in ("host", "ops"):
-            raise Forbidden("products are created by hosts and ops")
-        product = new_product(await read_object(request), default_id=secrets.token_hex(6))
-        await svc.pins.put_product(product)
-        return web.json_response(product.to_dict(), status=201)
-
-    async def get_product(request: web.Request) -> web.Response:
-        p = await svc.pins.get_product(request.match_info["product"])
-        if p is None:
-            raise NotFound("no such product")
-        return web.json_response(p.to_dict())
-
-    async def pin(request: web.Request) -> web.Response:
-        ident = gw.identify_request(request)
-        room = request.match_info["room"]
-        ident.require_host(room)
-        pid = (await read_object(request)).get("product_id")
-        if isinstance(pid, int) and not isinstance(pid, bool):
-            pid = str(pid)
-        if not isinstance(pid, str) or not pid:
-            raise BadFrame("body must be {\"product_id\": ...}", code="invalid")
-        return web.json_response(await svc.pin(room, pid, ident))
-
-    async def unpin(request: web.Request) -> web.Response:
-        ident = gw.identify_request(request)
-        return web.json_response({"unpinned": await svc.unpin(request.match_info["room"], ident)})
-
-    app.router.add_post("/api/v1/rooms", create_room)
-    app.router.add_get("/api/v1/rooms/{room}", get_room)
-    app.router.add_post("/api/v1/rooms/{room}/live", live)
-    app.router.add_post("/api/v1/rooms/{room}/end", end)
-    app.router.add_post("/api/v1/products", create_product)
-    app.router.add_get("/api/v1/products/{product}", get_product)
-    app.router.add_post("/api/v1/rooms/{room}/pin", pin)
-    app.router.add_delete("/api/v1/rooms/{room}/pin", unpin)

@@ -9,6 +9,11 @@ Every script touches the room's slot only (``meta`` and the ``likes`` counter). 
 * :meth:`tick` adds one gateway's comments and online count to live shows only.
 * :meth:`record_closed` stores what ending a show closed, once per show (``closed``; the
   next ``go_live`` clears it).
+* :meth:`host` / :func:`room_host` (and :meth:`hosts` for many rooms in one round trip)
+  answer "whose room is this?" from the meta hash: the host named at creation, or None
+  for a room never created. Gifts, refunds, fan badges and the points and profiles workers
+  all ask it this way; what a caller does with None is the caller's rule (the gateway
+  credits ``room_owner(room)``).
 
 Driver errors become :class:`~livecommerce.errors.Unavailable`.
 """
@@ -32,6 +37,20 @@ CLOSED = (files("livecommerce") / "rooms_closed.lua").read_text()
 
 def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
+
+
+async def room_host(redis: Any, keys: Keys, room: str) -> str | None:
+    """The room's host as stored at creation, or None (never created, or no host).
+
+    For callers that hold a Redis client but no :class:`RedisRooms`; the same read as
+    :meth:`RedisRooms.host`.
+
+    Raises:
+        Unavailable: Redis unreachable.
+    """
+    async with guarded():
+        v = await redis.hget(keys.room_meta(room), "host")
+    return _s(v) if v else None
 
 
 class RedisRooms:
@@ -61,6 +80,29 @@ class RedisRooms:
         async with guarded():
             v = await self._r.hget(self.keys.room_meta(room), "state")
         return "" if v is None else _s(v)
+
+    async def host(self, room: str) -> str | None:
+        """The room's host, or None for a room never created (see :func:`room_host`).
+
+        Raises:
+            Unavailable: Redis unreachable.
+        """
+        return await room_host(self._r, self.keys, room)
+
+    async def hosts(self, rooms: Sequence[str]) -> dict[str, str | None]:
+        """:meth:`host` of each room, in one pipelined round trip.
+
+        Raises:
+            Unavailable: Redis unreachable.
+        """
+        if not rooms:
+            return {}
+        pipe = self._r.pipeline(transaction=False)
+        for room in rooms:
+            pipe.hget(self.keys.room_meta(room), "host")
+        async with guarded():
+            got = await pipe.execute()
+        return {room: (_s(v) if v else None) for room, v in zip(rooms, got, strict=True)}
 
     async def record_closed(self, room: str, ended_ms: str, closed: str) -> tuple[bool, str]:
         """Store ``closed`` (JSON) for the show that ended at ``ended_ms`` unless one is
