@@ -11,9 +11,9 @@ Every script touches the room's slot only (``meta`` and the ``likes`` counter). 
   next ``go_live`` clears it).
 * :meth:`host` / :func:`room_host` (and :meth:`hosts` for many rooms in one round trip)
   answer "whose room is this?" from the meta hash: the host named at creation, or None
-  for a room never created. Gifts, refunds, fan badges and the points and profiles workers
-  all ask it this way; what a caller does with None is the caller's rule (the gateway
-  credits ``room_owner(room)``).
+  for a room never created: the one place that reads it (the gateway's ``Gifts.host_of``
+  caches it for gifts, refunds and fan badges). What a caller does with None is the
+  caller's rule (the gateway credits ``room_owner(room)``).
 
 Driver errors become :class:`~livecommerce.errors.Unavailable`.
 """
