@@ -24,6 +24,7 @@ import pytest
 import redis as sync_redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from redis.typing import EncodableT, FieldT
 
 from livecommerce.coupons import CouponDrop, decide_claim
 from livecommerce.coupons_redis import CLAIM
@@ -87,7 +88,7 @@ def test_the_gift_script_debits_and_combines_as_the_rules(lab: Lab, balance: int
         lab.r.set(combo_key, f"{prev.id}|{prev.total}", px=60_000)
     cost = price * count
     # as RedisWallet.send_gift calls it: no combo id requested is ''
-    args = [user, cost, count, requested or "", "fresh", 3000, "ev1", "packed-event"]
+    args: list[str | int] = [user, cost, count, requested or "", "fresh", 3000, "ev1", "packed-event"]
     ok, bal, cid, total = lab.r.register_script(GIFT)(keys=[bal_key, out_key, combo_key], args=args)
 
     before = balance or 0
@@ -125,7 +126,7 @@ def test_the_claim_script_answers_as_decide_claim(lab: Lab, exists: bool, only_u
     meta, left_key, owners, members = (k.entity("coupon", "cd1", p) for p in ("meta", "left", "owners", "members"))
     drop = CouponDrop("cd1", "r1", "full_reduction", 0, 100, 3, expires, "h1", NOW - 1000)
     if exists:
-        fields: dict[str, Any] = dict(drop.fields())
+        fields: dict[FieldT, EncodableT] = {k: v for k, v in drop.fields().items()}
         for name, v in (("only_user", only_user), ("closed_by", closed_by), ("segment", segment)):
             if v is not None:
                 fields[name] = v
@@ -165,7 +166,7 @@ def test_the_reserve_script_answers_as_decide_reserve(lab: Lab, state: SaleState
     sale = Sale("s1", "r1", "p1", 100, 8, 3, NOW, NOW + 10, 900)
     k = lab.keys()
     keys = [k.sale(sale.id, p) for p in PARTS]
-    meta: dict[str, Any] = {"state": state, "starts_ms": sale.starts_ms, "ends_ms": sale.ends_ms,
+    meta: dict[FieldT, EncodableT] = {"state": state, "starts_ms": sale.starts_ms, "ends_ms": sale.ends_ms,
                             "per_user_limit": sale.per_user_limit, "payment_window_s": sale.payment_window_s,
                             "price": sale.price}
     if closed_by is not None:
