@@ -110,7 +110,6 @@ class Ops:
         self._next_commerce = 0.0
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._registered = False
         r = gw.metrics.registry
         self.g_active = Gauge("lc_alert_active", "1 while the alert's metric is outside its normal band", ["alert"], registry=r)
         self.g_value = Gauge("lc_alert_value", "The alert's measured value", ["alert"], registry=r)
