@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
+from livecommerce import clock
 from livecommerce.auth import Identity, verify_token
 from livecommerce.broker import Broker
 from livecommerce.comments import Moderator
@@ -24,6 +26,8 @@ from livecommerce.idempotency import IdempotencyStore
 from livecommerce.idempotency_redis import RedisIdempotency
 from livecommerce.keys import Keys
 from livecommerce.notify import Notifier
+from livecommerce.presence import Presence
+from livecommerce.presence_redis import RedisPresence
 from livecommerce.protocol.commands import Command
 
 from .conn import Conn
@@ -46,8 +50,12 @@ class Gateway:
         self.broker = broker
         self.keys = Keys(settings.key_prefix)
         self.metrics = Metrics()
-        self.hub = Hub(settings, broker, redis, self.metrics)
-        self.notifier = Notifier(redis, broker, self.keys)
+        self.presence: Presence = RedisPresence(redis, self.keys)
+        self.hub = Hub(settings, broker, self.presence, self.metrics)
+        self.notifier = Notifier(redis, broker, self.keys, presence=self.presence)
+        # connections per user on this node, counted from authentication to close (not from
+        # the hub's attach), so that connections racing through the welcome all count
+        self.user_slots: Counter[str] = Counter()
         self.idempotency: IdempotencyStore = RedisIdempotency(redis, self.keys)
         self.moderator = Moderator.from_file(settings.moderation_words)
         self.commands: dict[str, CommandHandler] = {}
@@ -65,7 +73,7 @@ class Gateway:
 
     @staticmethod
     def now_ms() -> int:
-        return int(time.time() * 1000)
+        return clock.now_ms()
 
     def command(self, t: str) -> Callable[[CommandHandler], CommandHandler]:
         def deco(fn: CommandHandler) -> CommandHandler:

@@ -5,9 +5,13 @@
 * A room event is decoded once; CRITICAL events go out at once (after flushing what is
   pending, so order holds); BATCHED ones are coalesced into one ``batch`` frame per room
   per tick. Each frame is encoded once per format in use and the same bytes are written to
-  every local connection.
-* Online counts are shared across nodes through a per-room hash and pushed locally about
-  once a second when they change.
+  every local connection; the slow-consumer policy (shed, close 1013) is ``Conn.write``'s
+  answer plus the grace check of each tick.
+* Rules and neighbours kept elsewhere: which comments a hot room shows is the pure
+  :func:`livecommerce.hot_room.apply_budget`; missed events are read back by
+  :class:`gateway.gaps.GapRepair`; online counts go through the
+  :class:`livecommerce.presence.Presence` port (reported about once a second, pushed to
+  local viewers when they change).
 """
 
 from __future__ import annotations
@@ -19,13 +23,17 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from livecommerce import clock
 from livecommerce.broker import Broker, split_room_message
 from livecommerce.config import Settings
+from livecommerce.hot_room import FRESH, apply_budget
 from livecommerce.keys import Keys
+from livecommerce.presence import Presence
 from livecommerce.protocol.codec import FORMATS, Format, encode_batch, encode_bytes, unpack_internal
 from livecommerce.protocol.events import Priority, priority_of
 
 from .conn import Conn
+from .gaps import GapRepair
 from .metrics import Metrics
 from .wsframe import OP_BINARY, OP_TEXT, ws_frame
 
@@ -46,7 +54,7 @@ class Room:
         self.online = -1
         self.linger: asyncio.TimerHandle | None = None
         self.subscribed: asyncio.Future[None] | None = None
-        self.allowance = -1.0  # comment budget tokens (hot rooms)
+        self.allowance = FRESH  # comment budget tokens (hot rooms: livecommerce.hot_room)
         self.recovering: set[Conn] = set()  # joined with skip_seq set: filtered until past it
 
     def count(self) -> int:
@@ -57,11 +65,11 @@ class Room:
 
 
 class Hub:
-    def __init__(self, settings: Settings, broker: Broker, redis: Any, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, broker: Broker, presence: Presence, metrics: Metrics) -> None:
         self.s = settings
         self.keys = Keys(settings.key_prefix)
         self.broker = broker
-        self.redis = redis
+        self.presence = presence
         self.metrics = metrics
         self.node = settings.node_id
         self.rooms: dict[str, Room] = {}
@@ -72,18 +80,20 @@ class Hub:
         self._aux: set[asyncio.Task[Any]] = set()  # unsubscribe/cleanup tasks of dropped rooms
         self._soft = settings.send_buffer_bytes
         self._hard = settings.send_buffer_hard_bytes
+        self._tick_s = settings.tick_ms / 1000
         self.inbox_handlers: dict[str, Callable[[dict[str, Any]], Awaitable[None] | None]] = {}
         self.on_tick: list[Callable[[float], None]] = []
         self.on_second: list[Callable[[], Awaitable[None]]] = []
         # called with every room event this node receives (e.g. sale state for local answers)
         self.observers: list[Callable[[dict[str, Any]], None]] = []
-        broker.set_handler(self._on_message)
+        self.gaps = GapRepair(broker, self.keys, self.rooms, self._deliver, history_size=settings.history_size)
         # rooms whose missed events are being read back from the history: what arrives
-        # meanwhile waits here, in arrival order
-        self._repairs: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+        # meanwhile waits there, in arrival order (the same dict, read on every message)
+        self._repairs = self.gaps.waiting
+        broker.set_handler(self._on_message)
         add_listener = getattr(broker, "add_resubscribe_listener", None)
         if add_listener is not None:
-            add_listener(self._on_resubscribed)
+            add_listener(self.gaps.on_resubscribed)
 
     # ---- life cycle
     async def start(self) -> None:
@@ -98,6 +108,7 @@ class Hub:
                 room.linger = None
         if self._aux:  # let dropped rooms finish unsubscribing (bounded)
             await asyncio.wait(list(self._aux), timeout=2.0)
+        await self.gaps.stop()
         for t in [*self._tasks, *self._aux]:
             t.cancel()
         for t in [*self._tasks, *self._aux]:
@@ -168,7 +179,7 @@ class Hub:
 
     async def _clear_online(self, room_id: str) -> None:
         try:
-            await self.redis.hdel(self.keys.room_online(room_id), self.node)
+            await self.presence.forget(self.node, room_id)
         except Exception:
             pass
 
@@ -195,7 +206,7 @@ class Hub:
                 return  # duplicate after a resubscribe
             if room.last_seq and seq > room.last_seq + 1:
                 # pub/sub lost events (a failover, a dropped connection): the history has them
-                self._start_repair(room, [(seq, env)])
+                self.gaps.start(room, [(seq, env)])
                 return
         self._deliver(room, seq, env)
 
@@ -214,46 +225,6 @@ class Hub:
                 room.recent.append(env)
         else:
             room.pending.append(env)
-
-    # ---- gaps: read missed room events back from the history
-    def _on_resubscribed(self, channels: set[str]) -> None:
-        for room in list(self.rooms.values()):
-            if room.last_seq and room.id not in self._repairs and self.keys.room_channel(room.id) in channels:
-                self._start_repair(room, [])
-
-    def _start_repair(self, room: Room, waiting: list[tuple[int, dict[str, Any]]]) -> None:
-        self._repairs[room.id] = waiting
-        asyncio.get_running_loop().create_task(self._repair(room))
-
-    async def _repair(self, room: Room) -> None:
-        """Deliver, in seq order, the events after ``room.last_seq`` that this node missed
-        (from the history), then those that arrived meanwhile; Redis being unreachable is
-        retried for about 10 s, after which the gap is left (clients resync with since=)."""
-        events: list[tuple[int, dict[str, Any]]] = []
-        try:
-            for attempt in range(20):
-                try:
-                    hist = await self.broker.history(room.id, room.last_seq, limit=self.s.history_size)
-                except Exception as exc:
-                    if attempt == 19 or len(self._repairs.get(room.id, ())) > 10 * self.s.history_size:
-                        log.warning("hub.gap_not_repaired", extra={"room": room.id, "err": repr(exc)})
-                        break
-                    await asyncio.sleep(0.5)
-                    continue
-                events = [(e["seq"], e) for e in hist.events]
-                if not hist.recovered:
-                    log.warning("hub.gap_beyond_history", extra={"room": room.id, "since": room.last_seq})
-                break
-        finally:
-            waiting = self._repairs.pop(room.id, [])
-        if self.rooms.get(room.id) is not room:
-            return
-        repaired = 0
-        for seq, env in sorted(events + waiting, key=lambda p: p[0]):
-            if seq > room.last_seq:
-                repaired += seq <= (events[-1][0] if events else 0)
-                self._deliver(room, seq, env)
-        log.info("hub.gap_repaired", extra={"room": room.id, "events": repaired, "upto": room.last_seq})
 
     def _on_inbox(self, data: bytes) -> None:
         try:
@@ -315,40 +286,15 @@ class Hub:
         else:
             room.pending.append(env)
 
-    def _budget(self, room: Room, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Hot rooms: past ``LC_ROOM_COMMENT_BUDGET`` comments/s (more than a person can
-        read), keep the host's and ops' comments, then the highest levels, in their order;
-        the rest are shed for this node's viewers (they stay in the history)."""
-        rate = self.s.room_comment_budget
-        if rate <= 0:
-            return items
-        if room.allowance < 0:
-            room.allowance = float(rate)
-        ncomments = sum(1 for e in items if e["t"] == "comment")
-        room.allowance = min(float(rate), room.allowance + rate * self.s.tick_ms / 1000)
-        if ncomments <= room.allowance:
-            room.allowance -= ncomments
-            return items
-        keep = int(room.allowance)
-        room.allowance -= keep
-        comments = [(i, e) for i, e in enumerate(items) if e["t"] == "comment"]
-
-        def rank(pair: tuple[int, dict[str, Any]]) -> tuple[int, int, int]:
-            d = pair[1].get("d") or {}
-            staff = 0 if d.get("role") in ("host", "ops") else 1
-            paid = 0 if d.get("buyer") else 1
-            return (staff, paid, -int(d.get("level") or 0))
-
-        kept = {i for i, _ in sorted(comments, key=rank)[:keep]}
-        self.metrics.comments_shed.inc(len(comments) - len(kept))
-        return [e for i, e in enumerate(items) if e["t"] != "comment" or i in kept]
-
     def flush(self, room: Room) -> None:
         if not room.pending:
             return
         items, room.pending = room.pending, []
         room.recent.extend(e for e in items if "seq" in e)
-        items = self._budget(room, items)
+        # hot rooms: past the comment budget, the best-ranked comments (the rest stay in the history)
+        items, room.allowance, shed = apply_budget(items, room.allowance, rate=self.s.room_comment_budget, tick_s=self._tick_s)
+        if shed:
+            self.metrics.comments_shed.inc(shed)
         if not items:
             return
         self._observe(items)
@@ -434,38 +380,18 @@ class Hub:
                 log.warning("hub.second_loop_failed", extra={"err": repr(exc)})
 
     async def sync_online(self) -> None:
+        """Report this node's connections per room; push ``online`` where the total changed."""
         rooms = list(self.rooms.values())
         if not rooms:
             return
-        now_ms = int(time.time() * 1000)
-        pipe = self.redis.pipeline(transaction=False)
+        now_ms = clock.now_ms()
+        totals = await self.presence.report(self.node, {room.id: room.count() for room in rooms}, now_ms=now_ms)
         for room in rooms:
-            key = self.keys.room_online(room.id)
-            pipe.hset(key, self.node, f"{room.count()}:{now_ms}")
-            pipe.expire(key, 60)
-            pipe.hgetall(key)
-        res = await pipe.execute()
-        for i, room in enumerate(rooms):
-            total = 0
-            stale = []
-            for node, val in res[i * 3 + 2].items():
-                cnt, _, ts = val.decode().partition(":")
-                if now_ms - int(ts) > 5000:
-                    stale.append(node)
-                else:
-                    total += int(cnt)
-            if stale:
-                await self.redis.hdel(self.keys.room_online(room.id), *stale)
+            total = totals.get(room.id, 0)
             if total != room.online:
                 room.online = total
                 self.send_local(room.id, {"t": "online", "room": room.id, "ts": now_ms, "d": {"count": total}})
 
     async def online(self, room_id: str) -> int:
-        now_ms = int(time.time() * 1000)
-        vals = await self.redis.hgetall(self.keys.room_online(room_id))
-        total = 0
-        for v in vals.values():
-            cnt, _, ts = v.decode().partition(":")
-            if now_ms - int(ts) <= 5000:
-                total += int(cnt)
-        return total
+        """The room's online count over every node."""
+        return (await self.presence.online([room_id], now_ms=int(time.time() * 1000)))[room_id]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -76,15 +75,6 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
             del gw.hub.by_ip[ip]
 
 
-def _user_slots(gw: Gateway) -> Counter[str]:
-    """Connections per user on this node, counted from authentication to close (not from
-    ``attach``), so that connections racing through the welcome all count."""
-    slots: Counter[str] | None = gw.services.get("user_slots")
-    if slots is None:
-        slots = gw.services["user_slots"] = Counter()
-    return slots
-
-
 async def _accept(gw: Gateway, request: web.Request, room_id: str, fmt: Format, since: int | None, ip: str) -> web.StreamResponse:
     q = request.query
     ws = web.WebSocketResponse(
@@ -105,7 +95,7 @@ async def _accept(gw: Gateway, request: web.Request, room_id: str, fmt: Format, 
         await ws.send_json({"t": "error", "d": {"code": "unauthorized", "message": exc.message}}) if fmt == "json" else await ws.send_bytes(_packed_error("unauthorized", exc.message))
         await ws.close(code=4401, message=b"unauthorized")
         return ws
-    slots = _user_slots(gw)
+    slots = gw.user_slots
     if slots[ident.user] >= gw.s.max_conns_per_user:
         await ws.close(code=4429, message=b"too many connections for this user")
         return ws
@@ -114,7 +104,7 @@ async def _accept(gw: Gateway, request: web.Request, room_id: str, fmt: Format, 
     now = time.monotonic()
     conn = Conn(
         ws,
-        transport,  # type: ignore[arg-type]
+        transport,
         ident,
         room_id,
         fmt,
@@ -163,7 +153,7 @@ async def _accept(gw: Gateway, request: web.Request, room_id: str, fmt: Format, 
             conn.skip_seq = top
         gw.hub.attach(conn, room)
         attached = True
-        await gw.notifier.user_connected(ident.user, gw.s.node_id, +1)
+        await gw.presence.user_connected(ident.user, gw.s.node_id, +1)
         log.info("conn.open", extra={"conn": conn.id, "room": room_id, "user": ident.user, "fmt": fmt, "since": since})
         await _receive_loop(gw, conn, ws)
     except LiveCommerceError as exc:
@@ -177,7 +167,7 @@ async def _accept(gw: Gateway, request: web.Request, room_id: str, fmt: Format, 
         if attached:
             gw.hub.leave(conn)
             try:
-                await gw.notifier.user_connected(ident.user, gw.s.node_id, -1)
+                await gw.presence.user_connected(ident.user, gw.s.node_id, -1)
             except Exception:
                 pass
         conn.closed = True
