@@ -15,8 +15,8 @@ HTTP (signed in; the caller follows / joins for themself):
   ``[{rank, user, name, intimacy, level}]``, with ``members`` and ``followers`` counts.
 * ``GET /api/v1/me/fanclubs``: the caller's follows and memberships with intimacy and level.
 
-Badge: a ``comment_hooks`` entry adds ``fan {host, level}`` to a comment when its author is
-a member of the room host's club. The room's host and the author's level are cached on the
+Badge: a comment hook (:meth:`Fanclub.on_comment`) adds ``fan {host, level}`` to a comment
+when its author is a member of the room host's club. The room's host and the author's level are cached on the
 node for :data:`BADGE_CACHE_S` seconds: one Redis read per (author, host) per period.
 """
 
@@ -29,6 +29,7 @@ from typing import Any
 from aiohttp import web
 
 from livecommerce import profiles_sql
+from livecommerce.auth import Identity
 from livecommerce.errors import Forbidden, LiveCommerceError
 from livecommerce.fanclub import (
     CLUB,
@@ -42,11 +43,12 @@ from livecommerce.fanclub import (
     leaderboard_entry,
 )
 from livecommerce.fanclub_redis import FanclubRedis
+from livecommerce.log import Log
+from livecommerce.store_sql import SqlStore
 
 from .conn import Conn
 from .core import Gateway
-from .refunds import host_of
-from .wallet import durable_log, sql_store
+from .hooks import HostOf
 
 log = logging.getLogger("livecommerce.gateway.fanclub")
 
@@ -55,9 +57,14 @@ ACTIVITY = "activity"
 
 
 class Fanclub:
-    def __init__(self, gw: Gateway) -> None:
+    """Follows, memberships, fan boards and the comment badge."""
+
+    def __init__(self, gw: Gateway, fans: FanclubRedis, store: SqlStore, log: Log, host_of: HostOf) -> None:
         self.gw = gw
-        self.fans = FanclubRedis(gw.redis, gw.keys, ttl_s=gw.s.user_cache_ttl_s)
+        self.fans = fans
+        self.store = store
+        self.log = log
+        self.host_of = host_of
         self._levels: dict[tuple[str, str], tuple[int | None, float]] = {}
         self._levels_purge = 0.0
         self._hosts: dict[str, tuple[str, float]] = {}
@@ -69,7 +76,7 @@ class Fanclub:
             Unavailable: Redis or the log unreachable.
         """
         v = await self.fans.next_version(user)
-        await durable_log(self.gw).append(ACTIVITY, user, kind, fan_event(user, host, on=on, v=v), event_id=fan_event_id(user, v))
+        await self.log.append(ACTIVITY, user, kind, fan_event(user, host, on=on, v=v), event_id=fan_event_id(user, v))
         return v
 
     async def _host(self, room: str) -> str:
@@ -77,7 +84,7 @@ class Fanclub:
         hit = self._hosts.get(room)
         if hit is not None and hit[1] > now:
             return hit[0]
-        host = await host_of(self.gw, room)
+        host = await self.host_of(room)
         if len(self._hosts) > 50_000:
             self._hosts.clear()
         self._hosts[room] = (host, now + BADGE_CACHE_S)
@@ -104,59 +111,47 @@ class Fanclub:
         except LiveCommerceError as exc:
             log.info("fanclub.badge_skipped", extra={"user": conn.user, "err": exc.message})
 
-
-def setup(gw: Gateway, app: web.Application) -> None:
-    fc = Fanclub(gw)
-    gw.services["fanclub"] = fc
-    gw.services.setdefault("comment_hooks", []).append(fc.on_comment)
-
-    def viewer_of(request: web.Request) -> tuple[Any, str]:
-        ident = gw.identify_request(request)
+    # ---- handlers (gateway.routes)
+    def _viewer_of(self, request: web.Request) -> tuple[Identity, str]:
+        ident = self.gw.identify_request(request)
         host = check_host(request.match_info["host"])
         if host == ident.user:
             raise Forbidden("hosts do not follow or join their own club")
         return ident, host
 
-    async def follow(request: web.Request) -> web.Response:
-        ident, host = viewer_of(request)
+    async def follow(self, request: web.Request) -> web.Response:
+        """``POST`` follows, ``DELETE`` unfollows."""
+        ident, host = self._viewer_of(request)
         on = request.method == "POST"
-        v = await fc.change(ident.user, host, FOLLOW, on)
+        v = await self.change(ident.user, host, FOLLOW, on)
         return web.json_response({"host": host, "following": on, "v": v}, status=202)
 
-    async def club(request: web.Request) -> web.Response:
-        ident, host = viewer_of(request)
+    async def club(self, request: web.Request) -> web.Response:
+        """``POST`` joins (and follows), ``DELETE`` leaves."""
+        ident, host = self._viewer_of(request)
         on = request.method == "POST"
         if on:
-            await fc.change(ident.user, host, FOLLOW, True)
+            await self.change(ident.user, host, FOLLOW, True)
             if ident.name:
-                await profiles_sql.set_display_name(sql_store(gw), ident.user, ident.name, now_ms=gw.now_ms())
-        v = await fc.change(ident.user, host, CLUB, on)
+                await profiles_sql.set_display_name(self.store, ident.user, ident.name, now_ms=self.gw.now_ms())
+        v = await self.change(ident.user, host, CLUB, on)
         return web.json_response({"host": host, "member": on, "v": v}, status=202)
 
-    async def fans(request: web.Request) -> web.Response:
+    async def fans_board(self, request: web.Request) -> web.Response:
         host = check_host(request.match_info["host"])
         try:
             n = max(1, min(MAX_LEADERBOARD, int(request.query.get("n", "20"))))
         except ValueError:
             n = 20
-        top = await fc.fans.top(host, n)
-        store = sql_store(gw)
+        top = await self.fans.top(host, n)
         names: dict[str, str | None] = {}
         if top:
-            names = {u: name for u, _, name in await profiles_sql.fan_board(store, host, n)}
+            names = {u: name for u, _, name in await profiles_sql.fan_board(self.store, host, n)}
         board = [leaderboard_entry(i + 1, u, pts, names.get(u)) for i, (u, pts) in enumerate(top)]
-        return web.json_response({"host": host, **await profiles_sql.fan_counts(store, host), "top": board})
+        return web.json_response({"host": host, **await profiles_sql.fan_counts(self.store, host), "top": board})
 
-    async def mine(request: web.Request) -> web.Response:
-        ident = gw.identify_request(request)
-        rows = await profiles_sql.memberships(sql_store(gw), ident.user)
+    async def mine(self, request: web.Request) -> web.Response:
+        ident = self.gw.identify_request(request)
+        rows = await profiles_sql.memberships(self.store, ident.user)
         return web.json_response({"user": ident.user, "fanclubs": [
             {**r, "level": fan_level(r["intimacy"]) if r["member"] else None} for r in rows]})
-
-    r = app.router
-    r.add_post("/api/v1/hosts/{host}/follow", follow)
-    r.add_delete("/api/v1/hosts/{host}/follow", follow)
-    r.add_post("/api/v1/hosts/{host}/fanclub", club)
-    r.add_delete("/api/v1/hosts/{host}/fanclub", club)
-    r.add_get("/api/v1/hosts/{host}/fans", fans)
-    r.add_get("/api/v1/me/fanclubs", mine)

@@ -17,9 +17,11 @@ HTTP (public): ``GET /api/v1/gifts`` (the catalogue), ``GET
 /api/v1/rooms/{room}/leaderboard?n=``, ``GET /api/v1/hosts/{host}/leaderboard?n=`` (a
 host's top fans), ``GET /api/v1/leaderboards/hosts?n=`` (hosts by gifts received).
 
-Hooks called: ``gw.services["on_gift"]`` (list of ``async (room, user, value)``, e.g.
-gift lotteries) after each successful gift. The room's host comes from the room's meta
-(``host``), cached per node; rooms without one credit ``room:<id>``.
+Hooks called: the gift hooks (``gw.hooks.gift``: ``async (room, user, value)``, e.g. gift
+lotteries) after each successful gift. The room's host comes from the room's meta
+(:meth:`~livecommerce.rooms_redis.RedisRooms.host`), cached per node
+(:meth:`Gifts.host_of`, also the lookup of refunds and fan badges); rooms without one credit
+``room:<id>``.
 """
 
 from __future__ import annotations
@@ -38,12 +40,13 @@ from livecommerce.leaderboard import BoardGate, BoardTally, clamp_top, ranked
 from livecommerce.leaderboard_redis import RedisLeaderboards
 from livecommerce.points import room_owner
 from livecommerce.protocol.commands import Gift
-from livecommerce.redis_conn import guarded
+from livecommerce.rooms_redis import RedisRooms
 from livecommerce.wallet import InsufficientFunds
 from livecommerce.wallet_redis import RedisWallet
 
 from .conn import Conn
 from .core import Gateway
+from .hooks import GiftHook
 from .wallet import Outbox
 
 log = logging.getLogger("livecommerce.gateway.gifts")
@@ -53,12 +56,15 @@ LEADERBOARD_TOP = 10
 
 
 class Gifts:
-    def __init__(self, gw: Gateway, wallet: RedisWallet, outbox: Outbox) -> None:
+    def __init__(self, gw: Gateway, wallet: RedisWallet, outbox: Outbox, boards: RedisLeaderboards, rooms: RedisRooms,
+                 hooks: list[GiftHook]) -> None:
         self.gw = gw
         self.wallet = wallet
         self.outbox = outbox
+        self.boards = boards
+        self.rooms = rooms
+        self.hooks = hooks  # after each gift (gift lotteries, ops counters)
         self.catalogue = load_catalogue(gw.s.gift_catalogue)
-        self.boards = RedisLeaderboards(gw.redis, gw.keys, room_ttl_s=gw.s.room_retention_s)
         self.tally = GiftTally()
         self.board_tally = BoardTally()
         self.gate = BoardGate()
@@ -67,14 +73,16 @@ class Gifts:
         self._flushing: asyncio.Task[None] | None = None
 
     async def host_of(self, room: str) -> str:
-        """The room's host (cached ``HOST_CACHE_S``), ``room:<id>`` when unknown."""
+        """The room's host (cached ``HOST_CACHE_S``), ``room:<id>`` when unknown.
+
+        Raises:
+            Unavailable: Redis unreachable (and no fresh cached answer).
+        """
         now = time.monotonic()
         hit = self._hosts.get(room)
         if hit is not None and hit[1] > now:
             return hit[0]
-        async with guarded():
-            v = await self.gw.redis.hget(self.gw.keys.room_meta(room), "host")
-        host = (v.decode() if isinstance(v, bytes) else v) if v else room_owner(room)
+        host = await self.rooms.host(room) or room_owner(room)
         if len(self._hosts) > 50_000:
             self._hosts.clear()
         self._hosts[room] = (host, now + HOST_CACHE_S)
@@ -98,7 +106,7 @@ class Gifts:
         value = spec.price * cmd.count
         self.tally.add(conn.room, conn.user, conn.ident.name, spec.id, r.combo, cmd.count)
         self.board_tally.add_gift(room=conn.room, host=host, user=conn.user, value=value)
-        for hook in self.gw.services.get("on_gift", []):
+        for hook in self.hooks:
             await hook(conn.room, conn.user, value)
         return {"balance": r.balance, "combo_id": r.combo.id, "total": r.combo.total, "value": value}
 
@@ -120,6 +128,12 @@ class Gifts:
             except Unavailable as exc:  # a lossy broadcast: the ledger has the gift
                 log.warning("gifts.publish_failed", extra={"room": room, "err": exc.message})
 
+    async def stop(self) -> None:
+        """Shutdown: wait for the tick's flush, then flush what is left."""
+        if self._flushing is not None:
+            await asyncio.gather(self._flushing, return_exceptions=True)
+        await self.flush()
+
     def observe(self, env: dict[str, Any]) -> None:
         if env.get("t") == "gift":
             self.dirty.add(env.get("room") or "")
@@ -140,43 +154,21 @@ class Gifts:
     async def welcome(self, room: str, ident: Identity) -> dict[str, Any]:
         return {"leaderboard": ranked(await self.boards.top("room", room, LEADERBOARD_TOP))}
 
+    # ---- handlers (gateway.routes)
+    async def gift(self, conn: Conn, cmd: Gift) -> dict[str, Any]:
+        return {"t": "ack", "id": cmd.id, "ts": self.gw.now_ms(), "d": await self.send(conn, cmd)}
 
-def setup(gw: Gateway, app: web.Application) -> None:
-    wallet: RedisWallet = gw.services["wallet"]  # gateway.wallet runs first (CAPABILITIES)
-    gifts = Gifts(gw, wallet, gw.services["wallet_outbox"])
-    gw.services["gifts"] = gifts
-    gw.hub.on_tick.append(gifts.on_tick)
-    gw.hub.on_second.append(gifts.on_second)
-    gw.hub.observers.append(gifts.observe)
-    gw.welcome_extras.append(gifts.welcome)
+    async def get_catalogue(self, request: web.Request) -> web.Response:
+        return web.json_response({"gifts": catalogue_payload(self.catalogue)})
 
-    async def flush_on_stop() -> None:
-        if gifts._flushing is not None:
-            await asyncio.gather(gifts._flushing, return_exceptions=True)
-        await gifts.flush()
-
-    gw.services.setdefault("shutdown", []).insert(0, flush_on_stop)
-
-    @gw.command("gift")
-    async def gift(gw: Gateway, conn: Conn, cmd: Gift) -> dict[str, Any]:
-        return {"t": "ack", "id": cmd.id, "ts": gw.now_ms(), "d": await gifts.send(conn, cmd)}
-
-    async def catalogue(request: web.Request) -> web.Response:
-        return web.json_response({"gifts": catalogue_payload(gifts.catalogue)})
-
-    async def room_board(request: web.Request) -> web.Response:
+    async def room_board(self, request: web.Request) -> web.Response:
         room, n = request.match_info["room"], clamp_top(request.query.get("n"))
-        return web.json_response({"room": room, "top": ranked(await gifts.boards.top("room", room, n))})
+        return web.json_response({"room": room, "top": ranked(await self.boards.top("room", room, n))})
 
-    async def host_board(request: web.Request) -> web.Response:
+    async def host_board(self, request: web.Request) -> web.Response:
         host, n = request.match_info["host"], clamp_top(request.query.get("n"))
-        return web.json_response({"host": host, "top": ranked(await gifts.boards.top("host", host, n))})
+        return web.json_response({"host": host, "top": ranked(await self.boards.top("host", host, n))})
 
-    async def hosts_board(request: web.Request) -> web.Response:
+    async def hosts_board(self, request: web.Request) -> web.Response:
         n = clamp_top(request.query.get("n"))
-        return web.json_response({"top": ranked(await gifts.boards.top("hosts", "", n))})
-
-    app.router.add_get("/api/v1/gifts", catalogue)
-    app.router.add_get("/api/v1/rooms/{room}/leaderboard", room_board)
-    app.router.add_get("/api/v1/hosts/{host}/leaderboard", host_board)
-    app.router.add_get("/api/v1/leaderboards/hosts", hosts_board)
+        return web.json_response({"top": ranked(await self.boards.top("hosts", "", n))})

@@ -51,8 +51,10 @@ from livecommerce.growth import (
     visit_event_id,
     window,
 )
+from livecommerce.log import Log
 from livecommerce.referrals import check_code, check_referral
 from livecommerce.referrals_redis import ReferralsRedis
+from livecommerce.store_sql import SqlStore
 
 from .core import Gateway
 from .openapi import (
@@ -71,7 +73,6 @@ from .openapi import (
     op,
 )
 from .validation import read_object
-from .wallet import durable_log, require_self_or_ops, sql_store
 
 log = logging.getLogger("livecommerce.gateway.growth")
 
@@ -79,9 +80,13 @@ SEEN_MAX = 200_000
 
 
 class Growth:
-    def __init__(self, gw: Gateway) -> None:
+    """Visits and acquisitions to the log; the growth analytics routes."""
+
+    def __init__(self, gw: Gateway, referrals: ReferralsRedis, store: SqlStore, log: Log) -> None:
         self.gw = gw
-        self.referrals = ReferralsRedis(gw.redis, gw.keys)
+        self.referrals = referrals
+        self.store = store
+        self.log = log
         self._visited: set[tuple[str, int]] = set()
         self._day = -1
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -89,7 +94,7 @@ class Growth:
     def _append(self, key: str, type_: str, data: dict[str, Any], event_id: str, ts: int) -> None:
         async def go() -> None:
             try:
-                await durable_log(self.gw).append(TOPIC, key, type_, data, event_id=event_id, ts=ts)
+                await self.log.append(TOPIC, key, type_, data, event_id=event_id, ts=ts)
             except Exception as exc:
                 log.warning("growth.event_dropped", extra={"event": event_id, "err": repr(exc)})
 
@@ -131,12 +136,50 @@ class Growth:
         # appended on every report: a crash after the Redis write must not lose the event,
         # and the log event id is the user's, so repeats are the same event
         data = {k: v for k, v in held.items() if k != "ts"}
-        await durable_log(self.gw).append(TOPIC, user, ACQUIRED, data, event_id=acquired_event_id(user), ts=int(held.get("ts", now)))
+        await self.log.append(TOPIC, user, ACQUIRED, data, event_id=acquired_event_id(user), ts=int(held.get("ts", now)))
         return first, held
 
     async def stop(self) -> None:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # ---- handlers (gateway.routes)
+    def _today(self) -> int:
+        return day_of(self.gw.now_ms())
+
+    async def post_acquire(self, request: web.Request) -> web.Response:
+        ident = self.gw.identify_request(request)
+        body = await read_object(request)
+        first, held = await self.acquire(ident.user, body)
+        return web.json_response({**held, "first": first}, status=201 if first else 200)
+
+    async def daily(self, request: web.Request) -> web.Response:
+        self.gw.identify_request(request).require_ops()
+        first, last = window(request.query, today=self._today())
+        active, money = await growth_sql.daily(self.store, first, last)
+        return web.json_response(daily_json(first, last, active, money))
+
+    async def retention(self, request: web.Request) -> web.Response:
+        self.gw.identify_request(request).require_ops()
+        first, last = window(request.query, today=self._today())
+        return web.json_response(retention_json(first, last, self._today(), await growth_sql.retention(self.store, first, last)))
+
+    async def funnel(self, request: web.Request) -> web.Response:
+        self.gw.identify_request(request).require_ops()
+        by = request.query.get("by", "channel")
+        if by not in ("channel", "invite"):
+            raise BadFrame("'by' must be channel or invite", code="invalid")
+        first, last = window(request.query, today=self._today())
+        return web.json_response(funnel_json(first, last, by, await growth_sql.funnel(self.store, first, last, by=by)))
+
+    async def user(self, request: web.Request) -> web.Response:
+        ident = self.gw.identify_request(request)
+        uid = request.match_info["user"]
+        ident.require_self_or_ops(uid)
+        row = await growth_sql.user_row(self.store, uid)
+        if row is None:
+            raise NotFound(f"no growth record for {uid!r} yet")
+        return web.json_response(row)
 
 
 _WINDOW: list[J] = [{"name": "days", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 400}},
@@ -169,53 +212,3 @@ OPENAPI_PATHS: dict[str, dict[str, J]] = {
     "/api/v1/growth/users/{user}": {"get": op("One viewer's growth record", tag="growth", auth=SELF, params=[P_USER],
                                               ok=("200", {"type": "object"}, "record"), errors=(404,))},
 }
-
-
-def setup(gw: Gateway, app: web.Application) -> None:
-    g = Growth(gw)
-    gw.services["growth"] = g
-    gw.welcome_extras.append(g.welcome)
-    gw.services.setdefault("shutdown", []).insert(0, g.stop)
-
-    def today() -> int:
-        return day_of(gw.now_ms())
-
-    async def acquire(request: web.Request) -> web.Response:
-        ident = gw.identify_request(request)
-        body = await read_object(request)
-        first, held = await g.acquire(ident.user, body)
-        return web.json_response({**held, "first": first}, status=201 if first else 200)
-
-    async def daily(request: web.Request) -> web.Response:
-        gw.identify_request(request).require_ops()
-        first, last = window(request.query, today=today())
-        active, money = await growth_sql.daily(sql_store(gw), first, last)
-        return web.json_response(daily_json(first, last, active, money))
-
-    async def retention(request: web.Request) -> web.Response:
-        gw.identify_request(request).require_ops()
-        first, last = window(request.query, today=today())
-        return web.json_response(retention_json(first, last, today(), await growth_sql.retention(sql_store(gw), first, last)))
-
-    async def funnel(request: web.Request) -> web.Response:
-        gw.identify_request(request).require_ops()
-        by = request.query.get("by", "channel")
-        if by not in ("channel", "invite"):
-            raise BadFrame("'by' must be channel or invite", code="invalid")
-        first, last = window(request.query, today=today())
-        return web.json_response(funnel_json(first, last, by, await growth_sql.funnel(sql_store(gw), first, last, by=by)))
-
-    async def user(request: web.Request) -> web.Response:
-        ident = gw.identify_request(request)
-        uid = request.match_info["user"]
-        require_self_or_ops(ident, uid)
-        row = await growth_sql.user_row(sql_store(gw), uid)
-        if row is None:
-            raise NotFound(f"no growth record for {uid!r} yet")
-        return web.json_response(row)
-
-    app.router.add_post("/api/v1/growth/acquire", acquire)
-    app.router.add_get("/api/v1/growth/daily", daily)
-    app.router.add_get("/api/v1/growth/retention", retention)
-    app.router.add_get("/api/v1/growth/funnel", funnel)
-    app.router.add_get("/api/v1/growth/users/{user}", user)

@@ -1,9 +1,10 @@
 """Points at the edge: levels on comments, activity events, points over HTTP.
 
-* ``gw.level_of(user)`` (the level shown on comments) reads the level the points worker
-  caches in ``{user:ID}:points`` (field ``level``), cached on this node for
+* ``gw.level_of(user)`` (the level shown on comments, :meth:`Points.level_of`) reads the
+  level the points worker caches in ``{user:ID}:points`` (field ``level``, through
+  :class:`~livecommerce.points_redis.PointsRedis`), cached on this node for
   :data:`LEVEL_CACHE_S` seconds: one Redis read per commenting user per few seconds.
-* Comments: a ``comment_hooks`` entry counts the user's comments of the UTC day in Redis
+* Comments: a comment hook (:meth:`Points.on_comment`) counts the user's comments of the UTC day in Redis
   (``{user:ID}:cmt:<day>``); only the first ``comment_points_daily_cap`` produce an
   ``activity.comment {user, room, day, n}`` event (id ``comment:<user>:<day>:<n>``, so a
   retry is one event); past the cap this node stops asking Redis for that user and day.
@@ -34,13 +35,14 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
 from livecommerce.auth import Identity
 from livecommerce.coupons import coupon_id
 from livecommerce.errors import BadFrame, Conflict, Forbidden, LiveCommerceError
+from livecommerce.log import Log
 from livecommerce.points import (
     COMMENT,
     REDEEM,
@@ -55,13 +57,14 @@ from livecommerce.points import (
     redeem_event_id,
     utc_day,
 )
-from livecommerce.redis_conn import guarded
+from livecommerce.points_redis import PointsRedis
+from livecommerce.store import PointsRole
+from livecommerce.store_sql import SqlStore
 
 from .conn import Conn
 from .core import Gateway
 from .idempotency import idempotent
-from .validation import read_json
-from .wallet import durable_log, page, require_self_or_ops, sql_store
+from .validation import page, read_json
 
 log = logging.getLogger("livecommerce.gateway.points")
 
@@ -72,8 +75,11 @@ ACTIVITY = "activity"
 
 
 class Points:
-    def __init__(self, gw: Gateway) -> None:
+    def __init__(self, gw: Gateway, cache: PointsRedis, log: Log, store: SqlStore) -> None:
         self.gw = gw
+        self.cache = cache
+        self.log = log
+        self.store = store
         self.rules = Rules.from_settings(gw.s)
         self._levels: dict[str, tuple[int, float]] = {}
         self._levels_purge = 0.0
@@ -92,9 +98,7 @@ class Points:
         if hit is not None and hit[1] > now:
             return hit[0]
         try:
-            async with guarded():
-                v = await self.gw.redis.hget(self.gw.keys.user(user, "points"), "level")
-            level = int(v or 0)
+            level = await self.cache.level(user)
         except LiveCommerceError:
             level = hit[0] if hit is not None else 0
         if len(self._levels) > 100_000:
@@ -109,7 +113,7 @@ class Points:
     def _append(self, key: str, type_: str, data: dict[str, Any], event_id: str) -> None:
         async def go() -> None:
             try:
-                await durable_log(self.gw).append(ACTIVITY, key, type_, data, event_id=event_id)
+                await self.log.append(ACTIVITY, key, type_, data, event_id=event_id)
             except Exception as exc:
                 log.warning("points.activity_dropped", extra={"event": event_id, "err": repr(exc)})
 
@@ -124,13 +128,8 @@ class Points:
         user = conn.user
         if (user, day) in self._capped or self.rules.comment_points <= 0:
             return
-        key = self.gw.keys.user(user, f"cmt:{day}")
-        pipe = self.gw.redis.pipeline(transaction=False)
-        pipe.incr(key)
-        pipe.expire(key, 2 * 86400)
         try:
-            async with guarded():
-                n, _ = await pipe.execute()
+            n = await self.cache.count_comment(user, day)
         except LiveCommerceError:
             return  # the comment goes out; its point is lost (activity is not money)
         if n > self.rules.comment_daily_cap:
@@ -171,37 +170,27 @@ class Points:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-
-def setup(gw: Gateway, app: web.Application) -> None:
-    pts = Points(gw)
-    gw.services["points"] = pts
-    gw.level_of = pts.level_of
-    gw.services.setdefault("comment_hooks", []).append(pts.on_comment)
-    gw.welcome_extras.append(pts.on_welcome)
-    gw.hub.on_second.append(pts.on_second)
-    gw.services.setdefault("shutdown", []).insert(0, pts.stop)
-
-    async def balance(request: web.Request) -> web.Response:
-        ident = gw.identify_request(request)
+    # ---- handlers (gateway.routes)
+    async def balance(self, request: web.Request) -> web.Response:
+        ident = self.gw.identify_request(request)
         user = request.match_info["user"]
-        require_self_or_ops(ident, user)
-        store = sql_store(gw)
-        viewer = await store.points_balance(user, "viewer")
-        host = await store.points_balance(user, "host")
-        levels = pts.rules.levels
+        ident.require_self_or_ops(user)
+        viewer = await self.store.points_balance(user, "viewer")
+        host = await self.store.points_balance(user, "host")
+        levels = self.rules.levels
         return web.json_response(
             {"user": user, "viewer": viewer, "host": host, "level": level_for(viewer, levels), "host_level": level_for(host, levels)}
         )
 
-    async def ledger(request: web.Request) -> web.Response:
-        ident = gw.identify_request(request)
+    async def ledger(self, request: web.Request) -> web.Response:
+        ident = self.gw.identify_request(request)
         user = request.match_info["user"]
-        require_self_or_ops(ident, user)
+        ident.require_self_or_ops(user)
         role = request.query.get("role")
-        if role not in (None, "viewer", "host"):
+        if role is not None and role not in ("viewer", "host"):
             raise BadFrame("role must be viewer or host", code="invalid")
         limit, offset = page(request)
-        entries = await sql_store(gw).points_ledger(user, role=role, limit=limit, offset=offset)  # type: ignore[arg-type]
+        entries = await self.store.points_ledger(user, role=cast("PointsRole | None", role), limit=limit, offset=offset)
         return web.json_response(
             {
                 "user": user,
@@ -212,21 +201,22 @@ def setup(gw: Gateway, app: web.Application) -> None:
             }
         )
 
-    async def redeem(request: web.Request) -> web.Response:
+    async def redeem(self, request: web.Request) -> web.Response:
+        gw = self.gw
         ident = gw.identify_request(request)
         user = request.match_info["user"]
         if ident.user != user:
             raise Forbidden("users redeem their own points")
         body = await read_json(request, default={})
         r = parse_redeem(body)
-        cost = redeem_cost(r.value, pts.rules)
+        cost = redeem_cost(r.value, self.rules)
 
         async def run() -> web.Response:
-            if await sql_store(gw).points_balance(user, "viewer") < cost:
+            if await self.store.points_balance(user, "viewer") < cost:
                 raise Conflict(f"a coupon worth {r.value} costs {cost} points", code="insufficient_points")
             eid = redeem_event_id(user, r.request_id)
             data = {"user": user, "value": r.value, "cost": cost, "request_id": r.request_id}
-            await durable_log(gw).append("points", user, REDEEM, data, event_id=eid)
+            await self.log.append("points", user, REDEEM, data, event_id=eid)
             return web.json_response(
                 {"event_id": eid, "coupon_id": coupon_id(redeem_drop_id(eid), user), "cost": cost, "value": r.value}, status=202
             )
@@ -235,7 +225,3 @@ def setup(gw: Gateway, app: web.Application) -> None:
         # another value would otherwise answer 202 while the worker keeps the first)
         return await idempotent(gw, request, ident, key=r.request_id, target=user, body={"value": r.value}, run=run,
                                 namespace="redeem")
-
-    app.router.add_get("/api/v1/points/{user}", balance)
-    app.router.add_get("/api/v1/points/{user}/ledger", ledger)
-    app.router.add_post("/api/v1/points/{user}/redeem", redeem)

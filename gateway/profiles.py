@@ -40,32 +40,39 @@ from typing import Any
 from aiohttp import web
 
 from livecommerce import profiles_sql, refunds_sql, tickets_sql
+from livecommerce.coupons_redis import CouponsRedis
 from livecommerce.errors import Conflict, NotFound
+from livecommerce.log import Log
 from livecommerce.orders import OrderState
 from livecommerce.points import level_for, utc_day
 from livecommerce.profiles import pseudonym, view
 from livecommerce.profiles_redis import ErasureRedis
+from livecommerce.store_sql import SqlStore
 
 from .core import Gateway
-from .wallet import durable_log, sql_store
 
 EXPORT_LIMIT = 10_000
 
 
 class Profiles:
-    def __init__(self, gw: Gateway) -> None:
+    """Profile views, a user's data export and erasure."""
+
+    def __init__(self, gw: Gateway, erasure: ErasureRedis, store: SqlStore, log: Log, coupons: CouponsRedis | None) -> None:
         self.gw = gw
-        self.erasure = ErasureRedis(gw.redis, gw.keys)
+        self.erasure = erasure
+        self.store = store
+        self.log = log
+        self.coupons = coupons  # None when this node serves no coupons
 
     async def view_of(self, user: str) -> dict[str, Any] | None:
-        got = await profiles_sql.get_profile(sql_store(self.gw), user)
+        got = await profiles_sql.get_profile(self.store, user)
         if got is None:
             return None
         data, name, erased = got
         return view(user, data, self.gw.now_ms(), display_name=name, erased=erased)
 
     async def export(self, user: str) -> dict[str, Any]:
-        store = sql_store(self.gw)
+        store = self.store
         now = self.gw.now_ms()
         orders = await store.list_orders(user_id=user, limit=EXPORT_LIMIT)
         order_rows = []
@@ -79,8 +86,7 @@ class Profiles:
         wallet = [dataclasses.asdict(e) for e in await store.wallet_ledger(user, limit=EXPORT_LIMIT)]
         points = [dataclasses.asdict(e) for e in await store.points_ledger(user, limit=EXPORT_LIMIT)]
         viewer, host = await store.points_balance(user, "viewer"), await store.points_balance(user, "host")
-        coupons_svc = self.gw.services.get("coupons")
-        coupons = await coupons_svc.user_coupons(user, now_ms=now) if coupons_svc is not None else []
+        coupons = await self.coupons.user_coupons(user, now_ms=now) if self.coupons is not None else []
         return {
             "user": user,
             "exported_ms": now,
@@ -104,7 +110,7 @@ class Profiles:
         Raises:
             Conflict: (``erasure_busy``) wallet or orders still moving.
         """
-        store = sql_store(self.gw)
+        store = self.store
         if await self.erasure.outbox_pending(user) or await self.erasure.balance(user) != await store.wallet_balance(user):
             raise Conflict("a wallet movement of yours is still being recorded: retry in a few seconds", code="erasure_busy")
         states: tuple[OrderState, ...] = ("reserved", "refund_requested")
@@ -117,37 +123,28 @@ class Profiles:
         moved = await self.erasure.move_wallet(user, alias, now_ms=now)
         tables = await profiles_sql.erase_user(store, user, alias, now_ms=now)
         await self.erasure.forget(user, hosts, day=utc_day(now))
-        await durable_log(self.gw).append("activity", alias, "user.erased", {"pseudonym": alias}, event_id=f"erased:{alias}:{now}", ts=now)
+        await self.log.append("activity", alias, "user.erased", {"pseudonym": alias}, event_id=f"erased:{alias}:{now}", ts=now)
         return {"erased": True, "pseudonym": alias, "wallet_moved": moved, "rows": tables}
 
-
-def setup(gw: Gateway, app: web.Application) -> None:
-    svc = Profiles(gw)
-    gw.services["profiles"] = svc
-
-    async def profile(request: web.Request) -> web.Response:
-        ident = gw.identify_request(request)
-        ident.require_ops()
+    # ---- handlers (gateway.routes)
+    async def profile(self, request: web.Request) -> web.Response:
+        self.gw.identify_request(request).require_ops()
         user = request.match_info["user"]
-        v = await svc.view_of(user)
+        v = await self.view_of(user)
         if v is None:
             raise NotFound(f"no profile for {user!r} (no event of theirs has been applied)")
         return web.json_response(v)
 
-    async def my_profile(request: web.Request) -> web.Response:
-        ident = gw.identify_request(request)
-        v = await svc.view_of(ident.user)
+    async def my_profile(self, request: web.Request) -> web.Response:
+        ident = self.gw.identify_request(request)
+        v = await self.view_of(ident.user)
         if v is None:
             raise NotFound("no profile yet")
         return web.json_response(v)
 
-    async def my_data(request: web.Request) -> web.Response:
-        ident = gw.identify_request(request)
+    async def my_data(self, request: web.Request) -> web.Response:
+        """``GET`` exports, ``DELETE`` erases."""
+        ident = self.gw.identify_request(request)
         if request.method == "DELETE":
-            return web.json_response(await svc.erase(ident.user))
-        return web.json_response(await svc.export(ident.user))
-
-    app.router.add_get("/api/v1/users/{user}/profile", profile)
-    app.router.add_get("/api/v1/me/profile", my_profile)
-    app.router.add_get("/api/v1/me/data", my_data)
-    app.router.add_delete("/api/v1/me/data", my_data)
+            return web.json_response(await self.erase(ident.user))
+        return web.json_response(await self.export(ident.user))

@@ -28,10 +28,11 @@ from livecommerce.referrals import (
     referrer_points,
 )
 from livecommerce.referrals_redis import ReferralsRedis
+from livecommerce.store_sql import SqlStore
 
 from .core import Gateway
+from .experiments import Experiments
 from .openapi import ANYONE_SIGNED, BOOL, INT, MS, P_USER, SELF, STR, J, arr, nullable, obj, op
-from .wallet import require_self_or_ops, sql_store
 
 OPENAPI_PATHS: dict[str, dict[str, J]] = {
     "/api/v1/invites": {"post": op("My invite code and what an invite earns", tag="growth", auth=ANYONE_SIGNED,
@@ -46,29 +47,36 @@ OPENAPI_PATHS: dict[str, dict[str, J]] = {
 }
 
 
-def setup(gw: Gateway, app: web.Application) -> None:
-    refs = ReferralsRedis(gw.redis, gw.keys)
+class Referrals:
+    """Invite codes and referral status."""
 
-    def points_for(user: str) -> int:
-        exps = gw.services.get("experiments")
+    def __init__(self, gw: Gateway, refs: ReferralsRedis, store: SqlStore, experiments: Experiments | None) -> None:
+        self.gw = gw
+        self.refs = refs
+        self.store = store
+        self.experiments = experiments  # None when this node runs no experiments
+
+    def points_for(self, user: str) -> int:
+        """What inviting earns ``user`` (their ``referral.referrer_points`` flag)."""
+        exps = self.experiments
         return referrer_points(exps.flag(user, REFERRER_FLAG, REFERRER_POINTS) if exps is not None else REFERRER_POINTS)
 
-    async def invite(request: web.Request) -> web.Response:
-        ident = gw.identify_request(request)
-        code = await refs.ensure_code(ident.user, secrets.token_bytes)
-        return web.json_response({"code": code, "user": ident.user, "referrer_points": points_for(ident.user),
+    # ---- handlers (gateway.routes)
+    async def invite(self, request: web.Request) -> web.Response:
+        ident = self.gw.identify_request(request)
+        code = await self.refs.ensure_code(ident.user, secrets.token_bytes)
+        return web.json_response({"code": code, "user": ident.user, "referrer_points": self.points_for(ident.user),
                                   "invitee_points": INVITEE_POINTS})
 
-    async def status(request: web.Request) -> web.Response:
-        ident = gw.identify_request(request)
+    async def status(self, request: web.Request) -> web.Response:
+        ident = self.gw.identify_request(request)
         user = request.match_info["user"]
-        require_self_or_ops(ident, user)
-        store = sql_store(gw)
-        invitees = await growth_sql.referrals_of(store, user)
-        earned = await growth_sql.points_by_reason(store, user, REASON_REFERRER)
+        ident.require_self_or_ops(user)
+        invitees = await growth_sql.referrals_of(self.store, user)
+        earned = await growth_sql.points_by_reason(self.store, user, REASON_REFERRER)
         return web.json_response({
             "user": user,
-            "code": await refs.code_of(user),
+            "code": await self.refs.code_of(user),
             "invited": len(invitees),
             "activated": sum(1 for i in invitees if i["activated"]),
             "paid": sum(1 for i in invitees if i["paid"]),
@@ -76,6 +84,3 @@ def setup(gw: Gateway, app: web.Application) -> None:
             "points_earned": earned,
             "invitees": invitees,
         })
-
-    app.router.add_post("/api/v1/invites", invite)
-    app.router.add_get("/api/v1/referrals/{user}", status)

@@ -4,6 +4,7 @@
   at most ``MAX_DEPTH`` nested arrays/objects (checked on the bytes before parsing, so a
   3,000-deep array never reaches the recursive parser), UTF-8 JSON; the parsed value is
   cached on the request, so the validator and the handler parse once.
+* :func:`page` reads a listing's ``?limit=&offset=``.
 * :func:`validation_middleware` checks path parameters, query parameters, headers and the
   JSON body of every documented operation against the schemas of
   :func:`gateway.openapi.document`, the same data ``GET /api/v1/openapi.json`` serves, so
@@ -100,6 +101,20 @@ async def read_object(request: web.Request, *, required: bool = False) -> dict[s
     if not isinstance(body, dict):
         raise BadFrame("body must be a JSON object", code="invalid")
     return body
+
+
+def page(request: web.Request) -> tuple[int, int]:
+    """``?limit=`` (1..500, default 100) and ``?offset=`` (>= 0) of a listing.
+
+    Raises:
+        BadFrame: not integers (``invalid``).
+    """
+    try:
+        limit = max(1, min(500, int(request.query.get("limit", "100"))))
+        offset = max(0, int(request.query.get("offset", "0")))
+    except ValueError:
+        raise BadFrame("limit and offset must be integers", code="invalid") from None
+    return limit, offset
 
 
 # ------------------------------------------------------------------- OpenAPI-derived rules

@@ -13,71 +13,55 @@ HTTP (JSON; the wallet's user or ops):
   ``ledger_balance`` (the sum of every entry; equals ``balance`` once the wallet worker
   has caught up).
 
-Services provided: ``gw.services["wallet"]`` (:class:`~livecommerce.wallet_redis.RedisWallet`)
-and ``gw.services["wallet_outbox"]`` (:class:`Outbox`). Shared helpers for the other
-capabilities of this issue: :func:`durable_log` and :func:`sql_store` reuse
-``gw.services["log"]`` / ``gw.services["store"]`` or open them once.
+Built by ``gateway.wiring``: :class:`Outbox` (the gift path's too) and :class:`Wallets`
+(the routes), given the Redis wallet, the durable log and the SQL store.
+
+Transition: :func:`durable_log`, :func:`sql_store` and :func:`require_self_or_ops` remain
+only for the modules not yet moved into ``gateway.wiring`` (experiments, segments, funnel,
+coupons); they answer the engines ``wiring.build`` opened. Moved capabilities get the
+engines as constructor arguments and call ``Identity.require_self_or_ops``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import cast
 
 from aiohttp import web
 
 from livecommerce.auth import Identity
-from livecommerce.errors import BadFrame, Forbidden, Unavailable
-from livecommerce.log import Log, LogEvent, open_log
+from livecommerce.errors import Forbidden, Unavailable
+from livecommerce.log import Log, LogEvent
 from livecommerce.store_sql import SqlStore
 from livecommerce.wallet import parse_topup
 from livecommerce.wallet_redis import RedisWallet
 
 from .core import Gateway
 from .idempotency import idempotent
-from .validation import read_object
+from .validation import page, read_object
 
 log = logging.getLogger("livecommerce.gateway.wallet")
 
 
+# ---- for the modules not yet moved into gateway.wiring (remove with gw.services)
 def durable_log(gw: Gateway) -> Log:
-    """The node's durable log (``gw.services["log"]``), opened on first use."""
-    lg: Log | None = gw.services.get("log")
-    if lg is None:
-        lg = gw.services["log"] = open_log(gw.s, gw.redis)
-        gw.services.setdefault("shutdown", []).append(lg.close)
-    return lg
+    """The node's durable log, opened once by ``gateway.wiring.build``."""
+    return cast(Log, gw.services["log"])
 
 
 def sql_store(gw: Gateway) -> SqlStore:
-    """The node's SQL store (``gw.services["store"]``), opened on first use."""
-    st: SqlStore | None = gw.services.get("store")
-    if st is None:
-        st = gw.services["store"] = SqlStore(gw.s.database_url)
-        gw.services.setdefault("shutdown", []).append(st.close)
-    return st
+    """The node's SQL store, opened once by ``gateway.wiring.build``."""
+    return cast(SqlStore, gw.services["store"])
 
 
 def require_self_or_ops(ident: Identity, user: str) -> None:
-    """Raises:
-    Forbidden: ``ident`` is neither ``user`` nor ops.
-    """
-    if ident.user != user and ident.role != "ops":
-        raise Forbidden("only the user themself or ops may do this")
-
-
-def page(request: web.Request) -> tuple[int, int]:
-    """``?limit=`` (1..500, default 100) and ``?offset=`` (>= 0).
+    """:meth:`Identity.require_self_or_ops`.
 
     Raises:
-        BadFrame: not integers.
+        Forbidden: ``ident`` is neither ``user`` nor ops.
     """
-    try:
-        limit = max(1, min(500, int(request.query.get("limit", "100"))))
-        offset = max(0, int(request.query.get("offset", "0")))
-    except ValueError:
-        raise BadFrame("limit and offset must be integers", code="invalid") from None
-    return limit, offset
+    ident.require_self_or_ops(user)
 
 
 class Outbox:
@@ -85,8 +69,8 @@ class Outbox:
     outbox entries in one pipeline per tick. An event whose append fails stays in the
     outbox; the wallet worker's sweeper appends it later."""
 
-    def __init__(self, gw: Gateway, wallet: RedisWallet) -> None:
-        self.gw = gw
+    def __init__(self, log: Log, wallet: RedisWallet) -> None:
+        self.log = log
         self.wallet = wallet
         self._done: list[LogEvent] = []
         self._clearing: asyncio.Task[None] | None = None
@@ -94,7 +78,7 @@ class Outbox:
     async def emit(self, event: LogEvent) -> bool:
         """Append ``event``; True when stored in the log (False: left to the sweeper)."""
         try:
-            await durable_log(self.gw).append(event.topic, event.key, event.type, event.data, event_id=event.id, ts=event.ts)
+            await self.log.append(event.topic, event.key, event.type, event.data, event_id=event.id, ts=event.ts)
         except Unavailable as exc:
             log.warning("wallet.append_deferred", extra={"event": event.id, "err": exc.message})
             return False
@@ -121,27 +105,30 @@ class Outbox:
             await self.wallet.clear(batch)
 
 
-def setup(gw: Gateway, app: web.Application) -> None:
-    wallet = RedisWallet(gw.redis, gw.keys)
-    outbox = Outbox(gw, wallet)
-    gw.services["wallet"] = wallet
-    gw.services["wallet_outbox"] = outbox
-    gw.hub.on_tick.append(outbox.on_tick)
-    gw.services.setdefault("shutdown", []).insert(0, outbox.flush)
+class Wallets:
+    """The wallet routes: top-up, balance, ledger."""
 
-    async def topup(request: web.Request) -> web.Response:
+    def __init__(self, gw: Gateway, wallet: RedisWallet, outbox: Outbox, store: SqlStore) -> None:
+        self.gw = gw
+        self.wallet = wallet
+        self.outbox = outbox
+        self.store = store
+
+    async def topup(self, request: web.Request) -> web.Response:
+        gw = self.gw
         ident = gw.identify_request(request)
         user = request.match_info["user"]
-        require_self_or_ops(ident, user)
-        if ident.role != "ops" and not gw.s.test_coins:
+        ident.require_self_or_ops(user)
+        if not ident.is_ops and not gw.s.test_coins:
             raise Forbidden("only ops top up wallets here: a viewer's own top-up is test coins, off unless LC_TEST_COINS=1 "
                             "(on in `livecommerce dev`)", code="test_coins_disabled")
         t = parse_topup(await read_object(request), request.headers.get("Idempotency-Key"))
 
         async def run() -> web.Response:
-            r = await wallet.topup(user=user, amount=t.amount, idempotency_key=t.idempotency_key, by=ident.user, now_ms=gw.now_ms())
+            r = await self.wallet.topup(user=user, amount=t.amount, idempotency_key=t.idempotency_key, by=ident.user,
+                                        now_ms=gw.now_ms())
             if not r.duplicate:
-                await outbox.emit(r.event)
+                await self.outbox.emit(r.event)
                 log.info("wallet.topup", extra={"user": user, "amount": t.amount, "by": ident.user})
             return web.json_response(
                 {"user": user, "balance": r.balance, "event_id": r.event.id, "duplicate": r.duplicate},
@@ -152,31 +139,26 @@ def setup(gw: Gateway, app: web.Application) -> None:
         return await idempotent(gw, request, ident, key=t.idempotency_key, target=user, body={"amount": t.amount}, run=run,
                                 namespace="topup", rerun=True)
 
-    async def balance(request: web.Request) -> web.Response:
-        ident = gw.identify_request(request)
+    async def balance(self, request: web.Request) -> web.Response:
+        ident = self.gw.identify_request(request)
         user = request.match_info["user"]
-        require_self_or_ops(ident, user)
-        return web.json_response({"user": user, "balance": await wallet.balance(user)})
+        ident.require_self_or_ops(user)
+        return web.json_response({"user": user, "balance": await self.wallet.balance(user)})
 
-    async def ledger(request: web.Request) -> web.Response:
-        ident = gw.identify_request(request)
+    async def ledger(self, request: web.Request) -> web.Response:
+        ident = self.gw.identify_request(request)
         user = request.match_info["user"]
-        require_self_or_ops(ident, user)
+        ident.require_self_or_ops(user)
         limit, offset = page(request)
-        store = sql_store(gw)
-        entries = await store.wallet_ledger(user, limit=limit, offset=offset)
+        entries = await self.store.wallet_ledger(user, limit=limit, offset=offset)
         return web.json_response(
             {
                 "user": user,
-                "balance": await wallet.balance(user),
-                "ledger_balance": await store.wallet_balance(user),
+                "balance": await self.wallet.balance(user),
+                "ledger_balance": await self.store.wallet_balance(user),
                 "entries": [
                     {"id": e.id, "delta": e.delta, "reason": e.reason, "ref_event_id": e.ref_event_id, "ts": e.ts_ms}
                     for e in entries
                 ],
             }
         )
-
-    app.router.add_post("/api/v1/wallets/{user}/topup", topup)
-    app.router.add_get("/api/v1/wallets/{user}", balance)
-    app.router.add_get("/api/v1/wallets/{user}/ledger", ledger)

@@ -1,0 +1,51 @@
+"""Redis side of points at the edge: the level cache and the daily comment counters.
+
+Keys:
+
+* ``{user:ID}:points``    hash: the user's balance and ``level`` as the points worker last
+  computed them (a cache: SQL holds the truth; it expires)
+* ``{user:ID}:cmt:DAY``   the user's comments of the UTC day ``DAY`` (days since the epoch),
+  counted by the gateway so that only the first ``comment_points_daily_cap`` earn points;
+  it expires after :data:`COMMENT_COUNT_TTL_S`
+
+Driver errors become :class:`~livecommerce.errors.Unavailable`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .keys import Keys
+from .redis_conn import guarded
+
+COMMENT_COUNT_TTL_S = 2 * 86400  # past the day's end in every time zone
+
+
+class PointsRedis:
+    def __init__(self, redis: Any, keys: Keys) -> None:
+        self._r = redis
+        self.keys = keys
+
+    async def level(self, user: str) -> int:
+        """The user's viewer level as the points worker cached it (0 when unknown).
+
+        Raises:
+            Unavailable: Redis unreachable.
+        """
+        async with guarded():
+            v = await self._r.hget(self.keys.user(user, "points"), "level")
+        return int(v or 0)
+
+    async def count_comment(self, user: str, day: int) -> int:
+        """Count one comment of ``user`` on UTC day ``day``; the day's count so far.
+
+        Raises:
+            Unavailable: Redis unreachable.
+        """
+        key = self.keys.user(user, f"cmt:{day}")
+        pipe = self._r.pipeline(transaction=False)
+        pipe.incr(key)
+        pipe.expire(key, COMMENT_COUNT_TTL_S)
+        async with guarded():
+            n, _ = await pipe.execute()
+        return int(n)
