@@ -17,6 +17,7 @@ import sys
 import time
 from typing import Any
 
+from .clock import now_ms
 from .config import Settings
 from .errors import LiveCommerceError, NotFound
 
@@ -49,7 +50,7 @@ def _load(args: argparse.Namespace, settings: Settings) -> int:
     from .flash_sale import SaleState, load_campaign_file, sale_from_campaign
 
     try:
-        camps = load_campaign_file(args.file, default_payment_window_s=settings.payment_window_s, now_ms=int(time.time() * 1000))
+        camps = load_campaign_file(args.file, default_payment_window_s=settings.payment_window_s, now_ms=now_ms())
     except LiveCommerceError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1
@@ -65,6 +66,7 @@ def _load(args: argparse.Namespace, settings: Settings) -> int:
         from .checkout import Checkout, sale_started_data
         from .keys import Keys
         from .log_open import open_log
+        from .protocol.events import envelope
         from .redis_conn import connect
         from .store_sql import SqlStore
 
@@ -76,7 +78,7 @@ def _load(args: argparse.Namespace, settings: Settings) -> int:
             await store.check_schema()
             checkout = Checkout(redis, keys, durable)
             broker = RedisBroker(redis, keys)
-            now = int(time.time() * 1000)
+            now = now_ms()
             for i, camp in enumerate(camps, 1):
                 sale = sale_from_campaign(camp, sale_id=camp.get("id") or f"s{now:x}{i}")
                 created = await checkout.create_sale(sale)
@@ -86,7 +88,7 @@ def _load(args: argparse.Namespace, settings: Settings) -> int:
                     await checkout.unschedule(sale.id, "start")
                     if await checkout.claim_announcement(sale.id, "started"):
                         st = await checkout.sales.stats(sale.id)
-                        env = {"t": "sale.started", "room": sale.room, "ts": now, "d": sale_started_data(sale, st.remaining)}
+                        env = envelope("sale.started", sale.room, sale_started_data(sale, st.remaining), ts=now)
                         await broker.publish_room(sale.room, env, now_ms=now)
                 await store.put_sale(sale, state=state, now_ms=now, product_name=camp.get("product_name"))
                 print(f"[{i}/{len(camps)}] {sale.id}: room {sale.room}, {sale.stock} units at {sale.price} cents, "

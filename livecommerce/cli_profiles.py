@@ -15,9 +15,9 @@ import asyncio
 import importlib
 import json
 import sys
-import time
 from typing import Any
 
+from .clock import now_ms
 from .config import Settings
 
 
@@ -55,7 +55,7 @@ async def _show(settings: Settings, user: str) -> dict[str, Any] | None:
     if got is None:
         return None
     data, name, erased = got
-    return view(user, data, int(time.time() * 1000), display_name=name, erased=erased)
+    return view(user, data, now_ms(), display_name=name, erased=erased)
 
 
 def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:

@@ -30,11 +30,11 @@ call died half-way still finds (and no-ops or undoes) it. Driver errors become
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
 
+from .clock import now_ms as _now_ms
 from .coupons import (
     MAX_TTL_S,
     ClaimReject,
@@ -301,10 +301,6 @@ class CouponsRedis:
         if code == "ok":  # given back: the order may lock another coupon on a later payment
             async with guarded():
                 await self._r.delete(self.keys.entity("order", order_id, "coupon"))
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _implements_service(c: CouponsRedis) -> CouponService:  # mypy checks the port

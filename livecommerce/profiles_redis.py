@@ -1,4 +1,11 @@
-"""Redis side of a viewer's data erasure (``DELETE /api/v1/me/data``).
+"""Redis side of profiles: what the fold reads (:class:`Resolver`) and a viewer's data
+erasure (``DELETE /api/v1/me/data``, :class:`ErasureRedis`).
+
+* :class:`Resolver`: a room's host (``{room:ID}:meta`` ``host``) and a sale's product
+  category (``{sale:ID}:meta`` ``product_id`` -> ``{product:ID}:meta`` ``category``), which
+  :func:`livecommerce.profiles.contributions` asks through its ``Context``; read in two
+  pipelined round trips per batch and cached in the process (hosts and categories do not
+  change under a sale).
 
 * The wallet balance moves to the pseudonym (``erasure_wallet.lua``: out of the user's
   shard once, into the pseudonym's shard once per erasure token), so the Redis balance of
@@ -20,7 +27,7 @@ from typing import Any
 
 from .fanclub_redis import FanclubRedis
 from .keys import Keys
-from .log import decode_event
+from .log import LogEvent, decode_event
 from .redis_conn import guarded
 from .wallet import shard_of
 
@@ -29,6 +36,62 @@ WALLET = (files("livecommerce") / "erasure_wallet.lua").read_text()
 
 def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
+
+
+class Resolver:
+    """Rooms' hosts and sales' product categories from Redis, cached in the process."""
+
+    def __init__(self, redis: Any, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.hosts: dict[str, str | None] = {}
+        self.categories: dict[str, str | None] = {}
+
+    async def prepare(self, events: Iterable[LogEvent]) -> None:
+        """Look up what the events need and the cache does not hold yet.
+
+        Raises:
+            Unavailable: Redis unreachable.
+        """
+        rooms: set[str] = set()
+        sales: set[str] = set()
+        for e in events:
+            room = e.data.get("room") or e.data.get("room_id")
+            if room and str(room) not in self.hosts:
+                rooms.add(str(room))
+            sale = e.data.get("sale_id")
+            if e.type in ("order.paid", "order.refunded") and sale and str(sale) not in self.categories:
+                sales.add(str(sale))
+        if not rooms and not sales:
+            return
+        rl, sl = sorted(rooms), sorted(sales)
+        pipe = self.redis.pipeline(transaction=False)
+        for room in rl:
+            pipe.hget(self.keys.room_meta(room), "host")
+        for sale in sl:
+            pipe.hget(self.keys.sale(sale, "meta"), "product_id")
+        async with guarded():
+            got = await pipe.execute()
+        for room, v in zip(rl, got[: len(rl)], strict=True):
+            self.hosts[room] = _s(v) if v else None
+        products = {sale: _s(v) for sale, v in zip(sl, got[len(rl) :], strict=True) if v}
+        if products:
+            pipe = self.redis.pipeline(transaction=False)
+            for pid in products.values():
+                pipe.hget(self.keys.entity("product", pid, "meta"), "category")
+            async with guarded():
+                cats = await pipe.execute()
+            by_product = {pid: (_s(c) if c else None) for pid, c in zip(products.values(), cats, strict=True)}
+            for sale in sl:
+                self.categories[sale] = by_product.get(products[sale]) if sale in products else None
+        for sale in sl:
+            self.categories.setdefault(sale, None)
+
+    def host_of(self, room: str) -> str | None:
+        return self.hosts.get(room)
+
+    def category_of(self, sale: str) -> str | None:
+        return self.categories.get(sale)
 
 
 class ErasureRedis:

@@ -26,11 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 from livecommerce import growth_sql
-from livecommerce.broker_redis import RedisBroker
+from livecommerce.clock import now_ms as _now
 from livecommerce.config import Settings
 from livecommerce.errors import LiveCommerceError
 from livecommerce.experiments import EXPOSURE, Exposure
@@ -39,10 +38,8 @@ from livecommerce.feed_redis import FeedRedis
 from livecommerce.growth import ACQUIRED, TOPICS, Acquisition, Fact, acquisition_of, facts_for
 from livecommerce.keys import Keys
 from livecommerce.log import Log, LogEvent
-from livecommerce.log_open import open_log
 from livecommerce.notify import Notifier
 from livecommerce.points import Rules
-from livecommerce.redis_conn import connect, is_cluster_url
 from livecommerce.referrals import (
     REFERRER_FLAG,
     REFERRER_POINTS,
@@ -55,6 +52,7 @@ from livecommerce.store import PointsRole
 from livecommerce.store_sql import SqlStore
 from workers.points import PointsWorker
 from workers.runner import run_consumer
+from workers.wiring import Engines
 
 log = logging.getLogger("livecommerce.workers.growth")
 
@@ -123,10 +121,6 @@ class GrowthWorker:
             log.warning("growth.after_commit_failed", extra={"err": exc.message, "rewards": len(rewards)})
 
 
-def _now() -> int:
-    return int(time.time() * 1000)
-
-
 async def drain(log_: Log, worker: GrowthWorker, *, name: str = "growth-1", fetch_timeout_ms: int = 500) -> int:
     """Burst mode over the four topics; return the number of events handled."""
     n = 0
@@ -137,18 +131,8 @@ async def drain(log_: Log, worker: GrowthWorker, *, name: str = "growth-1", fetc
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:
     """Consume the four topics until ``stop`` is set."""
-    redis = connect(settings.redis_url)
-    keys = Keys(settings.key_prefix)
-    broker = RedisBroker(redis, keys, sharded=is_cluster_url(settings.redis_url))
-    log_ = open_log(settings, redis)
-    store = SqlStore(settings.database_url)
-    worker = GrowthWorker(store, redis, keys, rules=Rules.from_settings(settings), notifier=Notifier(redis, broker, keys),
-                          room_retention_s=settings.room_retention_s, cache_ttl_s=settings.user_cache_ttl_s)
-    log.info("growth.worker_started", extra={"worker": settings.node_id})
-    try:
-        await asyncio.gather(*(run_consumer(log_, t, CONSUMER, settings.node_id, worker, stop=stop) for t in TOPICS))
-    finally:
-        await log_.close()
-        await store.close()
-        await broker.close()
-        await redis.aclose()
+    async with Engines(settings) as e:
+        worker = GrowthWorker(e.store, e.redis, e.keys, rules=Rules.from_settings(settings), notifier=e.notifier,
+                              room_retention_s=settings.room_retention_s, cache_ttl_s=settings.user_cache_ttl_s)
+        log.info("growth.worker_started", extra={"worker": settings.node_id})
+        await asyncio.gather(*(run_consumer(e.log, t, CONSUMER, settings.node_id, worker, stop=stop) for t in TOPICS))

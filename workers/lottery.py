@@ -30,18 +30,20 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from livecommerce.broker_redis import RedisBroker
+from livecommerce.clock import now_ms as _now_ms
 from livecommerce.config import Settings
 from livecommerce.keys import Keys
 from livecommerce.lottery import build_record, ended_event
 from livecommerce.lottery_redis import RedisLotteries
 from livecommerce.notify import Notifier
-from livecommerce.redis_conn import connect, is_cluster_url
+from livecommerce.protocol.events import envelope
+
+from .wiring import Engines
 
 log = logging.getLogger("livecommerce.workers.lottery")
 
@@ -105,7 +107,7 @@ class LotteryDrawer:
 
     async def drain(self, *, now_ms: int | None = None, limit: int = 100) -> list[Outcome]:
         """Process every lottery due at ``now_ms`` (default: now) once; return what was done."""
-        now = int(time.time() * 1000) if now_ms is None else now_ms
+        now = _now_ms() if now_ms is None else now_ms
         out = []
         for lid in await self.store.due(now_ms=now, limit=limit):
             if self._backoff.get(lid, 0) > now:
@@ -166,10 +168,10 @@ class LotteryDrawer:
     async def _announce(self, record: dict[str, Any], *, now_ms: int) -> None:
         room = record["room"]
         d = ended_event(record)
-        await self.broker.publish_room(room, {"t": "lottery.ended", "room": room, "ts": now_ms, "d": d}, history=True, now_ms=now_ms)
+        await self.broker.publish_room(room, envelope("lottery.ended", room, d, ts=now_ms), history=True, now_ms=now_ms)
         won = {"id": record["id"], "title": record.get("title", ""), "prize": record["prize"], "record_url": d["record_url"]}
         for w in record["winners"]:
-            await self.notifier.to_user(w, {"t": "lottery.won", "room": room, "ts": now_ms, "d": won})
+            await self.notifier.to_user(w, envelope("lottery.won", room, won, ts=now_ms))
         try:
             for hook in self.hooks:
                 await hook(record)
@@ -182,13 +184,10 @@ class LotteryDrawer:
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:
     """Poll due lotteries until ``stop`` is set."""
-    redis = connect(settings.redis_url)
-    keys = Keys(settings.key_prefix)
-    drawer = LotteryDrawer.for_redis(
-        redis, keys, worker=settings.node_id, sharded=is_cluster_url(settings.redis_url), hooks=load_hooks(PRIZE_HOOKS)
-    )
-    log.info("lottery.worker_started", extra={"worker": settings.node_id})
-    try:
+    async with Engines(settings) as e:
+        drawer = LotteryDrawer(RedisLotteries(e.redis, e.keys), e.broker, e.notifier, worker=settings.node_id,
+                               hooks=load_hooks(PRIZE_HOOKS))
+        log.info("lottery.worker_started", extra={"worker": settings.node_id})
         while not stop.is_set():
             try:
                 await drawer.drain()
@@ -198,6 +197,3 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
                 await asyncio.wait_for(stop.wait(), POLL_S)
             except TimeoutError:
                 pass
-    finally:
-        await drawer.broker.close()
-        await redis.aclose()

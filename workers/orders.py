@@ -20,29 +20,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import Any
 
 from livecommerce.broker_redis import RedisBroker
 from livecommerce.checkout import Checkout, sale_of, sale_started_data
+from livecommerce.clock import now_ms as _now_ms
 from livecommerce.config import Settings
 from livecommerce.errors import Conflict, LiveCommerceError, NotFound
-from livecommerce.keys import Keys
 from livecommerce.log import Log, LogEvent
-from livecommerce.log_open import open_log
 from livecommerce.notify import Notifier
-from livecommerce.orders import new_order
-from livecommerce.redis_conn import connect
+from livecommerce.orders import OrderState, new_order
+from livecommerce.protocol.events import envelope
 from livecommerce.store_sql import SqlStore
 
 from .runner import run_consumer
+from .wiring import Engines
 
 log = logging.getLogger("livecommerce.workers.orders")
 CONSUMER = "orders"
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class OrderSettler:
@@ -80,7 +75,7 @@ class OrderSettler:
                         # the reserve event never made it (a failed append): the order is
                         # rebuilt from this event, which carries the whole order
                         await tx.insert_reserved(self._order(d), f"{d['order_id']}:reserved")
-                    to = "paid" if ev.type == "order.paid" else "cancelled"
+                    to: OrderState = "paid" if ev.type == "order.paid" else "cancelled"
                     try:
                         res = await tx.transition(d["order_id"], to, ev.id, now_ms=ev.ts, reason=d.get("reason"))
                     except Conflict as exc:
@@ -92,8 +87,9 @@ class OrderSettler:
                         await tx.record_payment(d["order_id"], amount=int(d["amount"]), discount=int(d.get("discount") or 0),
                                                 coupon_id=d.get("coupon_id"))
                     if res.changed:
-                        env = {"t": ev.type, "room": d.get("room_id"), "ts": ev.ts, "d": {k: d[k] for k in ("order_id", "sale_id", "qty") if k in d} | {"amount": d.get("amount", int(d.get("qty", 0)) * int(d.get("unit_price", 0))), "reason": d.get("reason")}}
-                        pushes.append((d["user_id"], env))
+                        body = {k: d[k] for k in ("order_id", "sale_id", "qty") if k in d} | {
+                            "amount": d.get("amount", int(d.get("qty", 0)) * int(d.get("unit_price", 0))), "reason": d.get("reason")}
+                        pushes.append((d["user_id"], envelope(ev.type, d.get("room_id"), body, ts=ev.ts)))
                 else:
                     log.info("orders.ignored", extra={"type": ev.type, "event": ev.id})
         if self.notifier is not None:
@@ -114,7 +110,7 @@ async def schedule_tick(checkout: Checkout, broker: RedisBroker, store: SqlStore
                 state = await checkout.sales.start(sid, now_ms)
                 st = await checkout.sales.stats(sid)
                 if await checkout.claim_announcement(sid, "started"):
-                    env = {"t": "sale.started", "room": sale.room, "ts": now_ms, "d": sale_started_data(sale, st.remaining)}
+                    env = envelope("sale.started", sale.room, sale_started_data(sale, st.remaining), ts=now_ms)
                     await broker.publish_room(sale.room, env, now_ms=now_ms)
                     log.info("sale.started", extra={"sale": sid, "room": sale.room})
                 if store is not None:
@@ -127,7 +123,7 @@ async def schedule_tick(checkout: Checkout, broker: RedisBroker, store: SqlStore
             state = await checkout.sales.end(sid, now_ms)
             sale = await checkout.sale(sid)
             if await checkout.claim_announcement(sid, "ended"):
-                env = {"t": "sale.ended", "room": sale.room, "ts": now_ms, "d": {"sale_id": sid}}
+                env = envelope("sale.ended", sale.room, {"sale_id": sid}, ts=now_ms)
                 await broker.publish_room(sale.room, env, now_ms=now_ms)
                 log.info("sale.ended", extra={"sale": sid, "room": sale.room})
             if store is not None:
@@ -144,7 +140,8 @@ async def timeout_tick(checkout: Checkout, broker: RedisBroker, now_ms: int) -> 
     for sid in touched:
         st = await checkout.sales.stats(sid)
         sale = await checkout.sale(sid)
-        await broker.publish_room(sale.room, {"t": "sale.stock", "room": sale.room, "ts": now_ms, "d": {"sale_id": sid, "remaining": st.remaining}}, now_ms=now_ms)
+        env = envelope("sale.stock", sale.room, {"sale_id": sid, "remaining": st.remaining}, ts=now_ms)
+        await broker.publish_room(sale.room, env, now_ms=now_ms)
     if done:
         log.info("orders.timed_out", extra={"count": len(done)})
     return len(done)
@@ -155,14 +152,13 @@ class OrdersWorker:
 
     def __init__(self, settings: Settings, *, redis: Any = None, durable: Log | None = None) -> None:
         self.s = settings
-        self.keys = Keys(settings.key_prefix)
-        self._own_redis = redis is None
-        self.redis = redis if redis is not None else connect(settings.redis_url)
-        self._own_log = durable is None
-        self.log = durable if durable is not None else open_log(settings, self.redis)
-        self.store = SqlStore(settings.database_url)
-        self.broker = RedisBroker(self.redis, self.keys)
-        self.notifier = Notifier(self.redis, self.broker, self.keys)
+        self.engines = Engines(settings, redis=redis, durable=durable)
+        self.keys = self.engines.keys
+        self.redis = self.engines.redis
+        self.log = self.engines.log
+        self.store = self.engines.store
+        self.broker = self.engines.broker
+        self.notifier = self.engines.notifier
         self.checkout = Checkout(self.redis, self.keys, self.log, sale_retention_s=settings.sale_retention_s)
         self.settler = OrderSettler(self.store, self.notifier)
 
@@ -189,11 +185,7 @@ class OrdersWorker:
                 await asyncio.wait_for(stop.wait(), 0.25)
 
     async def close(self) -> None:
-        if self._own_log:
-            await self.log.close()
-        await self.store.close()
-        if self._own_redis:
-            await self.redis.aclose()
+        await self.engines.close()
 
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:

@@ -40,23 +40,23 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import time
 from typing import Any
 
-from livecommerce.broker_redis import RedisBroker
+from livecommerce.clock import now_ms as _now
 from livecommerce.config import Settings
 from livecommerce.coupons import REDEEMED_TTL_S, CouponDrop
 from livecommerce.coupons_redis import CouponsRedis
 from livecommerce.keys import Keys
 from livecommerce.log import Log, LogEvent
-from livecommerce.log_open import open_log
 from livecommerce.notify import Notifier
 from livecommerce.points import REDEEM, Award, Rules, awards_for, level_for, redeem_drop_id, room_of
-from livecommerce.redis_conn import connect, guarded, is_cluster_url
+from livecommerce.protocol.events import envelope
+from livecommerce.redis_conn import guarded
 from livecommerce.refunds import ORDER_REFUNDED, clawback_awards
 from livecommerce.retention import USER_CACHE_TTL_S
 from livecommerce.store import PointsRole, Store
 from workers.runner import run_consumer
+from workers.wiring import Engines
 
 log = logging.getLogger("livecommerce.workers.points")
 
@@ -159,8 +159,8 @@ class PointsWorker:
         or tell the user it was refused."""
         user, cost = str(e.data["user"]), int(e.data["cost"])
         if await self.store.points_entry(e.id, user, "coupon.redeem") is None:
-            await self._push(user, {"t": "points.redeem", "ts": _now(), "d": {
-                "ok": False, "code": "insufficient_points", "request_id": e.data.get("request_id"), "cost": cost}})
+            await self._push(user, envelope("points.redeem", None, {
+                "ok": False, "code": "insufficient_points", "request_id": e.data.get("request_id"), "cost": cost}, ts=_now()))
             return
         drop = CouponDrop(
             id=redeem_drop_id(e.id),
@@ -175,8 +175,8 @@ class PointsWorker:
         )
         coupon = await self.coupons.grant(user, drop, now_ms=e.ts)
         if coupon is not None:
-            await self._push(user, {"t": "coupon.claimed", "ts": _now(), "d": {**coupon, "via": "points",
-                                                                                "request_id": e.data.get("request_id")}})
+            await self._push(user, envelope("coupon.claimed", None, {**coupon, "via": "points", "request_id": e.data.get("request_id")},
+                                            ts=_now()))
 
     async def refresh(self, users: list[str]) -> dict[str, dict[str, int]]:
         """Cache the users' balances and levels in Redis and push ``points`` to each."""
@@ -194,8 +194,8 @@ class PointsWorker:
             await pipe.execute()
         now = _now()
         pushes = [
-            (user, {"t": "points", "ts": now, "d": {
-                "balance": st["viewer"], "level": st["level"], "host_balance": st["host"], "host_level": st["host_level"]}})
+            (user, envelope("points", None, {
+                "balance": st["viewer"], "level": st["level"], "host_balance": st["host"], "host_level": st["host_level"]}, ts=now))
             for user, st in states.items()
         ]
         for i in range(0, len(pushes), PUSH_CONCURRENCY):
@@ -211,10 +211,6 @@ class PointsWorker:
             log.warning("points.push_failed", extra={"user": user, "err": repr(exc)})
 
 
-def _now() -> int:
-    return int(time.time() * 1000)
-
-
 async def drain(log_: Log, worker: PointsWorker, *, name: str = "points-1", fetch_timeout_ms: int = 500) -> int:
     """Burst mode over the four topics; return the number of events handled."""
     n = 0
@@ -225,20 +221,8 @@ async def drain(log_: Log, worker: PointsWorker, *, name: str = "points-1", fetc
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:
     """Consume the four topics until ``stop`` is set."""
-    from livecommerce.store_sql import SqlStore
-
-    redis = connect(settings.redis_url)
-    keys = Keys(settings.key_prefix)
-    broker = RedisBroker(redis, keys, sharded=is_cluster_url(settings.redis_url))
-    log_ = open_log(settings, redis)
-    store = SqlStore(settings.database_url)
-    worker = PointsWorker(store, redis, keys, Rules.from_settings(settings), notifier=Notifier(redis, broker, keys),
-                          secret=settings.secret, cache_ttl_s=settings.user_cache_ttl_s)
-    log.info("points.worker_started", extra={"worker": settings.node_id})
-    try:
-        await asyncio.gather(*(run_consumer(log_, t, CONSUMER, settings.node_id, worker, stop=stop) for t in TOPICS))
-    finally:
-        await log_.close()
-        await store.close()
-        await broker.close()
-        await redis.aclose()
+    async with Engines(settings) as e:
+        worker = PointsWorker(e.store, e.redis, e.keys, Rules.from_settings(settings), notifier=e.notifier,
+                              secret=settings.secret, cache_ttl_s=settings.user_cache_ttl_s)
+        log.info("points.worker_started", extra={"worker": settings.node_id})
+        await asyncio.gather(*(run_consumer(e.log, t, CONSUMER, settings.node_id, worker, stop=stop) for t in TOPICS))

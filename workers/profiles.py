@@ -36,17 +36,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Iterable
 from typing import Any
 
 from livecommerce import profiles_sql
+from livecommerce.clock import now_ms
 from livecommerce.config import Settings
 from livecommerce.errors import Unavailable
 from livecommerce.fanclub_redis import FanclubRedis
 from livecommerce.keys import Keys
 from livecommerce.log import Log, LogEvent
-from livecommerce.log_open import open_log
 from livecommerce.profiles import (
     TOPICS,
     Context,
@@ -56,10 +55,11 @@ from livecommerce.profiles import (
     merge,
     pseudonym,
 )
-from livecommerce.redis_conn import connect, guarded
+from livecommerce.profiles_redis import Resolver
 from livecommerce.store_sql import SqlStore
 
 from .runner import run_consumer
+from .wiring import Engines
 
 log = logging.getLogger("livecommerce.workers.profiles")
 
@@ -69,61 +69,6 @@ RELEVANT = frozenset({
     "order.paid", "refund.requested", "order.refunded", "fan.follow", "fan.club",
 })
 _USER_FIELDS = ("user", "user_id")
-
-
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
-class Resolver:
-    """Rooms' hosts and sales' product categories from Redis, cached in the process."""
-
-    def __init__(self, redis: Any, keys: Keys) -> None:
-        self.redis = redis
-        self.keys = keys
-        self.hosts: dict[str, str | None] = {}
-        self.categories: dict[str, str | None] = {}
-
-    async def prepare(self, events: Iterable[LogEvent]) -> None:
-        rooms: set[str] = set()
-        sales: set[str] = set()
-        for e in events:
-            room = e.data.get("room") or e.data.get("room_id")
-            if room and str(room) not in self.hosts:
-                rooms.add(str(room))
-            sale = e.data.get("sale_id")
-            if e.type in ("order.paid", "order.refunded") and sale and str(sale) not in self.categories:
-                sales.add(str(sale))
-        if not rooms and not sales:
-            return
-        rl, sl = sorted(rooms), sorted(sales)
-        pipe = self.redis.pipeline(transaction=False)
-        for room in rl:
-            pipe.hget(self.keys.room_meta(room), "host")
-        for sale in sl:
-            pipe.hget(self.keys.sale(sale, "meta"), "product_id")
-        async with guarded():
-            got = await pipe.execute()
-        for room, v in zip(rl, got[: len(rl)], strict=True):
-            self.hosts[room] = _s(v) if v else None
-        products = {sale: _s(v) for sale, v in zip(sl, got[len(rl) :], strict=True) if v}
-        if products:
-            pipe = self.redis.pipeline(transaction=False)
-            for pid in products.values():
-                pipe.hget(self.keys.entity("product", pid, "meta"), "category")
-            async with guarded():
-                cats = await pipe.execute()
-            by_product = {pid: (_s(c) if c else None) for pid, c in zip(products.values(), cats, strict=True)}
-            for sale in sl:
-                self.categories[sale] = by_product.get(products[sale]) if sale in products else None
-        for sale in sl:
-            self.categories.setdefault(sale, None)
-
-    def host_of(self, room: str) -> str | None:
-        return self.hosts.get(room)
-
-    def category_of(self, sale: str) -> str | None:
-        return self.categories.get(sale)
 
 
 def _users(events: Iterable[LogEvent]) -> set[str]:
@@ -151,7 +96,7 @@ class ProfilesWorker:
         if not mine:
             return
         await self.resolver.prepare(mine)
-        now = int(time.time() * 1000)
+        now = now_ms()
         fan_rows: list[dict[str, Any]] = []
         async with self.store.write() as tx:
             await profiles_sql.lock(tx.conn, exclusive=False)
@@ -199,7 +144,7 @@ class BaseFolder:
         if not mine:
             return
         await self.resolver.prepare(mine)
-        now = int(time.time() * 1000)
+        now = now_ms()
         async with self.store.write() as tx:
             await profiles_sql.lock(tx.conn, exclusive=False)
             fresh = await profiles_sql.claim(tx.conn, profiles_sql.BASE_CONSUMER, [e.id for e in mine], now_ms=now)
@@ -268,7 +213,7 @@ async def rebuild(store: SqlStore, redis: Any, keys: Keys, durable: Log, *, secr
         Unavailable: SQL, Redis or the log unreachable, or users kept being erased while it
             ran (three attempts).
     """
-    now = int(time.time() * 1000)
+    now = now_ms()
     async with store.read() as tx:
         erasures = await profiles_sql.all_erasures(tx.conn)
     groups: list[str] = []
@@ -314,16 +259,8 @@ async def rebuild(store: SqlStore, redis: Any, keys: Keys, durable: Log, *, secr
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:
     """Consume the three topics until ``stop`` is set."""
-    redis = connect(settings.redis_url)
-    keys = Keys(settings.key_prefix)
-    durable = open_log(settings, redis)
-    store = SqlStore(settings.database_url)
-    worker = ProfilesWorker(store, redis, keys, secret=settings.secret)
-    await store.check_schema()
-    log.info("worker.started", extra={"worker": "profiles", "node": settings.node_id})
-    try:
-        await asyncio.gather(*(run_consumer(durable, t, CONSUMER, settings.node_id, worker, stop=stop) for t in TOPICS))
-    finally:
-        await durable.close()
-        await store.close()
-        await redis.aclose()
+    async with Engines(settings) as e:
+        worker = ProfilesWorker(e.store, e.redis, e.keys, secret=settings.secret)
+        await e.store.check_schema()
+        log.info("worker.started", extra={"worker": "profiles", "node": settings.node_id})
+        await asyncio.gather(*(run_consumer(e.log, t, CONSUMER, settings.node_id, worker, stop=stop) for t in TOPICS))

@@ -30,18 +30,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 from livecommerce.broker_redis import RedisBroker
+from livecommerce.clock import now_ms as _now
 from livecommerce.config import Settings
 from livecommerce.errors import Conflict, LiveCommerceError, NotFound, Unavailable
 from livecommerce.flash_sale_redis import RedisFlashSale
 from livecommerce.keys import Keys
 from livecommerce.log import Log, LogEvent
-from livecommerce.log_open import open_log
 from livecommerce.notify import Notifier
-from livecommerce.redis_conn import connect, is_cluster_url
+from livecommerce.protocol.events import envelope
 from livecommerce.refunds import (
     APPROVED,
     EVENT_TYPES,
@@ -62,6 +61,7 @@ from livecommerce.store_sql import SqlStore, SqlTx
 from livecommerce.wallet_redis import RedisWallet
 
 from .runner import run_consumer
+from .wiring import Engines
 
 log = logging.getLogger("livecommerce.workers.refunds")
 
@@ -161,7 +161,7 @@ class RefundsWorker:
         if first:
             self.effects += 1
             if restocked and self.broker is not None:
-                env = {"t": "sale.stock", "room": r.room_id, "ts": e.ts, "d": {"sale_id": r.sale_id, "remaining": remaining}}
+                env = envelope("sale.stock", r.room_id, {"sale_id": r.sale_id, "remaining": remaining}, ts=e.ts)
                 try:
                     await self.broker.publish_room(r.room_id, env, now_ms=e.ts)
                 except LiveCommerceError as exc:  # a lossy broadcast: the stock is in Redis
@@ -175,13 +175,9 @@ class RefundsWorker:
         if e.type == ORDER_REFUNDED:
             d |= {"credited": e.data.get("credited"), "full": r.full, "restocked": e.data.get("restocked")}
         try:
-            await self.notifier.to_user(r.user_id, {"t": t, "room": r.room_id, "ts": _now(), "d": d})
+            await self.notifier.to_user(r.user_id, envelope(t, r.room_id, d, ts=_now()))
         except LiveCommerceError as exc:
             log.warning("refunds.push_failed", extra={"user": r.user_id, "err": exc.message})
-
-
-def _now() -> int:
-    return int(time.time() * 1000)
 
 
 async def drain(durable: Log, worker: RefundsWorker, *, name: str = "refunds-1", fetch_timeout_ms: int = 300) -> int:
@@ -197,19 +193,9 @@ async def drain(durable: Log, worker: RefundsWorker, *, name: str = "refunds-1",
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:
     """Consume ``orders`` until ``stop`` is set."""
-    redis = connect(settings.redis_url)
-    keys = Keys(settings.key_prefix)
-    broker = RedisBroker(redis, keys, sharded=is_cluster_url(settings.redis_url))
-    durable = open_log(settings, redis)
-    store = SqlStore(settings.database_url)
-    worker = RefundsWorker(store, redis, keys, durable, notifier=Notifier(redis, broker, keys), broker=broker,
-                           retention_s=settings.sale_retention_s)
-    await store.check_schema()
-    log.info("worker.started", extra={"worker": "refunds", "node": settings.node_id})
-    try:
-        await run_consumer(durable, TOPIC, CONSUMER, settings.node_id, worker, stop=stop)
-    finally:
-        await durable.close()
-        await store.close()
-        await broker.close()
-        await redis.aclose()
+    async with Engines(settings) as e:
+        worker = RefundsWorker(e.store, e.redis, e.keys, e.log, notifier=e.notifier, broker=e.broker,
+                               retention_s=settings.sale_retention_s)
+        await e.store.check_schema()
+        log.info("worker.started", extra={"worker": "refunds", "node": settings.node_id})
+        await run_consumer(e.log, TOPIC, CONSUMER, settings.node_id, worker, stop=stop)

@@ -17,19 +17,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 
+from livecommerce.clock import now_ms
 from livecommerce.config import Settings
 from livecommerce.errors import Unavailable
-from livecommerce.keys import Keys
 from livecommerce.log import Log, LogEvent
-from livecommerce.log_open import open_log
-from livecommerce.redis_conn import connect
 from livecommerce.store import Store
-from livecommerce.store_sql import SqlStore
 from livecommerce.wallet import TOPIC, ledger_delta
 from livecommerce.wallet_redis import RedisWallet
 from workers.runner import run_consumer
+from workers.wiring import Engines
 
 log = logging.getLogger("livecommerce.workers.wallet")
 
@@ -71,7 +68,7 @@ async def drain(log_: Log, store: Store, *, name: str = "wallet-1", fetch_timeou
 async def sweep_loop(wallet: RedisWallet, log_: Log, stop: asyncio.Event) -> None:
     while not stop.is_set():
         try:
-            n = await wallet.sweep(log_, now_ms=int(time.time() * 1000))
+            n = await wallet.sweep(log_, now_ms=now_ms())
             if n:
                 log.info("wallet.outbox_swept", extra={"events": n})
         except Unavailable as exc:
@@ -82,16 +79,9 @@ async def sweep_loop(wallet: RedisWallet, log_: Log, stop: asyncio.Event) -> Non
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:
     """Consume ``gifts`` and sweep the outbox until ``stop`` is set."""
-    redis = connect(settings.redis_url)
-    log_ = open_log(settings, redis)
-    store = SqlStore(settings.database_url)
-    wallet = RedisWallet(redis, Keys(settings.key_prefix))
-    try:
+    async with Engines(settings) as e:
+        wallet = RedisWallet(e.redis, e.keys)
         await asyncio.gather(
-            run_consumer(log_, TOPIC, CONSUMER, settings.node_id, WalletLedger(store), stop=stop),
-            sweep_loop(wallet, log_, stop),
+            run_consumer(e.log, TOPIC, CONSUMER, settings.node_id, WalletLedger(e.store), stop=stop),
+            sweep_loop(wallet, e.log, stop),
         )
-    finally:
-        await log_.close()
-        await store.close()
-        await redis.aclose()

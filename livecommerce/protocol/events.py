@@ -61,7 +61,13 @@ def priority_of(event_type: str) -> Priority:
 def envelope(
     t: str, room: str | None, d: dict[str, Any], *, ts: int, seq: int | None = None
 ) -> dict[str, Any]:
-    env: dict[str, Any] = {"t": t, "room": room, "ts": ts, "d": d}
+    """One server event, the way every event is built: ``{"t", "room", "ts", "d"}``.
+
+    ``room=None`` makes an event that belongs to no room (``points``, ``points.redeem``: a
+    private push to a user wherever they are), which carries no ``room`` key. ``seq`` is set
+    only by what numbers room events (the broker, on publish); a caller leaves it out.
+    """
+    env: dict[str, Any] = {"t": t, "room": room, "ts": ts, "d": d} if room is not None else {"t": t, "ts": ts, "d": d}
     if seq is not None:
         env["seq"] = seq
     return env
