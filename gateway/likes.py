@@ -20,8 +20,8 @@ from aiohttp import web
 
 from livecommerce.auth import Identity
 from livecommerce.likes import LikeTally, PushGate
+from livecommerce.likes_redis import RedisLikes
 from livecommerce.protocol.commands import Like
-from livecommerce.redis_conn import guarded
 
 from .conn import Conn
 from .core import Gateway
@@ -30,8 +30,9 @@ log = logging.getLogger("livecommerce.gateway.likes")
 
 
 class Likes:
-    def __init__(self, gw: Gateway) -> None:
+    def __init__(self, gw: Gateway, counters: RedisLikes) -> None:
         self.gw = gw
+        self.counters = counters
         self.tally = LikeTally()
         self.gate = PushGate()
 
@@ -43,30 +44,11 @@ class Likes:
             Unavailable: Redis unreachable.
         """
         deltas = self.tally.take()
-        rooms = list(deltas.keys() | self.gw.hub.rooms.keys())
-        if not rooms:
-            return {}
-        pipe = self.gw.redis.pipeline(transaction=False)
-        for room in rooms:
-            key = self.gw.keys.room_likes(room)
-            if deltas.get(room):
-                pipe.incrby(key, deltas[room])
-                # the counter lives LC_ROOM_RETENTION_S after its last like (docs/retention.md)
-                pipe.expire(key, self.gw.s.room_retention_s)
-            else:
-                pipe.get(key)
         try:
-            async with guarded():
-                res = await pipe.execute()
+            return await self.counters.add_and_read(deltas, self.gw.hub.rooms.keys())
         except BaseException:
             self.tally.restore(deltas)
             raise
-        out: dict[str, int] = {}
-        i = 0
-        for room in rooms:
-            out[room] = int(res[i] or 0)
-            i += 2 if deltas.get(room) else 1
-        return out
 
     async def on_second(self) -> None:
         totals = await self.flush()
@@ -78,9 +60,7 @@ class Likes:
         self.gate.keep_only(local.keys())
 
     async def total(self, room: str) -> int:
-        async with guarded():
-            v = await self.gw.redis.get(self.gw.keys.room_likes(room))
-        return int(v or 0) + self.tally.pending(room)
+        return await self.counters.total(room) + self.tally.pending(room)
 
     # ---- handlers (gateway.routes)
     async def like(self, conn: Conn, cmd: Like) -> dict[str, Any] | None:

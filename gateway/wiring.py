@@ -10,7 +10,7 @@ dependency order and a reader sees it top to bottom. What every capability may h
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from livecommerce.checkout import Checkout
 from livecommerce.coupons_redis import CouponsRedis
@@ -19,6 +19,7 @@ from livecommerce.fanclub_redis import FanclubRedis
 from livecommerce.feed_redis import FeedRedis
 from livecommerce.funnel_redis import FunnelRedis
 from livecommerce.leaderboard_redis import RedisLeaderboards
+from livecommerce.likes_redis import RedisLikes
 from livecommerce.log import Log
 from livecommerce.log_open import open_log
 from livecommerce.lottery_redis import RedisLotteries
@@ -105,22 +106,18 @@ def build(gw: Gateway) -> Services:
     legacy: dict[str, Any] = gw.services  # capabilities not yet moved here (gateway.app.LEGACY)
 
     # engines, opened once and passed to whoever needs them; closed after every flush (the
-    # flushes are inserted at the front of the stop hooks). The same SQL store serves every
-    # capability.
-    store = cast("SqlStore | None", legacy.get("store"))
-    if store is None:
-        store = legacy["store"] = SqlStore(gw.s.database_url)
-        gw.hooks.stop.append(store.close)
+    # flushes are inserted at the front of the stop hooks)
+    store = SqlStore(gw.s.database_url)
     durable = open_log(gw.s, gw.redis)
     gw.hooks.stop.append(durable.close)
-    legacy["log"] = durable  # gateway.wallet.durable_log, for the modules not yet moved
+    gw.hooks.stop.append(store.close)
 
     # has this room's show ended? asked by chat, buys, coupons and lotteries
     room_store = RedisRooms(gw.redis, gw.keys)
     gate = RoomGate(room_store)
     gw.hub.observers.append(gate.observe)
 
-    likes = Likes(gw)
+    likes = Likes(gw, RedisLikes(gw.redis, gw.keys, retention_s=gw.s.room_retention_s))
     gw.hub.on_second.append(likes.on_second)
     gw.hooks.welcome.append(likes.welcome)
     legacy["likes"] = likes
@@ -195,7 +192,7 @@ def build(gw: Gateway) -> Services:
     # ops plane: health, the dashboard's sampler and its alerts, the pages, the API document
     ops_redis = OpsRedis(gw.redis, gw.keys)
     health = Health(gw, ops_redis)
-    ops = Ops(gw, ops_redis, store, checkout)
+    ops = Ops(gw, ops_redis, gw.presence, store, checkout)
     gw.hooks.comment.append(ops.on_comment)
     gw.hooks.gift.append(ops.on_gift)
     gw.hooks.response.append(ops.on_response)
@@ -217,7 +214,7 @@ def build(gw: Gateway) -> Services:
     gw.hub.on_second.append(feed.on_second)
     gw.hooks.response.append(feed.on_response)
     gw.hooks.stop.insert(0, feed.stop)
-    segments = Segments(gw, SegmentsRedis(gw.redis, gw.keys), store, durable, coupons.store)
+    segments = Segments(gw, SegmentsRedis(gw.redis, gw.keys), gw.presence, store, durable, coupons.store)
     referrals_redis = ReferralsRedis(gw.redis, gw.keys)
     growth = Growth(gw, referrals_redis, store, durable)
     gw.hooks.welcome.append(growth.welcome)
