@@ -10,7 +10,8 @@ Data sources, all shared by every gateway so any node answers for the whole clus
   sorted set ``lc:ops:rooms`` (score = last seen). A reader turns successive totals of each
   node into per-second rates (:class:`~livecommerce.alerts.ClusterRates`), so nodes need no
   common clock tick.
-* **Online** from the rooms' presence hashes, **room state** from the rooms' meta hashes.
+* **Online** from the :class:`~livecommerce.presence.Presence` port, **room state** from the
+  rooms' meta hashes.
 * **Commerce** (every :data:`COMMERCE_EVERY_S` seconds, one node per interval by a Redis
   lock; the others read its snapshot ``lc:ops:commerce``): recent campaigns from SQL, each
   with its Redis stock figures (``checkout.sales.stats``) and SQL order totals
@@ -66,6 +67,7 @@ from livecommerce.auth import Identity
 from livecommerce.checkout import Checkout
 from livecommerce.errors import Forbidden, LiveCommerceError, NotFound
 from livecommerce.ops_redis import OpsRedis
+from livecommerce.presence import Presence
 from livecommerce.store_sql import SqlStore
 
 from .conn import Conn
@@ -90,9 +92,11 @@ class Ops:
     """Per-node counters, the cluster readings, the rings the charts draw, the alerts
     (:class:`~livecommerce.alerts.Alerts` judges them); the ops dashboard's HTTP API."""
 
-    def __init__(self, gw: Gateway, redis: OpsRedis, store: SqlStore | None, checkout: Checkout | None) -> None:
+    def __init__(self, gw: Gateway, redis: OpsRedis, presence: Presence, store: SqlStore | None,
+                 checkout: Checkout | None) -> None:
         self.gw = gw  # the clock, node id, metrics, this node's rooms, callers' identities
         self.redis = redis
+        self.presence = presence  # viewers online per room, every node's
         self.store = store  # campaigns and orders (None: this node serves no flash sales)
         self.checkout = checkout  # the sales' Redis stock figures
         self.start_ms = gw.now_ms()
@@ -221,7 +225,7 @@ class Ops:
         await self.redis.drop_nodes(reading.stale)
         recent = await self.redis.recent_rooms(now_ms - ROOM_RECENT_MS)
         room_ids = sorted(set(recent) | set(per_room))[:MAX_ROOMS]
-        online = await self.redis.online(room_ids, now_ms)
+        online = await self.presence.online(room_ids, now_ms=now_ms)
         zero = [0.0, 0.0, 0.0]
         rooms: dict[str, dict[str, Any]] = {
             r: {"online": online.get(r, 0), "comments_per_s": round(per_room.get(r, zero)[0], 2),

@@ -42,6 +42,7 @@ from livecommerce.coupons import CouponDrop, coupon_id, new_drop
 from livecommerce.coupons_redis import CouponsRedis
 from livecommerce.errors import BadFrame, Conflict, NotFound
 from livecommerce.log import Log
+from livecommerce.presence import Presence
 from livecommerce.profiles import view
 from livecommerce.profiles_sql import iter_profiles
 from livecommerce.protocol.codec import pack_internal
@@ -59,9 +60,11 @@ CHUNK = 500
 class Segments:
     """Segment definitions, their members now, and targeting them; the ops HTTP API."""
 
-    def __init__(self, gw: Gateway, redis: SegmentsRedis, sql: SqlStore, durable: Log, coupons: CouponsRedis) -> None:
+    def __init__(self, gw: Gateway, redis: SegmentsRedis, presence: Presence, sql: SqlStore, durable: Log,
+                 coupons: CouponsRedis) -> None:
         self.gw = gw  # the clock, the broker (node inboxes), the callers' identities
         self.redis = redis
+        self.presence = presence  # the nodes each member is connected to
         self.sql = sql
         self.durable = durable  # segment.targeted
         self.coupons = coupons
@@ -92,7 +95,7 @@ class Segments:
         reached: list[str] = []
         for i in range(0, len(users), CHUNK):
             part = users[i : i + CHUNK]
-            for u, live in (await self.redis.nodes_of(part)).items():
+            for u, live in (await self.presence.user_nodes(part)).items():
                 if not live:
                     continue
                 body = pack_internal({"kind": "user", "user": u, "room": None, "env": env})

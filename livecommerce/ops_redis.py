@@ -10,8 +10,8 @@ Keys:
 * ``lc:ops:commerce``  JSON of the latest commerce snapshot (one minute kept), and
   ``lc:ops:commerce:lock``, held by the node that computes the next one
 
-The dashboard also reads the rooms' own presence (``{room:ID}:online``) and meta
-(``{room:ID}:meta``) hashes. Driver errors become :class:`~livecommerce.errors.Unavailable`.
+The dashboard also reads the rooms' meta hashes (``{room:ID}:meta``); who is online comes
+from the :class:`~livecommerce.presence.Presence` port. Driver errors become :class:`~livecommerce.errors.Unavailable`.
 """
 
 from __future__ import annotations
@@ -20,14 +20,11 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .feed import online_total
 from .keys import Keys
 from .redis_conn import guarded
 
 NODES_TTL_S = 3600
 ROOMS_KEEP_MS = 86_400_000
-#: a node's presence entry older than this does not count (as ``Hub.online``)
-PRESENCE_FRESH_MS = 5_000
 
 
 def _s(v: Any) -> str:
@@ -98,23 +95,7 @@ class OpsRedis:
             got = await self._r.zrangebyscore(self._rooms, since_ms, "+inf")
         return [_s(x) for x in got]
 
-    # ---- the rooms' own hashes
-    async def online(self, rooms: Sequence[str], now_ms: int) -> dict[str, int]:
-        """Viewers online per room, from the nodes that reported within
-        :data:`PRESENCE_FRESH_MS` (one round trip).
-
-        Raises:
-            Unavailable: Redis unreachable.
-        """
-        if not rooms:
-            return {}
-        pipe = self._r.pipeline(transaction=False)
-        for r in rooms:
-            pipe.hgetall(self.keys.room_online(r))
-        async with guarded():
-            got = await pipe.execute()
-        return {room: online_total(vals or {}, now_ms, fresh_ms=PRESENCE_FRESH_MS) for room, vals in zip(rooms, got, strict=True)}
-
+    # ---- the rooms' meta hashes
     async def room_meta(self, rooms: Sequence[str]) -> dict[str, dict[str, str]]:
         """Each room's meta hash (title, host, state, peak_online ...), decoded.
 

@@ -1,9 +1,8 @@
-"""Redis side of segment targeting: where the members are online, and who a push reached.
+"""Redis side of segment targeting: who a push reached (where the members are online is
+the :class:`~livecommerce.presence.Presence` port's).
 
 Keys:
 
-* ``{user:U}:nodes``  hash node -> open connections of the user (kept by the gateways,
-  see :mod:`livecommerce.notify`); read here a chunk of users per round trip
 * ``{push:T}:users``  set of the users target ``T`` reached (30 days kept), for its
   redeemed count
 
@@ -33,20 +32,6 @@ class SegmentsRedis:
 
     def _pushed(self, target: str) -> str:
         return self.keys.entity("push", target, "users")
-
-    async def nodes_of(self, users: Sequence[str]) -> dict[str, list[str]]:
-        """The nodes each of ``users`` has an open connection on (one round trip; users
-        offline everywhere map to ``[]``).
-
-        Raises:
-            Unavailable: Redis unreachable.
-        """
-        pipe = self._r.pipeline(transaction=False)
-        for u in users:
-            pipe.hgetall(self.keys.user_nodes(u))
-        async with guarded():
-            got = await pipe.execute()
-        return {u: [_s(n) for n, c in (nodes or {}).items() if int(c) > 0] for u, nodes in zip(users, got, strict=True)}
 
     async def remember_pushed(self, target: str, users: Sequence[str]) -> None:
         """Add ``users`` to the set of users ``target`` reached.
