@@ -98,9 +98,9 @@ def sqlite_file(url: str) -> str | None:
 
 
 def _logs(settings: Settings) -> None:
-    from . import logs
+    from . import logging_setup
 
-    logs.configure(settings.log_level, json_lines=settings.log_json)
+    logging_setup.configure(settings.log_level, json_lines=settings.log_json)
 
 
 # ---------------------------------------------------------------- token

@@ -31,7 +31,7 @@ least once) with its Wilson interval, GMV per viewer with its normal interval, b
 and watch rates; each treatment against the control: the two-proportion z-test on the
 conversion rate and Welch's z on GMV per viewer; and the sample-ratio-mismatch chi-square
 of exposure counts against the configured split (holdout included), see
-:mod:`livecommerce.stats`.
+:mod:`livecommerce.experiment_stats`.
 
 Life-cycle (all transitions in :data:`EXPERIMENT_TRANSITIONS`)::
 
@@ -48,7 +48,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from .errors import BadFrame, Conflict
-from .stats import chi_square_gof, mean_summary, mean_ztest, two_proportion_ztest, wilson_interval
+from .experiment_stats import (
+    chi_square_gof,
+    mean_summary,
+    mean_ztest,
+    two_proportion_ztest,
+    wilson_interval,
+)
 
 ExpState = Literal["draft", "running", "stopped"]
 ExpStep = Literal["start", "stop"]

@@ -11,6 +11,7 @@ from collections import Counter
 import pytest
 
 from livecommerce.errors import BadFrame, Conflict
+from livecommerce.experiment_stats import chi_square_gof, two_proportion_ztest
 from livecommerce.experiments import (
     FLAG_DEFAULTS,
     HOLDOUT,
@@ -24,7 +25,6 @@ from livecommerce.experiments import (
     results,
     step,
 )
-from livecommerce.stats import chi_square_gof, two_proportion_ztest
 
 IDS = [f"user-{i}" for i in range(100_000)]
 

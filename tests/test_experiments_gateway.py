@@ -14,10 +14,10 @@ import aiohttp
 import redis.asyncio as aioredis
 
 from gateway.openapi import document
+from livecommerce.experiment_stats import two_proportion_ztest
 from livecommerce.experiments import EXPOSURE, Experiment, exposure_data, exposure_event_id
 from livecommerce.keys import Keys
 from livecommerce.log_open import open_log
-from livecommerce.stats import two_proportion_ztest
 from livecommerce.store_sql import SqlStore
 from tests.fixtures_gateway import GatewayFactory
 from tests.test_openapi import validate

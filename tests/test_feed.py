@@ -134,5 +134,5 @@ def test_online_counts_only_fresh_nodes() -> None:
 def test_the_feed_experiment_growth_and_referral_cores_do_no_io() -> None:
     from tests.test_architecture import IO_LIBS, ROOT, imports_of
 
-    for rel in ("feed.py", "experiments.py", "stats.py", "growth.py", "referrals.py"):
+    for rel in ("feed.py", "experiments.py", "experiment_stats.py", "growth.py", "referrals.py"):
         assert not imports_of(ROOT / rel) & IO_LIBS, rel

@@ -8,7 +8,7 @@ import statistics
 
 import pytest
 
-from livecommerce.stats import (
+from livecommerce.experiment_stats import (
     chi2_sf,
     chi_square_gof,
     gammaincc,
