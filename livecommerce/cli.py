@@ -38,7 +38,7 @@ CLI_MODULES = [
     "livecommerce.cli_db",
     "livecommerce.cli_campaign",
     "livecommerce.cli_lottery",
-    "livecommerce.cli_cluster",
+    "livecommerce.devcluster.cli",
     "livecommerce.cli_profiles",
 ]
 

@@ -2,7 +2,7 @@
 """Scale-out benchmark: the figures behind docs/scaling.md's capacity model.
 
 Three parts, on the local topology of ``livecommerce cluster up`` (a 3-master + 3-replica
-Redis Cluster, gateways, HAProxy; ``livecommerce.topology``):
+Redis Cluster, gateways, HAProxy; ``livecommerce.devcluster.topology``):
 
 * ``fanout``: one room, ``--clients`` WebSocket viewers connected **through HAProxy**, with
   1, 2 and 3 gateways behind it (one HAProxy per step, listing the first N gateways).
@@ -45,8 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _wsload
 from bench_fanout import Clients, LcRedisPublisher, Progress, fmt_row, machine, pad_for, run_step
 
-import livecommerce.topology as _topology
-from livecommerce.topology import (
+import livecommerce.devcluster.topology as _topology
+from livecommerce.devcluster.topology import (
     Options,
     Proc,
     State,

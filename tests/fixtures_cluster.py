@@ -4,7 +4,7 @@
   processes; ``LC_TEST_REDIS_CLUSTER_URL`` (``redis+cluster://host:port,...``) uses a running
   cluster instead. Tests share it through their key prefix.
 * ``ha_cluster`` (per test): 3 masters + 3 replicas with a 1 s ``cluster-node-timeout``, for
-  tests that kill a master (:class:`~livecommerce.topology.RedisClusterNodes` has ``kill9``,
+  tests that kill a master (:class:`~livecommerce.devcluster.topology.RedisClusterNodes` has ``kill9``,
   ``master_of`` and ``wait_owner_change``).
 * ``cluster_redis``, ``cluster_settings``: a ``RedisCluster`` client and ``Settings`` on the
   shared cluster with the test's key prefix (the test's keys are deleted afterwards).
@@ -24,10 +24,9 @@ from pathlib import Path
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
-from livecommerce import topology as _topology
 from livecommerce.config import Settings
-from livecommerce.redis_conn import connect
-from livecommerce.topology import (
+from livecommerce.devcluster import topology as _topology
+from livecommerce.devcluster.topology import (
     Options,
     RedisClusterNodes,
     State,
@@ -35,6 +34,7 @@ from livecommerce.topology import (
     find_haproxy,
     free_cluster_ports,
 )
+from livecommerce.redis_conn import connect
 from workers.registry import WORKERS
 
 # a test session killed with SIGKILL must not leave Redis nodes, gateways or HAProxy behind

@@ -17,10 +17,10 @@ import redis as sync_redis
 
 from livecommerce.broker import split_room_message
 from livecommerce.broker_redis import RedisBroker
+from livecommerce.devcluster.topology import RedisClusterNodes
 from livecommerce.keys import Keys
 from livecommerce.log_redis import RedisLog
 from livecommerce.redis_conn import connect
-from livecommerce.topology import RedisClusterNodes
 from tests.waiting import wait_until
 from tests.wsclient import Client
 from workers.orders import OrdersWorker

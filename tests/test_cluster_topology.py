@@ -30,11 +30,11 @@ import pytest
 import websockets
 
 from livecommerce.auth import issue_token
+from livecommerce.devcluster.topology import RedisClusterNodes, State, kill9
 from livecommerce.keys import Keys
 from livecommerce.protocol.events import COUNTER_TYPES, SKIPPABLE_TYPES
 from livecommerce.redis_conn import connect
 from livecommerce.store_sql import SqlStore
-from livecommerce.topology import RedisClusterNodes, State, kill9
 from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]

@@ -1,6 +1,6 @@
 """``livecommerce cluster up|down|status``: a local multi-node topology in one command.
 
-See :mod:`livecommerce.topology` for what runs. ``up`` prints the URLs (load balancer, each
+See :mod:`livecommerce.devcluster.topology` for what runs. ``up`` prints the URLs (load balancer, each
 gateway, HAProxy stats), tokens, and the ``LC_*`` environment that points a tool at the
 topology; ``status`` shows what still runs; ``down`` stops exactly what ``up`` started.
 """
@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from .config import Settings
-from .errors import ConfigError
+from ..clock import now_s
+from ..config import Settings
+from ..errors import ConfigError
 from .topology import DEFAULT_DATABASE_URL, DEFAULT_STATE_DIR, Options, State, Topology
 
 
@@ -112,9 +112,9 @@ def cmd_up(args: argparse.Namespace, settings: Settings | None = None) -> int:
 
 
 def summary(state: State, *, room: str = "demo") -> str:
-    from .auth import issue_token
+    from ..auth import issue_token
 
-    now = int(time.time())
+    now = now_s()
     toks = {
         role: issue_token(state.secret, user=user, role=role, rooms=(room,) if role == "host" else (), now_s=now, ttl_s=7 * 86400)
         for role, user in (("viewer", "viewer1"), ("host", "host1"), ("ops", "ops1"))
