@@ -336,10 +336,6 @@ def test_host_runs_a_whole_show_and_the_viewer_sees_each_step(ctx: Any, dev: Dev
     viewer.screenshot(path=str(SHOTS / "viewer.png"), animations="disabled")
     host.screenshot(path=str(SHOTS / "host.png"), full_page=True, animations="disabled")
 
-    # the host ends the show; the viewer sees it
-    host.click("#end-show")
-    expect(viewer.locator("#live-badge")).to_have_text("ENDED")
-    expect(host.locator("#summary")).to_contain_text("comments")
     assert not errors, errors
     host.close()
     viewer.close()
@@ -395,6 +391,23 @@ def test_ops_dashboard_shows_rooms_campaigns_charts_and_alerts(dev: Dev, ops_pag
         metrics = r.read().decode()
     assert 'lc_alert_active{alert="stock_drift"} 0.0' in metrics
     assert not errors, errors
+
+
+def test_the_host_ends_the_show_and_its_commerce_closes(ctx: Any, dev: Dev) -> None:
+    """Last of the show (the late buyer and the dashboard came first): ending the room ends
+    the viewer's show and the host gets the summary."""
+    expect = _expect()
+    errors: list[str] = []
+    host = _page(ctx, dev.host, errors)
+    viewer = _page(ctx, dev.viewer, errors)
+    expect(host.locator("#room-state")).to_have_text("LIVE")
+    expect(viewer.locator("#live-badge")).to_have_text("● LIVE")
+    host.click("#end-show")
+    expect(viewer.locator("#live-badge")).to_have_text("ENDED")
+    expect(host.locator("#summary")).to_contain_text("comments")
+    assert not errors, errors
+    host.close()
+    viewer.close()
 
 
 def test_api_docs_page_lists_the_operations(ctx: Any, dev: Dev) -> None:
