@@ -126,7 +126,7 @@ async def test_a_gift_burst_is_broadcast_as_a_growing_combo_and_ranked_on_every_
                           headers={"Authorization": f"Bearer {token('h1', role='host', rooms=('show1',))}"}) as resp:
             assert resp.status == 201
         for user in ("fan", "fan2"):
-            async with s.post(f"{a.url}/api/v1/wallets/{user}/topup", json={"amount": 1000, "idempotency_key": "k"},
+            async with s.post(f"{a.url}/api/v1/wallets/{user}/topup", json={"amount": 1000, "idempotency_key": f"k-{user}"},
                               headers={"Authorization": f"Bearer {token('ops', role='ops')}"}) as resp:
                 assert resp.status == 201
     watcher = await Client.connect(b.ws, "show1", token("w"), fmt="json")
