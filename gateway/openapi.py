@@ -449,6 +449,8 @@ PATHS_BY_MODULE.update({
                                                         body=obj({"note": STR}), ok=("200", REFUND, "decided"), errors=(404, 409))},
         "/api/v1/refunds/{refund}/reject": {"post": op("Reject a refund", tag="after-sales", auth=HOST, params=[P_REFUND],
                                                        body=obj({"note": STR}), ok=("200", REFUND, "decided"), errors=(404, 409))},
+    },
+    "gateway.tickets": {
         "/api/v1/tickets": {
             "post": op("Open a support ticket", tag="after-sales", auth=ANYONE_SIGNED,
                        body=obj({"subject": STR, "text": STR, "kind": STR, "priority": STR, "order_id": STR, "room_id": STR}, ["subject", "text"]),

@@ -15,22 +15,15 @@ HTTP (JSON; the wallet's user or ops):
 
 Built by ``gateway.wiring``: :class:`Outbox` (the gift path's too) and :class:`Wallets`
 (the routes), given the Redis wallet, the durable log and the SQL store.
-
-Transition: :func:`durable_log`, :func:`sql_store` and :func:`require_self_or_ops` remain
-only for the modules not yet moved into ``gateway.wiring`` (experiments, segments, funnel,
-coupons); they answer the engines ``wiring.build`` opened. Moved capabilities get the
-engines as constructor arguments and call ``Identity.require_self_or_ops``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import cast
 
 from aiohttp import web
 
-from livecommerce.auth import Identity
 from livecommerce.errors import Forbidden, Unavailable
 from livecommerce.log import Log, LogEvent
 from livecommerce.store_sql import SqlStore
@@ -42,26 +35,6 @@ from .idempotency import idempotent
 from .validation import page, read_object
 
 log = logging.getLogger("livecommerce.gateway.wallet")
-
-
-# ---- for the modules not yet moved into gateway.wiring (remove with gw.services)
-def durable_log(gw: Gateway) -> Log:
-    """The node's durable log, opened once by ``gateway.wiring.build``."""
-    return cast(Log, gw.services["log"])
-
-
-def sql_store(gw: Gateway) -> SqlStore:
-    """The node's SQL store, opened once by ``gateway.wiring.build``."""
-    return cast(SqlStore, gw.services["store"])
-
-
-def require_self_or_ops(ident: Identity, user: str) -> None:
-    """:meth:`Identity.require_self_or_ops`.
-
-    Raises:
-        Forbidden: ``ident`` is neither ``user`` nor ops.
-    """
-    ident.require_self_or_ops(user)
 
 
 class Outbox:
