@@ -56,7 +56,7 @@ def build_app(settings: Settings, *, redis: Any = None) -> web.Application:
             rules.append(RequestRules(document()))
         return rules[0]
 
-    app = web.Application(middlewares=[error_middleware, validation_middleware(request_rules)], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[error_middleware, validation_middleware(request_rules, gw.identify_request)], client_max_size=MAX_BODY_BYTES)
     app["gw"] = gw
     app.router.add_get("/ws", ws_handler)
     for name in LEGACY:

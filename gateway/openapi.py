@@ -240,6 +240,8 @@ def op(summary: str, *, tag: str, auth: str | None, ok: tuple[str, J | None, str
     if desc or auth:
         out["description"] = " ".join(x for x in (desc, f"Who: {auth}." if auth else "") if x)
     out["security"] = [{"bearer": []}] if auth else []
+    if auth == OPS:  # checked before the input (gateway/validation.py): 401, then 403, then 400
+        out["x-roles"] = ["ops"]
     if params:
         out["parameters"] = params
     if body is not None:

@@ -25,7 +25,8 @@ from aiohttp import web
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
-from livecommerce.errors import BadFrame, FrameTooBig
+from livecommerce.auth import Identity
+from livecommerce.errors import BadFrame, Forbidden, FrameTooBig
 
 MAX_BODY_BYTES = 64 * 1024  # the application's client_max_size
 MAX_DEPTH = 32  # nested arrays/objects in a body
@@ -33,6 +34,7 @@ _KEY: Any = web.RequestKey("lc_json", object) if hasattr(web, "RequestKey") else
 _ABSENT = object()
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Identify = Callable[[web.Request], Identity]
 
 _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
@@ -137,6 +139,8 @@ class Operation:
     params: list[Param] = field(default_factory=list)
     body: Draft202012Validator | None = None
     body_required: bool = False
+    signed: bool = False  # the operation needs a token (its `security`)
+    roles: tuple[str, ...] = ()  # `x-roles`: only these roles (empty: any signed-in user)
 
 
 def _coerce(raw: str, schema: dict[str, Any]) -> Any:
@@ -186,7 +190,7 @@ class RequestRules:
         self.ops: dict[tuple[str, str], Operation] = {}
         for path, methods in doc.get("paths", {}).items():
             for method, spec in methods.items():
-                op = Operation()
+                op = Operation(signed=bool(spec.get("security")), roles=tuple(spec.get("x-roles", ())))
                 for p in spec.get("parameters", []):
                     schema = p.get("schema", {})
                     op.params.append(Param(p["name"], p["in"], bool(p.get("required")), schema, _validator(schema, comps)))
@@ -198,15 +202,21 @@ class RequestRules:
                         op.body_required = bool(body.get("required"))
                 self.ops[(method.upper(), path)] = op
 
-    async def check(self, request: web.Request) -> None:
+    async def check(self, request: web.Request, identify: Identify | None = None) -> None:
         """Raise :class:`BadFrame` (``invalid``) naming the first input that breaks the
-        document; undocumented routes pass."""
+        document; undocumented routes pass. Who may call comes first, as clients expect:
+        a signed operation without a valid token is 401 and one for other roles 403 before
+        any input is judged (``identify`` reads the token)."""
         route = request.match_info.route.resource
         if route is None:
             return
         op = self.ops.get((request.method, route.canonical))
         if op is None:
             return
+        if op.signed and identify is not None:
+            ident = identify(request)  # Unauthorized: 401
+            if op.roles and ident.role not in op.roles:
+                raise Forbidden(f"this endpoint is for the {' or '.join(op.roles)} role")
         for p in op.params:
             if p.where == "path":
                 raw = request.match_info.get(p.name)
@@ -241,12 +251,12 @@ class RequestRules:
                 raise BadFrame(f"body: {problem}", code="invalid")
 
 
-def validation_middleware(rules: Callable[[], RequestRules]) -> Any:
+def validation_middleware(rules: Callable[[], RequestRules], identify: Identify | None = None) -> Any:
     """Check each request against ``rules()`` (built once, on first use) before its handler."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        await rules().check(request)
+        await rules().check(request, identify)
         return await handler(request)
 
     return middleware

@@ -57,17 +57,22 @@ async def test_a_deeply_nested_body_is_400_on_every_route_that_takes_one(gateway
     node = await gateway_factory()
     ops, viewer = token("ops1", "ops"), token("v1")
     deep = b"[" * 3000 + b"]" * 3000
-    routes = [(m.upper(), p) for p, ms in document()["paths"].items() for m, spec in ms.items() if "requestBody" in spec]
+    doc = document()["paths"]
+    routes = [(m.upper(), p) for p, ms in doc.items() for m, spec in ms.items() if "requestBody" in spec]
     # the routes of the report are among them
     for want in ("/api/v1/sales/{sale}/buy", "/api/v1/tickets", "/api/v1/growth/acquire", "/api/v1/rooms/{room}/announce",
                  "/api/v1/wallets/{user}/topup", "/api/v1/campaigns"):
         assert ("POST", want) in routes
     caplog.set_level(logging.INFO)
     for method, path in routes:
+        ops_only = doc[path][method.lower()].get("x-roles") == ["ops"]
         for tok in (ops, viewer):
             r = await http.request(method, node.url + _concrete(path), data=deep,
                                    headers={**bearer(tok), "Content-Type": "application/json"})
             body = await r.json()
+            if tok == viewer and ops_only:  # who may call is judged before the input
+                assert (r.status, body["error"]["code"]) == (403, "forbidden"), (method, path, body)
+                continue
             assert r.status == 400, (method, path, r.status, body)
             assert body["error"]["code"] == "bad_request", (method, path, body)
     assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR], "a deep body was logged as an error"
@@ -104,6 +109,18 @@ async def test_user_ids_in_paths_are_checked_and_nothing_is_created(gateway_fact
     assert [k async for k in redis.scan_iter(match=f"{prefix}:*fz1*")] == []
     r = await http.post(f"{node.url}/api/v1/wallets/fz1/topup", json={"amount": 10}, headers={**bearer(ops), "Idempotency-Key": "k1"})
     assert r.status == 201
+
+
+async def test_who_may_call_is_judged_before_the_input(gateway_factory: Any, token: Callable[..., str],
+                                                       http: aiohttp.ClientSession) -> None:
+    node = await gateway_factory()
+    url = f"{node.url}/api/v1/wallets/u1/topup"
+    r = await http.post(url, json={"amount": -3})
+    assert r.status == 401 and (await r.json())["error"]["code"] == "unauthorized"
+    r = await http.post(f"{node.url}/api/v1/segments", json={"bad": True}, headers=bearer(token("v1")))
+    assert r.status == 403 and (await r.json())["error"]["code"] == "forbidden"
+    r = await http.post(f"{node.url}/api/v1/segments", json={"bad": True}, headers=bearer(token("o1", "ops")))
+    assert r.status == 400 and (await r.json())["error"]["code"] == "invalid"
 
 
 async def test_headers_and_bodies_are_checked_against_the_document(gateway_factory: Any, token: Callable[..., str],
