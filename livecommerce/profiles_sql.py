@@ -47,6 +47,9 @@ from .schema import (
     orders,
     points_ledger,
     profiles_base,
+    refunds,
+    ticket_events,
+    tickets,
     wallet_ledger,
 )
 from .schema import fan_members as fan_members
@@ -316,9 +319,6 @@ async def erase_user(store: SqlStore, user: str, alias: str, *, now_ms: int) -> 
 
     Returns the rows changed per table.
     """
-    from .refunds_sql import refunds
-    from .tickets_sql import ticket_events, tickets
-
     done: dict[str, int] = {}
     async with store.write() as tx:
         conn = tx.conn
