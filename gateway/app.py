@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import signal
 from typing import Any
@@ -28,11 +27,6 @@ log = logging.getLogger("livecommerce.gateway.app")
 # connections (503) so that load balancers take it out, while its clients are closed with
 # 1012 (reconnect elsewhere); then the listener closes and the shutdown hooks run.
 DRAIN_GRACE_S = 2.0
-
-# Capability modules not yet moved into gateway.wiring: each has setup(gw, app), run in
-# this order before wiring.build. The moved ones are served from gateway.routes.
-LEGACY: list[str] = []
-
 
 def build_app(settings: Settings, *, redis: Any = None) -> web.Application:
     """The gateway application. ``redis`` may be given (tests); else LC_REDIS_URL is used."""
@@ -59,8 +53,6 @@ def build_app(settings: Settings, *, redis: Any = None) -> web.Application:
     app = web.Application(middlewares=[error_middleware, validation_middleware(request_rules, gw.identify_request)], client_max_size=MAX_BODY_BYTES)
     app["gw"] = gw
     app.router.add_get("/ws", ws_handler)
-    for name in LEGACY:
-        importlib.import_module(name).setup(gw, app)
     services = wiring.build(gw)
     app["services"] = services
     for route in routes.http_routes(services):
@@ -75,7 +67,7 @@ def build_app(settings: Settings, *, redis: Any = None) -> web.Application:
 
     async def on_startup(app: web.Application) -> None:
         await gw.hub.start()
-        for start in gw.services.get("startup", []):
+        for start in gw.hooks.start:
             await start()
         log.info("gateway.started", extra={"node": settings.node_id})
 
@@ -85,7 +77,7 @@ def build_app(settings: Settings, *, redis: Any = None) -> web.Application:
         log.info("gateway.drained", extra={"node": settings.node_id, "closed": closed})
 
     async def on_cleanup(app: web.Application) -> None:
-        for stop in gw.services.get("shutdown", []):
+        for stop in gw.hooks.stop:
             try:
                 await stop()
             except Exception:

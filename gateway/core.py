@@ -1,8 +1,8 @@
-"""The gateway object every handler receives: settings, Redis, broker, hub, registries.
+"""The node object every capability receives: settings, the Redis client its adapters
+are built on, broker, hub, metrics, token checks, typed hook lists and the command table.
 
-Capabilities plug in through ``setup(gw, app)`` functions (see ``gateway.app.CAPABILITIES``)
-that register WebSocket command handlers (``gw.commands``), HTTP routes, welcome extras
-and background tasks, so each capability lives in one module named after it.
+Capabilities are classes built by ``gateway.wiring`` and served from ``gateway.routes``; this
+object holds what every one of them shares, nothing capability-specific.
 """
 
 from __future__ import annotations
@@ -62,10 +62,6 @@ class Gateway:
         self.hooks = Hooks()
         self.welcome_extras: list[WelcomeExtra] = self.hooks.welcome
         self.level_of: Callable[[str], Awaitable[int]] = _level_zero
-        # legacy string-keyed lookups, being replaced by gateway.wiring's typed Services; the
-        # hook lists are the typed ones under their old names
-        self.services: dict[str, Any] = {"comment_hooks": self.hooks.comment, "on_gift": self.hooks.gift,
-                                         "startup": self.hooks.start, "shutdown": self.hooks.stop}
         self.draining = False
         self._token_cache: dict[str, tuple[int, Identity]] = {}
         self._token_purge_s = 0

@@ -10,7 +10,6 @@ dependency order and a reader sees it top to bottom. What every capability may h
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from livecommerce.checkout import Checkout
 from livecommerce.coupons_redis import CouponsRedis
@@ -103,7 +102,6 @@ class Services:
 
 def build(gw: Gateway) -> Services:
     """Construct the node's capabilities in dependency order and register their hooks."""
-    legacy: dict[str, Any] = gw.services  # capabilities not yet moved here (gateway.app.LEGACY)
 
     # engines, opened once and passed to whoever needs them; closed after every flush (the
     # flushes are inserted at the front of the stop hooks)
@@ -120,7 +118,6 @@ def build(gw: Gateway) -> Services:
     likes = Likes(gw, RedisLikes(gw.redis, gw.keys, retention_s=gw.s.room_retention_s))
     gw.hub.on_second.append(likes.on_second)
     gw.hooks.welcome.append(likes.welcome)
-    legacy["likes"] = likes
 
     chat = Chat(gw, gate, gw.hooks.comment)
 
@@ -132,14 +129,12 @@ def build(gw: Gateway) -> Services:
 
     coupons = Coupons(gw, CouponsRedis(gw.redis, gw.keys), gate, gw.hooks.tried)
     gw.hooks.welcome.append(coupons.welcome)
-    legacy["coupons"] = coupons.store  # the adapter: commerce, profiles, segments and funnel (legacy)
 
     # flash sales and orders: the checkout (Redis stock and holds, the orders log), the node's
     # view of every sale (its local answers to late buyers), campaigns, orders
     checkout = Checkout(gw.redis, gw.keys, durable, coupons=coupons.store, sale_retention_s=gw.s.sale_retention_s,
                         room_retention_s=gw.s.room_retention_s)
     checkout.room_gate = gate  # buys in an ended show answer room_ended
-    legacy["checkout"] = checkout  # for the modules not yet moved
     sales = FlashSales(gw, checkout, store, gw.hooks.tried)
     gw.hooks.start.insert(0, sales.check_schema)  # before anything reads SQL: says `livecommerce db upgrade`
     gw.hub.observers.append(sales.observe)
@@ -166,7 +161,6 @@ def build(gw: Gateway) -> Services:
     outbox = Outbox(durable, wallet)
     gw.hub.on_tick.append(outbox.on_tick)
     gw.hooks.stop.insert(0, outbox.flush)
-    legacy["wallet"] = wallet  # tests/test_segments.py reads it
     wallets = Wallets(gw, wallet, outbox, store)
     gifts = Gifts(gw, wallet, outbox, RedisLeaderboards(gw.redis, gw.keys, room_ttl_s=gw.s.room_retention_s), room_store,
                   gw.hooks.gift)

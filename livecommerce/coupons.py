@@ -67,7 +67,7 @@ class CouponNotUsable(Conflict):
 
 
 class CouponService(Protocol):
-    """What order payment needs from coupons (``gw.services["coupons"]``; workers build
+    """What order payment needs from coupons (the gateway's coupons adapter; workers build
     one with ``CouponsRedis(redis, keys)``)."""
 
     async def lock_for_order(self, user: str, coupon_id: str, order_id: str, amount: int) -> int:

@@ -4,7 +4,7 @@ No I/O. The catalogue is a Redis hash per product (:mod:`livecommerce.pins_redis
 by ``POST /api/v1/products``; the SQL store may own products later, behind the same
 adapter methods. A pin shows the product's name and price and, when a flash sale of that
 product runs in the room, the sale and its stock left: the gateway asks the optional
-``gw.services["sale_for_product"]`` hook (``async (room, product_id) -> dict | None``, the
+``sale_for_product`` hook of the gateway's rooms capability (``async (room, product_id) -> dict | None``, the
 sale as the flash-sale code describes it, with ``remaining`` when it knows the stock).
 """
 

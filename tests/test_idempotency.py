@@ -104,7 +104,7 @@ async def test_pay_with_a_key_used_for_another_order_is_refused_and_that_order_s
     assert first[0] == 200 and first[1]["order_id"] == a and first[1]["outcome"] == "paid"
     assert await call(w.http, "POST", url.format(a), u, {}, key="k-pay") == first  # a retry: the same answer
     assert conflict(await call(w.http, "POST", url.format(b), u, {}, key="k-pay"))  # the reported bug: was 200 for A
-    hold = await w.node.gw.services["checkout"].sales.hold(sid, b)
+    hold = await w.node.app["services"].checkout.sales.hold(sid, b)
     assert hold is not None and hold.state == "reserved"  # B untouched
     assert conflict(await call(w.http, "POST", url.format(a), u, {"coupon_id": "c1"}, key="k-pay"))  # another body
     paid_b = await call(w.http, "POST", url.format(b), u, {}, key="k-pay-b")

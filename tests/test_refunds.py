@@ -383,7 +383,7 @@ async def test_refunds_racing_buys_and_each_other_keep_stock_conserved_and_ledge
         users = first + late
 
         async def snapshot() -> tuple[Any, ...]:
-            sales = w.node.gw.services["checkout"].sales
+            sales = w.node.app["services"].checkout.sales
             st = {sid: await sales.stats(sid) for sid in (keep, back)}
             wallet = w.node.app["services"].wallet
             wallets = {u: (await wallet.balance(u), await w.store.wallet_balance(u)) for u in users}
