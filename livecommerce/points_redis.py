@@ -2,8 +2,8 @@
 
 Keys:
 
-* ``{user:ID}:points``    hash: the user's balance and ``level`` as the points worker last
-  computed them (a cache: SQL holds the truth; it expires)
+* ``{user:ID}:points``    hash: the user's balances and levels as the points worker last
+  computed them (:meth:`PointsRedis.remember`; a cache: SQL holds the truth; it expires)
 * ``{user:ID}:cmt:DAY``   the user's comments of the UTC day ``DAY`` (days since the epoch),
   counted by the gateway so that only the first ``comment_points_daily_cap`` earn points;
   it expires after :data:`COMMENT_COUNT_TTL_S`
@@ -13,6 +13,7 @@ Driver errors become :class:`~livecommerce.errors.Unavailable`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from .keys import Keys
@@ -35,6 +36,23 @@ class PointsRedis:
         async with guarded():
             v = await self._r.hget(self.keys.user(user, "points"), "level")
         return int(v or 0)
+
+    async def remember(self, states: Mapping[str, Mapping[str, int]], *, ttl_s: int) -> None:
+        """Store each user's ``{viewer, host, level, host_level}`` as the points worker just
+        computed them, in one pipelined round trip; each hash expires ``ttl_s`` after this
+        write (SQL holds the truth).
+
+        Raises:
+            Unavailable: Redis unreachable.
+        """
+        if not states:
+            return
+        pipe = self._r.pipeline(transaction=False)
+        for user, st in states.items():
+            pipe.hset(self.keys.user(user, "points"), mapping=dict(st))
+            pipe.expire(self.keys.user(user, "points"), ttl_s)
+        async with guarded():
+            await pipe.execute()
 
     async def count_comment(self, user: str, day: int) -> int:
         """Count one comment of ``user`` on UTC day ``day``; the day's count so far.

@@ -18,18 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from livecommerce.checkout import Checkout
+from livecommerce.clock import now_ms
 from livecommerce.config import Settings
-from livecommerce.keys import Keys
-from livecommerce.log_open import open_log
-from livecommerce.redis_conn import connect
 from livecommerce.store_sql import SqlStore
+
+from .wiring import Engines
 
 log = logging.getLogger("livecommerce.workers.inventory")
 
@@ -49,7 +47,7 @@ class SaleReport:
 async def reconcile(checkout: Checkout, store: SqlStore, sale_id: str, *, repair: bool, now_ms: int) -> SaleReport:
     st = await checkout.sales.stats(sale_id)
     sql = await store.sale_stats(sale_id)
-    holds = await checkout.redis.hgetall(checkout.keys.sale(sale_id, "orders"))
+    holds = await checkout.sales.holds(sale_id)
     sql_orders = {o.id: o for o in await store.list_orders(sale_id=sale_id, limit=1_000_000)}
     sale = await checkout.sale(sale_id)
     report = SaleReport(
@@ -58,10 +56,8 @@ async def reconcile(checkout: Checkout, store: SqlStore, sale_id: str, *, repair
         redis={"initial": st.initial, "remaining": st.remaining, "reserved": st.reserved, "paid": st.paid},
         sql={k: int(v) for k, v in sql.units.items()},
     )
-    for raw_id, raw in holds.items():
-        oid = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
-        h = json.loads(raw)
-        state = h["s"]
+    for h in holds:
+        oid, state = h.order_id, h.state
         o = sql_orders.get(oid)
         sql_state = o.state if o is not None else None
         if sql_state is not None and RANK.get(sql_state, 0) >= RANK[state]:
@@ -70,14 +66,14 @@ async def reconcile(checkout: Checkout, store: SqlStore, sale_id: str, *, repair
         if not repair:
             continue
         base = {
-            "order_id": oid, "sale_id": sale_id, "room_id": sale.room, "user_id": h["u"], "qty": int(h["q"]),
-            "unit_price": sale.price, "pay_by_ms": int(h["p"]), "payment_window_s": sale.payment_window_s,
-            "request_id": h.get("r"),
+            "order_id": oid, "sale_id": sale_id, "room_id": sale.room, "user_id": h.user, "qty": h.qty,
+            "unit_price": sale.price, "pay_by_ms": h.pay_by_ms, "payment_window_s": sale.payment_window_s,
+            "request_id": h.request_id or None,
         }
         if sql_state is None:
             await checkout.log.append("orders", oid, "order.reserved", base, event_id=f"{oid}:reserved", ts=now_ms)
         if state == "paid":
-            data = {**base, "amount": int(h["q"]) * sale.price, "discount": 0, "paid_ms": now_ms}
+            data = {**base, "amount": h.qty * sale.price, "discount": 0, "paid_ms": now_ms}
             await checkout.log.append("orders", oid, "order.paid", data, event_id=f"{oid}:paid", ts=now_ms)
         elif state == "cancelled":
             await checkout.log.append("orders", oid, "order.cancelled", {**base, "reason": "reconciled"}, event_id=f"{oid}:cancelled", ts=now_ms)
@@ -88,25 +84,16 @@ async def reconcile(checkout: Checkout, store: SqlStore, sale_id: str, *, repair
 
 
 async def check_all(settings: Settings, *, repair: bool, redis: Any = None) -> list[SaleReport]:
-    own = redis is None
-    redis = redis if redis is not None else connect(settings.redis_url)
-    keys = Keys(settings.key_prefix)
-    durable = open_log(settings, redis)
-    store = SqlStore(settings.database_url)
-    checkout = Checkout(redis, keys, durable)
-    try:
-        ids = sorted(x.decode() if isinstance(x, bytes) else x for x in await redis.smembers(keys.global_key("sales:active")))
-        ids += [r.sale.id for r in await store.list_sales(limit=1000) if r.sale.id not in ids]
+    """Reconcile every active sale and the latest 1000 in SQL (see the module docstring)."""
+    async with Engines(settings, redis=redis) as e:
+        checkout = Checkout(e.redis, e.keys, e.log)
+        ids = await checkout.active_sales()
+        ids += [r.sale.id for r in await e.store.list_sales(limit=1000) if r.sale.id not in ids]
         out = []
         for sid in ids:
             with contextlib.suppress(Exception):
-                out.append(await reconcile(checkout, store, sid, repair=repair, now_ms=int(time.time() * 1000)))
+                out.append(await reconcile(checkout, e.store, sid, repair=repair, now_ms=now_ms()))
         return out
-    finally:
-        await store.close()
-        await durable.close()
-        if own:
-            await redis.aclose()
 
 
 async def run(settings: Settings, stop: asyncio.Event, *, interval_s: float = 30.0) -> None:

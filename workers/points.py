@@ -50,10 +50,11 @@ from livecommerce.keys import Keys
 from livecommerce.log import Log, LogEvent
 from livecommerce.notify import Notifier
 from livecommerce.points import REDEEM, Award, Rules, awards_for, level_for, redeem_drop_id, room_of
+from livecommerce.points_redis import PointsRedis
 from livecommerce.protocol.events import envelope
-from livecommerce.redis_conn import guarded
 from livecommerce.refunds import ORDER_REFUNDED, clawback_awards
 from livecommerce.retention import USER_CACHE_TTL_S
+from livecommerce.rooms_redis import room_host
 from livecommerce.store import PointsRole, Store
 from workers.runner import run_consumer
 from workers.wiring import Engines
@@ -78,6 +79,7 @@ class PointsWorker:
         self.cache_ttl_s = cache_ttl_s  # the {user:ID}:points cache's lifetime after each write
         self.notifier = notifier
         self.coupons = CouponsRedis(redis, keys)
+        self.cache = PointsRedis(redis, keys)
         self.applied = 0  # events whose rows this process wrote
 
     async def __call__(self, events: list[LogEvent]) -> None:
@@ -150,9 +152,7 @@ class PointsWorker:
         room = room_of(e.type, e.data)
         if room is None:
             return None
-        async with guarded():
-            v = await self.redis.hget(self.keys.room_meta(room), "host")
-        return (v.decode() if isinstance(v, bytes) else v) if v else None
+        return await room_host(self.redis, self.keys, room)
 
     async def _grant(self, e: LogEvent) -> None:
         """After the commit: grant the coupon of an accepted redemption (idempotently),
@@ -184,14 +184,10 @@ class PointsWorker:
             return {}
         levels = self.rules.levels
         states: dict[str, dict[str, int]] = {}
-        pipe = self.redis.pipeline(transaction=False)
         for user, b in (await self.store.points_balances(users)).items():
             viewer, host = b["viewer"], b["host"]
             states[user] = {"viewer": viewer, "host": host, "level": level_for(viewer, levels), "host_level": level_for(host, levels)}
-            pipe.hset(self.keys.user(user, "points"), mapping=states[user])
-            pipe.expire(self.keys.user(user, "points"), self.cache_ttl_s)  # SQL holds the truth
-        async with guarded():
-            await pipe.execute()
+        await self.cache.remember(states, ttl_s=self.cache_ttl_s)
         now = _now()
         pushes = [
             (user, envelope("points", None, {

@@ -21,21 +21,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from livecommerce import clock
+from livecommerce.checkout import Checkout
 from livecommerce.config import Settings
 from livecommerce.errors import LiveCommerceError
-from livecommerce.flash_sale_redis import RedisFlashSale
-from livecommerce.keys import Keys
 from livecommerce.log import Log
-from livecommerce.log_open import open_log
-from livecommerce.redis_conn import connect, guarded
+from livecommerce.profiles import TOPICS as PROFILE_TOPICS
 from livecommerce.store_sql import SqlStore
 
-from .profiles import TOPICS as PROFILE_TOPICS
 from .profiles import BaseFolder
+from .wiring import Engines
 
 log = logging.getLogger("livecommerce.workers.retention")
 
@@ -57,14 +55,13 @@ class RetentionWorker:
 
     def __init__(self, settings: Settings, *, redis: Any = None, durable: Log | None = None, store: SqlStore | None = None) -> None:
         self.s = settings
-        self.keys = Keys(settings.key_prefix)
-        self._own_redis = redis is None
-        self.redis = redis if redis is not None else connect(settings.redis_url)
-        self._own_log = durable is None
-        self.log = durable if durable is not None else open_log(settings, self.redis)
-        self._own_store = store is None
-        self.store = store if store is not None else SqlStore(settings.database_url)
-        self.sales = RedisFlashSale(self.redis, self.keys)
+        self.engines = Engines(settings, redis=redis, durable=durable, store=store)
+        self.keys = self.engines.keys
+        self.redis = self.engines.redis
+        self.log = self.engines.log
+        self.store = self.engines.store
+        self.checkout = Checkout(self.redis, self.keys, self.log, sale_retention_s=settings.sale_retention_s)
+        self.sales = self.checkout.sales
         self.folder = BaseFolder(self.store, self.redis, self.keys, secret=settings.secret)
 
     async def trim_log(self, now_ms: int) -> dict[str, int]:
@@ -93,13 +90,10 @@ class RetentionWorker:
         done: list[str] = []
         for rec in await self.store.list_sales(limit=SALES_SWEPT):
             sid = rec.sale.id
-            async with guarded():
-                ttl = int(await self.redis.pttl(self.keys.sale(sid, "meta")))
-            if ttl != -1:  # gone (-2) or already given its expiry
+            if await self.sales.lifetime_left_ms(sid) != -1:  # gone (-2) or already given its expiry
                 continue
             if await self.sales.settle(sid, self.s.sale_retention_s * 1000):
-                async with guarded():
-                    await self.redis.srem(self.keys.global_key("sales:active"), sid)
+                await self.checkout.forget_active(sid)
                 done.append(sid)
         return done
 
@@ -109,7 +103,7 @@ class RetentionWorker:
         Raises:
             Unavailable: only if every part failed on it.
         """
-        now = int(time.time() * 1000) if now_ms is None else now_ms
+        now = clock.now_ms() if now_ms is None else now_ms
         rep = Report()
         folded0 = self.folder.folded
         try:
@@ -131,12 +125,7 @@ class RetentionWorker:
         return rep
 
     async def close(self) -> None:
-        if self._own_log:
-            await self.log.close()
-        if self._own_store:
-            await self.store.close()
-        if self._own_redis:
-            await self.redis.aclose()
+        await self.engines.close()
 
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:
