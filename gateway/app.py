@@ -16,7 +16,7 @@ from livecommerce.redis_conn import connect, is_cluster_url
 
 from . import routes, wiring
 from .capabilities import CAPABILITIES as CAPABILITIES  # every module that serves part of the API
-from .core import Gateway
+from .core import GW_KEY, Gateway
 from .http import error_middleware
 from .validation import MAX_BODY_BYTES, RequestRules, validation_middleware
 from .ws import ws_handler
@@ -51,10 +51,10 @@ def build_app(settings: Settings, *, redis: Any = None) -> web.Application:
         return rules[0]
 
     app = web.Application(middlewares=[error_middleware, validation_middleware(request_rules, gw.identify_request)], client_max_size=MAX_BODY_BYTES)
-    app["gw"] = gw
+    app[GW_KEY] = gw
     app.router.add_get("/ws", ws_handler)
     services = wiring.build(gw)
-    app["services"] = services
+    app[wiring.SERVICES_KEY] = services
     for route in routes.http_routes(services):
         app.router.add_route(route.method, route.path, route.handler)
     for static in routes.static_routes():
@@ -114,7 +114,7 @@ def drain_on_sigterm(grace_s: float) -> Any:
     after ``grace_s``. A second SIGTERM exits at once."""
 
     async def install(app: web.Application) -> None:
-        gw: Gateway = app["gw"]
+        gw = app[GW_KEY]
         loop = asyncio.get_running_loop()
 
         def exit_now() -> None:

@@ -132,6 +132,10 @@ class Gateway:
         return {"t": "ack", "id": cmd.id, "ts": self.now_ms()}
 
 
+#: the node object on its aiohttp application
+GW_KEY = web.AppKey("gw", Gateway)
+
+
 def _exp_of(token: str) -> int:
     import jwt
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from aiohttp import web
+
 from livecommerce.checkout import Checkout
 from livecommerce.coupons_redis import CouponsRedis
 from livecommerce.experiments_redis import ExperimentsRedis
@@ -98,6 +100,10 @@ class Services:
     sales: FlashSales
     orders: Orders
     funnel: Funnel
+
+
+#: the node's capabilities on its aiohttp application (tests reach them through it)
+SERVICES_KEY = web.AppKey("services", Services)
 
 
 def build(gw: Gateway) -> Services:

@@ -29,7 +29,7 @@ from livecommerce.protocol.codec import Format, decode_frame
 from livecommerce.protocol.commands import ROLES, parse_command
 
 from .conn import Conn
-from .core import Gateway
+from .core import GW_KEY, Gateway
 
 log = logging.getLogger("livecommerce.gateway.ws")
 
@@ -39,7 +39,7 @@ def _valid_room(room: str) -> bool:
 
 
 async def ws_handler(request: web.Request) -> web.StreamResponse:
-    gw: Gateway = request.app["gw"]
+    gw = request.app[GW_KEY]
     origins = gw.s.origins
     if origins and request.headers.get("Origin", "") not in origins:
         raise web.HTTPForbidden(text="origin not allowed")

@@ -83,7 +83,7 @@ class MemoryBroker:
     def __init__(self, keys: Keys | None = None, *, history_size: int = 1000, shared: dict[str, Any] | None = None) -> None:
         self.keys = keys or Keys()
         self._handler: Handler | None = None
-        self._shared = shared if shared is not None else {"subs": defaultdict(set), "hist": defaultdict(list), "seq": {}}
+        self._shared: dict[str, Any] = shared if shared is not None else {"subs": defaultdict(set), "hist": defaultdict(list), "seq": {}}
         self._size = history_size
         self._mine: set[str] = set()
 

@@ -136,7 +136,7 @@ INTERNAL = WireError("internal", None, 500, echo=False)
 def wire_error(exc: BaseException) -> WireError:
     """Map any exception to how it is shown on the wire (most specific class first)."""
     for cls in type(exc).__mro__:
-        hit = _TABLE.get(cls)  # type: ignore[arg-type]
+        hit = _TABLE.get(cls)
         if hit is not None:
             # an explicit per-instance code (e.g. BadFrame(code="unknown_type")) wins
             code = getattr(exc, "code", hit.code)

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from gateway.core import GW_KEY
+from gateway.wiring import SERVICES_KEY
 from livecommerce.auth import issue_token
 from livecommerce.config import Settings
 
@@ -29,7 +31,12 @@ class Node:
 
     @property
     def gw(self) -> Any:
-        return self.app["gw"]
+        return self.app[GW_KEY]
+
+    @property
+    def services(self) -> Any:
+        """The node's capabilities (gateway.wiring.Services)."""
+        return self.app[SERVICES_KEY]
 
 
 GatewayFactory = Callable[..., Awaitable[Node]]

@@ -157,7 +157,7 @@ async def test_a_show_runs_across_two_gateways_on_the_cluster(gateway_factory, t
             assert [e["d"]["text"] for e in comments] == [f"c{i}" for i in range(10)]
         # the rooms tick (a script per room on a cluster) adds comments: all of them before the end
         # (one popped by a tick still in flight when the room ends would not count)
-        await wait_until(lambda: a.app["services"].rooms.rooms.get(room), until=lambda meta: int(meta["comments"]) == 10,
+        await wait_until(lambda: a.services.rooms.rooms.get(room), until=lambda meta: int(meta["comments"]) == 10,
                          what="the 10 comments in the room's stored statistics")
         end = await host.request("room.end")
         assert end["t"] == "ack" and end["d"]["summary"]["comments"] == 10, end

@@ -128,7 +128,7 @@ async def test_two_thousand_buyers_on_a_hundred_units_reserve_exactly_a_hundred(
 
     codes = await asyncio.gather(*(one(i) for i in range(2000)))
     assert codes.count(201) == 100 and codes.count(409) == 1900, {c: codes.count(c) for c in set(codes)}
-    st = await node.app["services"].checkout.sales.stats(sid)
+    st = await node.services.checkout.sales.stats(sid)
     assert (st.remaining, st.reserved, st.buyers) == (0, 100, 100)
 
 
@@ -144,7 +144,7 @@ async def test_late_buyers_are_answered_by_the_gateway_without_redis(gateway_fac
     # the node's observer spawned its one fetch of the buyers before the event reached anyone
     await wait_until(lambda: [t for t in node.gw.bg if t.get_name() == f"buyers-{sid}" and not t.done()],
                      until=lambda pending: not pending, what="the node's one fetch of the sale's buyers")
-    checkout = node.app["services"].checkout
+    checkout = node.services.checkout
     calls = 0
     real = checkout.sales.reserve
 
@@ -251,5 +251,5 @@ async def test_a_late_payment_is_refused_every_time_and_the_order_ends_cancelled
     finally:
         await worker.close()
     assert order is not None and order.state == "cancelled"
-    st = await node.app["services"].checkout.sales.stats(sid)
+    st = await node.services.checkout.sales.stats(sid)
     assert (st.remaining, st.reserved, st.paid) == (5, 0, 0)

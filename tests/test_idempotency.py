@@ -104,7 +104,7 @@ async def test_pay_with_a_key_used_for_another_order_is_refused_and_that_order_s
     assert first[0] == 200 and first[1]["order_id"] == a and first[1]["outcome"] == "paid"
     assert await call(w.http, "POST", url.format(a), u, {}, key="k-pay") == first  # a retry: the same answer
     assert conflict(await call(w.http, "POST", url.format(b), u, {}, key="k-pay"))  # the reported bug: was 200 for A
-    hold = await w.node.app["services"].checkout.sales.hold(sid, b)
+    hold = await w.node.services.checkout.sales.hold(sid, b)
     assert hold is not None and hold.state == "reserved"  # B untouched
     assert conflict(await call(w.http, "POST", url.format(a), u, {"coupon_id": "c1"}, key="k-pay"))  # another body
     paid_b = await call(w.http, "POST", url.format(b), u, {}, key="k-pay-b")
@@ -120,7 +120,7 @@ async def test_topup_keys_bind_the_wallet_and_the_amount(world: World, token: Ca
     assert again[0] == 200 and again[1]["duplicate"] is True and again[1]["event_id"] == first[1]["event_id"]
     assert conflict(await call(w.http, "POST", url.format("bob"), ops, {"amount": 100}, key="k-top"))  # another wallet
     assert conflict(await call(w.http, "POST", url.format("alice"), ops, {"amount": 500}, key="k-top"))  # another amount
-    wallet = w.node.app["services"].wallet
+    wallet = w.node.services.wallet
     assert await wallet.balance("alice") == 100 and await wallet.balance("bob") == 0
 
 
@@ -136,7 +136,7 @@ async def test_a_refund_key_reused_for_another_order_is_refused(world: World, to
     assert (await call(w.http, "POST", url.format(o1), b1, {"reason": "damaged"}, key="k-ref"))[1] == first[1]
     assert conflict(await call(w.http, "POST", url.format(o2), b1, {"reason": "damaged"}, key="k-ref"))
     assert conflict(await call(w.http, "POST", url.format(o1), b1, {"reason": "other"}, key="k-ref"))
-    records = await w.node.app["services"].aftersales.records.records(o2)
+    records = await w.node.services.aftersales.records.records(o2)
     assert records == {}  # nothing asked for o2
 
 
@@ -231,5 +231,5 @@ async def test_concurrent_requests_with_one_key_run_once(world: World, token: Ca
     results = await asyncio.gather(*(call(w.http, "POST", url, ops, {"amount": 7}, key="k-race") for _ in range(20)))
     statuses = sorted(st for st, _ in results)
     assert set(statuses) <= {200, 201, 409}, statuses
-    wallet = w.node.app["services"].wallet
+    wallet = w.node.services.wallet
     await wait_until(lambda: wallet.balance("carol"), until=lambda b: b == 7, what="carol's balance of 7", timeout=5)

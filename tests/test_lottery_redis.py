@@ -312,7 +312,7 @@ async def test_explicit_entry_rules_over_websocket_and_gift_entry_through_the_se
     for hook in on_gift:
         await hook("r5", "v", 40)
     assert (await next_of(viewer, "lottery.entered"))["d"]["id"] == gid
-    st = node.app["services"].lotteries.store
+    st = node.services.lotteries.store
     assert await st.entrants(gid) == ["v"]
 
 

@@ -133,7 +133,7 @@ async def test_stock_drift_alert_fires_while_sql_lags_and_clears_once_the_worker
     from workers.orders import OrdersWorker
 
     node = await gateway_factory()
-    ops = node.app["services"].ops
+    ops = node.services.ops
     ops.drift_grace_s = 0.5
     host, ops_tok = token("h1", "host", rooms=("r1",)), token("o1", "ops")
     async with aiohttp.ClientSession() as http:
@@ -166,7 +166,7 @@ async def test_a_wave_of_payment_timeouts_fires_the_surge_alert(gateway_factory:
     from workers.orders import OrdersWorker
 
     node = await gateway_factory()
-    ops = node.app["services"].ops
+    ops = node.services.ops
     host, ops_tok = token("h1", "host", rooms=("r1",)), token("o1", "ops")
     async with aiohttp.ClientSession() as http:
         sale = await _sale(http, node.url, host, stock=10, window_s=1)
@@ -195,7 +195,7 @@ async def test_comments_and_errors_are_counted_per_second_across_the_cluster(gat
 
     a, b = await gateway_factory(), await gateway_factory()
     viewers = [await Client.connect(a.ws, "r9", token("v1"), fmt="json"), await Client.connect(b.ws, "r9", token("v2"), fmt="json")]
-    ops_a = a.app["services"].ops
+    ops_a = a.services.ops
     try:
         for i in range(4):
             for c in viewers:

@@ -269,10 +269,10 @@ async def test_points_reach_the_user_show_on_comments_and_buy_coupons(
             assert resp.status == 201
     fan = await Client.connect(node.ws, "live1", token("fan"), fmt="json")
     assert (await fan.request("gift", gift_id="cake", count=5))["d"]["balance"] == 505  # 495 coins
-    await node.app["services"].wallet_outbox.flush()
+    await node.services.wallet_outbox.flush()
     broker = RedisBroker(redis, keys)
     worker = PointsWorker(store, redis, keys, Rules.from_settings(node.settings), notifier=Notifier(redis, broker, keys))
-    log: Log = node.app["services"].log
+    log: Log = node.services.log
     try:
         await points_drain(log, worker, fetch_timeout_ms=100)
         e = await fan.next_event(5, skip=("online", "likes", "gift", "leaderboard"))
@@ -283,20 +283,20 @@ async def test_points_reach_the_user_show_on_comments_and_buy_coupons(
         e = await fan.next_event(5, skip=("online", "likes", "gift", "leaderboard", "points", "ack"))
         assert e["t"] == "comment" and e["d"]["level"] == 1  # level on comments, from the worker's cache
         # watch time: pretend the session began 2.5 minutes ago, then leave
-        sess = node.app["services"].points.sessions[("fan", "live1")]
+        sess = node.services.points.sessions[("fan", "live1")]
         sess.started_ms -= 150_000
         sess.last_emit_ms = sess.started_ms
         await fan.close()
 
         def session_closed() -> bool:
-            points = node.app["services"].points
+            points = node.services.points
             if ("fan", "live1") not in points.sessions:
                 return True
             points.check_sessions(gw.now_ms())
             return False
 
         await wait_until(session_closed, interval=0.02, what="the fan's watch session closed")
-        await node.app["services"].points.stop()  # waits for the background appends
+        await node.services.points.stop()  # waits for the background appends
         await points_drain(log, worker, fetch_timeout_ms=100)
         assert await store.points_balance("fan", "viewer") == 495 + 2 + 2  # two capped comments, two minutes
         assert sorted(e.reason for e in await store.points_ledger("fan")) == ["comment", "comment", "gift.sent", "watch"]

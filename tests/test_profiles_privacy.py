@@ -60,7 +60,7 @@ async def test_export_then_erase_leaves_no_personal_field_and_balanced_ledgers(g
         assert ticket["sla"]["stage"] == "first_response" and ticket["room_id"] == "shop"
         await w.call("POST", f"/api/v1/tickets/{ticket['id']}/status", ops, {"status": "in_progress", "note": "on it, Alice Liddell"})
         await w.settle()
-        wallet = w.node.app["services"].wallet
+        wallet = w.node.services.wallet
         before = {"wallet": await wallet.balance("alice"), "points": await w.store.points_balance("alice")}
         assert before["wallet"] == 800 - 2 * 99 + 1500 == await w.store.wallet_balance("alice")
 

@@ -230,7 +230,7 @@ class World:
         raise AssertionError("the workers never went quiet")
 
     async def wallet_balanced(self, users: list[str]) -> dict[str, int]:
-        wallet = self.node.app["services"].wallet
+        wallet = self.node.services.wallet
         out = {}
         for u in users:
             hot, sql = await wallet.balance(u), await self.store.wallet_balance(u)
@@ -375,7 +375,7 @@ async def test_refunds_racing_buys_and_each_other_keep_stock_conserved_and_ledge
 
         async def settled() -> bool:
             rows = await w.store.list_orders(limit=1000)
-            records = w.node.app["services"].aftersales.records
+            records = w.node.services.aftersales.records
             done = [(r or {}).get("d") == 1 for r in [await records.record(rid) for rid in rids]]
             return all(o.state in ("paid", "refunded", "cancelled") for o in rows) and all(done)
 
@@ -383,9 +383,9 @@ async def test_refunds_racing_buys_and_each_other_keep_stock_conserved_and_ledge
         users = first + late
 
         async def snapshot() -> tuple[Any, ...]:
-            sales = w.node.app["services"].checkout.sales
+            sales = w.node.services.checkout.sales
             st = {sid: await sales.stats(sid) for sid in (keep, back)}
-            wallet = w.node.app["services"].wallet
+            wallet = w.node.services.wallet
             wallets = {u: (await wallet.balance(u), await w.store.wallet_balance(u)) for u in users}
             pts = {u: await w.store.points_balance(u) for u in [*users, "h9"]}
             sql = {sid: await w.store.sale_stats(sid) for sid in (keep, back)}

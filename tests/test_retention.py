@@ -153,7 +153,7 @@ async def test_a_rooms_seq_expires_with_its_history(redis: aioredis.Redis, keys:
 
 async def test_an_ended_rooms_likes_expire_after_the_last_like(gateway_factory: Any) -> None:
     node = await gateway_factory(room_retention_s=99)
-    likes = node.app["services"].likes
+    likes = node.services.likes
     likes.tally.add("r9", 3)
     assert (await likes.flush())["r9"] == 3
     assert 0 < await node.gw.redis.ttl(node.gw.keys.room_likes("r9")) <= 99

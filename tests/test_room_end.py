@@ -190,7 +190,7 @@ async def test_a_gateway_that_missed_room_ended_still_refuses(gateway_factory, t
     ops, host = token("ops1", "ops"), token("h", "host", (room,))
     ids = await live_show(http, a.url, room, ops)
     viewer = await Client.connect(b.ws, room, token("v1"))
-    gate = b.app["services"].room_gate
+    gate = b.services.room_gate
     b.gw.hub.observers.remove(gate.observe)  # node b never hears room.ended
     gate.ttl_s = 60.0
     assert await gate.state(room) == "live"  # and has cached the room as live

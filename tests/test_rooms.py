@@ -113,7 +113,7 @@ async def test_a_show_goes_live_and_ends_with_its_summary_for_every_viewer(gatew
         await host.request("comment", text="welcome all")
 
         async def counted() -> tuple[int, int]:  # each node's once-a-second tick adds its share
-            meta = await a.app["services"].rooms.rooms.get(room)
+            meta = await a.services.rooms.rooms.get(room)
             return int(meta.get("comments") or 0), int(await redis.get(keys.room_likes(room)) or 0)
 
         await wait_until(counted, until=lambda got: got == (4, 33), what="the comments and likes of both nodes in Redis")
@@ -194,7 +194,7 @@ async def test_pinned_product_reaches_viewers_and_late_joiners_with_the_active_s
         async def sale_for_product(room_id: str, product_id: str) -> dict[str, Any] | None:
             return {"sale_id": "s1", "price": 999, "remaining": 42} if product_id == "tea" else None
 
-        node.app["services"].rooms.sale_for_product = sale_for_product
+        node.services.rooms.sale_for_product = sale_for_product
         async with http.post(f"{node.url}/api/v1/rooms/{room}/pin", json={"product_id": "tea"}, headers=auth(host_tok)) as r:
             assert r.status == 200
         e = await next_of(viewer, "product.pinned")

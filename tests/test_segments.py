@@ -143,7 +143,7 @@ async def test_only_members_claim_a_segment_coupon_and_online_members_get_the_pu
         assert funnel["counts"]["tried"] == 3 and funnel["counts"]["reserved"] == 2 and funnel["counts"]["paid"] == 1
         assert funnel["extra"]["segment_members"] == 2 and funnel["gmv"] == 0 and funnel["refunded_amount"] == 5500
         assert funnel["counts"]["refunded"] == 1
-        assert await w.store.wallet_balance("m1") == 5500 == await w.node.app["services"].wallet.balance("m1")
+        assert await w.store.wallet_balance("m1") == 5500 == await w.node.services.wallet.balance("m1")
         await c1.close()
         await cx.close()
     finally:

@@ -142,8 +142,8 @@ async def test_gifts_over_websockets_from_many_connections_share_one_wallet_exac
     assert r["d"]["code"] == "unknown_gift"
     for c in clients:
         await c.close()
-    log: Log = node.app["services"].log
-    await node.app["services"].wallet_outbox.flush()
+    log: Log = node.services.log
+    await node.services.wallet_outbox.flush()
     assert await drain(log, store, fetch_timeout_ms=100) == 101
     async with aiohttp.ClientSession() as s:
         status, body = await _http(s, "GET", f"{node.url}/api/v1/wallets/fan/ledger?limit=500", token("fan"))

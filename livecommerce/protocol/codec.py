@@ -22,13 +22,15 @@ _json_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 def encode(obj: Any, fmt: Format) -> bytes | str:
     """msgpack gives bytes (a binary frame), JSON gives str (a text frame)."""
     if fmt == "msgpack":
-        return _packb(obj)
+        packed: bytes = _packb(obj)
+        return packed
     return _json_dumps(obj)
 
 
 def encode_bytes(obj: Any, fmt: Format) -> bytes:
     if fmt == "msgpack":
-        return _packb(obj)
+        packed: bytes = _packb(obj)  # no copy: the Packer gives bytes
+        return packed
     return _json_dumps(obj).encode()
 
 
@@ -68,7 +70,8 @@ def decode_frame(data: bytes | str, fmt: Format, *, max_bytes: int) -> dict[str,
 
 def pack_internal(obj: Any) -> bytes:
     """Encoding used between our own processes (pub/sub payloads, history entries)."""
-    return _packb(obj)
+    packed: bytes = _packb(obj)
+    return packed
 
 
 def unpack_internal(data: bytes) -> Any:
