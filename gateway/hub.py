@@ -394,4 +394,4 @@ class Hub:
 
     async def online(self, room_id: str) -> int:
         """The room's online count over every node."""
-        return (await self.presence.online([room_id], now_ms=int(time.time() * 1000)))[room_id]
+        return (await self.presence.online([room_id], now_ms=clock.now_ms()))[room_id]

@@ -80,6 +80,6 @@ async def test_the_points_cache_holds_what_the_worker_computed_until_it_expires(
     await cache.remember({"u1": {"viewer": 30, "host": 0, "level": 2, "host_level": 0}}, ttl_s=120)
     await cache.remember({}, ttl_s=120)
     assert await cache.level("u1") == 2
-    assert {bytes(k).decode(): int(v) for k, v in (await redis.hgetall(keys.user("u1", "points"))).items()} == {
+    assert {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in (await redis.hgetall(keys.user("u1", "points"))).items()} == {
         "viewer": 30, "host": 0, "level": 2, "host_level": 0}
     assert 0 < await redis.ttl(keys.user("u1", "points")) <= 120
