@@ -63,7 +63,7 @@ def build_app(settings: Settings, *, redis: Any = None) -> web.Application:
         app.on_response_prepare.append(hook)
     commands = routes.ws_commands(services)
     for t, handler in commands.items():
-        gw.commands[t] = _legacy_command(handler)
+        gw.commands[t] = handler
 
     async def on_startup(app: web.Application) -> None:
         await gw.hub.start()
@@ -131,13 +131,6 @@ def drain_on_sigterm(grace_s: float) -> Any:
         loop.add_signal_handler(signal.SIGTERM, on_term)
 
     return install
-
-
-def _legacy_command(handler: Any) -> Any:
-    async def call(gw: Gateway, conn: Any, cmd: Any) -> Any:
-        return await handler(conn, cmd)
-
-    return call
 
 
 def _keys(settings: Settings) -> Any:

@@ -30,8 +30,7 @@ from livecommerce.presence import Presence
 from livecommerce.presence_redis import RedisPresence
 from livecommerce.protocol.commands import Command
 
-from .conn import Conn
-from .hooks import Hooks
+from .hooks import CommandHandler, Hooks
 from .hub import Hub
 from .metrics import Metrics
 
@@ -39,8 +38,6 @@ log = logging.getLogger("livecommerce.gateway")
 
 BG_PRUNE_AT = 256  # background tasks kept before the finished ones are dropped
 
-CommandHandler = Callable[["Gateway", Conn, Any], Awaitable[dict[str, Any] | None]]
-WelcomeExtra = Callable[[str, Identity], Awaitable[dict[str, Any]]]
 
 
 class Gateway:
@@ -60,7 +57,6 @@ class Gateway:
         self.moderator = Moderator.from_file(settings.moderation_words)
         self.commands: dict[str, CommandHandler] = {}
         self.hooks = Hooks()
-        self.welcome_extras: list[WelcomeExtra] = self.hooks.welcome
         self.level_of: Callable[[str], Awaitable[int]] = _level_zero
         self.draining = False
         self._token_cache: dict[str, tuple[int, Identity]] = {}
@@ -70,13 +66,6 @@ class Gateway:
     @staticmethod
     def now_ms() -> int:
         return clock.now_ms()
-
-    def command(self, t: str) -> Callable[[CommandHandler], CommandHandler]:
-        def deco(fn: CommandHandler) -> CommandHandler:
-            self.commands[t] = fn
-            return fn
-
-        return deco
 
     def identify(self, token: str | None) -> Identity:
         """Verify a token, with a small cache of verified tokens (HS256 verification showed

@@ -118,7 +118,7 @@ async def _accept(gw: Gateway, request: web.Request, room_id: str, fmt: Format, 
         room = await gw.hub.join(conn)
         hist = await gw.broker.history(room_id, since, limit=gw.s.history_size)
         extras: dict[str, Any] = {}
-        for extra in gw.welcome_extras:
+        for extra in gw.hooks.welcome:
             extras.update(await extra(room_id, ident))
         # from here to attach nothing awaits, so no broadcast can slip between
         gw.hub.flush(room)
@@ -224,7 +224,7 @@ async def handle_frame(gw: Gateway, conn: Conn, data: bytes | str) -> None:
         if handler is None:
             raise BadFrame(f"command {t!r} is not served by this gateway", code="unknown_type")
         gw.metrics.commands.labels(t).inc()
-        reply = await handler(gw, conn, cmd)
+        reply = await handler(conn, cmd)
         conn.send(reply if reply is not None else {"t": "ack", "id": cid})
     except LiveCommerceError as exc:
         we = wire_error(exc)
