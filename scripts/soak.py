@@ -55,6 +55,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from livecommerce.retention import FAMILIES  # noqa: E402
+
 EXPECTED_CODES = {"sold_out", "limit_reached", "ended", "not_started", "room_ended", "insufficient_funds", "already_claimed",
                   "expired", "not_found", "rate_limited", "sale_ended"}
 
@@ -455,9 +457,13 @@ def report(a: argparse.Namespace, out: Path, sampler: Sampler, load: Load, summa
         summary["gateway_heap_growth"] = {"traced_first_mib": round(heap["traced_first"] / 2**20, 2),
                                           "traced_now_mib": round(heap["traced_now"] / 2**20, 2), "top": heap["lines"][:15]}
     (out / "soak.json").write_text(json.dumps(summary, indent=2))
-    print("\nfamilies at the end of the load (keys, without TTL):")
+    half_t = min((r["t_s"] for r in rows if r["phase"] == "load" and r["t_s"] >= load_s / 2), default=last_t)
+    fams_half = {r["family"]: r["no_ttl"] for r in sampler.families if r["t_s"] == half_t}
+    summary["no_ttl_growth_last_half"] = {f: nt - fams_half.get(f, 0) for f, (_, nt) in fams_end.items() if nt - fams_half.get(f, 0)}
+    rules = {f.name: f.rule for f in FAMILIES}
+    print("\nfamilies at the end of the load (keys, without TTL, growth of those without TTL over the last half, rule):")
     for fam, (n, nt) in sorted(fams_end.items(), key=lambda x: -x[1][0]):
-        print(f"  {fam:22} {n:7d} {nt:7d}")
+        print(f"  {fam:22} {n:7d} {nt:7d} {nt - fams_half.get(fam, 0):+6d}  {rules.get(fam, '?')}")
     print("\ncurves over the load's last half (flat: grew < 5 % or under a floor; kind: flat = must flatten, "
           "ttl = bounded by key lifetimes, records = SQL):")
     for s, v in summary["curves"].items():
