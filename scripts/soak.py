@@ -169,15 +169,11 @@ class Load:
     """Rooms, sales and churned viewers against one gateway (aiohttp clients)."""
 
     def __init__(self, base: str, secret: str, run: str, a: argparse.Namespace) -> None:
-        from livecommerce.auth import issue_token
-
         self.base = base
         self.ws = base.replace("http", "ws", 1) + "/ws"
         self.secret = secret
         self.run = run
         self.a = a
-        self.mint = lambda user, role, rooms=(): issue_token(secret, user=user, role=role, rooms=rooms, now_s=int(time.time()),
-                                                             ttl_s=24 * 3600)
         self.ops = {"Authorization": "Bearer " + self.mint("ops1", "ops")}
         self.live: dict[str, dict[str, Any]] = {}  # room -> {"sale": id|None, "drop": id|None}
         self.stats: dict[str, Any] = {"conns": 0, "errors": 0, "rooms": 0, "sales": 0, "buys": 0, "paid": 0}
@@ -186,6 +182,11 @@ class Load:
         self.n_users = 0
         self.rng = random.Random(7)
         self.tasks: set[asyncio.Task[Any]] = set()
+
+    def mint(self, user: str, role: str, rooms: tuple[str, ...] = ()) -> str:
+        from livecommerce.auth import issue_token
+
+        return issue_token(self.secret, user=user, role=role, rooms=rooms, now_s=int(time.time()), ttl_s=24 * 3600)
 
     def error(self, what: str) -> None:
         self.stats["errors"] += 1
