@@ -17,5 +17,5 @@ CAPABILITIES: list[str] = [
     "gateway.refunds", "gateway.tickets", "gateway.fanclub", "gateway.profiles", "gateway.segments", "gateway.funnel",
     "gateway.experiments", "gateway.feed", "gateway.growth", "gateway.referrals",
     "gateway.ops", "gateway.pages", "gateway.openapi",
-    "gateway.chat", "gateway.likes",
+    "gateway.comments", "gateway.likes",
 ]

@@ -275,7 +275,7 @@ PATHS_BY_MODULE: dict[str, dict[str, dict[str, J]]] = {
         "/api/v1/rooms/{room}/online": {"get": op("Viewers online now (all nodes)", tag="rooms", auth=None, params=[P_ROOM],
                                                   ok=("200", obj({"room": STR, "online": INT, "seq": INT}, ["room", "online", "seq"]), "count"))},
     },
-    "gateway.chat": {
+    "gateway.comments": {
         "/api/v1/rooms/{room}/announce": {"post": op("Announce to the room (`notice` event)", tag="rooms", auth=HOST, params=[P_ROOM],
                                                      body={"anyOf": [NOTICE, obj({"items": {**arr(NOTICE), "minItems": 1, "maxItems": 100}}, ["items"])]},
                                                      ok=("200", {"anyOf": [obj({"seq": INT}, ["seq"]), obj({"seqs": arr(INT)}, ["seqs"])]},

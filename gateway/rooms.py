@@ -29,7 +29,7 @@ None), so late joiners see both. Show statistics: this module counts comments (a
 shows (``rooms_tick.lua``).
 
 Built by ``gateway.wiring`` (routes in ``gateway.routes``): :class:`RoomGate` first, since
-chat, buys (``checkout.room_gate``), coupons and lotteries take it as a constructor argument;
+comments, buys (``checkout.room_gate``), coupons and lotteries take it as a constructor argument;
 then :class:`RoomsService`, given the engines it closes when a show ends (the room's sales
 through ``checkout`` and ``store``, the lotteries and coupon drops adapters) and the likes
 capability (flushed before the summary is taken). :attr:`RoomsService.sale_for_product`

@@ -18,8 +18,8 @@ def http_routes(s: Services) -> list[Route]:
         Route("GET", "/readyz", s.health.readyz),
         Route("GET", "/metrics", s.health.metrics),
         Route("GET", "/api/v1/rooms/{room}/online", s.health.room_stats),
-        # rooms: chat and likes
-        Route("POST", "/api/v1/rooms/{room}/announce", s.chat.announce),
+        # rooms: comments (and announcements) and likes
+        Route("POST", "/api/v1/rooms/{room}/announce", s.comments.announce),
         Route("GET", "/api/v1/rooms/{room}/likes", s.likes.get_likes),
         # rooms: life cycle, products, the pin
         Route("POST", "/api/v1/rooms", s.rooms.http_create),
@@ -136,8 +136,8 @@ def static_routes() -> list[StaticRoute]:
 
 def ws_commands(s: Services) -> dict[str, CommandHandler]:
     return {
-        "ping": s.chat.ping,
-        "comment": s.chat.comment,
+        "ping": s.comments.ping,
+        "comment": s.comments.comment,
         "like": s.likes.like,
         "buy": s.sales.buy,
         "sale.start": s.sales.host_start,

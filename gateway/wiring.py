@@ -36,7 +36,7 @@ from livecommerce.store_sql import SqlStore
 from livecommerce.wallet_redis import RedisWallet
 
 from .capabilities import CAPABILITIES
-from .chat import Chat
+from .comments import Comments
 from .commerce import FlashSales, Orders
 from .core import Gateway
 from .coupons import Coupons
@@ -83,7 +83,7 @@ class Services:
     growth: Growth
     referrals: Referrals
     likes: Likes
-    chat: Chat
+    comments: Comments
     room_gate: RoomGate
     lotteries: LotteryService
     coupons: Coupons
@@ -116,7 +116,7 @@ def build(gw: Gateway) -> Services:
     gw.hooks.stop.append(durable.close)
     gw.hooks.stop.append(store.close)
 
-    # has this room's show ended? asked by chat, buys, coupons and lotteries
+    # has this room's show ended? asked by comments, buys, coupons and lotteries
     room_store = RedisRooms(gw.redis, gw.keys)
     gate = RoomGate(room_store)
     gw.hub.observers.append(gate.observe)
@@ -125,7 +125,7 @@ def build(gw: Gateway) -> Services:
     gw.hub.on_second.append(likes.on_second)
     gw.hooks.welcome.append(likes.welcome)
 
-    chat = Chat(gw, gate, gw.hooks.comment)
+    comments = Comments(gw, gate, gw.hooks.comment)
 
     lotteries = LotteryService(gw, RedisLotteries(gw.redis, gw.keys), gate)
     gw.hooks.comment.append(lotteries.on_comment)
@@ -231,7 +231,7 @@ def build(gw: Gateway) -> Services:
     gw.hooks.response.append(funnel.on_response)
     gw.hooks.stop.insert(0, funnel.flush)
 
-    return Services(checkout=checkout, sales=sales, orders=orders, funnel=funnel, likes=likes, chat=chat, room_gate=gate, lotteries=lotteries, coupons=coupons, rooms=rooms,
+    return Services(checkout=checkout, sales=sales, orders=orders, funnel=funnel, likes=likes, comments=comments, room_gate=gate, lotteries=lotteries, coupons=coupons, rooms=rooms,
                     health=health, ops=ops, pages=pages, openapi=openapi, experiments=experiments, feed=feed, segments=segments,
                     store=store, log=durable, wallet=wallet, wallet_outbox=outbox, wallets=wallets, gifts=gifts, points=points,
                     aftersales=aftersales, tickets=tickets, fanclub=fanclub, profiles=profiles, growth=growth,

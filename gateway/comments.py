@@ -31,7 +31,7 @@ REJECT_MESSAGES = {
 }
 
 
-class Chat:
+class Comments:
     """``ping`` and ``comment`` over WebSocket, ``announce`` over HTTP."""
 
     def __init__(self, gw: Gateway, gate: RoomGate, hooks: list[CommentHook]) -> None:
