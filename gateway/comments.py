@@ -17,6 +17,7 @@ from livecommerce.auth import Identity
 from livecommerce.comments import TokenBucket, judge_comment
 from livecommerce.errors import BadFrame, RateLimited
 from livecommerce.protocol.commands import Comment, Ping
+from livecommerce.protocol.events import reply
 
 from .conn import Conn
 from .core import Gateway
@@ -42,7 +43,7 @@ class Comments:
         self._purge_at = 0.0
 
     async def ping(self, conn: Conn, cmd: Ping) -> dict[str, Any]:
-        return {"t": "pong", "id": cmd.id, "ts": self.gw.now_ms()}
+        return reply("pong", cmd.id, ts=self.gw.now_ms())
 
     async def comment(self, conn: Conn, cmd: Comment) -> dict[str, Any] | None:
         gw = self.gw
@@ -75,7 +76,7 @@ class Comments:
         for hook in self.hooks:
             await hook(conn, d)
         seq = await gw.publish(conn.room, "comment", d)
-        return {"t": "ack", "id": cmd.id, "ts": gw.now_ms(), "d": {"seq": seq}}
+        return reply("ack", cmd.id, {"seq": seq}, ts=gw.now_ms())
 
     async def announce(self, request: web.Request) -> web.Response:
         """``{"text", "data"?}`` publishes one ``notice``; ``{"items": [...]}`` (up to 100)

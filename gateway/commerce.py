@@ -43,6 +43,7 @@ from livecommerce.flash_sale import (
 )
 from livecommerce.orders import OrderState
 from livecommerce.protocol.commands import Buy, HostAction, parse_command
+from livecommerce.protocol.events import error_frame, reply
 from livecommerce.store_sql import SqlStore
 
 from .conn import Conn
@@ -301,16 +302,16 @@ class FlashSales:
             hook("sale", cmd.sale_id, conn.user)
         r = await self.reserve(conn.user, cmd.sale_id, cmd.qty, cmd.request_id)
         if isinstance(r, str):
-            return {"t": "error", "id": cmd.id, "d": {"code": r, "message": REJECT_MESSAGES.get(r, r), "sale_id": cmd.sale_id}}
+            return error_frame(r, REJECT_MESSAGES.get(r, r), cmd_id=cmd.id, sale_id=cmd.sale_id)
         check_same_buy(r, cmd.qty)
-        return {"t": "order.reserved", "id": cmd.id, "room": conn.room, "ts": self.gw.now_ms(), "d": reserved_body(r)}
+        return reply("order.reserved", cmd.id, reserved_body(r), ts=self.gw.now_ms(), room=conn.room)
 
     async def host_start(self, conn: Conn, cmd: HostAction) -> dict[str, Any]:
         """``sale.start {sale_id}`` (host action)."""
         sale_id = cmd.d.get("sale_id")
         if not isinstance(sale_id, str):
             raise BadFrame("'sale_id' is required", code="invalid")
-        return {"t": "ack", "id": cmd.id, "d": await self.start(sale_id, conn.ident)}
+        return reply("ack", cmd.id, await self.start(sale_id, conn.ident))
 
     # ---- HTTP (gateway.routes)
     async def create_campaigns(self, request: web.Request) -> web.Response:

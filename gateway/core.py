@@ -29,6 +29,7 @@ from livecommerce.notify import Notifier
 from livecommerce.presence import Presence
 from livecommerce.presence_redis import RedisPresence
 from livecommerce.protocol.commands import Command
+from livecommerce.protocol.events import envelope, reply
 
 from .hooks import CommandHandler, Hooks
 from .hub import Hub
@@ -102,7 +103,7 @@ class Gateway:
     async def publish(self, room: str, t: str, d: dict[str, Any], *, history: bool = True) -> int:
         """Publish a room event through the broker (every node's viewers get it)."""
         now = self.now_ms()
-        return await self.broker.publish_room(room, {"t": t, "room": room, "ts": now, "d": d}, history=history, now_ms=now)
+        return await self.broker.publish_room(room, envelope(t, room, d, ts=now), history=history, now_ms=now)
 
     def spawn(self, coro: Awaitable[Any], name: str) -> None:
         async def guard() -> None:
@@ -118,7 +119,7 @@ class Gateway:
         self.bg.append(asyncio.get_running_loop().create_task(guard(), name=name))
 
     def reply_for(self, cmd: Command) -> dict[str, Any]:
-        return {"t": "ack", "id": cmd.id, "ts": self.now_ms()}
+        return reply("ack", cmd.id, ts=self.now_ms())
 
 
 #: the node object on its aiohttp application

@@ -34,6 +34,7 @@ from livecommerce.coupons import CLAIM_MESSAGES, CouponDrop, dropped_event, new_
 from livecommerce.coupons_redis import Claimed, CouponsRedis
 from livecommerce.errors import Conflict, NotFound
 from livecommerce.protocol.commands import CouponClaim, HostAction
+from livecommerce.protocol.events import reply
 
 from .conn import Conn
 from .core import Gateway
@@ -100,13 +101,13 @@ class Coupons:
 
     # ---- WebSocket (gateway.routes)
     async def ws_drop(self, conn: Conn, cmd: HostAction) -> dict[str, Any]:
-        return {"t": "ack", "id": cmd.id, "ts": self.gw.now_ms(), "d": await self.drop(conn.room, cmd.d, conn.ident)}
+        return reply("ack", cmd.id, await self.drop(conn.room, cmd.d, conn.ident), ts=self.gw.now_ms())
 
     async def ws_claim(self, conn: Conn, cmd: CouponClaim) -> dict[str, Any]:
         for hook in self.tried:
             hook("coupon", cmd.drop_id, conn.user)
         await self.gate.check(conn.room)  # RoomEnded; a drop the end closed refuses in its script too
-        return {"t": "coupon.claimed", "id": cmd.id, "ts": self.gw.now_ms(), "d": await self.claim(cmd.drop_id, conn.user)}
+        return reply("coupon.claimed", cmd.id, await self.claim(cmd.drop_id, conn.user), ts=self.gw.now_ms())
 
     # ---- HTTP (gateway.routes)
     async def http_drop(self, request: web.Request) -> web.Response:

@@ -40,6 +40,7 @@ from livecommerce.leaderboard import BoardGate, BoardTally, clamp_top, ranked
 from livecommerce.leaderboard_redis import RedisLeaderboards
 from livecommerce.points import room_owner
 from livecommerce.protocol.commands import Gift
+from livecommerce.protocol.events import envelope, reply
 from livecommerce.rooms_redis import RedisRooms
 from livecommerce.wallet import InsufficientFunds
 from livecommerce.wallet_redis import RedisWallet
@@ -148,7 +149,7 @@ class Gifts:
             for room, pairs in tops.items():
                 top = ranked(pairs)
                 if self.gate.changed(room, top):
-                    self.gw.hub.send_local(room, {"t": "leaderboard", "room": room, "ts": now, "d": {"top": top}})
+                    self.gw.hub.send_local(room, envelope("leaderboard", room, {"top": top}, ts=now))
         self.gate.keep_only(local.keys())
 
     async def welcome(self, room: str, ident: Identity) -> dict[str, Any]:
@@ -156,7 +157,7 @@ class Gifts:
 
     # ---- handlers (gateway.routes)
     async def gift(self, conn: Conn, cmd: Gift) -> dict[str, Any]:
-        return {"t": "ack", "id": cmd.id, "ts": self.gw.now_ms(), "d": await self.send(conn, cmd)}
+        return reply("ack", cmd.id, await self.send(conn, cmd), ts=self.gw.now_ms())
 
     async def get_catalogue(self, request: web.Request) -> web.Response:
         return web.json_response({"gifts": catalogue_payload(self.catalogue)})

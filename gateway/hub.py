@@ -30,7 +30,7 @@ from livecommerce.hot_room import FRESH, apply_budget
 from livecommerce.keys import Keys
 from livecommerce.presence import Presence
 from livecommerce.protocol.codec import FORMATS, Format, encode_batch, encode_bytes, unpack_internal
-from livecommerce.protocol.events import Priority, priority_of
+from livecommerce.protocol.events import Priority, envelope, priority_of
 
 from .conn import Conn
 from .gaps import GapRepair
@@ -390,7 +390,7 @@ class Hub:
             total = totals.get(room.id, 0)
             if total != room.online:
                 room.online = total
-                self.send_local(room.id, {"t": "online", "room": room.id, "ts": now_ms, "d": {"count": total}})
+                self.send_local(room.id, envelope("online", room.id, {"count": total}, ts=now_ms))
 
     async def online(self, room_id: str) -> int:
         """The room's online count over every node."""

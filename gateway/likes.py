@@ -22,6 +22,7 @@ from livecommerce.auth import Identity
 from livecommerce.likes import LikeTally, PushGate
 from livecommerce.likes_redis import RedisLikes
 from livecommerce.protocol.commands import Like
+from livecommerce.protocol.events import envelope
 
 from .conn import Conn
 from .core import Gateway
@@ -56,7 +57,7 @@ class Likes:
         local = self.gw.hub.rooms
         for room, total in totals.items():
             if room in local and self.gate.changed(room, total):
-                self.gw.hub.send_local(room, {"t": "likes", "room": room, "ts": now, "d": {"total": total}})
+                self.gw.hub.send_local(room, envelope("likes", room, {"total": total}, ts=now))
         self.gate.keep_only(local.keys())
 
     async def total(self, room: str) -> int:

@@ -47,6 +47,7 @@ from livecommerce.lottery import (
 )
 from livecommerce.lottery_redis import RedisLotteries
 from livecommerce.protocol.commands import HostAction, LotteryEnter
+from livecommerce.protocol.events import envelope, reply
 
 from .conn import Conn
 from .core import Gateway
@@ -133,7 +134,7 @@ class LotteryService:
                 if entry_reject(lot, via="comment", now_ms=now, is_host=False, text=d.get("text", "")) is None:
                     res, n = await self.enter(lot, conn.user)
                     if res == "ok":
-                        conn.send({"t": "lottery.entered", "room": conn.room, "ts": now, "d": {"id": lot.id, "position": n}})
+                        conn.send(envelope("lottery.entered", conn.room, {"id": lot.id, "position": n}, ts=now))
         except Exception:
             log.exception("lottery.on_comment_failed", extra={"room": conn.room, "user": conn.user})
 
@@ -147,7 +148,7 @@ class LotteryService:
                     res, n = await self.enter(lot, user, gift_value=value)
                     if res == "ok":
                         await self.gw.notifier.to_user(
-                            user, {"t": "lottery.entered", "room": room, "ts": now, "d": {"id": lot.id, "position": n}}, room=room
+                            user, envelope("lottery.entered", room, {"id": lot.id, "position": n}, ts=now), room=room
                         )
         except Exception:
             log.exception("lottery.on_gift_failed", extra={"room": room, "user": user})
@@ -158,7 +159,7 @@ class LotteryService:
 
     # ---- WebSocket (gateway.routes)
     async def ws_start(self, conn: Conn, cmd: HostAction) -> dict[str, Any]:
-        return {"t": "ack", "id": cmd.id, "ts": self.gw.now_ms(), "d": await self.start(conn.room, conn.ident, cmd.d)}
+        return reply("ack", cmd.id, await self.start(conn.room, conn.ident, cmd.d), ts=self.gw.now_ms())
 
     async def ws_enter(self, conn: Conn, cmd: LotteryEnter) -> dict[str, Any]:
         await self.gate.check(conn.room)  # RoomEnded
@@ -174,7 +175,7 @@ class LotteryService:
         d = {"lottery_id": lot.id, "entered": True, "already": res == "already_entered"}
         if res == "ok":
             d["position"] = n
-        return {"t": "ack", "id": cmd.id, "ts": self.gw.now_ms(), "d": d}
+        return reply("ack", cmd.id, d, ts=self.gw.now_ms())
 
     # ---- HTTP (gateway.routes)
     async def http_start(self, request: web.Request) -> web.Response:

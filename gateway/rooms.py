@@ -54,6 +54,7 @@ from livecommerce.errors import BadFrame, Conflict, Forbidden, NotFound, RoomEnd
 from livecommerce.pins import new_product, pin_payload, with_sale
 from livecommerce.pins_redis import RedisPins
 from livecommerce.protocol.commands import HostAction, Pin
+from livecommerce.protocol.events import reply
 from livecommerce.rooms import (
     Closed,
     LotteryAction,
@@ -374,7 +375,7 @@ class RoomsService:
         return self._ack(cmd, await self.pin(conn.room, cmd.product_id, conn.ident))
 
     def _ack(self, cmd: HostAction | Pin, d: dict[str, Any]) -> dict[str, Any]:
-        return {"t": "ack", "id": cmd.id, "ts": self.gw.now_ms(), "d": d}
+        return reply("ack", cmd.id, d, ts=self.gw.now_ms())
 
     # ---- HTTP (gateway.routes)
     async def http_create(self, request: web.Request) -> web.Response:

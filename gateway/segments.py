@@ -46,6 +46,7 @@ from livecommerce.presence import Presence
 from livecommerce.profiles import view
 from livecommerce.profiles_sql import iter_profiles
 from livecommerce.protocol.codec import pack_internal
+from livecommerce.protocol.events import envelope
 from livecommerce.segments import RuleError, evaluate, parse_rule, parse_segment
 from livecommerce.segments_redis import SegmentsRedis
 from livecommerce.store_sql import SqlStore
@@ -127,7 +128,7 @@ class Segments:
             for name, v in (("drop_id", drop_id), ("sale_id", sale_id)):
                 if v is not None and (not isinstance(v, str) or not 0 < len(v) <= 64):
                     raise BadFrame(f"'{name}' must be an id", code="invalid")
-        env = {"t": "notice", "ts": now, "d": {"text": text, "segment": sid, "target": tid, "drop_id": drop_id, "sale_id": sale_id}}
+        env = envelope("notice", None, {"text": text, "segment": sid, "target": tid, "drop_id": drop_id, "sale_id": sale_id}, ts=now)
         delivered = await self.push(members, env, tid)
         row = {"id": tid, "segment_id": sid, "kind": kind, "drop_id": drop_id, "sale_id": sale_id, "text": text,
                "members": len(members), "delivered": delivered, "created_by": by, "created_ms": now}

@@ -27,6 +27,7 @@ from livecommerce.errors import (
 )
 from livecommerce.protocol.codec import Format, decode_frame
 from livecommerce.protocol.commands import ROLES, parse_command
+from livecommerce.protocol.events import error_frame, reply
 
 from .conn import Conn
 from .core import GW_KEY, Gateway
@@ -92,7 +93,7 @@ async def _accept(gw: Gateway, request: web.Request, room_id: str, fmt: Format, 
         ident = gw.identify(q.get("token"))
     except Unauthorized as exc:
         gw.metrics.errors.labels("unauthorized").inc()
-        await ws.send_json({"t": "error", "d": {"code": "unauthorized", "message": exc.message}}) if fmt == "json" else await ws.send_bytes(_packed_error("unauthorized", exc.message))
+        await ws.send_json(error_frame("unauthorized", exc.message)) if fmt == "json" else await ws.send_bytes(_packed_error("unauthorized", exc.message))
         await ws.close(code=4401, message=b"unauthorized")
         return ws
     slots = gw.user_slots
@@ -158,7 +159,7 @@ async def _accept(gw: Gateway, request: web.Request, room_id: str, fmt: Format, 
         await _receive_loop(gw, conn, ws)
     except LiveCommerceError as exc:
         we = wire_error(exc)
-        conn.send({"t": "error", "d": {"code": we.code, "message": exc.message}})
+        conn.send(error_frame(we.code, exc.message))
         await ws.close(code=1011 if we.close is None else we.close, message=we.code.encode())
     finally:
         slots[ident.user] -= 1
@@ -178,7 +179,7 @@ async def _accept(gw: Gateway, request: web.Request, room_id: str, fmt: Format, 
 def _packed_error(code: str, message: str) -> bytes:
     from livecommerce.protocol.codec import pack_internal
 
-    return pack_internal({"t": "error", "d": {"code": code, "message": message}})
+    return pack_internal(error_frame(code, message))
 
 
 async def _receive_loop(gw: Gateway, conn: Conn, ws: web.WebSocketResponse) -> None:
@@ -224,22 +225,22 @@ async def handle_frame(gw: Gateway, conn: Conn, data: bytes | str) -> None:
         if handler is None:
             raise BadFrame(f"command {t!r} is not served by this gateway", code="unknown_type")
         gw.metrics.commands.labels(t).inc()
-        reply = await handler(conn, cmd)
-        conn.send(reply if reply is not None else {"t": "ack", "id": cid})
+        answer = await handler(conn, cmd)
+        conn.send(answer if answer is not None else reply("ack", cid))
     except LiveCommerceError as exc:
         we = wire_error(exc)
         gw.metrics.errors.labels(we.code).inc()
         if isinstance(exc, RateLimited) and conn.flood.strike(time.monotonic()):
             exc = Flooding("kept flooding after rate_limited errors; closing")
             we = wire_error(exc)
-        conn.send({"t": "error", "id": cid, "d": {"code": we.code, "message": exc.message if we.echo else "internal error"}})
+        conn.send(error_frame(we.code, exc.message if we.echo else "internal error", cmd_id=cid))
         if we.close is not None:
             conn.closed = True
             asyncio.get_running_loop().create_task(conn.ws.close(code=we.close, message=we.code.encode()))
     except Exception:
         gw.metrics.errors.labels("internal").inc()
         log.exception("dispatch.internal", extra={"conn": conn.id, "room": conn.room})
-        conn.send({"t": "error", "id": cid, "d": {"code": "internal", "message": "internal error"}})
+        conn.send(error_frame("internal", "internal error", cmd_id=cid))
 
 
 def _escapes(data: bytes | str) -> bool:

@@ -73,6 +73,30 @@ def envelope(
     return env
 
 
+def reply(t: str, cmd_id: Any, d: dict[str, Any] | None = None, *, ts: int | None = None,
+          room: str | None = None) -> dict[str, Any]:
+    """A command's answer to its sender: ``{"t", "id", "ts"?, "room"?, "d"?}`` (``ack``,
+    ``pong``, ``order.reserved``, ``coupon.claimed`` ...), ``id`` echoing the command's."""
+    out: dict[str, Any] = {"t": t, "id": cmd_id}
+    if room is not None:
+        out["room"] = room
+    if ts is not None:
+        out["ts"] = ts
+    if d is not None:
+        out["d"] = d
+    return out
+
+
+_NO_ID: Any = object()
+
+
+def error_frame(code: str, message: str, *, cmd_id: Any = _NO_ID, **extra: Any) -> dict[str, Any]:
+    """An error frame: ``{"t": "error", "id"?, "d": {"code", "message", ...extra}}``; ``id``
+    (the command's, possibly null) only when it answers a command."""
+    d = {"code": code, "message": message, **extra}
+    return {"t": "error", "d": d} if cmd_id is _NO_ID else {"t": "error", "id": cmd_id, "d": d}
+
+
 def recovery_plan(events: list[dict[str, Any]], *, max_skippable: int = 200) -> list[dict[str, Any]]:
     """Choose what a reconnecting client gets from the events it missed (in seq order).
 
