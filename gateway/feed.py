@@ -282,7 +282,7 @@ class Feed:
         page = _int(request, "page", 1, 1, 1000)
         ranker = request.query.get("ranker")
         if ranker is not None:
-            if ident.role != "ops":
+            if not ident.is_ops:
                 raise Forbidden("only ops may choose the ranker; viewers get their flag's")
             if ranker not in RANKERS:
                 raise BadFrame(f"'ranker' must be one of {', '.join(RANKERS)}", code="invalid")

@@ -400,7 +400,7 @@ class Ops:
         Unauthorized: no or bad token. Forbidden: not the ops role.
         """
         ident = self.gw.identify_request(request)
-        if ident.role != "ops":
+        if not ident.is_ops:
             raise Forbidden("the ops dashboard needs an ops token")
         return ident
 
