@@ -250,6 +250,8 @@ def op(summary: str, *, tag: str, auth: str | None, ok: tuple[str, J | None, str
     if schema is not None:
         resp["content"] = {"application/json": {"schema": schema}}
     out["responses"][status] = resp
+    if status in ("201", "202") and "200 with" in what:  # a repeated request answers 200 with the same shape
+        out["responses"]["200"] = {**resp, "description": "repeated: " + what}
     codes = {"400"} | ({"401", "403"} if auth else set()) | {str(c) for c in errors}
     for code in sorted(codes):
         out["responses"][code] = {"description": ERRORS[code], "content": {"application/json": {"schema": ref("Error")}}}

@@ -27,6 +27,7 @@ from jsonschema.exceptions import best_match
 
 from livecommerce.auth import Identity
 from livecommerce.errors import BadFrame, Forbidden, FrameTooBig
+from livecommerce.protocol.codec import json_int
 
 MAX_BODY_BYTES = 64 * 1024  # the application's client_max_size
 MAX_DEPTH = 32  # nested arrays/objects in a body
@@ -65,7 +66,7 @@ def parse_json(raw: bytes) -> Any:
         raise BadFrame(f"request body nests arrays/objects deeper than {MAX_DEPTH} levels", code="bad_request")
     try:
         text = raw.decode("utf-8")
-        return json.loads(text, parse_constant=_no_constant)
+        return json.loads(text, parse_constant=_no_constant, parse_int=json_int)
     except (UnicodeDecodeError, json.JSONDecodeError, ValueError, RecursionError):
         raise BadFrame("request body is not valid UTF-8 JSON", code="bad_json") from None
 

@@ -36,7 +36,8 @@ def test_depth_is_counted_on_the_bytes_and_ignores_brackets_in_strings() -> None
         parse_json(b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1))
     assert exc.value.code == "bad_request"
     assert parse_json(b"[" * MAX_DEPTH + b"]" * MAX_DEPTH) is not None
-    for bad in (b"NaN", b'{"a": Infinity}', b"\xff\xfe", b"{"):
+    assert parse_json(b"[18446744073709551615, -9223372036854775808]") == [2**64 - 1, -(2**63)]
+    for bad in (b"NaN", b'{"a": Infinity}', b"\xff\xfe", b"{", b'{"n": 18446744073709551616}', b"[-9223372036854775809]"):
         with pytest.raises(BadFrame) as exc:
             parse_json(bad)
         assert exc.value.code == "bad_json"

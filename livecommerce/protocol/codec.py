@@ -39,6 +39,17 @@ def encode_batch(room: str, items: list[dict[str, Any]], fmt: Format) -> bytes:
     return encode_bytes({"t": "batch", "room": room, "items": items}, fmt)
 
 
+INT_MIN, INT_MAX = -(2**63), 2**64 - 1  # what msgpack (and so every broadcast) can carry
+
+
+def json_int(text: str) -> int:
+    """``parse_int`` for ``json.loads``: an integer the wire can carry, else ValueError."""
+    value = int(text)
+    if not INT_MIN <= value <= INT_MAX:
+        raise ValueError("integer outside the 64-bit range")
+    return value
+
+
 def decode_frame(data: bytes | str, fmt: Format, *, max_bytes: int) -> dict[str, Any]:
     """Decode one client frame into a dict with a string ``t``.
 
@@ -51,11 +62,11 @@ def decode_frame(data: bytes | str, fmt: Format, *, max_bytes: int) -> dict[str,
         raise FrameTooBig(f"frame of {size} bytes is over the {max_bytes} byte limit")
     try:
         if isinstance(data, str):
-            obj = json.loads(data)
+            obj = json.loads(data, parse_int=json_int)
         elif fmt == "msgpack":
             obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
         else:
-            obj = json.loads(data.decode("utf-8"))
+            obj = json.loads(data.decode("utf-8"), parse_int=json_int)
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, UnicodeDecodeError) as exc:
         raise BadFrame(f"cannot decode {fmt} frame: {exc.__class__.__name__}", code="bad_frame") from exc
     except Exception as exc:  # msgpack may raise others on hostile input
