@@ -291,8 +291,9 @@ class Peer:
 
     def ensure(self) -> ClientConnection:
         if self.conn is None:
+            # entered by hand: this object closes it (websockets >= 17.1 warns on a bare connect())
             self.conn = connect(self.live.url(self.fmt, f"fuzzer-{self.fmt}"), max_size=None, open_timeout=10,
-                                ping_interval=None)  # its keepalive pings would draw from the global random
+                                ping_interval=None).__enter__()  # its keepalive pings would draw from the global random
             self.opens += 1
             assert self.decode(self.conn.recv(10))["t"] == "welcome"
         return self.conn
