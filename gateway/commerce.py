@@ -91,6 +91,8 @@ REJECT_MESSAGES = {
 _AFTER: dict[SaleStep, SaleState] = {step: after for (_, step), after in SALE_TRANSITIONS.items()}
 # the local answers: what the reserve script would say to a user holding nothing
 _LOCAL: frozenset[Reject] = frozenset({"sold_out", "ended", "room_ended"})
+#: what the node's view of a sale follows (FlashSales.observe)
+SALE_EVENTS = ("sale.started", "sale.stock", "sale.soldout", "sale.ended")
 VIEW_KEEP_S = 600.0  # an ended sale's view, buyer set included, is kept this long on each node
 
 

@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from livecommerce import clock
@@ -36,6 +36,8 @@ from .conn import Conn
 from .gaps import GapRepair
 from .metrics import Metrics
 from .wsframe import OP_BINARY, OP_TEXT, ws_frame
+
+Observer = Callable[[dict[str, Any]], None]
 
 log = logging.getLogger("livecommerce.gateway.hub")
 
@@ -85,7 +87,9 @@ class Hub:
         self.on_tick: list[Callable[[float], None]] = []
         self.on_second: list[Callable[[], Awaitable[None]]] = []
         # called with every room event this node receives (e.g. sale state for local answers)
-        self.observers: list[Callable[[dict[str, Any]], None]] = []
+        # room-event observers by event type: a comment or a gift calls none of the sale,
+        # room or lottery watchers (``observe``); ``"*"`` hears every event (tests, tools)
+        self.observers: dict[str, list[Observer]] = {}
         self.gaps = GapRepair(broker, self.keys, self.rooms, self._deliver, history_size=settings.history_size)
         # rooms whose missed events are being read back from the history: what arrives
         # meanwhile waits there, in arrival order (the same dict, read on every message)
@@ -210,8 +214,15 @@ class Hub:
                 return
         self._deliver(room, seq, env)
 
+    def observe(self, types: Iterable[str], fn: Observer) -> None:
+        """Call ``fn(env)`` for every room event of one of ``types`` this node hears."""
+        for t in types:
+            self.observers.setdefault(t, []).append(fn)
+
     def _deliver(self, room: Room, seq: int, env: dict[str, Any]) -> None:
-        for observe in self.observers:
+        watchers = self.observers.get(env["t"], ())
+        every = self.observers.get("*", ())
+        for observe in (*watchers, *every) if every else watchers:
             try:
                 observe(env)
             except Exception:

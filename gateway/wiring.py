@@ -37,7 +37,7 @@ from livecommerce.wallet_redis import RedisWallet
 
 from .capabilities import CAPABILITIES
 from .comments import Comments
-from .commerce import FlashSales, Orders
+from .commerce import SALE_EVENTS, FlashSales, Orders
 from .core import Gateway
 from .coupons import Coupons
 from .experiments import Experiments
@@ -119,7 +119,7 @@ def build(gw: Gateway) -> Services:
     # has this room's show ended? asked by comments, buys, coupons and lotteries
     room_store = RedisRooms(gw.redis, gw.keys)
     gate = RoomGate(room_store)
-    gw.hub.observers.append(gate.observe)
+    gw.hub.observe(("room.ended", "room.live"), gate.observe)
 
     likes = Likes(gw, RedisLikes(gw.redis, gw.keys, retention_s=gw.s.room_retention_s))
     gw.hub.on_second.append(likes.on_second)
@@ -131,7 +131,7 @@ def build(gw: Gateway) -> Services:
     gw.hooks.comment.append(lotteries.on_comment)
     gw.hooks.gift.append(lotteries.on_gift)
     gw.hooks.welcome.append(lotteries.welcome)
-    gw.hub.observers.append(lotteries.observe)
+    gw.hub.observe(("lottery.started", "lottery.ended", "room.ended"), lotteries.observe)
 
     coupons = Coupons(gw, CouponsRedis(gw.redis, gw.keys), gate, gw.hooks.tried)
     gw.hooks.welcome.append(coupons.welcome)
@@ -143,7 +143,7 @@ def build(gw: Gateway) -> Services:
     checkout.room_gate = gate  # buys in an ended show answer room_ended
     sales = FlashSales(gw, checkout, store, gw.hooks.tried)
     gw.hooks.start.insert(0, sales.check_schema)  # before anything reads SQL: says `livecommerce db upgrade`
-    gw.hub.observers.append(sales.observe)
+    gw.hub.observe(SALE_EVENTS, sales.observe)
     gw.hooks.comment.append(sales.mark_buyer)
     orders = Orders(gw, checkout, store, sales)
 
@@ -172,7 +172,7 @@ def build(gw: Gateway) -> Services:
                   gw.hooks.gift)
     gw.hub.on_tick.append(gifts.on_tick)
     gw.hub.on_second.append(gifts.on_second)
-    gw.hub.observers.append(gifts.observe)
+    gw.hub.observe(("gift",), gifts.observe)
     gw.hooks.welcome.append(gifts.welcome)
     gw.hooks.stop.insert(0, gifts.stop)
     points = Points(gw, PointsRedis(gw.redis, gw.keys), durable, store)
@@ -210,7 +210,7 @@ def build(gw: Gateway) -> Services:
     gw.hooks.stop.insert(0, experiments.stop)
     feed = Feed(gw, FeedRedis(gw.redis, gw.keys, ttl_s=gw.s.room_retention_s), RedisPins(gw.redis, gw.keys), experiments,
                 profiles)
-    gw.hub.observers.append(feed.observe)
+    gw.hub.observe(("room.live", "room.ended", "product.pinned"), feed.observe)
     gw.hub.on_second.append(feed.on_second)
     gw.hooks.response.append(feed.on_response)
     gw.hooks.stop.insert(0, feed.stop)
@@ -224,7 +224,7 @@ def build(gw: Gateway) -> Services:
     # campaign funnels: who was there, saw and tried each sale and coupon drop (buy and
     # coupon.claim call the tried hooks; the HTTP buy and claim count from the response)
     funnel = Funnel(gw, FunnelRedis(gw.redis, gw.keys), checkout, store, coupons.store)
-    gw.hub.observers.append(funnel.observe)
+    gw.hub.observe(("sale.started", "sale.ended", "coupon.dropped", "product.pinned"), funnel.observe)
     gw.hooks.welcome.append(funnel.welcome)
     gw.hub.on_second.append(funnel.on_second)
     gw.hooks.tried.append(funnel.tried)

@@ -54,7 +54,7 @@ async def test_online_counts_add_up_across_nodes_through_the_presence_port(setti
 async def test_a_seq_gap_is_filled_from_the_history_in_order(settings, keys):
     hub = node(settings, keys, shared_broker(), {}, "a")
     seen: list[int] = []
-    hub.observers.append(lambda env: seen.append(env["d"]["i"]))
+    hub.observe(("*",), lambda env: seen.append(env["d"]["i"]))
     await connect(hub, "r", "u1")
     publisher = MemoryBroker(keys, shared=hub.broker._shared)  # type: ignore[attr-defined]
     channel = keys.room_channel("r")
@@ -76,7 +76,7 @@ async def test_a_seq_gap_is_filled_from_the_history_in_order(settings, keys):
 async def test_a_resubscribed_channel_reads_back_what_it_missed(settings, keys):
     hub = node(settings, keys, shared_broker(), {}, "a")
     seen: list[int] = []
-    hub.observers.append(lambda env: seen.append(env["d"]["i"]))
+    hub.observe(("*",), lambda env: seen.append(env["d"]["i"]))
     await connect(hub, "r", "u1")
     publisher = MemoryBroker(keys, shared=hub.broker._shared)  # type: ignore[attr-defined]
     for i in (1, 2):
