@@ -191,7 +191,8 @@ class RedisLotteries:
     async def close_for_room(self, lottery_id: str, room: str, *, marker: str, draw: bool, now_ms: int) -> bool:
         """The room's show ended: an ``open`` lottery stops taking entries, stamped with
         ``marker``. With ``draw`` it is ``closed`` and due now (a draw worker draws it from
-        the entrants it has); otherwise ``cancelled`` and never drawn. True when the lottery
+        the entrants it has); otherwise ``cancelled`` and never drawn (its keys then expire
+        like an announced lottery's, ``RECORD_TTL_S``). True when the lottery
         is closed by this ``marker`` (now, or by an earlier call: repeating is a no-op);
         False for a lottery that was not open (drawn, closed by its deadline, gone). The
         room's index keeps it until the caller has recorded what closed (:meth:`unindex_room`).
@@ -206,8 +207,10 @@ class RedisLotteries:
         async with guarded():
             if state == "closed":  # due now; XX: never re-adds one already announced
                 await self._r.zadd(self.due_key, {lottery_id: now_ms}, xx=True)
-            elif state == "cancelled":
+            elif state == "cancelled":  # never drawn or announced: its record lives as long as an announced one
                 await self._r.zrem(self.due_key, lottery_id)
+                for part in ("meta", "members", "entrants", "gifts"):
+                    await self._r.expire(self.k(lottery_id, part), RECORD_TTL_S)
         return True
 
     async def forget(self, lottery_id: str) -> None:

@@ -235,6 +235,10 @@ async def test_ending_a_room_can_cancel_its_pending_lotteries(gateway_factory, t
         await drawer.broker.close()
     async with aiohttp.ClientSession() as s, s.get(f"{node.url}/api/v1/lotteries/{ids['lottery']}") as r:
         assert (await r.json())["state"] == "cancelled"
+    # a cancelled lottery is never announced, and its keys expire all the same (docs/retention.md)
+    lot_keys = [k async for k in redis.scan_iter(match=f"{keys.prefix}:{{lottery:{ids['lottery']}}}:*")]
+    ttls = [await redis.ttl(k) for k in lot_keys]
+    assert lot_keys and all(0 < t <= 30 * 24 * 3600 for t in ttls), (lot_keys, ttls)
     # a lottery or a coupon drop cannot be started in an ended room
     for cmd, d in (("lottery.start", {"prize": {"kind": "product", "id": "p1"}, "winners": 1, "duration_s": 60, "rule": "enter"}),
                    ("coupon.drop", {"kind": "full_reduction", "threshold": 1000, "value": 300, "quantity": 5})):
