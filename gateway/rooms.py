@@ -193,6 +193,7 @@ class RoomsService:
         self.store = store
         self.sale_for_product: SaleForProduct | None = None
         self.comments: dict[str, int] = {}  # room -> comments since the last tick (this node)
+        self._ticking = asyncio.Lock()  # one tick at a time: an end waits for the tick in flight
 
     async def _step(self, room: str, s: RoomStep) -> tuple[dict[str, str], bool]:
         """Apply ``s`` with a compare-and-set, retrying on a concurrent change.
@@ -334,7 +335,13 @@ class RoomsService:
         return dict(sale) if sale else None
 
     async def tick(self, only: str | None = None) -> None:
-        """Add this node's comment counts and the online counts to live shows."""
+        """Add this node's comment counts and the online counts to live shows. Ticks run one
+        at a time, so an ``end`` (``only=room``) starts after the second's tick in flight has
+        written what it took: no comment counted on this node before the end is lost."""
+        async with self._ticking:
+            await self._tick(only)
+
+    async def _tick(self, only: str | None) -> None:
         hub = self.gw.hub
         rooms = [only] if only is not None else list(self.comments.keys() | hub.rooms.keys())
         rows = []

@@ -284,3 +284,39 @@ async def test_a_buyer_retrying_after_the_end_gets_the_order_made_before_it(gate
     reply = await viewer.request("buy", sale_id=ids["sale"], qty=1, request_id="before-end")
     assert reply["t"] == "order.reserved" and reply["d"]["order_id"] == first["order_id"], reply
     await viewer.close()
+
+
+async def test_comments_counted_by_a_tick_in_flight_at_the_end_are_kept(gateway_factory, token, http):
+    """The node's once-a-second tick had taken the room's comment count and was writing it
+    when the host ended the show: the end waits for that write instead of losing it."""
+    import asyncio
+
+    node = await gateway_factory()
+    room = f"r{uuid.uuid4().hex[:6]}"
+    ops, host = token("ops1", "ops"), token("h", "host", (room,))
+    await post(http, f"{node.url}/api/v1/rooms", ops, {"id": room, "title": "Last word", "host": "h"}, 201)
+    await post(http, f"{node.url}/api/v1/rooms/{room}/live", ops, status=200)
+    viewer = await Client.connect(node.ws, room, token("v1"))
+    for i in range(3):
+        assert (await viewer.request("comment", text=f"bye {i}"))["t"] == "ack"
+    svc = node.services.rooms
+    adapter_tick = svc.rooms.tick
+    release = asyncio.Event()
+    taken = asyncio.Event()
+
+    async def slow_tick(rows):  # the real write, held back until the end has been asked for
+        if any(n for _, _, n in rows):
+            taken.set()
+            await release.wait()
+        await adapter_tick(rows)
+
+    svc.rooms.tick = slow_tick
+    in_flight = asyncio.get_running_loop().create_task(svc.tick())
+    await asyncio.wait_for(taken.wait(), 5)
+    ending = asyncio.get_running_loop().create_task(post(http, f"{node.url}/api/v1/rooms/{room}/end", host, {}, 200))
+    await asyncio.sleep(0.2)  # the end is waiting now (before the fix it ended the show here)
+    release.set()
+    await in_flight
+    ended = await ending
+    assert ended["summary"]["comments"] == 3, ended
+    await viewer.close()
