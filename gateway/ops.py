@@ -51,17 +51,10 @@ from prometheus_client import Counter, Gauge
 from livecommerce.alerts import (
     ALERTS,
     Alerts,
-    AlertState,
     ClusterRates,
-    Finding,
     SaleCheck,
     Sample,
     Verdict,
-    error_rate,
-    online_drop,
-    payment_timeouts,
-    rates,
-    stock_drift,
 )
 from livecommerce.auth import Identity
 from livecommerce.checkout import Checkout
@@ -74,10 +67,6 @@ from .conn import Conn
 from .core import Gateway
 
 log = logging.getLogger("livecommerce.gateway.ops")
-
-# the rules and their state live in livecommerce.alerts; these names are its API here too
-__all__ = ["ALERTS", "AlertState", "Alerts", "Finding", "Ops", "SaleCheck", "Sample",
-           "error_rate", "online_drop", "payment_timeouts", "rates", "stock_drift"]
 
 COMMERCE_EVERY_S = 3.0
 ROOM_RECENT_MS = 15 * 60_000

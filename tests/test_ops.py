@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from gateway.ops import (
+from livecommerce.alerts import (
     AlertState,
     Finding,
     SaleCheck,

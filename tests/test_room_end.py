@@ -14,7 +14,7 @@ import pytest
 from livecommerce.lottery import step as lottery_step
 from livecommerce.protocol.events import Priority, priority_of, recovery_plan
 from livecommerce.rooms import end_options
-from tests.wsclient import Client
+from tests.wsclient import Client, next_of, nothing_of
 from workers.lottery import LotteryDrawer
 
 
@@ -24,22 +24,6 @@ def now_ms() -> int:
 
 def auth(tok: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {tok}"}
-
-
-async def next_of(c: Client, t: str, within: float = 5.0) -> dict[str, Any]:
-    while True:
-        e = await c.next_event(within)
-        if e["t"] == t:
-            return e
-
-
-async def nothing_of(c: Client, t: str, wait: float) -> None:
-    try:
-        while True:
-            e = await c.next_event(wait)
-            assert e["t"] != t, e
-    except TimeoutError:
-        return
 
 
 @pytest.fixture

@@ -13,23 +13,7 @@ from livecommerce.errors import BadFrame, Conflict
 from livecommerce.pins import new_product
 from livecommerce.rooms import new_room, step, summarize
 from tests.waiting import wait_until
-from tests.wsclient import Client
-
-
-async def next_of(c: Client, t: str, within: float = 5.0) -> dict[str, Any]:
-    while True:
-        e = await c.next_event(within)
-        if e["t"] == t:
-            return e
-
-
-async def nothing_of(c: Client, t: str, wait: float) -> None:
-    try:
-        while True:
-            e = await c.next_event(wait)
-            assert e["t"] != t, e
-    except TimeoutError:
-        return
+from tests.wsclient import Client, next_of, nothing_of
 
 
 def auth(tok: str) -> dict[str, str]:

@@ -71,3 +71,21 @@ class Client:
 
     async def close(self) -> None:
         await self.ws.close()
+
+
+async def next_of(c: Client, t: str, within: float = 5.0) -> dict[str, Any]:
+    """The next room event of type ``t`` at ``c`` (others are skipped)."""
+    while True:
+        e = await c.next_event(within)
+        if e["t"] == t:
+            return e
+
+
+async def nothing_of(c: Client, t: str, wait: float) -> None:
+    """Assert that no event of type ``t`` reaches ``c`` for ``wait`` seconds."""
+    try:
+        while True:
+            e = await c.next_event(wait)
+            assert e["t"] != t, e
+    except TimeoutError:
+        return
