@@ -3,7 +3,9 @@
 Comments: length limit, per-user token bucket shared by the user's connections on this
 node (``rate_limited``; close 4429 when flooding persists), moderation (``moderated``, or
 masked with ``LC_MODERATION_MODE=mask``), broadcast as ``comment`` with user id, display
-name and level. In a room whose show has ended comments answer ``room_ended``.
+name, level and the author's badges (``fan``, ``buyer``: :mod:`livecommerce.badges`, at most
+one Redis round trip, none while the node holds them fresh), then the comment hooks (lottery
+keywords, points, counters). In a room whose show has ended comments answer ``room_ended``.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from typing import Any
 from aiohttp import web
 
 from livecommerce.auth import Identity
+from livecommerce.badges import Badges
 from livecommerce.comments import TokenBucket, judge_comment
 from livecommerce.errors import BadFrame, RateLimited
+from livecommerce.points import room_owner
 from livecommerce.protocol.commands import Comment, Ping
 from livecommerce.protocol.events import reply
 
@@ -35,10 +39,11 @@ REJECT_MESSAGES = {
 class Comments:
     """``ping`` and ``comment`` over WebSocket, ``announce`` over HTTP."""
 
-    def __init__(self, gw: Gateway, gate: RoomGate, hooks: list[CommentHook]) -> None:
+    def __init__(self, gw: Gateway, gate: RoomGate, badges: Badges, hooks: list[CommentHook]) -> None:
         self.gw = gw
         self.gate = gate
-        self.hooks = hooks  # the comment hooks (levels, badges, lottery keywords, counters)
+        self.badges = badges  # the author's level, fan badge and buyer mark
+        self.hooks = hooks  # the comment hooks (lottery keywords, points, counters)
         self.buckets: dict[str, TokenBucket] = {}
         self._purge_at = 0.0
 
@@ -66,13 +71,9 @@ class Comments:
             raise BadFrame(REJECT_MESSAGES[verdict], code=code)
         if not bucket.take(time.monotonic()):
             raise RateLimited(f"comment rate limit: {gw.s.comment_rate:g}/s, burst {gw.s.comment_burst}")
-        d: dict[str, Any] = {
-            "user": conn.user,
-            "name": conn.ident.name,
-            "level": await gw.level_of(conn.user),
-            "role": conn.ident.role,
-            "text": text,
-        }
+        d: dict[str, Any] = {"user": conn.user, "name": conn.ident.name, "level": 0, "role": conn.ident.role, "text": text}
+        host = await self.gate.host(conn.room) or room_owner(conn.room)
+        await self.badges.decorate(d, room=conn.room, host=host, user=conn.user, now=time.monotonic())
         for hook in self.hooks:
             await hook(conn, d)
         seq = await gw.publish(conn.room, "comment", d)

@@ -231,11 +231,6 @@ class FlashSales:
     async def _fetch_buyers(self, sale_id: str, view: SaleView) -> None:
         view.buyers = await self.checkout.sales.buyers(sale_id)
 
-    async def mark_buyer(self, conn: Conn, d: dict[str, Any]) -> None:
-        """Comment hook: a payer's comments carry ``buyer: true`` (kept first in hot rooms)."""
-        if await self.checkout.is_payer(conn.room, conn.user):
-            d["buyer"] = True
-
     async def _local_answer(self, sale_id: str, user: str, qty: int) -> Reject | None:
         view = self.views.get(sale_id)
         if view is None or not view.closed or view.buyers is None or user in view.buyers:

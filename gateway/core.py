@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import web
@@ -58,7 +58,6 @@ class Gateway:
         self.moderator = Moderator.from_file(settings.moderation_words)
         self.commands: dict[str, CommandHandler] = {}
         self.hooks = Hooks()
-        self.level_of: Callable[[str], Awaitable[int]] = _level_zero
         self.draining = False
         self._token_cache: dict[str, tuple[int, Identity]] = {}
         self._token_purge_s = 0
@@ -131,6 +130,3 @@ def _exp_of(token: str) -> int:
 
     return int(jwt.decode(token, options={"verify_signature": False}).get("exp", 0))
 
-
-async def _level_zero(user: str) -> int:
-    return 0

@@ -15,27 +15,24 @@ HTTP (signed in; the caller follows / joins for themself):
   ``[{rank, user, name, intimacy, level}]``, with ``members`` and ``followers`` counts.
 * ``GET /api/v1/me/fanclubs``: the caller's follows and memberships with intimacy and level.
 
-Badge: a comment hook (:meth:`Fanclub.on_comment`) adds ``fan {host, level}`` to a comment
-when its author is a member of the room host's club. The room's host and the author's level are cached on the
-node for :data:`BADGE_CACHE_S` seconds: one Redis read per (author, host) per period.
+Badge: a comment carries ``fan {host, level}`` when its author is a member of the room host's
+club; the comments capability reads it with the author's other badges
+(:mod:`livecommerce.badges`).
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from typing import Any
 
 from aiohttp import web
 
 from livecommerce import profiles_sql
 from livecommerce.auth import Identity
-from livecommerce.errors import Forbidden, LiveCommerceError
+from livecommerce.errors import Forbidden
 from livecommerce.fanclub import (
     CLUB,
     FOLLOW,
     MAX_LEADERBOARD,
-    badge,
     check_host,
     fan_event,
     fan_event_id,
@@ -46,28 +43,21 @@ from livecommerce.fanclub_redis import FanclubRedis
 from livecommerce.log import Log
 from livecommerce.store_sql import SqlStore
 
-from .conn import Conn
 from .core import Gateway
-from .hooks import HostOf
 
 log = logging.getLogger("livecommerce.gateway.fanclub")
 
-BADGE_CACHE_S = 10.0
 ACTIVITY = "activity"
 
 
 class Fanclub:
-    """Follows, memberships, fan boards and the comment badge."""
+    """Follows, memberships and fan boards."""
 
-    def __init__(self, gw: Gateway, fans: FanclubRedis, store: SqlStore, log: Log, host_of: HostOf) -> None:
+    def __init__(self, gw: Gateway, fans: FanclubRedis, store: SqlStore, log: Log) -> None:
         self.gw = gw
         self.fans = fans
         self.store = store
         self.log = log
-        self.host_of = host_of
-        self._levels: dict[tuple[str, str], tuple[int | None, float]] = {}
-        self._levels_purge = 0.0
-        self._hosts: dict[str, tuple[str, float]] = {}
 
     async def change(self, user: str, host: str, kind: str, on: bool) -> int:
         """Append a follow / membership change; return its version.
@@ -78,38 +68,6 @@ class Fanclub:
         v = await self.fans.next_version(user)
         await self.log.append(ACTIVITY, user, kind, fan_event(user, host, on=on, v=v), event_id=fan_event_id(user, v))
         return v
-
-    async def _host(self, room: str) -> str:
-        now = time.monotonic()
-        hit = self._hosts.get(room)
-        if hit is not None and hit[1] > now:
-            return hit[0]
-        host = await self.host_of(room)
-        if len(self._hosts) > 50_000:
-            self._hosts.clear()
-        self._hosts[room] = (host, now + BADGE_CACHE_S)
-        return host
-
-    async def on_comment(self, conn: Conn, d: dict[str, Any]) -> None:
-        """Add the author's fan badge for the room's host (never fails the comment)."""
-        try:
-            host = await self._host(conn.room)
-            if host == conn.user:
-                return
-            key, now = (conn.user, host), time.monotonic()
-            hit = self._levels.get(key)
-            if hit is None or hit[1] <= now:
-                if len(self._levels) > 200_000:
-                    self._levels.clear()
-                elif len(self._levels) >= 256 and now >= self._levels_purge:  # churned viewers' entries go once stale
-                    self._levels = {k: v for k, v in self._levels.items() if v[1] > now}
-                    self._levels_purge = now + 60
-                hit = (await self.fans.level(host, conn.user), now + BADGE_CACHE_S)
-                self._levels[key] = hit
-            if hit[0] is not None:
-                d["fan"] = badge(host, hit[0])
-        except LiveCommerceError as exc:
-            log.info("fanclub.badge_skipped", extra={"user": conn.user, "err": exc.message})
 
     # ---- handlers (gateway.routes)
     def _viewer_of(self, request: web.Request) -> tuple[Identity, str]:

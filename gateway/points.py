@@ -1,9 +1,8 @@
-"""Points at the edge: levels on comments, activity events, points over HTTP.
+"""Points at the edge: activity events, points over HTTP.
 
-* ``gw.level_of(user)`` (the level shown on comments, :meth:`Points.level_of`) reads the
-  level the points worker caches in ``{user:ID}:points`` (field ``level``, through
-  :class:`~livecommerce.points_redis.PointsRedis`), cached on this node for
-  :data:`LEVEL_CACHE_S` seconds: one Redis read per commenting user per few seconds.
+* The level shown on comments is the one the points worker caches in ``{user:ID}:points``
+  (field ``level``); the comments capability reads it with the author's other badges
+  (:mod:`livecommerce.badges`).
 * Comments: a comment hook (:meth:`Points.on_comment`) counts the user's comments of the UTC day in Redis
   (``{user:ID}:cmt:<day>``); only the first ``comment_points_daily_cap`` produce an
   ``activity.comment {user, room, day, n}`` event (id ``comment:<user>:<day>:<n>``, so a
@@ -68,7 +67,6 @@ from .validation import page, read_json
 
 log = logging.getLogger("livecommerce.gateway.points")
 
-LEVEL_CACHE_S = 5.0
 WATCH_FLUSH_S = 180.0
 WATCH_CHECK_S = 5.0
 ACTIVITY = "activity"
@@ -81,8 +79,6 @@ class Points:
         self.log = log
         self.store = store
         self.rules = Rules.from_settings(gw.s)
-        self._levels: dict[str, tuple[int, float]] = {}
-        self._levels_purge = 0.0
         self._capped: set[tuple[str, int]] = set()  # (user, day) past the comment cap
         self._capped_day = -1
         self.sessions: dict[tuple[str, str], WatchSession] = {}
@@ -90,25 +86,6 @@ class Points:
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # ---- levels
-    async def level_of(self, user: str) -> int:
-        """The user's viewer level: this node's copy if younger than LEVEL_CACHE_S, else
-        the worker's cached value in Redis (0 when unknown or Redis is unreachable)."""
-        now = time.monotonic()
-        hit = self._levels.get(user)
-        if hit is not None and hit[1] > now:
-            return hit[0]
-        try:
-            level = await self.cache.level(user)
-        except LiveCommerceError:
-            level = hit[0] if hit is not None else 0
-        if len(self._levels) > 100_000:
-            self._levels.clear()
-        elif len(self._levels) >= 256 and now >= self._levels_purge:  # churned viewers' entries go once stale
-            self._levels = {u: hit for u, hit in self._levels.items() if hit[1] > now}
-            self._levels_purge = now + 60
-        self._levels[user] = (level, now + LEVEL_CACHE_S)
-        return level
-
     # ---- activity
     def _append(self, key: str, type_: str, data: dict[str, Any], event_id: str) -> None:
         async def go() -> None:

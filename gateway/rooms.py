@@ -108,6 +108,7 @@ class RoomGate:
         self.rooms = rooms
         self.ttl_s = ttl_s
         self._known: dict[str, tuple[float, str]] = {}  # room -> (valid until, state)
+        self._hosts: dict[str, str | None] = {}  # room -> its host (set at creation, never changes)
         self._reads: dict[str, asyncio.Future[str]] = {}
 
     def observe(self, env: dict[str, Any]) -> None:
@@ -120,10 +121,12 @@ class RoomGate:
     def remember(self, room: str, state: str) -> None:
         if len(self._known) > 10_000:
             self._known.clear()
+            self._hosts.clear()
         self._known[room] = (time.monotonic() + self.ttl_s, state)
 
     def forget(self, room: str) -> None:
         self._known.pop(room, None)
+        self._hosts.pop(room, None)
 
     async def state(self, room: str) -> str:
         """``created``, ``live``, ``ended`` or ``''`` (never created).
@@ -140,7 +143,9 @@ class RoomGate:
         fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._reads[room] = fut
         try:
-            st = await self.rooms.state(room)
+            st, host = await self.rooms.state_and_host(room)
+            if st:
+                self._hosts[room] = host
         except asyncio.CancelledError:
             fut.cancel()
             raise
@@ -153,6 +158,22 @@ class RoomGate:
         fut.set_result(st)
         self.remember(room, st)
         return st
+
+    async def host(self, room: str) -> str | None:
+        """The room's host (None: never created, or created without one), read with its
+        state and then held: a room's host does not change.
+
+        Raises:
+            Unavailable: Redis unreachable (and nothing is known).
+        """
+        if room in self._hosts:
+            return self._hosts[room]
+        st, host = await self.rooms.state_and_host(room)
+        if st:
+            self._hosts[room] = host
+            if room not in self._known:
+                self.remember(room, st)
+        return host
 
     async def ended(self, room: str) -> bool:
         return await self.state(room) == "ended"

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from livecommerce.badges import Badges
+from livecommerce.badges_redis import RedisBadges
 from livecommerce.checkout import Checkout
 from livecommerce.coupons_redis import CouponsRedis
 from livecommerce.experiments_redis import ExperimentsRedis
@@ -125,7 +127,7 @@ def build(gw: Gateway) -> Services:
     gw.hub.on_second.append(likes.on_second)
     gw.hooks.welcome.append(likes.welcome)
 
-    comments = Comments(gw, gate, gw.hooks.comment)
+    comments = Comments(gw, gate, Badges(RedisBadges(gw.redis, gw.keys)), gw.hooks.comment)
 
     lotteries = LotteryService(gw, RedisLotteries(gw.redis, gw.keys), gate)
     gw.hooks.comment.append(lotteries.on_comment)
@@ -144,7 +146,6 @@ def build(gw: Gateway) -> Services:
     sales = FlashSales(gw, checkout, store, gw.hooks.tried)
     gw.hooks.start.insert(0, sales.check_schema)  # before anything reads SQL: says `livecommerce db upgrade`
     gw.hub.observe(SALE_EVENTS, sales.observe)
-    gw.hooks.comment.append(sales.mark_buyer)
     orders = Orders(gw, checkout, store, sales)
 
     rooms = RoomsService(
@@ -176,7 +177,6 @@ def build(gw: Gateway) -> Services:
     gw.hooks.welcome.append(gifts.welcome)
     gw.hooks.stop.insert(0, gifts.stop)
     points = Points(gw, PointsRedis(gw.redis, gw.keys), durable, store)
-    gw.level_of = points.level_of
     gw.hooks.comment.append(points.on_comment)
     gw.hooks.welcome.append(points.on_welcome)
     gw.hub.on_second.append(points.on_second)
@@ -185,8 +185,7 @@ def build(gw: Gateway) -> Services:
     tickets = Tickets(gw, store, durable)
 
     # fans and profiles (the feed reads profiles)
-    fanclub = Fanclub(gw, FanclubRedis(gw.redis, gw.keys, ttl_s=gw.s.user_cache_ttl_s), store, durable, gifts.host_of)
-    gw.hooks.comment.append(fanclub.on_comment)
+    fanclub = Fanclub(gw, FanclubRedis(gw.redis, gw.keys, ttl_s=gw.s.user_cache_ttl_s), store, durable)
     profiles = Profiles(gw, ErasureRedis(gw.redis, gw.keys), store, durable, coupons.store)
 
     # ops plane: health, the dashboard's sampler and its alerts, the pages, the API document

@@ -142,12 +142,6 @@ class Checkout:
             await self.redis.zadd(self.keys.global_key("sched:end"), {sale_id: sale.ends_ms})
         return Opened(state, sale, st.remaining)
 
-    async def is_payer(self, room: str, user: str) -> bool:
-        """Whether ``user`` paid an order in ``room`` lately (the room's payers, kept
-        ``room_retention_s`` after the last payment): hot rooms keep their comments first."""
-        async with guarded():
-            return bool(await self.redis.sismember(self.keys.room(room, "payers"), user))
-
     async def unschedule(self, sale_id: str, what: str) -> None:
         await self.redis.zrem(self.keys.global_key(f"sched:{what}"), sale_id)
 

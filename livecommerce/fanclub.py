@@ -66,11 +66,6 @@ def fan_level(points: int) -> int:
     return max(1, bisect.bisect_right(FAN_LEVELS, points))
 
 
-def badge(host: str, level: int) -> dict[str, Any]:
-    """What a member's comments carry in the host's rooms (field ``fan``)."""
-    return {"host": host, "level": level}
-
-
 def fan_event_id(user: str, v: int) -> str:
     return f"fan:{user}:{v}"
 

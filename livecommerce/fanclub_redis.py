@@ -2,7 +2,7 @@
 
 Keys:
 
-* ``{fan:HOST}:badges``  hash member -> fan level (what the comment hook reads: one HGET)
+* ``{fan:HOST}:badges``  hash member -> fan level (what a comment's badges read: :mod:`livecommerce.badges_redis`)
 * ``{fan:HOST}:board``   sorted set member -> intimacy (``GET /api/v1/hosts/{host}/fans``)
 * ``{user:ID}:fanv``     counter: the version of the user's next follow / membership change
   (the last-writer-wins order, see :mod:`livecommerce.fanclub`); it expires after

@@ -81,6 +81,16 @@ class RedisRooms:
             v = await self._r.hget(self.keys.room_meta(room), "state")
         return "" if v is None else _s(v)
 
+    async def state_and_host(self, room: str) -> tuple[str, str | None]:
+        """:meth:`state` and :meth:`host` in one read.
+
+        Raises:
+            Unavailable: Redis unreachable.
+        """
+        async with guarded():
+            st, host = await self._r.hmget(self.keys.room_meta(room), ["state", "host"])
+        return ("" if st is None else _s(st)), (_s(host) if host else None)
+
     async def host(self, room: str) -> str | None:
         """The room's host, or None for a room never created (see :func:`room_host`).
 
