@@ -19,7 +19,6 @@ from livecommerce.auth import Identity
 from livecommerce.badges import Badges
 from livecommerce.comments import TokenBucket, judge_comment
 from livecommerce.errors import BadFrame, RateLimited
-from livecommerce.points import room_owner
 from livecommerce.protocol.commands import Comment, Ping
 from livecommerce.protocol.events import reply
 
@@ -72,7 +71,7 @@ class Comments:
         if not bucket.take(time.monotonic()):
             raise RateLimited(f"comment rate limit: {gw.s.comment_rate:g}/s, burst {gw.s.comment_burst}")
         d: dict[str, Any] = {"user": conn.user, "name": conn.ident.name, "level": 0, "role": conn.ident.role, "text": text}
-        host = await self.gate.host(conn.room) or room_owner(conn.room)
+        host = await self.gate.host(conn.room)
         await self.badges.decorate(d, room=conn.room, host=host, user=conn.user, now=time.monotonic())
         for hook in self.hooks:
             await hook(conn, d)

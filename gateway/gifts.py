@@ -18,9 +18,9 @@ HTTP (public): ``GET /api/v1/gifts`` (the catalogue), ``GET
 host's top fans), ``GET /api/v1/leaderboards/hosts?n=`` (hosts by gifts received).
 
 Hooks called: the gift hooks (``gw.hooks.gift``: ``async (room, user, value)``, e.g. gift
-lotteries) after each successful gift. The room's host comes from the room's meta
-(:meth:`~livecommerce.rooms_redis.RedisRooms.host`), cached per node
-(:meth:`Gifts.host_of`, also the lookup of refunds and fan badges); rooms without one credit
+lotteries) after each successful gift. The room's host comes from the room's meta, read
+once per room by the room gate (:meth:`~gateway.rooms.RoomGate.host`, also what comments'
+fan badges use; :meth:`Gifts.host_of` is the refunds' lookup too); rooms without one credit
 ``room:<id>``.
 """
 
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 from aiohttp import web
@@ -38,56 +37,45 @@ from livecommerce.errors import Unavailable
 from livecommerce.gifts import GiftTally, catalogue_payload, load_catalogue
 from livecommerce.leaderboard import BoardGate, BoardTally, clamp_top, ranked
 from livecommerce.leaderboard_redis import RedisLeaderboards
-from livecommerce.points import room_owner
 from livecommerce.protocol.commands import Gift
 from livecommerce.protocol.events import envelope, reply
-from livecommerce.rooms_redis import RedisRooms
 from livecommerce.wallet import InsufficientFunds
 from livecommerce.wallet_redis import RedisWallet
 
 from .conn import Conn
 from .core import Gateway
 from .hooks import GiftHook
+from .rooms import RoomGate
 from .wallet import Outbox
 
 log = logging.getLogger("livecommerce.gateway.gifts")
 
-HOST_CACHE_S = 30.0
 LEADERBOARD_TOP = 10
 
 
 class Gifts:
-    def __init__(self, gw: Gateway, wallet: RedisWallet, outbox: Outbox, boards: RedisLeaderboards, rooms: RedisRooms,
+    def __init__(self, gw: Gateway, wallet: RedisWallet, outbox: Outbox, boards: RedisLeaderboards, room_gate: RoomGate,
                  hooks: list[GiftHook]) -> None:
         self.gw = gw
         self.wallet = wallet
         self.outbox = outbox
         self.boards = boards
-        self.rooms = rooms
+        self.room_gate = room_gate  # the room's host
         self.hooks = hooks  # after each gift (gift lotteries, ops counters)
         self.catalogue = load_catalogue(gw.s.gift_catalogue)
         self.tally = GiftTally()
         self.board_tally = BoardTally()
         self.gate = BoardGate()
         self.dirty: set[str] = set()  # rooms whose board may have moved since the last push
-        self._hosts: dict[str, tuple[str, float]] = {}
         self._flushing: asyncio.Task[None] | None = None
 
     async def host_of(self, room: str) -> str:
-        """The room's host (cached ``HOST_CACHE_S``), ``room:<id>`` when unknown.
+        """The room's host (held by the room gate once read), ``room:<id>`` when unknown.
 
         Raises:
-            Unavailable: Redis unreachable (and no fresh cached answer).
+            Unavailable: Redis unreachable (and the host not yet known).
         """
-        now = time.monotonic()
-        hit = self._hosts.get(room)
-        if hit is not None and hit[1] > now:
-            return hit[0]
-        host = await self.rooms.host(room) or room_owner(room)
-        if len(self._hosts) > 50_000:
-            self._hosts.clear()
-        self._hosts[room] = (host, now + HOST_CACHE_S)
-        return host
+        return await self.room_gate.host(room)
 
     async def send(self, conn: Conn, cmd: Gift) -> dict[str, Any]:
         """Debit, log, count for the broadcast and the boards; the reply's ``d``.

@@ -53,6 +53,7 @@ from livecommerce.auth import Identity
 from livecommerce.errors import BadFrame, Conflict, Forbidden, NotFound, RoomEnded
 from livecommerce.pins import new_product, pin_payload, with_sale
 from livecommerce.pins_redis import RedisPins
+from livecommerce.points import room_owner
 from livecommerce.protocol.commands import HostAction, Pin
 from livecommerce.protocol.events import reply
 from livecommerce.rooms import (
@@ -108,7 +109,7 @@ class RoomGate:
         self.rooms = rooms
         self.ttl_s = ttl_s
         self._known: dict[str, tuple[float, str]] = {}  # room -> (valid until, state)
-        self._hosts: dict[str, str | None] = {}  # room -> its host (set at creation, never changes)
+        self._hosts: dict[str, str] = {}  # created room -> its host or owner key (never changes)
         self._reads: dict[str, asyncio.Future[str]] = {}
 
     def observe(self, env: dict[str, Any]) -> None:
@@ -144,8 +145,7 @@ class RoomGate:
         self._reads[room] = fut
         try:
             st, host = await self.rooms.state_and_host(room)
-            if st:
-                self._hosts[room] = host
+            self._held(room, st, host)
         except asyncio.CancelledError:
             fut.cancel()
             raise
@@ -159,21 +159,29 @@ class RoomGate:
         self.remember(room, st)
         return st
 
-    async def host(self, room: str) -> str | None:
-        """The room's host (None: never created, or created without one), read with its
-        state and then held: a room's host does not change.
+    async def host(self, room: str) -> str:
+        """The account the room credits: its host, or the owner key ``room:<id>`` for a room
+        without one (:func:`~livecommerce.points.room_owner`). Read with the room's state and
+        held: a created room's host never changes, a room not yet created is asked again once
+        its state is older than ``ttl_s``.
 
         Raises:
-            Unavailable: Redis unreachable (and nothing is known).
+            Unavailable: Redis unreachable (and the host not yet known).
         """
-        if room in self._hosts:
-            return self._hosts[room]
+        held = self._hosts.get(room)
+        if held is not None:
+            return held
+        hit = self._known.get(room)
+        if hit is not None and hit[1] == "" and hit[0] > time.monotonic():
+            return room_owner(room)
         st, host = await self.rooms.state_and_host(room)
-        if st:
-            self._hosts[room] = host
-            if room not in self._known:
-                self.remember(room, st)
-        return host
+        self._held(room, st, host)
+        self.remember(room, st)
+        return host or room_owner(room)
+
+    def _held(self, room: str, state: str, host: str | None) -> None:
+        if state:  # created: its host (or owner key) is for good
+            self._hosts[room] = host or room_owner(room)
 
     async def ended(self, room: str) -> bool:
         return await self.state(room) == "ended"

@@ -1,7 +1,7 @@
 """Which project files a bullet comment, a buy and a gift cross, and where the code turns back.
 
 Runs one gateway node in this process (real Redis at ``--redis``, SQLite in a temporary
-directory), connects two WebSocket viewers and sends, one at a time, a ``comment``, a ``buy``
+directory), creates the show's room as its host would, connects two WebSocket viewers and sends, one at a time, a ``comment``, a ``buy``
 (into a live flash sale) and a ``gift`` (after an ops top-up). While each travels, a profiler
 records every function of ``gateway/`` and ``livecommerce/`` that runs beneath one of the
 path's roots: the sender's frame dispatch (``gateway/ws.py`` ``handle_frame``), the broker's
@@ -125,12 +125,16 @@ async def main(args: argparse.Namespace) -> None:
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     base, url = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/ws"
 
-    def tok(user: str, role: str = "viewer") -> str:
-        return issue_token(s.secret, user=user, role=role, rooms=(), now_s=int(time.time()), ttl_s=3600)
+    def tok(user: str, role: str = "viewer", rooms: tuple[str, ...] = ()) -> str:
+        return issue_token(s.secret, user=user, role=role, rooms=rooms, now_s=int(time.time()), ttl_s=3600)
 
     ops = {"Authorization": f"Bearer {tok('ops1', 'ops')}"}
     sale = f"s{uuid.uuid4().hex[:8]}"
     async with aiohttp.ClientSession() as http:
+        # a show's room exists before its viewers come: created by its host, as in every show
+        host = {"Authorization": f"Bearer {tok('h1', 'host', ('trace',))}"}
+        r = await http.post(f"{base}/api/v1/rooms", headers=host, json={"id": "trace", "title": "trace"})
+        assert r.status == 201, await r.text()
         r = await http.post(f"{base}/api/v1/campaigns", headers=ops, json={
             "id": sale, "room": "trace", "product_id": "p1", "price": 100, "stock": 10, "per_user_limit": 2,
             "starts_ms": int(time.time() * 1000) - 1000, "duration_s": 600})
