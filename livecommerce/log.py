@@ -29,7 +29,7 @@ import re
 import time
 import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -110,6 +110,17 @@ class Log(Protocol):
         Raises:
             ValueError: the topic name is not ``[A-Za-z0-9_-]{1,100}``.
             Unavailable: the backend cannot be reached; the event may or may not be stored.
+        """
+        ...
+
+    async def append_many(self, events: Sequence[LogEvent]) -> None:
+        """Store several events (built with :func:`new_event`) durably, as one call to the
+        backend (a Redis pipeline, one Kafka produce batch). Each event is stored as
+        :meth:`append` would store it; events with the same key keep their order.
+
+        Raises:
+            Unavailable: the backend cannot be reached; any of the events may or may not be
+                stored (appending them again is safe: effects are idempotent on the id).
         """
         ...
 
@@ -240,6 +251,13 @@ class MemoryLog:
         t.parts[partition_for(key, self.partitions)].append(event)
         t.notify()
         return event.id
+
+    async def append_many(self, events: Sequence[LogEvent]) -> None:
+        """See :meth:`Log.append_many`."""
+        for event in events:
+            t = self._topic(event.topic)
+            t.parts[partition_for(event.key, self.partitions)].append(event)
+            t.notify()
 
     async def consumer(self, topic: str, group: str, name: str) -> MemoryConsumer:
         """See :meth:`Log.consumer`; a new group starts at the first event. Raises: ValueError."""

@@ -25,7 +25,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +34,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from .errors import ConfigError, Unavailable
-from .log import Delivery, check_topic, decode_event, encode_event, new_event
+from .log import Delivery, LogEvent, check_topic, decode_event, encode_event, new_event
 
 log = logging.getLogger("livecommerce.log.kafka")
 
@@ -184,6 +184,25 @@ class KafkaLog:
         async with _guard("produce"):
             await producer.send_and_wait(name, value=encode_event(event), key=key.encode(), timestamp_ms=event.ts)
         return event.id
+
+    async def append_many(self, events: Sequence[LogEvent]) -> None:
+        """Hand every event to the producer at once, then wait for all their ``acks=all``:
+        the producer puts what goes to one partition into one produce batch. See
+        :meth:`livecommerce.log.Log.append_many`.
+
+        Raises:
+            Unavailable: broker unreachable; any of the events may or may not be stored.
+        """
+        if not events:
+            return
+        names = {t: await self.ensure_topic(t) for t in {e.topic for e in events}}
+        producer = await self._get_producer()
+        async with _guard("produce"):
+            sent = [await producer.send(names[e.topic], value=encode_event(e), key=e.key.encode(), timestamp_ms=e.ts)
+                    for e in events]
+            for outcome in await asyncio.gather(*sent, return_exceptions=True):  # every ack retrieved
+                if isinstance(outcome, BaseException):
+                    raise outcome
 
     async def consumer(self, topic: str, group: str, name: str) -> KafkaConsumer:
         """Join ``group`` and return once the group has given this member its partitions.

@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import redis.exceptions
@@ -127,6 +127,22 @@ class RedisLog:
         async with _guard():
             await self.redis.xadd(stream, {_FIELD: encode_event(event)}, maxlen=self.maxlen, approximate=True)
         return event.id
+
+    async def append_many(self, events: Sequence[LogEvent]) -> None:
+        """One pipeline of XADDs, each to its event's partition stream (on a cluster the
+        client sends each slot's share to its node). See :meth:`livecommerce.log.Log.append_many`.
+
+        Raises:
+            Unavailable: Redis unreachable.
+        """
+        if not events:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for event in events:
+            pipe.xadd(self.stream(event.topic, partition_for(event.key, self.partitions)), {_FIELD: encode_event(event)},
+                      maxlen=self.maxlen, approximate=True)
+        async with _guard():
+            await pipe.execute()
 
     async def consumer(self, topic: str, group: str, name: str) -> RedisConsumer:
         """Create the group on every partition stream (idempotent) and return a member.

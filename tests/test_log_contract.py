@@ -30,6 +30,7 @@ from livecommerce.log import (
     MemoryLog,
     decode_event,
     encode_event,
+    new_event,
 )
 from livecommerce.log_kafka import KafkaLog
 from livecommerce.log_open import open_log
@@ -109,6 +110,20 @@ async def test_appended_events_are_fetched_with_their_fields_and_stay_acked(back
     await c.close()
     again = await log.consumer("orders", "settle", "w1")  # the same member, restarted
     assert await again.fetch(timeout_ms=300) == []
+
+
+async def test_a_batch_append_stores_each_event_once_with_its_fields_and_key_order(backend: Backend) -> None:
+    events = [new_event("orders", f"k{i % 3}", "order.reserved", {"i": i}, f"b-{i}", 1000 + i) for i in range(30)]
+    await backend.log.append_many(events)
+    await backend.log.append_many([])
+    c = await backend.log.consumer("orders", "settle", "w1")
+    got = await collect(c, 30)
+    assert sorted(ids(got)) == sorted(e.id for e in events) and len(got) == 30
+    assert {d.event.id: d.event for d in got} == {e.id: e for e in events}
+    for k in range(3):
+        seen = [d.event.data["i"] for d in got if d.event.key == f"k{k}"]
+        assert seen == sorted(seen), f"key k{k} out of order: {seen}"
+    assert await c.fetch(timeout_ms=300) == []
 
 
 async def test_events_with_the_same_key_arrive_in_append_order(backend: Backend) -> None:
