@@ -18,6 +18,7 @@ moment so that their retries still go to Redis and get their first order back.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import logging
@@ -105,7 +106,7 @@ class SaleView:
     who held units when it last closed (None until fetched).
     """
 
-    __slots__ = ("buyers", "closed_at", "remaining", "room_closed", "sale", "state")
+    __slots__ = ("buyers", "closed_at", "epoch", "remaining", "room_closed", "sale", "state")
 
     def __init__(self) -> None:
         self.state: SaleState | None = None
@@ -114,19 +115,34 @@ class SaleView:
         self.room_closed = False
         self.buyers: set[str] | None = None  # fetched when the sale closes
         self.closed_at = 0.0  # monotonic time it ended (views of ended sales go VIEW_KEEP_S later)
+        self.epoch = 0  # counts the state's moves: a commit's snapshot older than the last is stale
 
     def step(self, step: SaleStep) -> bool:
         """Apply a lifecycle step heard from the broadcast; True when the state moved."""
         if self.state is None:
-            self.state = _AFTER[step]
-            return True
-        try:
-            after = sale_step(self.state, step)
-        except Conflict:  # e.g. sell_out after end: an older event arriving late
-            return False
+            after: SaleState | None = _AFTER[step]
+        else:
+            try:
+                after = sale_step(self.state, step)
+            except Conflict:  # e.g. sell_out after end: an older event arriving late
+                return False
         if after is None:  # it happened already
             return False
         self.state = after
+        self.epoch += 1
+        return True
+
+    def sold_out_seen(self, buyers: set[str], epoch: int) -> bool:
+        """This node's own commit left the sale without stock, and ``buyers`` held units at
+        that moment (one atomic snapshot): the view closes at once, as the ``sale.soldout``
+        this node is about to broadcast will close it, unless the state moved since the
+        commit was sent (``epoch``: a restock or an end heard meanwhile is newer) or the
+        buyers are already known. True when it closed."""
+        if epoch != self.epoch or self.state == "ended" or (self.state == "sold_out" and self.buyers is not None):
+            return False
+        if self.state != "sold_out" and not self.step("sell_out"):
+            return False
+        self.remaining, self.buyers = 0, buyers
         return True
 
     @property
@@ -179,6 +195,7 @@ class FlashSales:
         self.store = store
         self.tried = tried
         self.views: dict[str, SaleView] = {}
+        self._fetches: dict[str, asyncio.Future[None]] = {}  # sale -> its buyers' fetch in flight
         self.last_stock_pub: dict[str, float] = {}
         self._purge_at = 0.0
 
@@ -216,8 +233,10 @@ class FlashSales:
                 view.step("end")
                 view.room_closed = d.get("reason") == "room_ended"
             view.closed_at = now if view.state == "ended" else 0.0
-            view.buyers = None  # who holds units now: fetched once
-            self.gw.spawn(self._fetch_buyers(sid, view), f"buyers-{sid}")
+            view.buyers = None  # who holds units now: fetched once (buys wait for it: _local_answer)
+            fetch = asyncio.get_running_loop().create_future()
+            self._fetches[sid] = fetch
+            self.gw.spawn(self._fetch_buyers(sid, view, fetch), f"buyers-{sid}")
 
     def _forget_ended(self, now: float) -> None:
         """Views of sales ended VIEW_KEEP_S ago and old throttle marks go (late buyers then
@@ -228,11 +247,22 @@ class FlashSales:
         for sid in [sid for sid, at in self.last_stock_pub.items() if now - at > 60]:
             del self.last_stock_pub[sid]
 
-    async def _fetch_buyers(self, sale_id: str, view: SaleView) -> None:
-        view.buyers = await self.checkout.sales.buyers(sale_id)
+    async def _fetch_buyers(self, sale_id: str, view: SaleView, fetch: asyncio.Future[None]) -> None:
+        try:
+            buyers = await self.checkout.sales.buyers(sale_id)
+            if self._fetches.get(sale_id) is fetch:  # else a newer close asked again
+                view.buyers = buyers
+        finally:
+            if self._fetches.get(sale_id) is fetch:
+                del self._fetches[sale_id]
+            fetch.set_result(None)
 
     async def _local_answer(self, sale_id: str, user: str, qty: int) -> Reject | None:
         view = self.views.get(sale_id)
+        if view is not None and view.closed and view.buyers is None:
+            fetch = self._fetches.get(sale_id)
+            if fetch is not None:  # the sale just closed: its buyers are on their way, wait for them
+                await asyncio.shield(fetch)
         if view is None or not view.closed or view.buyers is None or user in view.buyers:
             return None  # no answer without Redis: spare the sale's read too
         sale = view.sale or await self.checkout.sale(sale_id)
@@ -255,15 +285,26 @@ class FlashSales:
             await self.gw.publish(sale.room, "sale.soldout", {"sale_id": sale_id})
 
     async def reserve(self, user: str, sale_id: str, qty: int, request_id: str) -> Reserved | Reject:
-        """The node's answer first (a closed sale), else the reserve script."""
+        """The node's answer first (a closed sale), else the sale's next group commit
+        (:meth:`Checkout.place`). A commit that leaves no stock closes this node's view at
+        once with the buyers it returns, so the buyers behind it are answered here."""
         early = await self._local_answer(sale_id, user, qty)
         if early is not None:
             return early
-        r = await self.checkout.buy(user=user, sale_id=sale_id, qty=qty, request_id=request_id, now_ms=self.gw.now_ms())
+        view = self.views.get(sale_id)
+        epoch = view.epoch if view is not None else 0
+        placed = await self.checkout.place(user=user, sale_id=sale_id, qty=qty, request_id=request_id,
+                                           now_ms=self.gw.now_ms(), want_buyers=view is None or view.buyers is None)
+        if placed.buyers is not None:
+            if view is None:
+                view = self.views.setdefault(sale_id, SaleView())
+                epoch = view.epoch
+            view.sold_out_seen(placed.buyers, epoch)
+        r = placed.result
         if isinstance(r, Reserved) and not r.duplicate:
             if r.last_unit:
                 self.gw.spawn(self.publish_stock(sale_id, 0, final=True), "stock-final")
-            else:
+            elif time.monotonic() - self.last_stock_pub.get(sale_id, 0.0) >= self.gw.s.stock_broadcast_ms / 1000:
                 self.gw.spawn(self.publish_stock(sale_id, r.remaining, final=False), "stock")
         return r
 

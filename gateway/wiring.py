@@ -143,6 +143,7 @@ def build(gw: Gateway) -> Services:
     checkout = Checkout(gw.redis, gw.keys, durable, coupons=coupons.store, sale_retention_s=gw.s.sale_retention_s,
                         room_retention_s=gw.s.room_retention_s)
     checkout.room_gate = gate  # buys in an ended show answer room_ended
+    gw.hooks.stop.insert(0, checkout.drain)  # the group commits in flight reach the log before it closes
     sales = FlashSales(gw, checkout, store, gw.hooks.tried)
     gw.hooks.start.insert(0, sales.check_schema)  # before anything reads SQL: says `livecommerce db upgrade`
     gw.hub.observe(SALE_EVENTS, sales.observe)

@@ -18,20 +18,32 @@ Failure order and why it is safe:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .errors import BadFrame, Conflict, NotFound
-from .flash_sale import Reject, Reserved, Sale, SaleState
-from .flash_sale_redis import RedisFlashSale
+from .errors import BadFrame, Conflict, LiveCommerceError, NotFound, Unavailable
+from .flash_sale import (
+    BatchBuy,
+    Reject,
+    Reserved,
+    Sale,
+    SaleState,
+    check_ident,
+    decide_reserve,
+    request_key,
+)
+from .flash_sale_redis import BatchReserved, RedisFlashSale, check_buy
 from .keys import Keys
-from .log import Log
+from .log import Log, LogEvent, new_event
 from .redis_conn import guarded
 from .retention import ROOM_RETENTION_S, SALE_RETENTION_S
 
 log = logging.getLogger("livecommerce.checkout")
+
+MAX_BATCH = 500  # buys decided by one script call (Redis runs nothing else meanwhile)
 
 
 class CouponService(Protocol):
@@ -71,6 +83,25 @@ class Opened:
 
 
 @dataclass(frozen=True, slots=True)
+class Placed:
+    """A buy's answer from :meth:`Checkout.place`: ``result``; the sale's units left after
+    its group commit (-1: not known); and, when the caller asked and the commit left no
+    stock, who holds units then (one atomic snapshot with the answer), else None."""
+
+    result: Reserved | Reject
+    remaining: int
+    buyers: set[str] | None = None
+
+
+@dataclass(slots=True)
+class _Pending:
+    buy: BatchBuy
+    request_id: str
+    want_buyers: bool
+    done: asyncio.Future[Placed]
+
+
+@dataclass(frozen=True, slots=True)
 class PayResult:
     order_id: str
     outcome: str  # paid | already_paid | already_cancelled | expired
@@ -92,6 +123,9 @@ class Checkout:
         self.sale_retention_s = sale_retention_s  # a settled sale's keys (docs/retention.md)
         self.room_retention_s = room_retention_s  # the room's payers set after the last payment
         self._sale_cache: dict[str, Sale] = {}
+        self._queues: dict[str, list[_Pending]] = {}  # sale -> buys waiting for its next commit
+        self._committing: set[str] = set()  # sales whose commit loop runs
+        self._commits: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ campaigns
     async def create_sale(self, sale: Sale) -> bool:
@@ -168,39 +202,165 @@ class Checkout:
 
     # ------------------------------------------------------------------ reserve
     async def buy(self, *, user: str, sale_id: str, qty: int, request_id: str, now_ms: int) -> Reserved | Reject:
-        """Reserve in Redis, then append ``order.reserved``. In a room whose show has ended
-        the answer is ``room_ended``: from :attr:`room_gate` first, and from the reserve
-        script for the sales the room's end closed (a node whose gate missed the end); a
-        retried ``request_id`` of a reservation made before the end gets its first order."""
-        if self.room_gate is not None and await self.room_gate.ended((await self.sale(sale_id)).room):
-            # a retry of a reservation made before the end still gets its order
-            if not await self.sales.known_request(sale_id, user, request_id):
-                return "room_ended"
+        """Reserve, then append ``order.reserved``: :meth:`place`'s answer alone."""
+        return (await self.place(user=user, sale_id=sale_id, qty=qty, request_id=request_id, now_ms=now_ms)).result
+
+    async def place(self, *, user: str, sale_id: str, qty: int, request_id: str, now_ms: int,
+                    want_buyers: bool = False) -> Placed:
+        """Reserve in Redis, then append ``order.reserved``, as part of the sale's next group
+        commit: the buys of one sale that arrive while its previous commit is in flight (or
+        within the same loop turn) are decided together, in arrival order, by one script call
+        (:meth:`RedisFlashSale.reserve_batch`; a lone buy by :meth:`RedisFlashSale.reserve`),
+        and their events go to the log in one call (:meth:`Log.append_many`). Each buy gets
+        the answer it would get alone; a repeated ``request_id`` gets its first order (and its
+        event is appended again: a crash between the script and the append is repaired by the
+        retry). The caller hears only once its event is on the log.
+
+        In a room whose show has ended the answer is ``room_ended``: from :attr:`room_gate`
+        (once per commit), and from the script for the sales the room's end closed (a node
+        whose gate missed the end); a retried ``request_id`` of a reservation made before the
+        end gets its first order. ``want_buyers``: the caller wants the sale's buyers if its
+        commit leaves no stock (:attr:`Placed.buyers`).
+
+        Raises:
+            BadFrame: qty outside 1..1000 or an unusable id (before anything is queued).
+            NotFound: no such sale.
+            Conflict: the order id minted for this buy was taken (astronomically unlikely).
+            Unavailable: Redis or the log unreachable: the buy may or may not have been
+                reserved; retrying the same ``request_id`` tells.
+        """
         order_id = new_order_id(sale_id, now_ms)
-        r = await self.sales.reserve(sale_id, user, qty, request_id, now_ms, order_id)
-        if isinstance(r, str):
-            return r
+        check_buy(user, qty, request_id, order_id)
+        loop = asyncio.get_running_loop()
+        pending = _Pending(BatchBuy(user, qty, request_key(user, request_id), now_ms, order_id), request_id,
+                           want_buyers, loop.create_future())
+        queue = self._queues.get(sale_id)
+        if queue is None:
+            check_ident(sale_id, "sale_id")
+            queue = self._queues[sale_id] = []
+        queue.append(pending)
+        if sale_id not in self._committing:  # the commit starts after this loop turn's buys queued
+            self._committing.add(sale_id)
+            task = loop.create_task(self._commit_loop(sale_id), name=f"commit-{sale_id}")
+            self._commits.add(task)
+            task.add_done_callback(self._commits.discard)
+        return await pending.done
+
+    async def _commit_loop(self, sale_id: str) -> None:
+        """Commit the sale's queued buys, one batch at a time, until none is left."""
+        queue = self._queues[sale_id]
+        try:
+            while queue:
+                batch = queue[:MAX_BATCH]
+                del queue[:MAX_BATCH]
+                await self._commit(sale_id, batch)
+        finally:
+            self._committing.discard(sale_id)
+            if queue:  # cancelled (the node stops): whoever still waits hears it
+                for p in queue:
+                    if not p.done.done():
+                        p.done.set_exception(Unavailable("the node stopped before this buy was sent"))
+                queue.clear()
+            del self._queues[sale_id]
+
+    async def _commit(self, sale_id: str, batch: list[_Pending]) -> None:
+        """One group commit: the script, then the log, then every buyer's answer."""
+        try:
+            placed = await self._decide(sale_id, batch)
+        except BaseException as exc:  # Unavailable, NotFound, a cancelled node: every buyer hears it
+            if isinstance(exc, Exception) and not isinstance(exc, LiveCommerceError):
+                log.exception("checkout.commit_failed", extra={"sale": sale_id, "buys": len(batch)})
+            for p in batch:
+                if not p.done.done():
+                    p.done.set_exception(_own(exc))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for p, out in zip(batch, placed, strict=True):
+            if p.done.done():
+                continue
+            if isinstance(out, Exception):
+                p.done.set_exception(_own(out))
+            else:
+                p.done.set_result(out)
+
+    async def _decide(self, sale_id: str, batch: list[_Pending]) -> list[Placed | Exception]:
         sale = await self.sale(sale_id)
-        await self.log.append(
+        room_ended = self.room_gate is not None and await self.room_gate.ended(sale.room)
+        if len(batch) == 1 and not room_ended:  # a lone buy: the per-buy script
+            b = batch[0].buy
+            one = await self.sales.reserve(sale_id, b.user, b.qty, batch[0].request_id, b.now_ms, b.order_id)
+            decided = BatchReserved([one], one.remaining if isinstance(one, Reserved) else -1,
+                                    "sold_out" if isinstance(one, Reserved) and one.last_unit else "live", None)
+        else:
+            queued = self._queues.get(sale_id)
+            decided = await self.sales.reserve_batch(
+                sale_id, [p.buy for p in batch], request_ids=[p.request_id for p in batch], room_ended=room_ended,
+                want_buyers=bool(queued) or any(p.want_buyers for p in batch))
+            if decided.buyers is not None and decided.state == "sold_out" and queued:
+                self._answer_behind(sale, queued, decided.buyers, room_ended)
+        events = [self._reserved_event(sale, r, p) for p, r in zip(batch, decided.results, strict=True)
+                  if isinstance(r, Reserved)]
+        lost: Unavailable | None = None
+        if events:
+            try:
+                await self.log.append_many(events)
+            except Unavailable as exc:  # the reserved hear it and retry; a refusal stands as it is
+                lost = exc
+        out: list[Placed | Exception] = []
+        for p, r in zip(batch, decided.results, strict=True):
+            if r == "order_exists":
+                out.append(Conflict(f"order id {p.buy.order_id} is taken in sale {sale_id}", code="order_exists"))
+            elif lost is not None and isinstance(r, Reserved):
+                out.append(lost)
+            else:
+                out.append(Placed(r, decided.remaining, decided.buyers))
+        return out
+
+    @staticmethod
+    def _answer_behind(sale: Sale, queued: list[_Pending], buyers: set[str], room_ended: bool) -> None:
+        """A commit left the sale sold out: the buys queued behind it from users who held
+        nothing then are answered from that snapshot, without Redis (as the script would
+        have answered them right after that commit: :func:`decide_reserve` on no stock); the
+        buyers' own (a retry gets its first order) stay queued for the next commit."""
+        keep = []
+        for p in queued:
+            b = p.buy
+            if b.user in buyers or p.done.done():
+                if not p.done.done():
+                    keep.append(p)
+                continue
+            answer = "room_ended" if room_ended else decide_reserve(sale, now_ms=b.now_ms, remaining=0, bought=0,
+                                                                     qty=b.qty, state="sold_out")
+            p.done.set_result(Placed(answer or "sold_out", 0, buyers))
+        queued[:] = keep
+
+    async def drain(self) -> None:
+        """Wait for the group commits in flight (a stopping node answers the buys it took)."""
+        while self._commits:
+            await asyncio.gather(*self._commits, return_exceptions=True)
+
+    @staticmethod
+    def _reserved_event(sale: Sale, r: Reserved, p: _Pending) -> LogEvent:
+        return new_event(
             "orders",
             r.order_id,
             "order.reserved",
             {
                 "order_id": r.order_id,
-                "sale_id": sale_id,
+                "sale_id": sale.id,
                 "room_id": sale.room,
-                "user_id": user,
+                "user_id": r.user,
                 "qty": r.qty,
                 "unit_price": r.unit_price,
                 "pay_by_ms": r.pay_by_ms,
                 "payment_window_s": sale.payment_window_s,
-                "request_id": request_id,
+                "request_id": p.request_id,
                 "reserved_ms": r.pay_by_ms - sale.payment_window_s * 1000,
             },
-            event_id=f"{r.order_id}:reserved",
-            ts=now_ms,
+            f"{r.order_id}:reserved",
+            p.buy.now_ms,
         )
-        return r
 
     # ------------------------------------------------------------------ pay / cancel
     async def pay(self, *, order_id: str, user: str | None, now_ms: int, coupon_id: str | None = None) -> PayResult:
@@ -347,6 +507,17 @@ class Checkout:
                     self._sale_cache.pop(sale_id, None)
                     log.info("sale.settled", extra={"sale": sale_id, "expires_s": self.sale_retention_s})
         return done
+
+
+def _own(exc: BaseException) -> Exception:
+    """A copy of a commit's failure for one buyer (each raises its own, with its own traceback);
+    anything that is not a library error is the node going away."""
+    if isinstance(exc, LiveCommerceError):
+        try:
+            return type(exc)(exc.message, code=exc.code)
+        except TypeError:  # a subclass with another constructor: share the one
+            return exc
+    return Unavailable("the node stopped before this buy was decided")
 
 
 def _s(v: Any) -> str:

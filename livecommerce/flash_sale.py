@@ -38,7 +38,7 @@ file of them (a list, a mapping with ``campaigns: [...]``, or one mapping).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -214,6 +214,94 @@ def decide_reserve(
     if bought + qty > sale.per_user_limit:
         return "limit_reached"
     return None
+
+
+BatchCode = Literal["ok", "dup", "order_exists", "not_started", "ended", "sold_out", "limit_reached", "room_ended"]
+"""One buy's answer in a batch: reserved now, a repeated request (its first order), an order
+id already taken, or a :data:`Reject`."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchBuy:
+    """One buy of a batch, as the gateway received it: ``request_key`` is the user-scoped
+    request id (:func:`request_key`), ``order_id`` the id minted for it, ``now_ms`` the time
+    it is judged at."""
+
+    user: str
+    qty: int
+    request_key: str
+    now_ms: int
+    order_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class BatchDecision:
+    """What :func:`decide_reserve_batch` says of one buy: ``order_id`` is the new order
+    (``ok``), the first order of the request (``dup``) or None; ``remaining`` the sale's units
+    and ``bought`` the user's held units right after this buy was decided."""
+
+    code: BatchCode
+    order_id: str | None
+    remaining: int
+    bought: int
+
+
+def request_key(user: str, request_id: str) -> str:
+    """A request id scoped to its user (another user's equal id is another request)."""
+    return f"{len(user)}:{user}:{request_id}"
+
+
+def decide_reserve_batch(
+    sale: Sale,
+    buys: Sequence[BatchBuy],
+    *,
+    state: SaleState,
+    remaining: int,
+    bought: Mapping[str, int],
+    requests: Mapping[str, str],
+    taken: Container[str] = frozenset(),
+    room_closed: bool = False,
+    room_ended: bool = False,
+) -> tuple[list[BatchDecision], int, SaleState]:
+    """Decide a batch of buys of one sale in arrival order, each as :func:`decide_reserve`
+    would decide it alone right after the ones before it (a group commit must not change
+    any answer). Returns the decisions, the units left and the sale's state after the batch.
+
+    ``bought``: units each user holds; ``requests``: request keys already reserved -> their
+    order id; ``taken``: order ids already used. Per buy, in this order: a known request
+    (also one made earlier in this batch) answers ``dup`` with its first order whatever the
+    sale's state; ``room_ended`` (the node's gate says the room's show ended) refuses every
+    other buy; then :func:`decide_reserve`; then an order id already taken is
+    ``order_exists``. A reservation takes ``qty`` units, and the last unit moves the sale
+    ``live --sell_out--> sold_out``.
+
+    The Lua twin is ``flash_sale_reserve_batch.lua`` (``tests/test_rule_parity.py``).
+    """
+    held = dict(bought)
+    known = dict(requests)
+    new_orders: set[str] = set()
+    out: list[BatchDecision] = []
+    for b in buys:
+        have = held.get(b.user, 0)
+        first = known.get(b.request_key)
+        if first is not None:
+            out.append(BatchDecision("dup", first, remaining, have))
+            continue
+        code: BatchCode | None = "room_ended" if room_ended else decide_reserve(
+            sale, now_ms=b.now_ms, remaining=remaining, bought=have, qty=b.qty, state=state, room_closed=room_closed)
+        if code is None and (b.order_id in taken or b.order_id in new_orders):
+            code = "order_exists"
+        if code is not None:
+            out.append(BatchDecision(code, None, remaining, have))
+            continue
+        remaining -= b.qty
+        held[b.user] = have + b.qty
+        known[b.request_key] = b.order_id
+        new_orders.add(b.order_id)
+        if remaining == 0 and state == "live":
+            state = sale_step(state, "sell_out") or state
+        out.append(BatchDecision("ok", b.order_id, remaining, have + b.qty))
+    return out, remaining, state
 
 
 def ident_problem(value: Any) -> str | None:

@@ -35,15 +35,17 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from importlib.resources import files
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import redis.exceptions
 
 from .errors import BadFrame, Conflict, NotFound, Unavailable
 from .flash_sale import (
     REJECTS,
+    BatchBuy,
     Hold,
     HoldState,
     PayOutcome,
@@ -54,6 +56,7 @@ from .flash_sale import (
     SaleState,
     SaleStats,
     check_ident,
+    request_key,
 )
 from .keys import Keys
 from .redis_conn import DRIVER_ERRORS
@@ -62,6 +65,7 @@ _LUA = files("livecommerce")
 CREATE = (_LUA / "flash_sale_create.lua").read_text()
 STATE = (_LUA / "flash_sale_state.lua").read_text()
 RESERVE = (_LUA / "flash_sale_reserve.lua").read_text()
+RESERVE_BATCH = (_LUA / "flash_sale_reserve_batch.lua").read_text()
 RELEASE = (_LUA / "flash_sale_release.lua").read_text()
 PAY = (_LUA / "flash_sale_pay.lua").read_text()
 STATS = (_LUA / "flash_sale_stats.lua").read_text()
@@ -96,6 +100,32 @@ def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
+def check_buy(user: str, qty: int, request_id: str, order_id: str) -> None:
+    """The checks :meth:`RedisFlashSale.reserve` makes of one buy before any Redis call.
+
+    Raises:
+        BadFrame: qty outside 1..1000, or a user, request or order id that is not a string
+            of 1-128 characters.
+    """
+    if isinstance(qty, bool) or not isinstance(qty, int) or not 1 <= qty <= MAX_QTY:
+        raise BadFrame(f"qty must be an integer in 1..{MAX_QTY}", code="invalid")
+    for value, name in ((user, "user"), (request_id, "request_id"), (order_id, "order_id")):
+        if not isinstance(value, str) or not value or len(value) > 128:
+            raise BadFrame(f"'{name}' must be a string of 1-128 characters", code="invalid")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchReserved:
+    """What one batch call decided: per buy (in order) a :class:`Reserved`, a
+    :data:`Reject` or ``"order_exists"``; the sale's units and state after the batch; and,
+    when asked and no stock is left, who holds units (else None)."""
+
+    results: list[Reserved | Reject | Literal["order_exists"]]
+    remaining: int
+    state: SaleState
+    buyers: set[str] | None
+
+
 class RedisFlashSale:
     """Atomic flash-sale stock in Redis: the twin of :func:`flash_sale.decide_reserve`.
 
@@ -112,6 +142,8 @@ class RedisFlashSale:
         self._create = redis.register_script(CREATE)
         self._state = redis.register_script(STATE)
         self._reserve = redis.register_script(RESERVE)
+        self._reserve_batch = redis.register_script(RESERVE_BATCH)
+        self._key_lists: dict[str, list[str]] = {}  # sale -> its keys (the batch path's, built once)
         self._release = redis.register_script(RELEASE)
         self._pay = redis.register_script(PAY)
         self._stats = redis.register_script(STATS)
@@ -258,7 +290,7 @@ class RedisFlashSale:
         reserve script answers with the first order, whatever the sale's state now)."""
         async with _guarded():
             return bool(await self._redis.hexists(self.keys.sale(check_ident(sale_id, "sale_id"), "req"),
-                                                  f"{len(user)}:{user}:{request_id}"))
+                                                  request_key(user, request_id)))
 
     async def reserve(
         self, sale_id: str, user: str, qty: int, request_id: str, now_ms: int, order_id: str
@@ -283,12 +315,8 @@ class RedisFlashSale:
             Conflict: ``order_id`` is already used by another reservation of this sale.
             Unavailable: Redis unreachable.
         """
-        if isinstance(qty, bool) or not isinstance(qty, int) or not 1 <= qty <= MAX_QTY:
-            raise BadFrame(f"qty must be an integer in 1..{MAX_QTY}", code="invalid")
-        for value, name in ((user, "user"), (request_id, "request_id"), (order_id, "order_id")):
-            if not isinstance(value, str) or not value or len(value) > 128:
-                raise BadFrame(f"'{name}' must be a string of 1-128 characters", code="invalid")
-        rkey = f"{len(user)}:{user}:{request_id}"
+        check_buy(user, qty, request_id, order_id)
+        rkey = request_key(user, request_id)
         async with _guarded():
             r = await self._reserve(
                 keys=self.sale_keys(sale_id), args=[user, qty, rkey, now_ms, order_id, request_id]
@@ -312,6 +340,54 @@ class RedisFlashSale:
         if code == "no_sale":
             raise NotFound(f"no sale {sale_id}", code="not_found")
         raise Conflict(f"order id {order_id} is taken in sale {sale_id}", code="order_exists")
+
+    async def reserve_batch(
+        self, sale_id: str, buys: Sequence[BatchBuy], *, request_ids: Sequence[str], room_ended: bool = False,
+        want_buyers: bool = False,
+    ) -> BatchReserved:
+        """Decide ``buys`` of one sale in arrival order in one EVALSHA
+        (``flash_sale_reserve_batch.lua``, the twin of
+        :func:`~livecommerce.flash_sale.decide_reserve_batch`): each buy is answered as
+        :meth:`reserve` would answer it alone right after the buys before it.
+        ``request_ids[i]`` is buy i's request id as sent (kept in its order record);
+        ``room_ended``: refuse every buy that is not a repeated request with ``room_ended``;
+        ``want_buyers``: also return who holds units when no stock is left after the batch.
+        The buys are checked by the caller (:func:`check_buy`).
+
+        Returns:
+            :class:`BatchReserved`: per buy a :class:`Reserved`, a :data:`Reject` code or
+            ``"order_exists"`` (its order id is taken: mint another).
+
+        Raises:
+            NotFound: no such sale.
+            Unavailable: Redis unreachable.
+        """
+        keys = self._key_lists.get(sale_id)
+        if keys is None:
+            keys = self.sale_keys(sale_id)
+            if len(self._key_lists) >= 10_000:
+                self._key_lists.clear()
+            self._key_lists[sale_id] = keys
+        args: list[str | int] = ["1" if room_ended else "0", "1" if want_buyers else "0"]
+        for b, rid in zip(buys, request_ids, strict=True):
+            args += (b.user, b.qty, b.request_key, b.now_ms, b.order_id, rid)
+        async with _guarded():
+            r = await self._reserve_batch(keys=keys, args=args)
+        if r[0] == b"no_sale":
+            raise NotFound(f"no sale {sale_id}", code="not_found")
+        price = int(r[2])
+        out: list[Reserved | Reject | Literal["order_exists"]] = []
+        i = 5
+        for b in buys:
+            code = r[i]
+            if code == b"ok" or code == b"dup":
+                out.append(Reserved(sale_id, _s(r[i + 1]), b.user, int(r[i + 2]), price, int(r[i + 4]), int(r[i + 5]),
+                                    int(r[i + 3]), code == b"dup", code == b"ok" and int(r[i + 4]) == 0))
+            else:
+                out.append(cast(Reject | Literal["order_exists"], _s(code)))
+            i += 6
+        buyers = {_s(u) for u in r[4]} if want_buyers and int(r[1]) == 0 else None
+        return BatchReserved(out, int(r[1]), cast(SaleState, _s(r[3])), buyers)
 
     async def release(self, sale_id: str, order_id: str) -> ReleaseOutcome:
         """Cancel a reserved order (buyer cancel or payment time-out): its units go back to

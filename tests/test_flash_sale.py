@@ -12,14 +12,17 @@ from hypothesis import strategies as st
 from livecommerce.errors import BadFrame, Conflict, wire_error
 from livecommerce.flash_sale import (
     SALE_TRANSITIONS,
+    BatchBuy,
     InvalidCampaign,
     Sale,
     SaleState,
     SaleStep,
     check_ident,
     decide_reserve,
+    decide_reserve_batch,
     load_campaign_file,
     parse_campaigns,
+    request_key,
     sale_from_campaign,
     sale_step,
     validate_campaign,
@@ -89,6 +92,73 @@ def test_state_overrides_the_window():
 
 def test_the_last_units_and_the_exact_limit_are_sold():
     assert decide_reserve(SALE, now_ms=9, remaining=3, bought=0, qty=3) is None
+
+
+# ------------------------------------------------------------------ decide_reserve_batch
+
+batch_buys = st.lists(
+    st.builds(lambda u, q, r, now, o: BatchBuy(f"u{u}", q, request_key(f"u{u}", f"r{r}"), now, f"o{o}"),
+              st.integers(0, 5), st.integers(1, 4), st.integers(0, 4), st.integers(-2, 12), st.integers(0, 60)),
+    max_size=60,
+)
+
+
+@given(st.integers(0, 30), st.integers(1, 4), st.sampled_from(["scheduled", "live", "sold_out", "ended"]), batch_buys,
+       st.booleans(), st.booleans())
+def test_a_batch_decides_each_buy_as_decide_reserve_alone_in_arrival_order(stock, limit, state, buys, room_closed,
+                                                                              room_ended):
+    """The group commit changes no answer: replaying the buys one by one (a repeated request
+    answers its first order, room_ended from the gate, then decide_reserve, then a taken order
+    id) gives the same decisions, units and state."""
+    sale = Sale("s", "r", "p", 1, 30, limit, 0, 10)
+    decisions, left, after = decide_reserve_batch(sale, buys, state=state, remaining=stock, bought={},
+                                                  requests={}, room_closed=room_closed, room_ended=room_ended)
+    remaining, held, known, used, st_now = stock, dict[str, int](), dict[str, str](), set[str](), state
+    assert len(decisions) == len(buys)
+    for b, d in zip(buys, decisions, strict=True):
+        if b.request_key in known:
+            assert (d.code, d.order_id) == ("dup", known[b.request_key])
+            continue
+        expected = "room_ended" if room_ended else decide_reserve(
+            sale, now_ms=b.now_ms, remaining=remaining, bought=held.get(b.user, 0), qty=b.qty, state=st_now,
+            room_closed=room_closed)
+        if expected is None and b.order_id in used:
+            expected = "order_exists"
+        assert d.code == (expected or "ok")
+        if expected is None:
+            remaining -= b.qty
+            held[b.user] = held.get(b.user, 0) + b.qty
+            known[b.request_key] = b.order_id
+            used.add(b.order_id)
+            st_now = "sold_out" if remaining == 0 else st_now
+            assert d.order_id == b.order_id
+        assert (d.remaining, d.bought) == (remaining, held.get(b.user, 0))
+    assert (left, after) == (remaining, st_now)
+
+
+@given(st.integers(0, 30), st.integers(1, 4), batch_buys)
+def test_a_batch_never_oversells_passes_a_limit_or_reserves_a_request_twice(stock, limit, buys):
+    sale = Sale("s", "r", "p", 1, 30, limit, 0, 10)
+    decisions, left, after = decide_reserve_batch(sale, buys, state="live", remaining=stock, bought={}, requests={})
+    made = [(b, d) for b, d in zip(buys, decisions, strict=True) if d.code == "ok"]
+    assert left >= 0 and stock == left + sum(b.qty for b, _ in made)
+    per_user: dict[str, int] = {}
+    for b, _ in made:
+        per_user[b.user] = per_user.get(b.user, 0) + b.qty
+    assert all(n <= limit for n in per_user.values())
+    assert len({b.request_key for b, _ in made}) == len(made) == len({d.order_id for _, d in made})
+    assert after == ("sold_out" if made and left == 0 else "live")
+    for b, d in zip(buys, decisions, strict=True):  # a repeated request answers the order its first buy made
+        if d.code == "dup":
+            assert d.order_id in {dd.order_id for bb, dd in made if bb.request_key == b.request_key}
+
+
+def test_a_request_known_before_the_batch_answers_its_first_order_even_when_the_room_ended():
+    rk = request_key("u1", "r1")
+    decisions, left, _ = decide_reserve_batch(SALE, [BatchBuy("u1", 1, rk, 5, "new"), BatchBuy("u2", 1, "x", 5, "o2")],
+                                              state="live", remaining=5, bought={"u1": 1}, requests={rk: "first"},
+                                              room_ended=True)
+    assert [(d.code, d.order_id) for d in decisions] == [("dup", "first"), ("room_ended", None)] and left == 5
 
 
 # ------------------------------------------------------------------ lifecycle
