@@ -300,8 +300,16 @@ def test_a_batch_answers_each_buy_as_the_reserve_script_alone_in_the_same_order(
             assert _s(out[j]) == "order_exists"
         else:
             assert (_s(out[j]), int(out[j + 4]), int(out[j + 5])) == (_s(alone[0]), int(alone[1]), int(alone[2]))
-    for a, b in zip(batch_keys, alone_keys, strict=True):
-        kind = _s(lab.r.type(a))
-        dump = {"string": lab.r.get, "hash": lab.r.hgetall, "zset": lambda key: lab.r.zrange(key, 0, -1, withscores=True),
-                "none": lambda key: None}[kind]
-        assert (kind, dump(a)) == (_s(lab.r.type(b)), dump(b)), a
+    for key_a, key_b in zip(batch_keys, alone_keys, strict=True):
+        assert _dump(lab, key_a) == _dump(lab, key_b), key_a
+
+
+def _dump(lab: Lab, key: str) -> tuple[str, Any]:
+    kind = _s(lab.r.type(key))
+    if kind == "string":
+        return kind, lab.r.get(key)
+    if kind == "hash":
+        return kind, lab.r.hgetall(key)
+    if kind == "zset":
+        return kind, lab.r.zrange(key, 0, -1, withscores=True)
+    return kind, None
