@@ -12,9 +12,22 @@ What is reported to locust (request events):
   ``unknown_type`` for commands this gateway does not serve yet, ``rate_limited``, ...),
   except the business outcomes listed in ``EXPECTED_REJECTIONS`` (``sold_out`` ...), which
   are successes under the name ``<command> -> <code>`` so that the split is visible;
-* ``EVENT <type>``: event-delivery latency, from the server's ``ts`` (ms, when the event
-  was published) to its arrival here, for a sample (``LC_EVENT_SAMPLE``, default 1.0) of
-  the room events received (items of ``batch`` frames count one by one).
+* ``WS disconnect``: a failure for every socket the server dropped (close code and reason),
+  not counting the ones this side closed.
+
+What is kept apart (:data:`LEDGER`, printed at the end, written as ``<csv>_events.csv`` and
+``<csv>_ledger.json`` with ``--csv``, served at ``/livecommerce`` beside the web UI, merged
+from every worker in a distributed run):
+
+* event-delivery latency per event type, from the server's ``ts`` (ms, when the event was
+  published) to its arrival here, for a sample (``LC_EVENT_SAMPLE``, default 1.0) of the room
+  events received (items of ``batch`` frames count one by one): its own statistics, so the
+  Aggregated row of locust's table counts requests only;
+* sockets open now, opened, dropped by the server; ``seq`` gaps (room events a client did not
+  receive: shed by a hot room's budget, or lost; a client recovers them with ``since=``);
+* the business invariants, checked as the run goes: no sale reserves more than its stock, a
+  ``buy`` retried with the same ``request_id`` answers the same order, no user holds two
+  orders of one sale. A violation is logged at once and makes locust exit with code 1.
 
 Configuration (environment): ``LC_SECRET`` (or the ``dev.env`` of the ``livecommerce dev``
 running in this directory), ``LC_ROOM`` (default ``demo``), ``LC_FORMAT`` (``msgpack`` or
@@ -35,6 +48,7 @@ import gevent
 import msgpack
 import websocket  # websocket-client
 from gevent.event import AsyncResult, Event
+from locust.stats import RequestStats, StatsEntry
 
 from livecommerce.auth import issue_token
 
@@ -48,6 +62,106 @@ EXPECTED_REJECTIONS = frozenset(
 )
 
 _ids = itertools.count(1)
+# a room's first seq is now_ms * 1000 + 1 (docs/design.md): a bigger jump than this is a
+# sequence seeded again after its history was lost, not events missed
+RESEED_JUMP = 1_000_000
+
+
+class Ledger:
+    """What one locust process saw beyond request timings (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.events = RequestStats(use_response_times_cache=False)
+        self.open = 0  # sockets open now in this process
+        self.opened = 0
+        self.dropped = 0
+        self.seq_gaps = 0
+        self.stock: dict[str, int] = {}  # sale -> stock, from the host that created it
+        self.orders: dict[str, dict[str, str]] = {}  # sale -> order id -> user
+        self.violations: list[str] = []
+        self.open_by_worker: dict[str, int] = {}  # master: the last gauge each worker reported
+        self._unsent_orders: list[tuple[str, str, str]] = []
+        self._unsent_stock: dict[str, int] = {}
+        self._unsent = {"opened": 0, "dropped": 0, "seq_gaps": 0}
+
+    # ---- recording (the users)
+    def count(self, what: str, n: int = 1) -> None:
+        setattr(self, what, getattr(self, what) + n)
+        self._unsent[what] += n
+
+    def sale(self, sale_id: str, stock: int) -> None:
+        self.stock[sale_id] = stock
+        self._unsent_stock[sale_id] = stock
+        self._check(sale_id)
+
+    def reserved(self, sale_id: str, order_id: str, user: str) -> None:
+        self._add_order(sale_id, order_id, user)
+        self._unsent_orders.append((sale_id, order_id, user))
+
+    def violation(self, what: str) -> None:
+        import logging
+
+        self.violations.append(what)
+        logging.getLogger("lcws").error("invariant violated: %s", what)
+
+    def _add_order(self, sale_id: str, order_id: str, user: str) -> None:
+        orders = self.orders.setdefault(sale_id, {})
+        if order_id in orders:
+            return
+        if user in orders.values():
+            self.violation(f"sale {sale_id}: user {user} holds two orders ({order_id} and another)")
+        orders[order_id] = user
+        self._check(sale_id)
+
+    def _check(self, sale_id: str) -> None:
+        stock = self.stock.get(sale_id)
+        n = len(self.orders.get(sale_id, ()))
+        if stock is not None and n > stock:
+            self.violation(f"sale {sale_id}: {n} orders reserved on {stock} units")
+
+    # ---- distributed runs: workers send what is new, the master merges
+    def report(self, client_id: str, data: dict[str, Any]) -> None:
+        data["lc_events"] = self.events.serialize_stats()
+        data["lc_counts"] = dict(self._unsent, open=self.open)
+        data["lc_orders"], self._unsent_orders = self._unsent_orders, []
+        data["lc_stock"], self._unsent_stock = self._unsent_stock, {}
+        data["lc_violations"] = list(self.violations)
+        self._unsent = {k: 0 for k in self._unsent}
+
+    def merge(self, client_id: str, data: dict[str, Any]) -> None:
+        for raw in data.get("lc_events", ()):
+            entry = StatsEntry.unserialize(raw, self.events)
+            key = (entry.name, entry.method)
+            if key not in self.events.entries:
+                self.events.entries[key] = StatsEntry(self.events, entry.name, entry.method)
+            self.events.entries[key].extend(entry)
+            self.events.total.extend(entry)
+        counts = data.get("lc_counts") or {}
+        for k in ("opened", "dropped", "seq_gaps"):
+            setattr(self, k, getattr(self, k) + int(counts.get(k, 0)))
+        if "open" in counts:
+            self.open_by_worker[client_id] = int(counts["open"])
+            self.open = sum(self.open_by_worker.values())
+        for sale_id, stock in (data.get("lc_stock") or {}).items():
+            self.stock[sale_id] = int(stock)
+            self._check(sale_id)
+        for sale_id, order_id, user in data.get("lc_orders", ()):
+            self._add_order(sale_id, order_id, user)
+        for v in data.get("lc_violations", ()):
+            if v not in self.violations:
+                self.violation(v)
+
+    # ---- output
+    def summary(self) -> dict[str, Any]:
+        return {
+            "sockets_open": self.open, "sockets_opened": self.opened, "sockets_dropped": self.dropped,
+            "seq_gaps": self.seq_gaps, "events_received": self.events.total.num_requests,
+            "sales": {sid: {"stock": self.stock.get(sid), "orders": len(o)} for sid, o in self.orders.items()},
+            "violations": self.violations,
+        }
+
+
+LEDGER = Ledger()
 
 
 def secret() -> str:
@@ -104,6 +218,9 @@ class LiveSocket:
         self.welcomed = Event()
         self.closed = Event()
         self.close_reason = ""
+        self.closing = False  # this side closed it (not a drop)
+        self._counted = False  # counted in LEDGER.open
+        self.last_seq: int | None = None
 
     # ---- stats
     def _fire(self, request_type: str, name: str, start: float, *, length: int = 0, exc: Exception | None = None,
@@ -119,6 +236,9 @@ class LiveSocket:
 
     # ---- life cycle
     def connect(self) -> bool:
+        """Open the socket and wait for ``welcome``, or for the server to close it (a refused
+        token, a full node, a banned user: reported at once with the close code, as a
+        ``connect`` failure), or for ``LC_REPLY_TIMEOUT_S``."""
         start = time.perf_counter()
         try:
             self.ws = websocket.create_connection(self.url, timeout=REPLY_TIMEOUT_S, enable_multithread=False)
@@ -126,16 +246,26 @@ class LiveSocket:
             self._fire("WS", "connect", start, exc=exc)
             self.closed.set()
             return False
-        self._fire("WS", "connect", start)
+        handshake_ms = (time.perf_counter() - start) * 1000
         self.ws.settimeout(None)
         self.reader = gevent.spawn(self._read_loop, start)
-        if not self.welcomed.wait(REPLY_TIMEOUT_S):
-            self._fire("WS", "first-event", start, exc=TimeoutError(f"no welcome within {REPLY_TIMEOUT_S:g}s: {self.close_reason}"))
-            self.close()
-            return False
-        return True
+        gevent.wait([self.welcomed, self.closed], timeout=REPLY_TIMEOUT_S, count=1)
+        if self.welcomed.is_set():
+            self._fire("WS", "connect", start, ms=handshake_ms)
+            LEDGER.count("opened")
+            LEDGER.open += 1
+            self._counted = True
+            return True
+        if self.closed.is_set():
+            self._fire("WS", "connect", start, ms=handshake_ms,
+                       exc=ConnectionError(f"refused before welcome: {self.close_reason or 'closed'}"))
+        else:
+            self._fire("WS", "connect", start, ms=handshake_ms, exc=TimeoutError(f"no welcome within {REPLY_TIMEOUT_S:g}s"))
+        self.close()
+        return False
 
     def close(self) -> None:
+        self.closing = True
         if self.ws is not None:
             try:
                 self.ws.close(timeout=1)
@@ -208,6 +338,12 @@ class LiveSocket:
             if not self.closed.is_set():
                 self.close_reason = self.close_reason or f"{exc.__class__.__name__}: {exc}"
         finally:
+            if self._counted:
+                self._counted = False
+                LEDGER.open -= 1
+                if not self.closing:  # the server (or the network) dropped an admitted socket
+                    LEDGER.count("dropped")
+                    self._fire("WS", "disconnect", start, ms=0, exc=ConnectionError(self.close_reason or "dropped"))
             self.closed.set()
             for res, _, _ in list(self.pending.values()):
                 if not res.ready():
@@ -222,6 +358,8 @@ class LiveSocket:
         t = obj.get("t")
         if t == "welcome":
             self.welcome = obj
+            seq = (obj.get("d") or {}).get("seq")
+            self.last_seq = seq if isinstance(seq, int) and seq > 0 else None  # 0: a room without history yet
             self._fire("WS", "first-event", start, length=length)
             self.welcomed.set()
             return
@@ -230,8 +368,14 @@ class LiveSocket:
         for e in items:
             et = e.get("t", "?")
             ts = e.get("ts")
+            seq = e.get("seq")
+            if isinstance(seq, int):
+                if self.last_seq is not None and self.last_seq + 1 < seq <= self.last_seq + RESEED_JUMP:
+                    LEDGER.count("seq_gaps", seq - self.last_seq - 1)
+                if self.last_seq is None or seq > self.last_seq:
+                    self.last_seq = seq
             if isinstance(ts, (int, float)) and (EVENT_SAMPLE >= 1.0 or random.random() < EVENT_SAMPLE):
-                self._fire("EVENT", et, 0, ms=max(0.0, now_ms - ts), length=length // max(1, len(items)))
+                LEDGER.events.log_request("EVENT", et, max(0.0, now_ms - ts), length // max(1, len(items)))
             for fn in self.handlers.get(et, ()):
                 try:
                     fn(e)

@@ -48,6 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lcws
 
 SCENARIO = os.environ.get("LC_SCENARIO", "mixed")
+SHAPE = os.environ.get("LC_SHAPE", "")
+SALE_AFTER_JUMP_S = float(os.environ.get("LC_SHAPE_SALE_AFTER_S", "2"))
 SCENARIOS: dict[str, dict[str, int]] = {
     # user class -> weight; "Host" is a fixed count
     "mixed": {"Viewer": 80, "GiftSender": 10, "FlashSaleRusher": 10, "Host": 1},
@@ -192,7 +194,14 @@ class FlashSaleRusher(LiveUser):
         rid = f"{self.user_id}-{sale_id}"
         reply = self.sock.send("buy", {"sale_id": sale_id, "qty": 1, "request_id": rid})
         if reply is not None and reply.get("t") == "order.reserved":
-            self.sock.send("buy", {"sale_id": sale_id, "qty": 1, "request_id": rid}, name="buy (retry, same request_id)")
+            first = (reply.get("d") or {}).get("order_id", "")
+            lcws.LEDGER.reserved(sale_id, first, self.user_id)
+            again = self.sock.send("buy", {"sale_id": sale_id, "qty": 1, "request_id": rid}, name="buy (retry, same request_id)")
+            if again is not None:
+                second = (again.get("d") or {}).get("order_id") if again.get("t") == "order.reserved" else None
+                if second != first:
+                    lcws.LEDGER.violation(f"sale {sale_id}: the retry of {rid} answered {again.get('t')} "
+                                          f"{second or (again.get('d') or {}).get('code')}, not order {first}")
 
 
 @in_scenario
@@ -244,7 +253,9 @@ class Host(HttpUser):
 
     def _post(self, path: str, body: dict[str, Any], name: str, ok: tuple[int, ...] = ()) -> Any:
         with self.client.post(path, json=body, headers=self.auth, name=name, catch_response=True) as resp:
-            if resp.status_code >= 300 and resp.status_code not in ok:
+            if not resp.status_code:  # no answer at all: refused, reset, timed out
+                resp.failure(f"no response: {resp.error!r}")
+            elif resp.status_code >= 300 and resp.status_code not in ok:
                 resp.failure(f"HTTP {resp.status_code}: {resp.text[:200]}")
             else:
                 resp.success()
@@ -265,20 +276,29 @@ class Host(HttpUser):
 
     @task(2)
     def sale(self) -> None:
-        if SCENARIO not in ("flash_sale", "mixed") or time.monotonic() - self.last_sale < self.sale_every:
+        if SCENARIO not in ("flash_sale", "mixed"):
+            return
+        if SHAPE == "rush":
+            # one sale, opened at the shape's jump, once the jump's users had time to connect
+            shape = self.environment.shape_class
+            if self.last_sale or shape is None or shape.get_run_time() < RushShape.jump_s() + SALE_AFTER_JUMP_S:
+                return
+        elif time.monotonic() - self.last_sale < self.sale_every:
             return
         self.last_sale = time.monotonic()
         sale_id = f"s{RUN}-{int(time.time())}"
         now_ms = int(time.time() * 1000)
+        stock = int(os.environ.get("LC_SALE_STOCK", "50"))
         resp = self._post(
             "/api/v1/campaigns",
             {"id": sale_id, "room": ROOM, "product_id": "p1", "product_name": "Load test item", "price": 100,
-             "stock": int(os.environ.get("LC_SALE_STOCK", "50")), "per_user_limit": 1,
-             "starts_ms": now_ms + 60_000, "duration_s": 120},
+             "stock": stock, "per_user_limit": 1, "starts_ms": now_ms + 60_000, "duration_s": 120},
             "/api/v1/campaigns",
         )
-        if resp.status_code < 300 and not self.sock.closed.is_set():
-            self.sock.send("sale.start", {"sale_id": sale_id})
+        if 0 < resp.status_code < 300:
+            lcws.LEDGER.sale(sale_id, stock)
+            if not self.sock.closed.is_set():
+                self.sock.send("sale.start", {"sale_id": sale_id})
 
     @task(2)
     def lottery(self) -> None:
@@ -290,27 +310,93 @@ class Host(HttpUser):
                                              "duration_s": 10, "rule": "enter", "title": "load test"})
 
 
-if os.environ.get("LC_SHAPE") == "rush":
+class RushShape(LoadTestShape):
+    """A quiet room, then everyone at once (a sale going live), held, then gone. In the
+    ``flash_sale`` and ``mixed`` scenarios the host opens one sale ``LC_SHAPE_SALE_AFTER_S``
+    (default 2 s) after the jump."""
 
-    class RushShape(LoadTestShape):
-        """A quiet room, then everyone at once (a sale going live), held, then gone."""
+    users = int(os.environ.get("LC_SHAPE_USERS", "200"))
+    total_s = float(os.environ.get("LC_SHAPE_S", "60"))
+    stages: ClassVar[list[tuple[float, int, float]]] = []
 
-        users = int(os.environ.get("LC_SHAPE_USERS", "200"))
-        total_s = float(os.environ.get("LC_SHAPE_S", "60"))
-        stages: ClassVar[list[tuple[float, int, float]]] = []
+    @classmethod
+    def jump_s(cls) -> float:
+        return cls.total_s * 0.2
 
-        def tick(self) -> tuple[int, float] | None:
-            t = self.get_run_time()
-            if t < self.total_s * 0.2:
-                return (max(2, self.users // 20), 10.0)
-            if t < self.total_s * 0.8:
-                return (self.users, float(self.users))  # all at once
-            if t < self.total_s:
-                return (max(2, self.users // 20), float(self.users))
-            return None
+    def tick(self) -> tuple[int, float] | None:
+        t = self.get_run_time()
+        if t < self.jump_s():
+            return (max(2, self.users // 20), 10.0)
+        if t < self.total_s * 0.8:
+            return (self.users, float(self.users))  # all at once
+        if t < self.total_s:
+            return (max(2, self.users // 20), float(self.users))
+        return None
+
+
+if SHAPE != "rush":
+    del RushShape  # locust runs a shape class it finds in the file
 
 
 @events.init.add_listener
 def _describe(environment: Any, **_: Any) -> None:
     print(f"livecommerce locust: scenario {SCENARIO} ({', '.join(f'{k}={v}' for k, v in MIX.items())}), room {ROOM}, "
           f"format {lcws.FORMAT}, event sample {lcws.EVENT_SAMPLE:g}", file=sys.stderr)
+    from locust.runners import MasterRunner, WorkerRunner
+
+    if isinstance(environment.runner, WorkerRunner):
+        environment.events.report_to_master.add_listener(lcws.LEDGER.report)
+        return
+    if isinstance(environment.runner, MasterRunner):
+        environment.events.worker_report.add_listener(lcws.LEDGER.merge)
+    if environment.web_ui is not None:
+        @environment.web_ui.app.route("/livecommerce")
+        def _ledger_page() -> Any:  # what the request table does not show
+            return {**lcws.LEDGER.summary(), "events": [
+                {"type": e.name, "n": e.num_requests, "p50_ms": e.get_response_time_percentile(0.5),
+                 "p99_ms": e.get_response_time_percentile(0.99)} for e in lcws.LEDGER.events.entries.values()]}
+    gevent.spawn(_progress, environment)
+
+
+def _progress(environment: Any) -> None:
+    """Every 5 s on the master (or the one process): sockets, drops, gaps, events/s."""
+    last_n, last_t = 0, time.monotonic()
+    while True:
+        gevent.sleep(5)
+        n, t = lcws.LEDGER.events.total.num_requests, time.monotonic()
+        led = lcws.LEDGER
+        print(f"lc: sockets open {led.open}, opened {led.opened}, dropped {led.dropped}, seq gaps {led.seq_gaps}, "
+              f"events/s {(n - last_n) / (t - last_t):,.0f}, invariant violations {len(led.violations)}", file=sys.stderr)
+        last_n, last_t = n, t
+
+
+@events.quitting.add_listener
+def _report(environment: Any, **_: Any) -> None:
+    from locust.runners import WorkerRunner
+    from locust.stats import print_stats
+
+    if isinstance(environment.runner, WorkerRunner):
+        return
+    led = lcws.LEDGER
+    print("\nEvent delivery (server ts -> arrival; not in the request table above):", file=sys.stderr)
+    print_stats(led.events, current=False)
+    summary = led.summary()
+    print(f"lc: sockets opened {led.opened}, dropped by the server {led.dropped}, seq gaps {led.seq_gaps}; "
+          f"sales {summary['sales']}; invariant violations {len(led.violations)}", file=sys.stderr)
+    for v in led.violations:
+        print(f"lc: VIOLATED: {v}", file=sys.stderr)
+    prefix = getattr(environment.parsed_options, "csv_prefix", None) if environment.parsed_options else None
+    if prefix:
+        import csv
+        import json
+
+        with open(f"{prefix}_events.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["type", "count", "median_ms", "p95_ms", "p99_ms", "max_ms"])
+            for e in sorted(led.events.entries.values(), key=lambda e: e.name):
+                w.writerow([e.name, e.num_requests, e.median_response_time, e.get_response_time_percentile(0.95),
+                            e.get_response_time_percentile(0.99), e.max_response_time])
+        with open(f"{prefix}_ledger.json", "w") as f:
+            json.dump(summary, f, indent=2)
+    if led.violations:
+        environment.process_exit_code = 1
