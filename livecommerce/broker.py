@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -55,6 +55,11 @@ class Broker(Protocol):
         ...
 
     async def publish_node(self, node: str, body: bytes) -> None: ...
+
+    async def publish_nodes(self, items: Sequence[tuple[str, bytes]]) -> None:
+        """``publish_node`` for each ``(node, body)``, in order, in as few round trips as the
+        backend allows (Redis: one pipeline; on a cluster, one call each)."""
+        ...
 
     async def history(self, room: str, since: int | None, *, limit: int = 1000) -> History: ...
 
@@ -118,6 +123,10 @@ class MemoryBroker:
 
     async def publish_node(self, node: str, body: bytes) -> None:
         self._deliver(self.keys.node_inbox(node), body)
+
+    async def publish_nodes(self, items: Sequence[tuple[str, bytes]]) -> None:
+        for node, body in items:
+            self._deliver(self.keys.node_inbox(node), body)
 
     async def history(self, room: str, since: int | None, *, limit: int = 1000) -> History:
         hist = self._shared["hist"][room]

@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib.resources import files
 from typing import Any
 
@@ -402,6 +402,25 @@ class RedisBroker:
                 await self._redis.spublish(ch, body)
             else:
                 await self._redis.publish(ch, body)
+        except _UNAVAILABLE as exc:
+            raise Unavailable(f"redis unreachable: {exc.__class__.__name__}") from exc
+
+    async def publish_nodes(self, items: Sequence[tuple[str, bytes]]) -> None:
+        """One pipeline of PUBLISH (a worker's pushes to many users); on a cluster one
+        SPUBLISH each, as :meth:`publish_node`.
+
+        Raises:
+            Unavailable: Redis unreachable (some may have been sent).
+        """
+        if self._sharded or len(items) < 2:
+            for node, body in items:
+                await self.publish_node(node, body)
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for node, body in items:
+            pipe.publish(self.keys.node_inbox(node), body)
+        try:
+            await pipe.execute()
         except _UNAVAILABLE as exc:
             raise Unavailable(f"redis unreachable: {exc.__class__.__name__}") from exc
 

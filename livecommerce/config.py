@@ -35,6 +35,7 @@ class Settings:
     kafka_session_timeout_ms: int = 10_000
     log_partitions: int = 1  # Redis Streams partitions per topic (one stream each)
     log_claim_idle_ms: int = 5_000  # a pending entry idle this long goes to another consumer
+    worker_batch: int = 1000  # events the orders, wallet and points workers fetch and apply per transaction
     node_id: str = ""
     secret: str = field(default="", repr=False)  # none built in: `dev` makes one, everything else needs LC_SECRET
     token_ttl_s: int = 24 * 3600

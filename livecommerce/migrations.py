@@ -59,6 +59,7 @@ V1_TABLES = (
 V2_TABLES = ("tickets", "ticket_events", "profiles", "fan_members", "erasures", "segments", "segment_targets")
 V3_TABLES = ("growth_facts", "growth_days", "growth_users", "exp_exposures")
 V4_TABLES = ("profiles_base",)
+V5_TABLES = ("points_balances",)
 
 # the columns step 2 added to ``refunds`` (the request's core columns came with step 1)
 REFUNDS_V2_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -124,6 +125,15 @@ def _v4_retention(conn: Connection) -> None:
     _create(conn, V4_TABLES)
 
 
+def _v5_points_balances(conn: Connection) -> None:
+    """M2 3/7: ``points_balances``, each user's balance per role, filled from the ledger."""
+    _create(conn, V5_TABLES)
+    conn.execute(text(
+        "INSERT INTO points_balances (user_id, role, balance) "
+        "SELECT user_id, role, SUM(delta) FROM points_ledger GROUP BY user_id, role"
+    ))
+
+
 STEPS: list[tuple[int, str, Step]] = [
     (
         1,
@@ -133,6 +143,7 @@ STEPS: list[tuple[int, str, Step]] = [
     (2, "after-sales: refund columns, tickets, profiles, fan clubs, erasures, segments", _v2_aftersales),
     (3, "growth: facts, active days, viewers' growth rows, experiment exposures", _v3_growth),
     (4, "retention: profiles_base (the fold of the log entries retention trimmed)", _v4_retention),
+    (5, "points_balances: each user's points balance per role, kept with the ledger", _v5_points_balances),
 ]
 LATEST = STEPS[-1][0]
 

@@ -8,6 +8,7 @@ Workers use this to push ``order.paid`` / ``points`` to the buyer.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from .broker import Broker
@@ -33,3 +34,19 @@ class Notifier:
         for node in nodes:
             await self._broker.publish_node(node, body)
         return len(nodes)
+
+    async def to_users(self, items: Sequence[tuple[str, dict[str, Any]]]) -> int:
+        """:meth:`to_user` for each ``(user, env)`` of a batch: one presence read for all the
+        users, then one ``publish_nodes`` for every message to a node that holds one of them.
+        Returns the number of messages sent (offline users get none).
+
+        Raises:
+            Unavailable: Redis unreachable (some messages may have been sent).
+        """
+        if not items:
+            return 0
+        where = await self._presence.user_nodes(sorted({u for u, _ in items}))
+        out = [(node, pack_internal({"kind": "user", "user": user, "room": None, "env": env}))
+               for user, env in items if where.get(user) for node in where[user]]
+        await self._broker.publish_nodes(out)
+        return len(out)

@@ -20,10 +20,11 @@ No I/O. All transition logic lives in :data:`ORDER_TRANSITIONS`::
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from .errors import BadFrame, Conflict
+from .errors import BadFrame, Conflict, NotFound
 
 OrderState = Literal["reserved", "paid", "cancelled", "refund_requested", "refunded"]
 ORDER_STATES: tuple[OrderState, ...] = get_args(OrderState)
@@ -219,3 +220,137 @@ def apply_transition(
         refunded_amount=ra + refund_amount,
     )
     return TransitionResult(new, True)
+
+
+# ---------------------------------------------------------------- a batch of steps
+
+
+@dataclass(frozen=True, slots=True)
+class Payment:
+    """What an ``order.paid`` says was paid: the net ``amount`` after the coupon's
+    ``discount`` (see ``Tx.record_payment``)."""
+
+    amount: int
+    discount: int
+    coupon_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OrderStep:
+    """One log event's effect on one order, as the orders worker applies it.
+
+    * ``to == "reserved"``: insert ``order`` (which must be ``reserved``) with its first
+      history row ``event_id``, unless an order with its id exists (then nothing).
+    * any other ``to``: move ``order_id`` to ``to`` (no refund amounts), recorded as
+      ``event_id``. When the store has no such order and ``order`` is given (the order as it
+      was reserved), it is inserted first under ``<order_id>:reserved``: the reserve event
+      never made it. Then ``payment``, if any, is recorded (unless a refund was taken).
+    """
+
+    event_id: str
+    order_id: str
+    to: OrderState
+    ts_ms: int
+    order: Order | None = None
+    reason: str | None = None
+    payment: Payment | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StepOutcome:
+    """What one step did: ``changed`` (a reserve inserted the order; a move changed its
+    state), the order after it, and ``refused`` when the move was refused (an illegal step,
+    or its event id is another order's): nothing of it was written."""
+
+    changed: bool
+    order: Order | None
+    refused: Conflict | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """The writes a batch of steps makes: orders new to the store (in their state after the
+    batch), known orders that changed (the state they were read in, and after), the history
+    rows in step order, and each step's outcome."""
+
+    new: dict[str, Order]
+    changed: dict[str, tuple[OrderState, Order]]
+    history: list[OrderEvent]
+    outcomes: list[StepOutcome]
+
+
+def settle(steps: Sequence[OrderStep], known: Mapping[str, Order], owners: Mapping[str, str]) -> Settlement:
+    """Apply ``steps`` in order to the orders the store holds, exactly as the store applies
+    one step at a time (``insert_reserved``, ``transition``, ``record_payment``), and return
+    the writes of the whole batch, so a batch is one transaction with one statement per table.
+
+    ``known`` holds the store's orders named by the steps (absent: not in the store);
+    ``owners`` maps each event id a step may record (``event_id``, and
+    ``<order_id>:reserved`` of a step carrying its order) to the order whose history holds
+    it, if any. A move whose event id is already in its own order's history changes no
+    state (a redelivery) but still records its payment, as ``transition`` then
+    ``record_payment`` would.
+
+    Raises:
+        Conflict: a reserve whose event id is in another order's history
+            (``duplicate_event``): the batch cannot be applied as it is.
+        NotFound: a move of an order neither the store nor the step knows.
+        BadFrame: a reserve without its order, or of an order not in state ``reserved``.
+    """
+    current: dict[str, Order] = {}
+    new: set[str] = set()
+    own = dict(owners)
+    history: list[OrderEvent] = []
+    outcomes: list[StepOutcome] = []
+
+    def get(order_id: str) -> Order | None:
+        return current.get(order_id) or known.get(order_id)
+
+    def reserve(order: Order, event_id: str) -> bool:
+        if get(order.id) is not None:
+            return False
+        if order.state != "reserved":
+            raise BadFrame(f"insert_reserved needs a reserved order, not {order.state}", code="invalid")
+        if event_id in own:
+            raise Conflict(f"event {event_id} is already recorded for another change", code="duplicate_event")
+        current[order.id] = order
+        new.add(order.id)
+        own[event_id] = order.id
+        history.append(OrderEvent(order.id, event_id, None, "reserved", order.created_ms))
+        return True
+
+    for s in steps:
+        if s.to == "reserved":
+            if s.order is None:
+                raise BadFrame(f"a reserve step needs its order ({s.event_id})", code="invalid")
+            inserted = reserve(s.order, s.event_id)
+            outcomes.append(StepOutcome(inserted, get(s.order.id)))
+            continue
+        if get(s.order_id) is None and s.order is not None:
+            reserve(s.order, f"{s.order_id}:reserved")
+        order = get(s.order_id)
+        if order is None:
+            raise NotFound(f"no order {s.order_id}", code="not_found")
+        seen = own.get(s.event_id)
+        if seen is not None and seen != s.order_id:
+            outcomes.append(StepOutcome(False, order, Conflict(f"event {s.event_id} belongs to order {seen}", code="duplicate_event")))
+            continue
+        if seen is not None:
+            result = TransitionResult(order, False)
+        else:
+            try:
+                result = apply_transition(order, s.to, now_ms=s.ts_ms)
+            except Conflict as exc:
+                outcomes.append(StepOutcome(False, order, exc))
+                continue
+            if result.changed:
+                history.append(OrderEvent(order.id, s.event_id, order.state, result.order.state, s.ts_ms, 0, 0, s.reason))
+                own[s.event_id] = order.id
+        after = result.order
+        if s.payment is not None and after.refunded_amount == 0:
+            after = dataclasses.replace(after, amount=max(0, s.payment.amount), discount=max(0, s.payment.discount),
+                                        coupon_id=s.payment.coupon_id)
+        current[order.id] = after
+        outcomes.append(StepOutcome(result.changed, after))
+    changed = {oid: (known[oid].state, o) for oid, o in current.items() if oid not in new and o != known[oid]}
+    return Settlement({oid: current[oid] for oid in new}, changed, history, outcomes)

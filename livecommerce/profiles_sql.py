@@ -45,6 +45,7 @@ from .schema import (
     coupon_claims,
     erasures,
     orders,
+    points_balances,
     points_ledger,
     profiles_base,
     refunds,
@@ -352,6 +353,12 @@ async def erase_user(store: SqlStore, user: str, alias: str, *, now_ms: int) -> 
                     [{"rid": r.id, "ref": _rekey(r.ref_event_id, user, alias)} for r in rows],
                 )
             done[str(table.name)] = len(rows)
+        # the points balances follow the rows: the pseudonym's is the sum of its rows now
+        pl = points_ledger.c
+        await conn.execute(delete(points_balances).where(points_balances.c.user_id.in_([user, alias])))
+        await conn.execute(points_balances.insert().from_select(
+            ["user_id", "role", "balance"],
+            select(pl.user_id, pl.role, func.sum(pl.delta)).where(pl.user_id.in_([user, alias])).group_by(pl.user_id, pl.role)))
         for table in (orders, coupon_claims):
             res = await conn.execute(update(table).where(table.c.user_id == user).values(user_id=alias))
             done[str(table.name)] = int(res.rowcount)

@@ -178,6 +178,18 @@ points_ledger = Table(
     Index("ix_points_user", "user_id", "role", "id"),
 )
 
+# step 5 (M2 3/7): each user's balance per role, the sum of its ``points_ledger`` rows, kept
+# in the same transaction as the rows (so reading a balance does not sum a host's millions
+# of rows)
+points_balances = Table(
+    "points_balances",
+    metadata,
+    Column("user_id", String(ID), nullable=False),
+    Column("role", String(8), nullable=False),  # viewer | host
+    Column("balance", BigInteger, nullable=False),
+    PrimaryKeyConstraint("user_id", "role", name="pk_points_balances"),
+)
+
 applied_events = Table(
     "applied_events",
     metadata,

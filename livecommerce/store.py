@@ -15,11 +15,18 @@ Contract (``SqlStore`` on SQLite and PostgreSQL, checked by ``tests/test_store.p
   the current state, is a no-op (``changed=False``); an illegal step raises ``Conflict`` and
   writes nothing. Every change appends one ``order_events`` row (event id unique), so an
   order's full history is readable with ``order_history``.
+* **Batches.** ``apply_batch`` claims a whole batch's event ids in one transaction;
+  ``settle`` applies a batch of order steps (:class:`livecommerce.orders.OrderStep`) in that
+  transaction with the outcome of applying them one by one through ``insert_reserved``,
+  ``transition`` and ``record_payment`` (:func:`livecommerce.orders.settle` is the rule), one
+  statement per table whatever the batch's size.
 * **Ledgers.** Entries are append-only, idempotent on their reference event (wallet:
   ``ref_event_id`` unique; points: ``(ref_event_id, user_id, reason)`` unique); adding a
   duplicate returns False and changes nothing. A balance is the sum of the user's entries,
-  always (it is computed from them). Balances may go negative (clawed-back points); callers
-  that must not overdraw check inside the same ``apply`` transaction.
+  always (wallet: computed from them; points: kept per user and role in the same
+  transaction as the entries, so a host's balance is one row however many gifts it got).
+  Balances may go negative (clawed-back points); callers that must not overdraw check
+  inside the same ``apply`` transaction.
 * Money is integer cents, times are epoch ms, and every method raises
   :class:`~livecommerce.errors.Unavailable` when the database cannot be reached or its schema
   is missing (run ``livecommerce db upgrade``).
@@ -35,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from .flash_sale import Sale, SaleState
-from .orders import Order, OrderEvent, OrderState, TransitionResult
+from .orders import Order, OrderEvent, OrderState, OrderStep, StepOutcome, TransitionResult
 
 PointsRole = Literal["viewer", "host"]
 
@@ -125,6 +132,21 @@ class Tx(Protocol):
             NotFound: no such order.
             Conflict: illegal step, or ``event_id`` already recorded for another order.
             BadFrame: refund amounts out of range.
+        """
+        ...
+
+    async def settle(self, steps: Sequence[OrderStep]) -> list[StepOutcome]:
+        """Apply order steps in order, as ``insert_reserved`` / ``transition`` /
+        ``record_payment`` would one by one (see :func:`livecommerce.orders.settle`), with one
+        statement per table; returns each step's outcome. A refused move (illegal, or its
+        event id is another order's) writes nothing and is reported in its outcome.
+
+        Raises:
+            Conflict: a reserve whose event id is another order's history
+                (``duplicate_event``), or an order of the batch changed concurrently
+                (``conflict``: apply the batch again).
+            NotFound: a move of an order neither the store nor the step knows.
+            BadFrame: a reserve step without a ``reserved`` order.
         """
         ...
 

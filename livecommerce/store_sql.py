@@ -15,22 +15,39 @@ How each backend keeps the contract:
 * PostgreSQL: ``applied_events`` and order rows are claimed with ``INSERT .. ON CONFLICT DO
   NOTHING`` and ``SELECT .. FOR UPDATE``; a concurrent duplicate waits for the first
   transaction and then sees its row.
+
+Batches (the workers' ``apply_batch``, ``settle``, ``add_*_entries``) write each table with one
+statement whatever the number of rows: on PostgreSQL ``INSERT .. SELECT unnest(:column_array)
+..`` (one array parameter per column, so the statement is prepared once) and ``UPDATE .. FROM
+(SELECT unnest(..))``; on SQLite an ``executemany`` (the driver loops in C). Points balances
+are kept in ``points_balances``, updated in the same statement group as the ledger rows they
+sum (one upsert per user and role of the batch).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, cast
 
-from sqlalchemy import Table, func, select, update
+from sqlalchemy import Column, Table, any_, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .errors import BadFrame, ConfigError, Conflict, NotFound
 from .flash_sale import Sale, SaleState
 from .migrations import LATEST, current_version
-from .orders import Order, OrderEvent, OrderState, TransitionResult, apply_transition
+from .orders import (
+    Order,
+    OrderEvent,
+    OrderState,
+    OrderStep,
+    StepOutcome,
+    TransitionResult,
+    apply_transition,
+    settle,
+)
 
 # the tables and the engine helpers, re-exported for the adapters and callers that reach them here
 from .schema import ID as ID
@@ -42,6 +59,7 @@ from .schema import lotteries as lotteries
 from .schema import metadata as metadata
 from .schema import order_events as order_events
 from .schema import orders as orders
+from .schema import points_balances as points_balances
 from .schema import points_ledger as points_ledger
 from .schema import products as products
 from .schema import refunds as refunds
@@ -134,6 +152,129 @@ class SqlTx:
 
     def _insert(self, table: Table) -> Any:
         return (postgresql.insert if self._pg else sqlite.insert)(table)
+
+    def _unnest(self, table: Table, cols: Sequence[str]) -> Any:
+        """PostgreSQL: ``SELECT unnest(:u_<col>), ..`` over one typed array per column."""
+        return select(*[func.unnest(bindparam(f"u_{c}", type_=postgresql.ARRAY(table.c[c].type))).label(c) for c in cols])
+
+    async def _insert_many(
+        self,
+        table: Table,
+        rows: Sequence[Mapping[str, Any]],
+        *,
+        conflict: Sequence[str] | None = None,
+        returning: Sequence[Column[Any]] = (),
+    ) -> list[Any]:
+        """Insert ``rows`` (same keys each) in one statement; ``conflict``: skip rows that
+        collide on those columns (``ON CONFLICT DO NOTHING``); return the ``returning``
+        columns of the rows inserted."""
+        if not rows:
+            return []
+        cols = list(rows[0])
+        stmt: Any
+        params: Any
+        if self._pg:
+            stmt = postgresql.insert(table).from_select(cols, self._unnest(table, cols))
+            params = {f"u_{c}": [r[c] for r in rows] for c in cols}
+        else:
+            stmt, params = sqlite.insert(table), list(rows)
+        if conflict is not None:
+            stmt = stmt.on_conflict_do_nothing(index_elements=list(conflict))
+        if returning:
+            stmt = stmt.returning(*returning)
+        res = await self.conn.execute(stmt, params)
+        return list(res) if returning else []
+
+    async def _add_balances(self, deltas: Iterable[tuple[str, str, int]]) -> None:
+        """Add each ``(user_id, role, delta)`` to ``points_balances``: one upsert per user
+        and role, in key order (concurrent batches lock the rows in the same order)."""
+        total: dict[tuple[str, str], int] = defaultdict(int)
+        for user, role, delta in deltas:
+            total[(user, role)] += int(delta)
+        if not total:
+            return
+        keys = sorted(total)
+        if self._pg:
+            stmt = postgresql.insert(points_balances).from_select(
+                ["user_id", "role", "balance"], self._unnest(points_balances, ["user_id", "role", "balance"]))
+            stmt = stmt.on_conflict_do_update(index_elements=["user_id", "role"],
+                                              set_={"balance": points_balances.c.balance + stmt.excluded.balance})
+            await self.conn.execute(stmt, {"u_user_id": [u for u, _ in keys], "u_role": [r for _, r in keys],
+                                           "u_balance": [total[k] for k in keys]})
+            return
+        lite = sqlite.insert(points_balances)
+        lite = lite.on_conflict_do_update(index_elements=["user_id", "role"],
+                                          set_={"balance": points_balances.c.balance + lite.excluded.balance})
+        await self.conn.execute(lite, [{"user_id": u, "role": r, "balance": total[(u, r)]} for u, r in keys])
+
+    async def _orders_by_id(self, ids: Sequence[str], *, lock: bool) -> dict[str, Order]:
+        """The orders with these ids (locked for update on PostgreSQL, in id order)."""
+        out: dict[str, Order] = {}
+        if not ids:
+            return out
+        if self._pg:
+            q = select(orders).where(orders.c.id == any_(bindparam("ids", type_=postgresql.ARRAY(orders.c.id.type))))
+            q = q.order_by(orders.c.id)
+            if lock:
+                q = q.with_for_update()
+            out.update((r.id, _order(r)) for r in await self.conn.execute(q, {"ids": list(ids)}))
+            return out
+        for i in range(0, len(ids), 500):
+            out.update((r.id, _order(r)) for r in await self.conn.execute(select(orders).where(orders.c.id.in_(ids[i : i + 500]))))
+        return out
+
+    async def _event_owners(self, event_ids: Sequence[str]) -> dict[str, str]:
+        """For each of these event ids recorded in ``order_events``: its order."""
+        out: dict[str, str] = {}
+        if not event_ids:
+            return out
+        c = order_events.c
+        if self._pg:
+            q = select(c.event_id, c.order_id).where(c.event_id == any_(bindparam("ids", type_=postgresql.ARRAY(c.event_id.type))))
+            out.update((r.event_id, r.order_id) for r in await self.conn.execute(q, {"ids": list(event_ids)}))
+            return out
+        for i in range(0, len(event_ids), 500):
+            q = select(c.event_id, c.order_id).where(c.event_id.in_(event_ids[i : i + 500]))
+            out.update((r.event_id, r.order_id) for r in await self.conn.execute(q))
+        return out
+
+    async def settle(self, steps: Sequence[OrderStep]) -> list[StepOutcome]:
+        """See :meth:`livecommerce.store.Tx.settle`."""
+        if not steps:
+            return []
+        known = await self._orders_by_id(sorted({s.order_id for s in steps}), lock=True)
+        ids = {s.event_id for s in steps} | {f"{s.order_id}:reserved" for s in steps if s.to != "reserved" and s.order is not None}
+        plan = settle(steps, known, await self._event_owners(sorted(ids)))
+        if plan.new:
+            got = await self._insert_many(orders, [_order_values(o) for o in plan.new.values()], conflict=["id"],
+                                          returning=[orders.c.id])
+            if len(got) != len(plan.new):  # another transaction inserted one since we read: try the batch again
+                raise Conflict("an order of the batch was inserted concurrently", code="conflict")
+        if plan.changed:
+            await self._update_orders(plan.changed)
+        await self._insert_many(order_events, [
+            {"event_id": h.event_id, "order_id": h.order_id, "from_state": h.from_state, "to_state": h.to_state,
+             "refund_qty": h.refund_qty, "refund_amount": h.refund_amount, "reason": h.reason, "ts_ms": h.ts_ms}
+            for h in plan.history])
+        return plan.outcomes
+
+    async def _update_orders(self, changed: Mapping[str, tuple[OrderState, Order]]) -> None:
+        """Write the orders' new values, each only if it is still in the state it was read in."""
+        cols = ("state", "updated_ms", "refunded_qty", "refunded_amount", "amount", "discount", "coupon_id")
+        rows = [{"id": oid, "was": was, **{c: getattr(o, c) for c in cols}} for oid, (was, o) in sorted(changed.items())]
+        if self._pg:
+            v = select(*[func.unnest(bindparam(f"u_{k}", type_=postgresql.ARRAY(orders.c["state" if k == "was" else k].type))).label(k)
+                         for k in ("id", "was", *cols)]).subquery("v")
+            stmt = update(orders).where(orders.c.id == v.c.id, orders.c.state == v.c.was).values({orders.c[c]: v.c[c] for c in cols})
+            res = await self.conn.execute(stmt, {f"u_{k}": [r[k] for r in rows] for k in ("id", "was", *cols)})
+            n = int(res.rowcount)
+        else:
+            stmt = (update(orders).where(orders.c.id == bindparam("b_id"), orders.c.state == bindparam("b_was"))
+                    .values({orders.c[c]: bindparam(f"b_{c}") for c in cols}))
+            res = await self.conn.execute(stmt, [{f"b_{k}": v for k, v in r.items()} for r in rows])
+            n = int(res.rowcount) if res.rowcount is not None and res.rowcount >= 0 else len(rows)
+        if n != len(rows):  # cannot happen under the row locks / the single writer
+            raise Conflict("an order of the batch changed concurrently", code="conflict")
 
     async def _claim(self, consumer: str, event_id: str, now_ms: int | None) -> bool:
         stmt = (
@@ -300,27 +441,27 @@ class SqlTx:
             )
             .on_conflict_do_nothing(index_elements=["ref_event_id", "user_id", "reason"])
         )
-        return (await self.conn.execute(stmt)).rowcount == 1
+        if (await self.conn.execute(stmt)).rowcount != 1:
+            return False
+        await self._add_balances([(user_id, role, delta)])
+        return True
 
     async def points_balance(self, user_id: str, role: PointsRole | None = None) -> int:
-        q = select(func.coalesce(func.sum(points_ledger.c.delta), 0)).where(
-            points_ledger.c.user_id == user_id
-        )
+        q = select(func.coalesce(func.sum(points_balances.c.balance), 0)).where(points_balances.c.user_id == user_id)
         if role is not None:
-            q = q.where(points_ledger.c.role == role)
+            q = q.where(points_balances.c.role == role)
         return int((await self.conn.execute(q)).scalar_one())
 
     async def add_wallet_entries(self, rows: Sequence[tuple[str, int, str, str, int]]) -> int:
         """Append ``(user_id, delta, reason, ref_event_id, ts_ms)`` rows in one statement;
         return how many were new (duplicates of a recorded ``ref_event_id`` are skipped)."""
-        if not rows:
-            return 0
-        stmt = (
-            self._insert(wallet_ledger)
-            .values([{"user_id": u, "delta": d, "reason": r, "ref_event_id": e, "ts_ms": t} for u, d, r, e, t in rows])
-            .on_conflict_do_nothing(index_elements=["ref_event_id"])
+        new = await self._insert_many(
+            wallet_ledger,
+            [{"user_id": u, "delta": d, "reason": r, "ref_event_id": e, "ts_ms": t} for u, d, r, e, t in rows],
+            conflict=["ref_event_id"],
+            returning=[wallet_ledger.c.id],
         )
-        return int((await self.conn.execute(stmt)).rowcount)
+        return len(new)
 
     async def add_points_entries(self, rows: Sequence[tuple[str, PointsRole, int, str, str, int]]) -> int:
         """Append ``(user_id, role, delta, reason, ref_event_id, ts_ms)`` rows in one
@@ -334,15 +475,15 @@ class SqlTx:
             return 0
         if any(r[1] not in ("viewer", "host") for r in rows):
             raise BadFrame("points role must be viewer or host", code="invalid")
-        stmt = (
-            self._insert(points_ledger)
-            .values([
-                {"user_id": u, "role": ro, "delta": d, "reason": r, "ref_event_id": e, "ts_ms": t}
-                for u, ro, d, r, e, t in rows
-            ])
-            .on_conflict_do_nothing(index_elements=["ref_event_id", "user_id", "reason"])
+        c = points_ledger.c
+        new = await self._insert_many(
+            points_ledger,
+            [{"user_id": u, "role": ro, "delta": d, "reason": r, "ref_event_id": e, "ts_ms": t} for u, ro, d, r, e, t in rows],
+            conflict=["ref_event_id", "user_id", "reason"],
+            returning=[c.user_id, c.role, c.delta],
         )
-        return int((await self.conn.execute(stmt)).rowcount)
+        await self._add_balances((r.user_id, r.role, r.delta) for r in new)
+        return len(new)
 
 
 # ---------------------------------------------------------------------------------- store
@@ -428,30 +569,25 @@ class SqlStore:
     ) -> AsyncIterator[tuple[SqlTx, set[str]]]:
         """See :meth:`livecommerce.store.Store.apply_batch`."""
         async with self._write() as tx:
-            fresh: set[str] = set()
-            ids = sorted(set(event_ids))
-            for i in range(0, len(ids), 500):  # one statement per 500 ids, claimed in order
-                stmt = (
-                    tx._insert(applied_events)
-                    .values([{"consumer": consumer, "event_id": e, "applied_ms": now_ms} for e in ids[i : i + 500]])
-                    .on_conflict_do_nothing(index_elements=["consumer", "event_id"])
-                    .returning(applied_events.c.event_id)
-                )
-                fresh.update(r[0] for r in await tx.conn.execute(stmt))
-            yield tx, fresh
+            ids = sorted(set(event_ids))  # claimed in order: overlapping batches wait, never deadlock
+            claimed = await tx._insert_many(
+                applied_events,
+                [{"consumer": consumer, "event_id": e, "applied_ms": now_ms} for e in ids],
+                conflict=["consumer", "event_id"],
+                returning=[applied_events.c.event_id],
+            )
+            yield tx, {r[0] for r in claimed}
 
     async def points_balances(self, user_ids: Sequence[str]) -> dict[str, dict[PointsRole, int]]:
         out: dict[str, dict[PointsRole, int]] = {u: {"viewer": 0, "host": 0} for u in user_ids}
         if not out:
             return out
-        q = (
-            select(points_ledger.c.user_id, points_ledger.c.role, func.sum(points_ledger.c.delta))
-            .where(points_ledger.c.user_id.in_(list(out)))
-            .group_by(points_ledger.c.user_id, points_ledger.c.role)
-        )
+        b = points_balances.c
+        users = list(out)
         async with self._read() as tx:
-            for user, role, total in await tx.conn.execute(q):
-                out[user][cast(PointsRole, role)] = int(total or 0)
+            for i in range(0, len(users), 500):
+                for user, role, total in await tx.conn.execute(select(b.user_id, b.role, b.balance).where(b.user_id.in_(users[i : i + 500]))):
+                    out[user][cast(PointsRole, role)] = int(total or 0)
         return out
 
     async def was_applied(self, consumer: str, event_id: str) -> bool:
@@ -488,6 +624,10 @@ class SqlStore:
                 refund_amount=refund_amount,
                 reason=reason,
             )
+
+    async def settle(self, steps: Sequence[OrderStep]) -> list[StepOutcome]:
+        async with self._write() as tx:
+            return await tx.settle(steps)
 
     async def add_wallet_entry(
         self, user_id: str, delta: int, reason: str, ref_event_id: str, ts_ms: int

@@ -115,6 +115,14 @@ async def test_node_inbox_gets_raw_bodies(make_broker, redis, keys):
     await wait_until(lambda: list(got), until=lambda g: g == [(keys.node_inbox("n1"), b"hello")], what="the raw body in the inbox")
 
 
+async def test_node_messages_sent_together_reach_their_own_inboxes_in_order(make_broker, redis, keys):
+    b = make_broker()
+    got = await collect(b, redis, keys.node_inbox("n1"))
+    await b.publish_nodes([("n1", b"a"), ("n2", b"x"), ("n1", b"b")])
+    want = [(keys.node_inbox("n1"), b"a"), (keys.node_inbox("n1"), b"b")]
+    await wait_until(lambda: list(got), until=lambda g: g == want, what="n1's two bodies, in order, and not n2's")
+
+
 async def test_unsubscribed_channels_get_nothing(make_broker, redis, keys):
     b = make_broker()
     got = await collect(b, redis, keys.room_channel("u"))

@@ -51,7 +51,8 @@ async def test_orders_worker_killed_mid_stream_loses_and_duplicates_nothing(back
     env = {k: v for k, v in os.environ.items() if not k.startswith("LC_")}
     env.update(LC_REDIS_URL=settings.redis_url, LC_KEY_PREFIX=settings.key_prefix, LC_DATABASE_URL=db, LC_LOG_JSON="0", LC_SECRET=settings.secret,
                LC_LOG_CLAIM_IDLE_MS="1000", LC_KAFKA_SESSION_TIMEOUT_MS="2000", LC_KAFKA_IDEMPOTENT="0",
-               LC_KAFKA_PARTITIONS="3")
+               LC_KAFKA_PARTITIONS="3",
+               LC_WORKER_BATCH="10")  # small batches, so the kill lands mid-stream (1,000 a batch drains it in well under a second)
     s = settings.replace(database_url=db, log_claim_idle_ms=1000, kafka_session_timeout_ms=2000, kafka_idempotent=False, kafka_partitions=3)
     if backend == "kafka":
         boot = request.getfixturevalue("kafka_bootstrap")

@@ -222,7 +222,8 @@ async def test_the_points_worker_killed_mid_batch_loses_and_duplicates_nothing(
         ))
     env = {k: v for k, v in os.environ.items() if not k.startswith("LC_")}
     env.update(LC_REDIS_URL=settings.redis_url, LC_KEY_PREFIX=settings.key_prefix, LC_DATABASE_URL=db, LC_LOG_JSON="0",
-               LC_NODE_ID="pw1", LC_LOG_LEVEL="WARNING", LC_SECRET=settings.secret)
+               LC_NODE_ID="pw1", LC_LOG_LEVEL="WARNING", LC_SECRET=settings.secret,
+               LC_WORKER_BATCH="50")  # several batches, so the kill lands mid-stream (one batch of 1,000 would hold all 800)
     exe = str(Path(sys.executable).with_name("livecommerce"))
     proc = await asyncio.create_subprocess_exec(exe, "worker", "points", env=env, stdout=asyncio.subprocess.DEVNULL,
                                                 stderr=asyncio.subprocess.DEVNULL)

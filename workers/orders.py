@@ -3,10 +3,13 @@ sale schedule.
 
 Three loops in one process:
 
-* **settle**: consume topic ``orders`` (group ``orders``): ``order.reserved`` inserts the
-  order, ``order.paid`` / ``order.cancelled`` move it, each inside ``store.apply`` so a
-  redelivered event changes nothing; after the commit the buyer is told (``order.paid``,
-  ``order.cancelled``) through the node inboxes.
+* **settle**: consume topic ``orders`` (group ``orders``) in batches of
+  ``LC_WORKER_BATCH``: ``order.reserved`` inserts the order, ``order.paid`` /
+  ``order.cancelled`` move it; a batch is one transaction that claims every event id once
+  (``store.apply_batch``) and applies the steps in log order (``Tx.settle``, the rule is
+  :func:`livecommerce.orders.settle`), so a redelivered event or batch changes nothing;
+  after the commit the buyers are told (``order.paid``, ``order.cancelled``) through the
+  node inboxes.
 * **time-out**: every second, holds past their payment deadline are released in Redis
   (stock back, exactly once) and ``order.cancelled`` is appended; an ended sale with no
   hold left is settled: its keys expire after ``LC_SALE_RETENTION_S`` (docs/retention.md).
@@ -29,11 +32,11 @@ from livecommerce.config import Settings
 from livecommerce.errors import Conflict, LiveCommerceError, NotFound
 from livecommerce.log import Log, LogEvent
 from livecommerce.notify import Notifier
-from livecommerce.orders import OrderState, new_order
+from livecommerce.orders import Order, OrderStep, Payment, new_order
 from livecommerce.protocol.events import envelope
 from livecommerce.store_sql import SqlStore
 
-from .runner import run_consumer
+from .runner import apply_halving, run_consumer
 from .wiring import Engines
 
 log = logging.getLogger("livecommerce.workers.orders")
@@ -41,11 +44,19 @@ CONSUMER = "orders"
 
 
 class OrderSettler:
+    """The ``orders`` handler: a fetched batch is one transaction (``apply_batch``: each event
+    id claimed once; ``Tx.settle``: the batch's order steps, one statement per table), so a
+    redelivered batch or a duplicate event changes nothing. A batch that fails is halved
+    until the bad event is alone (:func:`~workers.runner.apply_halving`): the others are
+    applied once, the bad one is retried as before. After each commit the buyers of the
+    orders that moved are told (``order.paid``, ``order.cancelled``) in one round of pushes.
+    """
+
     def __init__(self, store: SqlStore, notifier: Notifier | None) -> None:
         self.store = store
         self.notifier = notifier
 
-    def _order(self, d: dict[str, Any]) -> Any:
+    def _order(self, d: dict[str, Any]) -> Order:
         window = int(d.get("payment_window_s", 900))
         reserved_ms = int(d.get("reserved_ms") or (int(d.get("pay_by_ms", 0)) - window * 1000))
         return new_order(
@@ -60,44 +71,70 @@ class OrderSettler:
             request_id=d.get("request_id"),
         )
 
-    async def handle(self, events: list[LogEvent]) -> None:
-        pushes: list[tuple[str, dict[str, Any]]] = []
-        for ev in events:
-            d = ev.data
-            async with self.store.apply(CONSUMER, ev.id, now_ms=ev.ts) as tx:
-                if tx is None:
+    def _step(self, ev: LogEvent) -> OrderStep | None:
+        """The order step an event asks for (None: not an order event this worker applies).
+
+        Raises:
+            KeyError, ValueError, BadFrame: an ``order.reserved`` that does not describe an
+                order, or a move without an order id (a bad event).
+        """
+        d = ev.data
+        if ev.type == "order.reserved":
+            return OrderStep(ev.id, d["order_id"], "reserved", ev.ts, order=self._order(d))
+        if ev.type not in ("order.paid", "order.cancelled"):
+            return None
+        try:  # the whole order, to rebuild it if the reserve event never made it (a failed append)
+            rebuilt: Order | None = self._order(d)
+        except (KeyError, ValueError, TypeError, LiveCommerceError):
+            rebuilt = None
+        paid = ev.type == "order.paid"
+        payment = Payment(int(d["amount"]), int(d.get("discount") or 0), d.get("coupon_id")) if paid and "amount" in d else None
+        return OrderStep(ev.id, str(d["order_id"]), "paid" if paid else "cancelled", ev.ts, order=rebuilt,
+                         reason=d.get("reason"), payment=payment)
+
+    async def _apply(self, events: list[LogEvent], pushes: list[tuple[str, dict[str, Any]]]) -> None:
+        """One transaction for ``events``; the pushes of the orders that moved are added to
+        ``pushes`` once it committed."""
+        todo: list[tuple[LogEvent, OrderStep]] = []
+        async with self.store.apply_batch(CONSUMER, [e.id for e in events], now_ms=_now_ms()) as (tx, fresh):
+            for ev in events:
+                if ev.id not in fresh:
                     continue  # applied before: a redelivery
-                if ev.type == "order.reserved":
-                    await tx.insert_reserved(self._order(d), ev.id)
-                    continue
-                if ev.type in ("order.paid", "order.cancelled"):
-                    if await tx.get_order(d["order_id"]) is None:
-                        # the reserve event never made it (a failed append): the order is
-                        # rebuilt from this event, which carries the whole order
-                        await tx.insert_reserved(self._order(d), f"{d['order_id']}:reserved")
-                    to: OrderState = "paid" if ev.type == "order.paid" else "cancelled"
-                    try:
-                        res = await tx.transition(d["order_id"], to, ev.id, now_ms=ev.ts, reason=d.get("reason"))
-                    except Conflict as exc:
-                        # Redis decided first (it is the source of truth for holds); a late or
-                        # impossible transition is recorded as skipped, not retried forever
-                        log.warning("orders.transition_refused", extra={"order": d["order_id"], "to": to, "err": exc.message})
-                        continue
-                    if ev.type == "order.paid" and "amount" in d:  # what was paid, after the coupon
-                        await tx.record_payment(d["order_id"], amount=int(d["amount"]), discount=int(d.get("discount") or 0),
-                                                coupon_id=d.get("coupon_id"))
-                    if res.changed:
-                        body = {k: d[k] for k in ("order_id", "sale_id", "qty") if k in d} | {
-                            "amount": d.get("amount", int(d.get("qty", 0)) * int(d.get("unit_price", 0))), "reason": d.get("reason")}
-                        pushes.append((d["user_id"], envelope(ev.type, d.get("room_id"), body, ts=ev.ts)))
-                else:
+                fresh.discard(ev.id)  # an id twice in one batch is applied once
+                step = self._step(ev)
+                if step is None:
                     log.info("orders.ignored", extra={"type": ev.type, "event": ev.id})
-        if self.notifier is not None:
-            for user, env in pushes:
+                    continue
+                todo.append((ev, step))
+            outcomes = await tx.settle([step for _, step in todo])
+        for (ev, step), out in zip(todo, outcomes, strict=True):
+            d = ev.data
+            if out.refused is not None:
+                # Redis decided first (it is the source of truth for holds); a late or
+                # impossible transition is recorded as skipped, not retried forever
+                log.warning("orders.transition_refused", extra={"order": step.order_id, "to": step.to, "err": out.refused.message})
+            elif step.to != "reserved" and out.changed:
+                body = {k: d[k] for k in ("order_id", "sale_id", "qty") if k in d} | {
+                    "amount": d.get("amount", int(d.get("qty", 0)) * int(d.get("unit_price", 0))), "reason": d.get("reason")}
+                pushes.append((d["user_id"], envelope(ev.type, d.get("room_id"), body, ts=ev.ts)))
+
+    async def handle(self, events: list[LogEvent]) -> None:
+        """Apply a batch (see the class docstring).
+
+        Raises:
+            Unavailable: SQL unreachable (the batch comes back; what committed is skipped then).
+            BatchFailed: some events applied, others failed (see :mod:`workers.runner`).
+            Exception: the batch's only event, or every one, failed.
+        """
+        pushes: list[tuple[str, dict[str, Any]]] = []
+        try:
+            await apply_halving(events, lambda part: self._apply(part, pushes))
+        finally:
+            if self.notifier is not None and pushes:
                 try:
-                    await self.notifier.to_user(user, env)
-                except LiveCommerceError as exc:
-                    log.warning("orders.push_failed", extra={"user": user, "err": exc.message})
+                    await self.notifier.to_users(pushes)
+                except LiveCommerceError as exc:  # lossy, as a push is: the order is in SQL
+                    log.warning("orders.push_failed", extra={"users": len(pushes), "err": exc.message})
 
 
 async def schedule_tick(checkout: Checkout, broker: RedisBroker, store: SqlStore | None, now_ms: int) -> None:
@@ -163,10 +200,11 @@ class OrdersWorker:
         self.settler = OrderSettler(self.store, self.notifier)
 
     async def drain(self) -> int:
-        return await run_consumer(self.log, "orders", CONSUMER, self.s.node_id, self.settler.handle, burst=True, fetch_timeout_ms=300)
+        return await run_consumer(self.log, "orders", CONSUMER, self.s.node_id, self.settler.handle, burst=True, fetch_timeout_ms=300,
+                                  batch=self.s.worker_batch)
 
     async def consume(self, stop: asyncio.Event) -> None:
-        await run_consumer(self.log, "orders", CONSUMER, self.s.node_id, self.settler.handle, stop=stop)
+        await run_consumer(self.log, "orders", CONSUMER, self.s.node_id, self.settler.handle, stop=stop, batch=self.s.worker_batch)
 
     async def clock(self, stop: asyncio.Event) -> None:
         tick = 0

@@ -56,14 +56,13 @@ from livecommerce.refunds import ORDER_REFUNDED, clawback_awards
 from livecommerce.retention import USER_CACHE_TTL_S
 from livecommerce.rooms_redis import room_host
 from livecommerce.store import PointsRole, Store
-from workers.runner import run_consumer
+from workers.runner import apply_halving, run_consumer
 from workers.wiring import Engines
 
 log = logging.getLogger("livecommerce.workers.points")
 
 CONSUMER = "points"  # the store's exactly-once consumer name and the log group
 TOPICS = ("gifts", "orders", "activity", "points")
-PUSH_CONCURRENCY = 32
 
 
 class PointsWorker:
@@ -83,53 +82,66 @@ class PointsWorker:
         self.applied = 0  # events whose rows this process wrote
 
     async def __call__(self, events: list[LogEvent]) -> None:
-        """Apply a batch in one transaction, then refresh the touched users' cache and
-        push their points.
+        """Apply a batch in one transaction (halved until a bad event is alone if it fails:
+        :func:`~workers.runner.apply_halving`), then grant the accepted redemptions and
+        refresh and push the touched users' points.
 
         Raises:
             Unavailable: SQL or Redis unreachable (the batch comes back; events applied
                 before are skipped then).
+            BatchFailed: some events applied, others failed (see :mod:`workers.runner`).
         """
+        hosts: dict[str, str | None] = {}  # room -> host, looked up once per batch
+        done: list[tuple[LogEvent, list[Award] | None]] = []
         touched: set[str] = set()
+        try:
+            await apply_halving(events, lambda part: self._apply(part, hosts, done, touched))
+        finally:
+            for e, plan in done:
+                if plan is None:
+                    await self._grant(e)
+            await self.refresh(sorted(touched))
+
+    async def _apply(self, events: list[LogEvent], hosts: dict[str, str | None], done: list[tuple[LogEvent, list[Award] | None]],
+                     touched: set[str]) -> None:
+        """One transaction for ``events``; once committed, their plans join ``done`` and the
+        users they award join ``touched``."""
         plans: list[tuple[LogEvent, list[Award] | None]] = []  # None: a redemption
         for e in events:
             if e.type == REDEEM:
                 plans.append((e, None))
-                touched.add(str(e.data["user"]))
                 continue
             if e.type == ORDER_REFUNDED:  # reversing rows for the order's awards (issue 11)
                 awards = clawback_awards(e.data)
             else:
-                awards = awards_for(e.type, e.data, host=await self._host(e), rules=self.rules)
+                awards = awards_for(e.type, e.data, host=await self._host(e, hosts), rules=self.rules)
             if awards:
                 plans.append((e, awards))
-                touched.update(a.user for a in awards)
         if self.secret is not None and plans:
             plans = await self._pseudonymise(plans)
-            touched = {a.user for _, plan in plans if plan for a in plan} | {str(e.data["user"]) for e, plan in plans if plan is None}
+        if not plans:
+            return
         applied = 0
-        if plans:
-            async with self.store.apply_batch(CONSUMER, [e.id for e, _ in plans]) as (tx, fresh):
-                rows: list[tuple[str, PointsRole, int, str, str, int]] = []
-                for e, plan in plans:
-                    if e.id not in fresh:
-                        continue
-                    fresh.discard(e.id)  # an id twice in one batch is applied once
-                    applied += 1
-                    if plan is None:  # a redemption sees every award written before it
-                        await tx.add_points_entries(rows)
-                        rows = []
-                        user, cost = str(e.data["user"]), int(e.data["cost"])
-                        if await tx.points_balance(user, "viewer") >= cost:
-                            await tx.add_points_entry(user, "viewer", -cost, "coupon.redeem", e.id, e.ts)
-                        continue
-                    rows.extend((a.user, a.role, a.delta, a.reason, e.id, e.ts) for a in plan)
-                await tx.add_points_entries(rows)
-            self.applied += applied
+        async with self.store.apply_batch(CONSUMER, [e.id for e, _ in plans]) as (tx, fresh):
+            rows: list[tuple[str, PointsRole, int, str, str, int]] = []
             for e, plan in plans:
-                if plan is None:
-                    await self._grant(e)
-        await self.refresh(sorted(touched))
+                if e.id not in fresh:
+                    continue
+                fresh.discard(e.id)  # an id twice in one batch is applied once
+                applied += 1
+                if plan is None:  # a redemption sees every award written before it
+                    await tx.add_points_entries(rows)
+                    rows = []
+                    user, cost = str(e.data["user"]), int(e.data["cost"])
+                    if await tx.points_balance(user, "viewer") >= cost:
+                        await tx.add_points_entry(user, "viewer", -cost, "coupon.redeem", e.id, e.ts)
+                    continue
+                rows.extend((a.user, a.role, a.delta, a.reason, e.id, e.ts) for a in plan)
+            await tx.add_points_entries(rows)
+        self.applied += applied
+        done.extend(plans)  # applied now or before: a restart after a crash before the refresh repairs it
+        touched.update(a.user for _, plan in plans if plan for a in plan)
+        touched.update(str(e.data["user"]) for e, plan in plans if plan is None)
 
     async def _pseudonymise(self, plans: list[tuple[LogEvent, list[Award] | None]]) -> list[tuple[LogEvent, list[Award] | None]]:
         """Awards of an erased viewer's events dated up to the erasure go to the pseudonym
@@ -148,11 +160,14 @@ class PointsWorker:
             dataclasses.replace(a, user=gone[a.user][0]) if a.user in gone and e.ts <= gone[a.user][1] else a for a in plan])
             for e, plan in plans]
 
-    async def _host(self, e: LogEvent) -> str | None:
+    async def _host(self, e: LogEvent, hosts: dict[str, str | None]) -> str | None:
+        """The host of the event's room when its awards need one (the event names none)."""
         room = room_of(e.type, e.data)
         if room is None:
             return None
-        return await room_host(self.redis, self.keys, room)
+        if room not in hosts:
+            hosts[room] = await room_host(self.redis, self.keys, room)
+        return hosts[room]
 
     async def _grant(self, e: LogEvent) -> None:
         """After the commit: grant the coupon of an accepted redemption (idempotently),
@@ -194,8 +209,11 @@ class PointsWorker:
                 "balance": st["viewer"], "level": st["level"], "host_balance": st["host"], "host_level": st["host_level"]}, ts=now))
             for user, st in states.items()
         ]
-        for i in range(0, len(pushes), PUSH_CONCURRENCY):
-            await asyncio.gather(*(self._push(u, env) for u, env in pushes[i : i + PUSH_CONCURRENCY]))
+        if self.notifier is not None:
+            try:  # one presence read and one pipeline of publishes for the whole batch
+                await self.notifier.to_users(pushes)
+            except Exception as exc:  # a lossy push: the balance is in the ledger and the cache
+                log.warning("points.push_failed", extra={"users": len(pushes), "err": repr(exc)})
         return states
 
     async def _push(self, user: str, env: dict[str, Any]) -> None:
@@ -207,11 +225,11 @@ class PointsWorker:
             log.warning("points.push_failed", extra={"user": user, "err": repr(exc)})
 
 
-async def drain(log_: Log, worker: PointsWorker, *, name: str = "points-1", fetch_timeout_ms: int = 500) -> int:
+async def drain(log_: Log, worker: PointsWorker, *, name: str = "points-1", fetch_timeout_ms: int = 500, batch: int = 1000) -> int:
     """Burst mode over the four topics; return the number of events handled."""
     n = 0
     for topic in TOPICS:
-        n += await run_consumer(log_, topic, CONSUMER, name, worker, burst=True, fetch_timeout_ms=fetch_timeout_ms)
+        n += await run_consumer(log_, topic, CONSUMER, name, worker, burst=True, fetch_timeout_ms=fetch_timeout_ms, batch=batch)
     return n
 
 
@@ -221,4 +239,5 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         worker = PointsWorker(e.store, e.redis, e.keys, Rules.from_settings(settings), notifier=e.notifier,
                               secret=settings.secret, cache_ttl_s=settings.user_cache_ttl_s)
         log.info("points.worker_started", extra={"worker": settings.node_id})
-        await asyncio.gather(*(run_consumer(e.log, t, CONSUMER, settings.node_id, worker, stop=stop) for t in TOPICS))
+        await asyncio.gather(*(run_consumer(e.log, t, CONSUMER, settings.node_id, worker, stop=stop, batch=settings.worker_batch)
+                               for t in TOPICS))

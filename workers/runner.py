@@ -7,6 +7,13 @@ between the two redelivers the batch and the idempotent store absorbs it.
 
 ``burst=True`` is the drain mode of arq: take what is there, return how many events were
 handled. Tests await it instead of sleeping.
+
+Batches and bad events: a worker applies a fetched batch in one transaction and, if that
+fails for anything but :class:`~livecommerce.errors.Unavailable`, halves it
+(:func:`apply_halving`) until the event that fails is alone, so the events around it are
+applied (once: the effects are idempotent) and acked; it raises :class:`BatchFailed`, and
+``run_consumer`` acks what was applied and gives back only what failed, which comes back
+first in the next fetch, alone in its failing, as a bad event always has.
 """
 
 from __future__ import annotations
@@ -25,6 +32,54 @@ Handler = Callable[[list[LogEvent]], Awaitable[None]]
 
 BACKOFF_FIRST_S = 0.1
 BACKOFF_MAX_S = 5.0
+
+
+class BatchFailed(Exception):
+    """A handler applied part of a batch: the events whose ids are in ``done`` are applied
+    (ack them); ``failed`` lists the ids that raised, ``cause`` the first of their errors."""
+
+    def __init__(self, done: set[str], failed: list[str], cause: Exception) -> None:
+        super().__init__(f"{len(failed)} event(s) failed, {len(done)} applied: {cause!r}")
+        self.done = done
+        self.failed = failed
+        self.cause = cause
+
+
+async def apply_halving(events: list[LogEvent], apply: Callable[[list[LogEvent]], Awaitable[None]]) -> None:
+    """``await apply(events)`` (one transaction); if it raises anything but ``Unavailable``,
+    apply each half the same way, so a bad event ends up alone and every other event is
+    applied. ``apply`` must be idempotent on the event ids (a half may hold events an
+    earlier, failed attempt did not commit).
+
+    Raises:
+        Unavailable: from ``apply``, at once (halving cannot help; the batch comes back).
+        Exception: what ``apply`` raised, when no event of the batch could be applied.
+        BatchFailed: some events applied (``done``), others failed.
+    """
+    done: set[str] = set()
+    failed: list[tuple[str, Exception]] = []
+
+    async def go(part: list[LogEvent]) -> None:
+        try:
+            await apply(part)
+        except Unavailable:
+            raise
+        except Exception as exc:
+            if len(part) == 1:
+                failed.append((part[0].id, exc))
+                return
+            mid = len(part) // 2
+            await go(part[:mid])
+            await go(part[mid:])
+            return
+        done.update(e.id for e in part)
+
+    await go(events)
+    if not failed:
+        return
+    if not done:
+        raise failed[0][1]
+    raise BatchFailed(done, [i for i, _ in failed], failed[0][1])
 
 
 class _Backoff:
@@ -90,6 +145,10 @@ async def run_consumer(
     * any other exception from ``handle``: the batch is given back unacked (so it is
       redelivered) and ``worker.handler_failed`` is logged with the traceback; a long-running
       loop retries after the backoff, a burst re-raises it.
+    * :class:`BatchFailed` from ``handle``: the events it names ``done`` are acked and
+      counted, the others given back, ``worker.handler_failed`` is logged; a burst re-raises
+      its ``cause``, a long-running loop goes on at once (it made progress; the failed
+      events come back first in the next fetch).
 
     Raises:
         Exception: in burst mode, whatever ``handle`` raised (other than ``Unavailable``).
@@ -127,6 +186,19 @@ async def run_consumer(
             except Unavailable as exc:
                 await _release(consumer, deliveries, fields)
                 await back_off("handle", exc)
+                continue
+            except BatchFailed as part:
+                logger.error("worker.handler_failed", exc_info=part.cause,
+                             extra={**fields, "events": len(deliveries), "failed": part.failed[:10], "applied": len(part.done)})
+                applied = [d for d in deliveries if d.event.id in part.done]
+                await _release(consumer, [d for d in deliveries if d.event.id not in part.done], fields)
+                try:
+                    await consumer.ack(applied)
+                    handled += len(applied)
+                except Unavailable as exc:  # applied: they come back and the idempotent store absorbs them
+                    await back_off("ack", exc)
+                if burst:
+                    raise part.cause from part
                 continue
             except Exception:
                 logger.exception("worker.handler_failed", extra={**fields, "events": len(deliveries),

@@ -1,9 +1,9 @@
 """The wallet ledger worker: ``wallet.topup`` and ``gift.sent`` into ``wallet_ledger``.
 
-Consumes topic ``gifts`` as group ``wallet``. Each event that moves coins
-(:func:`livecommerce.wallet.ledger_delta`) becomes one ledger row, written with the
-batch's exactly-once claims (``store.apply_batch("wallet", ids)``: one transaction per
-batch, each event id claimed once), so redelivery (a crash before the ack, a rebalance, a
+Consumes topic ``gifts`` as group ``wallet``, ``LC_WORKER_BATCH`` events at a time. Each
+event that moves coins (:func:`livecommerce.wallet.ledger_delta`) becomes one ledger row,
+written with the batch's exactly-once claims (``store.apply_batch("wallet", ids)``: one
+transaction per batch, each event id claimed once, one statement per table), so redelivery (a crash before the ack, a rebalance, a
 duplicate append from the outbox sweeper) writes nothing twice. The worker also sweeps the
 wallet outbox every :data:`SWEEP_S` seconds (:meth:`RedisWallet.sweep`): events debited in
 Redis whose gateway died before appending them reach the log, and then the ledger.
@@ -25,7 +25,7 @@ from livecommerce.log import Log, LogEvent
 from livecommerce.store import Store
 from livecommerce.wallet import TOPIC, ledger_delta
 from livecommerce.wallet_redis import RedisWallet
-from workers.runner import run_consumer
+from workers.runner import apply_halving, run_consumer
 from workers.wiring import Engines
 
 log = logging.getLogger("livecommerce.workers.wallet")
@@ -42,11 +42,16 @@ class WalletLedger:
         self.written = 0
 
     async def __call__(self, events: list[LogEvent]) -> None:
-        """Write the batch's rows in one transaction (events applied before are skipped).
+        """Write the batch's rows in one transaction (events applied before are skipped); if
+        it fails, halve it until the bad event is alone (:func:`~workers.runner.apply_halving`).
 
         Raises:
             Unavailable: the database is unreachable (the batch comes back).
+            BatchFailed: some events applied, others failed (see :mod:`workers.runner`).
         """
+        await apply_halving(events, self._apply)
+
+    async def _apply(self, events: list[LogEvent]) -> None:
         rows = [(e, r) for e in events if (r := ledger_delta(e.type, e.data)) is not None]
         if not rows:
             return
@@ -60,9 +65,10 @@ class WalletLedger:
         self.written += written
 
 
-async def drain(log_: Log, store: Store, *, name: str = "wallet-1", fetch_timeout_ms: int = 500) -> int:
+async def drain(log_: Log, store: Store, *, name: str = "wallet-1", fetch_timeout_ms: int = 500, batch: int = 1000) -> int:
     """Burst mode: apply what the log holds now; return the number of events handled."""
-    return await run_consumer(log_, TOPIC, CONSUMER, name, WalletLedger(store), burst=True, fetch_timeout_ms=fetch_timeout_ms)
+    return await run_consumer(log_, TOPIC, CONSUMER, name, WalletLedger(store), burst=True, fetch_timeout_ms=fetch_timeout_ms,
+                              batch=batch)
 
 
 async def sweep_loop(wallet: RedisWallet, log_: Log, stop: asyncio.Event) -> None:
@@ -82,6 +88,6 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     async with Engines(settings) as e:
         wallet = RedisWallet(e.redis, e.keys)
         await asyncio.gather(
-            run_consumer(e.log, TOPIC, CONSUMER, settings.node_id, WalletLedger(e.store), stop=stop),
+            run_consumer(e.log, TOPIC, CONSUMER, settings.node_id, WalletLedger(e.store), stop=stop, batch=settings.worker_batch),
             sweep_loop(wallet, e.log, stop),
         )
