@@ -30,7 +30,7 @@ from typing import Any
 from aiohttp import web
 
 from livecommerce.auth import Identity
-from livecommerce.coupons import CLAIM_MESSAGES, CouponDrop, dropped_event, new_drop
+from livecommerce.coupons import CLAIM_MESSAGES, dropped_event, new_drop, public_drop
 from livecommerce.coupons_redis import Claimed, CouponsRedis
 from livecommerce.errors import Conflict, NotFound
 from livecommerce.protocol.commands import CouponClaim, HostAction
@@ -41,17 +41,18 @@ from .core import Gateway
 from .hooks import TriedHook
 from .idempotency import header_key, idempotent
 from .rooms import RoomGate
+from .snapshots import RoomSnapshots
 from .validation import read_object
-
-WELCOME_DROPS = 5
 
 
 class Coupons:
-    def __init__(self, gw: Gateway, store: CouponsRedis, gate: RoomGate, tried: list[TriedHook]) -> None:
+    def __init__(self, gw: Gateway, store: CouponsRedis, gate: RoomGate, tried: list[TriedHook],
+                 views: RoomSnapshots | None = None) -> None:
         self.gw = gw
         self.store = store
         self.gate = gate
         self.tried = tried  # gw.hooks.tried: the funnel counts every claim, whatever the answer
+        self.views = views  # the node's room snapshots (welcome lists the room's drops)
 
     async def drop(self, room: str, body: dict[str, Any], ident: Identity) -> dict[str, Any]:
         """Create and broadcast a drop.
@@ -66,6 +67,8 @@ class Coupons:
             raise Conflict(f"coupon drop {d.id!r} already exists")
         ev = dropped_event(d, d.quantity)
         seq = await self.gw.publish(room, "coupon.dropped", ev)
+        if self.views is not None:
+            self.views.changed(room)
         return {**ev, "room": room, "seq": seq}
 
     async def claim(self, drop_id: str, user: str) -> dict[str, Any]:
@@ -79,6 +82,8 @@ class Coupons:
         if not isinstance(r, Claimed):
             cls = NotFound if r == "not_found" else Conflict
             raise cls(CLAIM_MESSAGES[r], code=r)
+        if self.views is not None:
+            self.views.coupon_claimed(drop_id, r.remaining)  # claims are not broadcast
         return {**r.coupon, "remaining": r.remaining}
 
     async def state(self, drop_id: str) -> dict[str, Any]:
@@ -86,18 +91,15 @@ class Coupons:
         if got is None:
             raise NotFound(f"no coupon drop {drop_id!r}")
         drop, counts = got
-        return {**_public(drop), **counts}
+        return {**public_drop(drop), **counts}
 
     async def room_drops(self, room: str, limit: int = 50) -> list[dict[str, Any]]:
         out = []
         for did in (await self.store.room_drops(room, now_ms=self.gw.now_ms()))[:limit]:
             got = await self.store.get_drop(did)
             if got is not None:
-                out.append({**_public(got[0]), **got[1]})
+                out.append({**public_drop(got[0]), **got[1]})
         return out
-
-    async def welcome(self, room: str, ident: Identity) -> dict[str, Any]:
-        return {"coupons": [d for d in await self.room_drops(room, WELCOME_DROPS) if d["remaining"] > 0]}
 
     # ---- WebSocket (gateway.routes)
     async def ws_drop(self, conn: Conn, cmd: HostAction) -> dict[str, Any]:
@@ -135,17 +137,3 @@ class Coupons:
         user = request.match_info["user"]
         ident.require_self_or_ops(user)
         return web.json_response({"user": user, "coupons": await self.store.user_coupons(user, now_ms=self.gw.now_ms())})
-
-
-def _public(d: CouponDrop) -> dict[str, Any]:
-    return {
-        "drop_id": d.id,
-        "room": d.room,
-        "kind": d.kind,
-        "threshold": d.threshold,
-        "value": d.value,
-        "quantity": d.quantity,
-        "expires_ms": d.expires_ms,
-        "by": d.created_by,
-    }
-

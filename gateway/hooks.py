@@ -41,6 +41,9 @@ CommandHandler = Callable[["Conn", Any], Awaitable[Json | None]]
 #: ``room`` -> the room's host (``room:<id>`` when it has none): whom a gift or a sale in
 #: the room credits (``Gifts.host_of``, cached; refunds and fan badges ask it too)
 HostOf = Callable[[str], Awaitable[str]]
+#: ``room`` -> the seq this node's view of the room is at, loading the view first when the
+#: node does not hold it (``gateway.snapshots``): the ``welcome``'s seq without a Redis read
+RoomSeq = Callable[[str], Awaitable[int]]
 #: ``(request, response)`` as a response is prepared (aiohttp's ``on_response_prepare``):
 #: counters, indexes and headers that follow what the node served
 ResponseHook = Callable[[web.Request, web.StreamResponse], Awaitable[None]]
@@ -60,6 +63,8 @@ class Hooks:
     tried: list[TriedHook] = field(default_factory=list)
     #: every HTTP response this node prepares, in order
     response: list[ResponseHook] = field(default_factory=list)
+    #: the seq of the node's view of a room (``welcome``); None: read the room's seq from Redis
+    room_seq: RoomSeq | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,6 +90,15 @@ class Hub:
         # room-event observers by event type: a comment or a gift calls none of the sale,
         # room or lottery watchers (``observe``); ``"*"`` hears every event (tests, tools)
         self.observers: dict[str, list[Observer]] = {}
+        # node-local pushes (``send_local``) by event type: what this node shows its viewers
+        # besides the room's events (likes, leaderboard: the room snapshot follows them)
+        self.local_observers: dict[str, list[Observer]] = {}
+        # called with the id of a room this node stops serving (unsubscribed)
+        self.on_drop: list[Callable[[str], None]] = []
+        # presence of users on this node: +1/-1 per connection, summed per user and written
+        # as one batch while the previous one is out (a join storm is thousands a second)
+        self._user_deltas: dict[str, int] = {}
+        self._users_task: asyncio.Task[None] | None = None
         self.gaps = GapRepair(broker, self.keys, self.rooms, self._deliver, history_size=settings.history_size)
         # rooms whose missed events are being read back from the history: what arrives
         # meanwhile waits there, in arrival order (the same dict, read on every message)
@@ -113,13 +122,22 @@ class Hub:
         if self._aux:  # let dropped rooms finish unsubscribing (bounded)
             await asyncio.wait(list(self._aux), timeout=2.0)
         await self.gaps.stop()
-        for t in [*self._tasks, *self._aux]:
+        if self._users_task is not None:  # the last presence batch (bounded, best effort)
+            await asyncio.wait([self._users_task], timeout=2.0)
+        if self._user_deltas:
+            try:
+                await asyncio.wait_for(self.presence.users_connected(self.node, self._user_deltas), 2.0)
+            except Exception as exc:
+                log.warning("hub.presence_not_written", extra={"users": len(self._user_deltas), "err": repr(exc)})
+            self._user_deltas = {}
+        for t in [*self._tasks, *self._aux, *([self._users_task] if self._users_task else [])]:
             t.cancel()
-        for t in [*self._tasks, *self._aux]:
+        for t in [*self._tasks, *self._aux, *([self._users_task] if self._users_task else [])]:
             try:
                 await t
             except (asyncio.CancelledError, Exception):
                 pass
+        self._users_task = None
         self._tasks = []
         self._aux.clear()
 
@@ -153,6 +171,7 @@ class Hub:
             room.recovering.add(conn)
         self.by_user.setdefault(conn.user, set()).add(conn)
         self.metrics.connections.inc()
+        self._user_delta(conn.user, +1)
 
     def leave(self, conn: Conn) -> None:
         self._behind.discard(conn)
@@ -164,10 +183,40 @@ class Hub:
             if room.count() == 0 and room.linger is None:
                 room.linger = asyncio.get_running_loop().call_later(2.0, self._drop_room, room.id)
         mine = self.by_user.get(conn.user)
-        if mine is not None:
+        if mine is not None and conn in mine:
             mine.discard(conn)
             if not mine:
                 del self.by_user[conn.user]
+            self._user_delta(conn.user, -1)
+
+    # ---- presence of users (which nodes hold their connections)
+    def _add_delta(self, user: str, delta: int) -> None:
+        n = self._user_deltas.get(user, 0) + delta
+        if n:
+            self._user_deltas[user] = n
+        else:  # opened and closed within one batch: nothing to write
+            self._user_deltas.pop(user, None)
+
+    def _user_delta(self, user: str, delta: int) -> None:
+        self._add_delta(user, delta)
+        if self._users_task is None and self._user_deltas:
+            self._users_task = asyncio.get_running_loop().create_task(self._write_users(), name="hub.presence")
+
+    async def _write_users(self) -> None:
+        """Write the summed deltas, one batch at a time, until none is left; a failed batch
+        is kept (added back) and tried again half a second later."""
+        try:
+            while self._user_deltas:
+                deltas, self._user_deltas = self._user_deltas, {}
+                try:
+                    await self.presence.users_connected(self.node, deltas)
+                except Exception as exc:
+                    for user, d in deltas.items():
+                        self._add_delta(user, d)
+                    log.warning("hub.presence_write_failed", extra={"users": len(deltas), "err": repr(exc)})
+                    await asyncio.sleep(0.5)
+        finally:
+            self._users_task = None
 
     def _drop_room(self, room_id: str) -> None:
         room = self.rooms.get(room_id)
@@ -175,6 +224,8 @@ class Hub:
             return
         del self.rooms[room_id]
         self.metrics.rooms.set(len(self.rooms))
+        for cb in self.on_drop:
+            cb(room_id)
         loop = asyncio.get_running_loop()
         for coro in (self.broker.unsubscribe(self.keys.room_channel(room_id)), self._clear_online(room_id)):
             task = loop.create_task(coro)
@@ -218,6 +269,11 @@ class Hub:
         """Call ``fn(env)`` for every room event of one of ``types`` this node hears."""
         for t in types:
             self.observers.setdefault(t, []).append(fn)
+
+    def observe_local(self, types: Iterable[str], fn: Observer) -> None:
+        """Call ``fn(env)`` for every node-local event of one of ``types`` (``send_local``)."""
+        for t in types:
+            self.local_observers.setdefault(t, []).append(fn)
 
     def _deliver(self, room: Room, seq: int, env: dict[str, Any]) -> None:
         watchers = self.observers.get(env["t"], ())
@@ -291,6 +347,11 @@ class Hub:
         room = self.rooms.get(room_id)
         if room is None:
             return
+        for observe in self.local_observers.get(env["t"], ()):
+            try:
+                observe(env)
+            except Exception:
+                log.exception("hub.observer_failed", extra={"t": env.get("t")})
         if critical:
             self.flush(room)
             self._send_now(room, env)

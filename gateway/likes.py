@@ -5,7 +5,9 @@ Each ``like`` only adds to this node's in-memory tally. The hub's once-a-second 
 GET for local rooms without new likes, so other nodes' likes show up too) in one pipeline,
 then pushes ``likes {total}`` (the exact total read back from Redis) to this node's viewers
 of each room whose total changed, through ``hub.send_local`` (a counter: coalesced into
-the tick's batch, shed first for slow clients). Late joiners get ``likes`` in ``welcome``.
+the tick's batch, shed first for slow clients). Late joiners get ``likes`` in ``welcome``: the
+total this node last pushed plus its pending tally (the node's room snapshot,
+``gateway.snapshots``, follows the push).
 
 :class:`Likes` is built by ``gateway.wiring`` (``await flush()`` adds the pending tally
 now, e.g. before a show's summary is taken).
@@ -18,7 +20,6 @@ from typing import Any
 
 from aiohttp import web
 
-from livecommerce.auth import Identity
 from livecommerce.likes import LikeTally, PushGate
 from livecommerce.likes_redis import RedisLikes
 from livecommerce.protocol.commands import Like
@@ -67,9 +68,6 @@ class Likes:
     async def like(self, conn: Conn, cmd: Like) -> dict[str, Any] | None:
         self.tally.add(conn.room, cmd.count)
         return None
-
-    async def welcome(self, room: str, ident: Identity) -> dict[str, Any]:
-        return {"likes": await self.total(room)}
 
     async def get_likes(self, request: web.Request) -> web.Response:
         room = request.match_info["room"]

@@ -16,7 +16,8 @@
 * ``GET /api/v1/lotteries/{id}`` (public): before the draw the definition, ``seed_hash``,
   state and entrant count; after it the full record that ``livecommerce lottery verify``
   checks. ``GET /api/v1/rooms/{room}/lotteries``: the room's open lotteries.
-* ``welcome`` carries ``lotteries``: the room's open lotteries, for late joiners.
+* ``welcome`` carries ``lotteries``: the room's open lotteries, for late joiners (from the
+  node's room snapshot, ``gateway.snapshots``; a lottery started here marks it changed).
 
 Built by ``gateway.wiring`` with the lotteries adapter and the room gate (starts and
 entries in a room whose show ended answer ``room_ended``); routes in ``gateway.routes``.
@@ -53,6 +54,7 @@ from .conn import Conn
 from .core import Gateway
 from .idempotency import header_key, idempotent
 from .rooms import RoomGate
+from .snapshots import RoomSnapshots
 from .validation import read_object
 
 log = logging.getLogger("livecommerce.gateway.lottery")
@@ -81,10 +83,11 @@ def _reject(code: EntryReject | EnterResult, lot: Lottery | None = None) -> Exce
 
 
 class LotteryService:
-    def __init__(self, gw: Gateway, store: RedisLotteries, gate: RoomGate) -> None:
+    def __init__(self, gw: Gateway, store: RedisLotteries, gate: RoomGate, views: RoomSnapshots | None = None) -> None:
         self.gw = gw
         self.store = store
         self.gate = gate
+        self.views = views  # the node's room snapshots (welcome lists the room's open lotteries)
         self._open: dict[str, tuple[float, list[Lottery]]] = {}
 
     async def open_in(self, room: str) -> list[Lottery]:
@@ -117,6 +120,8 @@ class LotteryService:
         await self.store.create(lot, seed)
         self._open.pop(room, None)
         seq = await self.gw.publish(room, "lottery.started", lot.public())
+        if self.views is not None:
+            self.views.changed(room)
         log.info("lottery.started", extra={"lottery": lot.id, "room": room, "rule": lot.rule, "k": lot.winners_k})
         return {**lot.public(), "state": "open", "seq": seq}
 
@@ -153,9 +158,6 @@ class LotteryService:
         except Exception:
             log.exception("lottery.on_gift_failed", extra={"room": room, "user": user})
 
-
-    async def welcome(self, room: str, ident: Identity) -> dict[str, Any]:
-        return {"lotteries": [lot.public() for lot in await self.open_in(room)]}
 
     # ---- WebSocket (gateway.routes)
     async def ws_start(self, conn: Conn, cmd: HostAction) -> dict[str, Any]:

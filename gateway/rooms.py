@@ -83,6 +83,7 @@ if TYPE_CHECKING:
     from livecommerce.store import Store
 
     from .likes import Likes
+    from .snapshots import RoomSnapshots
 
 log = logging.getLogger("livecommerce.gateway.rooms")
 
@@ -209,11 +210,13 @@ class RoomsService:
         coupons: CouponsRedis | None = None,
         checkout: Checkout | None = None,
         store: Store | None = None,
+        views: RoomSnapshots | None = None,
     ) -> None:
         self.gw = gw
         self.rooms = rooms
         self.gate = gate
         self.pins = pins
+        self.views = views  # the node's room snapshots: welcome's show and pin come from there
         self.likes = likes  # flushed before the summary is taken
         # what a show's end closes (each None when this node does not serve it)
         self.lotteries = lotteries
@@ -256,6 +259,7 @@ class RoomsService:
         ident.require_host(room)
         meta, changed = await self._step(room, "go_live")
         self.gate.remember(room, "live")
+        self._changed(room)
         pub = public_room(meta)
         if changed:
             await self.gw.publish(room, "room.live", {"title": pub["title"], "host": pub["host"], "live_ms": pub["live_ms"], "by": ident.user})
@@ -278,6 +282,7 @@ class RoomsService:
             await self.likes.flush()
         meta, _ = await self._step(room, "end")
         self.gate.remember(room, "ended")
+        self._changed(room)
         if meta.get("closed"):
             await self._unlist(room, json.loads(meta["closed"]))
             return public_room(meta)
@@ -292,6 +297,7 @@ class RoomsService:
             log.info("room.ended", extra={"room": room, **summary, "closed": closed.to_dict()})
         if stored:
             await self._unlist(room, json.loads(stored))
+        self._changed(room)  # what closed is recorded now
         return public_room(await self.rooms.get(room) or meta)
 
     async def _close_show(self, room: str, meta: dict[str, str], lotteries: LotteryAction) -> Closed:
@@ -348,6 +354,7 @@ class RoomsService:
         payload = pin_payload(product, by=ident.user, now_ms=self.gw.now_ms(), sale=sale)
         await self.pins.set_pin(room, payload)
         seq = await self.gw.publish(room, "product.pinned", payload)
+        self._changed(room)
         return {**payload, "seq": seq}
 
     async def unpin(self, room: str, ident: Identity) -> bool:
@@ -355,7 +362,14 @@ class RoomsService:
         removed = await self.pins.clear_pin(room)
         if removed:
             await self.gw.publish(room, "product.unpinned", {"by": ident.user})
+            self._changed(room)
         return removed
+
+    def _changed(self, room: str) -> None:
+        """A change to what ``welcome`` shows, made through this node: its snapshot is read
+        again by the next joiner here (whatever the broadcast's delay)."""
+        if self.views is not None:
+            self.views.changed(room)
 
     async def _sale(self, room: str, product_id: str) -> dict[str, Any] | None:
         if self.sale_for_product is None:
@@ -386,13 +400,18 @@ class RoomsService:
             raise
 
     async def welcome(self, room: str, ident: Identity) -> dict[str, Any]:
-        meta = await self.rooms.get(room)
-        pin = await self.pins.get_pin(room)
+        """Welcome hook: ``show`` (when the room was created) and ``pin``, from the node's
+        snapshot of the room (``gateway.snapshots``; Redis without one)."""
+        if self.views is not None:
+            show, pin = await self.views.show_and_pin(room)
+        else:
+            meta = await self.rooms.get(room)
+            show, pin = (public_room(meta) if meta is not None else None), await self.pins.get_pin(room)
         if pin is not None and self.sale_for_product is not None:
             pin = with_sale(pin, await self._sale(room, pin["product_id"]))
         out: dict[str, Any] = {"pin": pin}
-        if meta is not None:
-            out["show"] = public_room(meta)
+        if show is not None:
+            out["show"] = show
         return out
 
 
@@ -422,6 +441,7 @@ class RoomsService:
         ident.require_host(info.id)
         if not await self.rooms.create(info):
             raise Conflict(f"room {info.id!r} already exists")
+        self._changed(info.id)  # creating publishes nothing
         meta = await self.rooms.get(info.id)
         assert meta is not None
         log.info("room.created", extra={"room": info.id, "by": ident.user})

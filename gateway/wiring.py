@@ -32,6 +32,8 @@ from livecommerce.points_redis import PointsRedis
 from livecommerce.profiles_redis import ErasureRedis
 from livecommerce.referrals_redis import ReferralsRedis
 from livecommerce.refunds_redis import RefundsRedis
+from livecommerce.room_snapshot import LOCAL_EVENTS, SNAPSHOT_EVENTS
+from livecommerce.room_snapshot_redis import RedisRoomSnapshots
 from livecommerce.rooms_redis import RedisRooms
 from livecommerce.segments_redis import SegmentsRedis
 from livecommerce.store_sql import SqlStore
@@ -60,6 +62,7 @@ from .referrals import Referrals
 from .refunds import AfterSales
 from .rooms import RoomGate, RoomsService
 from .segments import Segments
+from .snapshots import RoomSnapshots
 from .tickets import Tickets
 from .wallet import Outbox, Wallets
 
@@ -125,18 +128,33 @@ def build(gw: Gateway) -> Services:
 
     likes = Likes(gw, RedisLikes(gw.redis, gw.keys, retention_s=gw.s.room_retention_s))
     gw.hub.on_second.append(likes.on_second)
-    gw.hooks.welcome.append(likes.welcome)
+
+    # the node's snapshot of each room it serves: a joiner's welcome from memory (seq, show,
+    # pin, likes, gift board, lotteries, coupon drops), kept current by the room's events
+    lottery_store = RedisLotteries(gw.redis, gw.keys)
+    coupon_store = CouponsRedis(gw.redis, gw.keys)
+    link = getattr(gw.broker, "connected", None)  # the Redis broker's pub/sub link state
+    views = RoomSnapshots(RedisRoomSnapshots(gw.redis, gw.keys, lottery_store, coupon_store), gw.keys,
+                          pending_likes=likes.tally.pending, hearing=link.is_set if link is not None else None)
+    gw.hub.observe(SNAPSHOT_EVENTS, views.observe)
+    gw.hub.observe_local(LOCAL_EVENTS, views.observe_local)
+    gw.hub.on_drop.append(views.forget)
+    gw.hub.on_second.append(views.on_second)
+    add_resubscribe_listener = getattr(gw.broker, "add_resubscribe_listener", None)
+    if add_resubscribe_listener is not None:
+        add_resubscribe_listener(views.on_resubscribed)
+    gw.hooks.room_seq = views.seq
+    gw.hooks.welcome.append(views.welcome)
+    gw.hooks.stop.append(views.stop)
 
     comments = Comments(gw, gate, Badges(RedisBadges(gw.redis, gw.keys)), gw.hooks.comment)
 
-    lotteries = LotteryService(gw, RedisLotteries(gw.redis, gw.keys), gate)
+    lotteries = LotteryService(gw, lottery_store, gate, views)
     gw.hooks.comment.append(lotteries.on_comment)
     gw.hooks.gift.append(lotteries.on_gift)
-    gw.hooks.welcome.append(lotteries.welcome)
     gw.hub.observe(("lottery.started", "lottery.ended", "room.ended"), lotteries.observe)
 
-    coupons = Coupons(gw, CouponsRedis(gw.redis, gw.keys), gate, gw.hooks.tried)
-    gw.hooks.welcome.append(coupons.welcome)
+    coupons = Coupons(gw, coupon_store, gate, gw.hooks.tried, views)
 
     # flash sales and orders: the checkout (Redis stock and holds, the orders log), the node's
     # view of every sale (its local answers to late buyers), campaigns, orders
@@ -159,6 +177,7 @@ def build(gw: Gateway) -> Services:
         coupons=coupons.store,
         checkout=checkout,
         store=store,
+        views=views,
     )
     gw.hooks.comment.append(rooms.count_comment)
     gw.hooks.welcome.append(rooms.welcome)
@@ -175,7 +194,6 @@ def build(gw: Gateway) -> Services:
     gw.hub.on_tick.append(gifts.on_tick)
     gw.hub.on_second.append(gifts.on_second)
     gw.hub.observe(("gift",), gifts.observe)
-    gw.hooks.welcome.append(gifts.welcome)
     gw.hooks.stop.insert(0, gifts.stop)
     points = Points(gw, PointsRedis(gw.redis, gw.keys), durable, store)
     gw.hooks.comment.append(points.on_comment)

@@ -27,7 +27,7 @@ from livecommerce.errors import (
 )
 from livecommerce.protocol.codec import Format, decode_frame
 from livecommerce.protocol.commands import ROLES, parse_command
-from livecommerce.protocol.events import error_frame, reply
+from livecommerce.protocol.events import error_frame, recovery_plan, reply
 
 from .conn import Conn
 from .core import GW_KEY, Gateway
@@ -111,24 +111,31 @@ async def _accept(gw: Gateway, request: web.Request, room_id: str, fmt: Format, 
         fmt,
         ip=ip,
         cmd_bucket=TokenBucket(gw.s.command_rate, gw.s.command_burst),
-        flood=FloodGuard(gw.s.flood_strikes, gw.s.flood_window_s),
         now=now,
     )
     attached = False
     try:
         room = await gw.hub.join(conn)
-        hist = await gw.broker.history(room_id, since, limit=gw.s.history_size)
+        # the room's seq and state: the node's snapshot of the room (memory once the node
+        # serves it, gateway.snapshots); only a recovery (since=) reads the history
+        room_seq = gw.hooks.room_seq
+        top = await room_seq(room_id) if room_seq is not None else 0
+        replay: list[dict[str, Any]] = []
+        recovered = False
+        if since is not None:
+            hist = await gw.broker.history(room_id, since, limit=gw.s.history_size)
+            top, recovered, replay = max(top, hist.top), hist.recovered, list(hist.events)
+        elif room_seq is None:
+            top = await gw.broker.top_seq(room_id)
         extras: dict[str, Any] = {}
         for extra in gw.hooks.welcome:
             extras.update(await extra(room_id, ident))
         # from here to attach nothing awaits, so no broadcast can slip between
         gw.hub.flush(room)
-        top = max(hist.top, room.last_seq)
-        replay = list(hist.events)
-        last = replay[-1]["seq"] if replay else (since or 0)
+        top = max(top, room.last_seq)
         if since is not None:
+            last = replay[-1]["seq"] if replay else since
             replay.extend(e for e in room.recent if e["seq"] > last)
-        from livecommerce.protocol.events import recovery_plan
 
         conn.send(
             {
@@ -138,7 +145,7 @@ async def _accept(gw: Gateway, request: web.Request, room_id: str, fmt: Format, 
                 "d": {
                     "node": gw.s.node_id,
                     "seq": top,
-                    "recovered": hist.recovered if since is not None else False,
+                    "recovered": recovered,
                     "user": ident.user,
                     "role": ident.role,
                     "conn": conn.id,
@@ -147,14 +154,12 @@ async def _accept(gw: Gateway, request: web.Request, room_id: str, fmt: Format, 
             }
         )
         if replay:
-            items = recovery_plan(replay)
-            conn.send({"t": "batch", "room": room_id, "items": items})
+            conn.send({"t": "batch", "room": room_id, "items": recovery_plan(replay)})
             conn.skip_seq = replay[-1]["seq"]
         else:
             conn.skip_seq = top
-        gw.hub.attach(conn, room)
+        gw.hub.attach(conn, room)  # counts the user's connection on this node (batched presence)
         attached = True
-        await gw.presence.user_connected(ident.user, gw.s.node_id, +1)
         log.info("conn.open", extra={"conn": conn.id, "room": room_id, "user": ident.user, "fmt": fmt, "since": since})
         await _receive_loop(gw, conn, ws)
     except LiveCommerceError as exc:
@@ -167,10 +172,6 @@ async def _accept(gw: Gateway, request: web.Request, room_id: str, fmt: Format, 
             del slots[ident.user]
         if attached:
             gw.hub.leave(conn)
-            try:
-                await gw.presence.user_connected(ident.user, gw.s.node_id, -1)
-            except Exception:
-                pass
         conn.closed = True
         log.info("conn.close", extra={"conn": conn.id, "room": room_id, "drops": conn.drops, "code": ws.close_code})
     return ws
@@ -230,7 +231,9 @@ async def handle_frame(gw: Gateway, conn: Conn, data: bytes | str) -> None:
     except LiveCommerceError as exc:
         we = wire_error(exc)
         gw.metrics.errors.labels(we.code).inc()
-        if isinstance(exc, RateLimited) and conn.flood.strike(time.monotonic()):
+        if isinstance(exc, RateLimited) and conn.flood is None:
+            conn.flood = FloodGuard(gw.s.flood_strikes, gw.s.flood_window_s)
+        if isinstance(exc, RateLimited) and conn.flood is not None and conn.flood.strike(time.monotonic()):
             exc = Flooding("kept flooding after rate_limited errors; closing")
             we = wire_error(exc)
         conn.send(error_frame(we.code, exc.message if we.echo else "internal error", cmd_id=cid))

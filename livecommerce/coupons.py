@@ -263,6 +263,21 @@ def coupon_view(drop: CouponDrop, user: str, rec: Mapping[str, Any], *, now_ms: 
     return out
 
 
+def public_drop(d: CouponDrop) -> dict[str, Any]:
+    """A drop as ``welcome``, ``GET /api/v1/coupons/{drop}`` and the room's listing show it
+    (its counts go beside it)."""
+    return {
+        "drop_id": d.id,
+        "room": d.room,
+        "kind": d.kind,
+        "threshold": d.threshold,
+        "value": d.value,
+        "quantity": d.quantity,
+        "expires_ms": d.expires_ms,
+        "by": d.created_by,
+    }
+
+
 def dropped_event(drop: CouponDrop, remaining: int) -> dict[str, Any]:
     """The data of the ``coupon.dropped`` room event."""
     return {

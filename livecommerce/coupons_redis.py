@@ -78,6 +78,17 @@ class Claimed:
     remaining: int
 
 
+def drop_from_replies(meta: Any, left: Any) -> tuple[CouponDrop, dict[str, int]] | None:
+    """A drop and its counts ``{remaining, claimed, used}`` from the ``HGETALL`` of its meta
+    and the ``GET`` of its ``left`` counter (None: no such drop)."""
+    if not meta:
+        return None
+    f = {_s(k): _s(v) for k, v in meta.items()}
+    drop = CouponDrop.from_fields(f)
+    remaining = int(left or 0)
+    return drop, {"remaining": remaining, "claimed": drop.quantity - remaining, "used": int(f.get("used") or 0)}
+
+
 class CouponsRedis:
     """Coupon drops and claims, and the :class:`CouponService` order payment uses."""
 
@@ -91,6 +102,10 @@ class CouponsRedis:
 
     def _k(self, drop_id: str, part: str) -> str:
         return self.keys.entity("coupon", drop_id, part)
+
+    def key(self, drop_id: str, part: str) -> str:
+        """A drop's key (``meta``, ``left``, ...), for readers that pipeline its reads."""
+        return self._k(drop_id, part)
 
     # ------------------------------------------------------------ drops
     async def create_drop(
@@ -133,16 +148,11 @@ class CouponsRedis:
     async def get_drop(self, drop_id: str) -> tuple[CouponDrop, dict[str, int]] | None:
         """The drop and its counts ``{remaining, claimed, used}``, or None."""
         pipe = self._r.pipeline(transaction=False)
-        pipe.hgetall(self._k(drop_id, "meta"))
-        pipe.get(self._k(drop_id, "left"))
+        pipe.hgetall(self.key(drop_id, "meta"))
+        pipe.get(self.key(drop_id, "left"))
         async with guarded():
             meta, left = await pipe.execute()
-        if not meta:
-            return None
-        f = {_s(k): _s(v) for k, v in meta.items()}
-        drop = CouponDrop.from_fields(f)
-        remaining = int(left or 0)
-        return drop, {"remaining": remaining, "claimed": drop.quantity - remaining, "used": int(f.get("used") or 0)}
+        return drop_from_replies(meta, left)
 
     async def members_count(self, drop_id: str) -> int:
         """How many users a segment drop admits (0 for other drops)."""

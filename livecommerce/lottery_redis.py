@@ -79,6 +79,14 @@ def _to_hash(lot: Lottery, seed: str) -> dict[str, str]:
     }
 
 
+def stored_from_reply(raw: Mapping[Any, Any] | None) -> Stored | None:
+    """A lottery from the ``HGETALL`` of its meta hash (None: no such lottery); for readers
+    that pipeline the read with others (the gateway's room snapshot)."""
+    if not raw:
+        return None
+    return _from_hash({_s(k): _s(v) for k, v in raw.items()})
+
+
 def _from_hash(h: Mapping[str, str]) -> Stored:
     lot = Lottery(
         id=h["id"],
@@ -227,9 +235,7 @@ class RedisLotteries:
     async def get(self, lottery_id: str) -> Stored | None:
         async with guarded():
             raw = await self._r.hgetall(self.k(lottery_id, "meta"))
-        if not raw:
-            return None
-        return _from_hash({_s(k): _s(v) for k, v in raw.items()})
+        return stored_from_reply(raw)
 
     async def entrants(self, lottery_id: str) -> list[str]:
         """The ordered entrant list (entry order)."""

@@ -17,6 +17,9 @@ Contract (both implementations, checked by ``tests/test_presence_contract.py``):
 * ``online(rooms, now_ms)`` reads the totals of ``rooms`` (0 for a room nobody reported).
 * ``user_connected(user, node, delta)`` adds ``delta`` (+1 on connect, -1 on close) to the
   user's connections on ``node``; a node at zero (or below) is no longer one of theirs.
+* ``users_connected(node, deltas)`` is ``user_connected`` for many users at once, in one
+  round trip (a join storm adds thousands of viewers a second: the gateway sums the
+  deltas of its connections and writes them as they come, one batch at a time).
 * ``user_nodes(users)`` maps each of ``users`` to the nodes holding at least one of their
   connections (an empty list: offline).
 * Engine errors surface as :class:`~livecommerce.errors.Unavailable`.
@@ -43,6 +46,8 @@ class Presence(Protocol):
     async def online(self, rooms: Sequence[str], *, now_ms: int) -> dict[str, int]: ...
 
     async def user_connected(self, user: str, node: str, delta: int) -> None: ...
+
+    async def users_connected(self, node: str, deltas: Mapping[str, int]) -> None: ...
 
     async def user_nodes(self, users: Sequence[str]) -> dict[str, list[str]]: ...
 
@@ -100,6 +105,10 @@ class MemoryPresence:
             del nodes[node]
             if not nodes:
                 del self._users[user]
+
+    async def users_connected(self, node: str, deltas: Mapping[str, int]) -> None:
+        for user, delta in deltas.items():
+            await self.user_connected(user, node, delta)
 
     async def user_nodes(self, users: Sequence[str]) -> dict[str, list[str]]:
         return {u: [n for n, c in self._users.get(u, {}).items() if c > 0] for u in users}

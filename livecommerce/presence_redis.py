@@ -91,6 +91,24 @@ class RedisPresence:
             if n <= 0:
                 await self._r.hdel(key, node)
 
+    async def users_connected(self, node: str, deltas: Mapping[str, int]) -> None:
+        users = [u for u, d in deltas.items() if d]
+        if not users:
+            return
+        async with guarded():
+            pipe = self._r.pipeline(transaction=False)
+            for user in users:
+                key = self._keys.user_nodes(user)
+                pipe.hincrby(key, node, deltas[user])
+                pipe.expire(key, self._user_ttl_s)
+            res = await pipe.execute()
+            gone = [u for i, u in enumerate(users) if int(res[2 * i]) <= 0]
+            if gone:  # rare (a close whose open was lost): a second round trip
+                pipe = self._r.pipeline(transaction=False)
+                for user in gone:
+                    pipe.hdel(self._keys.user_nodes(user), node)
+                await pipe.execute()
+
     async def user_nodes(self, users: Sequence[str]) -> dict[str, list[str]]:
         if not users:
             return {}

@@ -67,6 +67,17 @@ async def test_user_nodes_are_the_nodes_holding_open_connections(make_presence):
     assert await b.user_nodes(["w"]) == {"w": []}
 
 
+async def test_many_users_connect_and_leave_in_one_call(make_presence):
+    a, b = make_presence(), make_presence()
+    await a.users_connected("n1", {"u1": 2, "u2": 1, "u3": 0})
+    await b.users_connected("n2", {"u1": 1})
+    got = await b.user_nodes(["u1", "u2", "u3"])
+    assert sorted(got["u1"]) == ["n1", "n2"] and got["u2"] == ["n1"] and got["u3"] == []
+    await a.users_connected("n1", {"u1": -2, "u2": -1, "ghost": -1})
+    assert await b.user_nodes(["u1", "u2", "ghost"]) == {"u1": ["n2"], "u2": [], "ghost": []}
+    await a.users_connected("n1", {})
+
+
 async def test_empty_questions_get_empty_answers(make_presence):
     p = make_presence()
     assert await p.report("n1", {}, now_ms=T0) == {}
