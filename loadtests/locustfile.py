@@ -250,6 +250,15 @@ class Host(HttpUser):
             self._post("/api/v1/products", {"id": f"p{i}", "name": f"Load test item {i}", "price": 100 * i},
                        "/api/v1/products", ok=(409,))
         self._post(f"/api/v1/rooms/{ROOM}/live", {}, "/api/v1/rooms/[room]/live", ok=(409,))
+        # sales and lotteries run on the clock, not as weighted tasks: one every LC_SALE_EVERY_S
+        # (LC_LOTTERY_EVERY_S), whatever else the host is doing
+        self.schedule = gevent.spawn(self._on_the_clock)
+
+    def _on_the_clock(self) -> None:
+        while True:
+            self.sale()
+            self.lottery()
+            gevent.sleep(0.25)
 
     def _post(self, path: str, body: dict[str, Any], name: str, ok: tuple[int, ...] = ()) -> Any:
         with self.client.post(path, json=body, headers=self.auth, name=name, catch_response=True) as resp:
@@ -262,6 +271,7 @@ class Host(HttpUser):
             return resp
 
     def on_stop(self) -> None:
+        self.schedule.kill(block=False)
         self.sock.close()
 
     @task(3)
@@ -274,7 +284,6 @@ class Host(HttpUser):
         if not self.sock.closed.is_set():
             self.sock.send("pin", {"product_id": f"p{random.randint(1, 5)}"})
 
-    @task(2)
     def sale(self) -> None:
         if SCENARIO not in ("flash_sale", "mixed"):
             return
@@ -300,7 +309,6 @@ class Host(HttpUser):
             if not self.sock.closed.is_set():
                 self.sock.send("sale.start", {"sale_id": sale_id})
 
-    @task(2)
     def lottery(self) -> None:
         if SCENARIO != "lottery" or time.monotonic() - self.last_lottery < self.lottery_every:
             return
