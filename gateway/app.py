@@ -17,6 +17,7 @@ from livecommerce.redis_conn import connect, is_cluster_url
 from . import routes, wiring
 from .capabilities import CAPABILITIES as CAPABILITIES  # every module that serves part of the API
 from .core import GW_KEY, Gateway
+from .gc_policy import GcPolicy
 from .http import error_middleware
 from .validation import MAX_BODY_BYTES, RequestRules, validation_middleware
 from .ws import ws_handler
@@ -148,6 +149,14 @@ def run(settings: Settings, *, port: int | None = None) -> None:
         pass
     app = build_app(settings)
     app.on_startup.append(drain_on_sigterm(DRAIN_GRACE_S))  # after aiohttp installed its own
+    if settings.gc_freeze:
+        policy = GcPolicy(unfreeze_s=settings.gc_unfreeze_s)
+        app[GW_KEY].hub.on_second.append(policy.on_second)
+
+        async def freeze_after_start(app: web.Application) -> None:
+            policy.install()
+
+        app.on_startup.append(freeze_after_start)
     web.run_app(
         app,
         host=settings.host,

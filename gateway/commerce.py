@@ -268,17 +268,26 @@ class FlashSales:
         sale = view.sale or await self.checkout.sale(sale_id)
         return view.answer(sale, user, qty, self.gw.now_ms())
 
+    def _stock_due(self, sale_id: str) -> bool:
+        """Whether this node's window for the sale's stock figure is open; it closes now
+        (marked before any await, so a commit's many reservations ask Redis once)."""
+        now = time.monotonic()
+        if now - self.last_stock_pub.get(sale_id, 0.0) < self.gw.s.stock_broadcast_ms / 1000:
+            return False
+        self.last_stock_pub[sale_id] = now
+        return True
+
     async def publish_stock(self, sale_id: str, remaining: int, *, final: bool) -> None:
         """Broadcast the sale's stock (one node per window of ``LC_STOCK_BROADCAST_MS``),
         and ``sale.soldout`` after the last unit (always)."""
-        now = time.monotonic()
-        window_ms = self.gw.s.stock_broadcast_ms
-        if not final:
-            if now - self.last_stock_pub.get(sale_id, 0.0) < window_ms / 1000:
-                return
-            if not await self.checkout.sales.claim_stock_broadcast(sale_id, window_ms):
-                return
-        self.last_stock_pub[sale_id] = now
+        if final or self._stock_due(sale_id):
+            await self._broadcast_stock(sale_id, remaining, final=final)
+
+    async def _broadcast_stock(self, sale_id: str, remaining: int, *, final: bool) -> None:
+        if final:
+            self.last_stock_pub[sale_id] = time.monotonic()
+        elif not await self.checkout.sales.claim_stock_broadcast(sale_id, self.gw.s.stock_broadcast_ms):
+            return  # another node has this window
         sale = await self.checkout.sale(sale_id)
         await self.gw.publish(sale.room, "sale.stock", {"sale_id": sale_id, "remaining": remaining}, history=True)
         if final:
@@ -304,8 +313,8 @@ class FlashSales:
         if isinstance(r, Reserved) and not r.duplicate:
             if r.last_unit:
                 self.gw.spawn(self.publish_stock(sale_id, 0, final=True), "stock-final")
-            elif time.monotonic() - self.last_stock_pub.get(sale_id, 0.0) >= self.gw.s.stock_broadcast_ms / 1000:
-                self.gw.spawn(self.publish_stock(sale_id, r.remaining, final=False), "stock")
+            elif self._stock_due(sale_id):
+                self.gw.spawn(self._broadcast_stock(sale_id, r.remaining, final=False), "stock")
         return r
 
     async def start(self, sale_id: str, ident: Identity) -> dict[str, Any]:

@@ -88,6 +88,9 @@ class Settings:
     log_retain_s: int = 86400  # log entries every group has passed are kept this long
     log_max_age_s: int = 30 * 86400  # hard cap: older entries go even if a group lags (0: none)
     retention_interval_s: float = 60.0  # the retention worker's period
+    # the gateway process's garbage collector (gateway/gc_policy.py)
+    gc_freeze: bool = True  # freeze what survives each full collection, so later ones skip it
+    gc_unfreeze_s: float = 600.0  # thaw the frozen objects this often (cyclic garbage among them is reclaimed)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

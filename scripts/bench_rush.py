@@ -2,21 +2,38 @@
 """Flash-sale rush: B WebSocket buyers (default 5,000) rush a sale of S units (default 1,000).
 
 It starts one `livecommerce gateway` and one `livecommerce worker orders` on a throw-away key
-prefix and SQLite file, connects the buyers from several client processes, creates a campaign
-that opens two seconds later, and every buyer sends `buy` the moment `sale.started` arrives.
-Reported: reservations/s over the rush, p50/p99 buy->reply time, the answers by kind, and the
-correctness check (exactly S reserved, stock conserved). In the same run it measures the
-ceiling: the same reserve Lua script called directly (EVALSHA, no gateway, 64 concurrent
-callers) on a fresh sale, and prints the ratio (issue target: at least 25 %).
+prefix and SQLite file (the durable log on Redis Streams, or on a Tansu Kafka broker it starts
+with ``--kafka``), connects the buyers from several client processes, creates a campaign that
+opens two seconds later, and every buyer sends `buy` the moment `sale.started` arrives.
+
+Reported, beside the issue's goals (M2 3/7):
+
+* reservations/s: S divided by the slowest reserved buyer's own buy->reply time (the issue's
+  figure), and the wall-clock rate (S over the time from the first `sale.started` received to
+  the last reservation answered); answers by kind; reply p50 / p99 over every buyer;
+* the same-run ceilings: the per-buy reserve script called directly (EVALSHA, 64 concurrent
+  callers, no gateway), the batch script with N buyers per call (``--ceiling-batch``), and the
+  batch script plus the batch's log append (the whole group commit's Redis work, no gateway);
+* the gateway's CPU over the rush (psutil; the client processes share the 2 cores with it);
+* the invariants: every buyer answered, exactly S reserved (answers and Redis), stock
+  conserved, each reserved order's `order.reserved` on the log exactly once (read back
+  through a fresh consumer group), and `request_id` retries (``--retries`` reserved and
+  sold-out buyers, over HTTP after the rush) answered with the same order or sold_out again.
+
+Buyers stay connected until every answer is in (viewers stay in the show); ``--leave`` makes
+each buyer leave as soon as it is answered (the harness of the issue's "today" figure: the
+disconnects then run inside the rush).
 
     python scripts/bench_rush.py                    # 5,000 buyers, 1,000 units
     python scripts/bench_rush.py -b 2000 -s 100 -p 2
+    python scripts/bench_rush.py --kafka            # the log on Kafka (Tansu, in memory)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import multiprocessing as mp
 import os
@@ -25,13 +42,22 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+import psutil
 
-from livecommerce.auth import issue_token
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from livecommerce.auth import issue_token  # noqa: E402
+
+GOAL_RESERVATIONS_S = 20_000
+GOAL_P99_MS = 250
 
 
 def free_port() -> int:
@@ -45,14 +71,184 @@ def raise_nofile() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def client_proc(idx: int, n: int, port: int, secret: str, sale: str, q: mp.Queue) -> None:
+# ------------------------------------------------------------------ client processes
+def client_proc(idx: int, n: int, port: int, secret: str, sale: str, q: Any, close_evt: Any, leave: bool,
+                kind: str) -> None:
     raise_nofile()
-    asyncio.run(_clients(idx, n, port, secret, sale, q))
+    if kind == "raw":
+        import uvloop
+
+        uvloop.run(_raw_clients(idx, n, port, secret, sale, q, close_evt, leave))
+    else:
+        asyncio.run(_clients(idx, n, port, secret, sale, q, close_evt, leave))
 
 
-async def _clients(idx: int, n: int, port: int, secret: str, sale: str, q: mp.Queue) -> None:
-    results: list[tuple[str, float]] = []
+def _masked(payload: bytes) -> bytes:
+    """A client text frame, masked with a zero key (RFC 6455 allows any key)."""
+    n = len(payload)
+    head = bytes((0x81, 0x80 | n)) if n < 126 else bytes((0x81, 0x80 | 126)) + n.to_bytes(2, "big")
+    return head + b"\x00\x00\x00\x00" + payload
+
+
+class RawBuyer(asyncio.Protocol):
+    """One buyer as a raw asyncio protocol (the load generator must not be the bound): one
+    ``data_received`` per read, frames found by a byte scan, the buy frame built beforehand.
+    Waits for ``welcome``, sends ``buy`` the moment a frame carries ``sale.started`` and
+    records the reply that carries its command id."""
+
+    def __init__(self, handshake: bytes, buy: bytes, rid: str, user: str, tally: Any, leave: bool) -> None:
+        self.handshake, self.buy, self.rid, self.user, self.tally, self.leave = handshake, buy, rid, user, tally, leave
+        self.buf = b""
+        self.upgraded = False
+        self.state = 0  # 0 welcome, 1 waiting for sale.started, 2 waiting for the reply, 3 done
+        self.t0 = 0.0
+        self.started = 0.0
+        self.transport: asyncio.Transport | None = None
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.write(self.handshake)  # type: ignore[attr-defined]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError("closed before welcome"))
+        if self.state < 3:
+            self.tally.lost(self)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        if not self.upgraded:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                self.buf = buf
+                return
+            if not buf.startswith(b"HTTP/1.1 101"):
+                self.ready.set_exception(ConnectionError(buf[:200].decode(errors="replace")))
+                return
+            self.upgraded = True
+            buf = buf[end + 4:]
+        i, n = 0, len(buf)
+        while n - i >= 2:
+            b1 = buf[i + 1] & 0x7F
+            if b1 < 126:
+                h, size = 2, b1
+            elif b1 == 126:
+                if n - i < 4:
+                    break
+                h, size = 4, int.from_bytes(buf[i + 2:i + 4], "big")
+            else:
+                if n - i < 10:
+                    break
+                h, size = 10, int.from_bytes(buf[i + 2:i + 10], "big")
+            if n - i < h + size:
+                break
+            op = buf[i] & 0x0F
+            payload = buf[i + h:i + h + size]
+            i += h + size
+            if op == 9 and self.transport is not None:  # ping
+                self.transport.write(bytes((0x8A, 0x80 | len(payload))) + b"\x00\x00\x00\x00" + payload)
+            elif op in (1, 2):
+                self.frame(payload)
+        self.buf = buf[i:] if i < n else b""
+
+    def frame(self, p: bytes) -> None:
+        if self.state == 1:
+            if b'"sale.started"' in p:
+                self.started = time.time()
+                self.t0 = time.perf_counter()
+                assert self.transport is not None
+                self.transport.write(self.buy)
+                self.state = 2
+        elif self.state == 2:
+            if b'"id":1,' in p or b'"id":1}' in p:
+                took = time.perf_counter() - self.t0
+                m = json.loads(p)
+                items = m["items"] if m.get("t") == "batch" else [m]
+                r = next((e for e in items if e.get("id") == 1), None)
+                if r is None:
+                    return
+                kind = "reserved" if r["t"] == "order.reserved" else (r.get("d") or {}).get("code", r["t"])
+                self.state = 3
+                self.tally.answered((kind, took, (r.get("d") or {}).get("order_id", ""), self.rid, self.user,
+                                     self.started, time.time()))
+                if self.leave and self.transport is not None:
+                    self.transport.close()
+        elif self.state == 0 and b'"welcome"' in p:
+            self.state = 1
+            self.ready.set_result(None)
+
+
+class Tally:
+    def __init__(self, n: int) -> None:
+        self.results: list[Any] = []
+        self.errors: list[str] = []
+        self.left = n
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def answered(self, row: Any) -> None:
+        self.results.append(row)
+        self._one()
+
+    def lost(self, buyer: RawBuyer) -> None:
+        self.errors.append(f"{buyer.user}: connection lost in state {buyer.state}")
+        self._one()
+
+    def _one(self) -> None:
+        self.left -= 1
+        if self.left == 0 and not self.done.done():
+            self.done.set_result(None)
+
+
+async def _raw_clients(idx: int, n: int, port: int, secret: str, sale: str, q: Any, close_evt: Any, leave: bool) -> None:
+    loop = asyncio.get_running_loop()
+    tally = Tally(n)
+    buyers: list[RawBuyer] = []
+    sem = asyncio.Semaphore(100)
     connected = 0
+
+    async def one(i: int) -> None:
+        nonlocal connected
+        user = f"p{idx}b{i}"
+        tok = issue_token(secret, user=user, role="viewer", now_s=int(time.time()), ttl_s=3600)
+        key = base64.b64encode(os.urandom(16)).decode()
+        hs = (f"GET /ws?room=rush&format=json&token={tok} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+              f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+        rid = uuid.uuid4().hex[:12]
+        buy = _masked(json.dumps({"t": "buy", "id": 1, "d": {"sale_id": sale, "qty": 1, "request_id": rid}},
+                                 separators=(",", ":")).encode())
+        async with sem:
+            _, b = await loop.create_connection(lambda: RawBuyer(hs, buy, rid, user, tally, leave), "127.0.0.1", port)
+            await asyncio.wait_for(b.ready, 60)
+        buyers.append(b)
+        connected += 1
+
+    async def report() -> None:
+        while True:
+            q.put(("connected", idx, connected))
+            await asyncio.sleep(0.5)
+
+    rep = asyncio.create_task(report())
+    out = await asyncio.gather(*(one(i) for i in range(n)), return_exceptions=True)
+    failed = [repr(e) for e in out if isinstance(e, BaseException)]
+    for _ in failed:
+        tally._one()
+    q.put(("connected", idx, connected))
+    await tally.done
+    rep.cancel()
+    errors = failed + tally.errors
+    q.put(("done", idx, {"results": tally.results, "errors": errors[:5], "n_errors": len(errors)}))
+    await loop.run_in_executor(None, close_evt.wait)  # the viewers stay until the end
+    for b in buyers:
+        if b.transport is not None:
+            b.transport.close()
+
+
+async def _clients(idx: int, n: int, port: int, secret: str, sale: str, q: Any, close_evt: Any, leave: bool) -> None:
+    # (kind, latency s, order id, request id, user, started at, answered at); times are time.time()
+    results: list[tuple[str, float, str, str, str, float, float]] = []
+    connected = 0
+    socks: list[aiohttp.ClientWebSocketResponse] = []
     conn = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=conn) as http:
         sems = asyncio.Semaphore(100)
@@ -62,26 +258,30 @@ async def _clients(idx: int, n: int, port: int, secret: str, sale: str, q: mp.Qu
             user = f"p{idx}b{i}"
             tok = issue_token(secret, user=user, role="viewer", now_s=int(time.time()), ttl_s=3600)
             async with sems:
-                ws = await http.ws_connect(f"ws://127.0.0.1:{port}/ws?room=rush&format=json&token={tok}", max_msg_size=0, heartbeat=None)
+                ws = await http.ws_connect(f"ws://127.0.0.1:{port}/ws?room=rush&format=json&token={tok}", max_msg_size=0,
+                                           heartbeat=None)
                 await ws.receive_json(timeout=60)
+            socks.append(ws)
             connected += 1
-            try:
-                while True:  # wait for sale.started
-                    m = await ws.receive_json(timeout=600)
-                    items = m["items"] if m["t"] == "batch" else [m]
-                    if any(e["t"] == "sale.started" for e in items):
-                        break
-                t0 = time.perf_counter()
-                await ws.send_json({"t": "buy", "id": 1, "d": {"sale_id": sale, "qty": 1, "request_id": uuid.uuid4().hex[:12]}})
-                while True:
-                    m = await ws.receive_json(timeout=120)
-                    items = m["items"] if m["t"] == "batch" else [m]
-                    r = next((e for e in items if e.get("id") == 1), None)
-                    if r is not None:
-                        kind = "reserved" if r["t"] == "order.reserved" else r.get("d", {}).get("code", r["t"])
-                        results.append((kind, time.perf_counter() - t0))
-                        break
-            finally:
+            while True:  # wait for sale.started
+                m = await ws.receive_json(timeout=600)
+                items = m["items"] if m["t"] == "batch" else [m]
+                if any(e["t"] == "sale.started" for e in items):
+                    break
+            started = time.time()
+            t0 = time.perf_counter()
+            rid = uuid.uuid4().hex[:12]
+            await ws.send_json({"t": "buy", "id": 1, "d": {"sale_id": sale, "qty": 1, "request_id": rid}})
+            while True:
+                m = await ws.receive_json(timeout=120)
+                items = m["items"] if m["t"] == "batch" else [m]
+                r = next((e for e in items if e.get("id") == 1), None)
+                if r is not None:
+                    took = time.perf_counter() - t0
+                    kind = "reserved" if r["t"] == "order.reserved" else r.get("d", {}).get("code", r["t"])
+                    results.append((kind, took, (r.get("d") or {}).get("order_id", ""), rid, user, started, time.time()))
+                    break
+            if leave:
                 await ws.close()
 
         async def report() -> None:
@@ -93,11 +293,14 @@ async def _clients(idx: int, n: int, port: int, secret: str, sale: str, q: mp.Qu
         out = await asyncio.gather(*(buyer(i) for i in range(n)), return_exceptions=True)
         rep.cancel()
         errors = [repr(e) for e in out if isinstance(e, BaseException)]
-    q.put(("done", idx, {"results": results, "errors": errors[:5], "n_errors": len(errors)}))
+        q.put(("done", idx, {"results": results, "errors": errors[:5], "n_errors": len(errors)}))
+        await asyncio.get_running_loop().run_in_executor(None, close_evt.wait)  # the viewers stay until the end
+        await asyncio.gather(*(ws.close() for ws in socks), return_exceptions=True)
 
 
+# ------------------------------------------------------------------ ceilings (no gateway)
 async def raw_ceiling(redis_url: str, prefix: str, seconds: float = 5.0, callers: int = 64) -> float:
-    """Reservations/s of the bare reserve script: EVALSHA from `callers` concurrent tasks."""
+    """Reservations/s of the bare per-buy reserve script: EVALSHA from `callers` concurrent tasks."""
     from livecommerce.flash_sale import Sale
     from livecommerce.flash_sale_redis import RedisFlashSale
     from livecommerce.keys import Keys
@@ -126,6 +329,153 @@ async def raw_ceiling(redis_url: str, prefix: str, seconds: float = 5.0, callers
     return rate
 
 
+async def batch_ceiling(redis_url: str, prefix: str, kafka: str | None, *, per_call: int, with_log: bool,
+                        seconds: float = 5.0, callers: int = 4) -> float:
+    """Reservations/s of the batch script with `per_call` buyers per EVALSHA (each buyer a new
+    user), from `callers` concurrent tasks; `with_log`: each call's events are then appended
+    with one `append_many`, as the gateway's group commit does."""
+    from livecommerce.config import Settings
+    from livecommerce.flash_sale import BatchBuy, Reserved, Sale, request_key
+    from livecommerce.flash_sale_redis import RedisFlashSale
+    from livecommerce.keys import Keys
+    from livecommerce.log import new_event
+    from livecommerce.log_open import open_log
+    from livecommerce.redis_conn import connect
+
+    redis = connect(redis_url)
+    sid = f"bceil{per_call}{'L' if with_log else ''}"
+    sales = RedisFlashSale(redis, Keys(prefix))
+    durable = open_log(Settings.from_env({}, redis_url=redis_url, key_prefix=prefix, kafka_bootstrap=kafka or "",
+                                         kafka_idempotent=False, kafka_partitions=3), redis) if with_log else None
+    now = int(time.time() * 1000)
+    await sales.create(Sale(sid, "r", "p", 100, 10_000_000, 1, now - 1000, now + 3_600_000))
+    await sales.start(sid, now)
+    done = 0
+    stop = time.monotonic() + seconds
+
+    async def caller(c: int) -> None:
+        nonlocal done
+        i = 0
+        while time.monotonic() < stop:
+            t = int(time.time() * 1000)
+            buys = []
+            for _ in range(per_call):
+                i += 1
+                user = f"c{c}u{i}"
+                buys.append(BatchBuy(user, 1, request_key(user, "r"), t, f"{sid}.{c}x{i}"))
+            got = await sales.reserve_batch(sid, buys, request_ids=["r"] * per_call)
+            if durable is not None:
+                await durable.append_many([new_event("orders", r.order_id, "order.reserved", {"order_id": r.order_id},
+                                                     f"{r.order_id}:reserved", t)
+                                           for r in got.results if isinstance(r, Reserved)])
+            done += sum(1 for r in got.results if isinstance(r, Reserved))
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(caller(c) for c in range(callers)))
+    rate = done / (time.monotonic() - t0)
+    if durable is not None:
+        await durable.close()
+    await redis.aclose()
+    return rate
+
+
+# ------------------------------------------------------------------ invariants
+async def read_reserved_events(env: dict[str, str], sale: str, expect: int, timeout_s: float = 30.0) -> dict[str, int]:
+    """event id -> how many times `order.reserved` of this sale is on the log (a fresh group)."""
+    from livecommerce.config import Settings
+    from livecommerce.log_open import open_log
+
+    s = Settings.from_env({k: v for k, v in env.items() if k.startswith("LC_")}, node_id="rush-check")
+    durable = open_log(s)
+    counts: dict[str, int] = {}
+    try:
+        c = await durable.consumer("orders", f"check-{uuid.uuid4().hex[:8]}", "c1")
+        deadline = time.monotonic() + timeout_s
+        quiet_until = 0.0
+        while time.monotonic() < deadline:
+            got = await c.fetch(max_events=1000, timeout_ms=300)
+            for d in got:
+                if d.event.type == "order.reserved" and d.event.data.get("sale_id") == sale:
+                    counts[d.event.id] = counts.get(d.event.id, 0) + 1
+            if got:
+                await c.ack(got)
+            n = sum(counts.values())
+            if n >= expect and not got:
+                if not quiet_until:
+                    quiet_until = time.monotonic() + 1.0  # then a second of nothing more
+                elif time.monotonic() >= quiet_until:
+                    break
+        await c.close()
+    finally:
+        await durable.close()
+    return counts
+
+
+async def retry_buys(base: str, secret: str, sale: str, picks: list[tuple[str, str, str, str]]) -> dict[str, int]:
+    """Send each picked buy again (same user and request_id) over HTTP; count the outcomes."""
+    out = {"same_order": 0, "other_order": 0, "sold_out_again": 0, "other": 0}
+    sem = asyncio.Semaphore(64)
+    async with aiohttp.ClientSession() as h:
+
+        async def one(kind: str, oid: str, rid: str, user: str) -> None:
+            tok = issue_token(secret, user=user, role="viewer", now_s=int(time.time()), ttl_s=3600)
+            async with sem:
+                r = await h.post(f"{base}/api/v1/sales/{sale}/buy", json={"qty": 1, "request_id": rid},
+                                 headers={"Authorization": f"Bearer {tok}"})
+                body = await r.json()
+            if kind == "reserved":
+                same = r.status == 200 and body.get("order_id") == oid and body.get("duplicate") is True
+                out["same_order" if same else "other_order"] += 1
+            elif r.status == 409 and body.get("error", {}).get("code") == "sold_out":
+                out["sold_out_again"] += 1
+            else:
+                out["other"] += 1
+
+        await asyncio.gather(*(one(*p) for p in picks))
+    return out
+
+
+class CpuSampler:
+    """The gateway's CPU seconds (user + system), sampled every 20 ms with wall-clock times."""
+
+    def __init__(self, pid: int) -> None:
+        self.proc = psutil.Process(pid)
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                t = self.proc.cpu_times()
+            except psutil.Error:
+                return
+            self.samples.append((time.time(), t.user + t.system))
+            self._stop.wait(0.02)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+
+    def between(self, t0: float, t1: float) -> float:
+        """CPU seconds spent between two wall-clock times (nearest samples)."""
+        def at(t: float) -> float:
+            best = min(self.samples, key=lambda s: abs(s[0] - t))
+            return best[1]
+
+        return at(t1) - at(t0) if self.samples else 0.0
+
+
+def start_kafka(workdir: Path) -> tuple[Any, str]:
+    from scripts.chaos_rush import start_tansu
+
+    return start_tansu(workdir)
+
+
+# ------------------------------------------------------------------ the run
 async def main(a: argparse.Namespace) -> int:
     raise_nofile()
     prefix = "br" + uuid.uuid4().hex[:8]
@@ -135,19 +485,27 @@ async def main(a: argparse.Namespace) -> int:
     from livecommerce.migrations import upgrade
 
     await upgrade(db)
+    kafka_proc, kafka = (start_kafka(tmp) if a.kafka else (None, None))
     port = free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("LC_")},
            "LC_REDIS_URL": a.redis, "LC_KEY_PREFIX": prefix, "LC_DATABASE_URL": db, "LC_SECRET": secret,
            "LC_LOG_LEVEL": "WARNING", "LC_MAX_CONNS_PER_IP": "100000", "LC_NODE_ID": "rush-gw"}
+    if kafka:
+        env.update(LC_KAFKA_BOOTSTRAP=kafka, LC_KAFKA_IDEMPOTENT="0", LC_KAFKA_SESSION_TIMEOUT_MS="2000",
+                   LC_KAFKA_PARTITIONS="3")
     exe = str(Path(sys.executable).with_name("livecommerce"))
     procs = [subprocess.Popen([exe, "gateway", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),  # noqa: ASYNC220
              subprocess.Popen([exe, "worker", "orders"], env={**env, "LC_NODE_ID": "rush-w"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]  # noqa: ASYNC220
     base = f"http://127.0.0.1:{port}"
     ops = {"Authorization": "Bearer " + issue_token(secret, user="ops", role="ops", now_s=int(time.time()), ttl_s=3600)}
-    out: dict = {"buyers": a.buyers, "stock": a.stock}
+    out: dict[str, Any] = {"buyers": a.buyers, "stock": a.stock, "log": "kafka" if kafka else "redis",
+                           "leave_when_answered": a.leave, "client_procs": a.procs, "client": a.client}
+    workers: list[mp.Process] = []
+    close_evt = mp.Event()
+    load_before = os.getloadavg()
     try:
         async with aiohttp.ClientSession() as h:
-            for _ in range(200):
+            for _ in range(300):
                 try:
                     if (await h.get(base + "/readyz")).status == 200:
                         break
@@ -155,9 +513,10 @@ async def main(a: argparse.Namespace) -> int:
                     pass
                 await asyncio.sleep(0.1)
             sale = f"rush{uuid.uuid4().hex[:6]}"
-            q: mp.Queue = mp.Queue()
+            q: mp.Queue[Any] = mp.Queue()
             per = [a.buyers // a.procs + (1 if i < a.buyers % a.procs else 0) for i in range(a.procs)]
-            workers = [mp.Process(target=client_proc, args=(i, n, port, secret, sale, q)) for i, n in enumerate(per)]
+            workers = [mp.Process(target=client_proc, args=(i, n, port, secret, sale, q, close_evt, a.leave, a.client))
+                       for i, n in enumerate(per)]
             for w in workers:
                 w.start()
             connected = [0] * a.procs
@@ -173,13 +532,24 @@ async def main(a: argparse.Namespace) -> int:
                     break
                 await asyncio.sleep(0.3)
             out["connect_s"] = round(time.monotonic() - t_conn, 1)
+            if os.environ.get("GCPROBE_SIGNAL"):  # measurement aid: the gateway's object count (sitecustomize probe)
+                os.kill(procs[0].pid, int(os.environ["GCPROBE_SIGNAL"]))
+                await asyncio.sleep(3)
             print(f"\r  {sum(connected):,} buyers connected in {out['connect_s']} s; the sale opens in 2 s", flush=True)
+            cpu = CpuSampler(procs[0].pid)
+            cpu.start()
+            clients_cpu0 = sum(psutil.Process(w.pid).cpu_times().user + psutil.Process(w.pid).cpu_times().system
+                               for w in workers if w.pid)
             camp = {"id": sale, "room": "rush", "product_id": "p", "price": 999, "stock": a.stock, "per_user_limit": 1,
                     "starts_ms": int(time.time() * 1000) + 2000, "duration_s": 600, "payment_window_s": 600}
             r = await h.post(base + "/api/v1/campaigns", json=camp, headers=ops)
             assert r.status == 201, await r.text()
-            t_rush = time.monotonic()
-            results: list[tuple[str, float]] = []
+            spy = None
+            if a.profile:
+                spy = subprocess.Popen(["py-spy", "record", "-p", str(procs[0].pid), "-r", "250", "-d", str(a.profile_s),  # noqa: ASYNC220
+                                        "-f", "raw", "-o", a.profile, "--nonblocking"],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            results: list[Any] = []
             errors: list[str] = []
             finished = 0
             while finished < a.procs:
@@ -191,30 +561,70 @@ async def main(a: argparse.Namespace) -> int:
                     out["client_errors"] = out.get("client_errors", 0) + val["n_errors"]
                 print(f"\r  answers {len(results):,}/{a.buyers:,}", end="", flush=True)
             print()
-            for w in workers:
-                w.join(10)
-            rush_s = time.monotonic() - t_rush - 2.0  # the sale opened 2 s after the campaign
+            clients_cpu1 = sum(psutil.Process(w.pid).cpu_times().user + psutil.Process(w.pid).cpu_times().system
+                               for w in workers if w.pid and w.is_alive())
+            cpu.stop()
+            if spy is not None:
+                spy.wait(a.profile_s + 30)
             stats = await (await h.get(f"{base}/api/v1/sales/{sale}/stats", headers=ops)).json()
-        lat = sorted(t for _, t in results)
-        reserved_lat = sorted(t for k, t in results if k == "reserved")
+            # the log before any retry: each reserved order's event exactly once
+            reserved_ids = {oid for k, _, oid, *_ in results if k == "reserved"}
+            print("  reading the log back ...", flush=True)
+            log_counts = await read_reserved_events(env, sale, len(reserved_ids))
+            picks = [(k, oid, rid, user) for k, _, oid, rid, user, *_ in results if k == "reserved"][: a.retries]
+            picks += [(k, oid, rid, user) for k, _, oid, rid, user, *_ in results if k == "sold_out"][: a.retries]
+            retried = await retry_buys(base, secret, sale, picks) if picks else {}
+        close_evt.set()
+        for w in workers:
+            w.join(30)
+        lat = sorted(t for _, t, *_ in results)
+        reserved_lat = sorted(t for k, t, *_ in results if k == "reserved")
         kinds: dict[str, int] = {}
-        for k, _ in results:
+        for k, *_ in results:
             kinds[k] = kinds.get(k, 0) + 1
         pct = lambda xs, p: round(xs[min(len(xs) - 1, int(p * len(xs)))] * 1000, 1) if xs else None  # noqa: E731
         last_reserved = max(reserved_lat) if reserved_lat else 0.0
+        t_first = min(s for *_, s, _ in results) if results else 0.0
+        t_last = max(e for *_, e in results) if results else 0.0
+        t_last_res = max((e for k, *_, e in results if k == "reserved"), default=0.0)
+        rush_s = max(t_last - t_first, 1e-6)
+        server_cpu_s = cpu.between(t_first, t_last)
         out.update(
             answers=kinds,
             errors_sample=errors,
             reservations_per_s=round(kinds.get("reserved", 0) / last_reserved, 1) if last_reserved else 0,
-            answers_per_s=round(len(results) / max(rush_s, 1e-6), 1),
-            reply_ms={"p50": pct(lat, 0.5), "p99": pct(lat, 0.99)},
+            reservations_per_s_wall=round(kinds.get("reserved", 0) / max(t_last_res - t_first, 1e-6), 1),
+            answers_per_s=round(len(results) / rush_s, 1),
+            rush_s=round(rush_s, 3),
+            reply_ms={"p50": pct(lat, 0.5), "p99": pct(lat, 0.99), "max": pct(lat, 1.0)},
+            reserved_reply_ms={"p50": pct(reserved_lat, 0.5), "p99": pct(reserved_lat, 0.99), "max": pct(reserved_lat, 1.0)},
+            server_cpu_s=round(server_cpu_s, 3),
+            server_cpu_pct=round(100 * server_cpu_s / rush_s, 1),
+            clients_cpu_s_rush_and_wait=round(clients_cpu1 - clients_cpu0, 2),
             stats={k: stats[k] for k in ("remaining", "reserved", "paid", "conserved")},
+            log_reserved_events=sum(log_counts.values()),
+            retries=retried,
         )
-        print("  measuring the raw EVALSHA ceiling (5 s) ...", flush=True)
+        print("  measuring the ceilings (no gateway, 5 s each) ...", flush=True)
         ceiling = await raw_ceiling(a.redis, prefix)
-        out["raw_evalsha_reservations_per_s"] = round(ceiling, 1)
-        out["ratio_to_raw"] = round(out["reservations_per_s"] / ceiling, 3) if ceiling else None
+        bceil = await batch_ceiling(a.redis, prefix, kafka, per_call=a.ceiling_batch, with_log=False)
+        bceil_log = await batch_ceiling(a.redis, prefix, kafka, per_call=a.ceiling_batch, with_log=True)
+        out["ceilings"] = {
+            "per_buy_evalsha_64_callers": round(ceiling, 1),
+            f"batch_evalsha_{a.ceiling_batch}_per_call_4_callers": round(bceil, 1),
+            f"batch_evalsha_plus_log_append_{a.ceiling_batch}_per_call_4_callers": round(bceil_log, 1),
+        }
+        res = out["reservations_per_s"]
+        out["ratios"] = {"to_per_buy_evalsha": round(res / ceiling, 3) if ceiling else None,
+                         "to_batch_evalsha": round(res / bceil, 3) if bceil else None,
+                         "to_batch_plus_log": round(res / bceil_log, 3) if bceil_log else None}
     finally:
+        close_evt.set()
+        for w in workers:
+            if w.is_alive():
+                w.join(10)
+            if w.is_alive():
+                w.kill()
         for p in procs:
             p.terminate()
         for p in procs:
@@ -222,15 +632,34 @@ async def main(a: argparse.Namespace) -> int:
                 p.wait(15)
             except subprocess.TimeoutExpired:
                 p.kill()
+        if kafka_proc is not None:
+            kafka_proc.kill9()
         from livecommerce.redis_conn import connect
 
-        r = connect(a.redis)
-        async for k in r.scan_iter(match=f"{prefix}:*", count=1000):
-            await r.delete(k)
-        await r.aclose()
-    ok = out["answers"].get("reserved", 0) == a.stock == out["stats"]["reserved"] + out["stats"]["paid"] and out["stats"]["conserved"]
-    out["exactly_stock_reserved"] = ok
+        rc = connect(a.redis)
+        async for k in rc.scan_iter(match=f"{prefix}:*", count=1000):
+            await rc.delete(k)
+        await rc.aclose()
+    st = out["stats"]
+    answered_all = sum(out["answers"].values()) == a.buyers and not out.get("client_errors")
+    exactly = out["answers"].get("reserved", 0) == a.stock == st["reserved"] + st["paid"]
+    log_once = set(log_counts) == {f"{o}:reserved" for o in reserved_ids} and all(n == 1 for n in log_counts.values())
+    retries_ok = not retried or (retried["other_order"] == 0 and retried["other"] == 0)
+    out["invariants"] = {"every_buyer_answered": answered_all, "exactly_stock_reserved": exactly,
+                         "stock_conserved": bool(st["conserved"]), "log_has_each_order_reserved_once": log_once,
+                         "retries_answered_with_the_same_order": retries_ok}
+    out["load_average"] = {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]}
+    ok = all(out["invariants"].values())
     print(json.dumps(out, indent=2))
+    c = out["ceilings"]
+    print(f"\n  goal: >= {GOAL_RESERVATIONS_S:,} reservations/s, every buyer answered, reply p99 < {GOAL_P99_MS} ms")
+    print(f"  measured: {out['reservations_per_s']:,} reservations/s (wall clock {out['reservations_per_s_wall']:,}/s), "
+          f"reply p50/p99 {out['reply_ms']['p50']}/{out['reply_ms']['p99']} ms, gateway CPU {out['server_cpu_pct']} % "
+          f"of one core over the {out['rush_s']} s rush")
+    print("  same-run ceilings (no gateway): " + ", ".join(f"{k} {v:,}/s" for k, v in c.items()))
+    print("  invariants: " + ", ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in out["invariants"].items()))
+    met = out["reservations_per_s"] >= GOAL_RESERVATIONS_S and (out["reply_ms"]["p99"] or 1e9) < GOAL_P99_MS and answered_all
+    print(f"  goal {'MET' if met else 'NOT MET'}")
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=2))  # noqa: ASYNC240
     return 0 if ok else 1
@@ -242,5 +671,14 @@ if __name__ == "__main__":
     ap.add_argument("-s", "--stock", type=int, default=1000, help="units on sale (default %(default)s)")
     ap.add_argument("-p", "--procs", type=int, default=2, help="client processes (default %(default)s)")
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="Redis URL (default %(default)s)")
+    ap.add_argument("--kafka", action="store_true", help="the durable log on a Tansu Kafka broker started here")
+    ap.add_argument("--client", choices=("raw", "aiohttp"), default="raw",
+                    help="buyers as raw asyncio protocols on uvloop (light) or aiohttp clients (default %(default)s)")
+    ap.add_argument("--leave", action="store_true", help="each buyer disconnects as soon as it is answered")
+    ap.add_argument("--retries", type=int, default=200,
+                    help="reserved and as many sold-out buyers retried with their request_id after the rush (default %(default)s)")
+    ap.add_argument("--ceiling-batch", type=int, default=100, help="buyers per call of the batch ceilings (default %(default)s)")
     ap.add_argument("--json", help="also write the result to this file")
+    ap.add_argument("--profile", help="py-spy the gateway from the campaign on, collapsed stacks to this file")
+    ap.add_argument("--profile-s", type=int, default=8, help="seconds of --profile (default %(default)s)")
     sys.exit(asyncio.run(main(ap.parse_args())))
