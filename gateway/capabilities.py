@@ -12,6 +12,7 @@ CAPABILITIES: list[str] = [
     "gateway.http",
     "gateway.commerce",
     "gateway.rooms",
+    "gateway.catalog", "gateway.bag",
     "gateway.lottery",
     "gateway.wallet", "gateway.gifts", "gateway.coupons", "gateway.points",
     "gateway.refunds", "gateway.tickets", "gateway.fanclub", "gateway.profiles", "gateway.segments", "gateway.funnel",

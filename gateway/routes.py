@@ -21,15 +21,29 @@ def http_routes(s: Services) -> list[Route]:
         # rooms: comments (and announcements) and likes
         Route("POST", "/api/v1/rooms/{room}/announce", s.comments.announce),
         Route("GET", "/api/v1/rooms/{room}/likes", s.likes.get_likes),
-        # rooms: life cycle, products, the pin
+        # rooms: life cycle, the pin
         Route("POST", "/api/v1/rooms", s.rooms.http_create),
         Route("GET", "/api/v1/rooms/{room}", s.rooms.http_get),
         Route("POST", "/api/v1/rooms/{room}/live", s.rooms.http_live),
         Route("POST", "/api/v1/rooms/{room}/end", s.rooms.http_end),
-        Route("POST", "/api/v1/products", s.rooms.http_create_product),
-        Route("GET", "/api/v1/products/{product}", s.rooms.http_get_product),
         Route("POST", "/api/v1/rooms/{room}/pin", s.rooms.http_pin),
         Route("DELETE", "/api/v1/rooms/{room}/pin", s.rooms.http_unpin),
+        # the catalogue: products with SKUs
+        Route("POST", "/api/v1/products", s.catalog.http_create),
+        Route("GET", "/api/v1/products", s.catalog.http_list),
+        Route("GET", "/api/v1/products/{product}", s.catalog.http_get),
+        Route("PATCH", "/api/v1/products/{product}", s.catalog.http_patch),
+        Route("DELETE", "/api/v1/products/{product}", s.catalog.http_archive),
+        Route("POST", "/api/v1/products/{product}/skus", s.catalog.http_add_sku),
+        Route("PATCH", "/api/v1/products/{product}/skus/{sku}", s.catalog.http_patch_sku),
+        Route("DELETE", "/api/v1/products/{product}/skus/{sku}", s.catalog.http_archive_sku),
+        # the room's product list (小黄车)
+        Route("GET", "/api/v1/rooms/{room}/bag", s.bags.http_get),
+        Route("PUT", "/api/v1/rooms/{room}/bag", s.bags.http_put),
+        Route("POST", "/api/v1/rooms/{room}/bag/items", s.bags.http_add),
+        Route("DELETE", "/api/v1/rooms/{room}/bag/items/{product}", s.bags.http_remove),
+        Route("PUT", "/api/v1/rooms/{room}/bag/order", s.bags.http_order),
+        Route("PUT", "/api/v1/rooms/{room}/bag/explaining", s.bags.http_explain),
         # flash sales: campaigns, the sale lifecycle, buy; orders; campaign funnels
         Route("POST", "/api/v1/campaigns", s.sales.create_campaigns),
         Route("GET", "/api/v1/campaigns", s.sales.list_campaigns),

@@ -15,6 +15,9 @@ from aiohttp import web
 
 from livecommerce.badges import Badges
 from livecommerce.badges_redis import RedisBadges
+from livecommerce.bag_redis import RedisBags
+from livecommerce.catalog_redis import RedisCatalog
+from livecommerce.catalog_sync import Catalogue
 from livecommerce.checkout import Checkout
 from livecommerce.coupons_redis import CouponsRedis
 from livecommerce.experiments_redis import ExperimentsRedis
@@ -39,7 +42,9 @@ from livecommerce.segments_redis import SegmentsRedis
 from livecommerce.store_sql import SqlStore
 from livecommerce.wallet_redis import RedisWallet
 
+from .bag import RoomBags
 from .capabilities import CAPABILITIES
+from .catalog import CatalogService
 from .comments import Comments
 from .commerce import SALE_EVENTS, FlashSales, Orders
 from .core import Gateway
@@ -100,6 +105,9 @@ class Services:
     experiments: Experiments
     feed: Feed
     segments: Segments
+    # the catalogue and the rooms' product lists
+    catalog: CatalogService
+    bags: RoomBags
     # flash sales, orders, campaign funnels
     checkout: Checkout
     sales: FlashSales
@@ -183,6 +191,18 @@ def build(gw: Gateway) -> Services:
     gw.hooks.welcome.append(rooms.welcome)
     gw.hub.on_second.append(rooms.tick)
 
+    # the catalogue (products with SKUs) and each room's product list (小黄车): the lists
+    # follow their products' changes; welcome reads the node's copy of each served room's list
+    products = RedisCatalog(gw.redis, gw.keys)
+    bags = RoomBags(gw, RedisBags(gw.redis, gw.keys), products, gate.host)
+    gw.hooks.welcome.append(bags.welcome)
+    gw.hub.observe(("bag.changed",), bags.observe)
+    gw.hub.on_second.append(bags.on_second)
+    add_resubscribe_listener = getattr(gw.broker, "add_resubscribe_listener", None)
+    if add_resubscribe_listener is not None:
+        add_resubscribe_listener(bags.on_resubscribed)
+    catalog = CatalogService(gw, Catalogue(products, store), [bags.product_changed])
+
     # money: the wallet and its outbox (the gift path's too), gifts, points, after-sales
     wallet = RedisWallet(gw.redis, gw.keys)
     outbox = Outbox(durable, wallet)
@@ -249,7 +269,7 @@ def build(gw: Gateway) -> Services:
     gw.hooks.response.append(funnel.on_response)
     gw.hooks.stop.insert(0, funnel.flush)
 
-    return Services(checkout=checkout, sales=sales, orders=orders, funnel=funnel, likes=likes, comments=comments, room_gate=gate, lotteries=lotteries, coupons=coupons, rooms=rooms,
+    return Services(catalog=catalog, bags=bags, checkout=checkout, sales=sales, orders=orders, funnel=funnel, likes=likes, comments=comments, room_gate=gate, lotteries=lotteries, coupons=coupons, rooms=rooms,
                     health=health, ops=ops, pages=pages, openapi=openapi, experiments=experiments, feed=feed, segments=segments,
                     store=store, log=durable, wallet=wallet, wallet_outbox=outbox, wallets=wallets, gifts=gifts, points=points,
                     aftersales=aftersales, tickets=tickets, fanclub=fanclub, profiles=profiles, growth=growth,

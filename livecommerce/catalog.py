@@ -725,27 +725,45 @@ def decide_stock(stock: SkuStock, *, set_to: int | None = None, add: int | None 
 # ------------------------------------------------------------------------------ files
 
 
-def load_catalog_file(path: str | Path) -> list[Draft]:
+def load_catalog_file(path: str | Path, *, owner: str = "") -> list[Draft]:
     """Read a catalogue file: ``.csv`` (one row per SKU) or ``.yaml``/``.yml``/``.json``
     (``products: [...]``, a list, or one product). Returns the validated drafts in file
-    order. See ``docs/commerce.md`` for both formats.
+    order; a product without ``owner`` gets ``owner``. See ``docs/commerce.md`` for both
+    formats.
 
     Raises:
         InvalidProduct: the file cannot be read, or an entry is invalid; ``field`` names
             where (``row 4 (tea-set/red-M): price``, ``products[1].skus[0].price``).
     """
+    return _read(path, owner, None)
+
+
+def check_catalog_file(path: str | Path, *, owner: str = "") -> tuple[list[Draft], list[InvalidProduct]]:
+    """As :func:`load_catalog_file`, but every bad row or product is collected instead of
+    stopping at the first (a file that cannot be read or has a bad header is one error).
+    The drafts are those that validated."""
+    errors: list[InvalidProduct] = []
+    try:
+        drafts = _read(path, owner, errors)
+    except InvalidProduct as exc:
+        return [], [exc]
+    return drafts, errors
+
+
+def _read(path: str | Path, owner: str, errors: list[InvalidProduct] | None) -> list[Draft]:
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidProduct("file", f"cannot read {str(p)!r}: {exc}") from exc
     if p.suffix.lower() == ".csv":
-        return parse_catalog_csv(text)
-    return parse_catalog_yaml(text)
+        return parse_catalog_csv(text, owner=owner, errors=errors)
+    return parse_catalog_yaml(text, owner=owner, errors=errors)
 
 
-def parse_catalog_yaml(text: str) -> list[Draft]:
-    """A YAML (or JSON) catalogue document; see :func:`load_catalog_file`.
+def parse_catalog_yaml(text: str, *, owner: str = "", errors: list[InvalidProduct] | None = None) -> list[Draft]:
+    """A YAML (or JSON) catalogue document; see :func:`load_catalog_file`. With ``errors``,
+    a bad product is added there and the others are still read.
 
     Raises:
         InvalidProduct: it does not parse, has the wrong shape, repeats a product id, or a
@@ -770,9 +788,15 @@ def parse_catalog_yaml(text: str) -> list[Draft]:
     seen: set[str] = set()
     for i, item in enumerate(items):
         where = f"products[{i}]."
-        d = validate_product(item, where=where)
-        if d.product.id in seen:
-            raise InvalidProduct(where + "id", f"product {d.product.id!r} is listed twice in this file")
+        try:
+            d = validate_product(item, where=where, owner=owner)
+            if d.product.id in seen:
+                raise InvalidProduct(where + "id", f"product {d.product.id!r} is listed twice in this file")
+        except InvalidProduct as exc:
+            if errors is None:
+                raise
+            errors.append(exc)
+            continue
         seen.add(d.product.id)
         out.append(d)
     return out
@@ -783,13 +807,15 @@ CSV_SKU_COLUMNS = ("sku", "price", "stock", "sku_image")
 OPTION_PREFIX = "option:"
 
 
-def parse_catalog_csv(text: str) -> list[Draft]:
+def parse_catalog_csv(text: str, *, owner: str = "", errors: list[InvalidProduct] | None = None) -> list[Draft]:
     """A CSV catalogue: a header row, then one row per SKU. Columns: ``product_id``,
     ``name`` (required), ``description``, ``category``, ``image``, ``owner`` (product
     fields: the first non-empty cell counts, a different one later is an error), ``sku``,
     ``price`` (required), ``stock``, ``sku_image``, and one ``option:<name>`` column per
     option (``option:colour``, ``option:size``). Rows are numbered as a spreadsheet shows
-    them (the header is row 1).
+    them (the header is row 1). A product without ``owner`` gets ``owner``. With
+    ``errors``, each bad row (and each product whose rows do not make a valid product) is
+    added there and the rest is still read; a bad header still raises.
 
     Raises:
         InvalidProduct: an unknown or missing column, or a bad row (``row 4
@@ -811,25 +837,62 @@ def parse_catalog_csv(text: str) -> list[Draft]:
     for need in ("product_id", "name", "price"):
         if need not in header:
             raise InvalidProduct("row 1", f"the column {need!r} is required")
-    options = [h for h in header if h.startswith(OPTION_PREFIX)]
-    products: dict[str, dict[str, Any]] = {}
-    first_row: dict[str, dict[str, int]] = {}
-    rows: dict[str, list[int]] = {}
-    labels: dict[str, list[str]] = {}  # each row's SKU id (given or made from its options)
+    sheet = _Sheet(header)
     try:
         for n, cells in enumerate(reader, start=2):
             if not any(c.strip() for c in cells):
                 continue
-            if len(cells) != len(header):
-                raise InvalidProduct(f"row {n}", f"has {len(cells)} cells, the header has {len(header)}")
-            row = dict(zip(header, (c.strip() for c in cells), strict=True))
-            pid = row["product_id"]
-            where = f"row {n} ({pid or '?'}/{row.get('sku') or '?'}): "
-            if not pid:
-                raise InvalidProduct(f"row {n}", "product_id is empty")
-            check_id(pid, where + "product_id")
-            prod = products.setdefault(pid, {"id": pid, "skus": []})
-            seen_at = first_row.setdefault(pid, {})
+            try:
+                sheet.row(n, cells)
+            except InvalidProduct as exc:
+                if errors is None:
+                    raise
+                errors.append(exc)
+    except csv.Error as exc:
+        raise InvalidProduct(f"row {reader.line_num}", f"is not CSV: {exc}") from exc
+    if not sheet.products and not errors:
+        raise InvalidProduct("file", "has a header but no product rows")
+    out = []
+    for pid, prod in sheet.products.items():
+        if pid in sheet.broken:
+            continue  # its bad row is reported already
+        try:
+            out.append(validate_product(prod, owner=owner))
+        except InvalidProduct as exc:
+            err = sheet.located(pid, exc)
+            if errors is None:
+                raise err from exc
+            errors.append(err)
+    return out
+
+
+class _Sheet:
+    """The rows of a CSV catalogue gathered per product (:func:`parse_catalog_csv`)."""
+
+    def __init__(self, header: list[str]) -> None:
+        self.header = header
+        self.options = [h for h in header if h.startswith(OPTION_PREFIX)]
+        self.products: dict[str, dict[str, Any]] = {}
+        self.first_row: dict[str, dict[str, int]] = {}  # product -> field -> the row that gave it
+        self.rows: dict[str, list[int]] = {}  # product -> its SKUs' rows
+        self.labels: dict[str, list[str]] = {}  # product -> each row's SKU id (given or made from its options)
+        self.broken: set[str] = set()  # products with a bad row
+
+    def row(self, n: int, cells: list[str]) -> None:
+        """Add row ``n``. Raises: InvalidProduct naming the row."""
+        if len(cells) != len(self.header):
+            raise InvalidProduct(f"row {n}", f"has {len(cells)} cells, the header has {len(self.header)}")
+        row = dict(zip(self.header, (c.strip() for c in cells), strict=True))
+        pid = row["product_id"]
+        attrs = {o[len(OPTION_PREFIX):]: row[o] for o in self.options if row[o] != ""}
+        made_id = "-".join(attrs.values()) or "default"
+        where = f"row {n} ({pid or '?'}/{row.get('sku') or made_id}): "
+        if not pid:
+            raise InvalidProduct(f"row {n}", "product_id is empty")
+        check_id(pid, where + "product_id")
+        try:
+            prod = self.products.setdefault(pid, {"id": pid, "skus": []})
+            seen_at = self.first_row.setdefault(pid, {})
             for col in CSV_PRODUCT_COLUMNS[1:]:
                 if col not in row or row[col] == "":
                     continue
@@ -845,28 +908,23 @@ def parse_catalog_csv(text: str) -> list[Draft]:
                 sku["stock"] = row["stock"]
             if row.get("sku_image"):
                 sku["image"] = row["sku_image"]
-            attrs = {o[len(OPTION_PREFIX):]: row[o] for o in options if row[o] != ""}
             if attrs:
                 sku["attrs"] = attrs
             try:
                 made, _ = validate_sku(sku, where="", index=len(prod["skus"]))
             except InvalidProduct as exc:
                 raise InvalidProduct(where + exc.field, exc.problem) from exc
-            prod["skus"].append(sku)
-            labels.setdefault(pid, []).append(made.id)
-            rows.setdefault(pid, []).append(n)
-    except csv.Error as exc:
-        raise InvalidProduct(f"row {reader.line_num}", f"is not CSV: {exc}") from exc
-    if not products:
-        raise InvalidProduct("file", "has a header but no product rows")
-    out = []
-    for pid, prod in products.items():
-        try:
-            out.append(validate_product(prod))
-        except InvalidProduct as exc:
-            m = re.match(r"skus\[(\d+)\]\.(.*)", exc.field)
-            if m:  # name the spreadsheet row, not the list position
-                i = int(m.group(1))
-                raise InvalidProduct(f"row {rows[pid][i]} ({pid}/{labels[pid][i]}): {m.group(2)}", exc.problem) from exc
-            raise InvalidProduct(f"rows {', '.join(map(str, rows[pid]))} ({pid}): {exc.field}", exc.problem) from exc
-    return out
+        except InvalidProduct:
+            self.broken.add(pid)
+            raise
+        prod["skus"].append(sku)
+        self.labels.setdefault(pid, []).append(made.id)
+        self.rows.setdefault(pid, []).append(n)
+
+    def located(self, pid: str, exc: InvalidProduct) -> InvalidProduct:
+        """``exc`` (from validating the whole product) naming the spreadsheet row."""
+        m = re.match(r"skus\[(\d+)\]\.(.*)", exc.field)
+        if m:
+            i = int(m.group(1))
+            return InvalidProduct(f"row {self.rows[pid][i]} ({pid}/{self.labels[pid][i]}): {m.group(2)}", exc.problem)
+        return InvalidProduct(f"rows {', '.join(map(str, self.rows[pid]))} ({pid}): {exc.field}", exc.problem)

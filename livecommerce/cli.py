@@ -37,6 +37,7 @@ from .errors import ConfigError, LiveCommerceError
 CLI_MODULES = [
     "livecommerce.cli_db",
     "livecommerce.cli_campaign",
+    "livecommerce.cli_catalog",
     "livecommerce.cli_lottery",
     "livecommerce.devcluster.cli",
     "livecommerce.cli_profiles",

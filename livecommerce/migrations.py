@@ -60,6 +60,7 @@ V2_TABLES = ("tickets", "ticket_events", "profiles", "fan_members", "erasures", 
 V3_TABLES = ("growth_facts", "growth_days", "growth_users", "exp_exposures")
 V4_TABLES = ("profiles_base",)
 V5_TABLES = ("points_balances",)
+V6_TABLES = ("catalog_products", "catalog_skus", "catalog_stock_moves")
 
 # the columns step 2 added to ``refunds`` (the request's core columns came with step 1)
 REFUNDS_V2_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -134,6 +135,11 @@ def _v5_points_balances(conn: Connection) -> None:
     ))
 
 
+def _v6_catalog(conn: Connection) -> None:
+    """Issue 19: the catalogue of products with SKUs and its stock moves."""
+    _create(conn, V6_TABLES)
+
+
 STEPS: list[tuple[int, str, Step]] = [
     (
         1,
@@ -144,6 +150,7 @@ STEPS: list[tuple[int, str, Step]] = [
     (3, "growth: facts, active days, viewers' growth rows, experiment exposures", _v3_growth),
     (4, "retention: profiles_base (the fold of the log entries retention trimmed)", _v4_retention),
     (5, "points_balances: each user's points balance per role, kept with the ledger", _v5_points_balances),
+    (6, "catalogue: products with SKUs, their stock moves", _v6_catalog),
 ]
 LATEST = STEPS[-1][0]
 

@@ -409,3 +409,49 @@ profiles_base = Table(
     Column("data", JSON, nullable=False),
     Column("updated_ms", BigInteger, nullable=False),
 )
+
+# ---------- step 6 (the shopping bag): the catalogue of products with SKUs (catalog_sql)
+# Redis decides (definitions, stock, holds: catalog_redis); SQL remembers each definition at
+# its latest version and every stock move, so that sum(moves.delta) == skus.stocked per SKU.
+# The step-1 ``products`` table above is the pin era's, never written.
+
+catalog_products = Table(
+    "catalog_products",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("owner_id", String(ID), nullable=False, index=True),  # "" for a platform product
+    Column("name", String(200), nullable=False),
+    Column("category", String(64), nullable=False, default=""),
+    Column("state", String(16), nullable=False),  # catalog.ProductState
+    Column("v", Integer, nullable=False),  # the definition's version in Redis
+    Column("definition", JSON, nullable=False),  # catalog.Product.definition()
+    Column("created_ms", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+)
+
+catalog_skus = Table(
+    "catalog_skus",
+    metadata,
+    Column("product_id", String(ID), ForeignKey("catalog_products.id"), nullable=False),
+    Column("sku_id", String(ID), nullable=False),
+    Column("attrs", JSON, nullable=False),
+    Column("price", BigInteger, nullable=False),  # cents
+    Column("image", String(500), nullable=False, default=""),
+    Column("state", String(16), nullable=False),
+    Column("stocked", BigInteger, nullable=False, default=0),  # the sum of this SKU's moves
+    PrimaryKeyConstraint("product_id", "sku_id", name="pk_catalog_skus"),
+)
+
+catalog_stock_moves = Table(
+    "catalog_stock_moves",
+    metadata,
+    Column("event_id", String(200), primary_key=True),  # <product>/<sku>/<seq> (catalog_redis.Move)
+    Column("product_id", String(ID), nullable=False),
+    Column("sku_id", String(ID), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("delta", BigInteger, nullable=False),
+    Column("reason", String(32), nullable=False),  # create | set | add | load
+    Column("by_user", String(ID), nullable=False, default=""),
+    Column("ts_ms", BigInteger, nullable=False),
+    Index("ix_catalog_moves_sku", "product_id", "sku_id", "seq"),
+)

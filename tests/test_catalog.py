@@ -185,7 +185,7 @@ def test_a_csv_file_makes_products_from_sku_rows() -> None:
 @pytest.mark.parametrize(("text", "where"), [
     ("product_id,name,price,colour\n", "row 1: unknown column 'colour'"),
     ("product_id,name\n", "row 1: the column 'price' is required"),
-    ("product_id,name,price\ntee,Tee,abc\n", "row 2 (tee/?): price: must be integer cents"),
+    ("product_id,name,price\ntee,Tee,abc\n", "row 2 (tee/default): price: must be integer cents"),
     ("product_id,name,price,sku\ntee,Tee,1,a\ntee,Other,1,b\n", "row 3 (tee/b): name: 'Other' differs from 'Tee' on row 2"),
     ("product_id,name,price,option:c\ntee,Tee,1,r\ntee,,2,r\n", "row 3 (tee/r): attrs: {'c': 'r'} is already another SKU"),
     ("product_id,name,price\n,Tee,1\n", "row 2: product_id is empty"),

@@ -40,6 +40,7 @@ CRITICAL_TYPES = frozenset(
         "room.live",
         "room.ended",
         "product.pinned",
+        "bag.changed",
         "points",
         "resync",
     }
