@@ -1,9 +1,17 @@
-"""``gift {gift_id, count, combo_id?}``: wallet debit, combo broadcast, leaderboards.
+"""``gift {gift_id, count, combo_id?, request_id?}``: wallet debit, combo broadcast, leaderboards.
 
-A gift is one wallet script (debit, never below zero, error ``insufficient_funds``; the
-combo grows in the same step; the ``gift.sent`` event goes to the wallet outbox), then the
-log append (topic ``gifts``). The reply is ``ack`` with ``d: {balance, combo_id, total,
-value}``.
+A gift is a wallet debit (never below zero, error ``insufficient_funds``; the combo grows in
+the same step; the ``gift.sent`` event goes to the wallet outbox), then the log append
+(topic ``gifts``). The reply is ``ack`` with ``d: {balance, combo_id, total, value}``.
+
+Group commit (the gift storm): the gifts that arrive within one turn of the event loop
+(:class:`GiftBatcher`) go to Redis together (:meth:`RedisWallet.send_gifts`: on Redis
+Cluster one script call per wallet shard, concurrently; on one Redis the batch's shards in
+one call), and their events to the log in one ``append_many``; each gift is still decided
+in arrival order exactly as alone (:func:`livecommerce.wallet.decide_gift_batch`). With a
+``request_id`` a gift is debited at most once: a retry (after a lost reply, a dead gateway,
+an ``unavailable``) answers the first outcome's ``ack`` and debits nothing, and the same id
+for another gift is ``idempotency_conflict``. Without one, a retry is a new gift.
 
 Broadcast: sends are summed per ``(room, user, gift, combo)`` on this node and published
 once per tick as one ``gift`` event ``{user, name, gift_id, gift_name, tier, price,
@@ -28,19 +36,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import Counter
 
 from livecommerce.auth import Identity
-from livecommerce.errors import Unavailable
+from livecommerce.errors import IdempotencyConflict, Unavailable
 from livecommerce.gifts import GiftTally, catalogue_payload, load_catalogue
 from livecommerce.leaderboard import BoardGate, BoardTally, clamp_top, ranked
 from livecommerce.leaderboard_redis import RedisLeaderboards
 from livecommerce.protocol.commands import Gift
 from livecommerce.protocol.events import envelope, reply
-from livecommerce.wallet import InsufficientFunds
-from livecommerce.wallet_redis import RedisWallet
+from livecommerce.wallet import InsufficientFunds, shard_of
+from livecommerce.wallet_redis import (
+    GiftOrder,
+    GiftRefused,
+    GiftReplayed,
+    GiftResult,
+    RedisWallet,
+    SentGift,
+)
 
 from .conn import Conn
 from .core import Gateway
@@ -51,6 +68,82 @@ from .wallet import Outbox
 log = logging.getLogger("livecommerce.gateway.gifts")
 
 LEADERBOARD_TOP = 10
+MAX_BATCH = 512  # gifts per group commit
+MAX_IN_FLIGHT = 2  # group commits awaiting Redis at once; later gifts gather for the next
+
+
+class GiftBatcher:
+    """Group commit of gift debits: gifts submitted within one loop turn (and those that
+    arrive while ``max_in_flight`` batches are out) become one :meth:`RedisWallet.send_gifts`
+    call, then one log ``append_many`` of the debited gifts' events; only then is each
+    gift's future resolved, so an ``ack`` still means "debited and logged" (or left in the
+    outbox for the sweeper when the log is down, as for a lone gift)."""
+
+    def __init__(self, wallet: RedisWallet, outbox: Outbox, now_ms: Callable[[], int], *, max_batch: int = MAX_BATCH,
+                 max_in_flight: int = MAX_IN_FLIGHT, on_batch: Callable[[int, int], None] | None = None) -> None:
+        self.wallet = wallet
+        self.outbox = outbox
+        self.now_ms = now_ms
+        self.max_batch = max_batch
+        self.max_in_flight = max_in_flight
+        self.on_batch = on_batch  # (gifts, script calls) per batch, for metrics
+        self._pending: list[tuple[GiftOrder, asyncio.Future[GiftResult]]] = []
+        self._scheduled = False
+        self._in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def submit(self, order: GiftOrder) -> asyncio.Future[GiftResult]:
+        """Queue ``order`` for the next batch; the future gets its result or the batch's
+        error (``Unavailable``)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[GiftResult] = loop.create_future()
+        self._pending.append((order, fut))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._kick)
+        return fut
+
+    def _kick(self) -> None:
+        self._scheduled = False
+        loop = asyncio.get_running_loop()
+        while self._pending and self._in_flight < self.max_in_flight:
+            batch = self._pending[: self.max_batch]
+            del self._pending[: self.max_batch]
+            self._in_flight += 1
+            task = loop.create_task(self._run(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, batch: list[tuple[GiftOrder, asyncio.Future[GiftResult]]]) -> None:
+        try:
+            results = await self.wallet.send_gifts([o for o, _ in batch], now_ms=self.now_ms())
+            sent = [r.event for r in results if isinstance(r, SentGift)]
+            if sent:
+                await self.outbox.emit_many(sent)
+        except Exception as exc:
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(Unavailable(exc.message) if isinstance(exc, Unavailable) else exc)
+        else:
+            for (_, fut), r in zip(batch, results, strict=True):
+                if not fut.done():
+                    fut.set_result(r)
+            if self.on_batch is not None:
+                self.on_batch(len(batch), len({shard_of(o.user) for o, _ in batch}))
+        finally:
+            self._in_flight -= 1
+            if self._pending and not self._scheduled:
+                self._scheduled = True
+                asyncio.get_running_loop().call_soon(self._kick)
+
+    async def stop(self) -> None:
+        """Shutdown: let the batches out finish (and the queued ones run)."""
+        while self._tasks or self._pending:
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            else:
+                self._kick()
+                await asyncio.sleep(0)
 
 
 class Gifts:
@@ -68,6 +161,16 @@ class Gifts:
         self.gate = BoardGate()
         self.dirty: set[str] = set()  # rooms whose board may have moved since the last push
         self._flushing: asyncio.Task[None] | None = None
+        r = gw.metrics.registry
+        self.m_batches = Counter("lc_gift_batches", "Gift group commits (one wallet pipeline + one log append each)", registry=r)
+        self.m_batch_gifts = Counter("lc_gift_batch_gifts", "Gifts decided in group commits", registry=r)
+        self.m_batch_calls = Counter("lc_gift_batch_calls", "Wallet script calls of group commits (one per shard)", registry=r)
+        self.batcher = GiftBatcher(wallet, outbox, gw.now_ms, on_batch=self._count_batch)
+
+    def _count_batch(self, gifts: int, calls: int) -> None:
+        self.m_batches.inc()
+        self.m_batch_gifts.inc(gifts)
+        self.m_batch_calls.inc(calls)
 
     async def host_of(self, room: str) -> str:
         """The room's host (held by the room gate once read), ``room:<id>`` when unknown.
@@ -85,14 +188,14 @@ class Gifts:
         """
         spec = self.catalogue.get(cmd.gift_id)
         host = await self.host_of(conn.room)
-        r = await self.wallet.send_gift(
-            user=conn.user, room=conn.room, host=host, spec=spec, count=cmd.count, combo_id=cmd.combo_id, now_ms=self.gw.now_ms()
-        )
-        if isinstance(r, tuple):
-            _, bal = r
-            raise InsufficientFunds(f"this gift costs {spec.price * cmd.count} coins; the wallet holds {bal}")
-        await self.outbox.emit(r.event)
+        r = await self.batcher.submit(GiftOrder(conn.user, conn.room, host, spec, cmd.count, cmd.combo_id, cmd.request_id))
         value = spec.price * cmd.count
+        if isinstance(r, GiftRefused):
+            if r.code == "idempotency_conflict":
+                raise IdempotencyConflict(f"request_id {cmd.request_id!r} was used for another gift: use a new id")
+            raise InsufficientFunds(f"this gift costs {value} coins; the wallet holds {r.balance}")
+        if isinstance(r, GiftReplayed):  # counted, broadcast and ranked by its first send
+            return {"balance": r.balance, "combo_id": r.combo.id, "total": r.combo.total, "value": value}
         self.tally.add(conn.room, conn.user, conn.ident.name, spec.id, r.combo, cmd.count)
         self.board_tally.add_gift(room=conn.room, host=host, user=conn.user, value=value)
         for hook in self.hooks:
@@ -118,7 +221,8 @@ class Gifts:
                 log.warning("gifts.publish_failed", extra={"room": room, "err": exc.message})
 
     async def stop(self) -> None:
-        """Shutdown: wait for the tick's flush, then flush what is left."""
+        """Shutdown: finish the gift batches out, wait for the tick's flush, then flush what is left."""
+        await self.batcher.stop()
         if self._flushing is not None:
             await asyncio.gather(self._flushing, return_exceptions=True)
         await self.flush()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
 from aiohttp import web
 
@@ -56,6 +57,17 @@ class Outbox:
             log.warning("wallet.append_deferred", extra={"event": event.id, "err": exc.message})
             return False
         self._done.append(event)
+        return True
+
+    async def emit_many(self, events: Sequence[LogEvent]) -> bool:
+        """Append ``events`` in one log call (a gift batch); True when stored (False: left
+        to the sweeper)."""
+        try:
+            await self.log.append_many(events)
+        except Unavailable as exc:
+            log.warning("wallet.append_deferred", extra={"events": len(events), "err": exc.message})
+            return False
+        self._done.extend(events)
         return True
 
     def on_tick(self, now: float) -> None:

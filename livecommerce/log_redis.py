@@ -34,6 +34,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from importlib.resources import files
 from typing import Any
 
 import redis.exceptions
@@ -50,7 +51,7 @@ from .log import (
     new_event,
     partition_for,
 )
-from .redis_conn import DRIVER_ERRORS
+from .redis_conn import DRIVER_ERRORS, run_script_calls
 from .retention import GroupPosition, parse_id, trim_point
 
 log = logging.getLogger("livecommerce.log.redis")
@@ -58,6 +59,7 @@ log = logging.getLogger("livecommerce.log.redis")
 _FIELD = b"e"
 _UNREACHABLE = (*DRIVER_ERRORS, redis.exceptions.ClusterError, redis.exceptions.RedisClusterException)
 _POLL_MS = 100  # with several partitions, blocking reads are sliced so no partition waits long
+APPEND = (files("livecommerce") / "log_append.lua").read_text()
 
 
 @contextlib.asynccontextmanager
@@ -109,6 +111,7 @@ class RedisLog:
         self.claim_idle_ms = claim_idle_ms
         self.maxlen = maxlen
         self._owns = owns_client
+        self._append = redis.register_script(APPEND)
 
     def stream(self, topic: str, partition: int) -> str:
         return self.keys.stream(f"{topic}:{partition}")
@@ -129,20 +132,25 @@ class RedisLog:
         return event.id
 
     async def append_many(self, events: Sequence[LogEvent]) -> None:
-        """One pipeline of XADDs, each to its event's partition stream (on a cluster the
-        client sends each slot's share to its node). See :meth:`livecommerce.log.Log.append_many`.
+        """One script call per partition stream (``log_append.lua``: its events XADDed in
+        order, atomically), the calls pipelined in one round trip (concurrent on a cluster,
+        where each stream's slot has its node). See :meth:`livecommerce.log.Log.append_many`.
 
         Raises:
             Unavailable: Redis unreachable.
         """
         if not events:
             return
-        pipe = self.redis.pipeline(transaction=False)
+        cap = "" if self.maxlen is None else str(self.maxlen)
+        by_stream: dict[str, list[Any]] = {}
         for event in events:
-            pipe.xadd(self.stream(event.topic, partition_for(event.key, self.partitions)), {_FIELD: encode_event(event)},
-                      maxlen=self.maxlen, approximate=True)
+            stream = self.stream(event.topic, partition_for(event.key, self.partitions))
+            args = by_stream.get(stream)
+            if args is None:
+                args = by_stream[stream] = [cap]
+            args.append(encode_event(event))
         async with _guard():
-            await pipe.execute()
+            await run_script_calls(self.redis, self._append, [([stream], args) for stream, args in by_stream.items()])
 
     async def consumer(self, topic: str, group: str, name: str) -> RedisConsumer:
         """Create the group on every partition stream (idempotent) and return a member.

@@ -12,6 +12,7 @@ with :func:`unavailable`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -80,6 +81,37 @@ def connect(url: str, *, max_connections: int = 128, **kw: Any) -> Any:
         return LcRedisCluster(startup_nodes=nodes, max_connections=max_connections, **kw)
     pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=30, **kw)
     return aioredis.Redis(connection_pool=pool)
+
+
+async def run_script_calls(client: Any, script: AsyncScript, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> list[Any]:
+    """Run ``script`` once per ``(keys, args)`` of ``calls``; the replies in order.
+
+    One call goes alone; several go in one pipeline of EVALSHA (one round trip; on NOSCRIPT,
+    none ran: the script is loaded and the pipeline sent again), or concurrently on a
+    cluster (redis-py refuses EVALSHA in a cluster pipeline). Unlike passing ``client=pipe``
+    to the script, no SCRIPT EXISTS round trip precedes each pipeline.
+
+    Raises:
+        the driver's errors (connection errors, a script's error reply).
+    """
+    if len(calls) == 1:
+        keys, args = calls[0]
+        return [await script(keys=keys, args=args)]
+    if isinstance(client, RedisCluster):
+        return list(await asyncio.gather(*(script(keys=k, args=a) for k, a in calls)))
+    replies: list[Any] = []
+    for _ in range(2):
+        pipe = client.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        replies = await pipe.execute(raise_on_error=False)
+        if not any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+            break
+        await client.script_load(script.script)
+    for r in replies:
+        if isinstance(r, Exception):
+            raise r
+    return replies
 
 
 async def unavailable(aw: Awaitable[T]) -> T:

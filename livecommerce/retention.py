@@ -105,6 +105,8 @@ FAMILIES: tuple[Family, ...] = (
            "balances, outbox, top-up idempotency (64 shards)", "kept",
            "for good: 64 hashes; the outbox drains; top-up records grow per top-up (see docs)", "wallet_*.lua"),
     Family("gift combo", r"\{wallet:\d+\}:combo:.+$", "running gift combo", "ttl", "the combo window", "wallet_gift.lua"),
+    Family("gift request", r"\{wallet:\d+\}:greq:.+$", "a gift request id's first outcome", "ttl", "24 h",
+           "wallet_gift_batch.lua"),
     Family("pay key", r"paykey:.+$", "payment Idempotency-Key answers", "ttl", "24 h", "gateway/commerce.py"),
     # per host, product, global
     Family("fan cache", r"\{fan:[^}]+\}:(badges|board)$", "members' fan levels (cache of SQL)", "kept",

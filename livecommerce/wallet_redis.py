@@ -8,6 +8,8 @@ shard in the ``{wallet:N}`` slot, so each script touches one slot:
   :mod:`livecommerce.wallet`)
 * ``{wallet:N}:topups``   hash ``"<key>|<user>"`` -> amount (top-up idempotency, kept)
 * ``{wallet:N}:combo:<user>:<room>:<gift>``  ``"combo_id|total"``, expires after the combo window
+* ``{wallet:N}:greq:<len(user)>:<user>:<request id>``  a gift request debited: its first
+  outcome (fingerprint, balance, combo, event id), expires after a day
 
 Sharding by a fixed number of slots instead of ``{user:ID}`` lets the outbox sweeper find
 every pending event by scanning 64 hashes, with no index to keep in step.
@@ -16,6 +18,11 @@ Contracts:
 
 * :meth:`send_gift` debits ``price * count`` only when the balance covers it, grows the
   combo and stores the ``gift.sent`` event in the outbox, in one script.
+* :meth:`send_gifts` does the same for a batch (the gift storm): one script call per
+  wallet shard of the batch (``wallet_gift_batch.lua``, the twin of
+  :func:`~livecommerce.wallet.decide_gift_batch`), all of them in one pipeline on one Redis
+  (concurrent calls on a cluster); a gift with a ``request_id`` is debited at most once and
+  a repeat answers the first outcome.
 * :meth:`topup` credits once per ``(user, idempotency key)``.
 * :meth:`publish` appends outbox events to the log, then clears them; :meth:`sweep`
   re-appends events left in the outbox (their gateway died or the log was down) once older
@@ -26,29 +33,34 @@ Driver errors become :class:`~livecommerce.errors.Unavailable`.
 
 from __future__ import annotations
 
+import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
-from typing import Any
+from typing import Any, Literal
 
 from .errors import IdempotencyConflict
 from .gifts import COMBO_WINDOW_MS, Combo, GiftSpec
 from .keys import Keys
 from .log import Log, LogEvent, decode_event, encode_event, new_event
-from .redis_conn import guarded
+from .redis_conn import guarded, is_cluster_client, run_script_calls
 from .wallet import (
+    GIFT_REQUEST_TTL_MS,
     GIFT_SENT,
     OUTBOX_GRACE_MS,
     TOPIC,
     TOPUP,
     WALLET_SHARDS,
     DebitReject,
+    gift_fingerprint,
+    gift_request_key,
     shard_of,
     topup_event_id,
 )
 
 GIFT = (files("livecommerce") / "wallet_gift.lua").read_text()
+GIFT_BATCH = (files("livecommerce") / "wallet_gift_batch.lua").read_text()
 TOPUP_LUA = (files("livecommerce") / "wallet_topup.lua").read_text()
 
 
@@ -63,6 +75,43 @@ class SentGift:
 
 
 @dataclass(frozen=True, slots=True)
+class GiftOrder:
+    """One gift of a batch: ``user`` sends ``count`` units of ``spec`` in ``room`` (whose
+    host gets the credit); ``request_id`` (optional) makes a retry answer the first outcome."""
+
+    user: str
+    room: str
+    host: str
+    spec: GiftSpec
+    count: int
+    combo_id: str | None
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GiftReplayed:
+    """A gift whose request id was debited before: the first debit's balance (right after
+    it), combo and event id. Nothing moved now; the first debit's event is in the log or
+    still in the outbox (the sweeper appends it)."""
+
+    event_id: str
+    balance: int
+    combo: Combo
+
+
+@dataclass(frozen=True, slots=True)
+class GiftRefused:
+    """Nothing moved: ``insufficient_funds`` (``balance`` is what the wallet holds) or
+    ``idempotency_conflict`` (the request id was used for another gift)."""
+
+    code: Literal["insufficient_funds", "idempotency_conflict"]
+    balance: int
+
+
+GiftResult = SentGift | GiftReplayed | GiftRefused
+
+
+@dataclass(frozen=True, slots=True)
 class ToppedUp:
     """A top-up: its ``wallet.topup`` event, the balance, and whether the idempotency key
     had been used before (then nothing was credited now)."""
@@ -73,12 +122,21 @@ class ToppedUp:
 
 
 class RedisWallet:
-    def __init__(self, redis: Any, keys: Keys, *, combo_window_ms: int = COMBO_WINDOW_MS) -> None:
+    def __init__(self, redis: Any, keys: Keys, *, combo_window_ms: int = COMBO_WINDOW_MS,
+                 shards_per_call: int | None = None) -> None:
+        """``shards_per_call``: how many wallet shards one gift batch script call may hold:
+        1 (one call per shard, all of a batch's calls in one pipeline), or 0 for every shard
+        of a batch in one call. Default: 1 on Redis Cluster (a script's keys must share a
+        slot there), 0 on one Redis (no slots: one call instead of one per shard spares the
+        client most of its per-command cost)."""
         self._r = redis
         self.keys = keys
         self.combo_window_ms = combo_window_ms
+        self.shards_per_call = (1 if is_cluster_client(redis) else 0) if shards_per_call is None else shards_per_call
         self._gift = redis.register_script(GIFT)
+        self._gift_batch = redis.register_script(GIFT_BATCH)
         self._topup = redis.register_script(TOPUP_LUA)
+        self._shard_keys = [(self._k(n, "bal"), self._k(n, "out")) for n in range(WALLET_SHARDS)]
 
     def _k(self, user_or_shard: str | int, part: str) -> str:
         shard = user_or_shard if isinstance(user_or_shard, int) else shard_of(user_or_shard)
@@ -128,6 +186,69 @@ class RedisWallet:
             return "insufficient_funds", int(bal)
         cid = cid.decode() if isinstance(cid, bytes) else str(cid)
         return SentGift(event, int(bal), Combo(cid, int(total)))
+
+    async def send_gifts(self, orders: Sequence[GiftOrder], *, now_ms: int) -> list[GiftResult]:
+        """Decide a batch of gifts, in arrival order per wallet shard (see the module
+        docstring); the results in the order of ``orders``. Each :class:`SentGift`'s event
+        is in the outbox until published. Room, gift and combo ids must hold no newline nor
+        \\x1f (the wire's ids cannot).
+
+        Raises:
+            Unavailable: Redis unreachable. Each script call is atomic; which calls ran is
+                unknown, so callers answer ``unavailable`` and a client's retry with the same
+                request id learns the outcome.
+        """
+        by_shard: dict[int, list[int]] = {}
+        for i, o in enumerate(orders):
+            by_shard.setdefault(shard_of(o.user), []).append(i)
+        events: list[LogEvent | None] = [None] * len(orders)
+        order: list[int] = []  # the orders' indexes in the order of the script's answers
+        calls: list[tuple[list[str], list[Any]]] = []
+        keys: list[str] = []
+        args: list[Any] = []
+        entity = self.keys.entity
+        for shard, idx in by_shard.items():
+            if not keys or self.shards_per_call == 1:
+                keys, args = [], [self.combo_window_ms, GIFT_REQUEST_TTL_MS]
+                calls.append((keys, args))
+            keys += self._shard_keys[shard]
+            args.append(len(idx))
+            sid = str(shard)
+            for i in idx:
+                o = orders[i]
+                spec = o.spec
+                cost = spec.price * o.count
+                eid = os.urandom(16).hex()
+                event = events[i] = new_event(TOPIC, o.user, GIFT_SENT, {
+                    "user": o.user, "room": o.room, "host": o.host, "gift_id": spec.id, "count": o.count,
+                    "price": spec.price, "value": cost}, eid, now_ms)
+                keys.append(entity("wallet", sid, f"combo:{o.user}:{o.room}:{spec.id}"))
+                if o.request_id:
+                    keys.append(entity("wallet", sid, "greq:" + gift_request_key(o.user, o.request_id)))
+                    fp = gift_fingerprint(o.room, spec.id, o.count, o.combo_id)
+                else:
+                    fp = ""
+                args += (f"{cost}\x1f{o.count}\x1f{o.combo_id or ''}\x1f{eid[:12]}\x1f{eid}\x1f{fp}\x1f{o.user}",
+                         encode_event(event))
+            order += idx
+        async with guarded():
+            replies = await run_script_calls(self._r, self._gift_batch, calls)
+        out: list[GiftResult | None] = [None] * len(orders)
+        r = [x for reply in replies for x in reply] if len(replies) > 1 else replies[0]
+        j = 0
+        for i in order:
+            code = r[j]
+            if code == b"ok":
+                ev = events[i]
+                assert ev is not None
+                out[i] = SentGift(ev, int(r[j + 1]), Combo(_s(r[j + 2]), int(r[j + 3])))
+            elif code == b"dup":
+                out[i] = GiftReplayed(_s(r[j + 4]), int(r[j + 1]), Combo(_s(r[j + 2]), int(r[j + 3])))
+            else:
+                out[i] = GiftRefused("insufficient_funds" if code == b"insufficient_funds" else "idempotency_conflict",
+                                     int(r[j + 1]))
+            j += 5
+        return out  # type: ignore[return-value]  # every index was filled
 
     async def topup(self, *, user: str, amount: int, idempotency_key: str, by: str, now_ms: int) -> ToppedUp:
         """Credit ``amount`` coins once per ``(user, idempotency_key)``.
@@ -197,6 +318,13 @@ class RedisWallet:
             await self.publish(log, stale)
         return len(stale)
 
+    async def gift_request(self, user: str, request_id: str) -> str | None:
+        """The event id of ``user``'s gift request ``request_id`` if it was debited (within
+        a day), else None (tests and operators: was this gift taken?)."""
+        async with guarded():
+            v = await self._r.get(self._k(user, "greq:" + gift_request_key(user, request_id)))
+        return None if v is None else _s(v).rsplit("\n", 1)[-1]
+
     async def combo(self, user: str, room: str, gift_id: str) -> Combo | None:
         """The user's running combo of ``gift_id`` in ``room`` (None outside the window)."""
         async with guarded():
@@ -206,3 +334,7 @@ class RedisWallet:
         cid, _, total = (v.decode() if isinstance(v, bytes) else v).partition("|")
         return Combo(cid, int(total))
 
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)

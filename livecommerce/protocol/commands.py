@@ -73,6 +73,7 @@ class Gift(Command):
     gift_id: str = ""
     count: int = 1
     combo_id: str | None = None
+    request_id: str | None = None  # optional: a retry with the same id answers the first outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,11 +132,13 @@ def _parse_like(d: dict[str, Any], cid: Any) -> Command:
 
 def _parse_gift(d: dict[str, Any], cid: Any) -> Command:
     combo = d.get("combo_id")
+    rid = d.get("request_id")
     return Gift(
         id=cid,
         gift_id=_ident(d.get("gift_id"), "gift_id"),
         count=_int(d.get("count", 1), "count", hi=9999),
         combo_id=None if combo is None else _ident(combo, "combo_id"),
+        request_id=None if rid is None else _ident(rid, "request_id"),
     )
 
 
