@@ -74,8 +74,7 @@ SCHEMAS: dict[str, J] = {
         "live_ms": MS, "summary": ref("ShowSummary"),
     }, ["id", "title", "host", "state", "created_ms"]),
     "RoomCreate": obj({"id": ID, "title": {"type": "string", "maxLength": 200}, "host": {**STR, "description": "ops only: the host user"}}, ["id"]),
-    "Product": obj({"id": ID, "name": STR, "price": CENTS, "image": STR}, ["id", "name", "price"]),
-    "ProductCreate": obj({"id": ID, "name": {"type": "string", "maxLength": 200}, "price": CENTS, "image": STR}, ["name", "price"]),
+    # Product, ProductCreate: gateway/catalog.py (the catalogue with SKUs)
     "Pin": obj({
         "product_id": ID, "name": STR, "price": CENTS, "image": STR, "sale": nullable({"type": "object"}),
         "stock_left": nullable(INT), "pinned_by": STR, "pinned_ms": MS, "seq": INT,
@@ -335,11 +334,6 @@ PATHS_BY_MODULE: dict[str, dict[str, dict[str, J]]] = {
             "delete": op("Unpin (`product.unpinned`)", tag="rooms", auth=HOST, params=[P_ROOM],
                          ok=("200", obj({"unpinned": BOOL}, ["unpinned"]), "whether a pin was removed")),
         },
-        "/api/v1/products": {"post": op("Create a product", tag="rooms", auth="hosts and ops", body=ref("ProductCreate"),
-                                        ok=("201", ref("Product"), "created"))},
-        "/api/v1/products/{product}": {"get": op("A product", tag="rooms", auth=None,
-                                                 params=[{"name": "product", "in": "path", "required": True, "schema": ID}],
-                                                 ok=("200", ref("Product"), "the product"), errors=(404,))},
     },
     "gateway.likes": {
         "/api/v1/rooms/{room}/likes": {"get": op("Likes total", tag="rooms", auth=None, params=[P_ROOM],

@@ -18,8 +18,8 @@ HTTP (JSON; host of the room or ops unless noted):
   (:class:`RoomGate`: a node-local cache kept by ``room.ended`` / ``room.live`` on the
   room's channel, at most :data:`GATE_TTL_S` old, else the room's state in Redis; and the
   sale, drop and lottery scripts refuse what the end stamped, for a node that missed both).
-* ``POST /api/v1/products {id?, name, price, image?}`` (host or ops), ``GET
-  /api/v1/products/{id}`` (public): the minimal catalogue pins show.
+* Products are the catalogue's (``gateway/catalog.py``, ``/api/v1/products``): a pin shows
+  a product's name, lowest price and image from its ``{product:ID}:meta`` hash.
 * ``POST /api/v1/rooms/{room}/pin {product_id}`` (WebSocket: ``pin {product_id}``):
   broadcast ``product.pinned``; ``DELETE`` the same path unpins (``product.unpinned``).
 
@@ -42,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -51,7 +50,7 @@ from aiohttp import web
 
 from livecommerce.auth import Identity
 from livecommerce.errors import BadFrame, Conflict, Forbidden, NotFound, RoomEnded
-from livecommerce.pins import new_product, pin_payload, with_sale
+from livecommerce.pins import pin_payload, with_sale
 from livecommerce.pins_redis import RedisPins
 from livecommerce.points import room_owner
 from livecommerce.protocol.commands import HostAction, Pin
@@ -462,20 +461,6 @@ class RoomsService:
         ident = self.gw.identify_request(request)
         lotteries = end_options(await read_object(request))
         return web.json_response(await self.end(request.match_info["room"], ident, lotteries))
-
-    async def http_create_product(self, request: web.Request) -> web.Response:
-        ident = self.gw.identify_request(request)
-        if ident.role not in ("host", "ops"):
-            raise Forbidden("products are created by hosts and ops")
-        product = new_product(await read_object(request), default_id=secrets.token_hex(6))
-        await self.pins.put_product(product)
-        return web.json_response(product.to_dict(), status=201)
-
-    async def http_get_product(self, request: web.Request) -> web.Response:
-        p = await self.pins.get_product(request.match_info["product"])
-        if p is None:
-            raise NotFound("no such product")
-        return web.json_response(p.to_dict())
 
     async def http_pin(self, request: web.Request) -> web.Response:
         ident = self.gw.identify_request(request)
