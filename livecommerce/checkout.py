@@ -266,7 +266,7 @@ class Checkout:
     async def _commit(self, sale_id: str, batch: list[_Pending]) -> None:
         """One group commit: the script, then the log, then every buyer's answer."""
         try:
-            placed = await self._decide(sale_id, batch)
+            placed, sold_out = await self._decide(sale_id, batch)
         except BaseException as exc:  # Unavailable, NotFound, a cancelled node: every buyer hears it
             if isinstance(exc, Exception) and not isinstance(exc, LiveCommerceError):
                 log.exception("checkout.commit_failed", extra={"sale": sale_id, "buys": len(batch)})
@@ -283,8 +283,14 @@ class Checkout:
                 p.done.set_exception(_own(out))
             else:
                 p.done.set_result(out)
+        queued = self._queues.get(sale_id)
+        if sold_out is not None and queued:  # after the batch's own answers: the reserved hear first
+            self._answer_behind(sold_out[0], queued, sold_out[1], sold_out[2])
 
-    async def _decide(self, sale_id: str, batch: list[_Pending]) -> list[Placed | Exception]:
+    async def _decide(self, sale_id: str, batch: list[_Pending]
+                      ) -> tuple[list[Placed | Exception], tuple[Sale, set[str], bool] | None]:
+        """The batch's answers, and (sale, buyers, room ended) when it left the sale sold out
+        with the buyers known (the buys queued behind are answered from that snapshot)."""
         sale = await self.sale(sale_id)
         room_ended = self.room_gate is not None and await self.room_gate.ended(sale.room)
         if len(batch) == 1 and not room_ended:  # a lone buy: the per-buy script
@@ -297,8 +303,6 @@ class Checkout:
             decided = await self.sales.reserve_batch(
                 sale_id, [p.buy for p in batch], request_ids=[p.request_id for p in batch], room_ended=room_ended,
                 want_buyers=bool(queued) or any(p.want_buyers for p in batch))
-            if decided.buyers is not None and decided.state == "sold_out" and queued:
-                self._answer_behind(sale, queued, decided.buyers, room_ended)
         events = [self._reserved_event(sale, r, p) for p, r in zip(batch, decided.results, strict=True)
                   if isinstance(r, Reserved)]
         lost: Unavailable | None = None
@@ -315,7 +319,10 @@ class Checkout:
                 out.append(lost)
             else:
                 out.append(Placed(r, decided.remaining, decided.buyers))
-        return out
+        sold_out = None
+        if decided.buyers is not None and decided.state == "sold_out":
+            sold_out = (sale, decided.buyers, room_ended)
+        return out, sold_out
 
     @staticmethod
     def _answer_behind(sale: Sale, queued: list[_Pending], buyers: set[str], room_ended: bool) -> None:

@@ -151,9 +151,22 @@ class RedisFlashSale:
         self._settle = redis.register_script(SETTLE)
 
     def sale_keys(self, sale_id: str) -> list[str]:
-        """All keys of one sale, in the order every script takes them (one slot)."""
-        check_ident(sale_id, "sale_id")
-        return [self.keys.sale(sale_id, part) for part in PARTS]
+        """All keys of one sale, in the order every script takes them (one slot).
+
+        Raises:
+            BadFrame: the sale id is unusable.
+        """
+        return list(self._sale_keys(sale_id))
+
+    def _sale_keys(self, sale_id: str) -> list[str]:
+        keys = self._key_lists.get(sale_id)
+        if keys is None:  # built once per sale (the buy path asks on every call)
+            check_ident(sale_id, "sale_id")
+            keys = [self.keys.sale(sale_id, part) for part in PARTS]
+            if len(self._key_lists) >= 10_000:
+                self._key_lists.clear()
+            self._key_lists[sale_id] = keys
+        return keys
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -319,7 +332,7 @@ class RedisFlashSale:
         rkey = request_key(user, request_id)
         async with _guarded():
             r = await self._reserve(
-                keys=self.sale_keys(sale_id), args=[user, qty, rkey, now_ms, order_id, request_id]
+                keys=self._sale_keys(sale_id), args=[user, qty, rkey, now_ms, order_id, request_id]
             )
         code = _s(r[0])
         if code in ("ok", "dup"):
@@ -362,12 +375,7 @@ class RedisFlashSale:
             NotFound: no such sale.
             Unavailable: Redis unreachable.
         """
-        keys = self._key_lists.get(sale_id)
-        if keys is None:
-            keys = self.sale_keys(sale_id)
-            if len(self._key_lists) >= 10_000:
-                self._key_lists.clear()
-            self._key_lists[sale_id] = keys
+        keys = self._sale_keys(sale_id)
         args: list[str | int] = ["1" if room_ended else "0", "1" if want_buyers else "0"]
         for b, rid in zip(buys, request_ids, strict=True):
             args += (b.user, b.qty, b.request_key, b.now_ms, b.order_id, rid)

@@ -490,6 +490,7 @@ async def main(a: argparse.Namespace) -> int:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("LC_")},
            "LC_REDIS_URL": a.redis, "LC_KEY_PREFIX": prefix, "LC_DATABASE_URL": db, "LC_SECRET": secret,
            "LC_LOG_LEVEL": "WARNING", "LC_MAX_CONNS_PER_IP": "100000", "LC_NODE_ID": "rush-gw"}
+    env.update(dict(kv.split("=", 1) for kv in a.env))
     if kafka:
         env.update(LC_KAFKA_BOOTSTRAP=kafka, LC_KAFKA_IDEMPOTENT="0", LC_KAFKA_SESSION_TIMEOUT_MS="2000",
                    LC_KAFKA_PARTITIONS="3")
@@ -498,7 +499,7 @@ async def main(a: argparse.Namespace) -> int:
              subprocess.Popen([exe, "worker", "orders"], env={**env, "LC_NODE_ID": "rush-w"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]  # noqa: ASYNC220
     base = f"http://127.0.0.1:{port}"
     ops = {"Authorization": "Bearer " + issue_token(secret, user="ops", role="ops", now_s=int(time.time()), ttl_s=3600)}
-    out: dict[str, Any] = {"buyers": a.buyers, "stock": a.stock, "log": "kafka" if kafka else "redis",
+    out: dict[str, Any] = {"buyers": a.buyers, "stock": a.stock, "log": "kafka" if kafka else "redis", "env": a.env,
                            "leave_when_answered": a.leave, "client_procs": a.procs, "client": a.client}
     workers: list[mp.Process] = []
     close_evt = mp.Event()
@@ -678,6 +679,8 @@ if __name__ == "__main__":
     ap.add_argument("--retries", type=int, default=200,
                     help="reserved and as many sold-out buyers retried with their request_id after the rush (default %(default)s)")
     ap.add_argument("--ceiling-batch", type=int, default=100, help="buyers per call of the batch ceilings (default %(default)s)")
+    ap.add_argument("--env", action="append", default=[], metavar="LC_X=V",
+                    help="an LC_* setting for the gateway and worker (repeatable), e.g. LC_GC_FREEZE=0")
     ap.add_argument("--json", help="also write the result to this file")
     ap.add_argument("--profile", help="py-spy the gateway from the campaign on, collapsed stacks to this file")
     ap.add_argument("--profile-s", type=int, default=8, help="seconds of --profile (default %(default)s)")
