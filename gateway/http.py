@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -30,8 +30,10 @@ _HTTP_CODES = {
 }
 
 
-def error_body(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+def error_body(status: int, code: str, message: str, details: Mapping[str, Any] | None = None) -> web.Response:
+    """The documented error body; ``details`` (an error's extra fields: ``until_ms``,
+    ``retry_after_s``) sit beside code and message."""
+    return web.json_response({"error": {"code": code, "message": message, **(details or {})}}, status=status)
 
 
 def http_exception_body(exc: web.HTTPException) -> web.Response:
@@ -57,7 +59,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except LiveCommerceError as exc:
         we = wire_error(exc)
-        return error_body(we.http, we.code, exc.message if we.echo else "internal error")
+        return error_body(we.http, we.code, exc.message if we.echo else "internal error", exc.details if we.echo else None)
     except json.JSONDecodeError:
         return error_body(400, "bad_json", "request body is not valid JSON")
     except UnicodeError:  # a body that is not UTF-8, or whose \ud800-style escape reached an encoder

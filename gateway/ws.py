@@ -164,7 +164,7 @@ async def _accept(gw: Gateway, request: web.Request, room_id: str, fmt: Format, 
         await _receive_loop(gw, conn, ws)
     except LiveCommerceError as exc:
         we = wire_error(exc)
-        conn.send(error_frame(we.code, exc.message))
+        conn.send(error_frame(we.code, exc.message, **exc.details))
         await ws.close(code=1011 if we.close is None else we.close, message=we.code.encode())
     finally:
         slots[ident.user] -= 1
@@ -236,7 +236,7 @@ async def handle_frame(gw: Gateway, conn: Conn, data: bytes | str) -> None:
         if isinstance(exc, RateLimited) and conn.flood is not None and conn.flood.strike(time.monotonic()):
             exc = Flooding("kept flooding after rate_limited errors; closing")
             we = wire_error(exc)
-        conn.send(error_frame(we.code, exc.message if we.echo else "internal error", cmd_id=cid))
+        conn.send(error_frame(we.code, exc.message if we.echo else "internal error", cmd_id=cid, **exc.details))
         if we.close is not None:
             conn.closed = True
             asyncio.get_running_loop().create_task(conn.ws.close(code=we.close, message=we.code.encode()))

@@ -8,6 +8,9 @@
     │   └── FrameTooBig    over LC_MAX_FRAME_BYTES                  -> error frame
     ├── Unauthorized       bad, expired or missing token            -> close 4401 / HTTP 401
     ├── Forbidden          role or room does not allow the command  -> error frame / HTTP 403
+    │   └── Refused        moderation: muted, banned, followers_only ... -> error frame / HTTP 403
+    │       ├── SlowMode   slow mode: retry_after_s                   -> error frame / HTTP 429
+    │       └── JoinRefused  banned or kicked at the welcome, or kicked live -> close 4403
     ├── NotFound           unknown room, sale, order ...            -> error frame / HTTP 404
     ├── Conflict           illegal state transition                 -> error frame / HTTP 409
     │   ├── IdempotencyConflict  a key reused for another request   -> HTTP 422
@@ -23,13 +26,18 @@ anything else is ``internal``, logged with its traceback and never echoed to the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
 
 
 class LiveCommerceError(Exception):
     """Base class. ``code`` is the wire error code sent to the client."""
 
     code = "internal"
+    #: fields an error frame (and an HTTP error body) carries beyond code and message
+    details: Mapping[str, Any] = MappingProxyType({})
 
     def __init__(self, message: str = "", *, code: str | None = None) -> None:
         super().__init__(message or self.__class__.__name__)
@@ -59,6 +67,33 @@ class Unauthorized(LiveCommerceError):
 
 class Forbidden(LiveCommerceError):
     code = "forbidden"
+
+
+class Refused(Forbidden):
+    """Moderation refused a comment or a join (``muted``, ``banned``, ``kicked``,
+    ``followers_only``, ``fanclub_only``: :mod:`livecommerce.moderation`); ``details`` says
+    until when (``until_ms``, None for good)."""
+
+    code = "refused"
+
+    def __init__(self, message: str, *, code: str, details: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message, code=code)
+        self.details = MappingProxyType(dict(details or {}))
+
+
+class SlowMode(Refused):
+    """Slow mode: the viewer commented less than the room's ``slow_mode_s`` ago
+    (``details``: ``retry_after_s``)."""
+
+    code = "slow_mode"
+
+
+class JoinRefused(Refused):
+    """A banned or kicked user at the welcome, or a connection a kick or ban closes: an
+    error frame, then close 4403 with the code as the reason. Clients do not reconnect
+    before ``until_ms``."""
+
+    code = "banned"
 
 
 class NotFound(LiveCommerceError):
@@ -106,7 +141,7 @@ class WireError:
     echo: bool = True
 
 
-# Close codes: 4401 bad token, 4429 flooding, 1013 try again later (slow consumer),
+# Close codes: 4401 bad token, 4403 refused by moderation (banned, kicked), 4429 flooding, 1013 try again later (slow consumer),
 # 1012 service restart (graceful shutdown), 1009 too big (only for frames beyond the
 # transport's hard limit; frames over LC_MAX_FRAME_BYTES get an error frame).
 CLOSE_UNAUTHORIZED = 4401
@@ -120,6 +155,9 @@ _TABLE: dict[type[LiveCommerceError], WireError] = {
     FrameTooBig: WireError("frame_too_big", None, 413),
     BadFrame: WireError("bad_frame", None, 400),
     Unauthorized: WireError("unauthorized", CLOSE_UNAUTHORIZED, 401),
+    JoinRefused: WireError("banned", CLOSE_FORBIDDEN, 403),
+    SlowMode: WireError("slow_mode", None, 429),
+    Refused: WireError("refused", None, 403),
     Forbidden: WireError("forbidden", None, 403),
     NotFound: WireError("not_found", None, 404),
     IdempotencyConflict: WireError("idempotency_conflict", None, 422),
