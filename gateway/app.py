@@ -161,6 +161,7 @@ def run(settings: Settings, *, port: int | None = None) -> None:
         app,
         host=settings.host,
         port=port or settings.port,
+        backlog=settings.listen_backlog,
         access_log=None,
         shutdown_timeout=10.0,
         print=None,

@@ -2,7 +2,8 @@
 
 * Visits: ``welcome`` of a viewer appends ``growth.visit {user, room, day}`` (topic
   ``growth``, id ``visit:<user>:<day>``) once per user and day on this node, in the
-  background (a lost visit is a lost analytics point, never a lost connection).
+  background, many at a time (one ``append_many`` while the previous is out): a lost visit
+  is a lost analytics point, never a lost connection.
 * ``POST /api/v1/growth/acquire {channel?, invite_code?}`` (the signed-in viewer, once,
   e.g. on the app's first start): how they came. With an ``invite_code`` the channel is
   ``invite`` and the code's owner is the referrer (404 ``unknown_code``, 409 ``own_code``);
@@ -51,7 +52,7 @@ from livecommerce.growth import (
     visit_event_id,
     window,
 )
-from livecommerce.log import Log
+from livecommerce.log import Log, LogEvent, new_event
 from livecommerce.referrals import check_code, check_referral
 from livecommerce.referrals_redis import ReferralsRedis
 from livecommerce.store_sql import SqlStore
@@ -76,6 +77,9 @@ from .validation import read_object
 
 log = logging.getLogger("livecommerce.gateway.growth")
 
+MAX_BATCH = 500  # visits per log call
+VISITS_WINDOW_S = 0.05  # visits gathered per log call
+
 SEEN_MAX = 200_000
 
 
@@ -89,18 +93,27 @@ class Growth:
         self.log = log
         self._visited: set[tuple[str, int]] = set()
         self._day = -1
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._queue: list[LogEvent] = []  # visits not yet handed to the log
+        self._writer: asyncio.Task[None] | None = None
 
     def _append(self, key: str, type_: str, data: dict[str, Any], event_id: str, ts: int) -> None:
-        async def go() -> None:
-            try:
-                await self.log.append(TOPIC, key, type_, data, event_id=event_id, ts=ts)
-            except Exception as exc:
-                log.warning("growth.event_dropped", extra={"event": event_id, "err": repr(exc)})
+        """Queue one event for the log; the queue goes out as one ``append_many`` while the
+        previous batch is out (a join storm brings thousands of first visits a second)."""
+        self._queue.append(new_event(TOPIC, key, type_, data, event_id, ts))
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write(), name="growth.visits")
 
-        task = asyncio.get_running_loop().create_task(go())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    async def _write(self) -> None:
+        try:
+            while self._queue:
+                await asyncio.sleep(VISITS_WINDOW_S)  # a batch is what came meanwhile
+                batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+                try:
+                    await self.log.append_many(batch)
+                except Exception as exc:
+                    log.warning("growth.events_dropped", extra={"events": len(batch), "first": batch[0].id, "err": repr(exc)})
+        finally:
+            self._writer = None
 
     async def welcome(self, room: str, ident: Identity) -> dict[str, Any]:
         if ident.role != "viewer":
@@ -140,8 +153,8 @@ class Growth:
         return first, held
 
     async def stop(self) -> None:
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._writer is not None:
+            await asyncio.gather(self._writer, return_exceptions=True)
 
     # ---- handlers (gateway.routes)
     def _today(self) -> int:

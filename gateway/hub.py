@@ -42,6 +42,9 @@ Observer = Callable[[dict[str, Any]], None]
 log = logging.getLogger("livecommerce.gateway.hub")
 
 OPCODES = {"msgpack": OP_BINARY, "json": OP_TEXT}
+#: a user's connection is written to presence this long after it opened or closed, with
+#: every other one of that window (one round trip per window, not per connection)
+PRESENCE_WINDOW_S = 0.01
 
 
 class Room:
@@ -161,8 +164,10 @@ class Hub:
                 fut.exception()
                 raise
             room.subscribed.set_result(None)
-        else:
+        elif not room.subscribed.done():
             await asyncio.shield(room.subscribed)
+        else:
+            room.subscribed.result()  # (a failed subscription is never left in place)
         return room
 
     def attach(self, conn: Conn, room: Room) -> None:
@@ -203,10 +208,12 @@ class Hub:
             self._users_task = asyncio.get_running_loop().create_task(self._write_users(), name="hub.presence")
 
     async def _write_users(self) -> None:
-        """Write the summed deltas, one batch at a time, until none is left; a failed batch
-        is kept (added back) and tried again half a second later."""
+        """Write the summed deltas, one batch at a time, until none is left: each batch
+        gathers what came within :data:`PRESENCE_WINDOW_S` (and while the previous one was
+        out); a failed batch is kept (added back) and tried again half a second later."""
         try:
             while self._user_deltas:
+                await asyncio.sleep(PRESENCE_WINDOW_S)
                 deltas, self._user_deltas = self._user_deltas, {}
                 try:
                     await self.presence.users_connected(self.node, deltas)

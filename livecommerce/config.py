@@ -42,6 +42,7 @@ class Settings:
     key_prefix: str = "lc"
     host: str = "127.0.0.1"
     port: int = 8080
+    listen_backlog: int = 2048  # handshakes waiting to be accepted (a join storm: aiohttp's 128 drops SYNs)
     data_dir: str = ".livecommerce"
     # wire and fan-out
     max_frame_bytes: int = 16 * 1024

@@ -18,8 +18,18 @@ aiohttp itself costs per connection and what the gateway adds on top.
 connections (``--tracemalloc-conns``) and prints the allocation sites that grew, per
 connection: where the bytes go. (RSS under tracemalloc is not reported: tracing inflates it.)
 
+``--storm`` is the join storm: every client of a load process starts its handshake at once
+(no cap on handshakes in flight), all into one room, and the figure is the time until the
+last one has its ``welcome``. The report prints the M2 3/7 goal beside the figures: at
+least 2,500 connections per second admitted (welcome sent) by the one gateway process, and
+at least 60 % of the bare aiohttp server's rate measured in the same run; and the gateway's
+CPU per connection over the connect phase. ``--py-spy FILE`` (sampling) or ``--profile
+FILE`` (cProfile over the connect phase only, exact call counts; ``FILE.txt`` and
+``FILE.pstats``) profile the gateway while the clients connect.
+
 Example: ``python scripts/bench_conns.py`` (defaults: 10,000 connections, livecommerce and
-the bare aiohttp server; about 1-2 minutes on 2 cores).
+the bare aiohttp server; about 1-2 minutes on 2 cores); ``python scripts/bench_conns.py
+--storm --conns 10000``.
 """
 
 from __future__ import annotations
@@ -44,6 +54,11 @@ import bench_fanout as bf
 
 REPO = Path(__file__).resolve().parent.parent
 SERVERS = ("livecommerce", "aiohttp", "aiohttp-hb")
+#: M2 3/7 (join storm): connections admitted per second by one gateway process, and its
+#: rate as a share of the bare aiohttp server's in the same run
+GOAL_CONNS_PER_S = 2500
+GOAL_SHARE_OF_BARE = 0.60
+BACKLOG = 4096  # listen backlog of every server here (a storm's SYNs must not be dropped)
 
 
 # ====================================================================== bare aiohttp servers
@@ -68,7 +83,11 @@ def serve_aiohttp(port: int, heartbeat: bool) -> None:
 
     app = web.Application()
     app.router.add_get("/ws", ws_handler)
-    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None, backlog=BACKLOG)
+
+
+def file_exists(path: str) -> bool:
+    return os.path.exists(path)
 
 
 def read_json(path: str) -> Any:
@@ -79,17 +98,20 @@ def read_json(path: str) -> Any:
 
 
 # ====================================================================== one measurement
-def start(name: str, ctx: dict[str, Any], tm_out: str | None) -> bf.Server:
+def start(name: str, ctx: dict[str, Any], tm_out: str | None, profile: str | None = None) -> bf.Server:
     port = bf.free_port()
     log = Path(ctx["workdir"]) / f"{name}{'-tm' if tm_out else ''}.log"
     out = log.open("wb")
     if name == "livecommerce":
         argv = ["-m", "livecommerce.cli", "gateway", "--port", str(port)]
         env = bf.prepare_lc(ctx)
+        env["LC_LISTEN_BACKLOG"] = str(BACKLOG)
     else:
         argv = [str(Path(__file__).resolve()), "--serve", name, "--port", str(port)]
         env = dict(os.environ)
-    cmd = [sys.executable, *([str(Path(__file__).resolve().parent / "_tracemalloc_run.py"), tm_out] if tm_out else []), *argv]
+    here = Path(__file__).resolve().parent
+    wrap = [str(here / "_tracemalloc_run.py"), tm_out] if tm_out else [str(here / "_cprofile_run.py"), profile] if profile else []
+    cmd = [sys.executable, *wrap, *argv]
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
     out.close()
     server = bf.Server(name, proc, port, log)
@@ -98,7 +120,8 @@ def start(name: str, ctx: dict[str, Any], tm_out: str | None) -> bf.Server:
 
 
 async def measure(name: str, conns: int, ctx: dict[str, Any], prog: bf.Progress, tm_out: str | None = None) -> dict[str, Any]:
-    server = start(name, ctx, tm_out)
+    profile = ctx["profile"] if ctx["profile"] and name == "livecommerce" and not tm_out else None
+    server = start(name, ctx, tm_out, profile)
     res: dict[str, Any] = {"server": name, "conns": conns, "tracemalloc": bool(tm_out)}
     clients = None
     try:
@@ -117,6 +140,12 @@ async def measure(name: str, conns: int, ctx: dict[str, Any], prog: bf.Progress,
         res["rss_before"] = before.rss
         res["uss_before"] = before.uss
         ctxn = dict(ctx, clients=conns)
+        if ctx["storm"]:  # every handshake of a load process at once
+            ctxn["connect_concurrency"] = conns
+        if profile:
+            server.proc.send_signal(signal.SIGUSR1)  # cProfile on
+            await asyncio.sleep(0.2)
+        cpu0 = server.cpu()
         spy = None
         if ctx["py_spy"] and not tm_out and (name == "livecommerce" or "{server}" in ctx["py_spy"]):
             spy = bf.start_py_spy(server.proc.pid, ctx["py_spy"].replace("{server}", name))
@@ -132,6 +161,14 @@ async def measure(name: str, conns: int, ctx: dict[str, Any], prog: bf.Progress,
 
         ready = await clients.wait_ready(600, show)
         took = time.monotonic() - t0
+        res["connect_cpu_s"] = round(server.cpu() - cpu0, 3)
+        if profile:
+            server.proc.send_signal(signal.SIGUSR1)  # cProfile off: writes FILE.txt
+            for _ in range(600):
+                await asyncio.sleep(0.1)
+                if file_exists(profile + ".txt"):
+                    break
+            res["profile"] = profile + ".txt"
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             await asyncio.to_thread(spy.communicate, timeout=60)
@@ -145,6 +182,7 @@ async def measure(name: str, conns: int, ctx: dict[str, Any], prog: bf.Progress,
         res["connect_s"] = round(ready["seconds"], 2)
         res["connect_per_s"] = round(ready["ready"] / ready["seconds"], 1) if ready["seconds"] else None
         res["connect_wall_s"] = round(took, 2)
+        res["cpu_ms_per_conn"] = round(res["connect_cpu_s"] * 1000 / max(1, ready["ready"]), 3)
         # hold them idle and let the server settle
         await asyncio.sleep(ctx["settle"])
         after = server.ps.memory_full_info()
@@ -178,14 +216,21 @@ async def measure(name: str, conns: int, ctx: dict[str, Any], prog: bf.Progress,
 def print_report(report: dict[str, Any]) -> None:
     print()
     print(f"idle connections: {report['config']['conns']:,} per server, {report['config']['procs']} load processes")
-    print(f"{'server':<14}{'connected':>11}{'connect s':>11}{'conns/s':>9}{'RSS before':>12}{'RSS after':>12}"
+    print(f"{'server':<14}{'connected':>11}{'connect s':>11}{'conns/s':>9}{'CPU ms/conn':>13}{'RSS before':>12}{'RSS after':>12}"
           f"{'KiB/conn':>10}{'USS KiB/conn':>14}")
     for r in report["results"]:
         if r.get("tracemalloc"):
             continue
-        print(f"{r['server']:<14}{r['ready']:>11,}{r['connect_s']:>11.1f}{r['connect_per_s']:>9,.0f}"
+        print(f"{r['server']:<14}{r['ready']:>11,}{r['connect_s']:>11.1f}{r['connect_per_s']:>9,.0f}{r['cpu_ms_per_conn']:>13.3f}"
               f"{r['rss_before'] / 2**20:>10.1f}Mi{r['rss_after'] / 2**20:>10.1f}Mi"
               f"{r['rss_per_conn_kib']:>10.1f}{r['uss_per_conn_kib']:>14.1f}")
+    goal = report.get("goal")
+    if goal:
+        print(f"\njoin {'storm' if report['config'].get('storm') else 'rate'} goal (M2 3/7): >= {GOAL_CONNS_PER_S:,} conns/s and "
+              f">= {GOAL_SHARE_OF_BARE:.0%} of bare aiohttp in the same run")
+        print(f"  livecommerce {goal['conns_per_s']:,.0f} conns/s ({goal['verdict_rate']}); bare aiohttp {goal['bare_per_s']:,.0f} "
+              f"conns/s: {goal['share']:.0%} of bare ({goal['verdict_share']}); "
+              f"{goal['kib_per_conn']:.1f} KiB/conn, {goal['cpu_ms_per_conn']:.3f} ms gateway CPU per connection")
     for r in report["results"]:
         if not r.get("tracemalloc") or r.get("error"):
             continue
@@ -215,13 +260,15 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "procs": args.procs, "redis": args.redis, "secret": secrets.token_hex(24), "prefix": f"lcbench{run_id}",
         "room": f"conns{run_id}", "tick_ms": 0, "source_ips": args.source_ips,
         "connect_concurrency": args.connect_concurrency, "decode_frac": 1.0, "workdir": workdir,
-        "settle": args.settle, "channel": "unused", "py_spy": args.py_spy,
+        "settle": args.settle, "channel": "unused", "py_spy": args.py_spy, "storm": args.storm,
+        "profile": args.profile,
     }
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "machine": bf.machine(),
         "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "config": {"conns": args.conns, "procs": args.procs, "servers": servers, "settle_s": args.settle},
+        "config": {"conns": args.conns, "procs": args.procs, "servers": servers, "settle_s": args.settle, "storm": args.storm,
+                   "connect_concurrency": args.conns if args.storm else args.connect_concurrency},
         "results": [],
     }
     prog = bf.Progress()
@@ -241,6 +288,17 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(workdir, ignore_errors=True)
     report["elapsed_s"] = round(time.monotonic() - t0, 1)
     report["machine"]["loadavg_end"] = os.getloadavg()
+    plain = [r for r in report["results"] if not r.get("tracemalloc")]
+    lc = next((r for r in plain if r["server"] == "livecommerce"), None)
+    bare = next((r for r in plain if r["server"] == "aiohttp"), None)
+    if lc and bare and lc.get("connect_per_s") and bare.get("connect_per_s"):
+        share = lc["connect_per_s"] / bare["connect_per_s"]
+        report["goal"] = {
+            "conns_per_s": lc["connect_per_s"], "bare_per_s": bare["connect_per_s"], "share": round(share, 3),
+            "verdict_rate": "meets" if lc["connect_per_s"] >= GOAL_CONNS_PER_S else "misses",
+            "verdict_share": "meets" if share >= GOAL_SHARE_OF_BARE else "misses",
+            "kib_per_conn": lc["rss_per_conn_kib"], "cpu_ms_per_conn": lc["cpu_ms_per_conn"],
+        }
     return report
 
 
@@ -263,6 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracemalloc", action="store_true",
                    help="also run each server under tracemalloc and print where the per-connection bytes are allocated")
     p.add_argument("--tracemalloc-conns", type=int, default=1000, help="connections for the tracemalloc runs (default 1000)")
+    p.add_argument("--storm", action="store_true",
+                   help="join storm: each load process starts all its handshakes at once (no cap), one room")
+    p.add_argument("--profile", default="", metavar="FILE",
+                   help="run the gateway under cProfile over the connect phase only; writes FILE.txt and FILE.pstats")
     p.add_argument("--py-spy", default="", metavar="FILE",
                    help="record the livecommerce gateway with py-spy while the connections open (.svg, .json "
                         "speedscope or .txt collapsed stacks); {server} in FILE records every server")
@@ -284,6 +346,8 @@ def main() -> int:
             pass
         serve_aiohttp(args.port, heartbeat=args.serve == "aiohttp-hb")
         return 0
+    if args.profile:
+        args.profile = os.path.abspath(args.profile)  # the gateway runs in the repository
     report = asyncio.run(main_async(args))
     print_report(report)
     print(f"\nelapsed {report['elapsed_s']} s; load average {report['machine']['loadavg_start'][0]:.2f} -> "
