@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -62,7 +62,10 @@ from livecommerce.bag_sync import MakeOp, RoomLists
 from livecommerce.catalog import Product
 from livecommerce.catalog_redis import RedisCatalog
 from livecommerce.errors import Conflict, Forbidden, NotFound
+from livecommerce.protocol.commands import HostAction
+from livecommerce.protocol.events import reply
 
+from .conn import Conn
 from .core import Gateway
 from .idempotency import header_key, idempotent
 from .openapi import H_IDEM, ID, INT, P_ROOM, STR, J, arr, nullable, obj, op, ref
@@ -225,7 +228,7 @@ class RoomBags:
                             "products and platform products")
         return item_of(product)
 
-    # ------------------------------------------------------------------ HTTP (gateway.routes)
+    # ------------------------------------------------------------------ HTTP and WebSocket
     def _answer(self, room_id: str, bag: Bag, changed: bool) -> web.Response:
         return web.json_response({"room": room_id, **bag.to_dict(), "changed": changed})
 
@@ -247,67 +250,97 @@ class RoomBags:
         bag = await self.current(room_id)
         return web.json_response({"room": room_id, **bag.to_dict()})
 
+    # ---- the ops, from an HTTP body or a host command's data (the same checks for both)
+    def _set_op(self, room_id: str, ident: Identity, d: Mapping[str, Any]) -> MakeOp:
+        ids = product_ids_of(d.get("product_ids"))
+        explaining = optional_product_id(d, "explaining") if "explaining" in d else None
+
+        async def build(bag: Bag) -> Op:
+            have = {i.product_id: i for i in bag.items}
+            items = [have[p] if p in have else await self._listable(room_id, p, ident) for p in ids]
+            return Replace(tuple(items), explaining)
+        return build
+
+    def _add_op(self, room_id: str, ident: Identity, d: Mapping[str, Any]) -> MakeOp:
+        pid = product_id_of(d.get("product_id"))
+        position = position_of(d)
+
+        async def build(bag: Bag) -> Op:
+            if pid in bag.ids:
+                return Add(next(i for i in bag.items if i.product_id == pid), position)
+            return Add(await self._listable(room_id, pid, ident), position)
+        return build
+
+    @staticmethod
+    def _remove_op(pid: str) -> MakeOp:
+        async def build(bag: Bag) -> Op:
+            return Remove(pid)
+        return build
+
+    @staticmethod
+    def _order_op(d: Mapping[str, Any]) -> MakeOp:
+        ids = product_ids_of(d.get("product_ids"))
+
+        async def build(bag: Bag) -> Op:
+            return Reorder(ids)
+        return build
+
+    @staticmethod
+    def _explain_op(d: Mapping[str, Any]) -> MakeOp:
+        pid = optional_product_id(d)
+
+        async def build(bag: Bag) -> Op:
+            return Explain(pid)
+        return build
+
+    # ---- HTTP (gateway.routes)
     async def http_put(self, request: web.Request) -> web.Response:
         body = await read_object(request, required=True)
-        ids = product_ids_of(body.get("product_ids"))
-        explaining = optional_product_id(body, "explaining") if "explaining" in body else None
         room_id = request.match_info["room"]
-
-        def make(ident: Identity) -> MakeOp:
-            async def build(bag: Bag) -> Op:
-                have = {i.product_id: i for i in bag.items}
-                items = [have[p] if p in have else await self._listable(room_id, p, ident) for p in ids]
-                return Replace(tuple(items), explaining)
-            return build
-
-        return await self._host_write(request, body, make)
+        return await self._host_write(request, body, lambda ident: self._set_op(room_id, ident, body))
 
     async def http_add(self, request: web.Request) -> web.Response:
         body = await read_object(request, required=True)
-        pid = product_id_of(body.get("product_id"))
-        position = position_of(body)
         room_id = request.match_info["room"]
-
-        def make(ident: Identity) -> MakeOp:
-            async def build(bag: Bag) -> Op:
-                if pid in bag.ids:
-                    return Add(next(i for i in bag.items if i.product_id == pid), position)
-                return Add(await self._listable(room_id, pid, ident), position)
-            return build
-
-        return await self._host_write(request, body, make)
+        return await self._host_write(request, body, lambda ident: self._add_op(room_id, ident, body))
 
     async def http_remove(self, request: web.Request) -> web.Response:
         pid = product_id_of(request.match_info["product"], "product")
-
-        def make(ident: Identity) -> MakeOp:
-            async def build(bag: Bag) -> Op:
-                return Remove(pid)
-            return build
-
-        return await self._host_write(request, None, make, target=f"/{pid}")
+        return await self._host_write(request, None, lambda ident: self._remove_op(pid), target=f"/{pid}")
 
     async def http_order(self, request: web.Request) -> web.Response:
         body = await read_object(request, required=True)
-        ids = product_ids_of(body.get("product_ids"))
-
-        def make(ident: Identity) -> MakeOp:
-            async def build(bag: Bag) -> Op:
-                return Reorder(ids)
-            return build
-
-        return await self._host_write(request, body, make)
+        return await self._host_write(request, body, lambda ident: self._order_op(body))
 
     async def http_explain(self, request: web.Request) -> web.Response:
         body = await read_object(request, required=True)
-        pid = optional_product_id(body)
+        return await self._host_write(request, body, lambda ident: self._explain_op(body))
 
-        def make(ident: Identity) -> MakeOp:
-            async def build(bag: Bag) -> Op:
-                return Explain(pid)
-            return build
+    # ---- WebSocket host commands (gateway.routes; dispatch already refused viewers: ROLES)
+    async def _ws(self, conn: Conn, cmd: HostAction, make: MakeOp) -> dict[str, Any]:
+        conn.ident.require_host(conn.room)
+        bag, changed = await self.change(conn.room, make, conn.ident.user)
+        return reply("ack", cmd.id, {"room": conn.room, **bag.to_dict(), "changed": changed}, ts=self.gw.now_ms())
 
-        return await self._host_write(request, body, make)
+    async def ws_set(self, conn: Conn, cmd: HostAction) -> dict[str, Any]:
+        """``bag.set {product_ids, explaining?}``."""
+        return await self._ws(conn, cmd, self._set_op(conn.room, conn.ident, cmd.d))
+
+    async def ws_add(self, conn: Conn, cmd: HostAction) -> dict[str, Any]:
+        """``bag.add {product_id, position?}``."""
+        return await self._ws(conn, cmd, self._add_op(conn.room, conn.ident, cmd.d))
+
+    async def ws_remove(self, conn: Conn, cmd: HostAction) -> dict[str, Any]:
+        """``bag.remove {product_id}``."""
+        return await self._ws(conn, cmd, self._remove_op(product_id_of(cmd.d.get("product_id"))))
+
+    async def ws_order(self, conn: Conn, cmd: HostAction) -> dict[str, Any]:
+        """``bag.order {product_ids}``."""
+        return await self._ws(conn, cmd, self._order_op(cmd.d))
+
+    async def ws_explain(self, conn: Conn, cmd: HostAction) -> dict[str, Any]:
+        """``bag.explain {product_id | null}``."""
+        return await self._ws(conn, cmd, self._explain_op(cmd.d))
 
 
 # ------------------------------------------------------------------------------ OpenAPI

@@ -327,3 +327,31 @@ async def test_a_welcome_into_a_served_room_reads_nothing_of_the_list(gateway_fa
             assert all(c.welcome["d"]["bag"]["explaining"] == "tee" for c in more)
         for c in [first, *others, *more]:
             await c.close()
+
+
+async def test_the_host_curates_the_list_with_websocket_commands(world: Any) -> None:
+    node, api, token = world
+    h1 = token("h1", "host", ("r1",))
+    await api.ok("POST", "/products", h1, TEE, status=201)
+    await api.ok("POST", "/products", h1, {"id": "mug", "name": "Mug", "price": 900}, status=201)
+    host = await Client.connect(node.ws, "r1", h1)
+    viewer = await Client.connect(node.ws, "r1", token("v1"))
+    ack = await host.request("bag.add", product_id="tee")
+    assert ack["t"] == "ack" and (ack["d"]["v"], ack["d"]["changed"]) == (1, True), ack
+    await host.request("bag.set", product_ids=["tee", "mug"], explaining="tee")
+    ack = await host.request("bag.explain", product_id="mug")
+    assert ack["d"]["explaining"] == "mug"
+    ack = await host.request("bag.order", product_ids=["mug", "tee"])
+    assert [i["product_id"] for i in ack["d"]["items"]] == ["mug", "tee"]
+    ack = await host.request("bag.remove", product_id="tee")
+    assert [i["product_id"] for i in ack["d"]["items"]] == ["mug"] and ack["d"]["v"] == 5
+    assert [(await next_of(viewer, "bag.changed"))["d"]["v"] for _ in range(5)] == [1, 2, 3, 4, 5]
+    # refusals are error frames with the reason
+    assert (await viewer.request("bag.add", product_id="tee"))["d"]["code"] == "forbidden"
+    assert (await host.request("bag.order", product_ids=["tee"]))["d"]["code"] == "bag_changed"
+    assert (await host.request("bag.add", product_id="a{b}"))["d"]["code"] == "invalid"
+    assert (await host.request("bag.explain", product_id="tee"))["d"]["code"] == "not_listed"
+    assert (await host.request("bag.explain"))["d"]["code"] == "invalid"  # null clears; absent is a mistake
+    assert (await host.request("bag.add", product_id="nope"))["d"]["code"] == "not_found"
+    for c in (host, viewer):
+        await c.close()

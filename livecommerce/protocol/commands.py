@@ -105,7 +105,8 @@ class Pin(Command):
 
 @dataclass(frozen=True, slots=True)
 class HostAction(Command):
-    """``sale.start``, ``lottery.start``, ``coupon.drop``, ``room.live``, ``room.end``:
+    """``sale.start``, ``lottery.start``, ``coupon.drop``, ``room.live``, ``room.end`` and the
+    room's list (``bag.set``, ``bag.add``, ``bag.remove``, ``bag.order``, ``bag.explain``):
     the WebSocket twins of host HTTP endpoints; ``d`` is validated by the same code as the
     HTTP body."""
 
@@ -115,7 +116,8 @@ class HostAction(Command):
     d: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-HOST_ACTIONS = frozenset({"sale.start", "lottery.start", "coupon.drop", "room.live", "room.end"})
+HOST_ACTIONS = frozenset({"sale.start", "lottery.start", "coupon.drop", "room.live", "room.end",
+                          "bag.set", "bag.add", "bag.remove", "bag.order", "bag.explain"})
 
 
 def _parse_ping(d: dict[str, Any], cid: Any) -> Command:
