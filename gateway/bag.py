@@ -100,6 +100,7 @@ class RoomBags:
         self.products = products
         self.host_of = host_of
         self.lists = RoomLists(bags, products, self._publish, stored=self._mine)
+        self.max_age_s = MAX_AGE_S
         self._held: dict[str, _Held] = {}
         self._loads: dict[str, asyncio.Future[Bag]] = {}
         self.loads = 0  # Redis reads made for welcomes (tests and metrics read it)
@@ -128,7 +129,7 @@ class RoomBags:
         node's joiners within that age."""
         now = time.monotonic()
         rooms = self.gw.hub.rooms
-        old = [r for r, h in self._held.items() if now - h.at > MAX_AGE_S and rooms.get(r) is h.room]
+        old = [r for r, h in self._held.items() if now - h.at > self.max_age_s and rooms.get(r) is h.room]
         for room_id in sorted(old, key=lambda r: self._held[r].at)[:REFRESH_PER_S]:
             room = rooms.get(room_id)
             bag = await self.bags.get(room_id)

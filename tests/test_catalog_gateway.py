@@ -355,3 +355,41 @@ async def test_the_host_curates_the_list_with_websocket_commands(world: Any) -> 
     assert (await host.request("bag.add", product_id="nope"))["d"]["code"] == "not_found"
     for c in (host, viewer):
         await c.close()
+
+
+async def test_a_list_stored_without_its_broadcast_still_reaches_the_nodes(world: Any) -> None:
+    """A process killed between storing a list and publishing it: viewers and node copies
+    do not hear of it; a copy older than its age is read again, and the host's retry of the
+    (now unchanged) request publishes the list again."""
+    from livecommerce.bag import Bag, item_of
+
+    node, api, token = world
+    h1 = token("h1", "host", ("r1",))
+    await api.ok("POST", "/products", h1, TEE, status=201)
+    await api.ok("POST", "/products", h1, {"id": "mug", "name": "Mug", "price": 900}, status=201)
+    await api.ok("POST", "/rooms/r1/bag/items", h1, {"product_id": "tee"})
+    viewer = await Client.connect(node.ws, "r1", token("v1"))
+    bags = node.services.bags
+    assert viewer.welcome["d"]["bag"]["v"] == 1 and bags.loads == 1
+    before = await bags.bags.get("r1")
+    mug = await bags.products.product("mug")
+    stored, _ = await bags.bags.put("r1", Bag((*before.items, item_of(mug)), "mug", 2), expected_v=1)  # no publish
+    assert stored
+    early = await Client.connect(node.ws, "r1", token("v2"))
+    assert early.welcome["d"]["bag"]["v"] == 1  # the copy, as promised: no read per join
+    bags.max_age_s = 0.0  # the copy's age has passed: the next second reads it again
+    await bags.on_second()
+    late = await Client.connect(node.ws, "r1", token("v3"))
+    assert (late.welcome["d"]["bag"]["v"], late.welcome["d"]["bag"]["explaining"]) == (2, "mug")
+    # the host retries: nothing changes, the list goes out again and the viewer catches up
+    again = await api.ok("PUT", "/rooms/r1/bag/explaining", h1, {"product_id": "mug"})
+    assert (again["changed"], again["v"]) == (False, 2)
+    e = await next_of(viewer, "bag.changed")
+    assert (e["d"]["v"], [i["product_id"] for i in e["d"]["items"]]) == (2, ["tee", "mug"])
+    # a resubscribed channel may have lost events: the node reads the list again, once
+    loads = bags.loads
+    bags.on_resubscribed({node.gw.keys.room_channel("r1")})
+    after = await Client.connect(node.ws, "r1", token("v4"))
+    assert after.welcome["d"]["bag"]["v"] == 2 and bags.loads == loads + 1
+    for c in (viewer, early, late, after):
+        await c.close()
