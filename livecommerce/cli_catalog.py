@@ -203,10 +203,11 @@ def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
             await store.check_schema()
             catalogue = Catalogue(RedisCatalog(redis, Keys(settings.key_prefix)), store)
             now = now_ms()
-            if args.product:
-                reports = [await catalogue.reconcile(args.product, repair=args.repair, now_ms=now)]
-            else:
-                reports = await catalogue.reconcile_all(repair=args.repair, now_ms=now)
+            ids = [args.product] if args.product else None
+            reports = await _check(catalogue, ids, repair=args.repair, now=now)
+            # after a repair, what is left is what a plain check still finds
+            after = {r.product_id: r for r in await _check(catalogue, [r.product_id for r in reports if r.drift],
+                                                           repair=False, now=now)} if args.repair else {}
         except LiveCommerceError as exc:
             print(f"error: {exc.message}", file=sys.stderr)
             return 1
@@ -215,15 +216,15 @@ def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
             await redis.aclose()
         left = 0
         for r in reports:
-            unresolved = r.drift if not args.repair or not r.conserved else [d for d in r.drift if "not conserved" in d
-                                                                             or "not in Redis" in d or "ahead of" in d]
-            left += bool(unresolved) or not r.conserved
+            still = after.get(r.product_id, r) if args.repair else r
+            bad = bool(still.drift) or not still.conserved
+            left += bad
             if args.json:
-                print(json.dumps(r.to_dict(), sort_keys=True))
+                print(json.dumps({**r.to_dict(), "left": still.drift}, sort_keys=True))
                 continue
-            head = f"{r.product_id}: Redis v{r.redis_v}, SQL v{r.sql_v}"
-            status = "ok" if not r.drift and r.conserved else ("REPAIRED" if args.repair and not unresolved else "DRIFT")
-            print(f"{head}: {status}" + (f" ({r.repaired} row(s) written)" if r.repaired else ""))
+            status = "ok" if not r.drift and r.conserved else ("DRIFT" if bad else "REPAIRED")
+            print(f"{r.product_id}: Redis v{r.redis_v}, SQL v{r.sql_v}: {status}"
+                  + (f" ({r.repaired} row(s) written)" if r.repaired else ""))
             for d in r.drift:
                 print(f"  {d}")
             if r.overdue_holds:
@@ -233,3 +234,9 @@ def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
         return 1 if left else 0
 
     return asyncio.run(main())
+
+
+async def _check(catalogue: Any, ids: list[str] | None, *, repair: bool, now: int) -> list[Any]:
+    if ids is None:
+        return list(await catalogue.reconcile_all(repair=repair, now_ms=now))
+    return [await catalogue.reconcile(pid, repair=repair, now_ms=now) for pid in ids]

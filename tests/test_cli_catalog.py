@@ -133,4 +133,4 @@ async def test_reconcile_reports_and_repairs_drift(tmp_path: Path, redis_url: st
     assert fixed.returncode == 0, fixed
     assert "REPAIRED (2 row(s) written)" in fixed.stdout
     clean = await cli("catalog", "reconcile", "--json", env=env, cwd=tmp_path)
-    assert clean.returncode == 0 and '"drift": []' in clean.stdout
+    assert clean.returncode == 0 and "\"drift\": []" in clean.stdout and "\"left\": []" in clean.stdout
