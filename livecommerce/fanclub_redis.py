@@ -4,11 +4,13 @@ Keys:
 
 * ``{fan:HOST}:badges``  hash member -> fan level (what a comment's badges read: :mod:`livecommerce.badges_redis`)
 * ``{fan:HOST}:board``   sorted set member -> intimacy (``GET /api/v1/hosts/{host}/fans``)
+* ``{fan:HOST}:followers`` set of the host's followers (members follow too): what a room in
+  followers-only chat asks (:meth:`FanclubRedis.relation`)
 * ``{user:ID}:fanv``     counter: the version of the user's next follow / membership change
   (the last-writer-wins order, see :mod:`livecommerce.fanclub`); it expires after
   ``ttl_s`` unused and restarts from the clock
 
-The profiles worker writes the first two after each batch from the SQL projection
+The profiles worker writes the first three after each batch from the SQL projection
 (``fan_members``), so they are a cache: a lost write is repaired by the pair's next event,
 and ``livecommerce profiles rebuild`` rewrites them all. Driver errors become
 :class:`~livecommerce.errors.Unavailable`.
@@ -63,11 +65,15 @@ class FanclubRedis:
 
     async def put(self, rows: Iterable[Mapping[str, Any]]) -> None:
         """Cache ``fan_members`` rows: members get their level and board score, others
-        leave both."""
+        leave both; followers (and members) are in the followers set, others leave it."""
         pipe = self._r.pipeline(transaction=False)
         n = 0
         for r in rows:
             host, user = str(r["host_id"]), str(r["user_id"])
+            if r.get("following") or r["member"]:
+                pipe.sadd(self._k(host, "followers"), user)
+            else:
+                pipe.srem(self._k(host, "followers"), user)
             if r["member"]:
                 pipe.hset(self._k(host, "badges"), user, fan_level(int(r["intimacy"])))
                 pipe.zadd(self._k(host, "board"), {user: int(r["intimacy"])})
@@ -85,6 +91,20 @@ class FanclubRedis:
             v = await self._r.hget(self._k(host, "badges"), user)
         return None if v is None else int(v)
 
+    async def relation(self, host: str, user: str) -> tuple[bool, bool]:
+        """``(following, member)`` of ``user`` to ``host``, as the cache holds them (one
+        round trip: both keys are in the host's slot).
+
+        Raises:
+            Unavailable: Redis unreachable.
+        """
+        pipe = self._r.pipeline(transaction=False)
+        pipe.sismember(self._k(host, "followers"), user)
+        pipe.hexists(self._k(host, "badges"), user)
+        async with guarded():
+            following, member = await pipe.execute()
+        return bool(following) or bool(member), bool(member)
+
     async def top(self, host: str, n: int) -> list[tuple[str, int]]:
         async with guarded():
             pairs = await self._r.zrevrange(self._k(host, "board"), 0, max(0, n - 1), withscores=True)
@@ -96,6 +116,7 @@ class FanclubRedis:
         for h in hosts:
             pipe.hdel(self._k(h, "badges"), user)
             pipe.zrem(self._k(h, "board"), user)
+            pipe.srem(self._k(h, "followers"), user)
         pipe.delete(self.keys.user(user, "fanv"))
         async with guarded():
             await pipe.execute()
@@ -107,6 +128,7 @@ class FanclubRedis:
         for h in hosts:
             pipe.delete(self._k(h, "badges"))
             pipe.delete(self._k(h, "board"))
+            pipe.delete(self._k(h, "followers"))
             n += 1
         if n:
             async with guarded():

@@ -332,8 +332,18 @@ class Change:
             "kick": ({f"kick:{u}": str(self.until_ms)}, []),
             "ban": ({f"ban:{u}": str(self.until_ms)}, []),
             "unban": ({}, [f"ban:{u}", f"kick:{u}"]),
-            "chat": ({"slow": str(self.slow_mode_s), "chat": self.mode}, []),
-        }[self.action]
+            "chat": ({}, []),
+        }[self.action] if self.action != "chat" else self._chat_fields()
+
+    def _chat_fields(self) -> tuple[dict[str, str], list[str]]:
+        sets: dict[str, str] = {}
+        dels: list[str] = []
+        for f, v, off in (("slow", str(self.slow_mode_s), self.slow_mode_s == 0), ("chat", self.mode, self.mode == "all")):
+            if off:
+                dels.append(f)  # a setting back at its default leaves the hash (it may then expire)
+            else:
+                sets[f] = v
+        return sets, dels
 
 
 #: hash fields whose value is an ``until_ms`` (pruned once over)

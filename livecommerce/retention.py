@@ -69,6 +69,9 @@ FAMILIES: tuple[Family, ...] = (
            "coupons_redis.py"),
     Family("room campaigns", r"\{room:[^}]+\}:campaigns$", "running campaigns (funnels)", "ttl", "30 days after the last start",
            "funnel_redis.py"),
+    Family("room moderation", r"\{room:[^}]+\}:mod$", "moderators, mutes, kicks, bans (user ids), chat settings", "kept",
+           "for good while it holds a moderator, a setting or a for-good ban; else until its last mute, kick or ban "
+           "ends (ended ones pruned on each change)", "moderation_apply.lua"),
     Family("room lotteries", r"\{room:[^}]+\}:lotteries$", "open lotteries", "cleanup", "each removed when announced",
            "lottery_redis.py"),
     # sales
@@ -112,8 +115,8 @@ FAMILIES: tuple[Family, ...] = (
            "wallet_gift_batch.lua"),
     Family("pay key", r"paykey:.+$", "payment Idempotency-Key answers", "ttl", "24 h", "gateway/commerce.py"),
     # per host, product, global
-    Family("fan cache", r"\{fan:[^}]+\}:(badges|board)$", "members' fan levels (cache of SQL)", "kept",
-           "per host, bounded by its members; rebuilt by `profiles rebuild`", "fanclub_redis.py"),
+    Family("fan cache", r"\{fan:[^}]+\}:(badges|board|followers)$", "members' fan levels, followers (cache of SQL)", "kept",
+           "per host, bounded by its members and followers; rebuilt by `profiles rebuild`", "fanclub_redis.py"),
     Family("host board", r"(\{host:[^}]+\}:lb|lb:hosts)$", "gift boards per host, hosts by gifts", "kept",
            "per host, bounded by its gifters", "leaderboard_redis.py"),
     Family("product", r"\{product:[^}]+\}:(meta|stock|held|sold|stocked|off|rooms)$",
@@ -128,6 +131,8 @@ FAMILIES: tuple[Family, ...] = (
     Family("catalog index", r"catalog:products$", "every product id", "kept", "for good (bounded by the catalogue)",
            "catalog_redis.py"),
     Family("push targets", r"\{push:[^}]+\}:users$", "users a segment push reached", "ttl", "30 days", "gateway/segments.py"),
+    Family("platform bans", r"mod:platform$", "users banned from the platform", "kept",
+           "for good while a for-good ban holds; else until the last ban ends", "moderation_apply.lua"),
     Family("ops", r"ops:.+$", "node totals, recent rooms, commerce snapshot", "ttl",
            "1 h / 24 h window / 60 s", "gateway/ops.py"),
     Family("feed index", r"\{feed\}:live$", "live rooms", "cleanup", "rooms removed when they end", "feed_redis.py"),
