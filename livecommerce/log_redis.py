@@ -142,15 +142,14 @@ class RedisLog:
         if not events:
             return
         cap = "" if self.maxlen is None else str(self.maxlen)
-        by_stream: dict[str, list[Any]] = {}
+        by_stream: dict[str, list[bytes]] = {}
         for event in events:
             stream = self.stream(event.topic, partition_for(event.key, self.partitions))
-            args = by_stream.get(stream)
-            if args is None:
-                args = by_stream[stream] = [cap]
-            args.append(encode_event(event))
+            packed = encode_event(event)
+            by_stream.setdefault(stream, []).append(b"%d\x1f%s" % (len(packed), packed))
         async with _guard():
-            await run_script_calls(self.redis, self._append, [([stream], args) for stream, args in by_stream.items()])
+            await run_script_calls(self.redis, self._append, [([stream], [cap, b"".join(parts)])
+                                                              for stream, parts in by_stream.items()])
 
     async def consumer(self, topic: str, group: str, name: str) -> RedisConsumer:
         """Create the group on every partition stream (idempotent) and return a member.

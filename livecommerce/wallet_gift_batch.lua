@@ -6,11 +6,12 @@
 -- Per group, KEYS: the balances hash (user -> coins), the outbox hash (event id -> packed
 -- event), then per gift in order the sender's combo string for this room and gift
 -- ("combo_id|total", expires) and, for a gift with a request id only, its request record.
--- ARGV[1] combo window ms, ARGV[2] request record lifetime ms, then per group: its number
--- of gifts n, then 2 values per gift: "cost US count US requested combo id ('' for none) US
--- new combo id US event id US request fingerprint ('' for no request id) US user" (US =
--- \31: one argument per gift instead of seven keeps the caller's encoding cheap; the user
--- comes last, whole), and the packed event.
+-- ARGV[1] combo window ms, ARGV[2] request record lifetime ms, then per group two values:
+-- its number of gifts n and their blob: per gift "cost US count US requested combo id (''
+-- for none) US new combo id US event id US request fingerprint ('' for no request id) US
+-- byte length of the user US byte length of the packed event US" then the user and the
+-- packed event (US = \31; ids hold no US, the user and the event are taken by length). One
+-- argument per group instead of several per gift keeps the caller's encoding cheap.
 -- Returns 5 values per gift: code, balance, combo id, combo total, event id; code 'ok'
 -- (debited), 'dup' (the request was debited before: its first balance, combo and event),
 -- 'insufficient_funds' (balance, '', 0, ''), 'idempotency_conflict' (0, '', 0, '').
@@ -32,14 +33,23 @@ local k = 1
 local a = 3
 while a <= #ARGV do
   local n = tonumber(ARGV[a])
+  local blob = ARGV[a + 1]
   local bal_key, out_key = KEYS[k], KEYS[k + 1]
-  a = a + 1
+  a = a + 2
   k = k + 2
+  local p = 1
   for _ = 1, n do
-    local h = split(ARGV[a], '\31', 7)
-    local cost, count, want, new_id, eid, fp, user = tonumber(h[1]), tonumber(h[2]), h[3], h[4], h[5], h[6], h[7]
-    local packed = ARGV[a + 1]
-    a = a + 2
+    local h = {}
+    for j = 1, 8 do
+      local q = string.find(blob, '\31', p, true)
+      h[j] = string.sub(blob, p, q - 1)
+      p = q + 1
+    end
+    local cost, count, want, new_id, eid, fp = tonumber(h[1]), tonumber(h[2]), h[3], h[4], h[5], h[6]
+    local ulen, elen = tonumber(h[7]), tonumber(h[8])
+    local user = string.sub(blob, p, p + ulen - 1)
+    local packed = string.sub(blob, p + ulen, p + ulen + elen - 1)
+    p = p + ulen + elen
     local ckey = KEYS[k]
     local rkey = nil
     k = k + 1

@@ -33,7 +33,7 @@ Driver errors become :class:`~livecommerce.errors.Unavailable`.
 
 from __future__ import annotations
 
-import os
+import random
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -59,9 +59,11 @@ from .wallet import (
     topup_event_id,
 )
 
+_ids = random.Random()  # event ids: 128 random bits, seeded from the OS; cheaper than uuid4 per gift
 GIFT = (files("livecommerce") / "wallet_gift.lua").read_text()
 GIFT_BATCH = (files("livecommerce") / "wallet_gift_batch.lua").read_text()
 TOPUP_LUA = (files("livecommerce") / "wallet_topup.lua").read_text()
+CLEAR = (files("livecommerce") / "wallet_clear.lua").read_text()
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +138,7 @@ class RedisWallet:
         self._gift = redis.register_script(GIFT)
         self._gift_batch = redis.register_script(GIFT_BATCH)
         self._topup = redis.register_script(TOPUP_LUA)
+        self._clear = redis.register_script(CLEAR)
         self._shard_keys = [(self._k(n, "bal"), self._k(n, "out")) for n in range(WALLET_SHARDS)]
 
     def _k(self, user_or_shard: str | int, part: str) -> str:
@@ -212,24 +215,27 @@ class RedisWallet:
                 keys, args = [], [self.combo_window_ms, GIFT_REQUEST_TTL_MS]
                 calls.append((keys, args))
             keys += self._shard_keys[shard]
-            args.append(len(idx))
             sid = str(shard)
+            blob: list[bytes] = []
             for i in idx:
                 o = orders[i]
                 spec = o.spec
                 cost = spec.price * o.count
-                eid = os.urandom(16).hex()
-                event = events[i] = new_event(TOPIC, o.user, GIFT_SENT, {
+                eid = f"{_ids.getrandbits(128):032x}"
+                event = events[i] = LogEvent(id=eid, topic=TOPIC, key=o.user, type=GIFT_SENT, ts=now_ms, data={
                     "user": o.user, "room": o.room, "host": o.host, "gift_id": spec.id, "count": o.count,
-                    "price": spec.price, "value": cost}, eid, now_ms)
+                    "price": spec.price, "value": cost})
                 keys.append(entity("wallet", sid, f"combo:{o.user}:{o.room}:{spec.id}"))
                 if o.request_id:
                     keys.append(entity("wallet", sid, "greq:" + gift_request_key(o.user, o.request_id)))
                     fp = gift_fingerprint(o.room, spec.id, o.count, o.combo_id)
                 else:
                     fp = ""
-                args += (f"{cost}\x1f{o.count}\x1f{o.combo_id or ''}\x1f{eid[:12]}\x1f{eid}\x1f{fp}\x1f{o.user}",
-                         encode_event(event))
+                user = o.user.encode()
+                packed = encode_event(event)
+                blob += (f"{cost}\x1f{o.count}\x1f{o.combo_id or ''}\x1f{eid[:12]}\x1f{eid}\x1f{fp}\x1f{len(user)}\x1f"
+                         f"{len(packed)}\x1f".encode(), user, packed)
+            args += (len(idx), b"".join(blob))
             order += idx
         async with guarded():
             replies = await run_script_calls(self._r, self._gift_batch, calls)
@@ -281,17 +287,20 @@ class RedisWallet:
         await self.clear(done)
 
     async def clear(self, events: Iterable[LogEvent]) -> None:
-        """Forget published outbox entries (one pipelined HDEL per shard)."""
-        by_shard: dict[str, list[str]] = {}
+        """Forget published outbox entries: ``wallet_clear.lua``, one call per shard
+        (pipelined) on a cluster, one call for every shard on one Redis."""
+        by_shard: dict[str, list[bytes]] = {}
         for e in events:
-            by_shard.setdefault(self._k(e.key, "out"), []).append(e.id)
+            eid = e.id.encode()
+            by_shard.setdefault(self._k(e.key, "out"), []).append(b"%d\x1f%s" % (len(eid), eid))
         if not by_shard:
             return
-        pipe = self._r.pipeline(transaction=False)
-        for key, ids in by_shard.items():
-            pipe.hdel(key, *ids)
+        if self.shards_per_call == 1:
+            calls: list[tuple[list[str], list[bytes]]] = [([key], [b"".join(ids)]) for key, ids in by_shard.items()]
+        else:
+            calls = [(list(by_shard), [b"".join(ids) for ids in by_shard.values()])]
         async with guarded():
-            await pipe.execute()
+            await run_script_calls(self._r, self._clear, calls)
 
     async def pending(self, *, older_than_ms: int | None = None) -> list[LogEvent]:
         """Outbox events (only those with ``ts`` before ``older_than_ms`` when given)."""

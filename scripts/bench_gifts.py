@@ -357,7 +357,7 @@ async def gateway_counters(h: aiohttp.ClientSession, base: str) -> dict[str, flo
 
 
 async def raw_script_ceiling(redis_url: str, prefix: str, users: int, per_batch: int, in_flight: int,
-                             seconds: float) -> dict[str, Any]:
+                             seconds: float, shards_per_call: int | None = None) -> dict[str, Any]:
     """What the gateway's Redis work gives with no gateway: ``RedisWallet.send_gifts`` (one
     batch script call per wallet shard, pipelined) then ``append_many`` of the events, from
     this process, ``per_batch`` gifts per batch spread over ``users`` senders, ``in_flight``
@@ -368,7 +368,7 @@ async def raw_script_ceiling(redis_url: str, prefix: str, users: int, per_batch:
 
     redis = connect(redis_url)
     keys = Keys(prefix)
-    wallet = RedisWallet(redis, keys)
+    wallet = RedisWallet(redis, keys, shards_per_call=shards_per_call)
     log = RedisLog(redis, keys)
     spec = load_catalogue().get("rose")
     names = [f"c{i}" for i in range(users)]
@@ -397,7 +397,8 @@ async def raw_script_ceiling(redis_url: str, prefix: str, users: int, per_batch:
         async for key in redis.scan_iter(match=f"{prefix}:*", count=1000):
             await redis.delete(key)
         await redis.aclose()
-    return {"gifts_per_s": round(rate, 1), "gifts_per_batch": per_batch, "batches_in_flight": in_flight}
+    return {"gifts_per_s": round(rate, 1), "gifts_per_batch": per_batch, "batches_in_flight": in_flight,
+            "shards_per_call": "all" if wallet.shards_per_call == 0 else wallet.shards_per_call}
 
 
 def cpu_snapshot(gw_pid: int, load_pids: list[int], redis_s: float) -> dict[str, float]:
@@ -508,6 +509,7 @@ async def main(a: argparse.Namespace) -> int:
             c1 = await gateway_counters(h, base)
             cpu1 = cpu_snapshot(gw.pid, [p.pid for p in load.procs], await redis_cpu(redis))
             out["cpu_percent_of_a_core"] = {k: round(100 * (cpu1[k] - cpu0[k]) / r["seconds"], 1) for k in cpu0}
+            out["gateway_cpu_us_per_gift"] = round((cpu1["gateway"] - cpu0["gateway"]) / max(r["acked"], 1) * 1e6, 1)
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
                 _, err = await asyncio.to_thread(spy.communicate, timeout=60)
@@ -541,12 +543,18 @@ async def main(a: argparse.Namespace) -> int:
                 out["storm_catch_up_s"] = round(time.monotonic() - t0, 1)
                 out["storm_lag_after_catch_up"] = await group_lag(redis, prefix, ("wallet", "points"))
             if not a.storm and a.floor:
+                cpu0 = cpu_snapshot(gw.pid, [p.pid for p in load.procs], await redis_cpu(redis))
                 f = await load.run("ping", a.floor)
+                cpu1 = cpu_snapshot(gw.pid, [p.pid for p in load.procs], await redis_cpu(redis))
                 out["ping_floor"] = {"pings_per_s": round(f["acked"] / a.floor, 1),
-                                     "p99_ms": round(pct(f["hist"], 0.99), 2)}
+                                     "p99_ms": round(pct(f["hist"], 0.99), 2),
+                                     "gateway_cpu_us_per_ping": round((cpu1["gateway"] - cpu0["gateway"]) / max(f["acked"], 1) * 1e6, 1),
+                                     "cpu_percent_of_a_core": {k: round(100 * (cpu1[k] - cpu0[k]) / f["seconds"], 1) for k in cpu0}}
         per_batch = max(1, round(out.get("gateway_batches", {}).get("gifts_per_batch", 1)))
         if not a.storm and a.ceiling:
             out["raw_script_ceiling"] = await raw_script_ceiling(a.redis, prefix + "c", a.clients, per_batch, MAX_IN_FLIGHT, a.ceiling)
+            out["raw_script_ceiling_one_call_per_shard"] = await raw_script_ceiling(
+                a.redis, prefix + "d", a.clients, per_batch, MAX_IN_FLIGHT, a.ceiling, shards_per_call=1)
     finally:
         if load is not None:
             load.close()
@@ -594,7 +602,8 @@ async def main(a: argparse.Namespace) -> int:
         c = out["raw_script_ceiling"]
         print(f"same-run ceiling, the batch script + log append from Python ({c['gifts_per_batch']} gifts per batch over "
               f"{a.clients} senders, {c['batches_in_flight']} batches in flight): {c['gifts_per_s']:,.0f} gifts/s "
-              f"(gateway at {g['gifts_per_s'] / c['gifts_per_s']:.2f} of it)")
+              f"(gateway at {g['gifts_per_s'] / c['gifts_per_s']:.2f} of it); with one script call per wallet shard "
+              f"(pipelined, as on a cluster): {out['raw_script_ceiling_one_call_per_shard']['gifts_per_s']:,.0f} gifts/s")
     if "ping_floor" in out:
         print(f"same-run ping floor (same clients, `ping`, no Redis): {out['ping_floor']['pings_per_s']:,.0f}/s")
     print(f"balances equal ledgers: {out['balances_equal_ledgers']}; loadavg after: {out['loadavg']['after']}")

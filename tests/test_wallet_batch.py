@@ -172,14 +172,16 @@ def test_the_batch_script_decides_as_decide_gift_batch(lab: Lab, balances: dict[
         keys, args, idx = calls[-1]
         mine = [i for i, d in enumerate(debits) if d.user == u]
         keys += [k(u, "bal"), k(u, "out")]
-        args.append(len(mine))
+        blob = b""
         for i in mine:
             d, (_, _, _, g, _, rid, _) = debits[i], gifts[i]
             keys.append(k(u, f"combo:{g}"))
             if rid is not None:
                 keys.append(k(u, "greq:" + gift_request_key(u, rid)))
-            args += [f"{d.cost}\x1f{d.count}\x1f{d.requested or ''}\x1f{d.new_combo_id}\x1f{d.event_id}\x1f"
-                     f"{d.fingerprint if rid is not None else ''}\x1f{u}", f"packed-{d.event_id}"]
+            packed = f"packed-{d.event_id}".encode()
+            blob += (f"{d.cost}\x1f{d.count}\x1f{d.requested or ''}\x1f{d.new_combo_id}\x1f{d.event_id}\x1f"
+                     f"{d.fingerprint if rid is not None else ''}\x1f{len(u)}\x1f{len(packed)}\x1f{u}").encode() + packed
+        args += [len(mine), blob]
         idx += mine
     got: dict[int, GiftDecision] = {}
     for keys, args, idx in calls:
@@ -238,6 +240,20 @@ async def test_send_gifts_answers_each_gift_as_a_lone_gift_in_arrival_order(redi
     assert [await w.balance(u) for u in users] == [2] * len(users)
     assert await w.gift_request(users[0], "q0") == first.event.id and await w.gift_request(users[0], "q2") is None
     assert len([e for e in await w.pending() if e.type == "gift.sent"]) == 2 * len(users)
+    await w.publish(RedisLog(redis, keys), await w.pending())  # appended, then cleared from every shard's outbox
+    assert await w.pending() == []
+
+
+async def test_any_user_id_travels_whole_through_the_batch(redis: aioredis.Redis, keys: Keys) -> None:
+    w = RedisWallet(redis, keys)
+    odd = ["ü\x1f\n|x", "a" * 64, "7"]  # separators and multi-byte characters in user ids
+    now = int(time.time() * 1000)
+    for u in odd:
+        await w.topup(user=u, amount=10, idempotency_key="k", by="ops", now_ms=now)
+    out = await w.send_gifts([GiftOrder(u, "r", "h", HEART, 1, "c-1", "q.1") for u in odd * 2], now_ms=now)
+    assert [type(r) for r in out] == [SentGift] * 3 + [GiftReplayed] * 3
+    assert [r.balance for r in out] == [5] * 6 and [await w.balance(u) for u in odd] == [5, 5, 5]
+    assert all(isinstance(r, SentGift) and r.event.key == u and r.combo == Combo("c-1", 1) for r, u in zip(out[:3], odd, strict=True))
 
 
 async def test_a_batch_append_puts_each_event_in_its_partition_once(redis: aioredis.Redis, keys: Keys) -> None:
