@@ -61,6 +61,7 @@ V3_TABLES = ("growth_facts", "growth_days", "growth_users", "exp_exposures")
 V4_TABLES = ("profiles_base",)
 V5_TABLES = ("points_balances",)
 V6_TABLES = ("catalog_products", "catalog_skus", "catalog_stock_moves")
+V7_TABLES = ("moderation_actions", "moderation_reports")
 
 # the columns step 2 added to ``refunds`` (the request's core columns came with step 1)
 REFUNDS_V2_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -140,6 +141,11 @@ def _v6_catalog(conn: Connection) -> None:
     _create(conn, V6_TABLES)
 
 
+def _v7_moderation(conn: Connection) -> None:
+    """Issue 20: room moderation's audit log and viewers' reports."""
+    _create(conn, V7_TABLES)
+
+
 STEPS: list[tuple[int, str, Step]] = [
     (
         1,
@@ -151,6 +157,7 @@ STEPS: list[tuple[int, str, Step]] = [
     (4, "retention: profiles_base (the fold of the log entries retention trimmed)", _v4_retention),
     (5, "points_balances: each user's points balance per role, kept with the ledger", _v5_points_balances),
     (6, "catalogue: products with SKUs, their stock moves", _v6_catalog),
+    (7, "moderation: the audit log of moderators' actions, viewers' reports", _v7_moderation),
 ]
 LATEST = STEPS[-1][0]
 

@@ -455,3 +455,48 @@ catalog_stock_moves = Table(
     Column("ts_ms", BigInteger, nullable=False),
     Index("ix_catalog_moves_sku", "product_id", "sku_id", "seq"),
 )
+
+# ---------- step 7 (room moderation, issue 20): the audit log and viewers' reports
+# (moderation_sql). Redis holds the live state (moderation_redis); SQL remembers every action
+# and every report with the comments around it.
+
+moderation_actions = Table(
+    "moderation_actions",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("ts_ms", BigInteger, nullable=False),
+    Column("room_id", String(ID), nullable=False),  # "" for the platform
+    Column("actor_id", String(ID), nullable=False),
+    Column("actor_role", String(16), nullable=False),  # moderation.Role
+    Column("action", String(32), nullable=False),  # moderation.AUDIT_ACTIONS
+    Column("target_id", String(ID), nullable=False, default=""),
+    Column("comment_seq", BigInteger, nullable=True),
+    Column("until_ms", BigInteger, nullable=True),  # 0: for good; NULL: not a timed action
+    Column("reason", String(500), nullable=False, default=""),
+    Column("report_id", String(ID), nullable=True),
+    Column("details", JSON, nullable=True),
+    Index("ix_mod_actions_ts", "ts_ms"),
+    Index("ix_mod_actions_room", "room_id", "ts_ms"),
+    Index("ix_mod_actions_target", "target_id", "ts_ms"),
+    Index("ix_mod_actions_actor", "actor_id", "ts_ms"),
+)
+
+moderation_reports = Table(
+    "moderation_reports",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("room_id", String(ID), nullable=False),
+    Column("reporter_id", String(ID), nullable=False),
+    Column("target_id", String(ID), nullable=False),
+    Column("comment_seq", BigInteger, nullable=False, default=0),  # 0: a report of the user
+    Column("reason", String(32), nullable=False),  # moderation.REPORT_REASONS
+    Column("note", String(600), nullable=False, default=""),
+    Column("context", JSON, nullable=False),  # the comments around it, from the room's history
+    Column("status", String(16), nullable=False),  # open | resolved | dismissed
+    Column("created_ms", BigInteger, nullable=False),
+    Column("resolved_ms", BigInteger, nullable=True),
+    Column("resolved_by", String(ID), nullable=True),
+    Column("resolution", JSON, nullable=True),  # {action, audit_id, reason}
+    UniqueConstraint("room_id", "reporter_id", "target_id", "comment_seq", name="uq_mod_reports_once"),
+    Index("ix_mod_reports_queue", "room_id", "status", "created_ms"),
+)
