@@ -18,5 +18,5 @@ CAPABILITIES: list[str] = [
     "gateway.refunds", "gateway.tickets", "gateway.fanclub", "gateway.profiles", "gateway.segments", "gateway.funnel",
     "gateway.experiments", "gateway.feed", "gateway.growth", "gateway.referrals",
     "gateway.ops", "gateway.pages", "gateway.openapi",
-    "gateway.comments", "gateway.likes",
+    "gateway.comments", "gateway.likes", "gateway.moderation",
 ]

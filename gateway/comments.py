@@ -5,7 +5,9 @@ node (``rate_limited``; close 4429 when flooding persists), moderation (``modera
 masked with ``LC_MODERATION_MODE=mask``), broadcast as ``comment`` with user id, display
 name, level and the author's badges (``fan``, ``buyer``: :mod:`livecommerce.badges`, at most
 one Redis round trip, none while the node holds them fresh), then the comment hooks (lottery
-keywords, points, counters). In a room whose show has ended comments answer ``room_ended``.
+keywords, points, counters). In a room whose show has ended comments answer ``room_ended``;
+the room's moderation (``gateway.moderation``, the guard) answers ``muted``, ``banned``,
+``kicked``, ``slow_mode``, ``followers_only`` or ``fanclub_only``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from livecommerce.protocol.events import reply
 
 from .conn import Conn
 from .core import Gateway
-from .hooks import CommentHook
+from .hooks import CommentGuard, CommentHook
 from .rooms import RoomGate
 from .validation import read_json
 
@@ -38,9 +40,11 @@ REJECT_MESSAGES = {
 class Comments:
     """``ping`` and ``comment`` over WebSocket, ``announce`` over HTTP."""
 
-    def __init__(self, gw: Gateway, gate: RoomGate, badges: Badges, hooks: list[CommentHook]) -> None:
+    def __init__(self, gw: Gateway, gate: RoomGate, badges: Badges, hooks: list[CommentHook],
+                 guard: CommentGuard | None = None) -> None:
         self.gw = gw
         self.gate = gate
+        self.guard = guard  # room moderation (gateway.moderation): muted, banned, slow mode, followers only
         self.badges = badges  # the author's level, fan badge and buyer mark
         self.hooks = hooks  # the comment hooks (lottery keywords, points, counters)
         self.buckets: dict[str, TokenBucket] = {}
@@ -52,6 +56,8 @@ class Comments:
     async def comment(self, conn: Conn, cmd: Comment) -> dict[str, Any] | None:
         gw = self.gw
         await self.gate.check(conn.room)  # RoomEnded: the show is over
+        if self.guard is not None:
+            await self.guard(conn)  # Refused / SlowMode
         bucket = self.buckets.get(conn.user)
         if bucket is None:
             now = time.monotonic()

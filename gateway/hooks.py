@@ -25,6 +25,8 @@ Json = dict[str, Any]
 
 #: ``(conn, d)`` before a comment is published: may add fields to ``d`` (level, badges)
 CommentHook = Callable[["Conn", Json], Awaitable[None]]
+#: ``conn`` first thing in a comment: raises to refuse it (moderation: muted, banned, slow mode)
+CommentGuard = Callable[["Conn"], Awaitable[None]]
 #: ``(room, user, value)`` after a gift was debited (lottery gift entries, ops counters)
 GiftHook = Callable[[str, str, int], Awaitable[None]]
 #: ``(room, identity)`` -> fields merged into the ``welcome`` frame

@@ -29,6 +29,7 @@ from livecommerce.likes_redis import RedisLikes
 from livecommerce.log import Log
 from livecommerce.log_open import open_log
 from livecommerce.lottery_redis import RedisLotteries
+from livecommerce.moderation_redis import RedisModeration
 from livecommerce.ops_redis import OpsRedis
 from livecommerce.pins_redis import RedisPins
 from livecommerce.points_redis import PointsRedis
@@ -58,6 +59,7 @@ from .growth import Growth
 from .http import Health
 from .likes import Likes
 from .lottery import LotteryService
+from .moderation import Moderation
 from .openapi import OpenApi
 from .ops import Ops
 from .pages import Pages
@@ -94,6 +96,7 @@ class Services:
     referrals: Referrals
     likes: Likes
     comments: Comments
+    moderation: Moderation
     room_gate: RoomGate
     lotteries: LotteryService
     coupons: Coupons
@@ -155,7 +158,21 @@ def build(gw: Gateway) -> Services:
     gw.hooks.welcome.append(views.welcome)
     gw.hooks.stop.append(views.stop)
 
-    comments = Comments(gw, gate, Badges(RedisBadges(gw.redis, gw.keys)), gw.hooks.comment)
+    # room moderation: the node's copy of each served room's moderators, mutes, bans and chat
+    # settings (read at its first welcome, kept by the room's `moderation` events) and of the
+    # platform's bans (the platform inbox); the comment guard, the first welcome hook
+    moderation = Moderation(gw, RedisModeration(gw.redis, gw.keys), FanclubRedis(gw.redis, gw.keys), store, gate)
+    gw.hub.observe(("moderation",), moderation.observe)
+    gw.hub.on_drop.append(moderation.forget)
+    gw.hub.on_second.append(moderation.on_second)
+    add_resubscribe_listener = getattr(gw.broker, "add_resubscribe_listener", None)
+    if add_resubscribe_listener is not None:
+        add_resubscribe_listener(moderation.on_resubscribed)
+    gw.hooks.welcome.insert(0, moderation.welcome)  # a banned joiner costs nothing else
+    gw.hooks.start.append(moderation.start)
+
+    comments = Comments(gw, gate, Badges(RedisBadges(gw.redis, gw.keys)), gw.hooks.comment, guard=moderation.check_comment)
+    gw.hooks.comment.append(moderation.on_comment)  # slow mode counts a comment that passed every check
 
     lotteries = LotteryService(gw, lottery_store, gate, views)
     gw.hooks.comment.append(lotteries.on_comment)
@@ -269,7 +286,7 @@ def build(gw: Gateway) -> Services:
     gw.hooks.response.append(funnel.on_response)
     gw.hooks.stop.insert(0, funnel.flush)
 
-    return Services(catalog=catalog, bags=bags, checkout=checkout, sales=sales, orders=orders, funnel=funnel, likes=likes, comments=comments, room_gate=gate, lotteries=lotteries, coupons=coupons, rooms=rooms,
+    return Services(catalog=catalog, bags=bags, checkout=checkout, sales=sales, orders=orders, funnel=funnel, likes=likes, comments=comments, moderation=moderation, room_gate=gate, lotteries=lotteries, coupons=coupons, rooms=rooms,
                     health=health, ops=ops, pages=pages, openapi=openapi, experiments=experiments, feed=feed, segments=segments,
                     store=store, log=durable, wallet=wallet, wallet_outbox=outbox, wallets=wallets, gifts=gifts, points=points,
                     aftersales=aftersales, tickets=tickets, fanclub=fanclub, profiles=profiles, growth=growth,

@@ -647,3 +647,33 @@ class AuditEntry:
             "until_ms": None if self.until_ms is None else wire_until(self.until_ms), "for_good": self.until_ms == FOREVER,
             "reason": self.reason, "report_id": self.report_id, "details": self.details,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """A viewer's report in the moderators' queue: the reported comment (``seq``; 0 for a
+    report of the user) and its author (``target``), the reason, the comments around it
+    (``context``), and how it was closed (``status``, ``resolution``: ``{action, audit_id,
+    reason}``)."""
+
+    id: str
+    room: str
+    reporter: str
+    target: str
+    seq: int
+    reason: str
+    note: str
+    context: list[dict[str, Any]]
+    status: str  # one of REPORT_STATES
+    created_ms: int
+    resolved_ms: int | None = None
+    resolved_by: str | None = None
+    resolution: dict[str, Any] | None = None
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "room": self.room, "reporter": self.reporter, "target": self.target,
+            "seq": self.seq or None, "reason": self.reason, "note": self.note, "context": self.context,
+            "status": self.status, "created_ms": self.created_ms, "resolved_ms": self.resolved_ms,
+            "resolved_by": self.resolved_by, "resolution": self.resolution,
+        }

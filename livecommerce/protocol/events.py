@@ -41,6 +41,8 @@ CRITICAL_TYPES = frozenset(
         "room.ended",
         "product.pinned",
         "bag.changed",
+        "comment.deleted",
+        "moderation",
         "points",
         "resync",
     }
