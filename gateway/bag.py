@@ -61,7 +61,7 @@ from livecommerce.bag_redis import RedisBags
 from livecommerce.bag_sync import MakeOp, RoomLists
 from livecommerce.catalog import Product
 from livecommerce.catalog_redis import RedisCatalog
-from livecommerce.errors import Conflict, Forbidden, NotFound
+from livecommerce.errors import Conflict, Forbidden, NotFound, Unavailable
 from livecommerce.protocol.commands import HostAction
 from livecommerce.protocol.events import reply
 
@@ -132,7 +132,10 @@ class RoomBags:
         old = [r for r, h in self._held.items() if now - h.at > self.max_age_s and rooms.get(r) is h.room]
         for room_id in sorted(old, key=lambda r: self._held[r].at)[:REFRESH_PER_S]:
             room = rooms.get(room_id)
-            bag = await self.bags.get(room_id)
+            try:
+                bag = await self.bags.get(room_id)
+            except Unavailable:  # Redis away: try again next second (the other second tasks still run)
+                return
             held = self._held.get(room_id)
             if room is not None and held is not None and held.room is room:
                 if bag.v > held.bag.v:
@@ -177,7 +180,10 @@ class RoomBags:
         try:
             self.loads += 1
             bag = await self.bags.get(room_id)
-        except BaseException as exc:
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
+        except Exception as exc:
             fut.set_exception(exc)
             fut.exception()  # retrieved: waiters re-raise it
             raise
