@@ -75,9 +75,10 @@ MAX_IN_FLIGHT = 2  # group commits awaiting Redis at once; later gifts gather fo
 class GiftBatcher:
     """Group commit of gift debits: gifts submitted within one loop turn (and those that
     arrive while ``max_in_flight`` batches are out) become one :meth:`RedisWallet.send_gifts`
-    call, then one log ``append_many`` of the debited gifts' events; only then is each
-    gift's future resolved, so an ``ack`` still means "debited and logged" (or left in the
-    outbox for the sweeper when the log is down, as for a lone gift)."""
+    call. Each gift's future is resolved as soon as the batch is decided: a debited gift's
+    event is then in the wallet outbox (same atomic step), and the outbox's appending task
+    puts the batch's events on the log beside the next batch (:meth:`Outbox.emit_soon`;
+    if the gateway dies first, the sweeper appends them)."""
 
     def __init__(self, wallet: RedisWallet, outbox: Outbox, now_ms: Callable[[], int], *, max_batch: int = MAX_BATCH,
                  max_in_flight: int = MAX_IN_FLIGHT, on_batch: Callable[[int, int], None] | None = None) -> None:
@@ -86,7 +87,7 @@ class GiftBatcher:
         self.now_ms = now_ms
         self.max_batch = max_batch
         self.max_in_flight = max_in_flight
-        self.on_batch = on_batch  # (gifts, script calls) per batch, for metrics
+        self.on_batch = on_batch  # (gifts, wallet shards) per batch, for metrics
         self._pending: list[tuple[GiftOrder, asyncio.Future[GiftResult]]] = []
         self._scheduled = False
         self._in_flight = 0
@@ -117,9 +118,6 @@ class GiftBatcher:
     async def _run(self, batch: list[tuple[GiftOrder, asyncio.Future[GiftResult]]]) -> None:
         try:
             results = await self.wallet.send_gifts([o for o, _ in batch], now_ms=self.now_ms())
-            sent = [r.event for r in results if isinstance(r, SentGift)]
-            if sent:
-                await self.outbox.emit_many(sent)
         except Exception as exc:
             for _, fut in batch:
                 if not fut.done():
@@ -128,6 +126,9 @@ class GiftBatcher:
             for (_, fut), r in zip(batch, results, strict=True):
                 if not fut.done():
                     fut.set_result(r)
+            sent = [r.event for r in results if isinstance(r, SentGift)]
+            if sent:
+                self.outbox.emit_soon(sent)
             if self.on_batch is not None:
                 self.on_batch(len(batch), len({shard_of(o.user) for o, _ in batch}))
         finally:
@@ -164,13 +165,13 @@ class Gifts:
         r = gw.metrics.registry
         self.m_batches = Counter("lc_gift_batches", "Gift group commits (one wallet pipeline + one log append each)", registry=r)
         self.m_batch_gifts = Counter("lc_gift_batch_gifts", "Gifts decided in group commits", registry=r)
-        self.m_batch_calls = Counter("lc_gift_batch_calls", "Wallet script calls of group commits (one per shard)", registry=r)
+        self.m_batch_shards = Counter("lc_gift_batch_shards", "Wallet shards touched by group commits", registry=r)
         self.batcher = GiftBatcher(wallet, outbox, gw.now_ms, on_batch=self._count_batch)
 
-    def _count_batch(self, gifts: int, calls: int) -> None:
+    def _count_batch(self, gifts: int, shards: int) -> None:
         self.m_batches.inc()
         self.m_batch_gifts.inc(gifts)
-        self.m_batch_calls.inc(calls)
+        self.m_batch_shards.inc(shards)
 
     async def host_of(self, room: str) -> str:
         """The room's host (held by the room gate once read), ``room:<id>`` when unknown.

@@ -40,14 +40,21 @@ log = logging.getLogger("livecommerce.gateway.wallet")
 
 class Outbox:
     """Appends wallet events to the log right after their Redis step, and clears the
-    outbox entries in one pipeline per tick. An event whose append fails stays in the
-    outbox; the wallet worker's sweeper appends it later."""
+    outbox entries in one call per tick. An event whose append fails stays in the outbox;
+    the wallet worker's sweeper appends it later.
+
+    :meth:`emit` appends before it returns (top-ups answer after it); :meth:`emit_soon`
+    (gift batches) queues the events and one task appends whatever is queued, so the gifts
+    are acked once debited (their events are in the outbox, written by the same atomic
+    step) while the append runs beside the next batch."""
 
     def __init__(self, log: Log, wallet: RedisWallet) -> None:
         self.log = log
         self.wallet = wallet
         self._done: list[LogEvent] = []
         self._clearing: asyncio.Task[None] | None = None
+        self._queued: list[LogEvent] = []
+        self._appending: asyncio.Task[None] | None = None
 
     async def emit(self, event: LogEvent) -> bool:
         """Append ``event``; True when stored in the log (False: left to the sweeper)."""
@@ -70,6 +77,21 @@ class Outbox:
         self._done.extend(events)
         return True
 
+    def emit_soon(self, events: Sequence[LogEvent]) -> None:
+        """Queue ``events`` for the appending task (started if idle); :meth:`flush` waits
+        for it."""
+        self._queued.extend(events)
+        if self._appending is None or self._appending.done():
+            self._appending = asyncio.get_running_loop().create_task(self._append_queued())
+
+    async def _append_queued(self) -> None:
+        while self._queued:
+            batch, self._queued = self._queued, []
+            try:
+                await self.emit_many(batch)
+            except Exception:  # never lost: the events stay in the outbox for the sweeper
+                log.exception("wallet.append_failed", extra={"events": len(batch)})
+
     def on_tick(self, now: float) -> None:
         if self._done and (self._clearing is None or self._clearing.done()):
             batch, self._done = self._done, []
@@ -82,7 +104,9 @@ class Outbox:
             self._done.extend(batch)  # next tick; the sweeper would only re-append them
 
     async def flush(self) -> None:
-        """Clear what is pending now (shutdown)."""
+        """Append what is queued, then clear what is pending now (shutdown)."""
+        while self._appending is not None and not self._appending.done():
+            await asyncio.gather(self._appending, return_exceptions=True)
         if self._clearing is not None:
             await asyncio.gather(self._clearing, return_exceptions=True)
         batch, self._done = self._done, []

@@ -7,9 +7,11 @@ database, its own key prefix), tops up C viewers, then C WebSocket clients keep 
 flight each for S seconds. It prints gifts/s acked by the gateway and the send->ack latency
 beside the goal (issue #17: >= 10,000 gifts/s, ack p99 < 100 ms) and two same-run ceilings:
 
-* raw batch script: the gift batch script called by EVALSHA straight from this process with
-  the batch size the gateway reached (gifts per script call, read from its /metrics), as many
-  calls in flight as the gateway had; what Redis and redis-py give with no gateway at all;
+* raw batch script: what the gateway's Redis work gives with no gateway at all, from this
+  process: `RedisWallet.send_gifts` (the gift batch script) then the log `append_many`, with
+  the batch size the gateway reached (gifts per batch, read from its /metrics) and as many
+  batches in flight as the gateway allows; once with every wallet shard of a batch in one
+  call (one Redis) and once with one call per shard, pipelined (as on Redis Cluster);
 * ping floor: the same clients sending `ping` instead of `gift` (the gateway's dispatch,
   decode and reply with no Redis), for --floor seconds.
 
@@ -350,7 +352,7 @@ async def gateway_counters(h: aiohttp.ClientSession, base: str) -> dict[str, flo
     text = await (await h.get(base + "/metrics")).text()
     out: dict[str, float] = {}
     for line in text.splitlines():
-        if line.startswith(("lc_gift_batches_total ", "lc_gift_batch_gifts_total ", "lc_gift_batch_calls_total ")):
+        if line.startswith(("lc_gift_batches_total ", "lc_gift_batch_gifts_total ", "lc_gift_batch_shards_total ")):
             name, _, v = line.partition(" ")
             out[name] = float(v)
     return out
@@ -524,11 +526,11 @@ async def main(a: argparse.Namespace) -> int:
                            "max": round(pct(r["hist"], 1.0), 2)},
             }
             batches = c1.get("lc_gift_batches_total", 0) - c0.get("lc_gift_batches_total", 0)
-            calls = c1.get("lc_gift_batch_calls_total", 0) - c0.get("lc_gift_batch_calls_total", 0)
+            shards = c1.get("lc_gift_batch_shards_total", 0) - c0.get("lc_gift_batch_shards_total", 0)
             in_batches = c1.get("lc_gift_batch_gifts_total", 0) - c0.get("lc_gift_batch_gifts_total", 0)
             if batches:
                 out["gateway_batches"] = {"batches": int(batches), "gifts_per_batch": round(in_batches / batches, 1),
-                                          "script_calls": int(calls), "gifts_per_script_call": round(in_batches / max(calls, 1), 1)}
+                                          "wallet_shards_per_batch": round(shards / batches, 1)}
             if sampler is not None:
                 await asyncio.sleep(1.5)
                 sampler.cancel()
