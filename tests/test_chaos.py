@@ -4,6 +4,9 @@
   as processes, killed -9 and restarted during a flash-sale rush (and a gift rain when the
   gift capability is installed), then every invariant is checked. Redis Streams always,
   Kafka (Tansu) when the broker is available.
+* A gateway killed (SIGKILL) while its buy batch waits in Redis: every buyer learns its
+  outcome by retrying its ``request_id`` on the other gateway; exactly the stock is reserved
+  and every reserved order reaches the log and SQL once.
 * Graceful shutdown: a gateway process on SIGTERM tells its clients to reconnect elsewhere
   (close 1012), says 503 on ``/readyz`` and refuses new connections while it drains, and
   exits 0; a worker on SIGTERM finishes or releases its batch, so nothing it did not ack is
@@ -29,6 +32,7 @@ from livecommerce.migrations import upgrade
 from livecommerce.store_sql import SqlStore
 from scripts.chaos_rush import (
     Options,
+    RedisServer,
     free_port,
     gateway_proc,
     lc_env,
@@ -38,6 +42,7 @@ from scripts.chaos_rush import (
     worker_proc,
 )
 from tests.waiting import wait_until
+from tests.wsclient import Client
 from workers.orders import OrdersWorker
 
 
@@ -204,3 +209,122 @@ def test_a_write_to_a_client_that_just_vanished_is_shed_not_raised() -> None:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(main())
+
+
+# ------------------------------------------------------------------------- a buy batch in flight
+# Holds Redis (a private server) busy for ARGV[1] microseconds, so that the commit a gateway
+# sends meanwhile waits in Redis's queue: the gateway is killed with its batch in flight.
+BUSY = """local t0 = redis.call('TIME')
+while true do
+  local t = redis.call('TIME')
+  if (t[1] - t0[1]) * 1000000 + (t[2] - t0[2]) >= tonumber(ARGV[1]) then return 1 end
+end"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("log", ["redis", pytest.param("kafka", marks=pytest.mark.kafka)])
+async def test_a_gateway_killed_with_a_buy_batch_in_flight_every_buyer_learns_its_outcome_by_retrying(
+        log: str, settings, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    import redis.asyncio as aioredis
+
+    buyers, stock = 120, 40  # one more unit for the warm-up buy
+    server = RedisServer(tmp_path)
+    server.start()
+    db = f"sqlite+aiosqlite:///{tmp_path}/kill.db"
+    await upgrade(db)
+    s = settings.replace(redis_url=server.url, database_url=db, kafka_session_timeout_ms=2000, kafka_idempotent=False,
+                         kafka_partitions=2)
+    lc = dict(redis_url=server.url, key_prefix=s.key_prefix, database_url=db, secret=s.secret, log_json="1",
+              kafka_session_timeout_ms="2000", kafka_idempotent="0", kafka_partitions="2")
+    if log == "kafka":
+        boot = request.getfixturevalue("kafka_bootstrap")
+        s = s.replace(kafka_bootstrap=boot)
+        lc["kafka_bootstrap"] = boot
+    ports = {"gw-a": free_port(), "gw-b": free_port()}
+    gws = {name: gateway_proc(name, port, lc_env(**lc), tmp_path) for name, port in ports.items()}
+    r = aioredis.Redis.from_url(server.url)
+    clients: list[Client] = []
+    try:
+        for g in gws.values():
+            g.start()
+        for name, g in gws.items():
+            await wait_ready(f"http://127.0.0.1:{ports[name]}", 60, g)
+        sid = f"kill{os.getpid()}"
+        async with aiohttp.ClientSession() as http:
+            made = await http.post(f"http://127.0.0.1:{ports['gw-b']}/api/v1/campaigns",
+                                   headers={"Authorization": f"Bearer {token('ops1', 'ops', secret=s.secret)}"},
+                                   json={"id": sid, "room": "kill", "product_id": "p1", "price": 500, "stock": stock + 1,
+                                         "per_user_limit": 1, "starts_ms": int(time.time() * 1000) - 1000, "duration_s": 600})
+            assert made.status == 201, await made.text()
+        a_ws, b_ws = (f"ws://127.0.0.1:{ports[n]}/ws" for n in ("gw-a", "gw-b"))
+        clients = list(await asyncio.gather(*(Client.connect(a_ws, "kill", token(f"k{i}", secret=s.secret), fmt="json")
+                                              for i in range(buyers))))
+        # a warm-up buy: gw-a knows the sale and the room's state (its gate holds it 1 s), so its
+        # next commit goes straight to the script
+        from livecommerce.flash_sale_redis import RESERVE_BATCH
+
+        await r.script_load(RESERVE_BATCH)  # as on any Redis that served a batch before
+        warm_c = await Client.connect(a_ws, "kill", token("warm", secret=s.secret), fmt="json")
+        warm = await warm_c.request("buy", 10, sale_id=sid, qty=1, request_id="warm-up")
+        await warm_c.close()
+        assert warm["t"] == "order.reserved"
+        async with aiohttp.ClientSession() as http:  # and its Redis pool has idle connections to send it on
+            ops = {"Authorization": f"Bearer {token('ops1', 'ops', secret=s.secret)}"}
+            await asyncio.gather(*(http.get(f"http://127.0.0.1:{ports['gw-a']}/api/v1/sales/{sid}/stats", headers=ops)
+                                   for _ in range(40)))
+        busy = asyncio.ensure_future(r.eval(BUSY, 0, 1_500_000))  # Redis holds still for 1.5 s
+        await asyncio.sleep(0.2)  # the busy script runs
+        cids = await asyncio.gather(*(c.send("buy", sale_id=sid, qty=1, request_id=f"rq{i}") for i, c in enumerate(clients)))
+        await asyncio.sleep(0.6)  # gw-a read the buys and sent its commit, which waits behind the busy script
+        assert not busy.done()
+        gws["gw-a"].kill9()
+        await busy
+        heard: dict[int, dict] = {}  # answers some buyers may have had before the kill
+        for i, (c, cid) in enumerate(zip(clients, cids, strict=True)):
+            with contextlib.suppress(Exception):
+                while True:
+                    e = await c.next_event(0.2, skip=())
+                    if e.get("id") == cid:
+                        heard[i] = e
+        # every buyer retries its request_id on gw-b and learns its outcome
+        again = []
+        for i in range(buyers):
+            c = await Client.connect(b_ws, "kill", token(f"k{i}", secret=s.secret), fmt="json")
+            again.append(await c.request("buy", 30, sale_id=sid, qty=1, request_id=f"rq{i}"))
+            await c.close()
+        kinds = [a["t"] if a["t"] == "order.reserved" else a["d"]["code"] for a in again]
+        assert sorted(set(kinds)) == ["order.reserved", "sold_out"] and kinds.count("order.reserved") == stock
+        won = {i: a["d"] for i, a in enumerate(again) if a["t"] == "order.reserved"}
+        assert len({d["order_id"] for d in won.values()}) == stock
+        # the killed gateway's commit was decided in Redis after it died: the retries of its buys
+        # got those orders (duplicate); the buys it still held queued were never sent and their
+        # retries reserved anew at gw-b
+        in_flight = [d for d in won.values() if d["duplicate"]]
+        print(f"reserved by the killed node's batch in flight: {len(in_flight)}, by retries: {stock - len(in_flight)}")
+        assert in_flight, "no commit was in flight when gw-a died"
+        for i, e in heard.items():  # anyone answered before the kill hears the same again
+            assert (e["t"], e["d"].get("order_id")) == (again[i]["t"], again[i]["d"].get("order_id"))
+        from livecommerce.checkout import Checkout
+        from livecommerce.keys import Keys
+        from livecommerce.log import MemoryLog
+
+        st = await Checkout(r, Keys(s.key_prefix), MemoryLog()).sales.stats(sid)
+        assert (st.remaining, st.reserved) == (0, stock + 1) and st.conserved
+        # the log has every reserved order (the retry appended what the killed node never did),
+        # and SQL applies each exactly once
+        w = OrdersWorker(s.replace(node_id="w-kill"), redis=r)
+        try:
+            async with asyncio.timeout(60):
+                while len(await w.store.list_orders(sale_id=sid, limit=10 * stock)) < stock + 1:
+                    await w.drain()
+            orders = await w.store.list_orders(sale_id=sid, limit=10 * stock)
+        finally:
+            await w.close()
+        assert sorted(o.id for o in orders) == sorted([warm["d"]["order_id"], *(d["order_id"] for d in won.values())])
+    finally:
+        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+        await r.aclose()
+        for g in gws.values():
+            g.kill9()
+        server.kill9()
