@@ -240,13 +240,13 @@ class CatalogService:
             if product.sku(sku_id) is None:
                 raise NotFound(f"product {product_id!r} has no SKU {sku_id!r}")
             now = self.gw.now_ms()
+            if patch.stock is not None or patch.add_stock is not None:  # first: a refused change changes nothing
+                await self.catalogue.change_stock(product_id, sku_id, set_to=patch.stock, add=patch.add_stock, now_ms=now,
+                                                  by=ident.user)
             if patch.changes_definition:
                 _, after = await self.catalogue.update(product_id, lambda p: patch_sku(p, sku_id, patch), now_ms=now,
                                                        by=ident.user)
                 await self._after_change(after)
-            if patch.stock is not None or patch.add_stock is not None:
-                await self.catalogue.change_stock(product_id, sku_id, set_to=patch.stock, add=patch.add_stock, now_ms=now,
-                                                  by=ident.user)
             return web.json_response(await self._view(product_id, full=True))
 
         return await self._idempotent(request, ident, f"{product_id}/{sku_id}", body, run)

@@ -393,3 +393,13 @@ async def test_a_list_stored_without_its_broadcast_still_reaches_the_nodes(world
     assert after.welcome["d"]["bag"]["v"] == 2 and bags.loads == loads + 1
     for c in (viewer, early, late, after):
         await c.close()
+
+
+async def test_a_refused_stock_change_leaves_the_price_alone(world: Any) -> None:
+    _, api, token = world
+    h1 = token("h1", "host", ("r1",))
+    await api.ok("POST", "/products", h1, TEE, status=201)
+    got, data = await api.call("PATCH", "/products/tee/skus/red-M", h1, {"price": 1, "add_stock": -99})
+    assert (got, data["error"]["code"]) == (409, "stock_out_of_range")
+    sku = (await api.ok("GET", "/products/tee"))["skus"][0]
+    assert (sku["price"], sku["stock"]) == (1999, 5)
