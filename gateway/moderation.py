@@ -335,22 +335,28 @@ class Moderation:
             self._relations.clear()
         elif self._relations:
             mono = time.monotonic()
-            self._relations = {k: v for k, v in self._relations.items() if v[1] > mono}
+            self._relations = {k: v for k, v in self._relations.items() if mono - v[1] < RELATION_TTL_S}
 
     # ------------------------------------------------------------- comments and joins
     def _rank(self, ident: Identity, room: str, rules: RoomRules) -> Role:
         return role_in_room(is_ops=ident.is_ops, hosts_room=ident.may_host(room), user=ident.user, moderators=rules.moderators)
 
-    async def _relation(self, room: str, user: str) -> Relation:
+    async def _relation(self, room: str, user: str, mode: str) -> Relation:
+        """The viewer's relation to the room's host, as held: an answer that lets them speak
+        in ``mode`` for :data:`RELATION_TTL_S`, one that does not for :data:`NEGATIVE_TTL_S`
+        (a new follower or member waits at most that long)."""
         host = await self.gate.host(room)
         key = (host, user)
         now = time.monotonic()
         hit = self._relations.get(key)
-        if hit is not None and hit[1] > now:
-            return hit[0]
+        if hit is not None:
+            rel, read_at = hit
+            speaks = rel.member or (mode == "followers" and rel.following)
+            if now - read_at < (RELATION_TTL_S if speaks else NEGATIVE_TTL_S):
+                return rel
         following, member = await self.fans.relation(host, user)
         rel = Relation(following, member)
-        self._relations[key] = (rel, now + (RELATION_TTL_S if following or member else NEGATIVE_TTL_S))
+        self._relations[key] = (rel, now)
         return rel
 
     async def check_comment(self, conn: Conn) -> None:
@@ -371,7 +377,7 @@ class Moderation:
             return
         ident = conn.ident
         rank = self._rank(ident, room, rules)
-        rel = await self._relation(room, ident.user) if needs_relation(rules, rank) else None
+        rel = await self._relation(room, ident.user, rules.chat) if needs_relation(rules, rank) else None
         got = judge_comment(rules, user=ident.user, rank=rank, now_ms=self.gw.now_ms(), platform_until=platform,
                             last_ms=v.last.get(ident.user), relation=rel)
         if got is not None:
