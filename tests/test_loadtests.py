@@ -44,6 +44,15 @@ def _rows(path: Path) -> dict[str, dict[str, str]]:
         return {f"{r['Type']} {r['Name']}": r for r in csv.DictReader(f)}
 
 
+def _events(path: Path) -> dict[str, dict[str, str]]:
+    with open(path, newline="") as f:
+        return {r["type"]: r for r in csv.DictReader(f)}
+
+
+def _text(path: Path) -> str:
+    return path.read_text()
+
+
 async def test_a_short_mixed_run_has_no_failure_and_keeps_events_and_invariants_apart(gateway_factory: Any,
                                                                                      tmp_path: Path) -> None:
     node = await gateway_factory()
@@ -54,9 +63,9 @@ async def test_a_short_mixed_run_has_no_failure_and_keeps_events_and_invariants_
     assert int(stats["WS connect"]["Request Count"]) >= 12 and stats["WS connect"]["Failure Count"] == "0"
     assert not [k for k in stats if k.startswith("EVENT")]  # event latencies are not requests
     assert int(stats[" Aggregated"]["Failure Count"]) == 0
-    events = {r["type"]: r for r in csv.DictReader(open(f"{prefix}_events.csv", newline=""))}
+    events = _events(Path(f"{prefix}_events.csv"))
     assert int(events["comment"]["count"]) > 0 or int(events["likes"]["count"]) > 0, events
-    ledger = json.loads(Path(f"{prefix}_ledger.json").read_text())
+    ledger = json.loads(_text(Path(f"{prefix}_ledger.json")))
     assert ledger["violations"] == [] and ledger["sockets_dropped"] == 0 and ledger["sockets_opened"] >= 12
     for sale in ledger["sales"].values():  # no sale reserved more than its stock (the run checks it too)
         assert sale["stock"] is None or sale["orders"] <= sale["stock"]
@@ -71,7 +80,7 @@ async def test_refused_sockets_are_connect_failures_reported_at_once(gateway_fac
     stats = _rows(Path(f"{prefix}_stats.csv"))
     connect = stats["WS connect"]
     assert int(connect["Failure Count"]) >= 4 and connect["Failure Count"] == connect["Request Count"]
-    failures = Path(f"{prefix}_failures.csv").read_text()
+    failures = _text(Path(f"{prefix}_failures.csv"))
     assert "refused before welcome" in failures or "401" in failures, failures
     assert float(connect["Max Response Time"]) < 5000  # not a 10 s welcome timeout
     assert time.monotonic() - t0 < 60
