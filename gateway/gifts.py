@@ -188,8 +188,9 @@ class Gifts:
             NotFound: (``unknown_gift``). InsufficientFunds. Unavailable.
         """
         spec = self.catalogue.get(cmd.gift_id)
-        host = await self.host_of(conn.room)
-        r = await self.batcher.submit(GiftOrder(conn.user, conn.room, host, spec, cmd.count, cmd.combo_id, cmd.request_id))
+        room, user = conn.room, conn.ident.user
+        host = await self.room_gate.host(room)
+        r = await self.batcher.submit(GiftOrder(user, room, host, spec, cmd.count, cmd.combo_id, cmd.request_id))
         value = spec.price * cmd.count
         if isinstance(r, GiftRefused):
             if r.code == "idempotency_conflict":
@@ -197,10 +198,10 @@ class Gifts:
             raise InsufficientFunds(f"this gift costs {value} coins; the wallet holds {r.balance}")
         if isinstance(r, GiftReplayed):  # counted, broadcast and ranked by its first send
             return {"balance": r.balance, "combo_id": r.combo.id, "total": r.combo.total, "value": value}
-        self.tally.add(conn.room, conn.user, conn.ident.name, spec.id, r.combo, cmd.count)
-        self.board_tally.add_gift(room=conn.room, host=host, user=conn.user, value=value)
+        self.tally.add(room, user, conn.ident.name, spec.id, r.combo, cmd.count)
+        self.board_tally.add_gift(room=room, host=host, user=user, value=value)
         for hook in self.hooks:
-            await hook(conn.room, conn.user, value)
+            await hook(room, user, value)
         return {"balance": r.balance, "combo_id": r.combo.id, "total": r.combo.total, "value": value}
 
     # ---- per tick: boards, then one gift event per combo that moved
