@@ -111,10 +111,14 @@ class RedisLog:
         self.claim_idle_ms = claim_idle_ms
         self.maxlen = maxlen
         self._owns = owns_client
+        self._stream_names: dict[tuple[str, int], str] = {}
         self._append = redis.register_script(APPEND)
 
     def stream(self, topic: str, partition: int) -> str:
-        return self.keys.stream(f"{topic}:{partition}")
+        name = self._stream_names.get((topic, partition))
+        if name is None:  # built once per partition: a batch append asks for every event
+            name = self._stream_names[(topic, partition)] = self.keys.stream(f"{topic}:{partition}")
+        return name
 
     async def append(
         self, topic: str, key: str, type: str, data: dict[str, Any], *, event_id: str | None = None, ts: int | None = None
