@@ -43,6 +43,7 @@ from .errors import ConfigError, Unavailable
 from .keys import Keys
 from .log import (
     DEFAULT_CLAIM_IDLE_MS,
+    TOPICS,
     Delivery,
     LogEvent,
     check_topic,
@@ -111,12 +112,13 @@ class RedisLog:
         self.claim_idle_ms = claim_idle_ms
         self.maxlen = maxlen
         self._owns = owns_client
-        self._stream_names: dict[tuple[str, int], str] = {}
+        # every partition's stream name, built once (a batch append asks for each event's)
+        self._stream_names = {(t, p): keys.stream(f"{t}:{p}") for t in TOPICS for p in range(partitions)}
         self._append = redis.register_script(APPEND)
 
     def stream(self, topic: str, partition: int) -> str:
         name = self._stream_names.get((topic, partition))
-        if name is None:  # built once per partition: a batch append asks for every event
+        if name is None:  # a topic beyond TOPICS
             name = self._stream_names[(topic, partition)] = self.keys.stream(f"{topic}:{partition}")
         return name
 
