@@ -299,6 +299,7 @@ def settle(steps: Sequence[OrderStep], known: Mapping[str, Order], owners: Mappi
     """
     current: dict[str, Order] = {}
     new: set[str] = set()
+    dirty: set[str] = set()  # known orders a step changed
     own = dict(owners)
     history: list[OrderEvent] = []
     outcomes: list[StepOutcome] = []
@@ -347,10 +348,14 @@ def settle(steps: Sequence[OrderStep], known: Mapping[str, Order], owners: Mappi
                 history.append(OrderEvent(order.id, s.event_id, order.state, result.order.state, s.ts_ms, 0, 0, s.reason))
                 own[s.event_id] = order.id
         after = result.order
-        if s.payment is not None and after.refunded_amount == 0:
-            after = dataclasses.replace(after, amount=max(0, s.payment.amount), discount=max(0, s.payment.discount),
-                                        coupon_id=s.payment.coupon_id)
-        current[order.id] = after
+        pay = s.payment
+        if pay is not None and after.refunded_amount == 0 and (
+                (after.amount, after.discount, after.coupon_id) != (max(0, pay.amount), max(0, pay.discount), pay.coupon_id)):
+            after = dataclasses.replace(after, amount=max(0, pay.amount), discount=max(0, pay.discount), coupon_id=pay.coupon_id)
+        if after is not order:
+            current[order.id] = after
+            if order.id not in new:
+                dirty.add(order.id)
         outcomes.append(StepOutcome(result.changed, after))
-    changed = {oid: (known[oid].state, o) for oid, o in current.items() if oid not in new and o != known[oid]}
+    changed = {oid: (known[oid].state, current[oid]) for oid in dirty}
     return Settlement({oid: current[oid] for oid in new}, changed, history, outcomes)

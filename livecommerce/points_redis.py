@@ -14,16 +14,21 @@ Driver errors become :class:`~livecommerce.errors.Unavailable`.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from importlib.resources import files
 from typing import Any
 
 from .keys import Keys
-from .redis_conn import guarded
+from .redis_conn import guarded, is_cluster_client
+
+_REMEMBER = (files(__package__) / "points_remember.lua").read_text()
+_SCRIPT_FROM = 8  # users from which remember is one script call (a single Redis) instead of a pipeline
 
 COMMENT_COUNT_TTL_S = 2 * 86400  # past the day's end in every time zone
 
 
 class PointsRedis:
     def __init__(self, redis: Any, keys: Keys) -> None:
+        self._remember: Any = None  # the script of remember, registered on first use
         self._r = redis
         self.keys = keys
 
@@ -39,13 +44,24 @@ class PointsRedis:
 
     async def remember(self, states: Mapping[str, Mapping[str, int]], *, ttl_s: int) -> None:
         """Store each user's ``{viewer, host, level, host_level}`` as the points worker just
-        computed them, in one pipelined round trip; each hash expires ``ttl_s`` after this
-        write (SQL holds the truth).
+        computed them, in one round trip (a script call on a single Redis, a pipeline on a
+        cluster); each hash expires ``ttl_s`` after this write (SQL holds the truth).
 
         Raises:
             Unavailable: Redis unreachable.
         """
         if not states:
+            return
+        if len(states) >= _SCRIPT_FROM and not is_cluster_client(self._r):  # a worker's batch: one script call
+            if self._remember is None:
+                self._remember = self._r.register_script(_REMEMBER)
+            args: list[Any] = [ttl_s]
+            for st in states.values():
+                args.append(len(st))
+                for field, value in st.items():
+                    args += (field, value)
+            async with guarded():
+                await self._remember(keys=[self.keys.user(u, "points") for u in states], args=args)
             return
         pipe = self._r.pipeline(transaction=False)
         for user, st in states.items():

@@ -13,11 +13,15 @@ A report of many rooms is one pipelined round trip (a cluster client splits it b
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from importlib.resources import files
 from typing import Any
 
 from .keys import Keys
 from .presence import tally
-from .redis_conn import guarded
+from .redis_conn import guarded, is_cluster_client
+
+_USER_NODES = (files(__package__) / "presence_user_nodes.lua").read_text()
+_SCRIPT_FROM = 8  # users from which user_nodes asks one script instead of a pipeline
 
 
 def _text(v: Any) -> str:
@@ -38,6 +42,7 @@ def _reports(fields: Mapping[Any, Any]) -> dict[str, tuple[int, int]]:
 
 class RedisPresence:
     def __init__(self, redis: Any, keys: Keys, *, room_ttl_s: int = 60, user_ttl_s: int = 24 * 3600) -> None:
+        self._nodes_many: Any = None  # the script of user_nodes, registered on first use
         self._r = redis
         self._keys = keys
         self._room_ttl_s = room_ttl_s
@@ -110,11 +115,19 @@ class RedisPresence:
                 await pipe.execute()
 
     async def user_nodes(self, users: Sequence[str]) -> dict[str, list[str]]:
+        """One HGETALL, one script call for many users on a single Redis (a worker's batch of
+        pushes: the replies are parsed in C, about seven times cheaper than a pipeline), or
+        one pipeline of HGETALL on a cluster (the users' keys are in their own slots)."""
         if not users:
             return {}
         async with guarded():
             if len(users) == 1:
-                got = [await self._r.hgetall(self._keys.user_nodes(users[0]))]
+                got: list[Any] = [await self._r.hgetall(self._keys.user_nodes(users[0]))]
+            elif len(users) >= _SCRIPT_FROM and not is_cluster_client(self._r):
+                if self._nodes_many is None:
+                    self._nodes_many = self._r.register_script(_USER_NODES)
+                flat = await self._nodes_many(keys=[self._keys.user_nodes(u) for u in users])
+                got = [dict(zip(f[::2], f[1::2], strict=True)) for f in flat]
             else:
                 pipe = self._r.pipeline(transaction=False)
                 for u in users:

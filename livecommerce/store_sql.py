@@ -482,7 +482,7 @@ class SqlTx:
             conflict=["ref_event_id", "user_id", "reason"],
             returning=[c.user_id, c.role, c.delta],
         )
-        await self._add_balances((r.user_id, r.role, r.delta) for r in new)
+        await self._add_balances((r[0], r[1], r[2]) for r in new)
         return len(new)
 
 

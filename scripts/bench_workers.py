@@ -266,6 +266,11 @@ async def run_worker(a: argparse.Namespace, name: str, db: Db, log: Log, redis: 
     t_start = time.monotonic()
     p = start_worker(name, worker_env(a, keys.prefix, db, f"bench-{name}"))
     ps = psutil.Process(p.pid)
+    spy = None
+    if a.py_spy:  # collapsed stacks of the worker process, one file per worker and database
+        Path(a.py_spy).mkdir(parents=True, exist_ok=True)
+        spy = subprocess.Popen(["py-spy", "record", "--pid", str(p.pid), "--rate", "250", "--format", "raw", "--nonblocking",
+                                "-o", str(Path(a.py_spy) / f"{name}-{db.kind}.txt")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t_first: float | None = None
     cpu0 = pg0 = 0.0
     deadline = t_start + a.timeout
@@ -286,6 +291,10 @@ async def run_worker(a: argparse.Namespace, name: str, db: Db, log: Log, redis: 
                 raise RuntimeError(f"worker {name} still {lag:,} events behind after {a.timeout} s")
             await asyncio.sleep(0.005 if t_first is None else 0.02)
     finally:
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                spy.wait(30)
         err = stop_worker(p)
         if "Traceback" in err:
             say(err)
@@ -565,6 +574,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--storm-workers", default="wallet,points")
     p.add_argument("--catch-up", type=float, default=60.0, help="wait up to this long for the workers after the feed")
     p.add_argument("--json", default="", help="write the figures here")
+    p.add_argument("--py-spy", default="", help="record each drained worker with py-spy into this directory (collapsed stacks)")
     return p.parse_args(argv)
 
 

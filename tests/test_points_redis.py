@@ -29,6 +29,19 @@ async def test_comments_are_counted_per_user_and_day_and_the_count_expires(redis
     assert 0 < ttl <= COMMENT_COUNT_TTL_S
 
 
+@pytest.mark.parametrize("users", [1, 300])
+async def test_the_worker_caches_every_users_balances_and_levels_with_a_lifetime(redis: Redis, keys: Keys, users: int) -> None:
+    """One user (a pipeline) or a worker's batch of users (one script call on a single Redis)."""
+    points = PointsRedis(redis, keys)
+    states = {f"u{i}": {"viewer": i, "host": 2 * i, "level": i % 4, "host_level": i % 3} for i in range(users)}
+    await points.remember(states, ttl_s=120)
+    for user, st in states.items():
+        got = await redis.hgetall(keys.user(user, "points"))
+        assert {k.decode(): int(v) for k, v in got.items()} == st
+        assert 0 < await redis.ttl(keys.user(user, "points")) <= 120
+        assert await points.level(user) == st["level"]
+
+
 async def test_an_unreachable_redis_is_unavailable(keys: Keys) -> None:
     dead = Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
     try:

@@ -78,6 +78,18 @@ async def test_many_users_connect_and_leave_in_one_call(make_presence):
     await a.users_connected("n1", {})
 
 
+async def test_a_worker_batch_of_users_gets_each_users_own_nodes(make_presence):
+    """A batch of pushes asks for hundreds of users at once (Redis: one script call)."""
+    a, b = make_presence(), make_presence()
+    users = [f"u{i}" for i in range(300)]
+    await a.users_connected("n1", {u: 1 for u in users[::3]})
+    await b.users_connected("n2", {u: 2 for u in users[::5]})
+    await a.users_connected("n1", {users[3]: -1})  # connected and gone: no node left
+    got = await b.user_nodes(users)
+    want = {u: sorted(n for n, on in (("n1", i % 3 == 0 and i != 3), ("n2", i % 5 == 0)) if on) for i, u in enumerate(users)}
+    assert {u: sorted(ns) for u, ns in got.items()} == want
+
+
 async def test_empty_questions_get_empty_answers(make_presence):
     p = make_presence()
     assert await p.report("n1", {}, now_ms=T0) == {}

@@ -27,7 +27,7 @@ from livecommerce.log import Log, LogEvent, MemoryLog
 from livecommerce.log_redis import RedisLog
 from tests.log_worker_proc import GROUP, TOPIC, open_db, open_test_log, store_handler
 from tests.waiting import wait_until
-from workers.runner import run_consumer
+from workers.runner import BatchFailed, apply_halving, run_consumer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,6 +114,110 @@ async def test_stop_finishes_the_current_batch_then_returns(log: Log) -> None:
 
     assert await run_consumer(log, TOPIC, GROUP, "w1", handle, stop=stop, batch=4) == 4
     assert await run_consumer(log, TOPIC, GROUP, "w1", Recorder(), burst=True, fetch_timeout_ms=200) == 6
+
+
+# ---------------------------------------------------------------- prefetch, halving, partial batches
+async def test_with_prefetch_a_burst_drains_everything_once_in_batches(log: Log) -> None:
+    appended = await append_many(log, 23)
+    rec = Recorder()
+    assert await run_consumer(log, TOPIC, GROUP, "w1", rec, burst=True, batch=5, prefetch=True, fetch_timeout_ms=200) == 23
+    assert sorted(rec.seen) == sorted(appended) and all(len(c) <= 5 for c in rec.calls)
+    assert await run_consumer(log, TOPIC, GROUP, "w1", Recorder(), burst=True, prefetch=True, fetch_timeout_ms=200) == 0
+
+
+async def test_with_prefetch_a_failed_batch_comes_back_first_and_the_one_fetched_ahead_after_it(log: Log) -> None:
+    appended = await append_many(log, 12)
+    stop = asyncio.Event()
+
+    class StopWhenDone(Recorder):
+        async def __call__(self, events: list[LogEvent]) -> None:
+            await super().__call__(events)
+            if set(appended) <= set(self.seen[len(self.calls[0]):]):
+                stop.set()
+
+    rec = StopWhenDone(fail_on={1})
+    handled = await asyncio.wait_for(run_consumer(log, TOPIC, GROUP, "w1", rec, stop=stop, batch=4, prefetch=True,
+                                                  fetch_timeout_ms=200, backoff_first_s=0.01), 10)
+    assert handled == 12
+    assert rec.calls[1] == rec.calls[0]  # the failed batch came back first, whole
+    assert sorted(rec.seen[4:]) == sorted(appended)  # and then the rest, each once (the one fetched ahead was given back)
+
+
+async def test_with_prefetch_stop_hands_the_batch_fetched_ahead_back_to_the_group(log: Log) -> None:
+    await append_many(log, 10)
+    stop = asyncio.Event()
+
+    async def handle(events: list[LogEvent]) -> None:
+        stop.set()
+        await asyncio.sleep(0.05)  # the next batch is fetched meanwhile
+
+    assert await run_consumer(log, TOPIC, GROUP, "w1", handle, stop=stop, batch=4, prefetch=True) == 4
+    rec = Recorder()
+    assert await run_consumer(log, TOPIC, GROUP, "w1", rec, burst=True, fetch_timeout_ms=200) == 6
+    assert len(set(rec.seen)) == 6
+
+
+async def test_a_partly_applied_batch_acks_what_was_applied_and_gives_back_only_what_failed(log: Log) -> None:
+    appended = await append_many(log, 8)
+    bad = appended[2]
+    calls: list[list[str]] = []
+
+    async def handle(events: list[LogEvent]) -> None:
+        calls.append([e.id for e in events])
+        if bad in calls[-1]:
+            raise BatchFailed({e.id for e in events if e.id != bad}, [bad], ValueError("poison"))
+
+    with pytest.raises(ValueError, match="poison"):  # a burst re-raises the cause
+        await run_consumer(log, TOPIC, GROUP, "w1", handle, burst=True, batch=8, fetch_timeout_ms=200)
+    rec = Recorder()  # the worker, restarted: only the bad event comes back
+    assert await run_consumer(log, TOPIC, GROUP, "w1", rec, burst=True, batch=8, fetch_timeout_ms=200) == 1
+    assert rec.seen == [bad]
+
+
+def _event(i: int) -> LogEvent:
+    return LogEvent(f"e{i}", TOPIC, "k", "order.paid", {"i": i}, 0)
+
+
+async def test_halving_applies_every_event_but_the_bad_ones_exactly_once() -> None:
+    events = [_event(i) for i in range(37)]
+    bad = {"e5", "e30"}
+    applied: list[str] = []
+    calls = 0
+
+    async def apply(part: list[LogEvent]) -> None:  # one transaction: all or nothing
+        nonlocal calls
+        calls += 1
+        if bad & {e.id for e in part}:
+            raise ValueError("poison")
+        applied.extend(e.id for e in part)
+
+    with pytest.raises(BatchFailed) as failed:
+        await apply_halving(events, apply)
+    assert sorted(applied) == sorted(e.id for e in events if e.id not in bad) and len(applied) == len(set(applied))
+    assert failed.value.done == set(applied) and failed.value.failed == ["e5", "e30"]
+    assert isinstance(failed.value.cause, ValueError)
+    assert calls <= 2 * 2 * 6 + 1  # a bad event costs about two calls per halving level
+
+
+async def test_halving_stops_at_an_unavailable_store_and_reraises_a_batch_that_is_all_bad() -> None:
+    async def down(part: list[LogEvent]) -> None:
+        raise Unavailable("db down")
+
+    with pytest.raises(Unavailable):
+        await apply_halving([_event(i) for i in range(8)], down)
+
+    async def bad(part: list[LogEvent]) -> None:
+        raise KeyError("order_id")
+
+    with pytest.raises(KeyError):  # nothing applied: the error itself, as an unbatched handler raises it
+        await apply_halving([_event(i) for i in range(3)], bad)
+    ok: list[str] = []
+
+    async def good(part: list[LogEvent]) -> None:
+        ok.extend(e.id for e in part)
+
+    await apply_halving([_event(i) for i in range(3)], good)
+    assert ok == ["e0", "e1", "e2"]
 
 
 def _free_port() -> int:

@@ -36,7 +36,7 @@ from livecommerce.orders import Order, OrderStep, Payment, new_order
 from livecommerce.protocol.events import envelope
 from livecommerce.store_sql import SqlStore
 
-from .runner import apply_halving, run_consumer
+from .runner import apply_halving, freeze_heap, run_consumer
 from .wiring import Engines
 
 log = logging.getLogger("livecommerce.workers.orders")
@@ -201,10 +201,10 @@ class OrdersWorker:
 
     async def drain(self) -> int:
         return await run_consumer(self.log, "orders", CONSUMER, self.s.node_id, self.settler.handle, burst=True, fetch_timeout_ms=300,
-                                  batch=self.s.worker_batch)
+                                  batch=self.s.worker_batch, prefetch=True)
 
     async def consume(self, stop: asyncio.Event) -> None:
-        await run_consumer(self.log, "orders", CONSUMER, self.s.node_id, self.settler.handle, stop=stop, batch=self.s.worker_batch)
+        await run_consumer(self.log, "orders", CONSUMER, self.s.node_id, self.settler.handle, stop=stop, batch=self.s.worker_batch, prefetch=True)
 
     async def clock(self, stop: asyncio.Event) -> None:
         tick = 0
@@ -229,6 +229,7 @@ class OrdersWorker:
 async def run(settings: Settings, stop: asyncio.Event) -> None:
     w = OrdersWorker(settings)
     await w.store.check_schema()
+    freeze_heap()
     log.info("worker.started", extra={"worker": "orders", "node": settings.node_id})
     try:
         await asyncio.gather(w.consume(stop), w.clock(stop))

@@ -56,7 +56,7 @@ from livecommerce.refunds import ORDER_REFUNDED, clawback_awards
 from livecommerce.retention import USER_CACHE_TTL_S
 from livecommerce.rooms_redis import room_host
 from livecommerce.store import PointsRole, Store
-from workers.runner import apply_halving, run_consumer
+from workers.runner import apply_halving, freeze_heap, run_consumer
 from workers.wiring import Engines
 
 log = logging.getLogger("livecommerce.workers.points")
@@ -229,7 +229,7 @@ async def drain(log_: Log, worker: PointsWorker, *, name: str = "points-1", fetc
     """Burst mode over the four topics; return the number of events handled."""
     n = 0
     for topic in TOPICS:
-        n += await run_consumer(log_, topic, CONSUMER, name, worker, burst=True, fetch_timeout_ms=fetch_timeout_ms, batch=batch)
+        n += await run_consumer(log_, topic, CONSUMER, name, worker, burst=True, fetch_timeout_ms=fetch_timeout_ms, batch=batch, prefetch=True)
     return n
 
 
@@ -239,5 +239,6 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         worker = PointsWorker(e.store, e.redis, e.keys, Rules.from_settings(settings), notifier=e.notifier,
                               secret=settings.secret, cache_ttl_s=settings.user_cache_ttl_s)
         log.info("points.worker_started", extra={"worker": settings.node_id})
-        await asyncio.gather(*(run_consumer(e.log, t, CONSUMER, settings.node_id, worker, stop=stop, batch=settings.worker_batch)
+        freeze_heap()
+        await asyncio.gather(*(run_consumer(e.log, t, CONSUMER, settings.node_id, worker, stop=stop, batch=settings.worker_batch, prefetch=True)
                                for t in TOPICS))

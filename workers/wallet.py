@@ -25,7 +25,7 @@ from livecommerce.log import Log, LogEvent
 from livecommerce.store import Store
 from livecommerce.wallet import TOPIC, ledger_delta
 from livecommerce.wallet_redis import RedisWallet
-from workers.runner import apply_halving, run_consumer
+from workers.runner import apply_halving, freeze_heap, run_consumer
 from workers.wiring import Engines
 
 log = logging.getLogger("livecommerce.workers.wallet")
@@ -68,7 +68,7 @@ class WalletLedger:
 async def drain(log_: Log, store: Store, *, name: str = "wallet-1", fetch_timeout_ms: int = 500, batch: int = 1000) -> int:
     """Burst mode: apply what the log holds now; return the number of events handled."""
     return await run_consumer(log_, TOPIC, CONSUMER, name, WalletLedger(store), burst=True, fetch_timeout_ms=fetch_timeout_ms,
-                              batch=batch)
+                              batch=batch, prefetch=True)
 
 
 async def sweep_loop(wallet: RedisWallet, log_: Log, stop: asyncio.Event) -> None:
@@ -87,7 +87,8 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     """Consume ``gifts`` and sweep the outbox until ``stop`` is set."""
     async with Engines(settings) as e:
         wallet = RedisWallet(e.redis, e.keys)
+        freeze_heap()
         await asyncio.gather(
-            run_consumer(e.log, TOPIC, CONSUMER, settings.node_id, WalletLedger(e.store), stop=stop, batch=settings.worker_batch),
+            run_consumer(e.log, TOPIC, CONSUMER, settings.node_id, WalletLedger(e.store), stop=stop, batch=settings.worker_batch, prefetch=True),
             sweep_loop(wallet, e.log, stop),
         )
