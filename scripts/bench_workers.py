@@ -248,6 +248,13 @@ def start_worker(name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen([exe, "worker", name], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
+def start_spy(out: Path, pid: int) -> subprocess.Popen[bytes]:
+    """py-spy recording ``pid`` into ``out`` (collapsed stacks) until it gets SIGINT."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "--nonblocking", "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def stop_worker(p: subprocess.Popen[bytes]) -> str:
     if p.poll() is None:
         p.send_signal(signal.SIGTERM)
@@ -266,11 +273,7 @@ async def run_worker(a: argparse.Namespace, name: str, db: Db, log: Log, redis: 
     t_start = time.monotonic()
     p = start_worker(name, worker_env(a, keys.prefix, db, f"bench-{name}"))
     ps = psutil.Process(p.pid)
-    spy = None
-    if a.py_spy:  # collapsed stacks of the worker process, one file per worker and database
-        Path(a.py_spy).mkdir(parents=True, exist_ok=True)
-        spy = subprocess.Popen(["py-spy", "record", "--pid", str(p.pid), "--rate", "250", "--format", "raw", "--nonblocking",
-                                "-o", str(Path(a.py_spy) / f"{name}-{db.kind}.txt")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    spy = start_spy(Path(a.py_spy) / f"{name}-{db.kind}.txt", p.pid) if a.py_spy else None
     t_first: float | None = None
     cpu0 = pg0 = 0.0
     deadline = t_start + a.timeout
