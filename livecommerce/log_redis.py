@@ -153,9 +153,12 @@ class RedisLog:
             stream = self.stream(event.topic, partition_for(event.key, self.partitions))
             packed = encode_event(event)
             by_stream.setdefault(stream, []).append(b"%d\x1f%s" % (len(packed), packed))
+        calls = [([stream], [cap, b"".join(parts)]) for stream, parts in by_stream.items()]
         async with _guard():
-            await run_script_calls(self.redis, self._append, [([stream], [cap, b"".join(parts)])
-                                                              for stream, parts in by_stream.items()])
+            if len(calls) == 1:  # one partition stream (one Redis and one partition: every batch)
+                await self._append(keys=calls[0][0], args=calls[0][1])
+            else:
+                await run_script_calls(self.redis, self._append, calls)
 
     async def consumer(self, topic: str, group: str, name: str) -> RedisConsumer:
         """Create the group on every partition stream (idempotent) and return a member.
