@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import random
 
 import pytest
 from hypothesis import given
@@ -13,6 +14,8 @@ from livecommerce import migrations
 from livecommerce.errors import BadFrame, ConfigError, Conflict, NotFound, Unavailable
 from livecommerce.flash_sale import Sale
 from livecommerce.orders import (
+    OrderStep,
+    Payment,
     ORDER_STATES,
     ORDER_TRANSITIONS,
     Order,
@@ -272,6 +275,101 @@ async def test_a_payment_racing_a_time_out_has_one_winner(store):
         assert len(won) == 1 and won[0].changed  # type: ignore[union-attr]
         assert sum(isinstance(x, Conflict) for x in (pay, cancel)) == 1
         assert len(await store.order_history(f"o{i}")) == 2
+
+
+def order_steps(seed: int, p: str) -> list[OrderStep]:
+    """A random stream of order events as the orders worker turns them into steps, ids
+    prefixed with ``p``: reserves (some redelivered, some of an order already there), pays
+    and cancels (some redelivered, some illegal, some with the order rebuilt because its
+    reserve never arrived, some naming another order's event id), payments with coupons."""
+    rnd = random.Random(seed)
+    steps: list[OrderStep] = []
+    seen: set[str] = set()  # orders a step named: a move of another carries its order (else NotFound)
+    for k in range(40):
+        i = rnd.randrange(6)
+        oid = f"{p}o{i}"
+        o = order(oid, user=f"u{i}", qty=1 + i % 3, now=T0 + k)
+        kind = rnd.choice(["reserve", "reserve", "pay", "pay", "cancel", "again", "foreign"])
+        if kind == "reserve":
+            steps.append(OrderStep(f"{oid}:reserved" if rnd.random() < 0.8 else f"{oid}:r{k}", oid, "reserved", T0 + k, order=o))
+        elif kind in ("pay", "cancel"):
+            pay = Payment(o.amount - 100 * (k % 2), 100 * (k % 2), f"c{k}" if k % 2 else None) if kind == "pay" else None
+            steps.append(OrderStep(f"{oid}:{'paid' if pay else 'cancelled'}", oid, "paid" if pay else "cancelled", T0 + 100 + k,
+                                   order=o if oid not in seen or rnd.random() < 0.5 else None, reason=None if pay else "timeout",
+                                   payment=pay))
+        elif kind == "again" and steps:
+            steps.append(rnd.choice(steps))  # a redelivered event
+        elif kind == "foreign":
+            other = f"{p}o{(i + 1) % 6}"
+            steps.append(OrderStep(f"{other}:paid", oid, "paid", T0 + 200 + k, order=o))
+        seen.update(s.order_id for s in steps[-1:])
+    return steps
+
+
+async def steps_one_by_one(store: SqlStore, steps: list[OrderStep]) -> list[tuple[bool, bool]]:
+    """What the orders worker did before batches: each step through ``insert_reserved``,
+    ``transition``, ``record_payment``; returns (changed, refused) per step."""
+    out: list[tuple[bool, bool]] = []
+    for s in steps:
+        if s.to == "reserved":
+            assert s.order is not None
+            out.append((await store.insert_reserved(s.order, s.event_id), False))
+            continue
+        if await store.get_order(s.order_id) is None:
+            assert s.order is not None  # order_steps never moves an order nobody named
+            await store.insert_reserved(s.order, f"{s.order_id}:reserved")
+        try:
+            res = await store.transition(s.order_id, s.to, s.event_id, now_ms=s.ts_ms, reason=s.reason)
+        except Conflict:
+            out.append((False, True))
+            continue
+        if s.payment is not None:
+            await store.record_payment(s.order_id, amount=s.payment.amount, discount=s.payment.discount, coupon_id=s.payment.coupon_id)
+        out.append((res.changed, False))
+    return out
+
+
+async def orders_seen(store: SqlStore, p: str) -> dict[str, tuple[object, ...]]:
+    """Every order of prefix ``p`` with its history, ids without the prefix."""
+    out: dict[str, tuple[object, ...]] = {}
+    for o in await store.list_orders(limit=1000):
+        if o.id.startswith(p):
+            hist = [(h.event_id.removeprefix(p), h.from_state, h.to_state, h.ts_ms, h.reason) for h in await store.order_history(o.id)]
+            out[o.id.removeprefix(p)] = (dataclasses.replace(o, id=o.id.removeprefix(p), request_id=(o.request_id or "").replace(p, "")), hist)
+    return out
+
+
+async def test_a_batch_of_order_steps_ends_as_the_same_steps_one_at_a_time(store):
+    for seed in range(12):
+        one, batch = order_steps(seed, f"a{seed}."), order_steps(seed, f"b{seed}.")
+        want = await steps_one_by_one(store, one)
+        async with store.write() as tx:
+            got = await tx.settle(batch)
+        assert [(o.changed, o.refused is not None) for o in got] == want, seed
+        assert await orders_seen(store, f"b{seed}.") == await orders_seen(store, f"a{seed}."), seed
+        async with store.write() as tx:  # the same batch again (a redelivery) changes nothing
+            again = await tx.settle(batch)
+        assert not any(o.changed for o in again)
+        assert await orders_seen(store, f"b{seed}.") == await orders_seen(store, f"a{seed}."), seed
+
+
+async def test_a_batch_moving_an_order_nobody_knows_writes_nothing(store):
+    steps = [OrderStep("y1:reserved", "y1", "reserved", T0, order=order("y1")),
+             OrderStep("y2:paid", "y2", "paid", T0, payment=Payment(100, 0))]  # no reserve, no order to rebuild it from
+    with pytest.raises(NotFound):
+        async with store.write() as tx:
+            await tx.settle(steps)
+    assert await store.get_order("y1") is None
+
+
+async def test_a_batch_reserving_under_another_orders_event_id_writes_nothing(store):
+    await store.insert_reserved(order("x1"), "x1:reserved")
+    steps = [OrderStep("x2:reserved", "x2", "reserved", T0, order=order("x2")),
+             OrderStep("x1:reserved", "x3", "reserved", T0, order=order("x3"))]  # x1's event id for x3
+    with pytest.raises(Conflict):
+        async with store.write() as tx:
+            await tx.settle(steps)
+    assert await store.get_order("x2") is None and await store.get_order("x3") is None
 
 
 async def test_ledger_balances_equal_the_sum_of_their_entries(store):
