@@ -25,6 +25,7 @@ from livecommerce.keys import Keys
 from livecommerce.log_open import open_log
 from livecommerce.store_sql import SqlStore
 from tests.fixtures_gateway import Node
+from tests.test_catalog_gateway import Monitor
 from tests.waiting import wait_until
 from tests.wsclient import Client, next_of
 from workers.profiles import ProfilesWorker
@@ -128,10 +129,11 @@ async def test_a_mute_given_on_one_node_refuses_comments_on_the_other(gateway_fa
 
 
 async def test_a_comment_of_a_viewer_not_muted_reads_nothing_from_redis(gateway_factory: Any, token: Any,
-                                                                       http: aiohttp.ClientSession) -> None:
+                                                                       http: aiohttp.ClientSession, redis_url: str) -> None:
     """The node decides from its copy: a moderated room (mutes, a ban, slow mode) costs a
     comment no moderation read; the only reads are the room's first welcome on each node
-    (and, in a followers-only room, one per viewer per hold time)."""
+    (and, in a followers-only room, one per viewer per hold time). Counted twice: the
+    adapters' calls, and the commands the Redis server ran on moderation keys (MONITOR)."""
     s = await stage(gateway_factory, token, http)
     await s.call("POST", f"/rooms/{s.room}/mutes", s.host, {"user": "m1"})
     await s.call("POST", f"/rooms/{s.room}/bans", s.host, {"user": "b1"})
@@ -142,9 +144,13 @@ async def test_a_comment_of_a_viewer_not_muted_reads_nothing_from_redis(gateway_
     viewers = [await s.join(s.b, f"v{i}") for i in range(3)]
     reads_at_join = counted[0].calls
     assert reads_at_join == ["load"]  # one read for the room on this node, at its first welcome
-    for i, c in enumerate(viewers):
-        assert code_of(await comment(c, f"hi {i}")) == "ack"
+    async with Monitor(redis_url, s.a.settings.key_prefix) as mon:
+        for i, c in enumerate(viewers):
+            assert code_of(await comment(c, f"hi {i}")) == "ack"
+        await mon.mark()
     assert counted[0].calls == reads_at_join and counted[1].calls == []  # no read per comment
+    assert [cmd for cmd in mon.seen if ":mod" in cmd or ":followers" in cmd] == []
+    assert any(f"{{room:{s.room}}}:hist" in cmd for cmd in mon.seen)  # (the comments themselves were seen)
     # followers-only: one relation read per viewer, then the node holds it
     await s.call("PUT", f"/rooms/{s.room}/chat", s.host, {"slow_mode_s": 0, "mode": "followers"})
     await next_of(viewers[0], "moderation")
