@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -78,13 +78,19 @@ class GiftBatcher:
     call. Each gift's future is resolved as soon as the batch is decided: a debited gift's
     event is then in the wallet outbox (same atomic step), and the outbox's appending task
     puts the batch's events on the log beside the next batch (:meth:`Outbox.emit_soon`;
-    if the gateway dies first, the sweeper appends them)."""
+    if the gateway dies first, the sweeper appends them).
 
-    def __init__(self, wallet: RedisWallet, outbox: Outbox, now_ms: Callable[[], int], *, max_batch: int = MAX_BATCH,
+    :meth:`submit` never awaits, so gifts are decided in the order they were submitted; the
+    rooms' hosts (``host_of``, held by the room gate) are filled in by the batch, once per
+    room."""
+
+    def __init__(self, wallet: RedisWallet, outbox: Outbox, now_ms: Callable[[], int],
+                 host_of: Callable[[str], Awaitable[str]], *, max_batch: int = MAX_BATCH,
                  max_in_flight: int = MAX_IN_FLIGHT, on_batch: Callable[[int, int], None] | None = None) -> None:
         self.wallet = wallet
         self.outbox = outbox
         self.now_ms = now_ms
+        self.host_of = host_of
         self.max_batch = max_batch
         self.max_in_flight = max_in_flight
         self.on_batch = on_batch  # (gifts, wallet shards) per batch, for metrics
@@ -94,8 +100,8 @@ class GiftBatcher:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def submit(self, order: GiftOrder) -> asyncio.Future[GiftResult]:
-        """Queue ``order`` for the next batch; the future gets its result or the batch's
-        error (``Unavailable``)."""
+        """Queue ``order`` for the next batch (its ``host`` is filled in there when empty);
+        the future gets its result or the batch's error (``Unavailable``)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[GiftResult] = loop.create_future()
         self._pending.append((order, fut))
@@ -117,6 +123,7 @@ class GiftBatcher:
 
     async def _run(self, batch: list[tuple[GiftOrder, asyncio.Future[GiftResult]]]) -> None:
         try:
+            batch = await self._fill_hosts(batch)
             results = await self.wallet.send_gifts([o for o, _ in batch], now_ms=self.now_ms())
         except Exception as exc:
             for _, fut in batch:
@@ -136,6 +143,31 @@ class GiftBatcher:
             if self._pending and not self._scheduled:
                 self._scheduled = True
                 asyncio.get_running_loop().call_soon(self._kick)
+
+    async def _fill_hosts(self, batch: list[tuple[GiftOrder, asyncio.Future[GiftResult]]]
+                          ) -> list[tuple[GiftOrder, asyncio.Future[GiftResult]]]:
+        """Each order's room host; the gifts of a room whose host cannot be read now fail
+        with ``Unavailable`` (nothing debited), the others go on."""
+        hosts: dict[str, str | Unavailable] = {}
+        for o, _ in batch:
+            if not o.host and o.room not in hosts:
+                try:
+                    hosts[o.room] = await self.host_of(o.room)
+                except Unavailable as exc:
+                    hosts[o.room] = exc
+        if not hosts:
+            return batch
+        kept = []
+        for o, fut in batch:
+            if not o.host:
+                h = hosts[o.room]
+                if isinstance(h, Unavailable):
+                    if not fut.done():
+                        fut.set_exception(Unavailable(h.message))
+                    continue
+                o.host = h
+            kept.append((o, fut))
+        return kept
 
     async def stop(self) -> None:
         """Shutdown: let the batches out finish (and the queued ones run)."""
@@ -166,7 +198,7 @@ class Gifts:
         self.m_batches = Counter("lc_gift_batches", "Gift group commits (one wallet pipeline + one log append each)", registry=r)
         self.m_batch_gifts = Counter("lc_gift_batch_gifts", "Gifts decided in group commits", registry=r)
         self.m_batch_shards = Counter("lc_gift_batch_shards", "Wallet shards touched by group commits", registry=r)
-        self.batcher = GiftBatcher(wallet, outbox, gw.now_ms, on_batch=self._count_batch)
+        self.batcher = GiftBatcher(wallet, outbox, gw.now_ms, room_gate.host, on_batch=self._count_batch)
 
     def _count_batch(self, gifts: int, shards: int) -> None:
         self.m_batches.inc()
@@ -189,8 +221,8 @@ class Gifts:
         """
         spec = self.catalogue.get(cmd.gift_id)
         room, user = conn.room, conn.ident.user
-        host = await self.room_gate.host(room)
-        r = await self.batcher.submit(GiftOrder(user, room, host, spec, cmd.count, cmd.combo_id, cmd.request_id))
+        order = GiftOrder(user, room, "", spec, cmd.count, cmd.combo_id, cmd.request_id)  # host: filled by the batch
+        r = await self.batcher.submit(order)
         value = spec.price * cmd.count
         if isinstance(r, GiftRefused):
             if r.code == "idempotency_conflict":
@@ -199,7 +231,7 @@ class Gifts:
         if isinstance(r, GiftReplayed):  # counted, broadcast and ranked by its first send
             return {"balance": r.balance, "combo_id": r.combo.id, "total": r.combo.total, "value": value}
         self.tally.add(room, user, conn.ident.name, spec.id, r.combo, cmd.count)
-        self.board_tally.add_gift(room=room, host=host, user=user, value=value)
+        self.board_tally.add_gift(room=room, host=order.host, user=user, value=value)
         for hook in self.hooks:
             await hook(room, user, value)
         return {"balance": r.balance, "combo_id": r.combo.id, "total": r.combo.total, "value": value}

@@ -26,11 +26,12 @@ from livecommerce.errors import (
     wire_error,
 )
 from livecommerce.protocol.codec import Format, decode_frame
-from livecommerce.protocol.commands import ROLES, parse_command
+from livecommerce.protocol.commands import PIPELINED, ROLES, Command, parse_command
 from livecommerce.protocol.events import error_frame, recovery_plan, reply
 
 from .conn import Conn
 from .core import GW_KEY, Gateway
+from .hooks import CommandHandler
 
 log = logging.getLogger("livecommerce.gateway.ws")
 
@@ -183,7 +184,23 @@ def _packed_error(code: str, message: str) -> bytes:
     return pack_internal(error_frame(code, message))
 
 
+PIPELINE_DEPTH = 32  # pipelined commands in progress per connection before it stops reading
+
+
+class Lane:
+    """A connection's pipelined commands in progress (``protocol.commands.PIPELINED``).
+    Each runs as a task that writes its answer after the answer of the one before it, so
+    answers leave in the order of the frames; any other command waits for ``tail`` first."""
+
+    __slots__ = ("depth", "tail")
+
+    def __init__(self) -> None:
+        self.tail: asyncio.Future[None] | None = None
+        self.depth = 0
+
+
 async def _receive_loop(gw: Gateway, conn: Conn, ws: web.WebSocketResponse) -> None:
+    lane = Lane()
     while True:
         msg = await ws.receive()
         if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
@@ -192,7 +209,7 @@ async def _receive_loop(gw: Gateway, conn: Conn, ws: web.WebSocketResponse) -> N
             if conn.closed:
                 continue
             try:
-                await handle_frame(gw, conn, msg.data)
+                await handle_frame(gw, conn, msg.data, lane)
             except Exception:  # a reply that cannot be sent: close with a code, never drop silently
                 log.exception("dispatch.internal", extra={"conn": conn.id, "room": conn.room})
                 conn.closed = True
@@ -206,7 +223,10 @@ async def _receive_loop(gw: Gateway, conn: Conn, ws: web.WebSocketResponse) -> N
             return
 
 
-async def handle_frame(gw: Gateway, conn: Conn, data: bytes | str) -> None:
+async def handle_frame(gw: Gateway, conn: Conn, data: bytes | str, lane: Lane | None = None) -> None:
+    """Decode, check and run one frame; answer it (or the error it raised). With the
+    connection's ``lane``, a pipelined command is started and left to answer in its turn,
+    and anything else is answered only after the pipelined commands before it."""
     cid: Any = None
     try:
         frame = decode_frame(data, conn.fmt, max_bytes=gw.s.max_frame_bytes)
@@ -226,24 +246,74 @@ async def handle_frame(gw: Gateway, conn: Conn, data: bytes | str) -> None:
         if handler is None:
             raise BadFrame(f"command {t!r} is not served by this gateway", code="unknown_type")
         gw.metrics.commands.labels(t).inc()
+        if lane is not None:
+            if t in PIPELINED:
+                lane.depth += 1
+                lane.tail = asyncio.ensure_future(_pipelined(gw, conn, handler, cmd, cid, lane.tail, lane))
+                if lane.depth >= PIPELINE_DEPTH:
+                    await lane.tail
+                return
+            if lane.tail is not None:
+                await lane.tail
         answer = await handler(conn, cmd)
         conn.send(answer if answer is not None else reply("ack", cid))
     except LiveCommerceError as exc:
-        we = wire_error(exc)
-        gw.metrics.errors.labels(we.code).inc()
-        if isinstance(exc, RateLimited) and conn.flood is None:
-            conn.flood = FloodGuard(gw.s.flood_strikes, gw.s.flood_window_s)
-        if isinstance(exc, RateLimited) and conn.flood is not None and conn.flood.strike(time.monotonic()):
-            exc = Flooding("kept flooding after rate_limited errors; closing")
-            we = wire_error(exc)
-        conn.send(error_frame(we.code, exc.message if we.echo else "internal error", cmd_id=cid, **exc.details))
-        if we.close is not None:
-            conn.closed = True
-            asyncio.get_running_loop().create_task(conn.ws.close(code=we.close, message=we.code.encode()))
+        if lane is not None and lane.tail is not None:
+            await lane.tail
+        _send_error(gw, conn, exc, cid)
     except Exception:
+        if lane is not None and lane.tail is not None:
+            await lane.tail
         gw.metrics.errors.labels("internal").inc()
         log.exception("dispatch.internal", extra={"conn": conn.id, "room": conn.room})
         conn.send(error_frame("internal", "internal error", cmd_id=cid))
+
+
+def _send_error(gw: Gateway, conn: Conn, exc: LiveCommerceError, cid: Any) -> None:
+    we = wire_error(exc)
+    gw.metrics.errors.labels(we.code).inc()
+    if isinstance(exc, RateLimited) and conn.flood is None:
+        conn.flood = FloodGuard(gw.s.flood_strikes, gw.s.flood_window_s)
+    if isinstance(exc, RateLimited) and conn.flood is not None and conn.flood.strike(time.monotonic()):
+        exc = Flooding("kept flooding after rate_limited errors; closing")
+        we = wire_error(exc)
+    conn.send(error_frame(we.code, exc.message if we.echo else "internal error", cmd_id=cid, **exc.details))
+    if we.close is not None:
+        conn.closed = True
+        asyncio.get_running_loop().create_task(conn.ws.close(code=we.close, message=we.code.encode()))
+
+
+async def _pipelined(gw: Gateway, conn: Conn, handler: CommandHandler, cmd: Command, cid: Any,
+                     prev: asyncio.Future[None] | None, lane: Lane) -> None:
+    """Run one pipelined command, then answer it once the command before it has answered.
+    Never raises (a task nobody awaits but the next one)."""
+    try:
+        answer: dict[str, Any] | None = None
+        failure: LiveCommerceError | None = None
+        internal = False
+        try:
+            answer = await handler(conn, cmd)
+        except LiveCommerceError as exc:
+            failure = exc
+        except Exception:
+            internal = True
+            log.exception("dispatch.internal", extra={"conn": conn.id, "room": conn.room})
+        if prev is not None:
+            await prev
+        try:
+            if failure is not None:
+                _send_error(gw, conn, failure, cid)
+            elif internal:
+                gw.metrics.errors.labels("internal").inc()
+                conn.send(error_frame("internal", "internal error", cmd_id=cid))
+            else:
+                conn.send(answer if answer is not None else reply("ack", cid))
+        except Exception:  # an answer that cannot be sent: close with a code, never drop silently
+            log.exception("dispatch.internal", extra={"conn": conn.id, "room": conn.room})
+            conn.closed = True
+            asyncio.get_running_loop().create_task(conn.ws.close(code=1011, message=b"internal error"))
+    finally:
+        lane.depth -= 1
 
 
 def _escapes(data: bytes | str) -> bool:

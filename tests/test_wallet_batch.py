@@ -345,6 +345,41 @@ async def test_gift_spam_from_many_connections_through_the_group_commit_never_ov
             assert status == 200 and body["balance"] == body["ledger_balance"] == 0 and len(body["entries"]) == 21
 
 
+async def test_a_connections_pipelined_gifts_are_decided_and_answered_in_frame_order(
+    gateway_factory: Any, token: Callable[..., str]
+) -> None:
+    node = await gateway_factory(command_rate=1000.0, command_burst=1000)
+    async with aiohttp.ClientSession() as s:
+        status, _ = await _http(s, "POST", f"{node.url}/api/v1/wallets/fan/topup", token("ops", role="ops"),
+                                json={"amount": 100, "idempotency_key": "t"})
+        assert status == 201
+        async with s.get(f"{node.url}/metrics") as resp:
+            before = await resp.text()
+    c = await Client.connect(node.ws, "line", token("fan"), fmt="json")
+    # one burst: 12 hearts, a ping, a gift nobody sells, 12 hearts (5 coins each, 100 held)
+    frames = [("gift", {"gift_id": "heart"})] * 12 + [("ping", {}), ("gift", {"gift_id": "nope"})] + \
+        [("gift", {"gift_id": "heart"})] * 12
+    for t, d in frames:
+        await c.send(t, **d)
+    answers = []
+    while len(answers) < len(frames):
+        e = await c.next_event(10)
+        if e["t"] in ("ack", "error", "pong"):
+            answers.append(e)
+    assert [e["id"] for e in answers] == list(range(1, len(frames) + 1))  # every answer in frame order
+    hearts = [e for e in answers if e["id"] not in (13, 14)]
+    assert [e["d"]["balance"] for e in hearts[:20]] == [100 - 5 * k for k in range(1, 21)]  # decided in frame order
+    assert [e["t"] for e in hearts[20:]] == ["error"] * 4 and all(e["d"]["code"] == "insufficient_funds" for e in hearts[20:])
+    assert answers[12]["t"] == "pong" and answers[13]["d"]["code"] == "unknown_gift"
+    await c.close()
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{node.url}/metrics") as resp:
+            after = await resp.text()
+    gifts = _metric(after, "lc_gift_batch_gifts_total") - _metric(before, "lc_gift_batch_gifts_total")
+    batches = _metric(after, "lc_gift_batches_total") - _metric(before, "lc_gift_batches_total")
+    assert gifts == 24 and batches < gifts  # one connection's gifts shared batches: it did not wait for each answer
+
+
 # ---------------------------------------------------------------- a gateway killed -9 with gifts in flight
 
 
