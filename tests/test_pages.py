@@ -425,3 +425,80 @@ def test_api_docs_page_lists_the_operations(ctx: Any, dev: Dev) -> None:
     expect(page.locator("h1")).to_have_text("livecommerce")
     assert not errors, errors
     page.close()
+
+
+def test_moderators_work_a_room_from_the_host_console_and_ops_read_the_audit_log(ctx: Any, dev: Dev) -> None:
+    """A room of its own (the demo show has ended): a viewer reports a comment, the host
+    deletes it from the reports queue, mutes and kicks from the feed's comment menu, turns on
+    slow mode; the viewers' pages apply each step; the ops dashboard's audit log lists them."""
+    expect = _expect()
+    errors: list[str] = []
+    room = "modroom"
+    host = _page(ctx, f"{dev.base}/static/host.html?room={room}&token={dev.token('host', 'host1', room)}", errors)
+    expect(host.locator("#create-room")).to_be_visible()
+    host.fill("#new-title", "Moderated show")
+    host.click("#create-room")
+    expect(host.locator("#show-title")).to_have_text("Moderated show")
+    troll = _page(ctx, f"{dev.base}/static/viewer.html?room={room}&token={dev.token('viewer', 'troll')}", errors)
+    fan = _page(ctx, f"{dev.base}/static/viewer.html?room={room}&token={dev.token('viewer', 'fan1')}", errors)
+    expect(troll.locator("#me")).to_contain_text("troll")
+    expect(fan.locator("#me")).to_contain_text("fan1")
+
+    # a viewer reports a comment with a reason; the host's queue shows it and deletes it
+    troll.fill("#comment-text", "cheap followers at spam.example")
+    troll.click("#send")
+    line = fan.locator("#chat li", has_text="cheap followers")
+    expect(line).to_be_visible()
+    line.locator("button.report").click()
+    line.locator("select.report-reason").select_option("spam")
+    line.get_by_role("button", name="Send report").click()
+    expect(line).to_contain_text("reported ✓")
+    report = host.locator("#reports li.report").first
+    expect(report).to_contain_text("spam · troll · reported by fan1")
+    expect(report).to_contain_text("cheap followers")
+    report.get_by_role("button", name="Delete comment").click()
+    expect(fan.locator("#chat li", has_text="cheap followers")).to_have_count(0)
+    expect(troll.locator("#chat li", has_text="cheap followers")).to_have_count(0)
+    expect(host.locator("#feed li.deleted", has_text="cheap followers")).to_be_visible()
+    expect(host.locator("#reports")).to_contain_text("No open reports.")
+
+    # mute from the feed's comment menu: the viewer is told, and told again when commenting
+    troll.fill("#comment-text", "you cannot stop me")
+    troll.click("#send")
+    host.locator("#feed li", has_text="you cannot stop me").get_by_role("button", name="Mute 10 min").click()
+    expect(troll.locator("#chat-rules")).to_contain_text("you are muted until")
+    troll.fill("#comment-text", "hello?")
+    troll.click("#send")
+    expect(troll.locator(".toast", has_text="You are muted until")).to_be_visible()
+    expect(host.locator("#m-out")).to_contain_text("troll (muted)")
+
+    # slow mode from the panel: the viewer's composer says so, a second comment waits
+    host.select_option("#m-slow", "10")
+    host.click("#m-apply")
+    expect(fan.locator("#chat-rules")).to_have_text("slow mode: one comment per 10 s")
+    fan.fill("#comment-text", "first")
+    fan.click("#send")
+    expect(fan.locator("#chat li", has_text="first")).to_be_visible()
+    fan.fill("#comment-text", "second")
+    fan.click("#send")
+    expect(fan.locator(".toast", has_text="Slow mode: wait")).to_be_visible()
+
+    # kick: the viewer's page is closed with 4403 and does not come back
+    host.locator("#feed li", has_text="you cannot stop me").get_by_role("button", name="Kick").click()
+    expect(troll.locator("#room-state")).to_have_text("kicked")
+    expect(troll.locator(".toast", has_text="You were kicked from this room")).to_be_visible()
+    host.screenshot(path=str(SHOTS / "host-moderation.png"), full_page=True, animations="disabled")
+
+    # ops: the audit log, filtered to the room
+    ops = _page(ctx, dev.ops, errors)
+    ops.fill("#audit-room", room)
+    ops.click("#audit-form button[type=submit]")
+    rows = ops.locator("#audit tr")
+    expect(rows.first).to_contain_text("kick")
+    for action in ("comment.delete", "mute", "chat", "kick"):
+        expect(ops.locator("#audit")).to_contain_text(action)
+    expect(ops.locator("#audit tr", has_text="comment.delete")).to_contain_text("report")
+    ops.screenshot(path=str(SHOTS / "ops-audit.png"), full_page=True, animations="disabled")
+    assert not errors, errors
+    for p in (host, troll, fan, ops):
+        p.close()

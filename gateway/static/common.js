@@ -114,7 +114,8 @@ export function toast(text, kind = "info", ms = 4000) {
  * - request(t, d) sends a command with a fresh client id and resolves with the reply
  *   (`ack` or a typed reply such as `order.reserved`), or rejects with {code, message}.
  * - Reconnects with back-off and `since=<last seq>`, so nothing critical is missed
- *   (close 1012 on a gateway restart, 1013 for a slow client). The first connection asks
+ *   (close 1012 on a gateway restart, 1013 for a slow client); close 4403 (banned or kicked
+ *   by the room's moderation) is final: no reconnect. The first connection asks
  *   for the room's retained history (`since=0`) so a late joiner sees the live sale, open
  *   lotteries and coupon drops; the server trims old comments and sends counters once.
  */
@@ -148,6 +149,10 @@ export class Live {
       if (this.closedByUser) return;
       if (e.code === 4401) {
         this.onStatus("unauthorized", e);
+        return;
+      }
+      if (e.code === 4403) { // banned or kicked (the reason says which): reconnecting is refused for a while
+        this.onStatus("refused", e);
         return;
       }
       this.onStatus("reconnecting", e);

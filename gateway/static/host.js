@@ -4,7 +4,10 @@
 // create a flash-sale campaign (POST /api/v1/campaigns) and start it (`sale.start` over the
 // WebSocket); drop coupons (`coupon.drop`); start a lottery (`lottery.start`); announce
 // (POST /api/v1/rooms/{room}/announce); and watch live stats (online, comments/s, likes,
-// orders, stock, GMV). User text is rendered through text nodes only.
+// orders, stock, GMV); moderate: each comment in the feed has Delete / Mute / Kick / Ban, the
+// Moderation panel sets slow mode and the chat mode, appoints moderators and works the
+// reports queue (GET /api/v1/rooms/{room}/reports, refreshed on `report.filed`). User text
+// is rendered through text nodes only.
 
 import { sparkline } from "./charts.js";
 import { $, api, ApiError, countdown, fill, fmtInt, h, Live, money, params, timeOf, toast } from "./common.js";
@@ -48,6 +51,8 @@ function onStatus(status, env) {
     for (const l of env.d.lotteries || []) S.lotteries.set(l.id, { ...l, state: "open" });
     renderLotteries();
     loadRoom();
+    loadModeration();
+    loadReports();
     return;
   }
   const pill = $("#room-state");
@@ -67,9 +72,22 @@ function onEvent(env, { replay }) {
     case "comment":
       if (!replay) {
         S.commentTimes.push(Date.now());
-        feed(`💬 ${d.name || d.user}: ${d.text}`);
+        feedComment(d, env.seq);
       }
       return;
+    case "comment.deleted":
+      for (const li of document.querySelectorAll(`#feed li[data-seq="${Number(d.seq)}"]`)) {
+        li.classList.add("deleted");
+        li.querySelector(".mod-menu")?.remove();
+        li.append(h("span", { class: "small muted" }, ` (deleted by ${d.by_role})`));
+      }
+      return;
+    case "moderation":
+      if (!replay) feed(`🛡 ${d.action}${d.user ? ` ${d.user}` : ""}${d.action === "chat" ? ` slow ${d.slow_mode_s} s, ${d.mode}` : ""} (by ${d.by_role})`);
+      return loadModeration();
+    case "report.filed":
+      feed(`⚑ report on ${d.target}: ${d.reason}`);
+      return loadReports();
     case "online": return setText("st-online", fmtInt(d.count));
     case "likes": return setText("st-likes", fmtInt(d.total));
     case "gift":
@@ -121,6 +139,116 @@ function onEvent(env, { replay }) {
     default:
       return;
   }
+}
+
+// ------------------------------------------------------------------ moderation
+const roomPath = `/api/v1/rooms/${encodeURIComponent(room)}`;
+
+function feedComment(d, seq) {
+  const ul = $("#feed");
+  const li = h("li", { dataset: { seq: String(seq || ""), user: d.user || "" } }, `${timeOf(Date.now())}  💬 ${d.name || d.user}: ${d.text}`);
+  if (seq && d.user !== S.me) {
+    li.append(h("span", { class: "mod-menu" },
+      h("button", { class: "small", onclick: () => moderate("delete", d.user, seq) }, "Delete"),
+      h("button", { class: "small", onclick: () => moderate("mute", d.user) }, "Mute 10 min"),
+      h("button", { class: "small", onclick: () => moderate("kick", d.user) }, "Kick"),
+      h("button", { class: "small", onclick: () => moderate("ban", d.user) }, "Ban")));
+  }
+  ul.prepend(li);
+  while (ul.childElementCount > 80) ul.lastElementChild.remove();
+}
+
+async function moderate(action, user, seq) {
+  try {
+    if (action === "delete") await api(`${roomPath}/comments/${seq}`, { method: "DELETE" });
+    else if (action === "mute") await api(`${roomPath}/mutes`, { method: "POST", body: { user, seconds: 600 } });
+    else if (action === "kick") await api(`${roomPath}/kicks`, { method: "POST", body: { user } });
+    else if (action === "ban") await api(`${roomPath}/bans`, { method: "POST", body: { user } });
+    toast(`${action} ${user}: done`, "ok");
+  } catch (e) {
+    fail(action)(e);
+  }
+}
+
+async function loadModeration() {
+  try {
+    const m = await api(`${roomPath}/moderation`);
+    $("#m-slow").value = String(m.slow_mode_s);
+    if (!$("#m-slow").value) $("#m-slow").append(h("option", { value: String(m.slow_mode_s), selected: true }, `${m.slow_mode_s} s`));
+    $("#m-mode").value = m.chat;
+    fill($("#m-mods"), m.moderators.length ? m.moderators.map((u, i) => [i ? ", " : "", u, " ",
+      h("button", { class: "small", onclick: () => unappoint(u) }, "remove")]) : "none");
+    const out = [...m.mutes.map((x) => `${x.user} (muted)`), ...m.kicks.map((x) => `${x.user} (kicked)`), ...m.bans.map((x) => `${x.user} (banned)`)];
+    setText("m-out", out.length ? out.join(", ") : "nobody");
+  } catch (e) {
+    if (e.status !== 403 && e.status !== 404) console.warn(e);
+  }
+}
+
+async function unappoint(user) {
+  try {
+    await api(`${roomPath}/moderators/${encodeURIComponent(user)}`, { method: "DELETE" });
+  } catch (e) {
+    fail("remove moderator")(e);
+  }
+  loadModeration();
+}
+
+$("#m-apply").addEventListener("click", async () => {
+  try {
+    const r = await api(`${roomPath}/chat`, { method: "PUT", body: { slow_mode_s: Number($("#m-slow").value), mode: $("#m-mode").value } });
+    toast(`Chat: ${r.mode}, slow mode ${r.slow_mode_s ? `${r.slow_mode_s} s` : "off"}`, "ok");
+  } catch (e) {
+    fail("chat settings")(e);
+  }
+});
+
+$("#m-appoint").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const user = $("#m-user").value.trim();
+  if (!user) return;
+  try {
+    await api(`${roomPath}/moderators/${encodeURIComponent(user)}`, { method: "PUT" });
+    $("#m-user").value = "";
+    toast(`${user} moderates ${room}`, "ok");
+  } catch (e) {
+    fail("appoint")(e);
+  }
+  loadModeration();
+});
+
+let loadingReports = false;
+async function loadReports() {
+  if (loadingReports) return;
+  loadingReports = true;
+  try {
+    const r = await api(`${roomPath}/reports?status=open&limit=20`);
+    fill($("#reports"), r.reports.length ? r.reports.map((rep) => {
+      const said = (rep.context || []).find((c) => c.reported);
+      return h("li", { class: "stack report", dataset: { report: rep.id } },
+        h("div", {}, h("b", {}, rep.reason), ` · ${rep.target} · reported by ${rep.reporter}`),
+        said ? h("div", { class: "small" }, `“${said.text}”`) : null,
+        h("div", { class: "row" },
+          h("button", { class: "small", onclick: () => resolve(rep.id, "dismiss") }, "Dismiss"),
+          rep.seq ? h("button", { class: "small", onclick: () => resolve(rep.id, "delete") }, "Delete comment") : null,
+          h("button", { class: "small", onclick: () => resolve(rep.id, "mute") }, "Mute"),
+          h("button", { class: "small", onclick: () => resolve(rep.id, "ban") }, "Ban")));
+    }) : h("li", { class: "muted" }, "No open reports."));
+  } catch (e) {
+    if (e.status !== 403 && e.status !== 404) console.warn(e);
+  } finally {
+    loadingReports = false;
+  }
+}
+
+async function resolve(id, action) {
+  try {
+    const r = await api(`/api/v1/reports/${encodeURIComponent(id)}/resolve`, { method: "POST", body: { action } });
+    toast(`Report closed (${action}; ${r.closed.length} report(s))`, "ok");
+  } catch (e) {
+    fail("resolve")(e);
+  }
+  loadReports();
 }
 
 // ------------------------------------------------------------------ show life-cycle
@@ -413,6 +541,7 @@ setInterval(() => {
 }, 1000);
 setInterval(loadCampaigns, 2000);
 setInterval(loadDrops, 3000);
+setInterval(loadReports, 5000);
 
 renderProducts();
 loadCampaigns();

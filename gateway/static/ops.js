@@ -4,6 +4,8 @@
 // live canvas charts (online, comments/s and gifts/s, GMV, errors/s, orders by state, the
 // conversion funnel, stock burn-down per campaign), the rooms and campaigns tables and the
 // alerts. The same alerts are Prometheus gauges (lc_alert_active{alert}) on /metrics.
+// The moderation audit log (GET /api/v1/moderation/audit, ops only): who did what to whom,
+// why and when, filtered by room and action, 20 a page, refreshed every 5 s.
 
 import { BarChart, LineChart } from "./charts.js";
 import { $, api, fill, fmtInt, h, money, timeOf, toast } from "./common.js";
@@ -166,5 +168,55 @@ async function pollGrowth() {
   }
 }
 
+// ------------------------------------------------------------------ moderation audit log
+const AUDIT_ACTIONS = ["moderator.add", "moderator.remove", "mute", "unmute", "kick", "ban", "unban", "comment.delete", "chat",
+  "platform.ban", "platform.unban", "report.dismiss"];
+const AUDIT_PAGE = 20;
+let auditOffset = 0;
+for (const a of AUDIT_ACTIONS) $("#audit-action").append(h("option", { value: a }, a));
+
+function untilText(e) {
+  if (e.for_good) return "for good";
+  return e.until_ms ? timeOf(e.until_ms) : "";
+}
+
+async function loadAudit() {
+  const q = new URLSearchParams({ limit: String(AUDIT_PAGE), offset: String(auditOffset) });
+  if ($("#audit-room").value.trim()) q.set("room", $("#audit-room").value.trim());
+  if ($("#audit-action").value) q.set("action", $("#audit-action").value);
+  try {
+    const r = await api(`/api/v1/moderation/audit?${q}`);
+    fill($("#audit"), r.entries.length ? r.entries.map((e) => h("tr", { dataset: { audit: e.id } },
+      h("td", {}, timeOf(e.ts_ms)),
+      h("td", {}, e.room || "platform"),
+      h("td", {}, `${e.actor} (${e.actor_role})`),
+      h("td", {}, h("code", {}, e.action)),
+      h("td", {}, e.target || "", e.seq ? h("span", { class: "small muted" }, ` #${e.seq}`) : null),
+      h("td", {}, untilText(e)),
+      h("td", {}, e.reason || "", e.report_id ? h("span", { class: "small muted" }, ` (report ${e.report_id})`) : null),
+    )) : h("tr", {}, h("td", { colspan: "7", class: "muted" }, "No moderation actions.")));
+    $("#audit-older").disabled = r.entries.length < AUDIT_PAGE;
+    $("#audit-newer").disabled = auditOffset === 0;
+  } catch (e) {
+    fill($("#audit"), h("tr", {}, h("td", { colspan: "7", class: "muted" }, `audit log: ${e.code} ${e.message}`)));
+  }
+}
+
+$("#audit-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  auditOffset = 0;
+  loadAudit();
+});
+$("#audit-older").addEventListener("click", () => {
+  auditOffset += AUDIT_PAGE;
+  loadAudit();
+});
+$("#audit-newer").addEventListener("click", () => {
+  auditOffset = Math.max(0, auditOffset - AUDIT_PAGE);
+  loadAudit();
+});
+
 poll();
 pollGrowth();
+loadAudit();
+setInterval(loadAudit, 5000);

@@ -4,6 +4,9 @@
 // gift banners with combos, the pinned product with a live stock bar and a Buy button
 // during a flash sale, orders with Pay, coupon drops with Claim, lotteries with Enter and
 // their verifiable result, likes, online count, and the viewer's own points and level.
+// Moderation: a deleted comment (`comment.deleted`) leaves the chat and the stream; each
+// comment of someone else has a ⚑ to report it; slow mode and followers-only chat are shown
+// by the composer; a mute, slow mode or a kick/ban (close 4403) is said in words.
 // All user text goes through text nodes (h(), fill(), textContent), never innerHTML.
 
 import { $, api, countdown, fill, fmtInt, h, Live, money, newId, params, toast } from "./common.js";
@@ -30,6 +33,7 @@ const S = {
   combo: null, // {gift_id, combo_id, until}
   likesPending: 0,
   likesTotal: 0,
+  chat: { slow_mode_s: 0, chat: "all", muted_until_ms: null }, // the room's moderation as it applies to me
 };
 
 const live = new Live(room, token, { onEvent, onStatus });
@@ -50,8 +54,9 @@ function onStatus(status, env) {
     return;
   }
   pill.className = "pill warn";
-  pill.textContent = status === "unauthorized" ? "bad or expired token" : `${status}…`;
+  pill.textContent = status === "unauthorized" ? "bad or expired token" : status === "refused" ? (env && env.reason) || "refused" : `${status}…`;
   if (status === "unauthorized") toast("The token was refused (4401). Use the URL printed by `livecommerce dev`.", "error", 10000);
+  if (status === "refused") toast(`You were ${(env && env.reason) || "removed"} from this room by its moderators.`, "error", 10000);
 }
 
 function renderShow() {
@@ -75,6 +80,8 @@ async function welcome(d) {
   if (Array.isArray(d.leaderboard)) renderBoard(d.leaderboard);
   for (const lot of d.lotteries || []) addLottery(lot);
   for (const c of d.coupons || []) addDrop(c);
+  S.chat = { slow_mode_s: 0, chat: "all", muted_until_ms: null, ...(d.moderation || {}) };
+  renderChatRules();
   renderLotteries();
   renderDrops();
   refreshMine();
@@ -129,7 +136,9 @@ $("#topup").addEventListener("click", async () => {
 function onEvent(env, { replay }) {
   const d = env.d || {};
   switch (env.t) {
-    case "comment": return onComment(d, replay);
+    case "comment": return onComment(d, replay, env.seq);
+    case "comment.deleted": return removeComment(d.seq);
+    case "moderation": return onModeration(d, replay);
     case "notice": return onNotice(d, replay);
     case "likes": return setLikes(d.total);
     case "online": return setText("online", fmtInt(d.count));
@@ -192,12 +201,12 @@ const SPEED = 140; // px per second
 const MAX_FLYING = 80;
 const laneFreeAt = [];
 
-function onComment(d, replay) {
-  chatLine(d.name || d.user, d.text, d.role === "host" ? "host" : "", d.level);
-  if (!replay) fly(d);
+function onComment(d, replay, seq) {
+  chatLine(d.name || d.user, d.text, d.role === "host" ? "host" : "", d.level, seq, d.user);
+  if (!replay) fly(d, seq);
 }
 
-function fly(d) {
+function fly(d, seq) {
   const layer = $("#danmaku");
   if (layer.childElementCount >= MAX_FLYING) return; // a hot room: shed, the chat keeps it
   const el = h(
@@ -207,6 +216,7 @@ function fly(d) {
     d.text,
   );
   el.dataset.user = d.user || "";
+  if (seq) el.dataset.seq = String(seq);
   layer.append(el);
   const width = layer.clientWidth;
   const lanes = Math.max(1, Math.floor(layer.clientHeight / LANE_H));
@@ -229,12 +239,78 @@ function fly(d) {
   anim.onfinish = () => el.remove();
 }
 
-function chatLine(who, text, cls = "", level = 0) {
+function chatLine(who, text, cls = "", level = 0, seq = null, user = null) {
   const list = $("#chat");
   const li = h("li", { class: cls }, h("span", { class: "who" }, level ? `${who} · Lv${level}` : who), h("span", { class: "text" }, text));
+  if (seq) {
+    li.dataset.seq = String(seq);
+    if (user && user !== S.me) li.append(h("button", { class: "report small", title: "Report this comment", onclick: () => reportForm(li, seq) }, "⚑"));
+  }
   list.append(li);
   while (list.childElementCount > 120) list.firstElementChild.remove();
   list.scrollTop = list.scrollHeight;
+}
+
+// ------------------------------------------------------------------ moderation
+const REPORT_REASONS = ["spam", "abuse", "harassment", "hate", "sexual", "violence", "fraud", "illegal", "other"];
+
+function removeComment(seq) {
+  for (const el of document.querySelectorAll(`#chat li[data-seq="${Number(seq)}"], #danmaku .dm[data-seq="${Number(seq)}"]`)) el.remove();
+}
+
+function reportForm(li, seq) {
+  if (li.querySelector(".report-form")) return;
+  const sel = h("select", { class: "report-reason" }, REPORT_REASONS.map((r) => h("option", { value: r }, r)));
+  const form = h("span", { class: "report-form" }, sel, h("button", {
+    class: "small",
+    onclick: async (ev) => {
+      ev.target.disabled = true;
+      try {
+        await api(`/api/v1/rooms/${encodeURIComponent(room)}/reports`, { method: "POST", body: { seq, reason: sel.value } });
+        fill(form, h("span", { class: "small muted" }, "reported ✓"));
+      } catch (e) {
+        ev.target.disabled = false;
+        toast(`report: ${e.code}: ${e.message}`, "error");
+      }
+    },
+  }, "Send report"));
+  li.append(form);
+}
+
+function onModeration(d, replay) {
+  if (d.action === "chat") {
+    S.chat.slow_mode_s = d.slow_mode_s;
+    S.chat.chat = d.mode;
+  } else if (d.user === S.me && d.action === "mute") {
+    S.chat.muted_until_ms = d.until_ms;
+    if (!replay) toast(`You were muted by the room's ${d.by_role}.`, "error", 6000);
+  } else if (d.user === S.me && d.action === "unmute") {
+    S.chat.muted_until_ms = null;
+  } else if (d.user === S.me && d.action === "moderator.add") {
+    S.chat.role = "moderator";
+  }
+  renderChatRules();
+}
+
+function renderChatRules() {
+  const c = S.chat;
+  const parts = [];
+  if (c.slow_mode_s) parts.push(`slow mode: one comment per ${c.slow_mode_s} s`);
+  if (c.chat === "followers") parts.push("followers only");
+  if (c.chat === "fanclub") parts.push("fan club only");
+  if (c.muted_until_ms && c.muted_until_ms > Date.now()) parts.push(`you are muted until ${new Date(c.muted_until_ms).toLocaleTimeString()}`);
+  setText("chat-rules", parts.join(" · "));
+}
+
+function refusalText(e) {
+  switch (e.code) {
+    case "rate_limited": return "Slow down: comment rate limit";
+    case "slow_mode": return `Slow mode: wait ${Math.ceil(e.retry_after_s || 1)} s`;
+    case "muted": return e.until_ms ? `You are muted until ${new Date(e.until_ms).toLocaleTimeString()}` : "You are muted";
+    case "followers_only": return "Only followers of the host may comment now";
+    case "fanclub_only": return "Only fan-club members may comment now";
+    default: return `${e.code}: ${e.message}`;
+  }
 }
 
 function onNotice(d, replay) {
@@ -257,7 +333,7 @@ $("#composer").addEventListener("submit", async (ev) => {
     await live.request("comment", { text });
   } catch (e) {
     input.value = text;
-    toast(e.code === "rate_limited" ? "Slow down: comment rate limit" : `${e.code}: ${e.message}`, "error");
+    toast(refusalText(e), "error");
   }
 });
 
