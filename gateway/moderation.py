@@ -244,11 +244,14 @@ class Moderation:
             self._close(c.user, code, c.until_ms, room=room)
 
     def _close(self, user: str, code: str, until: int, *, room: str | None = None) -> int:
-        """Close ``user``'s connections on this node (in ``room``; None: in every room),
-        but not ops' nor the host's in its own room: an error frame, then close 4403."""
+        """Close ``user``'s connections on this node: in ``room`` (a room's kick or ban:
+        not the host's own connection there), or in every room (None: a platform ban);
+        never an ops connection. An error frame, then close 4403 (the rule of
+        :func:`~livecommerce.moderation.judge_join`, applied to who is already in)."""
         n = 0
         for conn in list(self.gw.hub.by_user.get(user, ())):
-            if (room is not None and conn.room != room) or conn.ident.is_ops or conn.ident.may_host(conn.room):
+            ident = conn.ident
+            if ident.is_ops or (room is not None and (conn.room != room or ident.may_host(room))):
                 continue
             frame = error_frame(code, f"{code} ({'for good' if until == FOREVER else f'until {until}'})",
                                 until_ms=wire_until(until))

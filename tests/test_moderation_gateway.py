@@ -232,6 +232,10 @@ async def test_a_platform_ban_closes_every_room_on_every_node(gateway_factory: A
     await wait_until(lambda: "v1" not in late.services.moderation.platform, what="the unban on the third node")
     back = await Client.connect(late.ws, "anywhere", s.viewer("v1"), fmt="json")
     await back.close()
+    own = await s.join(s.b, "h1", tok=s.host)  # a host in its own room: no room ban reaches it, a platform ban does
+    await s.call("POST", "/platform/bans", s.ops, {"user": "h1", "seconds": 60}, status=201)
+    _, code, reason = await closed_with(own)
+    assert (code, reason) == (4403, "banned")
 
 
 # ------------------------------------------------------------------ deleted comments
