@@ -456,3 +456,25 @@ async def test_every_action_is_in_the_audit_log_which_only_ops_read(gateway_fact
     await s.call("GET", "/moderation/audit", s.viewer("v1"), status=403)
     await s.call("GET", "/moderation/audit?action=dance", s.ops, status=400)
     await v1.close()
+
+
+async def test_what_a_node_did_not_hear_is_read_again_after_a_resubscribe(gateway_factory: Any, token: Any,
+                                                                         http: aiohttp.ClientSession) -> None:
+    """A change written without its event (a process killed between the two, or messages
+    lost while the broker reconnected) reaches the node when the broker resubscribes: the
+    room's moderation and the platform's bans are read again."""
+    from livecommerce.moderation import FOREVER, Change
+    from livecommerce.moderation_redis import PLATFORM_INBOX
+
+    s = await stage(gateway_factory, token, http)
+    v1 = await s.join(s.b, "v1")
+    mod = s.b.services.moderation
+    await mod.store.apply(s.room, Change("mute", user="v1", until_ms=4_000_000_000_000), now_ms=0)
+    await mod.store.platform_ban("v9", FOREVER, now_ms=0)
+    assert code_of(await comment(v1, "not heard yet")) == "ack"  # the node decides from its copy
+    assert "v9" not in mod.platform
+    keys = s.b.gw.keys
+    mod.on_resubscribed({keys.room_channel(s.room), keys.node_inbox(PLATFORM_INBOX)})
+    await wait_until(lambda: comment(v1, "now?"), until=lambda f: code_of(f) == "muted", what="the mute read again")
+    await wait_until(lambda: "v9" in mod.platform, what="the platform's bans read again")
+    await v1.close()
