@@ -125,7 +125,8 @@ async def test_worker_on_sigterm_finishes_or_releases_its_batch(log: str, settin
     s = settings.replace(database_url=db, log_claim_idle_ms=30_000, kafka_session_timeout_ms=2000, kafka_idempotent=False,
                          kafka_partitions=2)
     lc = dict(redis_url=s.redis_url, key_prefix=s.key_prefix, database_url=db, secret=s.secret, log_json="1", log_claim_idle_ms="30000",
-              kafka_session_timeout_ms="2000", kafka_idempotent="0", kafka_partitions="2")
+              kafka_session_timeout_ms="2000", kafka_idempotent="0", kafka_partitions="2",
+              worker_batch="2")  # many small batches, so SIGTERM lands mid-stream (1,000 a batch drains the 600 at once)
     if log == "kafka":
         boot = request.getfixturevalue("kafka_bootstrap")
         s = s.replace(kafka_bootstrap=boot)
