@@ -256,6 +256,32 @@ async def test_any_user_id_travels_whole_through_the_batch(redis: aioredis.Redis
     assert all(isinstance(r, SentGift) and r.event.key == u and r.combo == Combo("c-1", 1) for r, u in zip(out[:3], odd, strict=True))
 
 
+@pytest.mark.cluster
+async def test_on_redis_cluster_a_batch_goes_as_one_call_per_shard_and_clears_every_outbox(cluster_redis: Any,
+                                                                                          keys: Keys) -> None:
+    w = RedisWallet(cluster_redis, keys)
+    assert w.shards_per_call == 1  # a script's keys share one slot on a cluster
+    users = [f"c{i}" for i in range(20)]
+    assert len({shard_of(u) for u in users}) > 5
+    now = int(time.time() * 1000)
+    for u in users:
+        await w.topup(user=u, amount=7, idempotency_key="k", by="ops", now_ms=now)
+    out = await w.send_gifts([GiftOrder(u, "r", "h", HEART, 1, None, "q") for u in users * 2], now_ms=now)
+    first = out[: len(users)]
+    assert all(isinstance(r, SentGift) and r.balance == 2 for r in first)
+    assert all(isinstance(r, GiftReplayed) and r.balance == 2 for r in out[len(users):])
+    log = RedisLog(cluster_redis, keys, partitions=4)
+    await w.publish(log, await w.pending())  # appended per partition stream, cleared per shard
+    assert await w.pending() == []
+    c = await log.consumer("gifts", "g", "c1")
+    got = 0
+    while batch := await c.fetch(max_events=200, timeout_ms=100):
+        got += len(batch)
+        await c.ack(batch)
+    await c.close()
+    assert got == 2 * len(users)  # the top-ups and the gifts, each once
+
+
 async def test_a_batch_append_puts_each_event_in_its_partition_once(redis: aioredis.Redis, keys: Keys) -> None:
     log = RedisLog(redis, keys, partitions=3)
     w = RedisWallet(redis, keys)
