@@ -403,15 +403,19 @@ async def raw_script_ceiling(redis_url: str, prefix: str, users: int, per_batch:
             "shards_per_call": "all" if wallet.shards_per_call == 0 else wallet.shards_per_call}
 
 
-def cpu_snapshot(gw_pid: int, load_pids: list[int], redis_s: float) -> dict[str, float]:
-    """CPU seconds (user + system) so far of the gateway, the load processes and Redis."""
+def cpu_snapshot(gw_pid: int, load_pids: list[int], redis_s: float, workers: dict[str, int] | None = None) -> dict[str, float]:
+    """CPU seconds (user + system) so far of the gateway, the load processes, Redis and the
+    storm's worker processes."""
     import psutil
 
     def used(pid: int) -> float:
         t = psutil.Process(pid).cpu_times()
         return float(t.user + t.system)
 
-    return {"gateway": used(gw_pid), "load_clients": sum(used(p) for p in load_pids), "redis": redis_s}
+    out = {"gateway": used(gw_pid), "load_clients": sum(used(p) for p in load_pids), "redis": redis_s}
+    for name, pid in (workers or {}).items():
+        out[f"{name}_worker"] = used(pid)
+    return out
 
 
 async def redis_cpu(redis: Any) -> float:
@@ -493,23 +497,28 @@ async def main(a: argparse.Namespace) -> int:
                 spy = subprocess.Popen([exe_spy, "record", "--pid", str(gw.pid), "--rate", "200", *([] if os.environ.get("BENCH_SPY_BLOCKING") else ["--nonblocking"]),  # noqa: ASYNC220
                                         "--format", fmt, "-o", a.py_spy], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             c0 = await gateway_counters(h, base)
-            cpu0 = cpu_snapshot(gw.pid, [p.pid for p in load.procs], await redis_cpu(redis))
+            wpids = {name: w.pid for name, w in zip(("wallet", "points"), workers, strict=False)}
+            cpu0 = cpu_snapshot(gw.pid, [p.pid for p in load.procs], await redis_cpu(redis), wpids)
             seconds = a.storm or a.seconds
             lag_curve: list[dict[str, Any]] = []
 
             async def sample_lag() -> None:
                 t0 = time.monotonic()
+                last = (await gateway_counters(h, base)).get("lc_gift_batch_gifts_total", 0)
                 while True:
                     await asyncio.sleep(1.0)
                     lag = await group_lag(redis, prefix, ("wallet", "points"))
-                    row = {"t": round(time.monotonic() - t0), **lag}
+                    now = (await gateway_counters(h, base)).get("lc_gift_batch_gifts_total", 0)
+                    row = {"t": round(time.monotonic() - t0), "gifts": int(now - last), **lag}
+                    last = now
                     lag_curve.append(row)
-                    print(f"  {row['t']:3d}s  wallet lag {lag['wallet']:>7,}  points lag {lag['points']:>7,}", flush=True)
+                    print(f"  {row['t']:3d}s  gifts decided {row['gifts']:>6,}  wallet lag {lag['wallet']:>7,}  "
+                          f"points lag {lag['points']:>7,}", flush=True)
 
             sampler = asyncio.get_running_loop().create_task(sample_lag()) if a.storm else None
             r = await load.run("gift", seconds)
             c1 = await gateway_counters(h, base)
-            cpu1 = cpu_snapshot(gw.pid, [p.pid for p in load.procs], await redis_cpu(redis))
+            cpu1 = cpu_snapshot(gw.pid, [p.pid for p in load.procs], await redis_cpu(redis), wpids)
             out["cpu_percent_of_a_core"] = {k: round(100 * (cpu1[k] - cpu0[k]) / r["seconds"], 1) for k in cpu0}
             out["gateway_cpu_us_per_gift"] = round((cpu1["gateway"] - cpu0["gateway"]) / max(r["acked"], 1) * 1e6, 1)
             if spy is not None:
@@ -537,7 +546,7 @@ async def main(a: argparse.Namespace) -> int:
                 out["storm_lag_curve"] = lag_curve
                 # how long the workers take to catch up once the storm stops
                 t0 = time.monotonic()
-                while time.monotonic() - t0 < 40:
+                while time.monotonic() - t0 < 30:
                     lag = await group_lag(redis, prefix, ("wallet", "points"))
                     if not lag["wallet"] and not lag["points"]:
                         break
