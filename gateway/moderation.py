@@ -144,14 +144,13 @@ USER_CONTEXT_EVENTS = 300  # history events read back for a report of a user
 
 
 class RoomView:
-    """One served room's moderation on this node: the rules, the seq of the last
-    ``moderation`` event applied, and each viewer's last comment (slow mode)."""
+    """One served room's moderation on this node: the rules and each viewer's last comment
+    (slow mode)."""
 
-    __slots__ = ("last", "rules", "seq")
+    __slots__ = ("last", "rules")
 
-    def __init__(self, rules: RoomRules, seq: int = 0) -> None:
+    def __init__(self, rules: RoomRules) -> None:
         self.rules = rules
-        self.seq = seq
         self.last: dict[str, int] = {}
 
 
@@ -172,8 +171,10 @@ class Moderation:
         self.rooms: dict[str, RoomView] = {}
         self.platform: dict[str, int] = {}  # user -> until_ms of a platform ban
         self.platform_loaded = False
+        self._platform_v = 0  # the version of the last read of the platform's bans
+        self._platform_seen: dict[str, tuple[int, int | None]] = {}  # user -> (version, until; None: lifted) heard since
         self._loading: dict[str, asyncio.Future[RoomView]] = {}
-        self._heard: dict[str, list[tuple[int, Change]]] = {}  # events heard while a room loads
+        self._heard: dict[str, list[tuple[Change, int]]] = {}  # changes (and versions) heard while a room loads
         self._relations: dict[tuple[str, str], tuple[Relation, float]] = {}
         self._report_buckets: dict[str, TokenBucket] = {}
         self.actions = Counter("lc_moderation_actions_total", "Moderation actions taken, by action", ["action"],
@@ -212,9 +213,8 @@ class Moderation:
             fut.exception()  # (waiters get it; nobody else needs to)
             raise
         v = RoomView(RoomRules.from_fields(fields, self.gw.now_ms()))
-        for seq, c in heard:  # what arrived meanwhile lands on the same state again
-            v.rules.apply(c)
-            v.seq = max(v.seq, seq)
+        for c, version in heard:  # what arrived meanwhile: the changes newer than the read
+            v.rules.apply_versioned(c, version)
         if self._loading.get(room) is fut:  # not forgotten (dropped, resubscribed) meanwhile
             del self._loading[room]
             self._heard.pop(room, None)
@@ -223,22 +223,27 @@ class Moderation:
         fut.set_result(v)
         return v
 
-    def _apply(self, room: str, seq: int, c: Change) -> None:
+    def _apply(self, room: str, c: Change, version: int) -> None:
+        """Apply a change written at ``version`` to the node's copy (and keep it for a read
+        in flight to replay): only the fields no later change wrote, so the copy lands on
+        what the hash holds whatever order the events came in. A change this node made is
+        applied before its own event comes back (read-your-writes); the event is then old."""
         heard = self._heard.get(room)
         if heard is not None:
-            heard.append((seq, c))
+            heard.append((c, version))
         v = self.rooms.get(room)
-        if v is not None and (not seq or seq > v.seq):
-            v.rules.apply(c)
-            v.seq = max(v.seq, seq)
+        if v is not None:
+            v.rules.apply_versioned(c, version)
 
     def observe(self, env: dict[str, Any]) -> None:
         """Hub observer of ``moderation`` events: apply the change; a kick or ban closes
         the user's connections in the room on this node."""
-        room, c = env.get("room"), Change.of_event(env.get("d"))
-        if not isinstance(room, str) or c is None:
+        d = env.get("d")
+        room, c = env.get("room"), Change.of_event(d)
+        version = d.get("v") if isinstance(d, dict) else None
+        if not isinstance(room, str) or c is None or not isinstance(version, int):
             return
-        self._apply(room, int(env.get("seq") or 0), c)
+        self._apply(room, c, version)
         if c.action in ("kick", "ban"):
             code = "kicked" if c.action == "kick" else "banned"
             self._close(c.user, code, c.until_ms, room=room)
@@ -285,8 +290,18 @@ class Moderation:
         Raises:
             Unavailable: Redis unreachable.
         """
+        bans, version = await self.store.platform()
         now = self.gw.now_ms()
-        self.platform = {u: t for u, t in (await self.store.platform()).items() if active(t, now)}
+        fresh = {u: t for u, t in bans.items() if active(t, now)}
+        for u, (seen_v, until) in self._platform_seen.items():  # heard after the read was made
+            if seen_v > version:
+                if until is None:
+                    fresh.pop(u, None)
+                else:
+                    fresh[u] = until
+        self.platform = fresh
+        self._platform_v = max(self._platform_v, version)
+        self._platform_seen = {u: x for u, x in self._platform_seen.items() if x[0] > self._platform_v}
         self.platform_loaded = True
 
     async def start(self) -> None:
@@ -299,15 +314,25 @@ class Moderation:
             log.warning("moderation.platform_not_loaded", extra={"err": repr(exc)})
 
     def on_inbox(self, msg: dict[str, Any]) -> None:
-        """A platform ban or unban from any node."""
-        user, until = msg.get("user"), msg.get("until_ms")
-        if not isinstance(user, str):
+        """A platform ban or unban from any node (applied when no later one was seen)."""
+        user, until, version, action = msg.get("user"), msg.get("until_ms"), msg.get("v"), msg.get("action")
+        if not isinstance(user, str) or not isinstance(version, int):
             return
-        if msg.get("action") == "platform.ban" and isinstance(until, int):
-            self.platform[user] = until
-            self._close(user, "banned", until)
-        elif msg.get("action") == "platform.unban":
+        if action == "platform.ban" and isinstance(until, int):
+            lifted = False
+        elif action == "platform.unban":
+            lifted = True
+        else:
+            return
+        seen = self._platform_seen.get(user)
+        if version <= max(self._platform_v, seen[0] if seen else 0):
+            return  # older than what this node holds
+        self._platform_seen[user] = (version, None if lifted else until)
+        if lifted:
             self.platform.pop(user, None)
+        else:
+            self.platform[user] = cast(int, until)
+            self._close(user, "banned", cast(int, until))
 
     async def on_second(self) -> None:
         """Drop what ended; close any connection a ban or kick still covers (one that was
@@ -327,6 +352,7 @@ class Moderation:
         for room, v in self.rooms.items():
             r = v.rules
             r.prune(now)
+            r.trim_versions()
             for d, code in ((r.bans, "banned"), (r.kicks, "kicked")):
                 for u, t in d.items():
                     if u in by_user:
@@ -442,10 +468,11 @@ class Moderation:
         return e
 
     async def _change(self, room: str, c: Change) -> int:
-        """Write the change, announce it, and apply it here at once (read-your-writes)."""
-        await self.store.apply(room, c, now_ms=self.gw.now_ms())
-        seq = await self.gw.publish(room, "moderation", c.event())
-        self._apply(room, seq, c)
+        """Write the change, announce it with its version, and apply it here at once
+        (read-your-writes); the event's seq."""
+        version = await self.store.apply(room, c, now_ms=self.gw.now_ms())
+        seq = await self.gw.publish(room, "moderation", {**c.event(), "v": version})
+        self._apply(room, c, version)
         return seq
 
     async def act_on_user(self, ident: Identity, actor: Role, room: str, v: RoomView, action: str, user: str,
@@ -661,16 +688,17 @@ class Moderation:
         return web.json_response({"action": "platform.unban", "user": user, "audit_id": e.id})
 
     async def _platform(self, user: str, until: int | None) -> None:
-        await self.store.platform_ban(user, until, now_ms=self.gw.now_ms())
+        version = await self.store.platform_ban(user, until, now_ms=self.gw.now_ms())
         msg = {"kind": "moderation", "action": "platform.ban" if until is not None else "platform.unban", "user": user,
-               "until_ms": until}
+               "until_ms": until, "v": version}
         await self.gw.broker.publish_node(PLATFORM_INBOX, pack_internal(msg))
         self.on_inbox(msg)  # this node at once (the inbox brings it again: the same state)
 
     async def http_platform_bans(self, request: web.Request) -> web.Response:
         self.gw.identify_request(request).require_ops()
         now = self.gw.now_ms()
-        bans = [{"user": u, "until_ms": wire_until(t)} for u, t in sorted((await self.store.platform()).items()) if active(t, now)]
+        got, _ = await self.store.platform()
+        bans = [{"user": u, "until_ms": wire_until(t)} for u, t in sorted(got.items()) if active(t, now)]
         return web.json_response({"bans": bans})
 
     async def http_audit(self, request: web.Request) -> web.Response:

@@ -29,11 +29,15 @@ only, the chat mode (``followers_only``: follow the host or be in its fan club;
 comment per ``slow_mode_s`` per viewer). A join (:func:`judge_join`) meets the bans and the
 kick. A muted user still watches, likes, sends gifts and buys: a mute is about chat.
 
-**State.** A room's moderation is :class:`RoomRules`; every change is a :class:`Change`,
-which is at once the ``moderation`` room event every node applies to its copy
-(:meth:`RoomRules.apply`) and the fields written to the room's moderation hash
-(:meth:`Change.fields`, read back by :meth:`RoomRules.from_fields`), so a node that loads
-the hash and then applies the events that arrived meanwhile lands on the same state.
+**State.** A room's moderation is :class:`RoomRules`; every change is a :class:`Change`:
+the fields it sets and deletes in the room's moderation hash (:meth:`Change.fields`), and
+the ``moderation`` room event every node applies to its copy. The script that writes a
+change gives it a version (``v``: above every earlier one, seeded from the clock) and the
+event carries it; a node applies a field only when the event's version is above the one it
+holds for that field (:meth:`RoomRules.apply_versioned`; the hash's own ``v`` when read).
+The write and the event are two steps, so two changes written A then B may be announced B
+then A: versions make every node land on what the hash holds whatever the order, and a
+node that loads the hash and then applies the events that arrived meanwhile lands there too.
 
 **Reports** (:func:`parse_report`, :func:`report_context`, :func:`parse_resolution`) and the
 **audit record** (:class:`AuditEntry`) are here too.
@@ -350,9 +354,15 @@ class Change:
 TIMED_PREFIXES = ("mute:", "kick:", "ban:")
 
 
+#: the hash field holding the version of the latest change
+VERSION_FIELD = "v"
+VERSION_KEEP = 600 * 1_000_000  # versions are microseconds: ten minutes
+
+
 @dataclass
 class RoomRules:
-    """One room's moderation as a node holds it."""
+    """One room's moderation as a node holds it: the hash's fields, parsed, with the
+    version of the read (``base_v``) and of each field changed since (``versions``)."""
 
     moderators: set[str] = field(default_factory=set)
     mutes: dict[str, int] = field(default_factory=dict)  # user -> until_ms (0: for good)
@@ -360,52 +370,93 @@ class RoomRules:
     bans: dict[str, int] = field(default_factory=dict)
     slow_mode_s: int = 0
     chat: ChatMode = "all"
+    base_v: int = 0
+    versions: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, str], now_ms: int) -> RoomRules:
-        """The state a room's moderation hash holds (expired entries left out; unreadable
-        fields ignored)."""
+        """The state a room's moderation hash holds (ended entries left out; unreadable
+        fields ignored), at the hash's version."""
         r = cls()
         for k, v in fields.items():
-            kind, _, user = k.partition(":")
-            if kind == "m" and user:
-                r.moderators.add(user)
-            elif kind in ("mute", "kick", "ban") and user:
+            if k == VERSION_FIELD:
                 try:
-                    until = int(v)
-                except ValueError:
-                    continue
-                if active(until, now_ms):
-                    {"mute": r.mutes, "kick": r.kicks, "ban": r.bans}[kind][user] = until
-            elif k == "slow":
-                try:
-                    r.slow_mode_s = max(0, min(MAX_SLOW_MODE_S, int(v)))
+                    r.base_v = int(v)
                 except ValueError:
                     pass
-            elif k == "chat" and v in CHAT_MODES:
-                r.chat = v
+            else:
+                r.set_field(k, v, now_ms)
         return r
 
+    def set_field(self, k: str, v: str, now_ms: int | None = None) -> None:
+        """What one hash field set to ``v`` means (an ended entry, with ``now_ms``, or an
+        unreadable value leaves nothing)."""
+        kind, _, user = k.partition(":")
+        if kind == "m" and user:
+            self.moderators.add(user)
+        elif kind in ("mute", "kick", "ban") and user:
+            try:
+                until = int(v)
+            except ValueError:
+                return
+            if now_ms is None or active(until, now_ms):
+                {"mute": self.mutes, "kick": self.kicks, "ban": self.bans}[kind][user] = until
+        elif k == "slow":
+            try:
+                self.slow_mode_s = max(0, min(MAX_SLOW_MODE_S, int(v)))
+            except ValueError:
+                pass
+        elif k == "chat" and v in CHAT_MODES:
+            self.chat = v
+
+    def del_field(self, k: str) -> None:
+        """What deleting one hash field means."""
+        kind, _, user = k.partition(":")
+        if kind == "m":
+            self.moderators.discard(user)
+        elif kind in ("mute", "kick", "ban"):
+            {"mute": self.mutes, "kick": self.kicks, "ban": self.bans}[kind].pop(user, None)
+        elif k == "slow":
+            self.slow_mode_s = 0
+        elif k == "chat":
+            self.chat = "all"
+
     def apply(self, c: Change) -> None:
-        """Apply one change (a ``moderation`` event), the same as its fields do to the hash."""
-        u = c.user
-        if c.action == "moderator.add":
-            self.moderators.add(u)
-        elif c.action == "moderator.remove":
-            self.moderators.discard(u)
-        elif c.action == "mute":
-            self.mutes[u] = c.until_ms
-        elif c.action == "unmute":
-            self.mutes.pop(u, None)
-        elif c.action == "kick":
-            self.kicks[u] = c.until_ms
-        elif c.action == "ban":
-            self.bans[u] = c.until_ms
-        elif c.action == "unban":
-            self.bans.pop(u, None)
-            self.kicks.pop(u, None)
-        elif c.action == "chat":
-            self.slow_mode_s, self.chat = c.slow_mode_s, c.mode
+        """Apply one change as its fields do to the hash (no version: it wins)."""
+        sets, dels = c.fields()
+        for k in dels:
+            self.del_field(k)
+        for k, v in sets.items():
+            self.set_field(k, v)
+
+    def apply_versioned(self, c: Change, v: int) -> int:
+        """Apply the fields of change ``c`` written at version ``v`` that no later change
+        (nor the read) has written since; return how many fields it changed."""
+        sets, dels = c.fields()
+        n = 0
+        for k in dels:
+            if v > max(self.base_v, self.versions.get(k, 0)):
+                self.del_field(k)
+                self.versions[k] = v
+                n += 1
+        for k, val in sets.items():
+            if v > max(self.base_v, self.versions.get(k, 0)):
+                self.set_field(k, val)
+                self.versions[k] = v
+                n += 1
+        return n
+
+    def trim_versions(self, keep: int = VERSION_KEEP) -> None:
+        """Forget field versions more than ``keep`` below the newest one (no change written
+        that long before another is still to be announced), raising ``base_v`` to that
+        floor, so the map stays small. Versions are the writing script's clock (µs), so the
+        floor is measured on it, not on this node's clock."""
+        if not self.versions:
+            return
+        floor = max(self.versions.values()) - keep
+        if floor > self.base_v:
+            self.versions = {k: v for k, v in self.versions.items() if v >= floor}
+            self.base_v = floor
 
     def prune(self, now_ms: int) -> int:
         """Drop mutes, kicks and bans that ended; return how many."""

@@ -152,32 +152,48 @@ changes = st.one_of(
 )
 
 
-def _hash_after(cs: list[Change], start: dict[str, str] | None = None) -> dict[str, str]:
+def _hash_after(cs: list[Change], start: dict[str, str] | None = None, first_v: int = 1) -> dict[str, str]:
+    """The hash after writing ``cs`` in order, version ``first_v`` onwards (as the script)."""
     h = dict(start or {})
-    for c in cs:
+    for i, c in enumerate(cs):
         sets, dels = c.fields()
         for f in dels:
             h.pop(f, None)
         h.update(sets)
+        h["v"] = str(first_v + i)
     return h
 
 
-@given(st.lists(changes, max_size=12), st.integers(0, 12))
-def test_the_hash_read_back_and_the_events_applied_land_on_the_same_state(cs: list[Change], cut: int) -> None:
-    """A node loads the hash at some point (after ``cut`` changes) and applies every change
-    it heard meanwhile (from ``cut`` on, some of them also in what it read): the same state
-    as the hash after all of them."""
+@given(st.lists(changes, max_size=12), st.integers(0, 12), st.randoms(use_true_random=False))
+def test_whatever_order_the_events_come_in_a_node_lands_on_the_hash(cs: list[Change], cut: int, rnd: Any) -> None:
+    """Changes are written in order (versions 1..n) but announced in any order (the write and
+    the publish are two steps); a node read the hash after ``cut`` of them and hears every
+    event (some written before its read, in any order): it holds what the hash holds."""
     whole = RoomRules.from_fields(_hash_after(cs), NOW)
     seen = RoomRules.from_fields(_hash_after(cs[:cut]), NOW)
-    for c in cs[max(0, cut - 2):]:  # events that arrived while the read was in flight: applied again
-        seen.apply(Change.of_event(c.event()) or c)
+    assert seen.base_v == min(cut, len(cs))
+    events = [(c, i + 1) for i, c in enumerate(cs)]
+    rnd.shuffle(events)
+    for c, v in events:
+        seen.apply_versioned(Change.of_event(c.event()) or c, v)
+        seen.apply_versioned(c, v)  # a duplicate (its own node applied it first) changes nothing
     seen.prune(NOW)
     assert seen.view(NOW) == whole.view(NOW)
 
 
+def test_versions_are_trimmed_on_the_writers_clock() -> None:
+    r = RoomRules(base_v=10)
+    r.apply_versioned(Change("mute", user="a", until_ms=FOREVER), 20)
+    r.apply_versioned(Change("mute", user="b", until_ms=FOREVER), 20 + 700_000_000)
+    r.trim_versions()
+    assert r.base_v == 20 + 100_000_000 and set(r.versions) == {"mute:b"}
+    assert r.apply_versioned(Change("unmute", user="a"), 30) == 0  # older than the floor: announced too late
+    assert r.mutes == {"a": FOREVER, "b": FOREVER}
+
+
 def test_an_event_round_trips_and_strangers_are_ignored() -> None:
     for c in (Change("mute", user="u", until_ms=NOW + 1), Change("ban", user="u"), Change("chat", slow_mode_s=5, mode="fanclub")):
-        assert Change.of_event(c.event()) == c
+        assert Change.of_event(c.event()) == c == Change.of_event({**c.event(), "v": 7})
     assert Change("ban", user="u").event()["until_ms"] is None  # for good
     for d in (None, {}, {"action": "dance"}, {"action": "mute"}, {"action": "mute", "user": "u", "until_ms": "soon"},
               {"action": "chat", "slow_mode_s": 5, "mode": "nobody"}):
@@ -268,6 +284,7 @@ async def test_changes_write_the_hash_and_ended_entries_go(redis: Any, keys: Key
     await mod.apply("r1", Change("ban", user="v2"), now_ms=NOW)
     await mod.apply("r1", Change("chat", slow_mode_s=10, mode="followers"), now_ms=NOW)
     got = RoomRules.from_fields(await mod.load("r1"), NOW)
+    assert got.base_v > 1_700_000_000_000_000  # microseconds from the server's clock
     assert got.view(NOW) == {"moderators": ["m1"], "mutes": [{"user": "v1", "until_ms": NOW + 5_000}], "kicks": [],
                              "bans": [{"user": "v2", "until_ms": None}], "slow_mode_s": 10, "chat": "followers"}
     assert await redis.ttl(mod.room_key("r1")) == -1  # a moderator, settings, a for-good ban: kept
@@ -277,8 +294,13 @@ async def test_changes_write_the_hash_and_ended_entries_go(redis: Any, keys: Key
     # with only timed entries left, the hash expires after the last one ends
     for c in (Change("moderator.remove", user="m1"), Change("unban", user="v2"), Change("chat")):
         await mod.apply("r1", c, now_ms=NOW + 6_000)
-    assert set(await mod.load("r1")) == {"kick:v3"}
+    assert set(await mod.load("r1")) == {"kick:v3", "v"}
     assert 0 < await redis.pttl(mod.room_key("r1"))
+    # each change has a higher version than the last, even when the clock would give less
+    await redis.hset(mod.room_key("r1"), "v", str(5 * 10**15))
+    first = await mod.apply("r1", Change("mute", user="v4", until_ms=NOW + 90_000), now_ms=NOW + 6_000)
+    second = await mod.apply("r1", Change("unmute", user="v4"), now_ms=NOW + 6_000)
+    assert 5 * 10**15 < first < second
 
 
 async def test_a_room_has_at_most_fifty_moderators(redis: Any, keys: Keys) -> None:
@@ -295,9 +317,11 @@ async def test_platform_bans(redis: Any, keys: Keys) -> None:
     mod = RedisModeration(redis, keys)
     await mod.platform_ban("u1", FOREVER, now_ms=NOW)
     await mod.platform_ban("u2", NOW + 1000, now_ms=NOW)
-    assert await mod.platform() == {"u1": FOREVER, "u2": NOW + 1000}
-    await mod.platform_ban("u1", None, now_ms=NOW)
-    assert await mod.platform() == {"u2": NOW + 1000}
+    bans, v1 = await mod.platform()
+    assert bans == {"u1": FOREVER, "u2": NOW + 1000}
+    v2 = await mod.platform_ban("u1", None, now_ms=NOW)
+    bans, v = await mod.platform()
+    assert bans == {"u2": NOW + 1000} and v == v2 > v1
 
 
 async def test_the_fan_cache_keeps_followers(redis: Any, keys: Keys) -> None:
