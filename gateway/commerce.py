@@ -95,6 +95,7 @@ _LOCAL: frozenset[Reject] = frozenset({"sold_out", "ended", "room_ended"})
 #: what the node's view of a sale follows (FlashSales.observe)
 SALE_EVENTS = ("sale.started", "sale.stock", "sale.soldout", "sale.ended")
 VIEW_KEEP_S = 600.0  # an ended sale's view, buyer set included, is kept this long on each node
+RUSH_STOCK_S = 2.0  # the stock figure's window while buys queue behind each commit (a rush)
 
 
 class SaleView:
@@ -268,11 +269,22 @@ class FlashSales:
         sale = view.sale or await self.checkout.sale(sale_id)
         return view.answer(sale, user, qty, self.gw.now_ms())
 
-    def _stock_due(self, sale_id: str) -> bool:
+    def _stock_due(self, sale_id: str, *, rush: bool = False) -> bool:
         """Whether this node's window for the sale's stock figure is open; it closes now
-        (marked before any await, so a commit's many reservations ask Redis once)."""
+        (marked before any await, so a commit's many reservations ask Redis once). In a
+        ``rush`` (buys queued behind the commit that took the figure) the window is at least
+        :data:`RUSH_STOCK_S`, counted from the rush's first commit: each figure costs a frame
+        to every viewer of the room (with nothing else in the room's tick, a fan-out of its
+        own), and the next commit's figure supersedes it within milliseconds; a sale that
+        sells out within it shows ``sale.started`` then the final zero and ``sale.soldout``,
+        which always go."""
         now = time.monotonic()
-        if now - self.last_stock_pub.get(sale_id, 0.0) < self.gw.s.stock_broadcast_ms / 1000:
+        window = self.gw.s.stock_broadcast_ms / 1000
+        last = self.last_stock_pub.get(sale_id)
+        if rush and last is None:  # the rush's first commit opens its window
+            self.last_stock_pub[sale_id] = now
+            return False
+        if now - (last or 0.0) < (max(window, RUSH_STOCK_S) if rush else window):
             return False
         self.last_stock_pub[sale_id] = now
         return True
@@ -313,7 +325,7 @@ class FlashSales:
         if isinstance(r, Reserved) and not r.duplicate:
             if r.last_unit:
                 self.gw.spawn(self.publish_stock(sale_id, 0, final=True), "stock-final")
-            elif self._stock_due(sale_id):
+            elif self._stock_due(sale_id, rush=placed.behind > 0):
                 self.gw.spawn(self._broadcast_stock(sale_id, r.remaining, final=False), "stock")
         return r
 
@@ -521,6 +533,9 @@ class Orders:
 
     async def pay_order(self, request: web.Request) -> web.Response:
         ident = self.gw.identify_request(request)
+        if not self.gw.s.dev_pay:
+            raise Forbidden("POST /orders/{id}/pay is the provider-less dev payment, off unless LC_DEV_PAY=1 (on in "
+                            "`livecommerce dev`): pay with POST /api/v1/orders/{id}/payments", code="dev_pay_disabled")
         oid = request.match_info["order"]
         data = await read_object(request)
         coupon = data.get("coupon_id")

@@ -86,11 +86,14 @@ class Opened:
 class Placed:
     """A buy's answer from :meth:`Checkout.place`: ``result``; the sale's units left after
     its group commit (-1: not known); and, when the caller asked and the commit left no
-    stock, who holds units then (one atomic snapshot with the answer), else None."""
+    stock, who holds units then (one atomic snapshot with the answer), else None.
+    ``behind``: buys of the sale queued for its next commit when this one was decided (a
+    rush in progress: a stock figure taken now is superseded within milliseconds)."""
 
     result: Reserved | Reject
     remaining: int
     buyers: set[str] | None = None
+    behind: int = 0
 
 
 @dataclass(slots=True)
@@ -303,6 +306,7 @@ class Checkout:
             decided = await self.sales.reserve_batch(
                 sale_id, [p.buy for p in batch], request_ids=[p.request_id for p in batch], room_ended=room_ended,
                 want_buyers=bool(queued) or any(p.want_buyers for p in batch))
+        behind = len(self._queues.get(sale_id) or ())
         events = [self._reserved_event(sale, r, p) for p, r in zip(batch, decided.results, strict=True)
                   if isinstance(r, Reserved)]
         lost: Unavailable | None = None
@@ -318,7 +322,7 @@ class Checkout:
             elif lost is not None and isinstance(r, Reserved):
                 out.append(lost)
             else:
-                out.append(Placed(r, decided.remaining, decided.buyers))
+                out.append(Placed(r, decided.remaining, decided.buyers, behind))
         sold_out = None
         if decided.buyers is not None and decided.state == "sold_out":
             sold_out = (sale, decided.buyers, room_ended)

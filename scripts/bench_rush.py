@@ -482,10 +482,7 @@ async def main(a: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench_rush_"))
     db = f"sqlite+aiosqlite:///{tmp}/rush.db"
     secret = uuid.uuid4().hex * 2
-    from livecommerce.migrations import upgrade
-
-    await upgrade(db)
-    kafka_proc, kafka = (start_kafka(tmp) if a.kafka else (None, None))
+    kafka_proc, kafka = (await asyncio.to_thread(start_kafka, tmp)) if a.kafka else (None, None)  # it runs its own loop
     port = free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("LC_")},
            "LC_REDIS_URL": a.redis, "LC_KEY_PREFIX": prefix, "LC_DATABASE_URL": db, "LC_SECRET": secret,
@@ -495,6 +492,8 @@ async def main(a: argparse.Namespace) -> int:
         env.update(LC_KAFKA_BOOTSTRAP=kafka, LC_KAFKA_IDEMPOTENT="0", LC_KAFKA_SESSION_TIMEOUT_MS="2000",
                    LC_KAFKA_PARTITIONS="3")
     exe = str(Path(sys.executable).with_name("livecommerce"))
+    # the schema of the code the gateway runs (--env PYTHONPATH=<another checkout> measures that one)
+    subprocess.run([exe, "db", "upgrade"], env=env, check=True, stdout=subprocess.DEVNULL)  # noqa: ASYNC221
     procs = [subprocess.Popen([exe, "gateway", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),  # noqa: ASYNC220
              subprocess.Popen([exe, "worker", "orders"], env={**env, "LC_NODE_ID": "rush-w"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]  # noqa: ASYNC220
     base = f"http://127.0.0.1:{port}"
@@ -589,6 +588,13 @@ async def main(a: argparse.Namespace) -> int:
         t_last = max(e for *_, e in results) if results else 0.0
         t_last_res = max((e for k, *_, e in results if k == "reserved"), default=0.0)
         rush_s = max(t_last - t_first, 1e-6)
+        timeline: dict[str, float] = {}  # ms after the first buyer heard sale.started
+        for what, rows in (("sale_started_heard", [(st, st) for _k, _t, _o, _r, _u, st, _e in results]),
+                           ("reserved_answered", [(e, e) for k, *_, e in results if k == "reserved"]),
+                           ("sold_out_answered", [(e, e) for k, *_, e in results if k == "sold_out"])):
+            if rows:
+                timeline[f"{what}_first"] = round((min(r[0] for r in rows) - t_first) * 1000, 1)
+                timeline[f"{what}_last"] = round((max(r[0] for r in rows) - t_first) * 1000, 1)
         server_cpu_s = cpu.between(t_first, t_last)
         out.update(
             answers=kinds,
@@ -599,6 +605,7 @@ async def main(a: argparse.Namespace) -> int:
             rush_s=round(rush_s, 3),
             reply_ms={"p50": pct(lat, 0.5), "p99": pct(lat, 0.99), "max": pct(lat, 1.0)},
             reserved_reply_ms={"p50": pct(reserved_lat, 0.5), "p99": pct(reserved_lat, 0.99), "max": pct(reserved_lat, 1.0)},
+            timeline_ms=timeline,
             server_cpu_s=round(server_cpu_s, 3),
             server_cpu_pct=round(100 * server_cpu_s / rush_s, 1),
             clients_cpu_s_rush_and_wait=round(clients_cpu1 - clients_cpu0, 2),

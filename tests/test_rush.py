@@ -107,3 +107,19 @@ async def test_two_thousand_websocket_buyers_on_a_hundred_units_reserve_exactly_
         assert (await sales.stats(sid)).reserved == STOCK
     finally:
         await asyncio.gather(*(b.close() for b in buyers), return_exceptions=True)
+
+
+async def test_a_rush_takes_a_stock_figure_at_most_every_rush_window_counted_from_its_first_commit(
+        gateway_factory: GatewayFactory) -> None:
+    from gateway.commerce import RUSH_STOCK_S
+
+    node = await gateway_factory(stock_broadcast_ms=250)
+    sales = node.services.sales
+    assert not sales._stock_due("s1", rush=True)  # the rush's first commit opens the window, takes no figure
+    assert not sales._stock_due("s1", rush=True)
+    sales.last_stock_pub["s1"] -= 0.3  # past the normal window, inside the rush's
+    assert not sales._stock_due("s1", rush=True)
+    assert sales._stock_due("s1")  # no buys queued: the normal window
+    sales.last_stock_pub["s1"] -= RUSH_STOCK_S
+    assert sales._stock_due("s1", rush=True)  # a long rush still shows its figure
+    assert sales._stock_due("s2")  # a sale with no rush takes its first figure at once
