@@ -10,7 +10,7 @@ from __future__ import annotations
 
 CAPABILITIES: list[str] = [
     "gateway.http",
-    "gateway.commerce",
+    "gateway.commerce", "gateway.payments",
     "gateway.rooms",
     "gateway.catalog", "gateway.bag",
     "gateway.lottery",

@@ -74,6 +74,12 @@ def http_routes(s: Services) -> list[Route]:
         Route("GET", "/api/v1/orders/{order}", s.orders.get_order),
         Route("POST", "/api/v1/orders/{order}/pay", s.orders.pay_order),
         Route("POST", "/api/v1/orders/{order}/cancel", s.orders.cancel_order),
+        # the payment boundary: intents, the provider's signed callbacks, ops' view
+        Route("POST", "/api/v1/orders/{order}/payments", s.payments.http_create),
+        Route("GET", "/api/v1/orders/{order}/payments", s.payments.http_order),
+        Route("POST", "/api/v1/payments/webhook", s.payments.http_webhook),
+        Route("GET", "/api/v1/payments/callbacks", s.payments.http_callbacks),
+        Route("GET", "/api/v1/payments/refunds", s.payments.http_refunds),
         Route("GET", "/api/v1/sales/{sale}/funnel", s.funnel.sale_funnel),
         Route("GET", "/api/v1/coupons/{drop}/funnel", s.funnel.drop_funnel),
         # lotteries

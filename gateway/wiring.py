@@ -31,6 +31,8 @@ from livecommerce.log_open import open_log
 from livecommerce.lottery_redis import RedisLotteries
 from livecommerce.moderation_redis import RedisModeration
 from livecommerce.ops_redis import OpsRedis
+from livecommerce.payments_http import HttpPaymentProvider
+from livecommerce.payments_redis import PaymentsRedis
 from livecommerce.pins_redis import RedisPins
 from livecommerce.points_redis import PointsRedis
 from livecommerce.profiles_redis import ErasureRedis
@@ -63,6 +65,7 @@ from .moderation import Moderation
 from .openapi import OpenApi
 from .ops import Ops
 from .pages import Pages
+from .payments import Payments
 from .points import Points
 from .profiles import Profiles
 from .referrals import Referrals
@@ -116,6 +119,8 @@ class Services:
     sales: FlashSales
     orders: Orders
     funnel: Funnel
+    # the payment boundary: intents at the provider, its signed callbacks
+    payments: Payments
 
 
 #: the node's capabilities on its aiohttp application (tests reach them through it)
@@ -191,6 +196,7 @@ def build(gw: Gateway) -> Services:
     gw.hooks.start.insert(0, sales.check_schema)  # before anything reads SQL: says `livecommerce db upgrade`
     gw.hub.observe(SALE_EVENTS, sales.observe)
     orders = Orders(gw, checkout, store, sales)
+    payments = build_payments(gw, checkout, durable)
 
     rooms = RoomsService(
         gw,
@@ -286,8 +292,19 @@ def build(gw: Gateway) -> Services:
     gw.hooks.response.append(funnel.on_response)
     gw.hooks.stop.insert(0, funnel.flush)
 
-    return Services(catalog=catalog, bags=bags, checkout=checkout, sales=sales, orders=orders, funnel=funnel, likes=likes, comments=comments, moderation=moderation, room_gate=gate, lotteries=lotteries, coupons=coupons, rooms=rooms,
+    return Services(payments=payments, catalog=catalog, bags=bags, checkout=checkout, sales=sales, orders=orders, funnel=funnel, likes=likes, comments=comments, moderation=moderation, room_gate=gate, lotteries=lotteries, coupons=coupons, rooms=rooms,
                     health=health, ops=ops, pages=pages, openapi=openapi, experiments=experiments, feed=feed, segments=segments,
                     store=store, log=durable, wallet=wallet, wallet_outbox=outbox, wallets=wallets, gifts=gifts, points=points,
                     aftersales=aftersales, tickets=tickets, fanclub=fanclub, profiles=profiles, growth=growth,
                     referrals=referrals)
+
+
+def build_payments(gw: Gateway, checkout: Checkout, durable: Log) -> Payments:
+    """The payment boundary: the provider's HTTP adapter when ``LC_PAYMENT_PROVIDER_URL`` is
+    set (its webhook secret checked: ConfigError), else none (intents answer 503)."""
+    provider: HttpPaymentProvider | None = None
+    if gw.s.payment_provider_url:
+        gw.s.check_payments()
+        provider = HttpPaymentProvider(gw.s.payment_provider_url)
+        gw.hooks.stop.append(provider.close)
+    return Payments(gw, checkout, PaymentsRedis(gw.redis, gw.keys), durable, provider)

@@ -55,8 +55,9 @@ def _settings(args: argparse.Namespace) -> Settings:
     if getattr(args, "command", None) == "dev":
         # dev writes .livecommerce/dev.env itself; a stale one from a killed run must not count.
         # Logs are plain text for a person at a terminal unless LC_LOG_JSON says otherwise;
-        # test coins (a viewer tops up its own wallet) are on unless LC_TEST_COINS says otherwise.
-        env = {"LC_LOG_JSON": "0", "LC_TEST_COINS": "1", **os.environ}
+        # test coins (a viewer tops up its own wallet) are on unless LC_TEST_COINS says otherwise,
+        # and so is the provider-less dev payment (POST /orders/{id}/pay) unless LC_DEV_PAY does.
+        env = {"LC_LOG_JSON": "0", "LC_TEST_COINS": "1", "LC_DEV_PAY": "1", **os.environ}
         return Settings.from_env(env, **over)
     return Settings.from_env(**over)
 

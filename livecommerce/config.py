@@ -74,6 +74,12 @@ class Settings:
     log_json: bool = True
     # commerce
     payment_window_s: int = 900
+    # the payment boundary (docs/commerce.md): a provider's API and its signed callbacks
+    dev_pay: bool = False  # POST /orders/{id}/pay, the provider-less dev payment (on in `livecommerce dev` and tests)
+    payment_provider_url: str = ""  # empty: no provider (payment intents answer 503 payments_disabled)
+    payment_webhook_secret: str = field(default="", repr=False)  # >= 32 bytes when a provider is set; never logged
+    payment_replay_window_s: int = 300  # a callback's timestamp may be this far from now
+    payment_currency: str = "CNY"
     stock_broadcast_ms: int = 250
     gift_catalogue: str = ""  # path; empty: packaged catalogue
     level_thresholds: str = "0,100,500,2000,10000,50000"
@@ -135,6 +141,16 @@ class Settings:
             raise ConfigError(f"LC_SECRET is a development secret published in livecommerce's source: generate your own with {_SECRET_HINT}")
         if n < MIN_SECRET_BYTES:
             raise ConfigError(f"LC_SECRET is {n} bytes, it must be at least {MIN_SECRET_BYTES}: generate one with {_SECRET_HINT}")
+        self.check_payments()
+
+    def check_payments(self) -> None:
+        """Raises:
+            ConfigError: a payment provider is set without a webhook secret of at least
+                :data:`MIN_SECRET_BYTES` bytes.
+        """
+        if self.payment_provider_url and len(self.payment_webhook_secret.encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(f"LC_PAYMENT_WEBHOOK_SECRET must be at least {MIN_SECRET_BYTES} bytes when LC_PAYMENT_PROVIDER_URL "
+                              f"is set (the provider signs its callbacks with it): generate one with {_SECRET_HINT}")
 
     @property
     def origins(self) -> frozenset[str]:

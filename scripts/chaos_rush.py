@@ -295,7 +295,7 @@ class Stack:
         lc = dict(redis_url=self.redis.url, database_url=self.database_url, key_prefix=self.prefix, secret=SECRET,
                   log_json="1", log_level="INFO", log_claim_idle_ms="1000", kafka_idempotent="0",
                   kafka_session_timeout_ms="2000", kafka_partitions="3", max_conns_per_user="50",
-                  slow_grace_s="10")
+                  slow_grace_s="10", dev_pay="1")
         if self.kafka:
             lc["kafka_bootstrap"] = self.kafka
         return lc_env(**lc)

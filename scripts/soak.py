@@ -496,7 +496,7 @@ async def main(a: argparse.Namespace, out: Path) -> int:
     secret = uuid.uuid4().hex * 2
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("LC_")},
            "LC_REDIS_URL": a.redis, "LC_KEY_PREFIX": prefix, "LC_DATABASE_URL": url, "LC_SECRET": secret,
-           "LC_LOG_LEVEL": "WARNING", "LC_TEST_COINS": "1", "LC_DATA_DIR": str(out), "LC_MAX_CONNS_PER_IP": "100000"}
+           "LC_LOG_LEVEL": "WARNING", "LC_TEST_COINS": "1", "LC_DEV_PAY": "1", "LC_DATA_DIR": str(out), "LC_MAX_CONNS_PER_IP": "100000"}
     if a.retention_s > 0:
         r = str(a.retention_s)
         env.update(LC_SALE_RETENTION_S=r, LC_ROOM_RETENTION_S=r, LC_USER_CACHE_TTL_S=r, LC_LOG_RETAIN_S=r,

@@ -32,6 +32,8 @@ EDGES = {
     "sql_conn.py": "SQL engines and the driver-error guard, shared by the *_sql adapters",
     "schema.py": "the SQL tables (SQLAlchemy Core) the *_sql adapters and migrations share",
     "migrations.py": "the schema's DDL steps (SQLAlchemy)",
+    "payments_sim.py": "the simulated payment provider: an aiohttp service for dev and tests",
+    "payments_http.py": "the PaymentProvider adapter over HTTP (aiohttp client)",
     "checkout.py": "the money path's orchestration: a sale's group commit of buys queues them on asyncio futures",
 }
 

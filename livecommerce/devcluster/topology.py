@@ -630,6 +630,7 @@ class Topology:
             "LC_LOG_PARTITIONS": "6",  # Redis Streams log: partitions spread over the shards
             "LC_DATABASE_URL": db_url,
             "LC_SECRET": state.secret,
+            "LC_DEV_PAY": "1",  # the dev cluster pays with the provider-less dev path
             "LC_KEY_PREFIX": o.key_prefix,
             "LC_DATA_DIR": str(self.dir / "data"),
             # every client reaches a gateway from the balancer's address: HAProxy limits per client
