@@ -52,14 +52,11 @@ class PointsRedis:
         """
         if not states:
             return
-        if len(states) >= _SCRIPT_FROM and not is_cluster_client(self._r):  # a worker's batch: one script call
-            if self._remember is None:
+        fields = ("viewer", "host", "level", "host_level")
+        if len(states) >= _SCRIPT_FROM and not is_cluster_client(self._r) and all(set(st) == set(fields) for st in states.values()):
+            if self._remember is None:  # a worker's batch: one script call, one argument per user
                 self._remember = self._r.register_script(_REMEMBER)
-            args: list[Any] = [ttl_s]
-            for st in states.values():
-                args.append(len(st))
-                for field, value in st.items():
-                    args += (field, value)
+            args = [str(ttl_s)] + [f"{st['viewer']}:{st['host']}:{st['level']}:{st['host_level']}" for st in states.values()]
             async with guarded():
                 await self._remember(keys=[self.keys.user(u, "points") for u in states], args=args)
             return

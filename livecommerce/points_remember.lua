@@ -1,13 +1,11 @@
--- The points worker's cache of many users in one call: KEYS are lc:{user:U}:points, ARGV is
--- the lifetime in seconds, then for each key its field count n and n field/value pairs.
+-- The points worker's cache of many users in one call: KEYS are lc:{user:U}:points, ARGV[1]
+-- the lifetime in seconds, then one "viewer:host:level:host_level" per key.
 -- Each user's key lives in the user's own slot, so this script serves a single Redis only;
 -- on a cluster PointsRedis.remember pipelines HSET + EXPIRE per user instead.
 local ttl = tonumber(ARGV[1])
-local at = 2
-for _, key in ipairs(KEYS) do
-  local n = tonumber(ARGV[at])
-  redis.call('HSET', key, unpack(ARGV, at + 1, at + 2 * n))
+for i, key in ipairs(KEYS) do
+  local v, h, l, hl = string.match(ARGV[i + 1], '^(-?%d+):(-?%d+):(-?%d+):(-?%d+)$')
+  redis.call('HSET', key, 'viewer', v, 'host', h, 'level', l, 'host_level', hl)
   redis.call('EXPIRE', key, ttl)
-  at = at + 1 + 2 * n
 end
 return #KEYS

@@ -27,6 +27,7 @@ from typing import Any
 
 from sqlalchemy import (
     Table,
+    any_,
     bindparam,
     case,
     delete,
@@ -78,6 +79,10 @@ async def erased_among(conn: AsyncConnection, pseudonyms: Iterable[str]) -> dict
     """Which of ``pseudonyms`` are erased users, with the time of their (last) erasure."""
     ps = sorted(set(pseudonyms))
     out: dict[str, int] = {}
+    if ps and conn.dialect.name == "postgresql":  # one array parameter, however many (a points batch asks for thousands)
+        q = select(erasures.c.pseudonym, erasures.c.erased_ms).where(
+            erasures.c.pseudonym == any_(bindparam("ps", type_=postgresql.ARRAY(erasures.c.pseudonym.type))))
+        return {r[0]: int(r[1]) for r in await conn.execute(q, {"ps": ps})}
     for i in range(0, len(ps), CHUNK):
         q = select(erasures.c.pseudonym, erasures.c.erased_ms).where(erasures.c.pseudonym.in_(ps[i : i + CHUNK]))
         out.update((r[0], int(r[1])) for r in await conn.execute(q))

@@ -585,6 +585,11 @@ class SqlStore:
         b = points_balances.c
         users = list(out)
         async with self._read() as tx:
+            if tx._pg:  # one array parameter for the whole batch of users
+                q = select(b.user_id, b.role, b.balance).where(b.user_id == any_(bindparam("users", type_=postgresql.ARRAY(b.user_id.type))))
+                for user, role, total in await tx.conn.execute(q, {"users": users}):
+                    out[user][cast(PointsRole, role)] = int(total or 0)
+                return out
             for i in range(0, len(users), 500):
                 for user, role, total in await tx.conn.execute(select(b.user_id, b.role, b.balance).where(b.user_id.in_(users[i : i + 500]))):
                     out[user][cast(PointsRole, role)] = int(total or 0)
