@@ -144,14 +144,16 @@ USER_CONTEXT_EVENTS = 300  # history events read back for a report of a user
 
 
 class RoomView:
-    """One served room's moderation on this node: the rules and each viewer's last comment
-    (slow mode)."""
+    """One served room's moderation on this node: the rules, each viewer's last comment
+    (slow mode), and ``quiet``: nothing to check (kept when the rules change, so a comment in
+    a room without moderation costs one attribute read)."""
 
-    __slots__ = ("last", "rules")
+    __slots__ = ("last", "quiet", "rules")
 
     def __init__(self, rules: RoomRules) -> None:
         self.rules = rules
         self.last: dict[str, int] = {}
+        self.quiet = rules.is_empty()
 
 
 def _refused(r: Refusal) -> Refused:
@@ -215,6 +217,7 @@ class Moderation:
         v = RoomView(RoomRules.from_fields(fields, self.gw.now_ms()))
         for c, version in heard:  # what arrived meanwhile: the changes newer than the read
             v.rules.apply_versioned(c, version)
+        v.quiet = v.rules.is_empty()
         if self._loading.get(room) is fut:  # not forgotten (dropped, resubscribed) meanwhile
             del self._loading[room]
             self._heard.pop(room, None)
@@ -234,6 +237,7 @@ class Moderation:
         v = self.rooms.get(room)
         if v is not None:
             v.rules.apply_versioned(c, version)
+            v.quiet = v.rules.is_empty()
 
     def observe(self, env: dict[str, Any]) -> None:
         """Hub observer of ``moderation`` events: apply the change; a kick or ban closes
@@ -351,7 +355,8 @@ class Moderation:
                 self._close(u, "banned", t)
         for room, v in self.rooms.items():
             r = v.rules
-            r.prune(now)
+            if r.prune(now):
+                v.quiet = r.is_empty()
             r.trim_versions()
             for d, code in ((r.bans, "banned"), (r.kicks, "kicked")):
                 for u, t in d.items():
@@ -400,10 +405,10 @@ class Moderation:
         v = self.rooms.get(room)
         if v is None:
             v = await self.view(room)
-        rules = v.rules
-        platform = self.platform.get(conn.user) if self.platform else None
-        if platform is None and rules.is_empty():
+        if v.quiet and not self.platform:
             return
+        rules = v.rules
+        platform = self.platform.get(conn.ident.user) if self.platform else None
         ident = conn.ident
         rank = self._rank(ident, room, rules)
         rel = await self._relation(room, ident.user, rules.chat) if needs_relation(rules, rank) else None
