@@ -402,14 +402,18 @@ async def check(name: str, db: Db, events: Sequence[LogEvent], feed: GiftFeed | 
 
 
 # ---------------------------------------------------------------- storm
-def ascii_curve(samples: list[tuple[float, dict[str, int]]], width: int = 60) -> list[str]:
+def ascii_curve(samples: list[tuple[float, dict[str, int]]], every: float, width: int = 50) -> list[str]:
+    """The lag of each worker over time, one row per ``every`` seconds."""
     names = sorted({k for _, lags in samples for k in lags})
     top = max([1] + [v for _, lags in samples for v in lags.values()])
-    lines = [f"lag (events), full width = {top:,}"]
+    lines = [f"  lag (events not yet applied), full width = {top:,}; " + ", ".join(f"{k[0]} = {k}" for k in names)]
+    shown = -every
     for t, lags in samples:
-        for i, k in enumerate(names):
-            bar = "#" * round(width * lags.get(k, 0) / top)
-            lines.append(f"{t:5.0f}s {k:>7} |{bar:<{width}}| {lags.get(k, 0):,}" if i == 0 else f"       {k:>7} |{bar:<{width}}| {lags.get(k, 0):,}")
+        if t - shown < every - 1e-6:
+            continue
+        shown = t
+        for k in names:
+            lines.append(f"  {t:5.0f}s {k[0]} |{'#' * round(width * lags.get(k, 0) / top):<{width}}| {lags.get(k, 0):,}")
     return lines
 
 
@@ -436,7 +440,7 @@ async def storm(a: argparse.Namespace, kind: str, tmp: Path, redis: Any) -> dict
         tick = 0.1
         per_tick = max(1, round(a.rate * tick))
         sent = 0
-        next_sample = 1.0
+        next_sample = next_print = 1.0
         behind_ticks = 0
         while (el := time.monotonic() - t0) < a.storm:
             due = int(el / tick) + 1
@@ -448,7 +452,9 @@ async def storm(a: argparse.Namespace, kind: str, tmp: Path, redis: Any) -> dict
             if el >= next_sample:
                 lags = {w: await group_lag(log, redis, keys, "gifts", GROUP[w]) for w in names}
                 samples.append((el, lags))
-                say(f"  {el:5.1f}s fed {sent:>8,}  " + "  ".join(f"{w} lag {v:>8,}" for w, v in lags.items()))
+                if el >= next_print:
+                    say(f"  {el:5.1f}s fed {sent:>8,}  " + "  ".join(f"{w} lag {v:>8,}" for w, v in lags.items()))
+                    next_print += a.every
                 next_sample += 1.0
             await asyncio.sleep(max(0.0, t0 + due * tick - time.monotonic()))
         fed_s = time.monotonic() - t0
@@ -469,7 +475,7 @@ async def storm(a: argparse.Namespace, kind: str, tmp: Path, redis: Any) -> dict
         out["pg_cpu_s"] = round(pg_cpu() - pg0, 1) if kind == "postgresql" else None
         out["lag_curve"] = [{"t": round(t, 1), **lags} for t, lags in samples]
         out["max_lag"] = {w: max([lags.get(w, 0) for _, lags in samples] or [0]) for w in names}
-        for line in ascii_curve(samples):
+        for line in ascii_curve(samples, a.every):
             say(line)
     finally:
         for p in procs:
@@ -477,7 +483,8 @@ async def storm(a: argparse.Namespace, kind: str, tmp: Path, redis: Any) -> dict
             if "Traceback" in err:
                 say(err)
     problems: list[str] = []
-    if not any(out.get("lag_left", {1: 1}).values()):
+    out["checked"] = not any(out.get("lag_left", {1: 1}).values())
+    if out["checked"]:  # everything applied: every ledger must equal what the events say
         for w in names:
             problems += await check(w, db, [], feed)
     out["problems"] = problems
@@ -486,6 +493,55 @@ async def storm(a: argparse.Namespace, kind: str, tmp: Path, redis: Any) -> dict
         await redis.delete(k)
     if db.cleanup:
         await db.cleanup()
+    return out
+
+
+async def rush(a: argparse.Namespace, kind: str, tmp: Path, redis: Any) -> dict[str, Any]:
+    """The orders worker idle and running; then a rush: ``--rush`` reservations appended as
+    fast as this process can (as the gateways' group commits do), then their payments and
+    time-outs. Reported: how long after the last reservation SQL holds every order, and
+    after the last payment every payment."""
+    db = await fresh_db(kind, a.pg_url, tmp)
+    keys = Keys(f"bw{uuid.uuid4().hex[:8]}")
+    s = Settings.from_env({}, redis_url=a.redis, key_prefix=keys.prefix, database_url=db.url, kafka_bootstrap=a.kafka or "",
+                          kafka_idempotent=False)
+    log = open_log(s, redis)
+    events = order_events_for(2 * a.rush, sale="rush" + uuid.uuid4().hex[:6], now=int(time.time() * 1000))
+    reserves, moves = events[: a.rush], events[a.rush :]
+    p = start_worker("orders", worker_env(a, keys.prefix, db, "rush-orders"))
+    out: dict[str, Any] = {"db": kind, "reservations": a.rush}
+    try:
+        await log.append_many(reserves[:1])  # the worker is up once it applied this one
+        while await group_lag(log, redis, keys, "orders", "orders"):  # noqa: ASYNC110 (another process)
+            await asyncio.sleep(0.05)
+        t0 = time.monotonic()
+        await fill(log, reserves[1:], chunk=500)
+        t_res = time.monotonic()
+        while await group_lag(log, redis, keys, "orders", "orders"):  # noqa: ASYNC110 (another process)
+            await asyncio.sleep(0.01)
+        t_sql = time.monotonic()
+        await fill(log, moves, chunk=500)
+        t_moves = time.monotonic()
+        while await group_lag(log, redis, keys, "orders", "orders"):  # noqa: ASYNC110 (another process)
+            await asyncio.sleep(0.01)
+        t_done = time.monotonic()
+        out |= {"appended_per_s": round((a.rush - 1) / (t_res - t0)), "sql_after_last_reservation_s": round(t_sql - t_res, 2),
+                "reservations_in_sql_per_s": round((a.rush - 1) / (t_sql - t0)), "sql_after_last_payment_s": round(t_done - t_moves, 2),
+                "settled_per_s": round(len(moves) / (t_done - t_sql))}
+    finally:
+        err = stop_worker(p)
+        if "Traceback" in err:
+            say(err)
+    out["problems"] = await check("orders", db, events, None)
+    await log.close()
+    async for k in redis.scan_iter(match=f"{keys.prefix}:*", count=1000):
+        await redis.delete(k)
+    if db.cleanup:
+        await db.cleanup()
+    say(f"rush {kind}: {a.rush:,} reservations appended at {out.get('appended_per_s', 0):,}/s; all in SQL "
+        f"{out.get('sql_after_last_reservation_s')} s after the last one ({out.get('reservations_in_sql_per_s', 0):,}/s); "
+        f"{len(moves):,} payments and time-outs settled {out.get('sql_after_last_payment_s')} s after the last one "
+        f"({out.get('settled_per_s', 0):,}/s)" + ("; exactly once" if not out["problems"] else f"; PROBLEMS {out['problems']}"))
     return out
 
 
@@ -531,13 +587,15 @@ async def one(a: argparse.Namespace, name: str, kind: str, tmp: Path, redis: Any
 async def main(a: argparse.Namespace) -> int:
     la0 = loadavg()
     say(f"loadavg before: {la0}")
-    out: dict[str, Any] = {"args": vars(a), "loadavg_before": la0, "drain": [], "storm": []}
+    out: dict[str, Any] = {"args": vars(a), "loadavg_before": la0, "drain": [], "storm": [], "rush": []}
     redis = connect(a.redis)
     tmp = Path(tempfile.mkdtemp(prefix="bench_workers_"))
     try:
         for kind in [d for d in a.db.split(",") if d]:
             for name in [w for w in a.workers.split(",") if w]:
                 out["drain"].append(await one(a, name, kind, tmp, redis))
+            if a.rush:
+                out["rush"].append(await rush(a, kind, tmp, redis))
             if a.storm:
                 say(f"storm on {kind}: {a.rate:,} gift events/s for {a.storm} s, workers {a.storm_workers}")
                 out["storm"].append(await storm(a, kind, tmp, redis))
@@ -552,13 +610,17 @@ async def main(a: argparse.Namespace) -> int:
         say(f"| {r['worker']} | {r['db']} | {r['events']:,} | {r['events_per_s']:,} | {GOAL:,} | {r['ceiling_per_s']:,} | "
             f"{r['ratio_to_ceiling']} | {r['worker_cpu_us_per_event']} us | {pgc} |")
     for st in out["storm"]:
+        verdict = (f"problems {st['problems']}" if st.get("problems") else "every ledger and kept balance exact") if st.get("checked") \
+            else "ledgers not checked (the workers had not caught up)"
         say(f"storm {st['db']}: fed {st.get('fed', 0):,} at {st.get('fed_per_s', 0):,}/s; max lag {st.get('max_lag')}; "
-            f"caught up {st.get('catch_up_s')} s after the feed stopped; left {st.get('lag_left')}; CPU s {st.get('cpu_s')}"
-            + (f"; problems {st['problems']}" if st.get("problems") else "; ledgers exact"))
+            f"caught up {st.get('catch_up_s')} s after the feed stopped; left {st.get('lag_left')}; CPU s {st.get('cpu_s')}; {verdict}")
+    for r in out["rush"]:
+        say(f"rush {r['db']}: SQL holds every order {r.get('sql_after_last_reservation_s')} s after the last of {r['reservations']:,} "
+            f"reservations ({r.get('reservations_in_sql_per_s', 0):,}/s), every payment {r.get('sql_after_last_payment_s')} s after the last")
     say(f"loadavg after: {out['loadavg_after']}")
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=2))  # noqa: ASYNC240 (the run is over)
-    bad = [r for r in out["drain"] if r["problems"]] + [s for s in out["storm"] if s.get("problems")]
+    bad = [r for r in out["drain"] if r["problems"]] + [s for s in out["storm"] if s.get("problems")] + [r for r in out["rush"] if r["problems"]]
     return 1 if bad else 0
 
 
@@ -578,6 +640,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rate", type=int, default=10_000, help="gift events/s fed during the storm")
     p.add_argument("--storm-workers", default="wallet,points")
     p.add_argument("--catch-up", type=float, default=60.0, help="wait up to this long for the workers after the feed")
+    p.add_argument("--every", type=float, default=5.0, help="seconds between the rows of the printed lag curve")
+    p.add_argument("--rush", type=int, default=0, help="reservations of a rush appended at once while the orders worker runs (0: none)")
     p.add_argument("--json", default="", help="write the figures here")
     p.add_argument("--py-spy", default="", help="record each drained worker with py-spy into this directory (collapsed stacks)")
     return p.parse_args(argv)
