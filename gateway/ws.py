@@ -251,22 +251,28 @@ async def handle_frame(gw: Gateway, conn: Conn, data: bytes | str, lane: Lane | 
                 lane.depth += 1
                 lane.tail = asyncio.ensure_future(_pipelined(gw, conn, handler, cmd, cid, lane.tail, lane))
                 if lane.depth >= PIPELINE_DEPTH:
-                    await lane.tail
+                    await _settled(lane.tail)
                 return
-            if lane.tail is not None:
-                await lane.tail
+            await _settled(lane.tail)
         answer = await handler(conn, cmd)
         conn.send(answer if answer is not None else reply("ack", cid))
     except LiveCommerceError as exc:
-        if lane is not None and lane.tail is not None:
-            await lane.tail
+        if lane is not None:
+            await _settled(lane.tail)
         _send_error(gw, conn, exc, cid)
     except Exception:
-        if lane is not None and lane.tail is not None:
-            await lane.tail
+        if lane is not None:
+            await _settled(lane.tail)
         gw.metrics.errors.labels("internal").inc()
         log.exception("dispatch.internal", extra={"conn": conn.id, "room": conn.room})
         conn.send(error_frame("internal", "internal error", cmd_id=cid))
+
+
+async def _settled(fut: asyncio.Future[None] | None) -> None:
+    """Wait until ``fut`` (a pipelined command) is done, whatever its end: it never raises,
+    but it may have been cancelled with its connection."""
+    if fut is not None and not fut.done():
+        await asyncio.wait((fut,))
 
 
 def _send_error(gw: Gateway, conn: Conn, exc: LiveCommerceError, cid: Any) -> None:
@@ -298,8 +304,7 @@ async def _pipelined(gw: Gateway, conn: Conn, handler: CommandHandler, cmd: Comm
         except Exception:
             internal = True
             log.exception("dispatch.internal", extra={"conn": conn.id, "room": conn.room})
-        if prev is not None:
-            await prev
+        await _settled(prev)
         try:
             if failure is not None:
                 _send_error(gw, conn, failure, cid)
