@@ -47,6 +47,7 @@ class Conn:
         "joined_ms",
         "last_seen",
         "opcode",
+        "pinged_at",
         "room",
         "skip_seq",
         "transport",
@@ -82,7 +83,8 @@ class Conn:
         self.skip_seq = 0  # batch items with seq <= this were already sent (recovery)
         self.closed = False
         self.joined_ms = int(now * 1000)
-        self.last_seen = now
+        self.last_seen = now  # the last frame from the client (any: data, ping, pong)
+        self.pinged_at = 0.0  # the node's last heartbeat ping to it (Hub.sweep_heartbeats)
 
     @property
     def user(self) -> str:

@@ -35,7 +35,7 @@ from livecommerce.protocol.events import Priority, envelope, priority_of
 from .conn import Conn
 from .gaps import GapRepair
 from .metrics import Metrics
-from .wsframe import OP_BINARY, OP_TEXT, ws_frame
+from .wsframe import OP_BINARY, OP_TEXT, PING_FRAME, ws_frame
 
 Observer = Callable[[dict[str, Any]], None]
 
@@ -102,6 +102,7 @@ class Hub:
         # as one batch while the previous one is out (a join storm is thousands a second)
         self._user_deltas: dict[str, int] = {}
         self._users_task: asyncio.Task[None] | None = None
+        self._stopping = False  # stop() has begun: no new presence batch task
         self.gaps = GapRepair(broker, self.keys, self.rooms, self._deliver, history_size=settings.history_size)
         # rooms whose missed events are being read back from the history: what arrives
         # meanwhile waits there, in arrival order (the same dict, read on every message)
@@ -118,6 +119,7 @@ class Hub:
         self._tasks = [loop.create_task(self._tick_loop()), loop.create_task(self._second_loop())]
 
     async def stop(self) -> None:
+        self._stopping = True
         for room in self.rooms.values():
             if room.linger is not None:
                 room.linger.cancel()
@@ -204,7 +206,7 @@ class Hub:
 
     def _user_delta(self, user: str, delta: int) -> None:
         self._add_delta(user, delta)
-        if self._users_task is None and self._user_deltas:
+        if self._users_task is None and self._user_deltas and not self._stopping:
             self._users_task = asyncio.get_running_loop().create_task(self._write_users(), name="hub.presence")
 
     async def _write_users(self) -> None:
@@ -221,6 +223,8 @@ class Hub:
                     for user, d in deltas.items():
                         self._add_delta(user, d)
                     log.warning("hub.presence_write_failed", extra={"users": len(deltas), "err": repr(exc)})
+                    if self._stopping:
+                        return  # stop() writes what is left once, bounded
                     await asyncio.sleep(0.5)
         finally:
             self._users_task = None
@@ -447,10 +451,36 @@ class Hub:
             except Exception:
                 log.exception("hub.tick_failed")
 
+    # ---- heartbeat (one sweep for the node instead of a timer per connection)
+    def sweep_heartbeats(self, now: float) -> None:
+        """Ping each connection heard from nothing for ``heartbeat_s`` (one shared frame);
+        close one that has not answered (any frame counts) within half that. What aiohttp's
+        per-connection heartbeat did, without a timer and a task per connection."""
+        hb = self.s.heartbeat_s
+        if hb <= 0:
+            return
+        for room in self.rooms.values():
+            for conns in room.conns.values():
+                for c in conns:
+                    if c.closed or now - c.last_seen < hb:
+                        continue
+                    if c.pinged_at <= c.last_seen:  # not pinged since it was last heard
+                        if not c.transport.is_closing():
+                            c.transport.write(PING_FRAME)
+                        c.pinged_at = now
+                    elif now - c.pinged_at >= hb / 2:  # no answer: the peer is gone (as aiohttp: close, 1006)
+                        c.closed = True
+                        c.transport.close()  # its handler's receive loop ends and cleans up
+                        log.info("conn.heartbeat_timeout", extra={"conn": c.id, "room": c.room})
+
     # ---- presence (online counts across nodes)
     async def _second_loop(self) -> None:
         while True:
             await asyncio.sleep(1.0)
+            try:
+                self.sweep_heartbeats(time.monotonic())
+            except Exception:
+                log.exception("hub.heartbeat_failed")
             try:
                 await self.sync_online()
                 for cb in self.on_second:

@@ -32,6 +32,7 @@ from livecommerce.protocol.events import error_frame, recovery_plan, reply
 from .conn import Conn
 from .core import GW_KEY, Gateway
 from .hooks import CommandHandler
+from .wsframe import OP_PONG, ws_frame
 
 log = logging.getLogger("livecommerce.gateway.ws")
 
@@ -79,11 +80,13 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
 
 async def _accept(gw: Gateway, request: web.Request, room_id: str, fmt: Format, since: int | None, ip: str) -> web.StreamResponse:
     q = request.query
+    # no heartbeat timer per connection: the hub pings the idle ones from its own sweep
+    # (Hub.sweep_heartbeats); pings and pongs come through the receive loop (autoping off)
     ws = web.WebSocketResponse(
-        heartbeat=gw.s.heartbeat_s,
+        heartbeat=None,
         compress=False,
         max_msg_size=max(gw.s.max_frame_bytes * 4, 64 * 1024),
-        autoping=True,
+        autoping=False,
     )
     await ws.prepare(request)
     transport = request.transport
@@ -215,6 +218,12 @@ async def _receive_loop(gw: Gateway, conn: Conn, ws: web.WebSocketResponse) -> N
                 conn.closed = True
                 await ws.close(code=1011, message=b"internal error")
                 return
+        elif msg.type == WSMsgType.PING:
+            conn.last_seen = time.monotonic()
+            if not conn.closed and not conn.transport.is_closing():
+                conn.transport.write(ws_frame(msg.data, OP_PONG))
+        elif msg.type == WSMsgType.PONG:
+            conn.last_seen = time.monotonic()
         elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
             return
         elif msg.type == WSMsgType.ERROR:

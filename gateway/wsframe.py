@@ -12,6 +12,8 @@ import struct
 OP_TEXT = 0x1
 OP_BINARY = 0x2
 OP_CLOSE = 0x8
+OP_PING = 0x9
+OP_PONG = 0xA
 
 
 def ws_frame(payload: bytes, opcode: int) -> bytes:
@@ -22,6 +24,10 @@ def ws_frame(payload: bytes, opcode: int) -> bytes:
     if n < 65536:
         return struct.pack("!BBH", first, 126, n) + payload
     return struct.pack("!BBQ", first, 127, n) + payload
+
+
+#: the node's heartbeat ping (the same bytes to every connection; ``Hub``'s sweep)
+PING_FRAME = bytes((0x80 | OP_PING, 0))
 
 
 def close_frame(code: int, reason: str = "") -> bytes:

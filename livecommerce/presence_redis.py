@@ -21,6 +21,7 @@ from .presence import tally
 from .redis_conn import guarded, is_cluster_client
 
 _USER_NODES = (files(__package__) / "presence_user_nodes.lua").read_text()
+_USERS_CONNECTED = (files(__package__) / "presence_users.lua").read_text()
 _SCRIPT_FROM = 8  # users from which user_nodes asks one script instead of a pipeline
 
 
@@ -43,6 +44,7 @@ def _reports(fields: Mapping[Any, Any]) -> dict[str, tuple[int, int]]:
 class RedisPresence:
     def __init__(self, redis: Any, keys: Keys, *, room_ttl_s: int = 60, user_ttl_s: int = 24 * 3600) -> None:
         self._nodes_many: Any = None  # the script of user_nodes, registered on first use
+        self._users_many: Any = None  # the script of users_connected, likewise
         self._r = redis
         self._keys = keys
         self._room_ttl_s = room_ttl_s
@@ -97,10 +99,19 @@ class RedisPresence:
                 await self._r.hdel(key, node)
 
     async def users_connected(self, node: str, deltas: Mapping[str, int]) -> None:
+        """One script call on a single Redis (``presence_users.lua``: a join storm's batch
+        costs the gateway a fraction of a pipeline's per-command work), one pipeline of
+        HINCRBY and EXPIRE per user on a cluster (each user's key is in its own slot)."""
         users = [u for u, d in deltas.items() if d]
         if not users:
             return
         async with guarded():
+            if not is_cluster_client(self._r):
+                if self._users_many is None:
+                    self._users_many = self._r.register_script(_USERS_CONNECTED)
+                await self._users_many(keys=[self._keys.user_nodes(u) for u in users],
+                                       args=[node, self._user_ttl_s, *(deltas[u] for u in users)])
+                return
             pipe = self._r.pipeline(transaction=False)
             for user in users:
                 key = self._keys.user_nodes(user)

@@ -12,13 +12,15 @@ from livecommerce.presence_redis import RedisPresence
 T0 = 1_700_000_000_000
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", pytest.param("cluster", marks=pytest.mark.cluster)])
 def make_presence(request, redis, keys) -> Callable[[], Presence]:
-    """Each call is another gateway node's view of the same presence."""
+    """Each call is another gateway node's view of the same presence (on Redis Cluster the
+    many-user calls take their pipelined path, on one Redis their script)."""
     shared: dict = {}
+    client = request.getfixturevalue("cluster_redis") if request.param == "cluster" else redis
 
     def make() -> Presence:
-        return MemoryPresence(shared) if request.param == "memory" else RedisPresence(redis, keys)
+        return MemoryPresence(shared) if request.param == "memory" else RedisPresence(client, keys)
 
     return make
 
