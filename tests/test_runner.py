@@ -143,6 +143,34 @@ async def test_with_prefetch_a_failed_batch_comes_back_first_and_the_one_fetched
     assert sorted(rec.seen[4:]) == sorted(appended)  # and then the rest, each once (the one fetched ahead was given back)
 
 
+@pytest.mark.kafka
+async def test_with_prefetch_on_kafka_a_failed_batch_and_the_one_fetched_ahead_both_come_back(
+    kafka_bootstrap: str, prefix: str
+) -> None:
+    """Kafka rewinds a partition to the first offset given back: the failed batch and the one
+    fetched ahead go back in one nack, or the second seek would skip the first."""
+    log = open_test_log("kafka", kafka_bootstrap, prefix)
+    try:
+        appended = await append_many(log, 40)
+        stop = asyncio.Event()
+
+        class StopWhenDone(Recorder):
+            async def __call__(self, events: list[LogEvent]) -> None:
+                await super().__call__(events)
+                if set(appended) <= set(self.seen[len(self.calls[0]):]):
+                    stop.set()
+
+        rec = StopWhenDone(fail_on={1, 3})
+        await asyncio.wait_for(run_consumer(log, TOPIC, GROUP, "w1", rec, stop=stop, batch=5, prefetch=True, fetch_timeout_ms=300,
+                                            backoff_first_s=0.01), 60)
+        assert set(appended) <= set(rec.seen[len(rec.calls[0]):])
+        again = Recorder()  # restarted: what was acked stays acked, nothing was skipped
+        await run_consumer(log, TOPIC, GROUP, "w2", again, burst=True, fetch_timeout_ms=1000)
+        assert set(again.seen) <= set(appended)
+    finally:
+        await log.close()
+
+
 async def test_with_prefetch_stop_hands_the_batch_fetched_ahead_back_to_the_group(log: Log) -> None:
     await append_many(log, 10)
     stop = asyncio.Event()

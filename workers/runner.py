@@ -223,8 +223,9 @@ async def run_consumer(
                 await handle([d.event for d in deliveries])
             except Unavailable as exc:
                 nxt = await take_ahead()  # one consumer call at a time: the fetch ahead ends first
-                await _release(consumer, deliveries, fields)
-                await give_back(consumer, nxt)
+                # one nack for both, this batch first (Kafka rewinds each partition to the
+                # first offset given back: two nacks would seek forward past this batch)
+                await _release(consumer, deliveries + (nxt or []), fields)
                 await back_off("handle", exc)
                 continue
             except BatchFailed as part:
@@ -232,8 +233,8 @@ async def run_consumer(
                 logger.error("worker.handler_failed", exc_info=part.cause,
                              extra={**fields, "events": len(deliveries), "failed": part.failed[:10], "applied": len(part.done)})
                 applied = [d for d in deliveries if d.event.id in part.done]
-                await _release(consumer, [d for d in deliveries if d.event.id not in part.done], fields)
-                await give_back(consumer, nxt)  # after the failed ones: they come back first
+                # the failed ones, then the batch fetched ahead, in one nack (they come back first)
+                await _release(consumer, [d for d in deliveries if d.event.id not in part.done] + (nxt or []), fields)
                 try:
                     await consumer.ack(applied)
                     handled += len(applied)
@@ -246,8 +247,7 @@ async def run_consumer(
                 nxt = await take_ahead()
                 logger.exception("worker.handler_failed", extra={**fields, "events": len(deliveries),
                                                               "first": deliveries[0].event.id})
-                await _release(consumer, deliveries, fields)
-                await give_back(consumer, nxt)
+                await _release(consumer, deliveries + (nxt or []), fields)
                 if burst:
                     raise
                 await _pause(backoff.step(), stop)
