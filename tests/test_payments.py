@@ -352,3 +352,50 @@ async def test_the_dev_pay_path_is_off_outside_dev(gateway_factory, token, http)
     # and without a provider, intents say so
     r = await http.post(f"{node.url}/api/v1/orders/{oid}/payments", json={}, headers=bearer(token("b1")))
     assert r.status == 503 and (await r.json())["error"]["code"] == "payments_disabled"
+
+
+async def test_an_approved_refund_of_an_order_paid_at_the_provider_goes_back_to_the_original_method(gateway_factory, token, http, sim, redis, keys):
+    from livecommerce import refunds_sql
+    from livecommerce.log import new_event
+    from livecommerce.log_open import open_log
+    from livecommerce.payments_http import HttpPaymentProvider
+    from livecommerce.refunds import APPROVED, refund_from_event
+    from livecommerce.refunds_redis import RefundsRedis
+    from livecommerce.store_sql import SqlStore
+    from workers.refunds import RefundsWorker, drain
+
+    node = await pay_node(gateway_factory, sim)
+    ops = token("ops1", "ops")
+    sid = await sale(http, node, ops)
+    oid = await buy(http, node, sid, token("b1"), qty=2)
+    it = await intent(http, node, oid, token("b1"))
+    await confirm(http, it)
+    await sim.settled()
+    worker = await settle_sql(node, node.settings.database_url, redis)
+    await worker.close()
+    r = await http.post(f"{node.url}/api/v1/orders/{oid}/refunds", json={"qty": 1, "reason": "damaged"}, headers=bearer(token("b1")))
+    assert r.status == 202, await r.text()
+    rid = (await r.json())["refund_id"]
+    assert (await http.post(f"{node.url}/api/v1/refunds/{rid}/approve", json={}, headers=bearer(ops))).status == 200
+    durable = open_log(node.settings, redis)
+    store = SqlStore(node.settings.database_url)
+    provider = HttpPaymentProvider(sim.base_url)
+    try:
+        refunds = RefundsWorker(store, redis, keys, durable, provider=provider)
+        await drain(durable, refunds)
+        # a redelivered approval asks the provider again with the same key: the same refund
+        data = (await RefundsRedis(redis, keys).record(rid) or {})["data"]
+        ev = new_event("orders", oid, APPROVED, data, f"{rid}:approved", now_ms())
+        again = await RefundsWorker(store, redis, keys, durable, provider=provider)._to_original(ev, refund_from_event(data))
+        rows = await refunds_sql.list_refunds(store, order_ids=[oid], limit=10)
+    finally:
+        await provider.close()
+        await store.close()
+        await durable.close()
+    held = sim.intents[it["intent_id"]]
+    assert again == held.refunds[0]["id"]
+    assert [x["amount"] for x in held.refunds] == [1000] and held.refunded == 1000 and held.status == "succeeded"
+    assert rows[0]["state"] == "refunded" and rows[0]["credited"] == 0  # no wallet credit: the money went back to the card
+    mine = await (await http.get(f"{node.url}/api/v1/orders/{oid}/payments", headers=bearer(token("b1")))).json()
+    assert [x["id"] for x in mine["refunds"]] == [held.refunds[0]["id"]]
+

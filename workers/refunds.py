@@ -35,11 +35,14 @@ from typing import Any
 from livecommerce.broker_redis import RedisBroker
 from livecommerce.clock import now_ms as _now
 from livecommerce.config import Settings
-from livecommerce.errors import Conflict, LiveCommerceError, NotFound, Unavailable
+from livecommerce.errors import BadFrame, Conflict, LiveCommerceError, NotFound, Unavailable
 from livecommerce.flash_sale_redis import RedisFlashSale
 from livecommerce.keys import Keys
 from livecommerce.log import Log, LogEvent
 from livecommerce.notify import Notifier
+from livecommerce.payments import PaymentProvider
+from livecommerce.payments_http import HttpPaymentProvider
+from livecommerce.payments_redis import PaymentsRedis
 from livecommerce.protocol.events import envelope
 from livecommerce.refunds import (
     APPROVED,
@@ -72,12 +75,18 @@ class RefundsWorker:
     """The batch handler; ``effects`` counts refunds whose Redis effects ran now."""
 
     def __init__(self, store: SqlStore, redis: Any, keys: Keys, durable: Log, *, notifier: Notifier | None = None,
-                 broker: RedisBroker | None = None, retention_s: int = RECORD_RETENTION_S) -> None:
+                 broker: RedisBroker | None = None, retention_s: int = RECORD_RETENTION_S,
+                 provider: PaymentProvider | None = None) -> None:
         self.store = store
         self.log = durable
         self.sales = RedisFlashSale(redis, keys)
         self.wallet = RedisWallet(redis, keys)
         self.records = RefundsRedis(redis, keys)
+        # an order paid through the provider is refunded there, to the original method
+        # (docs/commerce.md, the payment boundary); without a provider, or for an order paid
+        # by the dev /pay, the refund is wallet credit as before
+        self.provider = provider
+        self.payments = PaymentsRedis(redis, keys)
         self.notifier = notifier
         self.broker = broker
         self.retention_s = retention_s  # the refund records' lifetime once the order has none open
@@ -152,11 +161,13 @@ class RefundsWorker:
             # a sale settled long ago has no stock to move any more (docs/retention.md)
             level = logging.INFO if exc.code == "sale_expired" else logging.ERROR
             log.log(level, "refunds.stock_not_moved", extra={"refund": r.id, "err": exc.message})
-        credited = credited_coins(r.amount)
+        to_original = await self._to_original(e, r)
+        credited = 0 if to_original is not None else credited_coins(r.amount)
         if credited > 0:
             up = await self.wallet.topup(user=r.user_id, amount=credited, idempotency_key=credit_key(r.id), by=f"refund:{r.id}", now_ms=e.ts)
             await self.wallet.publish(self.log, [up.event])
-        data = {**e.data, "restocked": restocked, "credited": credited, "full": r.full, "settled_ms": e.ts}
+        data = {**e.data, "restocked": restocked, "credited": credited, "full": r.full, "settled_ms": e.ts,
+                "refunded_to": "original" if to_original is not None else "wallet", "provider_refund_id": to_original}
         await self.log.append(TOPIC, r.order_id, ORDER_REFUNDED, data, event_id=event_id(r.id, "refunded"), ts=e.ts)
         if first:
             self.effects += 1
@@ -166,6 +177,28 @@ class RefundsWorker:
                     await self.broker.publish_room(r.room_id, env, now_ms=e.ts)
                 except LiveCommerceError as exc:  # a lossy broadcast: the stock is in Redis
                     log.warning("refunds.stock_broadcast_failed", extra={"sale": r.sale_id, "err": exc.message})
+
+    async def _to_original(self, e: LogEvent, r: Refund) -> str | None:
+        """Refund ``r`` at the provider when the order was paid through it: the provider's
+        refund id (idempotent on the refund id: a redelivery gets the same refund), else None
+        (wallet credit).
+
+        Raises:
+            Unavailable: the provider or Redis down (the batch comes back).
+        """
+        if self.provider is None or r.amount <= 0:
+            return None
+        rec = await self.payments.intent(r.order_id)
+        if rec is None:
+            return None
+        try:
+            got = await self.provider.refund(intent_id=rec.intent_id, amount=r.amount, reason=f"refund:{r.id}",
+                                             idempotency_key=credit_key(r.id))
+        except BadFrame as exc:  # the provider refuses (e.g. the intent never succeeded): a bug to look at
+            raise Unavailable(f"payment provider refused refund {r.id}: {exc.message}") from exc
+        await self.payments.record_refund(r.order_id, {"id": got.id, "intent_id": rec.intent_id, "amount": got.amount,
+                                                       "reason": f"refund:{r.id}", "status": got.status, "ts": e.ts})
+        return got.id
 
     async def _push(self, e: LogEvent, r: Refund) -> None:
         if self.notifier is None:
@@ -194,8 +227,13 @@ async def drain(durable: Log, worker: RefundsWorker, *, name: str = "refunds-1",
 async def run(settings: Settings, stop: asyncio.Event) -> None:
     """Consume ``orders`` until ``stop`` is set."""
     async with Engines(settings) as e:
+        provider = HttpPaymentProvider(settings.payment_provider_url) if settings.payment_provider_url else None
         worker = RefundsWorker(e.store, e.redis, e.keys, e.log, notifier=e.notifier, broker=e.broker,
-                               retention_s=settings.sale_retention_s)
-        await e.store.check_schema()
-        log.info("worker.started", extra={"worker": "refunds", "node": settings.node_id})
-        await run_consumer(e.log, TOPIC, CONSUMER, settings.node_id, worker, stop=stop)
+                               retention_s=settings.sale_retention_s, provider=provider)
+        try:
+            await e.store.check_schema()
+            log.info("worker.started", extra={"worker": "refunds", "node": settings.node_id})
+            await run_consumer(e.log, TOPIC, CONSUMER, settings.node_id, worker, stop=stop)
+        finally:
+            if provider is not None:
+                await provider.close()
