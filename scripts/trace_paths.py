@@ -4,10 +4,13 @@ Runs one gateway node in this process (real Redis at ``--redis``, SQLite in a te
 directory), creates the show's room as its host would, connects two WebSocket viewers and sends, one at a time, a ``comment``, a ``buy``
 (into a live flash sale) and a ``gift`` (after an ops top-up). While each travels, a profiler
 records every function of ``gateway/`` and ``livecommerce/`` that runs beneath one of the
-path's roots: the sender's frame dispatch (``gateway/ws.py`` ``handle_frame``), the broker's
-reader handing the room message to the hub (``_on_message``) and the hub's flush of the room
-to the sockets (``flush``). Background work that is not under a root (the once-a-second loop,
-tick callbacks, spawned tasks) is not counted; Lua runs inside Redis and is not counted.
+path's roots: the sender's frame dispatch (``gateway/ws.py`` ``handle_frame``, and
+``_pipelined`` for a command that runs in a task of its own), the tasks a command's work is
+handed to (a sale's group commit ``Checkout._commit_loop``, a gift batch ``GiftBatcher._run``),
+the broker's reader handing the room message to the hub (``_on_message``) and the hub's flush
+of the room to the sockets (``flush``). Other background work (the once-a-second loop, tick
+callbacks, other spawned tasks) is not counted; Lua runs inside Redis and is not counted. A
+turn is seen within one task's stack: a hand-over to a task is a call into it, not a return.
 
 For each path it prints the files crossed, in the order first entered, and the **A->B->A
 turns**: pairs of files where a function of A calls (directly or through others) into B which
@@ -45,7 +48,9 @@ def parse_args() -> argparse.Namespace:
 # a buy's Redis and log work runs in its sale's group-commit task (``Checkout._commit_loop``),
 # counted as part of the buy's path
 ROOTS = {("gateway/ws.py", "handle_frame"), ("gateway/hub.py", "_on_message"), ("gateway/hub.py", "flush"),
-         ("livecommerce/checkout.py", "_commit_loop")}
+         # the tasks a command's work continues in: a pipelined command (its own task per
+         # frame), a sale's group commit and a gift batch (one task per batch, several commands)
+         ("gateway/ws.py", "_pipelined"), ("livecommerce/checkout.py", "_commit_loop"), ("gateway/gifts.py", "_run")}
 
 
 class Tracer:
