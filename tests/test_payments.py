@@ -399,3 +399,41 @@ async def test_an_approved_refund_of_an_order_paid_at_the_provider_goes_back_to_
     mine = await (await http.get(f"{node.url}/api/v1/orders/{oid}/payments", headers=bearer(token("b1")))).json()
     assert [x["id"] for x in mine["refunds"]] == [held.refunds[0]["id"]]
 
+
+
+async def test_the_intent_charges_what_pay_would_after_the_coupon_and_the_callback_consumes_it(gateway_factory, token, http, sim, redis):
+    node = await pay_node(gateway_factory, sim)
+    ops = token("ops1", "ops")
+    made = await http.post(f"{node.url}/api/v1/rooms/shop/coupons", json={"kind": "percent", "value": 10, "quantity": 5}, headers=bearer(ops))
+    assert made.status == 201, await made.text()
+    drop = (await made.json())["drop_id"]
+    claim = await http.post(f"{node.url}/api/v1/coupons/{drop}/claim", headers=bearer(token("b1")))
+    coupon = (await claim.json())["coupon_id"]
+    sid = await sale(http, node, ops)
+    oid = await buy(http, node, sid, token("b1"), qty=2)
+    r = await http.post(f"{node.url}/api/v1/orders/{oid}/payments", json={"coupon_id": coupon}, headers=bearer(token("b1")))
+    assert r.status == 201, await r.text()
+    it = await r.json()
+    assert (it["amount"], it["discount"], it["coupon_id"]) == (1800, 200, coupon)
+    assert sim.intents[it["intent_id"]].amount == 1800  # the provider charges the net amount
+    await confirm(http, it)
+    await sim.settled()
+    worker = await settle_sql(node, node.settings.database_url, redis)
+    try:
+        order = await worker.store.get_order(oid)
+    finally:
+        await worker.close()
+    assert order is not None and (order.state, order.amount, order.discount, order.coupon_id) == ("paid", 1800, 200, coupon)
+    mine = await (await http.get(f"{node.url}/api/v1/users/b1/coupons", headers=bearer(token("b1")))).json()
+    assert [c["state"] for c in mine["coupons"]] == ["used"]
+
+
+def test_a_provider_needs_a_webhook_secret_of_32_bytes() -> None:
+    from livecommerce.config import ConfigError, Settings
+
+    s = Settings(payment_provider_url="http://127.0.0.1:1", payment_webhook_secret="x" * 31)
+    with pytest.raises(ConfigError):
+        s.check_payments()
+    s.replace(payment_webhook_secret="x" * 32).check_payments()
+    Settings().check_payments()  # no provider: nothing to check
+    assert "x" * 31 not in repr(s)
