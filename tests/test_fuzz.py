@@ -266,7 +266,8 @@ def live(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
     port = free_port()
     # rate limits far up, so that frames reach the parser and the handlers, not the bucket
     env = lc_env(redis_url=redis_url, key_prefix=prefix, database_url=db, secret=secret, log_json="1",
-                 command_rate="100000", command_burst="100000", comment_rate="100000", comment_burst="100000")
+                 command_rate="100000", command_burst="100000", comment_rate="100000", comment_burst="100000",
+                 dev_pay="1")  # the dev /pay reads its body, as in `livecommerce dev`
     proc = gateway_proc("gw-fuzz", port, env, work)
     proc.start()
     try:
@@ -420,7 +421,8 @@ def test_live_gateway_answers_the_frames_that_once_broke_it(live: Live) -> None:
 # ============================================================================ HTTP bodies
 HTTP_POSTS = ["/api/v1/rooms/fuzz/announce", "/api/v1/campaigns", "/api/v1/rooms", "/api/v1/products", "/api/v1/rooms/fuzz/pin",
               "/api/v1/rooms/fuzz/coupons", "/api/v1/rooms/fuzz/lotteries", "/api/v1/sales/s1/buy", "/api/v1/orders/s1.x/pay",
-              "/api/v1/wallets/fuzzer/topup", "/api/v1/points/fuzzer/redeem", "/api/v1/orders/s1.x/cancel"]
+              "/api/v1/wallets/fuzzer/topup", "/api/v1/points/fuzzer/redeem", "/api/v1/orders/s1.x/cancel",
+              "/api/v1/orders/s1.x/payments", "/api/v1/payments/webhook"]
 JSON_ESCAPES = ['"\\ud800"', '{"text":"\\udc00x"}', '{"id":"\\ud800","room":"fuzz","text":"x"}', '[1,2', '{"text":NaN}',
                 '{"text":"' + "9" * 5000 + '"}', "1" * 5000, '{"amount":1e999,"idempotency_key":"k"}', "null", '"x"']
 

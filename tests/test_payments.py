@@ -74,6 +74,22 @@ def test_headers_missing_parts_are_malformed_and_rotation_accepts_any_matching_v
     assert verify(SECRET, f"t=100,v1=00ff,{good.split(',')[1]}", b"{}", now_s=100) is None
 
 
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                     lambda c: st.lists(c, max_size=4) | st.dictionaries(st.sampled_from(["id", "type", "created", "data", "amount",
+                                                                                         "intent_id", "order_id", "currency", "refund_id"]), c, max_size=6),
+                     max_leaves=20)
+
+
+@given(st.one_of(st.binary(max_size=200), _JSON.map(lambda v: json.dumps(v).encode())))
+def test_a_signed_body_of_any_shape_is_an_event_or_invalid_event(body: bytes) -> None:
+    try:
+        ev = parse_event(body)
+    except BadFrame as exc:
+        assert exc.code == "invalid_event"
+    else:
+        assert isinstance(ev.amount, int) and ev.amount >= 0 and ev.id and ev.intent_id and ev.order_id
+
+
 def _rec(**kw: Any) -> IntentRecord:
     return IntentRecord(**{"order_id": "s.o1", "intent_id": "pi_1", "amount": 500, "discount": 0, "coupon_id": None,
                            "user_id": "u", "created_ms": 0, **kw})
