@@ -313,13 +313,13 @@ class FlashSales:
         if early is not None:
             return early
         view = self.views.get(sale_id)
+        # a commit's sell-out closes only a view the broadcast keeps current: the node must
+        # hear the sale's room (a restock reopens the view from there)
+        follows = view is not None and view.sale is not None and view.sale.room in self.gw.hub.rooms
         epoch = view.epoch if view is not None else 0
         placed = await self.checkout.place(user=user, sale_id=sale_id, qty=qty, request_id=request_id,
-                                           now_ms=self.gw.now_ms(), want_buyers=view is None or view.buyers is None)
-        if placed.buyers is not None:
-            if view is None:
-                view = self.views.setdefault(sale_id, SaleView())
-                epoch = view.epoch
+                                           now_ms=self.gw.now_ms(), want_buyers=follows and view is not None and view.buyers is None)
+        if placed.buyers is not None and follows and view is not None:
             view.sold_out_seen(placed.buyers, epoch)
         r = placed.result
         if isinstance(r, Reserved) and not r.duplicate:

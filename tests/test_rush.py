@@ -123,3 +123,33 @@ async def test_a_rush_takes_a_stock_figure_at_most_every_rush_window_counted_fro
     sales.last_stock_pub["s1"] -= RUSH_STOCK_S
     assert sales._stock_due("s1", rush=True)  # a long rush still shows its figure
     assert sales._stock_due("s2")  # a sale with no rush takes its first figure at once
+
+
+async def test_a_node_that_does_not_hear_the_sales_room_keeps_no_view_of_its_sell_out(
+        gateway_factory: GatewayFactory, token: Callable[..., str]) -> None:
+    """Its commit sold the sale out, but no viewer of the room is on this node, so no
+    restock would ever reach it: the next buy after a release must reach Redis."""
+    node = await gateway_factory()
+    sid = f"nov{uuid.uuid4().hex[:6]}"
+    ops = {"Authorization": f"Bearer {token('ops1', 'ops')}"}
+    async with aiohttp.ClientSession() as http:
+        r = await http.post(f"{node.url}/api/v1/campaigns", headers=ops, json={
+            "id": sid, "room": "unwatched", "product_id": "p1", "price": 999, "stock": 2, "per_user_limit": 1,
+            "starts_ms": now_ms() - 1000, "duration_s": 600})
+        assert r.status == 201, await r.text()
+
+        async def buy(user: str, rid: str) -> tuple[int, dict[str, Any]]:
+            resp = await http.post(f"{node.url}/api/v1/sales/{sid}/buy", json={"qty": 1, "request_id": rid},
+                                   headers={"Authorization": f"Bearer {token(user)}"})
+            return resp.status, await resp.json()
+
+        got = await asyncio.gather(*(buy(f"u{i}", "a") for i in range(6)))
+        assert sorted(s for s, _ in got) == [201, 201, 409, 409, 409, 409]
+        oid, owner = next((b["order_id"], f"u{i}") for i, (s, b) in enumerate(got) if s == 201)
+        c = await http.post(f"{node.url}/api/v1/orders/{oid}/cancel", json={},
+                            headers={"Authorization": f"Bearer {token(owner)}"})
+        assert c.status == 200 and (await c.json())["outcome"] == "released"
+        late = next(f"u{i}" for i, (s, _) in enumerate(got) if s == 409)
+        status, body = await buy(late, "b")
+        assert status == 201, body
+    assert sid not in node.services.sales.views or node.services.sales.views[sid].state != "sold_out"
