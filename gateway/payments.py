@@ -5,7 +5,7 @@ ops' view of both (the rules are :mod:`livecommerce.payments`; docs/commerce.md)
   intent at the provider, for the amount ``/pay`` would take (after the coupon, which is
   locked for the order now): ``{intent_id, client_secret, confirm_url, amount, discount,
   currency, pay_by_ms}``; 201 the first time, 200 with the same intent after (one intent per
-  order). 409 ``already_paid`` / ``already_cancelled`` / ``expired``; 503
+  order). 409 ``already_paid`` / ``already_cancelled`` / ``expired``; 403
   ``payments_disabled`` when no provider is configured.
 * ``POST /api/v1/payments/webhook`` (the provider; no token: the ``X-LC-Signature``
   header is the credential). Refused, nothing changed, logged and listed for ops: 401
@@ -32,7 +32,7 @@ from typing import Any, NoReturn
 from aiohttp import web
 
 from livecommerce.checkout import Checkout, sale_of
-from livecommerce.errors import BadFrame, Conflict, Forbidden, NotFound, Unauthorized, Unavailable
+from livecommerce.errors import BadFrame, Conflict, Forbidden, NotFound, Unauthorized
 from livecommerce.log import Log
 from livecommerce.payments import (
     PAYMENT_REFUNDED,
@@ -69,11 +69,13 @@ class Payments:
         """The order's intent, ``(body, created)``.
 
         Raises:
-            Unavailable: (``payments_disabled``) no provider; or the provider / Redis down.
+            Forbidden: (``payments_disabled``) no provider is configured.
+            Unavailable: the provider or Redis down.
             NotFound: no such order of ``user``. Conflict: the order is not payable.
         """
         if self.provider is None:
-            raise Unavailable("no payment provider is configured on this node (LC_PAYMENT_PROVIDER_URL)", code="payments_disabled")
+            raise Forbidden("no payment provider is configured on this node (LC_PAYMENT_PROVIDER_URL): payments are off",
+                            code="payments_disabled")
         hold = await self.checkout.sales.hold(sale_of(order_id), order_id)
         if hold is None or (user is not None and hold.user != user):
             raise NotFound(f"no order {order_id}")
@@ -259,13 +261,13 @@ OPENAPI_PATHS: dict[str, dict[str, Any]] = {
                     "The amount is the order's after its coupon (locked for the order now). 201 the first time, 200 with the "
                     "same intent after. Confirm it at `confirm_url` with `client_secret`; the order is paid when the provider's "
                     "signed callback arrives. 409 `already_paid`, `already_cancelled`, `expired`, `nothing_to_charge`; "
-                    "503 `payments_disabled`. Who: the buyer or ops.",
+                    "403 `payments_disabled`: no provider is configured. Who: the buyer or ops.",
                     auth=True, ok=_INTENT, params=[_P_ORDER], body={"type": "object", "properties": {"coupon_id": {"type": "string"}}},
-                    errors={"400": "bad input", "401": "no valid token", "403": "forbidden", "404": "no such order",
-                            "409": "the order is not payable", "503": "no provider, or it is unreachable"}),
+                    errors={"400": "bad input", "401": "no valid token", "403": "forbidden, or no provider (`payments_disabled`)",
+                            "404": "no such order", "409": "the order is not payable", "503": "the provider is unreachable: retry"}),
         "get": _op("The order's payment intent and provider refunds", "Who: the buyer or ops.", auth=True,
                    ok={"type": "object", "properties": {"order_id": {"type": "string"}, "intent": {"type": "object"}, "refunds": _ROWS}},
-                   params=[_P_ORDER], errors={"401": "no valid token", "403": "forbidden", "404": "no payment of this order"}),
+                   params=[_P_ORDER], errors={"400": "bad input", "401": "no valid token", "403": "forbidden", "404": "no payment of this order"}),
     },
     "/api/v1/payments/webhook": {
         "post": _op("The payment provider's callback (signed)",
@@ -280,12 +282,12 @@ OPENAPI_PATHS: dict[str, dict[str, Any]] = {
     "/api/v1/payments/callbacks": {
         "get": _op("Payment callbacks with their verification result, newest first", "Who: ops.", auth=True, ops=True,
                    ok={"type": "object", "properties": {"callbacks": _ROWS}}, params=_Q_PAGE,
-                   errors={"401": "no valid token", "403": "ops only"}),
+                   errors={"400": "bad input", "401": "no valid token", "403": "ops only"}),
     },
     "/api/v1/payments/refunds": {
         "get": _op("Refunds asked of the payment provider (late successes), newest first", "Who: ops.", auth=True, ops=True,
                    ok={"type": "object", "properties": {"refunds": _ROWS}}, params=_Q_PAGE,
-                   errors={"401": "no valid token", "403": "ops only"}),
+                   errors={"400": "bad input", "401": "no valid token", "403": "ops only"}),
     },
 }
 # the intent's first creation answers 201, a repeat 200 with the same intent

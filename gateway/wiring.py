@@ -301,7 +301,7 @@ def build(gw: Gateway) -> Services:
 
 def build_payments(gw: Gateway, checkout: Checkout, durable: Log) -> Payments:
     """The payment boundary: the provider's HTTP adapter when ``LC_PAYMENT_PROVIDER_URL`` is
-    set (its webhook secret checked: ConfigError), else none (intents answer 503)."""
+    set (its webhook secret checked: ConfigError), else none (intents answer 403 payments_disabled)."""
     provider: HttpPaymentProvider | None = None
     if gw.s.payment_provider_url:
         gw.s.check_payments()

@@ -76,7 +76,7 @@ class Settings:
     payment_window_s: int = 900
     # the payment boundary (docs/commerce.md): a provider's API and its signed callbacks
     dev_pay: bool = False  # POST /orders/{id}/pay, the provider-less dev payment (on in `livecommerce dev` and tests)
-    payment_provider_url: str = ""  # empty: no provider (payment intents answer 503 payments_disabled)
+    payment_provider_url: str = ""  # empty: no provider (payment intents answer 403 payments_disabled)
     payment_webhook_secret: str = field(default="", repr=False)  # >= 32 bytes when a provider is set; never logged
     payment_replay_window_s: int = 300  # a callback's timestamp may be this far from now
     payment_currency: str = "CNY"

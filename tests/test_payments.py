@@ -367,7 +367,7 @@ async def test_the_dev_pay_path_is_off_outside_dev(gateway_factory, token, http)
     assert await hold_state(node, sid, oid) == "reserved"
     # and without a provider, intents say so
     r = await http.post(f"{node.url}/api/v1/orders/{oid}/payments", json={}, headers=bearer(token("b1")))
-    assert r.status == 503 and (await r.json())["error"]["code"] == "payments_disabled"
+    assert r.status == 403 and (await r.json())["error"]["code"] == "payments_disabled"
 
 
 async def test_an_approved_refund_of_an_order_paid_at_the_provider_goes_back_to_the_original_method(gateway_factory, token, http, sim, redis, keys):
