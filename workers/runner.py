@@ -147,9 +147,10 @@ async def run_consumer(
 
     * ``burst=True``: return as soon as a fetch (waiting ``fetch_timeout_ms``) comes back
       empty, with the number of events acked.
-    * ``prefetch=True``: the next batch is fetched while ``handle`` works on this one (the
-      log's wait and the handler's overlap); it is handled next, or, when this batch
-      fails, given back after it, and on stop it goes back to the group with ``close``.
+    * ``prefetch=True``: while ``handle`` works on this batch, what the log already holds
+      is fetched (without waiting for more, so an idle log never delays this batch's ack);
+      it is handled next, or, when this batch fails, given back with it (after it), and on
+      stop it goes back to the group with ``close``.
     * ``stop``: when set, the current batch is finished (handled and acked), then the
       consumer leaves the group and the count is returned. A fetch in progress ends within
       ``fetch_timeout_ms``.
@@ -217,8 +218,8 @@ async def run_consumer(
                 if burst:
                     break
                 continue
-            if prefetch:
-                ahead = asyncio.ensure_future(consumer.fetch(max_events=batch, timeout_ms=fetch_timeout_ms))
+            if prefetch:  # what is there already, without waiting: an idle log must not hold this batch's ack
+                ahead = asyncio.ensure_future(consumer.fetch(max_events=batch, timeout_ms=0))
             try:
                 await handle([d.event for d in deliveries])
             except Unavailable as exc:
@@ -262,9 +263,7 @@ async def run_consumer(
                 continue
             handled += len(deliveries)
             backoff.reset()
-            if nxt is not None and not nxt and burst:
-                break  # the fetch ahead came back empty: drained
-            later = nxt
+            later = nxt  # empty or None: the next round fetches (and waits) as usual
     finally:
         if ahead is not None:  # cancelled while the handler worked
             ahead.cancel()
