@@ -476,6 +476,19 @@ class SqlTx:
         if any(r[1] not in ("viewer", "host") for r in rows):
             raise BadFrame("points role must be viewer or host", code="invalid")
         c = points_ledger.c
+        if self._pg:  # one statement: the rows, then their sums added to the kept balances, nothing sent back but a count
+            cols = ["user_id", "role", "delta", "reason", "ref_event_id", "ts_ms"]
+            ins = (postgresql.insert(points_ledger).from_select(cols, self._unnest(points_ledger, cols))
+                   .on_conflict_do_nothing(index_elements=["ref_event_id", "user_id", "reason"])
+                   .returning(c.user_id, c.role, c.delta).cte("ins"))
+            sums = (select(ins.c.user_id, ins.c.role, func.sum(ins.c.delta))
+                    .group_by(ins.c.user_id, ins.c.role).order_by(ins.c.user_id, ins.c.role))  # rows locked in key order
+            up = postgresql.insert(points_balances).from_select(["user_id", "role", "balance"], sums)
+            up = up.on_conflict_do_update(index_elements=["user_id", "role"],
+                                          set_={"balance": points_balances.c.balance + up.excluded.balance})
+            stmt = select(func.count()).select_from(ins).add_cte(up.cte("up"))
+            params = {f"u_{k}": [r[i] for r in rows] for i, k in enumerate(cols)}
+            return int((await self.conn.execute(stmt, params)).scalar_one())
         new = await self._insert_many(
             points_ledger,
             [{"user_id": u, "role": ro, "delta": d, "reason": r, "ref_event_id": e, "ts_ms": t} for u, ro, d, r, e, t in rows],
