@@ -11,6 +11,7 @@ import pytest
 from livecommerce.profiles import DAY_MS
 from livecommerce.segments import RuleError, evaluate, parse_rule
 from tests.test_refunds import World, http  # noqa: F401  (fixture)
+from tests.waiting import wait_until
 from tests.wsclient import Client
 
 BAD_RULES: list[tuple[Any, str, str]] = [
@@ -108,6 +109,9 @@ async def test_only_members_claim_a_segment_coupon_and_online_members_get_the_pu
         # m1 is online: the drop's notice reaches them; m2 is offline
         c1 = await Client.connect(w.node.ws, "shop", token("m1"), fmt="json")
         cx = await Client.connect(w.node.ws, "shop", token("x1"), fmt="json")
+        # presence is written in short windows after a join: m1 counts as online once it is
+        await wait_until(lambda: w.node.gw.presence.user_nodes(["m1"]), until=lambda got: bool(got.get("m1")),
+                         what="m1 online in presence")
         target = await w.call("POST", "/api/v1/segments/tea-lovers/coupons", ops,
                               {"kind": "full_reduction", "value": 500, "threshold": 5000, "drop_id": "tea5"}, status=201)
         assert (target["members"], target["delivered"], target["drop_id"]) == (2, 1, "tea5")
