@@ -532,9 +532,6 @@ async def main(a: argparse.Namespace) -> int:
                     break
                 await asyncio.sleep(0.3)
             out["connect_s"] = round(time.monotonic() - t_conn, 1)
-            if os.environ.get("GCPROBE_SIGNAL"):  # measurement aid: the gateway's object count (sitecustomize probe)
-                os.kill(procs[0].pid, int(os.environ["GCPROBE_SIGNAL"]))
-                await asyncio.sleep(3)
             print(f"\r  {sum(connected):,} buyers connected in {out['connect_s']} s; the sale opens in 2 s", flush=True)
             cpu = CpuSampler(procs[0].pid)
             cpu.start()
