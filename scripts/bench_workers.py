@@ -237,7 +237,7 @@ class Run:
 def worker_env(a: argparse.Namespace, prefix: str, db: Db, node: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LC_")}
     env.update(LC_REDIS_URL=a.redis, LC_KEY_PREFIX=prefix, LC_DATABASE_URL=db.url, LC_LOG_JSON="0", LC_LOG_LEVEL="WARNING",
-               LC_SECRET="b" * 64, LC_NODE_ID=node)
+               LC_SECRET="b" * 64, LC_NODE_ID=node, LC_LOG_PARTITIONS=str(a.partitions), LC_KAFKA_PARTITIONS=str(a.partitions))
     if a.batch:
         env["LC_WORKER_BATCH"] = str(a.batch)
     if a.kafka:
@@ -273,25 +273,28 @@ async def run_worker(a: argparse.Namespace, name: str, db: Db, log: Log, redis: 
     """Start the worker process, wait until it has acked all ``n`` events of its topic."""
     topic, group = TOPIC[name], GROUP[name]
     t_start = time.monotonic()
-    p = start_worker(name, worker_env(a, keys.prefix, db, f"bench-{name}"))
-    ps = psutil.Process(p.pid)
-    spy = start_spy(Path(a.py_spy) / f"{name}-{db.kind}.txt", p.pid) if a.py_spy else None
+    procs = [start_worker(name, worker_env(a, keys.prefix, db, f"bench-{name}-{i}")) for i in range(a.procs)]
+    ps = [psutil.Process(p.pid) for p in procs]
+    spy = start_spy(Path(a.py_spy) / f"{name}-{db.kind}.txt", procs[0].pid) if a.py_spy else None
     t_first: float | None = None
     cpu0 = pg0 = 0.0
+
+    def cpu() -> float:
+        return sum(t.user + t.system for t in (q.cpu_times() for q in ps))
+
     deadline = t_start + a.timeout
     try:
         while True:
-            if p.poll() is not None:
-                raise RuntimeError(f"worker {name} exited {p.returncode}: {stop_worker(p)}")
+            for p in procs:
+                if p.poll() is not None:
+                    raise RuntimeError(f"worker {name} exited {p.returncode}: {stop_worker(p)}")
             lag = await group_lag(log, redis, keys, topic, group)
             now = time.monotonic()
             if t_first is None and lag < n:
                 t_first = now
-                t = ps.cpu_times()
-                cpu0, pg0 = t.user + t.system, pg_cpu()
+                cpu0, pg0 = cpu(), pg_cpu()
             if lag == 0 and t_first is not None:
-                t = ps.cpu_times()
-                return Run(name, db.kind, n, now - t_first, t.user + t.system - cpu0, pg_cpu() - pg0, t_first - t_start)
+                return Run(name, db.kind, n, now - t_first, cpu() - cpu0, pg_cpu() - pg0, t_first - t_start)
             if now > deadline:
                 raise RuntimeError(f"worker {name} still {lag:,} events behind after {a.timeout} s")
             await asyncio.sleep(0.005 if t_first is None else 0.02)
@@ -300,9 +303,10 @@ async def run_worker(a: argparse.Namespace, name: str, db: Db, log: Log, redis: 
             spy.send_signal(signal.SIGINT)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 spy.wait(30)
-        err = stop_worker(p)
-        if "Traceback" in err:
-            say(err)
+        for p in procs:
+            err = stop_worker(p)
+            if "Traceback" in err:
+                say(err)
 
 
 # ---------------------------------------------------------------- the ceiling
@@ -421,7 +425,7 @@ async def storm(a: argparse.Namespace, kind: str, tmp: Path, redis: Any) -> dict
     db = await fresh_db(kind, a.pg_url, tmp)
     keys = Keys(f"bw{uuid.uuid4().hex[:8]}")
     s = Settings.from_env({}, redis_url=a.redis, key_prefix=keys.prefix, database_url=db.url, kafka_bootstrap=a.kafka or "",
-                          kafka_idempotent=False)
+                          kafka_idempotent=False, log_partitions=a.partitions, kafka_partitions=a.partitions)
     log = open_log(s, redis)
     feed = GiftFeed(a.users, a.hosts)
     names = [w for w in a.storm_workers.split(",") if w]
@@ -504,7 +508,7 @@ async def rush(a: argparse.Namespace, kind: str, tmp: Path, redis: Any) -> dict[
     db = await fresh_db(kind, a.pg_url, tmp)
     keys = Keys(f"bw{uuid.uuid4().hex[:8]}")
     s = Settings.from_env({}, redis_url=a.redis, key_prefix=keys.prefix, database_url=db.url, kafka_bootstrap=a.kafka or "",
-                          kafka_idempotent=False)
+                          kafka_idempotent=False, log_partitions=a.partitions, kafka_partitions=a.partitions)
     log = open_log(s, redis)
     events = order_events_for(2 * a.rush, sale="rush" + uuid.uuid4().hex[:6], now=int(time.time() * 1000))
     reserves, moves = events[: a.rush], events[a.rush :]
@@ -551,7 +555,7 @@ async def one(a: argparse.Namespace, name: str, kind: str, tmp: Path, redis: Any
     db = await fresh_db(kind, a.pg_url, tmp)
     ceil_db = await fresh_db(kind, a.pg_url, tmp)
     s = Settings.from_env({}, redis_url=a.redis, key_prefix=keys.prefix, database_url=db.url, kafka_bootstrap=a.kafka or "",
-                          kafka_idempotent=False)
+                          kafka_idempotent=False, log_partitions=a.partitions, kafka_partitions=a.partitions)
     log = open_log(s, redis)
     now = int(time.time() * 1000)
     feed: GiftFeed | None = None
@@ -572,12 +576,12 @@ async def one(a: argparse.Namespace, name: str, kind: str, tmp: Path, redis: Any
         for d in (db, ceil_db):
             if d.cleanup:
                 await d.cleanup()
-    row = {"worker": name, "db": kind, "events": len(events), "seconds": round(r.seconds, 2), "events_per_s": round(r.rate),
+    row = {"worker": name, "db": kind, "procs": a.procs, "partitions": a.partitions, "events": len(events), "seconds": round(r.seconds, 2), "events_per_s": round(r.rate),
            "goal": GOAL, "ceiling_per_s": round(c), "ratio_to_ceiling": round(r.rate / c, 2) if c else None,
            "worker_cpu_us_per_event": round(r.cpu_s / len(events) * 1e6, 1),
            "pg_cpu_us_per_event": round(r.pg_cpu_s / len(events) * 1e6, 1) if kind == "postgresql" else None,
            "worker_startup_s": round(r.startup_s, 2), "problems": problems}
-    say(f"{name:>7} {kind:>10}: {row['events_per_s']:>7,} events/s (goal {GOAL:,}; ceiling {row['ceiling_per_s']:,}/s, "
+    say(f"{name:>7} {kind:>10} x{a.procs}: {row['events_per_s']:>7,} events/s (goal {GOAL:,}; ceiling {row['ceiling_per_s']:,}/s, "
         f"ratio {row['ratio_to_ceiling']}); worker CPU {row['worker_cpu_us_per_event']} us/event"
         + (f", PostgreSQL CPU {row['pg_cpu_us_per_event']} us/event" if kind == "postgresql" else "")
         + ("  EXACTLY ONCE" if not problems else f"  PROBLEMS: {problems}"))
@@ -632,6 +636,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--db", default="sqlite,postgresql")
     p.add_argument("--workers", default="orders,wallet,points")
     p.add_argument("--events", type=int, default=20_000, help="events per worker and database")
+    p.add_argument("--procs", type=int, default=1, help="worker processes of each kind in the drain (one group; use --partitions >= procs)")
+    p.add_argument("--partitions", type=int, default=1, help="log partitions per topic (LC_LOG_PARTITIONS / LC_KAFKA_PARTITIONS)")
     p.add_argument("--batch", type=int, default=0, help="LC_WORKER_BATCH for the workers (0: their default) and the ceiling's batch")
     p.add_argument("--users", type=int, default=2000, help="gift senders")
     p.add_argument("--hosts", type=int, default=20)
