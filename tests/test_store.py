@@ -14,12 +14,12 @@ from livecommerce import migrations
 from livecommerce.errors import BadFrame, ConfigError, Conflict, NotFound, Unavailable
 from livecommerce.flash_sale import Sale
 from livecommerce.orders import (
-    OrderStep,
-    Payment,
     ORDER_STATES,
     ORDER_TRANSITIONS,
     Order,
     OrderState,
+    OrderStep,
+    Payment,
     apply_transition,
     check_transition,
     is_overdue,
