@@ -44,7 +44,7 @@ from prometheus_client import Counter
 
 from livecommerce.auth import Identity
 from livecommerce.errors import IdempotencyConflict, Unavailable
-from livecommerce.gifts import GiftTally, catalogue_payload, load_catalogue
+from livecommerce.gifts import GiftSpec, GiftTally, catalogue_payload, load_catalogue
 from livecommerce.leaderboard import BoardGate, BoardTally, clamp_top, ranked
 from livecommerce.leaderboard_redis import RedisLeaderboards
 from livecommerce.protocol.commands import Gift
@@ -69,30 +69,31 @@ log = logging.getLogger("livecommerce.gateway.gifts")
 
 LEADERBOARD_TOP = 10
 MAX_BATCH = 512  # gifts per group commit
-MAX_IN_FLIGHT = 2  # group commits awaiting Redis at once; later gifts gather for the next
+MAX_IN_FLIGHT = 1  # group commits out at once: one, so batches reach Redis in the order gifts were submitted
 
 
 class GiftBatcher:
     """Group commit of gift debits: gifts submitted within one loop turn (and those that
-    arrive while ``max_in_flight`` batches are out) become one :meth:`RedisWallet.send_gifts`
+    arrive while the previous batch is out) become one :meth:`RedisWallet.send_gifts`
     call. Each gift's future is resolved as soon as the batch is decided: a debited gift's
     event is then in the wallet outbox (same atomic step), and the outbox's appending task
     puts the batch's events on the log beside the next batch (:meth:`Outbox.emit_soon`;
     if the gateway dies first, the sweeper appends them).
 
-    :meth:`submit` never awaits, so gifts are decided in the order they were submitted; the
-    rooms' hosts (``host_of``, held by the room gate) are filled in by the batch, once per
-    room."""
+    Gifts are decided in the order they were submitted: :meth:`submit` never awaits, and
+    one batch is out at a time (two batches out at once may reach Redis in either order, and
+    a connection's pipelined gifts would no longer be decided in frame order). The rooms'
+    hosts (``host_of``, held by the room gate) are filled in by the batch, once per room."""
 
     def __init__(self, wallet: RedisWallet, outbox: Outbox, now_ms: Callable[[], int],
                  host_of: Callable[[str], Awaitable[str]], *, max_batch: int = MAX_BATCH,
-                 max_in_flight: int = MAX_IN_FLIGHT, on_batch: Callable[[int, int], None] | None = None) -> None:
+                 on_batch: Callable[[int, int], None] | None = None) -> None:
         self.wallet = wallet
         self.outbox = outbox
         self.now_ms = now_ms
         self.host_of = host_of
         self.max_batch = max_batch
-        self.max_in_flight = max_in_flight
+        self.max_in_flight = MAX_IN_FLIGHT
         self.on_batch = on_batch  # (gifts, wallet shards) per batch, for metrics
         self._pending: list[tuple[GiftOrder, asyncio.Future[GiftResult]]] = []
         self._scheduled = False
@@ -217,12 +218,19 @@ class Gifts:
         """Debit, log, count for the broadcast and the boards; the reply's ``d``.
 
         Raises:
-            NotFound: (``unknown_gift``). InsufficientFunds. Unavailable.
+            NotFound: (``unknown_gift``). InsufficientFunds. IdempotencyConflict. Unavailable.
         """
+        spec, order, fut = self._submit(conn, cmd)
+        return await self._settle(conn, cmd, spec, order, fut)
+
+    def _submit(self, conn: Conn, cmd: Gift) -> tuple[GiftSpec, GiftOrder, asyncio.Future[GiftResult]]:
         spec = self.catalogue.get(cmd.gift_id)
-        room, user = conn.room, conn.ident.user
-        order = GiftOrder(user, room, "", spec, cmd.count, cmd.combo_id, cmd.request_id)  # host: filled by the batch
-        r = await self.batcher.submit(order)
+        order = GiftOrder(conn.ident.user, conn.room, "", spec, cmd.count, cmd.combo_id, cmd.request_id)  # host: by the batch
+        return spec, order, self.batcher.submit(order)
+
+    async def _settle(self, conn: Conn, cmd: Gift, spec: GiftSpec, order: GiftOrder,
+                      fut: asyncio.Future[GiftResult]) -> dict[str, Any]:
+        r = await fut
         value = spec.price * cmd.count
         if isinstance(r, GiftRefused):
             if r.code == "idempotency_conflict":
@@ -230,6 +238,7 @@ class Gifts:
             raise InsufficientFunds(f"this gift costs {value} coins; the wallet holds {r.balance}")
         if isinstance(r, GiftReplayed):  # counted, broadcast and ranked by its first send
             return {"balance": r.balance, "combo_id": r.combo.id, "total": r.combo.total, "value": value}
+        room, user = order.room, order.user
         self.tally.add(room, user, conn.ident.name, spec.id, r.combo, cmd.count)
         self.board_tally.add_gift(room=room, host=order.host, user=user, value=value)
         for hook in self.hooks:
@@ -282,8 +291,21 @@ class Gifts:
         return {"leaderboard": ranked(await self.boards.top("room", room, LEADERBOARD_TOP))}
 
     # ---- handlers (gateway.routes)
-    async def gift(self, conn: Conn, cmd: Gift) -> dict[str, Any]:
-        return reply("ack", cmd.id, await self.send(conn, cmd), ts=self.gw.now_ms())
+    def gift(self, conn: Conn, cmd: Gift) -> Awaitable[dict[str, Any]]:
+        """A pipelined command (``protocol.commands.PIPELINED``): the gift is submitted to
+        the group commit when this is called, in frame order; the returned awaitable is the
+        ``ack``.
+
+        Raises:
+            NotFound: (``unknown_gift``), at once; the awaitable raises InsufficientFunds,
+                IdempotencyConflict or Unavailable.
+        """
+        spec, order, fut = self._submit(conn, cmd)
+        return self._ack(conn, cmd, spec, order, fut)
+
+    async def _ack(self, conn: Conn, cmd: Gift, spec: GiftSpec, order: GiftOrder,
+                   fut: asyncio.Future[GiftResult]) -> dict[str, Any]:
+        return reply("ack", cmd.id, await self._settle(conn, cmd, spec, order, fut), ts=self.gw.now_ms())
 
     async def get_catalogue(self, request: web.Request) -> web.Response:
         return web.json_response({"gifts": catalogue_payload(self.catalogue)})

@@ -8,8 +8,11 @@ logged with its traceback and never echoed.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
+from collections import deque
+from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -26,12 +29,12 @@ from livecommerce.errors import (
     wire_error,
 )
 from livecommerce.protocol.codec import Format, decode_frame
-from livecommerce.protocol.commands import PIPELINED, ROLES, Command, parse_command
+from livecommerce.protocol.commands import PIPELINED, ROLES, parse_command
 from livecommerce.protocol.events import error_frame, recovery_plan, reply
 
 from .conn import Conn
 from .core import GW_KEY, Gateway
-from .hooks import CommandHandler
+from .hooks import Json
 from .wsframe import OP_PONG, ws_frame
 
 log = logging.getLogger("livecommerce.gateway.ws")
@@ -192,14 +195,68 @@ PIPELINE_DEPTH = 32  # pipelined commands in progress per connection before it s
 
 class Lane:
     """A connection's pipelined commands in progress (``protocol.commands.PIPELINED``).
-    Each runs as a task that writes its answer after the answer of the one before it, so
-    answers leave in the order of the frames; any other command waits for ``tail`` first."""
 
-    __slots__ = ("depth", "tail")
+    Their handlers are called as their frames arrive, in frame order: a pipelined handler
+    does what orders its effects (a gift is submitted to its group commit) before it
+    returns, and returns the awaitable of its answer. One writer task per connection awaits
+    those answers in frame order and writes them, so answers leave in the order of the
+    frames. Any other command, and any error frame, waits until the lane is empty.
+    """
+
+    __slots__ = ("items", "writer")
 
     def __init__(self) -> None:
-        self.tail: asyncio.Future[None] | None = None
-        self.depth = 0
+        #: (the answer's awaitable, or the error the handler raised at once; the command id)
+        self.items: deque[tuple[Awaitable[Json | None] | BaseException, Any]] = deque()
+        self.writer: asyncio.Task[None] | None = None
+
+    def push(self, gw: Gateway, conn: Conn, answer: Awaitable[Json | None] | BaseException, cid: Any) -> None:
+        self.items.append((answer, cid))
+        if self.writer is None:
+            self.writer = asyncio.ensure_future(_write_answers(gw, conn, self))
+
+    async def drained(self) -> None:
+        """Wait until every pipelined answer before now is written."""
+        w = self.writer
+        if w is not None and not w.done():
+            await asyncio.wait((w,))
+
+
+async def _write_answers(gw: Gateway, conn: Conn, lane: Lane) -> None:
+    """The lane's writer: each answer in turn, until the lane is empty. Never raises."""
+    items = lane.items
+    try:
+        while items:
+            answer, cid = items[0]
+            out: Json | None = None
+            failure: BaseException | None = None
+            if isinstance(answer, BaseException):
+                failure = answer
+            else:
+                try:
+                    out = await answer
+                except Exception as exc:
+                    failure = exc
+            items.popleft()
+            try:
+                if isinstance(failure, LiveCommerceError):
+                    _send_error(gw, conn, failure, cid)
+                elif failure is not None:
+                    gw.metrics.errors.labels("internal").inc()
+                    log.error("dispatch.internal", exc_info=failure, extra={"conn": conn.id, "room": conn.room})
+                    conn.send(error_frame("internal", "internal error", cmd_id=cid))
+                else:
+                    conn.send(out if out is not None else reply("ack", cid))
+            except Exception:  # an answer that cannot be sent: close with a code, never drop silently
+                log.exception("dispatch.internal", extra={"conn": conn.id, "room": conn.room})
+                conn.closed = True
+                asyncio.get_running_loop().create_task(conn.ws.close(code=1011, message=b"internal error"))
+    finally:
+        lane.writer = None
+        while items:  # cancelled with the connection: the answers nobody will write
+            answer, _ = items.popleft()
+            if inspect.iscoroutine(answer):
+                answer.close()
 
 
 async def _receive_loop(gw: Gateway, conn: Conn, ws: web.WebSocketResponse) -> None:
@@ -257,31 +314,27 @@ async def handle_frame(gw: Gateway, conn: Conn, data: bytes | str, lane: Lane | 
         gw.metrics.commands.labels(t).inc()
         if lane is not None:
             if t in PIPELINED:
-                lane.depth += 1
-                lane.tail = asyncio.ensure_future(_pipelined(gw, conn, handler, cmd, cid, lane.tail, lane))
-                if lane.depth >= PIPELINE_DEPTH:
-                    await _settled(lane.tail)
+                try:
+                    started: Awaitable[Json | None] | BaseException = handler(conn, cmd)
+                except LiveCommerceError as exc:
+                    started = exc
+                lane.push(gw, conn, started, cid)
+                if len(lane.items) >= PIPELINE_DEPTH:
+                    await lane.drained()
                 return
-            await _settled(lane.tail)
+            await lane.drained()
         answer = await handler(conn, cmd)
         conn.send(answer if answer is not None else reply("ack", cid))
     except LiveCommerceError as exc:
         if lane is not None:
-            await _settled(lane.tail)
+            await lane.drained()
         _send_error(gw, conn, exc, cid)
     except Exception:
         if lane is not None:
-            await _settled(lane.tail)
+            await lane.drained()
         gw.metrics.errors.labels("internal").inc()
         log.exception("dispatch.internal", extra={"conn": conn.id, "room": conn.room})
         conn.send(error_frame("internal", "internal error", cmd_id=cid))
-
-
-async def _settled(fut: asyncio.Future[None] | None) -> None:
-    """Wait until ``fut`` (a pipelined command) is done, whatever its end: it never raises,
-    but it may have been cancelled with its connection."""
-    if fut is not None and not fut.done():
-        await asyncio.wait((fut,))
 
 
 def _send_error(gw: Gateway, conn: Conn, exc: LiveCommerceError, cid: Any) -> None:
@@ -296,38 +349,6 @@ def _send_error(gw: Gateway, conn: Conn, exc: LiveCommerceError, cid: Any) -> No
     if we.close is not None:
         conn.closed = True
         asyncio.get_running_loop().create_task(conn.ws.close(code=we.close, message=we.code.encode()))
-
-
-async def _pipelined(gw: Gateway, conn: Conn, handler: CommandHandler, cmd: Command, cid: Any,
-                     prev: asyncio.Future[None] | None, lane: Lane) -> None:
-    """Run one pipelined command, then answer it once the command before it has answered.
-    Never raises (a task nobody awaits but the next one)."""
-    try:
-        answer: dict[str, Any] | None = None
-        failure: LiveCommerceError | None = None
-        internal = False
-        try:
-            answer = await handler(conn, cmd)
-        except LiveCommerceError as exc:
-            failure = exc
-        except Exception:
-            internal = True
-            log.exception("dispatch.internal", extra={"conn": conn.id, "room": conn.room})
-        await _settled(prev)
-        try:
-            if failure is not None:
-                _send_error(gw, conn, failure, cid)
-            elif internal:
-                gw.metrics.errors.labels("internal").inc()
-                conn.send(error_frame("internal", "internal error", cmd_id=cid))
-            else:
-                conn.send(answer if answer is not None else reply("ack", cid))
-        except Exception:  # an answer that cannot be sent: close with a code, never drop silently
-            log.exception("dispatch.internal", extra={"conn": conn.id, "room": conn.room})
-            conn.closed = True
-            asyncio.get_running_loop().create_task(conn.ws.close(code=1011, message=b"internal error"))
-    finally:
-        lane.depth -= 1
 
 
 def _escapes(data: bytes | str) -> bool:

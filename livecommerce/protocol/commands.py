@@ -193,9 +193,10 @@ ROLES: dict[str, frozenset[str]] = {
 
 #: Commands a connection may pipeline: the gateway reads the connection's next frames while
 #: one of these is in progress, and still writes every answer in the order of the frames. A
-#: command belongs here only when its capability keeps the frames' order of its effects by
-#: itself (``gift``: submitted to the group commit without waiting, decided in arrival
-#: order); any other command waits until the pipelined ones before it are answered.
+#: command belongs here only when its handler does what orders its effects when it is
+#: called, before returning the awaitable of its answer (``gift``: submitted to the group
+#: commit, which decides in arrival order); any other command waits until the pipelined
+#: ones before it are answered.
 PIPELINED: frozenset[str] = frozenset({"gift"})
 
 
