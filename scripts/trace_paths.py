@@ -5,7 +5,7 @@ directory), creates the show's room as its host would, connects two WebSocket vi
 (into a live flash sale) and a ``gift`` (after an ops top-up). While each travels, a profiler
 records every function of ``gateway/`` and ``livecommerce/`` that runs beneath one of the
 path's roots: the sender's frame dispatch (``gateway/ws.py`` ``handle_frame``, and
-``_pipelined`` for a command that runs in a task of its own), the tasks a command's work is
+the connection's answer writer ``_write_answers`` for a pipelined command), the tasks a command's work is
 handed to (a sale's group commit ``Checkout._commit_loop``, a gift batch ``GiftBatcher._run``),
 the broker's reader handing the room message to the hub (``_on_message``) and the hub's flush
 of the room to the sockets (``flush``). Other background work (the once-a-second loop, tick
@@ -50,7 +50,8 @@ def parse_args() -> argparse.Namespace:
 ROOTS = {("gateway/ws.py", "handle_frame"), ("gateway/hub.py", "_on_message"), ("gateway/hub.py", "flush"),
          # the tasks a command's work continues in: a pipelined command (its own task per
          # frame), a sale's group commit and a gift batch (one task per batch, several commands)
-         ("gateway/ws.py", "_pipelined"), ("livecommerce/checkout.py", "_commit_loop"), ("gateway/gifts.py", "_run")}
+         ("gateway/ws.py", "_pipelined"), ("gateway/ws.py", "_write_answers"), ("livecommerce/checkout.py", "_commit_loop"),
+         ("gateway/gifts.py", "_run")}
 
 
 class Tracer:
