@@ -18,6 +18,7 @@ import pytest
 from livecommerce import cli
 from livecommerce.lottery import new_lottery, new_seed, verify_record
 from livecommerce.lottery_redis import RedisLotteries
+from tests.waiting import wait_until
 from tests.wsclient import Client
 from workers.lottery import LotteryDrawer, run
 
@@ -306,6 +307,8 @@ async def test_explicit_entry_rules_over_websocket_and_gift_entry_through_the_se
     gid = (await host.request("lottery.start", prize={"kind": "coupon", "id": "c9"}, duration_s=30, rule="gift", min_gift_value=100))["d"]["id"]
     on_gift = node.gw.hooks.gift
     assert len(on_gift) >= 1
+    # the entry notice goes to the user's nodes: wait until presence (written in short windows) has v
+    await wait_until(lambda: node.gw.presence.user_nodes(["v"]), until=lambda got: bool(got.get("v")), what="v in presence")
     for hook in on_gift:
         await hook("r5", "v", 60)
     assert (await viewer.request("lottery.enter", lottery_id=gid))["d"]["code"] == "rule_not_met"
