@@ -2,13 +2,18 @@
 
 A gift is a wallet debit (never below zero, error ``insufficient_funds``; the combo grows in
 the same step; the ``gift.sent`` event goes to the wallet outbox), then the log append
-(topic ``gifts``). The reply is ``ack`` with ``d: {balance, combo_id, total, value}``.
+(topic ``gifts``). The reply is ``ack`` with ``d: {balance, combo_id, total, value}``, sent
+once the debit is decided (its event is then in the outbox; the append follows beside the
+next batch, or the wallet worker's sweeper appends it if this node dies first).
 
-Group commit (the gift storm): the gifts that arrive within one turn of the event loop
-(:class:`GiftBatcher`) go to Redis together (:meth:`RedisWallet.send_gifts`: on Redis
-Cluster one script call per wallet shard, concurrently; on one Redis the batch's shards in
-one call), and their events to the log in one ``append_many``; each gift is still decided
-in arrival order exactly as alone (:func:`livecommerce.wallet.decide_gift_batch`). With a
+Group commit (the gift storm): the gifts that arrive within one turn of the event loop, or
+while the previous batch is out (:class:`GiftBatcher`), go to Redis together
+(:meth:`RedisWallet.send_gifts`: on Redis Cluster one script call per wallet shard,
+concurrently; on one Redis the batch's shards in one call), and their events to the log in
+one ``append_many``; each gift is still decided in arrival order exactly as alone
+(:func:`livecommerce.wallet.decide_gift_batch`). ``gift`` is a pipelined command
+(``protocol.commands.PIPELINED``): a connection's next frames are read while its gifts are
+out, and the answers still leave in frame order. With a
 ``request_id`` a gift is debited at most once: a retry (after a lost reply, a dead gateway,
 an ``unavailable``) answers the first outcome's ``ack`` and debits nothing, and the same id
 for another gift is ``idempotency_conflict``. Without one, a retry is a new gift.
