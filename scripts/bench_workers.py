@@ -37,6 +37,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -57,11 +58,12 @@ from sqlalchemy.engine import make_url
 from livecommerce.config import Settings
 from livecommerce.keys import Keys
 from livecommerce.log import Log, LogEvent, new_event
+from livecommerce.log_kafka import KafkaLog
 from livecommerce.log_open import open_log
 from livecommerce.migrations import upgrade
 from livecommerce.orders import Order, OrderState
 from livecommerce.redis_conn import connect
-from livecommerce.schema import order_events, orders, points_ledger, wallet_ledger
+from livecommerce.schema import applied_events, order_events, orders, points_ledger, wallet_ledger
 from livecommerce.store import PointsRole
 from livecommerce.store_sql import SqlStore
 
@@ -195,8 +197,8 @@ async def fill(log: Log, events: Sequence[LogEvent], chunk: int = 2000) -> None:
 async def group_lag(log: Log, redis: Any, keys: Keys, topic: str, group: str) -> int:
     """Events of ``topic`` the group has not acked yet: unread plus pending (Redis Streams),
     or the end offsets minus the committed ones (Kafka)."""
-    if hasattr(log, "group_lag"):
-        return int(await log.group_lag(topic, group))
+    if isinstance(log, KafkaLog):
+        return await kafka_lag(log, topic, group)
     total = 0
     p = 0
     while True:
@@ -216,6 +218,35 @@ async def group_lag(log: Log, redis: Any, keys: Keys, topic: str, group: str) ->
             total += int(await redis.xlen(stream))  # the group is not created yet: all unread
         p += 1
     return total
+
+
+async def applied_count(db: Db, consumer: str) -> int:
+    store = SqlStore(db.url)
+    try:
+        async with store.read() as tx:
+            q = select(func.count()).select_from(applied_events).where(applied_events.c.consumer == consumer)
+            return int((await tx.conn.execute(q)).scalar_one())
+    finally:
+        await store.close()
+
+
+async def kafka_lag(log: KafkaLog, topic: str, group: str) -> int:
+    """End offsets minus the group's committed offsets, over the topic's partitions."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    name = log.topic_name(topic)
+    c = AIOKafkaConsumer(bootstrap_servers=log.bootstrap, group_id=log.group_name(group), enable_auto_commit=False)
+    await c.start()
+    try:
+        tps = [TopicPartition(name, p) for p in range(log.partitions)]
+        ends = await c.end_offsets(tps)
+        total = 0
+        for tp in tps:
+            done = await c.committed(tp)
+            total += ends[tp] - (done or 0)
+        return total
+    finally:
+        await c.stop()
 
 
 # ---------------------------------------------------------------- the real worker
@@ -241,7 +272,7 @@ def worker_env(a: argparse.Namespace, prefix: str, db: Db, node: str) -> dict[st
     if a.batch:
         env["LC_WORKER_BATCH"] = str(a.batch)
     if a.kafka:
-        env.update(LC_KAFKA_BOOTSTRAP=a.kafka, LC_KAFKA_IDEMPOTENT="0")
+        env.update(LC_KAFKA_BOOTSTRAP=a.kafka, LC_KAFKA_IDEMPOTENT="0", LC_KAFKA_SESSION_TIMEOUT_MS="2000")
     return env
 
 
@@ -269,8 +300,9 @@ def stop_worker(p: subprocess.Popen[bytes]) -> str:
     return err[-1500:]
 
 
-async def run_worker(a: argparse.Namespace, name: str, db: Db, log: Log, redis: Any, keys: Keys, n: int) -> Run:
-    """Start the worker process, wait until it has acked all ``n`` events of its topic."""
+async def run_worker(a: argparse.Namespace, name: str, db: Db, log: Log, redis: Any, keys: Keys, n: int, claims: int) -> Run:
+    """Start the worker process, wait until it has acked all ``n`` events of its topic
+    (Kafka: until SQL holds its ``claims`` exactly-once claims)."""
     topic, group = TOPIC[name], GROUP[name]
     t_start = time.monotonic()
     procs = [start_worker(name, worker_env(a, keys.prefix, db, f"bench-{name}-{i}")) for i in range(a.procs)]
@@ -288,9 +320,12 @@ async def run_worker(a: argparse.Namespace, name: str, db: Db, log: Log, redis: 
             for p in procs:
                 if p.poll() is not None:
                     raise RuntimeError(f"worker {name} exited {p.returncode}: {stop_worker(p)}")
-            lag = await group_lag(log, redis, keys, topic, group)
+            if isinstance(log, KafkaLog):  # Tansu's offsets are not a reliable lag: count what SQL has applied
+                lag = claims - await applied_count(db, name)
+            else:
+                lag = await group_lag(log, redis, keys, topic, group)
             now = time.monotonic()
-            if t_first is None and lag < n:
+            if t_first is None and lag < claims:
                 t_first = now
                 cpu0, pg0 = cpu(), pg_cpu()
             if lag == 0 and t_first is not None:
@@ -567,7 +602,8 @@ async def one(a: argparse.Namespace, name: str, kind: str, tmp: Path, redis: Any
     try:
         await fill(log, events)
         c = await ceiling(name, ceil_db, events, a.batch or Settings().worker_batch)
-        r = await run_worker(a, name, db, log, redis, keys, len(events))
+        claims = sum(1 for e in events if name != "points" or e.type == "gift.sent")  # points claims only what awards
+        r = await run_worker(a, name, db, log, redis, keys, len(events), claims)
         problems = await check(name, db, events, feed)
     finally:
         await log.close()
@@ -605,6 +641,7 @@ async def main(a: argparse.Namespace) -> int:
                 out["storm"].append(await storm(a, kind, tmp, redis))
     finally:
         await redis.aclose()
+        shutil.rmtree(tmp, ignore_errors=True)  # the SQLite files
     out["loadavg_after"] = loadavg()
     say("")
     say("| worker | database | events | events/s | goal | ceiling (same rows, bulk) | ratio | worker CPU/event | PostgreSQL CPU/event |")
