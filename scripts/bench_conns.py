@@ -23,9 +23,10 @@ connection: where the bytes go. (RSS under tracemalloc is not reported: tracing 
 last one has its ``welcome``. The report prints the M2 3/7 goal beside the figures: at
 least 2,500 connections per second admitted (welcome sent) by the one gateway process, and
 at least 60 % of the bare aiohttp server's rate measured in the same run; and the gateway's
-CPU per connection over the connect phase. ``--py-spy FILE`` (sampling) or ``--profile
-FILE`` (cProfile over the connect phase only, exact call counts; ``FILE.txt`` and
-``FILE.pstats``) profile the gateway while the clients connect.
+CPU per connection over the connect phase. ``--py-spy FILE`` (sampling), ``--perf FILE``
+(Linux perf, kernel time included) or ``--profile FILE`` (cProfile over the connect phase
+only, exact call counts; ``FILE.txt`` and ``FILE.pstats``) profile the gateway while the
+clients connect.
 
 Example: ``python scripts/bench_conns.py`` (defaults: 10,000 connections, livecommerce and
 the bare aiohttp server; about 1-2 minutes on 2 cores); ``python scripts/bench_conns.py
@@ -84,6 +85,11 @@ def serve_aiohttp(port: int, heartbeat: bool) -> None:
     app = web.Application()
     app.router.add_get("/ws", ws_handler)
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None, backlog=BACKLOG)
+
+
+def start_perf(pid: int, out: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(["perf", "record", "-F", "999", "-g", "-p", str(pid), "-o", out],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def file_exists(path: str) -> bool:
@@ -150,6 +156,10 @@ async def measure(name: str, conns: int, ctx: dict[str, Any], prog: bf.Progress,
         if ctx["py_spy"] and not tm_out and (name == "livecommerce" or "{server}" in ctx["py_spy"]):
             spy = bf.start_py_spy(server.proc.pid, ctx["py_spy"].replace("{server}", name))
             await asyncio.sleep(1.0)
+        perf = None
+        if ctx["perf"] and not tm_out and (name == "livecommerce" or "{server}" in ctx["perf"]):
+            perf = start_perf(server.proc.pid, ctx["perf"].replace("{server}", name))
+            await asyncio.sleep(0.5)
         t0 = time.monotonic()
         clients = bf.Clients(name, server, ctxn, kind="lc" if name == "livecommerce" else "relay")
 
@@ -169,6 +179,9 @@ async def measure(name: str, conns: int, ctx: dict[str, Any], prog: bf.Progress,
                 if file_exists(profile + ".txt"):
                     break
             res["profile"] = profile + ".txt"
+        if perf is not None:
+            perf.send_signal(signal.SIGINT)
+            await asyncio.to_thread(perf.wait, 60)
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             await asyncio.to_thread(spy.communicate, timeout=60)
@@ -261,7 +274,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "room": f"conns{run_id}", "tick_ms": 0, "source_ips": args.source_ips,
         "connect_concurrency": args.connect_concurrency, "decode_frac": 1.0, "workdir": workdir,
         "settle": args.settle, "channel": "unused", "py_spy": args.py_spy, "storm": args.storm,
-        "profile": args.profile,
+        "profile": args.profile, "perf": args.perf,
     }
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
@@ -325,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="join storm: each load process starts all its handshakes at once (no cap), one room")
     p.add_argument("--profile", default="", metavar="FILE",
                    help="run the gateway under cProfile over the connect phase only; writes FILE.txt and FILE.pstats")
+    p.add_argument("--perf", default="", metavar="FILE",
+                   help="record the gateway with Linux perf (-g, 999 Hz; kernel time included) while the connections "
+                        "open; {server} in FILE records every server")
     p.add_argument("--py-spy", default="", metavar="FILE",
                    help="record the livecommerce gateway with py-spy while the connections open (.svg, .json "
                         "speedscope or .txt collapsed stacks); {server} in FILE records every server")
