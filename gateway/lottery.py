@@ -49,6 +49,7 @@ from livecommerce.lottery import (
 from livecommerce.lottery_redis import RedisLotteries
 from livecommerce.protocol.commands import HostAction, LotteryEnter
 from livecommerce.protocol.events import envelope, reply
+from livecommerce.room_snapshot import RoomSnapshot
 
 from .conn import Conn
 from .core import Gateway
@@ -89,9 +90,23 @@ class LotteryService:
         self.gate = gate
         self.views = views  # the node's room snapshots (welcome lists the room's open lotteries)
         self._open: dict[str, tuple[float, list[Lottery]]] = {}
+        self._served: dict[str, RoomSnapshot] = {}  # room -> its current snapshot on this node
+
+    def serving(self, room: str, snap: RoomSnapshot | None) -> None:
+        """Snapshot listener (``gateway.snapshots``): the room's current snapshot, or None
+        once it may be behind."""
+        if snap is None:
+            self._served.pop(room, None)
+        else:
+            self._served[room] = snap
 
     async def open_in(self, room: str) -> list[Lottery]:
-        """The room's open lotteries (cached for ``CACHE_S``)."""
+        """The room's open lotteries (cached for ``CACHE_S``). A room whose current snapshot
+        on this node lists no lottery has none open: nothing is read (the common case for a
+        comment or a gift; a started lottery reaches the snapshot with its event)."""
+        snap = self._served.get(room)
+        if snap is not None and not snap.lotteries:
+            return []
         now = time.monotonic()
         hit = self._open.get(room)
         if hit is not None and hit[0] > now:

@@ -55,6 +55,7 @@ from livecommerce.pins_redis import RedisPins
 from livecommerce.points import room_owner
 from livecommerce.protocol.commands import HostAction, Pin
 from livecommerce.protocol.events import reply
+from livecommerce.room_snapshot import RoomSnapshot
 from livecommerce.rooms import (
     Closed,
     LotteryAction,
@@ -103,6 +104,12 @@ class RoomGate:
     is read from Redis again (one read per room at a time). A node that missed the event
     therefore refuses within ``ttl_s``; the sales, drops and lotteries the end closed are
     refused by their own scripts at once. Rooms never created are open.
+
+    A room this node serves needs no read at all: the node's room snapshots
+    (``gateway.snapshots``) hand the gate each room's current snapshot (:meth:`serving`),
+    whose meta is the room's state as of the last event heard, and take it back the moment
+    it may be behind (a ``room.live``/``room.ended`` reload, a change made here, a lost
+    pub/sub link), so the gate reads Redis then as before.
     """
 
     def __init__(self, rooms: RedisRooms, *, ttl_s: float = GATE_TTL_S) -> None:
@@ -111,6 +118,14 @@ class RoomGate:
         self._known: dict[str, tuple[float, str]] = {}  # room -> (valid until, state)
         self._hosts: dict[str, str] = {}  # created room -> its host or owner key (never changes)
         self._reads: dict[str, asyncio.Future[str]] = {}
+        self._served: dict[str, RoomSnapshot] = {}  # room -> its current snapshot on this node
+
+    def serving(self, room: str, snap: RoomSnapshot | None) -> None:
+        """Snapshot listener: the room's current snapshot, or None once it may be behind."""
+        if snap is None:
+            self._served.pop(room, None)
+        else:
+            self._served[room] = snap
 
     def observe(self, env: dict[str, Any]) -> None:
         """Hub observer: the room's own channel says the show ended or went live."""
@@ -138,6 +153,12 @@ class RoomGate:
         hit = self._known.get(room)
         if hit is not None and hit[0] > time.monotonic():
             return hit[1]
+        snap = self._served.get(room)
+        if snap is not None:
+            meta = snap.meta or {}
+            st = meta.get("state", "")
+            self._held(room, st, meta.get("host") or None)
+            return st
         pending = self._reads.get(room)
         if pending is not None:
             return await asyncio.shield(pending)
@@ -171,6 +192,11 @@ class RoomGate:
         held = self._hosts.get(room)
         if held is not None:
             return held
+        snap = self._served.get(room)
+        if snap is not None:
+            meta = snap.meta or {}
+            self._held(room, meta.get("state", ""), meta.get("host") or None)
+            return meta.get("host") or room_owner(room)
         hit = self._known.get(room)
         if hit is not None and hit[1] == "" and hit[0] > time.monotonic():
             return room_owner(room)

@@ -21,6 +21,13 @@ is answered from memory, and the snapshot is kept current by what the node hears
   in the background of snapshots older than :data:`MAX_AGE_S` (a process that crashed
   between a change and its broadcast).
 
+Other capabilities answer from a served snapshot too (the room gate: is the show live, who
+is its host; the lottery capability: does the room have open lotteries at all), so a comment
+or gift in a served room reads nothing. They do not ask for it: they register a
+``listeners`` callback, told ``(room, snapshot)`` when a room's snapshot becomes current and
+``(room, None)`` the moment it may be behind (stale, reloading after ``room.live``/``ended``,
+resubscribed, dropped), and keep the reference meanwhile.
+
 A stale snapshot is never served: joiners wait for its reload (one per room at a time,
 shared). While a reload is out, the room's events are kept and applied on top of what it
 read. A room the hub drops (no viewer for a while, unsubscribed) drops its snapshot.
@@ -88,6 +95,8 @@ class RoomSnapshots:
         self._rooms: dict[str, _Entry] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._refreshing = False
+        #: told (room, snapshot) when a room's snapshot becomes current, (room, None) when not
+        self.listeners: list[Callable[[str, RoomSnapshot | None], None]] = []
         self.loads = 0  # snapshots read from Redis (tests, metrics)
 
     # ---- reading
@@ -102,6 +111,7 @@ class RoomSnapshots:
             if e is not None:
                 e.stale = True  # events are being lost: read again once the link is back
                 e.changes += 1
+                self._serve(room, None)
             return await self.store.load(room, now_ms=clock.now_ms())
         if e is not None and not e.stale and e.snap is not None:
             if e.loading is None and time.monotonic() - e.loaded_at > self.max_age_s:
@@ -133,6 +143,10 @@ class RoomSnapshots:
         """The room as shown (None: never created) and its pin."""
         snap = await self.get(room)
         return show(snap), snap.pin
+
+    def _serve(self, room: str, snap: RoomSnapshot | None) -> None:
+        for fn in self.listeners:
+            fn(room, snap)
 
     # ---- loading
     def _start_load(self, room: str, e: _Entry) -> asyncio.Future[RoomSnapshot]:
@@ -171,6 +185,7 @@ class RoomSnapshots:
         e.loading = None
         if self._rooms.get(room) is e:
             e.snap, e.stale, e.loaded_at = snap, again, started
+            self._serve(room, None if again else snap)
         if not fut.done():
             fut.set_result(snap)
 
@@ -184,6 +199,7 @@ class RoomSnapshots:
             e.buffered.append((False, env))
         if e.snap is not None and not e.stale and apply(e.snap, env) == "reload":
             e.stale = True
+            self._serve(env["room"], None)
 
     def observe_local(self, env: dict[str, Any]) -> None:
         """Hub local observer: the node's ``likes``/``leaderboard`` push to its viewers."""
@@ -202,6 +218,7 @@ class RoomSnapshots:
         if e is not None:
             e.stale = True
             e.changes += 1  # a load already out may have read before the change
+            self._serve(room, None)
 
     def coupon_claimed(self, drop_id: str, remaining: int) -> None:
         """A claim on this node answered ``remaining`` (claims are not broadcast)."""
@@ -217,10 +234,16 @@ class RoomSnapshots:
 
     def forget(self, room: str) -> None:
         """The hub dropped the room (unsubscribed): its snapshot would go stale."""
-        self._rooms.pop(room, None)
+        if self._rooms.pop(room, None) is not None:
+            self._serve(room, None)
 
     async def on_second(self) -> None:
-        """Re-read what no event carries (module docstring), one round trip for every room."""
+        """Re-read what no event carries (module docstring), one round trip for every room;
+        reload in the background the snapshots older than ``max_age_s``."""
+        now = time.monotonic()
+        for room, e in list(self._rooms.items()):  # the bound on an event lost unnoticed
+            if e.snap is not None and not e.stale and e.loading is None and now - e.loaded_at > self.max_age_s:
+                self._start_load(room, e)  # in the background: served meanwhile
         if self._refreshing:
             return
         todo = {room: (e, e.snap, e.snap.version) for room, e in self._rooms.items()
@@ -238,6 +261,7 @@ class RoomSnapshots:
                 continue  # changed meanwhile: the next second reads again
             if snap.meta is None and meta is not None:
                 e.stale = True  # created since: read the whole room again
+                self._serve(room, None)
                 continue
             for did, (remaining, claimed_n, used) in counts.items():
                 entry = snap.coupons.get(did)

@@ -137,7 +137,8 @@ def build(gw: Gateway) -> Services:
     gw.hooks.stop.append(durable.close)
     gw.hooks.stop.append(store.close)
 
-    # has this room's show ended? asked by comments, buys, coupons and lotteries
+    # has this room's show ended? asked by comments, buys, coupons and lotteries; a room this
+    # node serves is answered from its snapshot (below), others are read at most once a second
     room_store = RedisRooms(gw.redis, gw.keys)
     gate = RoomGate(room_store)
     gw.hub.observe(("room.ended", "room.live"), gate.observe)
@@ -162,6 +163,7 @@ def build(gw: Gateway) -> Services:
     gw.hooks.room_seq = views.seq
     gw.hooks.welcome.append(views.welcome)
     gw.hooks.stop.append(views.stop)
+    views.listeners.append(gate.serving)
 
     # room moderation: the node's copy of each served room's moderators, mutes, bans and chat
     # settings (read at its first welcome, kept by the room's `moderation` events) and of the
@@ -180,6 +182,7 @@ def build(gw: Gateway) -> Services:
     gw.hooks.comment.append(moderation.on_comment)  # slow mode counts a comment that passed every check
 
     lotteries = LotteryService(gw, lottery_store, gate, views)
+    views.listeners.append(lotteries.serving)  # a room listing no lottery has none open: no read
     gw.hooks.comment.append(lotteries.on_comment)
     gw.hooks.gift.append(lotteries.on_gift)
     gw.hub.observe(("lottery.started", "lottery.ended", "room.ended"), lotteries.observe)

@@ -14,6 +14,7 @@ import pytest
 from livecommerce.lottery import step as lottery_step
 from livecommerce.protocol.events import Priority, priority_of, recovery_plan
 from livecommerce.rooms import end_options
+from tests.waiting import wait_until
 from tests.wsclient import Client, next_of, nothing_of
 from workers.lottery import LotteryDrawer
 
@@ -175,9 +176,9 @@ async def test_a_gateway_that_missed_room_ended_still_refuses(gateway_factory, t
     ids = await live_show(http, a.url, room, ops)
     viewer = await Client.connect(b.ws, room, token("v1"))
     gate = b.services.room_gate
-    for watchers in b.gw.hub.observers.values():  # node b never hears room.ended
-        if gate.observe in watchers:
-            watchers.remove(gate.observe)
+    # node b never hears room.ended: neither its gate nor its room snapshot (which would take
+    # the served snapshot the gate answers from back, so the gate would read Redis at once)
+    b.gw.hub.observers["room.ended"] = []
     gate.ttl_s = 60.0
     assert await gate.state(room) == "live"  # and has cached the room as live
 
@@ -191,9 +192,12 @@ async def test_a_gateway_that_missed_room_ended_still_refuses(gateway_factory, t
     assert reply["d"]["code"] == "room_ended", reply
     reply = await viewer.request("lottery.enter", lottery_id=ids["lottery"])
     assert reply["d"]["code"] == "room_ended", reply
-    # the node-local cache lives for at most ttl_s; then the room's state in Redis answers
+    # the room b serves is answered from its snapshot, which is read again once it is older
+    # than max_age_s (10 s; 0.3 s here): then the room's state in Redis answers
     gate.ttl_s = 0.2
     gate.forget(room)
+    b.services.rooms.views.max_age_s = 0.3
+    await wait_until(lambda: gate.state(room), until=lambda st: st == "ended", what="node b reloads the room")
     reply = await viewer.request("comment", text="anyone?")
     assert reply["t"] == "error" and reply["d"]["code"] == "room_ended", reply
     await viewer.close()

@@ -253,3 +253,32 @@ async def test_a_join_storm_is_written_to_presence_as_one_batch(settings: Any, k
     await wait_until(lambda: len(presence.batches) == 2, what="the second batch")
     assert presence.batches[1] == {f"u{i}": -1 for i in range(40)}
     await hub.stop()
+
+
+async def test_a_comment_in_a_room_the_node_serves_reads_neither_its_state_nor_its_lotteries(
+        gateway_factory: Any, token: Callable[..., str]) -> None:
+    a, b = await gateway_factory(), await gateway_factory()
+    room = "snap5"
+    host_tok = token("h", "host", (room,))
+    async with aiohttp.ClientSession() as http:
+        await post(http, f"{a.url}/api/v1/rooms", host_tok, {"id": room})
+    viewer = await Client.connect(b.ws, room, token("v1"))
+    trips = RoundTrips(b.gw.redis)
+    mark = len(trips.calls)
+    first = await viewer.request("comment", text="hello")
+    assert first["t"] == "ack", first
+    made = [c[1] for c in trips.calls[mark:] if "RequestHandler" in c[0]]
+    # the room's meta (is the show live?) and its lottery index were read per comment before
+    assert not {"HMGET", "HGETALL", "ZRANGEBYSCORE"} & set(made), made
+    # a keyword lottery started through the other node reaches b's snapshot with its event,
+    # and the next keyword comment on b enters it
+    host = await Client.connect(a.ws, room, host_tok)
+    started = await host.request("lottery.start", prize={"kind": "product", "id": "bag1"}, winners=1, duration_s=30,
+                                 rule="keyword", keyword="lucky")
+    assert started["t"] == "ack", started
+    await next_of(viewer, "lottery.started")
+    await viewer.request("comment", text="I feel lucky")
+    entered = await next_of(viewer, "lottery.entered")
+    assert entered["d"]["id"] == started["d"]["id"]
+    for c in (viewer, host):
+        await c.close()
