@@ -1,8 +1,11 @@
 """Lotteries at the edge: start (host), enter (viewers), and the public record.
 
 * ``POST /api/v1/rooms/{room}/lotteries`` (host of the room or ops) and the WebSocket host
-  action ``lottery.start``: body ``{prize: {kind, id}, winners, duration_s, rule,
-  keyword? | min_gift_value?, title?}`` (see :func:`livecommerce.lottery.new_lottery`).
+  action ``lottery.start``: body ``{prize, winners, duration_s, rule, keyword? |
+  min_gift_value?, title?}`` (see :func:`livecommerce.lottery.new_lottery`). A ``coins``
+  prize only from ops (403 otherwise: the platform pays it); a ``coupon`` prize names one of
+  the room's drops (404 otherwise), whose terms are copied into the prize. The draw worker
+  pays coin and coupon prizes (``workers.lottery.PrizeAwarder``).
   A secret seed is drawn here; ``lottery.started`` carries only its sha256 (``seed_hash``).
 * ``lottery.enter {lottery_id}``: explicit entry (``enter`` lotteries; ``gift`` lotteries
   once the user's gifts reached the minimum). Reply ``ack`` with ``d.entered``; errors
@@ -32,16 +35,19 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
 
 from livecommerce.auth import Identity
-from livecommerce.errors import Conflict, NotFound
+from livecommerce.coupons_redis import CouponsRedis
+from livecommerce.errors import Conflict, Forbidden, NotFound
 from livecommerce.lottery import (
     EnterResult,
     EntryReject,
     Lottery,
+    coupon_terms,
     entry_reject,
     new_lottery,
     new_seed,
@@ -84,10 +90,12 @@ def _reject(code: EntryReject | EnterResult, lot: Lottery | None = None) -> Exce
 
 
 class LotteryService:
-    def __init__(self, gw: Gateway, store: RedisLotteries, gate: RoomGate, views: RoomSnapshots | None = None) -> None:
+    def __init__(self, gw: Gateway, store: RedisLotteries, gate: RoomGate, views: RoomSnapshots | None = None,
+                 coupons: CouponsRedis | None = None) -> None:
         self.gw = gw
         self.store = store
         self.gate = gate
+        self.coupons = coupons  # a coupon prize names one of the room's drops
         self.views = views  # the node's room snapshots (welcome lists the room's open lotteries)
         self._open: dict[str, tuple[float, list[Lottery]]] = {}
         self._served: dict[str, RoomSnapshot] = {}  # room -> its current snapshot on this node
@@ -132,6 +140,7 @@ class LotteryService:
         await self.gate.check(room)  # RoomEnded
         seed = new_seed(secrets.token_bytes(32))
         lot = new_lottery(body, id=secrets.token_hex(8), room=room, host=ident.user, now_ms=self.gw.now_ms(), seed=seed)
+        lot = await self._check_prize(lot, ident)
         await self.store.create(lot, seed)
         self._open.pop(room, None)
         seq = await self.gw.publish(room, "lottery.started", lot.public())
@@ -139,6 +148,26 @@ class LotteryService:
             self.views.changed(room)
         log.info("lottery.started", extra={"lottery": lot.id, "room": room, "rule": lot.rule, "k": lot.winners_k})
         return {**lot.public(), "state": "open", "seq": seq}
+
+    async def _check_prize(self, lot: Lottery, ident: Identity) -> Lottery:
+        """The lottery with its coupon prize's terms copied from the named drop (the drop
+        may expire before the draw; each winner's coupon is made on these terms).
+
+        Raises:
+        Forbidden: a coin prize started by anyone but ops (the platform pays it).
+        NotFound: a coupon prize naming no coupon drop of this room.
+        """
+        if lot.prize.kind == "coins" and not ident.is_ops:
+            raise Forbidden("coin prizes are paid by the platform: ask ops to start this lottery, "
+                            "or offer a coupon or product prize")
+        if lot.prize.kind == "coupon" and self.coupons is not None:
+            got = await self.coupons.get_drop(lot.prize.id)
+            if got is None or got[0].room != lot.room:
+                raise NotFound(f"no coupon drop {lot.prize.id!r} in room {lot.room!r}: drop one first "
+                               "(POST /api/v1/rooms/{room}/coupons), then name its drop_id as the prize")
+            drop = got[0]
+            return replace(lot, prize=replace(lot.prize, coupon=coupon_terms(drop.kind, drop.threshold, drop.value)))
+        return lot
 
     async def enter(self, lot: Lottery, user: str, *, gift_value: int = 0) -> tuple[EnterResult, int]:
         return await self.store.enter(lot.id, user, now_ms=self.gw.now_ms(), gift_value=gift_value)

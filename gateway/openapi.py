@@ -115,8 +115,14 @@ SCHEMAS: dict[str, J] = {
     }, ["order_id", "event_id", "to_state", "ts_ms"]),
     "PayResult": obj({"order_id": STR, "outcome": {"enum": ["paid", "already_paid"]}, "amount": CENTS, "discount": CENTS},
                      ["order_id", "outcome", "amount", "discount"]),
+    "Prize": {"anyOf": [
+        obj({"kind": {"enum": ["product", "coupon"]}, "id": ID}, ["kind", "id"],
+            desc="a product (announced; fulfilment is the host's) or one of the room's coupon drops (each winner gets a coupon on its terms)"),
+        obj({"kind": {"const": "coins"}, "amount": {"type": "integer", "minimum": 1, "maximum": 1_000_000}}, ["kind", "amount"],
+            desc="coins credited to each winner's wallet, paid by the platform (only ops start these)"),
+    ]},
     "LotteryPublic": obj({
-        "id": ID, "room": ID, "title": STR, "prize": obj({"kind": {"enum": ["product", "coupon"]}, "id": ID}, ["kind", "id"]),
+        "id": ID, "room": ID, "title": STR, "prize": ref("Prize"),
         "winners_k": INT, "rule": obj({"kind": {"enum": ["enter", "keyword", "gift"]}, "keyword": STR, "min_gift_value": INT}, ["kind"]),
         "started_ms": MS, "deadline_ms": MS, "seed_hash": {**STR, "description": "sha256 of the secret seed, published at start"},
         "algorithm": STR, "state": STR, "entrant_count": INT, "seq": INT,
@@ -133,7 +139,7 @@ SCHEMAS: dict[str, J] = {
                        "record (`seed`, ordered entrants, `winners`) that `livecommerce lottery verify URL` recomputes.",
     },
     "LotteryStart": obj({
-        "prize": obj({"kind": {"enum": ["product", "coupon"]}, "id": ID}, ["kind", "id"]),
+        "prize": ref("Prize"),
         "winners": {"type": "integer", "minimum": 1, "maximum": 1000}, "duration_s": {"type": "integer", "minimum": 1},
         "rule": {"enum": ["enter", "keyword", "gift"]}, "keyword": STR, "min_gift_value": INT, "title": STR,
     }, ["prize", "duration_s"]),

@@ -181,7 +181,7 @@ def build(gw: Gateway) -> Services:
     comments = Comments(gw, gate, Badges(RedisBadges(gw.redis, gw.keys)), gw.hooks.comment, guard=moderation.check_comment)
     gw.hooks.comment.append(moderation.on_comment)  # slow mode counts a comment that passed every check
 
-    lotteries = LotteryService(gw, lottery_store, gate, views)
+    lotteries = LotteryService(gw, lottery_store, gate, views, coupon_store)
     views.listeners.append(lotteries.serving)  # a room listing no lottery has none open: no read
     gw.hooks.comment.append(lotteries.on_comment)
     gw.hooks.gift.append(lotteries.on_gift)

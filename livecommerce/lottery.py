@@ -59,7 +59,7 @@ ALGORITHM = "lc-draw-v1"
 LotteryState = Literal["open", "closed", "drawn", "announced", "cancelled"]
 LotteryStep = Literal["close", "commit", "announce", "cancel"]
 Rule = Literal["keyword", "gift", "enter"]
-PrizeKind = Literal["product", "coupon"]
+PrizeKind = Literal["product", "coupon", "coins"]
 Via = Literal["enter", "comment", "gift"]
 # Expected entry outcomes are values; each string is the wire error code.
 EntryReject = Literal["not_found", "closed", "rule_not_met", "host_may_not_enter"]
@@ -110,13 +110,63 @@ def step(state: LotteryState, s: LotteryStep) -> tuple[LotteryState, bool]:
     raise Conflict(f"lottery is {state}; cannot {s}", code="conflict")
 
 
+#: the most coins one winner of a ``coins`` prize gets
+MAX_COIN_PRIZE = 1_000_000
+#: how long a coupon won in a lottery stays valid (from the draw)
+PRIZE_COUPON_TTL_MS = 7 * 24 * 3600 * 1000
+
+
 @dataclass(frozen=True, slots=True)
 class Prize:
+    """What each winner gets: ``product`` (a product id; announced, fulfilment is the
+    host's), ``coupon`` (``id``: one of the room's coupon drops; each winner gets a coupon on
+    its terms) or ``coins`` (``amount`` coins each, paid by the platform: only ops start
+    those). Coupon and coin prizes are paid out by the draw worker exactly once per winner
+    (:func:`award_key`)."""
+
     kind: PrizeKind
     id: str
+    amount: int = 0  # coins per winner (kind coins)
+    # a coupon prize's terms, copied from its drop at start: {kind, threshold, value}
+    coupon: Mapping[str, Any] | None = None
 
-    def to_dict(self) -> dict[str, str]:
+    def to_dict(self) -> dict[str, Any]:
+        if self.kind == "coins":
+            return {"kind": self.kind, "amount": self.amount}
+        if self.coupon is not None:
+            return {"kind": self.kind, "id": self.id, "coupon": dict(self.coupon)}
         return {"kind": self.kind, "id": self.id}
+
+
+def coupon_terms(kind: str, threshold: int, value: int) -> dict[str, Any]:
+    """A coupon prize's terms as the lottery keeps them (copied from the named drop)."""
+    return {"kind": kind, "threshold": threshold, "value": value}
+
+
+def parse_prize(prize: Any) -> Prize:
+    """A start request's ``prize``: ``{kind: product|coupon, id}`` or ``{kind: coins, amount}``.
+
+    Raises:
+        BadFrame: (code ``invalid``) anything else.
+    """
+    if not isinstance(prize, Mapping) or prize.get("kind") not in PRIZE_KINDS:
+        raise BadFrame("'prize' must be {\"kind\": \"product\"|\"coupon\", \"id\": ...} or "
+                       "{\"kind\": \"coins\", \"amount\": N}", code="invalid")
+    if prize["kind"] == "coins":
+        return Prize("coins", "", _int(prize.get("amount"), "prize.amount", 1, MAX_COIN_PRIZE))
+    return Prize(prize["kind"], _ident(prize.get("id"), "prize.id"))
+
+
+def award_key(lottery_id: str) -> str:
+    """The idempotency key of a lottery's payout to each winner: a coin credit is keyed
+    ``(winner, award_key)`` in the wallet, a coupon prize is the private drop
+    :func:`prize_drop_id`; a payout repeated after a crash finds its first one."""
+    return f"lottery:{lottery_id}"
+
+
+def prize_drop_id(lottery_id: str, user: str) -> str:
+    """The private coupon drop that holds one winner's coupon prize."""
+    return f"lp.{lottery_id}.{hashlib.sha256(user.encode()).hexdigest()[:16]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +230,7 @@ def new_lottery(
 ) -> Lottery:
     """Validate a start request (HTTP body or ``lottery.start`` ``d``) into a :class:`Lottery`.
 
-    Body: ``prize {kind: product|coupon, id}``, ``winners`` (k, 1..1000, default 1),
+    Body: ``prize`` (:func:`parse_prize`), ``winners`` (k, 1..1000, default 1),
     ``duration_s`` (1 s .. 7 days), ``rule`` (``keyword`` with ``keyword``, ``gift`` with
     ``min_gift_value`` > 0, or ``enter``; default ``enter``), optional ``title``.
 
@@ -189,9 +239,7 @@ def new_lottery(
     """
     if not isinstance(body, Mapping):
         raise BadFrame("body must be a map", code="invalid")
-    prize = body.get("prize")
-    if not isinstance(prize, Mapping) or prize.get("kind") not in PRIZE_KINDS:
-        raise BadFrame("'prize' must be {\"kind\": \"product\"|\"coupon\", \"id\": ...}", code="invalid")
+    prize = parse_prize(body.get("prize"))
     rule = body.get("rule", "enter")
     if rule not in RULES:
         raise BadFrame(f"'rule' must be one of {sorted(RULES)}", code="invalid")
@@ -211,7 +259,7 @@ def new_lottery(
     return Lottery(
         id=id,
         room=room,
-        prize=Prize(prize["kind"], _ident(prize.get("id"), "prize.id")),
+        prize=prize,
         winners_k=_int(body.get("winners", 1), "winners", 1, MAX_WINNERS),
         rule=rule,
         started_ms=now_ms,

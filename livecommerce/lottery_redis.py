@@ -67,6 +67,8 @@ def _to_hash(lot: Lottery, seed: str) -> dict[str, str]:
         "host": lot.host,
         "prize_kind": lot.prize.kind,
         "prize_id": lot.prize.id,
+        "prize_amount": str(lot.prize.amount),
+        "prize_coupon": json.dumps(dict(lot.prize.coupon)) if lot.prize.coupon is not None else "",
         "winners_k": str(lot.winners_k),
         "rule": lot.rule,
         "keyword": lot.keyword,
@@ -91,7 +93,8 @@ def _from_hash(h: Mapping[str, str]) -> Stored:
     lot = Lottery(
         id=h["id"],
         room=h["room"],
-        prize=Prize(cast(Any, h["prize_kind"]), h["prize_id"]),
+        prize=Prize(cast(Any, h["prize_kind"]), h["prize_id"], int(h.get("prize_amount") or 0),
+                    json.loads(h["prize_coupon"]) if h.get("prize_coupon") else None),
         winners_k=int(h["winners_k"]),
         rule=cast(Rule, h["rule"]),
         started_ms=int(h["started_ms"]),

@@ -304,7 +304,7 @@ async def test_explicit_entry_rules_over_websocket_and_gift_entry_through_the_se
     assert (await viewer.request("lottery.start", prize=PRIZE, duration_s=5))["d"]["code"] == "forbidden"
     assert (await other_host.request("lottery.start", prize=PRIZE, duration_s=5))["d"]["code"] == "forbidden"
 
-    gid = (await host.request("lottery.start", prize={"kind": "coupon", "id": "c9"}, duration_s=30, rule="gift", min_gift_value=100))["d"]["id"]
+    gid = (await host.request("lottery.start", prize={"kind": "product", "id": "c9"}, duration_s=30, rule="gift", min_gift_value=100))["d"]["id"]
     on_gift = node.gw.hooks.gift
     assert len(on_gift) >= 1
     # the entry notice goes to the user's nodes: wait until presence (written in short windows) has v

@@ -17,8 +17,16 @@ Exactly once, whatever the number of workers and crashes (see
 5. After publishing, winners get a private ``lottery.won``, the prize hooks run, and the
    lottery becomes ``announced``.
 
-Prize hooks (the seam for SQL persistence and prize payout as zero-price orders or granted
-coupons): ``async def hook(record: dict) -> None``, listed as ``"module:function"`` in
+Prizes that arrive: :class:`PrizeAwarder`, the built-in hook, pays each winner of a
+``coins`` prize (a wallet credit keyed ``(winner, lottery:<id>)``: the wallet's ledger event
+``wallet.topup`` on the durable log, applied to SQL by the wallet worker) and of a ``coupon``
+prize (a coupon on the terms copied from the named drop at start, in a private drop per
+winner: :func:`~livecommerce.lottery.prize_drop_id`), then tells the winner
+(``prize.awarded``). Both steps are idempotent, so an announcement repeated after a crash
+pays nobody twice. A ``product`` prize is announced (``lottery.won``); shipping it is the
+host's.
+
+Further hooks: ``async def hook(record: dict) -> None``, listed as ``"module:function"`` in
 :data:`PRIZE_HOOKS` (or passed to :class:`LotteryDrawer`). A hook may be called more than
 once for one lottery (after a crash), so it must be idempotent on ``record["id"]``, e.g.
 append ``lottery.ended`` to the durable log with ``event_id=f"lottery.ended:{id}"``. A hook
@@ -37,11 +45,21 @@ from typing import Any, Literal
 from livecommerce.broker_redis import RedisBroker
 from livecommerce.clock import now_ms as _now_ms
 from livecommerce.config import Settings
+from livecommerce.coupons import CouponDrop
+from livecommerce.coupons_redis import CouponsRedis
 from livecommerce.keys import Keys
-from livecommerce.lottery import build_record, ended_event
+from livecommerce.log import Log
+from livecommerce.lottery import (
+    PRIZE_COUPON_TTL_MS,
+    award_key,
+    build_record,
+    ended_event,
+    prize_drop_id,
+)
 from livecommerce.lottery_redis import RedisLotteries
 from livecommerce.notify import Notifier
 from livecommerce.protocol.events import envelope
+from livecommerce.wallet_redis import RedisWallet
 
 from .wiring import Engines
 
@@ -77,6 +95,61 @@ def load_hooks(specs: Sequence[str]) -> list[DrawnHook]:
         mod, _, fn = spec.partition(":")
         hooks.append(getattr(importlib.import_module(mod), fn))
     return hooks
+
+
+class PrizeAwarder:
+    """The built-in prize hook (module docstring): coins and coupons, once per winner."""
+
+    def __init__(self, wallet: RedisWallet, coupons: CouponsRedis, log_: Log | None, notifier: Notifier) -> None:
+        self.wallet = wallet
+        self.coupons = coupons
+        self.log = log_  # None: the wallet worker's outbox sweep appends the credit events
+        self.notifier = notifier
+
+    async def __call__(self, record: dict[str, Any]) -> None:
+        """Pay every winner of ``record``.
+
+        Raises:
+            Unavailable: Redis (or the log) unreachable; the hook is retried after the lease
+                and pays only those not paid yet.
+        """
+        prize = record.get("prize") or {}
+        kind = prize.get("kind")
+        if kind not in ("coins", "coupon") or not record.get("winners"):
+            return
+        lid, room, drawn = str(record["id"]), str(record["room"]), int(record.get("drawn_ms") or _now_ms())
+        for user in record["winners"]:
+            detail: dict[str, Any] | None
+            if kind == "coins":
+                detail = await self._coins(lid, user, int(prize["amount"]), drawn)
+            else:
+                detail = await self._coupon(lid, room, user, prize, drawn)
+            if detail is None:
+                continue
+            try:  # a lossy push: the credit or the coupon is in the user's wallet either way
+                await self.notifier.to_user(user, envelope("prize.awarded", room, {"lottery_id": lid, **detail}, ts=_now_ms()))
+            except Exception as exc:
+                log.warning("lottery.prize_notice_failed", extra={"lottery": lid, "user": user, "err": repr(exc)})
+
+    async def _coins(self, lid: str, user: str, amount: int, now_ms: int) -> dict[str, Any]:
+        key = award_key(lid)
+        got = await self.wallet.topup(user=user, amount=amount, idempotency_key=key, by=key, now_ms=now_ms)
+        if self.log is not None and not got.duplicate:
+            await self.wallet.publish(self.log, [got.event])  # else the outbox sweep appends it
+        log.info("lottery.prize_paid", extra={"lottery": lid, "user": user, "coins": amount, "again": got.duplicate})
+        return {"kind": "coins", "amount": amount, "balance": got.balance}
+
+    async def _coupon(self, lid: str, room: str, user: str, prize: dict[str, Any], now_ms: int) -> dict[str, Any] | None:
+        terms = prize.get("coupon")
+        if not isinstance(terms, dict):  # started before terms were copied: nothing to make it from
+            log.error("lottery.prize_without_terms", extra={"lottery": lid, "user": user, "drop": prize.get("id")})
+            return None
+        drop = CouponDrop(id=prize_drop_id(lid, user), room=room, kind=terms["kind"], threshold=int(terms["threshold"]),
+                          value=int(terms["value"]), quantity=1, expires_ms=now_ms + PRIZE_COUPON_TTL_MS,
+                          created_by=award_key(lid), created_ms=now_ms)
+        coupon = await self.coupons.grant(user, drop, now_ms=now_ms)
+        log.info("lottery.prize_paid", extra={"lottery": lid, "user": user, "coupon": drop.id})
+        return {"kind": "coupon", "coupon": coupon}
 
 
 class LotteryDrawer:
@@ -185,8 +258,9 @@ class LotteryDrawer:
 async def run(settings: Settings, stop: asyncio.Event) -> None:
     """Poll due lotteries until ``stop`` is set."""
     async with Engines(settings) as e:
+        awarder = PrizeAwarder(RedisWallet(e.redis, e.keys), CouponsRedis(e.redis, e.keys), e.log, e.notifier)
         drawer = LotteryDrawer(RedisLotteries(e.redis, e.keys), e.broker, e.notifier, worker=settings.node_id,
-                               hooks=load_hooks(PRIZE_HOOKS))
+                               hooks=[awarder, *load_hooks(PRIZE_HOOKS)])
         log.info("lottery.worker_started", extra={"worker": settings.node_id})
         while not stop.is_set():
             try:

@@ -186,6 +186,10 @@ function onEvent(env, { replay }) {
     case "lottery.won":
       if (!replay) toast(`🎉 You won the lucky bag “${d.title || d.id}”!`, "ok", 8000);
       return;
+    case "prize.awarded":
+      if (!replay) toast(d.kind === "coins" ? `🪙 ${fmtInt(d.amount)} coins are in your wallet` : "🎟 Your prize coupon is in your wallet", "ok", 8000);
+      if (d.kind === "coins" && typeof d.balance === "number") setText("coins", fmtInt(d.balance));
+      return;
     case "points": return setPoints(d.balance, d.level);
     case "error":
       if (!replay) toast(`${d.code}: ${d.message}`, "error");
@@ -678,6 +682,18 @@ function ruleText(l) {
   return "press Enter to join";
 }
 
+// what a lucky bag offers, in words: coins, a coupon's terms, or a product
+function prizeText(p) {
+  if (!p) return "";
+  if (p.kind === "coins") return `${fmtInt(p.amount)} coins`;
+  if (p.kind === "coupon" && p.coupon) {
+    const c = p.coupon;
+    const off = c.kind === "percent" ? `${c.value}% off` : `${money(c.value)} off`;
+    return c.threshold ? `coupon: ${off} ${money(c.threshold)}+` : `coupon: ${off}`;
+  }
+  return `${p.kind} ${p.id}`;
+}
+
 function renderLotteries() {
   const box = $("#lottery");
   const lots = [...S.lotteries.values()].sort((a, b) => (b.started_ms || 0) - (a.started_ms || 0)).slice(0, 3);
@@ -686,7 +702,7 @@ function renderLotteries() {
     return;
   }
   fill(box, lots.map((l) => {
-    const prize = l.prize ? `${l.prize.kind} ${l.prize.id}` : "";
+    const prize = prizeText(l.prize);
     const head = h("div", {}, h("b", {}, `🎁 ${l.title || "Lucky bag"}`), h("span", { class: "small muted" }, ` · ${l.winners_k} winner(s) · prize: ${prize}`));
     if (l.state === "ended") {
       const winners = l.winners || [];
