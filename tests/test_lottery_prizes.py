@@ -178,3 +178,41 @@ async def test_a_winner_online_hears_prize_awarded_with_the_new_balance(gateway_
     assert won["d"]["lottery_id"] == started["d"]["id"] and won["d"]["amount"] == 77 and won["d"]["balance"] == 77
     for c in (viewer, ops):
         await c.close()
+
+
+async def test_a_payout_cut_short_is_finished_by_the_worker_that_takes_over_and_pays_nobody_twice(
+        redis: aioredis.Redis, keys: Keys) -> None:
+    entrants = [f"cx{i}" for i in range(8)]
+    lots, lid = await _drawn(redis, keys, {"kind": "coins", "amount": 30}, entrants, k=4)
+
+    class Offline:
+        async def to_user(self, user: str, env: dict[str, Any], *, room: str | None = None) -> int:
+            return 0
+
+    class Dies(RedisWallet):
+        """Redis goes away after the second credit (the worker loses it mid-payout)."""
+        calls = 0
+
+        async def topup(self, **kw: Any) -> Any:
+            Dies.calls += 1
+            if Dies.calls > 2:
+                raise ConnectionError("redis went away")
+            return await super().topup(**kw)
+
+    first = LotteryDrawer.for_redis(redis, keys, worker="w1", lease_ms=200,
+                                    hooks=[PrizeAwarder(Dies(redis, keys), CouponsRedis(redis, keys), None, Offline())])  # type: ignore[arg-type]
+    assert await first.drain() == []  # the hook failed: logged, the lottery stays drawn
+    st = await lots.get(lid)
+    assert st is not None and st.state == "drawn" and st.record is not None
+    winners = st.record["winners"]
+    wallet = RedisWallet(redis, keys)
+    assert sorted([await wallet.balance(u) for u in winners]) == [0, 0, 30, 30]
+    await asyncio.sleep(0.25)  # the first worker's lease runs out
+    second = LotteryDrawer.for_redis(redis, keys, worker="w2", lease_ms=200,
+                                     hooks=[PrizeAwarder(wallet, CouponsRedis(redis, keys), None, Offline())])  # type: ignore[arg-type]
+    out = await second.drain(now_ms=int(time.time() * 1000))
+    assert [o.action for o in out] == ["republished"]
+    assert [await wallet.balance(u) for u in winners] == [30] * 4
+    assert sum([await wallet.balance(u) for u in entrants]) == 120
+    st = await lots.get(lid)
+    assert st is not None and st.state == "announced"
