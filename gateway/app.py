@@ -24,10 +24,8 @@ from .ws import ws_handler
 
 log = logging.getLogger("livecommerce.gateway.app")
 
-# After SIGTERM the node keeps listening this long: /readyz answers 503 and /ws refuses new
-# connections (503) so that load balancers take it out, while its clients are closed with
-# 1012 (reconnect elsewhere); then the listener closes and the shutdown hooks run.
-DRAIN_GRACE_S = 2.0
+# SIGTERM drains in two steps (``drain_on_sigterm``): first the balancer takes the node out
+# (``Settings.drain_deregister_s``), then its viewers move (``Settings.drain_grace_s``).
 
 def build_app(settings: Settings, *, redis: Any = None) -> web.Application:
     """The gateway application. ``redis`` may be given (tests); else LC_REDIS_URL is used."""
@@ -109,10 +107,20 @@ async def close_clients(gw: Gateway) -> int:
     return len(conns)
 
 
-def drain_on_sigterm(grace_s: float) -> Any:
+def drain_on_sigterm(deregister_s: float, grace_s: float) -> Any:
     """An ``on_startup`` hook replacing aiohttp's SIGTERM handler (immediate exit) with a
-    drain: draining at once (clients closed with 1012, /readyz 503, new /ws refused), exit
-    after ``grace_s``. A second SIGTERM exits at once."""
+    drain that stops accepting before it moves anyone:
+
+    1. at once: ``/readyz`` answers 503 and a new ``/ws`` is refused with 503 (a balancer
+       retries that handshake on another node: ``retry-on 503`` in the generated HAProxy
+       config); the node's viewers keep being served, HTTP requests too;
+    2. after ``deregister_s`` (longer than the balancer's checks need to mark the node down):
+       its viewers are closed with 1012 and reconnect, through the balancer, to the others;
+    3. ``grace_s`` later the listener closes and the shutdown hooks run.
+
+    Closing the viewers at once instead (as before) sent their reconnects back to this node,
+    which the balancer still listed and, with ``leastconn``, preferred once it was empty: 2 s
+    of refused handshakes. A second SIGTERM exits at once."""
 
     async def install(app: web.Application) -> None:
         gw = app[GW_KEY]
@@ -121,13 +129,16 @@ def drain_on_sigterm(grace_s: float) -> Any:
         def exit_now() -> None:
             raise web.GracefulExit()
 
+        def move_viewers() -> None:
+            gw.spawn(close_clients(gw), "drain")
+
         def on_term() -> None:
             if gw.draining:
                 exit_now()
             gw.draining = True
-            log.info("gateway.draining", extra={"node": gw.s.node_id, "grace_s": grace_s})
-            gw.spawn(close_clients(gw), "drain")
-            loop.call_later(grace_s, exit_now)
+            log.info("gateway.draining", extra={"node": gw.s.node_id, "deregister_s": deregister_s, "grace_s": grace_s})
+            loop.call_later(deregister_s, move_viewers)
+            loop.call_later(deregister_s + grace_s, exit_now)
 
         loop.add_signal_handler(signal.SIGTERM, on_term)
 
@@ -148,7 +159,7 @@ def run(settings: Settings, *, port: int | None = None) -> None:
     except ImportError:  # pragma: no cover
         pass
     app = build_app(settings)
-    app.on_startup.append(drain_on_sigterm(DRAIN_GRACE_S))  # after aiohttp installed its own
+    app.on_startup.append(drain_on_sigterm(settings.drain_deregister_s, settings.drain_grace_s))  # after aiohttp's own
     if settings.gc_freeze:
         policy = GcPolicy(unfreeze_s=settings.gc_unfreeze_s)
         app[GW_KEY].hub.on_second.append(policy.on_second)

@@ -43,6 +43,12 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     listen_backlog: int = 2048  # handshakes waiting to be accepted (a join storm: aiohttp's 128 drops SYNs)
+    # SIGTERM: /readyz answers 503 (new /ws 503, retried elsewhere by the balancer) for
+    # drain_deregister_s while the node still serves its viewers, long enough for the
+    # balancer's checks to take it out (HAProxy from `cluster up`: 0.5 s x 2); then its
+    # viewers are closed with 1012 and reconnect elsewhere; drain_grace_s later it exits
+    drain_deregister_s: float = 1.5
+    drain_grace_s: float = 2.0
     data_dir: str = ".livecommerce"
     # wire and fan-out
     max_frame_bytes: int = 16 * 1024

@@ -60,13 +60,14 @@ async def test_chaos_rush_keeps_every_invariant_across_kills(log: str, tmp_path:
 
 
 # ------------------------------------------------------------------------- graceful shutdown
-async def test_gateway_on_sigterm_closes_clients_with_1012_turns_unready_refuses_and_exits_0(
+async def test_gateway_on_sigterm_turns_unready_and_refuses_first_then_closes_clients_with_1012_and_exits_0(
     settings, tmp_path: Path, redis
 ) -> None:
     db = f"sqlite+aiosqlite:///{tmp_path}/gs.db"
     await upgrade(db)
     port = free_port()
-    env = lc_env(redis_url=settings.redis_url, key_prefix=settings.key_prefix, database_url=db, secret=settings.secret, log_json="1")
+    env = lc_env(redis_url=settings.redis_url, key_prefix=settings.key_prefix, database_url=db, secret=settings.secret, log_json="1",
+                 drain_deregister_s="3")
     gw = gateway_proc("gw-term", port, env, tmp_path)
     gw.start()
     base, wsurl = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/ws"
@@ -82,7 +83,8 @@ async def test_gateway_on_sigterm_closes_clients_with_1012_turns_unready_refuses
         gw.proc.send_signal(signal.SIGTERM)
         closing = asyncio.gather(*(closed_with(c) for c in clients))
         async with aiohttp.ClientSession() as http:
-            # while it drains (DRAIN_GRACE_S) the node still answers: not ready, no new clients
+            # first the balancer is to take it out: not ready, no new clients, while its own
+            # viewers are still served (drain_deregister_s, 3 s here)
             status = 200
             while status == 200 and time.monotonic() - t0 < 5:
                 ready = await http.get(base + "/readyz")
@@ -93,7 +95,9 @@ async def test_gateway_on_sigterm_closes_clients_with_1012_turns_unready_refuses
                                   headers={"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
                                            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
             assert late.status == 503
+            assert not closing.done() and time.monotonic() - t0 < 3, "viewers closed before the node was unready"
         assert await closing == [1012, 1012, 1012]
+        assert time.monotonic() - t0 >= 3  # only once the balancer had the time to take the node out
         rc = await asyncio.to_thread(gw.proc.wait, 15)
         assert rc == 0, gw.log_path.read_text()[-3000:]
         assert time.monotonic() - t0 < 15
