@@ -19,4 +19,5 @@ CAPABILITIES: list[str] = [
     "gateway.experiments", "gateway.feed", "gateway.growth", "gateway.referrals",
     "gateway.ops", "gateway.pages", "gateway.openapi",
     "gateway.comments", "gateway.likes", "gateway.moderation",
+    "gateway.reach",
 ]

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -90,16 +91,21 @@ class ProfileSource(Protocol):
     async def view_of(self, user: str) -> dict[str, Any] | None: ...
 
 
+#: ``(user, hosts they follow)`` -> the feed's upcoming shows (follower reach's schedules)
+Upcoming = Callable[[str, frozenset[str]], Awaitable[list[dict[str, Any]]]]
+
+
 class Feed:
     """The viewer's feed, the index of live rooms and its samples; the feed's HTTP API."""
 
     def __init__(self, gw: Gateway, redis: FeedRedis, pins: RedisPins, experiments: Experiments,
-                 profiles: ProfileSource | None) -> None:
+                 profiles: ProfileSource | None, *, upcoming: Upcoming | None = None) -> None:
         self.gw = gw  # the clock, the callers' identities, this node's rooms
         self.redis = redis
         self.pins = pins
         self.experiments = experiments  # the viewer's ``feed.ranker`` flag
         self.profiles = profiles
+        self.upcoming = upcoming  # schedules (预告) starting soon, listed beside the live rooms
         self.window = SignalWindow()
         self.rooms: dict[str, LiveRoom] = {}
         self.sampled_ms = 0
@@ -258,6 +264,7 @@ class Feed:
         else:
             chosen = []  # the rooms keep ending under us: an empty page is still a truthful one
         start = (page - 1) * limit
+        soon = await self.upcoming(user, affinity.followed) if self.upcoming is not None and page == 1 else []
         return {
             "ranker": ranker,
             "experiment": experiment,
@@ -267,6 +274,7 @@ class Feed:
             "pages": len(pages),
             "total_live": len(rooms),
             "items": [item(s, start + i + 1, now) for i, s in enumerate(chosen)],
+            "upcoming": soon,
             "signals_age_ms": now - self.sampled_ms,
             "generated_ms": now,
         }
@@ -322,6 +330,7 @@ OPENAPI_SCHEMAS: dict[str, J] = {
     "Feed": obj({
         "ranker": {"enum": ["popularity", "personalised"]}, "experiment": nullable(obj({"id": STR, "arm": STR}, ["id", "arm"])),
         "cold_start": BOOL, "page": INT, "limit": INT, "pages": INT, "total_live": INT, "items": arr(ref("FeedItem")),
+        "upcoming": {**arr(ref("Schedule")), "description": "schedules starting within a week (page 1), followed hosts first"},
         "signals_age_ms": INT, "generated_ms": MS,
     }, ["ranker", "experiment", "cold_start", "page", "limit", "pages", "total_live", "items", "generated_ms"]),
 }

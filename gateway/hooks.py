@@ -34,6 +34,9 @@ WelcomeHook = Callable[[str, Identity], Awaitable[Json]]
 #: ``(kind, campaign id, user)`` as a user tries to take a campaign's offer, whatever the
 #: answer: ``buy`` in a sale, ``coupon.claim`` of a drop (the funnel's "tried" step)
 TriedHook = Callable[[Kind, str, str], None]
+#: ``(room, public room)`` after a go-live (also a repeated one: the show's ``live_ms`` is the
+#: same), e.g. follower reach's ``host.live`` on the log; raising fails the go-live's answer
+LiveHook = Callable[[str, Json], Awaitable[None]]
 #: start-up and shutdown tasks of a capability
 Task = Callable[[], Awaitable[None]]
 #: an HTTP handler
@@ -58,6 +61,8 @@ class Hooks:
     comment: list[CommentHook] = field(default_factory=list)
     gift: list[GiftHook] = field(default_factory=list)
     welcome: list[WelcomeHook] = field(default_factory=list)
+    #: after every go-live of a room (``RoomsService.go_live``)
+    live: list[LiveHook] = field(default_factory=list)
     start: list[Task] = field(default_factory=list)
     #: run in order at shutdown (flushes first, then the engines they write to)
     stop: list[Task] = field(default_factory=list)

@@ -289,6 +289,8 @@ class RoomsService:
         if changed:
             await self.gw.publish(room, "room.live", {"title": pub["title"], "host": pub["host"], "live_ms": pub["live_ms"], "by": ident.user})
             log.info("room.live", extra={"room": room, "by": ident.user})
+        for hook in self.gw.hooks.live:  # a repeated go-live calls them again: they are idempotent per show
+            await hook(room, pub)
         return pub
 
     async def end(self, room: str, ident: Identity, lotteries: LotteryAction = "draw") -> dict[str, Any]:

@@ -36,6 +36,7 @@ from livecommerce.payments_redis import PaymentsRedis
 from livecommerce.pins_redis import RedisPins
 from livecommerce.points_redis import PointsRedis
 from livecommerce.profiles_redis import ErasureRedis
+from livecommerce.reach_redis import RedisReach
 from livecommerce.referrals_redis import ReferralsRedis
 from livecommerce.refunds_redis import RefundsRedis
 from livecommerce.room_snapshot import LOCAL_EVENTS, SNAPSHOT_EVENTS
@@ -68,6 +69,7 @@ from .pages import Pages
 from .payments import Payments
 from .points import Points
 from .profiles import Profiles
+from .reach import Reach
 from .referrals import Referrals
 from .refunds import AfterSales
 from .rooms import RoomGate, RoomsService
@@ -94,6 +96,7 @@ class Services:
     tickets: Tickets
     # fans, profiles, growth
     fanclub: Fanclub
+    reach: Reach
     profiles: Profiles
     growth: Growth
     referrals: Referrals
@@ -252,6 +255,11 @@ def build(gw: Gateway) -> Services:
     # fans and profiles (the feed reads profiles)
     fanclub = Fanclub(gw, FanclubRedis(gw.redis, gw.keys, ttl_s=gw.s.user_cache_ttl_s), store, durable)
     profiles = Profiles(gw, ErasureRedis(gw.redis, gw.keys), store, durable, coupons.store)
+    # follower reach: a show going live appends `host.live` (the reach worker fans it out to the
+    # followers' inboxes); the welcome's unread count; schedules, subscriptions, the feed's upcoming
+    reach = Reach(gw, store, RedisReach(gw.redis, gw.keys, ttl_s=gw.s.user_cache_ttl_s), durable)
+    gw.hooks.live.append(reach.on_live)
+    gw.hooks.welcome.append(reach.welcome)
 
     # ops plane: health, the dashboard's sampler and its alerts, the pages, the API document
     ops_redis = OpsRedis(gw.redis, gw.keys)
@@ -273,7 +281,7 @@ def build(gw: Gateway) -> Services:
     gw.hooks.start.append(experiments.on_second)
     gw.hooks.stop.insert(0, experiments.stop)
     feed = Feed(gw, FeedRedis(gw.redis, gw.keys, ttl_s=gw.s.room_retention_s), RedisPins(gw.redis, gw.keys), experiments,
-                profiles)
+                profiles, upcoming=reach.upcoming)
     gw.hub.observe(("room.live", "room.ended", "product.pinned"), feed.observe)
     gw.hub.on_second.append(feed.on_second)
     gw.hooks.response.append(feed.on_response)
@@ -298,7 +306,7 @@ def build(gw: Gateway) -> Services:
     return Services(payments=payments, catalog=catalog, bags=bags, checkout=checkout, sales=sales, orders=orders, funnel=funnel, likes=likes, comments=comments, moderation=moderation, room_gate=gate, lotteries=lotteries, coupons=coupons, rooms=rooms,
                     health=health, ops=ops, pages=pages, openapi=openapi, experiments=experiments, feed=feed, segments=segments,
                     store=store, log=durable, wallet=wallet, wallet_outbox=outbox, wallets=wallets, gifts=gifts, points=points,
-                    aftersales=aftersales, tickets=tickets, fanclub=fanclub, profiles=profiles, growth=growth,
+                    aftersales=aftersales, tickets=tickets, fanclub=fanclub, reach=reach, profiles=profiles, growth=growth,
                     referrals=referrals)
 
 

@@ -92,6 +92,8 @@ FAMILIES: tuple[Family, ...] = (
            "30 days after the drop expires", "coupons_*.lua"),
     Family("lottery", r"\{lottery:[^}]+\}:\w+$", "definition, entrants (user ids), record", "settled",
            "30 days after the draw is announced", "lottery_redis.py"),
+    Family("reach lease", r"reach:sweep$", "which worker runs the reminder sweep", "ttl", "the lease (30 s)",
+           "reach_redis.py"),
     Family("lottery due", r"lottery:due$", "lotteries to draw", "cleanup", "each removed when announced", "lottery_redis.py"),
     # users
     Family("user nodes", r"\{user:[^}]+\}:nodes$", "node -> open connections", "ttl", "24 h after the last connect", "notify.py"),
@@ -102,6 +104,8 @@ FAMILIES: tuple[Family, ...] = (
            "30 days after the latest drop claimed expires", "coupons_redis.py"),
     Family("user fan version", r"\{user:[^}]+\}:fanv$", "version of the next follow change", "ttl",
            "LC_USER_CACHE_TTL_S after the last change (seeded from the clock)", "fanclub_redis.py"),
+    Family("user unread", r"\{user:[^}]+\}:unread$", "unread notification count (cache of SQL)", "ttl",
+           "LC_USER_CACHE_TTL_S after the last change", "reach_redis.py"),
     Family("user invite", r"\{user:[^}]+\}:(invite|acq)$", "the user's invite code, first acquisition", "kept",
            "for good (source of truth of the referral; erasure deletes it)", "referrals_redis.py"),
     Family("invite owner", r"\{invite:[^}]+\}:owner$", "who owns a code", "kept", "for good (codes are never reused)",

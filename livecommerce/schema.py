@@ -500,3 +500,58 @@ moderation_reports = Table(
     UniqueConstraint("room_id", "reporter_id", "target_id", "comment_seq", name="uq_mod_reports_once"),
     Index("ix_mod_reports_queue", "room_id", "status", "created_ms"),
 )
+
+# ---------- step 10 (follower reach): notifications, schedules, subscriptions, fan-outs (reach_sql)
+
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("user_id", String(ID), nullable=False),
+    Column("id", String(200), nullable=False),  # the fan-out's event id: one row per user and event
+    Column("kind", String(32), nullable=False),  # host.live | schedule.reminder
+    Column("host_id", String(ID), nullable=False),
+    Column("room_id", String(ID), nullable=True),
+    Column("schedule_id", String(ID), nullable=True),
+    Column("title", String(200), nullable=False, default=""),
+    Column("start_ms", BigInteger, nullable=True),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("read_ms", BigInteger, nullable=True),
+    PrimaryKeyConstraint("user_id", "id", name="pk_notifications"),
+    Index("ix_notifications_user_created", "user_id", "created_ms"),
+)
+
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("host_id", String(ID), nullable=False),
+    Column("title", String(200), nullable=False),
+    Column("start_ms", BigInteger, nullable=False),
+    Column("products", JSON, nullable=False),
+    Column("room_id", String(ID), nullable=True),
+    Column("state", String(16), nullable=False),  # scheduled | reminded | cancelled
+    Column("created_ms", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+    Index("ix_schedules_host_start", "host_id", "start_ms"),
+    Index("ix_schedules_state_start", "state", "start_ms"),
+)
+
+schedule_subs = Table(
+    "schedule_subs",
+    metadata,
+    Column("schedule_id", String(ID), nullable=False),
+    Column("user_id", String(ID), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    PrimaryKeyConstraint("schedule_id", "user_id", name="pk_schedule_subs"),
+    Index("ix_schedule_subs_user", "user_id"),
+)
+
+reach_fanouts = Table(
+    "reach_fanouts",
+    metadata,
+    Column("event_id", String(200), primary_key=True),
+    Column("after_user", String(ID), nullable=False, default=""),  # the last recipient written
+    Column("written", BigInteger, nullable=False, default=0),
+    Column("done_ms", BigInteger, nullable=True),
+    Column("updated_ms", BigInteger, nullable=False),
+)

@@ -10,4 +10,5 @@ from __future__ import annotations
 WORKERS: dict[str, str] = {"orders": "workers.orders:run", "inventory": "workers.inventory:run", "lottery": "workers.lottery:run",
                              "wallet": "workers.wallet:run", "points": "workers.points:run",
                              "refunds": "workers.refunds:run", "profiles": "workers.profiles:run",
-                             "growth": "workers.growth:run", "retention": "workers.retention:run"}
+                             "growth": "workers.growth:run", "retention": "workers.retention:run",
+                             "reach": "workers.reach:run"}
