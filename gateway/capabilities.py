@@ -14,7 +14,7 @@ CAPABILITIES: list[str] = [
     "gateway.rooms",
     "gateway.catalog", "gateway.bag",
     "gateway.lottery",
-    "gateway.wallet", "gateway.gifts", "gateway.coupons", "gateway.points",
+    "gateway.wallet", "gateway.gifts", "gateway.redpackets", "gateway.coupons", "gateway.points",
     "gateway.refunds", "gateway.tickets", "gateway.fanclub", "gateway.profiles", "gateway.segments", "gateway.funnel",
     "gateway.experiments", "gateway.feed", "gateway.growth", "gateway.referrals",
     "gateway.ops", "gateway.pages", "gateway.openapi",

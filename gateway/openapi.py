@@ -540,7 +540,8 @@ IDEMPOTENT_BY_HEADER = {
     ("post", "/api/v1/orders/{order}/refunds"), ("post", "/api/v1/coupons/{drop}/claim"),
     ("post", "/api/v1/rooms/{room}/lotteries"), ("post", "/api/v1/campaigns"),
 }
-IDEMPOTENT_BY_BODY = {("post", "/api/v1/points/{user}/redeem"), ("post", "/api/v1/sales/{sale}/buy")}
+IDEMPOTENT_BY_BODY = {("post", "/api/v1/points/{user}/redeem"), ("post", "/api/v1/sales/{sale}/buy"),
+                      ("post", "/api/v1/rooms/{room}/redpackets")}
 
 
 def _error(code: str) -> J:

@@ -92,6 +92,11 @@ def http_routes(s: Services) -> list[Route]:
         Route("GET", "/api/v1/coupons/{drop}", s.coupons.http_state),
         Route("POST", "/api/v1/coupons/{drop}/claim", s.coupons.http_claim),
         Route("GET", "/api/v1/users/{user}/coupons", s.coupons.http_user),
+        # red packets
+        Route("POST", "/api/v1/rooms/{room}/redpackets", s.redpackets.http_drop),
+        Route("GET", "/api/v1/rooms/{room}/redpackets", s.redpackets.http_room),
+        Route("POST", "/api/v1/redpackets/{id}/grab", s.redpackets.http_grab),
+        Route("GET", "/api/v1/redpackets/{id}", s.redpackets.http_get),
         # wallets, gifts and their leaderboards
         Route("POST", "/api/v1/wallets/{user}/topup", s.wallets.topup),
         Route("GET", "/api/v1/wallets/{user}", s.wallets.balance),
@@ -202,4 +207,5 @@ def ws_commands(s: Services) -> dict[str, CommandHandler]:
         "coupon.drop": s.coupons.ws_drop,
         "coupon.claim": s.coupons.ws_claim,
         "gift": s.gifts.gift,
+        "redpacket.grab": s.redpackets.ws_grab,
     }

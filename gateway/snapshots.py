@@ -56,6 +56,7 @@ from livecommerce.room_snapshot import (
     live_coupons,
     needs_refresh,
     open_lotteries,
+    open_redpackets,
     show,
 )
 from livecommerce.room_snapshot_redis import RedisRoomSnapshots
@@ -127,7 +128,7 @@ class RoomSnapshots:
         return (await self.get(room)).seq
 
     async def welcome(self, room: str, ident: Identity) -> dict[str, Any]:
-        """Welcome hook: the room's likes, gift board, open lotteries and coupon drops.
+        """Welcome hook: the room's likes, gift board, open lotteries, coupon drops and red packets.
         (``show`` and ``pin`` come from the rooms capability's hook, from the same snapshot.)"""
         snap = await self.get(room)
         now = clock.now_ms()
@@ -136,6 +137,7 @@ class RoomSnapshots:
             "likes": likes,
             "lotteries": open_lotteries(snap, now),
             "coupons": live_coupons(snap, now, WELCOME_DROPS),
+            "redpackets": open_redpackets(snap, now),
             "leaderboard": snap.leaderboard,
         }
 

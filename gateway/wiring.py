@@ -37,6 +37,7 @@ from livecommerce.pins_redis import RedisPins
 from livecommerce.points_redis import PointsRedis
 from livecommerce.profiles_redis import ErasureRedis
 from livecommerce.reach_redis import RedisReach
+from livecommerce.redpackets_redis import RedisRedPackets
 from livecommerce.referrals_redis import ReferralsRedis
 from livecommerce.refunds_redis import RefundsRedis
 from livecommerce.room_snapshot import LOCAL_EVENTS, SNAPSHOT_EVENTS
@@ -70,6 +71,7 @@ from .payments import Payments
 from .points import Points
 from .profiles import Profiles
 from .reach import Reach
+from .redpackets import RedPackets
 from .referrals import Referrals
 from .refunds import AfterSales
 from .rooms import RoomGate, RoomsService
@@ -91,6 +93,7 @@ class Services:
     wallet_outbox: Outbox
     wallets: Wallets
     gifts: Gifts
+    redpackets: RedPackets
     points: Points
     aftersales: AfterSales
     tickets: Tickets
@@ -154,7 +157,8 @@ def build(gw: Gateway) -> Services:
     lottery_store = RedisLotteries(gw.redis, gw.keys)
     coupon_store = CouponsRedis(gw.redis, gw.keys)
     link = getattr(gw.broker, "connected", None)  # the Redis broker's pub/sub link state
-    views = RoomSnapshots(RedisRoomSnapshots(gw.redis, gw.keys, lottery_store, coupon_store), gw.keys,
+    packet_store = RedisRedPackets(gw.redis, gw.keys)
+    views = RoomSnapshots(RedisRoomSnapshots(gw.redis, gw.keys, lottery_store, coupon_store, packet_store), gw.keys,
                           pending_likes=likes.tally.pending, hearing=link.is_set if link is not None else None)
     gw.hub.observe(SNAPSHOT_EVENTS, views.observe)
     gw.hub.observe_local(LOCAL_EVENTS, views.observe_local)
@@ -244,6 +248,12 @@ def build(gw: Gateway) -> Services:
     gw.hub.on_second.append(gifts.on_second)
     gw.hub.observe(("gift",), gifts.observe)
     gw.hooks.stop.insert(0, gifts.stop)
+    # red packets: the drop debits and each grab credits through the same wallet outbox; the
+    # keeper worker ends, refunds and announces them; a comment holding a password grabs
+    redpackets = RedPackets(gw, packet_store, outbox, gate, FanclubRedis(gw.redis, gw.keys), views)
+    views.listeners.append(redpackets.serving)
+    gw.hooks.comment.append(redpackets.on_comment)
+    gw.hub.observe(("redpacket.dropped", "redpacket.ended"), redpackets.observe)
     points = Points(gw, PointsRedis(gw.redis, gw.keys), durable, store)
     gw.hooks.comment.append(points.on_comment)
     gw.hooks.welcome.append(points.on_welcome)
@@ -305,7 +315,7 @@ def build(gw: Gateway) -> Services:
 
     return Services(payments=payments, catalog=catalog, bags=bags, checkout=checkout, sales=sales, orders=orders, funnel=funnel, likes=likes, comments=comments, moderation=moderation, room_gate=gate, lotteries=lotteries, coupons=coupons, rooms=rooms,
                     health=health, ops=ops, pages=pages, openapi=openapi, experiments=experiments, feed=feed, segments=segments,
-                    store=store, log=durable, wallet=wallet, wallet_outbox=outbox, wallets=wallets, gifts=gifts, points=points,
+                    store=store, log=durable, wallet=wallet, wallet_outbox=outbox, wallets=wallets, gifts=gifts, redpackets=redpackets, points=points,
                     aftersales=aftersales, tickets=tickets, fanclub=fanclub, reach=reach, profiles=profiles, growth=growth,
                     referrals=referrals)
 

@@ -7,13 +7,15 @@ receives anyway for its viewers. A joiner's ``welcome`` is then built from memor
 * ``seq``: the room's latest seq the snapshot has seen; the state below is the state after
   that event (a later event reaches the joiner through the room's channel as usual);
 * ``show`` (:func:`~livecommerce.rooms.public_room` of the room's meta), ``pin``;
-* ``lotteries`` (open ones: started, deadline ahead, not closed by the show's end) and
-  ``coupons`` (drops not expired, with coupons left, not closed by the show's end);
+* ``lotteries`` (open ones: started, deadline ahead, not closed by the show's end),
+  ``coupons`` (drops not expired, with coupons left, not closed by the show's end) and
+  ``redpackets`` (red packets dropped, not expired, not ended);
 * ``likes`` and ``leaderboard``: the figures this node last pushed to its viewers (both are
   node-local pushes, about once a second, not room events).
 
 :func:`apply` is the rule for one room event: the events that carry the new state
-(``product.pinned``/``unpinned``, ``lottery.started``/``ended``, ``coupon.dropped``) update
+(``product.pinned``/``unpinned``, ``lottery.started``/``ended``, ``coupon.dropped``,
+``redpacket.dropped``/``ended``) update
 the snapshot; ``room.live``/``room.ended`` (rare, and a summary is the adapter's to compute)
 ask for a reload. An event at or below the snapshot's seq is already in it and is ignored,
 so a reload followed by the events that arrived meanwhile lands on the same state.
@@ -41,6 +43,8 @@ SNAPSHOT_EVENTS = (
     "lottery.started",
     "lottery.ended",
     "coupon.dropped",
+    "redpacket.dropped",
+    "redpacket.ended",
 )
 #: node-local pushes the snapshot follows (``Hub.send_local``)
 LOCAL_EVENTS = ("likes", "leaderboard")
@@ -61,6 +65,7 @@ class RoomSnapshot:
     leaderboard: list[dict[str, Any]]  # ranked: [{rank, id, score}]
     lotteries: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> Lottery.public()
     coupons: dict[str, dict[str, Any]] = field(default_factory=dict)  # drop id -> public + counts
+    redpackets: dict[str, dict[str, Any]] = field(default_factory=dict)  # packet id -> RedPacket.public()
     version: int = 0
 
 
@@ -90,6 +95,11 @@ def apply(snap: RoomSnapshot, env: Mapping[str, Any]) -> Applied:
             snap.lotteries[d["id"]] = dict(d)
     elif t == "lottery.ended":
         snap.lotteries.pop(str(d.get("id")), None)
+    elif t == "redpacket.dropped":
+        if isinstance(d.get("id"), str):
+            snap.redpackets[d["id"]] = dict(d)
+    elif t == "redpacket.ended":
+        snap.redpackets.pop(str(d.get("id")), None)
     elif t == "coupon.dropped":
         did = d.get("drop_id")
         if isinstance(did, str):
@@ -157,6 +167,13 @@ def open_lotteries(snap: RoomSnapshot, now_ms: int) -> list[dict[str, Any]]:
     closed = set(_closed(snap.meta).get("lotteries") or ())
     lots = [lot for lid, lot in snap.lotteries.items() if lid not in closed and int(lot.get("deadline_ms") or 0) > now_ms]
     return sorted(lots, key=lambda lot: (int(lot.get("deadline_ms") or 0), str(lot.get("id"))))
+
+
+def open_redpackets(snap: RoomSnapshot, now_ms: int) -> list[dict[str, Any]]:
+    """``welcome.redpackets``: dropped, expiry ahead, not ended; by expiry. (A packet whose
+    shares are all taken stays listed until its ``redpacket.ended``, a moment later.)"""
+    packets = [p for p in snap.redpackets.values() if int(p.get("expires_ms") or 0) > now_ms]
+    return sorted(packets, key=lambda p: (int(p.get("expires_ms") or 0), str(p.get("id"))))
 
 
 def live_coupons(snap: RoomSnapshot, now_ms: int, limit: int) -> list[dict[str, Any]]:

@@ -1,7 +1,7 @@
 """Reads a :class:`~livecommerce.room_snapshot.RoomSnapshot` from Redis.
 
 Every key of a room's own state is in the room's slot (``{room:ID}``): seq, meta, pin,
-likes, the room's gift board and the indexes of its lotteries and coupon drops, so they
+likes, the room's gift board and the indexes of its lotteries, coupon drops and red packets, so they
 are read in one pipelined round trip, the seq first (the state read after it is at least
 as new as that seq; events past it are applied again on top, see
 :func:`~livecommerce.room_snapshot.apply`). The lotteries and drops those indexes name live
@@ -26,6 +26,8 @@ from .keys import Keys
 from .leaderboard import ranked
 from .lottery_redis import RedisLotteries, stored_from_reply
 from .redis_conn import guarded
+from .redpackets_redis import RedisRedPackets
+from .redpackets_redis import stored_from_reply as packet_from_reply
 from .room_snapshot import RoomSnapshot, coupon_entry
 
 #: the room's best gifters a welcome shows (``gateway.gifts.LEADERBOARD_TOP``)
@@ -43,11 +45,13 @@ def _meta(raw: Mapping[Any, Any] | None) -> dict[str, str] | None:
 
 
 class RedisRoomSnapshots:
-    def __init__(self, redis: Any, keys: Keys, lotteries: RedisLotteries, coupons: CouponsRedis) -> None:
+    def __init__(self, redis: Any, keys: Keys, lotteries: RedisLotteries, coupons: CouponsRedis,
+                 redpackets: RedisRedPackets | None = None) -> None:
         self._r = redis
         self.keys = keys
         self._lotteries = lotteries
         self._coupons = coupons
+        self._redpackets = redpackets
 
     async def load(self, room: str, *, now_ms: int) -> RoomSnapshot:
         """The room's snapshot: one round trip, two when it lists lotteries or drops.
@@ -64,8 +68,10 @@ class RedisRoomSnapshots:
         pipe.zrevrange(k.room(room, "lb"), 0, LEADERBOARD_TOP - 1, withscores=True)
         pipe.zrangebyscore(self._lotteries.room_key(room), now_ms + 1, "+inf", start=0, num=MAX_LISTED)
         pipe.zrangebyscore(k.room(room, "coupons"), now_ms + 1, "+inf", start=0, num=MAX_LISTED)
+        if self._redpackets is not None:
+            pipe.zrangebyscore(self._redpackets.room_key(room), now_ms + 1, "+inf", start=0, num=MAX_LISTED)
         async with guarded():
-            seq, meta, pin, likes, board, lot_ids, drop_ids = await pipe.execute()
+            seq, meta, pin, likes, board, lot_ids, drop_ids, *more = await pipe.execute()
         snap = RoomSnapshot(
             room=room,
             seq=int(seq or 0),
@@ -76,13 +82,17 @@ class RedisRoomSnapshots:
         )
         lots = [_s(i) for i in lot_ids]
         drops = [_s(i) for i in drop_ids]
-        if lots or drops:
+        packets = [_s(i) for i in more[0]] if more else []
+        if lots or drops or packets:
             pipe = self._r.pipeline(transaction=False)
             for lid in lots:
                 pipe.hgetall(self._lotteries.k(lid, "meta"))
             for did in drops:
                 pipe.hgetall(self._coupons.key(did, "meta"))
                 pipe.get(self._coupons.key(did, "left"))
+            for pid in packets:
+                assert self._redpackets is not None
+                pipe.hgetall(self._redpackets.k(pid))
             async with guarded():
                 res = await pipe.execute()
             for i, lid in enumerate(lots):
@@ -95,6 +105,11 @@ class RedisRoomSnapshots:
                 if got is not None:
                     drop, counts = got
                     snap.coupons[did] = coupon_entry(public_drop(drop), counts["remaining"], counts["claimed"], counts["used"])
+            base += 2 * len(drops)
+            for j, pid in enumerate(packets):
+                rp = packet_from_reply(res[base + j])
+                if rp is not None and rp.state == "open":
+                    snap.redpackets[pid] = rp.packet.public()
         return snap
 
     async def refresh(self, snaps: Iterable[RoomSnapshot]) -> dict[str, tuple[dict[str, str] | None, dict[str, tuple[int, int, int]]]]:

@@ -20,6 +20,11 @@ Events (topic ``gifts``, key = the wallet's user):
   ``topup:<user>:<idempotency_key>``, so a retried top-up is one event.
 * ``gift.sent`` ``{user, room, host, gift_id, count, price, value}``; a fresh uuid per
   send. ``value = price * count`` coins is debited from ``user``.
+* Red packets (:mod:`livecommerce.redpackets`): ``redpacket.debit`` ``{user, amount,
+  packet, room}`` (the drop, id ``rp:<packet>:debit``), ``redpacket.credit`` ``{user,
+  amount, packet, room, by, index}`` (a grabbed share, id ``rp:<packet>:<index>``) and
+  ``redpacket.refund`` ``{user, amount, packet, room}`` (what nobody grabbed, back to the
+  dropper, id ``rp:<packet>:refund``).
 
 Gift batches (the gift storm): a gateway sends the gifts that arrived within one loop turn
 to Redis as one script call per wallet shard (``wallet_gift_batch.lua``), which decides
@@ -44,6 +49,9 @@ WALLET_SHARDS = 64  # all wallet keys of a user live in one of these hash slots
 TOPIC = "gifts"
 TOPUP = "wallet.topup"
 GIFT_SENT = "gift.sent"
+RP_DEBIT = "redpacket.debit"
+RP_CREDIT = "redpacket.credit"
+RP_REFUND = "redpacket.refund"
 MAX_TOPUP = 10_000_000
 OUTBOX_GRACE_MS = 5_000  # the sweeper leaves younger outbox entries to their gateway
 GIFT_REQUEST_TTL_MS = 24 * 3600 * 1000  # how long a gift's request id answers its first outcome
@@ -196,4 +204,8 @@ def ledger_delta(event_type: str, data: Mapping[str, Any]) -> tuple[str, int, st
         return str(data["user"]), int(data["amount"]), "topup"
     if event_type == GIFT_SENT:
         return str(data["user"]), -int(data["value"]), "gift.sent"
+    if event_type == RP_DEBIT:
+        return str(data["user"]), -int(data["amount"]), RP_DEBIT
+    if event_type in (RP_CREDIT, RP_REFUND):
+        return str(data["user"]), int(data["amount"]), event_type
     return None

@@ -11,4 +11,5 @@ WORKERS: dict[str, str] = {"orders": "workers.orders:run", "inventory": "workers
                              "wallet": "workers.wallet:run", "points": "workers.points:run",
                              "refunds": "workers.refunds:run", "profiles": "workers.profiles:run",
                              "growth": "workers.growth:run", "retention": "workers.retention:run",
-                             "reach": "workers.reach:run"}
+                             "reach": "workers.reach:run",
+                             "redpackets": "workers.redpackets:run"}

@@ -97,6 +97,15 @@ class CouponClaim(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class RedPacketGrab(Command):
+    """Grab a share of a red packet; ``password`` for a password packet (commenting it grabs too)."""
+
+    t: ClassVar[str] = "redpacket.grab"
+    packet_id: str = ""
+    password: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Pin(Command):
     t: ClassVar[str] = "pin"
     roles: ClassVar[frozenset[str]] = HOST_OPS
@@ -161,6 +170,12 @@ def _parse_coupon_claim(d: dict[str, Any], cid: Any) -> Command:
     return CouponClaim(id=cid, drop_id=_ident(d.get("drop_id"), "drop_id"))
 
 
+def _parse_redpacket_grab(d: dict[str, Any], cid: Any) -> Command:
+    pw = d.get("password")
+    return RedPacketGrab(id=cid, packet_id=_ident(d.get("packet_id"), "packet_id"),
+                         password=None if pw is None else _text(pw, "password", max_len=64))
+
+
 def _parse_pin(d: dict[str, Any], cid: Any) -> Command:
     return Pin(id=cid, product_id=_ident(d.get("product_id"), "product_id"))
 
@@ -173,6 +188,7 @@ _PARSERS = {
     "buy": _parse_buy,
     "lottery.enter": _parse_lottery_enter,
     "coupon.claim": _parse_coupon_claim,
+    "redpacket.grab": _parse_redpacket_grab,
     "pin": _parse_pin,
 }
 
@@ -186,6 +202,7 @@ ROLES: dict[str, frozenset[str]] = {
     "buy": ANY,
     "lottery.enter": ANY,
     "coupon.claim": ANY,
+    "redpacket.grab": ANY,
     "pin": HOST_OPS,
     **{a: HOST_OPS for a in HOST_ACTIONS},
 }
