@@ -12,7 +12,8 @@
   ``own_packet``, ``followers_only``, ``password_required``. A second grab answers the first
   share with ``duplicate: true``.
 * Password packets (口令红包): a viewer's comment containing the password grabs (a comment
-  hook, :meth:`RedPackets.on_comment`; the comment goes out either way).
+  hook, :meth:`RedPackets.on_comment`; the comment goes out either way, and the commenting
+  connection gets a private ``redpacket.grabbed``).
 * ``GET /api/v1/redpackets/{id}`` (public): the record: the packet, its grabs in order and,
   once ended, the seed, the shares and the refund (``livecommerce redpacket verify`` checks
   it). ``GET /api/v1/rooms/{room}/redpackets``: the room's open packets.
@@ -180,8 +181,11 @@ class RedPackets:
 
     # ---- grabbing
     async def grab(self, pid: str, user: str, *, room: str | None = None, password: str | None = None,
-                   text: str | None = None) -> dict[str, Any]:
-        """Take a share for ``user``; the grab's answer (module docstring).
+                   text: str | None = None, notify: bool = True) -> dict[str, Any]:
+        """Take a share for ``user``; the grab's answer (module docstring). With ``notify``
+        a new share is also pushed as ``redpacket.grabbed`` to the user's connections in the
+        room (an HTTP grab; a WebSocket grab's reply is that event, a comment's grab is sent
+        on the commenting connection).
 
         Raises:
             NotFound: no such packet (in ``room``, when given). Conflict: with the refusal's code.
@@ -212,7 +216,8 @@ class RedPackets:
              "duplicate": g.code == "already_grabbed"}
         if g.code == "ok":
             log.info("redpacket.grabbed", extra={"packet": pid, "user": user, "amount": g.amount, "left": g.left})
-            await self.gw.notifier.to_user(user, envelope("redpacket.grabbed", p.room, d, ts=now), room=p.room)
+            if notify:
+                await self.gw.notifier.to_user(user, envelope("redpacket.grabbed", p.room, d, ts=now), room=p.room)
         return d
 
     async def on_comment(self, conn: Conn, d: dict[str, Any]) -> None:
@@ -225,15 +230,17 @@ class RedPackets:
             for p in await self.open_in(conn.room):
                 if p.password and p.by != conn.user and p.password.casefold() in text.casefold():
                     try:
-                        await self.grab(p.id, conn.user, room=conn.room, text=text)
+                        got = await self.grab(p.id, conn.user, room=conn.room, text=text, notify=False)
                     except (Conflict, NotFound):
-                        pass  # already grabbed, empty, followers only ...: the comment is just a comment
+                        continue  # already grabbed, empty, followers only ...: the comment is just a comment
+                    if not got["duplicate"]:
+                        conn.send(envelope("redpacket.grabbed", conn.room, got, ts=self.gw.now_ms()))
         except Exception:
             log.exception("redpacket.on_comment_failed", extra={"room": conn.room, "user": conn.user})
 
     # ---- WebSocket (gateway.routes)
     async def ws_grab(self, conn: Conn, cmd: RedPacketGrab) -> dict[str, Any]:
-        d = await self.grab(cmd.packet_id, conn.user, room=conn.room, password=cmd.password)
+        d = await self.grab(cmd.packet_id, conn.user, room=conn.room, password=cmd.password, notify=False)
         return reply("redpacket.grabbed", cmd.id, d, ts=self.gw.now_ms(), room=conn.room)
 
     # ---- HTTP (gateway.routes)

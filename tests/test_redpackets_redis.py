@@ -17,6 +17,7 @@ from livecommerce.broker import MemoryBroker
 from livecommerce.keys import Keys
 from livecommerce.log import Log
 from livecommerce.log_redis import RedisLog
+from livecommerce.redis_conn import connect
 from livecommerce.redpackets import (
     RedPacket,
     drop_fingerprint,
@@ -27,7 +28,6 @@ from livecommerce.redpackets import (
     split,
     verify_record,
 )
-from livecommerce.redis_conn import connect
 from livecommerce.redpackets_redis import Dropped, DropRefused, DropReplayed, RedisRedPackets
 from livecommerce.store_sql import SqlStore
 from livecommerce.wallet import shard_of
@@ -143,6 +143,7 @@ async def test_expiry_refunds_the_rest_once_with_keepers_racing_and_announces_on
         g = await packets.grab(p.id, u, now_ms=NOW + 10)
         assert g.code == "ok" and g.pending is not None
         done, _, ev = await packets.credit(g.pending)
+        assert done
         await w.publish(log, [ev])
         await packets.clear_pending(g.pending)
     keepers = [RedPacketKeeper(packets, w, log, broker, worker=f"k{i}") for i in range(4)]
