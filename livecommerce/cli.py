@@ -39,6 +39,7 @@ CLI_MODULES = [
     "livecommerce.cli_campaign",
     "livecommerce.cli_catalog",
     "livecommerce.cli_lottery",
+    "livecommerce.cli_redpacket",
     "livecommerce.devcluster.cli",
     "livecommerce.cli_profiles",
 ]

@@ -192,3 +192,22 @@ def test_the_verifier_never_raises_on_garbage() -> None:
     for junk in (None, [], "x", {"seed": 5}, {"seed": "ab", "id": 1}, {"seed": "ab", "id": "1-a", "amount": 1, "count": 5},
                  {"seed": "ab", "id": "1-a", "amount": 5, "count": 1, "grabs": "x"}):
         assert not verify_record(junk).ok
+
+
+def test_the_verify_command_line_prints_match_or_mismatch_with_exit_codes(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from livecommerce import cli
+
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    rec = _ended_record(3)
+    good.write_text(json.dumps(rec))
+    rec["grabs"][0]["amount"] += 1
+    bad.write_text(json.dumps(rec))
+    assert cli.main(["redpacket", "verify", str(good)]) == 0
+    assert "MATCH: red packet 5-abc" in capsys.readouterr().out
+    assert cli.main(["redpacket", "verify", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert "MISMATCH" in out and "grab 0" in out
+    assert cli.main(["redpacket", "verify", str(tmp_path / "missing.json")]) == 1
+    assert "cannot read a red packet record" in capsys.readouterr().err
