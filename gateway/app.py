@@ -95,8 +95,10 @@ def build_app(settings: Settings, *, redis: Any = None) -> web.Application:
 
 
 async def close_clients(gw: Gateway) -> int:
-    """Mark the node draining, flush what is pending and close every client with 1012."""
+    """Mark the node draining, flush what is pending, take the node out of the rooms' online
+    counts and close every client with 1012."""
     gw.draining = True
+    await gw.hub.withdraw_presence()
     conns = [c for room in gw.hub.rooms.values() for c in room.all() if not c.ws.closed]
     for room in list(gw.hub.rooms.values()):
         gw.hub.flush(room)

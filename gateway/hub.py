@@ -83,6 +83,7 @@ class Hub:
         self._tasks: list[asyncio.Task[None]] = []
         self._behind: set[Conn] = set()  # connections over the soft buffer mark
         self._aux: set[asyncio.Task[Any]] = set()  # unsubscribe/cleanup tasks of dropped rooms
+        self.reporting = True  # False once the node drains: its viewers count on other nodes
         self._soft = settings.send_buffer_bytes
         self._hard = settings.send_buffer_hard_bytes
         self._tick_s = settings.tick_ms / 1000
@@ -491,7 +492,7 @@ class Hub:
     async def sync_online(self) -> None:
         """Report this node's connections per room; push ``online`` where the total changed."""
         rooms = list(self.rooms.values())
-        if not rooms:
+        if not rooms or not self.reporting:
             return
         now_ms = clock.now_ms()
         totals = await self.presence.report(self.node, {room.id: room.count() for room in rooms}, now_ms=now_ms)
@@ -500,6 +501,13 @@ class Hub:
             if total != room.online:
                 room.online = total
                 self.send_local(room.id, envelope("online", room.id, {"count": total}, ts=now_ms))
+
+    async def withdraw_presence(self) -> None:
+        """The node drains: stop reporting and take its counts out of every room at once, so
+        its viewers, reconnecting to other nodes, are not counted twice until its reports
+        go stale (:data:`~livecommerce.presence.FRESH_MS`)."""
+        self.reporting = False
+        await asyncio.gather(*(self.presence.forget(self.node, room) for room in list(self.rooms)), return_exceptions=True)
 
     async def online(self, room_id: str) -> int:
         """The room's online count over every node."""

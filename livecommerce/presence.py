@@ -32,8 +32,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-#: a node's report counts for this long (ms); nodes report about once a second
-FRESH_MS = 5000
+#: a node's report counts for this long (ms); nodes report about once a second, so a node
+#: killed without a drain stops counting within 3 s (its viewers, reconnected elsewhere, are
+#: counted twice until then); a draining node withdraws its reports at once
+#: (``Hub.withdraw_presence``). Lower would drop a live node whose loop a storm delays.
+FRESH_MS = 3000
 
 
 class Presence(Protocol):

@@ -378,6 +378,14 @@ async def test_a_sigtermed_gateway_hands_its_viewers_over_without_a_refused_hand
         gw3 = topology.proc("gw3")
         assert gw3.signal(signal.SIGTERM)
         await wait_until(lambda: gw3.alive(), until=lambda alive: not alive, timeout=20, interval=0.2, what="gw3 to exit")
+        # it took itself out of the room's online count before it went: its viewers, now on
+        # the other gateways, are not counted twice until its last report goes stale
+        client = connect(topology.redis_url)
+        try:
+            reports = await client.hgetall(Keys("lc").room_online(room))
+        finally:
+            await client.aclose()
+        assert b"gw3" not in reports and "gw3" not in reports, reports
         await wait_until(lambda: [v.nodes[-1] for v in on_gw3], until=lambda nodes: "gw3" not in nodes, timeout=20,
                          interval=0.2, what="gw3's viewers on the other gateways")
         await asyncio.sleep(1.0)
