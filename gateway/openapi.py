@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -576,6 +577,168 @@ def _mark_idempotent(paths: dict[str, dict[str, J]]) -> None:
             params.append(copy.deepcopy(H_IDEM))
 
 
+# ---------------------------------------------------------------- examples and operation ids
+# What an example value of a field looks like, by the field's name (the schema gives the
+# type and bounds; these make an example read like a real request or answer).
+_STRING_BY_NAME = {
+    "room": "demo", "room_id": "demo", "user": "viewer1", "user_id": "viewer1", "host": "host1", "by": "host1",
+    "owner": "host1", "actor": "ops1", "reporter": "viewer2", "viewer": "viewer1", "winner": "viewer1",
+    "sale_id": "s-tea-1", "order_id": "o-3f9a2c", "product_id": "tea-set", "drop_id": "d-88", "coupon_id": "d-88|viewer1",
+    "packet_id": "rp-7c1e", "report_id": "rep-12", "audit_id": "a-31", "event_id": "e-5b2d", "request_id": "r-1",
+    "idempotency_key": "k-2f7", "title": "Spring tea show", "text": "tea please", "keyword": "tea please",
+    "name": "Tea set", "product_name": "Tea set", "reason": "spam", "message": "what went wrong, and what to do next",
+    "code": "invalid", "password": "8888", "seed_hash": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+    "seed": "5f2b6d0c8e1a4b3f9d7c6e5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c", "algorithm": "lc-draw-v1",
+    "image": "https://cdn.example.com/tea.jpg", "record_url": "/api/v1/lotteries/l-1", "greeting": "Welcome!",
+    "description": "A porcelain tea set", "category": "tea", "node": "gw1", "state": "live", "status": "ok",
+    "role": "viewer", "experiment": "exp-feed", "arm": "control",
+}
+_INT_BY_NAME = {"price": 9900, "unit_price": 9900, "amount": 9900, "discount": 1000, "balance": 1000, "stock": 100,
+                "qty": 1, "quantity": 100, "per_user_limit": 2, "limit": 2, "winners_k": 3, "winners": 3, "duration_s": 600,
+                "seq": 42, "count": 12, "value": 1000, "threshold": 9900, "rank": 1, "level": 3, "v": 1, "index": 0}
+_EXAMPLE_MS = 1_764_849_600_000  # 2025-12-04 12:00 UTC
+
+
+def example_of(schema: J, schemas: J, name: str = "", depth: int = 0) -> Any:
+    """A value of ``schema`` for the document's ``example`` fields: names give it meaning
+    (``_STRING_BY_NAME``), the schema its type and bounds. ``tests/test_openapi.py`` checks
+    each example against its schema."""
+    if "$ref" in schema:
+        return example_of(schemas[schema["$ref"].removeprefix("#/components/schemas/")], schemas, name, depth)
+    if "example" in schema:
+        return schema["example"]
+    if "const" in schema:
+        return schema["const"]
+    if "enum" in schema:
+        return schema["enum"][0]
+    for key in ("oneOf", "anyOf"):
+        if key in schema:
+            return example_of(schema[key][0], schemas, name, depth)
+    if "allOf" in schema:
+        out: J = {}
+        for sub in schema["allOf"]:
+            got = example_of(sub, schemas, name, depth)
+            if isinstance(got, dict):
+                out.update(got)
+        rest = {k: v for k, v in schema.items() if k != "allOf"}
+        if rest.get("properties"):
+            out.update(example_of({**rest, "type": "object"}, schemas, name, depth))
+        return out
+    t = schema.get("type")
+    if isinstance(t, list):
+        t = next((x for x in t if x != "null"), "null")
+    if t == "object" or (t is None and "properties" in schema):
+        if depth > 5:
+            return {}
+        props = schema.get("properties", {})
+        return {k: example_of(v, schemas, k, depth + 1) for k, v in props.items()}
+    if t == "array":
+        if depth > 5:
+            return []
+        return [example_of(schema.get("items", {}), schemas, name.rstrip("s"), depth + 1)]
+    if t == "string":
+        v = _STRING_BY_NAME.get(name, "abc123" if "pattern" in schema else "text")
+        if "pattern" in schema and not re.search(schema["pattern"], v):
+            v = next((c for c in ("abc123", "demo", "a") if re.search(schema["pattern"], c)), v)
+        lo, hi = schema.get("minLength", 0), schema.get("maxLength")
+        v = v.ljust(lo, "x")
+        return v[:hi] if hi is not None else v
+    if t in ("integer", "number"):
+        n: int
+        if name.endswith("_ms") or name in ("ts", "at"):
+            n = _EXAMPLE_MS
+        elif name.endswith("_s"):
+            n = 60
+        else:
+            n = _INT_BY_NAME.get(name, 1)
+        n = max(n, schema.get("minimum", n))
+        return min(n, schema.get("maximum", n))
+    if t == "boolean":
+        return True
+    if t == "null":
+        return None
+    return {}
+
+
+def _camel(dotted: str) -> str:
+    """``lotteries.http_start`` -> ``lotteriesStart`` (an operation id)."""
+    words = [w for part in dotted.split(".") for w in part.split("_") if w and w != "http"]
+    return words[0] + "".join(w[:1].upper() + w[1:] for w in words[1:])
+
+
+class _Named:
+    """Stands in for the capabilities when the route table is read for names only: each
+    attribute is the dotted path that reached it (``s.lotteries.http_start``)."""
+
+    def __init__(self, path: str = "") -> None:
+        self.path = path
+
+    def __getattr__(self, name: str) -> _Named:
+        return _Named(f"{self.path}.{name}" if self.path else name)
+
+
+def operation_ids() -> dict[tuple[str, str], str]:
+    """``(method, path) -> operationId`` from the route table (``gateway/routes.py``): the
+    capability and the method that serves the route, e.g. ``lotteriesStart``."""
+    from . import routes  # the table imports every capability, and they import this module
+
+    named: dict[tuple[str, str], str] = {}
+    for route in routes.http_routes(cast(Any, _Named())):
+        handler = route.handler
+        if isinstance(handler, _Named):
+            named[(route.method.lower(), route.path)] = _camel(handler.path)
+    # one method serving several routes (PUT and DELETE of a follow, two paths of one
+    # export): the HTTP method, then the path's last literal segment, tell them apart
+    uses: dict[str, int] = {}
+    for name in named.values():
+        uses[name] = uses.get(name, 0) + 1
+    out: dict[tuple[str, str], str] = {}
+    for (method, path), name in named.items():
+        if uses[name] > 1:
+            name += method.capitalize()
+            if sum(1 for (m, _), n in named.items() if n == named[(method, path)] and m == method) > 1:
+                last = next((seg for seg in reversed(path.split("/")) if seg and not seg.startswith("{")), "")
+                name += _camel(last.replace("-", "_")).capitalize()
+        out[(method, path)] = name
+    return out
+
+
+def _add_ids_and_examples(paths: dict[str, dict[str, J]], schemas: J) -> None:
+    ids = operation_ids()
+    for path, methods in paths.items():
+        for method, spec in methods.items():
+            if not isinstance(spec, dict) or "responses" not in spec:
+                continue
+            op_id = ids.get((method, path))
+            if op_id is not None:
+                spec.setdefault("operationId", op_id)
+            body = spec.get("requestBody", {}).get("content", {}).get("application/json")
+            if body is not None and "schema" in body:
+                body.setdefault("example", example_of(body["schema"], schemas))
+            for status, resp in spec["responses"].items():
+                media = resp.get("content", {}).get("application/json") if isinstance(resp, dict) else None
+                if media is None or "schema" not in media:
+                    continue
+                if status.startswith("2"):
+                    media.setdefault("example", example_of(media["schema"], schemas))
+                elif status in ERROR_EXAMPLES:
+                    media.setdefault("example", {"error": ERROR_EXAMPLES[status]})
+
+
+#: an example per error status (the codes of livecommerce/errors.py's table)
+ERROR_EXAMPLES: dict[str, J] = {
+    "400": {"code": "bad_request", "message": "body is not JSON: send an object"},
+    "401": {"code": "unauthorized", "message": "missing or invalid token: sign in again"},
+    "403": {"code": "forbidden", "message": "only the room's host or ops may do this"},
+    "404": {"code": "not_found", "message": "no such order"},
+    "409": {"code": "room_ended", "message": "the show in room 'demo' has ended"},
+    "413": {"code": "too_large", "message": "body over 64 KiB"},
+    "422": {"code": "idempotency_conflict", "message": "this Idempotency-Key was used for another request: use a new key"},
+    "429": {"code": "rate_limited", "message": "too many requests: retry in 1 s"},
+    "503": {"code": "unavailable", "message": "Redis is unreachable: retry with the same key"},
+}
+
+
 def document(modules: list[str] | None = None, server_url: str | None = None) -> J:
     """The OpenAPI 3.1 document of the capability ``modules`` (default: what
     ``gateway.capabilities.CAPABILITIES`` serves), a fresh copy each call."""
@@ -595,6 +758,7 @@ def document(modules: list[str] | None = None, server_url: str | None = None) ->
             paths.setdefault(path, {}).update(copy.deepcopy(ops))
     _mark_idempotent(paths)
     _mark_common_errors(paths)
+    _add_ids_and_examples(paths, schemas)
     doc: J = {
         "openapi": "3.1.0",
         "info": {

@@ -247,3 +247,40 @@ async def test_health_responses_match(gateway_factory: Any, path: str) -> None:
         assert r.status == 200
         schema = doc["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
         assert validate(await r.json(), schema, doc) == []
+
+
+# ----------------------------------------------------------------------------- ids and examples
+def test_every_operation_has_a_unique_operation_id_from_the_route_table() -> None:
+    doc = document()
+    ids = [(path, method, spec.get("operationId")) for path, methods in doc["paths"].items()
+           for method, spec in methods.items() if isinstance(spec, dict)]
+    assert [x for x in ids if not x[2]] == []
+    names = [x[2] for x in ids]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+    assert all(re.fullmatch(r"[a-z][A-Za-z0-9]*", n) for n in names), names
+    by = {(path, method): op for path, method, op in ids}
+    assert by[("/api/v1/rooms/{room}/lotteries", "post")] == "lotteriesStart"
+    assert by[("/api/v1/sales/{sale}/buy", "post")] == "salesBuy"
+
+
+def test_every_request_body_and_answer_has_an_example_that_its_schema_accepts() -> None:
+    import jsonschema
+
+    doc = document()
+    root = {"components": doc["components"]}
+    checked = 0
+    for path, methods in doc["paths"].items():
+        for method, spec in methods.items():
+            if not isinstance(spec, dict):
+                continue
+            media = [("request", spec.get("requestBody", {}).get("content", {}).get("application/json"))]
+            media += [(status, r.get("content", {}).get("application/json")) for status, r in spec["responses"].items()]
+            for where, m in media:
+                if m is None or "schema" not in m:
+                    continue
+                assert "example" in m, f"{method.upper()} {path} {where}: no example"
+                errors = list(jsonschema.Draft202012Validator({**root, **m["schema"]}).iter_errors(m["example"]))
+                assert not errors, f"{method.upper()} {path} {where}: {errors[0].message}"
+                assert not validate(m["example"], m["schema"], doc), f"{method.upper()} {path} {where}"
+                checked += 1
+    assert checked > 200
