@@ -23,6 +23,7 @@ const S = {
   products: JSON.parse(localStorage.getItem(PRODUCTS_KEY) || "[]"), // [{id, name, price}]
   campaigns: [],
   lotteries: new Map(),
+  packets: new Map(), // red packet id -> packet (+ the end's summary)
   commentTimes: [],
   cpsHistory: [],
   gifts: 0,
@@ -49,6 +50,9 @@ function onStatus(status, env) {
     if (env.d.pin !== undefined) setPin(env.d.pin);
     if (typeof env.d.likes === "number") setText("st-likes", fmtInt(env.d.likes));
     for (const l of env.d.lotteries || []) S.lotteries.set(l.id, { ...l, state: "open" });
+    for (const p of env.d.redpackets || []) S.packets.set(p.id, { ...p, state: "open" });
+    renderPackets();
+    loadBalance();
     renderLotteries();
     loadRoom();
     loadModeration();
@@ -125,6 +129,15 @@ function onEvent(env, { replay }) {
     case "coupon.dropped":
       if (!replay) feed(`🎟️ coupon drop ${d.drop_id}: ${d.quantity}`);
       return loadDrops();
+    case "redpacket.dropped":
+      S.packets.set(d.id, { ...(S.packets.get(d.id) || {}), ...d, state: "open" });
+      if (!replay) feed(`🧧 red packet ${d.id}: ${fmtInt(d.amount)} coins in ${d.count} shares by ${d.by}`);
+      return renderPackets();
+    case "redpacket.ended":
+      S.packets.set(d.id, { ...(S.packets.get(d.id) || {}), ...d, state: "ended" });
+      if (!replay) feed(`🧧 red packet ${d.id} ended: ${d.grabbed}/${d.count} grabbed, ${fmtInt(d.refunded)} back to ${d.by}`);
+      renderPackets();
+      return loadBalance();
     case "lottery.started":
       S.lotteries.set(d.id, { ...d, state: "open" });
       if (!replay) feed(`🎁 lottery ${d.id} started`);
@@ -480,6 +493,52 @@ async function loadDrops() {
     // coupons not served by this gateway
   }
 }
+
+// ------------------------------------------------------------------ red packets
+async function loadBalance() {
+  const me = S.me;
+  if (!me) return;
+  try {
+    const w = await api(`/api/v1/wallets/${encodeURIComponent(me)}`);
+    $("#rp-balance").textContent = fmtInt(w.balance);
+  } catch {
+    // no wallet read for this token
+  }
+}
+
+function renderPackets() {
+  const items = [...S.packets.values()].sort((a, b) => (b.created_ms || 0) - (a.created_ms || 0)).slice(0, 8);
+  fill($("#redpackets"), items.map((p) => h("li", { dataset: { packet: p.id } },
+    "🧧 ", h("code", {}, p.id), ` · ${fmtInt(p.amount)} coins / ${p.count} shares`,
+    p.password ? ` · password “${p.password}”` : "", p.followers_only ? " · followers only" : "",
+    p.state === "ended"
+      ? [` · ended: ${p.grabbed}/${p.count} grabbed, ${fmtInt(p.refunded || 0)} refunded`,
+         p.best ? ` · best luck ${p.best.user} (${fmtInt(p.best.amount)})` : "", " · ",
+         h("a", { href: p.record_url, target: "_blank", rel: "noopener" }, "record")]
+      : ` · expires in ${countdown(p.expires_ms)}`)));
+}
+
+$("#redpacket-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const body = {
+    amount: Number($("#rp-amount").value),
+    count: Number($("#rp-count").value),
+    duration_s: Number($("#rp-duration").value),
+    greeting: $("#rp-greeting").value,
+    followers_only: $("#rp-followers").checked,
+    request_id: `rp${Date.now().toString(36)}${Math.random().toString(36).slice(2, 8)}`,
+  };
+  if ($("#rp-password").value.trim()) body.password = $("#rp-password").value.trim();
+  try {
+    const r = await api(`/api/v1/rooms/${encodeURIComponent(room)}/redpackets`, { method: "POST", body });
+    S.packets.set(r.id, { ...r, state: "open" });
+    $("#rp-balance").textContent = fmtInt(r.balance);
+    toast(`Red packet dropped: ${fmtInt(r.amount)} coins in ${r.count} shares`, "ok");
+    renderPackets();
+  } catch (e) {
+    fail("red packet")(e);
+  }
+});
 
 // ------------------------------------------------------------------ lottery
 $("#l-prize-kind").addEventListener("change", () => {

@@ -30,6 +30,7 @@ const S = {
   drops: new Map(), // drop_id -> drop + {claimed, note}
   myCoupons: new Map(), // coupon_id -> coupon view
   lotteries: new Map(), // id -> lottery + {state, entered, position, result}
+  packets: new Map(), // red packet id -> packet + {state, mine: {amount, index} | null, note, summary}
   combo: null, // {gift_id, combo_id, until}
   likesPending: 0,
   likesTotal: 0,
@@ -80,6 +81,8 @@ async function welcome(d) {
   if (Array.isArray(d.leaderboard)) renderBoard(d.leaderboard);
   for (const lot of d.lotteries || []) addLottery(lot);
   for (const c of d.coupons || []) addDrop(c);
+  for (const p of d.redpackets || []) addPacket(p);
+  renderPackets();
   S.chat = { slow_mode_s: 0, chat: "all", muted_until_ms: null, ...(d.moderation || {}) };
   renderChatRules();
   renderLotteries();
@@ -174,6 +177,16 @@ function onEvent(env, { replay }) {
       addDrop(d);
       return renderDrops();
     case "coupon.claimed": return onClaimed(d);
+    case "redpacket.dropped":
+      addPacket(d);
+      if (!replay && d.by !== S.me) toast(`🧧 ${d.by} dropped a red packet: ${fmtInt(d.amount)} coins!`, "ok");
+      return renderPackets();
+    case "redpacket.grabbed": return onGrabbed(d);
+    case "redpacket.ended": {
+      const p = S.packets.get(d.id) || { id: d.id };
+      S.packets.set(d.id, { ...p, ...d, state: "ended", summary: d });
+      return renderPackets();
+    }
     case "lottery.started":
       addLottery(d);
       return renderLotteries();
@@ -733,6 +746,67 @@ async function enter(l, btn) {
     toast(`${e.code}: ${e.message}`, "error");
   }
   renderLotteries();
+}
+
+// ------------------------------------------------------------------ red packets
+function addPacket(p) {
+  const old = S.packets.get(p.id) || {};
+  S.packets.set(p.id, { state: "open", mine: null, note: "", ...old, ...p });
+}
+
+function onGrabbed(d) {
+  const p = S.packets.get(d.packet_id);
+  if (p && !p.mine) {
+    p.mine = { amount: d.amount, index: d.index };
+    if (!d.duplicate) toast(`🧧 You grabbed ${fmtInt(d.amount)} coins!`, "ok", 6000);
+  }
+  if (typeof d.balance === "number") setText("coins", fmtInt(d.balance));
+  renderPackets();
+}
+
+function renderPackets() {
+  const box = $("#redpackets");
+  const now = Date.now();
+  const items = [...S.packets.values()]
+    .filter((p) => p.state === "ended" ? now - (p.ended_ms || now) < 60_000 : p.expires_ms > now)
+    .sort((a, b) => (b.created_ms || 0) - (a.created_ms || 0)).slice(0, 4);
+  box.hidden = !items.length;
+  fill(box, items.map((p) => {
+    const head = h("div", { class: "rp-head" }, h("b", {}, `🧧 ${p.greeting || "Red packet"}`),
+      h("span", { class: "small" }, ` ${fmtInt(p.amount)} coins · ${p.count} shares · from ${p.by}`));
+    let body;
+    if (p.mine) {
+      body = h("div", { class: "rp-mine" }, `You got ${fmtInt(p.mine.amount)} coins`);
+    } else if (p.state === "ended") {
+      body = h("div", { class: "small" }, "Ended");
+    } else if (p.by === S.me) {
+      body = h("div", { class: "small" }, ["Your packet · expires in ", cd(p.expires_ms)]);
+    } else if (p.password) {
+      body = h("button", { class: "rp-grab", onclick: () => live.request("comment", { text: p.password }).catch((e) => toast(e.message, "error")) },
+        `Comment “${p.password}” to grab`);
+    } else {
+      body = h("button", { class: "rp-grab", onclick: (ev) => grabPacket(p, ev.target) }, "Grab 抢");
+    }
+    const s = p.summary;
+    return h("div", { class: `rp ${p.state}`, dataset: { packet: p.id } }, head, body,
+      p.followers_only && p.state !== "ended" ? h("div", { class: "small" }, "followers only") : null,
+      p.note ? h("div", { class: "small rp-note" }, p.note) : null,
+      s ? h("div", { class: "small rp-summary" }, `${s.grabbed}/${s.count} grabbed`,
+        s.best ? ` · best luck ${s.best.user} (${fmtInt(s.best.amount)})` : "", " · ",
+        h("a", { href: s.record_url, target: "_blank", rel: "noopener" }, "verify")) : null);
+  }));
+}
+
+async function grabPacket(p, btn) {
+  btn.disabled = true;
+  try {
+    const r = await live.request("redpacket.grab", { packet_id: p.id });
+    onGrabbed(r.d);
+  } catch (e) {
+    p.note = e.message || e.code;
+    if (e.code === "empty" || e.code === "expired" || e.code === "ended") p.state = e.code === "empty" ? "open" : "ended";
+    renderPackets();
+  }
 }
 
 // ------------------------------------------------------------------ clocks
