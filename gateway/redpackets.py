@@ -162,10 +162,12 @@ class RedPackets:
         res = await self.store.drop(p, seed=seed, shares=split(seed, pid, p.amount, p.count), request_id=req.request_id,
                                     fingerprint=drop_fingerprint(room, req))
         if isinstance(res, DropReplayed):
-            first = await self.packet(res.packet_id)
-            if first is None:
+            st = await self.store.get(res.packet_id)
+            if st is None:
                 raise NotFound("the first drop of this request_id is gone")
-            return {**first.public(), "duplicate": True}
+            if st.state == "open":  # its first gateway may have died before listing it in the room
+                await self.store.index_room(st.packet)
+            return {**st.packet.public(), "state": st.state, "duplicate": True}
         if not isinstance(res, Dropped):
             if res.code == "idempotency_conflict":
                 raise IdempotencyConflict(f"request_id {req.request_id!r} was used for another drop: use a new one")

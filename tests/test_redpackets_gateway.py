@@ -70,6 +70,16 @@ async def test_a_packet_dropped_on_one_node_is_grabbed_over_websockets_on_anothe
         # a retry of the same request answers the same packet and debits nothing
         st, again = await _call(s, "POST", f"{a.url}/api/v1/rooms/{room}/redpackets", token("hana", "host", rooms=(room,)), json=body)
         assert (st, again["id"], again["duplicate"]) == (200, p["id"], True)
+        # a gateway killed between the drop script and the room's index: the retry lists it again
+        packets = RedisRedPackets(redis, a.gw.keys)
+        await packets.unindex_room(room, p["id"])
+        assert (await _call(s, "GET", f"{a.url}/api/v1/rooms/{room}/redpackets", None))[1]["redpackets"] == []
+        st, again = await _call(s, "POST", f"{a.url}/api/v1/rooms/{room}/redpackets", token("hana", "host", rooms=(room,)), json=body)
+        assert (st, again["duplicate"], again["state"]) == (200, True, "open")
+        st, listed = await _call(s, "GET", f"{a.url}/api/v1/rooms/{room}/redpackets", None)
+        assert [x["id"] for x in listed["redpackets"]] == [p["id"]]
+        st, w = await _call(s, "GET", f"{a.url}/api/v1/wallets/hana", token("hana"))
+        assert w["balance"] == 700  # debited once
         for v in viewers:  # on both nodes
             ev = await next_of(v, "redpacket.dropped")
             assert ev["d"]["id"] == p["id"] and ev["d"]["greeting"] == "恭喜发财"
