@@ -169,10 +169,23 @@ def ctx(browser: Any) -> Iterator[Any]:
     c.close()
 
 
+def _console_error(msg: Any, url: str, errors: list[str]) -> None:
+    """A console error is a page error (a style or script the CSP blocked, a missing file
+    such as the favicon), except an API call the server refused on purpose (a 4xx the page
+    shows as a message: a sold-out buy, a duplicate claim)."""
+    if msg.type != "error":
+        return
+    where = (msg.location or {}).get("url", "")
+    if "/api/" in where and "status of 4" in msg.text:
+        return
+    errors.append(f"{url.split('?')[0]}: console: {msg.text} ({where})")
+
+
 def _page(ctx: Any, url: str, errors: list[str]) -> Any:
     page = ctx.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     page.on("pageerror", lambda e: errors.append(f"{url.split('?')[0]}: {e}"))
+    page.on("console", lambda m: _console_error(m, url, errors))
     page.goto(url)
     return page
 
