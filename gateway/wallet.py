@@ -22,9 +22,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from aiohttp import web
 
+from livecommerce.auth import Identity
 from livecommerce.errors import Forbidden, Unavailable
 from livecommerce.log import Log, LogEvent
 from livecommerce.store_sql import SqlStore
@@ -122,6 +124,11 @@ class Wallets:
         self.wallet = wallet
         self.outbox = outbox
         self.store = store
+
+    async def welcome(self, room: str, ident: Identity) -> dict[str, Any]:
+        """Welcome hook: ``test_coins: true`` when a viewer may top up its own wallet (the
+        viewer page shows its test top-up button only then)."""
+        return {"test_coins": True} if self.gw.s.test_coins else {}
 
     async def topup(self, request: web.Request) -> web.Response:
         gw = self.gw

@@ -242,6 +242,7 @@ def build(gw: Gateway) -> Services:
     gw.hub.on_tick.append(outbox.on_tick)
     gw.hooks.stop.insert(0, outbox.flush)
     wallets = Wallets(gw, wallet, outbox, store)
+    gw.hooks.welcome.append(wallets.welcome)
     gifts = Gifts(gw, wallet, outbox, RedisLeaderboards(gw.redis, gw.keys, room_ttl_s=gw.s.room_retention_s), gate,
                   gw.hooks.gift)
     gw.hub.on_tick.append(gifts.on_tick)

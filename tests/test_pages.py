@@ -415,6 +415,10 @@ def test_the_host_ends_the_show_and_its_commerce_closes(ctx: Any, dev: Dev) -> N
     viewer = _page(ctx, dev.viewer, errors)
     expect(host.locator("#room-state")).to_have_text("LIVE")
     expect(viewer.locator("#live-badge")).to_have_text("● LIVE")
+    expect(viewer.locator("#topup")).to_be_visible()  # `livecommerce dev` turns test coins on
+    host.click("#end-show")  # the first tap only arms it: ending cannot be undone
+    expect(host.locator("#end-show")).to_have_text("Tap again to end the show")
+    expect(viewer.locator("#live-badge")).to_have_text("● LIVE")
     host.click("#end-show")
     expect(viewer.locator("#live-badge")).to_have_text("ENDED")
     expect(host.locator("#summary")).to_contain_text("comments")

@@ -46,3 +46,13 @@ async def test_with_test_coins_a_viewer_tops_up_its_own_wallet(gateway_factory: 
         r = await http.post(f"{node.url}/api/v1/wallets/carol/topup", json={"amount": 300, "idempotency_key": "self-1"},
                             headers={"Authorization": f"Bearer {token('carol')}"})
         assert r.status == 201 and (await r.json())["balance"] == 300
+
+
+async def test_welcome_says_whether_test_coins_are_on(gateway_factory: Any, token: Callable[..., str]) -> None:
+    from tests.wsclient import Client
+
+    for on in (False, True):
+        node = await gateway_factory(test_coins=on)
+        c = await Client.connect(node.ws, "tc1", token("dave"))
+        assert c.welcome["d"].get("test_coins", False) is on  # the viewer page shows its top-up button only then
+        await c.close()

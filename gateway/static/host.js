@@ -307,7 +307,25 @@ $("#go-live").addEventListener("click", async () => {
   }
 });
 
+// ending a show cannot be undone: the first tap arms the button for 5 s, the second ends it
+let endArmed = 0;
 $("#end-show").addEventListener("click", async () => {
+  const btn = $("#end-show");
+  if (Date.now() > endArmed) {
+    endArmed = Date.now() + 5000;
+    btn.textContent = "Tap again to end the show";
+    btn.classList.add("danger");
+    setTimeout(() => {
+      if (Date.now() > endArmed) {
+        btn.textContent = "End show";
+        btn.classList.remove("danger");
+      }
+    }, 5100);
+    return;
+  }
+  endArmed = 0;
+  btn.textContent = "End show";
+  btn.classList.remove("danger");
   try {
     S.show = await api(`/api/v1/rooms/${encodeURIComponent(room)}/end`, { method: "POST" });
     renderShow();

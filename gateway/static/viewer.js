@@ -74,6 +74,7 @@ function renderShow() {
 }
 
 async function welcome(d) {
+  $("#topup").hidden = !d.test_coins; // test coins are a dev/demo feature (LC_TEST_COINS)
   S.show = d.show || S.show;
   renderShow();
   if (d.pin !== undefined) setPin(d.pin);
