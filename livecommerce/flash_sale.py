@@ -172,6 +172,15 @@ class Hold:
     request_id: str
 
 
+def early_window(starts_ms: int, ends_ms: int, now_ms: int) -> tuple[int, int]:
+    """The window of a sale the host opens at ``now_ms``: before its start, the window moves
+    to start now and keeps its length (a sale announced as 10 minutes runs 10 minutes);
+    at or after its start it is unchanged. ``flash_sale_state.lua`` does the same."""
+    if now_ms < starts_ms:
+        return now_ms, ends_ms - (starts_ms - now_ms)
+    return starts_ms, ends_ms
+
+
 def sale_step(state: SaleState, step: SaleStep) -> SaleState | None:
     """The state after ``step``, or None when the step already happened (a no-op).
 

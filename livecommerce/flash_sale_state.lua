@@ -23,8 +23,11 @@ if ARGV[1] == 'start' then
   if state ~= 'scheduled' then return {'illegal', state} end
   local m = redis.call('HMGET', KEYS[1], 'starts_ms', 'ends_ms')
   if now >= tonumber(m[2]) then return {'late', state} end
-  -- a host may open a prepared sale early: the window starts now
-  if now < tonumber(m[1]) then redis.call('HSET', KEYS[1], 'starts_ms', ARGV[2]) end
+  -- a host may open a prepared sale early: the window starts now and keeps its length
+  -- (flash_sale.early_window), so "10 minutes" stays 10 minutes
+  if now < tonumber(m[1]) then
+    redis.call('HSET', KEYS[1], 'starts_ms', ARGV[2], 'ends_ms', tostring(tonumber(m[2]) - (tonumber(m[1]) - now)))
+  end
   local new = 'live'
   if tonumber(redis.call('GET', KEYS[2])) <= 0 then new = 'sold_out' end
   redis.call('HSET', KEYS[1], 'state', new)

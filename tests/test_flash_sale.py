@@ -362,3 +362,14 @@ def test_the_core_imports_no_io_library():
             if isinstance(n, ast.ImportFrom) and n.level == 0
         }
         assert not names & {"asyncio", "redis", "sqlalchemy", "aiohttp", "aiokafka"}, mod.__name__
+
+
+@given(st.integers(0, 10**12), st.integers(1, 10**9), st.integers(0, 10**12))
+def test_an_early_start_keeps_the_sales_length_and_a_late_one_changes_nothing(starts: int, length: int, now: int) -> None:
+    from livecommerce.flash_sale import early_window
+
+    s, e = early_window(starts, starts + length, now)
+    if now < starts:
+        assert (s, e - s) == (now, length)
+    else:
+        assert (s, e) == (starts, starts + length)

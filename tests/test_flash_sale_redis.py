@@ -13,7 +13,7 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
 from livecommerce.errors import BadFrame, Conflict, NotFound, Unavailable
-from livecommerce.flash_sale import Reserved, Sale, SaleState, decide_reserve
+from livecommerce.flash_sale import Reserved, Sale, SaleState, decide_reserve, early_window
 from livecommerce.flash_sale_redis import RedisFlashSale
 from livecommerce.keys import Keys
 
@@ -228,8 +228,11 @@ async def test_a_sale_sells_only_while_live_and_inside_its_window(fs):
 
 async def test_a_host_may_open_a_prepared_sale_early_but_not_after_its_window(fs):
     assert await fs.create(make_sale("early"))
+    before = await fs.get("early")
     assert await fs.start("early", T0 - 5_000) == "live"
-    assert (await fs.get("early")).starts_ms == T0 - 5_000
+    opened = await fs.get("early")
+    assert (opened.starts_ms, opened.ends_ms) == early_window(before.starts_ms, before.ends_ms, T0 - 5_000)
+    assert opened.starts_ms == T0 - 5_000 and opened.ends_ms - opened.starts_ms == before.ends_ms - before.starts_ms
     assert isinstance(await fs.reserve("early", "u1", 1, "a", T0 - 4_000, "o1"), Reserved)
     assert await fs.create(make_sale("late"))
     with pytest.raises(Conflict):
