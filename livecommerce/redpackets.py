@@ -282,6 +282,48 @@ def grab_reject(packet: RedPacket | None, *, user: str, now_ms: int, following: 
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class PacketView:
+    """What the grab and end scripts read of a packet: its state (None: no such packet), its
+    expiry, shares and the shares taken (``grabbed``, ``taken`` coins), and the grabbing
+    user's earlier share ``(index, amount)`` if any."""
+
+    state: PacketState | None
+    expires_ms: int = 0
+    amount: int = 0
+    count: int = 0
+    grabbed: int = 0
+    taken: int = 0
+    prior: tuple[int, int] | None = None
+
+
+def decide_grab(view: PacketView, *, now_ms: int) -> GrabCode:
+    """The grab script's answer (``redpackets_grab.lua`` is its atomic twin, parity-tested):
+    an earlier grab by the user answers first (``already_grabbed``, its first share), so a
+    retry after the end still hears its share; then the state, the expiry (the caller's
+    clock) and the shares left. ``ok`` takes share number ``grabbed``."""
+    if view.state is None:
+        return "not_found"
+    if view.prior is not None:
+        return "already_grabbed"
+    if view.state != "open":
+        return "ended"
+    if now_ms >= view.expires_ms:
+        return "expired"
+    if view.grabbed >= view.count:
+        return "empty"
+    return "ok"
+
+
+def decide_end(view: PacketView, *, now_ms: int) -> int | None:
+    """The keeper's end step (``redpackets_step.lua``'s first half): None while the packet is
+    not open or not due (expiry ahead and shares left); else the refund, ``amount - taken``
+    coins back to the dropper (0: every share was taken)."""
+    if view.state != "open" or (now_ms < view.expires_ms and view.grabbed < view.count):
+        return None
+    return view.amount - view.taken
+
+
 # ---------------------------------------------------------------- the split
 def seed_hash(seed: str) -> str:
     """The public commitment to ``seed``: sha256 of its ASCII bytes, hex."""

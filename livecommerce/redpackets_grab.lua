@@ -1,4 +1,4 @@
--- Grab the next share of a red packet: at most one share per user, never more shares than
+-- Grab the next share of a red packet (twin of livecommerce.redpackets.decide_grab): at most one share per user, never more shares than
 -- the packet has, only while it is open and before its expiry (the caller's clock).
 -- Every key is in the packet's slot (its dropper's wallet shard, {wallet:N}).
 -- KEYS[1] meta hash, KEYS[2] shares list, KEYS[3] grabs hash (user -> "index|amount|at_ms"),

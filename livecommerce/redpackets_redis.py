@@ -16,7 +16,7 @@ id names the shard (``<N>-<token>``). Keys, all in the ``{wallet:N}`` slot:
   (and refunds written) whose recipient's wallet is not credited yet
 * ``{wallet:N}:rpreq:<len>:<user>:<request id>``  a drop request: ``fingerprint\\npacket``
 * ``{wallet:M}:rpcr:<credit id>`` in the *recipient's* shard: the credit was applied (the
-  mark that makes a second application a no-op), kept :data:`MARK_TTL_MS`
+  mark that makes a second application a no-op), kept :data:`MARK_TTL_MS` (2 days)
 
 Contracts:
 
@@ -67,7 +67,10 @@ STEP = (files("livecommerce") / "redpackets_step.lua").read_text()
 DONE = (files("livecommerce") / "redpackets_done.lua").read_text()
 
 REQUEST_TTL_MS = 24 * 3600 * 1000  # a drop's request id answers its first packet for a day
-MARK_TTL_MS = 30 * 24 * 3600 * 1000  # a credit's applied-mark; pending credits never live that long
+# a credit's applied-mark: far longer than a pending credit lives (the keeper applies and drops
+# it within seconds; a keeper down for days is the bound), short enough that a million grabs a
+# day keep about two million small keys
+MARK_TTL_MS = 2 * 24 * 3600 * 1000
 RECORD_TTL_MS = 30 * 24 * 3600 * 1000  # an announced packet's record
 
 StepAction = Literal["open", "announce", "leased", "done", "missing"]

@@ -1,4 +1,5 @@
--- The keeper's step on a due red packet (one slot: the packet's, {wallet:N}).
+-- The keeper's step on a due red packet (one slot: the packet's, {wallet:N}); the end is the
+-- twin of livecommerce.redpackets.decide_end.
 -- open and (expired or every share taken): end it, once: state 'ended', the coins nobody
 -- grabbed (amount - taken) become a pending refund credit of the dropper. Then an ended
 -- packet is leased to one announcer (the lease holder itself, or anyone once it expired).
@@ -36,7 +37,7 @@ if state == 'ended' then
     local until_ms = now + tonumber(ARGV[3])
     redis.call('HSET', KEYS[1], 'lease_owner', ARGV[2], 'lease_until', until_ms)
     redis.call('ZADD', KEYS[2], until_ms, ARGV[4])  -- looked at again if the announcer dies
-    return {'announce', tonumber(redis.call('HGET', KEYS[1], 'refunded'))}
+    return {'announce', tonumber(redis.call('HGET', KEYS[1], 'refunded') or '0')}
   end
   return {'leased', 0}
 end
