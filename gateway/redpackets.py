@@ -226,8 +226,9 @@ class RedPackets:
         """Comment hook: a comment containing an open password packet's password grabs it
         (the grabber hears ``redpacket.grabbed``). Never fails the comment."""
         text = d.get("text")
-        if not isinstance(text, str):
-            return
+        snap = self._served.get(conn.room)
+        if not isinstance(text, str) or (snap is not None and not snap.redpackets):
+            return  # the common case: a room without packets, known from the node's snapshot
         try:
             for p in await self.open_in(conn.room):
                 if p.password and p.by != conn.user and p.password.casefold() in text.casefold():
