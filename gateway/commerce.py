@@ -199,6 +199,43 @@ class FlashSales:
         self._fetches: dict[str, asyncio.Future[None]] = {}  # sale -> its buyers' fetch in flight
         self.last_stock_pub: dict[str, float] = {}
         self._purge_at = 0.0
+        self._room_sales: dict[str, tuple[float, asyncio.Future[list[Sale]]]] = {}  # room -> its live sales (SQL)
+
+    async def sale_for_product(self, room: str, product_id: str) -> dict[str, Any] | None:
+        """The live (or sold-out) flash sale of ``product_id`` in ``room``, as ``sale.started``
+        describes it, with ``remaining`` and ``state``: what a pin shows a late joiner.
+
+        From this node's view of the sale when it heard the sale's events (memory; its
+        ``remaining`` follows ``sale.stock``/``sale.soldout``); else from SQL's live sales of
+        the room (one read per room per second, shared by every joiner) and the sale's stock
+        in Redis. None: no such sale.
+        """
+        for view in self.views.values():
+            s = view.sale
+            if s is not None and s.room == room and s.product_id == product_id and view.state in ("live", "sold_out"):
+                return {**sale_started_data(s, view.remaining), "state": view.state}
+        for s in await self._live_sales(room):
+            if s.product_id == product_id:
+                try:
+                    st = await self.checkout.sales.stats(s.id)
+                except NotFound:
+                    continue
+                if st.state in ("live", "sold_out"):
+                    return {**sale_started_data(s, st.remaining), "state": st.state}
+        return None
+
+    async def _live_sales(self, room: str) -> list[Sale]:
+        now = time.monotonic()
+        hit = self._room_sales.get(room)
+        if hit is None or hit[0] < now or (hit[1].done() and hit[1].exception() is not None):
+            if len(self._room_sales) > 10_000:
+                self._room_sales.clear()
+            hit = (now + 1.0, asyncio.ensure_future(self._read_live_sales(room)))
+            self._room_sales[room] = hit
+        return await asyncio.shield(hit[1])
+
+    async def _read_live_sales(self, room: str) -> list[Sale]:
+        return [r.sale for r in await self.store.list_sales(room_id=room, limit=20) if r.state in ("live", "sold_out")]
 
     async def check_schema(self) -> None:
         """Start hook: a ConfigError tells the operator to run ``livecommerce db upgrade``."""

@@ -220,6 +220,7 @@ def build(gw: Gateway) -> Services:
         store=store,
         views=views,
     )
+    rooms.sale_for_product = sales.sale_for_product  # a pin shows its live sale and the stock left
     gw.hooks.comment.append(rooms.count_comment)
     gw.hooks.welcome.append(rooms.welcome)
     gw.hub.on_second.append(rooms.tick)

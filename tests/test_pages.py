@@ -306,6 +306,12 @@ def test_host_runs_a_whole_show_and_the_viewer_sees_each_step(ctx: Any, dev: Dev
     coupon.get_by_role("button", name="Claim").click()
     expect(coupon).to_contain_text("Claimed ✓")
 
+    # a reload shows the room as it is: the stock left, the paid order, the claimed coupon
+    viewer.reload()
+    expect(viewer.locator("#stock-text")).to_have_text("2 of 3 left")
+    expect(viewer.locator("#orders .order").first).to_contain_text("Paid ✓ $9.90")
+    expect(viewer.locator("#coupons .coupon").first).to_contain_text("Claimed ✓")
+
     # gifts: top up test coins, send a rose; the banner and the leaderboard show it
     viewer.click("#topup")
     expect(viewer.locator("#coins")).to_have_text("1,000")

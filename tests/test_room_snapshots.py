@@ -282,3 +282,43 @@ async def test_a_comment_in_a_room_the_node_serves_reads_neither_its_state_nor_i
     assert entered["d"]["id"] == started["d"]["id"]
     for c in (viewer, host):
         await c.close()
+
+
+async def test_a_late_joiner_sees_the_pinned_products_live_sale_and_its_stock_left(gateway_factory: Any,
+                                                                                    token: Callable[..., str]) -> None:
+    """After a reload the pin said "20 of 20 left" while 18 remained (M2 7/7): the pin of a
+    product whose flash sale runs carries the sale, its state and the stock left, from the
+    node's view of the sale or, on a node that never heard the sale's events, from SQL and
+    Redis."""
+    import time
+    import uuid
+
+    a, b = await gateway_factory(), await gateway_factory()
+    room, sid = f"pin{uuid.uuid4().hex[:6]}", f"s{uuid.uuid4().hex[:8]}"
+    host, ops = token("h", "host", (room,)), token("ops1", "ops")
+    async with aiohttp.ClientSession() as http:
+        await post(http, f"{a.url}/api/v1/rooms", host, {"id": room})
+        await post(http, f"{a.url}/api/v1/products", host, {"id": "tea", "name": "Tea set", "price": 1999})
+        watcher = await Client.connect(a.ws, room, token("w"))
+        await post(http, f"{a.url}/api/v1/campaigns", ops, {"id": sid, "room": room, "product_id": "tea", "price": 999,
+                                                            "stock": 5, "per_user_limit": 2, "duration_s": 600,
+                                                            "starts_ms": int(time.time() * 1000) - 1000})
+        await next_of(watcher, "sale.started")
+        await post(http, f"{a.url}/api/v1/rooms/{room}/pin", host, {"product_id": "tea"})
+        buyer = await Client.connect(a.ws, room, token("buyer"))
+        got = await buyer.request("buy", sale_id=sid, qty=2, request_id="r1")
+        assert got["t"] == "order.reserved", got
+        # node b never served the room: it reads the room's live sales
+        late_b = await Client.connect(b.ws, room, token("late-b"))
+        sale = late_b.welcome["d"]["pin"]["sale"]
+        assert (sale["sale_id"], sale["state"], sale["remaining"], sale["stock"]) == (sid, "live", 3, 5), sale
+
+        # node a heard the sale: its view answers, and follows the stock
+        async def remaining_on_a() -> Any:
+            c = await Client.connect(a.ws, room, token("late-a"))
+            await c.close()
+            return c.welcome["d"]["pin"]["sale"]["remaining"]
+
+        await wait_until(remaining_on_a, until=lambda n: n == 3, timeout=5, interval=0.2, what="node a's view of the stock")
+        for c in (watcher, buyer, late_b):
+            await c.close()

@@ -93,11 +93,21 @@ async function welcome(d) {
 
 async function refreshMine() {
   if (!S.me) return;
-  const [points, wallet, coupons] = await Promise.allSettled([
+  const [points, wallet, coupons, orders] = await Promise.allSettled([
     api(`/api/v1/points/${encodeURIComponent(S.me)}`),
     api(`/api/v1/wallets/${encodeURIComponent(S.me)}`),
     api(`/api/v1/users/${encodeURIComponent(S.me)}/coupons`),
+    api(`/api/v1/orders?room=${encodeURIComponent(room)}&limit=50`),
   ]);
+  if (orders.status === "fulfilled") {
+    // after a reload: this room's orders as SQL has them (the socket's events update them)
+    for (const o of (orders.value.orders || []).slice().reverse()) {
+      const had = S.orders.get(o.id);
+      if (had && had.state !== "reserved") continue;
+      S.orders.set(o.id, { ...(had || {}), ...o, order_id: o.id, paid_amount: o.state === "paid" ? o.amount : undefined,
+        payKey: (had && had.payKey) || newId("pay-"), note: (had && had.note) || "" });
+    }
+  }
   if (points.status === "fulfilled") setPoints(points.value.viewer, points.value.level);
   if (wallet.status === "fulfilled") setText("coins", fmtInt(wallet.value.balance));
   if (coupons.status === "fulfilled") {
@@ -107,8 +117,8 @@ async function refreshMine() {
       if (drop) drop.claimed = c;
     }
     renderDrops();
-    renderOrders();
   }
+  renderOrders();
 }
 
 function setPoints(balance, level) {
@@ -547,8 +557,12 @@ function orderState(id, state, d) {
   renderOrders();
 }
 
+// the coupons this order can use, best first (the largest discount on this amount)
 function usableCoupons(o) {
-  return [...S.myCoupons.values()].filter((c) => c.state === "claimed" && (!c.threshold || o.amount >= c.threshold));
+  const off = (c) => (c.kind === "percent" ? Math.floor((o.amount * c.value) / 100) : Math.min(c.value, o.amount));
+  return [...S.myCoupons.values()]
+    .filter((c) => c.state === "claimed" && (!c.threshold || o.amount >= c.threshold))
+    .sort((a, b) => off(b) - off(a));
 }
 
 function renderOrders() {
@@ -567,9 +581,10 @@ function renderOrders() {
     if (o.state === "reserved") {
       const coupons = usableCoupons(o);
       if (coupons.length) {
+        // the best coupon is proposed: a claimed coupon the viewer forgets to pick is money lost
         actions.push(h("select", { class: "coupon-select", "aria-label": "coupon" },
-          h("option", { value: "" }, "no coupon"),
-          coupons.map((c) => h("option", { value: c.coupon_id }, couponText(c)))));
+          coupons.map((c) => h("option", { value: c.coupon_id }, couponText(c))),
+          h("option", { value: "" }, "no coupon")));
       }
       actions.push(h("button", { class: "ok pay", onclick: (ev) => pay(o, ev.target) }, `Pay ${money(o.amount)}`));
       actions.push(h("button", { class: "cancel", onclick: () => cancelOrder(o) }, "Cancel"));
