@@ -123,8 +123,8 @@ async def main(a: argparse.Namespace) -> int:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LC_")}
     env.update(LC_REDIS_URL=a.redis, LC_KEY_PREFIX=prefix, LC_DATABASE_URL=db_url, LC_SECRET=secret, LC_LOG_LEVEL="WARNING",
-               LC_LOG_JSON="1", LC_DATA_DIR=tmp)
-    exe = str(Path(sys.executable).with_name("livecommerce"))
+               LC_LOG_JSON="1", LC_DATA_DIR=tmp, PYTHONPATH=str(ROOT))  # this checkout's code, not the installed one
+    cli = (sys.executable, "-m", "livecommerce.cli")
     users = [f"f{i:06d}" for i in range(a.followers)]
     step = max(1, a.followers // max(1, a.connected))
     online = users[::step][: a.connected]
@@ -140,8 +140,8 @@ async def main(a: argparse.Namespace) -> int:
     out: dict[str, Any] = {"followers": a.followers, "connected": len(online), "database": db_url.split(":")[0],
                            "seed_s": round(seeded_s, 2)}
     try:
-        procs.append(await asyncio.create_subprocess_exec(exe, "gateway", "--port", str(port), "--node-id", "g1", env=env))
-        procs.append(await asyncio.create_subprocess_exec(exe, "worker", "reach", "--node-id", "r1", env=env))
+        procs.append(await asyncio.create_subprocess_exec(*cli, "gateway", "--port", str(port), "--node-id", "g1", env=env))
+        procs.append(await asyncio.create_subprocess_exec(*cli, "worker", "reach", "--node-id", "r1", env=env))
         base = f"http://127.0.0.1:{port}"
         await wait_http(base, 30)
         now_s = int(time.time())

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,11 +27,11 @@ from livecommerce.migrations import upgrade
 from livecommerce.reach import HOST_LIVE, TOPIC, live_event, live_event_id
 from livecommerce.schema import fan_members, notifications
 from livecommerce.store_sql import SqlStore
-from tests.test_workers_killed import Db, start, stop
+from tests.test_workers_killed import Db, stop
 from tests.waiting import wait_until
 
 NOW = 1_700_000_000_000
-FOLLOWERS = 30_000
+FOLLOWERS = 60_000
 
 
 @pytest.mark.slow
@@ -80,6 +83,14 @@ async def test_a_reach_worker_killed_inside_a_page_leaves_every_follower_exactly
         assert st is not None and st["written"] == FOLLOWERS and st["after_user"] == users[-1]
     finally:
         await store.close()
+
+
+def start(worker: str, env: dict[str, str], node: str) -> subprocess.Popen[bytes]:
+    """``livecommerce worker`` from this checkout (the installed command may import another)."""
+    root = str(Path(__file__).resolve().parents[1])
+    return subprocess.Popen([sys.executable, "-m", "livecommerce.cli", "worker", worker],
+                            env={**env, "LC_NODE_ID": node, "PYTHONPATH": root}, cwd=root,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 async def committed_rows(store: SqlStore, eid: str) -> int:
