@@ -225,3 +225,29 @@ async def test_grabs_are_refused_with_codes(redis: aioredis.Redis, keys: Keys) -
     assert (await packets.grab(p.id, "v", now_ms=NOW)).code == "ok"
     assert (await packets.grab(p.id, "w", now_ms=NOW)).code == "empty"
     assert await packets.get("99-x") is None and await packets.record("1-nothere") is None
+
+
+async def test_every_step_runs_on_redis_cluster_in_one_slot(cluster_redis: Any, keys: Keys) -> None:
+    """Each script's keys share a slot (a cross-slot script is refused by a cluster): drop,
+    racing grabs, credits in the grabbers' shards, the end with its refund, the announcement."""
+    from livecommerce.log import MemoryLog
+
+    packets, w, log = RedisRedPackets(cluster_redis, keys), RedisWallet(cluster_redis, keys), MemoryLog()
+    broker = MemoryBroker()
+    await _fund(w, log, "host", 100)
+    p = await _drop(packets, w, log, "host", 100, 10, duration_s=5)
+    got = await asyncio.gather(*(packets.grab(p.id, f"c{i}", now_ms=NOW + 1) for i in range(6)))
+    assert all(g.code == "ok" for g in got)
+    for g in got:
+        assert g.pending is not None
+        done, _, ev = await packets.credit(g.pending)
+        assert done
+        await w.publish(log, [ev])
+        await packets.clear_pending(g.pending)
+    keeper = RedPacketKeeper(packets, w, log, broker, worker="k1")
+    taken = sum(g.amount for g in got)
+    assert [(o.action, o.refunded) for o in await keeper.drain(now_ms=p.expires_ms)] == [("ended", 100 - taken)]
+    balances = await packets.balances(["host", *[f"c{i}" for i in range(6)]])
+    assert balances["host"] == 100 - taken and sum(balances.values()) == 100
+    rec = await packets.record(p.id)
+    assert rec is not None and rec["state"] == "announced" and verify_record(rec).ok
