@@ -280,7 +280,7 @@ class RedPackets:
 
 
 # ------------------------------------------------------------------------------ OpenAPI
-P_PACKET = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9]{1,2}-[A-Za-z0-9]{1,60}$"}}
+P_PACKET = {"name": "id", "in": "path", "required": True, "schema": ID, "description": "`<shard>-<token>`, e.g. `37-4f0c9a1b2e3d`"}
 P_ROOM_ = {"name": "room", "in": "path", "required": True, "schema": ID}
 _GRAB = obj({"user": STR, "amount": INT, "index": INT, "at_ms": MS}, ["user", "amount", "index", "at_ms"])
 OPENAPI_SCHEMAS: dict[str, J] = {
