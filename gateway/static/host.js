@@ -6,8 +6,9 @@
 // (POST /api/v1/rooms/{room}/announce); and watch live stats (online, comments/s, likes,
 // orders, stock, GMV); moderate: each comment in the feed has Delete / Mute / Kick / Ban, the
 // Moderation panel sets slow mode and the chat mode, appoints moderators and works the
-// reports queue (GET /api/v1/rooms/{room}/reports, refreshed on `report.filed`). User text
-// is rendered through text nodes only.
+// reports queue (GET /api/v1/rooms/{room}/reports, refreshed on `report.filed`); the
+// Schedule panel publishes, lists and cancels the host's schedules (预告:
+// /api/v1/hosts/{host}/schedule). User text is rendered through text nodes only.
 
 import { sparkline } from "./charts.js";
 import { $, api, ApiError, countdown, fill, fmtInt, h, Live, money, params, timeOf, toast } from "./common.js";
@@ -57,6 +58,7 @@ function onStatus(status, env) {
     loadRoom();
     loadModeration();
     loadReports();
+    loadSchedules();
     return;
   }
   const pill = $("#room-state");
@@ -624,3 +626,62 @@ renderProducts();
 loadCampaigns();
 loadDrops();
 live.connect();
+
+// ------------------------------------------------------------------ schedule (预告)
+function defaultStart() {
+  const d = new Date(Date.now() + 3600_000);
+  d.setSeconds(0, 0);
+  const local = new Date(d.getTime() - d.getTimezoneOffset() * 60_000);
+  return local.toISOString().slice(0, 16);
+}
+$("#sc-start").value = defaultStart();
+
+async function loadSchedules() {
+  if (!S.me) return;
+  try {
+    const r = await api(`/api/v1/hosts/${encodeURIComponent(S.me)}/schedule`);
+    renderSchedules(r.schedules || []);
+  } catch (e) {
+    fail("schedules")(e);
+  }
+}
+
+function renderSchedules(list) {
+  fill($("#schedules"), ...(list.length ? list.map((s) => h("li", { class: "row", "data-schedule": s.id },
+    h("span", { class: "grow" }, h("b", {}, s.title), ` · ${new Date(s.start_ms).toLocaleString()}`,
+      s.products.length ? ` · ${s.products.join(", ")}` : "", ` · ${fmtInt(s.subscribers || 0)} subscribed`),
+    h("span", { class: `pill ${s.state === "scheduled" ? "ok" : ""}` }, s.state),
+    s.state === "scheduled" ? h("button", { type: "button", onclick: () => cancelSchedule(s) }, "Cancel") : null,
+  )) : [h("li", { class: "muted" }, "No schedule yet.")]));
+}
+
+async function cancelSchedule(s) {
+  try {
+    await api(`/api/v1/schedules/${encodeURIComponent(s.id)}`, { method: "DELETE" });
+    toast(`“${s.title}” cancelled`, "ok");
+    loadSchedules();
+  } catch (e) {
+    fail("cancel")(e);
+  }
+}
+
+$("#schedule-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  if (!S.me) return;
+  const start = new Date($("#sc-start").value).getTime();
+  if (!Number.isFinite(start)) {
+    toast("Pick the start date and time", "error");
+    return;
+  }
+  const products = $("#sc-products").value.split(",").map((x) => x.trim()).filter(Boolean);
+  try {
+    const s = await api(`/api/v1/hosts/${encodeURIComponent(S.me)}/schedule`, {
+      method: "POST", body: { title: $("#sc-title").value.trim(), start_ms: start, products, room },
+    });
+    toast(`Scheduled “${s.title}”`, "ok");
+    $("#sc-title").value = "";
+    loadSchedules();
+  } catch (e) {
+    fail("schedule")(e);
+  }
+});

@@ -7,6 +7,10 @@
 // Moderation: a deleted comment (`comment.deleted`) leaves the chat and the stream; each
 // comment of someone else has a ⚑ to report it; slow mode and followers-only chat are shown
 // by the composer; a mute, slow mode or a kick/ban (close 4403) is said in words.
+// Follower reach: a 🔔 with the unread count (the welcome's `notifications.unread`, raised by
+// each pushed `host.live` / `schedule.reminder`) opens the inbox (GET /api/v1/me/notifications,
+// Mark all read); the Host panel follows / unfollows the room's host and lists their
+// upcoming schedules with Remind me (预约).
 // All user text goes through text nodes (h(), fill(), textContent), never innerHTML.
 
 import { $, api, countdown, fill, fmtInt, h, Live, money, newId, params, toast } from "./common.js";
@@ -35,6 +39,9 @@ const S = {
   likesPending: 0,
   likesTotal: 0,
   chat: { slow_mode_s: 0, chat: "all", muted_until_ms: null }, // the room's moderation as it applies to me
+  unread: 0, // notifications not read yet (follower reach)
+  seenNotices: new Set(), // ids of notices shown (pushed and listed: shown once)
+  following: null, // do I follow this room's host (null: unknown)
 };
 
 const live = new Live(room, token, { onEvent, onStatus });
@@ -88,7 +95,9 @@ async function welcome(d) {
   renderChatRules();
   renderLotteries();
   renderDrops();
+  if (d.notifications) setUnread(d.notifications.unread || 0);
   refreshMine();
+  loadHost();
 }
 
 async function refreshMine() {
@@ -215,6 +224,8 @@ function onEvent(env, { replay }) {
       if (d.kind === "coins" && typeof d.balance === "number") setText("coins", fmtInt(d.balance));
       return;
     case "points": return setPoints(d.balance, d.level);
+    case "host.live":
+    case "schedule.reminder": return onReachNotice(env.t, d);
     case "error":
       if (!replay) toast(`${d.code}: ${d.message}`, "error");
       return;
@@ -837,3 +848,124 @@ setInterval(() => {
 
 loadCatalogue();
 live.connect();
+
+// ------------------------------------------------------------------ notifications (follower reach)
+function setUnread(n) {
+  S.unread = Math.max(0, n);
+  const badge = $("#bell-count");
+  badge.textContent = S.unread > 99 ? "99+" : String(S.unread);
+  badge.hidden = S.unread === 0;
+  $("#bell").setAttribute("aria-label", `notifications: ${S.unread} unread`);
+}
+
+function noticeText(n) {
+  const what = n.title ? `: ${n.title}` : "";
+  return n.kind === "host.live" || n.t === "host.live" ? `${n.host} is live${what}` : `Starting now${what} (${n.host})`;
+}
+
+function watchLink(n) {
+  if (!n.room) return null;
+  const q = new URLSearchParams({ room: n.room, token });
+  return h("a", { href: `viewer.html?${q}` }, n.room === room ? "here" : "Watch");
+}
+
+function onReachNotice(t, d) {
+  if (S.seenNotices.has(d.id)) return;
+  S.seenNotices.add(d.id);
+  setUnread(S.unread + 1);
+  toast(noticeText({ ...d, t }), "ok", 8000);
+  if (!$("#notices").hidden) loadNotices();
+}
+
+async function loadNotices() {
+  try {
+    const r = await api("/api/v1/me/notifications?limit=30");
+    setUnread(r.unread);
+    for (const n of r.items) S.seenNotices.add(n.id);
+    fill($("#notice-list"), ...(r.items.length ? r.items.map((n) => h("li", { class: n.read ? "" : "unread" },
+      h("span", {}, noticeText(n)), " ", h("span", { class: "small muted" }, new Date(n.created_ms).toLocaleString()), watchLink(n),
+    )) : [h("li", { class: "muted" }, "Nothing yet. Follow a host to hear when they go live.")]));
+  } catch (e) {
+    fill($("#notice-list"), h("li", { class: "muted" }, `Could not load: ${e.message}`));
+  }
+}
+
+function showNotices(open) {
+  $("#notices").hidden = !open;
+  $("#bell").setAttribute("aria-expanded", String(open));
+  if (open) loadNotices();
+}
+$("#bell").addEventListener("click", () => showNotices($("#notices").hidden));
+$("#notices-close").addEventListener("click", () => showNotices(false));
+
+$("#notices-read").addEventListener("click", async () => {
+  try {
+    const r = await api("/api/v1/me/notifications/read", { method: "POST", body: { all: true } });
+    setUnread(r.unread);
+    loadNotices();
+  } catch (e) {
+    toast(`mark read failed: ${e.message}`, "error");
+  }
+});
+
+// ------------------------------------------------------------------ the host: follow, upcoming schedules
+function hostId() {
+  return S.show && S.show.host && !S.show.host.startsWith("room:") ? S.show.host : null;
+}
+
+async function loadHost() {
+  const host = hostId();
+  const btn = $("#follow");
+  btn.hidden = !host || host === S.me;
+  if (!host) return;
+  const [mine, sched] = await Promise.allSettled([
+    api("/api/v1/me/fanclubs"),
+    api(`/api/v1/hosts/${encodeURIComponent(host)}/schedule`),
+  ]);
+  if (mine.status === "fulfilled") {
+    const rel = (mine.value.fanclubs || []).find((f) => f.host === host);
+    S.following = Boolean(rel && rel.following);
+  }
+  renderFollow();
+  if (sched.status === "fulfilled") renderUpcoming(sched.value.schedules || []);
+}
+
+function renderFollow() {
+  const host = hostId();
+  $("#follow").textContent = S.following ? "Following ✓" : "Follow";
+  $("#follow").className = S.following ? "" : "primary";
+  setText("follow-note", S.following ? `You will hear when ${host} goes live.` : "Follow the host to hear when they go live.");
+}
+
+$("#follow").addEventListener("click", async () => {
+  const host = hostId();
+  if (!host) return;
+  const on = !S.following;
+  try {
+    await api(`/api/v1/hosts/${encodeURIComponent(host)}/follow`, { method: on ? "POST" : "DELETE" });
+    S.following = on;
+    renderFollow();
+  } catch (e) {
+    toast(`follow failed: ${e.message}`, "error");
+  }
+});
+
+function renderUpcoming(list) {
+  const soon = list.filter((s) => s.state === "scheduled");
+  fill($("#upcoming"), ...soon.map((s) => h("li", { class: "row" },
+    h("span", { class: "grow" }, h("b", {}, s.title), ` · ${new Date(s.start_ms).toLocaleString()}`,
+      s.products.length ? h("span", { class: "small muted" }, ` · ${s.products.length} product(s)`) : null),
+    h("button", { type: "button", class: s.subscribed ? "" : "primary", onclick: () => remind(s, !s.subscribed) },
+      s.subscribed ? "Reminder set ✓" : "Remind me"),
+  )));
+}
+
+async function remind(s, on) {
+  try {
+    await api(`/api/v1/schedules/${encodeURIComponent(s.id)}/subscribe`, { method: on ? "POST" : "DELETE" });
+    toast(on ? `We will remind you when “${s.title}” starts` : "Reminder removed", "ok");
+    loadHost();
+  } catch (e) {
+    toast(`reminder failed: ${e.message}`, "error");
+  }
+}
