@@ -26,7 +26,7 @@ from livecommerce.protocol.events import reply
 
 from .conn import Conn
 from .core import Gateway
-from .hooks import CommentGuard, CommentHook
+from .hooks import CommentGuard, CommentHook, RoomCommentHook
 from .rooms import RoomGate
 from .validation import read_json
 
@@ -40,7 +40,7 @@ REJECT_MESSAGES = {
 class Comments:
     """``ping`` and ``comment`` over WebSocket, ``announce`` over HTTP."""
 
-    def __init__(self, gw: Gateway, gate: RoomGate, badges: Badges, hooks: list[CommentHook],
+    def __init__(self, gw: Gateway, gate: RoomGate, badges: Badges, hooks: list[CommentHook | RoomCommentHook],
                  guard: CommentGuard | None = None) -> None:
         self.gw = gw
         self.gate = gate
@@ -79,8 +79,13 @@ class Comments:
         d: dict[str, Any] = {"user": conn.user, "name": conn.ident.name, "level": 0, "role": conn.ident.role, "text": text}
         host = await self.gate.host(conn.room)
         await self.badges.decorate(d, room=conn.room, host=host, user=conn.user, now=time.monotonic())
+        room = conn.room
         for hook in self.hooks:
-            await hook(conn, d)
+            if isinstance(hook, RoomCommentHook):
+                if room not in hook.quiet:  # a room where it may have something to do
+                    await hook.fn(conn, d)
+            else:
+                await hook(conn, d)
         seq = await gw.publish(conn.room, "comment", d)
         return reply("ack", cmd.id, {"seq": seq}, ts=gw.now_ms())
 

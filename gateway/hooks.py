@@ -9,6 +9,7 @@ route and WebSocket command in one table.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,11 +55,22 @@ RoomSeq = Callable[[str], Awaitable[int]]
 ResponseHook = Callable[[web.Request, web.StreamResponse], Awaitable[None]]
 
 
+@dataclass(frozen=True, slots=True)
+class RoomCommentHook:
+    """A comment hook that has nothing to do in most rooms (keyword lotteries, password red
+    packets): ``quiet`` is the set of rooms where its capability knows it has nothing to do
+    (kept current by the capability, e.g. from its room snapshots and the room's events), and
+    a comment there does not call it. Unknown rooms are not quiet: the hook runs."""
+
+    fn: CommentHook
+    quiet: AbstractSet[str]
+
+
 @dataclass
 class Hooks:
     """Hook lists, filled by ``gateway.wiring`` in the order the capabilities are built."""
 
-    comment: list[CommentHook] = field(default_factory=list)
+    comment: list[CommentHook | RoomCommentHook] = field(default_factory=list)
     gift: list[GiftHook] = field(default_factory=list)
     welcome: list[WelcomeHook] = field(default_factory=list)
     #: after every go-live of a room (``RoomsService.go_live``)

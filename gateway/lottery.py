@@ -99,14 +99,25 @@ class LotteryService:
         self.views = views  # the node's room snapshots (welcome lists the room's open lotteries)
         self._open: dict[str, tuple[float, list[Lottery]]] = {}
         self._served: dict[str, RoomSnapshot] = {}  # room -> its current snapshot on this node
+        #: rooms whose current snapshot lists no lottery: the comment hook is not called there
+        #: (``RoomCommentHook``); a started lottery takes its room off at once (``observe``)
+        self.quiet: set[str] = set()
 
     def serving(self, room: str, snap: RoomSnapshot | None) -> None:
         """Snapshot listener (``gateway.snapshots``): the room's current snapshot, or None
         once it may be behind."""
         if snap is None:
             self._served.pop(room, None)
+            self.quiet.discard(room)
         else:
             self._served[room] = snap
+            self._quiet_if_none(room, snap)
+
+    def _quiet_if_none(self, room: str, snap: RoomSnapshot) -> None:
+        if snap.lotteries:
+            self.quiet.discard(room)
+        else:
+            self.quiet.add(room)
 
     async def open_in(self, room: str) -> list[Lottery]:
         """The room's open lotteries (cached for ``CACHE_S``). A room whose current snapshot
@@ -126,9 +137,17 @@ class LotteryService:
         return lots
 
     def observe(self, env: dict[str, Any]) -> None:
-        """Hub observer: a lottery started or ended in a room; re-read its open lotteries."""
-        if env.get("t") in ("lottery.started", "lottery.ended", "room.ended"):
-            self._open.pop(env.get("room") or "", None)
+        """Hub observer: a lottery started or ended in a room; re-read its open lotteries.
+        (It runs after the room snapshots' observer, so a served snapshot has the event.)"""
+        t = env.get("t")
+        if t in ("lottery.started", "lottery.ended", "room.ended"):
+            room = env.get("room") or ""
+            self._open.pop(room, None)
+            snap = self._served.get(room)
+            if t == "lottery.started" or snap is None:
+                self.quiet.discard(room)
+            else:
+                self._quiet_if_none(room, snap)
 
     async def start(self, room: str, ident: Identity, body: dict[str, Any]) -> dict[str, Any]:
         """Validate, store and announce a new lottery; returns its public view.

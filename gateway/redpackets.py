@@ -93,14 +93,25 @@ class RedPackets:
         self._defs: dict[str, RedPacket] = {}  # packet id -> definition (never changes)
         self._served: dict[str, RoomSnapshot] = {}  # room -> its current snapshot on this node
         self._rooms: dict[str, tuple[float, list[RedPacket]]] = {}  # room -> (until, packets), unserved rooms
+        #: rooms whose current snapshot lists no packet: the comment hook is not called there
+        #: (``RoomCommentHook``); a dropped packet takes its room off at once (``observe``)
+        self.quiet: set[str] = set()
 
     # ---- reading packets
     def serving(self, room: str, snap: RoomSnapshot | None) -> None:
         """Snapshot listener (``gateway.snapshots``): the room's current snapshot, or None."""
         if snap is None:
             self._served.pop(room, None)
+            self.quiet.discard(room)
         else:
             self._served[room] = snap
+            self._quiet_if_none(room, snap)
+
+    def _quiet_if_none(self, room: str, snap: RoomSnapshot) -> None:
+        if snap.redpackets:
+            self.quiet.discard(room)
+        else:
+            self.quiet.add(room)
 
     async def packet(self, pid: str) -> RedPacket | None:
         """A packet's definition (read once per node: it never changes)."""
@@ -138,8 +149,15 @@ class RedPackets:
         return [p for p in hit[1] if p.expires_ms > now]
 
     def observe(self, env: dict[str, Any]) -> None:
-        """Hub observer: a packet dropped or ended in a room; read its packets again."""
-        self._rooms.pop(env.get("room") or "", None)
+        """Hub observer: a packet dropped or ended in a room; read its packets again. (It runs
+        after the room snapshots' observer, so a served snapshot has the event.)"""
+        room = env.get("room") or ""
+        self._rooms.pop(room, None)
+        snap = self._served.get(room)
+        if env.get("t") == "redpacket.dropped" or snap is None:
+            self.quiet.discard(room)
+        else:
+            self._quiet_if_none(room, snap)
 
     # ---- the drop
     async def drop(self, room: str, ident: Identity, body: dict[str, Any]) -> dict[str, Any]:

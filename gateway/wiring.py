@@ -60,6 +60,7 @@ from .feed import Feed
 from .funnel import Funnel
 from .gifts import Gifts
 from .growth import Growth
+from .hooks import RoomCommentHook
 from .http import Health
 from .likes import Likes
 from .lottery import LotteryService
@@ -190,7 +191,7 @@ def build(gw: Gateway) -> Services:
 
     lotteries = LotteryService(gw, lottery_store, gate, views, coupon_store)
     views.listeners.append(lotteries.serving)  # a room listing no lottery has none open: no read
-    gw.hooks.comment.append(lotteries.on_comment)
+    gw.hooks.comment.append(RoomCommentHook(lotteries.on_comment, lotteries.quiet))  # keyword entries
     gw.hooks.gift.append(lotteries.on_gift)
     gw.hub.observe(("lottery.started", "lottery.ended", "room.ended"), lotteries.observe)
 
@@ -254,7 +255,7 @@ def build(gw: Gateway) -> Services:
     # keeper worker ends, refunds and announces them; a comment holding a password grabs
     redpackets = RedPackets(gw, packet_store, outbox, gate, FanclubRedis(gw.redis, gw.keys), views)
     views.listeners.append(redpackets.serving)
-    gw.hooks.comment.append(redpackets.on_comment)
+    gw.hooks.comment.append(RoomCommentHook(redpackets.on_comment, redpackets.quiet))  # password packets
     gw.hub.observe(("redpacket.dropped", "redpacket.ended"), redpackets.observe)
     points = Points(gw, PointsRedis(gw.redis, gw.keys), durable, store)
     gw.hooks.comment.append(points.on_comment)

@@ -270,6 +270,8 @@ async def test_a_comment_in_a_room_the_node_serves_reads_neither_its_state_nor_i
     made = [c[1] for c in trips.calls[mark:] if "RequestHandler" in c[0]]
     # the room's meta (is the show live?) and its lottery index were read per comment before
     assert not {"HMGET", "HGETALL", "ZRANGEBYSCORE"} & set(made), made
+    # nor does it call the keyword-lottery hook: node b knows the room has no lottery
+    assert room in b.services.lotteries.quiet
     # a keyword lottery started through the other node reaches b's snapshot with its event,
     # and the next keyword comment on b enters it
     host = await Client.connect(a.ws, room, host_tok)
@@ -277,6 +279,7 @@ async def test_a_comment_in_a_room_the_node_serves_reads_neither_its_state_nor_i
                                  rule="keyword", keyword="lucky")
     assert started["t"] == "ack", started
     await next_of(viewer, "lottery.started")
+    assert room not in b.services.lotteries.quiet  # the started lottery took the room off at once
     await viewer.request("comment", text="I feel lucky")
     entered = await next_of(viewer, "lottery.entered")
     assert entered["d"]["id"] == started["d"]["id"]
