@@ -131,7 +131,7 @@ class ErasureRedis:
     async def forget(self, user: str, hosts: Iterable[str], *, day: int) -> None:
         await FanclubRedis(self._r, self.keys).forget(user, hosts)
         pipe = self._r.pipeline(transaction=False)
-        for part in ("points", "coupons", f"cmt:{day}", f"cmt:{day - 1}"):
+        for part in ("points", "coupons", "unread", f"cmt:{day}", f"cmt:{day - 1}"):
             pipe.delete(self.keys.user(user, part))
         async with guarded():
             await pipe.execute()

@@ -45,11 +45,14 @@ from .schema import (
     applied_events,
     coupon_claims,
     erasures,
+    notifications,
     orders,
     points_balances,
     points_ledger,
     profiles_base,
+    reach_fanouts,
     refunds,
+    schedule_subs,
     ticket_events,
     tickets,
     wallet_ledger,
@@ -321,7 +324,8 @@ async def erase_user(store: SqlStore, user: str, alias: str, *, now_ms: int) -> 
     * free text the viewer wrote (refund notes, ticket subjects, texts and notes) is blanked
       (``[erased]``) or nulled, and the display name is dropped;
     * the profile is merged into ``alias``'s (marked erased) and the fan rows move with it;
-    * ``alias`` is recorded in ``erasures`` (the user id is not).
+    * ``alias`` is recorded in ``erasures`` (the user id is not);
+    * the notification inbox and schedule subscriptions (follower reach) are deleted.
 
     Returns the rows changed per table.
     """
@@ -375,4 +379,11 @@ async def erase_user(store: SqlStore, user: str, alias: str, *, now_ms: int) -> 
             await conn.execute(update(ticket_events).where(ticket_events.c.ticket_id.in_(ids)).values(note=None))
         await conn.execute(update(ticket_events).where(ticket_events.c.by_user == user).values(by_user=alias))
         done["tickets"] = len(ids)
+        # follower reach: the inbox and the reminders are about the user only: deleted
+        for table in (notifications, schedule_subs):
+            res = await conn.execute(delete(table).where(table.c.user_id == user))
+            done[str(table.name)] = int(res.rowcount)
+        # a fan-out's cursor names the last user of its last page: forgotten (an unfinished
+        # fan-out starts its scan again; rows already written are not written twice)
+        await conn.execute(update(reach_fanouts).where(reach_fanouts.c.after_user == user).values(after_user=""))
     return done

@@ -50,6 +50,7 @@ PAST_GRACE_MS = 60_000  # ... and at most a minute ago (clock skew of the host's
 MAX_LIST = 100  # inbox rows per page
 MAX_READ_IDS = 200
 UPCOMING_HORIZON_MS = 7 * 24 * 3600 * 1000  # the feed lists schedules starting within a week
+KEEP_MS = 30 * 24 * 3600 * 1000  # inbox rows and finished fan-out cursors are kept 30 days
 
 ScheduleState = Literal["scheduled", "reminded", "cancelled"]
 ScheduleStep = Literal["remind", "cancel"]

@@ -93,6 +93,26 @@ async def fan_page(store: SqlStore, f: Fanout, *, now_ms: int, page: int = PAGE)
     return new, done
 
 
+async def prune(store: SqlStore, before_ms: int, *, limit: int = 20_000) -> int:
+    """Delete the oldest inbox rows created before ``before_ms``, about ``limit`` of them (up
+    to the creation time of the ``limit``-th; a page's rows share theirs), and the fan-out
+    cursors finished before it; return the inbox rows deleted. An event redelivered after its
+    cursor is gone would fan out again, so ``before_ms`` must be older than anything the log
+    can still hand out (30 days: the log keeps far less).
+
+    Raises:
+        Unavailable: SQL unreachable.
+    """
+    n, fo = notifications.c, reach_fanouts.c
+    async with store.write() as tx:
+        cut = (await tx.conn.execute(select(n.created_ms).where(n.created_ms < before_ms).order_by(n.created_ms)
+                                     .offset(limit - 1).limit(1))).scalar()
+        upto = before_ms if cut is None else int(cut) + 1
+        res = await tx.conn.execute(notifications.delete().where(n.created_ms < upto))
+        await tx.conn.execute(reach_fanouts.delete().where(and_(fo.done_ms.is_not(None), fo.done_ms < before_ms)))
+    return int(res.rowcount or 0)
+
+
 async def fanout_state(store: SqlStore, event_id: str) -> dict[str, Any] | None:
     """``{after_user, written, done_ms}`` of a fan-out (None: not started)."""
     fo = reach_fanouts.c

@@ -33,7 +33,7 @@ from livecommerce.reach import (
     upcoming,
 )
 from livecommerce.reach_redis import RedisReach
-from livecommerce.schema import fan_members
+from livecommerce.schema import fan_members, notifications, reach_fanouts
 from livecommerce.store_sql import SqlStore
 from workers.reach import ReachWorker, Sweeper
 
@@ -273,3 +273,19 @@ async def test_a_push_that_fails_leaves_the_rows_written(store: SqlStore, redis:
     ev = live("r3", "h1")
     await worker([ev])
     assert await reach_sql.count_rows(store, ev.id) == (2, 2)
+
+
+async def test_old_inbox_rows_and_finished_cursors_are_pruned(store: SqlStore, redis: Any, keys: Keys) -> None:
+    await follow(store, "h1", [f"u{i}" for i in range(30)])
+    worker = ReachWorker(store, RedisReach(redis, keys), None, page=10)
+    old, new = live("r1", "h1", NOW), live("r1", "h1", NOW + 10_000)
+    await worker([old])
+    async with store.write() as tx:  # the first show's rows and cursor are from long ago (the rows carry the worker's clock)
+        await tx.conn.execute(notifications.update().where(notifications.c.id == old.id).values(created_ms=1000))
+        await tx.conn.execute(reach_fanouts.update().where(reach_fanouts.c.event_id == old.id).values(done_ms=1000))
+    await worker([new])
+    cutoff = 2000
+    assert await reach_sql.prune(store, cutoff, limit=1000) == 30
+    assert await reach_sql.count_rows(store, old.id) == (0, 0) and await reach_sql.count_rows(store, new.id) == (30, 30)
+    assert await reach_sql.fanout_state(store, old.id) is None and await reach_sql.fanout_state(store, new.id) is not None
+    assert await reach_sql.prune(store, cutoff) == 0

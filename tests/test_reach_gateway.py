@@ -179,3 +179,30 @@ async def test_unauthorized_and_bad_input_get_a_4xx_with_a_reason(gateway_factor
             assert r.status == 400
     finally:
         await w.close()
+
+
+async def test_erasing_a_user_deletes_their_inbox_subscriptions_and_cursor(gateway_factory: Any, token: Any, redis: Any,
+                                                                           http: Any) -> None:  # noqa: F811
+    w = await World.make(gateway_factory, token, redis, http)
+    worker, broker = reach_worker(w)
+    try:
+        host = token("h1", "host", ("show",))
+        await w.room("show", "h1")
+        await w.call("POST", "/api/v1/hosts/h1/follow", token("zed"), status=202)
+        await profiles_drain(w.log, w.profiles, fetch_timeout_ms=50)
+        live = await w.call("POST", "/api/v1/rooms/show/live", host)
+        await worker.drain(w.log, fetch_timeout_ms=50)
+        s = await w.call("POST", "/api/v1/hosts/h1/schedule", host, {"title": "t", "start_ms": live["live_ms"] + 60_000}, status=201)
+        await w.call("POST", f"/api/v1/schedules/{s['id']}/subscribe", token("zed"))
+        eid = f"host.live:show:{live['live_ms']}"
+        assert (await reach_sql.fanout_state(w.store, eid) or {}).get("after_user") == "zed"
+        assert (await w.call("GET", "/api/v1/me/notifications", token("zed")))["unread"] == 1
+        gone = await w.call("DELETE", "/api/v1/me/data", token("zed"))
+        assert gone["rows"]["notifications"] == 1 and gone["rows"]["schedule_subs"] == 1
+        assert await reach_sql.inbox(w.store, "zed") == ([], 0)
+        assert not await reach_sql.subscribed(w.store, "zed", [s["id"]])
+        assert (await reach_sql.fanout_state(w.store, eid) or {}).get("after_user") == ""
+        assert await RedisReach(w.redis, Keys(w.node.settings.key_prefix)).unread("zed") == 0
+    finally:
+        await broker.close()
+        await w.close()

@@ -14,7 +14,8 @@ Two loops in one process:
   and the cursor, committed together. A push is at most once (a kill between a page's
   commit and its push loses that page's pushes; the rows are in the inboxes).
 * **Sweep** (every :data:`SWEEP_S`, by the worker holding the ``reach:sweep`` lease): due
-  schedules become ``schedule.due`` events (one ``append_many``), then ``reminded``. A
+  schedules become ``schedule.due`` events (one ``append_many``), then ``reminded``; every
+  :data:`PRUNE_EVERY_MS`, inbox rows older than 30 days are deleted (``reach_sql.prune``). A
   crash between the two appends them again on the next sweep: the same event ids, whose
   fan-outs are finished, so nobody is reminded twice.
 
@@ -35,6 +36,7 @@ from livecommerce.log import Log, LogEvent, new_event
 from livecommerce.notify import Notifier
 from livecommerce.protocol.events import envelope
 from livecommerce.reach import (
+    KEEP_MS,
     PAGE,
     SCHEDULE_DUE,
     TOPIC,
@@ -55,6 +57,7 @@ log = logging.getLogger("livecommerce.workers.reach")
 CONSUMER = "reach"
 SWEEP_S = 1.0
 LEASE_MS = 30_000
+PRUNE_EVERY_MS = 600_000  # inbox rows older than KEEP_MS go, by the sweeper, every 10 min
 
 
 class ReachWorker:
@@ -122,6 +125,7 @@ class Sweeper:
         self.log = durable
         self.worker = worker
         self.lease_ms = lease_ms
+        self._pruned_ms = 0
 
     async def sweep(self, now_ms: int | None = None) -> int:
         """One pass; return how many schedules it announced (0 without the lease).
@@ -132,6 +136,11 @@ class Sweeper:
         if not await self.reach.take_lease(self.worker, self.lease_ms):
             return 0
         now = _now_ms() if now_ms is None else now_ms
+        if now - self._pruned_ms >= PRUNE_EVERY_MS:
+            self._pruned_ms = now
+            gone = await reach_sql.prune(self.store, now - KEEP_MS)
+            if gone:
+                log.info("reach.pruned", extra={"rows": gone})
         due = await reach_sql.due_schedules(self.store, now)
         if not due:
             return 0
