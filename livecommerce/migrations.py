@@ -166,7 +166,7 @@ STEPS: list[tuple[int, str, Step]] = [
     (7, "moderation: the audit log of moderators' actions, viewers' reports", _v7_moderation),
     (10, "follower reach: notifications, schedules, schedule subscribers, fan-out cursors", _v10_reach),
 ]
-LATEST = STEPS[-1][0]
+LATEST = max(v for v, _, _ in STEPS)
 
 _PG_LOCK = 0x6C63_6462  # "lcdb": one upgrade at a time per database
 
@@ -182,29 +182,45 @@ class SchemaStatus:
         return self.current == self.latest
 
 
-def current_version(conn: Connection) -> int:
-    """The schema version of the database behind ``conn`` (0 when empty)."""
+def applied_versions(conn: Connection) -> set[int]:
+    """The steps recorded in ``schema_version`` (empty when there is no such table)."""
     if not inspect(conn).has_table("schema_version"):
-        return 0
-    v = conn.execute(
-        select(schema_version.c.version).order_by(schema_version.c.version.desc()).limit(1)
-    ).scalar()
-    return int(v or 0)
+        return set()
+    return {int(v) for (v,) in conn.execute(select(schema_version.c.version))}
+
+
+def _current(applied: set[int]) -> int:
+    """The highest known step below which every known step is applied; a recorded step this
+    code does not know (a newer database) counts as it is, so that newer code is asked for.
+    Step numbers are handed out ahead of landing, so a step may land after a higher one
+    (10 before 8): a database that applied 10 then reports 7 until 8 is applied too."""
+    cur = 0
+    for v in sorted(v for v, _, _ in STEPS):
+        if v not in applied:
+            break
+        cur = v
+    newer = [v for v in applied if v > LATEST]
+    return max(newer) if newer else cur
+
+
+def current_version(conn: Connection) -> int:
+    """The schema version of the database behind ``conn`` (0 when empty): see :func:`_current`."""
+    return _current(applied_versions(conn))
 
 
 def _upgrade(conn: Connection, target: int) -> int:
     _create(conn, ("schema_version",))
-    current = current_version(conn)
-    for version, description, step in STEPS:
-        if current < version <= target:
+    applied = applied_versions(conn)
+    for version, description, step in sorted(STEPS, key=lambda x: x[0]):
+        if version not in applied and version <= target:  # a lower step that landed late too
             step(conn)
             conn.execute(
                 schema_version.insert().values(
                     version=version, description=description, applied_ms=now_ms()
                 )
             )
-            current = version
-    return current
+            applied.add(version)
+    return _current({v for v in applied if v <= target} | {v for v in applied if v > LATEST})
 
 
 async def upgrade(url: str, *, target: int | None = None) -> int:
@@ -253,7 +269,7 @@ async def status(url: str) -> SchemaStatus:
     engine = make_engine(url)
     try:
         async with guarded(), engine.connect() as conn:
-            current = await conn.run_sync(current_version)
+            applied = await conn.run_sync(applied_versions)
     finally:
         await engine.dispose()
-    return SchemaStatus(current, LATEST, [(v, d) for v, d, _ in STEPS if v > current])
+    return SchemaStatus(_current(applied), LATEST, [(v, d) for v, d, _ in sorted(STEPS, key=lambda x: x[0]) if v not in applied])

@@ -289,3 +289,30 @@ async def test_old_inbox_rows_and_finished_cursors_are_pruned(store: SqlStore, r
     assert await reach_sql.count_rows(store, old.id) == (0, 0) and await reach_sql.count_rows(store, new.id) == (30, 30)
     assert await reach_sql.fanout_state(store, old.id) is None and await reach_sql.fanout_state(store, new.id) is not None
     assert await reach_sql.prune(store, cutoff) == 0
+
+
+async def test_a_migration_step_that_lands_after_a_higher_one_is_still_applied(store_url: str,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Step numbers are handed out ahead of landing: reach's step 10 may reach a database
+    before a step 8 or 9 exists. Upgrading later applies the lower step too."""
+    from livecommerce import migrations
+
+    full = list(migrations.STEPS)
+    monkeypatch.setattr(migrations, "STEPS", [s for s in full if s[0] != 7])  # step 7 "not landed yet"
+    assert await migrations.upgrade(store_url) == migrations.LATEST
+    assert (await migrations.status(store_url)).up_to_date
+    monkeypatch.setattr(migrations, "STEPS", full)  # step 7 lands
+    st = await migrations.status(store_url)
+    assert st.current == 6 and [v for v, _ in st.pending] == [7] and not st.up_to_date
+    assert await migrations.upgrade(store_url) == migrations.LATEST
+    assert (await migrations.status(store_url)).up_to_date
+    s = SqlStore(store_url)
+    try:
+        assert await s.check_schema() == migrations.LATEST
+        async with s.read() as tx:  # step 7's tables exist now
+            from sqlalchemy import func, select
+
+            from livecommerce.schema import moderation_actions
+            assert (await tx.conn.execute(select(func.count()).select_from(moderation_actions))).scalar() == 0
+    finally:
+        await s.close()
