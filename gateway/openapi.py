@@ -23,6 +23,8 @@ from typing import Any, cast
 
 from aiohttp import web
 
+from livecommerce.alerts import ALERTS
+
 from .capabilities import CAPABILITIES
 from .pages import STATIC_DIR
 
@@ -174,7 +176,7 @@ SCHEMAS: dict[str, J] = {
     "Redeem": obj({"value": {"type": "integer", "minimum": 1}, "request_id": ID}, ["value", "request_id"]),
     "RedeemAccepted": obj({"event_id": STR, "coupon_id": STR, "cost": INT, "value": INT}, ["event_id", "coupon_id", "cost", "value"]),
     "Alert": obj({
-        "alert": {"enum": ["online_drop", "error_rate", "stock_drift", "payment_timeouts"]}, "help": STR, "active": BOOL,
+        "alert": {"enum": sorted(ALERTS)}, "help": STR, "active": BOOL,
         "since_ms": nullable(MS), "value": NUM, "threshold": NUM, "message": STR,
     }, ["alert", "active", "value", "threshold", "message"]),
     "Funnel": obj({"viewers": INT, "buyers": INT, "paid": INT}, ["viewers", "buyers", "paid"]),

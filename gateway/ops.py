@@ -53,6 +53,7 @@ from livecommerce.alerts import (
     Alerts,
     ClusterRates,
     SaleCheck,
+    SaleRoom,
     Sample,
     Verdict,
 )
@@ -266,7 +267,9 @@ class Ops:
         now_ms = self.gw.now_ms()
         checks = [SaleCheck(c["sale_id"], c["reserved"], c["paid"], c["sql"]["reserved"], c["sql"]["paid"], c["conserved"])
                   for c in snap["campaigns"] if "sql" in c]
-        self._record(self.alerts.commerce(checks, snap["timeouts_last_min"], now_ms=now_ms))
+        sales = [SaleRoom(c["sale_id"], str(c.get("state") or ""), c["room"], str(c.get("room_state") or ""))
+                 for c in snap["campaigns"]]
+        self._record(self.alerts.commerce(checks, snap["timeouts_last_min"], now_ms=now_ms, sales=sales))
         self.g_gmv.set(snap["totals"]["gmv"])
         for state, n in snap["totals"]["orders"].items():
             self.g_orders.labels(state).set(n)
@@ -314,6 +317,13 @@ class Ops:
             agg["paid"] += sum(sql.orders.get(s, 0) for s in ("paid", "refund_requested", "refunded"))
             for state, n in sql.orders.items():
                 agg["orders"][state] = agg["orders"].get(state, 0) + n
+        # the show state of each room with an open sale (an alert: a sale open in an ended show)
+        open_rooms = sorted({c["room"] for c in campaigns if c.get("state") in ("live", "sold_out")})
+        if open_rooms:
+            metas = await self.redis.room_meta(open_rooms)
+            for c in campaigns:
+                if c["room"] in metas:
+                    c["room_state"] = (metas.get(c["room"]) or {}).get("state", "")
         cancelled = await store.list_orders(state="cancelled", limit=TIMEOUT_SCAN)
         timeouts = sum(1 for o in cancelled if o.updated_ms >= o.pay_by_ms and now_ms - o.updated_ms <= 60_000)
         paid = sum(orders.get(s, 0) for s in ("paid", "refund_requested", "refunded"))

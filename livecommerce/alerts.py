@@ -14,6 +14,9 @@ what it returns to Prometheus and the log.
                     orders worker is behind or lost events), or Redis breaks conservation
 ``payment_timeouts`` payment time-outs in the last minute >= max(5, 3 x the mean per minute
                     of the 10 minutes before)
+``sale_in_ended_room`` a flash sale still live (or sold out) for 10 s in a room whose show
+                    has ended (ending a show closes its sales at once: one left open is
+                    still taking or holding buyers' money in a show nobody watches)
 =================== ==================================================================
 
 Rates: every gateway node publishes cumulative totals; :class:`ClusterRates` turns each
@@ -34,7 +37,10 @@ ALERTS: dict[str, str] = {
     "error_rate": "Error frames + HTTP 5xx per second left their normal band.",
     "stock_drift": "Redis stock figures and SQL orders disagree for longer than the orders worker's normal lag.",
     "payment_timeouts": "Payment time-outs in the last minute surged above their normal band.",
+    "sale_in_ended_room": "A flash sale is still live in a room whose show has ended.",
 }
+#: how long a sale may stay open after its room's show ended (the end closes it at once)
+ENDED_ROOM_GRACE_S = 10.0
 
 #: the orders worker's normal lag, at most: Redis and SQL may differ this long
 DRIFT_GRACE_S = 20.0
@@ -71,6 +77,16 @@ class SaleCheck:
     @property
     def drift(self) -> int:
         return abs(self.redis_paid - self.sql_paid) + abs(self.redis_reserved - self.sql_reserved)
+
+
+@dataclass(frozen=True, slots=True)
+class SaleRoom:
+    """A sale's state and its room's show state, as one commerce reading saw them."""
+
+    sale_id: str
+    state: str  # the sale's: scheduled, live, sold_out, ended
+    room: str
+    room_state: str  # the show's: created, live, ended, or '' (no such room)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +160,22 @@ def stock_drift(checks: Iterable[SaleCheck], drifting_since: dict[str, int], *, 
     return Finding("stock_drift", active, float(units), 0.0, msg), since
 
 
+def sale_in_ended_room(sales: Iterable[SaleRoom], open_since: dict[str, int], *, now_ms: int,
+                       grace_s: float = ENDED_ROOM_GRACE_S) -> tuple[Finding, dict[str, int]]:
+    """Active when a sale has been live or sold out for ``grace_s`` while its room's show
+    has ended. Returns the finding and the updated ``sale -> first ms seen so`` map."""
+    since: dict[str, int] = {}
+    late: list[str] = []
+    for s in sales:
+        if s.state in ("live", "sold_out") and s.room_state == "ended":
+            since[s.sale_id] = open_since.get(s.sale_id, now_ms)
+            if now_ms - since[s.sale_id] >= grace_s * 1000:
+                late.append(f"{s.sale_id} in {s.room}")
+    msg = (f"{len(late)} sale(s) open in an ended show: {', '.join(late[:5])}" if late
+           else "no sale open in an ended show")
+    return Finding("sale_in_ended_room", bool(late), float(len(late)), 0.0, msg), since
+
+
 def payment_timeouts(last_minute: int, previous_per_minute: Sequence[int], *, factor: float = 3.0,
                      floor: int = 5) -> Finding:
     """Active when this minute's time-outs reach max(``floor``, ``factor`` x the mean per
@@ -202,10 +234,12 @@ class Alerts:
     """Every rule over the readings of one node's sampler, and what they remember: the
     alert state, the sales seen drifting and since when, the time-outs per minute."""
 
-    def __init__(self, *, drift_grace_s: float = DRIFT_GRACE_S) -> None:
+    def __init__(self, *, drift_grace_s: float = DRIFT_GRACE_S, ended_room_grace_s: float = ENDED_ROOM_GRACE_S) -> None:
         self.state = AlertState()
         self.drift_grace_s = drift_grace_s
+        self.ended_room_grace_s = ended_room_grace_s
         self.drifting: dict[str, int] = {}
+        self.open_in_ended: dict[str, int] = {}
         self.timeouts_by_minute: deque[tuple[int, int]] = deque(maxlen=TIMEOUT_MINUTES_KEPT)
 
     def _record(self, f: Finding, now_ms: int) -> Verdict:
@@ -216,10 +250,14 @@ class Alerts:
         return [self._record(online_drop(samples, now_ms=now_ms), now_ms),
                 self._record(error_rate(samples, now_ms=now_ms), now_ms)]
 
-    def commerce(self, checks: Sequence[SaleCheck], timeouts_last_min: int, *, now_ms: int) -> list[Verdict]:
-        """Judge a commerce reading: the sales' stock checks and this minute's payment
-        time-outs (a minute read more than once keeps its largest count)."""
+    def commerce(self, checks: Sequence[SaleCheck], timeouts_last_min: int, *, now_ms: int,
+                 sales: Sequence[SaleRoom] = ()) -> list[Verdict]:
+        """Judge a commerce reading: the sales' stock checks, this minute's payment
+        time-outs (a minute read more than once keeps its largest count) and the sales'
+        states beside their rooms'."""
         drift, self.drifting = stock_drift(checks, self.drifting, now_ms=now_ms, grace_s=self.drift_grace_s)
+        open_sale, self.open_in_ended = sale_in_ended_room(sales, self.open_in_ended, now_ms=now_ms,
+                                                           grace_s=self.ended_room_grace_s)
         minute = now_ms // 60_000
         by_minute = self.timeouts_by_minute
         if not by_minute or by_minute[-1][0] != minute:
@@ -227,7 +265,8 @@ class Alerts:
         else:
             by_minute[-1] = (minute, max(by_minute[-1][1], timeouts_last_min))
         previous = [n for m, n in by_minute if minute - 11 < m < minute - 1]
-        return [self._record(drift, now_ms), self._record(payment_timeouts(timeouts_last_min, previous), now_ms)]
+        return [self._record(drift, now_ms), self._record(payment_timeouts(timeouts_last_min, previous), now_ms),
+                self._record(open_sale, now_ms)]
 
     def as_list(self) -> list[dict[str, Any]]:
         """Every alert with its state, value, band edge and message (the API's view)."""

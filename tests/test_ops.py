@@ -18,11 +18,13 @@ from livecommerce.alerts import (
     AlertState,
     Finding,
     SaleCheck,
+    SaleRoom,
     Sample,
     error_rate,
     online_drop,
     payment_timeouts,
     rates,
+    sale_in_ended_room,
     stock_drift,
 )
 from tests.waiting import wait_until
@@ -85,6 +87,17 @@ def test_payment_timeouts_band_has_a_floor_and_follows_the_previous_minutes() ->
     assert payment_timeouts(30, [8, 9, 7]).active
 
 
+def test_a_sale_open_in_an_ended_show_fires_after_its_grace_and_only_then() -> None:
+    open_ = [SaleRoom("s1", "live", "r1", "ended"), SaleRoom("s2", "sold_out", "r1", "ended"),
+             SaleRoom("s3", "live", "r2", "live"), SaleRoom("s4", "ended", "r1", "ended"), SaleRoom("s5", "live", "r3", "")]
+    f, since = sale_in_ended_room(open_, {}, now_ms=1_000, grace_s=10)
+    assert not f.active and since == {"s1": 1_000, "s2": 1_000}
+    f, since = sale_in_ended_room(open_, since, now_ms=11_000, grace_s=10)
+    assert f.active and f.value == 2 and "s1 in r1" in f.message
+    f, since = sale_in_ended_room([SaleRoom("s1", "ended", "r1", "ended")], since, now_ms=12_000, grace_s=10)
+    assert not f.active and since == {}
+
+
 def test_rates_come_from_successive_cumulative_readings_of_a_node() -> None:
     a = {"start": 1, "ts": 10_000, "errors": 4, "requests": 100, "rooms": {"r": [10, 2, 20]}}
     b = {"start": 1, "ts": 12_000, "errors": 8, "requests": 160, "rooms": {"r": [30, 4, 60], "q": [2, 0, 0]}}
@@ -101,7 +114,8 @@ def test_alert_state_remembers_since_when_an_alert_fires() -> None:
     assert {a["alert"]: a["since_ms"] for a in st.as_list()}["error_rate"] == 1_000
     st.update(Finding("error_rate", False, 0, 1, "m"), 3_000)
     assert {a["alert"]: a["active"] for a in st.as_list()} == {
-        "online_drop": False, "error_rate": False, "stock_drift": False, "payment_timeouts": False}
+        "online_drop": False, "error_rate": False, "stock_drift": False, "payment_timeouts": False,
+        "sale_in_ended_room": False}
 
 
 # ----------------------------------------------------------------------------- pipeline
@@ -160,6 +174,27 @@ async def test_stock_drift_alert_fires_while_sql_lags_and_clears_once_the_worker
         alerts = {a["alert"]: a for a in (await _json(http, "GET", node.url + "/api/v1/ops/alerts", ops_tok))["alerts"]}
         assert not alerts["stock_drift"]["active"], alerts["stock_drift"]
         assert await _metric(http, node.url, 'lc_alert_active{alert="stock_drift"} 0.0')
+
+
+async def test_a_sale_left_open_in_an_ended_show_fires_its_alert(gateway_factory: Any, token: Any, redis: Any,
+                                                                 keys: Any) -> None:
+    node = await gateway_factory()
+    ops = node.services.ops
+    ops.alerts.ended_room_grace_s = 0.3
+    host, ops_tok = token("h1", "host", rooms=("r1",)), token("o1", "ops")
+    async with aiohttp.ClientSession() as http:
+        await _sale(http, node.url, host, stock=5)
+        await ops.tick(force=True)
+        alerts = {a["alert"]: a for a in (await _json(http, "GET", node.url + "/api/v1/ops/alerts", ops_tok))["alerts"]}
+        assert not alerts["sale_in_ended_room"]["active"]
+        # the show's end reached the room but not its sale (a process died between the two)
+        await redis.hset(keys.room_meta("r1"), "state", "ended")
+        await ops.tick(force=True)
+        await asyncio.sleep(0.4)
+        await ops.tick(force=True)
+        alerts = {a["alert"]: a for a in (await _json(http, "GET", node.url + "/api/v1/ops/alerts", ops_tok))["alerts"]}
+        assert alerts["sale_in_ended_room"]["active"], alerts["sale_in_ended_room"]
+        assert await _metric(http, node.url, 'lc_alert_active{alert="sale_in_ended_room"} 1.0')
 
 
 async def test_a_wave_of_payment_timeouts_fires_the_surge_alert(gateway_factory: Any, token: Any, settings: Any) -> None:
