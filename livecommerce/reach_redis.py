@@ -74,6 +74,11 @@ class RedisReach:
         async with guarded():
             return bool(await self._lease(keys=[self.keys.global_key("reach:sweep")], args=[worker, lease_ms]))
 
+    async def release_lease(self, worker: str) -> None:
+        """Give the sweep's lease up if ``worker`` holds it (a worker stopping)."""
+        async with guarded():
+            await self._lease(keys=[self.keys.global_key("reach:sweep")], args=[worker, 0])
+
     async def forget(self, user: str) -> None:
         """Drop the user's counter (data erasure)."""
         async with guarded():

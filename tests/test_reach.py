@@ -316,3 +316,20 @@ async def test_a_migration_step_that_lands_after_a_higher_one_is_still_applied(s
             assert (await tx.conn.execute(select(func.count()).select_from(moderation_actions))).scalar() == 0
     finally:
         await s.close()
+
+
+
+async def test_the_sweep_lease_passes_on_when_it_lapses_or_is_given_up(store: SqlStore, redis: Any, keys: Keys) -> None:
+    import asyncio
+
+    reach = RedisReach(redis, keys)
+    assert await reach.take_lease("w1", 150) and await reach.take_lease("w1", 150)  # held, extended
+    assert not await reach.take_lease("w2", 150)
+    await asyncio.sleep(0.3)  # w1 died: its lease lapses
+    assert await reach.take_lease("w2", 60_000) and not await reach.take_lease("w1", 60_000)
+    await reach.release_lease("w1")  # not the holder: nothing happens
+    assert not await reach.take_lease("w1", 60_000)
+    stop = asyncio.Event()
+    stop.set()
+    await Sweeper(store, reach, MemoryLog(), worker="w2").loop(stop)  # w2 stops: gives it up
+    assert await reach.take_lease("w1", 60_000)

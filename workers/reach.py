@@ -151,6 +151,8 @@ class Sweeper:
         return len(due)
 
     async def loop(self, stop: asyncio.Event) -> None:
+        """Sweep every :data:`SWEEP_S` until ``stop``; then give the lease up, so another
+        worker sweeps at once instead of after the lease."""
         while not stop.is_set():
             try:
                 await self.sweep()
@@ -158,6 +160,10 @@ class Sweeper:
                 log.warning("reach.sweep_failed", extra={"err": exc.message})
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), SWEEP_S)
+        try:
+            await self.reach.release_lease(self.worker)
+        except Unavailable as exc:
+            log.warning("reach.lease_left", extra={"err": exc.message})
 
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:
