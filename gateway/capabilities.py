@@ -20,4 +20,5 @@ CAPABILITIES: list[str] = [
     "gateway.ops", "gateway.pages", "gateway.openapi",
     "gateway.comments", "gateway.likes", "gateway.moderation",
     "gateway.reach",
+    "gateway.earnings",
 ]

@@ -127,6 +127,9 @@ def http_routes(s: Services) -> list[Route]:
         Route("DELETE", "/api/v1/hosts/{host}/fanclub", s.fanclub.club),
         Route("GET", "/api/v1/hosts/{host}/fans", s.fanclub.fans_board),
         Route("GET", "/api/v1/me/fanclubs", s.fanclub.mine),
+        # host earnings: the statement (JSON or CSV), ops' gift reversal
+        Route("GET", "/api/v1/hosts/{host}/earnings", s.earnings.http_statement),
+        Route("POST", "/api/v1/ops/gifts/{event}/reversal", s.earnings.http_reverse),
         # follower reach: the notification inbox, hosts' schedules and subscriptions
         Route("GET", "/api/v1/me/notifications", s.reach.http_inbox),
         Route("POST", "/api/v1/me/notifications/read", s.reach.http_read),

@@ -54,6 +54,7 @@ from .comments import Comments
 from .commerce import SALE_EVENTS, FlashSales, Orders
 from .core import Gateway
 from .coupons import Coupons
+from .earnings import Earnings
 from .experiments import Experiments
 from .fanclub import Fanclub
 from .feed import Feed
@@ -95,6 +96,7 @@ class Services:
     wallets: Wallets
     gifts: Gifts
     redpackets: RedPackets
+    earnings: Earnings
     points: Points
     aftersales: AfterSales
     tickets: Tickets
@@ -263,6 +265,9 @@ def build(gw: Gateway) -> Services:
     gw.hub.on_second.append(points.on_second)
     gw.hooks.stop.insert(0, points.stop)
     aftersales = AfterSales(gw, RefundsRedis(gw.redis, gw.keys), store, durable, gifts.host_of)
+    # host earnings: the statement, and ops' gift reversal (the sender's refund and the
+    # gift.reversed event in one wallet script, appended through the outbox)
+    earnings = Earnings(gw, store, wallet, outbox)
     tickets = Tickets(gw, store, durable)
 
     # fans and profiles (the feed reads profiles)
@@ -318,7 +323,7 @@ def build(gw: Gateway) -> Services:
 
     return Services(payments=payments, catalog=catalog, bags=bags, checkout=checkout, sales=sales, orders=orders, funnel=funnel, likes=likes, comments=comments, moderation=moderation, room_gate=gate, lotteries=lotteries, coupons=coupons, rooms=rooms,
                     health=health, ops=ops, pages=pages, openapi=openapi, experiments=experiments, feed=feed, segments=segments,
-                    store=store, log=durable, wallet=wallet, wallet_outbox=outbox, wallets=wallets, gifts=gifts, redpackets=redpackets, points=points,
+                    store=store, log=durable, wallet=wallet, wallet_outbox=outbox, wallets=wallets, gifts=gifts, redpackets=redpackets, earnings=earnings, points=points,
                     aftersales=aftersales, tickets=tickets, fanclub=fanclub, reach=reach, profiles=profiles, growth=growth,
                     referrals=referrals)
 

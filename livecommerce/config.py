@@ -93,6 +93,7 @@ class Settings:
     comment_points_daily_cap: int = 20
     watch_points_per_min: int = 1
     points_per_coupon_coin: int = 10
+    host_gift_share: float = 0.5  # the host's share of each gift's coins (0..1), recorded on each accrual (docs/earnings.md)
     test_coins: bool = False  # a viewer may top up its own wallet (dev and demos); otherwise ops only
     # retention (docs/retention.md): nothing in Redis, the log or SQLite's WAL grows forever
     sale_retention_s: int = 30 * 86400  # a settled sale's Redis keys live this long (refunds: 15 days)

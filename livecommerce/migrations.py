@@ -62,6 +62,7 @@ V4_TABLES = ("profiles_base",)
 V5_TABLES = ("points_balances",)
 V6_TABLES = ("catalog_products", "catalog_skus", "catalog_stock_moves")
 V7_TABLES = ("moderation_actions", "moderation_reports")
+V9_TABLES = ("host_earnings",)
 V10_TABLES = ("notifications", "schedules", "schedule_subs", "reach_fanouts")
 
 # the columns step 2 added to ``refunds`` (the request's core columns came with step 1)
@@ -147,6 +148,11 @@ def _v7_moderation(conn: Connection) -> None:
     _create(conn, V7_TABLES)
 
 
+def _v9_earnings(conn: Connection) -> None:
+    """Issue 20 part 4: the hosts' earnings ledger (gift accruals and their reversals)."""
+    _create(conn, V9_TABLES)
+
+
 def _v10_reach(conn: Connection) -> None:
     """Issue 20 part 2: the notification inbox, hosts' schedules and their subscribers, fan-out cursors."""
     _create(conn, V10_TABLES)
@@ -164,6 +170,7 @@ STEPS: list[tuple[int, str, Step]] = [
     (5, "points_balances: each user's points balance per role, kept with the ledger", _v5_points_balances),
     (6, "catalogue: products with SKUs, their stock moves", _v6_catalog),
     (7, "moderation: the audit log of moderators' actions, viewers' reports", _v7_moderation),
+    (9, "host earnings: the hosts' share of gift revenue, accruals and reversals", _v9_earnings),
     (10, "follower reach: notifications, schedules, schedule subscribers, fan-out cursors", _v10_reach),
 ]
 LATEST = max(v for v, _, _ in STEPS)

@@ -555,3 +555,25 @@ reach_fanouts = Table(
     Column("done_ms", BigInteger, nullable=True),
     Column("updated_ms", BigInteger, nullable=False),
 )
+
+# ---------- step 9 (host earnings): the hosts' share of gift revenue, accruals and reversals (earnings_sql)
+
+host_earnings = Table(
+    "host_earnings",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("event_id", String(ID), nullable=False, unique=True),  # the log event (an accrual's is the gift's)
+    Column("gift_event_id", String(ID), nullable=False),
+    Column("kind", String(16), nullable=False),  # accrual | reversal
+    Column("host_id", String(ID), nullable=False),
+    Column("room_id", String(ID), nullable=False),
+    Column("sender_id", String(ID), nullable=False),
+    Column("gift_id", String(ID), nullable=False, default=""),
+    Column("value", BigInteger, nullable=False),  # the gift's coins
+    Column("share_bp", Integer, nullable=False),  # the split when the gift was accrued, basis points
+    Column("amount", BigInteger, nullable=False),  # the host's coins: > 0 accrual, < 0 reversal
+    Column("ts_ms", BigInteger, nullable=False),
+    UniqueConstraint("gift_event_id", "kind", name="uq_host_earnings_once"),
+    Index("ix_host_earnings_host_ts", "host_id", "ts_ms"),
+    Index("ix_host_earnings_room_ts", "room_id", "ts_ms"),
+)

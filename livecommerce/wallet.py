@@ -25,6 +25,10 @@ Events (topic ``gifts``, key = the wallet's user):
   amount, packet, room, by, index}`` (a grabbed share, id ``rp:<packet>:<index>``) and
   ``redpacket.refund`` ``{user, amount, packet, room}`` (what nobody grabbed, back to the
   dropper, id ``rp:<packet>:refund``).
+* ``gift.reversed`` ``{gift_event, kind, user, host, room, value, share_bp, amount,
+  refund_coins, reason, by}`` (:mod:`livecommerce.earnings`; id ``gift-rev:<gift event>``):
+  ops reversed a gift; ``refund_coins`` (the gift's value for a ``refund``, 0 for a
+  ``chargeback``) go back to the sender ``user``.
 
 Gift batches (the gift storm): a gateway sends the gifts that arrived within one loop turn
 to Redis as one script call per wallet shard (``wallet_gift_batch.lua``), which decides
@@ -52,6 +56,7 @@ GIFT_SENT = "gift.sent"
 RP_DEBIT = "redpacket.debit"
 RP_CREDIT = "redpacket.credit"
 RP_REFUND = "redpacket.refund"
+GIFT_REVERSED = "gift.reversed"
 MAX_TOPUP = 10_000_000
 OUTBOX_GRACE_MS = 5_000  # the sweeper leaves younger outbox entries to their gateway
 GIFT_REQUEST_TTL_MS = 24 * 3600 * 1000  # how long a gift's request id answers its first outcome
@@ -208,4 +213,6 @@ def ledger_delta(event_type: str, data: Mapping[str, Any]) -> tuple[str, int, st
         return str(data["user"]), -int(data["amount"]), RP_DEBIT
     if event_type in (RP_CREDIT, RP_REFUND):
         return str(data["user"]), int(data["amount"]), event_type
+    if event_type == GIFT_REVERSED and int(data.get("refund_coins") or 0) > 0:
+        return str(data["user"]), int(data["refund_coins"]), "gift.refund"
     return None

@@ -47,6 +47,7 @@ from .log import Log, LogEvent, decode_event, encode_event, new_event
 from .redis_conn import guarded, is_cluster_client, run_script_calls
 from .wallet import (
     GIFT_REQUEST_TTL_MS,
+    GIFT_REVERSED,
     GIFT_SENT,
     OUTBOX_GRACE_MS,
     TOPIC,
@@ -273,6 +274,28 @@ class RedisWallet:
         if int(code) < 0:
             raise IdempotencyConflict(f"idempotency key {idempotency_key!r} was used for another amount: use a new key")
         return ToppedUp(event, int(bal), duplicate=int(code) == 0)
+
+    async def reverse_gift(self, *, user: str, gift_event_id: str, event_id: str, data: dict[str, Any],
+                           now_ms: int) -> tuple[LogEvent, int, bool]:
+        """Record a gift's reversal once (:mod:`livecommerce.earnings`): credit the sender
+        ``data["refund_coins"]`` (0 for a chargeback) and put the ``gift.reversed`` event in
+        the outbox, in one script (the top-up script, keyed ``rev:<gift event>``). Returns
+        ``(event, balance, duplicate)``; a repeat of the same reversal moves nothing
+        (``duplicate``: the first one's event is in the log or still in the outbox, which
+        the sweeper appends; the event returned then is not to be appended).
+
+        Raises:
+            IdempotencyConflict: the gift was reversed before as the other kind.
+            Unavailable: Redis unreachable.
+        """
+        coins = int(data["refund_coins"])
+        event = new_event(TOPIC, user, GIFT_REVERSED, data, event_id, now_ms)
+        keys = [self._k(user, "bal"), self._k(user, "out"), self._k(user, "topups")]
+        async with guarded():
+            code, bal = await self._topup(keys=keys, args=[user, coins, f"rev:{gift_event_id}|{user}", event_id, encode_event(event)])
+        if int(code) < 0:
+            raise IdempotencyConflict("the gift was reversed before as the other kind (refund or chargeback): nothing changed")
+        return event, int(bal), int(code) == 0
 
     async def publish(self, log: Log, events: Iterable[LogEvent]) -> None:
         """Append outbox events to the log (same ids and times), then clear them.

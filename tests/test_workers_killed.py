@@ -1,4 +1,4 @@
-"""The real ``livecommerce worker orders|wallet|points`` processes, killed with SIGKILL while
+"""The real ``livecommerce worker orders|wallet|points|earnings`` processes, killed with SIGKILL while
 a batch's transaction is open, then replaced by another member of the group: nothing is
 lost and nothing is applied twice, on SQLite and PostgreSQL.
 
@@ -32,6 +32,7 @@ from livecommerce.log_redis import RedisLog
 from livecommerce.migrations import upgrade
 from livecommerce.schema import (
     applied_events,
+    host_earnings,
     order_events,
     orders,
     points_balances,
@@ -123,8 +124,9 @@ async def applied(url: str, consumer: str) -> int:
 
 
 def start(worker: str, env: dict[str, str], node: str) -> subprocess.Popen[bytes]:
-    exe = str(Path(sys.executable).with_name("livecommerce"))
-    return subprocess.Popen([exe, "worker", worker], env={**env, "LC_NODE_ID": node}, stdout=subprocess.DEVNULL,
+    # this checkout's code (python -m from its root), not whichever tree the installed script points at
+    return subprocess.Popen([sys.executable, "-m", "livecommerce.cli", "worker", worker], env={**env, "LC_NODE_ID": node},
+                            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
 
 
@@ -158,6 +160,16 @@ async def check_exactly_once(worker: str, url: str, events: list[LogEvent]) -> N
                     want_w[d["user"]] = want_w.get(d["user"], 0) + (int(d["amount"]) if e.type == "wallet.topup" else -int(d["value"]))
                 assert got == want_w
                 assert int((await c.execute(select(func.count()).select_from(wallet_ledger))).scalar_one()) == len(events)
+            elif worker == "earnings":  # the hosts' share at the default split (0.5), each gift once
+                got = {r[0]: int(r[1]) for r in await c.execute(select(host_earnings.c.host_id, func.sum(host_earnings.c.amount))
+                                                                  .group_by(host_earnings.c.host_id))}
+                want_e: dict[str, int] = {}
+                for e in events:
+                    if e.type == "gift.sent":
+                        want_e[e.data["host"]] = want_e.get(e.data["host"], 0) + int(e.data["value"]) * 5000 // 10_000
+                assert got == want_e
+                gifts = sorted(r[0] for r in await c.execute(select(host_earnings.c.gift_event_id)))
+                assert gifts == sorted(e.id for e in events if e.type == "gift.sent")
             else:
                 sums = {(r[0], r[1]): int(r[2]) for r in await c.execute(
                     select(points_ledger.c.user_id, points_ledger.c.role, func.sum(points_ledger.c.delta))
@@ -178,7 +190,7 @@ async def check_exactly_once(worker: str, url: str, events: list[LogEvent]) -> N
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("worker", ["orders", "wallet", "points"])
+@pytest.mark.parametrize("worker", ["orders", "wallet", "points", "earnings"])
 async def test_a_worker_killed_inside_a_batch_transaction_loses_and_duplicates_nothing(
     worker: str, store_url: str, settings: Settings, redis: Any
 ) -> None:
@@ -189,7 +201,8 @@ async def test_a_worker_killed_inside_a_batch_transaction_loses_and_duplicates_n
         await log.append_many(events[i : i + 1000])
     await log.close()
     consumer = worker  # each worker's exactly-once consumer name is its own name
-    total = sum(1 for e in events if worker != "points" or e.type == "gift.sent")  # points claims only the events that award
+    # points and earnings claim only the events that award or accrue
+    total = sum(1 for e in events if worker not in ("points", "earnings") or e.type == "gift.sent")
     env = {k: v for k, v in os.environ.items() if not k.startswith("LC_")}
     env.update(LC_REDIS_URL=settings.redis_url, LC_KEY_PREFIX=settings.key_prefix, LC_DATABASE_URL=store_url, LC_LOG_JSON="0",
                LC_LOG_LEVEL="WARNING", LC_SECRET=settings.secret, LC_LOG_CLAIM_IDLE_MS="1000", LC_WORKER_BATCH="300")

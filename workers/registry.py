@@ -12,4 +12,5 @@ WORKERS: dict[str, str] = {"orders": "workers.orders:run", "inventory": "workers
                              "refunds": "workers.refunds:run", "profiles": "workers.profiles:run",
                              "growth": "workers.growth:run", "retention": "workers.retention:run",
                              "reach": "workers.reach:run",
-                             "redpackets": "workers.redpackets:run"}
+                             "redpackets": "workers.redpackets:run",
+                             "earnings": "workers.earnings:run"}
