@@ -25,6 +25,7 @@ const GIFT_ICONS = {
 const giftIcon = (id) => GIFT_ICONS[id] || "🎁";
 
 const S = {
+  names: new Map(), // user id -> the display name its comments and gifts carried (the board shows names)
   me: null,
   role: null,
   show: null,
@@ -241,6 +242,7 @@ const MAX_FLYING = 80;
 const laneFreeAt = [];
 
 function onComment(d, replay, seq) {
+  if (d.name && d.user) S.names.set(d.user, d.name);
   chatLine(d.name || d.user, d.text, d.role === "host" ? "host" : "", d.level, seq, d.user);
   if (!replay) fly(d, seq);
 }
@@ -428,6 +430,7 @@ async function sendGift(g) {
 
 const banners = new Map(); // combo_id -> {el, timer}
 function onGift(d) {
+  if (d.name && d.user) S.names.set(d.user, d.name);
   const lane = $("#gift-lane");
   let b = banners.get(d.combo_id);
   if (!b) {
@@ -459,7 +462,7 @@ function onGift(d) {
 
 function renderBoard(top) {
   const ol = $("#leaderboard");
-  fill(ol, top.length ? top.map((r) => h("li", {}, `#${r.rank} `, h("b", {}, r.id), ` · ${fmtInt(r.score)} 🪙`)) : h("li", { class: "muted" }, "No gifts yet."));
+  fill(ol, top.length ? top.map((r) => h("li", { title: r.id }, `#${r.rank} `, h("b", {}, S.names.get(r.id) || r.id), ` · ${fmtInt(r.score)} 🪙`)) : h("li", { class: "muted" }, "No gifts yet."));
 }
 
 // ------------------------------------------------------------------ product, sale, buy
