@@ -7,7 +7,10 @@ The rules are :mod:`livecommerce.reach`; the fan-out and the reminder sweep run 
   event to the log, nothing per follower: the request's cost does not grow with the host's
   audience. Called on every go-live, also a repeated one, with the show's id: a go-live
   whose append failed is repaired by pressing it again.
-* ``welcome`` carries ``notifications {unread}`` (one Redis read of the cached count).
+* A joiner gets a private ``notifications {unread}`` frame right after its ``welcome``:
+  the joiners of a short window (:data:`UNREAD_WINDOW_S`) are read in one pipelined round
+  trip, so a join storm costs one read per window, not one per welcome (the welcome itself
+  reads nothing for a room the node serves).
 * Followers connected anywhere get a private ``host.live {id, host, room, title,
   start_ms}`` frame; at a schedule's start its subscribers get ``schedule.reminder {id,
   host, room, schedule, title, start_ms}``. ``id`` is the inbox row's.
@@ -30,6 +33,7 @@ HTTP (JSON):
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -42,6 +46,7 @@ from livecommerce.auth import Identity
 from livecommerce.errors import BadFrame, Forbidden, LiveCommerceError, NotFound, Unauthorized
 from livecommerce.fanclub import check_host
 from livecommerce.log import Log
+from livecommerce.protocol.events import envelope
 from livecommerce.reach import (
     HOST_LIVE,
     MAX_LIST,
@@ -66,6 +71,9 @@ from .validation import read_json
 
 log = logging.getLogger("livecommerce.gateway.reach")
 
+#: joiners whose unread counts are read together (one round trip per window)
+UNREAD_WINDOW_S = 0.05
+
 UPCOMING_S = 5.0
 DAY_MS = 24 * 3600 * 1000
 
@@ -80,6 +88,8 @@ class Reach:
         self.log = durable
         self._upcoming: list[Schedule] = []
         self._upcoming_at = 0.0
+        self._joined: dict[str, set[str]] = {}  # user -> rooms joined in the current window
+        self._flush: asyncio.Task[None] | None = None
 
     # ---- hooks
     async def on_live(self, room: str, pub: dict[str, Any]) -> None:
@@ -96,12 +106,39 @@ class Reach:
                               event_id=live_event_id(room, live_ms))
 
     async def welcome(self, room: str, ident: Identity) -> dict[str, Any]:
-        """``notifications {unread}`` for the joiner (no field when Redis does not answer)."""
+        """Welcome hook: nothing in the welcome; the joiner's unread count follows it as a
+        private ``notifications {unread}`` frame, read with the window's other joiners."""
+        self._joined.setdefault(ident.user, set()).add(room)
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().create_task(self._push_unread(), name="reach.unread")
+        return {}
+
+    async def _push_unread(self) -> None:
+        """After :data:`UNREAD_WINDOW_S`: one read of every joiner's unread count, then the
+        frame to each of their connections in the rooms they joined (a lossy push: the bell
+        shows the count of the next join or the inbox)."""
         try:
-            return {"notifications": {"unread": await self.redis.unread(ident.user)}}
-        except LiveCommerceError as exc:
-            log.warning("reach.unread_failed", extra={"user": ident.user, "err": exc.message})
-            return {}
+            await asyncio.sleep(UNREAD_WINDOW_S)
+            joined, self._joined = self._joined, {}
+            self._flush = None
+            try:
+                counts = await self.redis.unread_many(list(joined))
+            except LiveCommerceError as exc:
+                log.warning("reach.unread_failed", extra={"users": len(joined), "err": exc.message})
+                return
+            now = self.gw.now_ms()
+            for user, rooms in joined.items():
+                env = envelope("notifications", None, {"unread": counts.get(user, 0)}, ts=now)
+                for conn in list(self.gw.hub.by_user.get(user, ())):
+                    if conn.room in rooms:
+                        conn.send(env)
+        finally:
+            if self._flush is asyncio.current_task():
+                self._flush = None
+
+    async def stop(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
 
     async def upcoming(self, user: str, following: frozenset[str], *, limit: int = 10) -> list[dict[str, Any]]:
         """The feed's upcoming shows for a viewer following ``following``."""

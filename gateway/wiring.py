@@ -277,7 +277,8 @@ def build(gw: Gateway) -> Services:
     # followers' inboxes); the welcome's unread count; schedules, subscriptions, the feed's upcoming
     reach = Reach(gw, store, RedisReach(gw.redis, gw.keys, ttl_s=gw.s.user_cache_ttl_s), durable)
     gw.hooks.live.append(reach.on_live)
-    gw.hooks.welcome.append(reach.welcome)
+    gw.hooks.welcome.append(reach.welcome)  # the unread count follows the welcome, batched
+    gw.hooks.stop.append(reach.stop)
 
     # ops plane: health, the dashboard's sampler and its alerts, the pages, the API document
     ops_redis = OpsRedis(gw.redis, gw.keys)

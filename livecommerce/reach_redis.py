@@ -48,6 +48,22 @@ class RedisReach:
             v = await self._r.get(self._unread(user))
         return max(0, int(v)) if v is not None else 0
 
+    async def unread_many(self, users: Sequence[str]) -> dict[str, int]:
+        """:meth:`unread` of each of ``users`` in one pipelined round trip (a window of
+        joiners; the keys may be in any slot of a cluster).
+
+        Raises:
+            Unavailable: Redis unreachable.
+        """
+        if not users:
+            return {}
+        pipe = self._r.pipeline(transaction=False)
+        for u in users:
+            pipe.get(self._unread(u))
+        async with guarded():
+            got = await pipe.execute()
+        return {u: max(0, int(v)) if v is not None else 0 for u, v in zip(users, got, strict=True)}
+
     async def add_unread(self, users: Sequence[str]) -> None:
         """One more unread notification for each of ``users``: one script call for all on a
         single Redis (a pipeline's two replies per user cost more to parse than the page's

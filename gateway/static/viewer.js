@@ -7,7 +7,7 @@
 // Moderation: a deleted comment (`comment.deleted`) leaves the chat and the stream; each
 // comment of someone else has a ⚑ to report it; slow mode and followers-only chat are shown
 // by the composer; a mute, slow mode or a kick/ban (close 4403) is said in words.
-// Follower reach: a 🔔 with the unread count (the welcome's `notifications.unread`, raised by
+// Follower reach: a 🔔 with the unread count (the `notifications` frame after welcome, raised by
 // each pushed `host.live` / `schedule.reminder`) opens the inbox (GET /api/v1/me/notifications,
 // Mark all read); the Host panel follows / unfollows the room's host and lists their
 // upcoming schedules with Remind me (预约).
@@ -227,6 +227,7 @@ function onEvent(env, { replay }) {
     case "points": return setPoints(d.balance, d.level);
     case "host.live":
     case "schedule.reminder": return onReachNotice(env.t, d);
+    case "notifications": return setUnread(d.unread || 0); // right after welcome: the bell's count
     case "error":
       if (!replay) toast(`${d.code}: ${d.message}`, "error");
       return;
