@@ -7,7 +7,8 @@ The rules are :mod:`livecommerce.reach`; the fan-out and the reminder sweep run 
   event to the log, nothing per follower: the request's cost does not grow with the host's
   audience. Called on every go-live, also a repeated one, with the show's id: a go-live
   whose append failed is repaired by pressing it again.
-* A joiner gets a private ``notifications {unread}`` frame right after its ``welcome``:
+* A joiner with unread notifications gets a private ``notifications {unread}`` frame right
+  after its ``welcome`` (none when the count is 0: the client's bell starts at 0):
   the joiners of a short window (:data:`UNREAD_WINDOW_S`) are read in one pipelined round
   trip, so a join storm costs one read per window, not one per welcome (the welcome itself
   reads nothing for a room the node serves).
@@ -128,7 +129,10 @@ class Reach:
                 return
             now = self.gw.now_ms()
             for user, rooms in joined.items():
-                env = envelope("notifications", None, {"unread": counts.get(user, 0)}, ts=now)
+                unread = counts.get(user, 0)
+                if not unread:
+                    continue  # the bell starts at 0: no frame (a join storm's viewers mostly have none)
+                env = envelope("notifications", None, {"unread": unread}, ts=now)
                 for conn in list(self.gw.hub.by_user.get(user, ())):
                     if conn.room in rooms:
                         conn.send(env)
