@@ -10,7 +10,7 @@ from __future__ import annotations
 
 CAPABILITIES: list[str] = [
     "gateway.http",
-    "gateway.commerce", "gateway.payments",
+    "gateway.commerce", "gateway.payments", "gateway.fulfilment",
     "gateway.rooms",
     "gateway.catalog", "gateway.bag",
     "gateway.lottery",

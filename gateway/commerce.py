@@ -23,7 +23,7 @@ import dataclasses
 import functools
 import logging
 import time
-from typing import Any, cast
+from typing import Any
 
 from aiohttp import web
 
@@ -42,13 +42,14 @@ from livecommerce.flash_sale import (
     sale_step,
     validate_campaign,
 )
-from livecommerce.orders import OrderState
+from livecommerce.orders import ORDER_STATES
 from livecommerce.protocol.commands import Buy, HostAction, parse_command
 from livecommerce.protocol.events import error_frame, reply
 from livecommerce.store_sql import SqlStore
 
 from .conn import Conn
 from .core import Gateway
+from .fulfilment import Fulfilment
 from .hooks import TriedHook
 from .idempotency import header_key, idempotent
 from .validation import read_json, read_object
@@ -516,17 +517,17 @@ class FlashSales:
         return web.json_response(reserved_body(r), status=200 if r.duplicate else 201)
 
 
-ORDER_STATES = ("reserved", "paid", "cancelled", "refund_requested", "refunded")
 
 
 class Orders:
     """Orders over HTTP: list, get, pay (the simulated payment provider), cancel."""
 
-    def __init__(self, gw: Gateway, checkout: Checkout, store: SqlStore, sales: FlashSales) -> None:
+    def __init__(self, gw: Gateway, checkout: Checkout, store: SqlStore, sales: FlashSales, fulfilment: Fulfilment) -> None:
         self.gw = gw
         self.checkout = checkout
         self.store = store
         self.sales = sales  # a cancelled order's units go back on sale: the stock broadcast
+        self.fulfilment = fulfilment  # the order's parcels and progress
 
     async def list_orders(self, request: web.Request) -> web.Response:
         ident = self.gw.identify_request(request)
@@ -545,7 +546,7 @@ class Orders:
         if state is not None and state not in ORDER_STATES:
             raise BadFrame(f"unknown state {state!r}", code="invalid")
         orders = await self.store.list_orders(user_id=user, sale_id=q.get("sale"), room_id=q.get("room"),
-                                              state=cast(OrderState | None, state), limit=limit, offset=offset)
+                                              state=state, limit=limit, offset=offset)
         return web.json_response({"orders": [dataclasses.asdict(o) for o in orders]})
 
     async def get_order(self, request: web.Request) -> web.Response:
@@ -565,6 +566,8 @@ class Orders:
                 "order": dataclasses.asdict(o) if o is not None else None,
                 "hold": dataclasses.asdict(hold) if hold is not None else None,
                 "history": [dataclasses.asdict(h) for h in hist],
+                "shipments": await self.fulfilment.shipments_of(oid),
+                "fulfilment": await self.fulfilment.progress(oid),
             }
         )
 

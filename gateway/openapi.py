@@ -24,6 +24,7 @@ from typing import Any, cast
 from aiohttp import web
 
 from livecommerce.alerts import ALERTS
+from livecommerce.orders import ORDER_STATES
 
 from .capabilities import CAPABILITIES
 from .pages import STATIC_DIR
@@ -106,7 +107,7 @@ SCHEMAS: dict[str, J] = {
     }, ["order_id", "sale_id", "qty", "unit_price", "amount", "pay_by_ms", "duplicate"]),
     "Order": obj({
         "id": STR, "sale_id": ID, "room_id": ID, "user_id": STR, "qty": INT, "unit_price": CENTS, "amount": CENTS,
-        "state": {"enum": ["reserved", "paid", "cancelled", "refund_requested", "refunded"]}, "pay_by_ms": MS,
+        "state": {"enum": list(ORDER_STATES)}, "pay_by_ms": MS,
         "created_ms": MS, "updated_ms": MS, "coupon_id": nullable(STR), "discount": INT, "refunded_qty": INT,
         "refunded_amount": INT, "request_id": nullable(STR),
     }, ["id", "sale_id", "room_id", "user_id", "qty", "unit_price", "amount", "state", "pay_by_ms"]),
@@ -314,7 +315,7 @@ PATHS_BY_MODULE: dict[str, dict[str, dict[str, J]]] = {
         "/api/v1/orders": {"get": op("List orders (your own; ops: anyone's)", tag="orders", auth="signed-in users (own orders) or ops",
                                      params=[{"name": "user", "in": "query", "schema": STR}, {"name": "sale", "in": "query", "schema": ID},
                                              {"name": "room", "in": "query", "schema": ID},
-                                             {"name": "state", "in": "query", "schema": {"enum": ["reserved", "paid", "cancelled", "refund_requested", "refunded"]}},
+                                             {"name": "state", "in": "query", "schema": {"enum": list(ORDER_STATES)}},
                                              Q_LIMIT, Q_OFFSET],
                                      ok=("200", obj({"orders": arr(ref("Order"))}, ["orders"]), "orders, newest first"))},
         "/api/v1/orders/{order}": {"get": op("One order: SQL row, Redis hold and history", tag="orders", auth="the buyer or ops", params=[P_ORDER],

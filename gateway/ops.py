@@ -61,6 +61,7 @@ from livecommerce.auth import Identity
 from livecommerce.checkout import Checkout
 from livecommerce.errors import Forbidden, LiveCommerceError, NotFound
 from livecommerce.ops_redis import OpsRedis
+from livecommerce.orders import SOLD_STATES
 from livecommerce.presence import Presence
 from livecommerce.store_sql import SqlStore
 
@@ -314,7 +315,7 @@ class Ops:
             agg = rooms.setdefault(sale.room, {"gmv": 0, "orders": {}, "buyers": 0, "paid": 0})
             agg["gmv"] += sql.gmv
             agg["buyers"] += sql.buyers
-            agg["paid"] += sum(sql.orders.get(s, 0) for s in ("paid", "refund_requested", "refunded"))
+            agg["paid"] += sum(sql.orders.get(s, 0) for s in SOLD_STATES)
             for state, n in sql.orders.items():
                 agg["orders"][state] = agg["orders"].get(state, 0) + n
         # the show state of each room with an open sale (an alert: a sale open in an ended show)
@@ -326,7 +327,7 @@ class Ops:
                     c["room_state"] = (metas.get(c["room"]) or {}).get("state", "")
         cancelled = await store.list_orders(state="cancelled", limit=TIMEOUT_SCAN)
         timeouts = sum(1 for o in cancelled if o.updated_ms >= o.pay_by_ms and now_ms - o.updated_ms <= 60_000)
-        paid = sum(orders.get(s, 0) for s in ("paid", "refund_requested", "refunded"))
+        paid = sum(orders.get(s, 0) for s in SOLD_STATES)
         buyers = sum(r["buyers"] for r in rooms.values())
         return {
             "ts": now_ms,

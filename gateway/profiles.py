@@ -6,7 +6,7 @@
 * ``GET /api/v1/me/data``: everything kept about the caller, as JSON: profile (with the
   display name), orders with their history, refunds (with the notes written), tickets with
   their history, wallet (balance and ledger), points (balances and ledger), coupons, fan
-  clubs. Not exported: the comment texts in rooms' recovery history (see below).
+  clubs, shipping addresses and parcels (with the address each went to). Not exported: the comment texts in rooms' recovery history (see below).
 * ``DELETE /api/v1/me/data``: erase the caller's personal data, keeping every ledger
   balanced. 409 ``erasure_busy`` while a wallet movement of theirs is still on its way to
   the ledger or an order of theirs is reserved or has a refund open (retry shortly).
@@ -18,8 +18,9 @@ Erasure rules (what stays, what goes):
   and tickets; ledger references embedding the user id are re-keyed the same way. The Redis
   wallet balance moves to the pseudonym, so each key's balance still equals the sum of its
   ledger rows; points balances are sums of the ledger by definition.
-* Removed: the display name, refund notes and decision notes, ticket subjects, texts and
-  notes (``[erased]``), the points cache, coupon list and fan badges / leaderboard entries.
+* Removed: the display name, shipping addresses and the address snapshot of every parcel
+  (carrier and tracking number stay, under the pseudonym), refund notes and decision notes,
+  ticket subjects, texts and notes (``[erased]``), the points cache, coupon list and fan badges / leaderboard entries.
 * The profile's aggregates stay under the pseudonym (marked ``erased``); events of the user
   still in the log are folded under the pseudonym from then on (``erasures``), including by
   a rebuild.
@@ -39,7 +40,7 @@ from typing import Any
 
 from aiohttp import web
 
-from livecommerce import profiles_sql, refunds_sql, tickets_sql
+from livecommerce import fulfilment_sql, profiles_sql, refunds_sql, tickets_sql
 from livecommerce.coupons_redis import CouponsRedis
 from livecommerce.errors import Conflict, NotFound
 from livecommerce.log import Log
@@ -98,6 +99,8 @@ class Profiles:
             "points": {"viewer": viewer, "host": host, "level": level_for(viewer, self.gw.s.levels), "entries": points},
             "coupons": coupons,
             "fanclubs": await profiles_sql.memberships(store, user),
+            "addresses": await fulfilment_sql.list_addresses(store, user),
+            "shipments": await fulfilment_sql.user_shipments(store, user, limit=EXPORT_LIMIT),
             "not_exported": {
                 "comments": "comment texts are kept only in rooms' recovery history (the last "
                 f"{self.gw.s.history_size} events of each room, expiring after {self.gw.s.history_ttl_s} s)",
@@ -113,7 +116,7 @@ class Profiles:
         store = self.store
         if await self.erasure.outbox_pending(user) or await self.erasure.balance(user) != await store.wallet_balance(user):
             raise Conflict("a wallet movement of yours is still being recorded: retry in a few seconds", code="erasure_busy")
-        states: tuple[OrderState, ...] = ("reserved", "refund_requested")
+        states: tuple[OrderState, ...] = ("reserved", "refund_requested", "return_requested")
         for state in states:
             if await store.list_orders(user_id=user, state=state, limit=1):
                 raise Conflict(f"an order of yours is {state.replace('_', ' ')}: retry once it is settled", code="erasure_busy")

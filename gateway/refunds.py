@@ -36,6 +36,8 @@ from aiohttp import web
 from livecommerce import profiles_sql, refunds_sql
 from livecommerce.auth import Identity
 from livecommerce.errors import BadFrame, Conflict, Forbidden, NotFound
+from livecommerce.fulfilment import may_approve, progress_of
+from livecommerce.fulfilment_redis import FulfilmentRedis
 from livecommerce.log import Log
 from livecommerce.refunds import (
     APPROVED,
@@ -65,9 +67,11 @@ log = logging.getLogger("livecommerce.gateway.refunds")
 class AfterSales:
     """Refund requests and decisions, an order's refunds and history."""
 
-    def __init__(self, gw: Gateway, records: RefundsRedis, store: SqlStore, log: Log, host_of: HostOf) -> None:
+    def __init__(self, gw: Gateway, records: RefundsRedis, store: SqlStore, log: Log, host_of: HostOf,
+                 shipping: FulfilmentRedis) -> None:
         self.gw = gw
         self.records = records
+        self.shipping = shipping  # the order's fulfilment record: what after-sales its progress allows
         self.store = store
         self.log = log
         self.host_of = host_of
@@ -94,7 +98,9 @@ class AfterSales:
         paid_ms = next((h.ts_ms for h in await store.order_history(order_id) if h.to_state == "paid"), None)
         facts = OrderFacts(order.id, order.user_id, order.room_id, order.sale_id, order.state, order.qty, order.amount, paid_ms)
         prior = [PriorRefund(n, int(r["q"]), int(r["a"]), r["s"], bool(int(r.get("d", 0)))) for n, r in sorted(records.items())]
-        refund = plan_refund(facts, prior, ask, user=ident.user, host=await self.host_of(order.room_id), now_ms=self.gw.now_ms())
+        progress = progress_of((await self.shipping.record(order_id)).st)
+        refund = plan_refund(facts, prior, ask, user=ident.user, host=await self.host_of(order.room_id), now_ms=self.gw.now_ms(),
+                             progress=progress)
         await self.records.request(refund)
         await self._append_request(refund.event_data())
         if ident.name:
@@ -109,7 +115,7 @@ class AfterSales:
     @staticmethod
     def _public(data: dict[str, Any], state: str) -> dict[str, Any]:
         keys = ("refund_id", "order_id", "qty", "amount", "reason", "requested_ms", "room_id", "sale_id")
-        return {**{k: data[k] for k in keys}, "state": state}
+        return {**{k: data[k] for k in keys}, "kind": data.get("kind") or "refund", "state": state}
 
     async def decide(self, ident: Identity, rid: str, approve: bool, body: dict[str, Any]) -> dict[str, Any]:
         """Approve or reject a refund, once.
@@ -125,12 +131,16 @@ class AfterSales:
         if rec is None:
             raise NotFound(f"no refund {rid}")
         ident.require_host(str(rec["room"]))
+        oid, _ = order_of(rid)
+        if approve and rec["s"] == "requested":  # a return is paid once its goods are back
+            ship = await self.shipping.record(oid)
+            may_approve(str(rec.get("k") or rec["data"].get("kind") or "refund"),
+                        any(s.refund_id == rid and s.state == "delivered" for s in ship.shipments))
         state: Literal["approved", "rejected"] = "approved" if approve else "rejected"
         changed = await self.records.decide(rid, state, by=ident.user, now_ms=self.gw.now_ms())
         rec = await self.records.record(rid)
         assert rec is not None
         data = {**rec["data"], "decided_by": rec.get("by"), "decided_ms": rec.get("dts"), "decision_note": note}
-        oid, _ = order_of(rid)
         await self.log.append(TOPIC, oid, APPROVED if approve else REJECTED, data, event_id=event_id(rid, state),
                               ts=int(rec.get("dts") or self.gw.now_ms()))
         return {**self._public(rec["data"], str(rec["s"])), "decided_by": rec.get("by"), "changed": changed}

@@ -77,6 +77,17 @@ def http_routes(s: Services) -> list[Route]:
         # the payment boundary: intents, the provider's signed callbacks, ops' view
         Route("POST", "/api/v1/orders/{order}/payments", s.payments.http_create),
         Route("GET", "/api/v1/orders/{order}/payments", s.payments.http_order),
+        # fulfilment: addresses, shipments, deliveries (ops or the carrier's signed callback),
+        # receipt, return parcels, orders to ship
+        Route("GET", "/api/v1/me/addresses", s.fulfilment.http_addresses),
+        Route("POST", "/api/v1/me/addresses", s.fulfilment.http_address_add),
+        Route("PATCH", "/api/v1/me/addresses/{address}", s.fulfilment.http_address_patch),
+        Route("DELETE", "/api/v1/me/addresses/{address}", s.fulfilment.http_address_delete),
+        Route("POST", "/api/v1/orders/{order}/shipments", s.fulfilment.http_ship),
+        Route("POST", "/api/v1/shipments/{shipment}/delivered", s.fulfilment.http_delivered),
+        Route("POST", "/api/v1/orders/{order}/confirm", s.fulfilment.http_confirm),
+        Route("POST", "/api/v1/refunds/{refund}/return", s.fulfilment.http_return),
+        Route("GET", "/api/v1/fulfilment/orders", s.fulfilment.http_to_ship),
         Route("POST", "/api/v1/payments/webhook", s.payments.http_webhook),
         Route("GET", "/api/v1/payments/callbacks", s.payments.http_callbacks),
         Route("GET", "/api/v1/payments/refunds", s.payments.http_refunds),

@@ -23,6 +23,7 @@ from livecommerce.coupons_redis import CouponsRedis
 from livecommerce.experiments_redis import ExperimentsRedis
 from livecommerce.fanclub_redis import FanclubRedis
 from livecommerce.feed_redis import FeedRedis
+from livecommerce.fulfilment_redis import FulfilmentRedis
 from livecommerce.funnel_redis import FunnelRedis
 from livecommerce.leaderboard_redis import RedisLeaderboards
 from livecommerce.likes_redis import RedisLikes
@@ -58,6 +59,7 @@ from .earnings import Earnings
 from .experiments import Experiments
 from .fanclub import Fanclub
 from .feed import Feed
+from .fulfilment import Fulfilment
 from .funnel import Funnel
 from .gifts import Gifts
 from .growth import Growth
@@ -130,6 +132,8 @@ class Services:
     funnel: Funnel
     # the payment boundary: intents at the provider, its signed callbacks
     payments: Payments
+    # fulfilment: addresses, shipments, deliveries, receipt
+    fulfilment: Fulfilment
 
 
 #: the node's capabilities on its aiohttp application (tests reach them through it)
@@ -208,7 +212,11 @@ def build(gw: Gateway) -> Services:
     sales = FlashSales(gw, checkout, store, gw.hooks.tried)
     gw.hooks.start.insert(0, sales.check_schema)  # before anything reads SQL: says `livecommerce db upgrade`
     gw.hub.observe(SALE_EVENTS, sales.observe)
-    orders = Orders(gw, checkout, store, sales)
+    # fulfilment: each order's record (shipments, receipt) beside its refund records, one slot
+    refund_records = RefundsRedis(gw.redis, gw.keys)
+    ship_records = FulfilmentRedis(gw.redis, gw.keys)
+    fulfilment = Fulfilment(gw, ship_records, refund_records, store, durable)
+    orders = Orders(gw, checkout, store, sales, fulfilment)
     payments = build_payments(gw, checkout, durable)
 
     rooms = RoomsService(
@@ -264,7 +272,7 @@ def build(gw: Gateway) -> Services:
     gw.hooks.welcome.append(points.on_welcome)
     gw.hub.on_second.append(points.on_second)
     gw.hooks.stop.insert(0, points.stop)
-    aftersales = AfterSales(gw, RefundsRedis(gw.redis, gw.keys), store, durable, gifts.host_of)
+    aftersales = AfterSales(gw, refund_records, store, durable, gifts.host_of, ship_records)
     # host earnings: the statement, and ops' gift reversal (the sender's refund and the
     # gift.reversed event in one wallet script, appended through the outbox)
     earnings = Earnings(gw, store, wallet, outbox)
@@ -322,7 +330,7 @@ def build(gw: Gateway) -> Services:
     gw.hooks.response.append(funnel.on_response)
     gw.hooks.stop.insert(0, funnel.flush)
 
-    return Services(payments=payments, catalog=catalog, bags=bags, checkout=checkout, sales=sales, orders=orders, funnel=funnel, likes=likes, comments=comments, moderation=moderation, room_gate=gate, lotteries=lotteries, coupons=coupons, rooms=rooms,
+    return Services(payments=payments, fulfilment=fulfilment, catalog=catalog, bags=bags, checkout=checkout, sales=sales, orders=orders, funnel=funnel, likes=likes, comments=comments, moderation=moderation, room_gate=gate, lotteries=lotteries, coupons=coupons, rooms=rooms,
                     health=health, ops=ops, pages=pages, openapi=openapi, experiments=experiments, feed=feed, segments=segments,
                     store=store, log=durable, wallet=wallet, wallet_outbox=outbox, wallets=wallets, gifts=gifts, redpackets=redpackets, earnings=earnings, points=points,
                     aftersales=aftersales, tickets=tickets, fanclub=fanclub, reach=reach, profiles=profiles, growth=growth,

@@ -86,6 +86,11 @@ class Settings:
     payment_webhook_secret: str = field(default="", repr=False)  # >= 32 bytes when a provider is set; never logged
     payment_replay_window_s: int = 300  # a callback's timestamp may be this far from now
     payment_currency: str = "CNY"
+    # fulfilment (docs/commerce.md): receipt confirmed automatically this long after delivery,
+    # the sweep that does it, and the carriers' signed delivery callbacks
+    auto_confirm_s: int = 7 * 86400
+    auto_confirm_sweep_s: float = 60.0
+    carrier_webhook_secret: str = field(default="", repr=False)  # empty: delivery callbacks refused (ops mark deliveries)
     stock_broadcast_ms: int = 250
     gift_catalogue: str = ""  # path; empty: packaged catalogue
     level_thresholds: str = "0,100,500,2000,10000,50000"

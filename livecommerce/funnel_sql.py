@@ -10,10 +10,11 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, select
 
+from .orders import SOLD_STATES
 from .store_sql import SqlStore, orders
 
 #: order states whose money was taken (a refund keeps the order in these states)
-SOLD = ("paid", "refund_requested", "refunded")
+SOLD = SOLD_STATES
 
 
 @dataclass(frozen=True, slots=True)

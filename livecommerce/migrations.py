@@ -64,6 +64,7 @@ V6_TABLES = ("catalog_products", "catalog_skus", "catalog_stock_moves")
 V7_TABLES = ("moderation_actions", "moderation_reports")
 V9_TABLES = ("host_earnings",)
 V10_TABLES = ("notifications", "schedules", "schedule_subs", "reach_fanouts")
+V11_TABLES = ("addresses", "shipments")
 
 # the columns step 2 added to ``refunds`` (the request's core columns came with step 1)
 REFUNDS_V2_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -158,6 +159,11 @@ def _v10_reach(conn: Connection) -> None:
     _create(conn, V10_TABLES)
 
 
+def _v11_fulfilment(conn: Connection) -> None:
+    """Issue 19 part 5: shipping addresses and shipments."""
+    _create(conn, V11_TABLES)
+
+
 STEPS: list[tuple[int, str, Step]] = [
     (
         1,
@@ -172,6 +178,7 @@ STEPS: list[tuple[int, str, Step]] = [
     (7, "moderation: the audit log of moderators' actions, viewers' reports", _v7_moderation),
     (9, "host earnings: the hosts' share of gift revenue, accruals and reversals", _v9_earnings),
     (10, "follower reach: notifications, schedules, schedule subscribers, fan-out cursors", _v10_reach),
+    (11, "fulfilment: shipping addresses, shipments", _v11_fulfilment),
 ]
 LATEST = max(v for v, _, _ in STEPS)
 

@@ -2,10 +2,22 @@
 
 No I/O. All transition logic lives in :data:`ORDER_TRANSITIONS`::
 
-    reserved --> paid --> refund_requested --> refunded
-        |         ^               |
-        v         +---------------+   (refund rejected, or a partial refund settled)
-    cancelled
+    reserved --> paid --> refund_requested --> refunded <----------------+
+        |        |  ^               |                                    |
+        v        |  +---------------+  (refund rejected, or partial)     |
+    cancelled    v                                                       |
+              shipped --> delivered --> return_requested ----------------+
+                              |   ^               |
+                              |   +---------------+  (return rejected, or partial)
+                              v
+                          completed
+
+* ``paid -> shipped``: the order's first shipment; ``shipped -> delivered``: every unit owed
+  shipped and every parcel delivered; ``delivered -> completed``: receipt confirmed (by the
+  buyer, or automatically ``LC_AUTO_CONFIRM_S`` after delivery). See
+  :mod:`livecommerce.fulfilment`, which also holds the after-sales rule: a refund only
+  before shipping (``paid -> refund_requested``), a return-and-refund only once delivered
+  (``delivered -> return_requested``).
 
 * Re-applying a transition whose effect already holds (``paid`` on a paid order) is a no-op:
   :func:`apply_transition` returns the same order with ``changed=False``. Event-level
@@ -26,17 +38,27 @@ from typing import Literal, get_args
 
 from .errors import BadFrame, Conflict, NotFound
 
-OrderState = Literal["reserved", "paid", "cancelled", "refund_requested", "refunded"]
+OrderState = Literal["reserved", "paid", "cancelled", "refund_requested", "refunded", "shipped", "delivered",
+                     "return_requested", "completed"]
 ORDER_STATES: tuple[OrderState, ...] = get_args(OrderState)
-TERMINAL: frozenset[OrderState] = frozenset({"cancelled", "refunded"})
+TERMINAL: frozenset[OrderState] = frozenset({"cancelled", "refunded", "completed"})
+#: states whose units are sold (paid for, whatever happened since): GMV and sold units count them
+SOLD_STATES: tuple[OrderState, ...] = ("paid", "refund_requested", "refunded", "shipped", "delivered", "return_requested",
+                                       "completed")
 
 ORDER_TRANSITIONS: dict[OrderState, frozenset[OrderState]] = {
     "reserved": frozenset({"paid", "cancelled"}),
-    "paid": frozenset({"refund_requested"}),
+    "paid": frozenset({"refund_requested", "shipped"}),
     "refund_requested": frozenset({"refunded", "paid"}),
+    "shipped": frozenset({"delivered"}),
+    "delivered": frozenset({"completed", "return_requested"}),
+    "return_requested": frozenset({"refunded", "delivered"}),
     "cancelled": frozenset(),
     "refunded": frozenset(),
+    "completed": frozenset(),
 }
+#: an open after-sale request and the state its order comes back to (rejected, or partial)
+SETTLES_TO: dict[OrderState, OrderState] = {"refund_requested": "paid", "return_requested": "delivered"}
 
 # The log event type that records each target state (what workers append and consume).
 EVENT_FOR_STATE: dict[OrderState, str] = {
@@ -45,6 +67,10 @@ EVENT_FOR_STATE: dict[OrderState, str] = {
     "cancelled": "order.cancelled",
     "refund_requested": "order.refund_requested",
     "refunded": "order.refunded",
+    "shipped": "order.shipped",
+    "delivered": "order.delivered",
+    "return_requested": "order.return_requested",
+    "completed": "order.completed",
 }
 
 
@@ -175,12 +201,12 @@ def apply_transition(
 ) -> TransitionResult:
     """Move ``order`` to ``to``.
 
-    Refund settlement (from ``refund_requested``):
+    Refund settlement (from ``refund_requested``, or ``return_requested``):
 
     * ``to="refunded"``: the rest comes back; with no amounts given, the whole remainder is
       refunded; given amounts must be exactly the remainder.
-    * ``to="paid"``: a partial refund (``refund_amount > 0``, leaving something paid) or a
-      rejected request (no amounts).
+    * ``to="paid"`` (``"delivered"`` from a return): a partial refund (``refund_amount > 0``,
+      leaving something paid) or a rejected request (no amounts).
 
     Amounts are only allowed on those two steps.
 
@@ -192,7 +218,7 @@ def apply_transition(
         return TransitionResult(order, False)
     if refund_qty < 0 or refund_amount < 0:
         raise BadFrame("refund amounts must not be negative", code="invalid")
-    settling = order.state == "refund_requested" and to in ("refunded", "paid")
+    settling = order.state in SETTLES_TO and to in ("refunded", SETTLES_TO[order.state])
     if (refund_qty or refund_amount) and not settling:
         raise BadFrame(
             f"refund amounts are only valid when settling a refund, not {to}", code="invalid"

@@ -39,6 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from . import fulfilment_sql
 from .fanclub import intimacy
 from .profiles import Profile, merge
 from .schema import (
@@ -386,4 +387,5 @@ async def erase_user(store: SqlStore, user: str, alias: str, *, now_ms: int) -> 
         # a fan-out's cursor names the last user of its last page: forgotten (an unfinished
         # fan-out starts its scan again; rows already written are not written twice)
         await conn.execute(update(reach_fanouts).where(reach_fanouts.c.after_user == user).values(after_user=""))
+        done |= await fulfilment_sql.erase_user(conn, user, alias)  # addresses go, parcels keep no address
     return done

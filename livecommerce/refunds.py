@@ -69,6 +69,15 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from .errors import BadFrame, Conflict, NotFound
+from .fulfilment import (
+    AFTER_SALE_KINDS,
+    HOME_STATE,
+    PENDING_STATE,
+    AfterSaleKind,
+    Progress,
+    decide_after_sale,
+    default_kind,
+)
 from .points import CENTS_PER_POINT, Award
 
 REQUESTED = "refund.requested"
@@ -143,15 +152,17 @@ def credit_key(rid: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class RefundAsk:
-    """A validated request body: ``qty`` None means every unit not yet refunded."""
+    """A validated request body: ``qty`` None means every unit not yet refunded; ``kind``
+    None means what the order's progress allows (:func:`~livecommerce.fulfilment.default_kind`)."""
 
     qty: int | None
     reason: str
     note: str
+    kind: AfterSaleKind | None = None
 
 
 def parse_request(body: Any) -> RefundAsk:
-    """Validate ``POST /api/v1/orders/{id}/refunds {qty?, reason, note?}``.
+    """Validate ``POST /api/v1/orders/{id}/refunds {qty?, reason, note?, kind?}``.
 
     Raises:
         BadFrame: (``invalid``) naming the bad field.
@@ -167,7 +178,10 @@ def parse_request(body: Any) -> RefundAsk:
     note = body.get("note", "")
     if not isinstance(note, str) or len(note) > MAX_NOTE:
         raise BadFrame(f"'note' must be text of at most {MAX_NOTE} characters", code="invalid")
-    return RefundAsk(qty, str(reason), note.strip())
+    kind = body.get("kind")
+    if kind is not None and kind not in AFTER_SALE_KINDS:
+        raise BadFrame("'kind' must be refund (before shipping) or return (return-and-refund, once delivered)", code="invalid")
+    return RefundAsk(qty, str(reason), note.strip(), kind)
 
 
 def cumulative_amount(order_amount: int, order_qty: int, units: int) -> int:
@@ -199,6 +213,7 @@ class Refund:
     qty_before: int
     amount_before: int
     requested_ms: int
+    kind: str = "refund"  # refund (before shipping) | return (return-and-refund, once delivered)
 
     @property
     def full(self) -> bool:
@@ -232,6 +247,7 @@ def refund_from_event(d: Mapping[str, Any]) -> Refund:
         qty_before=int(d["qty_before"]),
         amount_before=int(d["amount_before"]),
         requested_ms=int(d["requested_ms"]),
+        kind=str(d.get("kind") or "refund"),
     )
 
 
@@ -270,21 +286,29 @@ def plan_refund(
     user: str,
     host: str,
     now_ms: int,
+    progress: Progress | None = None,
 ) -> Refund:
-    """The refund ``ask`` makes, judged in this order: ownership, the order was paid, the
-    window, nothing open, units left, a partial refund of an order paid 0.
+    """The refund ``ask`` makes, judged in this order: ownership, the order was paid, what
+    the order's ``progress`` allows (a refund before shipping, a return once delivered:
+    :func:`~livecommerce.fulfilment.decide_after_sale`), the window (refunds: 15 days from
+    payment; a return is open until receipt is confirmed), nothing open, units left, a
+    partial refund of an order paid 0.
 
     Raises:
-        Conflict: ``not_paid``, ``refund_window_closed``, ``refund_pending`` (an earlier
+        Conflict: ``not_paid``, ``already_shipped``, ``not_delivered``,
+            ``receipt_confirmed``, ``refund_window_closed``, ``refund_pending`` (an earlier
             refund is not settled yet), ``nothing_to_refund``, ``too_many_units``,
             ``whole_order_only``.
         NotFound: ``user`` does not own the order (others' orders do not exist for them).
     """
     if order.user_id != user:
         raise NotFound(f"no order {order.order_id}")
-    if order.state not in ("paid", "refund_requested", "refunded") or order.paid_ms is None:
+    if order.state in ("reserved", "cancelled") or order.paid_ms is None:
         raise Conflict("only paid orders can be refunded", code="not_paid")
-    if now_ms - order.paid_ms > REFUND_WINDOW_MS:
+    progress = progress if progress is not None else Progress()
+    kind = ask.kind or default_kind(progress)
+    decide_after_sale(kind, progress)
+    if kind == "refund" and now_ms - order.paid_ms > REFUND_WINDOW_MS:
         raise Conflict(f"refunds are accepted within {REFUND_WINDOW_MS // 86_400_000} days of payment", code="refund_window_closed")
     if any(not p.done for p in prior):
         raise Conflict("a refund of this order is still being handled", code="refund_pending")
@@ -318,12 +342,25 @@ def plan_refund(
         qty_before=qty_before,
         amount_before=amount_before,
         requested_ms=now_ms,
+        kind=kind,
     )
 
 
-def settlement(r: Refund) -> tuple[Literal["refunded", "paid"], int, int]:
-    """How the order moves when ``r`` settles: ``(to_state, refund_qty, refund_amount)``."""
-    return ("refunded" if r.full else "paid"), r.qty, r.amount
+def settlement(r: Refund) -> tuple[Literal["refunded", "paid", "delivered"], int, int]:
+    """How the order moves when ``r`` settles: ``(to_state, refund_qty, refund_amount)``:
+    ``refunded`` when everything is back, else the state the request came from (``paid``
+    for a refund, ``delivered`` for a return)."""
+    return ("refunded" if r.full else home_state(r)), r.qty, r.amount
+
+
+def pending_state(r: Refund) -> Literal["refund_requested", "return_requested"]:
+    """The order state while ``r`` is open."""
+    return PENDING_STATE["return" if r.kind == "return" else "refund"]
+
+
+def home_state(r: Refund) -> Literal["paid", "delivered"]:
+    """The order state ``r`` returns the order to when rejected or partial."""
+    return HOME_STATE["return" if r.kind == "return" else "refund"]
 
 
 def clawback_points(order_amount: int, amount_before: int, amount: int) -> int:

@@ -9,8 +9,19 @@
 --     refunded); once every refund of the order is done the record expires after
 --     lifetime_ms (past the refund window; a new request makes it persistent again)
 --     -> {'ok'} | {'unknown'}
+--   (request, with KEYS[2] the order's fulfilment record {order:ID}:ship and ARGV[5] the kind,
+--     refund | return: the twin of fulfilment.decide_after_sale, judged in the same step
+--     that opens the request, so a shipment and a refund cannot both win)
+--     -> {'gate', st}: the request is refused for the order's progress st
 local step = ARGV[1]
 if step == 'request' then
+  if KEYS[2] then
+    local st = redis.call('HGET', KEYS[2], 'st') or ''
+    local kind = ARGV[5] or 'refund'
+    if st == 'completed' or (kind == 'refund' and st ~= '') or (kind == 'return' and st ~= 'delivered') then
+      return {'gate', st}
+    end
+  end
   local n, taken, top = tonumber(ARGV[2]), 0, 0
   local all = redis.call('HVALS', KEYS[1])
   for _, raw in ipairs(all) do

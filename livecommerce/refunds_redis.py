@@ -28,6 +28,7 @@ from importlib.resources import files
 from typing import Any, cast
 
 from .errors import Conflict, NotFound
+from .fulfilment import decide_after_sale, progress_of
 from .keys import Keys
 from .redis_conn import guarded
 from .refunds import PriorRefund, Refund, RefundState, order_of
@@ -75,16 +76,25 @@ class RefundsRedis:
     async def request(self, r: Refund) -> None:
         """Record refund ``r`` as requested (see the module docstring).
 
+        The order's fulfilment record (``{order:ID}:ship``, same slot) is judged in the same
+        step: a refund only before anything shipped, a return only once delivered and before
+        receipt is confirmed (:func:`livecommerce.fulfilment.decide_after_sale`).
+
         Raises:
             Conflict: ``refund_pending`` (an earlier refund is open) or ``refund_changed``
-                (another request won the race: read again).
+                (another request won the race: read again); ``already_shipped``,
+                ``not_delivered``, ``receipt_confirmed`` (the order's progress refuses ``r.kind``).
             Unavailable: Redis unreachable.
         """
         rec = {"n": r.n, "u": r.user_id, "room": r.room_id, "q": r.qty, "a": r.amount, "s": "requested", "d": 0,
-               "ts": r.requested_ms, "data": r.event_data(with_note=False)}
+               "ts": r.requested_ms, "k": r.kind, "data": r.event_data(with_note=False)}
         async with guarded():
-            res = await self._record(keys=[self._key(r.order_id)], args=["request", r.n, json.dumps(rec), r.qty_before])
+            res = await self._record(keys=[self._key(r.order_id), self.keys.entity("order", r.order_id, "ship")],
+                                     args=["request", r.n, json.dumps(rec), r.qty_before, r.kind])
         code = _s(res[0])
+        if code == "gate":
+            decide_after_sale("return" if r.kind == "return" else "refund", progress_of(_s(res[1])))
+            raise Conflict("the order's progress refuses this request", code="not_allowed")  # not reached: the rule raises
         if code == "pending":
             raise Conflict(f"refund {r.order_id}.r{_s(res[1])} of this order is still being handled", code="refund_pending")
         if code == "changed":

@@ -577,3 +577,45 @@ host_earnings = Table(
     Index("ix_host_earnings_host_ts", "host_id", "ts_ms"),
     Index("ix_host_earnings_room_ts", "room_id", "ts_ms"),
 )
+
+# ---------- step 11 (fulfilment): shipping addresses, shipments (fulfilment_sql)
+
+addresses = Table(  # personal data: exported with the user's data, deleted by erasure
+    "addresses",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("user_id", String(ID), nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("phone", String(24), nullable=False),
+    Column("line1", String(200), nullable=False),
+    Column("line2", String(200), nullable=True),
+    Column("city", String(100), nullable=False),
+    Column("region", String(100), nullable=True),
+    Column("postal_code", String(16), nullable=True),
+    Column("country", String(2), nullable=False),
+    Column("is_default", Boolean, nullable=False, default=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+    Index("ix_addresses_user", "user_id", "created_ms"),
+)
+
+shipments = Table(  # written by the orders worker from order.shipped / order.delivered
+    "shipments",
+    metadata,
+    Column("id", String(ID), primary_key=True),  # <order>.s<n>
+    Column("order_id", String(ID), nullable=False, index=True),
+    Column("user_id", String(ID), nullable=False, index=True),
+    Column("room_id", String(ID), nullable=False),
+    Column("kind", String(8), nullable=False),  # outbound | return
+    Column("refund_id", String(ID), nullable=True),  # a return's refund
+    Column("carrier", String(40), nullable=False),
+    Column("tracking_number", String(40), nullable=False),
+    Column("lines", JSON, nullable=False),  # {sku: units}
+    Column("ship_to", JSON, nullable=True),  # the address snapshot (personal: erased on request)
+    Column("state", String(16), nullable=False),  # shipped | delivered
+    Column("created_by", String(ID), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("delivered_ms", BigInteger, nullable=True),
+    Column("delivered_by", String(ID), nullable=True),
+    Index("ix_shipments_room", "room_id", "created_ms"),
+)

@@ -11,6 +11,7 @@ from sqlalchemy import (
 )
 
 from .errors import Conflict
+from .orders import SOLD_STATES
 from .schema import orders, segment_targets, segments
 from .segments import SegmentDef
 from .store_sql import SqlStore
@@ -69,6 +70,6 @@ async def get_target(store: SqlStore, target_id: str) -> dict[str, Any] | None:
 async def payers(store: SqlStore, sale_id: str) -> set[str]:
     """Users with an order of ``sale_id`` that was paid (refunded or not): what a push
     with that ``sale_id`` counts as redeemed."""
-    q = select(orders.c.user_id).distinct().where(orders.c.sale_id == sale_id, orders.c.state.in_(("paid", "refund_requested", "refunded")))
+    q = select(orders.c.user_id).distinct().where(orders.c.sale_id == sale_id, orders.c.state.in_(SOLD_STATES))
     async with store.read() as tx:
         return {r[0] for r in await tx.conn.execute(q)}

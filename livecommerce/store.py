@@ -42,7 +42,15 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from .flash_sale import Sale, SaleState
-from .orders import Order, OrderEvent, OrderState, OrderStep, StepOutcome, TransitionResult
+from .orders import (
+    SOLD_STATES,
+    Order,
+    OrderEvent,
+    OrderState,
+    OrderStep,
+    StepOutcome,
+    TransitionResult,
+)
 
 PointsRole = Literal["viewer", "host"]
 
@@ -71,7 +79,7 @@ class PointsEntry:
 @dataclass(frozen=True, slots=True)
 class OrderTotals:
     """Order counts and units per state, from SQL. ``gmv`` is the net amount (amount minus
-    refunds) of orders in ``paid``, ``refund_requested`` and ``refunded``; ``buyers`` counts
+    refunds) of orders in :data:`~livecommerce.orders.SOLD_STATES` (paid, and every state after); ``buyers`` counts
     distinct users with an order that is not cancelled."""
 
     sale_id: str | None
@@ -88,7 +96,7 @@ class OrderTotals:
     @property
     def paid_units(self) -> int:
         """Units sold: paid orders, including ones with a refund pending or settled."""
-        return sum(self.units.get(s, 0) for s in ("paid", "refund_requested", "refunded"))
+        return sum(self.units.get(s, 0) for s in SOLD_STATES)
 
 
 @dataclass(frozen=True, slots=True)

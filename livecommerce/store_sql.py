@@ -39,6 +39,7 @@ from .errors import BadFrame, ConfigError, Conflict, NotFound
 from .flash_sale import Sale, SaleState
 from .migrations import LATEST, current_version
 from .orders import (
+    SOLD_STATES,
     Order,
     OrderEvent,
     OrderState,
@@ -763,7 +764,7 @@ class SqlStore:
         async with self._read() as tx:
             rows: Sequence[Any] = (await tx.conn.execute(by_state)).all()
             n_buyers = int((await tx.conn.execute(buyers)).scalar_one())
-        sold = ("paid", "refund_requested", "refunded")
+        sold = SOLD_STATES
         return OrderTotals(
             sale_id=sale_id,
             orders={r[0]: int(r[1]) for r in rows},

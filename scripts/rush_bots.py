@@ -32,7 +32,7 @@ import aiohttp
 from livecommerce.auth import issue_token
 from livecommerce.config import Settings, read_dev_env, secret_source
 
-SOLD = ("paid", "refund_requested")  # SQL order states whose units Redis counts as paid
+SOLD = ("paid", "refund_requested", "shipped", "delivered", "return_requested", "completed")  # SQL order states whose units Redis counts as paid
 
 
 def secret(args: argparse.Namespace) -> str:

@@ -31,7 +31,8 @@ from .wiring import Engines
 
 log = logging.getLogger("livecommerce.workers.inventory")
 
-RANK = {"reserved": 0, "paid": 1, "cancelled": 1, "refund_requested": 2, "refunded": 3}
+RANK = {"reserved": 0, "paid": 1, "cancelled": 1, "refund_requested": 2, "refunded": 3, "shipped": 2, "delivered": 2,
+        "return_requested": 2, "completed": 2}
 
 
 @dataclass

@@ -23,16 +23,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import Any, cast
 
 from livecommerce.broker_redis import RedisBroker
 from livecommerce.checkout import Checkout, sale_of, sale_started_data
 from livecommerce.clock import now_ms as _now_ms
 from livecommerce.config import Settings
 from livecommerce.errors import Conflict, LiveCommerceError, NotFound
+from livecommerce.fulfilment import COMPLETED, DELIVERED, SHIPPED, Shipment, shipment_from
+from livecommerce.fulfilment import EVENT_TYPES as FULFILMENT_EVENTS
+from livecommerce.fulfilment_sql import put_shipments
 from livecommerce.log import Log, LogEvent
 from livecommerce.notify import Notifier
-from livecommerce.orders import Order, OrderStep, Payment, new_order
+from livecommerce.orders import Order, OrderState, OrderStep, Payment, new_order
 from livecommerce.protocol.events import envelope
 from livecommerce.store_sql import SqlStore
 
@@ -41,6 +44,7 @@ from .wiring import Engines
 
 log = logging.getLogger("livecommerce.workers.orders")
 CONSUMER = "orders"
+PUSHED = frozenset({"order.paid", "order.cancelled", COMPLETED})  # the buyer hears these from the worker
 
 
 class OrderSettler:
@@ -81,6 +85,8 @@ class OrderSettler:
         d = ev.data
         if ev.type == "order.reserved":
             return OrderStep(ev.id, d["order_id"], "reserved", ev.ts, order=self._order(d))
+        if ev.type in FULFILMENT_EVENTS:
+            return self._fulfilment_step(ev)
         if ev.type not in ("order.paid", "order.cancelled"):
             return None
         try:  # the whole order, to rebuild it if the reserve event never made it (a failed append)
@@ -92,30 +98,54 @@ class OrderSettler:
         return OrderStep(ev.id, str(d["order_id"]), "paid" if paid else "cancelled", ev.ts, order=rebuilt,
                          reason=d.get("reason"), payment=payment)
 
+    @staticmethod
+    def _fulfilment_step(ev: LogEvent) -> OrderStep | None:
+        """The order step of a fulfilment event (None: the event moves no order: a later
+        parcel of a shipped order, a parcel delivered while others are on their way, a return
+        parcel). The state it reaches was decided by the fulfilment record when the event was
+        made (``order_state``)."""
+        d = ev.data
+        if ev.type == COMPLETED:
+            return OrderStep(ev.id, str(d["order_id"]), "completed", ev.ts, reason=f"receipt confirmed ({d.get('by')})")
+        to = d.get("order_state")
+        if to not in ("shipped", "delivered"):
+            return None
+        what = "shipped" if ev.type == SHIPPED else "delivered"
+        return OrderStep(ev.id, str(d["order_id"]), cast(OrderState, to), ev.ts,
+                         reason=f"{d.get('shipment_id')} {what} ({d.get('carrier')} {d.get('tracking_number')})")
+
     async def _apply(self, events: list[LogEvent], pushes: list[tuple[str, dict[str, Any]]]) -> None:
         """One transaction for ``events``; the pushes of the orders that moved are added to
         ``pushes`` once it committed."""
         todo: list[tuple[LogEvent, OrderStep]] = []
+        parcels: list[Shipment] = []
         async with self.store.apply_batch(CONSUMER, [e.id for e in events], now_ms=_now_ms()) as (tx, fresh):
             for ev in events:
                 if ev.id not in fresh:
                     continue  # applied before: a redelivery
                 fresh.discard(ev.id)  # an id twice in one batch is applied once
+                if ev.type in (SHIPPED, DELIVERED):
+                    parcels.append(shipment_from(ev.data))
                 step = self._step(ev)
                 if step is None:
-                    log.info("orders.ignored", extra={"type": ev.type, "event": ev.id})
+                    if ev.type not in FULFILMENT_EVENTS:
+                        log.info("orders.ignored", extra={"type": ev.type, "event": ev.id})
                     continue
                 todo.append((ev, step))
             outcomes = await tx.settle([step for _, step in todo])
+            if parcels:  # in log order, in the batch's transaction: each parcel once, forward only
+                await put_shipments(tx.conn, parcels)
         for (ev, step), out in zip(todo, outcomes, strict=True):
             d = ev.data
             if out.refused is not None:
                 # Redis decided first (it is the source of truth for holds); a late or
                 # impossible transition is recorded as skipped, not retried forever
                 log.warning("orders.transition_refused", extra={"order": step.order_id, "to": step.to, "err": out.refused.message})
-            elif step.to != "reserved" and out.changed:
+            elif ev.type in PUSHED and out.changed:  # the gateway pushed order.shipped / order.delivered itself
                 body = {k: d[k] for k in ("order_id", "sale_id", "qty") if k in d} | {
                     "amount": d.get("amount", int(d.get("qty", 0)) * int(d.get("unit_price", 0))), "reason": d.get("reason")}
+                if ev.type == COMPLETED:
+                    body = {"order_id": d["order_id"], "by": d.get("by"), "completed_ms": d.get("completed_ms")}
                 pushes.append((d["user_id"], envelope(ev.type, d.get("room_id"), body, ts=ev.ts)))
 
     async def handle(self, events: list[LogEvent]) -> None:

@@ -55,6 +55,8 @@ from livecommerce.refunds import (
     credit_key,
     credited_coins,
     event_id,
+    home_state,
+    pending_state,
     refund_from_event,
     settlement,
 )
@@ -128,7 +130,7 @@ class RefundsWorker:
         elif e.type == REJECTED:
             await decide(tx.conn, r.id, "rejected", by=str(e.data.get("decided_by", "")), ts_ms=e.ts, note=e.data.get("decision_note"))
             await self._requested(tx, r, e.ts)
-            await self._move(tx, r, "paid", event_id(r.id, "rejected"), e.ts, reason="refund rejected")
+            await self._move(tx, r, home_state(r), event_id(r.id, "rejected"), e.ts, reason=f"{r.kind} rejected")
         elif e.type == ORDER_REFUNDED:
             await decide(tx.conn, r.id, "approved", by=str(e.data.get("decided_by", "")), ts_ms=int(e.data.get("decided_ms") or e.ts),
                          note=e.data.get("decision_note"))
@@ -138,10 +140,12 @@ class RefundsWorker:
             await settle(tx.conn, r.id, ts_ms=e.ts, restocked=bool(e.data.get("restocked")), credited=int(e.data.get("credited") or 0))
 
     async def _requested(self, tx: SqlTx, r: Refund, ts: int) -> None:
-        """The order's ``paid -> refund_requested`` step, under its deterministic id."""
+        """The order's ``paid -> refund_requested`` (a return: ``delivered ->
+        return_requested``) step, under its deterministic id."""
         if await tx.get_order(r.order_id) is None:
             raise Unavailable(f"order {r.order_id} is not settled in SQL yet")
-        await self._move(tx, r, "refund_requested", event_id(r.id, "requested"), r.requested_ms or ts, reason=f"refund asked: {r.reason}")
+        await self._move(tx, r, pending_state(r), event_id(r.id, "requested"), r.requested_ms or ts,
+                         reason=f"{r.kind} asked: {r.reason}")
 
     async def _move(self, tx: SqlTx, r: Refund, to: Any, eid: str, ts: int, *, qty: int = 0, amount: int = 0, reason: str) -> None:
         try:
