@@ -41,12 +41,10 @@ from livecommerce.errors import (
     Unauthorized,
 )
 from livecommerce.fulfilment import (
-    COMPLETED,
     DELIVERED,
     SHIPPED,
     OrderView,
     Shipment,
-    completed_event_id,
     delivered_event_id,
     order_of_shipment,
     owed,
@@ -192,13 +190,7 @@ class Fulfilment:
         Raises:
             Conflict: ``not_delivered``, ``return_open``.
         """
-        changed = await self.records.confirm(order_id, now_ms=now_ms, by=by)
-        rec = await self.records.record(order_id)
-        ts = rec.completed_ms or now_ms
-        await self.log.append(TOPIC, order_id, COMPLETED, {"order_id": order_id, "user_id": user, "room_id": room,
-                                                           "by": rec.completed_by or by, "completed_ms": ts},
-                              event_id=completed_event_id(order_id), ts=ts)
-        return changed
+        return await self.records.confirm_and_log(self.log, order_id, user=user, room=room, by=by, now_ms=now_ms)
 
     async def ship_return(self, ident: Identity, rid: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """The buyer's return parcel of an open return.

@@ -26,8 +26,17 @@ from importlib.resources import files
 from typing import Any
 
 from .errors import Conflict, NotFound
-from .fulfilment import Shipment, decide_after_sale, order_of_shipment, progress_of, shipment_from
+from .fulfilment import (
+    COMPLETED,
+    Shipment,
+    completed_event_id,
+    decide_after_sale,
+    order_of_shipment,
+    progress_of,
+    shipment_from,
+)
 from .keys import Keys
+from .log import Log
 from .redis_conn import guarded
 
 STEP = (files("livecommerce") / "fulfilment_step.lua").read_text()
@@ -127,6 +136,23 @@ class FulfilmentRedis:
             raise Conflict(f"a return of order {order_id} is open ({order_id}.r{_s(res[1])}): settle it first",
                            code="return_open")
         return code == "ok"
+
+    async def confirm_and_log(self, durable: Log, order_id: str, *, user: str, room: str, by: str, now_ms: int) -> bool:
+        """Confirm receipt (:meth:`confirm`) and append ``order.completed`` under its one id,
+        also when it was confirmed before: a process killed between the two steps leaves an
+        order the next call (a retry, the next sweep) completes, and the orders worker
+        applies the id once. True when this call confirmed it.
+
+        Raises:
+            Conflict: ``not_delivered``, ``return_open``. Unavailable: Redis or the log down.
+        """
+        changed = await self.confirm(order_id, now_ms=now_ms, by=by)
+        rec = await self.record(order_id)
+        ts = rec.completed_ms or now_ms
+        await durable.append("orders", order_id, COMPLETED, {"order_id": order_id, "user_id": user, "room_id": room,
+                                                             "by": rec.completed_by or by, "completed_ms": ts},
+                             event_id=completed_event_id(order_id), ts=ts)
+        return changed
 
     async def take_lease(self, name: str, *, owner: str, lease_ms: int) -> bool:
         """The named lease: True when ``owner`` holds it for the next ``lease_ms``."""

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .errors import Conflict, NotFound
 from .fulfilment import ADDRESS_FIELDS, MAX_ADDRESSES, Shipment
-from .schema import addresses, shipments
+from .schema import addresses, orders, shipments
 from .store_sql import SqlStore
 
 
@@ -150,6 +150,16 @@ async def put_shipments(conn: AsyncConnection, items: Sequence[Shipment]) -> int
                                      .values(state="delivered", delivered_ms=s.delivered_ms, delivered_by=s.delivered_by))
             changed += int(res.rowcount or 0)
     return changed
+
+
+async def due_confirmations(store: SqlStore, *, delivered_before_ms: int, limit: int = 500) -> list[tuple[str, str, str]]:
+    """``(order_id, user_id, room_id)`` of delivered orders whose delivery (the step's time,
+    ``updated_ms``) is at or before ``delivered_before_ms``, oldest first."""
+    q = (select(orders.c.id, orders.c.user_id, orders.c.room_id)
+         .where(orders.c.state == "delivered", orders.c.updated_ms <= delivered_before_ms)
+         .order_by(orders.c.updated_ms, orders.c.id).limit(limit))
+    async with store.read() as tx:
+        return [(r[0], r[1], r[2]) for r in await tx.conn.execute(q)]
 
 
 def _shipment(r: Any) -> dict[str, Any]:

@@ -13,6 +13,9 @@ Three loops in one process:
 * **time-out**: every second, holds past their payment deadline are released in Redis
   (stock back, exactly once) and ``order.cancelled`` is appended; an ended sale with no
   hold left is settled: its keys expire after ``LC_SALE_RETENTION_S`` (docs/retention.md).
+* **auto-confirm**: every ``LC_AUTO_CONFIRM_SWEEP_S``, the holder of the sweep's lease
+  confirms receipt of the orders delivered ``LC_AUTO_CONFIRM_S`` ago (``order.completed``,
+  settled by this same consumer): :func:`confirm_sweep`.
 * **schedule**: sales whose start or end time came are started / ended in Redis and
   ``sale.started`` / ``sale.ended`` is broadcast once (an announcement claim in Redis), so
   several worker processes may run this loop safely.
@@ -32,7 +35,8 @@ from livecommerce.config import Settings
 from livecommerce.errors import Conflict, LiveCommerceError, NotFound
 from livecommerce.fulfilment import COMPLETED, DELIVERED, SHIPPED, Shipment, shipment_from
 from livecommerce.fulfilment import EVENT_TYPES as FULFILMENT_EVENTS
-from livecommerce.fulfilment_sql import put_shipments
+from livecommerce.fulfilment_redis import FulfilmentRedis
+from livecommerce.fulfilment_sql import due_confirmations, put_shipments
 from livecommerce.log import Log, LogEvent
 from livecommerce.notify import Notifier
 from livecommerce.orders import Order, OrderState, OrderStep, Payment, new_order
@@ -214,6 +218,27 @@ async def timeout_tick(checkout: Checkout, broker: RedisBroker, now_ms: int) -> 
     return len(done)
 
 
+async def confirm_sweep(records: FulfilmentRedis, store: SqlStore, durable: Log, *, owner: str, now_ms: int, after_s: int,
+                        lease_ms: int, limit: int = 500) -> int:
+    """Confirm receipt of the orders delivered ``after_s`` ago or more (``order.completed``
+    by ``auto``). One sweeper at a time holds the lease (``owner``: the node id, so a
+    restarted worker takes its own lease back; a dead one's expires after ``lease_ms``).
+    Exactly once whatever dies when: each order's confirm is one Redis step, the event has one
+    id, and an order confirmed whose event never made it is still ``delivered`` in SQL, so
+    the next sweep finds it and appends the event again. Returns the orders confirmed now."""
+    if not await records.take_lease("auto-confirm", owner=owner, lease_ms=lease_ms):
+        return 0
+    done = 0
+    for oid, user, room in await due_confirmations(store, delivered_before_ms=now_ms - after_s * 1000, limit=limit):
+        try:
+            done += await records.confirm_and_log(durable, oid, user=user, room=room, by="auto", now_ms=now_ms)
+        except Conflict as exc:  # a return is open: the order completes once it is settled, or never
+            log.info("orders.auto_confirm_skipped", extra={"order": oid, "err": exc.message})
+    if done:
+        log.info("orders.auto_confirmed", extra={"count": done})
+    return done
+
+
 class OrdersWorker:
     """Everything the worker holds; ``drain`` is the burst mode used by tests."""
 
@@ -228,6 +253,13 @@ class OrdersWorker:
         self.notifier = self.engines.notifier
         self.checkout = Checkout(self.redis, self.keys, self.log, sale_retention_s=settings.sale_retention_s)
         self.settler = OrderSettler(self.store, self.notifier)
+        self.fulfilment = FulfilmentRedis(self.redis, self.keys)
+
+    async def sweep(self, now_ms: int) -> int:
+        """One auto-confirm sweep (see :func:`confirm_sweep`)."""
+        lease_ms = max(30_000, int(self.s.auto_confirm_sweep_s * 3000))
+        return await confirm_sweep(self.fulfilment, self.store, self.log, owner=self.s.node_id, now_ms=now_ms,
+                                   after_s=self.s.auto_confirm_s, lease_ms=lease_ms)
 
     async def drain(self) -> int:
         return await run_consumer(self.log, "orders", CONSUMER, self.s.node_id, self.settler.handle, burst=True, fetch_timeout_ms=300,
@@ -238,12 +270,16 @@ class OrdersWorker:
 
     async def clock(self, stop: asyncio.Event) -> None:
         tick = 0
+        next_sweep = 0.0
         while not stop.is_set():
             try:
                 now = _now_ms()
                 await schedule_tick(self.checkout, self.broker, self.store, now)
                 if tick % 4 == 0:
                     await timeout_tick(self.checkout, self.broker, now)
+                if now >= next_sweep:
+                    next_sweep = now + self.s.auto_confirm_sweep_s * 1000
+                    await self.sweep(now)
             except LiveCommerceError as exc:
                 log.warning("orders.clock_failed", extra={"err": exc.message})
             except Exception:

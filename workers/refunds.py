@@ -71,6 +71,9 @@ from .wiring import Engines
 log = logging.getLogger("livecommerce.workers.refunds")
 
 CONSUMER = "refunds"
+# the SQL states an order may still be in, behind the log, when its request is applied
+BEHIND: dict[str, frozenset[str]] = {"refund_requested": frozenset({"reserved"}),
+                                     "return_requested": frozenset({"reserved", "paid", "shipped"})}
 
 
 class RefundsWorker:
@@ -142,8 +145,13 @@ class RefundsWorker:
     async def _requested(self, tx: SqlTx, r: Refund, ts: int) -> None:
         """The order's ``paid -> refund_requested`` (a return: ``delivered ->
         return_requested``) step, under its deterministic id."""
-        if await tx.get_order(r.order_id) is None:
+        order = await tx.get_order(r.order_id)
+        if order is None:
             raise Unavailable(f"order {r.order_id} is not settled in SQL yet")
+        if order.state in BEHIND[pending_state(r)]:
+            # the gate (Redis) saw the order paid / delivered before the orders worker wrote it:
+            # the batch comes back once that consumer caught up
+            raise Unavailable(f"order {r.order_id} is {order.state} in SQL, not yet {home_state(r)}")
         await self._move(tx, r, pending_state(r), event_id(r.id, "requested"), r.requested_ms or ts,
                          reason=f"{r.kind} asked: {r.reason}")
 
