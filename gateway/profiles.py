@@ -43,6 +43,7 @@ from aiohttp import web
 from livecommerce import fulfilment_sql, profiles_sql, refunds_sql, tickets_sql
 from livecommerce.coupons_redis import CouponsRedis
 from livecommerce.errors import Conflict, NotFound
+from livecommerce.fulfilment_redis import FulfilmentRedis
 from livecommerce.log import Log
 from livecommerce.orders import OrderState
 from livecommerce.points import level_for, utc_day
@@ -58,8 +59,10 @@ EXPORT_LIMIT = 10_000
 class Profiles:
     """Profile views, a user's data export and erasure."""
 
-    def __init__(self, gw: Gateway, erasure: ErasureRedis, store: SqlStore, log: Log, coupons: CouponsRedis | None) -> None:
+    def __init__(self, gw: Gateway, erasure: ErasureRedis, store: SqlStore, log: Log, coupons: CouponsRedis | None,
+                 parcels: FulfilmentRedis) -> None:
         self.gw = gw
+        self.parcels = parcels  # the orders' fulfilment records hold ship-to addresses too
         self.erasure = erasure
         self.store = store
         self.log = log
@@ -123,9 +126,11 @@ class Profiles:
         alias = pseudonym(self.gw.s.secret, user)
         now = self.gw.now_ms()
         hosts = [m["host"] for m in await profiles_sql.memberships(store, user)]
+        mine = [o.id for o in await store.list_orders(user_id=user, limit=EXPORT_LIMIT)]
         moved = await self.erasure.move_wallet(user, alias, now_ms=now)
         tables = await profiles_sql.erase_user(store, user, alias, now_ms=now)
         await self.erasure.forget(user, hosts, day=utc_day(now))
+        await self.parcels.forget(mine, alias)
         await self.log.append("activity", alias, "user.erased", {"pseudonym": alias}, event_id=f"erased:{alias}:{now}", ts=now)
         return {"erased": True, "pseudonym": alias, "wallet_moved": moved, "rows": tables}
 

@@ -280,7 +280,7 @@ def build(gw: Gateway) -> Services:
 
     # fans and profiles (the feed reads profiles)
     fanclub = Fanclub(gw, FanclubRedis(gw.redis, gw.keys, ttl_s=gw.s.user_cache_ttl_s), store, durable)
-    profiles = Profiles(gw, ErasureRedis(gw.redis, gw.keys), store, durable, coupons.store)
+    profiles = Profiles(gw, ErasureRedis(gw.redis, gw.keys), store, durable, coupons.store, ship_records)
     # follower reach: a show going live appends `host.live` (the reach worker fans it out to the
     # followers' inboxes); the welcome's unread count; schedules, subscriptions, the feed's upcoming
     reach = Reach(gw, store, RedisReach(gw.redis, gw.keys, ttl_s=gw.s.user_cache_ttl_s), durable)

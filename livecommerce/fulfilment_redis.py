@@ -154,6 +154,16 @@ class FulfilmentRedis:
                              event_id=completed_event_id(order_id), ts=ts)
         return changed
 
+    async def forget(self, order_ids: list[str], alias: str) -> int:
+        """Erasure: every parcel of these orders loses its ship-to address and carries
+        ``alias`` instead of the buyer's id. Returns the parcels changed."""
+        n = 0
+        async with guarded():
+            for oid in order_ids:
+                res = await self._step(keys=self._keys(oid), args=["forget", self.lifetime_ms, alias])
+                n += int(res[1])
+        return n
+
     async def take_lease(self, name: str, *, owner: str, lease_ms: int) -> bool:
         """The named lease: True when ``owner`` holds it for the next ``lease_ms``."""
         async with guarded():

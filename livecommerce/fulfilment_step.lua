@@ -16,6 +16,8 @@
 --     -> {'ok', st, json} | {'already', st, json} | {'unknown'}
 --   confirm lifetime ts by: delivered -> completed once, unless a return is open
 --     -> {'ok'} | {'already', by} | {'not_delivered', st} | {'return_open', n}
+--   forget lifetime alias: the buyer's data is erased: every parcel's ship_to goes and its
+--     user id becomes alias -> {'ok', parcels}
 local step, life = ARGV[1], tonumber(ARGV[2])
 
 local function open_refund()
@@ -76,6 +78,19 @@ if step == 'deliver' then
   end
   touch()
   return {'ok', st, raw}
+end
+
+if step == 'forget' then
+  local flat, n = redis.call('HGETALL', KEYS[1]), 0
+  for i = 1, #flat, 2 do
+    if string.sub(flat[i], 1, 1) == 's' and flat[i] ~= 'st' then
+      local o = cjson.decode(flat[i + 1])
+      o.ship_to, o.user_id = cjson.null, ARGV[3]
+      redis.call('HSET', KEYS[1], flat[i], cjson.encode(o))
+      n = n + 1
+    end
+  end
+  return {'ok', n}
 end
 
 -- confirm

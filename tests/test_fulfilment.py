@@ -221,7 +221,7 @@ async def paid_order(w: World, user: str, qty: int, room: str = "shop") -> str:
 
 
 async def test_two_parcels_ship_one_order_which_is_delivered_once_both_arrive(gateway_factory: Any, token: Any, redis: Any,
-                                                                               http: Any, store_url: str) -> None:
+                                                                               http: Any, store_url: str) -> None:  # noqa: F811
     w = await World.make(gateway_factory, token, redis, http, database_url=store_url, carrier_webhook_secret="c" * 40)
     try:
         await w.room("shop", "h1")
@@ -348,7 +348,7 @@ async def _all_events(w: World) -> list[Any]:
 
 
 async def test_a_refund_open_stops_shipping_and_a_return_after_delivery_is_refunded_once_its_goods_are_back(
-        gateway_factory: Any, token: Any, redis: Any, http: Any, store_url: str) -> None:
+        gateway_factory: Any, token: Any, redis: Any, http: Any, store_url: str) -> None:  # noqa: F811
     w = await World.make(gateway_factory, token, redis, http, database_url=store_url)
     try:
         await w.room("shop", "h1")
@@ -409,7 +409,7 @@ async def test_a_refund_open_stops_shipping_and_a_return_after_delivery_is_refun
 
 
 async def test_the_sweep_confirms_receipt_once_under_a_lease_even_after_a_crash_between_its_steps(
-        gateway_factory: Any, token: Any, redis: Any, http: Any, store_url: str) -> None:
+        gateway_factory: Any, token: Any, redis: Any, http: Any, store_url: str) -> None:  # noqa: F811
     w = await World.make(gateway_factory, token, redis, http, database_url=store_url)
     try:
         await w.room("shop", "h1")
@@ -447,7 +447,7 @@ async def test_the_sweep_confirms_receipt_once_under_a_lease_even_after_a_crash_
 
 
 async def test_addresses_are_validated_one_is_the_default_and_erasure_removes_them(gateway_factory: Any, token: Any, redis: Any,
-                                                                                     http: Any, store_url: str) -> None:
+                                                                                     http: Any, store_url: str) -> None:  # noqa: F811
     w = await World.make(gateway_factory, token, redis, http, database_url=store_url)
     try:
         await w.room("shop", "h1")
@@ -487,6 +487,8 @@ async def test_addresses_are_validated_one_is_the_default_and_erasure_removes_th
         from livecommerce.fulfilment_sql import order_shipments
         rows = (await order_shipments(w.store, [oid]))[oid]
         assert rows[0]["ship_to"] is None and rows[0]["user_id"] != "b1" and rows[0]["tracking_number"] == "SF0400"
+        shown = (await w.call("GET", f"/api/v1/orders/{oid}", ops))["shipments"]  # the Redis record forgot it too
+        assert shown[0]["ship_to"] is None and shown[0]["user_id"] == rows[0]["user_id"]
         assert (await w.call("GET", "/api/v1/me/data", b1))["shipments"] == []
     finally:
         await w.close()
