@@ -333,3 +333,20 @@ async def test_the_sweep_lease_passes_on_when_it_lapses_or_is_given_up(store: Sq
     stop.set()
     await Sweeper(store, reach, MemoryLog(), worker="w2").loop(stop)  # w2 stops: gives it up
     assert await reach.take_lease("w1", 60_000)
+
+
+@pytest.mark.cluster
+async def test_unread_counts_and_the_lease_on_redis_cluster(cluster_redis: Any, keys: Keys) -> None:
+    """The users' counters live in their own slots: a cluster gets a pipeline, not the script."""
+    await cluster_redis.initialize()
+    reach = RedisReach(cluster_redis, keys)
+    users = [f"c{i}" for i in range(50)]
+    await reach.add_unread(users)
+    await reach.add_unread(users[:10])
+    assert [await reach.unread(u) for u in ("c0", "c9", "c10", "c49", "nobody")] == [2, 2, 1, 1, 0]
+    assert await reach.take_lease("w1", 60_000) and not await reach.take_lease("w2", 60_000)
+    await reach.release_lease("w1")
+    assert await reach.take_lease("w2", 60_000)
+    for u in users:
+        await reach.forget(u)
+    await cluster_redis.delete(keys.global_key("reach:sweep"))
