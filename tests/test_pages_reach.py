@@ -85,6 +85,9 @@ def test_a_follower_on_a_phone_hears_the_host_go_live_and_reads_the_inbox(browse
         host.click("#go-live")
         expect(viewer.locator("#bell-count")).to_have_text("1")
         expect(viewer.locator(".toast", has_text="host7 is live: Tea tasting")).to_be_visible()
+        viewer.reload()  # a new connection: the count comes back in the frame after the welcome
+        expect(viewer.locator("#me")).to_contain_text("fan7")
+        expect(viewer.locator("#bell-count")).to_have_text("1")
         viewer.click("#bell")
         item = viewer.locator("#notice-list li.unread", has_text="host7 is live: Tea tasting")
         expect(item).to_be_visible()

@@ -149,6 +149,7 @@ async def test_every_follower_gets_one_row_whatever_is_redelivered(store: SqlSto
     await worker([ev])
     assert await reach_sql.count_rows(store, ev.id) == (53, 53) and worker.written == 53
     assert await reach.unread("f000") == 1 and await reach.unread("other") == 0 and await reach.unread("gone1") == 0
+    assert await reach.unread_many(["f000", "f052", "other"]) == {"f000": 1, "f052": 1, "other": 0}
     items, unread = await reach_sql.inbox(store, "f007")
     assert unread == 1 and [(i["id"], i["kind"], i["host"], i["room"], i["read"]) for i in items] == [
         (ev.id, "host.live", "h1", "r1", False)]
@@ -344,6 +345,7 @@ async def test_unread_counts_and_the_lease_on_redis_cluster(cluster_redis: Any, 
     await reach.add_unread(users)
     await reach.add_unread(users[:10])
     assert [await reach.unread(u) for u in ("c0", "c9", "c10", "c49", "nobody")] == [2, 2, 1, 1, 0]
+    assert await reach.unread_many(["c0", "c10", "nobody"]) == {"c0": 2, "c10": 1, "nobody": 0}
     assert await reach.take_lease("w1", 60_000) and not await reach.take_lease("w2", 60_000)
     await reach.release_lease("w1")
     assert await reach.take_lease("w2", 60_000)
