@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from typing import Any
@@ -99,11 +100,11 @@ async def close_clients(gw: Gateway) -> int:
     counts and close every client with 1012."""
     gw.draining = True
     await gw.hub.withdraw_presence()
-    conns = [c for room in gw.hub.rooms.values() for c in room.all() if not c.ws.closed]
+    conns = [c for room in gw.hub.rooms.values() for c in room.all() if not c.link.closed]
     for room in list(gw.hub.rooms.values()):
         gw.hub.flush(room)
     await asyncio.gather(
-        *(c.ws.close(code=CLOSE_RESTART, message=b"gateway restarting: reconnect with since=") for c in conns),
+        *(c.link.close(code=CLOSE_RESTART, message=b"gateway restarting: reconnect with since=") for c in conns),
         return_exceptions=True,
     )
     return len(conns)
@@ -170,13 +171,46 @@ def run(settings: Settings, *, port: int | None = None) -> None:
             policy.install()
 
         app.on_startup.append(freeze_after_start)
-    web.run_app(
-        app,
-        host=settings.host,
-        port=port or settings.port,
-        backlog=settings.listen_backlog,
-        access_log=None,
-        shutdown_timeout=10.0,
-        print=None,
-        handle_signals=True,
-    )
+    _run_until_exit(app, settings, port or settings.port)
+
+
+async def serve(app: web.Application, settings: Settings, port: int) -> None:
+    """Start the node on ``settings.host:port`` (the transport ``settings.ws_transport``
+    names serves ``/ws``) and serve until cancelled; then shut it down gracefully."""
+    from .wsserver import make_site
+
+    runner = web.AppRunner(app, handle_signals=True, access_log=None, shutdown_timeout=10.0)
+    await runner.setup()
+    try:
+        site = make_site(runner, settings, settings.host, port, backlog=settings.listen_backlog)
+        await site.start()
+        log.info("gateway.listening", extra={"node": settings.node_id, "port": port, "ws_transport": settings.ws_transport})
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def _run_until_exit(app: web.Application, settings: Settings, port: int) -> None:
+    """What ``web.run_app`` does (a fresh loop, SIGINT/SIGTERM raise ``GracefulExit``, a
+    clean shutdown, exit status 0), on a site of the chosen transport."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    main = loop.create_task(serve(app, settings, port))
+    try:
+        loop.run_until_complete(main)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        try:
+            main.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                loop.run_until_complete(main)
+        finally:
+            rest = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for t in rest:
+                t.cancel()
+            if rest:
+                loop.run_until_complete(asyncio.gather(*rest, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+            asyncio.set_event_loop(None)

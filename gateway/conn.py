@@ -16,9 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from typing import Any
-
-from aiohttp import web
+from typing import Any, Protocol
 
 from livecommerce.auth import Identity
 from livecommerce.comments import FloodGuard, TokenBucket
@@ -29,6 +27,21 @@ from .wsframe import OP_BINARY, OP_TEXT, close_frame, ws_frame
 
 _ids = itertools.count(1)
 log = logging.getLogger("livecommerce.gateway.conn")
+
+
+class Link(Protocol):
+    """The transport's side of a connection: how the gateway closes it with a code.
+
+    Two transports carry connections (``LC_WS_TRANSPORT``): aiohttp's
+    ``web.WebSocketResponse`` fits as it is; the gateway's own is ``wsserver.WsLink``.
+    ``close`` sends the close frame, waits (bounded) for the peer's, and closes the socket;
+    it returns False if the connection was already closing.
+    """
+
+    @property
+    def closed(self) -> bool: ...
+
+    async def close(self, *, code: int = ..., message: bytes = ...) -> bool: ...
 
 
 class Conn:
@@ -46,17 +59,17 @@ class Conn:
         "ip",
         "joined_ms",
         "last_seen",
+        "link",
         "opcode",
         "pinged_at",
         "room",
         "skip_seq",
         "transport",
-        "ws",
     )
 
     def __init__(
         self,
-        ws: web.WebSocketResponse,
+        link: Link,
         transport: asyncio.Transport,
         ident: Identity,
         room: str,
@@ -68,7 +81,7 @@ class Conn:
         now: float,
     ) -> None:
         self.id = next(_ids)
-        self.ws = ws
+        self.link = link
         self.transport = transport
         self.ident = ident
         self.room = room

@@ -12,7 +12,8 @@ import inspect
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -28,14 +29,14 @@ from livecommerce.errors import (
     Unauthorized,
     wire_error,
 )
-from livecommerce.protocol.codec import Format, decode_frame
+from livecommerce.protocol.codec import Format, decode_frame, encode_bytes
 from livecommerce.protocol.commands import PIPELINED, ROLES, parse_command
 from livecommerce.protocol.events import error_frame, recovery_plan, reply
 
-from .conn import Conn
+from .conn import Conn, Link
 from .core import GW_KEY, Gateway
 from .hooks import Json
-from .wsframe import OP_PONG, ws_frame
+from .wsframe import OP_BINARY, OP_PONG, OP_TEXT, ws_frame
 
 log = logging.getLogger("livecommerce.gateway.ws")
 
@@ -44,22 +45,40 @@ def _valid_room(room: str) -> bool:
     return 0 < len(room) <= 64 and all(c.isalnum() or c in "-_." for c in room)
 
 
-async def ws_handler(request: web.Request) -> web.StreamResponse:
-    gw = request.app[GW_KEY]
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """A checked ``/ws`` request: what the connection asks for."""
+
+    room: str
+    fmt: Format
+    since: int | None
+    token: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    """A ``/ws`` request answered with an HTTP error before the upgrade."""
+
+    status: int
+    text: str
+
+
+def check_request(gw: Gateway, query: Mapping[str, str], origin: str, ip: str) -> Ask | Refuse:
+    """The checks both transports make before the upgrade (origin, draining, the query, the
+    per-address limit). On :class:`Ask` the caller has taken the address's slot
+    (:func:`take_ip`) and must :func:`release_ip` it when the connection ends."""
     origins = gw.s.origins
-    if origins and request.headers.get("Origin", "") not in origins:
-        raise web.HTTPForbidden(text="origin not allowed")
+    if origins and origin not in origins:
+        return Refuse(403, "origin not allowed")
     if gw.draining:
-        raise web.HTTPServiceUnavailable(text="gateway is draining; connect to another node")
-    q = request.query
-    room_id = q.get("room", "")
-    fmt_raw = q.get("format", "msgpack")
-    since_raw = q.get("since")
-    ip = request.remote or "?"
+        return Refuse(503, "gateway is draining; connect to another node")
+    room_id = query.get("room", "")
+    fmt_raw = query.get("format", "msgpack")
+    since_raw = query.get("since")
     if not _valid_room(room_id):
-        raise web.HTTPBadRequest(text="room must be 1..64 characters of letters, digits, - _ .")
+        return Refuse(400, "room must be 1..64 characters of letters, digits, - _ .")
     if fmt_raw not in ("msgpack", "json"):
-        raise web.HTTPBadRequest(text="format must be msgpack or json")
+        return Refuse(400, "format must be msgpack or json")
     fmt: Format = fmt_raw  # type: ignore[assignment]
     since: int | None = None
     if since_raw is not None:
@@ -68,59 +87,103 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
             if since < 0:
                 raise ValueError
         except ValueError:
-            raise web.HTTPBadRequest(text="since must be a non-negative integer seq") from None
+            return Refuse(400, "since must be a non-negative integer seq")
     if gw.hub.by_ip.get(ip, 0) >= gw.s.max_conns_per_ip:
-        raise web.HTTPTooManyRequests(text="too many connections from this address")
+        return Refuse(429, "too many connections from this address")
     # the slot is taken before the first await, so handshakes racing each other all count
+    take_ip(gw, ip)
+    return Ask(room_id, fmt, since, query.get("token"))
+
+
+def take_ip(gw: Gateway, ip: str) -> None:
     gw.hub.by_ip[ip] = gw.hub.by_ip.get(ip, 0) + 1
+
+
+def release_ip(gw: Gateway, ip: str) -> None:
+    gw.hub.by_ip[ip] -= 1
+    if not gw.hub.by_ip[ip]:
+        del gw.hub.by_ip[ip]
+
+
+_REFUSALS: dict[int, type[web.HTTPException]] = {
+    400: web.HTTPBadRequest,
+    403: web.HTTPForbidden,
+    429: web.HTTPTooManyRequests,
+    503: web.HTTPServiceUnavailable,
+}
+
+
+async def ws_handler(request: web.Request) -> web.StreamResponse:
+    """``/ws`` on aiohttp's transport (``LC_WS_TRANSPORT=aiohttp``): a ``WebSocketResponse``
+    and a receive task per connection."""
+    gw = request.app[GW_KEY]
+    ip = request.remote or "?"
+    ask = check_request(gw, request.query, request.headers.get("Origin", ""), ip)
+    if isinstance(ask, Refuse):
+        raise _REFUSALS[ask.status](text=ask.text)
     try:
-        return await _accept(gw, request, room_id, fmt, since, ip)
+        return await _accept(gw, request, ask, ip)
     finally:
-        gw.hub.by_ip[ip] -= 1
-        if not gw.hub.by_ip[ip]:
-            del gw.hub.by_ip[ip]
+        release_ip(gw, ip)
 
 
-async def _accept(gw: Gateway, request: web.Request, room_id: str, fmt: Format, since: int | None, ip: str) -> web.StreamResponse:
-    q = request.query
+def max_message_bytes(gw: Gateway) -> int:
+    """The transport's message limit: past it the connection is closed with 1009."""
+    return max(gw.s.max_frame_bytes * 4, 64 * 1024)
+
+
+async def _accept(gw: Gateway, request: web.Request, ask: Ask, ip: str) -> web.StreamResponse:
     # no heartbeat timer per connection: the hub pings the idle ones from its own sweep
     # (Hub.sweep_heartbeats); pings and pongs come through the receive loop (autoping off)
-    ws = web.WebSocketResponse(
-        heartbeat=None,
-        compress=False,
-        max_msg_size=max(gw.s.max_frame_bytes * 4, 64 * 1024),
-        autoping=False,
-    )
+    ws = web.WebSocketResponse(heartbeat=None, compress=False, max_msg_size=max_message_bytes(gw), autoping=False)
     await ws.prepare(request)
     transport = request.transport
     assert transport is not None
+    conn = await admit(gw, ws, transport, ask, ip)
+    if conn is None:
+        return ws
+    try:
+        await _receive_loop(gw, conn, ws)
+    except LiveCommerceError as exc:
+        await refuse_open(gw, conn, exc)
+    finally:
+        release(gw, conn, ws.close_code)
+    return ws
 
+
+async def admit(gw: Gateway, link: Link, transport: asyncio.Transport, ask: Ask, ip: str) -> Conn | None:
+    """Everything between the upgrade and the first frame read, shared by both transports:
+    the token (4401), the per-user limit (4429), join, welcome hooks, the replay, attach.
+
+    Returns the attached connection (the caller calls :func:`release` when it ends), or None
+    when it was refused: then the close frame is sent and nothing is left to release.
+    """
     # authenticate after the upgrade so that browsers see the close code and reason
     try:
-        ident = gw.identify(q.get("token"))
+        ident = gw.identify(ask.token)
     except Unauthorized as exc:
         gw.metrics.errors.labels("unauthorized").inc()
-        await ws.send_json(error_frame("unauthorized", exc.message)) if fmt == "json" else await ws.send_bytes(_packed_error("unauthorized", exc.message))
-        await ws.close(code=4401, message=b"unauthorized")
-        return ws
+        opcode = OP_TEXT if ask.fmt == "json" else OP_BINARY
+        transport.write(ws_frame(encode_bytes(error_frame("unauthorized", exc.message), ask.fmt), opcode))
+        await link.close(code=4401, message=b"unauthorized")
+        return None
     slots = gw.user_slots
     if slots[ident.user] >= gw.s.max_conns_per_user:
-        await ws.close(code=4429, message=b"too many connections for this user")
-        return ws
+        await link.close(code=4429, message=b"too many connections for this user")
+        return None
     slots[ident.user] += 1
 
-    now = time.monotonic()
+    room_id, since = ask.room, ask.since
     conn = Conn(
-        ws,
+        link,
         transport,
         ident,
         room_id,
-        fmt,
+        ask.fmt,
         ip=ip,
         cmd_bucket=TokenBucket(gw.s.command_rate, gw.s.command_burst),
-        now=now,
+        now=time.monotonic(),
     )
-    attached = False
     try:
         room = await gw.hub.join(conn)
         # the room's seq and state: the node's snapshot of the room (memory once the node
@@ -137,57 +200,65 @@ async def _accept(gw: Gateway, request: web.Request, room_id: str, fmt: Format, 
         extras: dict[str, Any] = {}
         for extra in gw.hooks.welcome:
             extras.update(await extra(room_id, ident))
-        # from here to attach nothing awaits, so no broadcast can slip between
-        gw.hub.flush(room)
-        top = max(top, room.last_seq)
-        if since is not None:
-            last = replay[-1]["seq"] if replay else since
-            replay.extend(e for e in room.recent if e["seq"] > last)
-
-        conn.send(
-            {
-                "t": "welcome",
-                "room": room_id,
-                "ts": gw.now_ms(),
-                "d": {
-                    "node": gw.s.node_id,
-                    "seq": top,
-                    "recovered": recovered,
-                    "user": ident.user,
-                    "role": ident.role,
-                    "conn": conn.id,
-                    **extras,
-                },
-            }
-        )
-        if replay:
-            conn.send({"t": "batch", "room": room_id, "items": recovery_plan(replay)})
-            conn.skip_seq = replay[-1]["seq"]
-        else:
-            conn.skip_seq = top
-        gw.hub.attach(conn, room)  # counts the user's connection on this node (batched presence)
-        attached = True
-        log.info("conn.open", extra={"conn": conn.id, "room": room_id, "user": ident.user, "fmt": fmt, "since": since})
-        await _receive_loop(gw, conn, ws)
     except LiveCommerceError as exc:
-        we = wire_error(exc)
-        conn.send(error_frame(we.code, exc.message, **exc.details))
-        await ws.close(code=1011 if we.close is None else we.close, message=we.code.encode())
-    finally:
-        slots[ident.user] -= 1
-        if not slots[ident.user]:
-            del slots[ident.user]
-        if attached:
-            gw.hub.leave(conn)
-        conn.closed = True
-        log.info("conn.close", extra={"conn": conn.id, "room": room_id, "drops": conn.drops, "code": ws.close_code})
-    return ws
+        await refuse_open(gw, conn, exc)
+        release(gw, conn, None)
+        return None
+    except BaseException:
+        release(gw, conn, None)
+        raise
+    # from here to attach nothing awaits, so no broadcast can slip between
+    gw.hub.flush(room)
+    top = max(top, room.last_seq)
+    if since is not None:
+        last = replay[-1]["seq"] if replay else since
+        replay.extend(e for e in room.recent if e["seq"] > last)
+
+    conn.send(
+        {
+            "t": "welcome",
+            "room": room_id,
+            "ts": gw.now_ms(),
+            "d": {
+                "node": gw.s.node_id,
+                "seq": top,
+                "recovered": recovered,
+                "user": ident.user,
+                "role": ident.role,
+                "conn": conn.id,
+                **extras,
+            },
+        }
+    )
+    if replay:
+        conn.send({"t": "batch", "room": room_id, "items": recovery_plan(replay)})
+        conn.skip_seq = replay[-1]["seq"]
+    else:
+        conn.skip_seq = top
+    gw.hub.attach(conn, room)  # counts the user's connection on this node (batched presence)
+    log.info("conn.open", extra={"conn": conn.id, "room": room_id, "user": ident.user, "fmt": ask.fmt, "since": since})
+    return conn
 
 
-def _packed_error(code: str, message: str) -> bytes:
-    from livecommerce.protocol.codec import pack_internal
+async def refuse_open(gw: Gateway, conn: Conn, exc: LiveCommerceError) -> None:
+    """Answer an error of the opening (or of the aiohttp receive loop) with its frame and
+    close code (1011 if it has none)."""
+    we = wire_error(exc)
+    conn.send(error_frame(we.code, exc.message, **exc.details))
+    await conn.link.close(code=1011 if we.close is None else we.close, message=we.code.encode())
 
-    return pack_internal(error_frame(code, message))
+
+def release(gw: Gateway, conn: Conn, code: int | None) -> None:
+    """The connection ended: give back the user's slot, leave the room (no-op if never
+    attached). Call once per :func:`admit` that returned the connection."""
+    slots = gw.user_slots
+    user = conn.ident.user
+    slots[user] -= 1
+    if not slots[user]:
+        del slots[user]
+    gw.hub.leave(conn)
+    conn.closed = True
+    log.info("conn.close", extra={"conn": conn.id, "room": conn.room, "drops": conn.drops, "code": code})
 
 
 PIPELINE_DEPTH = 32  # pipelined commands in progress per connection before it stops reading
@@ -250,7 +321,7 @@ async def _write_answers(gw: Gateway, conn: Conn, lane: Lane) -> None:
             except Exception:  # an answer that cannot be sent: close with a code, never drop silently
                 log.exception("dispatch.internal", extra={"conn": conn.id, "room": conn.room})
                 conn.closed = True
-                asyncio.get_running_loop().create_task(conn.ws.close(code=1011, message=b"internal error"))
+                asyncio.get_running_loop().create_task(conn.link.close(code=1011, message=b"internal error"))
     finally:
         lane.writer = None
         while items:  # cancelled with the connection: the answers nobody will write
@@ -348,7 +419,7 @@ def _send_error(gw: Gateway, conn: Conn, exc: LiveCommerceError, cid: Any) -> No
     conn.send(error_frame(we.code, exc.message if we.echo else "internal error", cmd_id=cid, **exc.details))
     if we.close is not None:
         conn.closed = True
-        asyncio.get_running_loop().create_task(conn.ws.close(code=we.close, message=we.code.encode()))
+        asyncio.get_running_loop().create_task(conn.link.close(code=we.close, message=we.code.encode()))
 
 
 def _escapes(data: bytes | str) -> bool:

@@ -373,7 +373,7 @@ async def _serve_dev(args: argparse.Namespace, settings: Settings, sock: socket.
         app.on_shutdown.append(stop_workers)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await until_stopped(runner.setup())
-        await web.SockSite(runner, sock).start()
+        await importlib.import_module("gateway.wsserver").make_site(runner, settings, sock=sock).start()
         print(_dev_banner(args, settings, base, embedded, issue_token), flush=True)
         await stopping.wait()
     except _Stopped:

@@ -20,6 +20,7 @@ MIN_SECRET_BYTES = 32
 # Secrets that were ever written in this repository (the built-in default of earlier
 # versions): public, so no process but `livecommerce dev` accepts them.
 _PUBLISHED_SECRETS = frozenset({"dev-secret-change-me-0123456789abcdef"})
+WS_TRANSPORTS = ("own", "aiohttp")
 _SECRET_HINT = "python3 -c 'import secrets; print(secrets.token_hex(32))'"
 
 
@@ -42,6 +43,10 @@ class Settings:
     key_prefix: str = "lc"
     host: str = "127.0.0.1"
     port: int = 8080
+    # which transport serves /ws on the gateway's port (docs/performance.md, "M2 4/7 lean
+    # connections"): "own", a small asyncio Protocol per connection (gateway/wsserver.py; no
+    # task while a viewer is idle), or "aiohttp", a WebSocketResponse and a task per connection
+    ws_transport: str = "aiohttp"
     listen_backlog: int = 2048  # handshakes waiting to be accepted (a join storm: aiohttp's 128 drops SYNs)
     # SIGTERM: /readyz answers 503 (new /ws 503, retried elsewhere by the balancer) for
     # drain_deregister_s while the node still serves its viewers, long enough for the
@@ -110,6 +115,10 @@ class Settings:
     # the gateway process's garbage collector (gateway/gc_policy.py)
     gc_freeze: bool = True  # freeze what survives each full collection, so later ones skip it
     gc_unfreeze_s: float = 600.0  # thaw the frozen objects this often (cyclic garbage among them is reclaimed)
+
+    def __post_init__(self) -> None:
+        if self.ws_transport not in WS_TRANSPORTS:
+            raise ConfigError(f"LC_WS_TRANSPORT={self.ws_transport!r}: choose one of {', '.join(WS_TRANSPORTS)}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

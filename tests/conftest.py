@@ -79,4 +79,6 @@ def settings(redis_url: str, prefix: str, tmp_path) -> Settings:  # type: ignore
         secret=f"test-secret-{uuid.uuid4().hex}",  # 44 bytes: no secret is built in
         test_coins=True,  # viewers top up their own wallets, as in `livecommerce dev` (off in production)
         dev_pay=True,  # POST /orders/{id}/pay, the provider-less dev payment, as in `livecommerce dev` (off in production)
+        # LC_WS_TRANSPORT=own runs every gateway test on the gateway's own /ws transport
+        ws_transport=os.environ.get("LC_WS_TRANSPORT") or None,
     )

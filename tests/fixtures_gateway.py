@@ -45,6 +45,7 @@ GatewayFactory = Callable[..., Awaitable[Node]]
 @pytest.fixture
 async def gateway_factory(settings: Settings) -> AsyncIterator[GatewayFactory]:
     from gateway.app import build_app
+    from gateway.wsserver import bound_port, make_site
 
     runners: list[web.AppRunner] = []
 
@@ -56,10 +57,10 @@ async def gateway_factory(settings: Settings) -> AsyncIterator[GatewayFactory]:
         app = build_app(s)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = make_site(runner, s, "127.0.0.1", 0)  # LC_WS_TRANSPORT (tests.conftest) picks the /ws transport
         await site.start()
         runners.append(runner)
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        port = bound_port(site)
         return Node(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/ws", app, s)
 
     yield make
