@@ -36,7 +36,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from aiohttp import web
 
@@ -113,8 +113,7 @@ class WsLink(asyncio.Protocol):
 
     # ---- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.svc.links.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -200,8 +199,7 @@ class WsLink(asyncio.Protocol):
         self.phase = "gone"
         self.transport.set_protocol(proto)
         proto.connection_made(self.transport)
-        assert isinstance(proto, asyncio.Protocol)
-        proto.data_received(buf)
+        cast(asyncio.Protocol, proto).data_received(buf)
 
     def _refuse(self, status: int, text: str) -> None:
         self.phase = "gone"

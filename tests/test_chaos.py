@@ -67,7 +67,7 @@ async def test_gateway_on_sigterm_turns_unready_and_refuses_first_then_closes_cl
     await upgrade(db)
     port = free_port()
     env = lc_env(redis_url=settings.redis_url, key_prefix=settings.key_prefix, database_url=db, secret=settings.secret, log_json="1",
-                 drain_deregister_s="3")
+                 drain_deregister_s="3", ws_transport=settings.ws_transport)
     gw = gateway_proc("gw-term", port, env, tmp_path)
     gw.start()
     base, wsurl = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/ws"

@@ -20,6 +20,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 import secrets
 import time
 import uuid
@@ -74,7 +75,9 @@ def world(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     secret = "sec-" + secrets.token_hex(32)  # >= 64 bytes: the HS512 case signs with it too
     port = free_port()
     env = lc_env(redis_url=redis_url, key_prefix=prefix, database_url=db, secret=secret, log_json="1", log_level="DEBUG",
-                 test_coins="1", dev_pay="1")  # the matrix holds viewers topping up their own wallet and the dev /pay
+                 test_coins="1", dev_pay="1",
+                 # the /ws transport the suite runs on (tests.conftest: LC_WS_TRANSPORT)
+                 ws_transport=os.environ.get("LC_WS_TRANSPORT", "aiohttp"))  # the matrix holds viewers topping up their own wallet and the dev /pay
     proc = gateway_proc("gw-sec", port, env, work)
     proc.start()
     w = World(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/ws", secret, proc)
