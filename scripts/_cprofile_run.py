@@ -47,6 +47,7 @@ def main() -> None:
     if rest[0] == "-m":
         sys.path[0] = os.getcwd()  # as ``python -m`` has it (not this script's folder)
         sys.argv = [rest[1], *rest[2:]]
+        sys.path[0] = os.getcwd()  # as `python -m` does: the checkout's code, not an installed copy
         runpy.run_module(rest[1], run_name="__main__", alter_sys=True)
     else:
         sys.argv = rest

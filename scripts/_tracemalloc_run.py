@@ -59,6 +59,7 @@ def main() -> None:
     signal.signal(signal.SIGUSR1, lambda *_: _dump(out))
     if rest[0] == "-m":
         sys.argv = [rest[1], *rest[2:]]
+        sys.path[0] = os.getcwd()  # as `python -m` does: the checkout's code, not an installed copy
         runpy.run_module(rest[1], run_name="__main__", alter_sys=True)
     else:
         sys.argv = rest
