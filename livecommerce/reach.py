@@ -15,7 +15,9 @@ What following a host does (docs/reach.md):
 * **A schedule (预告)**: a host publishes ``{title, start_ms, products?, room?}``; viewers
   subscribe (预约). When ``start_ms`` is reached, the sweep (one worker at a time, under a
   lease) appends ``schedule.due`` (id :func:`due_event_id`) and marks the schedule
-  ``reminded``; the same fan-out writes a ``schedule.reminder`` row per subscriber.
+  ``reminded``; the same fan-out writes a ``schedule.reminder`` row per subscriber. A host
+  going live up to :data:`EARLY_MS` early reminds them with the go-live
+  (:func:`starts_with_show`): the same fan-out, the same id, so never twice.
 * **The inbox**: rows ``(user, id, kind, host, room, schedule, title, start_ms, created_ms,
   read_ms)``; a user lists theirs (newest first, ``unread`` filter) and marks them read (some
   ids, or all). The welcome frame carries the unread count.
@@ -50,6 +52,7 @@ PAST_GRACE_MS = 60_000  # ... and at most a minute ago (clock skew of the host's
 MAX_LIST = 100  # inbox rows per page
 MAX_READ_IDS = 200
 UPCOMING_HORIZON_MS = 7 * 24 * 3600 * 1000  # the feed lists schedules starting within a week
+EARLY_MS = 30 * 60 * 1000  # a go-live this long before a schedule's start reminds its subscribers at once
 KEEP_MS = 30 * 24 * 3600 * 1000  # inbox rows and finished fan-out cursors are kept 30 days
 
 ScheduleState = Literal["scheduled", "reminded", "cancelled"]
@@ -200,6 +203,14 @@ def due(schedules: Sequence[Schedule], now_ms: int) -> list[Schedule]:
     earliest first."""
     return sorted((s for s in schedules if s.state == "scheduled" and s.start_ms <= now_ms),
                   key=lambda s: (s.start_ms, s.id))
+
+
+def starts_with_show(s: Schedule, *, host: str, room: str, live_ms: int) -> bool:
+    """Does the host's go-live start this schedule's show? Its host, still scheduled, for this
+    room or none, starting at most :data:`EARLY_MS` after the go-live (or already due): its
+    subscribers are reminded with the go-live rather than at ``start_ms``."""
+    return (s.state == "scheduled" and s.host == host and s.room in (None, room)
+            and s.start_ms <= live_ms + EARLY_MS)
 
 
 def check_read(body: Any) -> list[str] | None:

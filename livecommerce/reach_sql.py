@@ -217,6 +217,14 @@ async def scheduled_between(store: SqlStore, lo_ms: int, hi_ms: int, *, limit: i
         return [_schedule(r, r.subscribers) for r in await tx.conn.execute(q.limit(limit))]
 
 
+async def host_scheduled(store: SqlStore, host: str, *, until_ms: int, limit: int = 20) -> list[Schedule]:
+    """The host's still-scheduled schedules starting at or before ``until_ms``, soonest first."""
+    c = schedules.c
+    q = select(schedules).where(and_(c.host_id == host, c.state == "scheduled", c.start_ms <= until_ms))
+    async with store.read() as tx:
+        return [_schedule(r) for r in await tx.conn.execute(q.order_by(c.start_ms, c.id).limit(limit))]
+
+
 async def due_schedules(store: SqlStore, now_ms: int, *, limit: int = 100) -> list[Schedule]:
     """Still-scheduled schedules whose start is reached, earliest first (the sweep)."""
     c = schedules.c

@@ -30,6 +30,7 @@ from livecommerce.reach import (
     live_event_id,
     push_frame,
     schedule_step,
+    starts_with_show,
     upcoming,
 )
 from livecommerce.reach_redis import RedisReach
@@ -352,3 +353,45 @@ async def test_unread_counts_and_the_lease_on_redis_cluster(cluster_redis: Any, 
     for u in users:
         await reach.forget(u)
     await cluster_redis.delete(keys.global_key("reach:sweep"))
+
+
+def test_a_go_live_starts_the_hosts_schedule_for_that_room_up_to_half_an_hour_early() -> None:
+    s = Schedule("s", "h1", "t", NOW + 20 * 60_000, room="r1")
+    assert starts_with_show(s, host="h1", room="r1", live_ms=NOW)
+    assert not starts_with_show(s, host="h1", room="r2", live_ms=NOW)  # another room's show
+    assert not starts_with_show(s, host="h2", room="r1", live_ms=NOW)
+    assert not starts_with_show(s, host="h1", room="r1", live_ms=NOW - 20 * 60_000)  # 40 min early
+    assert starts_with_show(Schedule("s", "h1", "t", NOW - 3_600_000), host="h1", room="r9", live_ms=NOW)  # no room, late
+    assert not starts_with_show(Schedule("s", "h1", "t", NOW, state="reminded"), host="h1", room="r1", live_ms=NOW)
+
+
+async def test_subscribers_are_reminded_with_an_early_go_live_and_not_again_at_the_start(store: SqlStore, redis: Any,
+                                                                                         keys: Keys) -> None:
+    import time
+
+    now = int(time.time() * 1000)
+    reach = RedisReach(redis, keys)
+    soon = Schedule("h1.a", "h1", "Soon", now + 10 * 60_000, room="r1")
+    later = Schedule("h1.b", "h1", "Later", now + 3 * 3_600_000)
+    elsewhere = Schedule("h1.c", "h1", "Elsewhere", now + 10 * 60_000, room="r2")
+    for s in (soon, later, elsewhere):
+        await reach_sql.create_schedule(store, s, now_ms=now)
+        for u in ("v1", "v2"):
+            await reach_sql.subscribe(store, s.id, u, on=True, now_ms=now)
+    worker = ReachWorker(store, reach, None)
+    await worker([live("r1", "h1", now)])  # no followers; the go-live starts `soon`
+    assert await reach_sql.count_rows(store, f"schedule.due:{soon.id}") == (2, 2)
+    assert await reach_sql.count_rows(store, f"schedule.due:{later.id}") == (0, 0)
+    assert await reach_sql.count_rows(store, f"schedule.due:{elsewhere.id}") == (0, 0)
+    got = {s.id: s.state for s in await reach_sql.host_schedules(store, "h1", from_ms=0)}
+    assert got == {soon.id: "reminded", later.id: "scheduled", elsewhere.id: "scheduled"}
+    log = MemoryLog()  # at soon's start the sweep has nothing of it left to do ...
+    assert await Sweeper(store, reach, log, worker="w").sweep(soon.start_ms) == 1  # (elsewhere is due)
+    # ... and a schedule.due of `soon` appended anyway (a sweep racing the go-live) writes nothing
+    await log.append_many([new_event(TOPIC, "h1", SCHEDULE_DUE, {"schedule": soon.id, "host": "h1", "title": "Soon",
+                                                                 "start_ms": soon.start_ms}, f"schedule.due:{soon.id}", now)])
+    await worker.drain(log)
+    assert await reach_sql.count_rows(store, f"schedule.due:{soon.id}") == (2, 2)
+    assert await reach_sql.count_rows(store, f"schedule.due:{elsewhere.id}") == (2, 2)
+    await worker([live("r1", "h1", now)])  # the same go-live again: nothing new
+    assert worker.written == 4

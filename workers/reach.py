@@ -11,7 +11,8 @@ Two loops in one process:
   Redis pipeline) and the notice pushed to wherever they are connected (one presence read
   and one publish to the nodes' inboxes: :meth:`~livecommerce.notify.Notifier.to_users`).
   Exactly one row per recipient whatever is redelivered or killed: the rows' primary key
-  and the cursor, committed together. A push is at most once (a kill between a page's
+  and the cursor, committed together. A ``host.live`` also reminds the subscribers of the
+  host's schedules that the go-live starts (up to 30 min early), with the sweep's event id. A push is at most once (a kill between a page's
   commit and its push loses that page's pushes; the rows are in the inboxes).
 * **Sweep** (every :data:`SWEEP_S`, by the worker holding the ``reach:sweep`` lease): due
   schedules become ``schedule.due`` events (one ``append_many``), then ``reminded``; every
@@ -36,6 +37,8 @@ from livecommerce.log import Log, LogEvent, new_event
 from livecommerce.notify import Notifier
 from livecommerce.protocol.events import envelope
 from livecommerce.reach import (
+    EARLY_MS,
+    HOST_LIVE,
     KEEP_MS,
     PAGE,
     SCHEDULE_DUE,
@@ -45,6 +48,7 @@ from livecommerce.reach import (
     due_event_id,
     fanout_of,
     push_frame,
+    starts_with_show,
 )
 from livecommerce.reach_redis import RedisReach
 from livecommerce.store_sql import SqlStore
@@ -82,6 +86,22 @@ class ReachWorker:
             if f is None:
                 continue
             await self.fan(f)
+            if e.type == HOST_LIVE:
+                await self.remind_with_show(f.of, str(e.data["room"]), int(e.data.get("live_ms") or 0))
+
+    async def remind_with_show(self, host: str, room: str, live_ms: int) -> int:
+        """The host's schedules this go-live starts (:func:`~livecommerce.reach.starts_with_show`):
+        their subscribers are reminded now, by the fan-out the sweep's ``schedule.due`` would
+        run (same event id: whichever comes first writes the rows, the other finds it done);
+        then they are ``reminded``. Returns how many schedules."""
+        mine = [s for s in await reach_sql.host_scheduled(self.store, host, until_ms=live_ms + EARLY_MS)
+                if starts_with_show(s, host=host, room=room, live_ms=live_ms)]
+        for s in mine:
+            due = fanout_of(SCHEDULE_DUE, due_event_id(s.id), due_event(s))
+            assert due is not None
+            await self.fan(due)
+        await reach_sql.mark_reminded(self.store, [s.id for s in mine], now_ms=_now_ms())
+        return len(mine)
 
     async def fan(self, f: Fanout) -> int:
         """Every remaining page of ``f``; return the rows this call wrote."""
