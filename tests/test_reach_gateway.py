@@ -9,12 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
+import pytest
 
 from livecommerce import reach_sql
 from livecommerce.broker_redis import RedisBroker
 from livecommerce.keys import Keys
 from livecommerce.notify import Notifier
 from livecommerce.reach_redis import RedisReach
+from livecommerce.schema import fan_members
 from tests.test_refunds import World, bearer, http  # noqa: F401  (fixture)
 from tests.waiting import wait_until
 from tests.wsclient import Client, next_of
@@ -204,6 +206,32 @@ async def test_erasing_a_user_deletes_their_inbox_subscriptions_and_cursor(gatew
         assert not await reach_sql.subscribed(w.store, "zed", [s["id"]])
         assert (await reach_sql.fanout_state(w.store, eid) or {}).get("after_user") == ""
         assert await RedisReach(w.redis, Keys(w.node.settings.key_prefix)).unread("zed") == 0
+    finally:
+        await broker.close()
+        await w.close()
+
+
+@pytest.mark.kafka
+async def test_host_live_travels_through_kafka_too(gateway_factory: Any, token: Any, redis: Any, http: Any,  # noqa: F811
+                                                   kafka_bootstrap: str) -> None:
+    w = await World.make(gateway_factory, token, redis, http, kafka_bootstrap=kafka_bootstrap, kafka_idempotent=False,
+                         kafka_session_timeout_ms=2000, kafka_partitions=2)
+    worker, broker = reach_worker(w)
+    try:
+        async with w.store.write() as tx:
+            await tx.conn.execute(fan_members.insert(), [
+                {"host_id": "h1", "user_id": f"k{i}", "following": True, "member": False, "intimacy": 0, "updated_ms": 0}
+                for i in range(25)])
+        await w.room("show", "h1")
+        c = await Client.connect(w.node.ws, "lobby", token("k3"), fmt="json")
+        await online(w.node, "k3")
+        live = await w.call("POST", "/api/v1/rooms/show/live", token("h1", "host", ("show",)))
+        eid = f"host.live:show:{live['live_ms']}"
+        await wait_until(lambda: worker.drain(w.log, fetch_timeout_ms=1500), until=lambda _: worker.written == 25,
+                         timeout=30, what="the fan-out through Kafka")
+        assert await reach_sql.count_rows(w.store, eid) == (25, 25)
+        assert (await next_of(c, "host.live"))["d"]["id"] == eid
+        await c.close()
     finally:
         await broker.close()
         await w.close()
