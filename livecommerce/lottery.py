@@ -118,8 +118,8 @@ PRIZE_COUPON_TTL_MS = 7 * 24 * 3600 * 1000
 
 @dataclass(frozen=True, slots=True)
 class Prize:
-    """What each winner gets: ``product`` (a product id; announced, fulfilment is the
-    host's), ``coupon`` (``id``: one of the room's coupon drops; each winner gets a coupon on
+    """What each winner gets: ``product`` (a product id: a zero-price paid order of one unit
+    per winner, :func:`prize_order_id`, which the host ships like any order), ``coupon`` (``id``: one of the room's coupon drops; each winner gets a coupon on
     its terms) or ``coins`` (``amount`` coins each, paid by the platform: only ops start
     those). Coupon and coin prizes are paid out by the draw worker exactly once per winner
     (:func:`award_key`)."""
@@ -162,6 +162,17 @@ def award_key(lottery_id: str) -> str:
     ``(winner, award_key)`` in the wallet, a coupon prize is the private drop
     :func:`prize_drop_id`; a payout repeated after a crash finds its first one."""
     return f"lottery:{lottery_id}"
+
+
+def prize_order_id(lottery_id: str, user: str) -> str:
+    """The zero-price order that ships one winner's product prize. Its "sale" is
+    :func:`prize_sale_id` (the lottery names the product)."""
+    return f"{prize_sale_id(lottery_id)}.{hashlib.sha256(user.encode()).hexdigest()[:16]}"
+
+
+def prize_sale_id(lottery_id: str) -> str:
+    """What a prize order names as its sale: the lottery it was won in."""
+    return f"prize:{lottery_id}"
 
 
 def prize_drop_id(lottery_id: str, user: str) -> str:

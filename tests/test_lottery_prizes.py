@@ -216,3 +216,35 @@ async def test_a_payout_cut_short_is_finished_by_the_worker_that_takes_over_and_
     assert sum([await wallet.balance(u) for u in entrants]) == 120
     st = await lots.get(lid)
     assert st is not None and st.state == "announced"
+
+
+async def test_product_prizes_become_one_zero_price_paid_order_per_winner_in_sql(
+        gateway_factory: Any, settings: Any, redis: aioredis.Redis, keys: Keys, token: Any) -> None:
+    from livecommerce.lottery import prize_order_id, prize_sale_id
+    from workers.orders import OrdersWorker
+
+    node = await gateway_factory()  # its SQL schema is the one the orders worker writes
+    entrants = [f"pp{i}" for i in range(6)]
+    lots, lid = await _drawn(redis, keys, {"kind": "product", "id": "tea-set"}, entrants, k=2)
+
+    class Offline:
+        async def to_user(self, user: str, env: dict[str, Any], *, room: str | None = None) -> int:
+            return 0
+
+    log = RedisLog(redis, keys)
+    awarder = PrizeAwarder(RedisWallet(redis, keys), CouponsRedis(redis, keys), log, Offline())  # type: ignore[arg-type]
+    out = await LotteryDrawer.for_redis(redis, keys, worker="w1", hooks=[awarder]).drain()
+    winners = out[0].winners
+    st = await lots.get(lid)
+    assert st is not None and st.record is not None
+    await awarder(st.record)  # repeated after a crash: the same events again
+    assert node is not None
+    worker = OrdersWorker(settings)
+    try:
+        await worker.drain()
+        orders = await worker.store.list_orders(sale_id=prize_sale_id(lid), limit=10)
+    finally:
+        await worker.close()
+    assert sorted(o.id for o in orders) == sorted(prize_order_id(lid, u) for u in winners)
+    assert all((o.state, o.amount, o.qty, o.unit_price, o.room_id) == ("paid", 0, 1, 0, "pr1") for o in orders)
+    assert {o.user_id for o in orders} == set(winners)

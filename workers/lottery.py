@@ -22,9 +22,10 @@ Prizes that arrive: :class:`PrizeAwarder`, the built-in hook, pays each winner o
 ``wallet.topup`` on the durable log, applied to SQL by the wallet worker) and of a ``coupon``
 prize (a coupon on the terms copied from the named drop at start, in a private drop per
 winner: :func:`~livecommerce.lottery.prize_drop_id`), then tells the winner
-(``prize.awarded``). Both steps are idempotent, so an announcement repeated after a crash
-pays nobody twice. A ``product`` prize is announced (``lottery.won``); shipping it is the
-host's.
+(``prize.awarded``), and of a ``product`` prize (a zero-price paid order of one unit on the
+orders log, :func:`~livecommerce.lottery.prize_order_id`, event id ``<order>:paid``: the
+orders worker puts it into SQL once, and the host ships it like any paid order). Every step
+is idempotent, so an announcement repeated after a crash pays nobody twice.
 
 Further hooks: ``async def hook(record: dict) -> None``, listed as ``"module:function"`` in
 :data:`PRIZE_HOOKS` (or passed to :class:`LotteryDrawer`). A hook may be called more than
@@ -55,6 +56,8 @@ from livecommerce.lottery import (
     build_record,
     ended_event,
     prize_drop_id,
+    prize_order_id,
+    prize_sale_id,
 )
 from livecommerce.lottery_redis import RedisLotteries
 from livecommerce.notify import Notifier
@@ -115,13 +118,15 @@ class PrizeAwarder:
         """
         prize = record.get("prize") or {}
         kind = prize.get("kind")
-        if kind not in ("coins", "coupon") or not record.get("winners"):
+        if kind not in ("coins", "coupon", "product") or not record.get("winners"):
             return
         lid, room, drawn = str(record["id"]), str(record["room"]), int(record.get("drawn_ms") or _now_ms())
         for user in record["winners"]:
             detail: dict[str, Any] | None
             if kind == "coins":
                 detail = await self._coins(lid, user, int(prize["amount"]), drawn)
+            elif kind == "product":
+                detail = await self._product(lid, room, user, str(prize.get("id") or ""), drawn)
             else:
                 detail = await self._coupon(lid, room, user, prize, drawn)
             if detail is None:
@@ -138,6 +143,21 @@ class PrizeAwarder:
             await self.wallet.publish(self.log, [got.event])  # else the outbox sweep appends it
         log.info("lottery.prize_paid", extra={"lottery": lid, "user": user, "coins": amount, "again": got.duplicate})
         return {"kind": "coins", "amount": amount, "balance": got.balance}
+
+    async def _product(self, lid: str, room: str, user: str, product: str, now_ms: int) -> dict[str, Any] | None:
+        """A zero-price order of one unit, paid, on the orders log: the orders worker puts it
+        into SQL once (its event id is the order's ``:paid``, as every paid order's), and the
+        host ships it like any paid order (``POST /api/v1/orders/{id}/shipments``)."""
+        if self.log is None:
+            log.error("lottery.prize_needs_the_log", extra={"lottery": lid, "user": user})
+            return None
+        oid = prize_order_id(lid, user)
+        data = {"order_id": oid, "sale_id": prize_sale_id(lid), "room_id": room, "user_id": user, "qty": 1, "unit_price": 0,
+                "amount": 0, "discount": 0, "coupon_id": None, "payment_window_s": 0, "reserved_ms": now_ms,
+                "pay_by_ms": now_ms, "product_id": product, "prize": lid}
+        await self.log.append("orders", oid, "order.paid", data, event_id=f"{oid}:paid", ts=now_ms)
+        log.info("lottery.prize_paid", extra={"lottery": lid, "user": user, "order": oid, "product": product})
+        return {"kind": "product", "product_id": product, "order_id": oid}
 
     async def _coupon(self, lid: str, room: str, user: str, prize: dict[str, Any], now_ms: int) -> dict[str, Any] | None:
         terms = prize.get("coupon")

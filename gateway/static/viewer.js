@@ -221,7 +221,11 @@ function onEvent(env, { replay }) {
       if (!replay) toast(`🎉 You won the lucky bag “${d.title || d.id}”!`, "ok", 8000);
       return;
     case "prize.awarded":
-      if (!replay) toast(d.kind === "coins" ? `🪙 ${fmtInt(d.amount)} coins are in your wallet` : "🎟 Your prize coupon is in your wallet", "ok", 8000);
+      if (!replay) {
+        toast(d.kind === "coins" ? `🪙 ${fmtInt(d.amount)} coins are in your wallet`
+          : d.kind === "product" ? "🎁 Your prize is an order on its way to you: add a shipping address if you have none"
+          : "🎟 Your prize coupon is in your wallet", "ok", 8000);
+      }
       if (d.kind === "coins" && typeof d.balance === "number") setText("coins", fmtInt(d.balance));
       return;
     case "points": return setPoints(d.balance, d.level);
