@@ -492,3 +492,104 @@ async def test_addresses_are_validated_one_is_the_default_and_erasure_removes_th
         assert (await w.call("GET", "/api/v1/me/data", b1))["shipments"] == []
     finally:
         await w.close()
+
+
+# ---------------------------------------------------------------- a killed orders worker
+
+
+def fulfilment_stream(n: int) -> list[Any]:
+    """``n`` orders of 2 units: reserved, paid, two parcels (1 unit each), both delivered
+    (the second completes delivery), and every other order completed; in phases, so each
+    order's events keep their order on its partition."""
+    from livecommerce.fulfilment import Shipment, completed_event_id, delivered_event_id, shipped_event_id
+    from livecommerce.log import new_event
+
+    phases: list[list[Any]] = [[] for _ in range(7)]
+    for i in range(n):
+        oid = f"f1.{i:05d}"
+        d = {"order_id": oid, "sale_id": "f1", "room_id": "r", "user_id": f"u{i % 40}", "qty": 2, "unit_price": 300,
+             "pay_by_ms": NOW + 900_000, "payment_window_s": 900, "request_id": f"rq{i}", "reserved_ms": NOW}
+        phases[0].append(new_event("orders", oid, "order.reserved", d, f"{oid}:reserved", NOW))
+        phases[1].append(new_event("orders", oid, "order.paid", d | {"amount": 600, "discount": 0, "coupon_id": None}, f"{oid}:paid", NOW + 1))
+        ships = [Shipment(f"{oid}.s{k}", oid, k, d["user_id"], "r", "outbound", "SF", f"SF{i:05d}{k}", {"p": 1}, "shipped", "h",
+                          NOW + 1 + k, ship_to={"city": "Shanghai"}) for k in (1, 2)]
+        for k, s in enumerate(ships):
+            phases[2 + k].append(new_event("orders", oid, "order.shipped", s.data() | {"order_state": "shipped"},
+                                           shipped_event_id(s.id), NOW + 2 + k))
+            got = dataclasses.replace(s, state="delivered", delivered_ms=NOW + 10 + k, delivered_by="ops")
+            phases[4 + k].append(new_event("orders", oid, "order.delivered", got.data() | {"order_state": "shipped" if k == 0 else "delivered"},
+                                           delivered_event_id(s.id), NOW + 10 + k))
+        if i % 2 == 0:
+            phases[6].append(new_event("orders", oid, "order.completed", {"order_id": oid, "user_id": d["user_id"], "room_id": "r",
+                                                                           "by": "auto", "completed_ms": NOW + 20},
+                                       completed_event_id(oid), NOW + 20))
+    return [e for p in phases for e in p]
+
+
+@pytest.mark.slow
+async def test_an_orders_worker_killed_inside_a_batch_applies_every_parcel_and_step_once(store_url: str, settings: Any, redis: Any) -> None:
+    import os
+    import signal
+
+    from sqlalchemy import func, select
+
+    from livecommerce.log_redis import RedisLog
+    from livecommerce.migrations import upgrade
+    from livecommerce.schema import order_events, orders, shipments
+    from livecommerce.store_sql import SqlStore
+    from tests.test_workers_killed import Db, applied, start, stop
+
+    await upgrade(store_url)
+    n = 1200
+    events = fulfilment_stream(n)
+    log = RedisLog(redis, Keys(settings.key_prefix))
+    for i in range(0, len(events), 1000):
+        await log.append_many(events[i : i + 1000])
+    await log.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LC_")}
+    env.update(LC_REDIS_URL=settings.redis_url, LC_KEY_PREFIX=settings.key_prefix, LC_DATABASE_URL=store_url, LC_LOG_JSON="0",
+               LC_LOG_LEVEL="WARNING", LC_SECRET=settings.secret, LC_LOG_CLAIM_IDLE_MS="1000", LC_WORKER_BATCH="300",
+               LC_AUTO_CONFIRM_S=str(20 * 365 * 86400))
+    db = Db(store_url)
+    await db.open()
+    proc = start("orders", env, "f1")
+    try:
+        def alive() -> None:
+            assert proc.poll() is None, f"the worker exited with {proc.returncode}"
+
+        async def committed() -> int:
+            alive()
+            return await applied(store_url, "orders")
+
+        async def inside_a_batch() -> bool:
+            alive()
+            return await db.in_transaction(proc.pid)
+
+        await wait_until(committed, until=lambda k: k >= 3 * n, timeout=60, interval=0.01, what="the worker past the payments")
+        await wait_until(inside_a_batch, timeout=60, interval=0.001, what="the worker inside a batch's transaction")
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(10) == -signal.SIGKILL
+        at_kill = await applied(store_url, "orders")
+        assert 3 * n <= at_kill < len(events), f"the kill must land among the parcels ({at_kill} of {len(events)})"
+        proc = start("orders", env, "f2")
+        await wait_until(lambda: applied(store_url, "orders"), until=lambda k: k >= len(events), timeout=120, interval=0.2,
+                         what=f"all {len(events)} events applied after the kill")
+    finally:
+        stop(proc)
+        await db.close()
+    store = SqlStore(store_url)
+    try:
+        async with store.read() as tx:
+            c = tx.conn
+            states = {r[0]: r[1] for r in await c.execute(select(orders.c.id, orders.c.state))}
+            assert states == {f"f1.{i:05d}": "completed" if i % 2 == 0 else "delivered" for i in range(n)}
+            hist = [r[0] for r in await c.execute(select(order_events.c.event_id))]
+            moved = [e.id for e in events if not (e.type == "order.shipped" and e.data["n"] == 2)
+                     and not (e.type == "order.delivered" and e.data["n"] == 1)]  # a second parcel, a first delivery: no step
+            assert sorted(hist) == sorted(moved)  # each step's history row once
+            rows = {r[0]: r[1] for r in await c.execute(select(shipments.c.id, shipments.c.state))}
+            assert len(rows) == 2 * n and set(rows.values()) == {"delivered"}
+            dup = (await c.execute(select(func.count()).select_from(shipments).where(shipments.c.ship_to.is_(None)))).scalar_one()
+            assert dup == 0
+    finally:
+        await store.close()
