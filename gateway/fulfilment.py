@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, cast
+from typing import Any
 
 from aiohttp import web
 
@@ -290,16 +290,21 @@ class Fulfilment:
             ident.require_host(room)
         state = request.query.get("state", "paid")
         if state not in ("paid", "shipped"):
-            raise BadFrame("state: paid (nothing shipped yet) or shipped (on the way, perhaps partly)", code="invalid")
-        orders = await self.store.list_orders(room_id=room, state=cast(OrderState, state), limit=200)
+            raise BadFrame("state: paid (units still to ship) or shipped (on the way)", code="invalid")
+        # to ship: paid orders and shipped ones still owing units (a partial parcel went out)
+        wanted: tuple[OrderState, ...] = ("paid", "shipped") if state == "paid" else ("shipped",)
+        orders = [o for st in wanted for o in await self.store.list_orders(room_id=room, state=st, limit=200)]
         out = []
-        for o in orders:
+        for o in sorted(orders, key=lambda o: o.created_ms):
             rec: ShipRecord = await self.records.record(o.id)
             view = await self.view_of(o)
+            left = owed(view.lines, view.refunded_qty, rec.shipments)
+            if (state == "paid" and not left) or rec.st in ("delivered", "completed"):
+                continue
             addr = await fulfilment_sql.default_address(self.store, o.user_id)
             out.append({"order_id": o.id, "user_id": o.user_id, "room_id": o.room_id, "state": o.state, "qty": o.qty,
                         "amount": o.amount, "created_ms": o.created_ms, "progress": rec.st or "unshipped",
-                        "owed": owed(view.lines, view.refunded_qty, rec.shipments), "lines": view.lines,
+                        "owed": left, "lines": view.lines,
                         "shipments": [self._public(s) for s in rec.shipments],
                         "ship_to": ship_to(addr) if addr is not None else None})
         return web.json_response({"orders": out})
@@ -441,7 +446,8 @@ OPENAPI_PATHS: dict[str, dict[str, Any]] = {
                     errors={**_E, "409": "no return parcel for this refund", "422": "idempotency key reused"}),
     },
     "/api/v1/fulfilment/orders": {
-        "get": _op("Orders to ship (paid) or on their way (shipped), with the buyer's ship-to and what is owed",
+        "get": _op("Orders to ship (`state=paid`: units still owed, perhaps after a partial parcel) or on their way "
+                   "(`state=shipped`), with the buyer's ship-to, the parcels and what is owed",
                    "Who: the host of `room`, or ops (any room when `room` is omitted).",
                    ok={"type": "object", "properties": {"orders": {"type": "array", "items": {"type": "object"}}}},
                    params=[{"name": "room", "in": "query", "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,64}$"}},

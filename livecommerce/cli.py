@@ -406,6 +406,8 @@ livecommerce dev is running (node {settings.node_id}, pid {os.getpid()})
   viewer page:   {base}/static/viewer.html?room={room}&token={toks['viewer']}
   host console:  {base}/static/host.html?room={room}&token={toks['host']}
   ops dashboard: {base}/static/ops.html?token={toks['ops']}
+  my orders:     {base}/static/orders.html?room={room}&token={toks['viewer']}
+  shipping:      {base}/static/shipping.html?room={room}&token={toks['host']}
   websocket:     {wsb}/ws?room={room}&format=json&token={toks['viewer']}
   health:        {base}/healthz   metrics: {base}/metrics
 
