@@ -501,7 +501,12 @@ def fulfilment_stream(n: int) -> list[Any]:
     """``n`` orders of 2 units: reserved, paid, two parcels (1 unit each), both delivered
     (the second completes delivery), and every other order completed; in phases, so each
     order's events keep their order on its partition."""
-    from livecommerce.fulfilment import Shipment, completed_event_id, delivered_event_id, shipped_event_id
+    from livecommerce.fulfilment import (
+        Shipment,
+        completed_event_id,
+        delivered_event_id,
+        shipped_event_id,
+    )
     from livecommerce.log import new_event
 
     phases: list[list[Any]] = [[] for _ in range(7)]
