@@ -366,7 +366,8 @@ function renderProducts() {
   if (prev && S.products.find((p) => p.id === prev)) sel.value = prev;
   else if (S.pin) sel.value = S.pin.product_id;
   const prize = $("#l-prize-id");
-  if (!prize.value && S.pin) prize.value = S.pin.product_id;
+  if (!prize.value && S.pin && $("#l-prize-kind").value === "product") prize.value = S.pin.product_id;
+  fillPrizeOptions();
 }
 
 async function pin(productId) {
@@ -505,6 +506,8 @@ $("#coupon-form").addEventListener("submit", async (ev) => {
 async function loadDrops() {
   try {
     const r = await api(`/api/v1/rooms/${encodeURIComponent(room)}/coupons`);
+    S.roomDrops = r.drops || [];
+    fillPrizeOptions();
     fill($("#drops"), (r.drops || []).map((d) => h("li", {},
       h("code", {}, d.drop_id), ` · ${d.kind === "percent" ? `${d.value}% off` : `${money(d.value)} off`}`,
       d.threshold ? ` over ${money(d.threshold)}` : "",
@@ -561,8 +564,24 @@ $("#redpacket-form").addEventListener("submit", async (ev) => {
 });
 
 // ------------------------------------------------------------------ lottery
+// the prize is picked, not typed: the room's products, its coupon drops, or coins (ops only)
+function fillPrizeOptions() {
+  const kind = $("#l-prize-kind").value;
+  const input = $("#l-prize-id");
+  input.placeholder = kind === "coupon" ? "pick a coupon drop" : kind === "coins" ? "coins per winner" : "pick a product";
+  input.type = kind === "coins" ? "number" : "text";
+  const options = kind === "product"
+    ? S.products.slice().reverse().map((p) => h("option", { value: p.id }, `${p.name} (${money(p.price)})`))
+    : kind === "coupon"
+      ? (S.roomDrops || []).map((d) => h("option", { value: d.drop_id },
+        `${d.kind === "percent" ? `${d.value}% off` : `${money(d.value)} off`}${d.threshold ? ` over ${money(d.threshold)}` : ""}`))
+      : [];
+  fill($("#l-prize-options"), options);
+}
+
 $("#l-prize-kind").addEventListener("change", () => {
-  $("#l-prize-id").placeholder = $("#l-prize-kind").value === "coupon" ? "coupon drop id" : "product id";
+  $("#l-prize-id").value = "";
+  fillPrizeOptions();
 });
 
 $("#lottery-form").addEventListener("submit", async (ev) => {
@@ -570,7 +589,9 @@ $("#lottery-form").addEventListener("submit", async (ev) => {
   const rule = $("#l-rule").value;
   const body = {
     title: $("#l-title").value,
-    prize: { kind: $("#l-prize-kind").value, id: $("#l-prize-id").value },
+    prize: $("#l-prize-kind").value === "coins"
+      ? { kind: "coins", amount: Number($("#l-prize-id").value) }
+      : { kind: $("#l-prize-kind").value, id: $("#l-prize-id").value },
     winners: Number($("#l-winners").value),
     duration_s: Number($("#l-duration").value),
     rule,
