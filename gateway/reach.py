@@ -74,6 +74,8 @@ log = logging.getLogger("livecommerce.gateway.reach")
 
 #: joiners whose unread counts are read together (one round trip per window)
 UNREAD_WINDOW_S = 0.05
+#: windows a joiner's count waits for its connection to be attached before it is dropped
+UNREAD_TRIES = 3
 
 UPCOMING_S = 5.0
 DAY_MS = 24 * 3600 * 1000
@@ -90,6 +92,7 @@ class Reach:
         self._upcoming: list[Schedule] = []
         self._upcoming_at = 0.0
         self._joined: dict[str, set[str]] = {}  # user -> rooms joined in the current window
+        self._late: dict[str, int] = {}  # user -> windows its connection was not attached yet
         self._flush: asyncio.Task[None] | None = None
 
     # ---- hooks
@@ -133,9 +136,17 @@ class Reach:
                 if not unread:
                     continue  # the bell starts at 0: no frame (a join storm's viewers mostly have none)
                 env = envelope("notifications", None, {"unread": unread}, ts=now)
+                sent = False
                 for conn in list(self.gw.hub.by_user.get(user, ())):
                     if conn.room in rooms:
                         conn.send(env)
+                        sent = True
+                tries = self._late.pop(user, 0)
+                if not sent and tries < UNREAD_TRIES:  # its welcome not attached yet (a loaded node)
+                    self._late[user] = tries + 1
+                    self._joined.setdefault(user, set()).update(rooms)
+            if self._joined and self._flush is None:
+                self._flush = asyncio.get_running_loop().create_task(self._push_unread(), name="reach.unread")
         finally:
             if self._flush is asyncio.current_task():
                 self._flush = None
