@@ -224,7 +224,7 @@ def _expect() -> Any:
     return expect
 
 
-def test_host_runs_a_whole_show_and_the_viewer_sees_each_step(ctx: Any, dev: Dev, ops_page: Any) -> None:
+def test_host_runs_a_whole_show_and_the_viewer_sees_each_step(ctx: Any, dev: Dev, ops_page: Any, browser: Any) -> None:
     expect = _expect()
     expect(ops_page[0].locator("#status")).to_have_text("all normal")
     errors: list[str] = []
@@ -282,6 +282,22 @@ def test_host_runs_a_whole_show_and_the_viewer_sees_each_step(ctx: Any, dev: Dev
     expect(viewer.locator("#stock-text")).to_have_text("3 of 3 left")
     expect(viewer.locator("#product")).to_contain_text("$9.90")
     viewer.screenshot(path=str(SHOTS / "viewer-sale-live.png"), animations="disabled")
+
+    # the same room on a phone (390x844, where live commerce happens): the pinned product and
+    # its Buy are on the first screen, right under the video; nothing runs over the LIVE badge
+    phone_ctx = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    try:
+        phone = _page(phone_ctx, f"{dev.base}/static/viewer.html?room=demo&token={dev.token('viewer', 'phone1')}", errors)
+        expect(phone.locator("#stock-text")).to_have_text("3 of 3 left")
+        buy, video = phone.locator("#buy").bounding_box(), phone.locator("#stage").bounding_box()
+        assert buy and video and buy["y"] + buy["height"] <= 844 and buy["y"] >= video["y"] + video["height"], (buy, video)
+        badge, lanes = phone.locator("#live-badge").bounding_box(), phone.locator("#danmaku").bounding_box()
+        assert badge and lanes and lanes["y"] >= badge["y"] + badge["height"], (badge, lanes)
+        assert phone.evaluate("document.documentElement.scrollWidth") <= 390  # no sideways scrolling
+        phone.screenshot(path=str(SHOTS / "viewer-phone.png"), animations="disabled")
+        phone.close()
+    finally:
+        phone_ctx.close()
 
     # buy: the reply is shown, the order waits for payment, the stock bar moves
     viewer.click("#buy")
