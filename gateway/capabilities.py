@@ -20,5 +20,5 @@ CAPABILITIES: list[str] = [
     "gateway.ops", "gateway.pages", "gateway.openapi",
     "gateway.comments", "gateway.likes", "gateway.moderation",
     "gateway.reach",
-    "gateway.earnings",
+    "gateway.earnings", "gateway.showreport",
 ]

@@ -75,6 +75,10 @@ class Hooks:
     welcome: list[WelcomeHook] = field(default_factory=list)
     #: after every go-live of a room (``RoomsService.go_live``)
     live: list[LiveHook] = field(default_factory=list)
+    #: once per show, on the node whose end recorded it, before ``room.ended`` is published
+    #: (``RoomsService.end``; the room as ``GET /api/v1/rooms/{room}`` shows it); a hook's
+    #: failure is logged and does not stop the end
+    ended: list[LiveHook] = field(default_factory=list)
     start: list[Task] = field(default_factory=list)
     #: run in order at shutdown (flushes first, then the engines they write to)
     stop: list[Task] = field(default_factory=list)

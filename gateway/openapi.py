@@ -71,7 +71,8 @@ COUNTS: J = {"type": "object", "additionalProperties": {"type": "integer"}}
 SCHEMAS: dict[str, J] = {
     "Error": obj({"error": obj({"code": STR, "message": STR}, ["code", "message"])}, ["error"],
                  desc="Every error: `code` is the wire code (`invalid`, `forbidden`, `not_found`, `sold_out` ...)."),
-    "ShowSummary": obj({"live_ms": MS, "ended_ms": MS, "duration_s": NUM, "peak_online": INT, "comments": INT, "likes": INT},
+    "ShowSummary": obj({"live_ms": MS, "ended_ms": MS, "duration_s": NUM, "peak_online": INT, "comments": INT, "likes": INT,
+                        "avg_online": NUM},
                        ["live_ms", "ended_ms", "duration_s", "peak_online", "comments", "likes"]),
     "Room": obj({
         "id": ID, "title": STR, "host": STR, "state": {"enum": ["created", "live", "ended"]}, "created_ms": MS,

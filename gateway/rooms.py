@@ -49,7 +49,14 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from livecommerce.auth import Identity
-from livecommerce.errors import BadFrame, Conflict, Forbidden, NotFound, RoomEnded
+from livecommerce.errors import (
+    BadFrame,
+    Conflict,
+    Forbidden,
+    LiveCommerceError,
+    NotFound,
+    RoomEnded,
+)
 from livecommerce.pins import pin_payload, with_sale
 from livecommerce.pins_redis import RedisPins
 from livecommerce.points import room_owner
@@ -318,6 +325,11 @@ class RoomsService:
         if won:
             pub = public_room(meta)
             summary = summarize(meta).to_dict()
+            for hook in self.gw.hooks.ended:
+                try:
+                    await hook(room, pub)
+                except LiveCommerceError as exc:  # the show's end stands; the report reads what it can
+                    log.warning("room.ended_hook_failed", extra={"room": room, "err": exc.message})
             await self.gw.publish(
                 room, "room.ended", {"title": pub["title"], "host": pub["host"], "by": ident.user, **summary, "closed": closed.to_dict()}
             )
@@ -417,11 +429,12 @@ class RoomsService:
         rows = []
         for room in rooms:
             r = hub.rooms.get(room)
-            rows.append((room, max(0, r.online) if r is not None else 0, self.comments.pop(room, 0)))
+            sampled = r is not None and r.online >= 0  # a node holding the room knows its total online
+            rows.append((room, max(0, r.online) if r is not None else 0, self.comments.pop(room, 0), sampled))
         try:
             await self.rooms.tick(rows)
         except BaseException:
-            for room, _, n in rows:
+            for room, _, n, _ in rows:
                 if n:
                     self.comments[room] = self.comments.get(room, 0) + n
             raise

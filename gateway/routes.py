@@ -138,6 +138,8 @@ def http_routes(s: Services) -> list[Route]:
         Route("DELETE", "/api/v1/hosts/{host}/fanclub", s.fanclub.club),
         Route("GET", "/api/v1/hosts/{host}/fans", s.fanclub.fans_board),
         Route("GET", "/api/v1/me/fanclubs", s.fanclub.mine),
+        # the show report (the host console's end card)
+        Route("GET", "/api/v1/rooms/{room}/report", s.reports.http_report),
         # host earnings: the statement (JSON or CSV), ops' gift reversal
         Route("GET", "/api/v1/hosts/{host}/earnings", s.earnings.http_statement),
         Route("POST", "/api/v1/ops/gifts/{event}/reversal", s.earnings.http_reverse),

@@ -45,6 +45,7 @@ from livecommerce.room_snapshot import LOCAL_EVENTS, SNAPSHOT_EVENTS
 from livecommerce.room_snapshot_redis import RedisRoomSnapshots
 from livecommerce.rooms_redis import RedisRooms
 from livecommerce.segments_redis import SegmentsRedis
+from livecommerce.showreport_redis import ShowReportRedis
 from livecommerce.store_sql import SqlStore
 from livecommerce.wallet_redis import RedisWallet
 
@@ -80,6 +81,7 @@ from .referrals import Referrals
 from .refunds import AfterSales
 from .rooms import RoomGate, RoomsService
 from .segments import Segments
+from .showreport import ShowReports
 from .snapshots import RoomSnapshots
 from .tickets import Tickets
 from .wallet import Outbox, Wallets
@@ -130,6 +132,7 @@ class Services:
     sales: FlashSales
     orders: Orders
     funnel: Funnel
+    reports: ShowReports
     # the payment boundary: intents at the provider, its signed callbacks
     payments: Payments
     # fulfilment: addresses, shipments, deliveries, receipt
@@ -329,8 +332,17 @@ def build(gw: Gateway) -> Services:
     gw.hooks.tried.append(funnel.tried)
     gw.hooks.response.append(funnel.on_response)
     gw.hooks.stop.insert(0, funnel.flush)
+    # the show report: each show's distinct viewers and follower counts (the rest is read
+    # from the room's meta and SQL when asked)
+    reports = ShowReports(gw, ShowReportRedis(gw.redis, gw.keys, ttl_s=gw.s.room_retention_s), store)
+    gw.hooks.welcome.append(reports.welcome)
+    gw.hub.observe(("room.live",), reports.observe)
+    gw.hub.on_second.append(reports.on_second)
+    gw.hooks.live.append(reports.on_live)
+    gw.hooks.ended.append(reports.on_ended)
+    gw.hooks.stop.insert(0, reports.flush)
 
-    return Services(payments=payments, fulfilment=fulfilment, catalog=catalog, bags=bags, checkout=checkout, sales=sales, orders=orders, funnel=funnel, likes=likes, comments=comments, moderation=moderation, room_gate=gate, lotteries=lotteries, coupons=coupons, rooms=rooms,
+    return Services(payments=payments, fulfilment=fulfilment, catalog=catalog, bags=bags, checkout=checkout, sales=sales, orders=orders, funnel=funnel, reports=reports, likes=likes, comments=comments, moderation=moderation, room_gate=gate, lotteries=lotteries, coupons=coupons, rooms=rooms,
                     health=health, ops=ops, pages=pages, openapi=openapi, experiments=experiments, feed=feed, segments=segments,
                     store=store, log=durable, wallet=wallet, wallet_outbox=outbox, wallets=wallets, gifts=gifts, redpackets=redpackets, earnings=earnings, points=points,
                     aftersales=aftersales, tickets=tickets, fanclub=fanclub, reach=reach, profiles=profiles, growth=growth,

@@ -55,6 +55,8 @@ FAMILIES: tuple[Family, ...] = (
     Family("room online", r"\{room:[^}]+\}:online$", "node -> viewers online", "ttl", "60 s, refreshed every second", "gateway/hub.py"),
     Family("room likes", r"\{room:[^}]+\}:likes$", "the room's like counter", "ttl",
            "LC_ROOM_RETENTION_S after the last like", "gateway/likes.py"),
+    Family("room viewers", r"\{room:[^}]+\}:viewers$", "the current show's distinct viewers (HyperLogLog, the show report)",
+           "ttl", "LC_ROOM_RETENTION_S after the last join (emptied when a show starts)", "showreport_redis.py"),
     Family("room pin", r"\{room:[^}]+\}:pin$", "the pinned product", "ttl", "LC_ROOM_RETENTION_S after the pin", "pins_redis.py"),
     Family("room bag", r"\{room:[^}]+\}:bag$", "the room's product list and its version", "kept",
            "for good (one list of at most 100 items per room, like the room's meta: the next show starts with it)",

@@ -18,8 +18,9 @@ hash (``closed``), so ending twice answers the same.
 
 Show statistics are kept in the room's meta hash by the Redis adapter
 (:mod:`livecommerce.rooms_redis`): at ``go_live`` the likes counter's value is remembered
-(``likes_base``) and the comment count and peak online are reset; gateways add their
-comments and online counts about once a second; at ``end`` the likes counter is read again.
+(``likes_base``) and the comment count, peak online, the online readings and the show's
+distinct viewers are reset; gateways add their comments and online counts about once a
+second (the readings' mean is the average online); at ``end`` the likes counter is read again.
 :func:`summarize` turns those fields into the ``room.ended`` summary.
 """
 
@@ -115,6 +116,7 @@ class ShowSummary:
     peak_online: int
     comments: int
     likes: int
+    avg_online: float = 0.0  # the mean of the per-second online readings while live
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,7 +124,8 @@ class ShowSummary:
 
 def summarize(meta: Mapping[str, str]) -> ShowSummary:
     """The summary of an ended show from the room's meta fields (``live_ms``, ``ended_ms``,
-    ``peak_online``, ``comments``, ``likes_base``, ``likes_end``). A pure function of stored
+    ``peak_online``, ``comments``, ``likes_base``, ``likes_end``, ``online_sum``,
+    ``online_samples``). A pure function of stored
     fields, so every node computes the same summary.
 
     Raises:
@@ -142,6 +145,7 @@ def summarize(meta: Mapping[str, str]) -> ShowSummary:
         peak_online=n("peak_online"),
         comments=n("comments"),
         likes=max(0, n("likes_end") - n("likes_base")),
+        avg_online=round(n("online_sum") / n("online_samples"), 1) if n("online_samples") > 0 else 0.0,
     )
 
 

@@ -125,23 +125,25 @@ class RedisRooms:
     async def transition(self, room: str, expected: RoomState, new: RoomState, *, now_ms: int, online: int) -> tuple[bool, str]:
         """Compare-and-set ``expected -> new`` (``live`` or ``ended``) with the statistics.
         Returns ``(applied, state now)``."""
-        keys = [self.keys.room_meta(room), self.keys.room_likes(room)]
+        keys = [self.keys.room_meta(room), self.keys.room_likes(room), self.keys.room(room, "viewers")]
         async with guarded():
             ok, state = await self._step(keys=keys, args=[expected, new, now_ms, online])
         return bool(int(ok)), _s(state)
 
-    async def tick(self, rows: Sequence[tuple[str, int, int]]) -> None:
-        """``rows`` of ``(room, online, new comments)``, one pipelined script call each."""
+    async def tick(self, rows: Sequence[tuple[str, int, int, bool]]) -> None:
+        """``rows`` of ``(room, online, new comments, sampled)``, one pipelined script call
+        each; ``sampled``: ``online`` is a reading of the room's online count (it joins the
+        show's average online)."""
         if not rows:
             return
         if is_cluster_client(self._r):
             # redis-py refuses EVALSHA in a cluster pipeline: one call per room, concurrently
             async with guarded():
-                await asyncio.gather(*(self._tick(keys=[self.keys.room_meta(room)], args=[online, comments])
-                                       for room, online, comments in rows))
+                await asyncio.gather(*(self._tick(keys=[self.keys.room_meta(room)], args=[online, comments, int(sampled)])
+                                       for room, online, comments, sampled in rows))
             return
         pipe = self._r.pipeline(transaction=False)
-        for room, online, comments in rows:
-            await self._tick(keys=[self.keys.room_meta(room)], args=[online, comments], client=pipe)
+        for room, online, comments, sampled in rows:
+            await self._tick(keys=[self.keys.room_meta(room)], args=[online, comments, int(sampled)], client=pipe)
         async with guarded():
             await pipe.execute()

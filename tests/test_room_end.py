@@ -293,7 +293,7 @@ async def test_comments_counted_by_a_tick_in_flight_at_the_end_are_kept(gateway_
     taken = asyncio.Event()
 
     async def slow_tick(rows):  # the real write, held back until the end has been asked for
-        if any(n for _, _, n in rows):
+        if any(r[2] for r in rows):
             taken.set()
             await release.wait()
         await adapter_tick(rows)
