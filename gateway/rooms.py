@@ -330,6 +330,8 @@ class RoomsService:
                     await hook(room, pub)
                 except LiveCommerceError as exc:  # the show's end stands; the report reads what it can
                     log.warning("room.ended_hook_failed", extra={"room": room, "err": exc.message})
+                except Exception:  # our fault, not the host's: logged with its traceback, the show still ends
+                    log.exception("room.ended_hook_failed", extra={"room": room})
             await self.gw.publish(
                 room, "room.ended", {"title": pub["title"], "host": pub["host"], "by": ident.user, **summary, "closed": closed.to_dict()}
             )

@@ -1,6 +1,7 @@
 """SQL side of the show report: a room's orders placed during a show (:mod:`livecommerce.showreport`).
 
-Reads ``orders`` (``ix_orders_room``: room, created_ms) joined to ``sales`` for the product,
+Reads ``orders`` (``ix_orders_room``: room, created_ms) joined to ``sales`` for the product
+(its name from the sale, else the catalogue),
 and the gifts through :func:`livecommerce.earnings_sql.room_gifts`.
 """
 
@@ -9,7 +10,8 @@ from __future__ import annotations
 from sqlalchemy import and_, func, select
 
 from .earnings_sql import room_gifts
-from .schema import orders, sales
+from .schema import catalog_products, orders, sales
+from .schema import products as legacy_products
 from .showreport import GiftFigures, OrderFigures, ProductLine
 from .store_sql import SqlStore
 
@@ -29,8 +31,11 @@ async def show_orders(store: SqlStore, room: str, from_ms: int, to_ms: int, *, t
                func.count(func.distinct(o.user_id)), func.count().filter(o.refunded_qty > 0)).where(win)
     s = sales.c
     gmv = func.sum(o.amount - o.refunded_amount)
-    tq = (select(s.product_id, func.max(s.product_name), func.sum(o.qty - o.refunded_qty), gmv)
-          .select_from(orders.join(sales, s.id == o.sale_id)).where(win)
+    name = func.max(func.coalesce(s.product_name, catalog_products.c.name, legacy_products.c.name))  # the sale's, else the catalogue's
+    tq = (select(s.product_id, name, func.sum(o.qty - o.refunded_qty), gmv)
+          .select_from(orders.join(sales, s.id == o.sale_id)
+                       .outerjoin(catalog_products, catalog_products.c.id == s.product_id)
+                       .outerjoin(legacy_products, legacy_products.c.id == s.product_id)).where(win)
           .group_by(s.product_id).order_by(gmv.desc(), s.product_id).limit(top))
     async with store.read() as tx:
         n, paid, back, buyers, refunded = (await tx.conn.execute(q)).one()

@@ -8,7 +8,9 @@
 // Moderation panel sets slow mode and the chat mode, appoints moderators and works the
 // reports queue (GET /api/v1/rooms/{room}/reports, refreshed on `report.filed`); the
 // Schedule panel publishes, lists and cancels the host's schedules (预告:
-// /api/v1/hosts/{host}/schedule). User text is rendered through text nodes only.
+// /api/v1/hosts/{host}/schedule). When the show ends the end card shows the show report
+// (GET /api/v1/rooms/{room}/report: duration, online, viewers, followers, gifts, orders, GMV,
+// refund rate, conversion, top products and gifters). User text is rendered through text nodes only.
 
 import { sparkline } from "./charts.js";
 import { $, api, ApiError, countdown, fill, fmtInt, h, Live, money, params, timeOf, toast } from "./common.js";
@@ -28,6 +30,7 @@ const S = {
   commentTimes: [],
   cpsHistory: [],
   gifts: 0,
+  report: null, // the last show's report (the end card)
 };
 
 document.getElementById("room-name").textContent = room;
@@ -106,13 +109,20 @@ function onEvent(env, { replay }) {
     case "notice": return replay ? null : feed(`📢 ${d.text}`);
     case "room.live":
       S.show = { ...(S.show || {}), state: "live" };
+      if (!replay) {
+        S.report = null; // a new show: the last one's end card goes
+        renderReport();
+      }
       renderShow();
       return replay ? null : feed("● the show is live");
     case "room.ended":
       S.show = { ...(S.show || {}), state: "ended" };
       renderShow();
-      setText("summary", `Last show: ${d.duration_s ?? "?"} s · peak ${d.peak_online ?? "?"} online · ${d.comments ?? 0} comments · ${d.likes ?? 0} likes`);
-      return replay ? null : feed("■ the show ended");
+      setText("summary", `Last show: ${duration(d.duration_s)} · peak ${fmtInt(d.peak_online ?? 0)} online · ${fmtInt(d.comments ?? 0)} comments · ${fmtInt(d.likes ?? 0)} likes`);
+      if (replay) return null;
+      loadReport();
+      setTimeout(loadReport, 5000); // orders paid and gifts applied just after the end join it
+      return feed("■ the show ended");
     case "product.pinned": return setPin(d);
     case "product.unpinned": return setPin(null);
     case "sale.started":
@@ -271,6 +281,7 @@ async function loadRoom() {
   try {
     S.show = await api(`/api/v1/rooms/${encodeURIComponent(room)}`);
     $("#create-row").hidden = true;
+    if (S.show.state === "ended") loadReport(); // the last show's end card, after a reload
   } catch (e) {
     if (e instanceof ApiError && e.status === 404) {
       S.show = null;
@@ -279,6 +290,66 @@ async function loadRoom() {
   }
   renderShow();
 }
+
+// ------------------------------------------------------------------ the end card (show report)
+function duration(seconds) {
+  const s = Math.max(0, Math.round(Number(seconds) || 0));
+  if (s < 60) return `${s} s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m} min`;
+  return m % 60 ? `${Math.floor(m / 60)} h ${m % 60} min` : `${m / 60} h`;
+}
+
+function pct(x) {
+  return `${(100 * (Number(x) || 0)).toFixed(1)}%`;
+}
+
+async function loadReport() {
+  let r;
+  try {
+    r = await api(`/api/v1/rooms/${encodeURIComponent(room)}/report`);
+  } catch (e) {
+    if (e instanceof ApiError && (e.status === 409 || e.status === 404)) return; // no show yet
+    return fail("show report")(e);
+  }
+  S.report = r;
+  renderReport();
+}
+
+function renderReport() {
+  const r = S.report;
+  const card = $("#end-card");
+  if (!r || !r.ended) {
+    card.hidden = true;
+    return;
+  }
+  card.hidden = false;
+  const stat = (v, label) => h("div", {}, h("b", {}, v), h("span", {}, label));
+  fill($("#ec-stats"),
+    stat(r.duration_text || duration(r.duration_s), "duration"),
+    stat(fmtInt(r.peak_online), "peak online"),
+    stat(String(r.avg_online ?? 0), "average online"),
+    stat(fmtInt(r.viewers), "viewers"),
+    stat(fmtInt(r.new_followers), "new followers"),
+    stat(fmtInt(r.comments), "comments"),
+    stat(fmtInt(r.likes), "likes"),
+    stat(`${fmtInt(r.gifts?.value ?? 0)} 🪙`, `gifts (${fmtInt(r.gifts?.count ?? 0)})`),
+    stat(fmtInt(r.orders), "orders paid"),
+    stat(r.gmv_text || String(r.gmv), "GMV"),
+    stat(pct(r.refund_rate), "refund rate"),
+    stat(pct(r.conversion), `viewers → buyers (${fmtInt(r.buyers)})`));
+  const products = r.top_products || [];
+  fill($("#ec-products"), products.length
+    ? products.map((p) => h("li", {}, `${p.name || p.product_id} · ${fmtInt(p.units)} sold · ${p.gmv_text || p.gmv}`))
+    : h("li", { class: "muted" }, "No paid orders."));
+  const gifters = r.gifts?.top_gifters || [];
+  fill($("#ec-gifters"), gifters.length
+    ? gifters.map((g, i) => h("li", {}, `${i + 1}. ${g.user} · ${fmtInt(g.value)} 🪙`))
+    : h("li", { class: "muted" }, "No gifts."));
+  setText("ec-asof", `as of ${timeOf(r.as_of_ms)}`);
+}
+
+$("#ec-refresh").addEventListener("click", loadReport);
 
 function renderShow() {
   const state = S.show ? S.show.state : "not created";
