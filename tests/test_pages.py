@@ -310,6 +310,8 @@ def test_host_runs_a_whole_show_and_the_viewer_sees_each_step(ctx: Any, dev: Dev
     # pay with an Idempotency-Key: paid
     order.get_by_role("button", name="Pay $9.90").click()
     expect(order).to_contain_text("Paid ✓ $9.90")
+    expect(viewer.locator("#buy-msg")).to_have_text("")  # "Reserved!" is over once paid
+    expect(viewer.locator("#buy")).to_have_text("Buy now")  # 1 of the 2 a person may hold
     expect(host.locator("#st-paid")).to_have_text("1")
     expect(host.locator("#st-gmv")).to_have_text("$9.90")
 
@@ -447,6 +449,7 @@ def test_the_host_ends_the_show_and_its_commerce_closes(ctx: Any, dev: Dev) -> N
     expect(viewer.locator("#live-badge")).to_have_text("● LIVE")
     host.click("#end-show")
     expect(viewer.locator("#live-badge")).to_have_text("ENDED")
+    expect(viewer.locator("#sale-state")).to_have_text("Flash sale ended")  # the end closed the sale
     expect(host.locator("#summary")).to_contain_text("comments")
     assert not errors, errors
     host.close()

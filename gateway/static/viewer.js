@@ -173,6 +173,9 @@ function onEvent(env, { replay }) {
       return renderShow();
     case "room.ended":
       S.show = { ...(S.show || {}), state: "ended" };
+      // the end closed the show's sales (room.ended's `closed.sales`): none is live any more
+      for (const s of S.sales.values()) if (s.state === "live" || s.state === "sold_out") s.state = "ended";
+      renderProduct();
       renderShow();
       if (!replay) chatLine("📺", `Show ended · peak ${d.peak_online ?? "–"} online · ${d.comments ?? 0} comments · ${d.likes ?? 0} likes`, "host");
       return;
@@ -521,9 +524,14 @@ function renderProduct() {
       ? ["⚡ Flash sale live", sale.ends_ms ? [" · ends in ", cd(sale.ends_ms)] : "", ` · limit ${sale.per_user_limit ?? 1} per person`]
       : sale.state === "sold_out" ? "⚡ Flash sale sold out" : sale.state === "ended" ? "Flash sale ended" : `Flash sale ${sale.state}`;
     parts.push(h("div", { class: "small muted", id: "sale-state" }, stateText));
-    const canBuy = sale.state === "live" && rem > 0;
+    // units I hold in this sale (reserved or paid): at the per-person limit Buy is off
+    const mine = [...S.orders.values()].filter((o) => o.sale_id === sale.sale_id && o.state !== "cancelled")
+      .reduce((n, o) => n + (o.qty || 0), 0);
+    const atLimit = mine >= (sale.per_user_limit ?? 1);
+    const canBuy = sale.state === "live" && rem > 0 && !atLimit;
+    const label = canBuy ? "Buy now" : sale.state === "live" && atLimit && rem > 0 ? "Limit reached" : sale.state === "live" ? "Sold out" : "Buy";
     parts.push(h("div", { class: "row", style: { marginTop: "6px" } },
-      h("button", { class: "primary", id: "buy", disabled: !canBuy, onclick: () => buy(sale) }, canBuy ? "Buy now" : sale.state === "live" ? "Sold out" : "Buy"),
+      h("button", { class: "primary", id: "buy", disabled: !canBuy, onclick: () => buy(sale) }, label),
       h("span", { class: "small", id: "buy-msg" }, buyMsg)));
   } else {
     parts.push(h("div", {}, h("span", { class: "price-now" }, money(listPrice))));
@@ -614,6 +622,7 @@ function renderOrders() {
       h("div", { class: "row" }, status, ...actions),
       o.note ? h("div", { class: "small" }, o.note) : null);
   }));
+  renderProduct(); // the per-person limit follows my orders
 }
 
 async function pay(o, btn) {
@@ -631,6 +640,8 @@ async function pay(o, btn) {
       o.paid_amount = r.amount;
       o.note = r.discount ? `coupon saved ${money(r.discount)}` : "";
       if (coupon && S.myCoupons.has(coupon)) S.myCoupons.get(coupon).state = "used";
+      buyMsg = ""; // "Reserved!" is over once it is paid
+      renderProduct();
     }
   } catch (e) {
     o.note = e.code === "expired" || e.code === "already_cancelled" ? "Too late: the payment window closed." : `${e.code}: ${e.message}`;
