@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total, process_open_fds ...
         self.connections = Gauge("lc_connections", "Open WebSocket connections", registry=r)
         self.rooms = Gauge("lc_rooms_local", "Rooms with local viewers on this node", registry=r)
         self.frames_in = Counter("lc_frames_in_total", "Client frames received", registry=r)

@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import importlib
+import logging
 import os
 import shutil
 import signal
@@ -162,13 +163,29 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError("LC_REDIS_URL is not set: workers need the Redis of the gateways (e.g. redis://127.0.0.1:6379/0)")
     _logs(settings)
     fn = _worker_fn(args.name)
+    port = settings.worker_metrics_port if args.metrics_port is None else args.metrics_port
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await fn(settings, stop)
+        server = None
+        if port:
+            wm = importlib.import_module("workers.metrics")
+            try:
+                server = await wm.serve(wm.process_metrics(), settings.host, port,
+                                        stall_s=settings.worker_health_stall_s)
+            except OSError as exc:
+                raise ConfigError(f"worker metrics port {settings.host}:{port} cannot be bound ({exc.strerror}): "
+                                  "choose another with --metrics-port or LC_WORKER_METRICS_PORT (0: none)") from exc
+            logging.getLogger("livecommerce.cli").info(
+                "worker.metrics_serving", extra={"worker": args.name, "host": settings.host, "port": port})
+        try:
+            await fn(settings, stop)
+        finally:
+            if server is not None:
+                await server.cleanup()
 
     _run(main())
     return 0
@@ -451,6 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Consume the durable log. Run several processes of one kind to split partitions.")
     w.add_argument("name", help="worker kind (see `livecommerce worker list`)")
     w.add_argument("--node-id", help="consumer name (default LC_NODE_ID or n<pid>)")
+    w.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve Prometheus /metrics and /healthz (200 while the consumer loops run and commit within "
+                   "LC_WORKER_HEALTH_STALL_S, else 503) on this port (default LC_WORKER_METRICS_PORT; 0: none)")
     w.set_defaults(func=cmd_worker, needs_secret=True)
 
     t = sub.add_parser("token", help="print a signed JWT for a user",

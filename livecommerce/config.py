@@ -37,6 +37,10 @@ class Settings:
     log_partitions: int = 1  # Redis Streams partitions per topic (one stream each)
     log_claim_idle_ms: int = 5_000  # a pending entry idle this long goes to another consumer
     worker_batch: int = 1000  # events the orders, wallet and points workers fetch and apply per transaction
+    # a worker's /metrics and /healthz (workers/metrics.py) on LC_HOST: its port (0: none) and how long a
+    # consumer loop may go without committing (or finding its log drained) before /healthz says 503
+    worker_metrics_port: int = 0
+    worker_health_stall_s: float = 60.0
     node_id: str = ""
     secret: str = field(default="", repr=False)  # none built in: `dev` makes one, everything else needs LC_SECRET
     token_ttl_s: int = 24 * 3600

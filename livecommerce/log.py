@@ -31,7 +31,7 @@ import uuid
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import msgpack
 
@@ -98,6 +98,23 @@ class Consumer(Protocol):
 
     async def close(self) -> None:
         """Leave the group; deliveries not acked are handed back to the group."""
+        ...
+
+
+@runtime_checkable
+class LagReporter(Protocol):
+    """An optional ability of a :class:`Consumer` (probed with ``isinstance``): how far its
+    group is behind on the partitions this member reads. The Redis and Kafka consumers have it."""
+
+    async def lag(self) -> dict[int, int]:
+        """``{partition: events}`` the group has not acked (committed) yet on each partition
+        this member reads now: on Redis Streams every partition (each member reads all), on
+        Kafka the partitions assigned to this member. Taken from the backend, so every member
+        of a group reports the same figure for a partition.
+
+        Raises:
+            Unavailable: the backend cannot be reached.
+        """
         ...
 
 

@@ -326,6 +326,30 @@ class KafkaConsumer:
                 out.append(Delivery(event, (tp, rec.offset, track.epoch)))
         return out
 
+    async def lag(self) -> dict[int, int]:
+        """See :meth:`livecommerce.log.LagReporter.lag`: per assigned partition, the end
+        offset minus the group's committed offset (the beginning offset when nothing is
+        committed yet).
+
+        Raises:
+            Unavailable: broker unreachable.
+        """
+        tps = sorted(self._c.assignment(), key=lambda tp: tp.partition)
+        if not tps:
+            return {}
+        async with _guard("lag"):
+            ends = await self._c.end_offsets(tps)
+            out: dict[int, int] = {}
+            starts: dict[Any, int] | None = None
+            for tp in tps:
+                done = await self._c.committed(tp)
+                if done is None:
+                    if starts is None:
+                        starts = await self._c.beginning_offsets(tps)
+                    done = starts[tp]
+                out[tp.partition] = max(0, int(ends[tp]) - int(done))
+        return out
+
     def _current(self, deliveries: list[Delivery]) -> dict[TopicPartition, list[int]]:
         """Offsets per partition of the deliveries made in the current assignment."""
         by_tp: dict[TopicPartition, list[int]] = {}

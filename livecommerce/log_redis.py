@@ -79,6 +79,10 @@ def _text(x: Any) -> str:
     return x.decode() if isinstance(x, bytes) else str(x)
 
 
+#: the most entries counted per stream when Redis cannot say a group's lag itself
+LAG_COUNT_CAP = 100_000
+
+
 class RedisLog:
     """``Log`` on Redis Streams.
 
@@ -463,6 +467,34 @@ class RedisConsumer:
                 await self._drop(p, gone)
                 if out:
                     break
+
+    # -------------------------------------------------------------- lag
+    async def lag(self) -> dict[int, int]:
+        """See :meth:`livecommerce.log.LagReporter.lag`: per partition stream, the entries
+        the group has not acked: never delivered (XINFO GROUPS ``lag``) plus pending. Where
+        Redis cannot tell the undelivered count (trimmed entries, Redis < 7), the entries
+        after the group's last delivered id are counted, up to :data:`LAG_COUNT_CAP`.
+
+        Raises:
+            Unavailable: Redis unreachable.
+        """
+        out: dict[int, int] = {}
+        async with _guard():
+            for p, stream in enumerate(self._streams):
+                try:
+                    groups = await self._r.xinfo_groups(stream)
+                except redis.exceptions.ResponseError:  # the stream is gone (nothing to read)
+                    out[p] = 0
+                    continue
+                for g in groups:
+                    if _text(g["name"]) != self.group:
+                        continue
+                    undelivered = g.get("lag")
+                    if undelivered is None:
+                        after = "(" + _text(g["last-delivered-id"])
+                        undelivered = len(await self._r.xrange(stream, min=after, max="+", count=LAG_COUNT_CAP))
+                    out[p] = int(undelivered) + int(g["pending"])
+        return out
 
     # -------------------------------------------------------------- ack, nack, close
     def _by_partition(self, deliveries: list[Delivery]) -> dict[int, list[bytes]]:

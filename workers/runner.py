@@ -22,10 +22,12 @@ import asyncio
 import contextlib
 import gc
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from livecommerce.errors import Unavailable
-from livecommerce.log import Consumer, Delivery, Log, LogEvent
+from livecommerce.log import Consumer, Delivery, LagReporter, Log, LogEvent
+from workers.metrics import LAG_EVERY_S, WorkerMetrics, process_metrics
 
 logger = logging.getLogger("livecommerce.workers.runner")
 
@@ -138,6 +140,7 @@ async def run_consumer(
     fetch_timeout_ms: int = 1000,
     backoff_first_s: float = BACKOFF_FIRST_S,
     backoff_max_s: float = BACKOFF_MAX_S,
+    metrics: WorkerMetrics | None = None,
 ) -> int:
     """Consume ``topic`` as member ``name`` of ``group`` until stopped; return events handled.
 
@@ -165,9 +168,18 @@ async def run_consumer(
       its ``cause``, a long-running loop goes on at once (it made progress; the failed
       events come back first in the next fetch).
 
+    Metrics (``metrics``, default :func:`workers.metrics.process_metrics`): events acked,
+    handler errors and batch sizes always; a long-running loop also registers its health
+    (see :mod:`workers.metrics`: it progresses on each ack and each empty fetch, and is
+    marked failed if an exception ends it) and polls its group's lag every
+    :data:`~workers.metrics.LAG_EVERY_S` s when the consumer can tell it
+    (:class:`~livecommerce.log.LagReporter`).
+
     Raises:
         Exception: in burst mode, whatever ``handle`` raised (other than ``Unavailable``).
     """
+    m = metrics or process_metrics()
+    state = None if burst else m.loop(topic, group, name)
     fields: dict[str, object] = {"topic": topic, "group": group, "worker": name}
     backoff = _Backoff(backoff_first_s, backoff_max_s)
     consumer: Consumer | None = None
@@ -199,7 +211,18 @@ async def run_consumer(
         if deliveries:
             await _release(c, deliveries, fields)
 
+    async def poll_lag(c: Consumer) -> None:
+        """Ask the log for the group's lag, at most every LAG_EVERY_S (never while a fetch runs)."""
+        if state is None or not isinstance(c, LagReporter) or time.monotonic() - state.lag_at < LAG_EVERY_S:
+            return
+        try:
+            m.set_lag(state, await c.lag())
+        except Unavailable as exc:
+            state.lag_at = time.monotonic()
+            logger.warning("worker.lag_failed", extra={**fields, "err": exc.message})
+
     later: list[Delivery] | None = None  # a batch fetched ahead, handled next
+    failure: BaseException | None = None
     try:
         while not stopped():
             if later:
@@ -217,7 +240,11 @@ async def run_consumer(
             if not deliveries:
                 if burst:
                     break
+                if state is not None:
+                    state.progressed(committed=False)  # drained: nothing waits to be committed
+                await poll_lag(consumer)
                 continue
+            m.batch_size.labels(topic, group).observe(len(deliveries))
             if prefetch:  # what is there already, without waiting: an idle log must not hold this batch's ack
                 ahead = asyncio.ensure_future(consumer.fetch(max_events=batch, timeout_ms=0))
             try:
@@ -231,6 +258,7 @@ async def run_consumer(
                 continue
             except BatchFailed as part:
                 nxt = await take_ahead()
+                m.errors.labels(topic, group).inc()
                 logger.error("worker.handler_failed", exc_info=part.cause,
                              extra={**fields, "events": len(deliveries), "failed": part.failed[:10], "applied": len(part.done)})
                 applied = [d for d in deliveries if d.event.id in part.done]
@@ -239,6 +267,7 @@ async def run_consumer(
                 try:
                     await consumer.ack(applied)
                     handled += len(applied)
+                    m.committed(topic, group, state, len(applied))
                 except Unavailable as exc:  # applied: they come back and the idempotent store absorbs them
                     await back_off("ack", exc)
                 if burst:
@@ -246,6 +275,7 @@ async def run_consumer(
                 continue
             except Exception:
                 nxt = await take_ahead()
+                m.errors.labels(topic, group).inc()
                 logger.exception("worker.handler_failed", extra={**fields, "events": len(deliveries),
                                                               "first": deliveries[0].event.id})
                 await _release(consumer, deliveries + (nxt or []), fields)
@@ -262,9 +292,19 @@ async def run_consumer(
                 await back_off("ack", exc)
                 continue
             handled += len(deliveries)
+            m.committed(topic, group, state, len(deliveries))
             backoff.reset()
+            if not nxt:
+                await poll_lag(consumer)
             later = nxt  # empty or None: the next round fetches (and waits) as usual
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:
+        failure = exc
+        raise
     finally:
+        if state is not None:
+            m.ended(state, failure)
         if ahead is not None:  # cancelled while the handler worked
             ahead.cancel()
             with contextlib.suppress(BaseException):
