@@ -350,6 +350,14 @@ class MemoryConsumer:
             except TimeoutError:
                 pass
 
+    async def lag(self) -> dict[int, int]:
+        """See :meth:`LagReporter.lag`: per partition, events not handed out plus pending ones."""
+        g, parts = self._group, self._topic.parts
+        out = {p: len(parts[p]) - g.cursors[p] for p in range(len(parts))}
+        for part, _ in g.pending:
+            out[part] += 1
+        return out
+
     async def ack(self, deliveries: list[Delivery]) -> None:
         """See :meth:`Consumer.ack`; an ack for an event claimed by another member is lost."""
         for d in deliveries:

@@ -25,6 +25,7 @@ from livecommerce.keys import Keys
 from livecommerce.log import (
     Consumer,
     Delivery,
+    LagReporter,
     Log,
     LogEvent,
     MemoryLog,
@@ -203,6 +204,23 @@ async def test_nacked_deliveries_come_back_first_on_the_next_fetch(backend: Back
 
 
 # ---------------------------------------------------------------- backend details
+async def test_lag_counts_what_the_group_has_not_acked_on_the_partitions_a_member_reads(backend: Backend) -> None:
+    log = backend.log
+    await append_many(log, 20)
+    c = await log.consumer("orders", "lagging", "w1")
+    assert isinstance(c, LagReporter)
+    got = await collect(c, 8, ack=False, max_events=8)
+    lag = await c.lag()
+    assert sum(lag.values()) == 20  # delivered but not acked still counts
+    assert set(lag) <= set(range(PARTITIONS)) and lag
+    await c.ack(got)
+    assert sum((await c.lag()).values()) == 20 - len(got)
+    rest = await collect(c, 20 - len(got))
+    assert len(rest) == 20 - len(got)
+    assert sum((await c.lag()).values()) == 0
+    await c.close()
+
+
 def test_event_encoding_round_trips() -> None:
     e = LogEvent("id1", "orders", "k", "order.paid", {"n": [1, 2], "b": b"\x00", "s": "é"}, 17)
     assert decode_event(encode_event(e)) == e
