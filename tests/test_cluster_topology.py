@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -36,7 +37,7 @@ from livecommerce.keys import Keys
 from livecommerce.protocol.events import COUNTER_TYPES, SKIPPABLE_TYPES
 from livecommerce.redis_conn import connect
 from livecommerce.store_sql import SqlStore
-from tests.waiting import wait_until
+from tests.waiting import wait_until, wait_until_sync
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
@@ -269,6 +270,23 @@ def test_the_cli_reports_every_process_of_the_topology(topology: State) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     assert "/readyz via LB 200" in out.stdout and out.stdout.count("master, cluster ok") == 3
     assert f"{len(topology.procs)}/{len(topology.procs)} processes running" in out.stdout
+    # each worker answers on its metrics port: /healthz 200 and, per consumer loop, the
+    # partitions it reads with their lag (Kafka: 6 partitions split between the 2 members)
+    workers = [line for line in out.stdout.splitlines() if " worker " in line]
+    assert workers and all("/healthz 200" in line for line in workers), out.stdout
+
+    def orders_partitions() -> set[str]:
+        text = subprocess.run([sys.executable, "-m", "livecommerce.cli", "cluster", "status", "--state-dir", topology.state_dir],
+                              capture_output=True, text=True, timeout=60).stdout
+        found: set[str] = set()
+        for line in text.splitlines():
+            if line.startswith("orders-") and "orders/orders" in line:
+                found.update(re.findall(r"p\d+=\d+", line.split("orders/orders", 1)[1]))
+        return found
+
+    parts = wait_until_sync(orders_partitions, until=lambda ps: len({p.split("=")[0] for p in ps}) == 6, timeout=30,
+                            what="the orders group's 6 partitions in `cluster status`")
+    assert all(p.split("=")[1].isdigit() for p in parts)
     cfg = (Path(topology.state_dir) / "haproxy.cfg").read_text()
     assert "timeout tunnel" in cfg and "option httpchk GET /readyz" in cfg and cfg.count("server gw") == 3
 

@@ -48,6 +48,7 @@ class LoopState:
     committed_at: float | None = None  # wall clock of the last ack
     failed: str = ""  # the error that ended the loop ("" while it runs)
     lag_at: float = 0.0  # monotonic time of the last lag poll
+    partitions: set[int] = field(default_factory=set)  # the partitions of the last lag poll
 
     def progressed(self, *, committed: bool) -> None:
         self.progress_at = time.monotonic()
@@ -102,6 +103,7 @@ class WorkerMetrics:
         """The loop returned: forget it (stopped), or keep it as failed (``error``)."""
         if error is None:
             self.loops.pop((state.topic, state.group, state.name), None)
+            self.set_lag(state, {})
         else:
             state.failed = repr(error)[:200] or type(error).__name__
 
@@ -115,6 +117,9 @@ class WorkerMetrics:
     def set_lag(self, state: LoopState, lag: dict[int, int]) -> None:
         state.lag_at = time.monotonic()
         self.assigned.labels(state.topic, state.group).set(len(lag))
+        for p in state.partitions - set(lag):  # revoked (Kafka) or stopped: no stale figure stays
+            self.lag.remove(state.topic, state.group, str(p))
+        state.partitions = set(lag)
         for p, n in lag.items():
             self.lag.labels(state.topic, state.group, str(p)).set(n)
 

@@ -423,16 +423,18 @@ class Ports:
     gateways: list[int]
     lb: int
     lb_stats: int
+    workers: list[int] = field(default_factory=list)  # each worker's /metrics and /healthz
 
     @classmethod
-    def plan(cls, base: int, gateways: int) -> Ports:
+    def plan(cls, base: int, gateways: int, workers: int = 0) -> Ports:
         """``base`` 0: free ports; else redis base..base+5, kafka base+10, gateways base+20..,
-        load balancer base+30, its stats page base+31."""
+        load balancer base+30, its stats page base+31, the workers' metrics ports base+40.."""
         if base == 0:
             redis = free_cluster_ports(6)
-            p = [x for x in free_ports(1 + gateways + 2 + 12) if x not in redis and x - 10000 not in redis]
-            return cls(redis, p[0], p[1:1 + gateways], p[1 + gateways], p[2 + gateways])
-        return cls(list(range(base, base + 6)), base + 10, list(range(base + 20, base + 20 + gateways)), base + 30, base + 31)
+            p = [x for x in free_ports(1 + gateways + 2 + workers + 12) if x not in redis and x - 10000 not in redis]
+            return cls(redis, p[0], p[1:1 + gateways], p[1 + gateways], p[2 + gateways], p[3 + gateways:3 + gateways + workers])
+        return cls(list(range(base, base + 6)), base + 10, list(range(base + 20, base + 20 + gateways)), base + 30, base + 31,
+                   list(range(base + 40, base + 40 + workers)))
 
 
 @dataclass
@@ -577,6 +579,38 @@ frontend stats
 """
 
 
+def worker_health(port: int, timeout: float = 1.0) -> str:
+    """A worker's /healthz status and, per topic and group it consumes, the partitions it
+    reads with their lag (from its /metrics): ``/healthz 200  gifts/wallet p0=0 p1=3``."""
+    base = f"http://127.0.0.1:{port}"
+    code = http_status(base + "/healthz", timeout)
+    if code is None:
+        return "/healthz no answer"
+    try:
+        with urllib.request.urlopen(base + "/metrics", timeout=timeout) as r:
+            text = r.read().decode()
+    except (OSError, ValueError):
+        return f"/healthz {code}"
+    return f"/healthz {code}" + "".join(f"  {part}" for part in consumer_lag_summary(text))
+
+
+def consumer_lag_summary(metrics_text: str) -> list[str]:
+    """``topic/group p<partition>=<lag> ...`` per consumer loop in a worker's Prometheus text
+    (``lc_worker_consumer_lag``); a loop whose lag is not known yet shows ``(lag not read yet)``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    lag: dict[tuple[str, str], dict[int, int]] = {}
+    for fam in text_string_to_metric_families(metrics_text):
+        for smp in fam.samples:
+            key = (smp.labels.get("topic", ""), smp.labels.get("group", ""))
+            if smp.name == "lc_worker_events_total":
+                lag.setdefault(key, {})
+            elif smp.name == "lc_worker_consumer_lag":
+                lag.setdefault(key, {})[int(smp.labels["partition"])] = int(smp.value)
+    return [f"{t}/{g} " + (" ".join(f"p{p}={n}" for p, n in sorted(parts.items())) or "(lag not read yet)")
+            for (t, g), parts in sorted(lag.items())]
+
+
 def http_status(url: str, timeout: float = 1.0) -> int | None:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
@@ -613,8 +647,8 @@ class Topology:
         worker_kinds = o.worker_kinds if o.worker_kinds is not None else _worker_kinds()
         self.dir.mkdir(parents=True, exist_ok=True)
         logs = self.dir / "logs"
-        ports = Ports.plan(o.base_port, o.gateways)
-        busy = [p for p in [*ports.redis, ports.kafka, *ports.gateways, ports.lb, ports.lb_stats] if port_open(p)]
+        ports = Ports.plan(o.base_port, o.gateways, len(worker_kinds) * o.workers_per_kind)
+        busy = [p for p in [*ports.redis, ports.kafka, *ports.gateways, ports.lb, ports.lb_stats, *ports.workers] if port_open(p)]
         if busy:
             raise ConfigError(f"ports already in use: {busy}; pick another --base-port")
         schema = o.schema or f"lc_cluster_{secrets.token_hex(3)}"
@@ -669,11 +703,14 @@ class Topology:
                 name = f"gw{i}"
                 state.procs.append(spawn(name, "gateway", [*_python_cli(), "gateway", "--port", str(port), "--node-id", name],
                                          log_dir=logs, env={**env, "LC_NODE_ID": name}, port=port, cwd=self.dir))
+            metrics_ports = iter(ports.workers)
             for kind in worker_kinds:
                 for i in range(1, o.workers_per_kind + 1):
                     name = f"{kind}-{i}"
-                    state.procs.append(spawn(name, "worker", [*_python_cli(), "worker", kind, "--node-id", name],
-                                             log_dir=logs, env={**env, "LC_NODE_ID": name}, cwd=self.dir))
+                    mport = next(metrics_ports)
+                    state.procs.append(spawn(name, "worker", [*_python_cli(), "worker", kind, "--node-id", name,
+                                                              "--metrics-port", str(mport)],
+                                             log_dir=logs, env={**env, "LC_NODE_ID": name}, port=mport, cwd=self.dir))
             state.save()
             self._wait_gateways(state)
             self.progress(f"[5/5] HAProxy on 127.0.0.1:{ports.lb} (stats on :{ports.lb_stats})")
@@ -773,6 +810,8 @@ class Topology:
                 health = f"/readyz via LB {http_status(self.state.lb_url + '/readyz') or 'no answer'}"
             elif alive and p.kind == "redis":
                 health = _redis_role(p.port or 0)
+            elif alive and p.kind == "worker" and p.port:
+                health = worker_health(p.port)
             elif alive and p.kind == "kafka":
                 health = "listening" if port_open(p.port or 0) else "not listening"
             rows.append({"name": p.name, "kind": p.kind, "pid": p.pid, "port": p.port, "alive": alive, "health": health})
