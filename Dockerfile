@@ -50,8 +50,9 @@ EXPOSE 8080
 # Liveness of the process. Load balancers use /readyz instead (503 while Redis is
 # unreachable or while the gateway drains after SIGTERM). Workers have no HTTP port: run
 # them with --no-healthcheck or override the check.
+# a worker is checked on its metrics port (LC_WORKER_METRICS_PORT, when set and not 0), a gateway on LC_PORT
 HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 \
-  CMD ["python", "-c", "import os, sys, urllib.request as u; sys.exit(0 if u.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('LC_PORT', '8080'), timeout=2).status == 200 else 1)"]
+  CMD ["python", "-c", "import os, sys, urllib.request as u; sys.exit(0 if u.urlopen('http://127.0.0.1:%s/healthz' % (os.environ.get('LC_WORKER_METRICS_PORT', '0').strip('0') and os.environ['LC_WORKER_METRICS_PORT'] or os.environ.get('LC_PORT', '8080')), timeout=2).status == 200 else 1)"]
 # SIGTERM: the gateway answers /readyz 503, closes its WebSockets with 1012 (clients
 # reconnect to another node with since=) and exits within ~12 s; give it 30 s.
 STOPSIGNAL SIGTERM
