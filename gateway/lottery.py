@@ -254,6 +254,12 @@ class LotteryService:
         # each start draws a new lottery: a retried start with its key gets the first one
         return await idempotent(self.gw, request, ident, key=header_key(request), target=room, body=body, run=run)
 
+    async def http_mine(self, request: web.Request) -> web.Response:
+        ident = self.gw.identify_request(request)  # Unauthorized
+        lots = await self.store.open_in_room(request.match_info["room"], now_ms=self.gw.now_ms())
+        mine = await self.store.entered([lot.id for lot in lots], ident.user)
+        return web.json_response({"entered": sorted(mine)})
+
     async def http_get(self, request: web.Request) -> web.Response:
         lid = request.match_info["id"]
         ok = 0 < len(lid) <= 64 and all(c.isalnum() or c in "-_." for c in lid)

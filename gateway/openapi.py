@@ -357,6 +357,11 @@ PATHS_BY_MODULE: dict[str, dict[str, dict[str, J]]] = {
             "get": op("The room's open lotteries", tag="lotteries", auth=None, params=[P_ROOM],
                       ok=("200", obj({"lotteries": arr(ref("LotteryPublic"))}, ["lotteries"]), "open lotteries")),
         },
+        "/api/v1/rooms/{room}/lotteries/mine": {
+            "get": op("The room's open lotteries the caller has entered (a page reloaded mid-show shows them as entered)",
+                      tag="lotteries", auth=ANYONE_SIGNED, params=[P_ROOM],
+                      ok=("200", obj({"entered": arr(ID)}, ["entered"]), "ids of the open lotteries the caller is in")),
+        },
         "/api/v1/lotteries/{id}": {"get": op("A lottery's public, verifiable record", tag="lotteries", auth=None,
                                              params=[{"name": "id", "in": "path", "required": True, "schema": ID}],
                                              ok=("200", ref("LotteryRecord"), "record"), errors=(404,))},

@@ -96,6 +96,7 @@ def http_routes(s: Services) -> list[Route]:
         # lotteries
         Route("POST", "/api/v1/rooms/{room}/lotteries", s.lotteries.http_start),
         Route("GET", "/api/v1/rooms/{room}/lotteries", s.lotteries.http_room),
+        Route("GET", "/api/v1/rooms/{room}/lotteries/mine", s.lotteries.http_mine),
         Route("GET", "/api/v1/lotteries/{id}", s.lotteries.http_get),
         # coupons
         Route("POST", "/api/v1/rooms/{room}/coupons", s.coupons.http_drop),

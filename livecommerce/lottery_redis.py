@@ -26,7 +26,7 @@ Driver errors become :class:`~livecommerce.errors.Unavailable`.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any, cast
@@ -244,6 +244,21 @@ class RedisLotteries:
         """The ordered entrant list (entry order)."""
         async with guarded():
             return [_s(x) for x in await self._r.lrange(self.k(lottery_id, "entrants"), 0, -1)]
+
+    async def entered(self, lottery_ids: Sequence[str], user: str) -> set[str]:
+        """Which of ``lottery_ids`` ``user`` has entered: one pipelined round trip.
+
+        Raises:
+            Unavailable: Redis unreachable.
+        """
+        if not lottery_ids:
+            return set()
+        pipe = self._r.pipeline(transaction=False)
+        for lid in lottery_ids:
+            pipe.sismember(self.k(lid, "members"), user)
+        async with guarded():
+            got = await pipe.execute()
+        return {lid for lid, yes in zip(lottery_ids, got, strict=True) if yes}
 
     async def entrant_count(self, lottery_id: str) -> int:
         async with guarded():

@@ -318,6 +318,18 @@ async def test_explicit_entry_rules_over_websocket_and_gift_entry_through_the_se
     st = node.services.lotteries.store
     assert await st.entrants(gid) == ["v"]
 
+    # a page reloaded mid-show asks which of the room's open lotteries it is in
+    async with aiohttp.ClientSession() as http:
+        async def mine(tok: str | None) -> tuple[int, Any]:
+            headers = {"Authorization": f"Bearer {tok}"} if tok else {}
+            async with http.get(f"{node.url}/api/v1/rooms/r5/lotteries/mine", headers=headers) as r:
+                return r.status, await r.json()
+
+        assert await mine(token("v")) == (200, {"entered": sorted([lid, gid])})
+        assert await mine(token("v6")) == (200, {"entered": []})
+        status, body = await mine(None)
+        assert status == 401 and body["error"]["code"] == "unauthorized", body
+
 
 async def test_http_start_needs_the_rooms_host(gateway_factory, token):
     node = await gateway_factory()

@@ -103,12 +103,21 @@ async function welcome(d) {
 
 async function refreshMine() {
   if (!S.me) return;
-  const [points, wallet, coupons, orders] = await Promise.allSettled([
+  const [points, wallet, coupons, orders, entered] = await Promise.allSettled([
     api(`/api/v1/points/${encodeURIComponent(S.me)}`),
     api(`/api/v1/wallets/${encodeURIComponent(S.me)}`),
     api(`/api/v1/users/${encodeURIComponent(S.me)}/coupons`),
     api(`/api/v1/orders?room=${encodeURIComponent(room)}&limit=50`),
+    api(`/api/v1/rooms/${encodeURIComponent(room)}/lotteries/mine`),
   ]);
+  if (entered.status === "fulfilled") {
+    // after a reload: the lotteries I am in show as entered, not as an offer to enter again
+    for (const id of entered.value.entered || []) {
+      const lot = S.lotteries.get(id);
+      if (lot) lot.entered = true;
+    }
+    renderLotteries();
+  }
   if (orders.status === "fulfilled") {
     // after a reload: this room's orders as SQL has them (the socket's events update them)
     for (const o of (orders.value.orders || []).slice().reverse()) {
