@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from hypothesis import given
+from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from livecommerce.errors import BadFrame, Conflict
@@ -598,3 +599,89 @@ async def test_an_orders_worker_killed_inside_a_batch_applies_every_parcel_and_s
             assert dup == 0
     finally:
         await store.close()
+
+
+# ---------------------------------------------------------------- races, and the script against the rule
+
+
+async def test_a_refund_and_a_parcel_racing_for_the_same_order_never_both_win(gateway_factory: Any, token: Any, redis: Any,
+                                                                               http: Any, store_url: str) -> None:  # noqa: F811
+    import asyncio
+
+    w = await World.make(gateway_factory, token, redis, http, database_url=store_url)
+    try:
+        await w.room("shop", "h1")
+        host = token("h1", "host", ("shop",))
+        buyers = [f"rb{i}" for i in range(8)]
+        for b in buyers:
+            await w.call("POST", "/api/v1/me/addresses", token(b), ADDRESS, status=201)
+        sid = await w.campaign("shop", stock=20, limit=3)
+        oids = [await w.buy(b, sid, 2) for b in buyers]
+        await w.settle()
+
+        async def refund(b: str, oid: str) -> int:
+            r = await w.http.post(f"{w.node.url}/api/v1/orders/{oid}/refunds", json={"reason": "changed_mind"}, headers=bearer(token(b)))
+            return r.status
+
+        async def ship(oid: str, k: int) -> int:
+            r = await w.http.post(f"{w.node.url}/api/v1/orders/{oid}/shipments", json={"carrier": "SF", "tracking_number": f"RACE{k}00"},
+                                  headers=bearer(host))
+            return r.status
+
+        # per order: a refund, and two hosts' parcels of everything owed, all at once
+        got = await asyncio.gather(*(asyncio.gather(refund(b, o), ship(o, 1), ship(o, 2)) for b, o in zip(buyers, oids, strict=True)))
+        for (rf, s1, s2), oid in zip(got, oids, strict=True):
+            won = [rf == 202, s1 == 201, s2 == 201]
+            assert sum(won) == 1, (oid, rf, s1, s2)  # a refund or one parcel of everything: never two
+            assert all(s in (201, 202, 409) for s in (rf, s1, s2)), (rf, s1, s2)
+        await w.settle()
+        for (rf, _, _), oid in zip(got, oids, strict=True):
+            o = (await w.call("GET", f"/api/v1/orders/{oid}", token("ops1", "ops")))
+            assert o["order"]["state"] == ("refund_requested" if rf == 202 else "shipped"), o["order"]
+            assert len(o["shipments"]) == (0 if rf == 202 else 1)
+    finally:
+        await w.close()
+
+
+@hsettings(deadline=None, max_examples=25)
+@given(st.lists(st.tuples(st.sampled_from(["ship", "deliver"]), st.integers(1, 3)), max_size=10))
+def test_the_fulfilment_script_decides_delivery_as_the_rule_does(steps: list[tuple[str, int]]) -> None:
+    """Random parcels and deliveries of an order of 3 units on real Redis: the record's
+    progress after each step is :func:`order_state_after` of the parcels it holds."""
+    import asyncio
+    import os
+    import uuid as _uuid
+
+    import redis.asyncio as aioredis
+
+    from livecommerce.fulfilment import Shipment
+
+    async def run() -> None:
+        r = aioredis.Redis.from_url(os.environ.get("LC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
+        keys = Keys(f"lcp{_uuid.uuid4().hex[:8]}")
+        rec = FulfilmentRedis(r, keys)
+        oid = "p.o1"
+        try:
+            view = OrderView(oid, "u", "r", "paid", {"p": 3})
+            for what, k in steps:
+                cur = await rec.record(oid)
+                if what == "ship":
+                    try:
+                        s = plan_shipment(view, cur.shipments, ShipAsk("SF", f"T{cur.v:04d}", {"p": k}), by="h", now_ms=NOW,
+                                          ship_to_=None)
+                    except Conflict:
+                        continue
+                    left = sum(owed(view.lines, 0, [*cur.shipments, s]).values())
+                    await rec.ship(s, v=cur.v, owe=left)
+                elif cur.shipments:
+                    await rec.deliver(cur.shipments[(k - 1) % len(cur.shipments)].id, now_ms=NOW, by="ops")
+                after = await rec.record(oid)
+                want = order_state_after(view, after.shipments)
+                assert (after.st or "paid") == want, (steps, after.st, want)
+                assert all(isinstance(s, Shipment) for s in after.shipments)
+        finally:
+            async for key in r.scan_iter(match=f"{keys.prefix}:*"):
+                await r.delete(key)
+            await r.aclose()
+
+    asyncio.run(run())
