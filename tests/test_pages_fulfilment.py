@@ -120,6 +120,15 @@ def test_a_viewer_tracks_an_order_the_host_ships_and_ops_deliver(dev: Dev, brows
     phone = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
     desk = browser.new_context(viewport={"width": 1360, "height": 900})
     try:
+        # the live room links to the orders page, the host console to the shipping console
+        live = _page(phone, f"{dev.base}/static/viewer.html?room=demo&token={viewer}", errors)
+        live.get_by_role("link", name="My orders").click()
+        expect(live).to_have_url(re.compile(r"/static/orders\.html\?room=demo&token="))
+        live.close()
+        hc = _page(desk, f"{dev.base}/static/host.html?room=demo&token={host}", errors)
+        hc.get_by_role("link", name="Orders to ship").click()
+        expect(hc).to_have_url(re.compile(r"/static/shipping\.html\?room=demo&token="))
+        hc.close()
         mine = _page(phone, f"{dev.base}/static/orders.html?room=demo&token={viewer}", errors)
         card = mine.locator(f"article[data-order='{order}']")
         expect(card.locator(".state")).to_have_text("paid, not shipped yet")

@@ -17,6 +17,8 @@ import { $, api, ApiError, countdown, fill, fmtInt, h, Live, money, params, time
 
 const room = params.get("room") || "demo";
 const token = params.get("token") || "";
+// the shipping console: this room's paid orders, a parcel per form
+$("#to-ship").href = `shipping.html?room=${encodeURIComponent(room)}&token=${encodeURIComponent(token)}`;
 const PRODUCTS_KEY = `lc.products.${room}`;
 
 const S = {

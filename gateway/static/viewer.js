@@ -17,6 +17,8 @@ import { $, api, countdown, fill, fmtInt, h, Live, money, newId, params, toast }
 
 const room = params.get("room") || "demo";
 const token = params.get("token") || "";
+// order tracking (parcels, receipt, addresses) lives on its own page, phone first
+$("#my-orders").href = `orders.html?room=${encodeURIComponent(room)}&token=${encodeURIComponent(token)}`;
 
 const GIFT_ICONS = {
   rose: "🌹", heart: "❤️", lollipop: "🍭", applause: "👏", cake: "🎂",
