@@ -43,11 +43,13 @@ import dataclasses
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import Counter, Gauge
 
+from livecommerce import showreport_sql
 from livecommerce.alerts import (
     ALERTS,
     Alerts,
@@ -90,6 +92,9 @@ class Ops:
         self.presence = presence  # viewers online per room, every node's
         self.store = store  # campaigns and orders (None: this node serves no flash sales)
         self.checkout = checkout  # the sales' Redis stock figures
+        #: each room's distinct viewers of its current show (the show report's counter); the
+        #: funnel's first step. None: the peak online stands in
+        self.show_viewers: Callable[[list[str]], Awaitable[dict[str, int]]] | None = None
         self.start_ms = gw.now_ms()
         self.totals: dict[str, list[int]] = {}  # room -> [comments, gifts, gift coins]
         self.room_seen: dict[str, float] = {}
@@ -319,12 +324,15 @@ class Ops:
             for state, n in sql.orders.items():
                 agg["orders"][state] = agg["orders"].get(state, 0) + n
         # the show state of each room with an open sale (an alert: a sale open in an ended show)
-        open_rooms = sorted({c["room"] for c in campaigns if c.get("state") in ("live", "sold_out")})
-        if open_rooms:
-            metas = await self.redis.room_meta(open_rooms)
-            for c in campaigns:
-                if c["room"] in metas:
-                    c["room_state"] = (metas.get(c["room"]) or {}).get("state", "")
+        metas = await self.redis.room_meta(sorted(rooms))
+        for c in campaigns:
+            if c.get("state") in ("live", "sold_out") and c["room"] in metas:
+                c["room_state"] = (metas.get(c["room"]) or {}).get("state", "")
+        # the funnel counts distinct users over the room's current show, as its viewers are:
+        # who ordered, who paid (a sum over sales counted a user once per sale, and orders)
+        for room, agg in rooms.items():
+            live_ms = int((metas.get(room) or {}).get("live_ms") or 0)
+            agg["buyers"], agg["paid"] = await showreport_sql.show_funnel(store, room, live_ms, now_ms)
         cancelled = await store.list_orders(state="cancelled", limit=TIMEOUT_SCAN)
         timeouts = sum(1 for o in cancelled if o.updated_ms >= o.pay_by_ms and now_ms - o.updated_ms <= 60_000)
         paid = sum(orders.get(s, 0) for s in SOLD_STATES)
@@ -352,11 +360,13 @@ class Ops:
         last = self.fast[-1] if self.fast else None
         com = self.commerce[-1] if self.commerce else None
         rooms_meta = await self.redis.room_meta(list(self.latest_rooms))
+        distinct = await self.show_viewers(list(self.latest_rooms)) if self.show_viewers is not None else {}
         rooms = []
         for room, live in self.latest_rooms.items():
             meta = rooms_meta.get(room) or {}
             c = (com or {}).get("rooms", {}).get(room, {"gmv": 0, "orders": {}, "buyers": 0, "paid": 0})
-            viewers = max(live["online"], int(meta.get("peak_online") or 0))
+            # distinct viewers of the show (who came), never fewer than are watching now
+            viewers = max(live["online"], distinct.get(room, 0)) if room in distinct else max(live["online"], int(meta.get("peak_online") or 0))
             rooms.append({
                 "room": room, "title": meta.get("title", ""), "host": meta.get("host", ""), "state": meta.get("state", "unknown"),
                 **live, "peak_online": int(meta.get("peak_online") or 0), "gmv": c["gmv"], "orders": c["orders"],
@@ -378,7 +388,8 @@ class Ops:
                 "requests_per_s": last["requests_per_s"] if last else 0,
                 "gmv": totals_c["gmv"],
                 "orders": totals_c["orders"],
-                "funnel": {"viewers": sum(r["funnel"]["viewers"] for r in rooms), "buyers": totals_c["buyers"], "paid": totals_c["paid"]},
+                # each room's distinct users, summed over the rooms (someone in two shows counts twice)
+                "funnel": {step: sum(r["funnel"][step] for r in rooms) for step in ("viewers", "buyers", "paid")},
                 "timeouts_last_min": (com or {}).get("timeouts_last_min", 0),
             },
             "rooms": rooms,

@@ -335,6 +335,7 @@ def build(gw: Gateway) -> Services:
     # the show report: each show's distinct viewers and follower counts (the rest is read
     # from the room's meta and SQL when asked)
     reports = ShowReports(gw, ShowReportRedis(gw.redis, gw.keys, ttl_s=gw.s.room_retention_s), store)
+    ops.show_viewers = reports.counters.viewer_counts  # the ops funnel starts from the show's distinct viewers
     gw.hooks.welcome.append(reports.welcome)
     gw.hub.observe(("room.live",), reports.observe)
     gw.hub.on_second.append(reports.on_second)

@@ -70,6 +70,22 @@ class ShowReportRedis:
         async with guarded():
             return bool(int(await self._mark(keys=[self.keys.room_meta(room)], args=[live_ms, field, count])))
 
+    async def viewer_counts(self, rooms: Iterable[str]) -> dict[str, int]:
+        """Each room's distinct viewers of its current show, in one round trip.
+
+        Raises:
+            Unavailable: Redis unreachable.
+        """
+        rooms = list(rooms)
+        if not rooms:
+            return {}
+        pipe = self._r.pipeline(transaction=False)
+        for room in rooms:
+            pipe.pfcount(self._viewers(room))
+        async with guarded():
+            got = await pipe.execute()
+        return {room: int(n or 0) for room, n in zip(rooms, got, strict=True)}
+
     async def read(self, room: str) -> tuple[dict[str, str] | None, int]:
         """The room's meta fields (with ``likes_now``, the likes counter now) and the show's
         distinct viewers, in one round trip; ``(None, 0)`` for a room never created."""

@@ -43,6 +43,23 @@ async def show_orders(store: SqlStore, room: str, from_ms: int, to_ms: int, *, t
     return OrderFigures(int(n), int(paid), int(back), int(buyers), int(refunded)), products
 
 
+async def show_funnel(store: SqlStore, room: str, from_ms: int, to_ms: int) -> tuple[int, int]:
+    """Distinct users of ``room`` with an order placed within ``[from_ms, to_ms]`` (any state:
+    they tried to buy) and with a paid one: the funnel's buyers and payers, counted as
+    distinct users like the show's viewers.
+
+    Raises:
+        Unavailable: the database is unreachable.
+    """
+    o = orders.c
+    win = and_(o.room_id == room, o.created_ms >= from_ms, o.created_ms <= to_ms)
+    q = select(func.count(func.distinct(o.user_id)),
+               func.count(func.distinct(o.user_id)).filter(o.state.in_(SOLD))).where(win)
+    async with store.read() as tx:
+        buyers, payers = (await tx.conn.execute(q)).one()
+    return int(buyers), int(payers)
+
+
 async def show_gifts(store: SqlStore, room: str, from_ms: int, to_ms: int, *, top: int = 5) -> GiftFigures:
     """The room's gifts sent within ``[from_ms, to_ms]`` as the earnings ledger has them."""
     value, n, reversed_, tops = await room_gifts(store, room, from_ms, to_ms, top=top)

@@ -253,3 +253,43 @@ async def test_comments_and_errors_are_counted_per_second_across_the_cluster(gat
     finally:
         for c in viewers:
             await c.close()
+
+
+async def test_the_funnel_counts_distinct_users_of_the_show_at_every_step(gateway_factory: Any, token: Any) -> None:
+    """Viewers -> buyers -> paid, each step distinct users of the room's current show (the
+    dashboard showed viewers 9 -> buyers 29 -> paid 26: peak online against per-sale sums)."""
+    from tests.wsclient import Client
+
+    node = await gateway_factory()
+    ops = node.services.ops
+    host, ops_tok = token("h1", "host", rooms=("r1",)), token("o1", "ops")
+    async with aiohttp.ClientSession() as http:
+        sale = await _sale(http, node.url, host, stock=10)
+        sale2 = str((await _json(http, "POST", node.url + "/api/v1/campaigns", host, {
+            "room": "r1", "product_id": "p2", "price": 300, "stock": 5, "per_user_limit": 2,
+            "starts_ms": int(time.time() * 1000) - 1000, "duration_s": 600}, status=201))["campaigns"][0]["sale_id"])
+        viewers = [await Client.connect(node.ws, "r1", token(u)) for u in ("a", "b", "c", "d")]
+        # a buys in both sales and pays one; b buys once and does not pay; c and d only watch
+        o1 = await _json(http, "POST", f"{node.url}/api/v1/sales/{sale}/buy", token("a"), {"qty": 1, "request_id": "a1"}, status=201)
+        await _json(http, "POST", f"{node.url}/api/v1/sales/{sale2}/buy", token("a"), {"qty": 1, "request_id": "a2"}, status=201)
+        await _json(http, "POST", f"{node.url}/api/v1/sales/{sale}/buy", token("b"), {"qty": 1, "request_id": "b1"}, status=201)
+        async with http.post(f"{node.url}/api/v1/orders/{o1['order_id']}/pay", json={},
+                             headers={"Authorization": f"Bearer {token('a')}", "Idempotency-Key": "pay-a1"}) as r:
+            assert r.status == 200, await r.text()
+        from workers.orders import OrdersWorker
+
+        worker = OrdersWorker(node.gw.s)
+        try:
+            await worker.drain()
+        finally:
+            await worker.close()
+
+        async def funnel() -> Any:
+            await ops.tick(force=True)
+            ov = await _json(http, "GET", node.url + "/api/v1/ops/overview", ops_tok)
+            return next(r["funnel"] for r in ov["rooms"] if r["room"] == "r1")
+
+        got = await wait_until(funnel, until=lambda f: f["viewers"] >= 4, timeout=10, interval=0.5, what="the show's viewers")
+        assert got == {"viewers": 4, "buyers": 2, "paid": 1}, got
+        for c in viewers:
+            await c.close()
