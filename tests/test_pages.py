@@ -409,7 +409,7 @@ def test_ops_dashboard_shows_rooms_campaigns_charts_and_alerts(dev: Dev, ops_pag
     expect(ops.locator("#status")).to_have_text("all normal")
     room = ops.locator("#rooms tr[data-room=demo]")
     expect(room).to_contain_text("Scarves & more")
-    expect(room).to_contain_text("3 → 2 → 1")  # funnel: viewers (peak: viewer1, the phone page, the late buyer) → buyers → paid
+    expect(room).to_contain_text("3 → 2 → 1")  # funnel: distinct viewers (viewer1, the phone page, the late buyer) → buyers → paid
     camp = ops.locator("#campaigns tr").first
     expect(camp).to_contain_text("sold_out")
     expect(camp).to_contain_text("0 / 3")
