@@ -115,7 +115,8 @@ class Health:
         self.ops_redis = ops_redis
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"ok": True, "node": self.gw.s.node_id})
+        # now_ms: this node's clock, so `livecommerce doctor --gateway URL` can measure skew
+        return web.json_response({"ok": True, "node": self.gw.s.node_id, "now_ms": self.gw.now_ms()})
 
     async def readyz(self, request: web.Request) -> web.Response:
         try:

@@ -279,7 +279,8 @@ NOTICE = obj({"text": {"type": "string", "minLength": 1, "maxLength": 1000}, "da
 # ``OPENAPI_SCHEMAS``) itself, which take precedence.
 PATHS_BY_MODULE: dict[str, dict[str, dict[str, J]]] = {
     "gateway.http": {
-        "/healthz": {"get": op("Liveness", tag="ops", auth=None, ok=("200", obj({"ok": BOOL, "node": STR}, ["ok"]), "the process answers"))},
+        "/healthz": {"get": op("Liveness", tag="ops", auth=None, ok=("200", obj({"ok": BOOL, "node": STR, "now_ms": INT}, ["ok"]),
+                                                                                 "the process answers (now_ms: its clock)"))},
         "/readyz": {"get": op("Readiness (Redis reachable, not draining)", tag="ops", auth=None,
                               ok=("200", obj({"ok": BOOL}, ["ok"]), "ready; 503 while Redis is unreachable or the node drains on SIGTERM"))},
         "/metrics": {"get": {**op("Prometheus metrics", tag="ops", auth=None, ok=("200", None, "text exposition format")),

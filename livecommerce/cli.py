@@ -43,6 +43,7 @@ CLI_MODULES = [
     "livecommerce.cli_redpacket",
     "livecommerce.devcluster.cli",
     "livecommerce.cli_profiles",
+    "livecommerce.cli_doctor",
 ]
 
 
