@@ -206,3 +206,28 @@ async def test_help_explains_each_check(tmp_path: Path) -> None:
     assert p.returncode == 0
     for word in ("LC_SECRET", "Redis TIME", "schema version", "Kafka", "--gateway", "--worker", "--json", "Exit code 1"):
         assert word in out, word
+
+
+@pytest.mark.kafka
+async def test_kafka_topics_are_checked_against_the_partitions_the_settings_expect(
+    kafka_bootstrap: str, settings: Settings, store_url: str, tmp_path: Path
+) -> None:
+    from livecommerce.log_kafka import KafkaLog
+
+    await upgrade(store_url)
+    log = KafkaLog(kafka_bootstrap, prefix=settings.key_prefix, partitions=4, idempotent=False)
+    try:
+        await log.ensure_topic("orders")
+    finally:
+        await log.close()
+    env = _env(tmp_path, LC_REDIS_URL=settings.redis_url, LC_KEY_PREFIX=settings.key_prefix, LC_DATABASE_URL=store_url,
+               LC_SECRET=GOOD_SECRET, LC_KAFKA_BOOTSTRAP=kafka_bootstrap, LC_KAFKA_PARTITIONS="4")
+    rc, out, _ = await doctor_cli(env)
+    assert rc == 0, out
+    assert line(out, "log").startswith("ok") and "Kafka" in line(out, "log")
+    assert line(out, "log.topic.orders") == "ok   log.topic.orders: 4 partitions"
+    assert line(out, "log.topic.gifts").startswith("WARN") and "does not exist yet" in out
+    rc, out, _ = await doctor_cli({**env, "LC_KAFKA_PARTITIONS": "8"})
+    assert rc == 1 and line(out, "log.topic.orders").startswith("FAIL") and "fewer than LC_KAFKA_PARTITIONS=8" in out
+    rc, out, _ = await doctor_cli({**env, "LC_KAFKA_BOOTSTRAP": "127.0.0.1:1"}, "--timeout", "1")
+    assert rc == 1 and line(out, "log").startswith("FAIL") and "fix LC_KAFKA_BOOTSTRAP" in line(out, "log")
