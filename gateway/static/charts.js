@@ -158,6 +158,10 @@ export class BarChart {
     const max = niceMax(Math.max(0, ...this.bars.map((b) => Number(b.value) || 0)));
     const slot = (w - 2 * padX) / n;
     const bw = Math.max(6, slot * 0.6);
+    // a long series (days) whose labels would run into each other: every k-th one only (the
+    // last one always); a few categories keep every label
+    const widest = Math.max(...this.bars.map((b) => ctx.measureText(String(b.label)).width));
+    const every = n > 8 ? Math.max(1, Math.ceil((widest + 6) / slot)) : 1;
     this.bars.forEach((b, i) => {
       const v = Number(b.value) || 0;
       const bh = (v / max) * (h - padT - padB - 12);
@@ -169,6 +173,7 @@ export class BarChart {
       const val = this.format(v);
       ctx.fillText(val, x + bw / 2 - ctx.measureText(val).width / 2, y - 3);
       ctx.fillStyle = "#90a4ae";
+      if ((n - 1 - i) % every !== 0) return;
       const lab = String(b.label);
       ctx.fillText(lab, x + bw / 2 - ctx.measureText(lab).width / 2, h - 4);
     });

@@ -62,6 +62,15 @@ function trim(chart) {
 }
 
 function renderAlerts(alerts) {
+  // all normal: one compact row of green chips (the page's first screen is for the numbers);
+  // anything firing: every alert as a full card
+  const calm = !alerts.some((a) => a.active);
+  $("#alerts").classList.toggle("calm", calm);
+  if (calm) {
+    fill($("#alerts"), alerts.map((a) => h("div", { class: "alert", dataset: { alert: a.alert }, title: a.help },
+      h("span", { class: "title" }, `🟢 ${a.alert}`), h("span", { class: "small muted" }, ` · ${a.message}`))));
+    return;
+  }
   fill($("#alerts"), alerts.map((a) => h("div", { class: `alert ${a.active ? "active" : ""}`, dataset: { alert: a.alert } },
     h("div", { class: "title" }, `${a.active ? "🔴" : "🟢"} ${a.alert}`),
     h("div", { class: "small" }, a.message),
