@@ -685,3 +685,30 @@ def test_the_fulfilment_script_decides_delivery_as_the_rule_does(steps: list[tup
             await r.aclose()
 
     asyncio.run(run())
+
+
+async def test_a_return_waits_for_the_orders_worker_but_never_stalls_the_refunds_group(gateway_factory: Any, token: Any, redis: Any,
+                                                                                      http: Any, store_url: str) -> None:  # noqa: F811
+    from livecommerce.errors import Unavailable
+    from livecommerce.log import new_event
+    from livecommerce.refunds import REQUESTED
+    from livecommerce.refunds import event_id as refund_event_id
+    from workers.refunds import CATCH_UP_MS
+
+    w = await World.make(gateway_factory, token, redis, http, database_url=store_url)
+    try:
+        await w.room("shop", "h1")
+        oid = await paid_order(w, "b1", 1)  # paid in SQL: a return's request finds it behind
+        now = int(time.time() * 1000)
+
+        def ask(n: int, at: int) -> Any:
+            r = Refund(f"{oid}.r{n}", oid, n, "b1", "shop", oid.split(".")[0], "h1", 1, 1999, "damaged", "", 1, 1999, 0, 0, at,
+                       kind="return")
+            return new_event("orders", oid, REQUESTED, r.event_data(), refund_event_id(r.id, "requested"), at)
+
+        with pytest.raises(Unavailable):  # fresh: the batch comes back until the order is delivered in SQL
+            await w.refunds.handle(ask(1, now))
+        await w.refunds.handle(ask(2, now - CATCH_UP_MS - 1000))  # long overdue: recorded as refused, the group moves on
+        assert (await w.call("GET", f"/api/v1/orders/{oid}", token("b1")))["order"]["state"] == "paid"
+    finally:
+        await w.close()

@@ -71,6 +71,7 @@ from .wiring import Engines
 log = logging.getLogger("livecommerce.workers.refunds")
 
 CONSUMER = "refunds"
+CATCH_UP_MS = 10 * 60_000  # how long a request waits for the orders worker to write its order's step
 # the SQL states an order may still be in, behind the log, when its request is applied
 BEHIND: dict[str, frozenset[str]] = {"refund_requested": frozenset({"reserved"}),
                                      "return_requested": frozenset({"reserved", "paid", "shipped"})}
@@ -148,9 +149,10 @@ class RefundsWorker:
         order = await tx.get_order(r.order_id)
         if order is None:
             raise Unavailable(f"order {r.order_id} is not settled in SQL yet")
-        if order.state in BEHIND[pending_state(r)]:
+        if order.state in BEHIND[pending_state(r)] and _now() - (r.requested_ms or ts) < CATCH_UP_MS:
             # the gate (Redis) saw the order paid / delivered before the orders worker wrote it:
-            # the batch comes back once that consumer caught up
+            # the batch comes back once that consumer caught up (past CATCH_UP_MS the step is
+            # recorded as refused, as any step SQL cannot take, so this group never stalls)
             raise Unavailable(f"order {r.order_id} is {order.state} in SQL, not yet {home_state(r)}")
         await self._move(tx, r, pending_state(r), event_id(r.id, "requested"), r.requested_ms or ts,
                          reason=f"{r.kind} asked: {r.reason}")
