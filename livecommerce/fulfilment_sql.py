@@ -19,7 +19,7 @@ import secrets
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Table, delete, func, select, update
+from sqlalchemy import Table, bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -132,24 +132,25 @@ async def delete_address(store: SqlStore, user: str, address_id: str) -> bool:
 _FORWARD = {"shipped": 0, "delivered": 1}
 
 
-async def put_shipments(conn: AsyncConnection, items: Sequence[Shipment]) -> int:
+async def put_shipments(conn: AsyncConnection, items: Sequence[Shipment]) -> None:
     """Insert each shipment, or move a known one forward (``shipped -> delivered``; never
-    back). Inside the caller's transaction. Returns how many rows changed."""
-    changed = 0
+    back), inside the caller's transaction: one insert and one update statement for the
+    whole batch (a parcel met twice in it counts once, delivered if either says so)."""
+    last: dict[str, Shipment] = {}
     for s in items:
-        row = {"id": s.id, "order_id": s.order_id, "user_id": s.user_id, "room_id": s.room_id, "kind": s.kind,
-               "refund_id": s.refund_id, "carrier": s.carrier, "tracking_number": s.tracking_number, "lines": s.lines,
-               "ship_to": s.ship_to, "state": s.state, "created_by": s.created_by, "created_ms": s.created_ms,
-               "delivered_ms": s.delivered_ms, "delivered_by": s.delivered_by}
-        res = await conn.execute(_insert(conn, shipments).values(**row).on_conflict_do_nothing(index_elements=["id"]))
-        if res.rowcount:
-            changed += 1
-            continue
-        if s.state == "delivered":
-            res = await conn.execute(update(shipments).where(shipments.c.id == s.id, shipments.c.state != "delivered")
-                                     .values(state="delivered", delivered_ms=s.delivered_ms, delivered_by=s.delivered_by))
-            changed += int(res.rowcount or 0)
-    return changed
+        if s.id not in last or s.state == "delivered":
+            last[s.id] = s
+    if not last:
+        return
+    rows = [{"id": s.id, "order_id": s.order_id, "user_id": s.user_id, "room_id": s.room_id, "kind": s.kind,
+             "refund_id": s.refund_id, "carrier": s.carrier, "tracking_number": s.tracking_number, "lines": s.lines,
+             "ship_to": s.ship_to, "state": s.state, "created_by": s.created_by, "created_ms": s.created_ms,
+             "delivered_ms": s.delivered_ms, "delivered_by": s.delivered_by} for s in last.values()]
+    await conn.execute(_insert(conn, shipments).on_conflict_do_nothing(index_elements=["id"]), rows)
+    done = [{"sid": s.id, "dms": s.delivered_ms, "dby": s.delivered_by} for s in last.values() if s.state == "delivered"]
+    if done:  # rows inserted delivered above already are; a parcel known as shipped moves forward
+        await conn.execute(update(shipments).where(shipments.c.id == bindparam("sid"), shipments.c.state != "delivered")
+                           .values(state="delivered", delivered_ms=bindparam("dms"), delivered_by=bindparam("dby")), done)
 
 
 async def due_confirmations(store: SqlStore, *, delivered_before_ms: int, limit: int = 500) -> list[tuple[str, str, str]]:
