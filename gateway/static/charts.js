@@ -180,17 +180,35 @@ export class BarChart {
   }
 }
 
-/** A one-line sparkline (host console's comments/s). */
-export function sparkline(canvas, values, color = "#4fc3f7") {
+/** A small line chart with its scale (host console's comments/s): the top value and 0 on
+ * the left, how far back it reaches and "now" underneath. ``stepS``: seconds per value. */
+export function sparkline(canvas, values, color = "#4fc3f7", stepS = 1) {
   const { ctx, w, h } = setup(canvas);
   if (!values.length) return;
   const max = niceMax(Math.max(...values));
+  ctx.font = "10px system-ui, sans-serif";
+  ctx.fillStyle = "#90a4ae";
+  const top = String(Number.isInteger(max) ? max : max.toFixed(1));
+  const left = Math.max(ctx.measureText(top).width, ctx.measureText("0").width) + 4;
+  const bottom = 12; // the time axis
+  ctx.fillText(top, 0, 9);
+  ctx.fillText("0", 0, h - bottom);
+  const span = Math.round((values.length - 1) * stepS);
+  ctx.fillText(span >= 60 ? `-${Math.round(span / 60)} min` : `-${span} s`, left, h - 1);
+  ctx.fillText("now", w - ctx.measureText("now").width, h - 1);
+  ctx.strokeStyle = "#37474f";
+  ctx.beginPath();
+  ctx.moveTo(left, h - bottom - 1);
+  ctx.lineTo(w, h - bottom - 1);
+  ctx.stroke();
+  const pw = w - left - 2;
+  const ph = h - bottom - 4;
   ctx.strokeStyle = color;
   ctx.lineWidth = 1.5;
   ctx.beginPath();
   values.forEach((v, i) => {
-    const x = (i / Math.max(1, values.length - 1)) * (w - 2) + 1;
-    const y = h - 2 - (v / max) * (h - 4);
+    const x = left + (i / Math.max(1, values.length - 1)) * pw + 1;
+    const y = h - bottom - 2 - (v / max) * ph;
     if (i === 0) ctx.moveTo(x, y);
     else ctx.lineTo(x, y);
   });
