@@ -28,6 +28,7 @@ from aiohttp import web
 
 from livecommerce import earnings_sql
 from livecommerce.earnings import (
+    CSV_FIELDS,
     MAX_ROWS,
     parse_period,
     parse_reversal,
@@ -133,3 +134,6 @@ OPENAPI_PATHS: dict[str, dict[str, J]] = {
         desc="Once per gift: the host's reversal row takes back exactly what the accrual gave. 404 `not_accrued`: the gift is "
              "not in the ledger (yet); 422 `idempotency_conflict`: reversed before as the other kind.")},
 }
+# format=csv (or Accept: text/csv) answers the same statement as a spreadsheet
+OPENAPI_PATHS["/api/v1/hosts/{host}/earnings"]["get"]["responses"]["200"]["content"]["text/csv"] = {
+    "schema": {"type": "string", "description": "CSV: " + ",".join(CSV_FIELDS) + "; an opening and a closing line"}}
