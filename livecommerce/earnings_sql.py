@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, cast
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, bindparam, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -33,11 +33,16 @@ async def add_rows(conn: AsyncConnection, rows: Sequence[EarningsRow]) -> int:
     """Insert ``rows`` (skipping any that exist); return how many were written."""
     if not rows:
         return 0
-    ins: Any = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(host_earnings)
     values = [{"event_id": r.event_id, "gift_event_id": r.gift_event_id, "kind": r.kind, "host_id": r.host, "room_id": r.room,
                "sender_id": r.sender, "gift_id": r.gift_id, "value": r.value, "share_bp": r.share_bp, "amount": r.amount,
                "ts_ms": r.ts_ms} for r in rows]
-    res = await conn.execute(ins.on_conflict_do_nothing().returning(E.id), values)
+    if conn.dialect.name == "postgresql":  # one statement over one array per column (not a statement per row)
+        cols = list(values[0])
+        unnest = select(*[func.unnest(bindparam(f"u_{c}", type_=postgresql.ARRAY(host_earnings.c[c].type))).label(c) for c in cols])
+        stmt = postgresql.insert(host_earnings).from_select(cols, unnest).on_conflict_do_nothing().returning(E.id)
+        res = await conn.execute(stmt, {f"u_{c}": [v[c] for v in values] for c in cols})
+    else:
+        res = await conn.execute(sqlite.insert(host_earnings).on_conflict_do_nothing().returning(E.id), values)
     return len(list(res))
 
 

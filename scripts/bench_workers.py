@@ -1,11 +1,11 @@
 #!/usr/bin/env python
-"""The log workers that write SQL, measured: the orders settler, the wallet ledger and points.
+"""The log workers that write SQL, measured: the orders settler, the wallet ledger, points and host earnings.
 
 For each database (SQLite file, PostgreSQL schema) and each worker it
 
 1. fills the durable log (Redis Streams; ``--kafka`` for Kafka) with ``--events`` realistic
    events: for ``orders`` a rush's ``order.reserved`` followed by ``order.paid`` (70 %) and
-   ``order.cancelled`` by time-out (30 %); for ``wallet`` and ``points`` the ``gift.sent``
+   ``order.cancelled`` by time-out (30 %); for ``wallet``, ``points`` and ``earnings`` the ``gift.sent``
    events of a gift storm (``--users`` senders, ``--hosts`` hosts), after each sender's
    ``wallet.topup``;
 2. measures the **ceiling** in the same run: the same rows (the exactly-once claims and the
@@ -55,7 +55,9 @@ import psutil
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
+from livecommerce import earnings_sql
 from livecommerce.config import Settings
+from livecommerce.earnings import accrual, host_amount, share_bp
 from livecommerce.keys import Keys
 from livecommerce.log import Log, LogEvent, new_event
 from livecommerce.log_kafka import KafkaLog
@@ -63,14 +65,21 @@ from livecommerce.log_open import open_log
 from livecommerce.migrations import upgrade
 from livecommerce.orders import Order, OrderState
 from livecommerce.redis_conn import connect
-from livecommerce.schema import applied_events, order_events, orders, points_ledger, wallet_ledger
+from livecommerce.schema import (
+    applied_events,
+    host_earnings,
+    order_events,
+    orders,
+    points_ledger,
+    wallet_ledger,
+)
 from livecommerce.store import PointsRole
 from livecommerce.store_sql import SqlStore
 
 GOAL = 10_000  # events/s per worker (issue 17)
 REPO = Path(__file__).resolve().parent.parent
-TOPIC = {"orders": "orders", "wallet": "gifts", "points": "gifts"}
-GROUP = {"orders": "orders", "wallet": "wallet", "points": "points"}
+TOPIC = {"orders": "orders", "wallet": "gifts", "points": "gifts", "earnings": "gifts"}
+GROUP = {"orders": "orders", "wallet": "wallet", "points": "points", "earnings": "earnings"}
 
 
 def loadavg() -> str:
@@ -161,6 +170,7 @@ class GiftFeed:
     wallet: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     viewer_points: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     host_points: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    host_earnings: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     events: int = 0
 
     def topups(self, now: int) -> list[LogEvent]:
@@ -182,6 +192,7 @@ class GiftFeed:
             self.wallet[u] -= value
             self.viewer_points[u] += value
             self.host_points[h] += value
+            self.host_earnings[h] += host_amount(value, share_bp(0.5))  # the default split
             out.append(new_event("gifts", u, "gift.sent", {"user": u, "room": f"room-{h}", "host": h, "gift_id": "rose", "count": count,
                                                            "price": price, "value": value, "combo_id": uuid.uuid4().hex[:12]}, None, now))
         self.events += len(out)
@@ -277,8 +288,9 @@ def worker_env(a: argparse.Namespace, prefix: str, db: Db, node: str) -> dict[st
 
 
 def start_worker(name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    exe = str(Path(sys.executable).with_name("livecommerce"))
-    return subprocess.Popen([exe, "worker", name], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # this checkout's code (python -m from its root), whatever tree the installed script points at
+    return subprocess.Popen([sys.executable, "-m", "livecommerce.cli", "worker", name], env=env, cwd=Path(__file__).resolve().parents[1],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def start_spy(out: Path, pid: int) -> subprocess.Popen[bytes]:
@@ -369,6 +381,9 @@ async def ceiling(name: str, db: Db, events: Sequence[LogEvent], batch: int) -> 
                 elif name == "wallet":
                     await tx.add_wallet_entries([(e.data["user"], -int(e.data["value"]) if e.type == "gift.sent" else int(e.data["amount"]),
                                                   e.type, e.id, e.ts) for e in chunk])
+                elif name == "earnings":
+                    await earnings_sql.add_rows(tx.conn, [accrual(e.id, e.data, host=None, bp=5000, ts_ms=e.ts) for e in chunk
+                                                          if e.type == "gift.sent"])
                 else:
                     rows: list[tuple[str, PointsRole, int, str, str, int]] = []
                     for e in chunk:
@@ -430,6 +445,11 @@ async def check(name: str, db: Db, events: Sequence[LogEvent], feed: GiftFeed | 
                     (got_v if role == "viewer" else got_h)[u] = int(s)
                 if got_v != dict(feed.viewer_points) or got_h != dict(feed.host_points):
                     bad.append("points: balances differ from the events")
+            elif name == "earnings" and feed is not None:
+                got = {r[0]: int(r[1]) for r in await c.execute(select(host_earnings.c.host_id, func.sum(host_earnings.c.amount))
+                                                                  .group_by(host_earnings.c.host_id))}
+                if got != dict(feed.host_earnings):
+                    bad.append("earnings: the hosts' ledgers differ from the gifts' value times the split")
         if name == "points" and feed is not None:  # what the store answers (the balance reads)
             some = sorted(feed.host_points)[:5]
             got_b = await store.points_balances(some)
@@ -602,7 +622,7 @@ async def one(a: argparse.Namespace, name: str, kind: str, tmp: Path, redis: Any
     try:
         await fill(log, events)
         c = await ceiling(name, ceil_db, events, a.batch or Settings().worker_batch)
-        claims = sum(1 for e in events if name != "points" or e.type == "gift.sent")  # points claims only what awards
+        claims = sum(1 for e in events if name not in ("points", "earnings") or e.type == "gift.sent")  # only what awards or accrues
         r = await run_worker(a, name, db, log, redis, keys, len(events), claims)
         problems = await check(name, db, events, feed)
     finally:
