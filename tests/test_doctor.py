@@ -231,3 +231,19 @@ async def test_kafka_topics_are_checked_against_the_partitions_the_settings_expe
     assert rc == 1 and line(out, "log.topic.orders").startswith("FAIL") and "fewer than LC_KAFKA_PARTITIONS=8" in out
     rc, out, _ = await doctor_cli({**env, "LC_KAFKA_BOOTSTRAP": "127.0.0.1:1"}, "--timeout", "1")
     assert rc == 1 and line(out, "log").startswith("FAIL") and "fix LC_KAFKA_BOOTSTRAP" in line(out, "log")
+
+
+@pytest.mark.cluster
+async def test_a_redis_cluster_is_checked_and_a_plain_url_to_a_cluster_node_fails(
+    redis_cluster_url: str, settings: Settings, tmp_path: Path, store_url: str
+) -> None:
+    await upgrade(store_url)
+    env = _env(tmp_path, LC_REDIS_URL=redis_cluster_url, LC_KEY_PREFIX=settings.key_prefix, LC_DATABASE_URL=store_url,
+               LC_SECRET=GOOD_SECRET)
+    rc, out, err = await doctor_cli(env)
+    assert line(out, "redis").startswith("ok"), out + err
+    assert line(out, "redis.cluster").startswith("ok") and "16384 slots" in line(out, "redis.cluster")
+    assert line(out, "clock.redis").startswith("ok")
+    first = redis_cluster_url.split("://", 1)[1].split(",")[0]
+    rc, out, _ = await doctor_cli({**env, "LC_REDIS_URL": f"redis://{first}/0"})
+    assert rc == 1 and "use redis+cluster://" in line(out, "redis.cluster")
