@@ -30,6 +30,12 @@ _HTTP_CODES = {
 }
 
 
+def http_code(status: int) -> str:
+    """The error code of an HTTP refusal with no error of its own (aiohttp's, the /ws
+    handshake's on both transports)."""
+    return _HTTP_CODES.get(status, "internal" if status >= 500 else "bad_request")
+
+
 def error_body(status: int, code: str, message: str, details: Mapping[str, Any] | None = None) -> web.Response:
     """The documented error body; ``details`` (an error's extra fields: ``until_ms``,
     ``retry_after_s``) sit beside code and message."""
@@ -40,7 +46,7 @@ def http_exception_body(exc: web.HTTPException) -> web.Response:
     """An aiohttp HTTP error (4xx/5xx) as the documented JSON error, its headers kept
     (``Allow`` of a 405)."""
     status = exc.status
-    code = _HTTP_CODES.get(status, "internal" if status >= 500 else "bad_request")
+    code = http_code(status)
     message = {404: "no such route: see /api/v1/openapi.json", 413: f"request body is over the {MAX_BODY_BYTES} byte limit"}.get(
         status, exc.reason or code
     )

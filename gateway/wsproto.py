@@ -7,7 +7,7 @@ Two parts, neither imports asyncio or a socket (``tests/test_architecture.py`` k
   head in what has arrived (bounded by :data:`MAX_HEAD`), :func:`parse_head` reads it into a
   :class:`Request` (method, path, query, headers), :func:`accept` checks the WebSocket headers
   and answers ``101`` with ``Sec-WebSocket-Accept``, :func:`refusal` builds any other answer
-  (400, 403, 429, 503) with a plain-text body;
+  (400, 403, 429, 503) with the gateway's JSON error body;
 * client frames (section 5): :class:`FrameReader` takes bytes as they arrive and returns the
   :class:`Message`, :class:`Ping`, :class:`Pong` and :class:`Close` events they complete. A
   peer that breaks the protocol ends the reader with one :class:`Failed` event carrying the
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import struct
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -202,13 +203,14 @@ def accept(req: Request) -> bytes:
     ).encode()
 
 
-def refusal(status: int, text: str) -> bytes:
-    """An answer other than 101: ``status`` with ``text`` as a plain-text body; the
+def refusal(status: int, code: str, message: str) -> bytes:
+    """An answer other than 101: ``status`` with the gateway's documented error body
+    (``{"error": {"code", "message"}}``, as ``gateway/http.py`` answers on aiohttp); the
     connection closes after it."""
-    body = text.encode()
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
     return (
         f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
-        "Content-Type: text/plain; charset=utf-8\r\n"
+        "Content-Type: application/json; charset=utf-8\r\n"
         f"Content-Length: {len(body)}\r\n"
         "Connection: close\r\n\r\n"
     ).encode() + body

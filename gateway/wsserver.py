@@ -11,7 +11,8 @@ to it (``transport.set_protocol``).
 On the WebSocket path (the wire is :mod:`gateway.wsproto`'s, sans I/O):
 
 * the checks before the upgrade are :func:`gateway.ws.check_request`'s (403, 503, 400, 429,
-  answered as plain text); then ``101``;
+  answered with the JSON error body and the code aiohttp's error middleware gives them, the
+  reason as its message); then ``101``;
 * opening (token, per-user limit, join, welcome hooks, replay, attach) is
   :func:`gateway.ws.admit`, shared with the aiohttp transport, in one task that ends after
   attach;
@@ -46,6 +47,7 @@ from livecommerce.errors import ConfigError
 from . import wsproto
 from .conn import Conn
 from .core import GW_KEY, Gateway
+from .http import http_code
 from .ws import (
     PIPELINE_DEPTH,
     Ask,
@@ -204,7 +206,7 @@ class WsLink(asyncio.Protocol):
     def _refuse(self, status: int, text: str) -> None:
         self.phase = "gone"
         self.buf = b""
-        self.transport.write(wsproto.refusal(status, text))
+        self.transport.write(wsproto.refusal(status, http_code(status), text))
         self.transport.close()
 
     # ---- opening

@@ -49,8 +49,9 @@ class Settings:
     port: int = 8080
     # which transport serves /ws on the gateway's port (docs/performance.md, "M2 4/7 lean
     # connections"): "own", a small asyncio Protocol per connection (gateway/wsserver.py; no
-    # task while a viewer is idle), or "aiohttp", a WebSocketResponse and a task per connection
-    ws_transport: str = "aiohttp"
+    # task while a viewer is idle; 3.4 KiB per idle viewer), or "aiohttp", a WebSocketResponse
+    # and a receive task per connection (19.0 KiB); HTTP is aiohttp's on both
+    ws_transport: str = "own"
     listen_backlog: int = 2048  # handshakes waiting to be accepted (a join storm: aiohttp's 128 drops SYNs)
     # SIGTERM: /readyz answers 503 (new /ws 503, retried elsewhere by the balancer) for
     # drain_deregister_s while the node still serves its viewers, long enough for the

@@ -8,6 +8,7 @@ pieces and fragmented; every protocol error answers its close code.
 from __future__ import annotations
 
 import ast
+import json
 import os
 import struct
 from pathlib import Path
@@ -101,11 +102,12 @@ def test_a_request_head_past_the_limit_is_refused_before_it_ends() -> None:
         wsproto.head_end(b"GET /ws HTTP/1.1\r\nX: " + b"a" * wsproto.MAX_HEAD)
 
 
-def test_a_refusal_is_plain_text_with_its_length_and_closes() -> None:
-    out = wsproto.refusal(429, "too many connections from this address")
+def test_a_refusal_is_the_json_error_body_with_its_length_and_closes() -> None:
+    out = wsproto.refusal(429, "rate_limited", "too many connections from this address")
     head, body = out.split(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 429 Too Many Requests") and b"Connection: close" in head
-    assert body == b"too many connections from this address" and f"Content-Length: {len(body)}".encode() in head
+    assert b"Content-Type: application/json" in head and f"Content-Length: {len(body)}".encode() in head
+    assert json.loads(body) == {"error": {"code": "rate_limited", "message": "too many connections from this address"}}
 
 
 # ====================================================================== frames

@@ -70,7 +70,7 @@ async def test_http_and_websocket_share_the_port(node: Node, token: Any) -> None
     assert (await c.request("ping"))["t"] == "pong"
 
 
-@pytest.mark.parametrize(
+@pytest.mark.parametrize(  # the documented JSON error body, as on aiohttp, with the reason as its message
     ("query", "status", "text"),
     [("room=&format=json", 400, "room must be"), ("room=a&format=xml", 400, "format must be"),
      ("room=a&since=-1", 400, "since must be")],
@@ -78,7 +78,8 @@ async def test_http_and_websocket_share_the_port(node: Node, token: Any) -> None
 async def test_a_bad_request_is_refused_with_a_plain_text_reason(node: Node, query: str, status: int, text: str) -> None:
     with pytest.raises(websockets.InvalidStatus) as info:
         await websockets.connect(f"{node.ws}?{query}")
-    assert info.value.response.status_code == status and text in info.value.response.body.decode()
+    body = json.loads(info.value.response.body)
+    assert info.value.response.status_code == status and body["error"]["code"] == "bad_request" and text in body["error"]["message"]
 
 
 async def test_origin_draining_and_the_address_limit_are_refused_403_503_429(gateway_factory: Any, token: Any) -> None:
@@ -95,7 +96,7 @@ async def test_origin_draining_and_the_address_limit_are_refused_403_503_429(gat
     node.gw.draining = True
     with pytest.raises(websockets.InvalidStatus) as info:
         await websockets.connect(f"{node.ws}?room=a&token={token('u')}", origin="https://shop.example")  # type: ignore[arg-type]
-    assert info.value.response.status_code == 503 and "draining" in info.value.response.body.decode()
+    assert info.value.response.status_code == 503 and "draining" in json.loads(info.value.response.body)["error"]["message"]
 
 
 async def test_an_idle_connection_runs_no_task_and_keeps_no_queue(node: Node, token: Any) -> None:
@@ -194,3 +195,17 @@ async def test_a_dead_peer_is_pinged_then_dropped_by_the_hubs_sweep(gateway_fact
     assert seen_ping
     await wait_until(lambda: not node.gw.hub.by_user, timeout=5)
     w.close()
+
+
+async def test_the_aiohttp_transport_still_serves_the_same_contract(gateway_factory: Any, token: Any) -> None:
+    """``LC_WS_TRANSPORT=aiohttp``: the transport before M2 4/7, kept as a choice."""
+    node: Node = await gateway_factory(ws_transport="aiohttp")
+    c = await Client.connect(node.ws, "aio1", token("u1"), fmt="json")
+    assert (await c.request("ping"))["t"] == "pong"
+    assert not links(node)  # no WsLink: aiohttp's WebSocketResponse carries it
+    with pytest.raises(websockets.InvalidStatus) as info:
+        await websockets.connect(f"{node.ws}?room=&format=json")
+    assert info.value.response.status_code == 400  # aiohttp's error middleware: the documented JSON body
+    assert json.loads(info.value.response.body)["error"]["code"] == "bad_request"
+    async with aiohttp.ClientSession() as s:
+        assert (await s.get(node.url + "/healthz")).status == 200
