@@ -55,13 +55,12 @@ from livecommerce.lottery import (
 from livecommerce.lottery_redis import RedisLotteries
 from livecommerce.protocol.commands import HostAction, LotteryEnter
 from livecommerce.protocol.events import envelope, reply
-from livecommerce.room_snapshot import RoomSnapshot
 
 from .conn import Conn
 from .core import Gateway
 from .idempotency import header_key, idempotent
 from .rooms import RoomGate
-from .snapshots import RoomSnapshots
+from .snapshots import RoomSnapshots, ServedRooms
 from .validation import read_object
 
 log = logging.getLogger("livecommerce.gateway.lottery")
@@ -98,32 +97,18 @@ class LotteryService:
         self.coupons = coupons  # a coupon prize names one of the room's drops
         self.views = views  # the node's room snapshots (welcome lists the room's open lotteries)
         self._open: dict[str, tuple[float, list[Lottery]]] = {}
-        self._served: dict[str, RoomSnapshot] = {}  # room -> its current snapshot on this node
-        #: rooms whose current snapshot lists no lottery: the comment hook is not called there
-        #: (``RoomCommentHook``); a started lottery takes its room off at once (``observe``)
-        self.quiet: set[str] = set()
-
-    def serving(self, room: str, snap: RoomSnapshot | None) -> None:
-        """Snapshot listener (``gateway.snapshots``): the room's current snapshot, or None
-        once it may be behind."""
-        if snap is None:
-            self._served.pop(room, None)
-            self.quiet.discard(room)
-        else:
-            self._served[room] = snap
-            self._quiet_if_none(room, snap)
-
-    def _quiet_if_none(self, room: str, snap: RoomSnapshot) -> None:
-        if snap.lotteries:
-            self.quiet.discard(room)
-        else:
-            self.quiet.add(room)
+        #: this node's current room snapshots; ``served.quiet``: the rooms whose snapshot lists
+        #: no lottery, where the comment hook is not called (a started lottery takes its room
+        #: off at once: ``observe``)
+        self.served = ServedRooms(lambda snap: bool(snap.lotteries))
+        self.serving = self.served.serving  # the snapshot listener (gateway.wiring)
+        self.quiet = self.served.quiet
 
     async def open_in(self, room: str) -> list[Lottery]:
         """The room's open lotteries (cached for ``CACHE_S``). A room whose current snapshot
         on this node lists no lottery has none open: nothing is read (the common case for a
         comment or a gift; a started lottery reaches the snapshot with its event)."""
-        snap = self._served.get(room)
+        snap = self.served.snaps.get(room)
         if snap is not None and not snap.lotteries:
             return []
         now = time.monotonic()
@@ -143,11 +128,7 @@ class LotteryService:
         if t in ("lottery.started", "lottery.ended", "room.ended"):
             room = env.get("room") or ""
             self._open.pop(room, None)
-            snap = self._served.get(room)
-            if t == "lottery.started" or snap is None:
-                self.quiet.discard(room)
-            else:
-                self._quiet_if_none(room, snap)
+            self.served.heard(room, started=t == "lottery.started")
 
     async def start(self, room: str, ident: Identity, body: dict[str, Any]) -> dict[str, Any]:
         """Validate, store and announce a new lottery; returns its public view.

@@ -59,14 +59,13 @@ from livecommerce.redpackets import (
     split,
 )
 from livecommerce.redpackets_redis import Dropped, DropReplayed, RedisRedPackets
-from livecommerce.room_snapshot import RoomSnapshot
 from livecommerce.wallet import InsufficientFunds, shard_of
 
 from .conn import Conn
 from .core import Gateway
 from .openapi import BOOL, ID, INT, MS, STR, J, arr, nullable, obj, op, ref
 from .rooms import RoomGate
-from .snapshots import RoomSnapshots
+from .snapshots import RoomSnapshots, ServedRooms
 from .validation import read_object
 from .wallet import Outbox
 
@@ -91,28 +90,15 @@ class RedPackets:
         self.fans = fans
         self.views = views
         self._defs: dict[str, RedPacket] = {}  # packet id -> definition (never changes)
-        self._served: dict[str, RoomSnapshot] = {}  # room -> its current snapshot on this node
         self._rooms: dict[str, tuple[float, list[RedPacket]]] = {}  # room -> (until, packets), unserved rooms
-        #: rooms whose current snapshot lists no packet: the comment hook is not called there
-        #: (``RoomCommentHook``); a dropped packet takes its room off at once (``observe``)
-        self.quiet: set[str] = set()
+        #: this node's current room snapshots; ``served.quiet``: the rooms whose snapshot lists
+        #: no packet, where the comment hook is not called (a dropped packet takes its room off
+        #: at once: ``observe``)
+        self.served = ServedRooms(lambda snap: bool(snap.redpackets))
+        self.serving = self.served.serving  # the snapshot listener (gateway.wiring)
+        self.quiet = self.served.quiet
 
     # ---- reading packets
-    def serving(self, room: str, snap: RoomSnapshot | None) -> None:
-        """Snapshot listener (``gateway.snapshots``): the room's current snapshot, or None."""
-        if snap is None:
-            self._served.pop(room, None)
-            self.quiet.discard(room)
-        else:
-            self._served[room] = snap
-            self._quiet_if_none(room, snap)
-
-    def _quiet_if_none(self, room: str, snap: RoomSnapshot) -> None:
-        if snap.redpackets:
-            self.quiet.discard(room)
-        else:
-            self.quiet.add(room)
-
     async def packet(self, pid: str) -> RedPacket | None:
         """A packet's definition (read once per node: it never changes)."""
         hit = self._defs.get(pid)
@@ -130,7 +116,7 @@ class RedPackets:
         """The room's packets whose expiry is ahead: from the node's snapshot of the room when
         it has one (no read), else the room's index (cached :data:`CACHE_S`)."""
         now = self.gw.now_ms()
-        snap = self._served.get(room)
+        snap = self.served.snaps.get(room)
         if snap is not None:
             out = []
             for pid, pub in snap.redpackets.items():
@@ -153,11 +139,7 @@ class RedPackets:
         after the room snapshots' observer, so a served snapshot has the event.)"""
         room = env.get("room") or ""
         self._rooms.pop(room, None)
-        snap = self._served.get(room)
-        if env.get("t") == "redpacket.dropped" or snap is None:
-            self.quiet.discard(room)
-        else:
-            self._quiet_if_none(room, snap)
+        self.served.heard(room, started=env.get("t") == "redpacket.dropped")
 
     # ---- the drop
     async def drop(self, room: str, ident: Identity, body: dict[str, Any]) -> dict[str, Any]:
@@ -244,7 +226,7 @@ class RedPackets:
         """Comment hook: a comment containing an open password packet's password grabs it
         (the grabber hears ``redpacket.grabbed``). Never fails the comment."""
         text = d.get("text")
-        snap = self._served.get(conn.room)
+        snap = self.served.snaps.get(conn.room)
         if not isinstance(text, str) or (snap is not None and not snap.redpackets):
             return  # the common case: a room without packets, known from the node's snapshot
         try:

@@ -69,6 +69,42 @@ MAX_AGE_S = 10.0
 WELCOME_DROPS = 5
 
 
+class ServedRooms:
+    """A capability's copy of this node's current room snapshots (a ``listeners`` entry of
+    :class:`RoomSnapshots`) and the rooms where it knows it has nothing to do: ``quiet`` holds
+    each served room whose snapshot ``busy`` finds idle (no lottery, no red packet), for a
+    :class:`~gateway.hooks.RoomCommentHook`. A room not served is never quiet."""
+
+    def __init__(self, busy: Callable[[RoomSnapshot], bool]) -> None:
+        self.busy = busy
+        self.snaps: dict[str, RoomSnapshot] = {}
+        self.quiet: set[str] = set()
+
+    def serving(self, room: str, snap: RoomSnapshot | None) -> None:
+        """Snapshot listener: the room's current snapshot, or None once it may be behind."""
+        if snap is None:
+            self.snaps.pop(room, None)
+            self.quiet.discard(room)
+        else:
+            self.snaps[room] = snap
+            self._judge(room, snap)
+
+    def heard(self, room: str, *, started: bool) -> None:
+        """The room's event about the capability was heard (after the snapshots applied it):
+        something ``started`` takes the room off ``quiet`` at once; an end judges it again."""
+        snap = self.snaps.get(room)
+        if started or snap is None:
+            self.quiet.discard(room)
+        else:
+            self._judge(room, snap)
+
+    def _judge(self, room: str, snap: RoomSnapshot) -> None:
+        if self.busy(snap):
+            self.quiet.discard(room)
+        else:
+            self.quiet.add(room)
+
+
 class _Entry:
     __slots__ = ("buffered", "changes", "loaded_at", "loading", "snap", "stale")
 
