@@ -56,6 +56,23 @@ class LoopState:
             self.committed_at = time.time()
 
 
+@dataclass(frozen=True, slots=True)
+class LoopCounters:
+    """One loop's label children of :class:`WorkerMetrics`' counters (a lookup each saved)."""
+
+    events: Counter
+    errors: Counter
+    batch_size: Histogram
+    last_commit: Gauge
+
+    def committed(self, state: LoopState | None, events: int) -> None:
+        """``events`` were acked (by a long-running loop, ``state``, or a burst, None)."""
+        self.events.inc(events)
+        self.last_commit.set(time.time())
+        if state is not None:
+            state.progressed(committed=True)
+
+
 class _Ages(Collector):
     """``lc_worker_last_commit_age_seconds`` and ``lc_worker_loop_up``, computed at scrape time."""
 
@@ -107,12 +124,10 @@ class WorkerMetrics:
         else:
             state.failed = repr(error)[:200] or type(error).__name__
 
-    def committed(self, topic: str, group: str, state: LoopState | None, events: int) -> None:
-        """``events`` were acked (by a long-running loop, ``state``, or a burst, None)."""
-        self.events.labels(topic, group).inc(events)
-        self.last_commit.labels(topic, group).set(time.time())
-        if state is not None:
-            state.progressed(committed=True)
+    def counters(self, topic: str, group: str) -> LoopCounters:
+        """The counters of one consumer loop, their label children looked up once."""
+        return LoopCounters(self.events.labels(topic, group), self.errors.labels(topic, group),
+                            self.batch_size.labels(topic, group), self.last_commit.labels(topic, group))
 
     def set_lag(self, state: LoopState, lag: dict[int, int]) -> None:
         state.lag_at = time.monotonic()

@@ -180,6 +180,7 @@ async def run_consumer(
     """
     m = metrics or process_metrics()
     state = None if burst else m.loop(topic, group, name)
+    counters = m.counters(topic, group)  # the label children, looked up once
     fields: dict[str, object] = {"topic": topic, "group": group, "worker": name}
     backoff = _Backoff(backoff_first_s, backoff_max_s)
     consumer: Consumer | None = None
@@ -244,7 +245,7 @@ async def run_consumer(
                     state.progressed(committed=False)  # drained: nothing waits to be committed
                 await poll_lag(consumer)
                 continue
-            m.batch_size.labels(topic, group).observe(len(deliveries))
+            counters.batch_size.observe(len(deliveries))
             if prefetch:  # what is there already, without waiting: an idle log must not hold this batch's ack
                 ahead = asyncio.ensure_future(consumer.fetch(max_events=batch, timeout_ms=0))
             try:
@@ -258,7 +259,7 @@ async def run_consumer(
                 continue
             except BatchFailed as part:
                 nxt = await take_ahead()
-                m.errors.labels(topic, group).inc()
+                counters.errors.inc()
                 logger.error("worker.handler_failed", exc_info=part.cause,
                              extra={**fields, "events": len(deliveries), "failed": part.failed[:10], "applied": len(part.done)})
                 applied = [d for d in deliveries if d.event.id in part.done]
@@ -267,7 +268,7 @@ async def run_consumer(
                 try:
                     await consumer.ack(applied)
                     handled += len(applied)
-                    m.committed(topic, group, state, len(applied))
+                    counters.committed(state, len(applied))
                 except Unavailable as exc:  # applied: they come back and the idempotent store absorbs them
                     await back_off("ack", exc)
                 if burst:
@@ -275,7 +276,7 @@ async def run_consumer(
                 continue
             except Exception:
                 nxt = await take_ahead()
-                m.errors.labels(topic, group).inc()
+                counters.errors.inc()
                 logger.exception("worker.handler_failed", extra={**fields, "events": len(deliveries),
                                                               "first": deliveries[0].event.id})
                 await _release(consumer, deliveries + (nxt or []), fields)
@@ -292,7 +293,7 @@ async def run_consumer(
                 await back_off("ack", exc)
                 continue
             handled += len(deliveries)
-            m.committed(topic, group, state, len(deliveries))
+            counters.committed(state, len(deliveries))
             backoff.reset()
             if not nxt:
                 await poll_lag(consumer)
