@@ -136,3 +136,40 @@ async def test_a_show_run_through_the_gateways_reports_what_happened_the_same_on
         for c in clients:
             await c.close()
         await w.close()
+
+
+async def test_follower_marks_are_written_once_per_show_and_a_new_show_clears_them_and_its_viewers(redis: Any, keys: Keys) -> None:
+    from livecommerce.rooms import RoomInfo
+    from livecommerce.rooms_redis import RedisRooms
+    from livecommerce.showreport_redis import ShowReportRedis
+
+    rooms, counters = RedisRooms(redis, keys), ShowReportRedis(redis, keys)
+    assert await rooms.create(RoomInfo("r1", "t", "h1", 1))
+    assert (await rooms.transition("r1", "created", "live", now_ms=1000, online=0))[0]
+    await counters.add_viewers({"r1": ["a", "b", "a"]})
+    assert await counters.mark_followers("r1", 1000, "followers_base", 5)
+    assert not await counters.mark_followers("r1", 1000, "followers_base", 9)  # a second node's go-live hook: the first stands
+    assert not await counters.mark_followers("r1", 999, "followers_end", 9)  # another show's end writes nothing
+    await redis.sadd(keys.entity("fan", "h1", "followers"), "x", "y")
+    assert await counters.followers("h1") == 2
+    meta, viewers = await counters.read("r1")
+    assert meta is not None and (meta["followers_base"], viewers, "followers_end" in meta) == ("5", 2, False)
+    assert (await rooms.transition("r1", "live", "ended", now_ms=2000, online=0))[0]
+    assert (await rooms.transition("r1", "ended", "live", now_ms=3000, online=0))[0]  # the next show starts clean
+    meta, viewers = await counters.read("r1")
+    assert meta is not None and ("followers_base" in meta, viewers, meta["online_samples"]) == (False, 0, "0")
+    assert await counters.read("nosuch") == (None, 0)
+
+
+async def test_a_failing_end_hook_is_logged_and_the_show_still_ends(gateway_factory: Any, token: Any, http: Any) -> None:  # noqa: F811
+    node = await gateway_factory()
+    host = token("h1", "host", ("r2",))
+
+    async def broken(room: str, pub: dict[str, Any]) -> None:
+        raise RuntimeError("a bug in a hook")
+
+    node.gw.hooks.ended.insert(0, broken)
+    for path, body in (("/api/v1/rooms", {"id": "r2"}), ("/api/v1/rooms/r2/live", None), ("/api/v1/rooms/r2/end", None)):
+        r = await http.post(node.url + path, json=body, headers=bearer(host))
+        assert r.status in (200, 201), await r.text()
+    assert (await r.json())["state"] == "ended"
