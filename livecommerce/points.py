@@ -22,7 +22,13 @@ event (topic)          who                     role      points (reason)
 (activity)                                               (``watch``)
 ``points.redeem``      the redeemer            viewer    ``-value * points_per_coupon_coin``
 (points)                                                 (``coupon.redeem``), only if covered
+``gift.reversed``      the gift's sender       viewer    ``-value`` (``gift.reversed``)
+(gifts)                the host it credited    host      ``-value`` (``gift.unreceived``)
 =====================  ======================  ========  ==================================
+
+A reversed gift (ops: refunded or charged back, :mod:`livecommerce.earnings`) takes back
+what its ``gift.sent`` awarded, written even when the balance no longer covers it (so a
+gift and its refund cannot farm points).
 
 The host of a room is the ``host`` its creator set (``{room:ID}:meta``); ``gift.sent``
 carries it from the gateway. When a room has no known host, host points go to the owner
@@ -44,6 +50,7 @@ from .errors import BadFrame
 from .store import PointsRole
 
 GIFT_SENT = "gift.sent"
+GIFT_REVERSED = "gift.reversed"
 ORDER_PAID = "order.paid"
 COMMENT = "activity.comment"
 WATCH = "activity.watch"
@@ -109,6 +116,10 @@ def awards_for(event_type: str, data: Mapping[str, Any], *, host: str | None, ru
         pts = int(data["amount"]) // CENTS_PER_POINT
         h = data.get("host") or host or room_owner(str(data["room_id"]))
         return _nonzero([Award(str(data["user_id"]), "viewer", pts, "order.paid"), Award(h, "host", pts, "order.sold")])
+    if event_type == GIFT_REVERSED:  # the event names the host the accrual credited
+        back = int(data["value"]) * POINTS_PER_COIN
+        h = str(data.get("host") or room_owner(str(data["room"])))
+        return [Award(str(data["user"]), "viewer", -back, "gift.reversed"), Award(h, "host", -back, "gift.unreceived")] if back > 0 else []
     if event_type == COMMENT:
         if int(data.get("n", 1)) > rules.comment_daily_cap:
             return []

@@ -262,3 +262,20 @@ async def test_ops_reverse_a_gift_once_the_host_statement_shows_it_and_the_sende
         assert (st_, body["error"]["code"]) == (404, "not_accrued")
         st_, body = await _call(s, "POST", f"{node.url}/api/v1/ops/gifts/{'x' * 120}/reversal", ops, json={"kind": "refund"})
         assert st_ == 400
+
+
+async def test_a_reversed_gift_takes_back_its_points_once(redis: Any, keys: Keys, store: SqlStore) -> None:
+    from livecommerce.config import Settings
+    from livecommerce.points import Rules
+    from workers.points import PointsWorker
+
+    points = PointsWorker(store, redis, keys, Rules.from_settings(Settings()))
+    gift = _gift(1, user="fan", host="anna", value=10)
+    acc = accrual(gift.id, gift.data, host=None, bp=5000, ts_ms=gift.ts)
+    rev = new_event("gifts", "fan", "gift.reversed", reversal_event(acc, parse_reversal({"kind": "chargeback"}), by="ops"),
+                    reversal_id(gift.id), gift.ts + 1)
+    await points([gift, _gift(2, user="fan", host="anna", value=4)])
+    await points([rev])
+    await points([rev, gift])  # redelivered: nothing twice
+    got = await store.points_balances(["fan", "anna"])
+    assert (got["fan"]["viewer"], got["anna"]["host"]) == (4, 4)  # the second gift's points stay

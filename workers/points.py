@@ -1,6 +1,6 @@
 """The points worker: host and viewer points from the durable log, exactly once.
 
-Consumes, as group ``points``: ``gifts`` (``gift.sent``), ``orders`` (``order.paid``),
+Consumes, as group ``points``: ``gifts`` (``gift.sent``, ``gift.reversed``), ``orders`` (``order.paid``),
 ``activity`` (``activity.comment``, ``activity.watch``) and ``points``
 (``points.redeem``). The rules are :func:`livecommerce.points.awards_for`. A batch is one
 transaction (``store.apply_batch("points", ids)``): each event id is claimed once and its
