@@ -2,7 +2,8 @@
 (this checkout's code): a viewer watches, buys and pays, the host ends the show from a phone
 (390x844) and the end card shows the report in human units ("42 min"-style duration, GMV in
 the currency, rates in percent) without overflowing the screen; the desktop console shows the
-same card after a reload. Uses the harness of ``tests/test_pages.py``."""
+same card after a reload, and its Earnings panel the host's statement with a CSV download.
+Uses the harness of ``tests/test_pages.py``."""
 
 from __future__ import annotations
 
@@ -106,6 +107,12 @@ def test_the_host_ends_a_show_on_a_phone_and_the_end_card_shows_the_report(brows
     desktop = _page(ctx, f"{dev.base}/static/host.html?room={room}&token={host_tok}", errors)  # after a reload
     expect(desktop.locator("#end-card")).to_be_visible()
     expect(desktop.locator("#ec-stats")).to_contain_text("¥25.00")
+    # the Earnings panel: the host's statement (no gifts in this show: all zero) and its CSV
+    expect(desktop.locator("#e-stats")).to_contain_text("closing")
+    with desktop.expect_download() as got:
+        desktop.click("#e-csv")
+    lines = Path(got.value.path()).read_text().splitlines()
+    assert lines[0].startswith("ts_ms,time_utc,kind,") and lines[1].split(",")[2] == "opening" and lines[-1].split(",")[2] == "closing"
     desktop.close()
     viewer.close()
     assert not errors, errors

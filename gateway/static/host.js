@@ -10,7 +10,9 @@
 // Schedule panel publishes, lists and cancels the host's schedules (预告:
 // /api/v1/hosts/{host}/schedule). When the show ends the end card shows the show report
 // (GET /api/v1/rooms/{room}/report: duration, online, viewers, followers, gifts, orders, GMV,
-// refund rate, conversion, top products and gifters). User text is rendered through text nodes only.
+// refund rate, conversion, top products and gifters); the Earnings panel shows the host's
+// statement (GET /api/v1/hosts/{host}/earnings) and downloads it as CSV. User text is
+// rendered through text nodes only.
 
 import { sparkline } from "./charts.js";
 import { $, api, ApiError, countdown, fill, fmtInt, h, Live, money, params, timeOf, toast } from "./common.js";
@@ -64,6 +66,7 @@ function onStatus(status, env) {
     loadModeration();
     loadReports();
     loadSchedules();
+    loadEarnings();
     return;
   }
   const pill = $("#room-state");
@@ -123,6 +126,7 @@ function onEvent(env, { replay }) {
       setText("summary", `Last show: ${duration(d.duration_s)} · peak ${fmtInt(d.peak_online ?? 0)} online · ${fmtInt(d.comments ?? 0)} comments · ${fmtInt(d.likes ?? 0)} likes`);
       if (replay) return null;
       loadReport();
+      setTimeout(loadEarnings, 5000); // the show's gifts, once the earnings worker has them
       setTimeout(loadReport, 5000); // orders paid and gifts applied just after the end join it
       return feed("■ the show ended");
     case "product.pinned": return setPin(d);
@@ -352,6 +356,45 @@ function renderReport() {
 }
 
 $("#ec-refresh").addEventListener("click", loadReport);
+
+// ------------------------------------------------------------------ earnings (the host's statement)
+function earningsPath(format) {
+  const to = Date.now();
+  const from = to - Number($("#e-days").value) * 86400000;
+  return `/api/v1/hosts/${encodeURIComponent(S.me)}/earnings?from=${from}&to=${to}${format ? `&format=${format}` : ""}`;
+}
+
+async function loadEarnings() {
+  if (!S.me) return;
+  let st;
+  try {
+    st = await api(earningsPath());
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 403) return; // not this user's statement
+    return fail("earnings")(e);
+  }
+  const stat = (v, label) => h("div", {}, h("b", {}, v), h("span", {}, label));
+  fill($("#e-stats"),
+    stat(fmtInt(st.opening), "opening"),
+    stat(`+${fmtInt(st.accruals)}`, `gifts (${fmtInt(st.accrual_count)})`),
+    stat(fmtInt(st.reversals), `reversed (${fmtInt(st.reversal_count)})`),
+    stat(fmtInt(st.closing), "closing 🪙"));
+}
+
+$("#e-days").addEventListener("change", loadEarnings);
+$("#e-csv").addEventListener("click", async () => {
+  try {
+    const data = await api(earningsPath("csv"));
+    const url = URL.createObjectURL(new Blob([data.raw || ""], { type: "text/csv" }));
+    const a = h("a", { href: url, download: `earnings-${S.me}-${$("#e-days").value}d.csv` });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+  } catch (e) {
+    fail("earnings CSV")(e);
+  }
+});
 
 function renderShow() {
   const state = S.show ? S.show.state : "not created";
