@@ -2,7 +2,7 @@
 ``asyncio.Protocol`` per TCP connection, no task while a viewer is idle.
 
 The listening socket serves both planes on one port. Each connection starts as a
-:class:`WsLink` that reads the first request head: a ``GET /ws`` asking for a WebSocket
+:class:`WsLink` that reads the first request head (within :data:`HEAD_TIMEOUT_S`): a ``GET /ws`` asking for a WebSocket
 upgrade stays here; anything else (the HTTP API, pages, ``/metrics``, a ``/ws`` without
 ``Upgrade``) is handed to aiohttp unchanged: aiohttp's protocol is made from the runner's
 ``web.Server``, given the transport and the bytes read so far, and the transport is switched
@@ -68,6 +68,9 @@ log = logging.getLogger("livecommerce.gateway.wsserver")
 #: ``Conn.close_now``)
 CLOSE_TIMEOUT_S = 30.0
 _WS_PREFIX = b"GET /ws"
+#: a connection that has not sent its whole request head by then is dropped (slow-header
+#: clients would otherwise hold a socket and a slot forever)
+HEAD_TIMEOUT_S = 10.0
 
 Phase = Literal["head", "opening", "open", "closing", "gone"]
 
@@ -97,8 +100,8 @@ class WsLink(asyncio.Protocol):
     """One TCP connection: a request head until it is known, then a WebSocket. Implements
     :class:`gateway.conn.Link`."""
 
-    __slots__ = ("buf", "close_code", "conn", "inbox", "ip", "lane", "paused", "phase", "pump", "reader", "svc",
-                 "transport")
+    __slots__ = ("buf", "close_code", "conn", "deadline", "inbox", "ip", "lane", "paused", "phase", "pump", "reader",
+                 "svc", "transport")
 
     def __init__(self, svc: WsService) -> None:
         self.svc = svc
@@ -112,11 +115,13 @@ class WsLink(asyncio.Protocol):
         self.pump: asyncio.Task[None] | None = None  # the opening task, then the dispatch task
         self.paused = False
         self.close_code: int | None = None
+        self.deadline: asyncio.TimerHandle | None = None  # only while the request head is read
 
     # ---- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.svc.links.add(self)
+        self.deadline = asyncio.get_running_loop().call_later(HEAD_TIMEOUT_S, self._head_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self.phase == "head":
@@ -128,6 +133,7 @@ class WsLink(asyncio.Protocol):
         return None  # the transport closes; connection_lost cleans up
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._no_deadline()
         self.phase = "gone"
         self.svc.links.discard(self)
         if self.ip:
@@ -155,6 +161,18 @@ class WsLink(asyncio.Protocol):
         return True
 
     # ---- the request head
+    def _no_deadline(self) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+
+    def _head_timeout(self) -> None:
+        self.deadline = None
+        if self.phase == "head":
+            log.info("conn.head_timeout", extra={"bytes": len(self.buf)})
+            self.phase = "gone"
+            self.transport.abort()
+
     def _head(self, data: bytes) -> None:
         buf = self.buf + data if self.buf else data
         k = min(len(buf), len(_WS_PREFIX))
@@ -173,6 +191,7 @@ class WsLink(asyncio.Protocol):
         if not req.wants_websocket():
             self._hand_off(buf)
             return
+        self._no_deadline()
         self.buf = b""
         peer = self.transport.get_extra_info("peername")
         ip = peer[0] if isinstance(peer, tuple) and peer else "?"
@@ -196,6 +215,7 @@ class WsLink(asyncio.Protocol):
             self._frames(rest)
 
     def _hand_off(self, buf: bytes) -> None:
+        self._no_deadline()  # aiohttp's own timeouts apply from here
         proto = self.svc.http()
         self.svc.links.discard(self)
         self.phase = "gone"
@@ -204,6 +224,7 @@ class WsLink(asyncio.Protocol):
         cast(asyncio.Protocol, proto).data_received(buf)
 
     def _refuse(self, status: int, text: str) -> None:
+        self._no_deadline()
         self.phase = "gone"
         self.buf = b""
         self.transport.write(wsproto.refusal(status, http_code(status), text))

@@ -209,3 +209,14 @@ async def test_the_aiohttp_transport_still_serves_the_same_contract(gateway_fact
     assert json.loads(info.value.response.body)["error"]["code"] == "bad_request"
     async with aiohttp.ClientSession() as s:
         assert (await s.get(node.url + "/healthz")).status == 200
+
+
+async def test_a_request_head_that_never_ends_is_dropped(node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gateway.wsserver as wsserver
+
+    monkeypatch.setattr(wsserver, "HEAD_TIMEOUT_S", 0.3)
+    port = int(node.url.rsplit(":", 1)[1])
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    w.write(b"GET /ws?room=slow HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+    assert await asyncio.wait_for(r.read(), 5) == b""
+    w.close()
