@@ -293,7 +293,10 @@ class Fulfilment:
             raise BadFrame("state: paid (units still to ship) or shipped (on the way)", code="invalid")
         # to ship: paid orders and shipped ones still owing units (a partial parcel went out)
         wanted: tuple[OrderState, ...] = ("paid", "shipped") if state == "paid" else ("shipped",)
-        orders = [o for st in wanted for o in await self.store.list_orders(room_id=room, state=st, limit=200)]
+        # one read per state: an order the orders worker moves from paid to shipped between the
+        # two reads is in both; it is listed once (a page test showed its card twice)
+        by_id = {o.id: o for st in wanted for o in await self.store.list_orders(room_id=room, state=st, limit=200)}
+        orders = list(by_id.values())
         out = []
         for o in sorted(orders, key=lambda o: o.created_ms):
             rec: ShipRecord = await self.records.record(o.id)

@@ -58,6 +58,7 @@ from livecommerce.wallet_redis import (
     SentGift,
 )
 from scripts.chaos_rush import free_port, gateway_proc, lc_env, wait_ready
+from tests.waiting import wait_until
 from tests.wsclient import Client
 from workers.wallet import drain
 
@@ -467,13 +468,19 @@ async def test_a_gateway_killed_with_gifts_in_flight_debits_each_at_most_once_an
             await asyncio.sleep(0.02)
         # Redis busy for 0.5 s: the gateway's next batches wait in Redis's socket, unanswered;
         # the gateway dies; then Redis runs them: debited, and nobody is told
-        busy = asyncio.ensure_future(redis.eval(BUSY, 0, 1_200_000))
+        busy = asyncio.ensure_future(redis.eval(BUSY, 0, 3_000_000))
         while await _answers_ping(settings.redis_url):  # until Redis is inside the busy script
             await asyncio.sleep(0.01)
         n = -1
-        while n != len(acked):  # until the gateway answers nothing more: its batch waits in Redis
+        while n != len(acked):  # until the gateway answers nothing more
             n = len(acked)
             await asyncio.sleep(0.3)
+        # and until the gateway's next batch is in Redis's socket, unread (a batch still in the
+        # gateway, e.g. waiting for a new pooled connection whose handshake Redis cannot answer
+        # while busy, would die with it and test nothing)
+        assert a.proc is not None
+        await wait_until(lambda: _waits_in_redis(a.proc.pid, settings.redis_url), timeout=2.0, interval=0.02,
+                         what="a command of the gateway waiting in Redis's socket")
         a.kill9()
         await busy
         stop.set()
@@ -521,6 +528,27 @@ async def test_a_gateway_killed_with_gifts_in_flight_debits_each_at_most_once_an
 BUSY = """local t0 = redis.call('TIME')
 repeat local t = redis.call('TIME') until (t[1] - t0[1]) * 1000000 + (t[2] - t0[2]) >= tonumber(ARGV[1])
 return 1"""
+
+
+def _waits_in_redis(pid: int, redis_url: str) -> bool:
+    """Whether a command the process ``pid`` sent sits unread in Redis's socket: the server
+    side of one of its connections to Redis has bytes queued (``/proc/net/tcp`` rx_queue)."""
+    import psutil
+
+    port = int(redis_url.split("://", 1)[1].split("/", 1)[0].rpartition(":")[2] or 6379)
+    mine = {c.laddr.port for c in psutil.Process(pid).net_connections(kind="tcp") if c.raddr and c.raddr.port == port}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            local, remote, queues = f[1], f[2], f[4]
+            if int(local.rsplit(":", 1)[1], 16) == port and int(remote.rsplit(":", 1)[1], 16) in mine \
+                    and int(queues.split(":")[1], 16) > 0:
+                return True
+    return False
 
 
 async def _answers_ping(redis_url: str) -> bool:
