@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import logging
 import signal
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -73,26 +74,43 @@ def build_app(settings: Settings, *, redis: Any = None) -> web.Application:
 
     async def on_shutdown(app: web.Application) -> None:
         # graceful: stop accepting, tell clients to reconnect elsewhere (1012), drain
-        closed = await close_clients(gw)
+        closed = await _bounded(close_clients(gw), "close_clients")
         log.info("gateway.drained", extra={"node": settings.node_id, "closed": closed})
 
     async def on_cleanup(app: web.Application) -> None:
+        # every step bounded: a step stuck on a peer or an engine is logged by name and the
+        # shutdown goes on, so a stopping gateway always exits (its supervisor's grace is 30 s)
         for stop in gw.hooks.stop:
             try:
-                await stop()
+                await _bounded(stop(), getattr(stop, "__qualname__", repr(stop)))
             except Exception:
                 log.exception("gateway.shutdown_hook_failed")
         for t in gw.bg:
             t.cancel()
-        await gw.hub.stop()
-        await broker.close()
+        await _bounded(gw.hub.stop(), "hub.stop")
+        await _bounded(broker.close(), "broker.close")
         if own_redis:
-            await redis.aclose()
+            await _bounded(redis.aclose(), "redis.aclose")
 
     app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)
     app.on_cleanup.append(on_cleanup)
     return app
+
+
+T = TypeVar("T")
+
+#: how long one shutdown step may take before it is given up (logged) and the next one runs
+SHUTDOWN_STEP_S = 5.0
+
+
+async def _bounded(step: Awaitable[T], name: str) -> T | None:
+    """``step``, or None when it did not finish within :data:`SHUTDOWN_STEP_S` (logged)."""
+    try:
+        return await asyncio.wait_for(step, SHUTDOWN_STEP_S)
+    except TimeoutError:
+        log.warning("gateway.shutdown_step_timeout", extra={"step": name, "timeout_s": SHUTDOWN_STEP_S})
+        return None
 
 
 async def close_clients(gw: Gateway) -> int:
