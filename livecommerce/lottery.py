@@ -337,8 +337,9 @@ def entrants_digest(entrants: Sequence[str]) -> str:
     return hashlib.sha256(canon.encode("utf-8")).hexdigest()
 
 
-class _Stream:
-    """HMAC-SHA256 counter-mode stream with unbiased ``below`` (rejection sampling)."""
+class HmacStream:
+    """HMAC-SHA256 counter-mode stream with unbiased ``below`` (rejection sampling): the
+    randomness of the lottery draw and of the red packet split (``livecommerce.redpackets``)."""
 
     __slots__ = ("_c", "_key")
 
@@ -376,7 +377,7 @@ def draw(seed: str, entrants: Sequence[str], k: int) -> list[str]:
     key = hmac.new(
         seed.encode("ascii"), f"{ALGORITHM}|{entrants_digest(pool)}".encode("ascii"), hashlib.sha256
     ).digest()
-    stream = _Stream(key)
+    stream = HmacStream(key)
     take = min(k, n)
     for i in range(take):
         j = i + stream.below(n - i)

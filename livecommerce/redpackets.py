@@ -63,6 +63,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .errors import BadFrame, Conflict
+from .lottery import HmacStream
+from .lottery import new_seed as new_seed  # the same commitment as the lottery draw (re-exported)
+from .lottery import seed_hash as seed_hash
 from .wallet import RP_CREDIT, RP_DEBIT, RP_REFUND, WALLET_SHARDS
 
 ALGORITHM = "lc-redpacket-v1"
@@ -325,40 +328,6 @@ def decide_end(view: PacketView, *, now_ms: int) -> int | None:
 
 
 # ---------------------------------------------------------------- the split
-def seed_hash(seed: str) -> str:
-    """The public commitment to ``seed``: sha256 of its ASCII bytes, hex."""
-    return hashlib.sha256(seed.encode("ascii")).hexdigest()
-
-
-def new_seed(random_bytes: bytes) -> str:
-    """A seed from the caller's randomness (``secrets.token_bytes(32)``).
-
-    Raises:
-        ValueError: fewer than 16 bytes.
-    """
-    if len(random_bytes) < 16:
-        raise ValueError("a seed needs at least 16 random bytes")
-    return random_bytes.hex()
-
-
-class _Stream:
-    """HMAC-SHA256 counter-mode stream with unbiased ``below`` (rejection sampling)."""
-
-    __slots__ = ("_c", "_key")
-
-    def __init__(self, key: bytes) -> None:
-        self._key = key
-        self._c = 0
-
-    def below(self, m: int) -> int:
-        limit = (1 << 256) // m * m
-        while True:
-            x = int.from_bytes(hmac.new(self._key, self._c.to_bytes(8, "big"), hashlib.sha256).digest(), "big")
-            self._c += 1
-            if x < limit:
-                return x % m
-
-
 def split(seed: str, pid: str, amount: int, count: int) -> list[int]:
     """The packet's shares in grab order, algorithm ``lc-redpacket-v1`` (module docstring):
     ``count`` positive integers summing to ``amount``.
@@ -369,7 +338,7 @@ def split(seed: str, pid: str, amount: int, count: int) -> list[int]:
     if count < 1 or amount < count:
         raise ValueError("a red packet needs 1 <= count <= amount")
     key = hmac.new(seed.encode("ascii"), f"{ALGORITHM}|{pid}|{amount}|{count}".encode("ascii"), hashlib.sha256).digest()
-    stream = _Stream(key)
+    stream = HmacStream(key)
     cuts: set[int] = set()
     for j in range(amount - count + 1, amount):
         t = 1 + stream.below(j)
