@@ -160,11 +160,8 @@ class RoomGate:
         hit = self._known.get(room)
         if hit is not None and hit[0] > time.monotonic():
             return hit[1]
-        snap = self._served.get(room)
-        if snap is not None:
-            meta = snap.meta or {}
-            st = meta.get("state", "")
-            self._held(room, st, meta.get("host") or None)
+        st = self._from_served(room)
+        if st is not None:
             return st
         pending = self._reads.get(room)
         if pending is not None:
@@ -199,11 +196,8 @@ class RoomGate:
         held = self._hosts.get(room)
         if held is not None:
             return held
-        snap = self._served.get(room)
-        if snap is not None:
-            meta = snap.meta or {}
-            self._held(room, meta.get("state", ""), meta.get("host") or None)
-            return meta.get("host") or room_owner(room)
+        if self._from_served(room) is not None:
+            return self._hosts.get(room) or room_owner(room)
         hit = self._known.get(room)
         if hit is not None and hit[1] == "" and hit[0] > time.monotonic():
             return room_owner(room)
@@ -211,6 +205,17 @@ class RoomGate:
         self._held(room, st, host)
         self.remember(room, st)
         return host or room_owner(room)
+
+    def _from_served(self, room: str) -> str | None:
+        """The room's state from its served snapshot (its host held as a read would), or
+        None when the node serves no current snapshot of it."""
+        snap = self._served.get(room)
+        if snap is None:
+            return None
+        meta = snap.meta or {}
+        st = meta.get("state", "")
+        self._held(room, st, meta.get("host") or None)
+        return st
 
     def _held(self, room: str, state: str, host: str | None) -> None:
         if state:  # created: its host (or owner key) is for good
