@@ -375,6 +375,8 @@ async def test_staff_hear_of_a_new_report(gateway_factory: Any, token: Any, http
     s = await stage(gateway_factory, token, http)
     console = await s.join(s.b, "h1", tok=s.host)
     v1 = await s.join(s.a, "v1")
+    # the push goes to the staff's nodes: wait until presence (written in short windows) has h1
+    await wait_until(lambda: s.a.gw.presence.user_nodes(["h1"]), until=lambda got: bool(got.get("h1")), what="h1 in presence")
     seq = (await comment(v1, "rude"))["d"]["seq"]
     rep = await s.call("POST", f"/rooms/{s.room}/reports", s.viewer("r1"), {"seq": seq, "reason": "abuse"}, status=201)
     pushed = await next_of(console, "report.filed")
