@@ -2,8 +2,8 @@
 a batch's transaction is open, then replaced by another member of the group: nothing is
 lost and nothing is applied twice, on SQLite and PostgreSQL.
 
-"While a batch's transaction is open" is observed, not hoped for: the test kills the worker
-the moment the database says it holds its write transaction (SQLite: a ``BEGIN IMMEDIATE``
+"While a batch's transaction is open" is observed, not hoped for: the test freezes the worker
+(SIGSTOP) and kills it when the database says it holds its write transaction (SQLite: a ``BEGIN IMMEDIATE``
 of the test is refused as locked; PostgreSQL: ``pg_stat_activity`` shows the worker's
 connection inside a transaction), after at least one batch committed. The worker runs with
 batches of ``LC_WORKER_BATCH=300`` so the stream is many batches long.
@@ -11,11 +11,14 @@ batches of ``LC_WORKER_BATCH=300`` so the stream is many batches long.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import random
 import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +51,10 @@ GIFTS = 6000
 USERS = 50
 
 
-def order_stream() -> list[LogEvent]:
+def order_stream(wave: int = 0) -> list[LogEvent]:
     out, moves = [], []
     for i in range(ORDERS):
-        oid = f"k1.{i:05d}"
+        oid = f"k1.{wave}.{i:05d}"
         d = {"order_id": oid, "sale_id": "k1", "room_id": "r", "user_id": f"u{i % USERS}", "qty": 1, "unit_price": 300,
              "pay_by_ms": NOW + 900_000, "payment_window_s": 900, "request_id": f"rq{i}", "reserved_ms": NOW}
         out.append(new_event("orders", oid, "order.reserved", d, f"{oid}:reserved", NOW))
@@ -61,13 +64,13 @@ def order_stream() -> list[LogEvent]:
     return out + moves
 
 
-def gift_stream() -> list[LogEvent]:
-    out = [new_event("gifts", f"u{u}", "wallet.topup", {"user": f"u{u}", "amount": 10**6, "balance": 10**6, "idempotency_key": "k",
-                                                       "by": "ops"}, f"topup:u{u}:k", NOW) for u in range(USERS)]
+def gift_stream(wave: int = 0) -> list[LogEvent]:
+    out = [new_event("gifts", f"u{u}", "wallet.topup", {"user": f"u{u}", "amount": 10**6, "balance": 10**6, "idempotency_key": f"k{wave}",
+                                                       "by": "ops"}, f"topup:u{u}:k{wave}", NOW) for u in range(USERS)]
     for i in range(GIFTS):
         u, h = f"u{i % USERS}", f"h{i % 3}"
         out.append(new_event("gifts", u, "gift.sent", {"user": u, "room": f"room-{h}", "host": h, "gift_id": "rose", "count": 1,
-                                                       "price": 1 + i % 4, "value": 1 + i % 4}, f"gift{i}", NOW))
+                                                       "price": 1 + i % 4, "value": 1 + i % 4}, f"gift{wave}.{i}", NOW))
     return out
 
 
@@ -132,6 +135,7 @@ def start(worker: str, env: dict[str, str], node: str) -> subprocess.Popen[bytes
 
 def stop(p: subprocess.Popen[bytes]) -> None:
     if p.poll() is None:
+        p.send_signal(signal.SIGCONT)  # in case a failed look left it frozen
         p.send_signal(signal.SIGTERM)
         try:
             p.wait(20)
@@ -195,14 +199,23 @@ async def test_a_worker_killed_inside_a_batch_transaction_loses_and_duplicates_n
     worker: str, store_url: str, settings: Settings, redis: Any
 ) -> None:
     await upgrade(store_url)
-    events = order_stream() if worker == "orders" else gift_stream()
+    stream = order_stream if worker == "orders" else gift_stream
     log = RedisLog(redis, Keys(settings.key_prefix))
-    for i in range(0, len(events), 1000):
-        await log.append_many(events[i : i + 1000])
-    await log.close()
+    events: list[LogEvent] = []
+    waves = [0]
+
+    async def append_wave() -> None:
+        wave = stream(waves[0])
+        waves[0] += 1
+        for i in range(0, len(wave), 1000):
+            await log.append_many(wave[i : i + 1000])
+        events.extend(wave)
+
+    def total() -> int:  # points and earnings claim only the events that award or accrue
+        return sum(1 for e in events if worker not in ("points", "earnings") or e.type == "gift.sent")
+
+    await append_wave()
     consumer = worker  # each worker's exactly-once consumer name is its own name
-    # points and earnings claim only the events that award or accrue
-    total = sum(1 for e in events if worker not in ("points", "earnings") or e.type == "gift.sent")
     env = {k: v for k, v in os.environ.items() if not k.startswith("LC_")}
     env.update(LC_REDIS_URL=settings.redis_url, LC_KEY_PREFIX=settings.key_prefix, LC_DATABASE_URL=store_url, LC_LOG_JSON="0",
                LC_LOG_LEVEL="WARNING", LC_SECRET=settings.secret, LC_LOG_CLAIM_IDLE_MS="1000", LC_WORKER_BATCH="300")
@@ -217,21 +230,32 @@ async def test_a_worker_killed_inside_a_batch_transaction_loses_and_duplicates_n
             alive()
             return await applied(store_url, consumer)
 
-        async def inside_a_batch() -> bool:
-            alive()
-            return await db.in_transaction(proc.pid)
-
         await wait_until(committed, timeout=60, interval=0.01, what="the worker's first committed batch")
-        await wait_until(inside_a_batch, timeout=60, interval=0.001, what="the worker inside a later batch's transaction")
-        proc.send_signal(signal.SIGKILL)  # at once: the transaction is still open
+        # Look while the worker is frozen (SIGSTOP), so what the database says still holds when
+        # the SIGKILL lands; not inside a transaction: let it run a moment and look again. A fast
+        # worker may apply the whole stream between two looks: then the stream gets another wave.
+        rng = random.Random(7)
+        deadline = time.monotonic() + 90
+        while True:
+            alive()
+            proc.send_signal(signal.SIGSTOP)
+            if await db.in_transaction(proc.pid):
+                break
+            proc.send_signal(signal.SIGCONT)
+            assert time.monotonic() < deadline, f"never saw the worker inside a batch's transaction ({await applied(store_url, consumer)} applied)"
+            if await applied(store_url, consumer) >= total():
+                await append_wave()
+            await asyncio.sleep(rng.uniform(0, 0.004))
+        proc.send_signal(signal.SIGKILL)  # while frozen: the transaction is still open
         assert proc.wait(10) == -signal.SIGKILL
         at_kill = await applied(store_url, consumer)
-        assert 0 < at_kill < total, f"the kill must land mid-stream ({at_kill} of {total} applied)"
+        assert 0 < at_kill < total(), f"the kill must land mid-stream ({at_kill} of {total()} applied)"
         proc = start(worker, env, "k2")  # another member takes over what k1 held (claimed once idle)
-        await wait_until(lambda: applied(store_url, consumer), until=lambda n: n >= total, timeout=120, interval=0.2,
-                         what=f"all {total} events applied after the kill")
+        await wait_until(lambda: applied(store_url, consumer), until=lambda n: n >= total(), timeout=120, interval=0.2,
+                         what=f"all {total()} events applied after the kill")
     finally:
         stop(proc)
         await db.close()
-    assert await applied(store_url, consumer) == total
+        await log.close()
+    assert await applied(store_url, consumer) == total()
     await check_exactly_once(worker, store_url, events)
