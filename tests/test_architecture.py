@@ -35,6 +35,8 @@ EDGES = {
     "payments_sim.py": "the simulated payment provider: an aiohttp service for dev and tests",
     "payments_http.py": "the PaymentProvider adapter over HTTP (aiohttp client)",
     "checkout.py": "the money path's orchestration: a sale's group commit of buys queues them on asyncio futures",
+    "client/http.py": "the gateway's HTTP client (aiohttp)",
+    "client/ws.py": "the gateway's WebSocket client (websockets, a reader task)",
 }
 
 
