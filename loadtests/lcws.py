@@ -36,8 +36,6 @@ running in this directory), ``LC_ROOM`` (default ``demo``), ``LC_FORMAT`` (``msg
 
 from __future__ import annotations
 
-import itertools
-import json
 import os
 import random
 import time
@@ -45,12 +43,14 @@ from collections.abc import Callable
 from typing import Any
 
 import gevent
-import msgpack
 import websocket  # websocket-client
 from gevent.event import AsyncResult, Event
 from locust.stats import RequestStats, StatsEntry
 
 from livecommerce.auth import issue_token
+from livecommerce.client import wire
+from livecommerce.client.errors import error_body
+from livecommerce.client.operations import call
 
 ROOM = os.environ.get("LC_ROOM", "demo")
 FORMAT = os.environ.get("LC_FORMAT", "msgpack")
@@ -61,10 +61,6 @@ EXPECTED_REJECTIONS = frozenset(
     {"sold_out", "limit_reached", "not_started", "ended", "already_entered", "closed", "insufficient_funds"}
 )
 
-_ids = itertools.count(1)
-# a room's first seq is now_ms * 1000 + 1 (docs/design.md): a bigger jump than this is a
-# sequence seeded again after its history was lost, not events missed
-RESEED_JUMP = 1_000_000
 
 
 class Ledger:
@@ -181,25 +177,10 @@ def mint(user: str, role: str = "viewer", rooms: tuple[str, ...] = (), ttl_s: in
     return issue_token(secret(), user=user, role=role, rooms=rooms, name=user, now_s=int(time.time()), ttl_s=ttl_s)
 
 
-def ws_url(host: str, room: str, token: str, fmt: str = FORMAT) -> str:
-    base = host.rstrip("/")
-    if base.startswith("https://"):
-        base = "wss://" + base[len("https://") :]
-    elif base.startswith("http://"):
-        base = "ws://" + base[len("http://") :]
-    return f"{base}/ws?room={room}&token={token}&format={fmt}"
-
-
 def encode(obj: dict[str, Any], fmt: str = FORMAT) -> tuple[bytes | str, int]:
-    if fmt == "json":
-        return json.dumps(obj, separators=(",", ":")), websocket.ABNF.OPCODE_TEXT
-    return msgpack.packb(obj, use_bin_type=True), websocket.ABNF.OPCODE_BINARY
-
-
-def decode(data: bytes | str) -> Any:
-    if isinstance(data, str):
-        return json.loads(data)
-    return msgpack.unpackb(data, raw=False)
+    """A frame for websocket-client: the payload (livecommerce.client.wire) and its opcode."""
+    payload = wire.encode(obj, "json" if fmt == "json" else "msgpack")
+    return payload, websocket.ABNF.OPCODE_TEXT if isinstance(payload, str) else websocket.ABNF.OPCODE_BINARY
 
 
 class LiveSocket:
@@ -207,7 +188,7 @@ class LiveSocket:
 
     def __init__(self, environment: Any, host: str, token: str, *, room: str = ROOM, fmt: str = FORMAT) -> None:
         self.env = environment
-        self.url = ws_url(host, room, token, fmt)
+        self.url = wire.ws_url(host, room, token, "json" if fmt == "json" else "msgpack")
         self.room = room
         self.fmt = fmt
         self.ws: websocket.WebSocket | None = None
@@ -220,7 +201,9 @@ class LiveSocket:
         self.close_reason = ""
         self.closing = False  # this side closed it (not a drop)
         self._counted = False  # counted in LEDGER.open
-        self.last_seq: int | None = None
+        self.seq = wire.SeqTracker()
+        self._ids = wire.CommandIds()
+        self.last_error = ""  # an error frame without id (the reason before a close: unauthorized, banned)
 
     # ---- stats
     def _fire(self, request_type: str, name: str, start: float, *, length: int = 0, exc: Exception | None = None,
@@ -290,11 +273,11 @@ class LiveSocket:
         if self.ws is None or self.closed.is_set():
             self._fire("WS", name, time.perf_counter(), exc=ConnectionError("not connected"), ms=0)
             return None
-        cid = next(_ids)
+        cid = self._ids()
         res: AsyncResult = AsyncResult()
         start = time.perf_counter()
         self.pending[cid] = (res, name, start)
-        payload, opcode = encode({"t": t, "id": cid, "d": d or {}}, self.fmt)
+        payload, opcode = encode(wire.command_frame(t, cid, d), self.fmt)
         try:
             self.ws.send(payload, opcode)
             reply = res.get(timeout=timeout)
@@ -307,13 +290,13 @@ class LiveSocket:
             self._fire("WS", name, start, exc=exc)
             return None
         ms = (time.perf_counter() - start) * 1000
-        if reply.get("t") == "error":
-            d_ = reply.get("d") or {}
-            code = str(d_.get("code"))
+        err = wire.reply_error(reply)
+        if err is not None:
+            code, message, _ = err
             if code in EXPECTED_REJECTIONS:
                 self._fire("WS", f"{name} -> {code}", start, ms=ms)
             else:
-                self._fire("WS", name, start, ms=ms, exc=CommandError(f"{code}: {d_.get('message', '')}"[:200]))
+                self._fire("WS", name, start, ms=ms, exc=CommandError(f"{code}: {message}"[:200]))
         else:
             self._fire("WS", name, start, ms=ms)
         return reply
@@ -327,13 +310,18 @@ class LiveSocket:
                 opcode, data = ws.recv_data()
                 if opcode == websocket.ABNF.OPCODE_CLOSE:
                     code = int.from_bytes(data[:2], "big") if len(data) >= 2 else 0
-                    self.close_reason = f"closed by server: {code} {data[2:].decode(errors='replace')}"
+                    self.close_reason = (f"closed by server: {code} {data[2:].decode(errors='replace')}"
+                                         + (f" ({self.last_error})" if self.last_error else ""))
                     break
                 if opcode not in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
                     continue
                 if isinstance(data, bytes) and opcode == websocket.ABNF.OPCODE_TEXT:
                     data = data.decode()
-                self._on_frame(decode(data), len(data), start)
+                try:
+                    frame = wire.decode(data)
+                except ValueError:
+                    continue
+                self._on_frame(frame, len(data), start)
         except Exception as exc:
             if not self.closed.is_set():
                 self.close_reason = self.close_reason or f"{exc.__class__.__name__}: {exc}"
@@ -350,30 +338,29 @@ class LiveSocket:
                     res.set_exception(ConnectionError(self.close_reason or "connection closed"))
 
     def _on_frame(self, obj: dict[str, Any], length: int, start: float) -> None:
-        cid = obj.get("id")
-        if cid is not None and cid in self.pending:
-            res, _, _ = self.pending.pop(cid)
-            res.set(obj)
-            return
         t = obj.get("t")
         if t == "welcome":
             self.welcome = obj
-            seq = (obj.get("d") or {}).get("seq")
-            self.last_seq = seq if isinstance(seq, int) and seq > 0 else None  # 0: a room without history yet
+            self.seq.welcome((obj.get("d") or {}).get("seq"))  # 0: a room without history yet
             self._fire("WS", "first-event", start, length=length)
             self.welcomed.set()
             return
-        items = obj.get("items", ()) if t == "batch" else (obj,)
+        items = wire.event_items(obj)
         now_ms = time.time() * 1000
         for e in items:
+            if wire.is_reply(e):  # a command's reply (alone, or inside a batch)
+                pending = self.pending.pop(e["id"], None)
+                if pending is not None:
+                    pending[0].set(e)
+                continue
             et = e.get("t", "?")
+            if et == "error":
+                err = wire.reply_error(e)
+                self.last_error = f"{err[0]}: {err[1]}" if err else ""
+            missed = self.seq.see(e.get("seq"))
+            if missed:
+                LEDGER.count("seq_gaps", missed)
             ts = e.get("ts")
-            seq = e.get("seq")
-            if isinstance(seq, int):
-                if self.last_seq is not None and self.last_seq + 1 < seq <= self.last_seq + RESEED_JUMP:
-                    LEDGER.count("seq_gaps", seq - self.last_seq - 1)
-                if self.last_seq is None or seq > self.last_seq:
-                    self.last_seq = seq
             if isinstance(ts, (int, float)) and (EVENT_SAMPLE >= 1.0 or random.random() < EVENT_SAMPLE):
                 LEDGER.events.log_request("EVENT", et, max(0.0, now_ms - ts), length // max(1, len(items)))
             for fn in self.handlers.get(et, ()):
@@ -383,25 +370,35 @@ class LiveSocket:
                     pass
 
 
-def http_post(environment: Any, host: str, path: str, body: dict[str, Any], token: str, *, name: str | None = None,
-              ok: tuple[int, ...] = ()) -> Any:
-    """One JSON POST with a bearer token, reported like locust's own HTTP requests."""
+def http_post(environment: Any, host: str, operation_id: str, body: dict[str, Any], token: str, *,
+              ok: tuple[int, ...] = (), idempotency_key: str | None = None, **params: str) -> Any:
+    """One operation of the API (``livecommerce.client.operations``: its path, its documented
+    name as the row, its ``Idempotency-Key``) over requests, reported like locust's own HTTP
+    requests: an error answer, or no answer at all, is a failure with the wire's code."""
     import requests
 
+    c = call(operation_id, body=body, idempotency_key=idempotency_key, **params)
     start = time.perf_counter()
     exc: Exception | None = None
     resp = None
     try:
-        resp = requests.post(host.rstrip("/") + path, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=REPLY_TIMEOUT_S)
+        resp = requests.request(c.method, host.rstrip("/") + c.path, json=c.body, params=dict(c.query),
+                                headers={"Authorization": f"Bearer {token}", **c.headers}, timeout=REPLY_TIMEOUT_S)
         if resp.status_code >= 300 and resp.status_code not in ok:
-            exc = CommandError(f"HTTP {resp.status_code}: {resp.text[:200]}")
+            exc = CommandError(failure(resp.status_code, resp.text))
     except Exception as e:
         exc = e
     environment.events.request.fire(
-        request_type="POST", name=name or path, response_time=(time.perf_counter() - start) * 1000,
+        request_type=c.method, name=c.name, response_time=(time.perf_counter() - start) * 1000,
         response_length=len(resp.content) if resp is not None else 0, exception=exc, context={},
     )
     return resp
+
+
+def failure(status: int, text: str) -> str:
+    """How an HTTP error answer reads in locust's failure table: status, wire code, message."""
+    parsed = error_body(text)
+    return f"HTTP {status} {parsed[0]}: {parsed[1]}"[:200] if parsed else f"HTTP {status}: {' '.join(text.split())[:200]}"
 
 
 class CommandError(Exception):

@@ -47,6 +47,8 @@ from locust import HttpUser, LoadTestShape, User, between, events, task
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lcws
 
+from livecommerce.client.operations import Call, call
+
 SCENARIO = os.environ.get("LC_SCENARIO", "mixed")
 SHAPE = os.environ.get("LC_SHAPE", "")
 SALE_AFTER_JUMP_S = float(os.environ.get("LC_SHAPE_SALE_AFTER_S", "2"))
@@ -141,9 +143,8 @@ class GiftSender(LiveUser):
     def on_start(self) -> None:
         super().on_start()
         # test credit: the user's own simulated payment (idempotent on the key)
-        lcws.http_post(self.environment, self.host, f"/api/v1/wallets/{self.user_id}/topup",
-                       {"amount": 100_000, "idempotency_key": f"{self.user_id}-topup"}, self.token,
-                       name="/api/v1/wallets/[user]/topup")
+        lcws.http_post(self.environment, self.host, "walletsTopup", {"amount": 100_000}, self.token,
+                       idempotency_key=f"{self.user_id}-topup", user=self.user_id)
 
     @task
     def gift(self) -> None:
@@ -245,11 +246,10 @@ class Host(HttpUser):
         self.last_sale = 0.0
         self.last_lottery = 0.0
         # the room, its products and going live: "already there" (409) is fine
-        self._post("/api/v1/rooms", {"id": ROOM, "title": "Load test room"}, "/api/v1/rooms", ok=(409,))
+        self._post(call("roomsCreate", body={"id": ROOM, "title": "Load test room"}), ok=(409,))
         for i in range(1, 6):
-            self._post("/api/v1/products", {"id": f"p{i}", "name": f"Load test item {i}", "price": 100 * i},
-                       "/api/v1/products", ok=(409,))
-        self._post(f"/api/v1/rooms/{ROOM}/live", {}, "/api/v1/rooms/[room]/live", ok=(409,))
+            self._post(call("catalogCreate", body={"id": f"p{i}", "name": f"Load test item {i}", "price": 100 * i}), ok=(409,))
+        self._post(call("roomsLive", body={}, room=ROOM), ok=(409,))
         # sales and lotteries run on the clock, not as weighted tasks: one every LC_SALE_EVERY_S
         # (LC_LOTTERY_EVERY_S), whatever else the host is doing
         self.schedule = gevent.spawn(self._on_the_clock)
@@ -260,12 +260,15 @@ class Host(HttpUser):
             self.lottery()
             gevent.sleep(0.25)
 
-    def _post(self, path: str, body: dict[str, Any], name: str, ok: tuple[int, ...] = ()) -> Any:
-        with self.client.post(path, json=body, headers=self.auth, name=name, catch_response=True) as resp:
+    def _post(self, c: Call, ok: tuple[int, ...] = ()) -> Any:
+        """One operation (``livecommerce.client.operations``) through locust's HTTP session,
+        its documented path as the row's name."""
+        with self.client.request(c.method, c.path, json=c.body, params=dict(c.query), headers={**self.auth, **c.headers},
+                                 name=c.name, catch_response=True) as resp:
             if not resp.status_code:  # no answer at all: refused, reset, timed out
                 resp.failure(f"no response: {resp.error!r}")
             elif resp.status_code >= 300 and resp.status_code not in ok:
-                resp.failure(f"HTTP {resp.status_code}: {resp.text[:200]}")
+                resp.failure(lcws.failure(resp.status_code, resp.text))
             else:
                 resp.success()
             return resp
@@ -276,8 +279,7 @@ class Host(HttpUser):
 
     @task(3)
     def announce(self) -> None:
-        self.client.post(f"/api/v1/rooms/{ROOM}/announce", json={"text": f"announcement at {time.strftime('%X')}"},
-                         headers=self.auth, name="/api/v1/rooms/[room]/announce")
+        self._post(call("commentsAnnounce", body={"text": f"announcement at {time.strftime('%X')}"}, room=ROOM))
 
     @task(1)
     def pin(self) -> None:
@@ -298,12 +300,11 @@ class Host(HttpUser):
         sale_id = f"s{RUN}-{int(time.time())}"
         now_ms = int(time.time() * 1000)
         stock = int(os.environ.get("LC_SALE_STOCK", "50"))
-        resp = self._post(
-            "/api/v1/campaigns",
-            {"id": sale_id, "room": ROOM, "product_id": "p1", "product_name": "Load test item", "price": 100,
-             "stock": stock, "per_user_limit": 1, "starts_ms": now_ms + 60_000, "duration_s": 120},
-            "/api/v1/campaigns",
-        )
+        resp = self._post(call(
+            "salesCreateCampaigns",
+            body={"id": sale_id, "room": ROOM, "product_id": "p1", "product_name": "Load test item", "price": 100,
+                  "stock": stock, "per_user_limit": 1, "starts_ms": now_ms + 60_000, "duration_s": 120},
+        ))
         if 0 < resp.status_code < 300:
             lcws.LEDGER.sale(sale_id, stock)
             if not self.sock.closed.is_set():

@@ -3,7 +3,9 @@
 
 Each bot joins the room, waits for ``sale.started`` (or buys at once if the sale is already
 live), sends ``buy`` with its own ``request_id`` (and one retry with the same id, which must
-return the same order), pays a share of its orders over HTTP and lets the rest time out.
+return the same order), pays a share of its orders over HTTP (with an ``Idempotency-Key``: a lost answer is retried
+and gets the first payment's) and lets the rest time out. Everything goes through
+``livecommerce.client``.
 At the end it waits (bounded, with progress) until the orders worker has written the
 sale's orders into SQL, so the GMV it prints counts every paid order, then prints what the
 bots saw beside the gateway's sale stats and checks the invariants: nothing oversold, stock
@@ -30,6 +32,7 @@ from typing import Any
 import aiohttp
 
 from livecommerce.auth import issue_token
+from livecommerce.client import ApiError, Client, ClientError, CommandError, LiveSocket
 from livecommerce.config import Settings, read_dev_env, secret_source
 
 SOLD = ("paid", "refund_requested", "shipped", "delivered", "return_requested", "completed")  # SQL order states whose units Redis counts as paid
@@ -63,12 +66,12 @@ def sql_behind(stats: dict[str, Any]) -> str:
             f"{stats['reserved']} reserved")
 
 
-async def wait_for_sql(http: aiohttp.ClientSession, url: str, headers: dict[str, str], wait_s: float) -> tuple[dict[str, Any], str]:
+async def wait_for_sql(ops: Client, sale: str, wait_s: float) -> tuple[dict[str, Any], str]:
     """Poll the sale's stats until SQL has caught up with Redis or ``wait_s`` passed; the
     last stats and what is still behind ('' when nothing)."""
     deadline = time.monotonic() + wait_s
     while True:
-        stats = await (await http.get(url, headers=headers)).json()
+        stats = dict(await ops.sales_sale_stats(sale))
         behind = sql_behind(stats)
         if not behind or time.monotonic() >= deadline:
             if behind:
@@ -79,66 +82,60 @@ async def wait_for_sql(http: aiohttp.ClientSession, url: str, headers: dict[str,
         await asyncio.sleep(min(0.2, max(left, 0)))
 
 
-async def bot(i: int, args: argparse.Namespace, key: str, http: aiohttp.ClientSession, out: dict, started: asyncio.Event) -> None:
+async def bot(i: int, args: argparse.Namespace, key: str, api: Client, out: dict, started: asyncio.Event) -> None:
     user = f"bot{i}"
     tok = issue_token(key, user=user, role="viewer", now_s=int(time.time()), ttl_s=3600)
-    url = f"{args.url.replace('http', 'ws', 1)}/ws?room={args.room}&format=json&token={tok}"
-    async with http.ws_connect(url, max_msg_size=0) as ws:
-        await ws.receive_json(timeout=10)  # welcome
+    async with await LiveSocket.connect(args.url, args.room, tok, fmt="json", max_events=0, reply_timeout_s=30) as live:
         started.set() if args.now else None
         await started.wait()
         rid = uuid.uuid4().hex[:12]
         t0 = time.perf_counter()
-        replies = []
+        replies: list[dict[str, Any]] = []
         for attempt in range(2):  # the second send is a retry with the same request_id
-            await ws.send_json({"t": "buy", "id": attempt, "d": {"sale_id": args.sale, "qty": 1, "request_id": rid}})
-            while True:
-                msg = await ws.receive_json(timeout=30)
-                items = msg["items"] if msg["t"] == "batch" else [msg]
-                reply = next((m for m in items if m.get("id") == attempt), None)
-                if reply is not None:
-                    break
+            try:
+                replies.append(await live.buy(args.sale, request_id=rid))
+            except CommandError as exc:
+                replies.append({"code": exc.code})
             if attempt == 0:
                 out["latency"].append(time.perf_counter() - t0)
-            replies.append(reply)
         first, retry = replies
-        if first["t"] == "order.reserved":
-            oid = first["d"]["order_id"]
+        if "order_id" in first:
+            oid = first["order_id"]
             out["reserved"].append(oid)
-            if retry.get("d", {}).get("order_id") != oid:
+            if retry.get("order_id") != oid:
                 out["retry_mismatch"] += 1
             if i % 100 < args.pay_percent:
-                r = await http.post(f"{args.url}/api/v1/orders/{oid}/pay", json={},
-                                    headers={"Authorization": f"Bearer {tok}", "Idempotency-Key": rid})
-                if r.status == 200:
+                try:
+                    await api.as_user(tok).orders_pay_order(oid, idempotency_key=rid)
                     out["paid"].append(oid)
+                except ApiError as exc:
+                    out["pay_failed"][exc.code] = out["pay_failed"].get(exc.code, 0) + 1
         else:
-            code = first.get("d", {}).get("code", first["t"])
+            code = first["code"]
             out["rejected"][code] = out["rejected"].get(code, 0) + 1
 
 
 async def main(args: argparse.Namespace) -> int:
     key = secret(args)
-    out: dict = {"reserved": [], "paid": [], "rejected": {}, "latency": [], "retry_mismatch": 0}
+    out: dict = {"reserved": [], "paid": [], "rejected": {}, "pay_failed": {}, "latency": [], "retry_mismatch": 0}
     started = asyncio.Event()
-    ops = issue_token(key, user="rush-ops", role="ops", now_s=int(time.time()), ttl_s=3600)
-    conn = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=conn) as http:
-        stats_url = f"{args.url}/api/v1/sales/{args.sale}/stats"
-        r = await http.get(stats_url, headers={"Authorization": f"Bearer {ops}"})
-        if r.status != 200:
-            print(f"error: {stats_url} answered {r.status}: {await r.text()}\nLoad the campaign first (livecommerce campaign load FILE).", file=sys.stderr)
+    ops_token = issue_token(key, user="rush-ops", role="ops", now_s=int(time.time()), ttl_s=3600)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        ops = Client(args.url, ops_token, session=http)
+        try:
+            before = await ops.sales_sale_stats(args.sale)
+        except ClientError as exc:
+            print(f"error: the stats of sale {args.sale} at {args.url}: {exc}\n"
+                  "Load the campaign first (livecommerce campaign load FILE).", file=sys.stderr)
             return 2
-        before = await r.json()
         if before["state"] == "live":
             started.set()
-        tasks = [asyncio.create_task(bot(i, args, key, http, out, started)) for i in range(args.bots)]
+        tasks = [asyncio.create_task(bot(i, args, key, ops, out, started)) for i in range(args.bots)]
         t_start = time.perf_counter()
         if not started.is_set():
             print(f"{args.bots} bots waiting for the sale to start (state {before['state']}) ...", flush=True)
             while not started.is_set():
-                r = await http.get(stats_url, headers={"Authorization": f"Bearer {ops}"})
-                if (await r.json())["state"] == "live":
+                if (await ops.sales_sale_stats(args.sale))["state"] == "live":
                     started.set()
                 await asyncio.sleep(0.1)
             t_start = time.perf_counter()
@@ -147,16 +144,18 @@ async def main(args: argparse.Namespace) -> int:
             try:
                 await fut
             except Exception as exc:  # a bot that failed is reported, not hidden
-                out["rejected"][f"bot_error:{exc.__class__.__name__}"] = out["rejected"].get(f"bot_error:{exc.__class__.__name__}", 0) + 1
+                what = f"bot_error:{exc.code}" if isinstance(exc, ClientError) else f"bot_error:{exc.__class__.__name__}"
+                out["rejected"][what] = out["rejected"].get(what, 0) + 1
             done += 1
             print(f"\r  bots done {done}/{args.bots}  reserved {len(out['reserved'])}  paid {len(out['paid'])}", end="", flush=True)
         elapsed = time.perf_counter() - t_start
         print()
-        after, behind = await wait_for_sql(http, stats_url, {"Authorization": f"Bearer {ops}"}, args.sql_wait)
+        after, behind = await wait_for_sql(ops, args.sale, args.sql_wait)
     lat = sorted(out["latency"])
     pct = (lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1000) if lat else (lambda p: float("nan"))
     print(json.dumps({"bots": args.bots, "reserved": len(out["reserved"]), "paid": len(out["paid"]),
-                      "rejected": out["rejected"], "buys_per_s": round(args.bots / elapsed, 1),
+                      "rejected": out["rejected"], **({"pay_failed": out["pay_failed"]} if out["pay_failed"] else {}),
+                      "buys_per_s": round(args.bots / elapsed, 1),
                       "reply_ms": {"p50": round(pct(0.5), 1), "p99": round(pct(0.99), 1)}}, indent=2))
     print("sale stats:", json.dumps({k: after[k] for k in ("state", "stock", "remaining", "reserved", "paid", "buyers", "conserved", "gmv")}))
     if behind:
