@@ -266,6 +266,7 @@ async def _kafka_checks(settings: Settings, timeout_s: float) -> list[Finding]:
 
 # ---------------------------------------------------------------- listed processes
 async def _get(url: str, timeout_s: float) -> tuple[int, str]:
+    """A worker's own port (``/healthz``, ``/metrics``): not the gateway's API."""
     import aiohttp
 
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http, http.get(url) as r:
@@ -273,20 +274,21 @@ async def _get(url: str, timeout_s: float) -> tuple[int, str]:
 
 
 async def _gateway_checks(url: str, timeout_s: float) -> list[Finding]:
+    from .client import NO_RETRY, Client, TransportError, call
+
     name = f"gateway.{url.split('://', 1)[-1]}"
-    try:
-        before = _now_ms()
-        status, body = await _get(url + "/healthz", timeout_s)
-        after = _now_ms()
-        ready, _ = await _get(url + "/readyz", timeout_s)
-    except Exception as exc:
-        return [Finding(name, "fail", f"does not answer: {_err(exc)}", "start the gateway or fix the URL")]
+    async with Client(url, timeout_s=timeout_s, retry=NO_RETRY) as api:
+        try:
+            before = _now_ms()
+            health = await api.send(call("healthHealthz"), check=False)
+            after = _now_ms()
+            ready = (await api.send(call("healthReadyz"), check=False)).status
+        except TransportError as exc:
+            return [Finding(name, "fail", f"does not answer: {_err(exc.__cause__ or exc)}", "start the gateway or fix the URL")]
+    status = health.status
     out = [Finding(name, "ok" if status == 200 and ready == 200 else "fail", f"/healthz {status}, /readyz {ready}",
                    "" if status == 200 and ready == 200 else "see the gateway's log (/readyz 503: Redis unreachable or draining)")]
-    try:
-        now_ms = json.loads(body).get("now_ms")
-    except ValueError:
-        now_ms = None
+    now_ms = health.body.get("now_ms") if isinstance(health.body, dict) else None
     if isinstance(now_ms, int | float):
         skew, unc = doctor.skew_ms(before, now_ms, after)
         out.append(doctor.check_skew(f"clock.{name}", "its clock", skew, unc))

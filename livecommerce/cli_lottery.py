@@ -11,22 +11,32 @@ file or URL prints an error and exits 1 too.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import re
 import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from .config import Settings
+from .errors import LiveCommerceError
 from .lottery import ALGORITHM, verify_record
 
 
 def load_record(source: str, *, timeout_s: float = 10.0) -> Any:
     """Read a record from a path or an ``http(s)://`` URL.
 
+    A gateway's ``/api/v1/lotteries/{id}`` is read with :mod:`livecommerce.client` (its
+    error answer named by code: ``HTTP 404 not_found: ...``); any other URL as plain JSON.
+
     Raises:
-        OSError: unreadable file or URL. ValueError: not JSON.
+        OSError: unreadable file or URL. ValueError: not JSON. ClientError: the gateway's
+            error answer, or none.
     """
+    api = re.fullmatch(r"(https?://.+?)/api/v1/lotteries/([^/?#]+)", source)
+    if api is not None:
+        return asyncio.run(_from_gateway(api.group(1), api.group(2), timeout_s))
     if source.startswith(("http://", "https://")):
         req = urllib.request.Request(source, headers={"Accept": "application/json"})
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:
@@ -34,10 +44,19 @@ def load_record(source: str, *, timeout_s: float = 10.0) -> Any:
     return json.loads(Path(source).read_text(encoding="utf-8"))
 
 
+async def _from_gateway(base: str, lottery_id: str, timeout_s: float) -> Any:
+    from urllib.parse import unquote
+
+    from .client import Client
+
+    async with Client(base, timeout_s=timeout_s) as api:
+        return await api.lotteries_get(unquote(lottery_id))
+
+
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     try:
         record = load_record(args.source)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, LiveCommerceError) as exc:
         print(f"error: cannot read a lottery record from {args.source}: {exc}", file=sys.stderr)
         return 1
     verdict = verify_record(record)

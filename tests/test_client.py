@@ -353,3 +353,12 @@ def test_batch_items_and_urls() -> None:
     assert event_items({"t": "notice"}) == [{"t": "notice"}]
     assert ws_url("https://h:1/", "r 1", "t", "json", since=5) == "wss://h:1/ws?room=r+1&token=t&format=json&since=5"
     assert ws_url("ws://h/ws", "r", "t") == "ws://h/ws?room=r&token=t&format=msgpack"
+
+
+# ---------------------------------------------------------------------------- the CLI on the client
+async def test_lottery_verify_names_the_gateways_error_by_code(node: Node, capsys: pytest.CaptureFixture[str]) -> None:
+    from livecommerce import cli
+
+    assert await asyncio.to_thread(cli.main, ["lottery", "verify", f"{node.url}/api/v1/lotteries/no-such-lottery"]) == 1
+    err = capsys.readouterr().err
+    assert "HTTP 404 not_found" in err, err
