@@ -21,6 +21,7 @@ import inspect
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -362,3 +363,19 @@ async def test_lottery_verify_names_the_gateways_error_by_code(node: Node, capsy
     assert await asyncio.to_thread(cli.main, ["lottery", "verify", f"{node.url}/api/v1/lotteries/no-such-lottery"]) == 1
     err = capsys.readouterr().err
     assert "HTTP 404 not_found" in err, err
+
+
+def _readme_example() -> str:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## The Python client (`livecommerce.client`)", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+async def test_the_readme_example_runs(node: Node, token: Callable[..., str], capsys: pytest.CaptureFixture[str]) -> None:
+    code = _readme_example()
+    scope: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    room = f"readme{uuid.uuid4().hex[:6]}"
+    await scope["show"](node.url, token("host1", "host", rooms=(room,)), token("reader"), room)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("welcome reader seq ") and out[1:] == ["second buy: limit_reached", "paid 1499"], out
