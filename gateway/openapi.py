@@ -183,7 +183,10 @@ SCHEMAS: dict[str, J] = {
     }, ["alert", "active", "value", "threshold", "message"]),
     "Funnel": obj({"viewers": INT, "buyers": INT, "paid": INT}, ["viewers", "buyers", "paid"]),
     "OpsRoom": obj({
-        "room": STR, "title": STR, "host": STR, "state": STR, "online": INT, "peak_online": INT, "comments_per_s": NUM,
+        "room": STR, "title": STR, "host": STR, "state": STR, "online": INT,
+        "peak_online": {**INT, "description": "the show's peak online (never below `online` while live); a room not live: "
+                                              "its last show's peak (0: never live), which viewers now may exceed"},
+        "comments_per_s": NUM,
         "gifts_per_s": NUM, "gift_coins_per_s": NUM, "gmv": CENTS, "orders": COUNTS, "funnel": ref("Funnel"),
     }, ["room", "state", "online", "comments_per_s", "gifts_per_s", "gmv", "orders", "funnel"]),
     "OpsCampaign": obj({

@@ -367,9 +367,14 @@ class Ops:
             c = (com or {}).get("rooms", {}).get(room, {"gmv": 0, "orders": {}, "buyers": 0, "paid": 0})
             # distinct viewers of the show (who came), never fewer than are watching now
             viewers = max(live["online"], distinct.get(room, 0)) if room in distinct else max(live["online"], int(meta.get("peak_online") or 0))
+            # the show's peak: written once a second by every node (rooms_tick.lua), so a reading
+            # taken between two writes never shows fewer than are watching now; a room not live
+            # shows its last show's peak (0: never live), which its viewers now may exceed
+            peak = int(meta.get("peak_online") or 0)
             rooms.append({
                 "room": room, "title": meta.get("title", ""), "host": meta.get("host", ""), "state": meta.get("state", "unknown"),
-                **live, "peak_online": int(meta.get("peak_online") or 0), "gmv": c["gmv"], "orders": c["orders"],
+                **live, "peak_online": max(peak, live["online"]) if meta.get("state") == "live" else peak,
+                "gmv": c["gmv"], "orders": c["orders"],
                 "funnel": {"viewers": viewers, "buyers": c["buyers"], "paid": c["paid"]},
             })
         rooms.sort(key=lambda r: (r["state"] != "live", -r["online"], r["room"]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from typing import Any
 
 import aiohttp
@@ -293,3 +294,38 @@ async def test_the_funnel_counts_distinct_users_of_the_show_at_every_step(gatewa
         assert got == {"viewers": 4, "buyers": 2, "paid": 1}, got
         for c in viewers:
             await c.close()
+
+
+async def test_the_peak_online_counts_every_viewer_of_the_live_show_and_is_labelled_the_last_shows_after_it(
+        gateway_factory: Any, token: Any) -> None:
+    """M2 7/7 saw "peak online 7 while 40 clients were connected": the peak is the show's
+    (rooms_tick.lua, once a second while the room is live), so a room whose show had ended
+    showed its last show's peak beside the viewers still connected. While live, the peak
+    counts every viewer on every node and never reads below the online count; after the
+    end it stays the show's, and the page says so."""
+    from livecommerce.client import Client, LiveSocket
+
+    a, b = await gateway_factory(), await gateway_factory()
+    room = f"pk{uuid.uuid4().hex[:6]}"
+    async with Client(a.url, token("h1", "host", rooms=(room,))) as host, Client(b.url, token("o1", "ops")) as ops:
+        await host.rooms_create({"id": room})
+        await host.rooms_live(room)  # no viewer yet: the show's peak starts at 0
+        socks = await asyncio.gather(*(LiveSocket.connect((a if i % 2 else b).url, room, token(f"v{i}"), max_events=0)
+                                       for i in range(24)))
+        try:
+            async def row() -> dict[str, Any]:
+                await b.services.ops.tick()
+                return next(r for r in (await ops.ops_get_overview())["rooms"] if r["room"] == room)
+
+            seen = await wait_until(row, until=lambda r: r["online"] == 24, what="24 viewers online over both nodes")
+            assert seen["peak_online"] >= 24, seen  # never below what is watching now
+            ended = await host.rooms_end(room)
+            assert ended["summary"]["peak_online"] == 24, ended["summary"]
+            more = await asyncio.gather(*(LiveSocket.connect(a.url, room, token(f"x{i}"), max_events=0) for i in range(6)))
+            socks.extend(more)
+            after = await wait_until(row, until=lambda r: r["online"] == 30, what="30 viewers in the ended room")
+            assert (after["state"], after["peak_online"]) == ("ended", 24), after  # the show's, not the room's now
+        finally:
+            for s in socks:
+                await s.close()
+

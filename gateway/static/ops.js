@@ -87,7 +87,9 @@ function renderRooms(rooms) {
     h("td", {}, h("b", {}, r.room), r.title ? h("div", { class: "small muted" }, r.title) : null),
     h("td", {}, h("span", { class: `pill ${r.state === "live" ? "live" : ""}` }, r.state)),
     h("td", { class: "num" }, fmtInt(r.online)),
-    h("td", { class: "num" }, fmtInt(r.peak_online)),
+    r.state === "live" ? h("td", { class: "num" }, fmtInt(r.peak_online))
+      : h("td", { class: "num muted", title: "the peak of the room's last show: it counts while a show is live" },
+        r.peak_online ? `${fmtInt(r.peak_online)} (last show)` : "–"),
     h("td", { class: "num" }, r.comments_per_s.toFixed(1)),
     h("td", { class: "num" }, r.gifts_per_s.toFixed(1)),
     h("td", { class: "num" }, money(r.gmv)),
