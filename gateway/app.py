@@ -121,6 +121,7 @@ async def close_clients(gw: Gateway) -> int:
     conns = [c for room in gw.hub.rooms.values() for c in room.all() if not c.link.closed]
     for room in list(gw.hub.rooms.values()):
         gw.hub.flush(room)
+    gw.hub.finish_writes()  # every frame whole in the sockets before the close frames
     await asyncio.gather(
         *(c.link.close(code=CLOSE_RESTART, message=b"gateway restarting: reconnect with since=") for c in conns),
         return_exceptions=True,

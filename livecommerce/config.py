@@ -20,6 +20,7 @@ MIN_SECRET_BYTES = 32
 # Secrets that were ever written in this repository (the built-in default of earlier
 # versions): public, so no process but `livecommerce dev` accepts them.
 _PUBLISHED_SECRETS = frozenset({"dev-secret-change-me-0123456789abcdef"})
+FLUSH_MODES = ("adaptive", "tick")
 WS_TRANSPORTS = ("own", "aiohttp")
 _SECRET_HINT = "python3 -c 'import secrets; print(secrets.token_hex(32))'"
 
@@ -63,6 +64,10 @@ class Settings:
     # wire and fan-out
     max_frame_bytes: int = 16 * 1024
     tick_ms: int = 50
+    # when a room's batched events go out: "adaptive" flushes a quiet room's event at once and
+    # a busy room's at most once per tick_ms (its frames never closer than that); "tick"
+    # flushes every room on the node's fixed tick (the pre-M2 4/7 behaviour, for A/B runs)
+    flush: str = "adaptive"
     heartbeat_s: float = 20.0
     idle_timeout_s: float = 60.0
     send_buffer_bytes: int = 256 * 1024  # above this, low-priority frames are shed
@@ -124,6 +129,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.ws_transport not in WS_TRANSPORTS:
             raise ConfigError(f"LC_WS_TRANSPORT={self.ws_transport!r}: choose one of {', '.join(WS_TRANSPORTS)}")
+        if self.flush not in FLUSH_MODES:
+            raise ConfigError(f"LC_FLUSH={self.flush!r}: choose one of {', '.join(FLUSH_MODES)}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

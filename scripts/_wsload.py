@@ -10,6 +10,9 @@ index, ``bt`` publish time):
 
 * ``lc``: livecommerce ``/ws?room=&token=`` (msgpack); ready on ``welcome``; counts the
   ``notice`` items inside ``batch`` frames (and single ``notice`` frames).
+* ``lcj``: the same with ``format=json`` (text frames, ``json.loads``).
+* ``nchan``: Nchan's WebSocket subscriber ``/sub?id=ROOM``; each message is one text frame
+  whose body is what the publisher POSTed (a JSON envelope with ``d``).
 * ``relay``: the minimal relay's ``/ws?room=`` (msgpack envelope, one frame per message).
 * ``sio``: Socket.IO over the engine.io WebSocket transport (``42["notice",{...}]`` text
   frames); answers engine.io pings.
@@ -34,6 +37,7 @@ HIST_RES = 10_000  # buckets per second: 0.1 ms
 HIST_CAP = 100_000  # 10 s; the last bucket holds everything slower
 
 _unpackb = msgpack.unpackb
+_json_loads = json.loads
 _now = time.time
 
 
@@ -159,7 +163,7 @@ class WsClient(asyncio.Protocol):
                 return
             self.upgraded = True
             buf = buf[end + 4 :]
-            if self.kind == "relay":
+            if self.kind == "relay" or self.kind == "nchan":
                 self._set_ready()
         n = len(buf)
         pos = 0
@@ -222,7 +226,7 @@ class WsClient(asyncio.Protocol):
             elif payload[:2] == b"40":
                 self._set_ready()
             return
-        obj = _unpackb(payload)
+        obj = _unpackb(payload) if self.kind == "lc" or self.kind == "relay" else _json_loads(payload)
         t = obj.get("t")
         if t == "batch":
             now = _now()
@@ -267,6 +271,10 @@ class WsClient(asyncio.Protocol):
 def client_path(kind: str, room: str, token: str | None) -> str:
     if kind == "lc":
         return f"/ws?room={room}&token={token}"
+    if kind == "lcj":
+        return f"/ws?room={room}&format=json&token={token}"
+    if kind == "nchan":
+        return f"/sub?id={room}"
     if kind == "relay":
         return f"/ws?room={room}"
     if kind == "sio":
@@ -356,7 +364,7 @@ async def _client_main(pidx: int, spec: dict[str, Any], pipe: Any, progress: Any
     tot = Totals()
     paths: list[str] = []
     first, count = spec["first"], spec["count"]
-    if kind == "lc":
+    if kind in ("lc", "lcj"):
         from livecommerce.auth import issue_token
 
         now = int(time.time())

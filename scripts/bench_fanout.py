@@ -60,23 +60,41 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _wsload
 
 REPO = Path(__file__).resolve().parent.parent
-SERVERS = ("livecommerce", "socketio", "relay")
+SERVERS = ("livecommerce", "socketio", "relay", "nchan")
 
 
 def base(name: str) -> str:
     """Variants: ``livecommerce@100`` runs with LC_TICK_MS=100; ``livecommerce*2`` runs two
-    gateway nodes (processes) with the clients split between them; both combine
-    (``livecommerce*2@100``)."""
-    return name.split("@", 1)[0].split("*", 1)[0]
+    gateway nodes (processes) with the clients split between them; ``livecommerce-json``
+    has its clients ask for JSON frames (``format=json``) instead of msgpack;
+    ``livecommerce-tick`` runs the gateway with ``LC_FLUSH=tick`` (every room flushed on the
+    node's fixed tick, the flush before M2 4/7) instead of the adaptive flush; they combine
+    (``livecommerce-json-tick*2@100``)."""
+    b = name.split("@", 1)[0].split("*", 1)[0]
+    for flag in FLAGS:
+        b = b.replace(flag, "")
+    return b
+
+
+FLAGS = ("-json", "-tick")
+
+
+def kind_of(name: str) -> str:
+    """The load clients' kind for a server name (see ``_wsload``)."""
+    if base(name) == "livecommerce" and "-json" in name:
+        return "lcj"
+    return KIND[base(name)]
 
 
 def variant(name: str) -> tuple[int, int]:
     """(nodes, tick_ms) of a server name; tick 0 means the gateway's default."""
+    for flag in FLAGS:
+        name = name.replace(flag, "")
     rest = name[len(base(name)):]
     tick = int(rest.split("@", 1)[1]) if "@" in rest else 0
     nodes = int(rest.split("@", 1)[0][1:]) if rest.startswith("*") else 1
     return nodes, tick
-KIND = {"livecommerce": "lc", "socketio": "sio", "relay": "relay"}
+KIND = {"livecommerce": "lc", "socketio": "sio", "relay": "relay", "nchan": "nchan"}
 
 
 # ====================================================================== embedded peers
@@ -177,25 +195,34 @@ class Server:
         self.log = log
         self.ps = psutil.Process(proc.pid)
         self.extra: list[Server] = []  # more nodes of a multi-node variant
+        self.kids: list[psutil.Process] = []  # worker processes (nginx)
 
     @property
     def ports(self) -> list[int]:
         return [self.port] + [s.port for s in self.extra]
 
     def cpu(self) -> float:
-        t = self.ps.cpu_times()
-        return t.user + t.system + sum(s.cpu() for s in self.extra)
+        u, s_ = self.cpu_split()
+        return u + s_
 
     def cpu_split(self) -> tuple[float, float]:
         t = self.ps.cpu_times()
         u, s_ = t.user, t.system
+        for k in self.kids:
+            with contextlib.suppress(psutil.Error):
+                kt = k.cpu_times()
+                u, s_ = u + kt.user, s_ + kt.system
         for s in self.extra:
             eu, es = s.cpu_split()
             u, s_ = u + eu, s_ + es
         return u, s_
 
     def rss(self) -> int:
-        return int(self.ps.memory_info().rss) + sum(s.rss() for s in self.extra)
+        kids = 0
+        for k in self.kids:
+            with contextlib.suppress(psutil.Error):
+                kids += int(k.memory_info().rss)
+        return int(self.ps.memory_info().rss) + kids + sum(s.rss() for s in self.extra)
 
     def tail(self, n: int = 30) -> str:
         try:
@@ -207,7 +234,7 @@ class Server:
         for s in self.extra:
             s.stop()
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+            self.proc.send_signal(signal.SIGQUIT if self.kids else signal.SIGINT)  # nginx: graceful stop
             try:
                 self.proc.wait(8)
             except subprocess.TimeoutExpired:
@@ -226,7 +253,7 @@ def wait_port(server: Server, timeout: float = 30.0) -> None:
     raise RuntimeError(f"{server.name} did not listen on {server.port} within {timeout}s:\n{server.tail()}")
 
 
-def lc_env(ctx: dict[str, Any], tick_ms: int = 0, node: int = 0) -> dict[str, str]:
+def lc_env(ctx: dict[str, Any], tick_ms: int = 0, node: int = 0, flush: str = "") -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         LC_REDIS_URL=ctx["redis"],
@@ -239,12 +266,14 @@ def lc_env(ctx: dict[str, Any], tick_ms: int = 0, node: int = 0) -> dict[str, st
     env["LC_DATABASE_URL"] = f"sqlite+aiosqlite:///{Path(ctx['workdir']) / 'bench.db'}"
     if tick_ms or ctx["tick_ms"]:
         env["LC_TICK_MS"] = str(tick_ms or ctx["tick_ms"])
+    if flush:
+        env["LC_FLUSH"] = flush
     return env
 
 
-def prepare_lc(ctx: dict[str, Any], tick_ms: int = 0, node: int = 0) -> dict[str, str]:
+def prepare_lc(ctx: dict[str, Any], tick_ms: int = 0, node: int = 0, flush: str = "") -> dict[str, str]:
     """The gateway's environment, with its (throw-away SQLite) schema in place."""
-    env = lc_env(ctx, tick_ms, node)
+    env = lc_env(ctx, tick_ms, node, flush)
     if not ctx.get("db_ready"):
         res = subprocess.run([sys.executable, "-m", "livecommerce.cli", "db", "upgrade"], env=env,
                              cwd=str(REPO), capture_output=True, text=True, timeout=120)
@@ -263,10 +292,12 @@ def start_server(name: str, ctx: dict[str, Any], node: int = 0) -> Server:
     node = max(node, 0)
     port = free_port()
     log = Path(ctx["workdir"]) / f"{name}-{node}.log"
+    if base(name) == "nchan":
+        return start_nchan(name, ctx, port, log)
     out = log.open("wb")
     if base(name) == "livecommerce":
         cmd = [sys.executable, "-m", "livecommerce.cli", "gateway", "--port", str(port)]
-        env = prepare_lc(ctx, tick, node)
+        env = prepare_lc(ctx, tick, node, "tick" if "-tick" in name else "")
     else:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--serve", name, "--port", str(port),
                "--redis", ctx["redis"], "--channel", ctx["channel"]]
@@ -275,6 +306,54 @@ def start_server(name: str, ctx: dict[str, Any], node: int = 0) -> Server:
     out.close()
     server = Server(name, proc, port, log)
     wait_port(server)
+    return server
+
+
+NCHAN_CONF = """
+worker_processes 1;
+daemon off;
+master_process on;
+pid {dir}/nginx.pid;
+error_log {log} warn;
+load_module {module};
+worker_rlimit_nofile 65535;
+events {{ worker_connections 30000; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    keepalive_requests 1000000;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location = /pub {{ nchan_publisher; nchan_channel_id $arg_id; }}
+        location = /sub {{ nchan_subscriber websocket; nchan_channel_id $arg_id; }}
+    }}
+}}
+"""
+NCHAN_MODULES = ("/usr/lib/nginx/modules/ngx_nchan_module.so", "/usr/share/nginx/modules/ngx_nchan_module.so")
+
+
+def start_nchan(name: str, ctx: dict[str, Any], port: int, log: Path) -> Server:
+    """Nginx with the Nchan module (Debian's ``nginx-light`` + ``libnginx-mod-nchan``), one
+    worker, memory storage: subscribers on ``/sub?id=ROOM`` (WebSocket), messages POSTed to
+    ``/pub?id=ROOM`` (its own publish path)."""
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    module = next((m for m in NCHAN_MODULES if Path(m).exists()), None)
+    if not Path(nginx).exists() or module is None:
+        raise SystemExit("nchan needs nginx and its Nchan module: apt-get install -y nginx-light libnginx-mod-nchan")
+    d = Path(ctx["workdir"]) / f"{name}-nginx"
+    d.mkdir(exist_ok=True)
+    conf = d / "nginx.conf"
+    conf.write_text(NCHAN_CONF.format(dir=d, log=log, module=module, port=port))
+    out = (d / "stdout.log").open("wb")
+    proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(d), "-e", str(log)], stdout=out, stderr=subprocess.STDOUT)
+    out.close()
+    server = Server(name, proc, port, log)
+    wait_port(server)
+    server.kids = server.ps.children()  # the worker does the work; the master is counted too
     return server
 
 
@@ -377,8 +456,37 @@ class RelayPublisher(Publisher):
         await self.redis.aclose()
 
 
+class NchanPublisher(Publisher):
+    """Nchan's own publish path: ``POST /pub?id=ROOM`` (keep-alive, ``inflight`` at once)."""
+
+    def __init__(self, port: int, room: str, inflight: int) -> None:
+        self.url = f"http://127.0.0.1:{port}/pub?id={room}"
+        self.room = room
+        self.inflight = inflight
+
+    async def start(self) -> None:
+        import aiohttp
+
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self.inflight))
+
+    async def publish(self, d: dict[str, Any]) -> None:
+        env = {"t": "notice", "room": self.room, "ts": int(time.time() * 1000), "d": {"by": "bench-host", **d}}
+        body = json.dumps(env, separators=(",", ":"))
+        async with self.session.post(self.url, data=body, headers={"Content-Type": "application/json"}) as resp:
+            if resp.status not in (200, 201, 202):
+                self.errors += 1
+                self.last_error = f"HTTP {resp.status}: {(await resp.text())[:200]}"
+            else:
+                await resp.read()
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
 def make_publisher(name: str, server: Server, ctx: dict[str, Any]) -> Publisher:
     room = ctx["room"]
+    if base(name) == "nchan":
+        return NchanPublisher(server.port, room, ctx["publishers"])
     if base(name) == "livecommerce":
         if ctx["lc_publish"] == "redis":
             return LcRedisPublisher(ctx["redis"], ctx["prefix"], room)
@@ -414,7 +522,7 @@ class Clients:
         for p in range(procs):
             count = n // procs + (1 if p < n % procs else 0)
             spec = {
-                "kind": kind or KIND[base(name)], "host": "127.0.0.1", "port": ports[p % len(ports)], "room": ctx["room"],
+                "kind": kind or kind_of(name), "host": "127.0.0.1", "port": ports[p % len(ports)], "room": ctx["room"],
                 "first": first, "count": count, "local_ips": ips, "secret": ctx["secret"],
                 "concurrency": ctx["connect_concurrency"], "decode_frac": ctx["decode_frac"],
             }
@@ -898,6 +1006,65 @@ def print_report(report: dict[str, Any]) -> None:
                   f"CPU/delivery {peer}/livecommerce {f(rt['cpu_per_delivery_peer_over_lc'])}")
 
 
+    print_goals(results)
+
+
+def goals(results: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
+    """Issue 18's fan-out goals against this run: (goal, server, measured, status). The
+    same-run reference for each is the best peer (Nchan when it ran) in the same table."""
+    out: list[tuple[str, str, str, str]] = []
+    lcs = [r for r in results if base(r["server"]) == "livecommerce"]
+
+    def clean(st: dict[str, Any]) -> bool:
+        return st["p99_ms"] is not None and st["loss"] == 0
+
+    for r in lcs:
+        steps = [st for st in r["steps"] if st["received"]]
+        hi = max((st["rate"] for st in steps), default=0)
+        upto = [st for st in steps if st["rate"] <= 480]
+        ok = bool(upto) and hi >= 480 and all(clean(st) and st["p99_ms"] < 100 for st in upto)
+        worst = max((st["p99_ms"] or float("inf") for st in upto), default=None)
+        out.append(("p99 < 100 ms for every rate up to 480 msg/s, zero loss", r["server"],
+                    f"worst p99 {worst:.1f} ms up to {min(hi, 480):g} msg/s" if worst is not None else "-",
+                    "met" if ok else "not met"))
+        low = [st for st in steps if st["rate"] < 40]
+        lw = max((st["p99_ms"] or float("inf") for st in low), default=None)
+        out.append(("p99 < 50 ms below 40 msg/s", r["server"], "-" if lw is None else f"worst p99 {lw:.1f} ms",
+                    "met" if low and lw is not None and lw < 50 and all(clean(st) for st in low) else "not met"))
+        high = [st for st in steps if st["rate"] >= 160 and st["cpu_us_per_delivery"] is not None]
+        hw = max((st["cpu_us_per_delivery"] for st in high), default=None)
+        rates = ", ".join(format(st["rate"], "g") for st in high)
+        out.append(("<= 0.5 us server CPU per delivery from 160 msg/s up", r["server"],
+                    "-" if hw is None else f"worst {hw:.2f} us (rates {rates})",
+                    "met" if high and hw is not None and hw <= 0.5 else "not met"))
+    js = {r["server"].replace("-json", ""): r for r in lcs if "-json" in r["server"]}
+    for r in lcs:
+        j = js.get(r["server"])
+        if j is None or "-json" in r["server"]:
+            continue
+        pairs = []
+        for st in r["steps"]:
+            other = next((o for o in j["steps"] if o["rate"] == st["rate"]), None)
+            if other and st["cpu_us_per_delivery"] and other["cpu_us_per_delivery"]:
+                pairs.append((st["rate"], st["cpu_us_per_delivery"], other["cpu_us_per_delivery"]))
+        if pairs:
+            worse = [p for p in pairs if p[1] > p[2] * 1.05]
+            txt = "; ".join(f"{rate:g}/s {m:.2f} vs {jj:.2f}" for rate, m, jj in pairs)
+            out.append(("msgpack server CPU/delivery <= JSON's (5 % noise margin)", r["server"], txt,
+                        "met" if not worse else f"not met at {', '.join(f'{p[0]:g}' for p in worse)} msg/s"))
+    return out
+
+
+def print_goals(results: list[dict[str, Any]]) -> None:
+    rows = goals(results)
+    if not rows:
+        return
+    print()
+    print("issue 18 goals (this run; the peers above are the same-run reference):")
+    for goal, server, measured, status in rows:
+        print(f"  [{status}] {server}: {goal}: {measured}")
+
+
 def plot(report: dict[str, Any], path: str) -> None:
     import matplotlib
 
@@ -905,7 +1072,7 @@ def plot(report: dict[str, Any], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
-    fixed = {"livecommerce": "tab:blue", "socketio": "tab:red", "relay": "tab:green"}
+    fixed = {"livecommerce": "tab:blue", "socketio": "tab:red", "relay": "tab:green", "nchan": "tab:gray"}
     spare = iter(["tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray"])
     colors = {res["server"]: fixed.get(res["server"]) or next(spare, "black") for res in report["results"]}
     for res in report["results"]:
@@ -1067,7 +1234,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after a step, wait at most this long for late messages; what has not arrived "
                         "by then counts as loss (default 3)")
     p.add_argument("--servers", default=",".join(SERVERS),
-                   help="which servers to run, in order, comma separated: livecommerce, socketio, relay (default all); "
+                   help="which servers to run, in order, comma separated: livecommerce, socketio, relay, nchan "
+                        "(nginx + Nchan, Debian's nginx-light and libnginx-mod-nchan) (default all); "
+                        "livecommerce-json asks for JSON frames, livecommerce-tick runs LC_FLUSH=tick; "
                         "livecommerce@TICK adds a livecommerce variant run with LC_TICK_MS=TICK, livecommerce*N one "
                         "with N gateway nodes (processes) sharing the clients; they combine: livecommerce*2@100 "
                         "(A/B in one run)")
