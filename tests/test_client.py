@@ -336,6 +336,36 @@ async def test_a_flooding_socket_is_closed_and_its_waiting_commands_fail_with_th
         pass
 
 
+async def test_a_socket_closed_by_a_draining_gateway_resumes_on_another_without_missing_an_event(
+        gateway_factory: GatewayFactory, token: Callable[..., str]) -> None:
+    from gateway.app import close_clients
+
+    a, b = await gateway_factory(), await gateway_factory()
+    room = f"dr{uuid.uuid4().hex[:6]}"
+    seen: list[str] = []
+    live = await LiveSocket.connect(a.url, room, token("v1"), fmt="msgpack")
+    live.on("notice", lambda e: seen.append(e["d"]["text"]))
+    async with Client(b.url, token("h1", "host", rooms=(room,))) as host:
+        await host.rooms_create({"id": room})
+        await host.comments_announce(room, "before")
+        await wait_until(lambda: seen == ["before"], what="the first notice")
+        assert await close_clients(a.gw) == 1  # SIGTERM's drain: every viewer closed with 1012
+        closed = await live.wait_closed()
+        assert (closed.close_code, closed.retryable, live.dropped) == (1012, True, True)
+        await host.comments_announce(room, "while away")  # published while the viewer is on no node
+        moved = await live.reconnect(base_url=b.url, retry=FAST)
+        try:
+            assert moved.welcome["recovered"] is True and moved.welcome["node"] == b.settings.node_id
+            await host.comments_announce(room, "after")
+            await wait_until(lambda: seen == ["before", "while away", "after"], what="every notice, once")
+            assert moved.seq.gaps == 0
+            with pytest.raises(ConnectRefused) as final:  # a refusal the contract does not retry
+                await moved.reconnect(token=token("v1", secret="another-secret-of-at-least-32-bytes!!"), retry=FAST)
+            assert final.value.close_code == 4401
+        finally:
+            await moved.close()
+
+
 # ---------------------------------------------------------------------------- no I/O
 def test_seq_gaps_count_missed_events_but_not_a_reseeded_sequence_or_a_replay() -> None:
     s = SeqTracker()

@@ -10,7 +10,8 @@ command's ``id``) resolves that command, anything else is a room event or a priv
 counted by ``seq`` (:class:`~livecommerce.client.wire.SeqTracker`), given to the handlers
 of its type and queued for :meth:`LiveSocket.events`. Commands answer their reply, or raise
 :class:`~livecommerce.client.errors.CommandError` with the ``error`` reply's code
-(``sold_out``, ``rate_limited`` ...).
+(``sold_out``, ``rate_limited`` ...). :meth:`LiveSocket.reconnect` resumes a closed socket
+with ``since=`` on docs/deploy.md's back-off (a draining gateway's 1012, a drop).
 
 ::
 
@@ -24,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -32,7 +35,9 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
 from .errors import Closed, CommandError, ConnectRefused, error_body
+from .retry import CONTRACT, RetryPolicy
 from .wire import (
+    RESEED_JUMP,
     CommandIds,
     Format,
     SeqTracker,
@@ -53,10 +58,14 @@ Handler = Callable[[dict[str, Any]], None]
 class LiveSocket:
     """One connection to one room. Build it with :meth:`connect`."""
 
-    def __init__(self, conn: ClientConnection, room: str, fmt: Format, *, max_events: int, reply_timeout_s: float) -> None:
+    def __init__(self, conn: ClientConnection, room: str, fmt: Format, *, max_events: int, reply_timeout_s: float,
+                 handlers: dict[str, list[Handler]] | None = None) -> None:
         self.room = room
         self.fmt = fmt
         self.reply_timeout_s = reply_timeout_s
+        self.base_url = ""
+        self.token = ""
+        self._options: dict[str, Any] = {}
         #: the ``welcome`` frame's ``d`` (node, seq, recovered, user, role, the room's state)
         self.welcome: dict[str, Any] = {}
         self.seq = SeqTracker()
@@ -68,7 +77,7 @@ class LiveSocket:
         self._conn = conn
         self._ids = CommandIds()
         self._pending: dict[Any, asyncio.Future[dict[str, Any]]] = {}
-        self._handlers: dict[str, list[Handler]] = {}
+        self._handlers: dict[str, list[Handler]] = handlers if handlers is not None else {}
         self._keep = max_events > 0
         self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=max(1, max_events))
         self._welcomed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -80,7 +89,7 @@ class LiveSocket:
     @classmethod
     async def connect(cls, base_url: str, room: str, token: str, *, fmt: Format = "msgpack", since: int | None = None,
                       timeout_s: float = 10.0, reply_timeout_s: float = 10.0, max_events: int = 10_000,
-                      origin: str | None = None) -> LiveSocket:
+                      origin: str | None = None, handlers: dict[str, list[Handler]] | None = None) -> LiveSocket:
         """Open ``/ws`` on ``base_url`` (``http(s)://`` or ``ws(s)://``) and wait for ``welcome``.
 
         ``max_events``: room events kept for :meth:`events` until read (the oldest go first;
@@ -102,11 +111,17 @@ class LiveSocket:
             raise ConnectRefused(0, code=code, status=status, message=f"HTTP {status} {code}: {message}") from None
         except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
             raise ConnectRefused(0, code="transport", message=f"no connection to {base_url}: {exc.__class__.__name__}: {exc}") from None
-        live = cls(conn, room, fmt, max_events=max_events, reply_timeout_s=reply_timeout_s)
+        live = cls(conn, room, fmt, max_events=max_events, reply_timeout_s=reply_timeout_s, handlers=handlers)
+        live.base_url, live.token = base_url, token
+        live._options = {"fmt": fmt, "timeout_s": timeout_s, "reply_timeout_s": reply_timeout_s, "max_events": max_events,
+                         "origin": origin}
         closed: asyncio.Future[Any] = asyncio.ensure_future(live._closed.wait())
         waits: list[asyncio.Future[Any]] = [live._welcomed, closed]
         try:
             await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # cancelled while waiting: leave nothing open
+            await live.close()
+            raise
         finally:
             closed.cancel()
         if live._welcomed.done():
@@ -148,6 +163,39 @@ class LiveSocket:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    async def reconnect(self, *, base_url: str | None = None, token: str | None = None, retry: RetryPolicy = CONTRACT,
+                        rng: random.Random | None = None) -> LiveSocket:
+        """A new connection to this room (at ``base_url``, default the same) that resumes
+        after the last event seen here (``since=``), as docs/deploy.md's contract says: a
+        refusal worth retrying (1006, 1012, 1013, a 503, no answer) is retried with its
+        back-off. The handlers carry over; ``seq.gaps`` too, plus the events the gateway
+        could not replay (``recovered: false``).
+
+        Raises:
+            ConnectRefused: a final refusal (4401, 4403 ...) or the budget spent.
+        """
+        if not self.closed:
+            await self.close()
+        since = self.seq.last
+        rng = rng or random.Random()
+        start, attempt = time.monotonic(), 0
+        while True:
+            try:
+                new = await LiveSocket.connect(base_url or self.base_url, self.room, token or self.token, since=since,
+                                               handlers=self._handlers, **self._options)
+                break
+            except ConnectRefused as exc:
+                delay = retry.delay(attempt, rng)
+                if not (exc.retryable and retry.allows(time.monotonic() - start, delay)):
+                    raise
+                attempt += 1
+                await asyncio.sleep(delay)
+        new.seq.gaps += self.seq.gaps
+        top = new.welcome.get("seq")
+        if since is not None and new.welcome.get("recovered") is False and isinstance(top, int) and top - since <= RESEED_JUMP:
+            new.seq.gaps += max(0, top - since)
+        return new
 
     # ------------------------------------------------------------------ commands
     async def send(self, t: str, d: dict[str, Any] | None = None) -> int:
