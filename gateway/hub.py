@@ -605,10 +605,13 @@ class Hub:
                 log.exception("hub.heartbeat_failed")
             try:
                 await self.sync_online()
-                for cb in self.on_second:
-                    await cb()
             except Exception as exc:
                 log.warning("hub.second_loop_failed", extra={"err": repr(exc)})
+            for cb in self.on_second:  # each on its own: one failing hook (a capability's
+                try:  # Redis blip, a bug) must not stop the others, e.g. the show's peak online
+                    await cb()
+                except Exception as exc:
+                    log.warning("hub.second_hook_failed", extra={"hook": getattr(cb, "__qualname__", repr(cb)), "err": repr(exc)})
 
     async def sync_online(self) -> None:
         """Report this node's connections per room; push ``online`` where the total changed."""

@@ -329,3 +329,38 @@ async def test_the_peak_online_counts_every_viewer_of_the_live_show_and_is_label
             for s in socks:
                 await s.close()
 
+
+
+async def test_a_failing_once_a_second_hook_does_not_stop_the_shows_statistics(gateway_factory: Any, token: Any,
+                                                                                redis: Any, keys: Any) -> None:
+    """Each once-a-second hook runs on its own: before, the first to raise (a capability's
+    Redis blip, a bug) skipped every later one for that second, the show's peak online and
+    comment count among them."""
+    from livecommerce.client import Client, LiveSocket
+
+    node = await gateway_factory()
+    failures = 0
+
+    async def broken() -> None:
+        nonlocal failures
+        failures += 1
+        raise RuntimeError("a hook that fails every second")
+
+    node.gw.hub.on_second.insert(0, broken)
+    room = f"hk{uuid.uuid4().hex[:6]}"
+    async with Client(node.url, token("h1", "host", rooms=(room,))) as host:
+        await host.rooms_create({"id": room})
+        await host.rooms_live(room)
+        socks = [await LiveSocket.connect(node.url, room, token(f"v{i}"), max_events=0) for i in range(5)]
+        try:
+            await socks[0].comment("still counted")
+
+            async def peak_and_comments() -> tuple[int, int]:
+                meta = await redis.hgetall(keys.room_meta(room))
+                return int(meta.get(b"peak_online") or 0), int(meta.get(b"comments") or 0)
+
+            assert await wait_until(peak_and_comments, until=lambda v: v == (5, 1), what="the show's peak and comments") == (5, 1)
+            assert failures >= 1
+        finally:
+            for s in socks:
+                await s.close()
