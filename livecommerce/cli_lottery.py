@@ -47,9 +47,9 @@ def load_record(source: str, *, timeout_s: float = 10.0) -> Any:
 async def _from_gateway(base: str, lottery_id: str, timeout_s: float) -> Any:
     from urllib.parse import unquote
 
-    from .client import Client
+    from .client import NO_RETRY, Client
 
-    async with Client(base, timeout_s=timeout_s) as api:
+    async with Client(base, timeout_s=timeout_s, retry=NO_RETRY) as api:  # one attempt: the person at the terminal retries
         return await api.lotteries_get(unquote(lottery_id))
 
 

@@ -32,7 +32,16 @@ from typing import Any
 import aiohttp
 
 from livecommerce.auth import issue_token
-from livecommerce.client import ApiError, Client, ClientError, CommandError, LiveSocket
+from livecommerce.client import (
+    NO_RETRY,
+    ApiError,
+    Client,
+    ClientError,
+    CommandError,
+    LiveSocket,
+    NotFound,
+    TransportError,
+)
 from livecommerce.config import Settings, read_dev_env, secret_source
 
 SOLD = ("paid", "refund_requested", "shipped", "delivered", "return_requested", "completed")  # SQL order states whose units Redis counts as paid
@@ -122,11 +131,12 @@ async def main(args: argparse.Namespace) -> int:
     ops_token = issue_token(key, user="rush-ops", role="ops", now_s=int(time.time()), ttl_s=3600)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
         ops = Client(args.url, ops_token, session=http)
-        try:
-            before = await ops.sales_sale_stats(args.sale)
+        try:  # one attempt: a gateway that is not there is said at once, not after the retry budget
+            before = await Client(args.url, ops_token, session=http, retry=NO_RETRY).sales_sale_stats(args.sale)
         except ClientError as exc:
-            print(f"error: the stats of sale {args.sale} at {args.url}: {exc}\n"
-                  "Load the campaign first (livecommerce campaign load FILE).", file=sys.stderr)
+            hint = ("Load the campaign first (livecommerce campaign load FILE)." if isinstance(exc, NotFound)
+                    else "Is the gateway running there (`livecommerce dev`, or --url)?" if isinstance(exc, TransportError) else "")
+            print(f"error: the stats of sale {args.sale} at {args.url}: {exc}" + (f"\n{hint}" if hint else ""), file=sys.stderr)
             return 2
         if before["state"] == "live":
             started.set()
