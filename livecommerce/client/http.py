@@ -166,8 +166,8 @@ class Client:
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         try:
-            async with self.session.request(c.method, self.base_url + c.path, params=dict(c.query) or None,
-                                            json=c.body, headers=headers) as r:
+            async with self.session.request(c.method, self.base_url + c.path, params=dict(c.query) or None, json=c.body,
+                                            headers=headers, timeout=aiohttp.ClientTimeout(total=self.timeout_s)) as r:
                 text = await r.text()
                 body: Any = text
                 if r.content_type == "application/json" and text:
