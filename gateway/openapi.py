@@ -205,6 +205,7 @@ SCHEMAS: dict[str, J] = {
         "alerts": arr(ref("Alert")),
     }, ["ts", "node", "totals", "rooms", "campaigns", "alerts"]),
     "OpsSeries": obj({
+        "range_s": INT, "step_ms": INT,
         "fast": arr(obj({
             "ts": MS, "online": INT, "comments_per_s": NUM, "gifts_per_s": NUM, "gift_coins_per_s": NUM,
             "errors_per_s": NUM, "requests_per_s": NUM, "nodes": INT, "rooms": {"type": "object"},
@@ -428,7 +429,11 @@ PATHS_BY_MODULE: dict[str, dict[str, dict[str, J]]] = {
         "/api/v1/ops/overview": {"get": op("Live rooms, rates, orders, funnel, campaigns and alerts (whole cluster)", tag="ops", auth=OPS,
                                            ok=("200", ref("OpsOverview"), "snapshot"))},
         "/api/v1/ops/series": {"get": op("Time series the dashboard charts draw", tag="ops", auth=OPS,
-                                         params=[{"name": "since", "in": "query", "schema": MS, "description": "only samples after this time"}],
+                                         params=[{"name": "since", "in": "query", "schema": MS, "description": "only samples after this time"},
+                                                 {"name": "range_s", "in": "query",
+                                                  "schema": {"type": "integer", "enum": [600, 3600, 21600, 86400]},
+                                                  "description": "how far back (default 600: one-second samples; longer ranges "
+                                                                 "come in steps of 10 s, 1 min, 4 min)"}],
                                          ok=("200", ref("OpsSeries"), "samples"))},
         "/api/v1/ops/alerts": {"get": op("Alert states (also Prometheus `lc_alert_active{alert}`)", tag="ops", auth=OPS,
                                          ok=("200", obj({"alerts": arr(ref("Alert"))}, ["alerts"]), "alerts"))},

@@ -31,7 +31,9 @@ Prometheus (``gw.metrics.registry``): ``lc_alert_active{alert}`` (0/1),
 ``lc_alert_value{alert}``, ``lc_alert_threshold{alert}``, and ``lc_ops_*`` gauges; see
 ``docs/alerting-rules.yml``.
 
-HTTP (ops role): ``GET /api/v1/ops/overview``, ``GET /api/v1/ops/series?since=<ms>``,
+HTTP (ops role): ``GET /api/v1/ops/overview``, ``GET /api/v1/ops/series?since=<ms>&range_s=<s>``
+(the charts' time range: 600, the default, is the one-second samples; 3600, 21600 and 86400
+are folded into coarser steps by :mod:`livecommerce.ops_ranges`),
 ``GET /api/v1/ops/alerts``, ``GET /api/v1/ops/inventory/{sale}`` (per-order Redis vs SQL
 report: ``workers.inventory.reconcile`` in report mode).
 """
@@ -62,6 +64,15 @@ from livecommerce.alerts import (
 from livecommerce.auth import Identity
 from livecommerce.checkout import Checkout
 from livecommerce.errors import Forbidden, LiveCommerceError, NotFound
+from livecommerce.ops_ranges import (
+    COMMERCE_LAST,
+    COMMERCE_PEAK,
+    FAST_LAST,
+    FAST_PEAK,
+    LIVE_RANGE_S,
+    range_of,
+    rollups,
+)
 from livecommerce.ops_redis import OpsRedis
 from livecommerce.orders import SOLD_STATES
 from livecommerce.presence import Presence
@@ -105,6 +116,9 @@ class Ops:
         self.fast: deque[dict[str, Any]] = deque(maxlen=FAST_KEEP)
         self.samples: deque[Sample] = deque(maxlen=FAST_KEEP)
         self.commerce: deque[dict[str, Any]] = deque(maxlen=COMMERCE_KEEP)
+        # the longer chart ranges (1 h, 6 h, 24 h): the samples folded into coarser steps
+        self.fast_ranges = rollups(peak=FAST_PEAK, last=FAST_LAST)
+        self.commerce_ranges = rollups(peak=COMMERCE_PEAK, last=COMMERCE_LAST)
         self.latest_rooms: dict[str, dict[str, Any]] = {}
         self.alerts = Alerts()
         self._next_commerce = 0.0
@@ -244,11 +258,14 @@ class Ops:
         )
         self.samples.append(s)
         top = sorted(rooms, key=lambda r: -rooms[r]["online"])[:8]
-        self.fast.append({
+        point = {
             "ts": now_ms, "online": s.online, "comments_per_s": round(s.comments, 2), "gifts_per_s": round(s.gifts, 2),
             "gift_coins_per_s": round(s.gift_coins, 2), "errors_per_s": round(s.errors, 3), "requests_per_s": round(s.requests, 2),
             "nodes": reading.nodes, "rooms": {r: rooms[r] for r in top},
-        })
+        }
+        self.fast.append(point)
+        for rollup in self.fast_ranges.values():
+            rollup.add(point)
         self.g_online.set(s.online)
         self.g_cps.set(s.comments)
         self.g_gps.set(s.gifts)
@@ -270,6 +287,8 @@ class Ops:
         if self.commerce and self.commerce[-1]["ts"] == snap["ts"]:
             return
         self.commerce.append(snap)
+        for rollup in self.commerce_ranges.values():
+            rollup.add(_commerce_point(snap))
         now_ms = self.gw.now_ms()
         checks = [SaleCheck(c["sale_id"], c["reserved"], c["paid"], c["sql"]["reserved"], c["sql"]["paid"], c["conserved"])
                   for c in snap["campaigns"] if "sql" in c]
@@ -403,16 +422,18 @@ class Ops:
             "alerts": self.alerts.as_list(),
         }
 
-    def series(self, since_ms: int) -> dict[str, Any]:
-        return {
-            "fast": [x for x in self.fast if x["ts"] > since_ms],
-            "commerce": [
-                {"ts": c["ts"], "gmv": c["totals"]["gmv"], "orders": c["totals"]["orders"], "paid": c["totals"]["paid"],
-                 "buyers": c["totals"]["buyers"], "timeouts_last_min": c["timeouts_last_min"],
-                 "remaining": {x["sale_id"]: x["remaining"] for x in c["campaigns"] if x.get("remaining") is not None}}
-                for c in self.commerce if c["ts"] > since_ms
-            ],
-        }
+    def series(self, since_ms: int, range_s: int = LIVE_RANGE_S) -> dict[str, Any]:
+        """The charts' points after ``since_ms``: the one-second samples for the live range,
+        else the range's buckets (``step_ms`` apart, each stamped with its start; the last one
+        still filling) within the range."""
+        if range_s == LIVE_RANGE_S:
+            return {"range_s": range_s, "step_ms": 1000,
+                    "fast": [x for x in self.fast if x["ts"] > since_ms],
+                    "commerce": [_commerce_point(c) for c in self.commerce if c["ts"] > since_ms]}
+        since_ms = max(since_ms, self.gw.now_ms() - range_s * 1000)
+        fast = self.fast_ranges[range_s]
+        return {"range_s": range_s, "step_ms": fast.step_ms, "fast": fast.points(since_ms),
+                "commerce": self.commerce_ranges[range_s].points(since_ms)}
 
     # ---- HTTP (gateway.routes)
     def _require_ops(self, request: web.Request) -> Identity:
@@ -442,7 +463,7 @@ class Ops:
             since = int(request.query.get("since", "0"))
         except ValueError:
             since = 0
-        return web.json_response(self.series(since))
+        return web.json_response(self.series(since, range_of(request.query.get("range_s"))))
 
     async def get_alerts(self, request: web.Request) -> web.Response:
         await self._wanted(request)
@@ -465,3 +486,10 @@ def _sum_samples(metric: Any) -> float:
             if not s.name.endswith("_created"):
                 total += s.value
     return total
+
+
+def _commerce_point(c: dict[str, Any]) -> dict[str, Any]:
+    """A commerce snapshot as the charts draw it."""
+    return {"ts": c["ts"], "gmv": c["totals"]["gmv"], "orders": c["totals"]["orders"], "paid": c["totals"]["paid"],
+            "buyers": c["totals"]["buyers"], "timeouts_last_min": c["timeouts_last_min"],
+            "remaining": {x["sale_id"]: x["remaining"] for x in c["campaigns"] if x.get("remaining") is not None}}

@@ -83,18 +83,18 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def dev_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subprocess.Popen[str], Path]]:
-    """``livecommerce dev`` spawned from a clean directory (the browser starts meanwhile)."""
+    """``livecommerce dev`` spawned from a clean directory (the browser starts meanwhile), from
+    this checkout's code (``python -m``: the installed command may import another checkout)."""
     reason = _unavailable()
     if reason:
         if os.environ.get("CI"):
             pytest.fail(f"browser tests must run in CI: {reason}")
         pytest.skip(reason)
-    exe = Path(sys.executable).with_name("livecommerce")
     cwd = tmp_path_factory.mktemp("dev")
     env = {k: v for k, v in os.environ.items() if not k.startswith("LC_")}
-    env["LC_LOG_JSON"] = "0"
+    env.update(LC_LOG_JSON="0", PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(
-        [str(exe), "dev", "--port", str(_free_port()), "--room", "demo"],
+        [sys.executable, "-m", "livecommerce.cli", "dev", "--port", str(_free_port()), "--room", "demo"],
         cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
@@ -284,15 +284,17 @@ def test_host_runs_a_whole_show_and_the_viewer_sees_each_step(ctx: Any, dev: Dev
     viewer.screenshot(path=str(SHOTS / "viewer-sale-live.png"), animations="disabled")
 
     # the same room on a phone (390x844, where live commerce happens): the pinned product and
-    # its Buy are on the first screen, right under the video; nothing runs over the LIVE badge
+    # its Buy are on the first screen, over the video's lower edge; nothing runs over the LIVE badge
     phone_ctx = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
     try:
         phone = _page(phone_ctx, f"{dev.base}/static/viewer.html?room=demo&token={dev.token('viewer', 'phone1')}", errors)
         expect(phone.locator("#stock-text")).to_have_text("3 of 3 left")
         buy, video = phone.locator("#buy").bounding_box(), phone.locator("#stage").bounding_box()
-        assert buy and video and buy["y"] + buy["height"] <= 844 and buy["y"] >= video["y"] + video["height"], (buy, video)
+        assert buy and video and buy["y"] + buy["height"] <= min(844, video["y"] + video["height"]) and buy["y"] >= video["y"], (buy, video)
         badge, lanes = phone.locator("#live-badge").bounding_box(), phone.locator("#danmaku").bounding_box()
         assert badge and lanes and lanes["y"] >= badge["y"] + badge["height"], (badge, lanes)
+        card = phone.locator("#product-panel").bounding_box()
+        assert card and card["y"] >= badge["y"] + badge["height"], (card, badge)
         assert phone.evaluate("document.documentElement.scrollWidth") <= 390  # no sideways scrolling
         phone.screenshot(path=str(SHOTS / "viewer-phone.png"), animations="disabled")
         phone.close()
@@ -334,6 +336,8 @@ def test_host_runs_a_whole_show_and_the_viewer_sees_each_step(ctx: Any, dev: Dev
     # gifts: top up test coins, send a rose; the banner and the leaderboard show it
     viewer.click("#topup")
     expect(viewer.locator("#coins")).to_have_text("1,000")
+    viewer.click("#open-gifts")  # the gift panel is a bottom sheet
+    expect(viewer.locator("#sheet-coins")).to_have_text("1,000")
     viewer.click("#gift-bar button[data-gift=rose]")
     expect(viewer.locator("#gift-lane .gift-banner")).to_contain_text("sent Rose")
     viewer.click("#gift-bar button[data-gift=rose]")  # again within the combo window: one growing combo
@@ -341,6 +345,8 @@ def test_host_runs_a_whole_show_and_the_viewer_sees_each_step(ctx: Any, dev: Dev
     expect(viewer.locator("#gift-lane .gift-banner")).to_have_count(1)
     expect(viewer.locator("#coins")).to_have_text("998")
     expect(viewer.locator("#leaderboard")).to_contain_text(viewer.locator("#gift-lane .gift-banner b").first.inner_text())
+    viewer.keyboard.press("Escape")
+    expect(viewer.locator("#gift-sheet")).to_be_hidden()
     # the danmaku lanes never run over the LIVE badge
     badge, lanes = viewer.locator("#live-badge").bounding_box(), viewer.locator("#danmaku").bounding_box()
     assert badge and lanes and lanes["y"] >= badge["y"] + badge["height"], (badge, lanes)

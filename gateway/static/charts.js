@@ -97,7 +97,8 @@ export class LineChart {
       ctx.stroke();
       ctx.fillText(this.format(v), 2, y + 4);
     }
-    ctx.fillText(`-${Math.round(this.windowMs / 60000)} min`, padL, h - 4);
+    const mins = Math.round(this.windowMs / 60000);
+    ctx.fillText(mins >= 120 ? `-${Math.round(mins / 60)} h` : `-${mins} min`, padL, h - 4);
     ctx.fillText("now", w - padR - 22, h - 4);
     // lines: the first series is drawn last, on top (the total over its parts)
     for (const s of [...this.series].reverse()) {

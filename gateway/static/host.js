@@ -1,6 +1,8 @@
 // Host console: /static/host.html?room=ROOM&token=HOST_JWT
 //
-// Runs a show with a mouse: create the room, go live, end; create a product and pin it;
+// Runs a show with a mouse: create the room, go live, end; create a product, put it on the
+// room's product list (小黄车: kept by the server, add / remove / reorder / mark the item
+// being explained now, 讲解中) and pin it;
 // create a flash-sale campaign (POST /api/v1/campaigns) and start it (`sale.start` over the
 // WebSocket); drop coupons (`coupon.drop`); start a lottery (`lottery.start`); announce
 // (POST /api/v1/rooms/{room}/announce); and watch live stats (online, comments/s, likes,
@@ -15,19 +17,19 @@
 // rendered through text nodes only.
 
 import { sparkline } from "./charts.js";
-import { $, api, ApiError, countdown, fill, fmtInt, h, Live, money, params, timeOf, toast } from "./common.js";
+import { $, api, ApiError, countdown, fill, fmtInt, h, Live, money, newId, params, timeOf, toast } from "./common.js";
 
 const room = params.get("room") || "demo";
 const token = params.get("token") || "";
 // the shipping console: this room's paid orders, a parcel per form
 $("#to-ship").href = `shipping.html?room=${encodeURIComponent(room)}&token=${encodeURIComponent(token)}`;
-const PRODUCTS_KEY = `lc.products.${room}`;
 
 const S = {
   me: null,
   show: null,
   pin: null,
-  products: JSON.parse(localStorage.getItem(PRODUCTS_KEY) || "[]"), // [{id, name, price}]
+  mine: [], // the host's products (GET /api/v1/products)
+  bag: { items: [], explaining: null, v: -1 }, // the room's list as the server has it (the highest v seen)
   campaigns: [],
   lotteries: new Map(),
   packets: new Map(), // red packet id -> packet (+ the end's summary)
@@ -56,6 +58,8 @@ function onStatus(status, env) {
     setText("me", `${env.d.role}: ${S.me}`);
     if (env.d.show) S.show = env.d.show;
     if (env.d.pin !== undefined) setPin(env.d.pin);
+    if (env.d.bag) setBag(env.d.bag);
+    loadMine();
     if (typeof env.d.likes === "number") setText("st-likes", fmtInt(env.d.likes));
     for (const l of env.d.lotteries || []) S.lotteries.set(l.id, { ...l, state: "open" });
     for (const p of env.d.redpackets || []) S.packets.set(p.id, { ...p, state: "open" });
@@ -131,6 +135,9 @@ function onEvent(env, { replay }) {
       return feed("■ the show ended");
     case "product.pinned": return setPin(d);
     case "product.unpinned": return setPin(null);
+    case "bag.changed":
+      if (!replay && d.by && d.by !== S.me) feed(`🛍 the product list changed (by ${d.by})`);
+      return setBag(d);
     case "sale.started":
     case "sale.ended":
     case "sale.soldout":
@@ -452,34 +459,116 @@ $("#end-show").addEventListener("click", async () => {
   }
 });
 
-// ------------------------------------------------------------------ products, pin
+// ------------------------------------------------------------------ products, the room's list (小黄车), pin
+// The list lives on the server (GET/PUT /api/v1/rooms/{room}/bag...): a reload or a second
+// tab shows the same list; every change comes back to each tab as `bag.changed` (the list
+// with the highest `v` wins). The products to pick from are the host's own
+// (GET /api/v1/products), plus what the list and the pin show.
 function dollarsToCents(v) {
   return Math.round(Number(v) * 100);
 }
 
-function saveProducts() {
-  localStorage.setItem(PRODUCTS_KEY, JSON.stringify(S.products.slice(-30)));
+const bagPath = `/api/v1/rooms/${encodeURIComponent(room)}/bag`;
+
+// every product this console knows: mine, the list's, the pin's (the sale and prize pickers)
+function knownProducts() {
+  const out = new Map();
+  for (const p of S.mine) out.set(p.id, { id: p.id, name: p.name, price: p.price_min ?? p.price });
+  for (const i of S.bag.items) out.set(i.product_id, { id: i.product_id, name: i.name, price: i.price_min });
+  if (S.pin && !out.has(S.pin.product_id)) out.set(S.pin.product_id, { id: S.pin.product_id, name: S.pin.name, price: S.pin.price });
+  return [...out.values()];
+}
+
+function setBag(bag) {
+  if (!bag || typeof bag.v !== "number" || bag.v < S.bag.v) return; // an older copy: keep what we have
+  S.bag = { items: bag.items || [], explaining: bag.explaining ?? null, v: bag.v };
+  renderProducts();
+}
+
+async function loadMine() {
+  try {
+    const r = await api("/api/v1/products?state=active&limit=100");
+    S.mine = r.products || [];
+  } catch {
+    S.mine = []; // ops without products, or the catalogue not served: the list still works
+  }
+  renderProducts();
+}
+
+async function loadBag() {
+  try {
+    setBag(await api(bagPath));
+  } catch (e) {
+    fail("product list")(e);
+  }
+}
+
+// one change of the list over HTTP (the answer is the list after it)
+async function bagWrite(path, method, body, what) {
+  try {
+    setBag(await api(path, { method, body, headers: { "Idempotency-Key": newId("bag-") } }));
+    return true;
+  } catch (e) {
+    if (e.code === "bag_changed") loadBag(); // another tab changed it meanwhile: show it as it is
+    fail(what)(e);
+    return false;
+  }
+}
+
+function moveItem(pid, delta) {
+  const ids = S.bag.items.map((i) => i.product_id);
+  const at = ids.indexOf(pid);
+  const to = at + delta;
+  if (at < 0 || to < 0 || to >= ids.length) return;
+  [ids[at], ids[to]] = [ids[to], ids[at]];
+  bagWrite(`${bagPath}/order`, "PUT", { product_ids: ids }, "reorder");
+}
+
+function priceRange(lo, hi) {
+  return hi && hi !== lo ? `${money(lo)}–${money(hi)}` : money(lo);
 }
 
 function setPin(pin) {
   S.pin = pin;
-  if (pin && !S.products.find((p) => p.id === pin.product_id)) {
-    S.products.push({ id: pin.product_id, name: pin.name, price: pin.price });
-    saveProducts();
-  }
   setText("pinned", pin ? `${pin.name} (${money(pin.price)})` : "nothing");
   renderProducts();
 }
 
 function renderProducts() {
-  fill($("#products"), S.products.slice().reverse().map((p) =>
-    h("li", { class: "row" },
-      h("span", { class: "grow" }, h("b", {}, p.name), ` · ${money(p.price)} · `, h("code", {}, p.id)),
-      h("button", { onclick: () => pin(p.id), disabled: S.pin && S.pin.product_id === p.id }, S.pin && S.pin.product_id === p.id ? "Pinned" : "Pin"))));
+  const items = S.bag.items;
+  const n = items.length;
+  fill($("#bag"), n ? items.map((it, i) => {
+    const explaining = S.bag.explaining === it.product_id;
+    const pinned = S.pin && S.pin.product_id === it.product_id;
+    return h("li", { class: `row bag-item ${explaining ? "explaining" : ""}`, dataset: { product: it.product_id } },
+      h("span", { class: "bag-n" }, String(i + 1)),
+      h("span", { class: "grow" }, h("b", {}, it.name), explaining ? h("span", { class: "pill live explain-tag" }, "讲解中") : null,
+        h("div", { class: "small muted" }, `${priceRange(it.price_min, it.price_max)} · ${it.skus} SKU${it.skus === 1 ? "" : "s"} · `,
+          h("code", {}, it.product_id))),
+      h("span", { class: "bag-actions" },
+        h("button", { type: "button", class: "small up", "aria-label": `move ${it.name} up`, disabled: i === 0, onclick: () => moveItem(it.product_id, -1) }, "↑"),
+        h("button", { type: "button", class: "small down", "aria-label": `move ${it.name} down`, disabled: i === n - 1, onclick: () => moveItem(it.product_id, 1) }, "↓"),
+        h("button", { type: "button", class: "small explain",
+          onclick: () => bagWrite(`${bagPath}/explaining`, "PUT", { product_id: explaining ? null : it.product_id }, "explaining") },
+        explaining ? "Stop explaining" : "Explain"),
+        h("button", { type: "button", class: "small pin", disabled: pinned, onclick: () => pin(it.product_id) }, pinned ? "Pinned" : "Pin"),
+        h("button", { type: "button", class: "small remove", onclick: () => bagWrite(`${bagPath}/items/${encodeURIComponent(it.product_id)}`, "DELETE", undefined, "remove") }, "Remove")));
+  }) : h("li", { class: "muted" }, "The list is empty: add products viewers can buy at list price."));
+  // the picker offers my products not on the list yet
+  const listed = new Set(items.map((i) => i.product_id));
+  const pick = $("#bag-pick");
+  const prevPick = pick.value;
+  const offer = S.mine.filter((p) => !listed.has(p.id) && p.state !== "archived");
+  fill(pick, offer.length ? offer.map((p) => h("option", { value: p.id }, `${p.name} (${priceRange(p.price_min, p.price_max)})`))
+    : h("option", { value: "" }, "all your products are on the list"));
+  if (offer.some((p) => p.id === prevPick)) pick.value = prevPick;
+  $("#bag-add").disabled = !offer.length;
+
+  const products = knownProducts();
   const sel = $("#s-product");
   const prev = sel.value;
-  fill(sel, S.products.slice().reverse().map((p) => h("option", { value: p.id }, `${p.name} (${money(p.price)})`)));
-  if (prev && S.products.find((p) => p.id === prev)) sel.value = prev;
+  fill(sel, products.map((p) => h("option", { value: p.id }, `${p.name} (${money(p.price)})`)));
+  if (prev && products.find((p) => p.id === prev)) sel.value = prev;
   else if (S.pin) sel.value = S.pin.product_id;
   const prize = $("#l-prize-id");
   if (!prize.value && S.pin && $("#l-prize-kind").value === "product") prize.value = S.pin.product_id;
@@ -494,15 +583,24 @@ async function pin(productId) {
   }
 }
 
+$("#bag-add-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const pid = $("#bag-pick").value;
+  if (pid) bagWrite(`${bagPath}/items`, "POST", { product_id: pid }, "add to list");
+});
+
 $("#product-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   try {
-    const p = await api("/api/v1/products", { method: "POST", body: { name: $("#p-name").value, price: dollarsToCents($("#p-price").value) } });
-    S.products.push({ id: p.id, name: p.name, price: p.price });
-    saveProducts();
-    renderProducts();
+    const p = await api("/api/v1/products", {
+      method: "POST",
+      body: { name: $("#p-name").value, price: dollarsToCents($("#p-price").value), stock: Number($("#p-stock").value) },
+      headers: { "Idempotency-Key": newId("product-") },
+    });
+    S.mine = [p, ...S.mine.filter((x) => x.id !== p.id)];
+    await bagWrite(`${bagPath}/items`, "POST", { product_id: p.id }, "add to list");
     await pin(p.id);
-    toast(`Pinned ${p.name}`, "ok");
+    toast(`Listed and pinned ${p.name}`, "ok");
   } catch (e) {
     fail("product")(e);
   }
@@ -512,7 +610,7 @@ $("#product-form").addEventListener("submit", async (ev) => {
 $("#sale-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const pid = $("#s-product").value;
-  const product = S.products.find((p) => p.id === pid);
+  const product = knownProducts().find((p) => p.id === pid);
   if (!pid) return toast("Create a product first", "error");
   const starts = Date.now() + 5 * 60 * 1000;
   const body = {
@@ -687,7 +785,7 @@ function fillPrizeOptions() {
   input.placeholder = kind === "coupon" ? "pick a coupon drop" : kind === "coins" ? "coins per winner" : "pick a product";
   input.type = kind === "coins" ? "number" : "text";
   const options = kind === "product"
-    ? S.products.slice().reverse().map((p) => h("option", { value: p.id }, `${p.name} (${money(p.price)})`))
+    ? knownProducts().map((p) => h("option", { value: p.id }, `${p.name} (${money(p.price)})`))
     : kind === "coupon"
       ? (S.roomDrops || []).map((d) => h("option", { value: d.drop_id },
         `${d.kind === "percent" ? `${d.value}% off` : `${money(d.value)} off`}${d.threshold ? ` over ${money(d.threshold)}` : ""}`))

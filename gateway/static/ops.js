@@ -6,11 +6,20 @@
 // alerts. The same alerts are Prometheus gauges (lc_alert_active{alert}) on /metrics.
 // The moderation audit log (GET /api/v1/moderation/audit, ops only): who did what to whom,
 // why and when, filtered by room and action, 20 a page, refreshed every 5 s.
+// The charts' time range (10 min, 1 h, 6 h, 24 h) is a picker: `range_s` in each series
+// request (and `?range=` in the page's URL, so a reload keeps it); a range past 10 minutes
+// comes folded into steps (10 s, 1 min, 4 min), each point stamped with its step's start and
+// the last one still filling, so a point that comes again replaces the one with its time.
+// Fulfilment and payments (every 5 s): paid orders still to ship and the parcels on their way
+// (GET /api/v1/fulfilment/orders), the payment provider's callbacks with their signature
+// check and outcome (GET /api/v1/payments/callbacks) and refunds to the original method.
 
 import { BarChart, LineChart } from "./charts.js";
-import { $, api, fill, fmtInt, h, money, timeOf, toast } from "./common.js";
+import { $, api, fill, fmtInt, h, money, params, timeOf, toast } from "./common.js";
 
-const WINDOW = 10 * 60 * 1000;
+const RANGES = [600, 3600, 21600, 86400];
+let rangeS = RANGES.includes(Number(params.get("range"))) ? Number(params.get("range")) : 600;
+const WINDOW = rangeS * 1000;
 const charts = {
   online: new LineChart($("#c-online"), { title: "online", series: [{ name: "total" }], windowMs: WINDOW }),
   rates: new LineChart($("#c-rates"), { title: "per second", series: [{ name: "comments" }, { name: "gifts" }], windowMs: WINDOW }),
@@ -24,7 +33,38 @@ const charts = {
 };
 
 let since = 0;
+let sinceCommerce = 0;
 let failures = 0;
+
+// a point at a time already drawn replaces it (a long range's last step fills up)
+function upsert(chart, ts, values) {
+  const pts = chart.points;
+  for (let i = pts.length - 1; i >= 0 && pts[i][0] >= ts; i--) {
+    if (pts[i][0] === ts) {
+      pts[i] = [ts, { ...pts[i][1], ...values }];
+      return;
+    }
+  }
+  pts.push([ts, values]);
+}
+
+function setRange(r) {
+  rangeS = r;
+  since = 0;
+  sinceCommerce = 0;
+  for (const c of Object.values(charts)) {
+    if (!(c instanceof LineChart)) continue;
+    c.windowMs = r * 1000;
+    c.points = [];
+    c.draw();
+  }
+  for (const b of document.querySelectorAll("#range button")) b.setAttribute("aria-pressed", String(Number(b.dataset.range) === r));
+  const q = new URLSearchParams(location.search);
+  q.set("range", String(r));
+  history.replaceState(null, "", `${location.pathname}?${q}`);
+}
+
+for (const b of document.querySelectorAll("#range button")) b.addEventListener("click", () => setRange(Number(b.dataset.range)));
 
 function setText(id, v) {
   document.getElementById(id).textContent = v;
@@ -37,20 +77,20 @@ function addFast(points) {
       top[room] = r.online;
       charts.online.ensureSeries(room);
     }
-    charts.online.points.push([p.ts, { total: p.online, ...top }]);
-    charts.rates.points.push([p.ts, { comments: p.comments_per_s, gifts: p.gifts_per_s }]);
-    charts.errors.points.push([p.ts, { errors: p.errors_per_s }]);
+    upsert(charts.online, p.ts, { total: p.online, ...top });
+    upsert(charts.rates, p.ts, { comments: p.comments_per_s, gifts: p.gifts_per_s });
+    upsert(charts.errors, p.ts, { errors: p.errors_per_s });
     since = Math.max(since, p.ts);
   }
 }
 
 function addCommerce(points) {
   for (const p of points) {
-    charts.gmv.points.push([p.ts, { gmv: p.gmv / 100 }]);
-    charts.errors.points.push([p.ts, { timeouts: p.timeouts_last_min }]);
+    upsert(charts.gmv, p.ts, { gmv: p.gmv / 100 });
+    upsert(charts.errors, p.ts, { timeouts: p.timeouts_last_min });
     for (const sale of Object.keys(p.remaining || {})) charts.burn.ensureSeries(sale);
-    charts.burn.points.push([p.ts, p.remaining || {}]);
-    since = Math.max(since, p.ts);
+    upsert(charts.burn, p.ts, p.remaining || {});
+    sinceCommerce = Math.max(sinceCommerce, p.ts);
   }
 }
 
@@ -131,8 +171,13 @@ async function inventory(sale) {
 
 async function poll() {
   try {
-    const [ov, series] = await Promise.all([api("/api/v1/ops/overview"), api(`/api/v1/ops/series?since=${since}`)]);
+    // the live range asks for what came after the last sample; a longer one also for its last
+    // step again (it was still filling)
+    const after = rangeS === 600 ? Math.min(since, sinceCommerce || since) : Math.max(0, Math.min(since, sinceCommerce || since) - 1);
+    const asked = rangeS;
+    const [ov, series] = await Promise.all([api("/api/v1/ops/overview"), api(`/api/v1/ops/series?since=${after}&range_s=${asked}`)]);
     failures = 0;
+    if (asked !== rangeS) return; // the range changed meanwhile: the next poll draws it
     addFast(series.fast);
     addCommerce(series.commerce);
     Object.values(charts).forEach((c) => (c instanceof LineChart ? trim(c) : null));
@@ -227,7 +272,76 @@ $("#audit-newer").addEventListener("click", () => {
   loadAudit();
 });
 
+// ------------------------------------------------------------------ fulfilment and payments
+$("#to-ship").href = `shipping.html?token=${encodeURIComponent(params.get("token") || "")}`;
+
+function ago(ms) {
+  const s = Math.max(0, Math.round((Date.now() - ms) / 1000));
+  return s < 120 ? `${s} s ago` : s < 7200 ? `${Math.round(s / 60)} min ago` : `${Math.round(s / 3600)} h ago`;
+}
+
+function parcelText(s) {
+  return `${s.carrier} ${s.tracking_number}${s.state === "delivered" ? " ✓ delivered" : " · in transit"}`;
+}
+
+async function loadFulfilment() {
+  try {
+    const [toShip, onWay] = await Promise.all([api("/api/v1/fulfilment/orders?state=paid"), api("/api/v1/fulfilment/orders?state=shipped")]);
+    const owed = (o) => Object.values(o.owed || {}).reduce((a, b) => a + b, 0);
+    setText("f-toship", fmtInt(toShip.orders.length));
+    setText("f-owed", fmtInt(toShip.orders.reduce((n, o) => n + owed(o), 0)));
+    setText("f-onway", fmtInt(onWay.orders.length));
+    const rows = new Map();
+    for (const o of [...toShip.orders, ...onWay.orders]) rows.set(o.order_id, o);
+    const list = [...rows.values()].sort((a, b) => a.created_ms - b.created_ms).slice(0, 30);
+    fill($("#shipments"), list.length ? list.map((o) => h("tr", { dataset: { order: o.order_id } },
+      h("td", {}, h("code", {}, o.order_id)),
+      h("td", {}, o.room_id),
+      h("td", {}, o.user_id, o.ship_to ? null : h("span", { class: "pill warn small" }, " no address")),
+      h("td", {}, h("span", { class: `pill ${o.progress === "unshipped" ? "warn" : "ok"}` }, o.progress)),
+      h("td", { class: "num" }, money(o.amount)),
+      h("td", { class: "small" },
+        owed(o) ? `owes ${Object.entries(o.owed).map(([k, q]) => `${q} × ${k}`).join(", ")}` : "",
+        (o.shipments || []).map((sh) => h("div", { class: "parcel-line" }, parcelText(sh)))),
+      h("td", { class: "small" }, ago(o.created_ms))))
+      : h("tr", {}, h("td", { colspan: "7", class: "muted" }, "Nothing to ship: every paid order is on its way.")));
+  } catch (e) {
+    fill($("#shipments"), h("tr", {}, h("td", { colspan: "7", class: "muted" }, `fulfilment: ${e.code} ${e.message}`)));
+  }
+}
+
+function signatureCell(c) {
+  return c.verified ? h("span", { class: "pill ok" }, "✓ verified")
+    : h("span", { class: "pill bad", title: "the HMAC over timestamp and body did not check out" }, `✗ ${c.reason || "refused"}`);
+}
+
+async function loadPayments() {
+  try {
+    const [cbs, refunds] = await Promise.all([api("/api/v1/payments/callbacks?limit=20"), api("/api/v1/payments/refunds?limit=10")]);
+    fill($("#callbacks"), cbs.callbacks.length ? cbs.callbacks.map((c) => h("tr", { dataset: { callback: c.id } },
+      h("td", {}, timeOf(c.ts)),
+      h("td", {}, signatureCell(c)),
+      h("td", {}, c.type ? h("code", {}, c.type) : h("span", { class: "muted" }, `${fmtInt(c.bytes)} bytes`), c.duplicate ? h("span", { class: "small muted" }, " (duplicate)") : null),
+      h("td", {}, c.order_id ? h("code", {}, c.order_id) : "–"),
+      h("td", { class: "num" }, c.amount !== undefined ? money(c.amount) : "–"),
+      h("td", {}, h("span", { class: `pill ${c.outcome === "refused" ? "bad" : c.outcome === "ignored" ? "" : "ok"}` }, c.outcome || "–"),
+        c.verified && c.reason ? h("span", { class: "small muted" }, ` ${c.reason}`) : null)))
+      : h("tr", {}, h("td", { colspan: "6", class: "muted" }, "No payment callbacks yet.")));
+    fill($("#prefunds"), refunds.refunds.length ? refunds.refunds.map((r) => h("tr", {},
+      h("td", {}, r.ts ? timeOf(r.ts) : "–"), h("td", {}, h("code", {}, r.order_id)), h("td", { class: "num" }, money(r.amount)),
+      h("td", {}, r.reason || ""), h("td", {}, r.status || "")))
+      : h("tr", {}, h("td", { colspan: "5", class: "muted" }, "No provider refunds.")));
+  } catch (e) {
+    fill($("#callbacks"), h("tr", {}, h("td", { colspan: "6", class: "muted" }, `payments: ${e.code} ${e.message}`)));
+  }
+}
+
+for (const b of document.querySelectorAll("#range button")) b.setAttribute("aria-pressed", String(Number(b.dataset.range) === rangeS));
 poll();
 pollGrowth();
+loadFulfilment();
+loadPayments();
+setInterval(loadFulfilment, 5000);
+setInterval(loadPayments, 5000);
 loadAudit();
 setInterval(loadAudit, 5000);

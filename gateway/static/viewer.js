@@ -11,9 +11,14 @@
 // each pushed `host.live` / `schedule.reminder`) opens the inbox (GET /api/v1/me/notifications,
 // Mark all read); the Host panel follows / unfollows the room's host and lists their
 // upcoming schedules with Remind me (预约).
+// Shopping (phone first): the pinned product's card sits over the video with its Buy; the
+// room's product list (小黄车), a product's SKU picker and the cart with checkout are bottom
+// sheets (shop.js), and so is the gift panel (sheets.js).
 // All user text goes through text nodes (h(), fill(), textContent), never innerHTML.
 
 import { $, api, countdown, fill, fmtInt, h, Live, money, newId, params, toast } from "./common.js";
+import { openSheet } from "./sheets.js";
+import { Shop } from "./shop.js";
 
 const room = params.get("room") || "demo";
 const token = params.get("token") || "";
@@ -48,6 +53,32 @@ const S = {
 };
 
 const live = new Live(room, token, { onEvent, onStatus });
+const shop = new Shop(room, {
+  onOrder: (o) => addOrder(o),
+  onPaid: (id, amount) => orderState(id, "paid", { amount }),
+  saleOf: (pid) => [...S.sales.values()].find((s) => s.product_id === pid && s.state === "live") || null,
+});
+
+function setCoins(v) {
+  setText("coins", fmtInt(v));
+  setText("sheet-coins", fmtInt(v));
+}
+
+// on a phone the product card sits over the video (its lower edge), as live apps show it;
+// on a wide screen it is the side panel's first card
+const phone = window.matchMedia("(max-width: 700px)");
+function placeProductCard() {
+  const panel = $("#product-panel");
+  if (phone.matches) {
+    $("#stage").append(panel);
+    panel.classList.add("over");
+  } else {
+    $("#orders-panel").before(panel);
+    panel.classList.remove("over");
+  }
+}
+phone.addEventListener("change", placeProductCard);
+placeProductCard();
 
 // ------------------------------------------------------------------ header
 function setText(id, v) {
@@ -88,6 +119,9 @@ async function welcome(d) {
   S.show = d.show || S.show;
   renderShow();
   if (d.pin !== undefined) setPin(d.pin);
+  if (d.bag) shop.setBag(d.bag);
+  shop.loadCart();
+  renderProduct();
   if (typeof d.likes === "number") setLikes(d.likes);
   if (Array.isArray(d.leaderboard)) renderBoard(d.leaderboard);
   for (const lot of d.lotteries || []) addLottery(lot);
@@ -130,7 +164,7 @@ async function refreshMine() {
     }
   }
   if (points.status === "fulfilled") setPoints(points.value.viewer, points.value.level);
-  if (wallet.status === "fulfilled") setText("coins", fmtInt(wallet.value.balance));
+  if (wallet.status === "fulfilled") setCoins(wallet.value.balance);
   if (coupons.status === "fulfilled") {
     for (const c of coupons.value.coupons || []) {
       S.myCoupons.set(c.coupon_id, c);
@@ -160,7 +194,7 @@ $("#topup").addEventListener("click", async () => {
       body: { amount: 1000 },
       headers: { "Idempotency-Key": newId("topup-") },
     });
-    setText("coins", fmtInt(r.balance));
+    setCoins(r.balance);
     toast("1000 test coins added", "ok");
   } catch (e) {
     toast(`top-up failed: ${e.message}`, "error");
@@ -192,6 +226,9 @@ function onEvent(env, { replay }) {
       return;
     case "product.pinned": return setPin(d);
     case "product.unpinned": return setPin(null);
+    case "bag.changed":
+      shop.setBag(d);
+      return renderProduct(); // the card shows the item being explained when no flash sale runs
     case "sale.started":
       S.sales.set(d.sale_id, { ...d, state: "live" });
       return renderProduct();
@@ -206,8 +243,12 @@ function onEvent(env, { replay }) {
     case "sale.soldout": return saleState(d.sale_id, "sold_out");
     case "sale.ended": return saleState(d.sale_id, "ended");
     case "order.reserved": return addOrder(d);
-    case "order.paid": return orderState(d.order_id, "paid", d);
-    case "order.cancelled": return orderState(d.order_id, "cancelled", d);
+    case "order.paid":
+      shop.paid(d.order_id, d.amount);
+      return orderState(d.order_id, "paid", d);
+    case "order.cancelled":
+      shop.cancelled(d.order_id, d.reason);
+      return orderState(d.order_id, "cancelled", d);
     case "coupon.dropped":
       addDrop(d);
       return renderDrops();
@@ -240,7 +281,7 @@ function onEvent(env, { replay }) {
           : d.kind === "product" ? "🎁 Your prize is an order on its way to you: add a shipping address if you have none"
           : "🎟 Your prize coupon is in your wallet", "ok", 8000);
       }
-      if (d.kind === "coins" && typeof d.balance === "number") setText("coins", fmtInt(d.balance));
+      if (d.kind === "coins" && typeof d.balance === "number") setCoins(d.balance);
       return;
     case "points": return setPoints(d.balance, d.level);
     case "host.live":
@@ -431,9 +472,12 @@ async function loadCatalogue() {
       );
     }
   } catch {
-    // gifts not served by this gateway: no gift bar
+    $("#open-gifts").hidden = true; // gifts not served by this gateway: no gift panel
   }
 }
+
+// the gift panel is a bottom sheet: the video and the banners stay in view above it
+$("#open-gifts").addEventListener("click", () => openSheet("gift-sheet", { dim: false }));
 
 async function sendGift(g) {
   const now = Date.now();
@@ -441,7 +485,7 @@ async function sendGift(g) {
   try {
     const r = await live.request("gift", { gift_id: g.id, count: 1, ...(combo ? { combo_id: combo } : {}) });
     S.combo = { gift_id: g.id, combo_id: r.d.combo_id, until: Date.now() + 3000 };
-    setText("coins", fmtInt(r.d.balance));
+    setCoins(r.d.balance);
   } catch (e) {
     toast(e.code === "insufficient_funds" ? `Not enough coins for ${g.name}: top up first` : `${e.code}: ${e.message}`, "error");
   }
@@ -517,14 +561,25 @@ function renderProduct() {
   const box = $("#product");
   const pin = S.pin;
   const sale = currentSale();
+  const explaining = shop.explainingItem();
+  $("#product-panel").classList.toggle("empty", !pin && !sale && !explaining);
+  setText("product-h", !pin && !sale && explaining ? "Now explaining" : sale && sale.state === "live" ? "Flash sale" : "Pinned product");
   if (!pin && !sale) {
-    fill(box, h("span", { class: "muted" }, "Nothing pinned yet."));
+    // no pin: the item the host is explaining now (讲解中), bought at list price in its sheet
+    fill(box, explaining ? h("div", { class: "product-card" }, h("div", { class: "thumb" }, "🛍️"), h("div", { class: "grow" },
+      h("div", {}, h("span", { class: "pill live explain-tag" }, "讲解中"), h("span", { class: "name", id: "product-name" }, explaining.name)),
+      h("div", { class: "row card-buy" }, explaining.price_max !== explaining.price_min ? h("span", { class: "small muted" }, "from") : null,
+        h("span", { class: "price-now" }, money(explaining.price_min)),
+        h("span", { class: "grow" }),
+        h("button", { class: "primary", id: "buy-list", onclick: () => shop.openProduct(explaining.product_id) }, "Buy"))))
+      : h("span", { class: "muted" }, "Nothing pinned yet."));
     return;
   }
   const name = pin ? pin.name : `Product ${sale.product_id}`;
   const listPrice = pin ? pin.price : null;
   const parts = [];
-  parts.push(h("div", { class: "name", id: "product-name" }, name));
+  const now = pin && explaining && explaining.product_id === pin.product_id;
+  parts.push(h("div", {}, now ? h("span", { class: "pill live explain-tag" }, "讲解中") : null, h("span", { class: "name", id: "product-name" }, name)));
   if (sale) {
     parts.push(h("div", {}, h("span", { class: "price-now" }, money(sale.price)), listPrice && listPrice !== sale.price ? h("span", { class: "price-was" }, money(listPrice)) : null));
     const stock = Math.max(1, sale.stock || 1);
@@ -541,11 +596,12 @@ function renderProduct() {
     const atLimit = mine >= (sale.per_user_limit ?? 1);
     const canBuy = sale.state === "live" && rem > 0 && !atLimit;
     const label = canBuy ? "Buy now" : sale.state === "live" && atLimit && rem > 0 ? "Limit reached" : sale.state === "live" ? "Sold out" : "Buy";
-    parts.push(h("div", { class: "row", style: { marginTop: "6px" } },
+    parts.push(h("div", { class: "row card-buy" },
       h("button", { class: "primary", id: "buy", disabled: !canBuy, onclick: () => buy(sale) }, label),
       h("span", { class: "small", id: "buy-msg" }, buyMsg)));
   } else {
-    parts.push(h("div", {}, h("span", { class: "price-now" }, money(listPrice))));
+    parts.push(h("div", { class: "row card-buy" }, h("span", { class: "price-now" }, money(listPrice)), h("span", { class: "grow" }),
+      h("button", { class: "primary", id: "buy-list", onclick: () => shop.openProduct(pin.product_id) }, "Buy")));
     parts.push(h("div", { class: "small muted" }, "No flash sale on this product right now."));
   }
   fill(box, h("div", { class: "product-card" }, h("div", { class: "thumb" }, "🛍️"), h("div", { class: "grow" }, parts)));
@@ -579,7 +635,7 @@ function addOrder(d) {
   if (!d || !d.order_id) return;
   const o = S.orders.get(d.order_id);
   if (o) return;
-  S.orders.set(d.order_id, { ...d, state: "reserved", payKey: newId("pay-"), note: "" });
+  S.orders.set(d.order_id, { ...d, state: "reserved", payKey: d.payKey || newId("pay-"), note: "" });
   renderOrders();
 }
 
@@ -616,8 +672,9 @@ function renderOrders() {
       : o.state === "cancelled" ? h("span", { class: "pill bad" }, "Cancelled")
       : h("span", { class: "pill warn" }, "Reserved · pay within ", cd(o.pay_by_ms));
     const actions = [];
+    const cartOrder = o.sale_id === "cart" || Array.isArray(o.lines);
     if (o.state === "reserved") {
-      const coupons = usableCoupons(o);
+      const coupons = cartOrder ? [] : usableCoupons(o); // a cart order's coupons were chosen at checkout
       if (coupons.length) {
         // the best coupon is proposed: a claimed coupon the viewer forgets to pick is money lost
         actions.push(h("select", { class: "coupon-select", "aria-label": "coupon" },
@@ -628,7 +685,8 @@ function renderOrders() {
       actions.push(h("button", { class: "cancel", onclick: () => cancelOrder(o) }, "Cancel"));
     }
     return h("div", { class: "order", dataset: { order: o.order_id } },
-      h("div", {}, `${o.qty} × ${money(o.unit_price)} = `, h("b", {}, money(o.amount))),
+      cartOrder ? h("div", {}, `🛒 ${fmtInt(o.qty)} item${o.qty === 1 ? "" : "s"} = `, h("b", {}, money(o.amount)))
+        : h("div", {}, `${o.qty} × ${money(o.unit_price)} = `, h("b", {}, money(o.amount))),
       h("div", { class: "small muted" }, `order ${o.order_id}`),
       h("div", { class: "row" }, status, ...actions),
       o.note ? h("div", { class: "small" }, o.note) : null);
@@ -817,7 +875,7 @@ function onGrabbed(d) {
     p.mine = { amount: d.amount, index: d.index };
     if (!d.duplicate) toast(`🧧 You grabbed ${fmtInt(d.amount)} coins!`, "ok", 6000);
   }
-  if (typeof d.balance === "number") setText("coins", fmtInt(d.balance));
+  if (typeof d.balance === "number") setCoins(d.balance);
   renderPackets();
 }
 
@@ -946,8 +1004,10 @@ function hostId() {
 async function loadHost() {
   const host = hostId();
   const btn = $("#follow");
-  btn.hidden = !host || host === S.me;
-  if (!host) return;
+  if (!host) {
+    btn.hidden = true;
+    return;
+  }
   const [mine, sched] = await Promise.allSettled([
     api("/api/v1/me/fanclubs"),
     api(`/api/v1/hosts/${encodeURIComponent(host)}/schedule`),
@@ -956,6 +1016,8 @@ async function loadHost() {
     const rel = (mine.value.fanclubs || []).find((f) => f.host === host);
     S.following = Boolean(rel && rel.following);
   }
+  // shown once the relation is known: a tap before would be undone by this late answer
+  btn.hidden = host === S.me;
   renderFollow();
   if (sched.status === "fulfilled") renderUpcoming(sched.value.schedules || []);
 }
