@@ -374,22 +374,21 @@ class Publisher:
     async def close(self) -> None: ...
 
 
-class LcHttpPublisher(Publisher):
-    def __init__(self, port: int, room: str, token: str, inflight: int) -> None:
-        self.url = f"http://127.0.0.1:{port}/api/v1/rooms/{room}/announce"
-        self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-        self.inflight = inflight
+class HttpPublisher(Publisher):
+    """One aiohttp keep-alive session, ``inflight`` requests at once; an answer outside
+    ``ok`` counts as a publish error."""
+
+    inflight = 64
+    ok: tuple[int, ...] = (200,)
 
     async def start(self) -> None:
         import aiohttp
 
         self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self.inflight))
 
-    async def publish(self, d: dict[str, Any]) -> None:
-        text = d.pop("text")
-        body = json.dumps({"text": text, "data": d}, separators=(",", ":"))
-        async with self.session.post(self.url, data=body, headers=self.headers) as resp:
-            if resp.status != 200:
+    async def post(self, url: str, body: str, headers: dict[str, str]) -> None:
+        async with self.session.post(url, data=body, headers=headers) as resp:
+            if resp.status not in self.ok:
                 self.errors += 1
                 self.last_error = f"HTTP {resp.status}: {(await resp.text())[:200]}"
             else:
@@ -397,6 +396,17 @@ class LcHttpPublisher(Publisher):
 
     async def close(self) -> None:
         await self.session.close()
+
+
+class LcHttpPublisher(HttpPublisher):
+    def __init__(self, port: int, room: str, token: str, inflight: int) -> None:
+        self.url = f"http://127.0.0.1:{port}/api/v1/rooms/{room}/announce"
+        self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        self.inflight = inflight
+
+    async def publish(self, d: dict[str, Any]) -> None:
+        text = d.pop("text")
+        await self.post(self.url, json.dumps({"text": text, "data": d}, separators=(",", ":")), self.headers)
 
 
 class LcRedisPublisher(Publisher):
@@ -459,31 +469,19 @@ class RelayPublisher(Publisher):
         await self.redis.aclose()
 
 
-class NchanPublisher(Publisher):
+class NchanPublisher(HttpPublisher):
     """Nchan's own publish path: ``POST /pub?id=ROOM`` (keep-alive, ``inflight`` at once)."""
+
+    ok = (200, 201, 202)
 
     def __init__(self, port: int, room: str, inflight: int) -> None:
         self.url = f"http://127.0.0.1:{port}/pub?id={room}"
         self.room = room
         self.inflight = inflight
 
-    async def start(self) -> None:
-        import aiohttp
-
-        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self.inflight))
-
     async def publish(self, d: dict[str, Any]) -> None:
         env = {"t": "notice", "room": self.room, "ts": int(time.time() * 1000), "d": {"by": "bench-host", **d}}
-        body = json.dumps(env, separators=(",", ":"))
-        async with self.session.post(self.url, data=body, headers={"Content-Type": "application/json"}) as resp:
-            if resp.status not in (200, 201, 202):
-                self.errors += 1
-                self.last_error = f"HTTP {resp.status}: {(await resp.text())[:200]}"
-            else:
-                await resp.read()
-
-    async def close(self) -> None:
-        await self.session.close()
+        await self.post(self.url, json.dumps(env, separators=(",", ":")), {"Content-Type": "application/json"})
 
 
 def make_publisher(name: str, server: Server, ctx: dict[str, Any]) -> Publisher:
