@@ -94,18 +94,45 @@ class InvalidProduct(BadFrame, ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class GiftRule:
+    """Gift with purchase (赠品) on a SKU: an order with at least ``min_qty`` units of the SKU
+    gets ``qty`` units of ``sku`` of ``product_id`` (``""``: the same product) at price 0,
+    while that SKU's stock lasts (the cart's checkout takes it in the same hold)."""
+
+    min_qty: int
+    sku: str
+    qty: int = 1
+    product_id: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"min_qty": self.min_qty, "sku": self.sku, "qty": self.qty}
+        if self.product_id:
+            out["product_id"] = self.product_id
+        return out
+
+
+@dataclass(frozen=True, slots=True)
 class Sku:
     """One purchasable variant. ``attrs`` are ``(option, value)`` pairs in the product's
-    option order; ``price`` is integer cents."""
+    option order; ``price`` is integer cents. ``limit``: the most units one user may hold and
+    buy of this SKU (0: no limit; the reserve script counts them); ``gift``: its gift with
+    purchase, if any."""
 
     id: str
     attrs: tuple[tuple[str, str], ...]
     price: int
     image: str = ""
     state: ProductState = "active"
+    limit: int = 0
+    gift: GiftRule | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "attrs": dict(self.attrs), "price": self.price, "image": self.image, "state": self.state}
+        out = {"id": self.id, "attrs": dict(self.attrs), "price": self.price, "image": self.image, "state": self.state}
+        if self.limit:  # only when set: definitions stored before limits keep their canonical text
+            out["limit"] = self.limit
+        if self.gift is not None:
+            out["gift"] = self.gift.to_dict()
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +212,8 @@ def product_from_dict(d: Mapping[str, Any]) -> Product:
         name=str(d["name"]),
         skus=tuple(
             Sku(str(s["id"]), tuple((str(k), str(v)) for k, v in dict(s.get("attrs") or {}).items()), int(s["price"]),
-                str(s.get("image", "")), "archived" if s.get("state") == "archived" else "active")
+                str(s.get("image", "")), "archived" if s.get("state") == "archived" else "active", int(s.get("limit") or 0),
+                _gift_from(s.get("gift")))
             for s in d.get("skus", [])
         ),
         description=str(d.get("description", "")),
@@ -196,6 +224,12 @@ def product_from_dict(d: Mapping[str, Any]) -> Product:
         created_ms=int(d.get("created_ms", 0)),
         updated_ms=int(d.get("updated_ms", 0)),
     )
+
+
+def _gift_from(g: Any) -> GiftRule | None:
+    if not isinstance(g, Mapping):
+        return None
+    return GiftRule(int(g["min_qty"]), str(g["sku"]), int(g.get("qty") or 1), str(g.get("product_id") or ""))
 
 
 def canonical(product: Product) -> str:
@@ -275,7 +309,35 @@ def check_owner(v: Any, name: str = "owner") -> str:
 
 
 PRODUCT_FIELDS = frozenset({"id", "owner", "name", "description", "category", "image", "price", "stock", "skus"})
-SKU_FIELDS = frozenset({"id", "attrs", "price", "stock", "image"})
+SKU_FIELDS = frozenset({"id", "attrs", "price", "stock", "image", "limit", "gift"})
+GIFT_FIELDS = frozenset({"min_qty", "sku", "qty", "product_id"})
+MAX_GIFT_QTY = 100
+
+
+def check_limit(v: Any, name: str = "limit") -> int:
+    """A per-user limit: 0 (none) .. ``MAX_QTY`` units."""
+    return 0 if v is None else _int(v, name, lo=0, hi=MAX_QTY, what="a whole number of units (0: no limit)")
+
+
+def check_gift(v: Any, name: str = "gift") -> GiftRule | None:
+    """A gift-with-purchase rule ``{min_qty, sku, qty?, product_id?}`` (None: no gift).
+
+    Raises:
+        InvalidProduct: naming the bad field.
+    """
+    if v is None:
+        return None
+    if not isinstance(v, Mapping):
+        raise InvalidProduct(name, "must be {min_qty, sku, qty?, product_id?}: buy min_qty of this SKU, get qty of sku free")
+    _unknown(v, GIFT_FIELDS, name + ".")
+    if v.get("min_qty") is None or v.get("sku") is None:
+        raise InvalidProduct(name, "needs min_qty (units of this SKU to buy) and sku (the gift)")
+    return GiftRule(
+        min_qty=_int(v["min_qty"], name + ".min_qty", lo=1, hi=MAX_QTY, what="a whole number of units"),
+        sku=check_id(v["sku"], name + ".sku"),
+        qty=1 if v.get("qty") is None else _int(v["qty"], name + ".qty", lo=1, hi=MAX_GIFT_QTY, what="a whole number of units"),
+        product_id="" if v.get("product_id") is None else check_id(v["product_id"], name + ".product_id"),
+    )
 
 
 def _unknown(data: Mapping[str, Any], known: frozenset[str], where: str) -> None:
@@ -307,6 +369,8 @@ def validate_sku(data: Any, *, where: str = "", index: int = 0) -> tuple[Sku, in
     price = check_price(data["price"], where + "price")
     stock = None if data.get("stock") is None else check_stock(data["stock"], where + "stock")
     image = check_image(data.get("image"), where + "image")
+    limit = check_limit(data.get("limit"), where + "limit")
+    gift = check_gift(data.get("gift"), where + "gift")
     if data.get("id") is not None:
         sid = check_id(data["id"], where + "id")
     elif not attrs:
@@ -314,7 +378,7 @@ def validate_sku(data: Any, *, where: str = "", index: int = 0) -> tuple[Sku, in
     else:
         made = "-".join(v for _, v in attrs)
         sid = made if ident_problem(made) is None else f"sku{index + 1}"
-    return Sku(sid, attrs, price, image), stock
+    return Sku(sid, attrs, price, image, limit=limit, gift=gift), stock
 
 
 def check_skus(skus: Sequence[Sku], where: str = "") -> None:
@@ -400,7 +464,7 @@ def validate_product(data: Any, *, owner: str = "", where: str = "", default_id:
 # ------------------------------------------------------------------------------ changes
 
 PATCH_FIELDS = frozenset({"name", "description", "category", "image", "state"})
-SKU_PATCH_FIELDS = frozenset({"price", "image", "stock", "add_stock", "state"})
+SKU_PATCH_FIELDS = frozenset({"price", "image", "stock", "add_stock", "state", "limit", "gift"})
 
 
 def patch_product(product: Product, data: Any) -> Product:
@@ -439,15 +503,19 @@ class SkuPatch:
     state: ProductState | None = None
     stock: int | None = None
     add_stock: int | None = None
+    limit: int | None = None
+    gift: GiftRule | None = None
+    drop_gift: bool = False  # ``gift: null``: the SKU no longer has a gift
 
     @property
     def changes_definition(self) -> bool:
-        return self.price is not None or self.image is not None or self.state is not None
+        return (self.price is not None or self.image is not None or self.state is not None or self.limit is not None
+                or self.gift is not None or self.drop_gift)
 
 
 def validate_sku_patch(data: Any) -> SkuPatch:
-    """``{price?, image?, state?, stock?, add_stock?}`` (``stock`` and ``add_stock``
-    exclusive).
+    """``{price?, image?, state?, stock?, add_stock?, limit?, gift?}`` (``stock`` and
+    ``add_stock`` exclusive; ``gift: null`` removes the gift).
 
     Raises:
         InvalidProduct: an unknown or bad field, both stock forms, or nothing to change.
@@ -464,6 +532,9 @@ def validate_sku_patch(data: Any) -> SkuPatch:
         stock=None if data.get("stock") is None else check_stock(data["stock"]),
         add_stock=None if data.get("add_stock") is None else _int(data["add_stock"], "add_stock", lo=-MAX_STOCK, hi=MAX_STOCK,
                                                                    what="a whole number of units (negative takes out)"),
+        limit=None if data.get("limit") is None else check_limit(data["limit"]),
+        gift=check_gift(data.get("gift")),
+        drop_gift="gift" in data and data["gift"] is None,
     )
 
 
@@ -481,6 +552,8 @@ def patch_sku(product: Product, sku_id: str, patch: SkuPatch) -> Product:
         price=sku.price if patch.price is None else patch.price,
         image=sku.image if patch.image is None else patch.image,
         state=sku.state if patch.state is None else move_state(sku.state, patch.state, what=f"SKU {sku_id!r}"),
+        limit=sku.limit if patch.limit is None else patch.limit,
+        gift=None if patch.drop_gift else (sku.gift if patch.gift is None else patch.gift),
     )
     return replace(product, skus=tuple(new if s.id == sku_id else s for s in product.skus))
 
@@ -568,6 +641,10 @@ def plan_change(old: Product | None, draft: Draft, *, available: Mapping[str, in
             lines.append(f"sku {s.id}: price {s.price} -> {n.price}")
         if n.image != s.image:
             lines.append(f"sku {s.id}: image {s.image!r} -> {n.image!r}")
+        if n.limit != s.limit:
+            lines.append(f"sku {s.id}: limit {s.limit} -> {n.limit}")
+        if n.gift != s.gift:
+            lines.append(f"sku {s.id}: gift {s.gift.to_dict() if s.gift else None} -> {n.gift.to_dict() if n.gift else None}")
         if s.state != "active":
             lines.append(f"sku {s.id}: archived -> active")
         merged.append(replace(n, state="active"))
@@ -601,7 +678,7 @@ def may_manage(owner: str, *, user: str, role: str) -> bool:
 
 # ------------------------------------------------------------------------------ stock
 
-Reject = Literal["no_product", "archived", "no_sku", "sku_archived", "sold_out"]
+Reject = Literal["no_product", "archived", "no_sku", "sku_archived", "sold_out", "limit_reached"]
 REJECTS: frozenset[str] = frozenset(get_args(Reject))
 HoldState = Literal["reserved", "paid", "cancelled"]
 HoldStep = Literal["pay", "release"]
@@ -674,13 +751,16 @@ def merge_lines(lines: Iterable[tuple[str, int]]) -> tuple[tuple[str, int], ...]
 
 
 def decide_reserve(product_state: ProductState | None, skus: Mapping[str, tuple[bool, int]],
-                   lines: Sequence[tuple[str, int]]) -> tuple[Reject, str | None] | None:
+                   lines: Sequence[tuple[str, int]], *, limits: Mapping[str, int] | None = None,
+                   bought: Mapping[str, int] | None = None) -> tuple[Reject, str | None] | None:
     """None means every line can be reserved now, all together; else the reason and the
     SKU it concerns (None for the product). ``product_state`` None: no such product;
-    ``skus``: sku -> (archived, available); ``lines`` merged (:func:`merge_lines`).
+    ``skus``: sku -> (archived, available); ``lines`` merged (:func:`merge_lines`);
+    ``limits``: sku -> the per-user limit (absent or 0: none); ``bought``: sku -> the units
+    the user holds or bought already.
 
     Order of checks: the product, then each line in order: unknown SKU, archived SKU, not
-    enough available units. The Lua twin is ``catalog_reserve.lua``.
+    enough available units, the user's limit. The Lua twin is ``catalog_reserve.lua``.
     """
     if product_state is None:
         return "no_product", None
@@ -695,6 +775,9 @@ def decide_reserve(product_state: ProductState | None, skus: Mapping[str, tuple[
             return "sku_archived", sku
         if qty > available:
             return "sold_out", sku
+        limit = (limits or {}).get(sku, 0)
+        if limit > 0 and (bought or {}).get(sku, 0) + qty > limit:
+            return "limit_reached", sku
     return None
 
 

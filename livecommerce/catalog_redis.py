@@ -14,7 +14,11 @@ part           type   holds
 ``moves``      hash   sku -> its stock-move counter; ``<sku>/<n>`` -> that move
                       (``{d, t, r, b}``: delta, time, reason, by) until SQL has it
 ``off``        set    archived SKUs
-``holds``      hash   hold id -> ``{u, l, s, p, t}`` (user, lines JSON, state, pay-by, time)
+``holds``      hash   hold id -> ``{u, l, r, c, s, p, t, rq, rf}`` (user, lines taken JSON,
+                      the request, the lines counted against limits, state, pay-by, time,
+                      units refunded per SKU, refunds applied)
+``bought``     hash   ``<user>|<sku>`` -> the user's units in holds not released (the
+                      per-user limit is checked against it in the reserve script)
 ``deadlines``  zset   reserved hold ids by pay-by ms
 ``settled``    zset   paid or cancelled hold ids by when (pruned after the retention)
 ``rooms``      set    rooms whose product list shows this product
@@ -63,6 +67,7 @@ PUT = (_LUA / "catalog_put.lua").read_text()
 STOCK = (_LUA / "catalog_stock.lua").read_text()
 RESERVE = (_LUA / "catalog_reserve.lua").read_text()
 SETTLE = (_LUA / "catalog_settle.lua").read_text()
+REFUND = (_LUA / "catalog_refund.lua").read_text()
 READ = (_LUA / "catalog_read.lua").read_text()
 PRUNE = (_LUA / "catalog_prune.lua").read_text()
 
@@ -133,23 +138,28 @@ class StockChange:
 @dataclass(frozen=True, slots=True)
 class Reserved:
     """A hold taken now (``duplicate`` False) or earlier under the same id with the same
-    lines (True: nothing moved; ``state`` says where it is now). ``available`` is each
-    line's SKU's units left right after this reservation (empty for a duplicate)."""
+    request (True: nothing moved; ``state`` says where it is now). ``available`` is each
+    required line's SKU's units left right after this reservation (empty for a duplicate);
+    ``lines`` what the hold took (required lines, then the optional ones it could take;
+    empty: nothing was held, only optional lines were asked and none was in stock)."""
 
     hold_id: str
     pay_by_ms: int
     state: HoldState = "reserved"
     duplicate: bool = False
     available: tuple[tuple[str, int], ...] = ()
+    lines: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Refused:
     """A reservation refused: the :data:`~livecommerce.catalog.Reject` reason, the SKU it
-    concerns (None for the product) and its available units; or ``hold_exists`` (the hold
-    id was used for other lines or another user)."""
+    concerns (None for the product) and its available units (``limit_reached``: the units
+    the user holds or bought already); or ``hold_exists`` (the hold id was used for another
+    request or user), or ``changed`` (the definition's version is no longer the one the
+    caller priced the lines at: ``available`` is the version now)."""
 
-    reason: Reject | Literal["hold_exists"]
+    reason: Reject | Literal["hold_exists", "changed"]
     sku: str | None = None
     available: int = 0
 
@@ -165,6 +175,7 @@ class RedisCatalog:
         self._stock = redis.register_script(STOCK)
         self._reserve = redis.register_script(RESERVE)
         self._settle = redis.register_script(SETTLE)
+        self._refund = redis.register_script(REFUND)
         self._read = redis.register_script(READ)
         self._prune = redis.register_script(PRUNE)
 
@@ -269,35 +280,75 @@ class RedisCatalog:
 
     # ------------------------------------------------------------------ holds
     async def reserve(self, product_id: str, hold_id: str, user: str, lines: Iterable[tuple[str, int]], *,
-                      pay_by_ms: int, now_ms: int) -> Reserved | Refused:
+                      pay_by_ms: int, now_ms: int, limits: Mapping[str, int] | None = None,
+                      optional: Sequence[tuple[str, int]] = (), expect_v: int | None = None) -> Reserved | Refused:
         """Reserve every line (merged per SKU) for the hold, all or nothing: the twin of
-        :func:`~livecommerce.catalog.decide_reserve`. A hold id seen before answers its
-        first reservation when the user and lines are the same, else ``hold_exists``.
+        :func:`~livecommerce.catalog.decide_reserve`, each SKU's per-user limit (``limits``,
+        sku -> units; absent or 0: none) checked against the user's units held or bought in
+        the same script. ``optional`` lines (gifts) are taken only while their SKU has the
+        units, never refusing the hold. ``expect_v``: refuse with ``changed`` unless the
+        definition is still at this version (the caller priced the lines from it). A hold id
+        seen before answers its first reservation when the user and request are the same,
+        else ``hold_exists``.
 
         Raises:
             BadFrame: bad lines (:func:`~livecommerce.catalog.merge_lines`).
         """
-        merged = merge_lines(lines)
-        lines_json = json.dumps([list(x) for x in merged], separators=(",", ":"))
-        argv: list[Any] = [hold_id, user, pay_by_ms, now_ms, lines_json]
+        given = list(lines)
+        merged = merge_lines(given) if given or not optional else ()
+        opt = merge_lines(optional) if optional else ()
+        lim = limits or {}
+        if opt:
+            request = json.dumps([[list(x) for x in merged], [list(x) for x in opt]], separators=(",", ":"))
+        else:
+            request = json.dumps([list(x) for x in merged], separators=(",", ":"))
+        argv: list[Any] = [hold_id, user, pay_by_ms, now_ms, request, "" if expect_v is None else expect_v, len(merged)]
         for sku, qty in merged:
+            argv += [sku, qty, int(lim.get(sku, 0))]
+        for sku, qty in opt:
             argv += [sku, qty]
         async with _guarded():
-            raw = await self._reserve(keys=self._k(product_id, "meta", "stock", "held", "off", "holds", "deadlines"),
+            raw = await self._reserve(keys=self._k(product_id, "meta", "stock", "held", "off", "holds", "deadlines", "bought"),
                                       args=argv)
         code = _s(raw[0])
         if code == "ok":
-            return Reserved(hold_id, int(raw[1]), available=tuple((sku, int(a)) for (sku, _), a in zip(merged, raw[2:], strict=True)))
+            taken = tuple((str(k), int(q)) for k, q in json.loads(_s(raw[2])))
+            return Reserved(hold_id, int(raw[1]), available=tuple((sku, int(a)) for (sku, _), a in zip(merged, raw[3:], strict=False)),
+                            lines=taken)
         if code == "dup":
-            return Reserved(hold_id, int(raw[2]), cast(HoldState, _s(raw[1])), duplicate=True)
+            taken = tuple((str(k), int(q)) for k, q in json.loads(_s(raw[3])))
+            return Reserved(hold_id, int(raw[2]), cast(HoldState, _s(raw[1])), duplicate=True, lines=taken)
         if code == "hold_exists":
             return Refused("hold_exists")
+        if code == "changed":
+            return Refused("changed", None, int(raw[2]))
         assert code in REJECTS, code
         return Refused(cast(Reject, code), _s(raw[1]) or None, int(raw[2]))
 
+    async def refund(self, product_id: str, hold_id: str, refund_id: str, lines: Sequence[tuple[str, int]]
+                     ) -> Literal["ok", "already", "unknown", "not_paid", "too_many"]:
+        """Put ``lines`` (units of a paid hold's SKUs) back on sale, exactly once per
+        ``refund_id`` (``catalog_refund.lua``): sold -> available, the user's counted units
+        drop. ``too_many``: more units of a SKU than the hold has left unrefunded."""
+        args: list[Any] = [hold_id, refund_id]
+        for sku, qty in lines:
+            args += [sku, int(qty)]
+        async with _guarded():
+            raw = await self._refund(keys=self._k(product_id, "stock", "sold", "holds", "bought"), args=args)
+        return cast(Literal["ok", "already", "unknown", "not_paid", "too_many"], _s(raw[0]))
+
+    async def bought(self, product_id: str, user: str, skus: Iterable[str]) -> dict[str, int]:
+        """The units of each SKU ``user`` holds or bought (what the per-user limit counts)."""
+        names = list(skus)
+        if not names:
+            return {}
+        async with _guarded():
+            raw = await self.redis.hmget(self.key(product_id, "bought"), [f"{user}|{s}" for s in names])
+        return {s: int(v or 0) for s, v in zip(names, raw, strict=True)}
+
     async def _step(self, product_id: str, hold_id: str, step: str, now_ms: int) -> str:
         async with _guarded():
-            raw = await self._settle(keys=self._k(product_id, "stock", "held", "sold", "holds", "deadlines", "settled"),
+            raw = await self._settle(keys=self._k(product_id, "stock", "held", "sold", "holds", "deadlines", "settled", "bought"),
                                      args=[hold_id, step, now_ms])
         return _s(raw[0])
 

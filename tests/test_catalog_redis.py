@@ -76,28 +76,37 @@ LINES = st.lists(st.tuples(st.sampled_from(["a", "b", "c", "d"]), st.integers(1,
 
 
 @EXAMPLES
-@given(state=st.sampled_from([None, "active", "archived"]), skus=SKUS, lines=LINES)
+@given(state=st.sampled_from([None, "active", "archived"]), skus=SKUS, lines=LINES,
+       limits=st.dictionaries(st.sampled_from(["a", "b", "c"]), st.integers(0, 6), max_size=3),
+       bought=st.dictionaries(st.sampled_from(["a", "b", "c"]), st.integers(0, 6), max_size=3))
 def test_the_reserve_script_decides_as_the_rule(lab: Lab, state: Any, skus: dict[str, tuple[bool, int]],
-                                                lines: list[tuple[str, int]]) -> None:
-    meta, stock, held, off, holds, deadlines = ks = lab.keys("meta", "stock", "held", "off", "holds", "deadlines")
+                                                lines: list[tuple[str, int]], limits: dict[str, int],
+                                                bought: dict[str, int]) -> None:
+    meta, stock, held, off, holds, deadlines, bkey = ks = lab.keys("meta", "stock", "held", "off", "holds", "deadlines",
+                                                                   "bought")
     if state is not None:
         lab.r.hset(meta, mapping={"state": state, "v": 1})
     for sku, (archived, available) in skus.items():
         lab.r.hset(stock, sku, available)
         if archived:
             lab.r.sadd(off, sku)
+    for sku, n in bought.items():
+        lab.r.hset(bkey, f"u1|{sku}", n)
     merged = merge_lines(lines)
-    argv: list[Any] = ["h1", "u1", NOW + 1000, NOW, json.dumps([list(x) for x in merged], separators=(",", ":"))]
+    argv: list[Any] = ["h1", "u1", NOW + 1000, NOW, json.dumps([list(x) for x in merged], separators=(",", ":")), "",
+                       len(merged)]
     for sku, qty in merged:
-        argv += [sku, qty]
+        argv += [sku, qty, limits.get(sku, 0)]
     raw = lab.reserve(keys=ks, args=argv)
-    rule = decide_reserve(state, skus, merged)
+    rule = decide_reserve(state, skus, merged, limits=limits, bought=bought)
     after = {_s(k): int(v) for k, v in lab.r.hgetall(stock).items()}
     if rule is None:
         assert _s(raw[0]) == "ok"
         assert after == {s: a - dict(merged).get(s, 0) for s, (_, a) in skus.items()}
         assert {_s(k): int(v) for k, v in lab.r.hgetall(held).items()} == dict(merged)
         assert lab.r.zscore(deadlines, "h1") == NOW + 1000
+        counted = {_s(k): int(v) for k, v in lab.r.hgetall(bkey).items()}
+        assert counted == {f"u1|{s}": bought.get(s, 0) + dict(merged).get(s, 0) for s in set(bought) | set(dict(merged))}
     else:
         assert (_s(raw[0]), _s(raw[1]) or None) == rule
         assert after == {s: a for s, (_, a) in skus.items()} and not lab.r.exists(held) and not lab.r.exists(holds)
