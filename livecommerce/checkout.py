@@ -24,6 +24,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .cart import is_cart_order
+from .cart_checkout import CartCheckout
 from .errors import BadFrame, Conflict, LiveCommerceError, NotFound, Unavailable
 from .flash_sale import (
     BatchBuy,
@@ -117,10 +119,14 @@ class Checkout:
     room_gate: RoomGate | None = None
 
     def __init__(self, redis: Any, keys: Keys, log: Log, *, coupons: CouponService | None = None,
-                 sale_retention_s: int = SALE_RETENTION_S, room_retention_s: int = ROOM_RETENTION_S) -> None:
+                 sale_retention_s: int = SALE_RETENTION_S, room_retention_s: int = ROOM_RETENTION_S,
+                 payment_window_s: int = 900) -> None:
         self.redis = redis
         self.keys = keys
         self.sales = RedisFlashSale(redis, keys)
+        # cart orders (``cart.<hash>``): pay, cancel and time-out dispatch to it by the order id
+        self.cart = CartCheckout(redis, keys, log, sales=self.sales, payment_window_s=payment_window_s,
+                                 room_retention_s=room_retention_s)
         self.log = log
         self.coupons = coupons
         self.sale_retention_s = sale_retention_s  # a settled sale's keys (docs/retention.md)
@@ -382,7 +388,14 @@ class Checkout:
 
         Raises:
             NotFound: no such order. Forbidden-like Conflict: the order belongs to another user.
+            BadFrame: (``coupon_at_checkout``) a coupon for a cart order (its coupons were
+                chosen at checkout).
         """
+        if is_cart_order(order_id):
+            if coupon_id:
+                raise BadFrame("a cart order's coupons are chosen at checkout", code="coupon_at_checkout")
+            got = await self.cart.pay(order_id=order_id, user=user, now_ms=now_ms)
+            return PayResult(order_id, got.outcome, got.amount, got.discount)
         sale_id = sale_of(order_id)
         hold = await self.sales.hold(sale_id, order_id)
         if hold is None:
@@ -444,6 +457,8 @@ class Checkout:
         Raises:
             NotFound: no such order (or not the user's).
         """
+        if is_cart_order(order_id):
+            return await self.cart.cancel(order_id=order_id, user=user, now_ms=now_ms, reason=reason)
         sale_id = sale_of(order_id)
         hold = await self.sales.hold(sale_id, order_id)
         if hold is None or (user is not None and hold.user != user):
@@ -517,6 +532,7 @@ class Checkout:
                     await self.redis.srem(self.keys.global_key("sales:active"), sale_id)
                     self._sale_cache.pop(sale_id, None)
                     log.info("sale.settled", extra={"sale": sale_id, "expires_s": self.sale_retention_s})
+        done += await self.cart.expire_due(now_ms, limit=limit)
         return done
 
 

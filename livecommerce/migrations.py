@@ -159,6 +159,11 @@ def _v10_reach(conn: Connection) -> None:
     _create(conn, V10_TABLES)
 
 
+def _v12_order_lines(conn: Connection) -> None:
+    """Issue 19 part 3: the lines of cart orders."""
+    _create(conn, ("order_lines",))
+
+
 def _v11_fulfilment(conn: Connection) -> None:
     """Issue 19 part 5: shipping addresses and shipments."""
     _create(conn, V11_TABLES)
@@ -179,6 +184,7 @@ STEPS: list[tuple[int, str, Step]] = [
     (9, "host earnings: the hosts' share of gift revenue, accruals and reversals", _v9_earnings),
     (10, "follower reach: notifications, schedules, schedule subscribers, fan-out cursors", _v10_reach),
     (11, "fulfilment: shipping addresses, shipments", _v11_fulfilment),
+    (12, "cart orders: order_lines", _v12_order_lines),
 ]
 LATEST = max(v for v, _, _ in STEPS)
 

@@ -138,17 +138,20 @@ def new_order(
     coupon_id: str | None = None,
     discount: int = 0,
     request_id: str | None = None,
+    gross: int | None = None,
 ) -> Order:
-    """A freshly reserved order with its payment deadline.
+    """A freshly reserved order with its payment deadline. ``gross``: the price of the whole
+    order when its units have different prices (a cart order: ``unit_price`` 0, the lines
+    carry theirs); default ``qty * unit_price``.
 
     Raises:
         BadFrame: qty < 1, a negative price or discount.
     """
     if qty < 1:
         raise BadFrame("qty must be at least 1", code="invalid")
-    if unit_price < 0 or discount < 0:
+    if unit_price < 0 or discount < 0 or (gross is not None and gross < 0):
         raise BadFrame("price and discount must not be negative", code="invalid")
-    gross = qty * unit_price
+    gross = qty * unit_price if gross is None else gross
     return Order(
         id=order_id,
         sale_id=sale_id,

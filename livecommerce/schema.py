@@ -619,3 +619,19 @@ shipments = Table(  # written by the orders worker from order.shipped / order.de
     Column("delivered_by", String(ID), nullable=True),
     Index("ix_shipments_room", "room_id", "created_ms"),
 )
+
+# ---------- step 12 (cart orders): each cart order's lines (order_lines_sql)
+
+order_lines = Table(  # written by the orders worker from a cart order's events, once per line
+    "order_lines",
+    metadata,
+    Column("order_id", String(ID), primary_key=True),
+    Column("n", Integer, primary_key=True),  # 1, 2, ... in the order
+    Column("product_id", String(ID), nullable=False),
+    Column("sku", String(ID), nullable=False),
+    Column("qty", Integer, nullable=False),
+    Column("unit_price", BigInteger, nullable=False),  # cents; 0 for a gift
+    Column("sale_id", String(ID), nullable=True),  # the flash sale it was reserved through
+    Column("gift", Boolean, nullable=False, default=False),
+    Index("ix_order_lines_product", "product_id", "sku"),
+)

@@ -29,6 +29,7 @@ import logging
 from typing import Any, cast
 
 from livecommerce.broker_redis import RedisBroker
+from livecommerce.cart import is_cart_order
 from livecommerce.checkout import Checkout, sale_of, sale_started_data
 from livecommerce.clock import now_ms as _now_ms
 from livecommerce.config import Settings
@@ -39,6 +40,7 @@ from livecommerce.fulfilment_redis import FulfilmentRedis
 from livecommerce.fulfilment_sql import due_confirmations, put_shipments
 from livecommerce.log import Log, LogEvent
 from livecommerce.notify import Notifier
+from livecommerce.order_lines_sql import put_order_lines
 from livecommerce.orders import Order, OrderState, OrderStep, Payment, new_order
 from livecommerce.protocol.events import envelope
 from livecommerce.store_sql import SqlStore
@@ -77,6 +79,9 @@ class OrderSettler:
             now_ms=reserved_ms,
             payment_window_s=window,
             request_id=d.get("request_id"),
+            gross=None if d.get("gross") is None else int(d["gross"]),
+            discount=int(d.get("discount") or 0) if d.get("gross") is not None else 0,
+            coupon_id=d.get("coupon_id") if d.get("gross") is not None else None,
         )
 
     def _step(self, ev: LogEvent) -> OrderStep | None:
@@ -123,6 +128,7 @@ class OrderSettler:
         ``pushes`` once it committed."""
         todo: list[tuple[LogEvent, OrderStep]] = []
         parcels: list[Shipment] = []
+        lines: list[dict[str, Any]] = []
         async with self.store.apply_batch(CONSUMER, [e.id for e in events], now_ms=_now_ms()) as (tx, fresh):
             for ev in events:
                 if ev.id not in fresh:
@@ -130,6 +136,8 @@ class OrderSettler:
                 fresh.discard(ev.id)  # an id twice in one batch is applied once
                 if ev.type in (SHIPPED, DELIVERED):
                     parcels.append(shipment_from(ev.data))
+                if ev.type in ("order.reserved", "order.paid", "order.cancelled") and ev.data.get("lines"):
+                    lines.append(ev.data)  # a cart order's lines (any of its events carries them)
                 step = self._step(ev)
                 if step is None:
                     if ev.type not in FULFILMENT_EVENTS:
@@ -139,6 +147,8 @@ class OrderSettler:
             outcomes = await tx.settle([step for _, step in todo])
             if parcels:  # in log order, in the batch's transaction: each parcel once, forward only
                 await put_shipments(tx.conn, parcels)
+            if lines:  # each order's lines once (keyed by order and line number), with the order
+                await put_order_lines(tx.conn, lines)
         for (ev, step), out in zip(todo, outcomes, strict=True):
             d = ev.data
             if out.refused is not None:
@@ -207,7 +217,7 @@ async def schedule_tick(checkout: Checkout, broker: RedisBroker, store: SqlStore
 async def timeout_tick(checkout: Checkout, broker: RedisBroker, now_ms: int) -> int:
     """Release overdue holds; broadcast the new stock of each sale that got some back."""
     done = await checkout.expire_due(now_ms)
-    touched = {sale_of(oid) for oid, outcome in done if outcome == "released"}
+    touched = {sale_of(oid) for oid, outcome in done if outcome == "released" and not is_cart_order(oid)}
     for sid in touched:
         st = await checkout.sales.stats(sid)
         sale = await checkout.sale(sid)
