@@ -12,7 +12,7 @@ CAPABILITIES: list[str] = [
     "gateway.http",
     "gateway.commerce", "gateway.payments", "gateway.fulfilment",
     "gateway.rooms",
-    "gateway.catalog", "gateway.bag",
+    "gateway.catalog", "gateway.bag", "gateway.cart",
     "gateway.lottery",
     "gateway.wallet", "gateway.gifts", "gateway.redpackets", "gateway.coupons", "gateway.points",
     "gateway.refunds", "gateway.tickets", "gateway.fanclub", "gateway.profiles", "gateway.segments", "gateway.funnel",

@@ -67,6 +67,7 @@ from .openapi import (
     USER,
     J,
     arr,
+    nullable,
     obj,
     op,
     ref,
@@ -285,9 +286,15 @@ ATTRS: J = {"type": "object", "additionalProperties": {"type": ["string", "integ
 UNITS: J = obj({"available": INT, "reserved": INT, "sold": INT, "stocked": INT}, ["available", "reserved", "sold", "stocked"],
                desc="stocked == available + reserved + sold")
 STOCK_IN: J = {"type": "integer", "minimum": 0, "maximum": 10_000_000}
+LIMIT: J = {"type": "integer", "minimum": 0, "maximum": 1000, "description": "the most units one user may hold and buy (0: no limit)"}
+GIFT: J = {**obj({"min_qty": {"type": "integer", "minimum": 1, "maximum": 1000}, "sku": ID,
+                  "qty": {"type": "integer", "minimum": 1, "maximum": 100}, "product_id": ID}, ["min_qty", "sku"], extra=False),
+           "description": "gift with purchase (赠品): buy at least min_qty of this SKU, get qty of sku (of product_id, default "
+                          "this product) at price 0 while its stock lasts"}
 
 OPENAPI_SCHEMAS: dict[str, J] = {
-    "SkuCreate": obj({"id": ID, "attrs": ATTRS, "price": CENTS, "stock": STOCK_IN, "image": URL}, ["price"], extra=False,
+    "SkuCreate": obj({"id": ID, "attrs": ATTRS, "price": CENTS, "stock": STOCK_IN, "image": URL, "limit": LIMIT, "gift": GIFT},
+                     ["price"], extra=False,
                      desc="Without `id`, the id is made from the attrs' values (`red-M`), else `sku<n>`."),
     "ProductCreate": obj({
         "id": ID, "name": {"type": "string", "maxLength": 200}, "description": TEXT, "category": {"type": "string", "maxLength": 64},
@@ -297,7 +304,8 @@ OPENAPI_SCHEMAS: dict[str, J] = {
         "skus": {**arr(ref("SkuCreate")), "maxItems": 200},
     }, ["name"], extra=False, desc="Give `skus` (variants with their own price, stock and image) or `price` (one SKU)."),
     "Sku": obj({"id": ID, "attrs": {"type": "object", "additionalProperties": STR}, "price": CENTS, "image": STR,
-                "state": STATE, "stock": INT, "units": UNITS}, ["id", "attrs", "price", "image", "state", "stock"]),
+                "state": STATE, "stock": INT, "units": UNITS, "limit": INT, "gift": {"type": "object"}},
+               ["id", "attrs", "price", "image", "state", "stock"]),
     "Product": obj({
         "id": ID, "owner": STR, "name": STR, "description": STR, "category": STR, "image": STR, "state": STATE,
         "skus": arr(ref("Sku")), "options": arr(obj({"name": STR, "values": arr(STR)}, ["name", "values"])),
@@ -305,7 +313,7 @@ OPENAPI_SCHEMAS: dict[str, J] = {
     }, ["id", "name", "price", "skus", "state", "v"], desc="`price` is the lowest active SKU price (what a pin shows)."),
     "ProductPatch": obj({"name": {"type": "string", "maxLength": 200}, "description": TEXT,
                          "category": {"type": "string", "maxLength": 64}, "image": URL, "state": STATE}, extra=False),
-    "SkuPatch": obj({"price": CENTS, "image": URL, "state": STATE, "stock": {**STOCK_IN, "description": "set the available units"},
+    "SkuPatch": obj({"price": CENTS, "image": URL, "state": STATE, "limit": LIMIT, "gift": nullable(GIFT), "stock": {**STOCK_IN, "description": "set the available units"},
                      "add_stock": {"type": "integer", "minimum": -10_000_000, "maximum": 10_000_000,
                                    "description": "add units (negative: take out); retry only with the same Idempotency-Key"}},
                     extra=False, desc="`stock` and `add_stock` are exclusive."),

@@ -28,6 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from livecommerce.auth import Identity
+from livecommerce.cart import is_cart_order
 from livecommerce.checkout import Checkout, sale_of, sale_started_data
 from livecommerce.errors import BadFrame, Conflict, Forbidden, IdempotencyConflict, NotFound
 from livecommerce.flash_sale import (
@@ -42,6 +43,7 @@ from livecommerce.flash_sale import (
     sale_step,
     validate_campaign,
 )
+from livecommerce.order_lines_sql import lines_of
 from livecommerce.orders import ORDER_STATES
 from livecommerce.protocol.commands import Buy, HostAction, parse_command
 from livecommerce.protocol.events import error_frame, reply
@@ -553,6 +555,8 @@ class Orders:
         ident = self.gw.identify_request(request)
         oid = request.match_info["order"]
         o = await self.store.get_order(oid)
+        if is_cart_order(oid):
+            return await self._cart_order(ident, oid, o)
         try:
             hold = await self.checkout.sales.hold(sale_of(oid), oid)
         except (NotFound, BadFrame):
@@ -570,6 +574,18 @@ class Orders:
                 "fulfilment": await self.fulfilment.progress(oid),
             }
         )
+
+    async def _cart_order(self, ident: Identity, oid: str, o: Any) -> web.Response:
+        rec = await self.checkout.cart.carts.order(oid)
+        owner = o.user_id if o is not None else (rec.user if rec is not None and rec.state != "refused" else None)
+        if owner is None or (not ident.is_ops and owner != ident.user):
+            raise NotFound(f"no order {oid}")
+        lines = [ln.to_dict() for ln in (rec.lines if rec is not None else (await lines_of(self.store, [oid])).get(oid, []))]
+        hist = await self.store.order_history(oid)
+        return web.json_response({
+            "order": dataclasses.asdict(o) if o is not None else None, "hold": None, "lines": lines,
+            "cart": rec.view() if rec is not None else None, "history": [dataclasses.asdict(h) for h in hist],
+            "shipments": await self.fulfilment.shipments_of(oid), "fulfilment": await self.fulfilment.progress(oid)})
 
     async def pay_order(self, request: web.Request) -> web.Response:
         ident = self.gw.identify_request(request)
@@ -596,6 +612,8 @@ class Orders:
         oid = request.match_info["order"]
         outcome = await self.checkout.cancel(order_id=oid, user=None if ident.is_ops else ident.user, now_ms=self.gw.now_ms(),
                                              reason="buyer" if not ident.is_ops else "ops")
+        if is_cart_order(oid):
+            return web.json_response({"order_id": oid, "outcome": outcome})
         sale = await self.checkout.sale(sale_of(oid))
         if outcome == "released":
             st = await self.checkout.sales.stats(sale.id)

@@ -32,6 +32,7 @@ from aiohttp import web
 
 from livecommerce import fulfilment_sql
 from livecommerce.auth import Identity
+from livecommerce.cart import is_cart_order
 from livecommerce.errors import (
     BadFrame,
     Conflict,
@@ -57,6 +58,7 @@ from livecommerce.fulfilment import (
 )
 from livecommerce.fulfilment_redis import FulfilmentRedis, ShipRecord
 from livecommerce.log import Log
+from livecommerce.order_lines_sql import lines_of
 from livecommerce.orders import Order, OrderState
 from livecommerce.payments import SIGNATURE_HEADER, verify
 from livecommerce.protocol.events import envelope
@@ -85,7 +87,13 @@ class Fulfilment:
 
     # ---- reads other capabilities use
     async def lines_of(self, order: Order) -> dict[str, int]:
-        """The order's lines ``{sku: units}``: a flash-sale order is one line, its sale's product."""
+        """The order's lines ``{sku: units}``: a flash-sale order is one line, its sale's
+        product; a cart order its lines by SKU (gifts included), from SQL."""
+        if is_cart_order(order.id):
+            out: dict[str, int] = {}
+            for ln in (await lines_of(self.store, [order.id])).get(order.id, []):
+                out[ln.sku] = out.get(ln.sku, 0) + ln.qty
+            return out or {order.sale_id: order.qty}
         rec = await self.store.get_sale(order.sale_id)
         return {rec.sale.product_id if rec is not None else order.sale_id: order.qty}
 

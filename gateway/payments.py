@@ -31,6 +31,7 @@ from typing import Any, NoReturn
 
 from aiohttp import web
 
+from livecommerce.cart import is_cart_order
 from livecommerce.checkout import Checkout, sale_of
 from livecommerce.errors import BadFrame, Conflict, Forbidden, NotFound, Unauthorized
 from livecommerce.log import Log
@@ -76,6 +77,10 @@ class Payments:
         if self.provider is None:
             raise Forbidden("no payment provider is configured on this node (LC_PAYMENT_PROVIDER_URL): payments are off",
                             code="payments_disabled")
+        if is_cart_order(order_id):
+            if coupon_id:
+                raise BadFrame("a cart order's coupons are chosen at checkout", code="coupon_at_checkout")
+            return await self._create_cart(user, order_id)
         hold = await self.checkout.sales.hold(sale_of(order_id), order_id)
         if hold is None or (user is not None and hold.user != user):
             raise NotFound(f"no order {order_id}")
@@ -106,6 +111,29 @@ class Payments:
             confirm_url=intent.confirm_url))
         log.info("payments.intent_created", extra={"order": order_id, "intent": rec.intent_id, "amount": rec.amount})
         return self._intent_body(rec, hold.pay_by_ms), True
+
+    async def _create_cart(self, user: str | None, order_id: str) -> tuple[dict[str, Any], bool]:
+        """A cart order's intent: its amount was fixed at checkout (coupons locked then)."""
+        assert self.provider is not None
+        o = await self.checkout.cart.order(order_id, user)
+        rec = await self.records.intent(order_id)
+        if rec is not None:
+            return self._intent_body(rec, o.pay_by_ms), False
+        now = self.gw.now_ms()
+        if o.state != "reserved":
+            raise Conflict(f"order {order_id} is {o.state}", code="already_" + o.state)
+        if now >= o.pay_by_ms:
+            raise Conflict(f"order {order_id}'s pay window closed", code="expired")
+        if o.amount <= 0:
+            raise Conflict("nothing to charge: the coupons cover the order; pay it with POST /api/v1/orders/{id}/pay",
+                           code="nothing_to_charge")
+        intent = await self.provider.create_intent(order_id=order_id, amount=o.amount, currency=self.gw.s.payment_currency,
+                                                   idempotency_key=f"order-{order_id}")
+        rec = await self.records.put_intent(IntentRecord(
+            order_id=order_id, intent_id=intent.id, amount=intent.amount, discount=o.discount, coupon_id=None,
+            user_id=o.user, created_ms=now, currency=intent.currency, client_secret=intent.client_secret,
+            confirm_url=intent.confirm_url))
+        return self._intent_body(rec, o.pay_by_ms), True
 
     @staticmethod
     def _intent_body(rec: IntentRecord, pay_by_ms: int) -> dict[str, Any]:

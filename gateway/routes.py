@@ -63,6 +63,13 @@ def http_routes(s: Services) -> list[Route]:
         Route("DELETE", "/api/v1/rooms/{room}/bag/items/{product}", s.bags.http_remove),
         Route("PUT", "/api/v1/rooms/{room}/bag/order", s.bags.http_order),
         Route("PUT", "/api/v1/rooms/{room}/bag/explaining", s.bags.http_explain),
+        # the viewer's cart per room and its checkout (cart orders)
+        Route("GET", "/api/v1/rooms/{room}/cart", s.carts.http_get),
+        Route("DELETE", "/api/v1/rooms/{room}/cart", s.carts.http_clear),
+        Route("POST", "/api/v1/rooms/{room}/cart/items", s.carts.http_add),
+        Route("PUT", "/api/v1/rooms/{room}/cart/items/{product}/{sku}", s.carts.http_set),
+        Route("DELETE", "/api/v1/rooms/{room}/cart/items/{product}/{sku}", s.carts.http_remove),
+        Route("POST", "/api/v1/rooms/{room}/cart/checkout", s.carts.http_checkout),
         # flash sales: campaigns, the sale lifecycle, buy; orders; campaign funnels
         Route("POST", "/api/v1/campaigns", s.sales.create_campaigns),
         Route("GET", "/api/v1/campaigns", s.sales.list_campaigns),

@@ -51,6 +51,7 @@ from livecommerce.wallet_redis import RedisWallet
 
 from .bag import RoomBags
 from .capabilities import CAPABILITIES
+from .cart import Carts
 from .catalog import CatalogService
 from .comments import Comments
 from .commerce import SALE_EVENTS, FlashSales, Orders
@@ -127,6 +128,7 @@ class Services:
     # the catalogue and the rooms' product lists
     catalog: CatalogService
     bags: RoomBags
+    carts: Carts
     # flash sales, orders, campaign funnels
     checkout: Checkout
     sales: FlashSales
@@ -209,10 +211,11 @@ def build(gw: Gateway) -> Services:
     # flash sales and orders: the checkout (Redis stock and holds, the orders log), the node's
     # view of every sale (its local answers to late buyers), campaigns, orders
     checkout = Checkout(gw.redis, gw.keys, durable, coupons=coupons.store, sale_retention_s=gw.s.sale_retention_s,
-                        room_retention_s=gw.s.room_retention_s)
+                        room_retention_s=gw.s.room_retention_s, payment_window_s=gw.s.payment_window_s)
     checkout.room_gate = gate  # buys in an ended show answer room_ended
     gw.hooks.stop.insert(0, checkout.drain)  # the group commits in flight reach the log before it closes
     sales = FlashSales(gw, checkout, store, gw.hooks.tried)
+    carts = Carts(gw, checkout.cart, sales)  # carts and their checkout (cart orders pay/cancel through checkout)
     gw.hooks.start.insert(0, sales.check_schema)  # before anything reads SQL: says `livecommerce db upgrade`
     gw.hub.observe(SALE_EVENTS, sales.observe)
     # fulfilment: each order's record (shipments, receipt) beside its refund records, one slot
@@ -343,7 +346,7 @@ def build(gw: Gateway) -> Services:
     gw.hooks.ended.append(reports.on_ended)
     gw.hooks.stop.insert(0, reports.flush)
 
-    return Services(payments=payments, fulfilment=fulfilment, catalog=catalog, bags=bags, checkout=checkout, sales=sales, orders=orders, funnel=funnel, reports=reports, likes=likes, comments=comments, moderation=moderation, room_gate=gate, lotteries=lotteries, coupons=coupons, rooms=rooms,
+    return Services(payments=payments, fulfilment=fulfilment, catalog=catalog, bags=bags, carts=carts, checkout=checkout, sales=sales, orders=orders, funnel=funnel, reports=reports, likes=likes, comments=comments, moderation=moderation, room_gate=gate, lotteries=lotteries, coupons=coupons, rooms=rooms,
                     health=health, ops=ops, pages=pages, openapi=openapi, experiments=experiments, feed=feed, segments=segments,
                     store=store, log=durable, wallet=wallet, wallet_outbox=outbox, wallets=wallets, gifts=gifts, redpackets=redpackets, earnings=earnings, points=points,
                     aftersales=aftersales, tickets=tickets, fanclub=fanclub, reach=reach, profiles=profiles, growth=growth,

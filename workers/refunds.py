@@ -33,6 +33,8 @@ import logging
 from typing import Any
 
 from livecommerce.broker_redis import RedisBroker
+from livecommerce.cart import is_cart_order
+from livecommerce.cart_checkout import CartCheckout
 from livecommerce.clock import now_ms as _now
 from livecommerce.config import Settings
 from livecommerce.errors import BadFrame, Conflict, LiveCommerceError, NotFound, Unavailable
@@ -86,6 +88,7 @@ class RefundsWorker:
         self.store = store
         self.log = durable
         self.sales = RedisFlashSale(redis, keys)
+        self.cart = CartCheckout(redis, keys, durable, sales=self.sales)  # cart orders restock line by line
         self.wallet = RedisWallet(redis, keys)
         self.records = RefundsRedis(redis, keys)
         # an order paid through the provider is refunded there, to the original method
@@ -169,8 +172,11 @@ class RefundsWorker:
         each idempotent on the refund id, in this order."""
         restocked, remaining, first = False, -1, False
         try:
-            outcome, restocked, remaining = await self.sales.refund(r.sale_id, r.order_id, r.id, r.qty)
-            first = outcome == "ok"
+            if is_cart_order(r.order_id):
+                restocked = first = await self.cart.refund(r.order_id, r.id, qty_before=r.qty_before, qty=r.qty)
+            else:
+                outcome, restocked, remaining = await self.sales.refund(r.sale_id, r.order_id, r.id, r.qty)
+                first = outcome == "ok"
         except (NotFound, Conflict) as exc:
             # a sale settled long ago has no stock to move any more (docs/retention.md)
             level = logging.INFO if exc.code == "sale_expired" else logging.ERROR
@@ -185,7 +191,7 @@ class RefundsWorker:
         await self.log.append(TOPIC, r.order_id, ORDER_REFUNDED, data, event_id=event_id(r.id, "refunded"), ts=e.ts)
         if first:
             self.effects += 1
-            if restocked and self.broker is not None:
+            if restocked and self.broker is not None and not is_cart_order(r.order_id):
                 env = envelope("sale.stock", r.room_id, {"sale_id": r.sale_id, "remaining": remaining}, ts=e.ts)
                 try:
                     await self.broker.publish_room(r.room_id, env, now_ms=e.ts)

@@ -1,0 +1,58 @@
+"""The cart over HTTP on a real gateway: add, view with the proposal, checkout (idempotent,
+all or nothing, bad input 4xx with a reason), pay with the dev path, the order's lines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.test_catalog_gateway import Api
+
+TEE = {"id": "tee", "name": "Cotton tee", "skus": [
+    {"id": "red", "attrs": {"colour": "red"}, "price": 1000, "stock": 5, "limit": 2},
+    {"id": "blue", "attrs": {"colour": "blue"}, "price": 1200, "stock": 1}]}
+MUG = {"id": "mug", "name": "Mug", "price": 500, "stock": 3}
+
+
+@pytest.fixture
+async def world(gateway_factory: Any, token: Any) -> Any:
+    node = await gateway_factory()
+    async with aiohttp.ClientSession() as http:
+        yield node, Api(http, node.url), token
+
+
+async def test_a_viewer_fills_a_cart_checks_out_once_and_pays(world: Any) -> None:
+    _, api, token = world
+    h1, v, w = token("h1", "host", ("r1",)), token("v"), token("w")
+    await api.ok("POST", "/products", h1, TEE, status=201)
+    await api.ok("POST", "/products", h1, MUG, status=201)
+    await api.ok("POST", "/rooms/r1/cart/items", v, {"product_id": "tee", "sku": "red", "qty": 2})
+    cart = await api.ok("POST", "/rooms/r1/cart/items", v, {"product_id": "mug"})
+    assert [(ln["sku"], ln["qty"], ln["unit_price"], ln["ok"]) for ln in cart["lines"]] == [("red", 2, 1000, True),
+                                                                                            ("default", 1, 500, True)]
+    assert (cart["subtotal"], cart["coupons"]["proposed"]) == (2500, [])
+    cart = await api.ok("PUT", "/rooms/r1/cart/items/tee/red", v, {"qty": 3})
+    assert cart["lines"][0]["problem"] == "limit_reached"
+    await api.ok("PUT", "/rooms/r1/cart/items/tee/red", v, {"qty": 2})
+    for bad, code in [({"lines": "x"}, "invalid"), ({"coupon_ids": [1]}, "invalid"), ({"nope": 1}, "invalid")]:
+        st, body = await api.call("POST", "/rooms/r1/cart/checkout", v, bad, headers={"Idempotency-Key": "bad"})
+        assert (st, body["error"]["code"]) == (400, code)
+    st, body = await api.call("POST", "/rooms/r1/cart/checkout", v, {})
+    assert (st, body["error"]["code"]) == (400, "idempotency_key_required")
+    order = await api.ok("POST", "/rooms/r1/cart/checkout", v, {}, status=201, headers={"Idempotency-Key": "c1"})
+    again = await api.ok("POST", "/rooms/r1/cart/checkout", v, {}, status=201, headers={"Idempotency-Key": "c1"})
+    assert again["order_id"] == order["order_id"] and order["amount"] == 2500
+    assert (await api.ok("GET", "/rooms/r1/cart", v))["lines"] == []  # the ordered lines left the cart
+    # another buyer: the blue tee and 3 mugs; only 2 mugs left: refused, nothing held
+    st, body = await api.call("POST", "/rooms/r1/cart/checkout", w, {"lines": [
+        {"product_id": "tee", "sku": "blue", "qty": 1}, {"product_id": "mug", "qty": 3}]}, headers={"Idempotency-Key": "c2"})
+    assert (st, body["error"]["code"]) == (409, "sold_out")
+    p = await api.ok("GET", "/products/tee", h1)
+    assert {s["id"]: s["units"]["reserved"] for s in p["skus"]} == {"red": 2, "blue": 0}
+    paid = await api.ok("POST", f"/orders/{order['order_id']}/pay", v, {})
+    assert (paid["outcome"], paid["amount"]) == ("paid", 2500)
+    got = await api.ok("GET", f"/orders/{order['order_id']}", v)
+    assert [ln["sku"] for ln in got["lines"]] == ["red", "default"] and got["cart"]["state"] == "paid"
+    assert (await api.call("GET", f"/orders/{order['order_id']}", w))[0] == 404
