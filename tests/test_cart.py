@@ -124,8 +124,11 @@ async def test_concurrent_overlapping_checkouts_never_oversell_hold_limits_and_a
     assert units["tee/sticker"].reserved <= 3 and all(u.available >= 0 for u in units.values())
 
 
-async def test_retry_pay_refund_timeout_and_the_worker_writes_lines_once(redis: aioredis.Redis, keys: Keys, settings: Any) -> None:
+async def test_retry_pay_refund_timeout_and_the_worker_writes_lines_once(redis: aioredis.Redis, keys: Keys, settings: Any,
+                                                                          store_url: str) -> None:
     from workers.orders import OrdersWorker
+
+    settings = settings.replace(database_url=store_url)  # SQLite and PostgreSQL
 
     cat = await _catalog(redis, keys)
     co = Checkout(redis, keys, RedisLog(redis, keys))
