@@ -476,7 +476,82 @@ def start_kafka(workdir: Path) -> tuple[Any, str]:
 
 
 # ------------------------------------------------------------------ the run
+async def cart_storm(a: argparse.Namespace) -> int:
+    """``--cart``: N buyers check out multi-SKU carts at once (the library's CartCheckout on
+    this Redis, the durable log on Redis): checkouts/s, p50/p99 of one checkout, and the
+    invariants (per SKU stocked == available + reserved + sold, reserved == the accepted
+    orders' lines, every refusal held nothing, per-user limits held)."""
+    import random
+    import uuid
+
+    import redis.asyncio as aioredis
+
+    from livecommerce.cart import Line, cart_order_id
+    from livecommerce.cart_checkout import CartCheckout, CheckoutRefused
+    from livecommerce.catalog import Product, Sku
+    from livecommerce.catalog_redis import RedisCatalog
+    from livecommerce.keys import Keys
+    from livecommerce.log_redis import RedisLog
+
+    r = aioredis.Redis.from_url(a.redis, max_connections=64)
+    keys = Keys(f"cb{uuid.uuid4().hex[:8]}")
+    cat = RedisCatalog(r, keys)
+    now = int(time.time() * 1000)
+    skus = ["s1", "s2", "s3"]
+    per_sku = max(1, a.stock // 9)
+    for p in ("p1", "p2", "p3"):
+        prod = Product(p, "h", p, tuple(Sku(s, (("v", s),), 100 * (i + 1), limit=4) for i, s in enumerate(skus)))
+        await cat.put(prod, expected_v=0, initial_stock={s: per_sku for s in skus}, now_ms=now)
+    cart = CartCheckout(r, keys, RedisLog(r, keys))
+    rng = random.Random(7)
+    carts = [[Line(p, s, rng.randint(1, 2)) for p, s in rng.sample([(p, s) for p in ("p1", "p2", "p3") for s in skus], 3)]
+             for _ in range(a.buyers)]
+    lat: list[float] = []
+    won: list[Any] = []
+    refused: dict[str, int] = {}
+    gate = asyncio.Semaphore(48)  # checkouts in flight (one connection each at a time)
+
+    async def one(i: int) -> None:
+        async with gate:
+            t = time.perf_counter()
+            try:
+                o, _ = await cart.checkout(user=f"u{i % (a.buyers // 2 or 1)}", room="r", order_id=cart_order_id(f"u{i}", "k"),
+                                           lines=carts[i], coupon_ids=[], sales={}, now_ms=now)
+                won.append(o)
+            except CheckoutRefused as exc:
+                refused[exc.code] = refused.get(exc.code, 0) + 1
+            lat.append(time.perf_counter() - t)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(a.buyers)))
+    wall = time.perf_counter() - t0
+    held: dict[str, int] = {}
+    per_user: dict[tuple[str, str], int] = {}
+    for o in won:
+        for ln in o.lines:
+            held[f"{ln.product_id}/{ln.sku}"] = held.get(f"{ln.product_id}/{ln.sku}", 0) + ln.qty
+            per_user[(o.user, f"{ln.product_id}/{ln.sku}")] = per_user.get((o.user, f"{ln.product_id}/{ln.sku}"), 0) + ln.qty
+    ok = True
+    for p in ("p1", "p2", "p3"):
+        got = await cat.read(p)
+        assert got is not None
+        for s, u in got[1].items():
+            ok = ok and u.conserved and u.reserved == held.get(f"{p}/{s}", 0) and u.available >= 0
+    ok = ok and all(v <= 4 for v in per_user.values())
+    lat.sort()
+    print(f"cart storm: {a.buyers} buyers, 3-line carts over 9 SKUs ({per_sku} units each): {len(won)} orders, "
+          f"refused {refused}; {a.buyers / wall:,.0f} checkouts/s over {wall:.2f} s; "
+          f"p50 {lat[len(lat) // 2] * 1000:.1f} ms p99 {lat[int(len(lat) * 0.99)] * 1000:.1f} ms; invariants "
+          f"{'held' if ok else 'BROKEN'} (stocked == available + reserved + sold, reserved == accepted lines, limits)")
+    async for k in r.scan_iter(match=f"{keys.prefix}:*", count=1000):
+        await r.delete(k)
+    await r.aclose()
+    return 0 if ok else 1
+
+
 async def main(a: argparse.Namespace) -> int:
+    if a.cart:
+        return await cart_storm(a)
     raise_nofile()
     prefix = "br" + uuid.uuid4().hex[:8]
     tmp = Path(tempfile.mkdtemp(prefix="bench_rush_"))
@@ -686,6 +761,7 @@ if __name__ == "__main__":
     ap.add_argument("--env", action="append", default=[], metavar="LC_X=V",
                     help="an LC_* setting for the gateway and worker (repeatable), e.g. LC_GC_FREEZE=0")
     ap.add_argument("--json", help="also write the result to this file")
+    ap.add_argument("--cart", action="store_true", help="a cart checkout storm: multi-SKU orders (see cart_storm)")
     ap.add_argument("--profile", help="py-spy the gateway from the campaign on, collapsed stacks to this file")
     ap.add_argument("--profile-s", type=int, default=8, help="seconds of --profile (default %(default)s)")
     sys.exit(asyncio.run(main(ap.parse_args())))
