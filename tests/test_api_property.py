@@ -3,7 +3,7 @@ gateway (real Redis, SQLite, the durable log) with generated valid and invalid i
 
 It fails on any 5xx and on any response that breaks its documented schema (status code,
 content type, body). Bounded: ``LC_API_FUZZ_EXAMPLES`` examples per operation (default 12)
-and ``LC_API_FUZZ_SECONDS`` of fuzzing at most over both roles (default 80), so CI stays under 3 minutes.
+and ``LC_API_FUZZ_SECONDS`` of fuzzing at most over both roles (default 60), so CI stays under 3 minutes.
 Ops and viewer tokens both run: a viewer meets the 401/403 paths, ops reach the handlers.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 EXAMPLES = int(os.environ.get("LC_API_FUZZ_EXAMPLES", "12"))
-SECONDS = int(os.environ.get("LC_API_FUZZ_SECONDS", "80"))
+SECONDS = int(os.environ.get("LC_API_FUZZ_SECONDS", "60"))
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
 
 
