@@ -206,6 +206,8 @@ OPENAPI_PATHS: dict[str, dict[str, J]] = {
                    desc="`Idempotency-Key` is required (400 `idempotency_key_required`): the same key and body answer the "
                         "same order. Without `lines`, the cart's lines; without `coupon_ids`, the proposal (`[]`: none). "
                         "409: `sold_out`, `limit_reached`, `no_product`, `no_sku`, `archived`, `sku_archived`, "
+                        "`price_changed` (a SKU's price changed between the read that priced the line and its hold: "
+                        "read the cart again and check out with a new key), "
                         "`not_started`/`ended`/`room_ended` (a sale line), `coupon_not_usable`, `order_exists`; nothing is "
                         "held. 400: `cart_empty`, `too_many_coupons`, `invalid`."),
     },

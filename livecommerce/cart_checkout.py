@@ -6,7 +6,9 @@ Redis decides, the log remembers, as for flash sales (:mod:`livecommerce.checkou
 * **checkout**: the order's gate is opened first (with its lines and pay-by, and on the
   time-out's deadlines), then one hold per product under the order id, product by product in
   id order (a line of a product on flash sale in the room reserves through the sale's script,
-  at the sale's price and limit), then the coupons are locked; any refusal releases what was
+  at the sale's price and limit; a list-price line's hold checks, in the same script, that
+  the price it was priced at is still the SKU's, else ``price_changed``), then the coupons
+  are locked; any refusal releases what was
   taken and marks the gate ``refused`` (no order, nothing on the log). Then ``order.reserved``
   (``<order>:reserved``, with the lines) is appended. A retry (same idempotency key, so the
   same order id) meets its own holds (``duplicate``: nothing moves) and appends again.
@@ -70,7 +72,8 @@ class SaleTerms:
 class CheckoutRefused(Conflict):
     """A line (or a coupon) refused at checkout: nothing is reserved. ``code`` is the reason
     (``sold_out``, ``limit_reached``, ``no_product``, ``no_sku``, ``archived``,
-    ``sku_archived``, the sale's ``not_started``/``ended``/``room_ended``,
+    ``sku_archived``, ``price_changed`` (the price moved between the read that priced the
+    line and its hold), the sale's ``not_started``/``ended``/``room_ended``,
     ``coupon_not_usable``); ``product_id``/``sku`` name the line."""
 
     def __init__(self, message: str, *, code: str, product_id: str | None = None, sku: str | None = None) -> None:
@@ -94,6 +97,9 @@ _MESSAGES = {
 
 def refusal(code: str, product_id: str | None, sku: str | None, extra: str = "") -> CheckoutRefused:
     where = f"{product_id}/{sku}" if sku else (product_id or "")
+    if code == "price_changed":
+        return CheckoutRefused(f"the price of {where} changed{extra}: read the cart again", code=code,
+                               product_id=product_id, sku=sku)
     return CheckoutRefused(f"{where}: {_MESSAGES.get(code, code)}{extra}", code=code, product_id=product_id, sku=sku)
 
 
@@ -214,8 +220,10 @@ class CartCheckout:
     async def _price(self, user: str, lines: Sequence[Line], sales: Mapping[str, SaleTerms]
                      ) -> tuple[list[OrderLine], dict[str, dict[str, int]], dict[tuple[str, str], GiftRule]]:
         """The order's bought lines at the prices read now (merged per SKU, in request
-        order), each product's SKUs' limits, the gift rules. A price changed between this
-        read and the holds is not noticed: the buyer pays what was read a moment earlier.
+        order), each product's SKUs' limits, the gift rules. Each list-price line
+        carries the price read here into its hold (:meth:`_checkout`): a price changed between
+        this read and the hold refuses the checkout with ``price_changed`` (nothing held), so
+        the buyer never pays a price that is no longer the product's.
 
         Raises:
             CheckoutRefused: ``no_product``, ``no_sku``.
@@ -335,14 +343,16 @@ class CartCheckout:
                     continue
                 held = await self.catalog.reserve(pid, oid, user, [(ln.sku, ln.qty) for ln in need], pay_by_ms=pay_by - 1,
                                                now_ms=now_ms, limits=limits.get(pid, {}),
-                                               optional=[(ln.sku, ln.qty) for ln in opt])
+                                               optional=[(ln.sku, ln.qty) for ln in opt],
+                                               priced={ln.sku: ln.unit_price for ln in need})
                 if isinstance(held, Refused):
                     if held.reason == "hold_exists":
                         raise Conflict(f"order {oid} was made by another request: use a new Idempotency-Key",
                                        code="order_exists")
                     extra = f" ({held.available} left)" if held.reason == "sold_out" else (
                         f" (limit {limits.get(pid, {}).get(held.sku or '', 0)}, you hold {held.available})"
-                        if held.reason == "limit_reached" else "")
+                        if held.reason == "limit_reached" else f" (now {held.available})"
+                        if held.reason == "price_changed" else "")
                     raise refusal(held.reason, pid, held.sku, extra)
                 assert isinstance(held, Reserved)
                 if held.lines:

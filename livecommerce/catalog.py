@@ -678,7 +678,7 @@ def may_manage(owner: str, *, user: str, role: str) -> bool:
 
 # ------------------------------------------------------------------------------ stock
 
-Reject = Literal["no_product", "archived", "no_sku", "sku_archived", "sold_out", "limit_reached"]
+Reject = Literal["no_product", "archived", "no_sku", "sku_archived", "price_changed", "sold_out", "limit_reached"]
 REJECTS: frozenset[str] = frozenset(get_args(Reject))
 HoldState = Literal["reserved", "paid", "cancelled"]
 HoldStep = Literal["pay", "release"]
@@ -752,15 +752,18 @@ def merge_lines(lines: Iterable[tuple[str, int]]) -> tuple[tuple[str, int], ...]
 
 def decide_reserve(product_state: ProductState | None, skus: Mapping[str, tuple[bool, int]],
                    lines: Sequence[tuple[str, int]], *, limits: Mapping[str, int] | None = None,
-                   bought: Mapping[str, int] | None = None) -> tuple[Reject, str | None] | None:
+                   bought: Mapping[str, int] | None = None, prices: Mapping[str, int] | None = None,
+                   priced: Mapping[str, int] | None = None) -> tuple[Reject, str | None] | None:
     """None means every line can be reserved now, all together; else the reason and the
     SKU it concerns (None for the product). ``product_state`` None: no such product;
     ``skus``: sku -> (archived, available); ``lines`` merged (:func:`merge_lines`);
     ``limits``: sku -> the per-user limit (absent or 0: none); ``bought``: sku -> the units
-    the user holds or bought already.
+    the user holds or bought already; ``prices``: sku -> its price now; ``priced``: sku ->
+    the price the caller priced the line at (absent: not checked).
 
-    Order of checks: the product, then each line in order: unknown SKU, archived SKU, not
-    enough available units, the user's limit. The Lua twin is ``catalog_reserve.lua``.
+    Order of checks: the product, then each line in order: unknown SKU, archived SKU, a
+    price that is no longer the one the caller priced at (``price_changed``), not enough
+    available units, the user's limit. The Lua twin is ``catalog_reserve.lua``.
     """
     if product_state is None:
         return "no_product", None
@@ -773,6 +776,8 @@ def decide_reserve(product_state: ProductState | None, skus: Mapping[str, tuple[
         archived, available = known
         if archived:
             return "sku_archived", sku
+        if priced is not None and sku in priced and (prices or {}).get(sku) != priced[sku]:
+            return "price_changed", sku
         if qty > available:
             return "sold_out", sku
         limit = (limits or {}).get(sku, 0)

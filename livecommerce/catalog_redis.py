@@ -156,10 +156,9 @@ class Refused:
     """A reservation refused: the :data:`~livecommerce.catalog.Reject` reason, the SKU it
     concerns (None for the product) and its available units (``limit_reached``: the units
     the user holds or bought already); or ``hold_exists`` (the hold id was used for another
-    request or user), or ``changed`` (the definition's version is no longer the one the
-    caller priced the lines at: ``available`` is the version now)."""
+    request or user). ``price_changed``: ``available`` is the SKU's price now."""
 
-    reason: Reject | Literal["hold_exists", "changed"]
+    reason: Reject | Literal["hold_exists"]
     sku: str | None = None
     available: int = 0
 
@@ -281,13 +280,16 @@ class RedisCatalog:
     # ------------------------------------------------------------------ holds
     async def reserve(self, product_id: str, hold_id: str, user: str, lines: Iterable[tuple[str, int]], *,
                       pay_by_ms: int, now_ms: int, limits: Mapping[str, int] | None = None,
-                      optional: Sequence[tuple[str, int]] = (), expect_v: int | None = None) -> Reserved | Refused:
+                      optional: Sequence[tuple[str, int]] = (), priced: Mapping[str, int] | None = None
+                      ) -> Reserved | Refused:
         """Reserve every line (merged per SKU) for the hold, all or nothing: the twin of
         :func:`~livecommerce.catalog.decide_reserve`, each SKU's per-user limit (``limits``,
         sku -> units; absent or 0: none) checked against the user's units held or bought in
         the same script. ``optional`` lines (gifts) are taken only while their SKU has the
-        units, never refusing the hold. ``expect_v``: refuse with ``changed`` unless the
-        definition is still at this version (the caller priced the lines from it). A hold id
+        units, never refusing the hold. ``priced``: sku -> the price the caller priced the
+        line at; refused with ``price_changed`` (``available``: the price now) when the
+        definition's price of a SKU is another, in the same script that takes the units (so
+        a price change between the caller's read and the hold cannot pass). A hold id
         seen before answers its first reservation when the user and request are the same,
         else ``hold_exists``.
 
@@ -302,7 +304,9 @@ class RedisCatalog:
             request = json.dumps([[list(x) for x in merged], [list(x) for x in opt]], separators=(",", ":"))
         else:
             request = json.dumps([list(x) for x in merged], separators=(",", ":"))
-        argv: list[Any] = [hold_id, user, pay_by_ms, now_ms, request, "" if expect_v is None else expect_v, len(merged)]
+        argv: list[Any] = [hold_id, user, pay_by_ms, now_ms, request,
+                           "" if not priced else json.dumps(dict(priced), sort_keys=True, separators=(",", ":")),
+                           len(merged)]
         for sku, qty in merged:
             argv += [sku, qty, int(lim.get(sku, 0))]
         for sku, qty in opt:
@@ -320,8 +324,6 @@ class RedisCatalog:
             return Reserved(hold_id, int(raw[2]), cast(HoldState, _s(raw[1])), duplicate=True, lines=taken)
         if code == "hold_exists":
             return Refused("hold_exists")
-        if code == "changed":
-            return Refused("changed", None, int(raw[2]))
         assert code in REJECTS, code
         return Refused(cast(Reject, code), _s(raw[1]) or None, int(raw[2]))
 

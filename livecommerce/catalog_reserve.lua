@@ -2,7 +2,8 @@
 -- twin of catalog.decide_reserve (with each SKU's per-user limit). One slot: {product:ID}.
 -- KEYS: 1 meta, 2 stock, 3 held, 4 off, 5 holds, 6 deadlines, 7 bought
 -- ARGV: 1 hold id, 2 user, 3 pay-by (ms), 4 now (ms), 5 the request as canonical JSON (what a
---       retry must repeat), 6 the definition version the caller priced the lines at ('' any),
+--       retry must repeat), 6 the prices the caller priced the required lines at, JSON
+--       {sku: price} ('' or a SKU absent: not checked; the price now is the definition's),
 --       7 n, then n lines sku, qty, limit (merged: one per SKU; limit 0 = none), then
 --       optional lines sku, qty (gifts: taken while the SKU has the units, else skipped)
 -- `bought` counts, per `<user>|<sku>`, the units of the user's holds not released (reserved
@@ -12,8 +13,8 @@
 --         required line ..., units taken of each optional line ...}
 --       | {'dup', state, pay_by, lines taken JSON}  this hold id was reserved before with this request
 --       | {'hold_exists'}                 this hold id was used for another request or user
---       | {'changed', '', version}        the definition moved on since the caller read it
 --       | {reject, sku or '', figure}     no_product | archived | no_sku | sku_archived
+--                                         | price_changed (figure: the price now)
 --                                         | sold_out (figure: available) | limit_reached (figure: bought)
 local prev = redis.call('HGET', KEYS[5], ARGV[1])
 if prev then
@@ -24,10 +25,15 @@ end
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'no_product', '', 0} end
 if state == 'archived' then return {'archived', '', 0} end
+local priced, prices = nil, {}
 if ARGV[6] ~= '' then
-  local v = 0
-  if redis.call('HEXISTS', KEYS[1], 'def') == 1 then v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0') end
-  if v ~= tonumber(ARGV[6]) then return {'changed', '', v} end
+  priced = cjson.decode(ARGV[6])
+  local def = redis.call('HGET', KEYS[1], 'def')
+  if def then
+    for _, s in ipairs(cjson.decode(def).skus or {}) do prices[s.id] = tonumber(s.price) end
+  else  -- a bare pin-era product: one 'default' SKU at the meta's price
+    prices['default'] = tonumber(redis.call('HGET', KEYS[1], 'price') or '')
+  end
 end
 local n = tonumber(ARGV[7])
 local user = ARGV[2]
@@ -36,6 +42,9 @@ for i = 0, n - 1 do
   local a = redis.call('HGET', KEYS[2], sku)
   if not a then return {'no_sku', sku, 0} end
   if redis.call('SISMEMBER', KEYS[4], sku) == 1 then return {'sku_archived', sku, tonumber(a)} end
+  if priced and priced[sku] ~= nil and prices[sku] ~= tonumber(priced[sku]) then
+    return {'price_changed', sku, prices[sku] or -1}
+  end
   if qty > tonumber(a) then return {'sold_out', sku, tonumber(a)} end
   if lim > 0 then
     local b = tonumber(redis.call('HGET', KEYS[7], user .. '|' .. sku) or '0')

@@ -2,7 +2,8 @@
 
 ``gateway_factory(**overrides)`` starts one node (its own Redis client, shared Redis
 server, the test's key prefix) and returns its base URL; everything it starts is stopped
-at the end of the test.
+at the end of the test. ``api_node`` is the HTTP tests' start-up (the catalogue's, the
+cart's): one node, an :class:`Api` client of its ``/api/v1``, and ``token``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -40,6 +42,28 @@ class Node:
 
 
 GatewayFactory = Callable[..., Awaitable[Node]]
+
+
+class Api:
+    """A JSON client of a node's ``/api/v1`` (bearer token, optional headers)."""
+
+    def __init__(self, http: aiohttp.ClientSession, base: str) -> None:
+        self.http = http
+        self.base = base
+
+    async def call(self, method: str, path: str, tok: str | None = None, body: Any = None,
+                   headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        h = dict(headers or {})
+        if tok:
+            h["Authorization"] = f"Bearer {tok}"
+        async with self.http.request(method, self.base + "/api/v1" + path, json=body, headers=h) as r:
+            return r.status, await r.json()
+
+    async def ok(self, method: str, path: str, tok: str | None = None, body: Any = None, status: int = 200,
+                 headers: dict[str, str] | None = None) -> Any:
+        got, data = await self.call(method, path, tok, body, headers)
+        assert got == status, (method, path, got, data)
+        return data
 
 
 @pytest.fixture
@@ -74,3 +98,12 @@ def token(settings: Settings) -> Callable[..., str]:
         return issue_token(secret or settings.secret, user=user, role=role, rooms=rooms, now_s=int(time.time()), ttl_s=ttl)
 
     return make
+
+
+@pytest.fixture
+async def api_node(gateway_factory: GatewayFactory, token: Callable[..., str]
+                   ) -> AsyncIterator[tuple[Node, Api, Callable[..., str]]]:
+    """One node, an :class:`Api` on it, and the ``token`` maker."""
+    node = await gateway_factory()
+    async with aiohttp.ClientSession() as http:
+        yield node, Api(http, node.url), token

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiohttp
 import pytest
-
-from tests.test_catalog_gateway import Api
 
 TEE = {"id": "tee", "name": "Cotton tee", "skus": [
     {"id": "red", "attrs": {"colour": "red"}, "price": 1000, "stock": 5, "limit": 2},
@@ -16,15 +13,8 @@ TEE = {"id": "tee", "name": "Cotton tee", "skus": [
 MUG = {"id": "mug", "name": "Mug", "price": 500, "stock": 3}
 
 
-@pytest.fixture
-async def world(gateway_factory: Any, token: Any) -> Any:
-    node = await gateway_factory()
-    async with aiohttp.ClientSession() as http:
-        yield node, Api(http, node.url), token
-
-
-async def test_a_viewer_fills_a_cart_checks_out_once_and_pays(world: Any) -> None:
-    _, api, token = world
+async def test_a_viewer_fills_a_cart_checks_out_once_and_pays(api_node: Any) -> None:
+    _, api, token = api_node
     h1, v, w = token("h1", "host", ("r1",)), token("v"), token("w")
     await api.ok("POST", "/products", h1, TEE, status=201)
     await api.ok("POST", "/products", h1, MUG, status=201)
@@ -56,3 +46,40 @@ async def test_a_viewer_fills_a_cart_checks_out_once_and_pays(world: Any) -> Non
     got = await api.ok("GET", f"/orders/{order['order_id']}", v)
     assert [ln["sku"] for ln in got["lines"]] == ["red", "default"] and got["cart"]["state"] == "paid"
     assert (await api.call("GET", f"/orders/{order['order_id']}", w))[0] == 404
+
+
+async def test_a_price_changed_between_the_read_and_the_hold_is_refused_and_a_fresh_read_buys_at_the_new_price(
+        api_node: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    node, api, token = api_node
+    h1, v = token("h1", "host", ("r1",)), token("v")
+    await api.ok("POST", "/products", h1, TEE, status=201)
+    await api.ok("POST", "/products", h1, MUG, status=201)
+    await api.ok("POST", "/rooms/r1/cart/items", v, {"product_id": "tee", "sku": "red", "qty": 2})
+    await api.ok("POST", "/rooms/r1/cart/items", v, {"product_id": "mug"})
+    cart = node.services.carts.cart
+    priced = cart._price
+    changed: list[int] = []
+
+    async def price_then_the_host_changes_it(*a: Any, **kw: Any) -> Any:
+        got = await priced(*a, **kw)  # the checkout read the prices: the host's real PATCH lands now
+        changed.append((await api.ok("PATCH", "/products/tee/skus/red", h1, {"price": 1100}))["v"])
+        return got
+
+    monkeypatch.setattr(cart, "_price", price_then_the_host_changes_it)
+    st, body = await api.call("POST", "/rooms/r1/cart/checkout", v, {}, headers={"Idempotency-Key": "k1"})
+    monkeypatch.undo()
+    assert changed and (st, body["error"]["code"]) == (409, "price_changed"), body
+    assert "the price of tee/red changed" in body["error"]["message"] and "read the cart again" in body["error"]["message"]
+    # nothing held: the mug (held first, product ids in order) went back, the tee was never taken
+    for pid, sku, left in (("tee", "red", 5), ("mug", "default", 3)):
+        units = {s["id"]: s["units"] for s in (await api.ok("GET", f"/products/{pid}", h1))["skus"]}[sku]
+        assert (units["available"], units["reserved"], units["sold"]) == (left, 0, 0), (pid, units)
+    st, again = await api.call("POST", "/rooms/r1/cart/checkout", v, {}, headers={"Idempotency-Key": "k1"})
+    assert (st, again["error"]["code"]) == (409, "price_changed")  # the key's answer stays the refusal
+    # the buyer reads the cart again (the new price) and checks out with a new key
+    cart_now = await api.ok("GET", "/rooms/r1/cart", v)
+    assert [(ln["sku"], ln["unit_price"]) for ln in cart_now["lines"]] == [("red", 1100), ("default", 500)]
+    order = await api.ok("POST", "/rooms/r1/cart/checkout", v, {}, status=201, headers={"Idempotency-Key": "k2"})
+    assert order["amount"] == 2 * 1100 + 500 and [ln["unit_price"] for ln in order["lines"]] == [1100, 500]
+    red = {s["id"]: s["units"] for s in (await api.ok("GET", "/products/tee", h1))["skus"]}["red"]
+    assert (red["available"], red["reserved"]) == (3, 2)

@@ -19,30 +19,11 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from tests.fixtures_gateway import Api
 from tests.waiting import wait_until
 from tests.wsclient import Client, next_of
 
 Json = Any
-
-
-class Api:
-    def __init__(self, http: aiohttp.ClientSession, base: str) -> None:
-        self.http = http
-        self.base = base
-
-    async def call(self, method: str, path: str, tok: str | None = None, body: Json = None,
-                   headers: dict[str, str] | None = None) -> tuple[int, Json]:
-        h = dict(headers or {})
-        if tok:
-            h["Authorization"] = f"Bearer {tok}"
-        async with self.http.request(method, self.base + "/api/v1" + path, json=body, headers=h) as r:
-            return r.status, await r.json()
-
-    async def ok(self, method: str, path: str, tok: str | None = None, body: Json = None, status: int = 200,
-                 headers: dict[str, str] | None = None) -> Json:
-        got, data = await self.call(method, path, tok, body, headers)
-        assert got == status, (method, path, got, data)
-        return data
 
 
 TEE = {"id": "tee", "name": "Cotton tee", "category": "clothing", "skus": [
@@ -51,15 +32,8 @@ TEE = {"id": "tee", "name": "Cotton tee", "category": "clothing", "skus": [
 ]}
 
 
-@pytest.fixture
-async def world(gateway_factory: Any, token: Any) -> Any:
-    node = await gateway_factory()
-    async with aiohttp.ClientSession() as http:
-        yield node, Api(http, node.url), token
-
-
-async def test_hosts_manage_their_own_products_and_skus(world: Any) -> None:
-    node, api, token = world
+async def test_hosts_manage_their_own_products_and_skus(api_node: Any) -> None:
+    node, api, token = api_node
     h1, h2, ops, viewer = token("h1", "host", ("r1",)), token("h2", "host", ("r2",)), token("o", "ops"), token("v")
     p = await api.ok("POST", "/products", h1, TEE, status=201)
     assert (p["owner"], p["price"], p["price_max"], p["created"]) == ("h1", 1999, 2099, True)
@@ -133,9 +107,9 @@ async def test_hosts_manage_their_own_products_and_skus(world: Any) -> None:
     ("POST", "/products/tee/skus", {"attrs": {"colour": "red", "size": "M"}, "price": 1, "id": "again"}, 400, "already another SKU"),
     ("POST", "/products/tee/skus", {"attrs": {"colour": "red"}, "price": 1}, 400, "must name the options"),
 ])
-async def test_bad_input_is_a_4xx_with_the_reason(world: Any, method: str, path: str, body: Json, status: int,
+async def test_bad_input_is_a_4xx_with_the_reason(api_node: Any, method: str, path: str, body: Json, status: int,
                                                   words: str) -> None:
-    _, api, token = world
+    _, api, token = api_node
     h1 = token("h1", "host", ("r1",))
     await api.ok("POST", "/products", h1, TEE, status=201)
     got, data = await api.call(method, path, h1, body)
@@ -143,8 +117,8 @@ async def test_bad_input_is_a_4xx_with_the_reason(world: Any, method: str, path:
     assert words in data["error"]["message"] or words == data["error"]["code"], data
 
 
-async def test_writes_with_an_idempotency_key_run_once(world: Any) -> None:
-    _, api, token = world
+async def test_writes_with_an_idempotency_key_run_once(api_node: Any) -> None:
+    _, api, token = api_node
     h1 = token("h1", "host", ("r1",))
     key = {"Idempotency-Key": "restock-1"}
     await api.ok("POST", "/products", h1, TEE, status=201, headers={"Idempotency-Key": "create-1"})
@@ -158,8 +132,8 @@ async def test_writes_with_an_idempotency_key_run_once(world: Any) -> None:
     assert again["created"] is True  # the first answer, replayed
 
 
-async def test_the_room_list_reaches_viewers_and_late_joiners(world: Any) -> None:
-    node, api, token = world
+async def test_the_room_list_reaches_viewers_and_late_joiners(api_node: Any) -> None:
+    node, api, token = api_node
     h1, h2, ops = token("h1", "host", ("r1",)), token("h2", "host", ("r2",)), token("o", "ops")
     await api.ok("POST", "/rooms", h1, {"id": "r1", "title": "Show"}, status=201)
     await api.ok("POST", "/products", h1, TEE, status=201)
@@ -330,8 +304,8 @@ async def test_a_welcome_into_a_served_room_reads_nothing_of_the_list(gateway_fa
             await c.close()
 
 
-async def test_the_host_curates_the_list_with_websocket_commands(world: Any) -> None:
-    node, api, token = world
+async def test_the_host_curates_the_list_with_websocket_commands(api_node: Any) -> None:
+    node, api, token = api_node
     h1 = token("h1", "host", ("r1",))
     await api.ok("POST", "/products", h1, TEE, status=201)
     await api.ok("POST", "/products", h1, {"id": "mug", "name": "Mug", "price": 900}, status=201)
@@ -358,13 +332,13 @@ async def test_the_host_curates_the_list_with_websocket_commands(world: Any) -> 
         await c.close()
 
 
-async def test_a_list_stored_without_its_broadcast_still_reaches_the_nodes(world: Any) -> None:
+async def test_a_list_stored_without_its_broadcast_still_reaches_the_nodes(api_node: Any) -> None:
     """A process killed between storing a list and publishing it: viewers and node copies
     do not hear of it; a copy older than its age is read again, and the host's retry of the
     (now unchanged) request publishes the list again."""
     from livecommerce.bag import Bag, item_of
 
-    node, api, token = world
+    node, api, token = api_node
     h1 = token("h1", "host", ("r1",))
     await api.ok("POST", "/products", h1, TEE, status=201)
     await api.ok("POST", "/products", h1, {"id": "mug", "name": "Mug", "price": 900}, status=201)
@@ -396,8 +370,8 @@ async def test_a_list_stored_without_its_broadcast_still_reaches_the_nodes(world
         await c.close()
 
 
-async def test_a_refused_stock_change_leaves_the_price_alone(world: Any) -> None:
-    _, api, token = world
+async def test_a_refused_stock_change_leaves_the_price_alone(api_node: Any) -> None:
+    _, api, token = api_node
     h1 = token("h1", "host", ("r1",))
     await api.ok("POST", "/products", h1, TEE, status=201)
     got, data = await api.call("PATCH", "/products/tee/skus/red-M", h1, {"price": 1, "add_stock": -99})

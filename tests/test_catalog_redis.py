@@ -78,14 +78,18 @@ LINES = st.lists(st.tuples(st.sampled_from(["a", "b", "c", "d"]), st.integers(1,
 @EXAMPLES
 @given(state=st.sampled_from([None, "active", "archived"]), skus=SKUS, lines=LINES,
        limits=st.dictionaries(st.sampled_from(["a", "b", "c"]), st.integers(0, 6), max_size=3),
-       bought=st.dictionaries(st.sampled_from(["a", "b", "c"]), st.integers(0, 6), max_size=3))
+       bought=st.dictionaries(st.sampled_from(["a", "b", "c"]), st.integers(0, 6), max_size=3),
+       prices=st.dictionaries(st.sampled_from(["a", "b", "c"]), st.integers(1, 3), max_size=3),
+       priced=st.none() | st.dictionaries(st.sampled_from(["a", "b", "c", "d"]), st.integers(1, 3), max_size=4))
 def test_the_reserve_script_decides_as_the_rule(lab: Lab, state: Any, skus: dict[str, tuple[bool, int]],
                                                 lines: list[tuple[str, int]], limits: dict[str, int],
-                                                bought: dict[str, int]) -> None:
+                                                bought: dict[str, int], prices: dict[str, int],
+                                                priced: dict[str, int] | None) -> None:
     meta, stock, held, off, holds, deadlines, bkey = ks = lab.keys("meta", "stock", "held", "off", "holds", "deadlines",
                                                                    "bought")
     if state is not None:
-        lab.r.hset(meta, mapping={"state": state, "v": 1})
+        definition = {"id": "p", "skus": [{"id": s, "price": p} for s, p in sorted(prices.items())]}
+        lab.r.hset(meta, mapping={"state": state, "v": 1, "def": json.dumps(definition)})
     for sku, (archived, available) in skus.items():
         lab.r.hset(stock, sku, available)
         if archived:
@@ -93,12 +97,12 @@ def test_the_reserve_script_decides_as_the_rule(lab: Lab, state: Any, skus: dict
     for sku, n in bought.items():
         lab.r.hset(bkey, f"u1|{sku}", n)
     merged = merge_lines(lines)
-    argv: list[Any] = ["h1", "u1", NOW + 1000, NOW, json.dumps([list(x) for x in merged], separators=(",", ":")), "",
-                       len(merged)]
+    argv: list[Any] = ["h1", "u1", NOW + 1000, NOW, json.dumps([list(x) for x in merged], separators=(",", ":")),
+                       "" if priced is None else json.dumps(priced), len(merged)]
     for sku, qty in merged:
         argv += [sku, qty, limits.get(sku, 0)]
     raw = lab.reserve(keys=ks, args=argv)
-    rule = decide_reserve(state, skus, merged, limits=limits, bought=bought)
+    rule = decide_reserve(state, skus, merged, limits=limits, bought=bought, prices=prices, priced=priced)
     after = {_s(k): int(v) for k, v in lab.r.hgetall(stock).items()}
     if rule is None:
         assert _s(raw[0]) == "ok"
@@ -244,6 +248,39 @@ async def test_archived_products_and_skus_take_no_reservation(cat: RedisCatalog)
     assert (await cat.put(replace(off, state="archived"), expected_v=2, initial_stock={}, now_ms=NOW)).ok
     assert await cat.reserve("tee", "o1", "u", [("a", 1)], pay_by_ms=NOW, now_ms=NOW) == Refused("archived")
     assert await cat.reserve("nope", "o1", "u", [("a", 1)], pay_by_ms=NOW, now_ms=NOW) == Refused("no_product")
+
+
+async def test_a_hold_priced_at_a_price_that_is_no_longer_the_skus_is_refused_and_takes_nothing(
+        cat: RedisCatalog, redis: aioredis.Redis) -> None:
+    from dataclasses import replace
+
+    from livecommerce.catalog import SkuPatch, patch_sku
+
+    d = tee({"a": 3, "b": 3})  # a at 1000, b at 1001
+    await put_new(cat, d)
+    ok = await cat.reserve("tee", "o1", "u", [("a", 1)], pay_by_ms=NOW + 9, now_ms=NOW, priced={"a": 1000})
+    assert isinstance(ok, Reserved)
+    dearer = patch_sku(replace(d.product, v=1), "b", SkuPatch(price=1500))
+    assert (await cat.put(dearer, expected_v=1, initial_stock={}, now_ms=NOW)).ok
+    got = await cat.reserve("tee", "o2", "u", [("a", 1), ("b", 1)], pay_by_ms=NOW + 9, now_ms=NOW,
+                            priced={"a": 1000, "b": 1001})
+    assert got == Refused("price_changed", "b", 1500)
+    _, units = await cat.read("tee")  # type: ignore[misc]
+    assert (units["a"].available, units["a"].reserved, units["b"].available, units["b"].reserved) == (2, 1, 3, 0)
+    assert await cat.hold("tee", "o2") is None
+    # priced at the price now (a name change alone does not matter): held
+    renamed = replace(dearer, name="Tee II", v=2)
+    assert (await cat.put(renamed, expected_v=2, initial_stock={}, now_ms=NOW)).ok
+    again = await cat.reserve("tee", "o3", "u", [("a", 1), ("b", 1)], pay_by_ms=NOW + 9, now_ms=NOW,
+                              priced={"a": 1000, "b": 1500})
+    assert isinstance(again, Reserved) and again.lines == (("a", 1), ("b", 1))
+    # a bare pin-era product: its one 'default' SKU is at the meta's price
+    await redis.hset(cat.key("mug", "meta"), mapping={"name": "Mug", "price": 500, "state": "active"})
+    await redis.hset(cat.key("mug", "stock"), "default", 2)
+    assert await cat.reserve("mug", "o4", "u", [("default", 1)], pay_by_ms=NOW + 9, now_ms=NOW,
+                             priced={"default": 400}) == Refused("price_changed", "default", 500)
+    assert isinstance(await cat.reserve("mug", "o4", "u", [("default", 1)], pay_by_ms=NOW + 9, now_ms=NOW,
+                                        priced={"default": 500}), Reserved)
 
 
 async def test_a_definition_is_stored_with_a_version_check_and_new_skus_get_their_stock(cat: RedisCatalog) -> None:
