@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from livecommerce.errors import FrameTooBig, LiveCommerceError, wire_error
+from livecommerce.errors import FrameTooBig, LiveCommerceError, error_fields, wire_error
 from livecommerce.ops_redis import OpsRedis
 
 from .core import Gateway
@@ -64,8 +64,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise FrameTooBig(f"request body of {request.content_length} bytes is over the {MAX_BODY_BYTES} byte limit")
         return await handler(request)
     except LiveCommerceError as exc:
-        we = wire_error(exc)
-        return error_body(we.http, we.code, exc.message if we.echo else "internal error", exc.details if we.echo else None)
+        return web.json_response({"error": error_fields(exc)}, status=wire_error(exc).http)
     except json.JSONDecodeError:
         return error_body(400, "bad_json", "request body is not valid JSON")
     except UnicodeError:  # a body that is not UTF-8, or whose \ud800-style escape reached an encoder

@@ -344,8 +344,9 @@ class Hub:
         kind = msg.get("kind", "user")
         if kind == "user":
             env = msg["env"]
+            skip = msg.get("skip")
             for conn in list(self.by_user.get(msg["user"], ())):
-                if msg.get("room") in (None, conn.room):
+                if msg.get("room") in (None, conn.room) and skip != f"{self.node}/{conn.id}":
                     conn.send(env)
         else:
             handler = self.inbox_handlers.get(kind)

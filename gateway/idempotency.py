@@ -12,17 +12,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from livecommerce.auth import Identity
-from livecommerce.errors import Conflict, IdempotencyConflict, LiveCommerceError, wire_error
+from livecommerce.errors import (
+    Conflict,
+    IdempotencyConflict,
+    LiveCommerceError,
+    error_fields,
+    wire_error,
+)
 from livecommerce.idempotency import Stored, check_key, fingerprint, storable
 
 from .core import Gateway
 
 REPLAYED = "Idempotent-Replayed"
+A = TypeVar("A")
 
 
 def header_key(request: web.Request) -> str | None:
@@ -51,7 +58,38 @@ async def idempotent(
         return await run()
     route = request.match_info.route.resource
     fp = fingerprint(request.method, route.canonical if route is not None else request.path, target, body)
-    scope = f"{ident.user}:{namespace}:{key}"
+    return await run_once(gw, ident.user, key=key, fp=fp, run=run, namespace=namespace,
+                          keep=lambda resp: None if resp.text is None else Stored(resp.status, resp.text),
+                          replay=None if rerun else _replayed)
+
+
+def _replayed(answer: Stored) -> web.Response:
+    return web.Response(status=answer.status, text=answer.body, content_type="application/json", headers={REPLAYED: "true"})
+
+
+async def run_once(
+    gw: Gateway,
+    user: str,
+    *,
+    key: str,
+    fp: str,
+    run: Callable[[], Awaitable[A]],
+    keep: Callable[[A], Stored | None],
+    replay: Callable[[Stored], A] | None,
+    namespace: str = "http",
+) -> A:
+    """The transport-agnostic core of :func:`idempotent` (a WebSocket command's
+    ``request_id`` binds through it too): ``run()`` once per ``(user, namespace, key)``
+    bound to the request fingerprint ``fp``. ``keep`` says how an answer is stored (as the
+    HTTP status and body, so either transport can replay the other's); ``replay`` builds the
+    answer to a matching retry from the stored one, or None: the retry runs ``run()`` again
+    (an operation idempotent by itself, which answers ``duplicate: true``).
+
+    Raises:
+        IdempotencyConflict: the key was used for another request (nothing runs).
+        Conflict: ``idempotency_in_flight``, the first request is still running.
+    """
+    scope = f"{user}:{namespace}:{key}"
     begun = await gw.idempotency.begin(scope, fp)
     if begun.outcome == "conflict":
         raise IdempotencyConflict(
@@ -59,26 +97,26 @@ async def idempotent(
         )
     if begun.outcome == "in_flight":
         raise Conflict(f"a request with the key {key!r} is still running: retry in a moment", code="idempotency_in_flight")
-    if begun.outcome == "replay" and rerun:
+    if begun.outcome == "replay" and replay is None:
         return await run()
     if begun.outcome == "replay" and begun.answer is not None:
-        return web.Response(status=begun.answer.status, text=begun.answer.body, content_type="application/json",
-                            headers={REPLAYED: "true"})
+        assert replay is not None
+        return replay(begun.answer)
     try:
-        resp = await run()
+        out = await run()
     except LiveCommerceError as exc:
         we = wire_error(exc)
         if storable(we.http):
-            text = json.dumps({"error": {"code": we.code, "message": exc.message if we.echo else "internal error"}})
-            await gw.idempotency.finish(scope, fp, Stored(we.http, text))
+            await gw.idempotency.finish(scope, fp, Stored(we.http, json.dumps({"error": error_fields(exc)})))
         else:
             await gw.idempotency.release(scope, fp)
         raise
     except BaseException:
         await gw.idempotency.release(scope, fp)
         raise
-    if storable(resp.status) and resp.text is not None:
-        await gw.idempotency.finish(scope, fp, Stored(resp.status, resp.text))
+    stored = keep(out)
+    if stored is not None and storable(stored.status):
+        await gw.idempotency.finish(scope, fp, stored)
     else:
         await gw.idempotency.release(scope, fp)
-    return resp
+    return out

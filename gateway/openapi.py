@@ -8,7 +8,8 @@ real responses against the schemas, so a new route without its entry fails CI.
 Conventions of the API: JSON bodies; money in integer cents (flash-sale prices, order
 amounts, coupon values of ``full_reduction`` drops); coins (gifts, wallets) are whole
 coins; times are epoch milliseconds (``*_ms``); errors are ``{"error": {"code",
-"message"}}`` with the status from the one error table (``livecommerce/errors.py``).
+"message", ...}}`` (an error's ``details`` beside them) with the status from the one error
+table (``livecommerce/errors.py``).
 The WebSocket protocol (``/ws``) is described in ``README.md``, not here: OpenAPI has no
 words for it.
 """
@@ -69,7 +70,13 @@ def nullable(s: J) -> J:
 COUNTS: J = {"type": "object", "additionalProperties": {"type": "integer"}}
 
 SCHEMAS: dict[str, J] = {
-    "Error": obj({"error": obj({"code": STR, "message": STR}, ["code", "message"])}, ["error"],
+    "Error": obj({"error": obj({"code": STR, "message": STR,
+                                "product_id": {**STR, "description": "a cart refusal's line (when known)"},
+                                "sku": {**STR, "description": "a cart refusal's line (when known)"}},
+                               ["code", "message"],
+                               desc="An error may carry fields beside code and message: a refused cart line's "
+                                    "`product_id`/`sku`, a moderation refusal's `until_ms`/`retry_after_s` ...")},
+                 ["error"],
                  desc="Every error: `code` is the wire code (`invalid`, `forbidden`, `not_found`, `sold_out` ...)."),
     "ShowSummary": obj({"live_ms": MS, "ended_ms": MS, "duration_s": NUM, "peak_online": INT, "comments": INT, "likes": INT,
                         "avg_online": NUM},

@@ -232,4 +232,10 @@ def ws_commands(s: Services) -> dict[str, CommandHandler]:
         "coupon.claim": s.coupons.ws_claim,
         "gift": s.gifts.gift,
         "redpacket.grab": s.redpackets.ws_grab,
+        "cart.get": s.carts.ws_get,
+        "cart.add": s.carts.ws_add,
+        "cart.set": s.carts.ws_set,
+        "cart.remove": s.carts.ws_remove,
+        "cart.clear": s.carts.ws_clear,
+        "cart.checkout": s.carts.ws_checkout,
     }

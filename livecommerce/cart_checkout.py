@@ -74,10 +74,11 @@ class CheckoutRefused(Conflict):
     (``sold_out``, ``limit_reached``, ``no_product``, ``no_sku``, ``archived``,
     ``sku_archived``, ``price_changed`` (the price moved between the read that priced the
     line and its hold), the sale's ``not_started``/``ended``/``room_ended``,
-    ``coupon_not_usable``); ``product_id``/``sku`` name the line."""
+    ``coupon_not_usable``); ``product_id``/``sku`` name the line, and the error body and
+    frame carry them (``details``, each only when known)."""
 
     def __init__(self, message: str, *, code: str, product_id: str | None = None, sku: str | None = None) -> None:
-        super().__init__(message, code=code)
+        super().__init__(message, code=code, details={k: v for k, v in (("product_id", product_id), ("sku", sku)) if v})
         self.product_id = product_id
         self.sku = sku
 

@@ -37,12 +37,18 @@ class LiveCommerceError(Exception):
 
     code = "internal"
     #: fields an error frame (and an HTTP error body) carries beyond code and message
+    #: (``until_ms``, ``retry_after_s``, the refused line's ``product_id`` and ``sku`` ...):
+    #: every error may carry them, the renderers put them beside code and message
     details: Mapping[str, Any] = MappingProxyType({})
 
-    def __init__(self, message: str = "", *, code: str | None = None) -> None:
+    def __init__(self, message: str = "", *, code: str | None = None, details: Mapping[str, Any] | None = None) -> None:
         super().__init__(message or self.__class__.__name__)
         if code is not None:
             self.code = code
+        if details:
+            if {"code", "message"} & set(details):
+                raise ValueError("details may not replace an error's code or message")
+            self.details = MappingProxyType(dict(details))
 
     @property
     def message(self) -> str:
@@ -77,8 +83,7 @@ class Refused(Forbidden):
     code = "refused"
 
     def __init__(self, message: str, *, code: str, details: Mapping[str, Any] | None = None) -> None:
-        super().__init__(message, code=code)
-        self.details = MappingProxyType(dict(details or {}))
+        super().__init__(message, code=code, details=details)
 
 
 class SlowMode(Refused):
@@ -180,3 +185,14 @@ def wire_error(exc: BaseException) -> WireError:
             code = getattr(exc, "code", hit.code)
             return WireError(code, hit.close, hit.http, hit.echo)
     return INTERNAL
+
+
+def error_fields(exc: LiveCommerceError) -> dict[str, Any]:
+    """What the HTTP error body's ``error`` (and the error frame's ``d``) holds: ``code``,
+    ``message`` and the error's ``details`` beside them; an error whose message may not be
+    echoed shows neither message nor details."""
+    we = wire_error(exc)
+    if not we.echo:
+        return {"code": we.code, "message": "internal error"}
+    return {"code": we.code, "message": exc.message, **exc.details}
+

@@ -26,11 +26,15 @@ class Notifier:
         self._broker = broker
         self._presence: Presence = presence if presence is not None else RedisPresence(redis, keys)
 
-    async def to_user(self, user: str, env: dict[str, Any], *, room: str | None = None) -> int:
-        """Send ``env`` to every connection of ``user`` (only those in ``room`` if given).
+    async def to_user(self, user: str, env: dict[str, Any], *, room: str | None = None, skip: str | None = None) -> int:
+        """Send ``env`` to every connection of ``user`` (only those in ``room`` if given;
+        ``skip``: not to the connection ``"<node>/<conn id>"``, the one that made the change).
         Returns the number of nodes it was sent to (0: the user is offline)."""
         nodes = (await self._presence.user_nodes([user]))[user]
-        body = pack_internal({"kind": "user", "user": user, "room": room, "env": env})
+        msg: dict[str, Any] = {"kind": "user", "user": user, "room": room, "env": env}
+        if skip is not None:
+            msg["skip"] = skip
+        body = pack_internal(msg)
         for node in nodes:
             await self._broker.publish_node(node, body)
         return len(nodes)

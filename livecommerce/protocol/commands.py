@@ -125,6 +125,20 @@ class HostAction(Command):
     d: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class CartAction(Command):
+    """``cart.get``, ``cart.add``, ``cart.set``, ``cart.remove``, ``cart.clear``,
+    ``cart.checkout``: the sender's cart in the connection's room, the WebSocket twins of
+    the cart's HTTP routes; ``d`` is validated by the same code as the HTTP body
+    (``gateway/cart.py``: unknown fields, ids, quantities; ``request_id`` for a checkout)."""
+
+    t: ClassVar[str] = "cart"
+    action: str = ""
+    d: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+CART_ACTIONS = frozenset({"cart.get", "cart.add", "cart.set", "cart.remove", "cart.clear", "cart.checkout"})
+
 HOST_ACTIONS = frozenset({"sale.start", "lottery.start", "coupon.drop", "room.live", "room.end",
                           "bag.set", "bag.add", "bag.remove", "bag.order", "bag.explain"})
 
@@ -192,7 +206,7 @@ _PARSERS = {
     "pin": _parse_pin,
 }
 
-COMMANDS: frozenset[str] = frozenset(_PARSERS) | HOST_ACTIONS
+COMMANDS: frozenset[str] = frozenset(_PARSERS) | HOST_ACTIONS | CART_ACTIONS
 
 ROLES: dict[str, frozenset[str]] = {
     "ping": ANY,
@@ -205,6 +219,7 @@ ROLES: dict[str, frozenset[str]] = {
     "redpacket.grab": ANY,
     "pin": HOST_OPS,
     **{a: HOST_OPS for a in HOST_ACTIONS},
+    **{a: ANY for a in CART_ACTIONS},
 }
 
 
@@ -236,6 +251,8 @@ def parse_command(frame: dict[str, Any]) -> Command:
         raise BadFrame("'d' must be a map", code="invalid")
     if t in HOST_ACTIONS:
         return HostAction(id=cid, action=t, d={k: v for k, v in d.items() if k not in ("t", "id")})
+    if t in CART_ACTIONS:
+        return CartAction(id=cid, action=t, d={k: v for k, v in d.items() if k not in ("t", "id")})
     parser = _PARSERS.get(t)
     if parser is None:
         raise BadFrame(f"unknown command type {t[:40]!r}", code="unknown_type")
