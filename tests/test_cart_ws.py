@@ -24,6 +24,7 @@ import pytest
 
 from tests.test_cart_gateway import MUG, TEE
 from tests.test_catalog_gateway import Api
+from tests.waiting import wait_until
 from tests.wsclient import Client, next_of
 
 
@@ -40,6 +41,9 @@ async def world(gateway_factory: Any, token: Any) -> Any:
         async def connect(user: str, room: str = "r1") -> Client:
             c = await Client.connect(node.ws, room, token(user), fmt="json")
             clients.append(c)
+            # a push finds the user through presence, written in batches after the welcome
+            await wait_until(lambda: node.gw.presence.user_nodes([user]), until=lambda got: bool(got.get(user)),
+                             what=f"{user} in presence")
             return c
 
         yield api, token, connect, h1
