@@ -19,36 +19,32 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import aiohttp
 import pytest
 
 from tests.test_cart_gateway import MUG, TEE
-from tests.test_catalog_gateway import Api
 from tests.waiting import wait_until
 from tests.wsclient import Client, next_of
 
 
 @pytest.fixture
-async def world(gateway_factory: Any, token: Any) -> Any:
-    node = await gateway_factory()
-    async with aiohttp.ClientSession() as http:
-        api = Api(http, node.url)
-        h1 = token("h1", "host", ("r1",))
-        await api.ok("POST", "/products", h1, TEE, status=201)
-        await api.ok("POST", "/products", h1, MUG, status=201)
-        clients: list[Client] = []
+async def world(api_node: Any) -> Any:
+    node, api, token = api_node
+    h1 = token("h1", "host", ("r1",))
+    await api.ok("POST", "/products", h1, TEE, status=201)
+    await api.ok("POST", "/products", h1, MUG, status=201)
+    clients: list[Client] = []
 
-        async def connect(user: str, room: str = "r1") -> Client:
-            c = await Client.connect(node.ws, room, token(user), fmt="json")
-            clients.append(c)
-            # a push finds the user through presence, written in batches after the welcome
-            await wait_until(lambda: node.gw.presence.user_nodes([user]), until=lambda got: bool(got.get(user)),
-                             what=f"{user} in presence")
-            return c
+    async def connect(user: str, room: str = "r1") -> Client:
+        c = await Client.connect(node.ws, room, token(user), fmt="json")
+        clients.append(c)
+        # a push finds the user through presence, written in batches after the welcome
+        await wait_until(lambda: node.gw.presence.user_nodes([user]), until=lambda got: bool(got.get(user)),
+                         what=f"{user} in presence")
+        return c
 
-        yield api, token, connect, h1
-        for c in clients:
-            await c.close()
+    yield api, token, connect, h1
+    for c in clients:
+        await c.close()
 
 
 async def ack(c: Client, t: str, **d: Any) -> dict[str, Any]:
