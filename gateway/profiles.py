@@ -40,7 +40,7 @@ from typing import Any
 
 from aiohttp import web
 
-from livecommerce import fulfilment_sql, profiles_sql, refunds_sql, tickets_sql
+from livecommerce import fulfilment_sql, order_lines_sql, profiles_sql, refunds_sql, tickets_sql
 from livecommerce.coupons_redis import CouponsRedis
 from livecommerce.errors import Conflict, NotFound
 from livecommerce.fulfilment_redis import FulfilmentRedis
@@ -80,9 +80,11 @@ class Profiles:
         now = self.gw.now_ms()
         orders = await store.list_orders(user_id=user, limit=EXPORT_LIMIT)
         order_rows = []
+        coupons_of = await order_lines_sql.coupons_of(store, [o.id for o in orders])  # a cart order's (one platform + one shop)
         for o in orders:
             hist = await store.order_history(o.id)
-            order_rows.append({**dataclasses.asdict(o), "history": [dataclasses.asdict(h) for h in hist]})
+            order_rows.append({**dataclasses.asdict(o), "coupons": coupons_of.get(o.id, []),
+                               "history": [dataclasses.asdict(h) for h in hist]})
         tickets = []
         for t in await tickets_sql.list_tickets(store, user_id=user, limit=EXPORT_LIMIT):
             got = await tickets_sql.get(store, t.id)

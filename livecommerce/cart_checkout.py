@@ -118,11 +118,15 @@ def _fingerprint(lines: Sequence[OrderLine], coupon_ids: Sequence[str] | None) -
     return hashlib.sha256(body.encode()).hexdigest()[:32]
 
 
-def _coupon_column(ids: Sequence[str]) -> str | None:
-    """The orders table's one ``coupon_id`` (128 characters): the ids joined by ``,``, or
-    the first when both do not fit (the gate and the event's lines keep both)."""
-    joined = ",".join(ids)
-    return (joined if len(joined) <= 128 else ids[0][:128]) or None
+def _coupon_column(coupons: Sequence[tuple[str, str, int]]) -> str | None:
+    """The orders table's one ``coupon_id`` for its old readers: the shop coupon, else the
+    platform one (every coupon of the order, with its scope and share of the discount, is a
+    row of ``order_coupons``)."""
+    for scope in ("shop", "platform"):
+        for cid, sc, _ in coupons:
+            if sc == scope:
+                return cid[:128]
+    return coupons[0][0][:128] if coupons else None
 
 
 class CartCheckout:
@@ -400,8 +404,9 @@ class CartCheckout:
         window_s = max(0, (o.pay_by_ms - o.created_ms) // 1000)
         return {"order_id": o.order_id, "sale_id": CART_SALE_ID, "room_id": o.room, "user_id": o.user, "qty": o.qty,
                 "unit_price": 0, "gross": o.subtotal, "discount": o.discount,
-                "coupon_id": _coupon_column(o.coupon_ids), "pay_by_ms": o.pay_by_ms, "payment_window_s": window_s,
-                "reserved_ms": o.created_ms, "lines": [ln.to_dict() for ln in o.lines], **extra}
+                "coupon_id": _coupon_column(o.coupons), "pay_by_ms": o.pay_by_ms, "payment_window_s": window_s,
+                "reserved_ms": o.created_ms, "lines": [ln.to_dict() for ln in o.lines],
+                "coupons": [{"coupon_id": c, "scope": sc, "discount": d} for c, sc, d in o.coupons], **extra}
 
     # ------------------------------------------------------------------ pay / cancel
     async def order(self, order_id: str, user: str | None = None) -> CartOrder:

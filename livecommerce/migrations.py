@@ -164,6 +164,12 @@ def _v12_order_lines(conn: Connection) -> None:
     _create(conn, ("order_lines",))
 
 
+def _v13_order_coupons(conn: Connection) -> None:
+    """Issue 19 part 3: the coupons of cart orders (one platform + one shop at most), one
+    row each (``orders.coupon_id`` keeps one id for old readers)."""
+    _create(conn, ("order_coupons",))
+
+
 def _v11_fulfilment(conn: Connection) -> None:
     """Issue 19 part 5: shipping addresses and shipments."""
     _create(conn, V11_TABLES)
@@ -185,6 +191,7 @@ STEPS: list[tuple[int, str, Step]] = [
     (10, "follower reach: notifications, schedules, schedule subscribers, fan-out cursors", _v10_reach),
     (11, "fulfilment: shipping addresses, shipments", _v11_fulfilment),
     (12, "cart orders: order_lines", _v12_order_lines),
+    (13, "cart orders: order_coupons", _v13_order_coupons),
 ]
 LATEST = max(v for v, _, _ in STEPS)
 

@@ -635,3 +635,14 @@ order_lines = Table(  # written by the orders worker from a cart order's events,
     Column("gift", Boolean, nullable=False, default=False),
     Index("ix_order_lines_product", "product_id", "sku"),
 )
+
+# ---------- step 13 (cart orders): each cart order's coupons (order_lines_sql)
+
+order_coupons = Table(  # written by the orders worker from a cart order's events, once per coupon
+    "order_coupons",
+    metadata,
+    Column("order_id", String(ID), primary_key=True),
+    Column("coupon_id", String(128), primary_key=True),
+    Column("scope", String(16), nullable=False),  # shop | platform
+    Column("discount", BigInteger, nullable=False),  # cents: this coupon's share of the order's discount
+)

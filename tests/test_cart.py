@@ -6,6 +6,7 @@ orders worker writing each order's lines once."""
 from __future__ import annotations
 
 import asyncio
+import time
 from itertools import combinations
 from typing import Any
 
@@ -181,3 +182,47 @@ async def test_retry_pay_refund_timeout_and_the_worker_writes_lines_once(redis: 
     assert [(ln.n, ln.sku, ln.qty, ln.gift) for ln in got[oid]] == [(1, "red", 2, False), (2, "default", 1, False),
                                                                    (3, "sticker", 1, True)]
     assert [ln.sku for ln in got[late]] == ["blue"]
+
+
+async def test_a_cart_orders_two_coupons_are_two_order_coupons_rows_written_once(redis: aioredis.Redis, keys: Keys,
+                                                                                  settings: Any, store_url: str) -> None:
+    from sqlalchemy import select
+
+    from livecommerce.coupons import CouponDrop, coupon_id
+    from livecommerce.coupons_redis import CouponsRedis
+    from livecommerce.order_lines_sql import coupons_of
+    from livecommerce.schema import order_coupons
+    from workers.orders import OrdersWorker
+
+    settings = settings.replace(database_url=store_url)  # SQLite and PostgreSQL
+    await _catalog(redis, keys)
+    coupons = CouponsRedis(redis, keys)
+    ends = int(time.time() * 1000) + 3_600_000  # the drops' keys expire on Redis's clock
+    for drop_id, room, value in (("shop1", "r1", 300), ("plat1", "", 200)):  # a room's drop, a platform coupon
+        got = await coupons.grant("alice", CouponDrop(drop_id, room, "full_reduction", 1000, value, 10, ends,
+                                                      "h1", NOW), now_ms=NOW)
+        assert got is not None
+    co = Checkout(redis, keys, RedisLog(redis, keys))
+    oid = cart_order_id("alice", "two-coupons")
+    lines = [Line("tee", "blue", 1), Line("mug", "", 1)]  # 1700
+    order, _ = await co.cart.checkout(user="alice", room="r1", order_id=oid, lines=lines, coupon_ids=None, sales={}, now_ms=NOW)
+    shop, plat = coupon_id("shop1", "alice"), coupon_id("plat1", "alice")
+    assert sorted(order.coupons) == sorted([(shop, "shop", 300), (plat, "platform", 200)]) and order.amount == 1200
+    await co.cart.checkout(user="alice", room="r1", order_id=oid, lines=lines, coupon_ids=None, sales={}, now_ms=NOW + 1)
+    assert (await co.pay(order_id=oid, user="alice", now_ms=NOW + 10)).outcome == "paid"
+    assert (await co.pay(order_id=oid, user="alice", now_ms=NOW + 11)).outcome == "already_paid"  # order.paid again
+    await upgrade(settings.database_url)
+    for _ in range(2):  # a second worker meets every event again: applied once
+        worker = OrdersWorker(settings, redis=redis)
+        try:
+            await worker.drain()
+            o = await worker.store.get_order(oid)
+            got = await coupons_of(worker.store, [oid])
+            async with worker.store.read() as tx:
+                rows = (await tx.conn.execute(select(order_coupons).where(order_coupons.c.order_id == oid))).all()
+        finally:
+            await worker.close()
+        assert o is not None and (o.state, o.amount, o.discount, o.coupon_id) == ("paid", 1200, 500, shop)  # old readers: the shop one
+        assert got[oid] == [{"coupon_id": shop, "scope": "shop", "discount": 300},
+                            {"coupon_id": plat, "scope": "platform", "discount": 200}]
+        assert len(rows) == 2

@@ -40,7 +40,7 @@ from livecommerce.fulfilment_redis import FulfilmentRedis
 from livecommerce.fulfilment_sql import due_confirmations, put_shipments
 from livecommerce.log import Log, LogEvent
 from livecommerce.notify import Notifier
-from livecommerce.order_lines_sql import put_order_lines
+from livecommerce.order_lines_sql import put_order_coupons, put_order_lines
 from livecommerce.orders import Order, OrderState, OrderStep, Payment, new_order
 from livecommerce.protocol.events import envelope
 from livecommerce.store_sql import SqlStore
@@ -137,7 +137,7 @@ class OrderSettler:
                 if ev.type in (SHIPPED, DELIVERED):
                     parcels.append(shipment_from(ev.data))
                 if ev.type in ("order.reserved", "order.paid", "order.cancelled") and ev.data.get("lines"):
-                    lines.append(ev.data)  # a cart order's lines (any of its events carries them)
+                    lines.append(ev.data)  # a cart order's lines and coupons (any of its events carries them)
                 step = self._step(ev)
                 if step is None:
                     if ev.type not in FULFILMENT_EVENTS:
@@ -147,8 +147,9 @@ class OrderSettler:
             outcomes = await tx.settle([step for _, step in todo])
             if parcels:  # in log order, in the batch's transaction: each parcel once, forward only
                 await put_shipments(tx.conn, parcels)
-            if lines:  # each order's lines once (keyed by order and line number), with the order
+            if lines:  # each order's lines and coupons once (keyed by order and line number / coupon), with the order
                 await put_order_lines(tx.conn, lines)
+                await put_order_coupons(tx.conn, lines)
         for (ev, step), out in zip(todo, outcomes, strict=True):
             d = ev.data
             if out.refused is not None:
