@@ -56,10 +56,11 @@ export function newId(prefix = "") {
 }
 
 export class ApiError extends Error {
-  constructor(status, code, message) {
+  constructor(status, code, message, details = {}) {
     super(message || code);
     this.status = status;
     this.code = code;
+    this.details = details; // the error's other fields (retry_after_s, product_id, sku, …)
   }
 }
 
@@ -88,7 +89,8 @@ export async function api(path, { method = "GET", body, token = params.get("toke
   }
   if (!res.ok) {
     const err = (data && data.error) || {};
-    throw new ApiError(res.status, err.code || `http_${res.status}`, err.message || text || res.statusText);
+    const { code, message, ...details } = err;
+    throw new ApiError(res.status, code || `http_${res.status}`, message || text || res.statusText, details);
   }
   return data;
 }

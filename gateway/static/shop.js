@@ -132,6 +132,15 @@ export class Shop {
     return (this.product.skus || []).filter((s) => Object.entries(want).every(([k, v]) => s.attrs[k] === v));
   }
 
+  // choose `value` for option `name`, dropping the other choices no buyable SKU has with it
+  pick(name, value) {
+    this.chosen[name] = value;
+    const skus = (this.product.skus || []).filter((s) => s.attrs[name] === value && buyable(s));
+    for (const k of Object.keys(this.chosen)) {
+      if (k !== name && !skus.some((s) => s.attrs[k] === this.chosen[k])) delete this.chosen[k];
+    }
+  }
+
   selectedSku() {
     const p = this.product;
     if (!p) return null;
@@ -152,14 +161,17 @@ export class Shop {
     const groups = (p.options || []).map((o) => h("div", { class: "opt", dataset: { option: o.name } },
       h("div", { class: "small muted" }, o.name),
       h("div", { class: "chips" }, o.values.map((v) => {
-        const soldOut = !this.matching(o.name, v).some(buyable);
+        // sold out: no SKU with this value can be bought; "other": it can, but not with the
+        // other values chosen now (picking it drops those, as a shop's picker does)
+        const soldOut = !skus.some((s) => s.attrs[o.name] === v && buyable(s));
+        const other = !soldOut && !this.matching(o.name, v).some(buyable);
         const on = this.chosen[o.name] === v;
         return h("button", {
-          type: "button", class: `chip ${on ? "on" : ""}`, "aria-pressed": String(on), disabled: soldOut,
-          title: soldOut ? "sold out" : null, dataset: { value: v },
+          type: "button", class: `chip ${on ? "on" : ""} ${other ? "other" : ""}`, "aria-pressed": String(on), disabled: soldOut,
+          title: soldOut ? "sold out" : other ? "not with the options chosen: picking it clears them" : null, dataset: { value: v },
           onclick: () => {
             if (on) delete this.chosen[o.name];
-            else this.chosen[o.name] = v;
+            else this.pick(o.name, v);
             this.qty = 1;
             this.msg = "";
             this.renderProduct();
@@ -291,7 +303,8 @@ export class Shop {
         h("div", { class: "small" }, h("span", { class: "price-now small-price" }, money(l.unit_price)),
           l.list_price && l.list_price !== l.unit_price ? h("span", { class: "price-was" }, money(l.list_price)) : null,
           l.sale_id ? " ⚡ sale" : ""),
-        l.problem ? h("div", { class: "small bad-text line-problem" }, PROBLEMS[l.problem] || l.problem) : null),
+        l.problem ? h("div", { class: "small bad-text line-problem" },
+          l.problem === "sold_out" && l.available > 0 ? `Only ${fmtInt(l.available)} left` : PROBLEMS[l.problem] || l.problem) : null),
       h("span", { class: "row qty" },
         h("button", { type: "button", class: "step less", "aria-label": "one less", onclick: () => this.setQty(l, l.qty - 1) }, "−"),
         h("b", { class: "line-qty" }, String(l.qty)),
@@ -322,6 +335,7 @@ export class Shop {
     const soon = (c.ineligible || []).filter((x) => x.reason === "below_threshold")
       .map((x) => h("div", { class: "small muted" }, `Spend ${money(x.threshold - cart.subtotal)} more for ${this.couponText({ ...x, kind: x.kind || "full_reduction" })}`));
     const okLines = cart.lines.filter((l) => l.ok).length;
+    const blocked = okLines < cart.lines.length; // the checkout takes the whole cart: a refused line refuses it
     fill(box,
       orders,
       h("ul", { class: "list cart-lines" }, lines, gifts),
@@ -330,7 +344,8 @@ export class Shop {
       soon,
       discount ? h("div", { class: "row" }, h("span", { class: "grow muted" }, "Coupon"), h("b", { id: "cart-discount" }, `−${money(discount)}`)) : null,
       h("div", { class: "row" }, h("span", { class: "grow" }, "Total"), h("b", { class: "price-now", id: "cart-total" }, money(total))),
-      h("button", { type: "button", id: "checkout", class: "primary", disabled: !okLines, onclick: (ev) => this.checkoutCart(ev.target) }, `Checkout ${money(total)}`),
+      h("button", { type: "button", id: "checkout", class: "primary", disabled: !okLines || blocked, onclick: (ev) => this.checkoutCart(ev.target) }, `Checkout ${money(total)}`),
+      blocked ? h("div", { class: "small warn-text", id: "cart-blocked" }, "Change or remove the lines marked above to check out.") : null,
       h("div", { class: "small", id: "cart-msg" }, this.cartMsg));
   }
 
@@ -356,8 +371,8 @@ export class Shop {
       return order;
     } catch (e) {
       if (e.code !== "network") this.checkoutKey = null; // refused: nothing reserved, a new try is a new order
+      if (e.status === 409) await this.loadCart(); // the lines say why (sold out, over the limit, …)
       say(this.refusal(e));
-      if (e.status === 409) this.loadCart();
       return null;
     }
   }
@@ -414,8 +429,33 @@ export class Shop {
       $("#open-cart").hidden = true;
       return "Checkout at list price is not available on this server.";
     }
-    const what = e.sku ? ` (${e.sku})` : "";
-    return `${PROBLEMS[e.code] || e.message || e.code}${what}`;
+    const why = PROBLEMS[e.code] || e.message || e.code;
+    const line = e.status === 409 ? this.refusedLine(e) : null;
+    if (!line) return why;
+    const attrs = attrsText(line.attrs);
+    return `${why}: ${line.name || line.product_id}${attrs ? ` (${attrs})` : ""}. Nothing was ordered.`;
+  }
+
+  /** The line a checkout refusal names ({product_id, sku} in the error, or its message's
+   *  "product/sku: …"), from the cart or the product sheet; null if none. */
+  refusedLine(e) {
+    const d = e.details || {};
+    let pid = d.product_id;
+    let sku = d.sku;
+    if (!pid) {
+      const m = /^([A-Za-z0-9_.-]+)(?:\/([A-Za-z0-9_.-]+))?: /.exec(e.message || "");
+      if (!m) return null;
+      [pid, sku] = [m[1], m[2]];
+    }
+    const lines = (this.cart && this.cart.lines) || [];
+    const line = lines.find((l) => l.product_id === pid && (!sku || l.sku === sku)) || lines.find((l) => l.product_id === pid);
+    if (line) return line;
+    const p = this.product;
+    if (p && p.id === pid) {
+      const s = (p.skus || []).find((x) => x.id === sku);
+      return { product_id: pid, name: p.name, attrs: s ? s.attrs : {} };
+    }
+    return { product_id: pid, name: pid, attrs: {} };
   }
 }
 
