@@ -8,7 +8,8 @@
   connection after the gateway answered) is retried with the same key and gets the first
   answer, paying once; a 4xx and a call that is not safe to repeat are not retried;
 * ``/ws`` in JSON and msgpack: ``welcome``, replies to commands matched by id (``ack``,
-  ``order.reserved``, ``error`` frames as CommandError), events from ``batch`` frames;
+  ``order.reserved``, ``error`` frames as CommandError), events from ``batch`` frames; the
+  cart's commands (a refusal's line in CommandError's details);
   a refused token, a refused handshake and a flooding client's close are reported with
   their close code or status at once;
 * ``seq`` gaps, counted without I/O.
@@ -265,6 +266,32 @@ async def test_a_gateway_that_never_answers_exhausts_the_budget_with_a_transport
 
 
 # ---------------------------------------------------------------------------- /ws
+async def test_the_socket_reaches_the_cart(node: Node, token: Callable[..., str]) -> None:
+    room = f"r{uuid.uuid4().hex[:6]}"
+    async with Client(node.url, token("host1", "host", rooms=(room,))) as host:
+        await host.catalog_create({"id": "cup", "name": "Cup", "skus": [
+            {"id": "s", "attrs": {"size": "s"}, "price": 300, "stock": 2},
+            {"id": "l", "attrs": {"size": "l"}, "price": 400, "stock": 2}]})
+    live = await LiveSocket.connect(node.url, room, token("vc"), fmt="msgpack")
+    try:
+        assert (await live.cart_get())["lines"] == []
+        cart = await live.cart_add("cup", "s", qty=2)
+        assert [(ln["sku"], ln["qty"]) for ln in cart["lines"]] == [("s", 2)]
+        await live.cart_add("cup", "l")
+        assert [ln["qty"] for ln in (await live.cart_set("cup", "s", 1))["lines"]] == [1, 1]
+        assert [ln["sku"] for ln in (await live.cart_remove("cup", "l"))["lines"]] == ["s"]
+        order = await live.cart_checkout("c-1")
+        assert (order["amount"], order["duplicate"]) == (300, False)
+        assert (await live.cart_checkout("c-1"))["order_id"] == order["order_id"]
+        with pytest.raises(CommandError) as refused:
+            await live.cart_checkout("c-2", lines=[{"product_id": "cup", "sku": "l", "qty": 3}])
+        assert refused.value.code == "sold_out" and refused.value.details == {"product_id": "cup", "sku": "l"}
+        await live.cart_add("cup", "l")
+        assert (await live.cart_clear())["lines"] == []
+    finally:
+        await live.close()
+
+
 @pytest.mark.parametrize("fmt", ["json", "msgpack"])
 async def test_a_socket_gets_welcome_replies_by_id_and_events_from_batches(
         node: Node, token: Callable[..., str], fmt: Any) -> None:

@@ -62,8 +62,11 @@ settings.register_profile("lc-fuzz-live", max_examples=EXAMPLES or 200, deadline
 CONTRACT = {"bad_frame", "unknown_type", "invalid", "frame_too_big", "forbidden", "moderated", "rate_limited", "unauthorized"}
 ERRORS_TABLE = {"not_found", "conflict", "unavailable"}
 DOMAIN = {*get_args(Reject), *get_args(ClaimReject), *get_args(EntryReject), "insufficient_funds", "unknown_gift"}
+# the cart's commands answer their HTTP routes' codes (README, docs/commerce.md "Cart and checkout")
+CART = {"cart_full", "qty_too_large", "archived", "sku_archived", "no_product", "no_sku", "price_changed", "cart_empty",
+        "too_many_coupons", "coupon_not_usable", "order_exists", "idempotency_conflict", "idempotency_in_flight"}
 PARSER_CODES = {"bad_frame", "unknown_type", "invalid", "frame_too_big"}
-ALLOWED_CODES = CONTRACT | ERRORS_TABLE | DOMAIN
+ALLOWED_CODES = CONTRACT | ERRORS_TABLE | DOMAIN | CART
 CLOSE_CODES = {1009, 4429}  # transport limit; flooding
 
 # ============================================================================ strategies

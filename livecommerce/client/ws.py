@@ -280,6 +280,40 @@ class LiveSocket:
             d["password"] = password
         return await self._d("redpacket.grab", d)
 
+    async def cart_get(self) -> dict[str, Any]:
+        """The cart in this room (the ``Cart`` of ``GET /api/v1/rooms/{room}/cart``)."""
+        return await self._d("cart.get")
+
+    async def cart_add(self, product_id: str, sku: str | None = None, qty: int = 1) -> dict[str, Any]:
+        """Add units of a SKU (``sku`` None: the product's only one); the cart.
+        ``cart_full``, ``qty_too_large``, ``not_found``, ``archived``, ``sku_archived`` raise."""
+        d: dict[str, Any] = {"product_id": product_id, "qty": qty}
+        if sku is not None:
+            d["sku"] = sku
+        return await self._d("cart.add", d)
+
+    async def cart_set(self, product_id: str, sku: str, qty: int) -> dict[str, Any]:
+        """Set a line's quantity (0 removes it); the cart."""
+        return await self._d("cart.set", {"product_id": product_id, "sku": sku, "qty": qty})
+
+    async def cart_remove(self, product_id: str, sku: str) -> dict[str, Any]:
+        return await self._d("cart.remove", {"product_id": product_id, "sku": sku})
+
+    async def cart_clear(self) -> dict[str, Any]:
+        return await self._d("cart.clear")
+
+    async def cart_checkout(self, request_id: str, *, lines: list[dict[str, Any]] | None = None,
+                            coupon_ids: list[str] | None = None) -> dict[str, Any]:
+        """One order of the cart's lines (or ``lines``), reserved; the same ``request_id``
+        again answers the same order (``duplicate: true``). A refusal raises CommandError
+        with the code and, for a line, ``details`` ``product_id``/``sku``."""
+        d: dict[str, Any] = {"request_id": request_id}
+        if lines is not None:
+            d["lines"] = lines
+        if coupon_ids is not None:
+            d["coupon_ids"] = coupon_ids
+        return await self._d("cart.checkout", d)
+
     async def pin(self, product_id: str) -> dict[str, Any]:
         return await self._d("pin", {"product_id": product_id})
 
