@@ -330,7 +330,8 @@ OPENAPI_SCHEMAS: dict[str, J] = {
                                  "ineligible": arr({"type": "object"})}, ["proposed", "discount", "total"]),
                  "v": INT}, ["room", "lines", "gifts", "qty", "subtotal", "coupons", "v"],
                 desc="A viewer's cart in a room: each line with its current price (`unit_price`: the list price, or the live "
-                     "sale's), `available`, `limit`, `bought`, `subtotal`, `ok`/`problem`; the gifts it earns; the coupon "
+                     "sale's), `available`, `limit`, `bought` (what the user holds or bought of the SKU; a sale line: of the "
+                     "sale), `subtotal`, `ok`/`problem`; the gifts it earns; the coupon "
                      "proposal (at most one platform + one shop coupon)."),
     "CartOrder": obj({"order_id": ID, "room": ID, "state": STR, "lines": arr(obj({
         "n": INT, "product_id": ID, "sku": ID, "qty": INT, "unit_price": INT, "sale_id": nullable(ID),

@@ -187,10 +187,15 @@ class CartCheckout:
                      "unit_price": sku.price, "available": units.get(sku_id, SkuStock()).available,
                      "limit": sku.limit or None}
             sale = sales.get(pid)
-            if sale is not None:
+            if sale is not None:  # the sale's own count of the user's units (reserved + paid), its limit
+                try:
+                    had = await self.sales.bought(sale.sale_id, user)
+                except NotFound:
+                    had = 0
                 line |= {"unit_price": sale.price, "sale_id": sale.sale_id, "available": sale.remaining,
-                         "limit": sale.per_user_limit, "bought": None}
-                problem = "sold_out" if sale.remaining < qty else None
+                         "limit": sale.per_user_limit, "bought": had}
+                problem = "sold_out" if sale.remaining < qty else (
+                    "limit_reached" if had + qty > sale.per_user_limit else None)
             else:
                 why = decide_reserve(product.state, {s.id: (s.state == "archived", units.get(s.id, SkuStock()).available)
                                                      for s in product.skus}, [(sku_id, qty)],
