@@ -462,6 +462,7 @@ export class Shop {
 const PROBLEMS = {
   sold_out: "Sold out",
   limit_reached: "You reached the per-person limit for this item",
+  price_changed: "The price changed: check the new price and check out again",
   sku_archived: "This option is no longer sold",
   archived: "No longer sold",
   no_product: "No longer sold",
