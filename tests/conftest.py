@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from livecommerce.config import Settings
 from livecommerce.keys import Keys
 
-pytest_plugins = ["tests.fixtures_sql", "tests.fixtures_kafka", "tests.fixtures_gateway", "tests.fixtures_cluster"]
+pytest_plugins = ["tests.fixtures_sql", "tests.fixtures_kafka", "tests.fixtures_gateway", "tests.fixtures_cluster", "tests.pages_support"]
 
 
 def _probe(url: str) -> bool:

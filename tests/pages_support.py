@@ -11,8 +11,9 @@ overriding the ``dev_env`` fixture. Screenshots go to ``reports/screenshots/``.
 Without chromium (or the playwright package) the tests skip with the reason, except under
 ``CI=1`` where they fail: CI installs chromium from Debian's packages.
 
-A module uses the fixtures by importing them (``from tests.pages_support import browser,
-dev, dev_proc, dev_env  # noqa: F401``); pytest finds fixtures in the test module's names.
+The fixtures (``dev_env``, ``dev_proc``, ``browser``, ``dev``, ``ctx``, all per module)
+come as a plugin of ``tests/conftest.py``; a module imports the helpers (``Dev``, ``page``,
+``expect``, ``box``, ``SHOTS``, ``PHONE``, ``DESK``).
 """
 
 from __future__ import annotations

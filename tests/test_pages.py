@@ -12,183 +12,20 @@ Without chromium (or the playwright package) the tests skip with the reason, exc
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from livecommerce.alerts import ALERTS
-from tests.waiting import wait_until_sync
-
-ROOT = Path(__file__).resolve().parents[1]
-SHOTS = ROOT / "reports" / "screenshots"
-CHROMIUM = os.environ.get("LC_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-TIMEOUT_MS = 20_000  # generous: CI machines may be busy
+from tests.pages_support import SHOTS, Dev
+from tests.pages_support import expect as _expect
+from tests.pages_support import page as _page
 
 # a whole show in one test, on machines that may be busy: more than the suite's 120 s
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
-
-
-def _unavailable() -> str | None:
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "the playwright package is not installed (pip install -e '.[dev]')"
-    if not Path(CHROMIUM).exists():
-        return f"chromium not found at {CHROMIUM} (apt-get install chromium)"
-    return None
-
-
-@dataclass
-class Dev:
-    base: str
-    viewer: str
-    host: str
-    ops: str
-    cwd: Path
-    proc: subprocess.Popen[str]
-
-    def token(self, role: str, user: str, room: str | None = None) -> str:
-        """Another token from the dev process's secret (``livecommerce token`` in its directory)."""
-        cmd = [str(Path(sys.executable).with_name("livecommerce")), "token", "--role", role, "--user", user]
-        if room:
-            cmd += ["--room", room]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LC_")}
-        return subprocess.run(cmd, cwd=self.cwd, env=env, capture_output=True, text=True, check=True).stdout.strip()
-
-    def get(self, path: str, token: str | None = None) -> Any:
-        req = urllib.request.Request(self.base + path, headers={"Authorization": f"Bearer {token}"} if token else {})
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return json.loads(r.read())
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def dev_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subprocess.Popen[str], Path]]:
-    """``livecommerce dev`` spawned from a clean directory (the browser starts meanwhile), from
-    this checkout's code (``python -m``: the installed command may import another checkout)."""
-    reason = _unavailable()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"browser tests must run in CI: {reason}")
-        pytest.skip(reason)
-    cwd = tmp_path_factory.mktemp("dev")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LC_")}
-    env.update(LC_LOG_JSON="0", PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "livecommerce.cli", "dev", "--port", str(_free_port()), "--room", "demo"],
-        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
-        yield proc, cwd
-    finally:
-        _stop(proc)
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    """Ctrl-C, as a person stops it (the embedded Redis goes with it); kill if it hangs."""
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-@pytest.fixture(scope="module")
-def browser(dev_proc: Any) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        yield b
-        b.close()
-
-
-@pytest.fixture(scope="module")
-def dev(dev_proc: tuple[subprocess.Popen[str], Path], browser: Any) -> Iterator[Dev]:
-    """The running dev process: the URLs it printed, once it answers /readyz."""
-    proc, cwd = dev_proc
-    assert proc.stdout is not None
-    out = ""
-    urls: dict[str, str] = {}
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(urls) < 3:
-        line = proc.stdout.readline()
-        if not line:
-            proc.wait(5)
-            pytest.fail(f"livecommerce dev exited early:\n{out}")
-        out += line
-        for name in ("viewer page", "host console", "ops dashboard"):
-            m = re.match(rf"\s+{name}:\s+(\S+)", line)
-            if m:
-                urls[name] = m.group(1)
-    assert len(urls) == 3, f"the page URLs were not printed:\n{out}"
-    base = re.match(r"(http://[^/]+)", urls["viewer page"]).group(1)  # type: ignore[union-attr]
-    # drain the log so the process never blocks on a full pipe; it stays in the tmp dir
-    drain = subprocess.Popen(["cat"], stdin=proc.stdout, stdout=(cwd / "dev.log").open("w"))
-
-    def ready() -> bool:
-        try:
-            with urllib.request.urlopen(base + "/readyz", timeout=2) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
-
-    wait_until_sync(ready, timeout=60, interval=0.2, what="/readyz of `livecommerce dev` to answer 200")
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    yield Dev(base, urls["viewer page"], urls["host console"], urls["ops dashboard"], cwd, proc)
-    _stop(proc)
-    drain.wait(5)
-
-
-@pytest.fixture(scope="module")
-def ctx(browser: Any) -> Iterator[Any]:
-    """One browser context for the module's pages (each page has its own token in its URL)."""
-    c = browser.new_context(viewport={"width": 1360, "height": 900})
-    yield c
-    c.close()
-
-
-def _console_error(msg: Any, url: str, errors: list[str]) -> None:
-    """A console error is a page error (a style or script the CSP blocked, a missing file
-    such as the favicon), except an API call the server refused on purpose (a 4xx the page
-    shows as a message: a sold-out buy, a duplicate claim)."""
-    if msg.type != "error":
-        return
-    where = (msg.location or {}).get("url", "")
-    if "/api/" in where and "status of 4" in msg.text:
-        return
-    errors.append(f"{url.split('?')[0]}: console: {msg.text} ({where})")
-
-
-def _page(ctx: Any, url: str, errors: list[str]) -> Any:
-    page = ctx.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    page.on("pageerror", lambda e: errors.append(f"{url.split('?')[0]}: {e}"))
-    page.on("console", lambda m: _console_error(m, url, errors))
-    page.goto(url)
-    return page
 
 
 @pytest.fixture(scope="module")
@@ -215,13 +52,6 @@ def _colored_pixels_above_zero(page: Any, canvas_id: str, rgb: tuple[int, int, i
              return n; }""",
         [canvas_id, list(rgb)],
     ))
-
-
-def _expect() -> Any:
-    from playwright.sync_api import expect
-
-    expect.set_options(timeout=TIMEOUT_MS)
-    return expect
 
 
 def test_host_runs_a_whole_show_and_the_viewer_sees_each_step(ctx: Any, dev: Dev, ops_page: Any, browser: Any) -> None:

@@ -1,6 +1,6 @@
 """The shop in the pages (issue 19 part 7, issue 21's phone layout), in headless Debian
 chromium against ``livecommerce dev`` from this checkout (the harness of
-``tests/test_pages.py``), at a phone's 390x844 and a desktop's 1280x800:
+``tests/pages_support.py``), at a phone's 390x844 and a desktop's 1280x800:
 
 * the host console keeps the room's product list (小黄车) on the server: add, reorder, mark
   the item being explained (讲解中), remove; a second console tab sees each change as it
@@ -18,102 +18,50 @@ Screenshots go to ``reports/screenshots/`` (the README's come from here: ``docs/
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from livecommerce.payments import SIGNATURE_HEADER, sign_header
-from tests.test_pages import (  # noqa: F401  (fixtures)
-    SHOTS,
-    Dev,
-    _expect,
-    _free_port,
-    _page,
-    _stop,
-    _unavailable,
-    browser,
-    dev,
-)
+from tests.pages_support import DESK, PHONE, SHOTS, Dev, box
+from tests.pages_support import expect as _expect
+from tests.pages_support import page as _page
 
-ROOT = Path(__file__).resolve().parents[1]
 ROOM = "bagroom"
 HOST = "host9"
-PHONE = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True}
-DESK = {"viewport": {"width": 1280, "height": 800}}
 SECRET = "pages-test-webhook-secret-0123456789abcdef"  # the dev process verifies callbacks with it
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 @pytest.fixture(scope="module")
-def dev_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subprocess.Popen[str], Path]]:
-    """``livecommerce dev`` from this checkout, with a payment webhook secret (no provider:
-    callbacks are still verified and listed)."""
-    reason = _unavailable()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"browser tests must run in CI: {reason}")
-        pytest.skip(reason)
-    cwd = tmp_path_factory.mktemp("dev")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LC_")}
-    env.update(LC_LOG_JSON="0", PYTHONPATH=str(ROOT), LC_PAYMENT_WEBHOOK_SECRET=SECRET)
-    proc = subprocess.Popen([sys.executable, "-m", "livecommerce.cli", "dev", "--port", str(_free_port()), "--room", "demo"],
-                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        yield proc, cwd
-    finally:
-        _stop(proc)
-
-
-def _call(dev: Dev, method: str, path: str, token: str | None, body: Any = None,  # noqa: F811
-          headers: dict[str, str] | None = None, raw: bytes | None = None) -> tuple[int, Any]:
-    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    h = {"Content-Type": "application/json", **(headers or {})}
-    if token:
-        h["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(dev.base + path, data=data, headers=h, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read() or b"null")
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
+def dev_env() -> dict[str, str]:
+    """A payment webhook secret (no provider: callbacks are still verified and listed)."""
+    return {"LC_PAYMENT_WEBHOOK_SECRET": SECRET}
 
 
 @pytest.fixture(scope="module")
-def show(dev: Dev) -> dict[str, str]:  # noqa: F811
+def show(dev: Dev) -> dict[str, str]:
     """A live room of host9 with two products: a tee in three SKUs (one sold out) and a mug."""
     tok = dev.token("host", HOST, ROOM)
-    assert _call(dev, "POST", "/api/v1/rooms", tok, {"id": ROOM, "title": "Tee time"})[0] == 201
-    assert _call(dev, "POST", f"/api/v1/rooms/{ROOM}/live", tok)[0] == 200
+    assert dev.request("POST", "/api/v1/rooms", tok, {"id": ROOM, "title": "Tee time"})[0] == 201
+    assert dev.request("POST", f"/api/v1/rooms/{ROOM}/live", tok)[0] == 200
     tee = {"id": "tee", "name": "Cotton tee", "skus": [
         {"attrs": {"colour": "red", "size": "M"}, "price": 1999, "stock": 5},
         {"attrs": {"colour": "red", "size": "L"}, "price": 2099, "stock": 0},
         {"attrs": {"colour": "blue", "size": "M"}, "price": 2199, "stock": 3},
     ]}
-    assert _call(dev, "POST", "/api/v1/products", tok, tee)[0] == 201
-    assert _call(dev, "POST", "/api/v1/products", tok, {"id": "mug", "name": "Tea mug", "price": 990, "stock": 10})[0] == 201
+    assert dev.request("POST", "/api/v1/products", tok, tee)[0] == 201
+    assert dev.request("POST", "/api/v1/products", tok, {"id": "mug", "name": "Tea mug", "price": 990, "stock": 10})[0] == 201
     return {"host": tok, "host_url": f"{dev.base}/static/host.html?room={ROOM}&token={tok}"}
-
-
-def _box(page: Any, sel: str) -> dict[str, float]:
-    box = page.locator(sel).bounding_box()
-    assert box, f"{sel} has no box"
-    return dict(box)
 
 
 def _overlap(a: dict[str, float], b: dict[str, float]) -> bool:
     return a["x"] < b["x"] + b["width"] and b["x"] < a["x"] + a["width"] and a["y"] < b["y"] + b["height"] and b["y"] < a["y"] + a["height"]
 
 
-def test_the_host_keeps_the_rooms_list_on_the_server(browser: Any, dev: Dev, show: dict[str, str]) -> None:  # noqa: F811
+def test_the_host_keeps_the_rooms_list_on_the_server(browser: Any, dev: Dev, show: dict[str, str]) -> None:
     expect = _expect()
     errors: list[str] = []
     desk, phone = browser.new_context(**DESK), browser.new_context(**PHONE)
@@ -166,10 +114,10 @@ def test_the_host_keeps_the_rooms_list_on_the_server(browser: Any, dev: Dev, sho
         phone.close()
 
 
-def test_a_viewer_on_a_phone_shops_from_bottom_sheets(browser: Any, dev: Dev, show: dict[str, str]) -> None:  # noqa: F811
+def test_a_viewer_on_a_phone_shops_from_bottom_sheets(browser: Any, dev: Dev, show: dict[str, str]) -> None:
     expect = _expect()
     errors: list[str] = []
-    put = _call(dev, "PUT", f"/api/v1/rooms/{ROOM}/bag", show["host"], {"product_ids": ["tee", "mug"], "explaining": "tee"})
+    put = dev.request("PUT", f"/api/v1/rooms/{ROOM}/bag", show["host"], {"product_ids": ["tee", "mug"], "explaining": "tee"})
     assert put[0] == 200, put
     phone = browser.new_context(**PHONE)
     try:
@@ -179,11 +127,11 @@ def test_a_viewer_on_a_phone_shops_from_bottom_sheets(browser: Any, dev: Dev, sh
         expect(v.locator("#product-panel")).to_contain_text("Cotton tee")
         expect(v.locator("#product-panel")).to_contain_text("讲解中")
         expect(v.locator("#buy-list")).to_be_visible()
-        buy, stage, badge, card = _box(v, "#buy-list"), _box(v, "#stage"), _box(v, "#live-badge"), _box(v, "#product-panel")
+        buy, stage, badge, card = box(v, "#buy-list"), box(v, "#stage"), box(v, "#live-badge"), box(v, "#product-panel")
         assert buy["y"] + buy["height"] <= 844, buy  # no scrolling to buy
         assert stage["y"] <= card["y"] and card["y"] + card["height"] <= stage["y"] + stage["height"], (card, stage)  # over the video
         for sel in ("#product-panel", "#danmaku", "#gift-lane"):
-            assert not _overlap(_box(v, sel), badge), f"{sel} runs over the LIVE badge"
+            assert not _overlap(box(v, sel), badge), f"{sel} runs over the LIVE badge"
         assert v.evaluate("document.documentElement.scrollWidth") <= 390
         v.screenshot(path=str(SHOTS / "viewer-phone-explaining.png"), animations="disabled")
 
@@ -195,9 +143,9 @@ def test_a_viewer_on_a_phone_shops_from_bottom_sheets(browser: Any, dev: Dev, sh
         expect(sheet.locator("li.bag-item")).to_have_count(2)
         expect(sheet.locator("li.explaining")).to_have_attribute("data-product", "tee")
         expect(sheet.locator("li.explaining")).to_contain_text("讲解中")
-        assert _box(v, "#bag-sheet")["y"] + _box(v, "#bag-sheet")["height"] <= 844 + 1
+        assert box(v, "#bag-sheet")["y"] + box(v, "#bag-sheet")["height"] <= 844 + 1
         v.screenshot(path=str(SHOTS / "viewer-phone-bag.png"), animations="disabled")
-        assert _call(dev, "PUT", f"/api/v1/rooms/{ROOM}/bag/explaining", show["host"], {"product_id": "mug"})[0] == 200
+        assert dev.request("PUT", f"/api/v1/rooms/{ROOM}/bag/explaining", show["host"], {"product_id": "mug"})[0] == 200
         expect(sheet.locator("li.explaining")).to_have_attribute("data-product", "mug")
         sheet.locator(".sheet-close").click()
         expect(sheet).to_be_hidden()
@@ -229,7 +177,7 @@ def test_a_viewer_on_a_phone_shops_from_bottom_sheets(browser: Any, dev: Dev, sh
         gifts = v.locator("#gift-sheet")
         expect(gifts).to_be_visible()
         expect(gifts.locator("button[data-gift=rose]")).to_be_visible()
-        assert _box(v, "#gift-sheet")["y"] > _box(v, "#stage")["y"] + 100  # the video stays in view above it
+        assert box(v, "#gift-sheet")["y"] > box(v, "#stage")["y"] + 100  # the video stays in view above it
         v.screenshot(path=str(SHOTS / "viewer-phone-gifts.png"), animations="disabled")
         v.mouse.click(195, 200)
         expect(gifts).to_be_hidden()
@@ -239,16 +187,16 @@ def test_a_viewer_on_a_phone_shops_from_bottom_sheets(browser: Any, dev: Dev, sh
         phone.close()
 
 
-def test_a_viewer_on_a_desktop_opens_the_same_sheets(browser: Any, dev: Dev, show: dict[str, str]) -> None:  # noqa: F811
+def test_a_viewer_on_a_desktop_opens_the_same_sheets(browser: Any, dev: Dev, show: dict[str, str]) -> None:
     expect = _expect()
     errors: list[str] = []
     desk = browser.new_context(**DESK)
     try:
         v = _page(desk, f"{dev.base}/static/viewer.html?room={ROOM}&token={dev.token('viewer', 'shopper2')}", errors)
         expect(v.locator("#buy-list")).to_be_visible()
-        buy = _box(v, "#buy-list")
+        buy = box(v, "#buy-list")
         assert buy["y"] + buy["height"] <= 800, buy
-        assert not _overlap(_box(v, "#danmaku"), _box(v, "#live-badge"))
+        assert not _overlap(box(v, "#danmaku"), box(v, "#live-badge"))
         v.click("#open-bag")
         expect(v.locator("#bag-sheet li.bag-item")).to_have_count(2)
         v.locator("#bag-sheet li[data-product=tee] button.open-product").click()
@@ -269,15 +217,15 @@ def test_a_viewer_on_a_desktop_opens_the_same_sheets(browser: Any, dev: Dev, sho
         desk.close()
 
 
-def test_ops_picks_the_charts_range_and_reads_payment_callbacks(browser: Any, dev: Dev) -> None:  # noqa: F811
+def test_ops_picks_the_charts_range_and_reads_payment_callbacks(browser: Any, dev: Dev) -> None:
     expect = _expect()
     errors: list[str] = []
     # two callbacks: one signed with the webhook secret (verified; its intent is unknown), one not
     body = json.dumps({"id": "evt_pages_1", "type": "payment.succeeded", "created": int(time.time()),
                        "data": {"intent_id": "pi_x", "order_id": "o-nowhere", "amount": 1999, "currency": "CNY"}}).encode()
-    signed = _call(dev, "POST", "/api/v1/payments/webhook", None, raw=body,
+    signed = dev.request("POST", "/api/v1/payments/webhook", None, raw=body,
                    headers={SIGNATURE_HEADER: sign_header(SECRET, int(time.time()), body)})
-    forged = _call(dev, "POST", "/api/v1/payments/webhook", None, raw=body,
+    forged = dev.request("POST", "/api/v1/payments/webhook", None, raw=body,
                    headers={SIGNATURE_HEADER: sign_header("not-the-secret-" * 3, int(time.time()), body)})
     assert signed[0] == 400 and forged[0] == 401, (signed, forged)
     ops_url = f"{dev.base}/static/ops.html?token={dev.token('ops', 'ops9')}"
@@ -311,6 +259,6 @@ def test_ops_picks_the_charts_range_and_reads_payment_callbacks(browser: Any, de
         finally:
             ctx.close()
     # a range the picker does not offer is a 400 with a reason, not a 500
-    bad = _call(dev, "GET", "/api/v1/ops/series?range_s=7", dev.token("ops", "ops9"))
+    bad = dev.request("GET", "/api/v1/ops/series?range_s=7", dev.token("ops", "ops9"))
     assert bad[0] == 400 and bad[1]["error"]["code"] == "invalid", bad
     assert not errors, errors

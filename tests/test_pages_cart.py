@@ -24,17 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.pages_support import (  # noqa: F401 (fixtures)
-    PHONE,
-    SHOTS,
-    Dev,
-    browser,
-    dev,
-    dev_env,
-    dev_proc,
-    expect,
-    page,
-)
+from tests.pages_support import PHONE, SHOTS, Dev, expect, page
 from tests.waiting import wait_until_sync
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -44,14 +34,14 @@ BUYER = "cartfan"
 TIMES, MINUS = "\u00d7", "\u2212"  # as the page writes them
 
 
-def _stock(dev: Dev, pid: str) -> dict[str, int]:  # noqa: F811
+def _stock(dev: Dev, pid: str) -> dict[str, int]:
     """Each SKU's available units as the catalogue shows them, by its attrs joined."""
     got = dev.get(f"/api/v1/products/{pid}")
     return {"/".join(s["attrs"].values()) or s["id"]: int(s["stock"]) for s in got["skus"]}
 
 
 @pytest.fixture(scope="module")
-def show(dev: Dev) -> dict[str, str]:  # noqa: F811
+def show(dev: Dev) -> dict[str, str]:
     """A live room with a hoodie in two SKUs (blue M $28.00 x 3, red S $25.00 x 4), socks
     ($9.00 x 5), both in the room's list, and a shop coupon ($10 off $50+) dropped."""
     tok = dev.token("host", HOST, ROOM)
@@ -74,7 +64,7 @@ def _line(sheet: Any, pid: str, attrs: str | None = None) -> Any:
 
 
 def test_a_phone_viewer_fills_the_cart_checks_out_with_the_proposed_coupon_and_pays(
-        browser: Any, dev: Dev, show: dict[str, str]) -> None:  # noqa: F811
+        browser: Any, dev: Dev, show: dict[str, str]) -> None:
     ex = expect()
     errors: list[str] = []
     before = {"hoodie": _stock(dev, "hoodie"), "socks": _stock(dev, "socks")}
@@ -201,7 +191,7 @@ def test_a_phone_viewer_fills_the_cart_checks_out_with_the_proposed_coupon_and_p
 
 
 def test_a_line_sold_out_under_the_viewer_is_named_and_nothing_is_reserved(
-        browser: Any, dev: Dev, show: dict[str, str]) -> None:  # noqa: F811
+        browser: Any, dev: Dev, show: dict[str, str]) -> None:
     ex = expect()
     errors: list[str] = []
     token, rival = dev.token("viewer", "cartfan2"), dev.token("viewer", "rival")

@@ -2,106 +2,24 @@
 ops on a desktop) in a real browser against a real ``livecommerce dev`` of this checkout:
 the viewer adds an address, the host ships the paid order from the console, the viewer's
 page shows the parcel, ops mark it delivered, the viewer confirms receipt. Same harness as
-``tests/test_pages.py`` (Debian chromium through Playwright, no console error allowed).
+``tests/pages_support.py`` (Debian chromium through Playwright, no console error allowed).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.test_pages import ARGS, CHROMIUM, SHOTS, _expect, _free_port, _page, _stop, _unavailable
+from tests.pages_support import SHOTS, Dev
+from tests.pages_support import expect as _expect
+from tests.pages_support import page as _page
 from tests.waiting import wait_until_sync
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 PHONE = {"width": 390, "height": 844}
-
-
-@dataclass
-class Dev:
-    base: str
-    tokens: dict[str, str]
-
-    def call(self, method: str, path: str, token: str, body: Any = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.base + path, data=data, method=method,
-                                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=10) as r:
-                return json.loads(r.read())
-        except urllib.error.HTTPError as exc:
-            raise AssertionError(f"{method} {path}: {exc.code} {exc.read()!r}") from None
-
-
-@pytest.fixture(scope="module")
-def dev() -> Iterator[Dev]:
-    """``python -m livecommerce.cli dev`` of this checkout, from a clean directory."""
-    reason = _unavailable()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"browser tests must run in CI: {reason}")
-        pytest.skip(reason)
-    cwd = Path(os.environ.get("TMPDIR", "/tmp")) / f"lc-ship-{uuid.uuid4().hex[:8]}"
-    cwd.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LC_")}
-    env.update(LC_LOG_JSON="0", PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "livecommerce.cli", "dev", "--port", str(_free_port()), "--room", "demo"],
-                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        assert proc.stdout is not None
-        out, toks = "", {}
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and len(toks) < 3:
-            line = proc.stdout.readline()
-            if not line:
-                pytest.fail(f"livecommerce dev exited early:\n{out}")
-            out += line
-            m = re.match(r"\s+(viewer|host|ops):\s+(\S+)$", line)
-            if m:
-                toks[m.group(1)] = m.group(2)
-            b = re.match(r"\s+viewer page:\s+(http://[^/]+)", line)
-            if b:
-                base = b.group(1)
-        assert len(toks) == 3, out
-        drain = subprocess.Popen(["cat"], stdin=proc.stdout, stdout=(cwd / "dev.log").open("w"))
-
-        def ready() -> bool:
-            try:
-                with urllib.request.urlopen(base + "/readyz", timeout=2) as r:
-                    return bool(r.status == 200)
-            except OSError:
-                return False
-
-        wait_until_sync(ready, timeout=60, interval=0.2, what="/readyz of `livecommerce dev`")
-        SHOTS.mkdir(parents=True, exist_ok=True)
-        yield Dev(base, toks)
-    finally:
-        _stop(proc)
-    drain.wait(5)
-
-
-@pytest.fixture(scope="module")
-def browser(dev: Dev) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        yield b
-        b.close()
 
 
 def test_a_viewer_tracks_an_order_the_host_ships_and_ops_deliver(dev: Dev, browser: Any) -> None:

@@ -1,57 +1,20 @@
 """Follower reach in the pages, in headless Debian chromium against ``livecommerce dev`` (the
-harness of ``tests/test_pages.py``; this module starts the dev process from this checkout's
+harness of ``tests/pages_support.py``; this module starts the dev process from this checkout's
 code): the host publishes a schedule from the console; a viewer on a phone-sized page follows
 the host and sets a reminder; the host goes live; the viewer's bell counts the ``host.live``
 notice, the list shows it, Mark all read clears the count."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.test_pages import (  # noqa: F401  (fixtures)
-    SHOTS,
-    Dev,
-    _expect,
-    _free_port,
-    _page,
-    _stop,
-    _unavailable,
-    browser,
-    dev,
-)
+from tests.pages_support import SHOTS, Dev
+from tests.pages_support import expect as _expect
+from tests.pages_support import page as _page
 from tests.waiting import wait_until_sync
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-@pytest.fixture(scope="module")
-def dev_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subprocess.Popen[str], Path]]:
-    """``livecommerce dev`` from this checkout (``python -m livecommerce.cli``: the installed
-    command may import another checkout's pages)."""
-    reason = _unavailable()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"browser tests must run in CI: {reason}")
-        pytest.skip(reason)
-    cwd = tmp_path_factory.mktemp("dev")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LC_")}
-    env.update(LC_LOG_JSON="0", PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "livecommerce.cli", "dev", "--port", str(_free_port()), "--room", "demo"],
-                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        yield proc, cwd
-    finally:
-        _stop(proc)
-
-
-def test_a_follower_on_a_phone_hears_the_host_go_live_and_reads_the_inbox(browser: Any, dev: Dev) -> None:  # noqa: F811
+def test_a_follower_on_a_phone_hears_the_host_go_live_and_reads_the_inbox(browser: Any, dev: Dev) -> None:
     expect = _expect()
     errors: list[str] = []
     room = "reachroom"

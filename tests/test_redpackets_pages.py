@@ -2,46 +2,22 @@
 the host console drops a packet (desktop), a viewer on a phone (390x844) sees it under the
 stage, grabs it with a thumb-sized button, commenting a password packet's password grabs it
 too, and the end's summary (best luck, a link to the verifiable record) appears once the
-keeper ends it. Uses the harness of ``tests/test_pages.py``."""
+keeper ends it. Uses the harness of ``tests/pages_support.py``."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.test_pages import _expect as expect_
-from tests.test_pages import _free_port, _page, _stop, _unavailable, browser, ctx, dev  # noqa: F401 (fixtures)
+from tests.pages_support import expect as expect_
+from tests.pages_support import page as _page
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def dev_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subprocess.Popen[str], Path]]:
-    """``livecommerce dev`` of this checkout (``python -m`` with the checkout first on the path)."""
-    reason = _unavailable()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"browser tests must run in CI: {reason}")
-        pytest.skip(reason)
-    cwd = tmp_path_factory.mktemp("dev")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LC_")}
-    env["LC_LOG_JSON"] = "0"
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.Popen([sys.executable, "-m", "livecommerce.cli", "dev", "--port", str(_free_port()), "--room", "demo"],
-                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        yield proc, cwd
-    finally:
-        _stop(proc)
 
 
 def _post(base: str, path: str, token: str, body: dict[str, Any]) -> tuple[int, Any]:
@@ -51,7 +27,7 @@ def _post(base: str, path: str, token: str, body: dict[str, Any]) -> tuple[int, 
         return r.status, json.loads(r.read())
 
 
-def test_the_host_drops_a_red_packet_and_a_phone_viewer_grabs_it(browser: Any, ctx: Any, dev: Any) -> None:  # noqa: F811
+def test_the_host_drops_a_red_packet_and_a_phone_viewer_grabs_it(browser: Any, ctx: Any, dev: Any) -> None:
     expect = expect_()
     room, host_user = "rp", "rphost"
     host_tok = dev.token("host", host_user, room)

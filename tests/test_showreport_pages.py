@@ -3,47 +3,23 @@
 (390x844) and the end card shows the report in human units ("42 min"-style duration, GMV in
 the currency, rates in percent) without overflowing the screen; the desktop console shows the
 same card after a reload, and its Earnings panel the host's statement with a CSV download.
-Uses the harness of ``tests/test_pages.py``."""
+Uses the harness of ``tests/pages_support.py``."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.test_pages import _expect as expect_
-from tests.test_pages import _free_port, _page, _stop, _unavailable, browser, ctx, dev  # noqa: F401 (fixtures)
+from tests.pages_support import expect as expect_
+from tests.pages_support import page as _page
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def dev_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subprocess.Popen[str], Path]]:
-    """``livecommerce dev`` of this checkout (``python -m`` with the checkout first on the path)."""
-    reason = _unavailable()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"browser tests must run in CI: {reason}")
-        pytest.skip(reason)
-    cwd = tmp_path_factory.mktemp("dev")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LC_")}
-    env["LC_LOG_JSON"] = "0"
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.Popen([sys.executable, "-m", "livecommerce.cli", "dev", "--port", str(_free_port()), "--room", "demo"],
-                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        yield proc, cwd
-    finally:
-        _stop(proc)
 
 
 def _post(base: str, path: str, token: str, body: dict[str, Any]) -> tuple[int, Any]:
@@ -59,7 +35,7 @@ def _stat(page: Any, label: str) -> str:
                .inner_text())
 
 
-def test_the_host_ends_a_show_on_a_phone_and_the_end_card_shows_the_report(browser: Any, ctx: Any, dev: Any) -> None:  # noqa: F811
+def test_the_host_ends_a_show_on_a_phone_and_the_end_card_shows_the_report(browser: Any, ctx: Any, dev: Any) -> None:
     expect = expect_()
     room, host_user = "report", "rephost"
     host_tok, ops_tok, fan_tok = dev.token("host", host_user, room), dev.token("ops", "ops7"), dev.token("viewer", "fan7")
