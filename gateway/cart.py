@@ -365,7 +365,7 @@ OPENAPI_PATHS: dict[str, dict[str, J]] = {
         "post": op("Check out: one order of every line, all or nothing", tag="cart", auth=_VIEWER, params=[P_ROOM, H_IDEM],
                    body=obj({"lines": {**arr(_LINE_IN), "maxItems": 50}, "coupon_ids": {**arr(STR), "maxItems": 2}}, [],
                             extra=False),
-                   ok=("201", ref("CartOrder"), "the order, reserved (200 with `duplicate: true` for a retry)"),
+                   ok=("201", ref("CartOrder"), "the order, reserved; a retry with the same key and body replays this answer (header `Idempotent-Replayed: true`), or answers 200 with `duplicate: true` when the first answer was not kept"),
                    errors=(404, 409, 422),
                    desc="`Idempotency-Key` is required (400 `idempotency_key_required`): the same key and body answer the "
                         "same order. Without `lines`, the cart's lines; without `coupon_ids`, the proposal (`[]`: none). "
