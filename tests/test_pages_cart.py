@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.pages_support import PHONE, SHOTS, Dev, expect, page
+from tests.pages_support import PHONE, SHOTS, Dev, box, expect, page
 from tests.waiting import wait_until_sync
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -56,6 +56,20 @@ def show(dev: Dev) -> dict[str, str]:
     dev.call("POST", f"/api/v1/rooms/{ROOM}/coupons", tok, {"id": "shop10", "kind": "full_reduction", "threshold": 5000,
                                                             "value": 1000, "quantity": 20, "expires_in_s": 3600})
     return {"host": tok}
+
+
+def _thumb_sized(p: Any, sheet: str) -> None:
+    """Every control of the open sheet at least 44 px high, nothing wider than the sheet, no
+    line's text cut off."""
+    small = p.evaluate("""(sel) => [...document.querySelectorAll(`${sel} button, ${sel} select, ${sel} a`)]
+        .filter((e) => e.offsetParent !== null && e.getBoundingClientRect().height < 44)
+        .map((e) => `${e.textContent.trim() || e.getAttribute('aria-label')}: ${e.getBoundingClientRect().height}px`)""", sheet)
+    assert small == [], small
+    wide = p.evaluate("""(sel) => { const s = document.querySelector(sel);
+        return [s, ...s.querySelectorAll('li, .row, b')].filter((e) => e.scrollWidth > e.clientWidth + 1)
+          .map((e) => `${e.tagName}.${e.className}: ${e.scrollWidth} > ${e.clientWidth}`); }""", sheet)
+    assert wide == [], wide
+    assert box(p, sheet)["width"] <= 390
 
 
 def _line(sheet: Any, pid: str, attrs: str | None = None) -> Any:
@@ -96,6 +110,8 @@ def test_a_phone_viewer_fills_the_cart_checks_out_with_the_proposed_coupon_and_p
         ps.get_by_role("button", name="one more").click()
         ex(ps.locator("#sku-qty")).to_have_text("2")
         ex(ps.locator("#buy-now")).to_have_text("Buy now $56.00")
+        _thumb_sized(v, "#product-sheet")
+        v.screenshot(path=str(SHOTS / "viewer-phone-sku-qty.png"), animations="disabled")
         ps.locator("#add-to-cart").click()
         ex(ps.locator("#sku-msg")).to_have_text(f"Added 2 {TIMES} blue · M to your cart")
         ex(v.locator("#cart-count")).to_have_text("2")
@@ -151,6 +167,7 @@ def test_a_phone_viewer_fills_the_cart_checks_out_with_the_proposed_coupon_and_p
         ex(cart.locator("#cart-total")).to_have_text("$64.00")
         ex(cart.locator("#checkout")).to_have_text("Checkout $64.00")
         v.screenshot(path=str(SHOTS / "viewer-phone-cart.png"), animations="disabled")
+        _thumb_sized(v, "#cart-sheet")
 
         # checkout: the order reserved with its amount, the cart empty
         cart.locator("#checkout").click()
@@ -168,6 +185,8 @@ def test_a_phone_viewer_fills_the_cart_checks_out_with_the_proposed_coupon_and_p
         order.get_by_role("button", name="Pay $64.00").click()
         ex(order.locator(".pill.ok")).to_have_text("Paid ✓ $64.00")
         ex(order).to_contain_text("Paid: the host ships it")
+        v.screenshot(path=str(SHOTS / "viewer-phone-cart-paid.png"), animations="disabled")
+        _thumb_sized(v, "#cart-sheet")
         ex(v.locator(f"#orders .order[data-order='{oid}'] .pill.ok")).to_have_text("Paid ✓ $64.00")
 
         # the API agrees: paid, subtotal - discount; the stock went down by the units bought

@@ -200,7 +200,7 @@ export class Shop {
         h("button", { type: "button", class: "step", "aria-label": "one less", disabled: this.qty <= 1, onclick: () => { this.qty -= 1; this.renderProduct(); } }, "−"),
         h("b", { id: "sku-qty" }, String(this.qty)),
         h("button", { type: "button", class: "step", "aria-label": "one more", disabled: !sku || this.qty >= max, onclick: () => { this.qty += 1; this.renderProduct(); } }, "+")),
-      h("div", { class: "row" },
+      h("div", { class: "row sheet-actions" },
         h("button", { type: "button", id: "add-to-cart", class: "grow", disabled: !can, onclick: (ev) => this.addToCart(sku, ev.target) }, "Add to cart"),
         h("button", { type: "button", id: "buy-now", class: "primary grow", disabled: !can, onclick: (ev) => this.buyNow(sku, ev.target) },
           sku && stock > 0 ? `Buy now ${money(sku.price * this.qty)}` : "Buy now")),
@@ -299,7 +299,7 @@ export class Shop {
     }
     const lines = cart.lines.map((l) => h("li", { class: `cart-line ${l.ok ? "" : "problem"}`, dataset: { product: l.product_id, sku: l.sku } },
       thumb(l.image, "thumb small-thumb"),
-      h("span", { class: "grow" }, h("b", {}, l.name || l.product_id), h("div", { class: "small muted" }, attrsText(l.attrs) || l.sku),
+      h("span", { class: "grow" }, h("b", {}, l.name || l.product_id), h("div", { class: "small muted" }, attrsText(l.attrs)),
         h("div", { class: "small" }, h("span", { class: "price-now small-price" }, money(l.unit_price)),
           l.list_price && l.list_price !== l.unit_price ? h("span", { class: "price-was" }, money(l.list_price)) : null,
           l.sale_id ? " ⚡ sale" : ""),
