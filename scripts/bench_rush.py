@@ -66,6 +66,47 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def start_node(a: argparse.Namespace, *, port: int, prefix: str, db: str, secret: str,
+               kafka: str | None = None) -> tuple[list[subprocess.Popen[bytes]], dict[str, str]]:
+    """One `livecommerce gateway` on ``port`` and one `livecommerce worker orders`, on a
+    throw-away key prefix and database, after `db upgrade` (``--env`` settings applied)."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LC_")},
+           "LC_REDIS_URL": a.redis, "LC_KEY_PREFIX": prefix, "LC_DATABASE_URL": db, "LC_SECRET": secret,
+           "LC_LOG_LEVEL": "WARNING", "LC_MAX_CONNS_PER_IP": "100000", "LC_NODE_ID": "rush-gw"}
+    env.update(dict(kv.split("=", 1) for kv in a.env))
+    if kafka:
+        env.update(LC_KAFKA_BOOTSTRAP=kafka, LC_KAFKA_IDEMPOTENT="0", LC_KAFKA_SESSION_TIMEOUT_MS="2000",
+                   LC_KAFKA_PARTITIONS="3")
+    exe = str(Path(sys.executable).with_name("livecommerce"))
+    # the schema of the code the gateway runs (--env PYTHONPATH=<another checkout> measures that one)
+    subprocess.run([exe, "db", "upgrade"], env=env, check=True, stdout=subprocess.DEVNULL)
+    procs = [subprocess.Popen([exe, "gateway", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+             subprocess.Popen([exe, "worker", "orders"], env={**env, "LC_NODE_ID": "rush-w"}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)]
+    return procs, env
+
+
+def stop_node(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+async def wait_ready(h: aiohttp.ClientSession, base: str) -> None:
+    for _ in range(300):
+        try:
+            if (await h.get(base + "/readyz")).status == 200:
+                return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.1)
+    raise SystemExit(f"the gateway at {base} did not get ready in 30 s")
+
+
 def raise_nofile() -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -476,14 +517,51 @@ def start_kafka(workdir: Path) -> tuple[Any, str]:
 
 
 # ------------------------------------------------------------------ the run
-async def cart_storm(a: argparse.Namespace) -> int:
-    """``--cart``: N buyers check out multi-SKU carts at once (the library's CartCheckout on
-    this Redis, the durable log on Redis): checkouts/s, p50/p99 of one checkout, and the
-    invariants (per SKU stocked == available + reserved + sold, reserved == the accepted
-    orders' lines, every refusal held nothing, per-user limits held)."""
-    import random
-    import uuid
+CART_PRODUCTS = ("p1", "p2", "p3")
+CART_SKUS = ("s1", "s2", "s3")
+CART_LIMIT = 4  # per user per SKU
 
+
+def cart_plan(a: argparse.Namespace) -> tuple[int, list[list[tuple[str, str, int]]], list[str]]:
+    """The storm's stock per SKU, each buyer's 3-line cart (1-2 units of 3 of the 9 SKUs) and
+    user (two buyers share a user, so per-user limits are contended): the same for the
+    gateway run and its in-process ceiling."""
+    import random
+
+    per_sku = max(1, a.stock // 9)
+    rng = random.Random(7)
+    pairs = [(p, s) for p in CART_PRODUCTS for s in CART_SKUS]
+    carts = [[(p, s, rng.randint(1, 2)) for p, s in rng.sample(pairs, 3)] for _ in range(a.buyers)]
+    users = [f"u{i % (a.buyers // 2 or 1)}" for i in range(a.buyers)]
+    return per_sku, carts, users
+
+
+def cart_invariants(units: dict[tuple[str, str], Any], won: list[tuple[str, list[tuple[str, str, int]]]]) -> dict[str, bool]:
+    """Per SKU stocked == available + reserved + sold, reserved == the accepted orders' lines,
+    no user past the per-SKU limit. ``units``: (product, sku) -> {available, reserved, sold,
+    stocked}; ``won``: (user, lines) of each accepted order."""
+    held: dict[tuple[str, str], int] = {}
+    per_user: dict[tuple[str, str, str], int] = {}
+    for user, lines in won:
+        for pid, sku, qty in lines:
+            held[(pid, sku)] = held.get((pid, sku), 0) + qty
+            per_user[(user, pid, sku)] = per_user.get((user, pid, sku), 0) + qty
+    return {
+        "stock_conserved": all(u["stocked"] == u["available"] + u["reserved"] + u["sold"] and u["available"] >= 0
+                               for u in units.values()),
+        "reserved_equals_accepted_lines": all(u["reserved"] + u["sold"] == held.get(k, 0) for k, u in units.items()),
+        "per_user_limits_held": all(v <= CART_LIMIT for v in per_user.values()),
+    }
+
+
+def pct_ms(xs: list[float], p: float) -> float | None:
+    return round(xs[min(len(xs) - 1, int(p * len(xs)))] * 1000, 1) if xs else None
+
+
+async def cart_library_storm(a: argparse.Namespace) -> dict[str, Any]:
+    """The same-run ceiling of ``--cart``: the same carts checked out by the library's
+    CartCheckout in this process on this Redis (the log on Redis), 48 in flight, no gateway,
+    no socket: what the checkout's Redis work alone allows."""
     import redis.asyncio as aioredis
 
     from livecommerce.cart import Line, cart_order_id
@@ -493,21 +571,17 @@ async def cart_storm(a: argparse.Namespace) -> int:
     from livecommerce.keys import Keys
     from livecommerce.log_redis import RedisLog
 
+    per_sku, carts, users = cart_plan(a)
     r = aioredis.Redis.from_url(a.redis, max_connections=64)
     keys = Keys(f"cb{uuid.uuid4().hex[:8]}")
     cat = RedisCatalog(r, keys)
     now = int(time.time() * 1000)
-    skus = ["s1", "s2", "s3"]
-    per_sku = max(1, a.stock // 9)
-    for p in ("p1", "p2", "p3"):
-        prod = Product(p, "h", p, tuple(Sku(s, (("v", s),), 100 * (i + 1), limit=4) for i, s in enumerate(skus)))
-        await cat.put(prod, expected_v=0, initial_stock={s: per_sku for s in skus}, now_ms=now)
+    for p in CART_PRODUCTS:
+        prod = Product(p, "h", p, tuple(Sku(s, (("v", s),), 100 * (i + 1), limit=CART_LIMIT) for i, s in enumerate(CART_SKUS)))
+        await cat.put(prod, expected_v=0, initial_stock={s: per_sku for s in CART_SKUS}, now_ms=now)
     cart = CartCheckout(r, keys, RedisLog(r, keys))
-    rng = random.Random(7)
-    carts = [[Line(p, s, rng.randint(1, 2)) for p, s in rng.sample([(p, s) for p in ("p1", "p2", "p3") for s in skus], 3)]
-             for _ in range(a.buyers)]
     lat: list[float] = []
-    won: list[Any] = []
+    won: list[tuple[str, list[tuple[str, str, int]]]] = []
     refused: dict[str, int] = {}
     gate = asyncio.Semaphore(48)  # checkouts in flight (one connection each at a time)
 
@@ -515,38 +589,157 @@ async def cart_storm(a: argparse.Namespace) -> int:
         async with gate:
             t = time.perf_counter()
             try:
-                o, _ = await cart.checkout(user=f"u{i % (a.buyers // 2 or 1)}", room="r", order_id=cart_order_id(f"u{i}", "k"),
-                                           lines=carts[i], coupon_ids=[], sales={}, now_ms=now)
-                won.append(o)
+                o, _ = await cart.checkout(user=users[i], room="r", order_id=cart_order_id(users[i], f"k{i}"),
+                                           lines=[Line(*ln) for ln in carts[i]], coupon_ids=[], sales={}, now_ms=now)
+                won.append((o.user, [(ln.product_id, ln.sku, ln.qty) for ln in o.lines]))
             except CheckoutRefused as exc:
                 refused[exc.code] = refused.get(exc.code, 0) + 1
             lat.append(time.perf_counter() - t)
 
-    t0 = time.perf_counter()
-    await asyncio.gather(*(one(i) for i in range(a.buyers)))
-    wall = time.perf_counter() - t0
-    held: dict[str, int] = {}
-    per_user: dict[tuple[str, str], int] = {}
-    for o in won:
-        for ln in o.lines:
-            held[f"{ln.product_id}/{ln.sku}"] = held.get(f"{ln.product_id}/{ln.sku}", 0) + ln.qty
-            per_user[(o.user, f"{ln.product_id}/{ln.sku}")] = per_user.get((o.user, f"{ln.product_id}/{ln.sku}"), 0) + ln.qty
-    ok = True
-    for p in ("p1", "p2", "p3"):
-        got = await cat.read(p)
-        assert got is not None
-        for s, u in got[1].items():
-            ok = ok and u.conserved and u.reserved == held.get(f"{p}/{s}", 0) and u.available >= 0
-    ok = ok and all(v <= 4 for v in per_user.values())
+    try:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(a.buyers)))
+        wall = time.perf_counter() - t0
+        units: dict[tuple[str, str], Any] = {}
+        for p in CART_PRODUCTS:
+            got = await cat.read(p)
+            assert got is not None
+            units |= {(p, s): u.to_dict() for s, u in got[1].items()}
+    finally:
+        async for k in r.scan_iter(match=f"{keys.prefix}:*", count=1000):
+            await r.delete(k)
+        await r.aclose()
     lat.sort()
-    print(f"cart storm: {a.buyers} buyers, 3-line carts over 9 SKUs ({per_sku} units each): {len(won)} orders, "
-          f"refused {refused}; {a.buyers / wall:,.0f} checkouts/s over {wall:.2f} s; "
-          f"p50 {lat[len(lat) // 2] * 1000:.1f} ms p99 {lat[int(len(lat) * 0.99)] * 1000:.1f} ms; invariants "
-          f"{'held' if ok else 'BROKEN'} (stocked == available + reserved + sold, reserved == accepted lines, limits)")
-    async for k in r.scan_iter(match=f"{keys.prefix}:*", count=1000):
-        await r.delete(k)
-    await r.aclose()
-    return 0 if ok else 1
+    return {"orders": len(won), "refused": refused, "checkouts_per_s": round(a.buyers / wall, 1), "wall_s": round(wall, 3),
+            "reply_ms": {"p50": pct_ms(lat, 0.5), "p99": pct_ms(lat, 0.99)}, "invariants": cart_invariants(units, won)}
+
+
+async def _cart_buyer(h: aiohttp.ClientSession, url: str, lines: list[tuple[str, str, int]], rid: str,
+                      opening: asyncio.Semaphore, go: asyncio.Event, ready: list[int]) -> tuple[str, float, dict[str, Any] | None]:
+    """One buyer: connect (``opening`` bounds the handshakes in flight), read the welcome,
+    wait for ``go``, send ``cart.checkout``, and return (``ack`` or the error code, seconds
+    from the send to the answer, the order)."""
+    async with opening:
+        ws = await h.ws_connect(url, max_msg_size=0)
+        first = json.loads((await ws.receive(timeout=60)).data)
+    try:
+        if first.get("t") != "welcome":
+            return f"no_welcome:{first.get('t')}", 0.0, None
+        ready[0] += 1
+        await go.wait()
+        t = time.perf_counter()
+        await ws.send_str(json.dumps({"t": "cart.checkout", "id": 1, "d": {
+            "lines": [{"product_id": p, "sku": s, "qty": q} for p, s, q in lines], "coupon_ids": [], "request_id": rid}}))
+        while True:
+            msg = await ws.receive(timeout=60)
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                return f"closed:{msg.type.name}", time.perf_counter() - t, None
+            f = json.loads(msg.data)
+            for e in f["items"] if f.get("t") == "batch" else [f]:
+                if e.get("id") == 1 and e.get("t") in ("ack", "error"):
+                    dt = time.perf_counter() - t
+                    if e["t"] == "ack":
+                        return "ack", dt, e["d"]
+                    return str(e["d"].get("code")), dt, None
+    finally:
+        await ws.close()
+
+
+async def cart_storm(a: argparse.Namespace) -> int:
+    """``--cart``: B buyers connected to a real gateway over WebSockets (JSON frames) send
+    ``cart.checkout`` of a 3-line cart at once (9 SKUs of 3 products, each with stock/9
+    units and a per-user limit of 4; two buyers per user): checkouts/s (B over the time from
+    the first send to the last answer), reply p50/p99, answers by kind, the gateway's CPU;
+    the invariants read back over HTTP (per SKU stocked == available + reserved + sold,
+    reserved == the accepted orders' lines, limits held, every buyer answered); and the
+    same-run ceiling: the same carts through the library's CartCheckout in this process
+    (no gateway, no socket)."""
+    raise_nofile()
+    per_sku, carts, users = cart_plan(a)
+    prefix = "bc" + uuid.uuid4().hex[:8]
+    tmp = Path(tempfile.mkdtemp(prefix="bench_cart_"))
+    secret = uuid.uuid4().hex * 2
+    port = free_port()
+    load_before = os.getloadavg()
+    procs, _ = start_node(a, port=port, prefix=prefix, db=f"sqlite+aiosqlite:///{tmp}/cart.db", secret=secret)
+    base = f"http://127.0.0.1:{port}"
+    now_s = int(time.time())
+    host = {"Authorization": "Bearer " + issue_token(secret, user="h", role="host", rooms=("r",), now_s=now_s, ttl_s=3600)}
+    out: dict[str, Any] = {"buyers": a.buyers, "units_per_sku": per_sku, "skus": 9, "lines_per_cart": 3}
+    results: list[tuple[str, float, dict[str, Any] | None]] = []
+    try:
+        conn = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=conn) as h:
+            await wait_ready(h, base)
+            for p in CART_PRODUCTS:
+                body = {"id": p, "name": p, "skus": [{"id": s, "attrs": {"v": s}, "price": 100 * (i + 1), "stock": per_sku,
+                                                      "limit": CART_LIMIT} for i, s in enumerate(CART_SKUS)]}
+                r = await h.post(base + "/api/v1/products", json=body, headers=host)
+                assert r.status == 201, await r.text()
+            go = asyncio.Event()
+            ready = [0]
+            opening = asyncio.Semaphore(200)
+
+            async def buyer(i: int) -> tuple[str, float, dict[str, Any] | None]:
+                tok = issue_token(secret, user=users[i], role="viewer", now_s=now_s, ttl_s=3600)
+                return await _cart_buyer(h, f"ws://127.0.0.1:{port}/ws?room=r&token={tok}&format=json", carts[i],
+                                         f"k{i}", opening, go, ready)
+
+            tasks = [asyncio.create_task(buyer(i)) for i in range(a.buyers)]
+            t_conn = time.monotonic()
+            while ready[0] < a.buyers and time.monotonic() - t_conn < 120 and not all(x.done() for x in tasks):
+                print(f"\r  connecting buyers {ready[0]:,}/{a.buyers:,}", end="", flush=True)
+                await asyncio.sleep(0.2)
+            print(f"\r  {ready[0]:,} buyers connected in {time.monotonic() - t_conn:.1f} s; checking out", flush=True)
+            cpu = CpuSampler(procs[0].pid)
+            cpu.start()
+            t0, w0 = time.perf_counter(), time.time()
+            go.set()
+            results = list(await asyncio.gather(*tasks))
+            wall, w1 = time.perf_counter() - t0, time.time()
+            cpu.stop()
+            units: dict[tuple[str, str], Any] = {}
+            for p in CART_PRODUCTS:
+                r = await h.get(f"{base}/api/v1/products/{p}", headers=host)
+                units |= {(p, s["id"]): s["units"] for s in (await r.json())["skus"]}
+        kinds: dict[str, int] = {}
+        for k, _, _ in results:
+            kinds[k] = kinds.get(k, 0) + 1
+        won = [(str(o["order_id"]), [(ln["product_id"], ln["sku"], ln["qty"]) for ln in o["lines"]])
+               for k, _, o in results if k == "ack" and o is not None]
+        by_order = {oid: lines for oid, lines in won}
+        inv = cart_invariants(units, [(users[i], by_order[o["order_id"]]) for i, (k, _, o) in enumerate(results)
+                                      if k == "ack" and o is not None])
+        inv["every_buyer_answered"] = all(k == "ack" or k in ("sold_out", "limit_reached") for k, _, _ in results)
+        lat = sorted(dt for _, dt, _ in results)
+        out.update(answers=kinds, orders=len(won), checkouts_per_s=round(a.buyers / wall, 1), wall_s=round(wall, 3),
+                   reply_ms={"p50": pct_ms(lat, 0.5), "p99": pct_ms(lat, 0.99), "max": pct_ms(lat, 1.0)},
+                   server_cpu_pct=round(100 * cpu.between(w0, w1) / wall, 1) if wall else None,
+                   invariants=inv, users=len(set(users)))
+    finally:
+        stop_node(procs)
+        from livecommerce.redis_conn import connect
+
+        rc = connect(a.redis)
+        async for k in rc.scan_iter(match=f"{prefix}:*", count=1000):
+            await rc.delete(k)
+        await rc.aclose()
+    print("  the same-run ceiling: the same carts through the library in this process ...", flush=True)
+    out["ceiling_library_in_process"] = await cart_library_storm(a)
+    out["load_average"] = {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]}
+    print(json.dumps(out, indent=2))
+    c = out["ceiling_library_in_process"]
+    print(f"\n  cart storm: {a.buyers:,} buyers over WebSockets, 3-line carts over 9 SKUs ({per_sku} units each)")
+    print("  goal: none set in the issue (M2 5/7 asks for the storm and its invariants)")
+    print(f"  measured: {out['checkouts_per_s']:,} checkouts/s, reply p50/p99 {out['reply_ms']['p50']}/{out['reply_ms']['p99']} ms, "
+          f"{out['orders']} orders, answers {kinds}, gateway CPU {out['server_cpu_pct']} % of one core")
+    print(f"  same-run ceiling (library in process, no gateway): {c['checkouts_per_s']:,} checkouts/s, "
+          f"p50/p99 {c['reply_ms']['p50']}/{c['reply_ms']['p99']} ms, {c['orders']} orders")
+    print("  invariants: " + ", ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in {**inv, **{
+        f"ceiling_{k}": v for k, v in c["invariants"].items()}}.items()))
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=2))  # noqa: ASYNC240
+    return 0 if all(inv.values()) and all(c["invariants"].values()) else 1
 
 
 async def main(a: argparse.Namespace) -> int:
@@ -559,18 +752,7 @@ async def main(a: argparse.Namespace) -> int:
     secret = uuid.uuid4().hex * 2
     kafka_proc, kafka = (await asyncio.to_thread(start_kafka, tmp)) if a.kafka else (None, None)  # it runs its own loop
     port = free_port()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LC_")},
-           "LC_REDIS_URL": a.redis, "LC_KEY_PREFIX": prefix, "LC_DATABASE_URL": db, "LC_SECRET": secret,
-           "LC_LOG_LEVEL": "WARNING", "LC_MAX_CONNS_PER_IP": "100000", "LC_NODE_ID": "rush-gw"}
-    env.update(dict(kv.split("=", 1) for kv in a.env))
-    if kafka:
-        env.update(LC_KAFKA_BOOTSTRAP=kafka, LC_KAFKA_IDEMPOTENT="0", LC_KAFKA_SESSION_TIMEOUT_MS="2000",
-                   LC_KAFKA_PARTITIONS="3")
-    exe = str(Path(sys.executable).with_name("livecommerce"))
-    # the schema of the code the gateway runs (--env PYTHONPATH=<another checkout> measures that one)
-    subprocess.run([exe, "db", "upgrade"], env=env, check=True, stdout=subprocess.DEVNULL)  # noqa: ASYNC221
-    procs = [subprocess.Popen([exe, "gateway", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),  # noqa: ASYNC220
-             subprocess.Popen([exe, "worker", "orders"], env={**env, "LC_NODE_ID": "rush-w"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]  # noqa: ASYNC220
+    procs, env = start_node(a, port=port, prefix=prefix, db=db, secret=secret, kafka=kafka)
     base = f"http://127.0.0.1:{port}"
     ops = {"Authorization": "Bearer " + issue_token(secret, user="ops", role="ops", now_s=int(time.time()), ttl_s=3600)}
     out: dict[str, Any] = {"buyers": a.buyers, "stock": a.stock, "log": "kafka" if kafka else "redis", "env": a.env,
@@ -580,13 +762,7 @@ async def main(a: argparse.Namespace) -> int:
     load_before = os.getloadavg()
     try:
         async with aiohttp.ClientSession() as h:
-            for _ in range(300):
-                try:
-                    if (await h.get(base + "/readyz")).status == 200:
-                        break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
+            await wait_ready(h, base)
             sale = f"rush{uuid.uuid4().hex[:6]}"
             q: mp.Queue[Any] = mp.Queue()
             per = [a.buyers // a.procs + (1 if i < a.buyers % a.procs else 0) for i in range(a.procs)]
@@ -705,13 +881,7 @@ async def main(a: argparse.Namespace) -> int:
                 w.join(10)
             if w.is_alive():
                 w.kill()
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_node(procs)
         if kafka_proc is not None:
             kafka_proc.kill9()
         from livecommerce.redis_conn import connect
