@@ -27,6 +27,14 @@ disconnects then run inside the rush).
     python scripts/bench_rush.py                    # 5,000 buyers, 1,000 units
     python scripts/bench_rush.py -b 2000 -s 100 -p 2
     python scripts/bench_rush.py --kafka            # the log on Kafka (Tansu, in memory)
+
+``--cart`` runs the cart checkout storm instead (M2 5/7): B buyers connected over WebSockets
+send ``cart.checkout`` of a 3-line cart at once (9 SKUs of 3 products, stock/9 units each, a
+per-user limit of 4, two buyers per user); checkouts/s, reply p50/p99, the invariants read
+back over HTTP, and the same carts through the library in this process as the same-run
+ceiling (see :func:`cart_storm`):
+
+    python scripts/bench_rush.py --cart -b 2000 -s 900
 """
 
 from __future__ import annotations
