@@ -228,12 +228,15 @@ class CartCheckout:
 
     # ------------------------------------------------------------------ checkout
     async def _price(self, user: str, lines: Sequence[Line], sales: Mapping[str, SaleTerms]
-                     ) -> tuple[list[OrderLine], dict[str, dict[str, int]], dict[tuple[str, str], GiftRule]]:
+                     ) -> tuple[list[OrderLine], dict[str, dict[str, int]], dict[tuple[str, str], GiftRule],
+                                tuple[str, str, int] | None]:
         """The order's bought lines at the prices read now (merged per SKU, in request
         order), each product's SKUs' limits, the gift rules. Each list-price line
         carries the price read here into its hold (:meth:`_checkout`): a price changed between
         this read and the hold refuses the checkout with ``price_changed`` (nothing held), so
-        the buyer never pays a price that is no longer the product's.
+        the buyer never pays a price that is no longer the product's. The fourth value is
+        the first list-price line with fewer units available at this read than it asks
+        (product, sku, available), or None.
 
         Raises:
             CheckoutRefused: ``no_product``, ``no_sku``.
@@ -255,6 +258,7 @@ class CartCheckout:
         out: list[OrderLine] = []
         limits: dict[str, dict[str, int]] = {}
         rules: dict[tuple[str, str], GiftRule] = {}
+        short: tuple[str, str, int] | None = None
         for n, ((pid, sku_id), qty) in enumerate(merged.items(), start=1):
             got = products[pid]
             assert got is not None
@@ -272,7 +276,10 @@ class CartCheckout:
             if found.gift is not None:
                 rules[(pid, sku_id)] = found.gift
             out.append(OrderLine(n, pid, sku_id, qty, found.price))
-        return out, limits, rules
+            available = got[1].get(sku_id, SkuStock()).available
+            if short is None and available < qty:
+                short = (pid, sku_id, available)
+        return out, limits, rules, short
 
     async def checkout(self, *, user: str, room: str, order_id: str, lines: Sequence[Line],
                        coupon_ids: Sequence[str] | None, sales: Mapping[str, SaleTerms], now_ms: int,
@@ -291,17 +298,24 @@ class CartCheckout:
         existing = await self.carts.order(order_id)
         if existing is not None and existing.user != user:
             raise Conflict(f"order {order_id} exists", code="order_exists")
-        bought, limits, rules = await self._price(user, lines, sales)
-        return await self._checkout(user, room, order_id, bought, limits, rules, coupon_ids, sales, now_ms, request_id)
+        bought, limits, rules, short = await self._price(user, lines, sales)
+        if existing is None and short is not None:
+            # sold out at the read: refused before anything is opened or held (the storm's
+            # common answer costs the reads only); units put back later are found by the
+            # next checkout, as by one that came a moment earlier. A retry of an order that
+            # exists goes on to meet its holds.
+            pid, sku, available = short
+            raise refusal("sold_out", pid, sku, f" ({available} left)")
+        return await self._checkout(user, room, order_id, bought, limits, rules, coupon_ids, sales, now_ms, request_id,
+                                    prior=existing)
 
     async def _checkout(self, user: str, room: str, oid: str, bought: list[OrderLine],
                         limits: Mapping[str, Mapping[str, int]], rules: Mapping[tuple[str, str], GiftRule],
                         coupon_ids: Sequence[str] | None, sales: Mapping[str, SaleTerms], now_ms: int,
-                        request_id: str) -> tuple[CartOrder, bool]:
+                        request_id: str, *, prior: CartOrder | None) -> tuple[CartOrder, bool]:
         qty, subtotal = totals(bought)
         offers = {o.coupon_id: o for o in await self.offers(user, now_ms)}
         fp = _fingerprint(bought, coupon_ids)
-        prior = await self.carts.order(oid)
         if prior is not None:
             if prior.state == "refused":
                 r = prior.refusal or {}
@@ -326,7 +340,8 @@ class CartCheckout:
             if opened == "exists":
                 raise Conflict(f"order {oid} was made by another request: use a new Idempotency-Key", code="order_exists")
             if opened == "dup":
-                return await self._checkout(user, room, oid, bought, limits, rules, coupon_ids, sales, now_ms, request_id)
+                return await self._checkout(user, room, oid, bought, limits, rules, coupon_ids, sales, now_ms, request_id,
+                                            prior=await self.carts.order(oid))
         else:
             order = prior
         duplicate = prior is not None

@@ -701,11 +701,19 @@ async def cart_storm(a: argparse.Namespace) -> int:
             print(f"\r  {ready[0]:,} buyers connected in {time.monotonic() - t_conn:.1f} s; checking out", flush=True)
             cpu = CpuSampler(procs[0].pid)
             cpu.start()
+            spy = None
+            if a.profile:
+                spy = subprocess.Popen(["py-spy", "record", "-p", str(procs[0].pid), "-r", "250", "-d", str(a.profile_s),  # noqa: ASYNC220
+                                        "-f", "raw", "-o", a.profile, "--nonblocking"],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                await asyncio.sleep(0.5)  # py-spy attached before the storm
             t0, w0 = time.perf_counter(), time.time()
             go.set()
             results = list(await asyncio.gather(*tasks))
             wall, w1 = time.perf_counter() - t0, time.time()
             cpu.stop()
+            if spy is not None:
+                spy.wait(a.profile_s + 30)
             units: dict[tuple[str, str], Any] = {}
             for p in CART_PRODUCTS:
                 r = await h.get(f"{base}/api/v1/products/{p}", headers=host)

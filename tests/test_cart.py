@@ -125,6 +125,39 @@ async def test_concurrent_overlapping_checkouts_never_oversell_hold_limits_and_a
     assert units["tee/sticker"].reserved <= 3 and all(u.available >= 0 for u in units.values())
 
 
+
+async def test_a_line_sold_out_at_the_read_is_refused_before_anything_opens_and_a_retry_of_the_order_that_took_the_last_units_still_answers_it(
+        redis: aioredis.Redis, keys: Keys) -> None:
+    cat = await _catalog(redis, keys)
+    log = RedisLog(redis, keys)
+    cart = CartCheckout(redis, keys, log)
+
+    async def logged() -> int:
+        return sum([await redis.xlen(log.stream(t, p)) for t, p in await log.streams()])
+
+    last = cart_order_id("u1", "k-last")
+    o, dup = await cart.checkout(user="u1", room="r1", order_id=last, lines=[Line("mug", "", 12)], coupon_ids=[], sales={},
+                                 now_ms=NOW)
+    assert not dup and (await cat.read("mug"))[1]["default"].available == 0  # type: ignore[index]
+    # a buyer asking for a unit that is not there: sold_out naming the line, and no gate, hold or log entry made
+    late = cart_order_id("u2", "k-late")
+    entries = await logged()
+    assert entries == 1  # the first order's order.reserved
+    with pytest.raises(CheckoutRefused) as refused:
+        await cart.checkout(user="u2", room="r1", order_id=late, lines=[Line("tee", "blue", 1), Line("mug", "", 1)],
+                            coupon_ids=[], sales={}, now_ms=NOW)
+    assert (refused.value.code, refused.value.product_id, refused.value.sku) == ("sold_out", "mug", "default")
+    assert "(0 left)" in refused.value.message
+    assert await cart.carts.order(late) is None  # never opened
+    units = await _conserved(cat)
+    assert (units["tee/blue"].reserved, units["mug/default"].reserved) == (0, 12)  # the tee was not taken either
+    assert await logged() == entries
+    # the retry of the order that took the last units meets its own holds: the same order, not sold_out
+    again, dup = await cart.checkout(user="u1", room="r1", order_id=last, lines=[Line("mug", "", 12)], coupon_ids=[],
+                                     sales={}, now_ms=NOW + 5)
+    assert dup and again.order_id == o.order_id and [(ln.sku, ln.qty) for ln in again.lines] == [("default", 12)]
+    assert (await _conserved(cat))["mug/default"].reserved == 12
+
 async def test_retry_pay_refund_timeout_and_the_worker_writes_lines_once(redis: aioredis.Redis, keys: Keys, settings: Any,
                                                                           store_url: str) -> None:
     from workers.orders import OrdersWorker
