@@ -155,7 +155,7 @@ class CartCheckout:
         return out
 
     async def _products(self, ids: Sequence[str]) -> dict[str, tuple[Product, dict[str, SkuStock]] | None]:
-        return {pid: await self.catalog.read(pid) for pid in dict.fromkeys(ids)}
+        return await self.catalog.read_many(ids)
 
     async def view(self, user: str, room: str, sales: Mapping[str, SaleTerms], *, now_ms: int) -> dict[str, Any]:
         """The cart with current prices, availability, limits, gifts and the coupon proposal."""

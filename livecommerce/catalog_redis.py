@@ -60,7 +60,7 @@ from .catalog import (
 )
 from .errors import NotFound, Unavailable
 from .keys import Keys
-from .redis_conn import DRIVER_ERRORS
+from .redis_conn import DRIVER_ERRORS, run_script_calls
 
 _LUA = files("livecommerce")
 PUT = (_LUA / "catalog_put.lua").read_text()
@@ -163,6 +163,27 @@ class Refused:
     available: int = 0
 
 
+_READ_PARTS = ("meta", "stock", "held", "sold", "stocked")
+
+
+def _parse_read(product_id: str, raw: Sequence[Any]) -> tuple[Product, dict[str, SkuStock]] | None:
+    """A product and its SKUs' units from the read script's reply (:meth:`RedisCatalog.read`)."""
+    definition, v, created, updated = _s(raw[0]), int(raw[1]), int(raw[2]), int(raw[3])
+    if definition:
+        d = json.loads(definition)
+        product = product_from_dict({**d, "v": v, "created_ms": created, "updated_ms": updated})
+    else:
+        flat = {_s(raw[8][i]): _s(raw[8][i + 1]) for i in range(0, len(raw[8]), 2)}
+        if not flat.get("name"):
+            return None
+        product = Product(product_id, "", flat["name"], (Sku("default", (), int(flat.get("price") or 0)),),
+                          category=flat.get("category", ""), image=flat.get("image", ""))
+    stock, held, sold, stocked = (_pairs(raw[i]) for i in (4, 5, 6, 7))
+    units = {s.id: SkuStock(stock.get(s.id, 0), held.get(s.id, 0), sold.get(s.id, 0), stocked.get(s.id, 0))
+             for s in product.skus}
+    return product, units
+
+
 class RedisCatalog:
     """The catalogue's atomic store (see the module docstring). Works with a single Redis
     and with Redis Cluster: every script touches one product's slot."""
@@ -194,21 +215,18 @@ class RedisCatalog:
         product stored before SKUs existed (a bare ``meta`` with a price) reads as one
         ``default`` SKU at version 0, with no stock."""
         async with _guarded():
-            raw = await self._read(keys=self._k(product_id, "meta", "stock", "held", "sold", "stocked"))
-        definition, v, created, updated = _s(raw[0]), int(raw[1]), int(raw[2]), int(raw[3])
-        if definition:
-            d = json.loads(definition)
-            product = product_from_dict({**d, "v": v, "created_ms": created, "updated_ms": updated})
-        else:
-            flat = {_s(raw[8][i]): _s(raw[8][i + 1]) for i in range(0, len(raw[8]), 2)}
-            if not flat.get("name"):
-                return None
-            product = Product(product_id, "", flat["name"], (Sku("default", (), int(flat.get("price") or 0)),),
-                              category=flat.get("category", ""), image=flat.get("image", ""))
-        stock, held, sold, stocked = (_pairs(raw[i]) for i in (4, 5, 6, 7))
-        units = {s.id: SkuStock(stock.get(s.id, 0), held.get(s.id, 0), sold.get(s.id, 0), stocked.get(s.id, 0))
-                 for s in product.skus}
-        return product, units
+            raw = await self._read(keys=self._k(product_id, *_READ_PARTS))
+        return _parse_read(product_id, raw)
+
+    async def read_many(self, product_ids: Sequence[str]) -> dict[str, tuple[Product, dict[str, SkuStock]] | None]:
+        """:meth:`read` of several products in one round trip (one pipeline of the read
+        script; concurrent calls on a cluster), each product's read consistent on its own."""
+        ids = list(dict.fromkeys(product_ids))
+        if not ids:
+            return {}
+        async with _guarded():
+            raws = await run_script_calls(self.redis, self._read, [(self._k(pid, *_READ_PARTS), ()) for pid in ids])
+        return {pid: _parse_read(pid, raw) for pid, raw in zip(ids, raws, strict=True)}
 
     async def product(self, product_id: str) -> Product | None:
         got = await self.read(product_id)

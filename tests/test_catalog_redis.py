@@ -328,6 +328,23 @@ async def test_a_pin_era_product_reads_as_one_sku_and_is_adopted_by_its_first_de
     assert pinned is not None and (pinned.name, pinned.price, pinned.category) == ("Old tea", 950, "tea")  # pins read the same hash
 
 
+
+async def test_read_many_answers_what_each_read_answers_in_one_round_trip(cat: RedisCatalog, redis: aioredis.Redis) -> None:
+    from livecommerce.pins import Product as PinProduct
+    from livecommerce.pins_redis import RedisPins
+
+    await RedisPins(redis, cat.keys).put_product(PinProduct("old", "Old tea", 900, "", "tea"))  # a pin-era product
+    d = validate_product({"id": "tee", "name": "Tee", "skus": [{"id": "red", "attrs": {"colour": "red"}, "price": 1000, "stock": 5},
+                                                               {"id": "blue", "attrs": {"colour": "blue"}, "price": 1200, "stock": 2}]})
+    assert (await cat.put(d.product, expected_v=0, initial_stock=d.stock, now_ms=NOW)).ok
+    assert isinstance(await cat.reserve("tee", "h1", "u1", [("red", 2)], pay_by_ms=NOW + 60_000, now_ms=NOW), Reserved)
+    ids = ["tee", "nope", "old", "tee"]
+    assert await cat.read_many(ids) == {pid: await cat.read(pid) for pid in ids}
+    got = await cat.read_many(ids)
+    assert list(got) == ["tee", "nope", "old"] and got["nope"] is None
+    assert got["tee"] is not None and got["tee"][1]["red"] == SkuStock(3, 2, 0, 5)
+    assert await cat.read_many([]) == {}
+
 async def test_settled_holds_and_recorded_moves_are_pruned(cat: RedisCatalog) -> None:
     await put_new(cat, tee({"a": 5}))
     for i in range(3):
