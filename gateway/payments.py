@@ -21,6 +21,8 @@ ops' view of both (the rules are :mod:`livecommerce.payments`; docs/commerce.md)
 * ``GET /api/v1/payments/callbacks`` and ``GET /api/v1/payments/refunds`` (ops, paged,
   newest first); ``GET /api/v1/orders/{order}/payments`` (the buyer or ops): the order's
   intent and provider refunds.
+* ``welcome`` carries ``payments``: ``provider``, ``dev`` (no provider, the dev ``/pay`` on)
+  or ``none``; the viewer page pays the way it says (docs/commerce.md, "Pages").
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any, NoReturn
 
 from aiohttp import web
 
+from livecommerce.auth import Identity
 from livecommerce.cart import is_cart_order
 from livecommerce.checkout import Checkout, sale_of
 from livecommerce.errors import BadFrame, Conflict, Forbidden, NotFound, Unauthorized
@@ -64,6 +67,12 @@ class Payments:
         self.log = log
         self.provider = provider
         self._secret = gw.s.payment_webhook_secret  # never logged
+
+    async def welcome(self, room: str, ident: Identity) -> dict[str, Any]:
+        """Welcome hook: ``payments``, how this node takes payments (the viewer page's Pay
+        follows it): ``provider`` (an intent, confirmed at the provider, paid on its signed
+        callback), ``dev`` (the provider-less ``/pay`` of ``livecommerce dev``) or ``none``."""
+        return {"payments": "provider" if self.provider is not None else "dev" if self.gw.s.dev_pay else "none"}
 
     # ---- the buyer
     async def create(self, user: str | None, order_id: str, coupon_id: str | None) -> tuple[dict[str, Any], bool]:

@@ -303,7 +303,7 @@ def build(gw: Gateway) -> Services:
     gw.hooks.response.append(ops.on_response)
     gw.hooks.start.append(ops.start)
     gw.hooks.stop.insert(0, ops.stop)  # the sampler stops before the engines it reads
-    pages = Pages()
+    pages = Pages(gw.s.payment_provider_url)
     gw.hooks.response.append(pages.security_headers)
     openapi = OpenApi(CAPABILITIES)
 
@@ -361,4 +361,6 @@ def build_payments(gw: Gateway, checkout: Checkout, durable: Log) -> Payments:
         gw.s.check_payments()
         provider = HttpPaymentProvider(gw.s.payment_provider_url)
         gw.hooks.stop.append(provider.close)
-    return Payments(gw, checkout, PaymentsRedis(gw.redis, gw.keys), durable, provider)
+    payments = Payments(gw, checkout, PaymentsRedis(gw.redis, gw.keys), durable, provider)
+    gw.hooks.welcome.append(payments.welcome)  # how the viewer page pays
+    return payments

@@ -10,7 +10,10 @@ with signed callbacks (:func:`livecommerce.payments.sign_header`):
   answers the same intent.
 * ``POST /v1/payment_intents/{id}/confirm {client_secret, outcome?}``: the buyer's step.
   ``outcome`` ``succeed`` (default) or ``fail`` (a declined card: ``payment.failed``, the
-  intent may be confirmed again). A confirm of a succeeded intent answers it unchanged.
+  intent may be confirmed again; its ``last_payment_error`` says why until a success). A
+  confirm of a succeeded intent answers it unchanged. This is the provider's client API: a
+  page calls it from the browser, so it answers CORS (any origin; the client secret is the
+  credential, no cookies), its preflight included.
 * ``POST /v1/refunds {intent_id, amount, reason}`` (``Idempotency-Key``): refund to the
   original method; ``refund.succeeded`` is called back.
 * ``GET /v1/payment_intents/{id}``: the intent with its refunds.
@@ -31,7 +34,7 @@ import asyncio
 import json
 import secrets
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -72,6 +75,7 @@ class SimIntent:
     refunded: int = 0
     refunds: list[dict[str, Any]] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
+    last_payment_error: dict[str, str] | None = None  # the last declined attempt (cleared by a success)
 
 
 class SimProvider:
@@ -110,6 +114,7 @@ class SimProvider:
             return  # confirmed already: the same answer, no new event
         step: IntentStep = "succeed" if outcome == "succeed" else "fail"
         it.status = intent_step(it.status, step)
+        it.last_payment_error = None if step == "succeed" else {"code": "card_declined", "message": "the card was declined"}
         self.emit(self._event(it, PAYMENT_SUCCEEDED if step == "succeed" else PAYMENT_FAILED, it.amount))
 
     def refund(self, it: SimIntent, amount: int, reason: str, key: str) -> dict[str, Any]:
@@ -223,6 +228,28 @@ async def create_intent(request: web.Request) -> web.Response:
     return web.json_response(_intent_json(sim, it))
 
 
+CORS = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+        "Access-Control-Allow-Headers": "Content-Type", "Access-Control-Max-Age": "600"}
+
+
+@web.middleware
+async def cors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """CORS on the client API (``/v1/payment_intents/{id}`` and its confirm): a page's
+    browser calls it; the server-side routes (create, refunds, ``/_sim``) get none."""
+    client = request.path.startswith("/v1/payment_intents/")
+    if client and request.method == "OPTIONS":
+        return web.Response(status=204, headers=CORS)
+    try:
+        resp = await handler(request)
+    except web.HTTPException as e:
+        resp = e
+    if client:
+        resp.headers.update(CORS)
+    if isinstance(resp, web.HTTPException):
+        raise resp
+    return resp
+
+
 def _intent(request: web.Request) -> SimIntent:
     it = request.app[SIM_KEY].intents.get(request.match_info["intent"])
     if it is None:
@@ -270,7 +297,7 @@ async def release(request: web.Request) -> web.Response:
 
 
 def build_sim_app(cfg: SimConfig) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[cors])
     sim = SimProvider(cfg)
     app[SIM_KEY] = sim
     app.router.add_post("/v1/payment_intents", create_intent)

@@ -13,6 +13,7 @@
 // All user text goes in as text nodes (h(), fill()).
 
 import { $, api, countdown, fill, fmtInt, h, money, newId } from "./common.js";
+import { payControl, payOrder } from "./pay.js";
 import { closeSheet, openSheet, sheetOpen } from "./sheets.js";
 
 const ATTR_SEP = " · ";
@@ -387,21 +388,14 @@ export class Shop {
       h("div", {}, `${fmtInt(o.qty)} item${o.qty === 1 ? "" : "s"} · `, o.discount ? [h("span", { class: "price-was" }, money(o.subtotal)), " "] : null,
         h("b", {}, money(o.amount))),
       h("div", { class: "row" }, status,
-        o.state === "reserved" ? h("button", { type: "button", class: "ok pay", onclick: (ev) => this.pay(o, ev.target) }, `Pay ${money(o.amount)}`) : null,
+        o.state === "reserved" ? payControl(o, () => this.pay(o)) : null,
         o.state !== "cancelled" ? h("a", { class: "small track", href: `orders.html?${q}` }, o.state === "paid" ? "Track the order" : "My orders") : null),
       o.note ? h("div", { class: "small" }, o.note) : null);
   }
 
-  async pay(o, btn) {
-    btn.disabled = true;
-    try {
-      const r = await api(`/api/v1/orders/${encodeURIComponent(o.order_id)}/pay`, { method: "POST", body: {}, headers: { "Idempotency-Key": o.payKey } });
-      if (r.outcome === "paid" || r.outcome === "already_paid") this.paid(o.order_id, r.amount);
-    } catch (e) {
-      o.note = e.code === "expired" || e.code === "already_cancelled" ? "Too late: the payment window closed." : `${e.code}: ${e.message}`;
-      if (e.code === "expired" || e.code === "already_cancelled") o.state = "cancelled";
-    }
-    this.renderCart();
+  async pay(o) {
+    const r = await payOrder(o, { changed: () => this.renderCart() });
+    if (r) this.paid(o.order_id, r.amount);
   }
 
   /** A cart order paid (here, or `order.paid` pushed by the orders worker). */
@@ -409,6 +403,7 @@ export class Shop {
     const o = this.orders.get(id);
     if (!o) return;
     o.state = "paid";
+    o.paying = false;
     if (amount !== undefined) o.paid_amount = amount;
     o.note = "Paid: the host ships it; follow its parcels in My orders.";
     this.hooks.onPaid(id, o.paid_amount);
@@ -433,7 +428,9 @@ export class Shop {
     const line = e.status === 409 ? this.refusedLine(e) : null;
     if (!line) return why;
     const attrs = attrsText(line.attrs);
-    return `${why}: ${line.name || line.product_id}${attrs ? ` (${attrs})` : ""}. Nothing was ordered.`;
+    const item = `${line.name || line.product_id}${attrs ? ` (${attrs})` : ""}`;
+    if (e.code === "price_changed") return `The price of ${item} changed: check the new price and check out again. Nothing was ordered.`;
+    return `${why}: ${item}. Nothing was ordered.`;
   }
 
   /** The line a checkout refusal names ({product_id, sku} in the error, or its message's

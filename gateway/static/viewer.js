@@ -18,6 +18,7 @@
 
 import { $, api, countdown, fill, fmtInt, h, Live, money, newId, params, toast } from "./common.js";
 import { openSheet } from "./sheets.js";
+import { payControl, payOrder, setPayments } from "./pay.js";
 import { Shop } from "./shop.js";
 
 const room = params.get("room") || "demo";
@@ -116,6 +117,7 @@ function renderShow() {
 
 async function welcome(d) {
   $("#topup").hidden = !d.test_coins; // test coins are a dev/demo feature (LC_TEST_COINS)
+  setPayments(d.payments); // how Pay pays: through the provider, the dev /pay, or not at all
   S.show = d.show || S.show;
   renderShow();
   if (d.pin !== undefined) setPin(d.pin);
@@ -645,7 +647,14 @@ function orderState(id, state, d) {
     S.orders.set(id, { ...d, order_id: id, state, payKey: newId("pay-"), note: "" });
   } else if (o.state === "reserved") {
     o.state = state;
+    o.paying = false;
     if (d && d.amount !== undefined) o.paid_amount = d.amount;
+    if (state === "paid") {
+      o.note = "";
+      if (o.coupon && S.myCoupons.has(o.coupon)) S.myCoupons.get(o.coupon).state = "used";
+      buyMsg = ""; // "Reserved!" is over once it is paid
+      renderProduct();
+    }
     if (state === "cancelled" && d && d.reason) o.note = d.reason === "timeout" ? "payment time-out: stock released" : `cancelled (${d.reason})`;
   }
   renderOrders();
@@ -681,7 +690,7 @@ function renderOrders() {
           coupons.map((c) => h("option", { value: c.coupon_id }, couponText(c))),
           h("option", { value: "" }, "no coupon")));
       }
-      actions.push(h("button", { class: "ok pay", onclick: (ev) => pay(o, ev.target) }, `Pay ${money(o.amount)}`));
+      actions.push(payControl(o, (ev) => pay(o, ev.target)));
       actions.push(h("button", { class: "cancel", onclick: () => cancelOrder(o) }, "Cancel"));
     }
     return h("div", { class: "order", dataset: { order: o.order_id } },
@@ -695,28 +704,15 @@ function renderOrders() {
 }
 
 async function pay(o, btn) {
-  btn.disabled = true;
   const sel = btn.parentElement.querySelector(".coupon-select");
   const coupon = sel && sel.value ? sel.value : undefined;
-  try {
-    const r = await api(`/api/v1/orders/${encodeURIComponent(o.order_id)}/pay`, {
-      method: "POST",
-      body: coupon ? { coupon_id: coupon } : {},
-      headers: { "Idempotency-Key": o.payKey }, // one key per order: a retried click pays once
-    });
-    if (r.outcome === "paid" || r.outcome === "already_paid") {
-      o.state = "paid";
-      o.paid_amount = r.amount;
-      o.note = r.discount ? `coupon saved ${money(r.discount)}` : "";
-      if (coupon && S.myCoupons.has(coupon)) S.myCoupons.get(coupon).state = "used";
-      buyMsg = ""; // "Reserved!" is over once it is paid
-      renderProduct();
-    }
-  } catch (e) {
-    o.note = e.code === "expired" || e.code === "already_cancelled" ? "Too late: the payment window closed." : `${e.code}: ${e.message}`;
-    if (e.code === "expired" || e.code === "already_cancelled") o.state = "cancelled";
+  if (coupon) o.coupon = coupon; // marked used when the order is paid
+  const r = await payOrder(o, { coupon, changed: renderOrders });
+  if (r) {
+    orderState(o.order_id, "paid", r);
+    o.note = r.discount ? `coupon saved ${money(r.discount)}` : "";
+    renderOrders();
   }
-  renderOrders();
 }
 
 async function cancelOrder(o) {
