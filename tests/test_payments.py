@@ -370,6 +370,41 @@ async def test_the_dev_pay_path_is_off_outside_dev(gateway_factory, token, http)
     assert r.status == 403 and (await r.json())["error"]["code"] == "payments_disabled"
 
 
+async def test_the_viewer_page_learns_how_the_node_takes_payments(gateway_factory, token, http, sim):
+    """``welcome.payments`` (the page's Pay follows it) and the pages' CSP: the provider's
+    origin may be connected to only when a provider is configured."""
+    from tests.wsclient import Client
+
+    nodes = {"provider": await pay_node(gateway_factory, sim, dev_pay=False), "dev": await gateway_factory(dev_pay=True),
+             "none": await gateway_factory(dev_pay=False)}
+    for mode, node in nodes.items():
+        c = await Client.connect(node.ws, "paymode", token("pm1"))
+        assert c.welcome["d"]["payments"] == mode
+        await c.close()
+        r = await http.get(f"{node.url}/static/viewer.html")
+        csp = r.headers["Content-Security-Policy"]
+        connect = next(d for d in csp.split("; ") if d.startswith("connect-src"))
+        assert connect == ("connect-src 'self' ws: wss: " + sim.base_url if mode == "provider" else "connect-src 'self' ws: wss:"), csp
+
+
+async def test_the_simulators_client_api_answers_cors_and_says_why_a_card_was_declined(http, sim):
+    """The buyer's confirm is called from a page of another origin: its preflight and answer
+    carry CORS; the server-side API (create, refunds) does not."""
+    r = await http.post(f"{sim.base_url}/v1/payment_intents", json={"order_id": "o1", "amount": 500}, headers={"Origin": "http://shop"})
+    it = await r.json()
+    assert r.status == 200 and "Access-Control-Allow-Origin" not in r.headers
+    r = await http.options(it["confirm_url"], headers={"Origin": "http://shop", "Access-Control-Request-Method": "POST",
+                                                       "Access-Control-Request-Headers": "content-type"})
+    assert r.status == 204 and r.headers["Access-Control-Allow-Origin"] == "*"
+    assert "content-type" in r.headers["Access-Control-Allow-Headers"].lower()
+    declined = await confirm(http, it, "fail")
+    assert declined["status"] == "requires_confirmation" and declined["last_payment_error"]["code"] == "card_declined"
+    r = await http.post(it["confirm_url"], json={"client_secret": "wrong"}, headers={"Origin": "http://shop"})
+    assert r.status == 401 and r.headers["Access-Control-Allow-Origin"] == "*"  # a refusal the page can read
+    ok = await confirm(http, it)
+    assert ok["status"] == "succeeded" and ok["last_payment_error"] is None
+
+
 async def test_an_approved_refund_of_an_order_paid_at_the_provider_goes_back_to_the_original_method(gateway_factory, token, http, sim, redis, keys):
     from livecommerce import refunds_sql
     from livecommerce.log import new_event
