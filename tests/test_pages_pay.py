@@ -11,8 +11,11 @@ port and origin) and the provider-less dev ``/pay`` off (``LC_DEV_PAY=0``):
   (``order.paid`` pushed);
 * a flash-sale order in My orders: a declined card first (the confirm asks the provider to
   decline), a clear message and Pay again; the second attempt is paid the same way;
-* the API agrees: both orders paid, each with one verified callback that paid it; nothing on
-  the page came from the dev ``/pay``.
+* a second flash-sale order whose ``order.paid`` push the page never gets (its socket goes
+  through a relay that drops it): the page reads the order from the server while paying and
+  shows it paid;
+* the API agrees: the orders paid, each by one verified callback; nothing on the page came
+  from the dev ``/pay``.
 
 No console error (a CSP violation is one) and no uncaught page error.
 """
@@ -118,6 +121,21 @@ def test_a_phone_viewer_pays_cart_and_flash_sale_orders_through_the_provider(
     assert dev.request("POST", "/api/v1/orders/nope/pay", token, {})[1]["error"]["code"] == "dev_pay_disabled"
     phone = browser.new_context(**PHONE)
     dev_pays: list[str] = []
+    # the page's socket, through a relay that can lose the `order.paid` pushes (a reconnect's gap)
+    lose: dict[str, Any] = {"on": False, "lost": []}
+
+    def relay(ws: Any) -> None:
+        server = ws.connect_to_server()
+
+        def down(msg: str | bytes) -> None:
+            if lose["on"] and ("order.paid" in msg if isinstance(msg, str) else b"order.paid" in msg):
+                lose["lost"].append(msg)
+                return
+            ws.send(msg)
+
+        server.on_message(down)
+
+    phone.route_web_socket("**/ws*", relay)
     try:
         v = page(phone, f"{dev.base}/static/viewer.html?room={ROOM}&token={token}", errors)
         v.on("request", lambda r: dev_pays.append(r.url) if r.url.endswith("/pay") else None)
@@ -193,9 +211,26 @@ def test_a_phone_viewer_pays_cart_and_flash_sale_orders_through_the_provider(
         ex(sale.locator("button.pay")).to_have_count(0)
         v.screenshot(path=str(SHOTS / "viewer-phone-paid-provider.png"), animations="disabled")
 
+        # a second flash-sale order whose `order.paid` push is lost: the page still learns it
+        # is paid, from the order as the server has it (never from the provider's answer)
+        v.click("#buy")
+        ex(v.locator("#orders .order")).to_have_count(3)
+        tid = v.locator("#orders .order").first.get_attribute("data-order")
+        assert tid and tid not in (oid, sid), tid
+        third = v.locator(f"#orders .order[data-order='{tid}']")
+        lose["on"] = True
+        third.get_by_role("button", name="Pay $9.90").click()
+        wait_until_sync(sim.held, until=lambda h: h == ["payment.succeeded"], timeout=20, what="the third success, held")
+        ex(third.locator("button.pay")).to_have_text("Paying…")
+        assert sim.release() == 1
+        ex(third.locator(".pill.ok")).to_have_text("Paid ✓ $9.90")  # (the relay runs while Playwright waits)
+        lose["on"] = False
+        assert [json.loads(m)["d"]["order_id"] for m in lose["lost"]] == [tid], lose["lost"]
+
         # the API agrees: both paid, each by one verified callback; one intent per order
         assert _paid_in_sql(dev, token, oid)["amount"] == 1200
         assert _paid_in_sql(dev, token, sid)["amount"] == 990
+        assert _paid_in_sql(dev, token, tid)["amount"] == 990
         ops = dev.token("ops", "payops")
         cbs = dev.get("/api/v1/payments/callbacks?limit=50", ops)["callbacks"]
         for o, n in ((oid, 1), (sid, 2)):
@@ -205,7 +240,7 @@ def test_a_phone_viewer_pays_cart_and_flash_sale_orders_through_the_provider(
         for o in (oid, sid):
             pay = dev.get(f"/api/v1/orders/{o}/payments", token)
             assert pay["intent"]["order_id"] == o, pay
-        assert len({i.order_id for i in sim.run(_intents(sim.sim))}) == 2
+        assert len({i.order_id for i in sim.run(_intents(sim.sim))}) == 3
         assert dev_pays == [], dev_pays  # nothing went through the dev /pay
     finally:
         phone.close()

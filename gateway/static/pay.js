@@ -24,23 +24,24 @@ export function payControl(o, onclick) {
     o.paying ? "Paying…" : `Pay ${money(o.amount)}`);
 }
 
-/** Pay order `o` ({order_id, amount, payKey, note, paying}) with `coupon` (a flash-sale order's)
- *  or none; `changed()` re-renders. Resolves to {outcome, amount, discount} when the server
- *  says the order is paid now (the dev /pay, or a provider payment found already paid), else
- *  null: with a provider the order is paid when `order.paid` arrives. Errors go to `o.note`
+/** Pay order `o` ({order_id, amount, payKey, note, paying, state}) with `coupon` (a flash-sale
+ *  order's) or none; `changed()` re-renders, `paid(amount, answer)` is called when the server
+ *  says the order is paid (the dev /pay's answer; with a provider, the order found paid: already,
+ *  or by the watch below when an `order.paid` push was missed). Errors go to `o.note`
  *  (`o.state` "cancelled" when the pay window closed). */
-export async function payOrder(o, { coupon, changed }) {
+export async function payOrder(o, { coupon, changed, paid }) {
   const path = `/api/v1/orders/${encodeURIComponent(o.order_id)}`;
   const body = coupon ? { coupon_id: coupon } : {};
   const headers = { "Idempotency-Key": o.payKey }; // one key per order: a retried click pays once
   if (mode !== "provider") {
     try {
       const r = await api(`${path}/pay`, { method: "POST", body, headers });
-      return r.outcome === "paid" || r.outcome === "already_paid" ? r : null;
+      if (r.outcome === "paid" || r.outcome === "already_paid") paid(r.amount, r);
     } catch (e) {
       refused(o, e);
-      return null;
     }
+    changed();
+    return;
   }
   o.paying = true;
   o.note = "Paying…";
@@ -55,27 +56,53 @@ export async function payOrder(o, { coupon, changed }) {
       o.paying = false;
       o.note = e.code === "network" ? "Could not reach the payment provider: nothing was charged, try again."
         : `The payment provider refused the payment (${e.message}): try again.`;
-      return null;
+      return;
     }
     if (r.status === "succeeded") {
       o.note = "Paying… waiting for the payment provider to confirm.";
+      watch(o, path, { changed, paid });
     } else {
       o.paying = false;
       const why = r.last_payment_error && r.last_payment_error.message;
       o.note = `Payment declined${why ? `: ${why}` : ""}. Nothing was charged: try again or use another card.`;
     }
-    return null;
   } catch (e) {
     o.paying = false;
     if (e.code === "already_paid") {
       o.note = "";
-      return { outcome: "already_paid", amount: o.amount };
+      paid(o.amount, null);
+    } else {
+      refused(o, e);
     }
-    refused(o, e);
-    return null;
   } finally {
     changed();
   }
+}
+
+const WATCH_MS = 4000;
+
+/** While `o` is paying, read the order now and then: the `order.paid` push is how the page
+ *  learns it, this is for a push missed (a reconnect while paying). Paid or cancelled as the
+ *  server has it, never on the provider's word. */
+function watch(o, path, { changed, paid }) {
+  const tick = async () => {
+    if (!o.paying || o.state !== "reserved") return;
+    try {
+      const r = await api(path);
+      const state = r.order && r.order.state;
+      if (state === "paid") return paid(r.order.amount, null);
+      if (state === "cancelled") {
+        o.paying = false;
+        o.state = "cancelled";
+        o.note = "Too late: the payment window closed.";
+        return changed();
+      }
+    } catch {
+      // the push may still come: keep watching
+    }
+    setTimeout(tick, WATCH_MS);
+  };
+  setTimeout(tick, WATCH_MS);
 }
 
 function refused(o, e) {

@@ -393,9 +393,8 @@ export class Shop {
       o.note ? h("div", { class: "small" }, o.note) : null);
   }
 
-  async pay(o) {
-    const r = await payOrder(o, { changed: () => this.renderCart() });
-    if (r) this.paid(o.order_id, r.amount);
+  pay(o) {
+    return payOrder(o, { changed: () => this.renderCart(), paid: (amount) => this.paid(o.order_id, amount) });
   }
 
   /** A cart order paid (here, or `order.paid` pushed by the orders worker). */

@@ -707,12 +707,11 @@ async function pay(o, btn) {
   const sel = btn.parentElement.querySelector(".coupon-select");
   const coupon = sel && sel.value ? sel.value : undefined;
   if (coupon) o.coupon = coupon; // marked used when the order is paid
-  const r = await payOrder(o, { coupon, changed: renderOrders });
-  if (r) {
-    orderState(o.order_id, "paid", r);
-    o.note = r.discount ? `coupon saved ${money(r.discount)}` : "";
-    renderOrders();
-  }
+  await payOrder(o, { coupon, changed: renderOrders, paid: (amount, r) => {
+    shop.paid(o.order_id, amount); // a cart order paid from My orders: its cart sheet agrees
+    orderState(o.order_id, "paid", { amount });
+    if (r && r.discount) o.note = `coupon saved ${money(r.discount)}`;
+  } });
 }
 
 async function cancelOrder(o) {
