@@ -234,9 +234,9 @@ CORS = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "GET
 
 @web.middleware
 async def cors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-    """CORS on the client API (``/v1/payment_intents/{id}`` and its confirm): a page's
-    browser calls it; the server-side routes (create, refunds, ``/_sim``) get none."""
-    client = request.path.startswith("/v1/payment_intents/")
+    """CORS on the client API (an intent's confirm, its client secret the credential): a
+    page's browser calls it; the server-side routes (create, read, refunds, ``/_sim``) get none."""
+    client = request.path.startswith("/v1/payment_intents/") and request.path.endswith("/confirm")
     if client and request.method == "OPTIONS":
         return web.Response(status=204, headers=CORS)
     try:

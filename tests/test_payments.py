@@ -393,6 +393,8 @@ async def test_the_simulators_client_api_answers_cors_and_says_why_a_card_was_de
     r = await http.post(f"{sim.base_url}/v1/payment_intents", json={"order_id": "o1", "amount": 500}, headers={"Origin": "http://shop"})
     it = await r.json()
     assert r.status == 200 and "Access-Control-Allow-Origin" not in r.headers
+    r = await http.get(f"{sim.base_url}/v1/payment_intents/{it['id']}", headers={"Origin": "http://shop"})
+    assert r.status == 200 and "Access-Control-Allow-Origin" not in r.headers  # a server-side read
     r = await http.options(it["confirm_url"], headers={"Origin": "http://shop", "Access-Control-Request-Method": "POST",
                                                        "Access-Control-Request-Headers": "content-type"})
     assert r.status == 204 and r.headers["Access-Control-Allow-Origin"] == "*"

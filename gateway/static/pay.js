@@ -48,6 +48,7 @@ export async function payOrder(o, { coupon, changed, paid }) {
   changed();
   try {
     const it = await api(`${path}/payments`, { method: "POST", body, headers });
+    o.coupon = it.coupon_id || undefined; // the intent's coupon (locked by the first try) is the one used
     let r;
     try {
       // the provider's client API: no token of ours goes there, the client secret is the credential
