@@ -110,8 +110,7 @@ class Payments:
             discount = min(gross, await self.checkout.coupons.lock_for_order(hold.user, coupon_id, order_id, gross))
         amount = gross - discount
         if amount <= 0:
-            raise Conflict("nothing to charge: the coupon covers the order; pay it with POST /api/v1/orders/{id}/pay",
-                           code="nothing_to_charge")
+            return await self._settle_free(order_id, hold.user, coupon_id, hold.pay_by_ms, now), True
         intent = await self.provider.create_intent(order_id=order_id, amount=amount, currency=self.gw.s.payment_currency,
                                                    idempotency_key=f"order-{order_id}")
         rec = await self.records.put_intent(IntentRecord(
@@ -134,8 +133,7 @@ class Payments:
         if now >= o.pay_by_ms:
             raise Conflict(f"order {order_id}'s pay window closed", code="expired")
         if o.amount <= 0:
-            raise Conflict("nothing to charge: the coupons cover the order; pay it with POST /api/v1/orders/{id}/pay",
-                           code="nothing_to_charge")
+            return await self._settle_free(order_id, o.user, None, o.pay_by_ms, now), True
         intent = await self.provider.create_intent(order_id=order_id, amount=o.amount, currency=self.gw.s.payment_currency,
                                                    idempotency_key=f"order-{order_id}")
         rec = await self.records.put_intent(IntentRecord(
@@ -143,6 +141,22 @@ class Payments:
             user_id=o.user, created_ms=now, currency=intent.currency, client_secret=intent.client_secret,
             confirm_url=intent.confirm_url))
         return self._intent_body(rec, o.pay_by_ms), True
+
+    async def _settle_free(self, order_id: str, user: str, coupon_id: str | None, pay_by_ms: int, now_ms: int
+                           ) -> dict[str, Any]:
+        """An order its coupons cover entirely: nothing to charge, so no intent; it is paid
+        now by the same step a verified callback runs (the coupon consumed, ``order.paid``
+        on the log), exactly once (a repeat finds it paid: 409 ``already_paid``).
+
+        Raises:
+            Conflict: ``expired`` / ``already_cancelled``: the order ended before this.
+        """
+        res = await self.checkout.pay(order_id=order_id, user=user, now_ms=now_ms, coupon_id=coupon_id)
+        if res.outcome in ("already_cancelled", "expired"):
+            raise Conflict(f"order {order_id} is {res.outcome.replace('already_', '')}: no payment taken", code=res.outcome)
+        log.info("payments.settled_without_provider", extra={"order": order_id, "discount": res.discount})
+        return {"order_id": order_id, "intent_id": None, "amount": 0, "discount": res.discount, "coupon_id": coupon_id,
+                "currency": self.gw.s.payment_currency, "pay_by_ms": pay_by_ms, "outcome": res.outcome}
 
     @staticmethod
     def _intent_body(rec: IntentRecord, pay_by_ms: int) -> dict[str, Any]:
@@ -287,7 +301,8 @@ _P_ORDER = {"name": "order", "in": "path", "required": True, "schema": {"type": 
 _Q_PAGE = [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
            {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}}]
 _INTENT = {"type": "object", "required": ["order_id", "intent_id", "amount", "currency"],
-           "properties": {"order_id": {"type": "string"}, "intent_id": {"type": "string"}, "client_secret": {"type": "string"},
+           "properties": {"order_id": {"type": "string"}, "intent_id": {"type": ["string", "null"]},
+                          "outcome": {"type": "string", "enum": ["paid", "already_paid"]}, "client_secret": {"type": "string"},
                           "confirm_url": {"type": "string"}, "amount": {"type": "integer"}, "discount": {"type": "integer"},
                           "coupon_id": {"type": ["string", "null"]}, "currency": {"type": "string"}, "pay_by_ms": {"type": "integer"}}}
 _ROWS = {"type": "array", "items": {"type": "object"}}
@@ -297,7 +312,9 @@ OPENAPI_PATHS: dict[str, dict[str, Any]] = {
         "post": _op("Create (or get) the order's payment intent at the provider",
                     "The amount is the order's after its coupon (locked for the order now). 201 the first time, 200 with the "
                     "same intent after. Confirm it at `confirm_url` with `client_secret`; the order is paid when the provider's "
-                    "signed callback arrives. 409 `already_paid`, `already_cancelled`, `expired`, `nothing_to_charge`; "
+                    "signed callback arrives. An order its coupon covers entirely has nothing to charge: it is paid at once, "
+                    "without the provider (201 with `intent_id: null`, `amount: 0`, `outcome: paid`). "
+                    "409 `already_paid`, `already_cancelled`, `expired`; "
                     "403 `payments_disabled`: no provider is configured. Who: the buyer or ops.",
                     auth=True, ok=_INTENT, params=[_P_ORDER], body={"type": "object", "properties": {"coupon_id": {"type": "string"}}},
                     errors={"400": "bad input", "401": "no valid token", "403": "forbidden, or no provider (`payments_disabled`)",

@@ -481,6 +481,35 @@ async def test_the_intent_charges_what_pay_would_after_the_coupon_and_the_callba
     assert [c["state"] for c in mine["coupons"]] == ["used"]
 
 
+
+async def test_an_order_its_coupon_covers_entirely_is_paid_without_the_provider_where_dev_pay_is_off(
+        gateway_factory, token, http, sim, redis):
+    node = await pay_node(gateway_factory, sim, dev_pay=False)
+    ops = token("ops1", "ops")
+    made = await http.post(f"{node.url}/api/v1/rooms/shop/coupons", json={"kind": "full_reduction", "threshold": 0, "value": 5000, "quantity": 5},
+                           headers=bearer(ops))
+    assert made.status == 201, await made.text()
+    claim = await http.post(f"{node.url}/api/v1/coupons/{(await made.json())['drop_id']}/claim", headers=bearer(token("b1")))
+    coupon = (await claim.json())["coupon_id"]
+    sid = await sale(http, node, ops)
+    oid = await buy(http, node, sid, token("b1"), qty=2)
+    r = await http.post(f"{node.url}/api/v1/orders/{oid}/payments", json={"coupon_id": coupon}, headers=bearer(token("b1")))
+    assert r.status == 201, await r.text()
+    it = await r.json()
+    assert (it["intent_id"], it["amount"], it["discount"], it["coupon_id"], it["outcome"]) == (None, 0, 2000, coupon, "paid")
+    assert sim.intents == {}  # the provider was not asked for nothing
+    assert await hold_state(node, sid, oid) == "paid"
+    again = await http.post(f"{node.url}/api/v1/orders/{oid}/payments", json={"coupon_id": coupon}, headers=bearer(token("b1")))
+    assert again.status == 409 and (await again.json())["error"]["code"] == "already_paid"
+    worker = await settle_sql(node, node.settings.database_url, redis)
+    try:
+        order = await worker.store.get_order(oid)
+    finally:
+        await worker.close()
+    assert order is not None and (order.state, order.amount, order.discount, order.coupon_id) == ("paid", 0, 2000, coupon)
+    mine = await (await http.get(f"{node.url}/api/v1/users/b1/coupons", headers=bearer(token("b1")))).json()
+    assert [c["state"] for c in mine["coupons"]] == ["used"]
+
 def test_a_provider_needs_a_webhook_secret_of_32_bytes() -> None:
     from livecommerce.config import ConfigError, Settings
 
