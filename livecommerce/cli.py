@@ -22,6 +22,7 @@ import contextlib
 import importlib
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -384,8 +385,17 @@ async def _serve_dev(args: argparse.Namespace, settings: Settings, sock: socket.
         await asyncio.gather(*tasks, return_exceptions=True)
 
     runner: web.AppRunner | None = None
+    sim_runner: web.AppRunner | None = None
     try:
         await until_stopped(upgrade(settings.database_url))
+        if args.payments_sim:
+            # the simulated payment provider on its own port, calling this gateway's webhook
+            from .payments_sim import SimConfig, start_sim
+
+            hook_secret = secrets.token_hex(32)
+            sim_runner, sim = await until_stopped(start_sim(
+                SimConfig(webhook_url=f"{base}/api/v1/payments/webhook", secret=hook_secret), host=settings.host))
+            settings = settings.replace(payment_provider_url=sim.base_url, payment_webhook_secret=hook_secret)
         app = importlib.import_module("gateway.app").build_app(settings)
         app.on_startup.append(start_workers)
         app.on_shutdown.append(stop_workers)
@@ -402,6 +412,9 @@ async def _serve_dev(args: argparse.Namespace, settings: Settings, sock: socket.
                 await asyncio.wait_for(runner.cleanup(), DEV_STOP_BUDGET_S)
             except TimeoutError:
                 print(f"livecommerce dev: shutdown took over {DEV_STOP_BUDGET_S:.0f} s; stopped the rest", file=sys.stderr)
+        if sim_runner is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sim_runner.cleanup(), 2)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
 
@@ -420,6 +433,7 @@ livecommerce dev is running (node {settings.node_id}, pid {os.getpid()})
   redis:     {settings.redis_url}{' (embedded)' if embedded else ''}
   database:  {settings.database_url}
   log:       {'kafka ' + settings.kafka_bootstrap if settings.kafka_bootstrap else 'redis streams'}
+  payments:  {('simulated provider ' + settings.payment_provider_url) if settings.payment_provider_url else 'the dev /pay (no provider: --payments-sim starts one)'}
 
   viewer page:   {base}/static/viewer.html?room={room}&token={toks['viewer']}
   host console:  {base}/static/host.html?room={room}&token={toks['host']}
@@ -456,6 +470,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--host", help="bind address (default 127.0.0.1)")
     d.add_argument("--room", default="demo", help="room the printed URLs point at (default demo)")
     d.add_argument("--no-workers", action="store_true", help="start only the gateway")
+    d.add_argument("--payments-sim", action="store_true",
+                   help="also start the simulated payment provider on a free port and pay through it (intents, the "
+                        "buyer's confirm, signed callbacks), as a deployment with a provider does; without it the "
+                        "provider-less dev /pay is used")
     d.set_defaults(func=cmd_dev)
 
     g = sub.add_parser("gateway", help="run one gateway process (needs LC_REDIS_URL)",

@@ -1,8 +1,8 @@
 """A simulated payment provider that behaves like real ones, as an HTTP service (aiohttp).
 
-Dev and tests run it on its own port (``livecommerce payments-sim`` is not wired yet: start
-it with :func:`start_sim`, or ``python -m livecommerce.payments_sim --port P --webhook URL
---secret S``). It holds payment intents and refunds in memory and calls the gateway's webhook
+Dev and tests run it on its own port: ``livecommerce dev --payments-sim`` starts it beside the
+gateway and wires both (a fresh webhook secret), tests call :func:`start_sim`, and
+``python -m livecommerce.payments_sim --port P --webhook URL --secret S`` serves it alone. It holds payment intents and refunds in memory and calls the gateway's webhook
 with signed callbacks (:func:`livecommerce.payments.sign_header`):
 
 * ``POST /v1/payment_intents {order_id, amount, currency}`` (``Idempotency-Key``): an intent

@@ -39,6 +39,7 @@ import pytest
 
 from livecommerce.auth import issue_token
 from livecommerce.config import pid_alive, read_dev_env
+from tests.waiting import wait_until_sync
 
 EXE = str(Path(sys.executable).with_name("livecommerce"))
 REPO = Path(__file__).resolve().parent.parent
@@ -82,6 +83,15 @@ def http_get(url: str, token: str | None = None) -> int:
 def http_post(url: str, token: str, body: dict[str, Any]) -> tuple[int, Any]:
     req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
                                  headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return int(r.status), json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), json.loads(exc.read())
+
+
+def http_get_json(url: str, token: str) -> tuple[int, Any]:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             return int(r.status), json.loads(r.read())
@@ -402,3 +412,37 @@ def test_dev_runs_with_test_coins_on(dev: Dev) -> None:
     viewer = cli("token", "--role", "viewer", "--user", "coin-viewer", cwd=dev.cwd).stdout.strip()
     status, body = http_post(f"{dev.base}/api/v1/wallets/coin-viewer/topup", viewer, {"amount": 100, "idempotency_key": "k1"})
     assert status == 201 and body["balance"] == 100, body
+
+
+
+def test_dev_with_the_payment_simulator_pays_an_order_through_its_signed_callback(tmp_path: Path) -> None:
+    d = start_dev(tmp_path, "--payments-sim")
+    try:
+        m = re.search(r"payments:\s+simulated provider (http://\S+)", d.banner)
+        assert m, d.banner
+        ops = cli("token", "--role", "ops", "--user", "sim-ops", cwd=tmp_path).stdout.strip()
+        viewer = cli("token", "--role", "viewer", "--user", "sim-buyer", cwd=tmp_path).stdout.strip()
+        sale = {"id": "simsale", "room": "demo", "product_id": "p1", "price": 1500, "stock": 3, "per_user_limit": 1,
+                "starts_ms": int(time.time() * 1000) - 1000, "duration_s": 600}
+        status, body = http_post(f"{d.base}/api/v1/campaigns", ops, sale)
+        assert status == 201, body
+        status, body = http_post(f"{d.base}/api/v1/sales/simsale/buy", viewer, {"qty": 1, "request_id": "b1"})
+        assert status == 201, body
+        oid = body["order_id"]
+        status, it = http_post(f"{d.base}/api/v1/orders/{oid}/payments", viewer, {})
+        assert status == 201 and it["amount"] == 1500 and it["confirm_url"].startswith(m.group(1)), it
+        status, conf = http_post(it["confirm_url"], "", {"client_secret": it["client_secret"]})
+        assert status == 200 and conf["status"] == "succeeded", conf
+
+        def order_state() -> str | None:
+            status, got = http_get_json(f"{d.base}/api/v1/orders/{oid}", viewer)
+            return (got.get("order") or {}).get("state") if status == 200 else None
+
+        wait_until_sync(order_state, until=lambda s: s == "paid", timeout=20, interval=0.2,
+                        what="the order paid by the simulator's signed callback")
+        status, rows = http_get_json(f"{d.base}/api/v1/payments/callbacks", ops)
+        assert status == 200 and any(r["order_id"] == oid and r["verified"] and r["outcome"] == "paid"
+                                     for r in rows["callbacks"]), rows
+    finally:
+        stop(d.proc)
+    assert "Traceback" not in (tmp_path / "dev.log").read_text()
