@@ -182,6 +182,27 @@ async def test_a_cart_orders_callback_after_the_pay_window_is_refunded_through_t
         assert (await api.ok("GET", f"/orders/{oid}", v))["cart"]["state"] == "cancelled"
 
 
+async def test_a_cart_order_its_coupon_covers_entirely_is_paid_without_the_provider(
+        gateway_factory: Any, token: Any, sim: Any) -> None:  # noqa: F811
+    node = await pay_node(gateway_factory, sim, dev_pay=False)
+    h1, v = token("h1", "host", ("r1",)), token("v")
+    async with aiohttp.ClientSession() as session:
+        api = Api(session, node.url)
+        await api.ok("POST", "/products", h1, MUG, status=201)
+        drop = await api.ok("POST", "/rooms/r1/coupons", h1, {"kind": "full_reduction", "threshold": 0, "value": 5000,
+                                                               "quantity": 3}, status=201)
+        await api.ok("POST", f"/coupons/{drop['drop_id']}/claim", v, status=201)
+        st, order = await checkout(api, v, "free", [{"product_id": "mug", "qty": 2}])  # the proposal: the coupon
+        assert st == 201 and (order["subtotal"], order["discount"], order["amount"]) == (1000, 1000, 0), order
+        paid = await api.ok("POST", f"/orders/{order['order_id']}/payments", v, {}, status=201)
+        assert (paid["intent_id"], paid["amount"], paid["outcome"]) == (None, 0, "paid")
+        assert sim.intents == {}
+        assert (await api.ok("GET", f"/orders/{order['order_id']}", v))["cart"]["state"] == "paid"
+        assert (await units(api, h1, "mug"))["default"] == {"available": 1, "reserved": 0, "sold": 2, "stocked": 3}
+        again, body = await api.call("POST", f"/orders/{order['order_id']}/payments", v, {})
+        assert (again, body["error"]["code"]) == (409, "already_paid")
+
+
 # ------------------------------------------------------------------ concurrency at the edge
 
 
