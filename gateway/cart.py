@@ -47,6 +47,7 @@ from .conn import Conn
 from .core import Gateway
 from .idempotency import header_key, idempotent, run_once
 from .openapi import H_IDEM, ID, INT, P_ROOM, STR, J, arr, nullable, obj, op, ref
+from .rooms import RoomGate
 from .validation import read_object
 
 log = logging.getLogger("livecommerce.gateway.cart")
@@ -115,10 +116,11 @@ class Placed:
 class Carts:
     """Each viewer's cart per room, and its checkout."""
 
-    def __init__(self, gw: Gateway, cart: CartCheckout, sales: FlashSales) -> None:
+    def __init__(self, gw: Gateway, cart: CartCheckout, sales: FlashSales, gate: RoomGate | None = None) -> None:
         self.gw = gw
         self.cart = cart
         self.sales = sales
+        self.gate = gate  # a checkout in an ended show answers room_ended (a retry of an order made before, its order)
 
     # ------------------------------------------------------------------ one implementation
     async def _sales(self, room: str, product_ids: Sequence[str]) -> dict[str, SaleTerms]:
@@ -206,9 +208,12 @@ class Carts:
         user = ident.user
         oid = cart_order_id(user, key)
         lines = ask.lines
+        prior = await self.cart.carts.order(oid)
+        made = prior is not None and prior.user == user and prior.state != "refused"
+        if self.gate is not None and not made:
+            await self.gate.check(room)  # RoomEnded: the show is over (a retry of an order made before it passes)
         if ask.from_cart:
-            prior = await self.cart.carts.order(oid)
-            if prior is not None and prior.user == user and prior.state != "refused":
+            if made and prior is not None:
                 # a retry of a checkout that emptied the cart: the lines it ordered
                 lines = [Line(ln.product_id, ln.sku, ln.qty) for ln in prior.asked or prior.lines if not ln.gift]
             else:
@@ -372,7 +377,8 @@ OPENAPI_PATHS: dict[str, dict[str, J]] = {
                         "409: `sold_out`, `limit_reached`, `no_product`, `no_sku`, `archived`, `sku_archived`, "
                         "`price_changed` (a SKU's price changed between the read that priced the line and its hold: "
                         "read the cart again and check out with a new key), "
-                        "`not_started`/`ended`/`room_ended` (a sale line), `coupon_not_usable`, `order_exists`; nothing is "
+                        "`not_started`/`ended` (a sale line), `room_ended` (the room's show has ended: the cart is kept), "
+                        "`coupon_not_usable`, `order_exists`; nothing is "
                         "held. 400: `cart_empty`, `too_many_coupons`, `invalid`."),
     },
 }

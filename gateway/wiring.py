@@ -215,7 +215,7 @@ def build(gw: Gateway) -> Services:
     checkout.room_gate = gate  # buys in an ended show answer room_ended
     gw.hooks.stop.insert(0, checkout.drain)  # the group commits in flight reach the log before it closes
     sales = FlashSales(gw, checkout, store, gw.hooks.tried)
-    carts = Carts(gw, checkout.cart, sales)  # carts and their checkout (cart orders pay/cancel through checkout)
+    carts = Carts(gw, checkout.cart, sales, gate)  # carts and their checkout (cart orders pay/cancel through checkout)
     gw.hooks.start.insert(0, sales.check_schema)  # before anything reads SQL: says `livecommerce db upgrade`
     gw.hub.observe(SALE_EVENTS, sales.observe)
     # fulfilment: each order's record (shipments, receipt) beside its refund records, one slot

@@ -83,3 +83,33 @@ async def test_a_price_changed_between_the_read_and_the_hold_is_refused_and_a_fr
     assert order["amount"] == 2 * 1100 + 500 and [ln["unit_price"] for ln in order["lines"]] == [1100, 500]
     red = {s["id"]: s["units"] for s in (await api.ok("GET", "/products/tee", h1))["skus"]}["red"]
     assert (red["available"], red["reserved"]) == (3, 2)
+
+
+async def test_a_checkout_in_an_ended_show_answers_room_ended_and_a_retry_of_an_order_made_before_gets_it(
+        api_node: Any) -> None:
+    from gateway.cart import parse_checkout
+    from livecommerce.auth import Identity
+
+    node, api, token = api_node
+    h1, v = token("h1", "host", ("r1",)), token("v")
+    await api.ok("POST", "/products", h1, TEE, status=201)
+    await api.ok("POST", "/rooms", h1, {"id": "r1", "title": "Show"}, status=201)
+    await api.ok("POST", "/rooms/r1/live", h1, {})
+    before = await api.ok("POST", "/rooms/r1/cart/checkout", v, {"lines": [{"product_id": "tee", "sku": "red"}]},
+                          status=201, headers={"Idempotency-Key": "before-end"})
+    await api.ok("POST", "/rooms/r1/cart/items", v, {"product_id": "tee", "sku": "blue"})
+    await api.ok("POST", "/rooms/r1/end", h1, {})
+    st, body = await api.call("POST", "/rooms/r1/cart/checkout", v, {}, headers={"Idempotency-Key": "after-end"})
+    assert (st, body["error"]["code"]) == (409, "room_ended"), body
+    blue = {s["id"]: s["units"] for s in (await api.ok("GET", "/products/tee", h1))["skus"]}["blue"]
+    assert blue["reserved"] == 0 and blue["available"] == 1  # nothing held
+    assert [ln["sku"] for ln in (await api.ok("GET", "/rooms/r1/cart", v))["lines"]] == ["blue"]  # the cart is kept
+    # the same key again over HTTP replays its stored answer; a retry whose answer was not
+    # kept (the key released after a failure) reaches the checkout itself: the order made
+    # before the end, not room_ended
+    st, again = await api.call("POST", "/rooms/r1/cart/checkout", v, {"lines": [{"product_id": "tee", "sku": "red"}]},
+                               headers={"Idempotency-Key": "before-end"})
+    assert st == 201 and again["order_id"] == before["order_id"], again
+    placed = await node.services.carts.checkout(Identity("v", "viewer"), "r1", "before-end",
+                                                parse_checkout({"lines": [{"product_id": "tee", "sku": "red"}]}))
+    assert placed.body["order_id"] == before["order_id"] and placed.body["duplicate"] is True
