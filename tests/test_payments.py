@@ -454,14 +454,33 @@ async def test_an_approved_refund_of_an_order_paid_at_the_provider_goes_back_to_
 
 
 
+async def claimed_coupon(http: aiohttp.ClientSession, node: Any, ops: str, terms: dict[str, Any], tok: str) -> str:
+    """A coupon drop of room `shop` with ``terms``, claimed by the holder of ``tok``: its coupon id."""
+    made = await http.post(f"{node.url}/api/v1/rooms/shop/coupons", json={**terms, "quantity": 5}, headers=bearer(ops))
+    assert made.status == 201, await made.text()
+    claim = await http.post(f"{node.url}/api/v1/coupons/{(await made.json())['drop_id']}/claim", headers=bearer(tok))
+    assert claim.status == 201, await claim.text()
+    return str((await claim.json())["coupon_id"])
+
+
+async def paid_in_sql_with_the_coupon_used(http: aiohttp.ClientSession, node: Any, redis: Any, oid: str, user: str,
+                                           tok: str, want: tuple[int, int, str]) -> None:
+    """The orders worker wrote ``oid`` paid with (amount, discount, coupon), and the buyer's
+    one coupon reads used."""
+    worker = await settle_sql(node, node.settings.database_url, redis)
+    try:
+        order = await worker.store.get_order(oid)
+    finally:
+        await worker.close()
+    assert order is not None and (order.state, order.amount, order.discount, order.coupon_id) == ("paid", *want)
+    mine = await (await http.get(f"{node.url}/api/v1/users/{user}/coupons", headers=bearer(tok))).json()
+    assert [c["state"] for c in mine["coupons"]] == ["used"]
+
+
 async def test_the_intent_charges_what_pay_would_after_the_coupon_and_the_callback_consumes_it(gateway_factory, token, http, sim, redis):
     node = await pay_node(gateway_factory, sim)
     ops = token("ops1", "ops")
-    made = await http.post(f"{node.url}/api/v1/rooms/shop/coupons", json={"kind": "percent", "value": 10, "quantity": 5}, headers=bearer(ops))
-    assert made.status == 201, await made.text()
-    drop = (await made.json())["drop_id"]
-    claim = await http.post(f"{node.url}/api/v1/coupons/{drop}/claim", headers=bearer(token("b1")))
-    coupon = (await claim.json())["coupon_id"]
+    coupon = await claimed_coupon(http, node, ops, {"kind": "percent", "value": 10}, token("b1"))
     sid = await sale(http, node, ops)
     oid = await buy(http, node, sid, token("b1"), qty=2)
     r = await http.post(f"{node.url}/api/v1/orders/{oid}/payments", json={"coupon_id": coupon}, headers=bearer(token("b1")))
@@ -471,26 +490,14 @@ async def test_the_intent_charges_what_pay_would_after_the_coupon_and_the_callba
     assert sim.intents[it["intent_id"]].amount == 1800  # the provider charges the net amount
     await confirm(http, it)
     await sim.settled()
-    worker = await settle_sql(node, node.settings.database_url, redis)
-    try:
-        order = await worker.store.get_order(oid)
-    finally:
-        await worker.close()
-    assert order is not None and (order.state, order.amount, order.discount, order.coupon_id) == ("paid", 1800, 200, coupon)
-    mine = await (await http.get(f"{node.url}/api/v1/users/b1/coupons", headers=bearer(token("b1")))).json()
-    assert [c["state"] for c in mine["coupons"]] == ["used"]
-
+    await paid_in_sql_with_the_coupon_used(http, node, redis, oid, "b1", token("b1"), (1800, 200, coupon))
 
 
 async def test_an_order_its_coupon_covers_entirely_is_paid_without_the_provider_where_dev_pay_is_off(
         gateway_factory, token, http, sim, redis):
     node = await pay_node(gateway_factory, sim, dev_pay=False)
     ops = token("ops1", "ops")
-    made = await http.post(f"{node.url}/api/v1/rooms/shop/coupons", json={"kind": "full_reduction", "threshold": 0, "value": 5000, "quantity": 5},
-                           headers=bearer(ops))
-    assert made.status == 201, await made.text()
-    claim = await http.post(f"{node.url}/api/v1/coupons/{(await made.json())['drop_id']}/claim", headers=bearer(token("b1")))
-    coupon = (await claim.json())["coupon_id"]
+    coupon = await claimed_coupon(http, node, ops, {"kind": "full_reduction", "threshold": 0, "value": 5000}, token("b1"))
     sid = await sale(http, node, ops)
     oid = await buy(http, node, sid, token("b1"), qty=2)
     r = await http.post(f"{node.url}/api/v1/orders/{oid}/payments", json={"coupon_id": coupon}, headers=bearer(token("b1")))
@@ -501,14 +508,8 @@ async def test_an_order_its_coupon_covers_entirely_is_paid_without_the_provider_
     assert await hold_state(node, sid, oid) == "paid"
     again = await http.post(f"{node.url}/api/v1/orders/{oid}/payments", json={"coupon_id": coupon}, headers=bearer(token("b1")))
     assert again.status == 409 and (await again.json())["error"]["code"] == "already_paid"
-    worker = await settle_sql(node, node.settings.database_url, redis)
-    try:
-        order = await worker.store.get_order(oid)
-    finally:
-        await worker.close()
-    assert order is not None and (order.state, order.amount, order.discount, order.coupon_id) == ("paid", 0, 2000, coupon)
-    mine = await (await http.get(f"{node.url}/api/v1/users/b1/coupons", headers=bearer(token("b1")))).json()
-    assert [c["state"] for c in mine["coupons"]] == ["used"]
+    await paid_in_sql_with_the_coupon_used(http, node, redis, oid, "b1", token("b1"), (0, 2000, coupon))
+
 
 def test_a_provider_needs_a_webhook_secret_of_32_bytes() -> None:
     from livecommerce.config import ConfigError, Settings
