@@ -463,8 +463,13 @@ class Checkout:
         hold = await self.sales.hold(sale_id, order_id)
         if hold is None or (user is not None and hold.user != user):
             raise NotFound(f"no order {order_id}", code="not_found")
+        # journaled until its event is on the log: a process killed between the release and
+        # the append leaves the entry, and the next time-out sweep (expire_due) completes it
+        mark = f"{order_id}|{reason}"
+        await self.redis.zadd(self._cancelling, {mark: now_ms})
         outcome = await self.sales.release(sale_id, order_id)
         if outcome == "already_paid":
+            await self.redis.zrem(self._cancelling, mark)
             if reason != "timeout":
                 raise Conflict("the order is paid; ask for a refund instead", code="already_paid")
             return outcome
@@ -491,7 +496,30 @@ class Checkout:
             event_id=f"{order_id}:cancelled",
             ts=now_ms,
         )
+        await self.redis.zrem(self._cancelling, mark)
         return outcome
+
+    @property
+    def _cancelling(self) -> str:
+        """Cancels begun and not yet on the log: ``<order>|<reason>`` scored by their start."""
+        return self.keys.global_key("orders:cancelling")
+
+    async def complete_cancels(self, now_ms: int, *, older_than_ms: int = 5000, limit: int = 500) -> list[tuple[str, str]]:
+        """Finish the flash-sale cancels a process began more than ``older_than_ms`` ago and
+        did not log (killed between the release and the append): the release again
+        (``already_released``: nothing moves) and ``order.cancelled`` under its one event id."""
+        done: list[tuple[str, str]] = []
+        for raw in await self.redis.zrangebyscore(self._cancelling, "-inf", now_ms - older_than_ms, start=0, num=limit):
+            mark = _s(raw)
+            order_id, _, reason = mark.partition("|")
+            try:
+                outcome = await self.cancel(order_id=order_id, user=None, now_ms=now_ms, reason=reason or "timeout")
+                done.append((order_id, outcome))
+                log.warning("order.cancel_completed", extra={"order": order_id, "reason": reason, "outcome": outcome})
+            except NotFound:  # its sale's keys are gone: nothing left to log
+                pass
+            await self.redis.zrem(self._cancelling, mark)
+        return done
 
     async def active_sales(self) -> list[str]:
         """The sales not yet settled (created and not timed out and expired), sorted."""
@@ -510,7 +538,7 @@ class Checkout:
         settled: their keys get their lifetime (``sale_retention_s``) and they leave the
         active set.
         """
-        done: list[tuple[str, str]] = []
+        done: list[tuple[str, str]] = await self.complete_cancels(now_ms, limit=limit)
         active = [_s(x) for x in await self.redis.smembers(self.keys.global_key("sales:active"))]
         for sale_id in active:
             try:

@@ -84,8 +84,9 @@ FAMILIES: tuple[Family, ...] = (
            "7 days / LC_STOCK_BROADCAST_MS; LC_SALE_RETENTION_S once settled", "checkout.py, gateway/commerce.py"),
     Family("sale funnel", r"\{(sale|coupon):[^}]+\}:f:\w+$", "HyperLogLogs of viewers, saw, tried", "ttl",
            "30 days after the last add", "funnel_redis.py"),
-    Family("sale schedule", r"(sched:(start|end)|sales:active)$", "sales to start, end, time out", "cleanup",
-           "each sale removed when started / ended / settled", "orders worker"),
+    Family("sale schedule", r"(sched:(start|end)|sales:active|orders:cancelling)$",
+           "sales to start, end, time out; cancels not yet logged", "cleanup",
+           "each sale removed when started / ended / settled, each cancel once its event is logged", "orders worker"),
     # orders, coupons, lotteries
     Family("order refunds", r"\{order:[^}]+\}:refunds$", "the order's refund records (user id)", "settled",
            "LC_SALE_RETENTION_S after its last refund is done; kept while one is open", "refunds_record.lua"),
