@@ -332,12 +332,18 @@ _LINE_IN: J = obj({"product_id": ID, "sku": ID, "qty": {"type": "integer", "mini
 OPENAPI_SCHEMAS: dict[str, J] = {
     "Cart": obj({"room": ID, "lines": arr({"type": "object"}), "gifts": arr({"type": "object"}), "qty": INT, "subtotal": INT,
                  "coupons": obj({"proposed": arr(STR), "discount": INT, "total": INT, "eligible": arr({"type": "object"}),
-                                 "ineligible": arr({"type": "object"})}, ["proposed", "discount", "total"]),
+                                 "ineligible": arr({"type": "object"}),
+                                 "claimable": arr(obj({"drop_id": ID, "scope": STR, "kind": STR, "threshold": INT, "value": INT,
+                                                       "expires_ms": INT, "remaining": INT, "saves": INT, "reason": STR},
+                                                      ["drop_id", "saves"]))},
+                                ["proposed", "discount", "total"]),
                  "v": INT}, ["room", "lines", "gifts", "qty", "subtotal", "coupons", "v"],
                 desc="A viewer's cart in a room: each line with its current price (`unit_price`: the list price, or the live "
                      "sale's), `available`, `limit`, `bought` (what the user holds or bought of the SKU; a sale line: of the "
                      "sale), `subtotal`, `ok`/`problem`; the gifts it earns; the coupon "
-                     "proposal (at most one platform + one shop coupon)."),
+                     "proposal (at most one platform + one shop coupon); `coupons.claimable`: the room's drops the viewer "
+                     "could still claim, each with what claiming it would save on this cart (`saves`, cents over the "
+                     "proposal) or why it would not apply (`reason`): claim with POST /api/v1/coupons/{drop}/claim."),
     "CartOrder": obj({"order_id": ID, "room": ID, "state": STR, "lines": arr(obj({
         "n": INT, "product_id": ID, "sku": ID, "qty": INT, "unit_price": INT, "sale_id": nullable(ID),
         "gift": {"type": "boolean"}}, ["n", "product_id", "sku", "qty", "unit_price"])), "qty": INT, "subtotal": INT,

@@ -47,6 +47,7 @@ from .cart import (
 from .cart_redis import CartOrder, RedisCart
 from .catalog import GiftRule, Product, SkuStock, decide_reserve
 from .catalog_redis import RedisCatalog, Refused, Reserved
+from .coupons import coupon_id
 from .coupons_redis import CouponsRedis
 from .errors import BadFrame, Conflict, LiveCommerceError, NotFound
 from .flash_sale_redis import RedisFlashSale
@@ -221,9 +222,22 @@ class CartCheckout:
         for o in offers:
             reason = ineligible(o, subtotal=subtotal, room=room, now_ms=now_ms)
             (eligible if reason is None else other).append(offer_view(o, subtotal, reason))
+        claimable = []
+        for drop, left in await self.coupons.claimable(room, user, now_ms=now_ms):
+            o = Offer(coupon_id(drop.id, user), drop.room, drop.kind, drop.threshold, drop.value, drop.expires_ms)
+            if o.coupon_id in {x.coupon_id for x in offers}:
+                continue
+            with_it = propose([*offers, o], subtotal=subtotal, room=room, now_ms=now_ms)
+            entry = offer_view(o, subtotal, ineligible(o, subtotal=subtotal, room=room, now_ms=now_ms))
+            entry.pop("coupon_id")
+            entry.pop("discount", None)
+            claimable.append({"drop_id": drop.id, **entry, "remaining": left,
+                              "saves": with_it.discount - best.discount})
+        claimable.sort(key=lambda c: (-c["saves"], c["threshold"], c["drop_id"]))
         return {"room": room, "lines": lines, "gifts": gifts, "qty": qty_total, "subtotal": subtotal,
                 "coupons": {"proposed": [o.coupon_id for o in best.coupons], "discount": best.discount,
-                            "total": subtotal - best.discount, "eligible": eligible, "ineligible": other},
+                            "total": subtotal - best.discount, "eligible": eligible, "ineligible": other,
+                            "claimable": claimable},
                 "v": v}
 
     # ------------------------------------------------------------------ checkout

@@ -43,6 +43,7 @@ from .coupons import (
     CouponService,
     coupon_id,
     coupon_view,
+    decide_claim,
     split_coupon_id,
 )
 from .keys import Keys
@@ -164,6 +165,35 @@ class CouponsRedis:
         async with guarded():
             raw = await self._r.zrangebyscore(self.keys.room(room, "coupons"), now_ms + 1, "+inf")
         return [_s(x) for x in raw]
+
+    async def claimable(self, room: str, user: str, *, now_ms: int) -> list[tuple[CouponDrop, int]]:
+        """The room's drops ``user`` could claim now, with what is left of each, in one
+        pipelined read (judged by :func:`decide_claim`, as the claim script judges)."""
+        ids = await self.room_drops(room, now_ms=now_ms)
+        if not ids:
+            return []
+        pipe = self._r.pipeline(transaction=False)
+        for did in ids:
+            pipe.hgetall(self._k(did, "meta"))
+            pipe.get(self._k(did, "left"))
+            pipe.hexists(self._k(did, "owners"), user)
+            pipe.sismember(self._k(did, "members"), user)
+        async with guarded():
+            raw = await pipe.execute()
+        out = []
+        for i in range(len(ids)):
+            meta, left, already, member = raw[4 * i: 4 * i + 4]
+            got = drop_from_replies(meta, left)
+            if got is None:
+                continue
+            drop, counts = got
+            f = {_s(k): _s(v) for k, v in meta.items()}
+            why = decide_claim(drop, now_ms=now_ms, left=counts["remaining"], already=bool(already), user=user,
+                               only_user=f.get("only_user") or None, closed_by=f.get("closed_by") or None,
+                               segment=f.get("segment") or None, member=bool(member))
+            if why is None:
+                out.append((drop, counts["remaining"]))
+        return out
 
     async def close_for_room(self, drop_id: str, *, marker: str, now_ms: int) -> bool:
         """The room's show ended: stamp the drop ``closed_by = marker`` (claims answer

@@ -113,3 +113,29 @@ async def test_a_checkout_in_an_ended_show_answers_room_ended_and_a_retry_of_an_
     placed = await node.services.carts.checkout(Identity("v", "viewer"), "r1", "before-end",
                                                 parse_checkout({"lines": [{"product_id": "tee", "sku": "red"}]}))
     assert placed.body["order_id"] == before["order_id"] and placed.body["duplicate"] is True
+
+
+async def test_the_cart_offers_the_rooms_unclaimed_coupons_with_what_each_would_save(api_node: Any) -> None:
+    _, api, token = api_node
+    h1, v, w = token("h1", "host", ("r1",)), token("v"), token("w")
+    await api.ok("POST", "/products", h1, TEE, status=201)
+    big = (await api.ok("POST", "/rooms/r1/coupons", h1, {"kind": "full_reduction", "threshold": 1500, "value": 300,
+                                                           "quantity": 2}, status=201))["drop_id"]
+    small = (await api.ok("POST", "/rooms/r1/coupons", h1, {"kind": "full_reduction", "threshold": 0, "value": 100,
+                                                             "quantity": 2}, status=201))["drop_id"]
+
+    def claimable(cart: dict[str, Any]) -> list[tuple[str, int, str | None]]:
+        return [(c["drop_id"], c["saves"], c.get("reason")) for c in cart["coupons"]["claimable"]]
+
+    cart = await api.ok("POST", "/rooms/r1/cart/items", v, {"product_id": "tee", "sku": "red", "qty": 1})  # 1000
+    assert cart["coupons"]["proposed"] == [] and claimable(cart) == [(small, 100, None), (big, 0, "below_threshold")]
+    cart = await api.ok("PUT", "/rooms/r1/cart/items/tee/red", v, {"qty": 2})  # 2000: both apply, the bigger first
+    assert claimable(cart) == [(big, 300, None), (small, 100, None)]
+    mine = (await api.ok("POST", f"/coupons/{big}/claim", v, status=201))["coupon_id"]
+    cart = await api.ok("GET", "/rooms/r1/cart", v)
+    assert (cart["coupons"]["proposed"], cart["coupons"]["discount"]) == ([mine], 300)
+    assert claimable(cart) == [(small, 0, None)]  # one shop coupon an order: claiming the small one would not add
+    # another buyer takes the last small coupons: nothing left to offer
+    await api.ok("POST", f"/coupons/{small}/claim", w, status=201)
+    await api.ok("POST", f"/coupons/{small}/claim", token("x"), status=201)
+    assert claimable(await api.ok("GET", "/rooms/r1/cart", v)) == []

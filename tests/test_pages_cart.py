@@ -11,7 +11,9 @@ docs/commerce.md "Cart and checkout"), on a 390x844 phone in headless Debian chr
   paid in order tracking; the API agrees (the order paid for subtotal - discount, the stock
   down by the units bought);
 * a refusal: another buyer takes the last unit of a line (through the API) while it sits in
-  the viewer's open cart; Checkout names the product, the line shows why, nothing is reserved.
+  the viewer's open cart; Checkout names the product, the line shows why, nothing is reserved;
+* a room coupon not claimed yet is offered in the cart with what it would save, and claimed
+  there: then proposed by default, the total down by its discount.
 
 Every step waits on what the page shows; no console error and no uncaught page error.
 """
@@ -277,6 +279,39 @@ def test_a_line_sold_out_under_the_viewer_is_named_and_nothing_is_reserved(
         ex(cart.locator("#cart-blocked")).to_have_count(0)
         ex(cart.locator("#checkout")).to_be_enabled()
         ex(cart.locator("#checkout")).to_have_text("Checkout $9.00")
+    finally:
+        phone.close()
+    assert not errors, errors
+
+
+def test_a_room_coupon_not_claimed_yet_is_offered_in_the_cart_and_claimed_there(
+        browser: Any, dev: Dev, show: dict[str, str]) -> None:
+    ex = expect()
+    errors: list[str] = []
+    dev.call("POST", "/api/v1/products", show["host"], {"id": "scarf", "name": "Silk scarf", "price": 6000, "stock": 5})
+    token = dev.token("viewer", "cartclaimer")
+    dev.call("POST", f"/api/v1/rooms/{ROOM}/cart/items", token, {"product_id": "scarf"})  # $60: over the coupon's $50
+    before = dev.get(f"/api/v1/rooms/{ROOM}/cart", token)["coupons"]
+    assert before["proposed"] == [] and [(c["drop_id"], c["saves"]) for c in before["claimable"]] == [("shop10", 1000)]
+    phone = browser.new_context(**PHONE)
+    try:
+        v = page(phone, f"{dev.base}/static/viewer.html?room={ROOM}&token={token}", errors)
+        ex(v.locator("#live-badge")).to_have_text("● LIVE")
+        ex(v.locator("#cart-count")).to_have_text("1")
+        v.click("#open-cart")
+        cart = v.locator("#cart-sheet")
+        offer = cart.locator(".claim-offer[data-drop=shop10]")
+        ex(offer).to_contain_text("claim it and save $10.00")
+        ex(cart.locator("#cart-total")).to_have_text("$60.00")
+        _thumb_sized(v, "#cart-sheet")
+        offer.get_by_role("button", name="Claim").click()
+        # claimed: no longer offered, proposed by default, the total down by its discount
+        ex(cart.locator(".claim-offer")).to_have_count(0)
+        ex(cart.locator("#cart-coupon")).to_have_value("proposed")
+        ex(cart.locator("#cart-discount")).to_have_text(f"{MINUS}$10.00")
+        ex(cart.locator("#cart-total")).to_have_text("$50.00")
+        after = dev.get(f"/api/v1/rooms/{ROOM}/cart", token)["coupons"]
+        assert after["discount"] == 1000 and len(after["proposed"]) == 1 and after["claimable"] == []
     finally:
         phone.close()
     assert not errors, errors

@@ -335,19 +335,44 @@ export class Shop {
     select.value = this.couponChoice;
     const soon = (c.ineligible || []).filter((x) => x.reason === "below_threshold")
       .map((x) => h("div", { class: "small muted" }, `Spend ${money(x.threshold - cart.subtotal)} more for ${this.couponText({ ...x, kind: x.kind || "full_reduction" })}`));
+    // the room's coupons not claimed yet that would take more off this cart (the server says how much)
+    const offers = (c.claimable || []).filter((x) => x.saves > 0)
+      .map((x) => h("div", { class: "row claim-offer", "data-drop": x.drop_id },
+        h("span", { class: "grow small" }, `${this.couponText(x)}: claim it and save ${money(x.saves)}`),
+        h("button", { type: "button", class: "claim-in-cart", onclick: (ev) => this.claimInCart(x.drop_id, ev.target) }, "Claim")));
     const okLines = cart.lines.filter((l) => l.ok).length;
     const blocked = okLines < cart.lines.length; // the checkout takes the whole cart: a refused line refuses it
     fill(box,
       orders,
       h("ul", { class: "list cart-lines" }, lines, gifts),
       h("div", { class: "row" }, h("span", { class: "grow muted" }, `Subtotal (${fmtInt(cart.qty)} item${cart.qty === 1 ? "" : "s"})`), h("b", { id: "cart-subtotal" }, money(cart.subtotal))),
-      eligible.length ? h("label", { class: "coupon-pick" }, "Coupon", select) : h("div", { class: "small muted" }, "No coupon of yours applies to this cart."),
+      eligible.length ? h("label", { class: "coupon-pick" }, "Coupon", select)
+        : offers.length ? null : h("div", { class: "small muted" }, "No coupon of yours applies to this cart."),
+      offers,
       soon,
       discount ? h("div", { class: "row" }, h("span", { class: "grow muted" }, "Coupon"), h("b", { id: "cart-discount" }, `−${money(discount)}`)) : null,
       h("div", { class: "row" }, h("span", { class: "grow" }, "Total"), h("b", { class: "price-now", id: "cart-total" }, money(total))),
       h("button", { type: "button", id: "checkout", class: "primary", disabled: !okLines || blocked, onclick: (ev) => this.checkoutCart(ev.target) }, `Checkout ${money(total)}`),
       blocked ? h("div", { class: "small warn-text", id: "cart-blocked" }, "Change or remove the lines marked above to check out.") : null,
       h("div", { class: "small", id: "cart-msg" }, this.cartMsg));
+  }
+
+  /** Claim one of the room's coupons from the cart; the cart read again proposes it. */
+  async claimInCart(dropId, btn) {
+    btn.disabled = true;
+    try {
+      await api(`/api/v1/coupons/${encodeURIComponent(dropId)}/claim`, { method: "POST" });
+      this.couponChoice = "proposed";
+      this.cartMsg = "";
+    } catch (e) {
+      this.cartMsg = e.code === "already_claimed" ? "" : `Could not claim that coupon: ${e.message}`;
+    }
+    try {
+      this.setCart(await api(`${this.path}/cart`));
+    } catch (e) {
+      this.cartMsg = e.message;
+    }
+    this.renderCart();
   }
 
   async checkoutCart(btn) {
