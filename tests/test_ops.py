@@ -232,6 +232,7 @@ async def test_comments_and_errors_are_counted_per_second_across_the_cluster(gat
     a, b = await gateway_factory(), await gateway_factory()
     viewers = [await Client.connect(a.ws, "r9", token("v1"), fmt="json"), await Client.connect(b.ws, "r9", token("v2"), fmt="json")]
     ops_a = a.services.ops
+    t0 = int(time.time() * 1000)
     try:
         for i in range(4):
             for c in viewers:
@@ -244,8 +245,10 @@ async def test_comments_and_errors_are_counted_per_second_across_the_cluster(gat
             totals = {k.decode(): json.loads(v) for k, v in raw.items()}
             assert sorted(t["rooms"]["r9"][0] for t in totals.values()) == [4, 4]
             assert totals[a.settings.node_id]["errors"] >= 1
-            seen = list(ops_a.fast)[-6:]
-            assert max(x["comments_per_s"] for x in seen) >= 1.0, seen
+            # every sample since the comments began (a fixed number of the latest ones slid past
+            # the burst when the machine was slow to write the totals: CI saw it once)
+            seen = [x for x in ops_a.fast if x["ts"] >= t0]
+            assert seen and max(x["comments_per_s"] for x in seen) >= 1.0, seen
             assert max(x["errors_per_s"] for x in seen) > 0
             assert seen[-1]["rooms"]["r9"]["online"] == 2 and seen[-1]["nodes"] == 2
             return True
